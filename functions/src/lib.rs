@@ -1,0 +1,2 @@
+//! nocturne-functions: the function SDK.
+pub mod builtin;
