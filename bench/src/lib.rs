@@ -1,4 +1,7 @@
 //! nocturne-bench: benchmarks.
+pub mod hist;
+pub mod pin;
+pub mod report;
 use clap::Subcommand;
 
 /// `nocturne bench …`

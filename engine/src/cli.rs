@@ -1,15 +1,291 @@
-//! Command-line arguments of `nocturne serve` and `nocturne config`.
+//! Command-line arguments of `nocturne serve` and the `nocturne config`
+//! tools.
+//!
+//! Every top-level setting of `nocturne.toml` has a flag, and every flag a
+//! `NOCTURNE_*` environment variable; function settings are reached with
+//! `--set FUNCTION.KEY=VALUE`. Precedence: flag, then variable (clap reads
+//! both), then the file, then the built-in default. Flags stay `None` when
+//! not given so that a file value is never hidden by a flag default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
 use clap::{Args, Subcommand};
 
+use crate::config::{
+    allowed_cores, parse_duration, parse_listen, parse_size, Config, ConfigError, CoreSet,
+    FunctionOverride, NetBackend, Overrides, PollMode, WorkerPoll, DEFAULT_CONFIG_TOML,
+};
+
 /// Arguments of `nocturne serve`.
-#[derive(Args, Debug)]
-pub struct ServeArgs {}
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Settings (each overrides the config file)")]
+pub struct ServeArgs {
+    /// Configuration file (TOML) [default: the embedded example config]
+    ///
+    /// Without it, the embedded default serves the built-in functions (echo,
+    /// bar, foo, spin, sleep) on 127.0.0.1:8080; `nocturne config default`
+    /// prints it as a starting point. The schema is in docs/configuration.md;
+    /// `nocturne config check FILE` validates a file without serving.
+    #[arg(
+        long,
+        short = 'c',
+        env = "NOCTURNE_CONFIG",
+        value_name = "PATH",
+        help_heading = "Configuration"
+    )]
+    pub config: Option<PathBuf>,
+
+    /// HTTP listen address [default: 127.0.0.1:8080]
+    ///
+    /// An IP and port (host names are not resolved). Use 0.0.0.0:PORT to
+    /// accept connections from other hosts, port 0 for any free port.
+    #[arg(long, env = "NOCTURNE_LISTEN", value_name = "ADDR:PORT", value_parser = parse_listen)]
+    pub listen: Option<SocketAddr>,
+
+    /// Network stack [default: kernel]
+    ///
+    /// kernel: kernel TCP sockets, one SO_REUSEPORT listener per io core.
+    /// smoltcp (a userspace stack) is not available yet.
+    #[arg(long, env = "NOCTURNE_NET", value_enum, value_name = "BACKEND")]
+    pub net: Option<NetBackend>,
+
+    /// Cores for the engine's event loops, one pinned loop per core, e.g. 3 or 2-3 [default: the last allowed core]
+    ///
+    /// Cores must be in this process's allowed set (sched_getaffinity, i.e.
+    /// taskset/cgroup cpusets) and listed once. More io cores serve more
+    /// connections in parallel; each takes a whole core under --poll spin.
+    #[arg(long, env = "NOCTURNE_IO_CORES", value_name = "CORES")]
+    pub io_cores: Option<CoreSet>,
+
+    /// Cores the worker processes are pinned to, e.g. 0-2 [default: not pinned; with --poll spin: the allowed cores minus the io cores]
+    ///
+    /// Give workers cores apart from --io-cores, and at least as many as the
+    /// sum of max_workers, to let them spin (--worker-poll spin).
+    #[arg(long, env = "NOCTURNE_WORKER_CORES", value_name = "CORES")]
+    pub worker_cores: Option<CoreSet>,
+
+    /// How an idle io loop waits [default: adaptive]
+    ///
+    /// adaptive spins for --spin-us, then sleeps in epoll: right almost
+    /// everywhere. spin never sleeps: the lowest latency when io cores are
+    /// dedicated; refused when io and worker cores overlap (a spinner on a
+    /// shared core costs milliseconds per hand-off). block sleeps at once:
+    /// least CPU, highest latency.
+    #[arg(long, env = "NOCTURNE_POLL", value_enum, value_name = "MODE")]
+    pub poll: Option<PollMode>,
+
+    /// Microseconds an idle io loop spins before sleeping (--poll adaptive) [default: 50]
+    #[arg(long, env = "NOCTURNE_SPIN_US", value_name = "US")]
+    pub spin_us: Option<u64>,
+
+    /// How an idle worker waits for work [default: spin if every worker has a core of its own, else yield]
+    ///
+    /// spin spins for --worker-spin-us, then parks: only with a dedicated core
+    /// per worker (refused otherwise). yield calls sched_yield for
+    /// --worker-spin-us, then parks: right on shared cores (~2.7 us per
+    /// internal call on 2 cores). park sleeps on a futex at once (~17 us per
+    /// internal call, least CPU).
+    #[arg(long, env = "NOCTURNE_WORKER_POLL", value_enum, value_name = "MODE")]
+    pub worker_poll: Option<WorkerPoll>,
+
+    /// Microseconds an idle worker spins or yields before parking [default: 50]
+    #[arg(long, env = "NOCTURNE_WORKER_SPIN_US", value_name = "US")]
+    pub worker_spin_us: Option<u64>,
+
+    /// Most open connections across all io cores; more are refused [default: 10000]
+    #[arg(long, env = "NOCTURNE_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Largest request line plus headers, e.g. 8KiB; larger requests get 431 [default: 8KiB]
+    #[arg(long, env = "NOCTURNE_MAX_HEADER_BYTES", value_name = "SIZE", value_parser = parse_size)]
+    pub max_header_bytes: Option<u64>,
+
+    /// On shutdown, how long in-flight calls may take to finish, e.g. 10s [default: 10s]
+    #[arg(long, env = "NOCTURNE_DRAIN_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub drain_timeout: Option<Duration>,
+
+    /// Override one function's setting, e.g. echo.max_workers=8 (repeatable)
+    ///
+    /// KEY is any [[functions]] key except name; FUNCTION.env.NAME=VALUE sets
+    /// an environment variable of its workers. VALUE is read as TOML when it
+    /// is valid TOML (8, true, ["./f", "-v"]) and as a string otherwise (5s,
+    /// echo). Setting builtin or command replaces the function's program.
+    /// In NOCTURNE_SET, separate several with ';'.
+    #[arg(
+        long = "set",
+        env = "NOCTURNE_SET",
+        value_name = "FUNCTION.KEY=VALUE",
+        value_delimiter = ';'
+    )]
+    pub set: Vec<FunctionOverride>,
+}
+
+impl ServeArgs {
+    /// The flag (or environment) values as configuration overrides.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen,
+            net: self.net,
+            io_cores: self.io_cores.clone(),
+            worker_cores: self.worker_cores.clone(),
+            poll: self.poll,
+            spin_us: self.spin_us,
+            worker_poll: self.worker_poll,
+            worker_spin_us: self.worker_spin_us,
+            max_connections: self.max_connections,
+            max_header_bytes: self.max_header_bytes,
+            drain_timeout: self.drain_timeout,
+            functions: self.set.clone(),
+        }
+    }
+
+    /// Loads the config file (or the embedded default), applies the flags
+    /// and validates against this process's allowed cores.
+    pub fn resolve(&self) -> Result<Config, ConfigError> {
+        let allowed = allowed_cores().map_err(ConfigError::Affinity)?;
+        self.resolve_with(&allowed)
+    }
+
+    /// [`ServeArgs::resolve`] against a given allowed core set (for tests,
+    /// and for checking a config meant for another machine).
+    pub fn resolve_with(&self, allowed_cores: &[usize]) -> Result<Config, ConfigError> {
+        Config::load(self.config.as_deref(), &self.overrides(), allowed_cores)
+    }
+}
 
 /// `nocturne config …`
 #[derive(Subcommand, Debug)]
-pub enum ConfigCommand {}
+pub enum ConfigCommand {
+    /// Validate a configuration file and summarize what it resolves to
+    ///
+    /// Exits non-zero with the offending key and its line:column when the
+    /// file is invalid. Core sets are checked against this machine's allowed
+    /// cores unless --cores names another machine's.
+    Check {
+        /// The configuration file.
+        file: PathBuf,
+        /// Check against these allowed cores instead of this process's, e.g. 0-15
+        #[arg(long, value_name = "CORES")]
+        cores: Option<CoreSet>,
+    },
+    /// Print the embedded default configuration, a commented example to start from
+    Default,
+    /// Print the configuration `nocturne serve` would run with these flags and environment
+    Show(Box<ServeArgs>),
+}
 
 /// Runs a `nocturne config` subcommand.
 pub fn config_command(cmd: ConfigCommand) -> anyhow::Result<()> {
-    match cmd {}
+    match cmd {
+        ConfigCommand::Check { file, cores } => {
+            let allowed = match cores {
+                Some(cores) => cores.cores().to_vec(),
+                None => allowed_cores().map_err(ConfigError::Affinity)?,
+            };
+            let config = Config::load(Some(&file), &Overrides::default(), &allowed)?;
+            println!("{}: ok", file.display());
+            print!("{}", config.summary());
+            Ok(())
+        }
+        ConfigCommand::Default => {
+            print!("{DEFAULT_CONFIG_TOML}");
+            Ok(())
+        }
+        ConfigCommand::Show(args) => {
+            print!("{}", args.resolve()?.summary());
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("nocturne").chain(args.iter().copied()))
+            .map(|c| c.serve)
+    }
+
+    #[test]
+    fn every_flag_parses_into_its_override() {
+        let args = parse(&[
+            "--listen=0.0.0.0:9",
+            "--net=kernel",
+            "--io-cores=1",
+            "--worker-cores=0",
+            "--poll=spin",
+            "--spin-us=5",
+            "--worker-poll=park",
+            "--worker-spin-us=6",
+            "--max-connections=7",
+            "--max-header-bytes=16KiB",
+            "--drain-timeout=250ms",
+            "--set=echo.max_workers=1",
+            "--set",
+            "echo.env.A=b",
+        ])
+        .unwrap();
+        let ov = args.overrides();
+        assert_eq!(ov.listen.unwrap().to_string(), "0.0.0.0:9");
+        assert_eq!(ov.net, Some(NetBackend::Kernel));
+        assert_eq!(ov.io_cores.unwrap().cores(), [1]);
+        assert_eq!(ov.worker_cores.unwrap().cores(), [0]);
+        assert_eq!(ov.poll, Some(PollMode::Spin));
+        assert_eq!(ov.spin_us, Some(5));
+        assert_eq!(ov.worker_poll, Some(WorkerPoll::Park));
+        assert_eq!(ov.worker_spin_us, Some(6));
+        assert_eq!(ov.max_connections, Some(7));
+        assert_eq!(ov.max_header_bytes, Some(16384));
+        assert_eq!(ov.drain_timeout, Some(Duration::from_millis(250)));
+        assert_eq!(ov.functions.len(), 2);
+
+        let config = args.resolve_with(&[0, 1]).unwrap();
+        assert_eq!(config.poll, PollMode::Spin);
+        assert_eq!(config.worker_poll, WorkerPoll::Park);
+        assert_eq!(config.function("echo").unwrap().max_workers, 1);
+        assert_eq!(config.function("echo").unwrap().env["A"], "b");
+    }
+
+    #[test]
+    fn bad_flag_values_are_refused_by_the_parser() {
+        for (args, needle) in [
+            (&["--listen=localhost:80"][..], "not IP:PORT"),
+            (&["--io-cores=3-1"], "runs backwards"),
+            (&["--worker-cores=1,1"], "more than once"),
+            (&["--poll=fast"], "fast"),
+            (&["--drain-timeout=10"], "has no unit"),
+            (&["--max-header-bytes=lots"], "lots"),
+            (&["--spin-us=-1"], "-1"),
+            (&["--set=echo"], "FUNCTION.KEY=VALUE"),
+            (&["--set=echo.colour=red"], "unknown function setting"),
+        ] {
+            let err = parse(args).unwrap_err().to_string();
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn no_flags_means_no_overrides() {
+        // Only meaningful when the NOCTURNE_* variables are unset, as in CI;
+        // the env tests live in their own process (tests/config_env.rs).
+        if std::env::vars().any(|(k, _)| k.starts_with("NOCTURNE_")) {
+            return;
+        }
+        let args = parse(&[]).unwrap();
+        let config = args.resolve_with(&[0, 1]).unwrap();
+        assert_eq!(
+            config,
+            Config::load(None, &Overrides::default(), &[0, 1]).unwrap()
+        );
+    }
 }

@@ -1,7 +1,33 @@
-//! nocturne-engine: the engine.
-pub mod cli;
+//! nocturne-engine: the engine that runs functions.
+//!
+//! ```text
+//!            ┌────────────── engine process ───────────────┐
+//!  client ──▶│ core loop (pinned thread, one per io core)   │──ring──▶ worker process
+//!   HTTP     │  HttpServer ─▶ routes ─▶ dispatch ─▶ calls    │◀─ring─── (one per function instance)
+//!            │      ▲                      │  ▲             │
+//!            │      └──── completions ◀────┘  └─ workers ◀──│── spawner thread (fork/exec, handshake)
+//!            └──────────────────────────────────────────────┘
+//! ```
+//!
+//! * [`cli`], [`config`] — `nocturne serve` flags and `nocturne.toml`, resolved
+//!   into one validated [`config::Config`].
+//! * [`engine`] — start/stop: binding, one pinned thread per core loop, signals.
+//! * `core_loop` — a core loop's turn: network, rings, workers, timers; routes,
+//!   dispatch and the call table live under it.
+//! * [`limiter`] — the Little's-law concurrency limit per function.
+//! * [`worker`] — worker processes: spawn, handshake, pidfd, logs, back-off.
+//! * [`status`] — counters behind `/healthz` and `/system/functions`.
+//! * [`slab`] — generational keys for calls and workers.
+//! * `sys` — eventfds and signal masks.
 
-/// Runs the engine until it is told to stop.
-pub fn serve(_args: cli::ServeArgs) -> anyhow::Result<()> {
-    anyhow::bail!("the engine is not built yet")
-}
+pub mod cli;
+pub mod config;
+mod core_loop;
+pub mod engine;
+pub mod limiter;
+pub mod slab;
+pub mod status;
+mod sys;
+pub mod worker;
+
+pub use engine::{serve, Engine};

@@ -1,0 +1,251 @@
+//! Latency recording: an HdrHistogram of nanoseconds with 3 significant
+//! figures, and the percentile summary every report prints.
+//!
+//! Recording never fails and never allocates: values outside the tracked
+//! range (1 ns to one hour) are clamped into it, so a stray multi-second
+//! stall shows up as a huge `max` instead of an error in the middle of a
+//! timed loop.
+
+use std::io::{self, Write};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+/// Largest value tracked: one hour in nanoseconds.
+const MAX_TRACKED_NS: u64 = 3_600 * 1_000_000_000;
+
+/// A histogram of latencies in nanoseconds.
+#[derive(Clone, Debug)]
+pub struct LatencyHistogram {
+    inner: Histogram<u64>,
+}
+
+/// Percentiles of a [`LatencyHistogram`], in microseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LatencySummary {
+    /// Number of recorded values.
+    pub samples: u64,
+    /// Median.
+    pub p50_us: f64,
+    /// 90th percentile.
+    pub p90_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p999_us: f64,
+    /// 99.99th percentile.
+    pub p9999_us: f64,
+    /// Largest value.
+    pub max_us: f64,
+    /// Arithmetic mean.
+    pub mean_us: f64,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LatencyHistogram {
+    /// An empty histogram tracking 1 ns ..= 1 h with 3 significant figures.
+    pub fn new() -> Self {
+        let inner = Histogram::new_with_bounds(1, MAX_TRACKED_NS, 3)
+            .expect("constant bounds 1..1h with 3 significant figures are valid");
+        Self { inner }
+    }
+
+    /// Records one latency in nanoseconds (clamped to the tracked range).
+    #[inline]
+    pub fn record_ns(&mut self, ns: u64) {
+        self.inner.saturating_record(ns.max(1));
+    }
+
+    /// Records `count` occurrences of one latency in nanoseconds.
+    #[inline]
+    pub fn record_ns_n(&mut self, ns: u64, count: u64) {
+        self.inner.saturating_record_n(ns.max(1), count);
+    }
+
+    /// Records one latency.
+    #[inline]
+    pub fn record(&mut self, latency: Duration) {
+        self.record_ns(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// Adds every value of `other` to `self`.
+    pub fn merge(&mut self, other: &LatencyHistogram) {
+        // Both histograms have identical, fixed bounds, so adding can't fail.
+        self.inner
+            .add(&other.inner)
+            .expect("histograms with identical bounds always add");
+    }
+
+    /// Number of recorded values.
+    pub fn len(&self) -> u64 {
+        self.inner.len()
+    }
+
+    /// True when nothing has been recorded.
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+
+    /// The value at quantile `q` (0.0..=1.0), in nanoseconds; 0 when empty.
+    pub fn quantile_ns(&self, q: f64) -> u64 {
+        if self.is_empty() {
+            return 0;
+        }
+        self.inner.value_at_quantile(q)
+    }
+
+    /// Largest recorded value in nanoseconds; 0 when empty.
+    pub fn max_ns(&self) -> u64 {
+        self.inner.max()
+    }
+
+    /// The summary every report prints; all zero when empty.
+    pub fn summary(&self) -> LatencySummary {
+        self.summary_scaled(1.0)
+    }
+
+    /// Like [`summary`](Self::summary) with every value divided by
+    /// `divisor`: for a histogram of batch durations, the per-item cost.
+    pub fn summary_scaled(&self, divisor: f64) -> LatencySummary {
+        if self.is_empty() {
+            return LatencySummary::default();
+        }
+        let us = |ns: u64| ns as f64 / 1_000.0 / divisor;
+        LatencySummary {
+            samples: self.len(),
+            p50_us: us(self.quantile_ns(0.50)),
+            p90_us: us(self.quantile_ns(0.90)),
+            p99_us: us(self.quantile_ns(0.99)),
+            p999_us: us(self.quantile_ns(0.999)),
+            p9999_us: us(self.quantile_ns(0.9999)),
+            max_us: us(self.max_ns()),
+            mean_us: self.inner.mean() / 1_000.0 / divisor,
+        }
+    }
+
+    /// Writes the percentile spectrum in HdrHistogram's `.hgrm` text format
+    /// (values in microseconds), readable by the usual plotting tools.
+    pub fn write_hgrm<W: Write>(&self, out: &mut W) -> io::Result<()> {
+        writeln!(
+            out,
+            "{:>12} {:>14} {:>10} {:>14}\n",
+            "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+        )?;
+        if !self.is_empty() {
+            for v in self.inner.iter_quantiles(5) {
+                let q = v.quantile_iterated_to();
+                let inverse = if q < 1.0 {
+                    format!("{:>14.2}", 1.0 / (1.0 - q))
+                } else {
+                    String::new()
+                };
+                writeln!(
+                    out,
+                    "{:>12.3} {:>14.12} {:>10} {}",
+                    v.value_iterated_to() as f64 / 1_000.0,
+                    q,
+                    v.count_since_last_iteration(),
+                    inverse
+                )?;
+            }
+        }
+        let s = self.summary();
+        writeln!(
+            out,
+            "#[Mean    = {:>12.3}, StdDeviation   = {:>12.3}]",
+            s.mean_us,
+            self.inner.stdev() / 1_000.0
+        )?;
+        writeln!(
+            out,
+            "#[Max     = {:>12.3}, Total count    = {:>12}]",
+            s.max_us, s.samples
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Relative error allowed by 3 significant figures.
+    fn close(actual: f64, expected: f64) -> bool {
+        (actual - expected).abs() <= expected * 1e-3 + 1e-9
+    }
+
+    #[test]
+    fn percentiles_of_a_uniform_distribution() {
+        let mut h = LatencyHistogram::new();
+        // 1..=10_000 µs, once each.
+        for us in 1..=10_000u64 {
+            h.record_ns(us * 1_000);
+        }
+        let s = h.summary();
+        assert_eq!(s.samples, 10_000);
+        assert!(close(s.p50_us, 5_000.0), "{s:?}");
+        assert!(close(s.p90_us, 9_000.0), "{s:?}");
+        assert!(close(s.p99_us, 9_900.0), "{s:?}");
+        assert!(close(s.p999_us, 9_990.0), "{s:?}");
+        assert!(close(s.max_us, 10_000.0), "{s:?}");
+        assert!(close(s.mean_us, 5_000.5), "{s:?}");
+    }
+
+    #[test]
+    fn percentiles_of_a_two_point_distribution() {
+        let mut h = LatencyHistogram::new();
+        h.record_ns_n(1_000, 990);
+        h.record_ns_n(50_000, 10);
+        let s = h.summary();
+        assert!(close(s.p50_us, 1.0) && close(s.p90_us, 1.0), "{s:?}");
+        assert!(close(s.p99_us, 1.0), "{s:?}");
+        assert!(close(s.p999_us, 50.0) && close(s.max_us, 50.0), "{s:?}");
+    }
+
+    #[test]
+    fn empty_and_out_of_range_values() {
+        let mut h = LatencyHistogram::new();
+        assert!(h.is_empty());
+        assert_eq!(h.summary(), LatencySummary::default());
+        h.record_ns(0); // clamped up to 1 ns
+        h.record_ns(u64::MAX); // clamped down to one hour
+        h.record(Duration::from_secs(100_000));
+        assert_eq!(h.len(), 3);
+        assert_eq!(h.quantile_ns(0.0), 1);
+        assert!(h.max_ns() >= MAX_TRACKED_NS && h.max_ns() < MAX_TRACKED_NS * 2);
+    }
+
+    #[test]
+    fn merge_and_scaled_summary() {
+        let mut a = LatencyHistogram::new();
+        let mut b = LatencyHistogram::new();
+        a.record(Duration::from_micros(10));
+        b.record(Duration::from_micros(30));
+        a.merge(&b);
+        assert_eq!(a.len(), 2);
+        assert!(close(a.summary().max_us, 30.0));
+        // A batch of 10 items taking 30 µs costs 3 µs per item.
+        assert!(close(a.summary_scaled(10.0).max_us, 3.0));
+    }
+
+    #[test]
+    fn hgrm_output_has_the_spectrum_and_totals() {
+        let mut h = LatencyHistogram::new();
+        for ns in [1_000, 2_000, 3_000, 4_000] {
+            h.record_ns(ns);
+        }
+        let mut out = Vec::new();
+        h.write_hgrm(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("       Value"), "{text}");
+        assert!(text.contains("Total count    =            4"), "{text}");
+        // The spectrum ends at the largest value (to 3 significant figures).
+        let last = text.lines().rfind(|l| l.contains(" 1.000000000000 ")).unwrap();
+        let value: f64 = last.split_whitespace().next().unwrap().parse().unwrap();
+        assert!((value - 4.0).abs() < 0.005, "{text}");
+    }
+}

@@ -1,0 +1,322 @@
+//! Keeping every wait bounded and every parked measurement honest.
+//!
+//! * [`Stop`] is the flag every driver loop polls (spin loops every 1024
+//!   turns, timed sleeps on each timeout); the [`Watchdog`] sets it when the
+//!   run stops making progress, after killing the peer (which turns blocked
+//!   reads into EOF) and ringing the registered wakers (for the eventfd
+//!   reads that a dead peer would never end).
+//! * [`SleepProbe`] lets the driver wait until the peer's thread is really
+//!   asleep in the kernel (`/proc/PID/stat` state `S`) before it sends, so
+//!   the parking cases measure the full wake-up path every time.
+//!   The check runs before the timestamp is taken: it costs nothing timed.
+//! * [`ParkCounter`] is the peer's own proof: a message counts as parked
+//!   when the peer thread blocked in the kernel (a voluntary context switch)
+//!   since its previous reply.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::control::PeerKiller;
+use super::CaseError;
+
+/// Set once when the run must give up; polled by every waiting loop.
+#[derive(Debug, Default)]
+pub struct Stop(AtomicBool);
+
+impl Stop {
+    /// A flag that is not set.
+    pub const fn new() -> Self {
+        Self(AtomicBool::new(false))
+    }
+
+    /// Sets the flag.
+    pub fn set(&self) {
+        // Relaxed: a lone flag; what the waiter does next (report an error)
+        // needs no data published by the setter.
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// True once [`set`](Self::set).
+    #[inline]
+    pub fn is_set(&self) -> bool {
+        // Relaxed: pairs with the Relaxed store in `set`; see there.
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// `Err(Aborted)` once set.
+    #[inline]
+    pub fn check(&self) -> Result<(), CaseError> {
+        if self.is_set() {
+            Err(CaseError::Aborted)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Busy-waits (with the CPU's spin hint) until `ready()`, polling `stop`
+/// every 1024 turns.
+#[inline]
+pub fn spin_until(stop: &Stop, mut ready: impl FnMut() -> bool) -> Result<(), CaseError> {
+    let mut turns = 0u32;
+    while !ready() {
+        std::hint::spin_loop();
+        turns = turns.wrapping_add(1);
+        if turns % 1024 == 0 {
+            stop.check()?;
+        }
+    }
+    Ok(())
+}
+
+/// Watches one thread's scheduler state through `/proc/PID/task/TID/stat`.
+pub struct SleepProbe {
+    stat: File,
+    buf: [u8; 160],
+}
+
+impl SleepProbe {
+    /// Opens the probe for the main thread of process `pid`.
+    pub fn open(pid: u32) -> io::Result<Self> {
+        Ok(Self {
+            stat: File::open(format!("/proc/{pid}/task/{pid}/stat"))?,
+            buf: [0; 160],
+        })
+    }
+
+    /// The thread's state letter (`R` running, `S` sleeping, `D`, `Z`, …).
+    pub fn state(&mut self) -> io::Result<u8> {
+        let n = self.stat.read_at(&mut self.buf, 0)?;
+        parse_state(&self.buf[..n]).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, "unreadable /proc stat line")
+        })
+    }
+
+    /// Spins until the thread sleeps in the kernel (state `S`). A dead
+    /// thread (`Z`, `X`, or its stat file gone) is an error.
+    pub fn wait_asleep(&mut self, stop: &Stop) -> Result<(), CaseError> {
+        loop {
+            match self.state()? {
+                b'S' => return Ok(()),
+                b'Z' | b'X' => return Err(CaseError::PeerGone),
+                _ => {}
+            }
+            stop.check()?;
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// The state letter of a `/proc/…/stat` line: the field after the command
+/// name, which is in parentheses and may itself contain `)`.
+fn parse_state(line: &[u8]) -> Option<u8> {
+    let close = line.iter().rposition(|&b| b == b')')?;
+    match line.get(close + 1..close + 3)? {
+        [b' ', state] => Some(*state),
+        _ => None,
+    }
+}
+
+/// Counts, on the peer, the messages before which its thread slept.
+#[derive(Debug)]
+pub struct ParkCounter {
+    last: u64,
+    parks: u64,
+}
+
+impl ParkCounter {
+    /// Starts counting from now.
+    pub fn start() -> Self {
+        Self {
+            last: super::sys::voluntary_switches(),
+            parks: 0,
+        }
+    }
+
+    /// Call after each reply is sent (outside the driver's timed window's
+    /// critical path: the reply is already on its way).
+    #[inline]
+    pub fn message_done(&mut self) {
+        let now = super::sys::voluntary_switches();
+        if now > self.last {
+            self.parks += 1;
+        }
+        self.last = now;
+    }
+
+    /// Messages that found the thread asleep.
+    pub fn parks(&self) -> u64 {
+        self.parks
+    }
+}
+
+/// Something that unblocks a driver stuck in a wait the peer's death does
+/// not end.
+pub type Waker = Box<dyn Fn() + Send + Sync>;
+
+/// Kills the peer and sets [`Stop`] when the run stalls.
+pub struct Watchdog {
+    shared: Arc<WatchdogShared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct WatchdogShared {
+    progress: AtomicU64,
+    stop: Arc<Stop>,
+    finished: AtomicBool,
+    fired: AtomicBool,
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl Watchdog {
+    /// Starts watching: if [`progress`](Self::progress) is not called for
+    /// `stall_timeout`, kills the peer, sets `stop` and calls the wakers.
+    pub fn start(stop: Arc<Stop>, peer: PeerKiller, stall_timeout: Duration) -> io::Result<Self> {
+        let shared = Arc::new(WatchdogShared {
+            progress: AtomicU64::new(0),
+            stop,
+            finished: AtomicBool::new(false),
+            fired: AtomicBool::new(false),
+            wakers: Mutex::new(Vec::new()),
+        });
+        let watched = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("bench-watchdog".into())
+            .spawn(move || watch(&watched, &peer, stall_timeout))?;
+        Ok(Self {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Adds a waker, called once if the watchdog fires.
+    pub fn add_waker(&self, waker: Waker) {
+        self.shared
+            .wakers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(waker);
+    }
+
+    /// Records progress (a chunk done).
+    pub fn progress(&self) {
+        // Relaxed: a counter compared only with itself by the watchdog.
+        self.shared.progress.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// True if the watchdog fired.
+    pub fn fired(&self) -> bool {
+        // Acquire: pairs with the Release store in `watch`.
+        self.shared.fired.load(Ordering::Acquire)
+    }
+}
+
+fn watch(shared: &WatchdogShared, peer: &PeerKiller, stall_timeout: Duration) {
+    let tick = Duration::from_millis(20).min(stall_timeout);
+    let mut seen = u64::MAX;
+    let mut since = Instant::now();
+    // Acquire: pairs with the Release store in `Drop`.
+    while !shared.finished.load(Ordering::Acquire) {
+        std::thread::park_timeout(tick);
+        // Relaxed: see `progress`.
+        let now = shared.progress.load(Ordering::Relaxed);
+        if now != seen {
+            seen = now;
+            since = Instant::now();
+        } else if since.elapsed() >= stall_timeout {
+            // Release: pairs with the Acquire load in `fired`.
+            shared.fired.store(true, Ordering::Release);
+            peer.kill();
+            shared.stop.set();
+            for waker in shared.wakers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                waker();
+            }
+            return;
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        // Release: pairs with the Acquire load in `watch`.
+        self.shared.finished.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_stat_states() {
+        assert_eq!(parse_state(b"42 (nocturne) S 1 2 3"), Some(b'S'));
+        assert_eq!(parse_state(b"42 (a) b) (c) R 1"), Some(b'R'));
+        assert_eq!(parse_state(b"42 (x)"), None);
+        assert_eq!(parse_state(b"garbage"), None);
+    }
+
+    #[test]
+    fn probe_sees_a_sleeping_thread() {
+        let mut me = SleepProbe::open(std::process::id()).unwrap();
+        // The main thread of the test binary is blocked waiting for tests.
+        let stop = Stop::new();
+        me.wait_asleep(&stop).unwrap();
+        assert!(SleepProbe::open(u32::MAX).is_err());
+    }
+
+    #[test]
+    fn spin_until_stops_when_told() {
+        let stop = Stop::new();
+        let mut n = 0;
+        spin_until(&stop, || {
+            n += 1;
+            n == 10
+        })
+        .unwrap();
+        stop.set();
+        assert!(matches!(
+            spin_until(&stop, || false),
+            Err(CaseError::Aborted)
+        ));
+    }
+
+    #[test]
+    fn watchdog_fires_on_a_stall_and_not_while_progressing() {
+        let child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let child = Arc::new(Mutex::new(child));
+        let stop = Arc::new(Stop::new());
+        let dog = Watchdog::start(
+            Arc::clone(&stop),
+            PeerKiller::new(Arc::clone(&child)),
+            Duration::from_millis(200),
+        )
+        .unwrap();
+        let woken = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&woken);
+        dog.add_waker(Box::new(move || flag.store(true, Ordering::SeqCst)));
+        for _ in 0..5 {
+            std::thread::sleep(Duration::from_millis(50));
+            dog.progress();
+        }
+        assert!(!dog.fired() && !stop.is_set());
+        let t = Instant::now();
+        while !stop.is_set() {
+            assert!(t.elapsed() < Duration::from_secs(10), "watchdog never fired");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(dog.fired() && woken.load(Ordering::SeqCst));
+        drop(dog);
+        // The child was killed.
+        let status = child.lock().unwrap().wait().unwrap();
+        assert!(!status.success());
+    }
+}

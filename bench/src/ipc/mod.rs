@@ -1,0 +1,655 @@
+//! `nocturne bench ipc`: round-trip latency between two processes pinned to
+//! two cores, for nocturne's channel and for every mechanism it replaces,
+//! side by side in one run.
+//!
+//! For each payload size N (bytes after the 64-byte header) a request of
+//! 64 + N bytes goes from the driver (core A) to a peer process (core B),
+//! which reads every payload byte and answers with 64 bytes:
+//!
+//! | case | mechanism | module |
+//! |---|---|---|
+//! | `atomic-floor/N` | plain shared memory, one ready flag per direction, spinning | [`floor`] |
+//! | `ring-spin/N` | a nocturne channel, both sides spinning | [`ring`] |
+//! | `ring-park/N` | a nocturne channel, both sides parking before every message | [`ring`] |
+//! | `futex/N`, `eventfd/N` | the mailbox bytes, kernel wake-ups | [`wake`] |
+//! | `pipe/N`, `unix-socket/N`, `tcp-loopback/N` | kernel byte streams | [`stream`] |
+//! | `ring-stream/64` | one-way batched streaming through a channel (messages/s) | [`ring`] |
+//!
+//! The peer is this same binary re-executed (`bench ipc-peer`, see
+//! [`control`]); every shared-memory region is a sealed memfd passed over a
+//! unix socket, and the ring cases attach the real [`nocturne_ipc::channel`]
+//! from it exactly as a worker does. The cases run interleaved: R rounds,
+//! each running every case for K samples (after a warm-up), the case order
+//! rotating each round, so machine noise hits all cases alike.
+//!
+//! Blocking cases (`ring-park`, futex, eventfd, pipe, sockets) wait, untimed,
+//! until the peer thread sleeps in the kernel before each request, and the
+//! peer counts the messages it really slept for: `parks_per_msg` must be
+//! exactly 1.0 for `ring-park` and `futex` or the case reports errors.
+//!
+//! Run it with `cargo run --release -- bench ipc --quick` (see the crate's
+//! README for the options).
+
+pub mod control;
+pub mod guard;
+pub mod mailbox;
+pub mod msg;
+
+mod driver;
+mod floor;
+mod peer;
+mod ring;
+mod stream;
+mod sys;
+mod wake;
+
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::hist::LatencyHistogram;
+use crate::pin::{parse_core_list, CoreListError};
+
+pub use driver::{check_targets, run_ipc, TargetCheck};
+pub use peer::run_peer;
+
+use control::{ControlError, Frame};
+use guard::{Stop, Waker};
+use mailbox::MailboxError;
+
+/// `nocturne bench ipc` options.
+#[derive(clap::Args, Debug, Clone)]
+pub struct IpcArgs {
+    /// Cores of the driver and the peer process: `A,B`.
+    #[arg(long, default_value = "0,1")]
+    pub cores: String,
+    /// Payload sizes N (bytes after the 64-byte header), comma separated.
+    #[arg(long, default_value = "64,1024,16384")]
+    pub payload: String,
+    /// Fewer samples (every case still runs); finishes in well under a minute.
+    #[arg(long)]
+    pub quick: bool,
+    /// Rounds (every case runs once per round) [default: 10, quick 5].
+    #[arg(long)]
+    pub rounds: Option<u32>,
+    /// Timed round trips per case per round [default: 10000, quick 2000].
+    #[arg(long)]
+    pub samples: Option<u64>,
+    /// Untimed warm-up round trips per case per round [default: 200, quick 100].
+    #[arg(long)]
+    pub warmup: Option<u64>,
+    /// Messages `ring-stream` moves in all [default: 5000000, quick 1000000].
+    #[arg(long)]
+    pub stream_messages: Option<u64>,
+    /// Messages per batch in `ring-stream`.
+    #[arg(long, default_value_t = 32)]
+    pub stream_batch: u32,
+    /// Run only the cases whose name contains this text.
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Give up (killing the peer) after this long without progress, seconds.
+    #[arg(long, default_value_t = 20)]
+    pub stall_timeout_s: u64,
+    /// Write the report as JSON (DESIGN §7 schema) to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// `nocturne bench ipc-peer` options (started by the driver, not by users).
+#[derive(clap::Args, Debug, Clone)]
+pub struct IpcPeerArgs {
+    /// Core to pin to.
+    #[arg(long)]
+    pub core: usize,
+    /// Process id of the driver (the peer dies with it).
+    #[arg(long)]
+    pub driver_pid: u32,
+}
+
+/// Validated settings of one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpcSettings {
+    /// Core of the driver (the timing side).
+    pub driver_core: usize,
+    /// Core of the peer process.
+    pub peer_core: usize,
+    /// Payload sizes.
+    pub payloads: Vec<usize>,
+    /// Whether `--quick` chose the defaults.
+    pub quick: bool,
+    /// Rounds.
+    pub rounds: u32,
+    /// Timed samples per case per round.
+    pub samples: u64,
+    /// Warm-up round trips per case per round.
+    pub warmup: u64,
+    /// Total `ring-stream` messages.
+    pub stream_messages: u64,
+    /// `ring-stream` batch size.
+    pub stream_batch: u32,
+    /// Case-name filter.
+    pub filter: Option<String>,
+    /// Watchdog timeout.
+    pub stall_timeout: Duration,
+}
+
+/// A bad command line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArgsError {
+    /// `--cores` is not a core list.
+    #[error("--cores: {0}")]
+    Cores(#[from] CoreListError),
+    /// `--cores` does not name exactly two cores.
+    #[error("--cores needs exactly two different cores (driver,peer), got {0}")]
+    CoreCount(usize),
+    /// A payload size is not a number.
+    #[error("--payload: {0:?} is not a byte count")]
+    PayloadNotANumber(String),
+    /// A payload size is too large.
+    #[error("--payload: {len} bytes is more than the {max} a case supports")]
+    PayloadTooLarge {
+        /// The size asked for.
+        len: usize,
+        /// [`msg::MAX_PAYLOAD`].
+        max: usize,
+    },
+    /// A payload size is listed twice.
+    #[error("--payload: {0} is listed twice")]
+    PayloadDuplicate(usize),
+    /// A count that must be positive is zero.
+    #[error("--{0} must be at least 1")]
+    Zero(&'static str),
+    /// The stream batch does not fit the stream ring.
+    #[error("--stream-batch must be 1..={max}, got {got}")]
+    StreamBatch {
+        /// The batch asked for.
+        got: u32,
+        /// The stream ring's capacity.
+        max: u32,
+    },
+}
+
+impl IpcSettings {
+    /// Validates `args` and fills in the defaults.
+    pub fn from_args(args: &IpcArgs) -> Result<Self, ArgsError> {
+        let cores = parse_core_list(&args.cores)?;
+        let [driver_core, peer_core] = cores[..] else {
+            return Err(ArgsError::CoreCount(cores.len()));
+        };
+        let payloads = parse_payloads(&args.payload)?;
+        let (rounds, samples, warmup, stream) = if args.quick {
+            (5, 2_000, 100, 1_000_000)
+        } else {
+            (10, 10_000, 200, 5_000_000)
+        };
+        let settings = Self {
+            driver_core,
+            peer_core,
+            payloads,
+            quick: args.quick,
+            rounds: args.rounds.unwrap_or(rounds),
+            samples: args.samples.unwrap_or(samples),
+            warmup: args.warmup.unwrap_or(warmup),
+            stream_messages: args.stream_messages.unwrap_or(stream),
+            stream_batch: args.stream_batch,
+            filter: args.filter.clone(),
+            stall_timeout: Duration::from_secs(args.stall_timeout_s),
+        };
+        for (name, value) in [
+            ("rounds", u64::from(settings.rounds)),
+            ("samples", settings.samples),
+            ("stream-messages", settings.stream_messages),
+            ("stall-timeout-s", args.stall_timeout_s),
+        ] {
+            if value == 0 {
+                return Err(ArgsError::Zero(name));
+            }
+        }
+        let max = ring::STREAM_RING_SLOTS;
+        if settings.stream_batch == 0 || settings.stream_batch > max {
+            return Err(ArgsError::StreamBatch {
+                got: settings.stream_batch,
+                max,
+            });
+        }
+        Ok(settings)
+    }
+
+    /// The cases this run measures, in report order.
+    pub fn cases(&self) -> Vec<CaseSpec> {
+        let mut cases: Vec<CaseSpec> = self
+            .payloads
+            .iter()
+            .flat_map(|&payload| {
+                Mechanism::ROUND_TRIP
+                    .iter()
+                    .map(move |&mechanism| CaseSpec { mechanism, payload })
+            })
+            .collect();
+        cases.push(CaseSpec {
+            mechanism: Mechanism::RingStream,
+            payload: 64,
+        });
+        if let Some(filter) = &self.filter {
+            cases.retain(|c| c.name().contains(filter.as_str()));
+        }
+        cases
+    }
+}
+
+/// Parses `--payload`: comma-separated byte counts.
+pub fn parse_payloads(text: &str) -> Result<Vec<usize>, ArgsError> {
+    let mut sizes = Vec::new();
+    for item in text.split(',').map(str::trim) {
+        let len: usize = item
+            .parse()
+            .map_err(|_| ArgsError::PayloadNotANumber(item.to_owned()))?;
+        if len > msg::MAX_PAYLOAD {
+            return Err(ArgsError::PayloadTooLarge {
+                len,
+                max: msg::MAX_PAYLOAD,
+            });
+        }
+        if sizes.contains(&len) {
+            return Err(ArgsError::PayloadDuplicate(len));
+        }
+        sizes.push(len);
+    }
+    Ok(sizes)
+}
+
+/// How the bytes travel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mechanism {
+    /// Plain shared memory, spinning: the floor.
+    AtomicFloor,
+    /// nocturne channel, spinning.
+    RingSpin,
+    /// nocturne channel, parking before every message.
+    RingPark,
+    /// Raw futex ping-pong over shared memory.
+    Futex,
+    /// eventfd doorbells over shared memory.
+    Eventfd,
+    /// Two pipes.
+    Pipe,
+    /// A unix stream socketpair.
+    UnixSocket,
+    /// A TCP connection over 127.0.0.1.
+    TcpLoopback,
+    /// One-way batched streaming through a nocturne channel.
+    RingStream,
+}
+
+impl Mechanism {
+    /// The round-trip mechanisms, in report order.
+    pub const ROUND_TRIP: [Mechanism; 8] = [
+        Mechanism::AtomicFloor,
+        Mechanism::RingSpin,
+        Mechanism::RingPark,
+        Mechanism::Futex,
+        Mechanism::Eventfd,
+        Mechanism::Pipe,
+        Mechanism::UnixSocket,
+        Mechanism::TcpLoopback,
+    ];
+
+    /// The case-name prefix.
+    pub fn label(self) -> &'static str {
+        match self {
+            Mechanism::AtomicFloor => "atomic-floor",
+            Mechanism::RingSpin => "ring-spin",
+            Mechanism::RingPark => "ring-park",
+            Mechanism::Futex => "futex",
+            Mechanism::Eventfd => "eventfd",
+            Mechanism::Pipe => "pipe",
+            Mechanism::UnixSocket => "unix-socket",
+            Mechanism::TcpLoopback => "tcp-loopback",
+            Mechanism::RingStream => "ring-stream",
+        }
+    }
+
+    /// The code on the control channel.
+    pub fn code(self) -> u64 {
+        match self {
+            Mechanism::AtomicFloor => 1,
+            Mechanism::RingSpin => 2,
+            Mechanism::RingPark => 3,
+            Mechanism::Futex => 4,
+            Mechanism::Eventfd => 5,
+            Mechanism::Pipe => 6,
+            Mechanism::UnixSocket => 7,
+            Mechanism::TcpLoopback => 8,
+            Mechanism::RingStream => 9,
+        }
+    }
+
+    /// The mechanism of a control-channel code.
+    pub fn from_code(code: u64) -> Option<Self> {
+        Mechanism::ROUND_TRIP
+            .into_iter()
+            .chain([Mechanism::RingStream])
+            .find(|m| m.code() == code)
+    }
+
+    /// Both sides sleep in the kernel for every message.
+    pub fn blocking(self) -> bool {
+        !matches!(
+            self,
+            Mechanism::AtomicFloor | Mechanism::RingSpin | Mechanism::RingStream
+        )
+    }
+
+    /// The case fails unless the peer parked before every message.
+    pub fn must_park(self) -> bool {
+        matches!(self, Mechanism::RingPark | Mechanism::Futex)
+    }
+}
+
+/// One case: a mechanism and a payload size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CaseSpec {
+    /// How the bytes travel.
+    pub mechanism: Mechanism,
+    /// Payload bytes after the 64-byte header.
+    pub payload: usize,
+}
+
+impl CaseSpec {
+    /// `mechanism/payload`, e.g. `ring-spin/64`.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.mechanism.label(), self.payload)
+    }
+}
+
+/// Why a case could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A system call failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// The mailbox could not be created or attached.
+    #[error(transparent)]
+    Mailbox(#[from] MailboxError),
+    /// The channel could not be created or attached.
+    #[error(transparent)]
+    Channel(#[from] nocturne_ipc::channel::ChannelError),
+    /// The control channel failed.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// The setup frame carried the wrong number of descriptors.
+    #[error("expected {expected} descriptors with the setup frame, got {got}")]
+    Fds {
+        /// Descriptors the mechanism needs.
+        expected: usize,
+        /// Descriptors that came.
+        got: usize,
+    },
+    /// The TCP connection could not be made.
+    #[error("tcp-loopback: {0}")]
+    Tcp(&'static str),
+    /// The setup frame's argument is out of range.
+    #[error("bad setup argument: {0}")]
+    BadArgument(&'static str),
+    /// The setup frame names no known mechanism.
+    #[error("unknown mechanism code {0}")]
+    UnknownMechanism(u64),
+}
+
+/// Why a case stopped running (fatal for the run; a message that arrives
+/// but is wrong only counts as an error of the case).
+#[derive(Debug, thiserror::Error)]
+pub enum CaseError {
+    /// The watchdog stopped the run: no progress for too long.
+    #[error("stopped by the watchdog: no progress (peer stalled or died)")]
+    Aborted,
+    /// The peer process is gone (EOF, or its thread exited).
+    #[error("the peer process went away")]
+    PeerGone,
+    /// A system call failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// The other side broke the benchmark's protocol.
+    #[error("protocol: {0}")]
+    Protocol(&'static str),
+    /// The channel reported an error.
+    #[error("channel: {0}")]
+    Channel(String),
+}
+
+/// One chunk of a case: `warmup` untimed, then `samples` timed operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Chunk {
+    pub warmup: u64,
+    pub samples: u64,
+}
+
+impl Chunk {
+    /// Operations in the chunk.
+    pub fn total(&self) -> u64 {
+        self.warmup + self.samples
+    }
+}
+
+/// What the driver measured of one case, over all its chunks.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    /// Round-trip latencies (ns); for `ring-stream`, window durations.
+    pub latency: LatencyHistogram,
+    /// Sum of the timed operations' durations (ns).
+    pub timed_ns: u128,
+    /// Timed operations (for `ring-stream`: messages).
+    pub ops: u64,
+    /// Operations whose reply was wrong.
+    pub errors: u64,
+}
+
+impl Tally {
+    /// Records one operation; `timed` is false during warm-up.
+    #[inline]
+    pub fn record(&mut self, timed: bool, elapsed: Duration, ok: bool) {
+        if timed {
+            self.latency.record(elapsed);
+            self.timed_ns += elapsed.as_nanos();
+            self.ops += 1;
+        }
+        if !ok {
+            self.errors += 1;
+        }
+    }
+}
+
+/// What the peer reports after each chunk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct PeerTally {
+    /// Messages before which the peer thread slept in the kernel.
+    pub parks: u64,
+    /// Messages that failed validation on the peer.
+    pub errors: u64,
+}
+
+/// The driver's half of a case.
+pub(crate) trait DriverCase {
+    /// Runs one chunk, adding to `tally`.
+    fn run_chunk(&mut self, chunk: Chunk, tally: &mut Tally, stop: &Stop) -> Result<(), CaseError>;
+
+    /// Unblocks a wait that the peer's death would not end (eventfd).
+    fn waker(&self) -> Option<Waker> {
+        None
+    }
+}
+
+/// The peer's half of a case.
+pub(crate) trait PeerCase {
+    /// Serves `count` messages (warm-up included).
+    fn serve(&mut self, count: u64, stop: &Stop) -> Result<PeerTally, CaseError>;
+}
+
+/// The driver's view of the control channel while it sets up one case.
+pub(crate) struct SetupLink<'a> {
+    pub control: &'a UnixStream,
+    pub case: u32,
+    pub spec: CaseSpec,
+    pub peer_pid: u32,
+}
+
+impl SetupLink<'_> {
+    /// Sends the setup frame with `arg` and `fds`, waits for the peer's
+    /// acknowledgement and returns its argument.
+    pub fn send(&self, arg: u64, fds: &[BorrowedFd<'_>]) -> Result<u64, SetupError> {
+        let frame = Frame::Setup {
+            case: self.case,
+            mechanism: self.spec.mechanism.code(),
+            payload: self.spec.payload as u64,
+            arg,
+        };
+        control::send_with_fds(self.control, frame, fds)?;
+        match control::recv(self.control)? {
+            Frame::SetupOk { case, arg } if case == self.case => Ok(arg),
+            got => Err(ControlError::Unexpected {
+                expected: "SetupOk",
+                got,
+            }
+            .into()),
+        }
+    }
+}
+
+/// What the peer got with a setup frame.
+pub(crate) struct PeerSetup {
+    pub spec: CaseSpec,
+    pub arg: u64,
+    pub fds: Vec<OwnedFd>,
+}
+
+impl PeerSetup {
+    /// Takes exactly `N` descriptors (none are taken on a mismatch).
+    pub fn take_fds<const N: usize>(&mut self) -> Result<[OwnedFd; N], SetupError> {
+        let got = self.fds.len();
+        if got != N {
+            return Err(SetupError::Fds { expected: N, got });
+        }
+        std::mem::take(&mut self.fds)
+            .try_into()
+            .map_err(|_| SetupError::Fds { expected: N, got })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: IpcArgs,
+    }
+
+    fn settings(argv: &[&str]) -> Result<IpcSettings, ArgsError> {
+        let cli = Cli::try_parse_from(std::iter::once("ipc").chain(argv.iter().copied())).unwrap();
+        IpcSettings::from_args(&cli.args)
+    }
+
+    #[test]
+    fn defaults_and_quick() {
+        let full = settings(&[]).unwrap();
+        assert_eq!((full.driver_core, full.peer_core), (0, 1));
+        assert_eq!(full.payloads, vec![64, 1024, 16384]);
+        assert_eq!((full.rounds, full.samples), (10, 10_000));
+        let quick = settings(&["--quick", "--cores", "1,0", "--samples", "7"]).unwrap();
+        assert_eq!((quick.driver_core, quick.peer_core), (1, 0));
+        assert_eq!((quick.rounds, quick.samples, quick.warmup), (5, 7, 100));
+        assert!(quick.stream_messages < full.stream_messages);
+    }
+
+    #[test]
+    fn every_case_is_listed_once_and_filters_apply() {
+        let s = settings(&[]).unwrap();
+        let names: Vec<String> = s.cases().iter().map(CaseSpec::name).collect();
+        assert_eq!(names.len(), 3 * 8 + 1);
+        for n in [64, 1024, 16384] {
+            for m in [
+                "atomic-floor",
+                "ring-spin",
+                "ring-park",
+                "futex",
+                "eventfd",
+                "pipe",
+                "unix-socket",
+                "tcp-loopback",
+            ] {
+                assert!(names.contains(&format!("{m}/{n}")), "{m}/{n} missing");
+            }
+        }
+        assert_eq!(names.last().unwrap(), "ring-stream/64");
+        let only = settings(&["--filter", "ring-park"]).unwrap();
+        assert_eq!(only.cases().len(), 3);
+    }
+
+    #[test]
+    fn bad_arguments_are_typed_errors() {
+        assert!(matches!(settings(&["--cores", "0"]), Err(ArgsError::CoreCount(1))));
+        assert!(matches!(settings(&["--cores", "0,1,2"]), Err(ArgsError::CoreCount(3))));
+        assert!(matches!(settings(&["--cores", "0,0"]), Err(ArgsError::Cores(_))));
+        assert!(matches!(settings(&["--cores", "x"]), Err(ArgsError::Cores(_))));
+        assert_eq!(
+            settings(&["--payload", "64,abc"]),
+            Err(ArgsError::PayloadNotANumber("abc".into()))
+        );
+        assert_eq!(
+            settings(&["--payload", "64,64"]),
+            Err(ArgsError::PayloadDuplicate(64))
+        );
+        assert!(matches!(
+            settings(&["--payload", "99999999"]),
+            Err(ArgsError::PayloadTooLarge { .. })
+        ));
+        assert_eq!(settings(&["--rounds", "0"]), Err(ArgsError::Zero("rounds")));
+        assert_eq!(settings(&["--samples", "0"]), Err(ArgsError::Zero("samples")));
+        assert!(matches!(
+            settings(&["--stream-batch", "0"]),
+            Err(ArgsError::StreamBatch { .. })
+        ));
+        assert!(matches!(
+            settings(&["--stream-batch", "100000"]),
+            Err(ArgsError::StreamBatch { .. })
+        ));
+    }
+
+    #[test]
+    fn mechanism_codes_round_trip() {
+        for m in Mechanism::ROUND_TRIP.into_iter().chain([Mechanism::RingStream]) {
+            assert_eq!(Mechanism::from_code(m.code()), Some(m));
+        }
+        assert_eq!(Mechanism::from_code(0), None);
+        assert_eq!(Mechanism::from_code(99), None);
+        assert!(Mechanism::RingPark.must_park() && Mechanism::Futex.must_park());
+        assert!(Mechanism::Pipe.blocking() && !Mechanism::Pipe.must_park());
+        assert!(!Mechanism::RingSpin.blocking());
+    }
+
+    #[test]
+    fn peer_setup_takes_exactly_the_descriptors_needed() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut setup = PeerSetup {
+            spec: CaseSpec {
+                mechanism: Mechanism::Pipe,
+                payload: 1,
+            },
+            arg: 0,
+            fds: vec![a.into(), b.into()],
+        };
+        assert!(matches!(
+            setup.take_fds::<1>(),
+            Err(SetupError::Fds { expected: 1, got: 2 })
+        ));
+        assert!(setup.take_fds::<2>().is_ok());
+        assert!(matches!(
+            setup.take_fds::<2>(),
+            Err(SetupError::Fds { expected: 2, got: 0 })
+        ));
+    }
+}

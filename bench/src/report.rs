@@ -1,0 +1,477 @@
+//! Benchmark reports: the JSON schema every bench writes (DESIGN §7) and the
+//! human table printed beside it.
+//!
+//! ```json
+//! {"suite": "ipc",
+//!  "machine": {"commit": "…", "cpu_model": "…", "kernel": "…", "cpus": [0, 1],
+//!              "core_map": {"driver": [0], "peer": [1]}, "modes": {…},
+//!              "command_line": "nocturne bench ipc --quick"},
+//!  "cases": [{"name": "ring-spin/64", "samples": 5000, "p50_us": 0.8, "p90_us": …,
+//!             "p99_us": …, "p999_us": …, "max_us": …, "ops_per_s": …,
+//!             "errors": 0, "parks_per_msg": 1.0}]}
+//! ```
+//!
+//! A case may carry extra numeric fields (flattened into the case object);
+//! readers ignore the ones they don't know.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hist::LatencyHistogram;
+
+/// One benchmark run: what ran, where, and what it measured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Which benchmark (`ipc`, `engine`, `load`, …).
+    pub suite: String,
+    /// The machine and settings it ran with.
+    pub machine: Machine,
+    /// One entry per case, in the order they were defined.
+    pub cases: Vec<CaseResult>,
+}
+
+/// Where and how a report was produced.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Machine {
+    /// `git rev-parse HEAD` of the working directory, or `"unknown"`.
+    pub commit: String,
+    /// The CPU model from `/proc/cpuinfo`, or `"unknown"`.
+    pub cpu_model: String,
+    /// The kernel release (`uname -r`), or `"unknown"`.
+    pub kernel: String,
+    /// The cores this process was allowed to run on.
+    pub cpus: Vec<usize>,
+    /// Role → cores, e.g. `{"driver": [0], "peer": [1]}`.
+    pub core_map: BTreeMap<String, Vec<usize>>,
+    /// Settings that shape the numbers (poll modes, sample counts, …).
+    pub modes: BTreeMap<String, String>,
+    /// The command line that produced the report.
+    pub command_line: String,
+}
+
+/// The measurements of one case.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CaseResult {
+    /// Case name, `mechanism/payload` by convention (`ring-spin/64`).
+    pub name: String,
+    /// Number of latency samples behind the percentiles.
+    pub samples: u64,
+    /// Median latency, µs.
+    pub p50_us: f64,
+    /// 90th percentile, µs.
+    pub p90_us: f64,
+    /// 99th percentile, µs.
+    pub p99_us: f64,
+    /// 99.9th percentile, µs.
+    pub p999_us: f64,
+    /// Largest latency, µs.
+    pub max_us: f64,
+    /// Operations per second (round trips, messages, requests: per case).
+    pub ops_per_s: f64,
+    /// Failed operations; a case with errors fails the run.
+    pub errors: u64,
+    /// Case-specific numeric fields (`parks_per_msg`, `p9999_us`, …).
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, f64>,
+}
+
+/// Why a report could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// Writing the file failed.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Reading the file failed.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The text is not a report.
+    #[error("not a benchmark report: {0}")]
+    Parse(#[from] serde_json::Error),
+}
+
+impl CaseResult {
+    /// A case with the percentiles of `latencies` (ns) and no extra fields.
+    pub fn from_histogram(
+        name: impl Into<String>,
+        latencies: &LatencyHistogram,
+        ops_per_s: f64,
+        errors: u64,
+    ) -> Self {
+        Self::from_summary(name, &latencies.summary(), ops_per_s, errors)
+    }
+
+    /// A case from an already computed summary.
+    pub fn from_summary(
+        name: impl Into<String>,
+        s: &crate::hist::LatencySummary,
+        ops_per_s: f64,
+        errors: u64,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            samples: s.samples,
+            p50_us: s.p50_us,
+            p90_us: s.p90_us,
+            p99_us: s.p99_us,
+            p999_us: s.p999_us,
+            max_us: s.max_us,
+            ops_per_s,
+            errors,
+            extra: BTreeMap::new(),
+        }
+    }
+
+    /// Adds (or replaces) an extra numeric field.
+    pub fn with_extra(mut self, key: impl Into<String>, value: f64) -> Self {
+        self.extra.insert(key.into(), value);
+        self
+    }
+}
+
+impl Report {
+    /// A report of `cases` for `suite`.
+    pub fn new(suite: impl Into<String>, machine: Machine, cases: Vec<CaseResult>) -> Self {
+        Self {
+            suite: suite.into(),
+            machine,
+            cases,
+        }
+    }
+
+    /// The case called `name`, if any.
+    pub fn case(&self, name: &str) -> Option<&CaseResult> {
+        self.cases.iter().find(|c| c.name == name)
+    }
+
+    /// Sum of the errors of every case.
+    pub fn total_errors(&self) -> u64 {
+        self.cases.iter().map(|c| c.errors).sum()
+    }
+
+    /// Pretty-printed JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a report of strings and numbers serializes")
+    }
+
+    /// Parses a report from JSON.
+    pub fn from_json(text: &str) -> Result<Self, ReportError> {
+        Ok(serde_json::from_str(text)?)
+    }
+
+    /// Writes the JSON to `path` (with a trailing newline).
+    pub fn write_json(&self, path: &Path) -> Result<(), ReportError> {
+        let mut text = self.to_json();
+        text.push('\n');
+        std::fs::write(path, text).map_err(|source| ReportError::Write {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
+    /// Reads a report written by [`write_json`](Self::write_json).
+    pub fn read_json(path: &Path) -> Result<Self, ReportError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ReportError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_json(&text)
+    }
+
+    /// The human table: one row per case; extra fields go in the last column.
+    pub fn table(&self) -> String {
+        render_table(&self.cases)
+    }
+}
+
+/// Formats `cases` as an aligned text table (latencies in µs).
+pub fn render_table(cases: &[CaseResult]) -> String {
+    let headers = [
+        "case", "samples", "p50", "p90", "p99", "p99.9", "max", "ops/s", "errors", "notes",
+    ];
+    let rows: Vec<[String; 10]> = cases
+        .iter()
+        .map(|c| {
+            let notes = c
+                .extra
+                .iter()
+                .map(|(k, v)| format!("{k}={}", format_number(*v)))
+                .collect::<Vec<_>>()
+                .join(" ");
+            [
+                c.name.clone(),
+                c.samples.to_string(),
+                format_us(c.p50_us),
+                format_us(c.p90_us),
+                format_us(c.p99_us),
+                format_us(c.p999_us),
+                format_us(c.max_us),
+                format_rate(c.ops_per_s),
+                c.errors.to_string(),
+                notes,
+            ]
+        })
+        .collect();
+    let mut widths = headers.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[String]| {
+        let mut text = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            let last = i + 1 == cells.len();
+            // Names and notes align left, numbers right.
+            let _ = match (i, last) {
+                (0, _) => write!(text, "{cell:<w$}  "),
+                (_, true) => write!(text, "{cell}"),
+                _ => write!(text, "{cell:>w$}  "),
+            };
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(&headers.map(String::from));
+    for row in &rows {
+        line(row);
+    }
+    out.push_str("(latencies in µs)\n");
+    out
+}
+
+/// A latency in µs with 3 significant decimals for small values.
+fn format_us(us: f64) -> String {
+    if us < 100.0 {
+        format!("{us:.3}")
+    } else if us < 10_000.0 {
+        format!("{us:.1}")
+    } else {
+        format!("{us:.0}")
+    }
+}
+
+/// A rate with a thousands unit (`1.23M`).
+fn format_rate(per_s: f64) -> String {
+    if per_s >= 1e6 {
+        format!("{:.2}M", per_s / 1e6)
+    } else if per_s >= 1e3 {
+        format!("{:.1}k", per_s / 1e3)
+    } else {
+        format!("{per_s:.1}")
+    }
+}
+
+/// An extra field: integers as integers, others with 3 decimals.
+fn format_number(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+impl Machine {
+    /// Probes this machine (commit, CPU model, kernel, allowed cores) and
+    /// records the process's command line; `core_map` and `modes` are the
+    /// caller's.
+    pub fn probe(
+        core_map: BTreeMap<String, Vec<usize>>,
+        modes: BTreeMap<String, String>,
+    ) -> Self {
+        Self {
+            commit: git_commit().unwrap_or_else(|| "unknown".into()),
+            cpu_model: cpu_model().unwrap_or_else(|| "unknown".into()),
+            kernel: kernel_release().unwrap_or_else(|| "unknown".into()),
+            cpus: crate::pin::allowed_cores().unwrap_or_default(),
+            core_map,
+            modes,
+            command_line: command_line(),
+        }
+    }
+}
+
+/// `git rev-parse HEAD` in the current directory.
+fn git_commit() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let commit = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+    (out.status.success() && !commit.is_empty()).then_some(commit)
+}
+
+/// The first `model name` of `/proc/cpuinfo`.
+fn cpu_model() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    parse_cpu_model(&text)
+}
+
+fn parse_cpu_model(cpuinfo: &str) -> Option<String> {
+    cpuinfo.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key.trim() == "model name").then(|| value.trim().to_owned())
+    })
+}
+
+/// The kernel release, as `uname -r` prints it.
+fn kernel_release() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let release = text.trim();
+    (!release.is_empty()).then(|| release.to_owned())
+}
+
+/// The process's arguments, quoted where a shell would need it.
+fn command_line() -> String {
+    std::env::args()
+        .map(|arg| {
+            let plain = !arg.is_empty()
+                && arg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./,=:+@%".contains(c));
+            if plain {
+                arg
+            } else {
+                format!("'{}'", arg.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_report() -> Report {
+        let mut h = LatencyHistogram::new();
+        for ns in 1..=1000u64 {
+            h.record_ns(ns * 100);
+        }
+        let case = CaseResult::from_histogram("ring-park/64", &h, 12_345.5, 0)
+            .with_extra("parks_per_msg", 1.0)
+            .with_extra("p9999_us", 99.99);
+        let machine = Machine {
+            commit: "abc".into(),
+            cpu_model: "AMD EPYC".into(),
+            kernel: "6.1".into(),
+            cpus: vec![0, 1],
+            core_map: BTreeMap::from([("driver".into(), vec![0]), ("peer".into(), vec![1])]),
+            modes: BTreeMap::from([("rounds".into(), "5".into())]),
+            command_line: "nocturne bench ipc --quick".into(),
+        };
+        Report::new("ipc", machine, vec![case])
+    }
+
+    #[test]
+    fn json_has_the_design_schema() {
+        let report = sample_report();
+        let value: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(value["suite"], "ipc");
+        for key in ["commit", "cpu_model", "kernel", "core_map", "modes", "command_line"] {
+            assert!(value["machine"].get(key).is_some(), "machine.{key} missing");
+        }
+        let case = &value["cases"][0];
+        assert_eq!(case["name"], "ring-park/64");
+        assert_eq!(case["samples"], 1000);
+        assert_eq!(case["errors"], 0);
+        for key in ["p50_us", "p90_us", "p99_us", "p999_us", "max_us", "ops_per_s"] {
+            assert!(case[key].is_f64(), "{key} is not a float: {case}");
+        }
+        // Extra fields are flattened into the case object.
+        assert_eq!(case["parks_per_msg"], 1.0);
+        assert_eq!(case["p9999_us"], 99.99);
+        assert!(case.get("extra").is_none());
+        assert!((case["p50_us"].as_f64().unwrap() - 50.0).abs() < 0.1);
+    }
+
+    #[test]
+    fn json_round_trips_through_a_file() {
+        let report = sample_report();
+        assert_eq!(Report::from_json(&report.to_json()).unwrap(), report);
+        let path = std::env::temp_dir().join(format!("nocturne-report-{}.json", std::process::id()));
+        report.write_json(&path).unwrap();
+        let back = Report::read_json(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(back, report);
+        assert_eq!(back.case("ring-park/64").unwrap().extra["parks_per_msg"], 1.0);
+        assert!(back.case("nope").is_none());
+    }
+
+    #[test]
+    fn readers_ignore_unknown_numeric_fields_and_reject_garbage() {
+        let text = r#"{"suite":"x","machine":{"commit":"c","cpu_model":"m","kernel":"k",
+            "cpus":[0],"core_map":{},"modes":{},"command_line":""},
+            "cases":[{"name":"a","samples":1,"p50_us":1.0,"p90_us":1.0,"p99_us":1.0,
+            "p999_us":1.0,"max_us":1.0,"ops_per_s":2.0,"errors":3,"rss_mb":7.5}]}"#;
+        let report = Report::from_json(text).unwrap();
+        assert_eq!(report.cases[0].extra["rss_mb"], 7.5);
+        assert_eq!(report.total_errors(), 3);
+        assert!(matches!(
+            Report::from_json("{\"suite\": 1}"),
+            Err(ReportError::Parse(_))
+        ));
+        assert!(matches!(Report::from_json("not json"), Err(ReportError::Parse(_))));
+        let missing = std::path::Path::new("/nonexistent/nocturne/report.json");
+        assert!(matches!(Report::read_json(missing), Err(ReportError::Read { .. })));
+        assert!(matches!(
+            sample_report().write_json(missing),
+            Err(ReportError::Write { .. })
+        ));
+    }
+
+    #[test]
+    fn table_lists_every_case_with_aligned_columns() {
+        let mut report = sample_report();
+        report.cases.push(CaseResult {
+            name: "pipe/16384".into(),
+            samples: 10,
+            p50_us: 12.3456,
+            p90_us: 150.0,
+            p99_us: 20_000.0,
+            p999_us: 20_000.0,
+            max_us: 20_000.0,
+            ops_per_s: 2.5e7,
+            errors: 1,
+            extra: BTreeMap::new(),
+        });
+        let table = report.table();
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        assert!(lines[0].starts_with("case ") && lines[0].ends_with("notes"), "{table}");
+        assert!(lines[1].starts_with("ring-park/64"), "{table}");
+        assert!(lines[1].contains("p9999_us=99.990 parks_per_msg=1"), "{table}");
+        assert!(lines[2].contains("12.346") && lines[2].contains("150.0"), "{table}");
+        assert!(lines[2].contains("20000") && lines[2].contains("25.00M"), "{table}");
+        // The samples column is right-aligned to the same end position.
+        let end = |line: &str, cell: &str| line.find(cell).unwrap() + cell.len();
+        assert_eq!(end(lines[0], "samples"), end(lines[2], "10"));
+    }
+
+    #[test]
+    fn machine_probe_fills_every_field() {
+        let m = Machine::probe(BTreeMap::new(), BTreeMap::new());
+        assert!(!m.commit.is_empty() && !m.cpu_model.is_empty() && !m.kernel.is_empty());
+        assert!(!m.cpus.is_empty());
+        assert!(!m.command_line.is_empty());
+        assert_eq!(
+            parse_cpu_model("processor\t: 0\nmodel name\t: AMD EPYC 7B13\n"),
+            Some("AMD EPYC 7B13".into())
+        );
+        assert_eq!(parse_cpu_model("processor: 0\n"), None);
+    }
+}

@@ -1,0 +1,370 @@
+//! Dispatch: admitting calls, handing them to workers, answering them.
+//!
+//! Per function, idle workers are a LIFO and waiting calls a FIFO. A call goes
+//! straight to an idle worker when the function is under its Little's-law
+//! limit; otherwise it waits, and a full queue is answered 503 at once. When a
+//! worker completes, its result goes to the call's origin — an HTTP response, or
+//! a `Complete` on the calling worker's request ring — and the worker takes the
+//! next waiting call.
+
+use std::time::Duration;
+
+use nocturne_ipc::channel::SendError;
+use nocturne_ipc::message::{Header, Kind};
+use nocturne_net::http::{HttpServer, Response};
+use nocturne_net::kernel::KernelTransport;
+
+use nocturne_functions::protocol::{
+    self, STATUS_CALL_DEPTH, STATUS_DEADLINE, STATUS_OVERLOADED, STATUS_UNKNOWN_FUNCTION,
+};
+
+use super::calls::{call_id, call_key};
+use super::{Call, LoopState, Origin};
+use crate::slab::Key;
+
+/// How a call was admitted.
+pub(crate) enum Admission {
+    /// Running in a worker.
+    Dispatched,
+    /// Waiting for a worker.
+    Queued,
+    /// Refused: answer the origin with this status and message.
+    Rejected(u16, String),
+}
+
+/// A result to deliver to a call's origin.
+pub(crate) struct Outcome<'a> {
+    pub status: u16,
+    /// Header flags of `payload` (only `FLAG_CONTENT_TYPE` is meaningful).
+    pub flags: u16,
+    pub payload: &'a [u8],
+    /// Handler execution time, ns (0 when the call never ran).
+    pub exec_ns: u64,
+}
+
+impl LoopState {
+    /// Admits a new call of function `f` (already validated) with `payload`
+    /// (`flags` says whether it carries a query prefix).
+    pub(crate) fn admit(
+        &mut self,
+        f: u32,
+        origin: Origin,
+        depth: u32,
+        deadline: Duration,
+        flags: u16,
+        payload: &[u8],
+    ) -> Admission {
+        let ctx = self.ctx.clone();
+        let cfg = &ctx.config.functions[f as usize];
+        let timeout = cfg.timeout.min(deadline);
+        let max_queue = cfg.max_queue;
+        self.functions[f as usize].limiter.on_arrival(self.now_ns);
+        let call = Call {
+            origin,
+            function: f,
+            depth,
+            worker: None,
+            received_ns: self.now_ns,
+            dispatched_ns: 0,
+            deadline: self.now + timeout,
+            queued_input: None,
+        };
+        let admission = if let Some(w) = self.take_idle_worker(f) {
+            let key = self.calls.insert(call);
+            match self.send_invoke(w, key, flags, payload) {
+                Ok(()) => Admission::Dispatched,
+                Err(e) => {
+                    self.calls.remove(key);
+                    self.make_idle(w);
+                    Admission::Rejected(
+                        500,
+                        format!("cannot hand the call to a worker of {}: {e}", cfg.name),
+                    )
+                }
+            }
+        } else if self.functions[f as usize].pending.len() < max_queue {
+            let mut call = call;
+            call.queued_input = Some((flags, payload.to_vec()));
+            let key = self.calls.insert(call);
+            self.functions[f as usize].pending.push_back(key);
+            Admission::Queued
+        } else {
+            Admission::Rejected(
+                STATUS_OVERLOADED,
+                format!("function {} is overloaded: {} calls already queued", cfg.name, max_queue),
+            )
+        };
+        self.scale_up(f);
+        self.publish(f);
+        admission
+    }
+
+    /// An idle worker of `f`, if `f` is under its concurrency limit.
+    fn take_idle_worker(&mut self, f: u32) -> Option<Key> {
+        let fs = &mut self.functions[f as usize];
+        if fs.in_flight >= fs.limiter.limit() {
+            return None;
+        }
+        fs.idle.pop()
+    }
+
+    /// Puts worker `w` back on its function's idle list.
+    pub(crate) fn make_idle(&mut self, w: Key) {
+        if let Some(slot) = self.workers.get_mut(w) {
+            slot.busy = None;
+            slot.idle_since = self.now;
+            let f = slot.function;
+            self.functions[f as usize].idle.push(w);
+        }
+    }
+
+    /// Writes the `Invoke` of call `key` into worker `w`'s request ring.
+    fn send_invoke(&mut self, w: Key, key: Key, flags: u16, payload: &[u8]) -> Result<(), SendError> {
+        let loop_index = self.index;
+        let call = self.calls.get_mut(key).expect("call was just inserted or dequeued");
+        let remaining = call.deadline.saturating_duration_since(self.now);
+        let header = Header {
+            kind: Kind::Invoke,
+            flags,
+            function_id: call.function,
+            call_id: call_id(loop_index, key),
+            t0_ns: self.now_ns,
+            deadline_us: u32::try_from(remaining.as_micros()).unwrap_or(u32::MAX),
+            ..Header::default()
+        };
+        let slot = self.workers.get_mut(w).expect("idle worker exists");
+        slot.sender.try_send(&header, payload)?;
+        slot.busy = Some(key);
+        call.worker = Some(w);
+        call.dispatched_ns = self.now_ns;
+        self.functions[call.function as usize].in_flight += 1;
+        Ok(())
+    }
+
+    /// Hands waiting calls of `f` to idle workers while it is under its limit.
+    pub(crate) fn dispatch_pending(&mut self, f: u32, server: &mut HttpServer<KernelTransport>) {
+        while !self.functions[f as usize].pending.is_empty() {
+            let Some(w) = self.take_idle_worker(f) else { break };
+            let key = self.functions[f as usize].pending.pop_front().expect("not empty");
+            let Some((flags, input)) = self.calls.get_mut(key).and_then(|c| c.queued_input.take())
+            else {
+                // Answered already (its deadline passed): the worker stays idle.
+                self.functions[f as usize].idle.push(w);
+                continue;
+            };
+            if let Err(e) = self.send_invoke(w, key, flags, &input) {
+                self.make_idle(w);
+                let msg = format!("cannot hand the call to a worker: {e}");
+                self.fail_call(key, 500, &msg, server);
+            }
+        }
+        self.publish(f);
+    }
+
+    /// Answers call `key` with an error and forgets it.
+    pub(crate) fn fail_call(
+        &mut self,
+        key: Key,
+        status: u16,
+        message: &str,
+        server: &mut HttpServer<KernelTransport>,
+    ) {
+        let Some(call) = self.calls.remove(key) else { return };
+        if call.worker.is_some() {
+            self.functions[call.function as usize].in_flight -= 1;
+        }
+        let outcome = Outcome { status, flags: 0, payload: message.as_bytes(), exec_ns: 0 };
+        self.deliver(&call, &outcome, server);
+        self.publish(call.function);
+    }
+
+    /// Sends `outcome` to whoever waits for `call`.
+    pub(crate) fn deliver(
+        &mut self,
+        call: &Call,
+        outcome: &Outcome<'_>,
+        server: &mut HttpServer<KernelTransport>,
+    ) {
+        match call.origin {
+            Origin::External(request) => {
+                let (content_type, body) =
+                    match protocol::split_content_type(&header_with(outcome.flags), outcome.payload) {
+                        Ok(parts) => parts,
+                        Err(_) => (None, outcome.payload),
+                    };
+                let content_type = content_type.or(Some(if outcome.status >= 400 {
+                    "text/plain; charset=utf-8"
+                } else {
+                    "application/octet-stream"
+                }));
+                self.timing.clear();
+                server_timing(&mut self.timing, call, outcome.exec_ns, self.now_ns);
+                let headers = [("Server-Timing", self.timing.as_str())];
+                let response = Response {
+                    status: outcome.status,
+                    content_type,
+                    headers: &headers,
+                    body,
+                };
+                // The client may have gone; its answer then has nowhere to go.
+                let _ = server.respond(request, &response);
+            }
+            Origin::Internal { worker, local_id } => {
+                let header = Header {
+                    kind: Kind::Complete,
+                    flags: outcome.flags,
+                    call_id: local_id,
+                    status: outcome.status,
+                    ..Header::default()
+                };
+                // A caller that died meanwhile is simply gone.
+                if let Some(slot) = self.workers.get_mut(worker) {
+                    slot.outstanding = slot.outstanding.saturating_sub(1);
+                    slot.send_or_queue(&header, outcome.payload);
+                }
+            }
+        }
+    }
+
+    /// Handles an internal `Invoke` from worker `w` (the view's data is copied
+    /// into `payload` by the caller).
+    pub(crate) fn internal_invoke(
+        &mut self,
+        w: Key,
+        header: &Header,
+        payload: &[u8],
+        server: &mut HttpServer<KernelTransport>,
+    ) -> Result<(), String> {
+        let parent = self.workers.get(w).and_then(|s| s.busy);
+        let parent_ok = parent.is_some_and(|p| call_id(self.index, p) == header.parent_call_id);
+        if !parent_ok {
+            return Err(format!(
+                "internal call names parent {:#x}, but the worker is not running it",
+                header.parent_call_id
+            ));
+        }
+        let parent = parent.expect("checked");
+        let (depth, remaining) = match self.calls.get(parent) {
+            Some(p) => (p.depth + 1, p.deadline.saturating_duration_since(self.now)),
+            // The parent timed out already; its worker still runs. Give the
+            // child no time at all: it fails at the next timer.
+            None => (1, Duration::ZERO),
+        };
+        let reply_err = |st: &mut Self, status: u16, msg: String| {
+            let header = Header { kind: Kind::Complete, call_id: header.call_id, status, ..Header::default() };
+            if let Some(slot) = st.workers.get_mut(w) {
+                slot.send_or_queue(&header, msg.as_bytes());
+            }
+        };
+        let callee = header.function_id;
+        if callee as usize >= self.functions.len() {
+            reply_err(self, STATUS_UNKNOWN_FUNCTION, format!("no function with id {callee}"));
+            return Ok(());
+        }
+        let max_depth = self.ctx.config.functions[callee as usize].max_call_depth;
+        if depth > max_depth {
+            let name = self.functions[callee as usize].name.clone();
+            reply_err(
+                self,
+                STATUS_CALL_DEPTH,
+                format!("call to {name} exceeds max_call_depth {max_depth} (a call cycle?)"),
+            );
+            return Ok(());
+        }
+        if let Some(slot) = self.workers.get_mut(w) {
+            slot.outstanding += 1;
+        }
+        let origin = Origin::Internal { worker: w, local_id: header.call_id };
+        let flags = header.flags & protocol::FLAG_QUERY;
+        if let super::dispatch::Admission::Rejected(status, msg) =
+            self.admit(callee, origin, depth, remaining, flags, payload)
+        {
+            if let Some(slot) = self.workers.get_mut(w) {
+                slot.outstanding = slot.outstanding.saturating_sub(1);
+            }
+            reply_err(self, status, msg);
+        }
+        let _ = server;
+        Ok(())
+    }
+
+    /// Handles a `Complete` from worker `w` for the call it was running.
+    pub(crate) fn complete(
+        &mut self,
+        w: Key,
+        header: &Header,
+        payload: &[u8],
+        server: &mut HttpServer<KernelTransport>,
+    ) -> Result<(), String> {
+        let key = call_key(self.index, header.call_id);
+        let slot = self.workers.get(w).expect("polled worker exists");
+        if key.is_none() || slot.busy != key {
+            return Err(format!(
+                "completion for call {:#x}, but the worker runs {:?}",
+                header.call_id,
+                slot.busy.map(|k| call_id(self.index, k))
+            ));
+        }
+        let key = key.expect("checked");
+        let f = slot.function;
+        self.make_idle(w);
+        let exec_ns = header.t1_ns.saturating_sub(header.t0_ns);
+        self.functions[f as usize].limiter.on_completion(exec_ns);
+        // The call is gone if its deadline passed: the late result is dropped.
+        if let Some(call) = self.calls.remove(key) {
+            self.functions[f as usize].in_flight -= 1;
+            let outcome = Outcome { status: header.status, flags: header.flags, payload, exec_ns };
+            self.deliver(&call, &outcome, server);
+        }
+        self.dispatch_pending(f, server);
+        Ok(())
+    }
+
+    /// Answers every call whose deadline has passed with 504.
+    pub(crate) fn expire_deadlines(&mut self, server: &mut HttpServer<KernelTransport>) {
+        let mut keys = std::mem::take(&mut self.keys);
+        keys.clear();
+        keys.extend(self.calls.iter().filter(|(_, c)| c.deadline <= self.now).map(|(k, _)| k));
+        for &key in &keys {
+            let Some(call) = self.calls.get(key) else { continue };
+            let f = call.function;
+            let queued = call.worker.is_none();
+            let name = self.functions[f as usize].name.clone();
+            let timeout = self.ctx.config.functions[f as usize].timeout;
+            if queued {
+                self.functions[f as usize].pending.retain(|k| *k != key);
+            }
+            let msg = format!(
+                "function {name} did not answer within its deadline ({} ms{})",
+                timeout.as_millis(),
+                if queued { ", still queued" } else { "" }
+            );
+            // A running worker stays busy until it completes; its late result is
+            // dropped because the call is gone.
+            self.fail_call(key, STATUS_DEADLINE, &msg, server);
+        }
+        self.keys = keys;
+    }
+}
+
+fn header_with(flags: u16) -> Header {
+    Header { flags, ..Header::default() }
+}
+
+/// `Server-Timing` with the call's queueing, execution and runtime overhead.
+/// Durations are in milliseconds as the header's spec requires, with µs
+/// resolution (`exec;dur=0.012` is 12 µs).
+fn server_timing(out: &mut String, call: &Call, exec_ns: u64, now_ns: u64) {
+    use std::fmt::Write;
+    let total = now_ns.saturating_sub(call.received_ns);
+    let queue = if call.dispatched_ns == 0 { total } else { call.dispatched_ns - call.received_ns.min(call.dispatched_ns) };
+    let overhead = total.saturating_sub(queue).saturating_sub(exec_ns);
+    let ms = |ns: u64| ns as f64 / 1e6;
+    let _ = write!(
+        out,
+        "queue;dur={:.3}, exec;dur={:.3}, overhead;dur={:.3}",
+        ms(queue),
+        ms(exec_ns),
+        ms(overhead)
+    );
+}

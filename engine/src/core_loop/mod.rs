@@ -1,0 +1,301 @@
+//! A core loop: one pinned thread that owns a share of everything.
+//!
+//! Each loop owns, shared-nothing: its listening socket and connections (an
+//! [`HttpServer`]), a share of every function's workers and their channels, the
+//! per-function dispatch queues and the call table. It never takes a lock on
+//! the hot path. One turn:
+//!
+//! 1. poll the network with a bounded budget: parse requests, admit calls
+//!    (dispatch to an idle worker at once, or queue);
+//! 2. poll every worker's response ring with a budget: completions are answered
+//!    (HTTP reply, or forwarded to the calling worker), internal calls admitted;
+//! 3. take in workers the spawner has started, and reap dead ones;
+//! 4. timers (deadlines, scale-down, restarts), at most every millisecond.
+//!
+//! Time is read once per turn. Between turns the wait policy decides whether to
+//! spin, or to arm every ring's doorbell and sleep in epoll (see [`PollMode`]).
+
+mod calls;
+mod dispatch;
+mod routes;
+mod workers;
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use nocturne_net::http::HttpServer;
+use nocturne_net::kernel::KernelTransport;
+
+use crate::config::{Config, PollMode};
+use crate::limiter::ConcurrencyLimiter;
+use crate::slab::{Key, Slab};
+use crate::status::EngineStatus;
+use crate::worker::{Backoff, SpawnError, Spawner, Worker};
+
+pub(crate) use calls::{Call, Origin};
+use workers::WorkerSlot;
+
+/// Epoll token of the loop's eventfd (ring doorbells, spawner, stop).
+const WAKE_TOKEN: usize = 0;
+/// Worker pidfds are registered as `WORKER_TOKEN_BASE + slot index`.
+const WORKER_TOKEN_BASE: usize = 1;
+/// Requests parsed per turn before the loop looks at its rings again.
+const NET_BUDGET: usize = 64;
+/// Messages taken from one worker's ring per turn.
+const RING_BUDGET: usize = 32;
+/// How often timers run.
+const TIMER_PERIOD: Duration = Duration::from_millis(1);
+/// The longest an idle loop sleeps before looking at its timers.
+const MAX_SLEEP: Duration = Duration::from_millis(50);
+
+/// What a loop shares with the rest of the engine (read-only after start).
+pub struct LoopContext {
+    /// The resolved configuration.
+    pub config: Arc<Config>,
+    /// Counters for `/healthz` and `/system/functions`.
+    pub status: Arc<EngineStatus>,
+    /// Starts worker processes off the hot path.
+    pub spawner: Arc<Spawner>,
+    /// Set to ask every loop to stop.
+    pub stop: Arc<AtomicBool>,
+    /// The `nocturne` binary, re-executed for built-in functions.
+    pub exe: std::path::PathBuf,
+    /// Number of core loops in the engine.
+    pub loops: usize,
+}
+
+/// Per-function state of one loop: its share of the pool and its queue.
+pub(crate) struct FunctionState {
+    pub name: String,
+    /// Idle workers, most recently used last (LIFO keeps caches warm).
+    pub idle: Vec<Key>,
+    /// Calls waiting for a worker, oldest first.
+    pub pending: VecDeque<Key>,
+    pub limiter: ConcurrencyLimiter,
+    /// Ready workers of this loop.
+    pub workers: usize,
+    /// Spawns requested and not yet answered.
+    pub starting: usize,
+    pub in_flight: usize,
+    /// This loop's share of `min_workers` / `max_workers`.
+    pub min_share: usize,
+    pub max_share: usize,
+    pub backoff: Backoff,
+    /// When a backed-off restart is due.
+    pub restart_at: Option<Instant>,
+}
+
+/// A core loop: its network server and everything else.
+pub struct CoreLoop {
+    server: HttpServer<KernelTransport>,
+    st: LoopState,
+}
+
+/// Everything but the server, so the server can call into it while polling.
+pub(crate) struct LoopState {
+    pub index: u8,
+    pub ctx: Arc<LoopContext>,
+    pub functions: Vec<FunctionState>,
+    pub workers: Slab<WorkerSlot>,
+    pub calls: Slab<Call>,
+    /// Doorbell eventfd: workers, the spawner and `stop` write it.
+    pub wake_fd: Arc<OwnedFd>,
+    pub spawn_tx: mpsc::Sender<(u64, Result<Worker, SpawnError>)>,
+    pub spawn_rx: mpsc::Receiver<(u64, Result<Worker, SpawnError>)>,
+    /// Worker slots whose pidfd fired this turn.
+    pub exited: Vec<usize>,
+    /// Reused buffers.
+    pub scratch: Vec<u8>,
+    pub timing: String,
+    pub keys: Vec<Key>,
+    pub now: Instant,
+    pub now_ns: u64,
+    pub last_timers: Instant,
+    /// Set before an epoll sleep: the first request after it re-reads the clock.
+    pub clock_stale: bool,
+}
+
+impl CoreLoop {
+    /// A loop serving on `transport` (already bound), numbered `index`.
+    pub fn new(
+        index: usize,
+        transport: KernelTransport,
+        ctx: Arc<LoopContext>,
+    ) -> std::io::Result<Self> {
+        let config = &ctx.config;
+        let limits = crate::engine::http_limits(config);
+        let mut server = HttpServer::new(transport, limits);
+        let wake_fd = Arc::new(new_eventfd()?);
+        server.transport_mut().register_wake_fd(wake_fd.as_raw_fd(), WAKE_TOKEN)?;
+        let loops = ctx.loops;
+        let functions = config
+            .functions
+            .iter()
+            .map(|f| {
+                let min_share = share(f.min_workers, loops, index);
+                let max_share = share(f.max_workers, loops, index).max(1).max(min_share);
+                FunctionState {
+                    name: f.name.clone(),
+                    idle: Vec::new(),
+                    pending: VecDeque::new(),
+                    limiter: ConcurrencyLimiter::new(f.concurrency_coef, min_share.max(1), max_share),
+                    workers: 0,
+                    starting: 0,
+                    in_flight: 0,
+                    min_share,
+                    max_share,
+                    backoff: Backoff::default(),
+                    restart_at: None,
+                }
+            })
+            .collect();
+        let (spawn_tx, spawn_rx) = mpsc::channel();
+        let now = Instant::now();
+        Ok(Self {
+            server,
+            st: LoopState {
+                index: index as u8,
+                ctx,
+                functions,
+                workers: Slab::with_capacity(64),
+                calls: Slab::with_capacity(1024),
+                wake_fd,
+                spawn_tx,
+                spawn_rx,
+                exited: Vec::new(),
+                scratch: Vec::new(),
+                timing: String::new(),
+                keys: Vec::new(),
+                now,
+                now_ns: nocturne_functions::protocol::monotonic_ns(),
+                last_timers: now,
+                clock_stale: false,
+            },
+        })
+    }
+
+    /// The eventfd that wakes this loop from an epoll sleep.
+    pub fn wake_fd(&self) -> Arc<OwnedFd> {
+        self.st.wake_fd.clone()
+    }
+
+    /// Runs until the context's `stop` flag is set.
+    pub fn run(mut self) {
+        let config = self.st.ctx.config.clone();
+        let spin_budget = match config.poll {
+            PollMode::Spin => None,
+            PollMode::Adaptive => Some(Duration::from_micros(config.spin_us)),
+            PollMode::Block => Some(Duration::ZERO),
+        };
+        for f in 0..self.st.functions.len() {
+            self.st.ensure_min_workers(f as u32);
+        }
+        let mut last_work = Instant::now();
+        while !self.st.ctx.stop.load(Ordering::Relaxed) {
+            self.st.tick();
+            let mut work = self.poll_net(Some(Duration::ZERO));
+            work += self.turn_rest();
+            if work > 0 {
+                last_work = self.st.now;
+                continue;
+            }
+            let Some(spin) = spin_budget else { continue };
+            if self.st.now.duration_since(last_work) < spin {
+                std::hint::spin_loop();
+                continue;
+            }
+            // Idle past the spin budget: arm every doorbell, then sleep in epoll
+            // unless something arrived meanwhile (arming re-checks each ring).
+            if self.st.arm_all() {
+                let sleep = self.st.sleep_budget();
+                self.st.clock_stale = true;
+                self.poll_net(Some(sleep));
+                self.st.clock_stale = false;
+            }
+            self.st.disarm_all();
+            self.st.tick();
+            self.turn_rest();
+            last_work = self.st.now;
+        }
+        self.st.shutdown();
+    }
+
+    fn poll_net(&mut self, timeout: Option<Duration>) -> usize {
+        match self.server.poll(timeout, NET_BUDGET, &mut self.st) {
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!("nocturne: core loop {}: network poll failed: {e}", self.st.index);
+                std::thread::sleep(Duration::from_millis(1));
+                0
+            }
+        }
+    }
+
+    /// Rings, spawns, deaths, timers: everything after the network.
+    fn turn_rest(&mut self) -> usize {
+        let mut work = self.st.poll_workers(&mut self.server);
+        work += self.st.take_spawned(&mut self.server);
+        work += self.st.reap_exited(&mut self.server);
+        if self.st.now.duration_since(self.st.last_timers) >= TIMER_PERIOD {
+            self.st.last_timers = self.st.now;
+            self.st.run_timers(&mut self.server);
+        }
+        work
+    }
+}
+
+impl LoopState {
+    /// Reads the clock: once per turn (and once after an epoll sleep).
+    pub(crate) fn tick(&mut self) {
+        self.now = Instant::now();
+        self.now_ns = nocturne_functions::protocol::monotonic_ns();
+    }
+
+    fn sleep_budget(&self) -> Duration {
+        // Timers need the loop back when calls are in flight or queued.
+        if self.calls.is_empty() {
+            MAX_SLEEP
+        } else {
+            TIMER_PERIOD.max(Duration::from_millis(1))
+        }
+    }
+
+    /// Publishes this loop's counters of function `f`.
+    fn publish(&self, f: u32) {
+        let fs = &self.functions[f as usize];
+        self.ctx.status.publish(
+            usize::from(self.index),
+            f as usize,
+            fs.workers as u32,
+            fs.in_flight as u32,
+            fs.pending.len() as u32,
+        );
+    }
+}
+
+/// Loop `index`'s share of `total` spread over `loops` (the first loops take the remainder).
+fn share(total: usize, loops: usize, index: usize) -> usize {
+    total / loops + usize::from(index < total % loops)
+}
+
+fn new_eventfd() -> std::io::Result<OwnedFd> {
+    crate::sys::eventfd()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::share;
+
+    #[test]
+    fn shares_add_up() {
+        for loops in 1..5 {
+            for total in 0..10 {
+                let sum: usize = (0..loops).map(|i| share(total, loops, i)).sum();
+                assert_eq!(sum, total);
+            }
+        }
+    }
+}

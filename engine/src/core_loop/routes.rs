@@ -1,0 +1,151 @@
+//! HTTP routes of a core loop.
+//!
+//! | route                   | answer |
+//! |-------------------------|--------|
+//! | `POST /function/NAME`   | invoke NAME with the body (`GET` too where `allow_get`); the query string reaches the function either way |
+//! | `GET /healthz`          | 200 once every function has `min_workers` ready, else 503 |
+//! | `GET /system/functions` | JSON array of `{"name","workers","in_flight","queued","crash_looping"}` |
+//!
+//! Unknown paths are 404, a known path with the wrong method 405.
+
+use nocturne_functions::protocol;
+use nocturne_net::ConnId;
+use nocturne_net::http::{Method, Request, RequestHandler, RequestHead, Responder, Response};
+
+use super::dispatch::Admission;
+use super::{LoopState, Origin, WAKE_TOKEN};
+
+/// The body limit for paths that take no body.
+const NO_BODY_LIMIT: usize = 64 * 1024;
+
+enum Route<'a> {
+    Function(&'a str),
+    Healthz,
+    Functions,
+    NotFound,
+}
+
+fn route(path: &str) -> Route<'_> {
+    match path {
+        "/healthz" => Route::Healthz,
+        "/system/functions" => Route::Functions,
+        _ => match path.strip_prefix("/function/") {
+            Some(name) if !name.is_empty() && !name.contains('/') => Route::Function(name),
+            _ => Route::NotFound,
+        },
+    }
+}
+
+impl LoopState {
+    fn function_id(&self, name: &str) -> Option<u32> {
+        self.functions.iter().position(|f| f.name == name).map(|i| i as u32)
+    }
+}
+
+fn text<'a>(status: u16, body: &'a str) -> Response<'a> {
+    Response { status, content_type: Some("text/plain; charset=utf-8"), headers: &[], body: body.as_bytes() }
+}
+
+impl RequestHandler for LoopState {
+    fn body_limit(&mut self, head: &RequestHead<'_>) -> usize {
+        match route(head.path) {
+            Route::Function(name) => match self.function_id(name) {
+                Some(f) => self.ctx.config.functions[f as usize].max_payload,
+                None => NO_BODY_LIMIT,
+            },
+            _ => NO_BODY_LIMIT,
+        }
+    }
+
+    fn on_request(&mut self, req: Request<'_>, responder: &mut Responder<'_>) {
+        if self.clock_stale {
+            // Woken from an epoll sleep: the turn's time is from before it.
+            self.tick();
+            self.clock_stale = false;
+        }
+        let id = req.id;
+        let method = req.head.method;
+        match route(req.head.path) {
+            Route::Healthz => {
+                if method != Method::Get {
+                    let _ = responder.respond(id, &text(405, "use GET\n"));
+                } else if self.ctx.status.healthy() {
+                    let _ = responder.respond(id, &text(200, "ok\n"));
+                } else {
+                    let _ = responder.respond(id, &text(503, "starting: not every function has min_workers ready\n"));
+                }
+            }
+            Route::Functions => {
+                if method != Method::Get {
+                    let _ = responder.respond(id, &text(405, "use GET\n"));
+                } else {
+                    let body = self.ctx.status.functions_json();
+                    let _ = responder.respond(
+                        id,
+                        &Response {
+                            status: 200,
+                            content_type: Some("application/json"),
+                            headers: &[],
+                            body: body.as_bytes(),
+                        },
+                    );
+                }
+            }
+            Route::NotFound => {
+                let _ = responder.respond(id, &text(404, "not found: functions are at /function/NAME\n"));
+            }
+            Route::Function(name) => {
+                let Some(f) = self.function_id(name) else {
+                    let msg = format!("no function named {name:?}\n");
+                    let _ = responder.respond(id, &text(404, &msg));
+                    return;
+                };
+                let allow_get = self.ctx.config.functions[f as usize].allow_get;
+                let allowed = method == Method::Post || (allow_get && method == Method::Get);
+                if !allowed {
+                    let allow = if allow_get { "GET, POST" } else { "POST" };
+                    let headers = [("Allow", allow)];
+                    let msg = format!("function {name} takes {allow}\n");
+                    let _ = responder.respond(
+                        id,
+                        &Response { status: 405, content_type: Some("text/plain; charset=utf-8"), headers: &headers, body: msg.as_bytes() },
+                    );
+                    return;
+                }
+                let deadline = self.ctx.config.functions[f as usize].timeout;
+                let admission = match req.head.query {
+                    None => self.admit(f, Origin::External(id), 0, deadline, 0, req.body),
+                    Some(query) => {
+                        let mut payload = std::mem::take(&mut self.scratch);
+                        protocol::encode_query_prefix(&mut payload, query);
+                        payload.extend_from_slice(req.body);
+                        let a = self.admit(f, Origin::External(id), 0, deadline, protocol::FLAG_QUERY, &payload);
+                        self.scratch = payload;
+                        a
+                    }
+                };
+                if let Admission::Rejected(status, msg) = admission {
+                    let retry = [("Retry-After", "1")];
+                    let headers: &[(&str, &str)] = if status == protocol::STATUS_OVERLOADED { &retry } else { &[] };
+                    let _ = responder.respond(
+                        id,
+                        &Response { status, content_type: Some("text/plain; charset=utf-8"), headers, body: msg.as_bytes() },
+                    );
+                }
+            }
+        }
+    }
+
+    fn on_wake(&mut self, token: usize) {
+        if token == WAKE_TOKEN {
+            crate::sys::drain_eventfd(&self.wake_fd);
+        } else {
+            self.on_worker_token(token);
+        }
+    }
+
+    fn on_closed(&mut self, _conn: ConnId) {
+        // Calls of a closed connection run to completion; their answers find no
+        // connection and are dropped by `HttpServer::respond`.
+    }
+}

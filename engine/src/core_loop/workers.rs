@@ -1,0 +1,399 @@
+//! The loop's workers: polling their rings, taking in new ones, burying dead
+//! ones, and sizing each function's pool.
+//!
+//! Spawning a process takes milliseconds, so the loop only *asks* the
+//! [`Spawner`](crate::worker::Spawner) thread and takes the result from a queue
+//! on a later turn. A worker's death is seen at once through its pidfd, which
+//! sits in the loop's epoll set: the call it was running fails with 502 naming
+//! the exit, and the pool is refilled (backed off if it keeps dying).
+
+use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use nocturne_ipc::channel::{Receiver, SendError, Sender};
+use nocturne_ipc::message::{Header, Kind};
+use nocturne_net::http::HttpServer;
+use nocturne_net::kernel::KernelTransport;
+
+use nocturne_functions::protocol::STATUS_WORKER_CRASHED;
+
+use super::{LoopState, RING_BUDGET, WORKER_TOKEN_BASE};
+use crate::slab::Key;
+use crate::worker::{ExitStatus, SpawnRequest, Worker};
+
+/// A worker as its loop sees it.
+pub(crate) struct WorkerSlot {
+    pub worker: Worker,
+    pub function: u32,
+    pub sender: Sender,
+    pub receiver: Receiver,
+    /// The call it runs.
+    pub busy: Option<Key>,
+    pub idle_since: std::time::Instant,
+    /// Internal calls it has in flight.
+    pub outstanding: u32,
+    /// Messages that did not fit its request ring, sent before anything new.
+    pub backlog: VecDeque<(Header, Vec<u8>)>,
+    /// Set when the worker broke the protocol on its side of the ring; the
+    /// loop disconnects it on its next look.
+    pub broken: Option<String>,
+}
+
+impl WorkerSlot {
+    /// Sends now, or keeps the message in order for a later turn when the ring
+    /// or arena is full; nothing is dropped.
+    pub fn send_or_queue(&mut self, header: &Header, payload: &[u8]) {
+        if self.backlog.is_empty() {
+            match self.sender.try_send(header, payload) {
+                Ok(()) => return,
+                Err(SendError::RingFull) | Err(SendError::ArenaFull) => {}
+                Err(SendError::Protocol(e)) => {
+                    self.broken = Some(format!("corrupt release position: {e}"));
+                    return;
+                }
+                Err(e @ SendError::TooLarge { .. }) => {
+                    // The callee's output exceeds what the caller's channel
+                    // carries: the caller gets an error instead.
+                    let msg = format!("result does not fit the channel: {e}");
+                    let h = Header { status: 500, flags: 0, ..*header };
+                    self.backlog.push_back((h, msg.into_bytes()));
+                    return;
+                }
+            }
+        }
+        self.backlog.push_back((*header, payload.to_vec()));
+    }
+
+    /// Sends what the backlog holds, in order, until the ring is full again.
+    fn flush_backlog(&mut self) {
+        while let Some((header, payload)) = self.backlog.front() {
+            match self.sender.try_send(header, payload) {
+                Ok(()) => {
+                    self.backlog.pop_front();
+                }
+                Err(SendError::TooLarge { .. }) => {
+                    self.backlog.pop_front();
+                }
+                Err(SendError::Protocol(e)) => {
+                    self.broken = Some(format!("corrupt release position: {e}"));
+                    break;
+                }
+                Err(SendError::RingFull) | Err(SendError::ArenaFull) => break,
+            }
+        }
+    }
+}
+
+impl LoopState {
+    /// Takes messages from every worker's response ring; returns how many.
+    pub(crate) fn poll_workers(&mut self, server: &mut HttpServer<KernelTransport>) -> usize {
+        let mut work = 0;
+        let mut keys = std::mem::take(&mut self.keys);
+        self.workers.keys_into(&mut keys);
+        for &w in &keys {
+            let mut violation = None;
+            for _ in 0..RING_BUDGET {
+                let Some(slot) = self.workers.get_mut(w) else { break };
+                if !slot.backlog.is_empty() {
+                    slot.flush_backlog();
+                }
+                let mut payload = std::mem::take(&mut self.scratch);
+                let header = match slot.receiver.try_recv() {
+                    Ok(None) => {
+                        self.scratch = payload;
+                        break;
+                    }
+                    Ok(Some(msg)) => {
+                        // Copy out so the ring slot is released before we touch
+                        // other workers' rings (cheap: payloads are small or
+                        // the copy is the send's anyway).
+                        payload.clear();
+                        payload.extend_from_slice(msg.payload());
+                        *msg.header()
+                    }
+                    Err(e) => {
+                        self.scratch = payload;
+                        violation = Some(format!("corrupt message: {e}"));
+                        break;
+                    }
+                };
+                work += 1;
+                let result = match header.kind {
+                    Kind::Complete => self.complete(w, &header, &payload, server),
+                    Kind::Invoke => self.internal_invoke(w, &header, &payload, server),
+                    Kind::Unknown(raw) => Err(format!("unknown message kind {raw}")),
+                };
+                self.scratch = payload;
+                if let Err(e) = result {
+                    violation = Some(e);
+                    break;
+                }
+            }
+            if violation.is_none() {
+                violation = self.workers.get_mut(w).and_then(|s| s.broken.take());
+            }
+            if let Some(why) = violation {
+                self.disconnect_worker(w, &format!("protocol violation: {why}"), server);
+            }
+        }
+        self.keys = keys;
+        work
+    }
+
+    /// Takes in workers the spawner finished (or failed) starting.
+    pub(crate) fn take_spawned(&mut self, server: &mut HttpServer<KernelTransport>) -> usize {
+        let mut work = 0;
+        while let Ok((tag, result)) = self.spawn_rx.try_recv() {
+            work += 1;
+            let f = tag as u32;
+            self.functions[f as usize].starting -= 1;
+            match result {
+                Ok(worker) => self.add_worker(f, worker, server),
+                Err(e) => {
+                    let fs = &mut self.functions[f as usize];
+                    let delay = fs.backoff.on_failure(self.now);
+                    eprintln!(
+                        "nocturne: cannot start a worker of {}: {e}; retrying in {} ms",
+                        fs.name,
+                        delay.as_millis()
+                    );
+                    fs.restart_at = Some(self.now + delay);
+                    self.ctx.status.set_crash_looping(usize::from(self.index), f as usize, true);
+                    if fs.workers == 0 && fs.starting == 0 {
+                        // Nobody will run the waiting calls soon: answer them.
+                        let pending: Vec<Key> = fs.pending.drain(..).collect();
+                        let msg = format!("no worker of {} could be started: {e}", fs.name);
+                        for key in pending {
+                            self.fail_call(key, STATUS_WORKER_CRASHED, &msg, server);
+                        }
+                    }
+                    self.publish(f);
+                }
+            }
+        }
+        work
+    }
+
+    fn add_worker(&mut self, f: u32, mut worker: Worker, server: &mut HttpServer<KernelTransport>) {
+        let (sender, receiver) = worker.take_end().expect("a new worker has its channel").split();
+        let pid = worker.pid;
+        let slot = WorkerSlot {
+            worker,
+            function: f,
+            sender,
+            receiver,
+            busy: None,
+            idle_since: self.now,
+            outstanding: 0,
+            backlog: VecDeque::new(),
+            broken: None,
+        };
+        let key = self.workers.insert(slot);
+        let pidfd = self.workers.get(key).expect("inserted").worker.pidfd().as_raw_fd();
+        if let Err(e) = server.transport_mut().register_wake_fd(pidfd, WORKER_TOKEN_BASE + key.index()) {
+            eprintln!("nocturne: cannot watch worker pid {pid}: {e}; dropping it");
+            self.workers.remove(key);
+            return;
+        }
+        let fs = &mut self.functions[f as usize];
+        fs.workers += 1;
+        fs.idle.push(key);
+        eprintln!(
+            "nocturne: loop {}: worker {} pid {pid} ready ({} of {})",
+            self.index, fs.name, fs.workers, fs.max_share
+        );
+        self.dispatch_pending(f, server);
+    }
+
+    /// Notes that the pidfd of slot `index` fired (called from the epoll callback).
+    pub(crate) fn on_worker_token(&mut self, token: usize) {
+        self.exited.push(token - WORKER_TOKEN_BASE);
+    }
+
+    /// Buries workers whose pidfd fired: fails their call, refills the pool.
+    pub(crate) fn reap_exited(&mut self, server: &mut HttpServer<KernelTransport>) -> usize {
+        let mut work = 0;
+        let exited = std::mem::take(&mut self.exited);
+        for &index in &exited {
+            let Some(w) = self.workers.key_at(index) else { continue };
+            let status = self.workers.get_mut(w).and_then(|s| s.worker.try_reap());
+            let Some(status) = status else { continue };
+            work += 1;
+            let why = describe_exit(&status);
+            self.remove_worker(w, &why, true, server);
+        }
+        self.exited = exited;
+        self.exited.clear();
+        work
+    }
+
+    /// Kills a worker that broke the protocol and treats it as crashed.
+    fn disconnect_worker(&mut self, w: Key, why: &str, server: &mut HttpServer<KernelTransport>) {
+        if let Some(slot) = self.workers.get(w) {
+            eprintln!(
+                "nocturne: worker {} pid {}: {why}; killing it",
+                self.functions[slot.function as usize].name, slot.worker.pid
+            );
+            slot.worker.kill();
+        }
+        self.remove_worker(w, why, true, server);
+    }
+
+    /// Removes worker `w`: fails its call with 502, refills the pool if `crashed`.
+    fn remove_worker(&mut self, w: Key, why: &str, crashed: bool, server: &mut HttpServer<KernelTransport>) {
+        let Some(slot) = self.workers.remove(w) else { return };
+        let _ = server.transport_mut().deregister_wake_fd(slot.worker.pidfd().as_raw_fd());
+        let f = slot.function;
+        let name = self.functions[f as usize].name.clone();
+        let pid = slot.worker.pid;
+        {
+            let fs = &mut self.functions[f as usize];
+            fs.workers -= 1;
+            fs.idle.retain(|k| *k != w);
+        }
+        if let Some(call) = slot.busy {
+            let msg = format!("worker of {name} (pid {pid}) {why} while running the call");
+            self.fail_call(call, STATUS_WORKER_CRASHED, &msg, server);
+        }
+        drop(slot);
+        if crashed {
+            eprintln!("nocturne: worker {name} pid {pid} {why}");
+            let fs = &mut self.functions[f as usize];
+            let delay = fs.backoff.on_failure(self.now);
+            if !delay.is_zero() {
+                eprintln!(
+                    "nocturne: {name} keeps crashing; next restart in {} ms",
+                    delay.as_millis()
+                );
+                self.ctx.status.set_crash_looping(usize::from(self.index), f as usize, true);
+            }
+            fs.restart_at = Some(self.now + delay);
+        }
+        self.publish(f);
+        self.restart_if_due(f);
+    }
+
+    /// Asks for workers until `f` has its minimum (respecting a back-off).
+    pub(crate) fn ensure_min_workers(&mut self, f: u32) {
+        let fs = &self.functions[f as usize];
+        let missing = fs.min_share.saturating_sub(fs.workers + fs.starting);
+        for _ in 0..missing {
+            self.request_spawn(f);
+        }
+    }
+
+    fn restart_if_due(&mut self, f: u32) {
+        let fs = &mut self.functions[f as usize];
+        if fs.restart_at.is_some_and(|t| t > self.now) {
+            return;
+        }
+        fs.restart_at = None;
+        self.ensure_min_workers(f);
+        // Calls may be waiting with no worker at all.
+        let fs = &self.functions[f as usize];
+        if !fs.pending.is_empty() && fs.workers + fs.starting == 0 {
+            self.request_spawn(f);
+        }
+    }
+
+    /// Grows `f`'s pool toward its concurrency limit.
+    pub(crate) fn scale_up(&mut self, f: u32) {
+        let fs = &self.functions[f as usize];
+        if fs.restart_at.is_some() {
+            return;
+        }
+        let pool = fs.workers + fs.starting;
+        let wanted = fs.limiter.limit().min(fs.max_share);
+        if pool < wanted && fs.idle.is_empty() {
+            self.request_spawn(f);
+        }
+    }
+
+    fn request_spawn(&mut self, f: u32) {
+        let spec = crate::engine::worker_spec(&self.ctx, f, usize::from(self.index));
+        self.functions[f as usize].starting += 1;
+        self.ctx.spawner.request(SpawnRequest {
+            spec,
+            reply: self.spawn_tx.clone(),
+            wake_efd: self.wake_fd.clone(),
+            tag: u64::from(f),
+        });
+    }
+
+    /// Deadlines, restarts, scale-down.
+    pub(crate) fn run_timers(&mut self, server: &mut HttpServer<KernelTransport>) {
+        self.expire_deadlines(server);
+        for f in 0..self.functions.len() as u32 {
+            let fs = &mut self.functions[f as usize];
+            if fs.restart_at.is_some_and(|t| t <= self.now) {
+                self.restart_if_due(f);
+            }
+            let fs = &mut self.functions[f as usize];
+            if fs.backoff.is_stable(self.now) {
+                self.ctx.status.set_crash_looping(usize::from(self.index), f as usize, false);
+            }
+            self.scale_down(f, server);
+        }
+    }
+
+    /// Retires workers idle for longer than `idle_timeout`, down to the minimum.
+    fn scale_down(&mut self, f: u32, server: &mut HttpServer<KernelTransport>) {
+        let idle_timeout: Duration = self.ctx.config.functions[f as usize].idle_timeout;
+        loop {
+            let fs = &self.functions[f as usize];
+            if fs.workers <= fs.min_share {
+                return;
+            }
+            // The LIFO's bottom is the longest idle.
+            let Some(&oldest) = fs.idle.first() else { return };
+            let Some(slot) = self.workers.get(oldest) else { return };
+            if self.now.duration_since(slot.idle_since) < idle_timeout {
+                return;
+            }
+            let pid = slot.worker.pid;
+            eprintln!(
+                "nocturne: loop {}: retiring idle worker {} pid {pid}",
+                self.index, fs.name
+            );
+            self.remove_worker(oldest, "was retired", false, server);
+        }
+    }
+
+    /// Arms every ring's doorbell before an epoll sleep; `false` if a message
+    /// is already waiting (then the loop must not sleep).
+    pub(crate) fn arm_all(&mut self) -> bool {
+        let mut all = true;
+        for (_, slot) in self.workers.iter() {
+            if !slot.receiver.arm_sleep() {
+                all = false;
+                break;
+            }
+        }
+        all
+    }
+
+    /// Disarms every doorbell after waking.
+    pub(crate) fn disarm_all(&mut self) {
+        for (_, slot) in self.workers.iter() {
+            slot.receiver.disarm_sleep();
+        }
+    }
+
+    /// Ends every worker of this loop (dropping a worker closes its control
+    /// socket; the worker exits on EOF, and `Worker`'s drop reaps it).
+    pub(crate) fn shutdown(&mut self) {
+        let mut keys = Vec::new();
+        self.workers.keys_into(&mut keys);
+        for w in keys {
+            self.workers.remove(w);
+        }
+    }
+}
+
+fn describe_exit(status: &ExitStatus) -> String {
+    match status {
+        ExitStatus::Unknown => "exited (status collected elsewhere)".to_string(),
+        other => format!("{other}"),
+    }
+}

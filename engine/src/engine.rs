@@ -1,0 +1,199 @@
+//! Starting and stopping the engine: binding, core-loop threads, signals.
+//!
+//! The main thread resolves the configuration, binds one `SO_REUSEPORT`
+//! listener per core loop (the first one picks the port when it is 0), starts
+//! the spawner and one pinned thread per io core, then waits for SIGINT or
+//! SIGTERM. On a signal it raises the stop flag, wakes every loop, and joins
+//! them; each loop ends its workers.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use nocturne_ipc::channel::{ChannelConfig, WaitPolicy};
+use nocturne_net::http::Limits;
+use nocturne_net::kernel::{KernelOptions, KernelTransport};
+use nocturne_net::Transport as _;
+
+use crate::config::{Config, FunctionSource, WorkerPoll};
+use crate::core_loop::{CoreLoop, LoopContext};
+use crate::status::EngineStatus;
+use crate::worker::{Spawner, WorkerSpec};
+
+/// HTTP limits from the configuration.
+pub(crate) fn http_limits(config: &Config) -> Limits {
+    Limits {
+        max_header_bytes: config.max_header_bytes,
+        max_body_bytes: config.functions.iter().map(|f| f.max_payload).max().unwrap_or(0).max(64 * 1024),
+        max_connections: config.max_connections,
+        ..Limits::default()
+    }
+}
+
+/// The channel a worker of function `f` gets: inline slots for small messages,
+/// an arena per direction big enough for the function's largest payload.
+pub(crate) fn channel_config(config: &Config, f: usize) -> ChannelConfig {
+    let max_payload = config.functions[f].max_payload;
+    // Room for the payload plus a query or content-type prefix, twice over so a
+    // message can be in flight while the previous one is released.
+    let arena = (2 * (max_payload + 64 * 1024)).next_power_of_two().max(1 << 20);
+    ChannelConfig {
+        ring_slots: 256,
+        slot_size: 256,
+        arena_bytes: u32::try_from(arena).unwrap_or(u32::MAX / 2 + 1),
+    }
+}
+
+/// How workers wait for work, from `--worker-poll` and `--worker-spin-us`.
+pub(crate) fn worker_wait(config: &Config) -> WaitPolicy {
+    let spin = Duration::from_micros(config.worker_spin_us);
+    match config.worker_poll {
+        // As documented for `--worker-poll`: spin (on a core of its own) for
+        // the budget then park; yield (shared core) for the budget then park;
+        // park at once.
+        WorkerPoll::Spin => WaitPolicy::Park { spin },
+        WorkerPoll::Yield => WaitPolicy::Yield { spin },
+        WorkerPoll::Park => WaitPolicy::Park { spin: Duration::ZERO },
+    }
+}
+
+/// What the spawner needs to start a worker of function `f` for loop `loop_index`.
+pub(crate) fn worker_spec(ctx: &LoopContext, f: u32, loop_index: usize) -> WorkerSpec {
+    let config = &ctx.config;
+    let fc = &config.functions[f as usize];
+    let argv: Vec<OsString> = match &fc.source {
+        FunctionSource::Builtin(name) => {
+            vec![ctx.exe.clone().into_os_string(), "worker".into(), name.into()]
+        }
+        FunctionSource::Command(argv) => argv.iter().map(OsString::from).collect(),
+    };
+    WorkerSpec {
+        function: fc.name.clone(),
+        function_id: f,
+        argv,
+        env: fc.env.iter().map(|(k, v)| (k.into(), v.into())).collect(),
+        cores: config.worker_cores.clone(),
+        channel: channel_config(config, f as usize),
+        functions: config.functions.iter().enumerate().map(|(i, f)| (f.name.clone(), i as u32)).collect(),
+        wait: worker_wait(config),
+        handshake_timeout: Duration::from_secs(10),
+        worker_index: loop_index as u32,
+    }
+}
+
+/// A running engine (its core loops run on their own threads).
+pub struct Engine {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    wake_fds: Vec<Arc<std::os::fd::OwnedFd>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Binds, starts the core loops and begins starting workers.
+    pub fn start(config: Config) -> anyhow::Result<Self> {
+        let config = Arc::new(config);
+        let loops = config.io_cores.len();
+        let status = Arc::new(EngineStatus::new(
+            loops,
+            &config.functions.iter().map(|f| (f.name.clone(), f.min_workers as u32)).collect::<Vec<_>>(),
+        ));
+        let ctx = Arc::new(LoopContext {
+            config: config.clone(),
+            status,
+            spawner: Arc::new(Spawner::start()),
+            stop: Arc::new(AtomicBool::new(false)),
+            exe: std::env::current_exe().context("cannot locate the nocturne binary")?,
+            loops,
+        });
+        // Bind every listener before any thread starts, so a bad address fails
+        // the start instead of one loop.
+        let opts = KernelOptions::default();
+        let first = KernelTransport::bind(config.listen, &opts)
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let addr = first.local_addr();
+        let mut transports = vec![first];
+        for _ in 1..loops {
+            transports.push(
+                KernelTransport::bind(addr, &opts).with_context(|| format!("cannot listen on {addr}"))?,
+            );
+        }
+        let mut wake_fds = Vec::new();
+        let mut threads = Vec::new();
+        for (index, (transport, &core)) in transports.into_iter().zip(&config.io_cores).enumerate() {
+            let core_loop = CoreLoop::new(index, transport, ctx.clone())
+                .with_context(|| format!("cannot set up core loop {index}"))?;
+            wake_fds.push(core_loop.wake_fd());
+            let thread = std::thread::Builder::new()
+                .name(format!("nocturne-io-{core}"))
+                .spawn(move || {
+                    if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                        eprintln!("nocturne: warning: cannot pin core loop {index} to core {core}");
+                    }
+                    core_loop.run();
+                })
+                .context("cannot start a core loop thread")?;
+            threads.push(thread);
+        }
+        log_startup(&config, addr);
+        Ok(Self { addr, stop: ctx.stop.clone(), wake_fds, threads })
+    }
+
+    /// The address the engine listens on (the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops every core loop and waits for them; their workers end with them.
+    pub fn stop(self) {
+        // Relaxed: the loops only need to see it eventually; the eventfd write
+        // that follows wakes any that sleep.
+        self.stop.store(true, Ordering::Relaxed);
+        for fd in &self.wake_fds {
+            crate::sys::signal_eventfd(fd);
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn log_startup(config: &Config, addr: SocketAddr) {
+    eprintln!(
+        "nocturne: listening on http://{addr} ({} core loop{} on cores {:?}, poll {:?}, workers wait {:?}{})",
+        config.io_cores.len(),
+        if config.io_cores.len() == 1 { "" } else { "s" },
+        config.io_cores,
+        config.poll,
+        config.worker_poll,
+        match &config.worker_cores {
+            Some(c) => format!(" on cores {c:?}"),
+            None => String::new(),
+        }
+    );
+    for f in &config.functions {
+        let source = match &f.source {
+            FunctionSource::Builtin(name) => format!("built-in {name}"),
+            FunctionSource::Command(argv) => format!("command {argv:?}"),
+        };
+        eprintln!(
+            "nocturne: function {} ({source}): {}..{} workers, POST /function/{}",
+            f.name, f.min_workers, f.max_workers, f.name
+        );
+    }
+}
+
+/// `nocturne serve`: runs until SIGINT or SIGTERM.
+pub fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<()> {
+    let config = args.resolve()?;
+    crate::sys::block_shutdown_signals().context("cannot block shutdown signals")?;
+    let engine = Engine::start(config)?;
+    let sig = crate::sys::wait_for_signal();
+    eprintln!("nocturne: signal {sig} received, stopping");
+    engine.stop();
+    eprintln!("nocturne: stopped");
+    Ok(())
+}

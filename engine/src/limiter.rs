@@ -1,0 +1,170 @@
+//! The per-function concurrency limit, by Little's law (as in Nightcore).
+//!
+//! The number of calls a function needs in flight to keep up is
+//! `arrival rate × service time`. The limiter keeps exponential moving averages
+//! of both and sets
+//!
+//! ```text
+//! limit = clamp(ceil(coef × EMA(service time) × EMA(arrival rate)), min, max)
+//! ```
+//!
+//! Above the limit, calls queue rather than start: running more of them at once
+//! would only add contention. The dispatcher grows the worker pool toward the
+//! limit and shrinks idle workers back toward `min`.
+//!
+//! Time is passed in (nanoseconds on any monotonic clock), never read here, so
+//! the arithmetic is tested with a fake clock.
+
+/// Weight of a new sample in both moving averages.
+const ALPHA: f64 = 0.05;
+
+/// Little's-law concurrency limit of one function.
+#[derive(Debug, Clone)]
+pub struct ConcurrencyLimiter {
+    coef: f64,
+    min: usize,
+    max: usize,
+    /// EMA of the time between arrivals, ns (0 until two arrivals are seen).
+    interarrival_ns: f64,
+    /// EMA of handler execution time, ns (0 until one completion is seen).
+    service_ns: f64,
+    last_arrival_ns: Option<u64>,
+    limit: usize,
+}
+
+impl ConcurrencyLimiter {
+    /// A limiter clamped to `[min, max]` (min is raised to at least 1).
+    pub fn new(coef: f64, min: usize, max: usize) -> Self {
+        let min = min.max(1);
+        let max = max.max(min);
+        Self {
+            coef,
+            min,
+            max,
+            interarrival_ns: 0.0,
+            service_ns: 0.0,
+            last_arrival_ns: None,
+            limit: min,
+        }
+    }
+
+    /// Records a call arriving at `now_ns`.
+    pub fn on_arrival(&mut self, now_ns: u64) {
+        if let Some(last) = self.last_arrival_ns {
+            let gap = now_ns.saturating_sub(last) as f64;
+            self.interarrival_ns = ema(self.interarrival_ns, gap);
+        }
+        self.last_arrival_ns = Some(now_ns);
+        self.recompute();
+    }
+
+    /// Records a call that ran for `service_ns`.
+    pub fn on_completion(&mut self, service_ns: u64) {
+        self.service_ns = ema(self.service_ns, service_ns as f64);
+        self.recompute();
+    }
+
+    fn recompute(&mut self) {
+        let wanted = if self.interarrival_ns > 0.0 {
+            (self.coef * self.service_ns / self.interarrival_ns).ceil()
+        } else {
+            0.0
+        };
+        // `as usize` saturates for huge or NaN values, then the clamp applies.
+        self.limit = (wanted as usize).clamp(self.min, self.max);
+    }
+
+    /// The current limit on calls in flight.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// The averaged arrival rate in calls/s (0 before two arrivals).
+    pub fn arrival_rate(&self) -> f64 {
+        if self.interarrival_ns > 0.0 {
+            1e9 / self.interarrival_ns
+        } else {
+            0.0
+        }
+    }
+
+    /// The averaged service time in ns.
+    pub fn service_ns(&self) -> f64 {
+        self.service_ns
+    }
+}
+
+fn ema(current: f64, sample: f64) -> f64 {
+    if current == 0.0 {
+        sample
+    } else {
+        current + ALPHA * (sample - current)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `n` arrivals every `gap_ns` each served in `service_ns`.
+    fn drive(l: &mut ConcurrencyLimiter, clock: &mut u64, n: usize, gap_ns: u64, service_ns: u64) {
+        for _ in 0..n {
+            *clock += gap_ns;
+            l.on_arrival(*clock);
+            l.on_completion(service_ns);
+        }
+    }
+
+    #[test]
+    fn starts_at_min() {
+        let l = ConcurrencyLimiter::new(1.0, 2, 8);
+        assert_eq!(l.limit(), 2);
+    }
+
+    #[test]
+    fn converges_to_littles_law() {
+        let mut clock = 0;
+        // 10k calls/s (100 µs apart), each 1 ms long: 10 in flight on average.
+        let mut l = ConcurrencyLimiter::new(1.0, 1, 64);
+        drive(&mut l, &mut clock, 500, 100_000, 1_000_000);
+        assert_eq!(l.limit(), 10);
+        assert!((l.arrival_rate() - 10_000.0).abs() < 1.0);
+        // The coefficient scales it.
+        let mut l = ConcurrencyLimiter::new(1.5, 1, 64);
+        drive(&mut l, &mut clock, 500, 100_000, 1_000_000);
+        assert_eq!(l.limit(), 15);
+    }
+
+    #[test]
+    fn clamps_to_bounds() {
+        let mut clock = 0;
+        let mut l = ConcurrencyLimiter::new(1.0, 1, 4);
+        drive(&mut l, &mut clock, 500, 1_000, 1_000_000); // wants 1000
+        assert_eq!(l.limit(), 4);
+        let mut l = ConcurrencyLimiter::new(1.0, 3, 8);
+        drive(&mut l, &mut clock, 500, 1_000_000, 1_000); // wants 1
+        assert_eq!(l.limit(), 3);
+    }
+
+    #[test]
+    fn follows_a_load_change() {
+        let mut clock = 0;
+        let mut l = ConcurrencyLimiter::new(1.0, 1, 100);
+        drive(&mut l, &mut clock, 400, 1_000_000, 2_000_000); // 2 in flight
+        assert_eq!(l.limit(), 2);
+        drive(&mut l, &mut clock, 400, 100_000, 2_000_000); // 20 in flight
+        assert_eq!(l.limit(), 20);
+        drive(&mut l, &mut clock, 400, 1_000_000, 2_000_000); // back to 2
+        assert_eq!(l.limit(), 2);
+    }
+
+    #[test]
+    fn simultaneous_arrivals_do_not_divide_by_zero() {
+        let mut l = ConcurrencyLimiter::new(1.0, 1, 16);
+        for _ in 0..100 {
+            l.on_arrival(5);
+            l.on_completion(1000);
+        }
+        assert_eq!(l.limit(), 1, "no inter-arrival time measured yet: stay at min");
+    }
+}

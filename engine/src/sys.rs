@@ -1,0 +1,74 @@
+//! The few raw system calls the engine makes itself: eventfds and signal masks.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// A non-blocking, close-on-exec eventfd (a core loop's doorbell).
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with constant flags; the result is checked below.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by eventfd and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds one to an eventfd, waking whoever waits on it in epoll.
+pub fn signal_eventfd(fd: &OwnedFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a valid u64 to an eventfd we own. A failure
+    // (EAGAIN at the counter's maximum) still leaves the fd readable, which is
+    // all a wake-up needs.
+    unsafe {
+        libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8);
+    }
+}
+
+/// Resets an eventfd's counter so the next epoll wait sleeps again.
+pub fn drain_eventfd(fd: &OwnedFd) {
+    let mut value: u64 = 0;
+    // SAFETY: reads 8 bytes into a valid u64 from a non-blocking eventfd; EAGAIN
+    // (already zero) is fine.
+    unsafe {
+        libc::read(fd.as_raw_fd(), (&mut value as *mut u64).cast(), 8);
+    }
+}
+
+/// Blocks SIGINT and SIGTERM in the calling thread (and the threads it starts
+/// afterwards), so that only [`wait_for_signal`] receives them.
+pub fn block_shutdown_signals() -> io::Result<()> {
+    let set = shutdown_set();
+    // SAFETY: `set` is an initialised sigset; a null old-set pointer is allowed.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+/// Waits for SIGINT or SIGTERM (blocked beforehand) and returns its number.
+pub fn wait_for_signal() -> i32 {
+    let set = shutdown_set();
+    let mut sig: libc::c_int = 0;
+    loop {
+        // SAFETY: `set` is initialised and `sig` is a valid out-pointer.
+        let rc = unsafe { libc::sigwait(&set, &mut sig) };
+        if rc == 0 {
+            return sig;
+        }
+    }
+}
+
+fn shutdown_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the zeroed set; sigaddset with valid
+    // signal numbers cannot fail.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        set
+    }
+}

@@ -1,0 +1,296 @@
+//! `nocturne config check|default|show` run as a user runs them: the real
+//! binary, real files, exit codes and messages.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use nocturne_engine::config::DEFAULT_CONFIG_TOML;
+
+/// `nocturne ARGS` with no inherited `NOCTURNE_*` variables, plus `env`.
+fn nocturne(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nocturne"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("NOCTURNE_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("RUST_BACKTRACE", "0");
+    cmd.args(args).envs(env.iter().copied());
+    cmd.output().expect("run nocturne")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A fresh scratch directory, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Scratch {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        // Relaxed: only the uniqueness of the number matters.
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("nocturne-config-check-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn default_prints_the_embedded_config_and_it_checks_clean() {
+    let out = nocturne(&["config", "default"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), DEFAULT_CONFIG_TOML);
+
+    let dir = Scratch::new();
+    let file = dir.write("nocturne.toml", &stdout(&out));
+    let out = nocturne(&["config", "check", path_str(&file)], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with(&format!("{}: ok\n", file.display())),
+        "{text}"
+    );
+    for needle in [
+        "listen        127.0.0.1:8080",
+        "poll          adaptive",
+        "functions     5",
+    ] {
+        assert!(text.contains(needle), "{needle}\n---\n{text}");
+    }
+    for name in ["echo", "bar", "foo", "spin", "sleep"] {
+        assert!(
+            text.contains(&format!("builtin {name}; workers 1..4")),
+            "{name}\n---\n{text}"
+        );
+    }
+}
+
+#[test]
+fn unknown_key_fails_naming_key_and_line() {
+    let dir = Scratch::new();
+    let file = dir.write(
+        "bad.toml",
+        "listen = \"127.0.0.1:8080\"\n\n[[functions]]\nname = \"echo\"\nbuiltin = \"echo\"\n  max_worker = 3\n",
+    );
+    let out = nocturne(&["config", "check", path_str(&file)], &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "{}:6:3: unknown key `max_worker`; did you mean `max_workers`?",
+            file.display()
+        )),
+        "{err}"
+    );
+    assert!(stdout(&out).is_empty(), "no summary for a bad file");
+}
+
+#[test]
+fn bad_values_and_syntax_fail_with_their_line() {
+    let dir = Scratch::new();
+    for (text, needle) in [
+        ("listen = \"127.0.0.1:8080\"\nlisten = \"x\"\n", ":2:1:"),
+        ("poll = \"fast\"\n", ":1:8: unknown variant `fast`"),
+        (
+            "[[functions]]\nname = \"f\"\ntimeout = \"10\"\nbuiltin = \"echo\"\n",
+            ":3:11: `10` has no unit",
+        ),
+        ("io_cores = \"2-1\"\n", ":1:12: range `2-1` runs backwards"),
+        ("[[functions]\n", ":1:"),
+        (
+            "[[functions]]\nname = \"f\"\nbuiltin = \"ecoh\"\n",
+            ":1:1: invalid functions[f].builtin",
+        ),
+        (
+            "[[functions]]\nname = \"f\"\nbuiltin = \"echo\"\nmin_workers = 5\nmax_workers = 2\n",
+            "min_workers 5 is more than max_workers 2",
+        ),
+        (
+            "net = \"smoltcp\"\n[[functions]]\nname = \"f\"\nbuiltin = \"echo\"\n",
+            "smoltcp backend is not available yet",
+        ),
+    ] {
+        let file = dir.write("bad.toml", text);
+        let out = nocturne(&["config", "check", path_str(&file)], &[]);
+        assert!(!out.status.success(), "{text}");
+        let err = stderr(&out);
+        assert!(err.contains(needle), "{text}\n---\n{err}");
+    }
+}
+
+#[test]
+fn missing_file_fails() {
+    let out = nocturne(&["config", "check", "/nonexistent/nocturne.toml"], &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot read config file /nonexistent/nocturne.toml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn cores_are_checked_against_this_machine_or_the_given_set() {
+    let dir = Scratch::new();
+    let file = dir.write(
+        "cores.toml",
+        "io_cores = \"1023\"\n[[functions]]\nname = \"f\"\nbuiltin = \"echo\"\n",
+    );
+    let out = nocturne(&["config", "check", path_str(&file)], &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("io cores 1023 is not in this process's allowed cores"),
+        "{}",
+        stderr(&out)
+    );
+    let out = nocturne(
+        &["config", "check", "--cores", "0-1023", path_str(&file)],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("allowed 0-1023; io 1023"),
+        "{}",
+        stdout(&out)
+    );
+
+    let file = dir.write(
+        "spin.toml",
+        "poll = \"spin\"\nio_cores = \"1\"\nworker_cores = \"0-1\"\n[[functions]]\nname = \"f\"\nbuiltin = \"echo\"\n",
+    );
+    let out = nocturne(&["config", "check", "--cores", "0-1", path_str(&file)], &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "poll = \"spin\" needs io cores of their own: io cores 1 overlap worker cores 0-1"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn relative_commands_resolve_next_to_the_file() {
+    let dir = Scratch::new();
+    std::fs::create_dir_all(dir.0.join("bin")).unwrap();
+    let exe = dir.write("bin/my-fn", "#!/bin/sh\nexit 0\n");
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let file = dir.write(
+        "nocturne.toml",
+        "[[functions]]\nname = \"my-fn\"\ncommand = [\"./bin/my-fn\", \"--fast\"]\nmax_workers = 2\n",
+    );
+    let out = nocturne(&["config", "check", "--cores", "0-1", path_str(&file)], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let resolved = dir.0.join("./bin/my-fn");
+    assert!(
+        text.contains(&format!(
+            "my-fn  command [{:?}, \"--fast\"]; workers 1..2",
+            resolved.display().to_string()
+        )),
+        "{text}"
+    );
+    let file = dir.write(
+        "missing.toml",
+        "[[functions]]\nname = \"f\"\ncommand = [\"./bin/nope\"]\n",
+    );
+    let out = nocturne(&["config", "check", path_str(&file)], &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("invalid functions[f].command: ./bin/nope"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn show_applies_env_and_flags_with_flags_winning() {
+    let dir = Scratch::new();
+    let file = dir.write(
+        "nocturne.toml",
+        "listen = \"127.0.0.1:7000\"\nspin_us = 11\n[[functions]]\nname = \"f\"\nbuiltin = \"echo\"\n",
+    );
+    // The file alone.
+    let out = nocturne(&["config", "show", "--config", path_str(&file)], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("listen        127.0.0.1:7000"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).contains("spins 11us"), "{}", stdout(&out));
+
+    // The environment beats the file; NOCTURNE_CONFIG names the file.
+    let env = [
+        ("NOCTURNE_CONFIG", path_str(&file)),
+        ("NOCTURNE_LISTEN", "127.0.0.1:7001"),
+        ("NOCTURNE_SET", "f.max_workers=3;f.timeout=2s"),
+        ("NOCTURNE_DRAIN_TIMEOUT", "250ms"),
+    ];
+    let out = nocturne(&["config", "show"], &env);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("listen        127.0.0.1:7001"), "{text}");
+    assert!(
+        text.contains("spins 11us"),
+        "the file still provides the rest\n{text}"
+    );
+    assert!(text.contains("drain_timeout 250ms"), "{text}");
+    assert!(text.contains("workers 1..3; timeout 2s"), "{text}");
+
+    // A flag beats the environment.
+    let out = nocturne(
+        &[
+            "config",
+            "show",
+            "--listen",
+            "127.0.0.1:7002",
+            "--set",
+            "f.max_workers=5",
+        ],
+        &env,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("listen        127.0.0.1:7002"), "{text}");
+    assert!(text.contains("workers 1..5"), "{text}");
+
+    // A bad environment value is refused like a bad flag.
+    let out = nocturne(&["config", "show"], &[("NOCTURNE_POLL", "fast")]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("fast"), "{}", stderr(&out));
+}
+
+#[test]
+fn show_without_config_uses_the_embedded_default() {
+    let out = nocturne(&["config", "show"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("config        <embedded default>"), "{text}");
+    assert!(text.contains("listen        127.0.0.1:8080"), "{text}");
+}

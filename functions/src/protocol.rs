@@ -1,0 +1,178 @@
+//! The call protocol: how invocations and completions ride on ipc messages.
+//!
+//! nocturne-ipc moves opaque messages (a [`Header`] plus payload bytes). This
+//! module fixes what those messages *mean* between the engine and a worker; the
+//! engine and the SDK both use it, so there is one definition.
+//!
+//! | direction        | kind       | `call_id`                         | `parent_call_id`     | payload            |
+//! |------------------|------------|-----------------------------------|----------------------|--------------------|
+//! | engine → worker  | `Invoke`   | engine call id of the new call    | 0                    | [query] input      |
+//! | worker → engine  | `Complete` | engine call id it answers         | 0                    | [content-type] out |
+//! | worker → engine  | `Invoke`   | worker-local id of an internal call | engine id of the call being served | input |
+//! | engine → worker  | `Complete` | worker-local id it answers        | 0                    | [content-type] out |
+//!
+//! `status` of a `Complete` is an HTTP status code: 200 (or whatever the handler
+//! set) on success, 500 handler error, 404 unknown callee, 502 callee crashed,
+//! 503 overloaded, 504 deadline exceeded, 508 call depth exceeded.
+//!
+//! Optional prefixes, announced by header flags, keep the common case (no query
+//! string, default content type) free of any framing:
+//! * [`FLAG_QUERY`]: the payload starts with a little-endian `u16` length and that
+//!   many bytes of URL query string (without `?`).
+//! * [`FLAG_CONTENT_TYPE`]: the payload starts with one length byte and that many
+//!   bytes of content type.
+//!
+//! Timestamps are `CLOCK_MONOTONIC` nanoseconds, which are comparable across the
+//! processes of one host. On an engine `Invoke`, `t0_ns` is the dispatch time; on a
+//! worker `Complete`, `t0_ns`/`t1_ns` are the handler's start and end.
+
+use nocturne_ipc::message::Header;
+
+/// Payload starts with a `u16` LE query-string length and the query string.
+pub const FLAG_QUERY: u16 = 1 << 0;
+/// Payload starts with a `u8` content-type length and the content type.
+pub const FLAG_CONTENT_TYPE: u16 = 1 << 1;
+
+/// Success.
+pub const STATUS_OK: u16 = 200;
+/// The handler returned an error or panicked.
+pub const STATUS_HANDLER_ERROR: u16 = 500;
+/// The callee named in an internal call does not exist.
+pub const STATUS_UNKNOWN_FUNCTION: u16 = 404;
+/// The worker running the call died.
+pub const STATUS_WORKER_CRASHED: u16 = 502;
+/// The callee's queue is full.
+pub const STATUS_OVERLOADED: u16 = 503;
+/// The call's deadline passed.
+pub const STATUS_DEADLINE: u16 = 504;
+/// The chain of internal calls is deeper than `max_call_depth`.
+pub const STATUS_CALL_DEPTH: u16 = 508;
+
+/// Why an optional payload prefix could not be split off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PrefixError {
+    /// The prefix claims more bytes than the payload has.
+    #[error("payload prefix claims {claimed} bytes but only {available} remain")]
+    Truncated {
+        /// Bytes the prefix claims.
+        claimed: usize,
+        /// Bytes that remain in the payload.
+        available: usize,
+    },
+    /// The prefix is not UTF-8.
+    #[error("payload prefix is not UTF-8")]
+    NotUtf8,
+}
+
+/// Splits the optional query-string prefix off an `Invoke` payload.
+pub fn split_query<'p>(header: &Header, payload: &'p [u8]) -> Result<(Option<&'p str>, &'p [u8]), PrefixError> {
+    if header.flags & FLAG_QUERY == 0 {
+        return Ok((None, payload));
+    }
+    let (len_bytes, rest) = payload.split_first_chunk::<2>().ok_or(PrefixError::Truncated {
+        claimed: 2,
+        available: payload.len(),
+    })?;
+    let len = usize::from(u16::from_le_bytes(*len_bytes));
+    if len > rest.len() {
+        return Err(PrefixError::Truncated { claimed: len, available: rest.len() });
+    }
+    let (query, body) = rest.split_at(len);
+    let query = std::str::from_utf8(query).map_err(|_| PrefixError::NotUtf8)?;
+    Ok((Some(query), body))
+}
+
+/// Splits the optional content-type prefix off a `Complete` payload.
+pub fn split_content_type<'p>(
+    header: &Header,
+    payload: &'p [u8],
+) -> Result<(Option<&'p str>, &'p [u8]), PrefixError> {
+    if header.flags & FLAG_CONTENT_TYPE == 0 {
+        return Ok((None, payload));
+    }
+    let (&len, rest) = payload.split_first().ok_or(PrefixError::Truncated {
+        claimed: 1,
+        available: 0,
+    })?;
+    let len = usize::from(len);
+    if len > rest.len() {
+        return Err(PrefixError::Truncated { claimed: len, available: rest.len() });
+    }
+    let (ct, body) = rest.split_at(len);
+    let ct = std::str::from_utf8(ct).map_err(|_| PrefixError::NotUtf8)?;
+    Ok((Some(ct), body))
+}
+
+/// Writes `[u16 len][query]` into `out` (cleared first). Queries longer than
+/// `u16::MAX` are cut: HTTP limits keep real ones far below that.
+pub fn encode_query_prefix(out: &mut Vec<u8>, query: &str) {
+    let q = &query.as_bytes()[..query.len().min(usize::from(u16::MAX))];
+    out.clear();
+    out.extend_from_slice(&(q.len() as u16).to_le_bytes());
+    out.extend_from_slice(q);
+}
+
+/// Writes `[u8 len][content type]` into `out` (cleared first); content types
+/// longer than 255 bytes are cut.
+pub fn encode_content_type_prefix(out: &mut Vec<u8>, content_type: &str) {
+    let ct = &content_type.as_bytes()[..content_type.len().min(255)];
+    out.clear();
+    out.push(ct.len() as u8);
+    out.extend_from_slice(ct);
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock every timestamp in a header uses.
+pub fn monotonic_ns() -> u64 {
+    // `Instant` is CLOCK_MONOTONIC on Linux but opaque; read the clock directly so
+    // values are comparable across processes.
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+    }
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_prefix_round_trips() {
+        let mut buf = Vec::new();
+        encode_query_prefix(&mut buf, "us=10&x=y");
+        buf.extend_from_slice(b"body");
+        let h = Header { flags: FLAG_QUERY, ..Header::default() };
+        assert_eq!(split_query(&h, &buf).unwrap(), (Some("us=10&x=y"), &b"body"[..]));
+    }
+
+    #[test]
+    fn no_flag_means_no_prefix() {
+        let h = Header::default();
+        assert_eq!(split_query(&h, b"abc").unwrap(), (None, &b"abc"[..]));
+        assert_eq!(split_content_type(&h, b"abc").unwrap(), (None, &b"abc"[..]));
+    }
+
+    #[test]
+    fn truncated_prefixes_are_errors() {
+        let h = Header { flags: FLAG_QUERY | FLAG_CONTENT_TYPE, ..Header::default() };
+        assert!(matches!(split_query(&h, &[5]), Err(PrefixError::Truncated { .. })));
+        assert!(matches!(split_query(&h, &[5, 0, b'a']), Err(PrefixError::Truncated { .. })));
+        assert!(matches!(split_content_type(&h, &[]), Err(PrefixError::Truncated { .. })));
+        assert!(matches!(split_content_type(&h, &[3, b'a']), Err(PrefixError::Truncated { .. })));
+        assert_eq!(split_content_type(&h, &[1, 0xff]), Err(PrefixError::NotUtf8));
+    }
+
+    #[test]
+    fn content_type_prefix_round_trips() {
+        let mut buf = Vec::new();
+        encode_content_type_prefix(&mut buf, "application/json");
+        buf.extend_from_slice(b"{}");
+        let h = Header { flags: FLAG_CONTENT_TYPE, ..Header::default() };
+        assert_eq!(
+            split_content_type(&h, &buf).unwrap(),
+            (Some("application/json"), &b"{}"[..])
+        );
+    }
+}

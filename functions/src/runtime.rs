@@ -1,0 +1,301 @@
+//! The worker runtime: the loop a worker process runs after its handshake.
+//!
+//! One worker serves one call at a time. It waits on its request ring with the
+//! wait policy the engine chose for its placement, runs the handler (catching
+//! panics), and writes the completion into its response ring. While a handler
+//! waits for internal calls, the same loop receives their completions and parks
+//! them by local id until the handler asks for them.
+
+use std::collections::HashMap;
+use std::panic::{self, AssertUnwindSafe};
+use std::time::Duration;
+
+use nocturne_ipc::channel::{Receiver, RecvError, SendError, Sender, WaitPolicy};
+use nocturne_ipc::message::{Header, Kind};
+
+use crate::ctx::{Ctx, InvokeError};
+use crate::handler::BoxedHandler;
+use crate::protocol;
+
+/// Why the worker loop stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The engine wrote something the protocol does not allow.
+    #[error("protocol error on the request ring: {0}")]
+    Protocol(String),
+    /// A completion could not be sent back.
+    #[error("cannot send to the engine: {0}")]
+    Send(String),
+}
+
+/// Result of an internal call, parked until the handler waits for it.
+type Parked = Result<Vec<u8>, InvokeError>;
+
+/// A worker's channel state, shared by its loop and its handlers' [`Ctx`].
+pub struct Runtime {
+    function_name: String,
+    sender: Sender,
+    receiver: Receiver,
+    wait: WaitPolicy,
+    /// Function name → id, sent by the engine in the handshake.
+    functions: HashMap<String, u32>,
+    /// Internal calls in flight: local id → callee name.
+    in_flight: HashMap<u64, String>,
+    /// Completed internal calls nobody has waited for yet.
+    parked: HashMap<u64, Parked>,
+    next_local_id: u64,
+    /// Reused buffers, so a steady stream of calls allocates nothing here.
+    input: Vec<u8>,
+    query: String,
+    scratch: Vec<u8>,
+}
+
+impl Runtime {
+    /// Wraps an attached channel.
+    pub fn new(
+        function_name: String,
+        sender: Sender,
+        receiver: Receiver,
+        wait: WaitPolicy,
+        functions: impl IntoIterator<Item = (String, u32)>,
+    ) -> Self {
+        Self {
+            function_name,
+            sender,
+            receiver,
+            wait,
+            functions: functions.into_iter().collect(),
+            in_flight: HashMap::new(),
+            parked: HashMap::new(),
+            next_local_id: 1,
+            input: Vec::new(),
+            query: String::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    pub(crate) fn function_name(&self) -> &str {
+        &self.function_name
+    }
+
+    /// Serves calls with `handler` until the channel breaks. (The engine ends a
+    /// worker by closing its control socket, which a watchdog thread turns into
+    /// process exit; this loop itself never needs to notice.)
+    pub fn run(&mut self, handler: &mut BoxedHandler) -> RuntimeError {
+        loop {
+            self.receiver.wait(&self.wait, None);
+            let (call_id, has_query) = match self.receiver.try_recv() {
+                Ok(None) => continue,
+                Err(e) => return RuntimeError::Protocol(e.to_string()),
+                Ok(Some(msg)) => {
+                    let header = *msg.header();
+                    match header.kind {
+                        Kind::Invoke => {
+                            let (query, input) = match protocol::split_query(&header, msg.payload()) {
+                                Ok(parts) => parts,
+                                Err(e) => return RuntimeError::Protocol(e.to_string()),
+                            };
+                            self.input.clear();
+                            self.input.extend_from_slice(input);
+                            self.query.clear();
+                            self.query.push_str(query.unwrap_or(""));
+                            (header.call_id, query.is_some())
+                        }
+                        // A completion for an internal call whose handler already
+                        // returned without waiting for it: nobody wants it.
+                        Kind::Complete => continue,
+                        Kind::Unknown(raw) => {
+                            return RuntimeError::Protocol(format!("unknown message kind {raw}"))
+                        }
+                    }
+                }
+            };
+            let _ = has_query;
+            if let Err(e) = self.run_one(call_id, handler) {
+                return e;
+            }
+        }
+    }
+
+    fn run_one(&mut self, call_id: u64, handler: &mut BoxedHandler) -> Result<(), RuntimeError> {
+        let t0 = protocol::monotonic_ns();
+        let input = std::mem::take(&mut self.input);
+        let query = std::mem::take(&mut self.query);
+        let (result, status, content_type) = {
+            let mut ctx = Ctx {
+                rt: self,
+                call_id,
+                query: &query,
+                status: protocol::STATUS_OK,
+                content_type: None,
+            };
+            let result = panic::catch_unwind(AssertUnwindSafe(|| handler(&mut ctx, &input)));
+            (result, ctx.status, ctx.content_type)
+        };
+        self.input = input;
+        self.query = query;
+        // Internal calls the handler never waited for are abandoned; their late
+        // completions are dropped by `run`.
+        self.in_flight.clear();
+        self.parked.clear();
+        let t1 = protocol::monotonic_ns();
+        let mut header = Header {
+            kind: Kind::Complete,
+            call_id,
+            t0_ns: t0,
+            t1_ns: t1,
+            ..Header::default()
+        };
+        match result {
+            Ok(Ok(output)) => {
+                header.status = status;
+                match content_type {
+                    Some(ct) => {
+                        header.flags |= protocol::FLAG_CONTENT_TYPE;
+                        protocol::encode_content_type_prefix(&mut self.scratch, &ct);
+                        self.scratch.extend_from_slice(&output);
+                        let payload = std::mem::take(&mut self.scratch);
+                        let r = self.send_completion(&mut header, &payload);
+                        self.scratch = payload;
+                        r
+                    }
+                    None => self.send_completion(&mut header, &output),
+                }
+            }
+            Ok(Err(e)) => {
+                header.status = e.status();
+                self.send_completion(&mut header, e.message().as_bytes())
+            }
+            Err(panic) => {
+                let message = panic_message(&*panic);
+                header.status = protocol::STATUS_HANDLER_ERROR;
+                let text = format!("handler panicked: {message}");
+                self.send_completion(&mut header, text.as_bytes())
+            }
+        }
+    }
+
+    /// Sends a completion; an output too large for the channel becomes a 500
+    /// that says so, rather than a lost reply.
+    fn send_completion(&mut self, header: &mut Header, payload: &[u8]) -> Result<(), RuntimeError> {
+        match self.send_blocking(header, payload) {
+            Err(SendError::TooLarge { len, max }) => {
+                header.status = protocol::STATUS_HANDLER_ERROR;
+                header.flags &= !protocol::FLAG_CONTENT_TYPE;
+                let text = format!("output of {len} bytes exceeds the channel's limit of {max} bytes");
+                self.send_blocking(header, text.as_bytes())
+                    .map_err(|e| RuntimeError::Send(e.to_string()))
+            }
+            other => other.map_err(|e| RuntimeError::Send(e.to_string())),
+        }
+    }
+
+    /// Sends, waiting while the ring or arena is full (the engine drains them);
+    /// only `TooLarge` is returned.
+    fn send_blocking(&mut self, header: &Header, payload: &[u8]) -> Result<(), SendError> {
+        let mut backoff = 0u32;
+        loop {
+            match self.sender.try_send(header, payload) {
+                Ok(()) => return Ok(()),
+                Err(SendError::RingFull) | Err(SendError::ArenaFull) => {
+                    backoff += 1;
+                    if backoff < 64 {
+                        std::hint::spin_loop();
+                    } else if backoff < 1024 {
+                        std::thread::yield_now();
+                    } else {
+                        std::thread::sleep(Duration::from_micros(50));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    pub(crate) fn start_internal_call(
+        &mut self,
+        parent_call_id: u64,
+        function: &str,
+        input: &[u8],
+    ) -> Result<u64, InvokeError> {
+        let &function_id = self
+            .functions
+            .get(function)
+            .ok_or_else(|| InvokeError::UnknownFunction(function.to_string()))?;
+        let local_id = self.next_local_id;
+        self.next_local_id += 1;
+        let header = Header {
+            kind: Kind::Invoke,
+            function_id,
+            call_id: local_id,
+            parent_call_id,
+            t0_ns: protocol::monotonic_ns(),
+            ..Header::default()
+        };
+        self.send_blocking(&header, input).map_err(|e| match e {
+            SendError::TooLarge { len, max } => InvokeError::TooLarge { len, max },
+            other => InvokeError::Channel(other.to_string()),
+        })?;
+        self.in_flight.insert(local_id, function.to_string());
+        Ok(local_id)
+    }
+
+    pub(crate) fn wait_internal_call(&mut self, local_id: u64) -> Result<Vec<u8>, InvokeError> {
+        if !self.in_flight.contains_key(&local_id) && !self.parked.contains_key(&local_id) {
+            return Err(InvokeError::UnknownHandle(local_id));
+        }
+        loop {
+            if let Some(result) = self.parked.remove(&local_id) {
+                return result;
+            }
+            self.receiver.wait(&self.wait, None);
+            match self.receiver.try_recv() {
+                Ok(None) => {}
+                Err(e) => return Err(channel_error(e)),
+                Ok(Some(msg)) => {
+                    let header = *msg.header();
+                    match header.kind {
+                        Kind::Complete => {
+                            let Some(function) = self.in_flight.remove(&header.call_id) else {
+                                continue; // late completion of an abandoned call
+                            };
+                            let result = if header.status < 400 {
+                                Ok(protocol::split_content_type(&header, msg.payload())
+                                    .map(|(_, body)| body.to_vec())
+                                    .map_err(|e| InvokeError::Channel(e.to_string()))?)
+                            } else {
+                                let text = String::from_utf8_lossy(msg.payload()).into_owned();
+                                Err(InvokeError::from_status(&function, header.status, text))
+                            };
+                            self.parked.insert(header.call_id, result);
+                        }
+                        // The engine gives a worker one call at a time; an Invoke
+                        // while one runs breaks that contract.
+                        Kind::Invoke => {
+                            return Err(InvokeError::Channel(
+                                "engine sent a second call to a busy worker".into(),
+                            ))
+                        }
+                        Kind::Unknown(raw) => {
+                            return Err(InvokeError::Channel(format!("unknown message kind {raw}")))
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn channel_error(e: RecvError) -> InvokeError {
+    InvokeError::Channel(e.to_string())
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}

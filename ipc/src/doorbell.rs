@@ -1,0 +1,267 @@
+//! Doorbells: how a consumer sleeps when its ring is empty and how the
+//! producer wakes it, without a system call on the fast path and without ever
+//! losing a wake-up.
+//!
+//! Each ring has a shared 32-bit word, [`AWAKE`] or [`SLEEPING`]. The protocol
+//! is Dekker's:
+//!
+//! * consumer: store `SLEEPING`; `fence(SeqCst)`; re-check the ring; only if
+//!   it is still empty, park (`FUTEX_WAIT` while the word is `SLEEPING`, or
+//!   wait on an eventfd);
+//! * producer: publish the message; `fence(SeqCst)`; load the word; only if
+//!   it is `SLEEPING`, swap it to `AWAKE` and, if the swap saw `SLEEPING`
+//!   (one waker wins), wake (`FUTEX_WAKE`, or write the eventfd).
+//!
+//! The two fences are totally ordered, so either the consumer's re-check sees
+//! the message, or the producer's load sees `SLEEPING` — both cannot miss.
+//! `FUTEX_WAIT` sleeps only if the word is still `SLEEPING` (atomically in the
+//! kernel), so a swap between the re-check and the sleep is not lost either.
+//! The loom model (`loom_tests`) checks this with the shipped code.
+//!
+//! [`WaitPolicy`] adds the spin/yield budget in front of parking (DESIGN §3:
+//! spinning pays only when the peer has its own core).
+#![allow(unsafe_code)]
+
+use crate::sync::{self, fence, AtomicU32, Ordering};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+/// The consumer is running (or about to check the ring): no wake needed.
+pub const AWAKE: u32 = 0;
+/// The consumer announced it is going to sleep: the producer must wake it.
+pub const SLEEPING: u32 = 1;
+
+/// How a consumer waits for its ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitPolicy {
+    /// Spin with `spin_loop()` until a message arrives (the peer has its own
+    /// core). Never parks.
+    Spin,
+    /// Shared core: `sched_yield()` for `spin`, then park.
+    Yield {
+        /// Yield budget before parking.
+        spin: Duration,
+    },
+    /// Spin (`spin_loop()`) for `spin` (may be zero), then park.
+    Park {
+        /// Spin budget before parking.
+        spin: Duration,
+    },
+}
+
+/// Why [`crate::channel::Receiver::wait`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitOutcome {
+    /// A message (or a protocol error, which `try_recv` reports) is there.
+    Ready,
+    /// The timeout passed first.
+    TimedOut,
+}
+
+/// A ring's doorbell word in shared memory.
+#[derive(Clone, Copy)]
+pub(crate) struct Doorbell {
+    word: *const AtomicU32,
+}
+
+// SAFETY: the word lives in shared memory kept alive by the owner of the
+// Doorbell; all access is atomic.
+unsafe impl Send for Doorbell {}
+
+impl Doorbell {
+    /// # Safety
+    /// `word` points at an initialized atomic word that outlives the value.
+    pub(crate) unsafe fn new(word: *const AtomicU32) -> Self {
+        Self { word }
+    }
+
+    #[inline(always)]
+    fn word(&self) -> &AtomicU32 {
+        // SAFETY: guaranteed by `new`'s contract.
+        unsafe { &*self.word }
+    }
+
+    /// Producer side, after publishing: true when the consumer announced
+    /// sleep and this caller won the right to wake it.
+    #[inline(always)]
+    pub(crate) fn should_wake(&self) -> bool {
+        // SeqCst fence pairs with the fence in `arm` (Dekker): either the
+        // consumer's re-check sees our publication or we see its SLEEPING.
+        fence(Ordering::SeqCst);
+        // Relaxed: ordering comes from the fence; this is the fast path's only
+        // access to the word.
+        if self.word().load(Ordering::Relaxed) != SLEEPING {
+            return false;
+        }
+        // AcqRel swap: only one waker per sleep; Release pairs with the
+        // consumer's Acquire load in `after_park`, making our publication
+        // visible to it even if the fences alone did not.
+        self.word().swap(AWAKE, Ordering::AcqRel) == SLEEPING
+    }
+
+    /// Consumer side: announce sleep. The caller must re-check the ring
+    /// afterwards and park only if it is still empty.
+    #[inline]
+    pub(crate) fn arm(&self) {
+        // Relaxed store, then the SeqCst fence that pairs with the producer's
+        // fence in `should_wake`.
+        self.word().store(SLEEPING, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+    }
+
+    /// Consumer side: withdraw the announcement (found work, or woke up).
+    #[inline]
+    pub(crate) fn disarm(&self) {
+        // Relaxed: a stale SLEEPING only costs the producer a spare wake.
+        self.word().store(AWAKE, Ordering::Relaxed);
+    }
+
+    /// Consumer side, after parking returned.
+    #[inline]
+    fn after_park(&self) {
+        // Acquire pairs with the producer's swap in `should_wake`: if it woke
+        // us, its message is visible to the re-check that follows.
+        let _ = self.word().load(Ordering::Acquire);
+        self.disarm();
+    }
+}
+
+/// How a producer rings (and a consumer sleeps on) a doorbell.
+#[derive(Debug)]
+pub(crate) enum Bell {
+    /// `FUTEX_WAKE` / `FUTEX_WAIT` on the shared word.
+    Futex,
+    /// Write / wait on an eventfd (the consumer may instead epoll it).
+    Eventfd(OwnedFd),
+}
+
+impl Bell {
+    /// Wakes the consumer sleeping on `db`.
+    pub(crate) fn ring(&self, db: &Doorbell) {
+        match self {
+            Bell::Futex => sync::futex_wake(db.word()),
+            Bell::Eventfd(fd) => {
+                let one: u64 = 1;
+                // SAFETY: writes 8 bytes from a live u64 to a descriptor we own.
+                // An error (EAGAIN: counter saturated) still leaves it readable,
+                // which is all a wake needs.
+                unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+            }
+        }
+    }
+
+    /// Sleeps until woken (or `timeout`, or spuriously). The word must have
+    /// been armed and the ring re-checked empty.
+    fn park(&self, db: &Doorbell, timeout: Option<Duration>) {
+        match self {
+            Bell::Futex => sync::futex_wait(db.word(), SLEEPING, timeout),
+            Bell::Eventfd(fd) => {
+                let ms = match timeout {
+                    None => -1,
+                    Some(d) => d.as_millis().clamp(1, i32::MAX as u128) as i32,
+                };
+                let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                // SAFETY: one live pollfd for the call.
+                let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+                if n > 0 && pfd.revents & libc::POLLIN != 0 {
+                    let mut v: u64 = 0;
+                    // SAFETY: reads 8 bytes into a live u64; the eventfd is
+                    // readable, so this does not block (unless another thread
+                    // drained it first, which the engine does not do).
+                    unsafe { libc::read(fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+                }
+            }
+        }
+    }
+}
+
+/// Waits until `ready()` or the timeout, by `policy`. `ready` must be cheap
+/// and side-effect free (it is the ring's "next slot published?" check).
+pub(crate) fn wait(
+    db: &Doorbell,
+    bell: &Bell,
+    policy: &WaitPolicy,
+    timeout: Option<Duration>,
+    mut ready: impl FnMut() -> bool,
+) -> WaitOutcome {
+    if ready() {
+        return WaitOutcome::Ready;
+    }
+    // Under loom the clock is not modelled: budgets are skipped and timeouts
+    // ignored, so a model is deterministic.
+    let start = if cfg!(loom) || (timeout.is_none() && matches!(policy, WaitPolicy::Spin)) {
+        None
+    } else {
+        Some(Instant::now())
+    };
+    let elapsed = || start.map_or(Duration::ZERO, |s| s.elapsed());
+    let timed_out = || timeout.is_some_and(|t| !cfg!(loom) && elapsed() >= t);
+    match *policy {
+        WaitPolicy::Spin => {
+            let mut spins = 0u32;
+            loop {
+                if ready() {
+                    return WaitOutcome::Ready;
+                }
+                sync::spin_loop();
+                spins = spins.wrapping_add(1);
+                if spins % 1024 == 0 && timed_out() {
+                    return WaitOutcome::TimedOut;
+                }
+            }
+        }
+        WaitPolicy::Yield { spin } | WaitPolicy::Park { spin } => {
+            let yielding = matches!(policy, WaitPolicy::Yield { .. });
+            if !cfg!(loom) && !spin.is_zero() {
+                let mut i = 0u32;
+                loop {
+                    if ready() {
+                        return WaitOutcome::Ready;
+                    }
+                    if yielding {
+                        sync::yield_now();
+                    } else {
+                        sync::spin_loop();
+                    }
+                    i = i.wrapping_add(1);
+                    // The clock costs ~20 ns; read it every few spins only.
+                    if yielding || i % 64 == 0 {
+                        let e = elapsed();
+                        if timeout.is_some_and(|t| e >= t) {
+                            return WaitOutcome::TimedOut;
+                        }
+                        if e >= spin {
+                            break;
+                        }
+                    }
+                }
+            }
+            loop {
+                db.arm();
+                if ready() {
+                    db.disarm();
+                    return WaitOutcome::Ready;
+                }
+                let remaining = match timeout {
+                    Some(t) if !cfg!(loom) => {
+                        let e = elapsed();
+                        if e >= t {
+                            db.disarm();
+                            return WaitOutcome::TimedOut;
+                        }
+                        Some(t - e)
+                    }
+                    _ => None,
+                };
+                bell.park(db, remaining);
+                db.after_park();
+                if ready() {
+                    return WaitOutcome::Ready;
+                }
+                if timed_out() {
+                    return WaitOutcome::TimedOut;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! Test harness: a real `HttpServer<KernelTransport>` on 127.0.0.1 in its own
+//! thread, driven by a tiny handler, and a blocking client that reads
+//! responses off a real socket.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nocturne_net::{
+    ConnId, HttpServer, KernelOptions, KernelTransport, Limits, RequestHandler, RequestHead,
+    RequestId, Request, Responder, Response,
+};
+
+/// What the handler saw, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    Request { conn: ConnId, path: String },
+    Closed(ConnId),
+}
+
+/// Counters the server thread publishes after every turn.
+#[derive(Default)]
+pub struct Published {
+    /// `HttpServer::connection_count`.
+    pub connections: AtomicUsize,
+    /// Requests handed to the handler.
+    pub requests: AtomicU64,
+    /// `HttpServer::rejected_connections`.
+    pub rejected: AtomicU64,
+}
+
+/// Routes:
+/// * `/echo…` — 200, body `METHOD PATH[?QUERY] body`, `X-Seq: seq`.
+/// * `/hold…` — held; once `hold_batch` are held they are answered in
+///   reverse order (body = path) from outside the poll.
+/// * `/big` — 200 with `big_body`.
+/// * `/small…` — body limit 10.
+/// * anything else — 404.
+struct TestHandler {
+    hold_batch: usize,
+    held: Vec<(RequestId, String)>,
+    big_body: Arc<Vec<u8>>,
+    seen: mpsc::Sender<Seen>,
+    published: Arc<Published>,
+    stop: bool,
+    wake_reader: UnixStream,
+    scratch: Vec<u8>,
+}
+
+impl RequestHandler for TestHandler {
+    fn body_limit(&mut self, head: &RequestHead<'_>) -> usize {
+        if head.path.starts_with("/small") {
+            10
+        } else {
+            1024
+        }
+    }
+
+    fn on_request(&mut self, req: Request<'_>, responder: &mut Responder<'_>) {
+        self.published.requests.fetch_add(1, Ordering::Relaxed);
+        let path = req.head.path;
+        let _ = self.seen.send(Seen::Request {
+            conn: req.id.conn,
+            path: path.to_owned(),
+        });
+        if path.starts_with("/echo") || path.starts_with("/small") {
+            self.scratch.clear();
+            self.scratch.extend_from_slice(req.head.method_name().as_bytes());
+            self.scratch.push(b' ');
+            self.scratch.extend_from_slice(path.as_bytes());
+            if let Some(q) = req.head.query {
+                self.scratch.push(b'?');
+                self.scratch.extend_from_slice(q.as_bytes());
+            }
+            self.scratch.push(b' ');
+            self.scratch.extend_from_slice(req.body);
+            let seq = req.id.seq.to_string();
+            let headers = [("X-Seq", seq.as_str())];
+            let resp = Response::new(200, &self.scratch)
+                .with_content_type("text/plain")
+                .with_headers(&headers);
+            responder.respond(req.id, &resp).unwrap();
+        } else if path.starts_with("/hold") {
+            self.held.push((req.id, path.to_owned()));
+        } else if path == "/big" {
+            responder.respond(req.id, &Response::new(200, &self.big_body)).unwrap();
+        } else {
+            responder.respond(req.id, &Response::new(404, b"no such route")).unwrap();
+        }
+    }
+
+    fn on_wake(&mut self, token: usize) {
+        assert_eq!(token, 7);
+        let mut byte = [0u8; 16];
+        let _ = self.wake_reader.read(&mut byte);
+        self.stop = true;
+    }
+
+    fn on_closed(&mut self, conn: ConnId) {
+        let _ = self.seen.send(Seen::Closed(conn));
+    }
+}
+
+pub struct Options {
+    pub limits: Limits,
+    pub hold_batch: usize,
+    pub big_body_len: usize,
+    /// Bind here instead of 127.0.0.1:0 (for SO_REUSEPORT).
+    pub addr: Option<SocketAddr>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            hold_batch: usize::MAX,
+            big_body_len: 0,
+            addr: None,
+        }
+    }
+}
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub seen: mpsc::Receiver<Seen>,
+    pub published: Arc<Published>,
+    wake: UnixStream,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub fn start(opts: Options) -> Self {
+        let addr = opts.addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
+        let transport = KernelTransport::bind(addr, &KernelOptions::default()).unwrap();
+        let mut server = HttpServer::new(transport, opts.limits);
+        let addr = server.local_addr();
+        let (wake, wake_reader) = UnixStream::pair().unwrap();
+        wake_reader.set_nonblocking(true).unwrap();
+        server
+            .transport_mut()
+            .register_wake_fd(wake_reader.as_raw_fd(), 7)
+            .unwrap();
+        let (tx, seen) = mpsc::channel();
+        let published = Arc::new(Published::default());
+        let mut handler = TestHandler {
+            hold_batch: opts.hold_batch,
+            held: Vec::new(),
+            big_body: Arc::new(vec![b'x'; opts.big_body_len]),
+            seen: tx,
+            published: published.clone(),
+            stop: false,
+            wake_reader,
+            scratch: Vec::new(),
+        };
+        let thread = thread::spawn(move || {
+            while !handler.stop {
+                // Block in epoll: the server cuts the sleep short for its
+                // timers, the wake fd ends it for the stop.
+                server.poll(None, 64, &mut handler).unwrap();
+                if handler.held.len() >= handler.hold_batch {
+                    for (id, path) in handler.held.drain(..).rev() {
+                        let resp = Response::new(200, path.as_bytes());
+                        // The client may be gone: ConnectionGone is fine.
+                        let _ = server.respond(id, &resp);
+                    }
+                }
+                handler
+                    .published
+                    .connections
+                    .store(server.connection_count(), Ordering::Relaxed);
+                handler
+                    .published
+                    .rejected
+                    .store(server.rejected_connections(), Ordering::Relaxed);
+            }
+        });
+        Self {
+            addr,
+            seen,
+            published,
+            wake,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    pub fn connections(&self) -> usize {
+        self.published.connections.load(Ordering::Relaxed)
+    }
+
+    /// Waits (generously; never asserts a duration) until `cond` holds.
+    pub fn wait_until(&self, what: &str, cond: impl Fn(&Self) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cond(self) {
+            assert!(Instant::now() < deadline, "gave up waiting for {what}");
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The next handler event (waits generously).
+    pub fn next_seen(&self) -> Seen {
+        self.seen
+            .recv_timeout(Duration::from_secs(20))
+            .expect("handler event")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.wake.write_all(b"!");
+        if let Some(thread) = self.thread.take() {
+            let result = thread.join();
+            if !thread::panicking() {
+                result.expect("server thread panicked");
+            }
+        }
+    }
+}
+
+/// One parsed response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status_line: String,
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn body_str(&self) -> &str {
+        std::str::from_utf8(&self.body).unwrap()
+    }
+}
+
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).unwrap();
+        // Only a guard against hanging forever; no test asserts a duration.
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    fn fill(&mut self) -> usize {
+        let mut chunk = [0u8; 64 * 1024];
+        let n = self.stream.read(&mut chunk).expect("read");
+        self.buf.extend_from_slice(&chunk[..n]);
+        n
+    }
+
+    /// Reads exactly `expected.len()` bytes and compares.
+    pub fn expect_bytes(&mut self, expected: &[u8]) {
+        while self.buf.len() < expected.len() {
+            assert!(self.fill() > 0, "EOF before {:?}", String::from_utf8_lossy(expected));
+        }
+        let got: Vec<u8> = self.buf.drain(..expected.len()).collect();
+        assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(expected));
+    }
+
+    /// Reads one response; `head_request` for answers to HEAD (no body).
+    pub fn read_response_to(&mut self, head_request: bool) -> Resp {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut parsed = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(head_len) = parsed.parse(&self.buf).unwrap() {
+                let status = parsed.code.unwrap();
+                let status_line = format!(
+                    "HTTP/1.{} {} {}",
+                    parsed.version.unwrap(),
+                    status,
+                    parsed.reason.unwrap()
+                );
+                let headers: Vec<(String, String)> = parsed
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_owned(),
+                            String::from_utf8(h.value.to_vec()).unwrap(),
+                        )
+                    })
+                    .collect();
+                let len: usize = headers
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                    .map(|(_, v)| v.parse().unwrap())
+                    .unwrap_or(0);
+                let body_len = if head_request || status == 204 { 0 } else { len };
+                while self.buf.len() < head_len + body_len {
+                    assert!(self.fill() > 0, "EOF inside a response body");
+                }
+                let body = self.buf[head_len..head_len + body_len].to_vec();
+                self.buf.drain(..head_len + body_len);
+                return Resp {
+                    status_line,
+                    status,
+                    headers,
+                    body,
+                };
+            }
+            assert!(self.fill() > 0, "EOF before a response head");
+        }
+    }
+
+    pub fn read_response(&mut self) -> Resp {
+        self.read_response_to(false)
+    }
+
+    /// The server closed its side cleanly (FIN, not reset) with nothing more.
+    pub fn expect_eof(&mut self) {
+        assert!(self.buf.is_empty(), "unread bytes: {:?}", String::from_utf8_lossy(&self.buf));
+        let mut byte = [0u8; 1024];
+        match self.stream.read(&mut byte) {
+            Ok(0) => {}
+            Ok(n) => panic!("expected EOF, got {:?}", String::from_utf8_lossy(&byte[..n])),
+            Err(e) => panic!("expected a clean EOF, got {e}"),
+        }
+    }
+
+    /// Sends a request and reads its answer.
+    pub fn roundtrip(&mut self, request: &[u8]) -> Resp {
+        self.send(request);
+        self.read_response()
+    }
+}
+
+pub fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").into_bytes()
+}
+
+pub fn post(path: &str, body: &[u8]) -> Vec<u8> {
+    let mut req =
+        format!("POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", body.len())
+            .into_bytes();
+    req.extend_from_slice(body);
+    req
+}
