@@ -1,14 +1,72 @@
-//! nocturne-bench: benchmarks.
+//! nocturne-bench: the benchmarks, as subcommands of the `nocturne` binary.
+//!
+//! ```text
+//! nocturne bench ipc ──▶ ipc::run_ipc ──spawns──▶ nocturne bench ipc-peer (core B)
+//!        │ (driver, core A)      │ control socket (stdin) + SCM_RIGHTS memfds/fds
+//!        ▼                       ▼
+//!   report::Report ◀── hist::LatencyHistogram per case ◀── timed round trips
+//!        │
+//!        └──▶ human table (stdout) + DESIGN §7 JSON (--json)
+//! ```
+//!
+//! Layers, reusable by the engine benchmark and the load generator:
+//!
+//! * [`pin`] — core lists (`0,1`, `2-5`), checking them against the process's
+//!   affinity mask, pinning the calling thread.
+//! * [`hist`] — [`hist::LatencyHistogram`]: nanoseconds into an HdrHistogram
+//!   (3 significant figures), percentile summaries, `.hgrm` spectra.
+//! * [`report`] — the JSON schema every bench writes ([`report::Report`],
+//!   [`report::Machine`], [`report::CaseResult`]) and the human table.
+//! * [`ipc`] — `nocturne bench ipc`: round-trip latency of nocturne's
+//!   channel against plain shared memory, futex, eventfd, pipes, unix
+//!   sockets and TCP loopback, between two pinned processes.
+//!
+//! The `nocturne` binary routes `nocturne bench <subcommand>` to
+//! [`BenchCommand`] and [`run`].
+
 pub mod hist;
+pub mod ipc;
 pub mod pin;
 pub mod report;
+
 use clap::Subcommand;
 
 /// `nocturne bench …`
 #[derive(Subcommand, Debug)]
-pub enum BenchCommand {}
+pub enum BenchCommand {
+    /// IPC round-trip latency: nocturne's channel vs. shared memory, futex,
+    /// eventfd, pipe, unix socket and TCP loopback, between two pinned
+    /// processes.
+    Ipc(ipc::IpcArgs),
+    /// The second process of `bench ipc` (started by it, not by users).
+    #[command(hide = true)]
+    IpcPeer(ipc::IpcPeerArgs),
+}
 
 /// Runs a benchmark subcommand.
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
-    match cmd {}
+    match cmd {
+        BenchCommand::Ipc(args) => run_ipc_command(&args),
+        BenchCommand::IpcPeer(args) => ipc::run_peer(&args),
+    }
+}
+
+/// `nocturne bench ipc`: runs, prints the table and the targets, writes the
+/// JSON, and fails when any case counted errors.
+fn run_ipc_command(args: &ipc::IpcArgs) -> anyhow::Result<()> {
+    let settings = ipc::IpcSettings::from_args(args)?;
+    let report = ipc::run_ipc(&settings)?;
+    print!("{}", report.table());
+    for check in ipc::check_targets(&report) {
+        println!("target: {check}");
+    }
+    if let Some(path) = &args.json {
+        report.write_json(path)?;
+        println!("wrote {}", path.display());
+    }
+    let errors = report.total_errors();
+    if errors > 0 {
+        anyhow::bail!("{errors} errors (see the errors column)");
+    }
+    Ok(())
 }

@@ -41,8 +41,17 @@ enum Command {
     Bench(nocturne_bench::BenchCommand),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        // `{:#}` prints the whole chain of causes on one line, without the
+        // backtrace anyhow would add under RUST_BACKTRACE: users get the message.
+        eprintln!("nocturne: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => nocturne_engine::serve(*args),
         Command::Worker { name } => Ok(nocturne_functions::builtin::worker_main(&name)?),

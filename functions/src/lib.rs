@@ -30,6 +30,9 @@
 //! }
 //! ```
 
+// The examples show a function binary's whole `main` on purpose.
+#![allow(clippy::needless_doctest_main)]
+
 pub mod builtin;
 pub mod control;
 pub mod ctx;

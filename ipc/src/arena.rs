@@ -38,14 +38,16 @@ pub const ARENA_VERSION: u32 = 1;
 pub const ARENA_HEADER_LEN: usize = 256;
 /// Allocation granule (and data alignment).
 pub const GRANULE: u64 = 64;
-const RELEASE_OFFSET: usize = 128;
+/// Offset of the receiver's release position (u64) within the arena.
+pub const RELEASE_OFFSET: usize = 128;
 
 /// Bytes the arena of `size` data bytes occupies in a region.
 pub(crate) fn arena_bytes(size: u32) -> usize {
     data_offset(size) + size as usize
 }
 
-fn data_offset(size: u32) -> usize {
+/// Offset of the data area within an arena of `size` bytes.
+pub fn data_offset(size: u32) -> usize {
     let trackers = (size as u64 / GRANULE) as usize * size_of::<AccessTracker>();
     ARENA_HEADER_LEN + trackers.next_multiple_of(128)
 }
@@ -91,10 +93,7 @@ pub(crate) unsafe fn init_raw(base: *mut u8, size: u32) {
         base.add(4).cast::<u32>().write(ARENA_VERSION);
         base.add(8).cast::<u32>().write(size);
         init_atomic_u64(base.add(RELEASE_OFFSET), 0);
-        let trackers = base.add(ARENA_HEADER_LEN).cast::<AccessTracker>();
-        for i in 0..(size as u64 / GRANULE) as usize {
-            AccessTracker::init_in_place(trackers.add(i));
-        }
+        AccessTracker::init_array(base.add(ARENA_HEADER_LEN), (size as u64 / GRANULE) as usize);
     }
 }
 
@@ -118,7 +117,10 @@ pub(crate) unsafe fn check_raw(base: *const u8, size: u32) -> Result<(), ArenaAt
         return Err(ArenaAttachError::BadVersion(version));
     }
     if found != size {
-        return Err(ArenaAttachError::SizeMismatch { found, expected: size });
+        return Err(ArenaAttachError::SizeMismatch {
+            found,
+            expected: size,
+        });
     }
     Ok(())
 }
@@ -127,7 +129,7 @@ pub(crate) unsafe fn check_raw(base: *const u8, size: u32) -> Result<(), ArenaAt
 struct ArenaPtrs {
     data: *mut u8,
     #[cfg_attr(not(loom), allow(dead_code))]
-    trackers: *const AccessTracker,
+    trackers: *const u8,
     release: *const AtomicU64,
     size: u64,
 }
@@ -140,7 +142,7 @@ impl ArenaPtrs {
         unsafe {
             Self {
                 data: base.add(data_offset(size)),
-                trackers: base.add(ARENA_HEADER_LEN).cast(),
+                trackers: base.add(ARENA_HEADER_LEN),
                 release: base.add(RELEASE_OFFSET).cast(),
                 size: size as u64,
             }
@@ -157,16 +159,16 @@ impl ArenaPtrs {
     #[cfg(loom)]
     fn write_guards(&self, start: u64, alen: u64) -> Vec<crate::sync::WriteGuard> {
         (start / GRANULE..(start + alen) / GRANULE)
-            // SAFETY: granule index < size / GRANULE trackers.
-            .map(|g| unsafe { &*self.trackers.add(g as usize) }.write())
+            // SAFETY: granule index < size / GRANULE initialized trackers.
+            .map(|g| unsafe { AccessTracker::at(self.trackers, g as usize) }.write())
             .collect()
     }
 
     #[cfg(loom)]
     fn read_guards(&self, start: u64, alen: u64) -> Vec<crate::sync::ReadGuard> {
         (start / GRANULE..(start + alen) / GRANULE)
-            // SAFETY: granule index < size / GRANULE trackers.
-            .map(|g| unsafe { &*self.trackers.add(g as usize) }.read())
+            // SAFETY: granule index < size / GRANULE initialized trackers.
+            .map(|g| unsafe { AccessTracker::at(self.trackers, g as usize) }.read())
             .collect()
     }
 }
@@ -176,12 +178,21 @@ impl ArenaPtrs {
 #[cfg(loom)]
 pub(crate) type ArenaReadGuards = Vec<crate::sync::ReadGuard>;
 #[cfg(not(loom))]
-pub(crate) type ArenaReadGuards = ();
+pub(crate) type ArenaReadGuards = crate::sync::ReadGuard;
+/// Read guards for a message without arena bytes.
+#[inline(always)]
+pub(crate) fn no_read_guards() -> ArenaReadGuards {
+    #[cfg(loom)]
+    return Vec::new();
+    #[cfg(not(loom))]
+    crate::sync::ReadGuard
+}
+
 /// Loom write guards held while the sender fills arena bytes.
 #[cfg(loom)]
 pub(crate) type ArenaWriteGuards = Vec<crate::sync::WriteGuard>;
 #[cfg(not(loom))]
-pub(crate) type ArenaWriteGuards = ();
+pub(crate) type ArenaWriteGuards = crate::sync::WriteGuard;
 
 /// Why the sender could not allocate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -191,7 +202,11 @@ pub(crate) enum AllocError {
     /// Larger than the whole arena.
     TooLarge,
     /// The receiver's release position is impossible.
-    BadRelease { release: u64, last_seen: u64, head: u64 },
+    BadRelease {
+        release: u64,
+        last_seen: u64,
+        head: u64,
+    },
 }
 
 /// An allocation made by [`ArenaWriter::try_alloc`], committed with
@@ -222,7 +237,13 @@ impl ArenaWriter {
     /// value; only one writer exists.
     pub(crate) unsafe fn new(base: *mut u8, size: u32) -> Self {
         // SAFETY: forwarded.
-        Self { ptrs: unsafe { ArenaPtrs::new(base, size) }, head: 0, off: 0, cached_release: 0 }
+        let ptrs = unsafe { ArenaPtrs::new(base, size) };
+        Self {
+            ptrs,
+            head: 0,
+            off: 0,
+            cached_release: 0,
+        }
     }
 
     #[inline(always)]
@@ -245,7 +266,11 @@ impl ArenaWriter {
             // `ArenaReader::release`: its reads of the released bytes are done.
             let release = self.ptrs.release().load(Ordering::Acquire);
             if release < self.cached_release || release > self.head {
-                return Err(AllocError::BadRelease { release, last_seen: self.cached_release, head: self.head });
+                return Err(AllocError::BadRelease {
+                    release,
+                    last_seen: self.cached_release,
+                    head: self.head,
+                });
             }
             self.cached_release = release;
             if !self.fits(release, need) {
@@ -267,16 +292,18 @@ impl ArenaWriter {
     pub(crate) fn guards(&self, a: &Allocation, len: usize) -> ArenaWriteGuards {
         #[cfg(loom)]
         {
-            self.ptrs.write_guards(a.offset as u64, (len as u64).next_multiple_of(GRANULE))
+            self.ptrs
+                .write_guards(a.offset as u64, (len as u64).next_multiple_of(GRANULE))
         }
         #[cfg(not(loom))]
         {
             let _ = (a, len);
+            crate::sync::WriteGuard
         }
     }
 
     /// Copies `bytes` into the allocation (loom: under write guards).
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn write(&self, a: &Allocation, bytes: &[u8]) {
         let _g = self.guards(a, bytes.len());
         // SAFETY: the allocation's bytes are free (the receiver released them or
@@ -343,7 +370,13 @@ impl ArenaReader {
     /// As [`ArenaWriter::new`], for the single reader.
     pub(crate) unsafe fn new(base: *mut u8, size: u32) -> Self {
         // SAFETY: forwarded.
-        Self { ptrs: unsafe { ArenaPtrs::new(base, size) }, pos: 0, off: 0, released: 0 }
+        let ptrs = unsafe { ArenaPtrs::new(base, size) };
+        Self {
+            ptrs,
+            pos: 0,
+            off: 0,
+            released: 0,
+        }
     }
 
     /// Checks a payload location against the mirrored sender cursor.
@@ -359,7 +392,10 @@ impl ArenaReader {
         }
         let (start, skip) = place(self.off, size, alen);
         if offset as u64 != start {
-            return Err(ArenaError::BadOffset { found: offset, expected: start });
+            return Err(ArenaError::BadOffset {
+                found: offset,
+                expected: start,
+            });
         }
         Ok(Located {
             // SAFETY: start + alen <= size: within the data area.
@@ -376,11 +412,13 @@ impl ArenaReader {
         {
             // SAFETY: l.ptr is within the data area.
             let start = unsafe { l.ptr.offset_from(self.ptrs.data) } as u64;
-            self.ptrs.read_guards(start, (len as u64).next_multiple_of(GRANULE))
+            self.ptrs
+                .read_guards(start, (len as u64).next_multiple_of(GRANULE))
         }
         #[cfg(not(loom))]
         {
             let _ = (l, len);
+            crate::sync::ReadGuard
         }
     }
 
@@ -422,7 +460,12 @@ mod tests {
         // SAFETY: fresh region big enough for the arena.
         unsafe { init_raw(region.base(), size) };
         // SAFETY: initialized above; region outlives both.
-        let (mut w, mut r) = unsafe { (ArenaWriter::new(region.base(), size), ArenaReader::new(region.base(), size)) };
+        let (mut w, mut r) = unsafe {
+            (
+                ArenaWriter::new(region.base(), size),
+                ArenaReader::new(region.base(), size),
+            )
+        };
         assert_eq!(w.try_alloc(1025).unwrap_err(), AllocError::TooLarge);
         // 3 x 320 (= 5 granules) fill 960 bytes.
         let mut pending = Vec::new();
@@ -446,7 +489,13 @@ mod tests {
         assert_eq!(w.try_alloc(64).unwrap_err(), AllocError::Full);
         // The receiver mirrors the cursor: a wrong offset is refused.
         let (off, len) = pending.remove(0);
-        assert_eq!(r.locate(off + 64, len).unwrap_err(), ArenaError::BadOffset { found: off + 64, expected: 320 });
+        assert_eq!(
+            r.locate(off + 64, len).unwrap_err(),
+            ArenaError::BadOffset {
+                found: off + 64,
+                expected: 320
+            }
+        );
         for (off, len) in [(off, len), (640, 300), (0, 300)] {
             let l = r.locate(off, len).unwrap();
             r.consume(&l);
@@ -457,8 +506,17 @@ mod tests {
         let a = w.try_alloc(1024).unwrap();
         assert_eq!(a.offset, 0);
         w.commit(&a);
-        assert_eq!(r.locate(0, 1024).map(|l| l.next_pos).unwrap(), 960 + 384 + 704 + 1024);
-        assert_eq!(r.locate(0, 1025).unwrap_err(), ArenaError::TooLong { len: 1025, size: 1024 });
+        assert_eq!(
+            r.locate(0, 1024).map(|l| l.next_pos).unwrap(),
+            960 + 384 + 704 + 1024
+        );
+        assert_eq!(
+            r.locate(0, 1025).unwrap_err(),
+            ArenaError::TooLong {
+                len: 1025,
+                size: 1024
+            }
+        );
     }
 
     #[test]
@@ -472,9 +530,25 @@ mod tests {
         let a = w.try_alloc(256).unwrap();
         w.commit(&a);
         // SAFETY: the release word.
-        unsafe { region.base().add(RELEASE_OFFSET).cast::<u64>().write_volatile(512) };
-        assert!(matches!(w.try_alloc(64), Err(AllocError::BadRelease { release: 512, .. })));
+        unsafe {
+            region
+                .base()
+                .add(RELEASE_OFFSET)
+                .cast::<u64>()
+                .write_volatile(512)
+        };
+        assert!(matches!(
+            w.try_alloc(64),
+            Err(AllocError::BadRelease { release: 512, .. })
+        ));
         // SAFETY: header within the region.
-        assert_eq!(unsafe { check_raw(region.base(), 128) }, Err(ArenaAttachError::SizeMismatch { found: 256, expected: 128 }));
+        let checked = unsafe { check_raw(region.base(), 128) };
+        assert_eq!(
+            checked,
+            Err(ArenaAttachError::SizeMismatch {
+                found: 256,
+                expected: 128
+            })
+        );
     }
 }

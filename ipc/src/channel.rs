@@ -51,20 +51,32 @@ const KNOWN_FLAGS: u32 = FLAG_RESPONSE_EVENTFD;
 /// Largest arena per direction.
 pub const MAX_ARENA_BYTES: u32 = 1 << 30;
 
-/// Region header field offsets.
-mod hdr {
+/// Byte offsets of the region header fields (all little-endian).
+pub mod region_field {
+    /// u64 [`super::REGION_MAGIC`].
     pub const MAGIC: usize = 0;
+    /// u32 [`super::REGION_VERSION`].
     pub const VERSION: usize = 8;
+    /// u32 flags ([`super::FLAG_RESPONSE_EVENTFD`]).
     pub const FLAGS: usize = 12;
+    /// u64 total region length.
     pub const REGION_LEN: usize = 16;
+    /// u32 slots per ring.
     pub const RING_SLOTS: usize = 24;
+    /// u32 bytes per slot.
     pub const SLOT_SIZE: usize = 28;
+    /// u32 arena bytes per direction.
     pub const ARENA_BYTES: usize = 32;
+    /// u64 offset of the request ring.
     pub const REQ_RING: usize = 40;
+    /// u64 offset of the response ring.
     pub const RESP_RING: usize = 48;
+    /// u64 offset of the request arena.
     pub const REQ_ARENA: usize = 56;
+    /// u64 offset of the response arena.
     pub const RESP_ARENA: usize = 64;
 }
+use region_field as hdr;
 
 /// Channel geometry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,7 +92,11 @@ pub struct ChannelConfig {
 impl Default for ChannelConfig {
     /// 256 slots × 256 B (192 B inline), 1 MiB arena each way.
     fn default() -> Self {
-        Self { ring_slots: 256, slot_size: 256, arena_bytes: 1 << 20 }
+        Self {
+            ring_slots: 256,
+            slot_size: 256,
+            arena_bytes: 1 << 20,
+        }
     }
 }
 
@@ -116,7 +132,7 @@ impl ChannelConfig {
         if self.slot_size < 128 {
             return Err(ConfigError::SlotTooSmall(self.slot_size));
         }
-        if self.arena_bytes % 64 != 0 || self.arena_bytes > MAX_ARENA_BYTES {
+        if !self.arena_bytes.is_multiple_of(64) || self.arena_bytes > MAX_ARENA_BYTES {
             return Err(ConfigError::BadArena(self.arena_bytes));
         }
         // Bounded by the limits above (2^20 × 2^20 × 2 + 2^31): no overflow.
@@ -125,7 +141,15 @@ impl ChannelConfig {
         let req_arena = (resp_ring + ring.bytes()).next_multiple_of(128);
         let resp_arena = (req_arena + arena::arena_bytes(self.arena_bytes)).next_multiple_of(128);
         let len = (resp_arena + arena::arena_bytes(self.arena_bytes)).next_multiple_of(4096);
-        Ok(Layout { ring, arena_bytes: self.arena_bytes, req_ring, resp_ring, req_arena, resp_arena, len })
+        Ok(Layout {
+            ring,
+            arena_bytes: self.arena_bytes,
+            req_ring,
+            resp_ring,
+            req_arena,
+            resp_arena,
+            len,
+        })
     }
 
     /// Checks the geometry.
@@ -298,14 +322,30 @@ unsafe fn init_region(base: *mut u8, layout: &Layout, flags: u32) {
         base.add(hdr::MAGIC).cast::<u64>().write(REGION_MAGIC);
         base.add(hdr::VERSION).cast::<u32>().write(REGION_VERSION);
         base.add(hdr::FLAGS).cast::<u32>().write(flags);
-        base.add(hdr::REGION_LEN).cast::<u64>().write(layout.len as u64);
-        base.add(hdr::RING_SLOTS).cast::<u32>().write(layout.ring.capacity());
-        base.add(hdr::SLOT_SIZE).cast::<u32>().write(layout.ring.slot_size());
-        base.add(hdr::ARENA_BYTES).cast::<u32>().write(layout.arena_bytes);
-        base.add(hdr::REQ_RING).cast::<u64>().write(layout.req_ring as u64);
-        base.add(hdr::RESP_RING).cast::<u64>().write(layout.resp_ring as u64);
-        base.add(hdr::REQ_ARENA).cast::<u64>().write(layout.req_arena as u64);
-        base.add(hdr::RESP_ARENA).cast::<u64>().write(layout.resp_arena as u64);
+        base.add(hdr::REGION_LEN)
+            .cast::<u64>()
+            .write(layout.len as u64);
+        base.add(hdr::RING_SLOTS)
+            .cast::<u32>()
+            .write(layout.ring.capacity());
+        base.add(hdr::SLOT_SIZE)
+            .cast::<u32>()
+            .write(layout.ring.slot_size());
+        base.add(hdr::ARENA_BYTES)
+            .cast::<u32>()
+            .write(layout.arena_bytes);
+        base.add(hdr::REQ_RING)
+            .cast::<u64>()
+            .write(layout.req_ring as u64);
+        base.add(hdr::RESP_RING)
+            .cast::<u64>()
+            .write(layout.resp_ring as u64);
+        base.add(hdr::REQ_ARENA)
+            .cast::<u64>()
+            .write(layout.req_arena as u64);
+        base.add(hdr::RESP_ARENA)
+            .cast::<u64>()
+            .write(layout.resp_arena as u64);
         ring::init_raw(base.add(layout.req_ring), layout.ring);
         ring::init_raw(base.add(layout.resp_ring), layout.ring);
         arena::init_raw(base.add(layout.req_arena), layout.arena_bytes);
@@ -317,7 +357,10 @@ unsafe fn init_region(base: *mut u8, layout: &Layout, flags: u32) {
 fn validate_region(region: &dyn Region) -> Result<(Layout, u32), ChannelError> {
     let actual = region.len();
     if actual < REGION_HEADER_LEN {
-        return Err(ChannelError::TooSmall { found: actual, need: REGION_HEADER_LEN });
+        return Err(ChannelError::TooSmall {
+            found: actual,
+            need: REGION_HEADER_LEN,
+        });
     }
     // Copy the header out once; every check below runs on the copy.
     let mut h = [0u8; REGION_HEADER_LEN];
@@ -339,7 +382,10 @@ fn validate_region(region: &dyn Region) -> Result<(Layout, u32), ChannelError> {
     }
     let header_len = u64_at(hdr::REGION_LEN);
     if header_len != actual as u64 {
-        return Err(ChannelError::LengthMismatch { header: header_len, actual });
+        return Err(ChannelError::LengthMismatch {
+            header: header_len,
+            actual,
+        });
     }
     let cfg = ChannelConfig {
         ring_slots: u32_at(hdr::RING_SLOTS),
@@ -348,7 +394,10 @@ fn validate_region(region: &dyn Region) -> Result<(Layout, u32), ChannelError> {
     };
     let layout = cfg.layout()?;
     if layout.len > actual {
-        return Err(ChannelError::TooSmall { found: actual, need: layout.len });
+        return Err(ChannelError::TooSmall {
+            found: actual,
+            need: layout.len,
+        });
     }
     for (section, field, expected) in [
         ("request ring", hdr::REQ_RING, layout.req_ring),
@@ -358,16 +407,26 @@ fn validate_region(region: &dyn Region) -> Result<(Layout, u32), ChannelError> {
     ] {
         let found = u64_at(field);
         if found != expected as u64 {
-            return Err(ChannelError::BadOffset { section, found, expected });
+            return Err(ChannelError::BadOffset {
+                section,
+                found,
+                expected,
+            });
         }
     }
     let base = region.base();
-    for (section, off) in [("request ring", layout.req_ring), ("response ring", layout.resp_ring)] {
+    for (section, off) in [
+        ("request ring", layout.req_ring),
+        ("response ring", layout.resp_ring),
+    ] {
         // SAFETY: the ring lies within the region (layout.len <= actual).
         unsafe { ring::check_raw(base.add(off), layout.ring) }
             .map_err(|source| ChannelError::Ring { section, source })?;
     }
-    for (section, off) in [("request arena", layout.req_arena), ("response arena", layout.resp_arena)] {
+    for (section, off) in [
+        ("request arena", layout.req_arena),
+        ("response arena", layout.resp_arena),
+    ] {
         // SAFETY: the arena lies within the region.
         unsafe { arena::check_raw(base.add(off), layout.arena_bytes) }
             .map_err(|source| ChannelError::Arena { section, source })?;
@@ -388,16 +447,34 @@ impl<R: Region> EngineEnd<R> {
     /// [`ChannelConfig::region_len`] bytes and not shared with anyone yet).
     /// With `response_efd`, the worker wakes the engine through that eventfd
     /// (the region keeps a duplicate).
-    pub fn create_in(region: R, cfg: &ChannelConfig, response_efd: Option<BorrowedFd<'_>>) -> Result<Self, ChannelError> {
+    pub fn create_in(
+        region: R,
+        cfg: &ChannelConfig,
+        response_efd: Option<BorrowedFd<'_>>,
+    ) -> Result<Self, ChannelError> {
         let layout = cfg.layout()?;
         if region.len() < layout.len {
-            return Err(ChannelError::TooSmall { found: region.len(), need: layout.len });
+            return Err(ChannelError::TooSmall {
+                found: region.len(),
+                need: layout.len,
+            });
         }
-        let response_efd = response_efd.map(|fd| fd.try_clone_to_owned()).transpose().map_err(ChannelError::Dup)?;
-        let flags = if response_efd.is_some() { FLAG_RESPONSE_EVENTFD } else { 0 };
+        let response_efd = response_efd
+            .map(|fd| fd.try_clone_to_owned())
+            .transpose()
+            .map_err(ChannelError::Dup)?;
+        let flags = if response_efd.is_some() {
+            FLAG_RESPONSE_EVENTFD
+        } else {
+            0
+        };
         // SAFETY: the region is long enough and ours alone (caller's contract).
         unsafe { init_region(region.base(), &layout, flags) };
-        Ok(Self { region: Arc::new(region), layout, response_efd })
+        Ok(Self {
+            region: Arc::new(region),
+            layout,
+            response_efd,
+        })
     }
 
     /// The channel's geometry.
@@ -423,15 +500,31 @@ impl<R: Region> EngineEnd<R> {
         // producer of the request ring / consumer of the response ring.
         unsafe {
             (
-                Sender::new(self.region.clone(), base.add(l.req_ring), base.add(l.req_arena), l, Bell::Futex),
-                Receiver::new(self.region, base.add(l.resp_ring), base.add(l.resp_arena), l, bell),
+                Sender::new(
+                    self.region.clone(),
+                    base.add(l.req_ring),
+                    base.add(l.req_arena),
+                    l,
+                    Bell::Futex,
+                ),
+                Receiver::new(
+                    self.region,
+                    base.add(l.resp_ring),
+                    base.add(l.resp_arena),
+                    l,
+                    bell,
+                ),
             )
         }
     }
 }
 
 fn layout_config(l: &Layout) -> ChannelConfig {
-    ChannelConfig { ring_slots: l.ring.capacity(), slot_size: l.ring.slot_size(), arena_bytes: l.arena_bytes }
+    ChannelConfig {
+        ring_slots: l.ring.capacity(),
+        slot_size: l.ring.slot_size(),
+        arena_bytes: l.arena_bytes,
+    }
 }
 
 impl EngineEnd<MemfdRegion> {
@@ -442,11 +535,19 @@ impl EngineEnd<MemfdRegion> {
 
     /// Creates a sealed memfd channel whose worker wakes the engine by writing
     /// `efd` (send the same eventfd to the worker next to the memfd).
-    pub fn create_with_eventfd(cfg: &ChannelConfig, name: &str, efd: BorrowedFd<'_>) -> Result<Self, ChannelError> {
+    pub fn create_with_eventfd(
+        cfg: &ChannelConfig,
+        name: &str,
+        efd: BorrowedFd<'_>,
+    ) -> Result<Self, ChannelError> {
         Self::create_memfd(cfg, name, Some(efd))
     }
 
-    fn create_memfd(cfg: &ChannelConfig, name: &str, efd: Option<BorrowedFd<'_>>) -> Result<Self, ChannelError> {
+    fn create_memfd(
+        cfg: &ChannelConfig,
+        name: &str,
+        efd: Option<BorrowedFd<'_>>,
+    ) -> Result<Self, ChannelError> {
         let len = cfg.layout()?.len;
         let region = MemfdRegion::create(name, len)?;
         region.seal()?;
@@ -463,7 +564,10 @@ impl<R: Region> WorkerEnd<R> {
     /// Attaches to a channel built by [`EngineEnd::create_in`] in `region`,
     /// validating every layout field. `response_efd` must be given exactly
     /// when the region uses the eventfd response doorbell.
-    pub fn attach_region(region: Arc<R>, response_efd: Option<OwnedFd>) -> Result<Self, ChannelError> {
+    pub fn attach_region(
+        region: Arc<R>,
+        response_efd: Option<OwnedFd>,
+    ) -> Result<Self, ChannelError> {
         let (layout, flags) = validate_region(&*region)?;
         let region_eventfd = flags & FLAG_RESPONSE_EVENTFD != 0;
         if region_eventfd != response_efd.is_some() {
@@ -472,7 +576,11 @@ impl<R: Region> WorkerEnd<R> {
                 attach: flag_name(response_efd.is_some()),
             });
         }
-        Ok(Self { region, layout, response_efd })
+        Ok(Self {
+            region,
+            layout,
+            response_efd,
+        })
     }
 
     /// The channel's geometry.
@@ -493,8 +601,20 @@ impl<R: Region> WorkerEnd<R> {
         // response ring / consumer of the request ring.
         unsafe {
             (
-                Sender::new(self.region.clone(), base.add(l.resp_ring), base.add(l.resp_arena), l, bell),
-                Receiver::new(self.region, base.add(l.req_ring), base.add(l.req_arena), l, Bell::Futex),
+                Sender::new(
+                    self.region.clone(),
+                    base.add(l.resp_ring),
+                    base.add(l.resp_arena),
+                    l,
+                    bell,
+                ),
+                Receiver::new(
+                    self.region,
+                    base.add(l.req_ring),
+                    base.add(l.req_arena),
+                    l,
+                    Bell::Futex,
+                ),
             )
         }
     }
@@ -523,7 +643,9 @@ pub fn heap_pair(cfg: &ChannelConfig) -> (EngineEnd<HeapRegion>, WorkerEnd<HeapR
 }
 
 /// [`heap_pair`] that reports an invalid config instead of panicking.
-pub fn try_heap_pair(cfg: &ChannelConfig) -> Result<(EngineEnd<HeapRegion>, WorkerEnd<HeapRegion>), ChannelError> {
+pub fn try_heap_pair(
+    cfg: &ChannelConfig,
+) -> Result<(EngineEnd<HeapRegion>, WorkerEnd<HeapRegion>), ChannelError> {
     let engine = EngineEnd::create_in(HeapRegion::new(cfg.layout()?.len), cfg, None)?;
     let worker = WorkerEnd::attach_region(engine.region.clone(), None)?;
     Ok((engine, worker))
@@ -559,9 +681,20 @@ impl<R: Region> Sender<R> {
     /// # Safety
     /// `ring`/`arena` point at initialized sections of `layout` within
     /// `region`; this is their only producer.
-    unsafe fn new(region: Arc<R>, ring: *mut u8, arena: *mut u8, layout: &Layout, bell: Bell) -> Self {
+    unsafe fn new(
+        region: Arc<R>,
+        ring: *mut u8,
+        arena: *mut u8,
+        layout: &Layout,
+        bell: Bell,
+    ) -> Self {
         // SAFETY: forwarded contract.
-        let (ring, arena) = unsafe { (RawProducer::new(ring, layout.ring), ArenaWriter::new(arena, layout.arena_bytes)) };
+        let (ring, arena) = unsafe {
+            (
+                RawProducer::new(ring, layout.ring),
+                ArenaWriter::new(arena, layout.arena_bytes),
+            )
+        };
         // SAFETY: the doorbell word belongs to the same ring.
         let doorbell = unsafe { Doorbell::new(ring.doorbell()) };
         let cfg = layout_config(layout);
@@ -600,7 +733,12 @@ impl<R: Region> Sender<R> {
     /// written in place by `fill` (no intermediate buffer). `fill` gets a
     /// slice of exactly `len` bytes of shared memory.
     #[inline]
-    pub fn try_send_with(&mut self, header: &Header, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<(), SendError> {
+    pub fn try_send_with(
+        &mut self,
+        header: &Header,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<(), SendError> {
         self.write_with(header, len, |dst: *mut u8| {
             // SAFETY: `dst` is valid for `len` bytes that only we touch until
             // publication (see write_with).
@@ -644,9 +782,17 @@ impl<R: Region> Sender<R> {
     /// Reserves a slot (and arena bytes), emits the header, lets `fill` write
     /// `len` payload bytes at the pointer it gets, and publishes.
     #[inline(always)]
-    fn write_with(&mut self, header: &Header, len: usize, fill: impl FnOnce(*mut u8)) -> Result<(), SendError> {
+    fn write_with(
+        &mut self,
+        header: &Header,
+        len: usize,
+        fill: impl FnOnce(*mut u8),
+    ) -> Result<(), SendError> {
         if len > self.max_payload {
-            return Err(SendError::TooLarge { len, max: self.max_payload });
+            return Err(SendError::TooLarge {
+                len,
+                max: self.max_payload,
+            });
         }
         match self.ring.free_slots(1) {
             Ok(0) => return Err(SendError::RingFull),
@@ -654,38 +800,63 @@ impl<R: Region> Sender<R> {
             Err(e) => return Err(SendError::Protocol(e)),
         }
         let body = self.ring.body(0);
-        let _slot_guard = self.ring.tracker(0).write();
-        let location = if len <= self.max_inline {
-            // SAFETY: the body holds slot_size - 8 >= 56 + max_inline bytes;
-            // the slot is free, so the receiver does not read it until we publish.
-            fill(unsafe { body.add(HEADER_LEN - ring::SEQ_LEN) });
-            PayloadLocation::Inline { len: len as u32 }
-        } else {
-            let a = match self.arena.try_alloc(len) {
-                Ok(a) => a,
-                Err(arena::AllocError::Full) => return Err(SendError::ArenaFull),
-                Err(arena::AllocError::TooLarge) => return Err(SendError::TooLarge { len, max: self.max_payload }),
-                Err(arena::AllocError::BadRelease { release, last_seen, head }) => {
-                    return Err(SendError::Protocol(ProtocolError::BadRelease { release, last_seen, head }))
+        // The slot is written in this block (under a loom write access) and
+        // published after it.
+        {
+            let _slot_guard = self.ring.tracker(0).write();
+            let location = if len <= self.max_inline {
+                // SAFETY: the body holds slot_size - 8 >= 56 + max_inline bytes;
+                // the slot is free, so the receiver does not read it until we publish.
+                fill(unsafe { body.add(HEADER_LEN - ring::SEQ_LEN) });
+                PayloadLocation::Inline { len: len as u32 }
+            } else {
+                let a = match self.arena.try_alloc(len) {
+                    Ok(a) => a,
+                    Err(arena::AllocError::Full) => return Err(SendError::ArenaFull),
+                    Err(arena::AllocError::TooLarge) => {
+                        return Err(SendError::TooLarge {
+                            len,
+                            max: self.max_payload,
+                        })
+                    }
+                    Err(arena::AllocError::BadRelease {
+                        release,
+                        last_seen,
+                        head,
+                    }) => {
+                        return Err(SendError::Protocol(ProtocolError::BadRelease {
+                            release,
+                            last_seen,
+                            head,
+                        }))
+                    }
+                };
+                {
+                    let _arena_guards = self.arena.guards(&a, len);
+                    fill(a.ptr);
+                }
+                self.arena.commit(&a);
+                PayloadLocation::Arena {
+                    offset: a.offset,
+                    len: len as u32,
                 }
             };
-            {
-                let _arena_guards = self.arena.guards(&a, len);
-                fill(a.ptr);
+            // Emit into a local copy, then one 56-byte copy into the slot: the
+            // slot's seq word (bytes 0..8) is being read by the consumer and must
+            // not be covered by a `&mut`.
+            let mut line = [0u8; HEADER_LEN];
+            if let Ok(mut view) = HeaderView::new_checked(&mut line[..]) {
+                header.emit(&mut view, location);
             }
-            self.arena.commit(&a);
-            PayloadLocation::Arena { offset: a.offset, len: len as u32 }
-        };
-        // Emit into a local copy, then one 56-byte copy into the slot: the
-        // slot's seq word (bytes 0..8) is being read by the consumer and must
-        // not be covered by a `&mut`.
-        let mut line = [0u8; HEADER_LEN];
-        if let Ok(mut view) = HeaderView::new_checked(&mut line[..]) {
-            header.emit(&mut view, location);
+            // SAFETY: the body has at least 56 bytes; the slot is ours until published.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    line.as_ptr().add(ring::SEQ_LEN),
+                    body,
+                    HEADER_LEN - ring::SEQ_LEN,
+                )
+            };
         }
-        // SAFETY: the body has at least 56 bytes; the slot is ours until published.
-        unsafe { std::ptr::copy_nonoverlapping(line.as_ptr().add(ring::SEQ_LEN), body, HEADER_LEN - ring::SEQ_LEN) };
-        drop(_slot_guard);
         self.ring.publish_next();
         Ok(())
     }
@@ -708,13 +879,33 @@ impl<R: Region> Sender<R> {
 impl<R: Region> Receiver<R> {
     /// # Safety
     /// As [`Sender::new`], for the only consumer.
-    unsafe fn new(region: Arc<R>, ring: *mut u8, arena: *mut u8, layout: &Layout, bell: Bell) -> Self {
+    unsafe fn new(
+        region: Arc<R>,
+        ring: *mut u8,
+        arena: *mut u8,
+        layout: &Layout,
+        bell: Bell,
+    ) -> Self {
         // SAFETY: forwarded contract.
-        let (ring, arena) = unsafe { (RawConsumer::new(ring, layout.ring), ArenaReader::new(arena, layout.arena_bytes)) };
+        let (ring, arena) = unsafe {
+            (
+                RawConsumer::new(ring, layout.ring),
+                ArenaReader::new(arena, layout.arena_bytes),
+            )
+        };
         // SAFETY: the doorbell word belongs to the same ring.
         let doorbell = unsafe { Doorbell::new(ring.doorbell()) };
         let max_inline = layout_config(layout).max_inline();
-        Self { core: RxCore { ring, arena, max_inline }, doorbell, bell, _region: region }
+        Self {
+            core: RxCore {
+                ring,
+                arena,
+                max_inline,
+            },
+            doorbell,
+            bell,
+            _region: region,
+        }
     }
 
     /// The next message, if one is published. The header is copied out of
@@ -724,25 +915,37 @@ impl<R: Region> Receiver<R> {
     /// and its arena bytes.
     #[inline]
     pub fn try_recv(&mut self) -> Result<Option<MessageView<'_>>, RecvError> {
-        let Some(body) = self.core.ring.peek(0)? else { return Ok(None) };
+        let Some(body) = self.core.ring.peek(0)? else {
+            return Ok(None);
+        };
         let slot_guard = self.core.ring.tracker(0).read();
         let (header, ptr, len, arena) = self.core.decode(body)?;
         let (arena_guards, located) = match arena {
             Some((l, alen)) => (self.core.arena.guards(&l, alen), Some(l)),
-            None => (Default::default(), None),
+            None => (arena::no_read_guards(), None),
         };
         // SAFETY: `decode` bounds-checked [ptr, ptr + len) within the slot or
         // the arena; those bytes are the sender's no more until this view
         // releases them on drop (a hostile peer can only garble them).
         let payload = unsafe { std::slice::from_raw_parts(ptr, len) };
-        Ok(Some(MessageView { core: &mut self.core, header, payload, located, guards: Some((slot_guard, arena_guards)) }))
+        Ok(Some(MessageView {
+            core: &mut self.core,
+            header,
+            payload,
+            located,
+            guards: Some((slot_guard, arena_guards)),
+        }))
     }
 
     /// Calls `f` on up to `max` published messages in order, then releases
     /// all their slots and arena bytes with one store each. Returns how many
     /// were consumed; on a bad message, those before it are consumed and
     /// released and the error is returned.
-    pub fn recv_batch(&mut self, max: usize, mut f: impl FnMut(&Header, &[u8])) -> Result<usize, RecvError> {
+    pub fn recv_batch(
+        &mut self,
+        max: usize,
+        mut f: impl FnMut(&Header, &[u8]),
+    ) -> Result<usize, RecvError> {
         let mut n = 0;
         let result = loop {
             if n == max {
@@ -785,7 +988,9 @@ impl<R: Region> Receiver<R> {
     /// yielding and parking as `policy` says.
     pub fn wait(&mut self, policy: &WaitPolicy, timeout: Option<Duration>) -> WaitOutcome {
         let ring = &self.core.ring;
-        doorbell::wait(&self.doorbell, &self.bell, policy, timeout, || ring.has_next())
+        doorbell::wait(&self.doorbell, &self.bell, policy, timeout, || {
+            ring.has_next()
+        })
     }
 
     /// For a consumer that sleeps elsewhere (epoll on the eventfd): announces
@@ -823,13 +1028,22 @@ impl RxCore {
         let mut line = [0u8; HEADER_LEN];
         // SAFETY: the body has at least 56 bytes; the slot is published and
         // ours until we release it. The copy is what we validate and use.
-        unsafe { std::ptr::copy_nonoverlapping(body, line.as_mut_ptr().add(ring::SEQ_LEN), HEADER_LEN - ring::SEQ_LEN) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                body,
+                line.as_mut_ptr().add(ring::SEQ_LEN),
+                HEADER_LEN - ring::SEQ_LEN,
+            )
+        };
         let view = HeaderView::new_checked(&line[..])?;
         let (header, location) = Header::parse(&view)?;
         match location {
             PayloadLocation::Inline { len } => {
                 if len as usize > self.max_inline {
-                    return Err(RecvError::BadLength { len, max: self.max_inline });
+                    return Err(RecvError::BadLength {
+                        len,
+                        max: self.max_inline,
+                    });
                 }
                 // SAFETY: len <= max_inline, so [56, 56 + len) of the body is
                 // within the slot.
@@ -881,7 +1095,8 @@ impl MessageView<'_> {
 impl Drop for MessageView<'_> {
     #[inline]
     fn drop(&mut self) {
-        drop(self.guards.take());
+        // End the (loom) read accesses before handing the bytes back.
+        self.guards = None;
         if let Some(l) = &self.located {
             self.core.arena.consume(l);
         }
@@ -896,11 +1111,20 @@ mod tests {
     use crate::message::Kind;
 
     fn small() -> ChannelConfig {
-        ChannelConfig { ring_slots: 4, slot_size: 128, arena_bytes: 1024 }
+        ChannelConfig {
+            ring_slots: 4,
+            slot_size: 128,
+            arena_bytes: 1024,
+        }
     }
 
     fn header(call_id: u64) -> Header {
-        Header { kind: Kind::Invoke, call_id, function_id: 3, ..Header::default() }
+        Header {
+            kind: Kind::Invoke,
+            call_id,
+            function_id: 3,
+            ..Header::default()
+        }
     }
 
     fn payload(seed: u64, len: usize) -> Vec<u8> {
@@ -921,10 +1145,18 @@ mod tests {
         // Inline and arena payloads, in order, with their headers.
         let sizes = [0usize, 1, 64, 65, 300, 1024];
         for (i, &n) in sizes.iter().enumerate().take(4) {
-            req_tx.try_send(&header(i as u64), &payload(i as u64, n)).unwrap();
+            req_tx
+                .try_send(&header(i as u64), &payload(i as u64, n))
+                .unwrap();
         }
         assert_eq!(req_tx.try_send(&header(9), b"x"), Err(SendError::RingFull));
-        assert_eq!(req_tx.try_send(&header(9), &[0; 1025]), Err(SendError::TooLarge { len: 1025, max: 1024 }));
+        assert_eq!(
+            req_tx.try_send(&header(9), &[0; 1025]),
+            Err(SendError::TooLarge {
+                len: 1025,
+                max: 1024
+            })
+        );
         for (i, &n) in sizes.iter().enumerate().take(4) {
             let m = req_rx.try_recv().unwrap().unwrap();
             assert_eq!(*m.header(), header(i as u64));
@@ -936,26 +1168,47 @@ mod tests {
         // release, and gets its room once the receiver drops the first view.
         resp_tx.try_send(&header(10), &payload(10, 448)).unwrap();
         resp_tx.try_send(&header(11), &payload(11, 448)).unwrap();
-        assert_eq!(resp_tx.try_send(&header(12), &payload(12, 448)), Err(SendError::ArenaFull));
+        assert_eq!(
+            resp_tx.try_send(&header(12), &payload(12, 448)),
+            Err(SendError::ArenaFull)
+        );
         {
             let m = resp_rx.try_recv().unwrap().unwrap();
             assert_eq!(m.header().call_id, 10);
-            assert_eq!(resp_tx.try_send(&header(12), &payload(12, 448)), Err(SendError::ArenaFull));
+            assert_eq!(
+                resp_tx.try_send(&header(12), &payload(12, 448)),
+                Err(SendError::ArenaFull)
+            );
         }
         resp_tx.try_send(&header(12), &payload(12, 448)).unwrap();
         // A full-arena payload also gets through once everything is released.
         let mut got = Vec::new();
-        assert_eq!(resp_rx.recv_batch(8, |h, p| got.push((h.call_id, p.to_vec()))).unwrap(), 2);
+        assert_eq!(
+            resp_rx
+                .recv_batch(8, |h, p| got.push((h.call_id, p.to_vec())))
+                .unwrap(),
+            2
+        );
         assert_eq!(got, vec![(11, payload(11, 448)), (12, payload(12, 448))]);
         resp_tx.try_send(&header(13), &payload(13, 1024)).unwrap();
-        assert_eq!(resp_rx.try_recv().unwrap().unwrap().payload(), &payload(13, 1024)[..]);
+        assert_eq!(
+            resp_rx.try_recv().unwrap().unwrap().payload(),
+            &payload(13, 1024)[..]
+        );
 
         // Batch send: stops at the full ring, reports how many went.
         let hs: Vec<Header> = (20..26).map(header).collect();
-        let ps: Vec<Vec<u8>> = (20..26).map(|i| payload(i, 30 * (i as usize - 20))).collect();
-        let sent = req_tx.try_send_batch(hs.iter().zip(ps.iter().map(|p| &p[..]))).unwrap();
+        let ps: Vec<Vec<u8>> = (20..26)
+            .map(|i| payload(i, 30 * (i as usize - 20)))
+            .collect();
+        let sent = req_tx
+            .try_send_batch(hs.iter().zip(ps.iter().map(|p| &p[..])))
+            .unwrap();
         assert_eq!(sent, 4);
-        assert_eq!(req_tx.try_send_batch(hs[4..].iter().zip(ps[4..].iter().map(|p| &p[..]))), Err(SendError::RingFull));
+        assert_eq!(
+            req_tx.try_send_batch(hs[4..].iter().zip(ps[4..].iter().map(|p| &p[..]))),
+            Err(SendError::RingFull)
+        );
         let mut n = 0;
         req_rx
             .recv_batch(100, |h, p| {
@@ -965,20 +1218,36 @@ mod tests {
             })
             .unwrap();
         assert_eq!(n, 4);
-        assert_eq!(req_tx.try_send_with(&header(30), 100, |b| b.fill(7)), Ok(()));
-        assert_eq!(req_rx.try_recv().unwrap().unwrap().payload(), &[7u8; 100][..]);
+        assert_eq!(
+            req_tx.try_send_with(&header(30), 100, |b| b.fill(7)),
+            Ok(())
+        );
+        assert_eq!(
+            req_rx.try_recv().unwrap().unwrap().payload(),
+            &[7u8; 100][..]
+        );
         assert_eq!(req_tx.sent(), req_rx.received());
 
         // Waiting: times out on an empty ring with every policy, returns at
         // once when a message is there.
         for policy in [
             WaitPolicy::Spin,
-            WaitPolicy::Yield { spin: Duration::from_micros(50) },
-            WaitPolicy::Park { spin: Duration::ZERO },
+            WaitPolicy::Yield {
+                spin: Duration::from_micros(50),
+            },
+            WaitPolicy::Park {
+                spin: Duration::ZERO,
+            },
         ] {
-            assert_eq!(req_rx.wait(&policy, Some(Duration::from_millis(2))), WaitOutcome::TimedOut);
+            assert_eq!(
+                req_rx.wait(&policy, Some(Duration::from_millis(2))),
+                WaitOutcome::TimedOut
+            );
             req_tx.try_send(&header(40), b"w").unwrap();
-            assert_eq!(req_rx.wait(&policy, Some(Duration::from_millis(2))), WaitOutcome::Ready);
+            assert_eq!(
+                req_rx.wait(&policy, Some(Duration::from_millis(2))),
+                WaitOutcome::Ready
+            );
             drop(req_rx.try_recv().unwrap().unwrap());
         }
         assert!(req_rx.arm_sleep());
@@ -1008,14 +1277,49 @@ mod tests {
         assert_eq!(ok.max_payload(), 1 << 20);
         assert_eq!(ok.region_len() % 4096, 0);
         let bad = |c: ChannelConfig| c.validate().unwrap_err();
-        assert_eq!(bad(ChannelConfig { slot_size: 64, ..ok }), ConfigError::SlotTooSmall(64));
-        assert!(matches!(bad(ChannelConfig { ring_slots: 3, ..ok }), ConfigError::Ring(_)));
-        assert_eq!(bad(ChannelConfig { arena_bytes: 100, ..ok }), ConfigError::BadArena(100));
-        assert_eq!(ChannelConfig { ring_slots: 3, ..ok }.region_len(), 0);
-        assert!(try_heap_pair(&ChannelConfig { ring_slots: 0, ..ok }).is_err());
-        let no_arena = ChannelConfig { arena_bytes: 0, ..ok };
+        assert_eq!(
+            bad(ChannelConfig {
+                slot_size: 64,
+                ..ok
+            }),
+            ConfigError::SlotTooSmall(64)
+        );
+        assert!(matches!(
+            bad(ChannelConfig {
+                ring_slots: 3,
+                ..ok
+            }),
+            ConfigError::Ring(_)
+        ));
+        assert_eq!(
+            bad(ChannelConfig {
+                arena_bytes: 100,
+                ..ok
+            }),
+            ConfigError::BadArena(100)
+        );
+        assert_eq!(
+            ChannelConfig {
+                ring_slots: 3,
+                ..ok
+            }
+            .region_len(),
+            0
+        );
+        assert!(try_heap_pair(&ChannelConfig {
+            ring_slots: 0,
+            ..ok
+        })
+        .is_err());
+        let no_arena = ChannelConfig {
+            arena_bytes: 0,
+            ..ok
+        };
         let (e, _w) = heap_pair(&no_arena);
         let (mut tx, _rx) = e.split();
-        assert_eq!(tx.try_send(&Header::default(), &[0; 193]), Err(SendError::TooLarge { len: 193, max: 192 }));
+        assert_eq!(
+            tx.try_send(&Header::default(), &[0; 193]),
+            Err(SendError::TooLarge { len: 193, max: 192 })
+        );
     }
 }

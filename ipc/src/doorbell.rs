@@ -160,7 +160,11 @@ impl Bell {
                     None => -1,
                     Some(d) => d.as_millis().clamp(1, i32::MAX as u128) as i32,
                 };
-                let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                let mut pfd = libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
                 // SAFETY: one live pollfd for the call.
                 let n = unsafe { libc::poll(&mut pfd, 1, ms) };
                 if n > 0 && pfd.revents & libc::POLLIN != 0 {
@@ -205,7 +209,7 @@ pub(crate) fn wait(
                 }
                 sync::spin_loop();
                 spins = spins.wrapping_add(1);
-                if spins % 1024 == 0 && timed_out() {
+                if spins.is_multiple_of(1024) && timed_out() {
                     return WaitOutcome::TimedOut;
                 }
             }
@@ -225,7 +229,7 @@ pub(crate) fn wait(
                     }
                     i = i.wrapping_add(1);
                     // The clock costs ~20 ns; read it every few spins only.
-                    if yielding || i % 64 == 0 {
+                    if yielding || i.is_multiple_of(64) {
                         let e = elapsed();
                         if timeout.is_some_and(|t| e >= t) {
                             return WaitOutcome::TimedOut;

@@ -21,18 +21,31 @@ pub const MAX_FDS: usize = 253;
 /// the first byte).
 pub fn send_with_fds(sock: &UnixStream, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     if data.is_empty() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "send_with_fds needs at least one data byte"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "send_with_fds needs at least one data byte",
+        ));
     }
     if fds.len() > MAX_FDS {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors for one message"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many descriptors for one message",
+        ));
     }
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
     let fd_bytes = mem::size_of_val(raw.as_slice());
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = if raw.is_empty() { 0 } else { (unsafe { libc::CMSG_SPACE(fd_bytes as u32) }) as usize };
+    let space = if raw.is_empty() {
+        0
+    } else {
+        // SAFETY: CMSG_SPACE is a pure size computation.
+        (unsafe { libc::CMSG_SPACE(fd_bytes as u32) }) as usize
+    };
     // u64 elements keep the control buffer aligned for `cmsghdr`.
     let mut control = vec![0u64; space.div_ceil(8)];
-    let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
     // SAFETY: an all-zero msghdr is a valid "no name, no iov, no control" value.
     let mut msg: libc::msghdr = unsafe { mem::zeroed() };
     msg.msg_iov = &mut iov;
@@ -48,7 +61,11 @@ pub fn send_with_fds(sock: &UnixStream, data: &[u8], fds: &[BorrowedFd<'_>]) -> 
             (*cmsg).cmsg_level = libc::SOL_SOCKET;
             (*cmsg).cmsg_type = libc::SCM_RIGHTS;
             (*cmsg).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as _;
-            std::ptr::copy_nonoverlapping(raw.as_ptr().cast::<u8>(), libc::CMSG_DATA(cmsg), fd_bytes);
+            std::ptr::copy_nonoverlapping(
+                raw.as_ptr().cast::<u8>(),
+                libc::CMSG_DATA(cmsg),
+                fd_bytes,
+            );
         }
     }
     let sent = loop {
@@ -70,13 +87,23 @@ pub fn send_with_fds(sock: &UnixStream, data: &[u8], fds: &[BorrowedFd<'_>]) -> 
 
 /// Receives up to `buf.len()` bytes and up to `max_fds` descriptors.
 /// `n == 0` means end of stream. Retries on `EINTR`.
-pub fn recv_with_fds(sock: &UnixStream, buf: &mut [u8], max_fds: usize) -> io::Result<(usize, Vec<OwnedFd>)> {
+pub fn recv_with_fds(
+    sock: &UnixStream,
+    buf: &mut [u8],
+    max_fds: usize,
+) -> io::Result<(usize, Vec<OwnedFd>)> {
     let max_fds = max_fds.min(MAX_FDS);
-    // SAFETY: pure size computation.
-    let space =
-        if max_fds == 0 { 0 } else { (unsafe { libc::CMSG_SPACE((max_fds * mem::size_of::<RawFd>()) as u32) }) as usize };
+    let space = if max_fds == 0 {
+        0
+    } else {
+        // SAFETY: CMSG_SPACE is a pure size computation.
+        (unsafe { libc::CMSG_SPACE((max_fds * mem::size_of::<RawFd>()) as u32) }) as usize
+    };
     let mut control = vec![0u64; space.div_ceil(8)];
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
     // SAFETY: all-zero msghdr is valid.
     let mut msg: libc::msghdr = unsafe { mem::zeroed() };
     msg.msg_iov = &mut iov;
@@ -120,7 +147,10 @@ pub fn recv_with_fds(sock: &UnixStream, buf: &mut [u8], max_fds: usize) -> io::R
     // caller's bound is the contract, so that is a truncation too.
     if msg.msg_flags & libc::MSG_CTRUNC != 0 || fds.len() > max_fds {
         drop(fds);
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "descriptors truncated (peer sent more than max_fds)"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "descriptors truncated (peer sent more than max_fds)",
+        ));
     }
     Ok((n, fds))
 }

@@ -42,7 +42,8 @@ mod sync;
 mod loom_tests;
 
 pub use channel::{
-    heap_pair, ChannelConfig, ChannelError, EngineEnd, MessageView, Receiver, RecvError, SendError, Sender, WorkerEnd,
+    heap_pair, ChannelConfig, ChannelError, EngineEnd, MessageView, Receiver, RecvError, SendError,
+    Sender, WorkerEnd,
 };
 pub use doorbell::{WaitOutcome, WaitPolicy};
 pub use message::{Header, Kind};

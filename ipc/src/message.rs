@@ -247,7 +247,9 @@ impl Header {
     /// Parses a header and its payload location. Every bit pattern parses to
     /// either a value or a [`HeaderError`]; the location still has to be
     /// checked against the channel's limits by the caller.
-    pub fn parse<T: AsRef<[u8]>>(view: &HeaderView<T>) -> Result<(Header, PayloadLocation), HeaderError> {
+    pub fn parse<T: AsRef<[u8]>>(
+        view: &HeaderView<T>,
+    ) -> Result<(Header, PayloadLocation), HeaderError> {
         let len = view.payload_len();
         let offset = view.arena_offset();
         let location = match view.placement() {
@@ -271,7 +273,11 @@ impl Header {
     }
 
     /// Writes every header field except the sequence word.
-    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, view: &mut HeaderView<T>, location: PayloadLocation) {
+    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        view: &mut HeaderView<T>,
+        location: PayloadLocation,
+    ) {
         view.set_kind_raw(self.kind.into());
         view.set_flags(self.flags);
         view.set_function_id(self.function_id);
@@ -318,9 +324,16 @@ mod tests {
     #[test]
     fn emit_parse_round_trip_and_layout() {
         let mut buf = [0xffu8; 64];
-        let loc = PayloadLocation::Arena { offset: 128, len: 1000 };
+        let loc = PayloadLocation::Arena {
+            offset: 128,
+            len: 1000,
+        };
         sample().emit(&mut HeaderView::new_checked(&mut buf[..]).unwrap(), loc);
-        assert_eq!(&buf[0..8], &[0xff; 8], "emit must not touch the ring's sequence word");
+        assert_eq!(
+            &buf[0..8],
+            &[0xff; 8],
+            "emit must not touch the ring's sequence word"
+        );
         assert_eq!(&buf[8..10], &2u16.to_le_bytes());
         assert_eq!(&buf[60..64], &128u32.to_le_bytes());
         let (h, l) = Header::parse(&HeaderView::new_checked(&buf[..]).unwrap()).unwrap();
@@ -337,13 +350,26 @@ mod tests {
 
     #[test]
     fn bad_headers_are_typed_errors() {
-        assert_eq!(HeaderView::new_checked(&[0u8; 63][..]).unwrap_err(), HeaderError::Truncated(63));
+        assert_eq!(
+            HeaderView::new_checked(&[0u8; 63][..]).unwrap_err(),
+            HeaderError::Truncated(63)
+        );
         let mut buf = [0u8; 64];
-        HeaderView::new_checked(&mut buf[..]).unwrap().set_placement(2);
-        assert_eq!(Header::parse(&HeaderView::new_checked(&buf[..]).unwrap()), Err(HeaderError::BadPlacement(2)));
+        HeaderView::new_checked(&mut buf[..])
+            .unwrap()
+            .set_placement(2);
+        assert_eq!(
+            Header::parse(&HeaderView::new_checked(&buf[..]).unwrap()),
+            Err(HeaderError::BadPlacement(2))
+        );
         let mut buf = [0u8; 64];
-        HeaderView::new_checked(&mut buf[..]).unwrap().set_arena_offset(64);
-        assert_eq!(Header::parse(&HeaderView::new_checked(&buf[..]).unwrap()), Err(HeaderError::StrayArenaOffset(64)));
+        HeaderView::new_checked(&mut buf[..])
+            .unwrap()
+            .set_arena_offset(64);
+        assert_eq!(
+            Header::parse(&HeaderView::new_checked(&buf[..]).unwrap()),
+            Err(HeaderError::StrayArenaOffset(64))
+        );
     }
 
     proptest! {

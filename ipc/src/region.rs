@@ -58,7 +58,9 @@ pub enum RegionError {
     #[error("bad region length {0}")]
     BadLength(u64),
     /// The received file lacks the seals that keep its size fixed.
-    #[error("region is not sealed (seals {found:#x}, need {required:#x}): the peer could resize it")]
+    #[error(
+        "region is not sealed (seals {found:#x}, need {required:#x}): the peer could resize it"
+    )]
     NotSealed {
         /// Seals present.
         found: i32,
@@ -68,7 +70,10 @@ pub enum RegionError {
 }
 
 fn sys_err(op: &'static str) -> RegionError {
-    RegionError::Sys { op, source: io::Error::last_os_error() }
+    RegionError::Sys {
+        op,
+        source: io::Error::last_os_error(),
+    }
 }
 
 /// An anonymous shared-memory file (`memfd_create`) mapped `MAP_SHARED`.
@@ -133,7 +138,10 @@ impl MemfdRegion {
     pub fn attach(fd: OwnedFd) -> Result<Self, RegionError> {
         let found = seals(fd.as_fd())?;
         if found & REQUIRED_SEALS != REQUIRED_SEALS {
-            return Err(RegionError::NotSealed { found, required: REQUIRED_SEALS });
+            return Err(RegionError::NotSealed {
+                found,
+                required: REQUIRED_SEALS,
+            });
         }
         // SAFETY: an all-zero stat is a valid value for fstat to overwrite.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -234,7 +242,8 @@ impl HeapRegion {
     }
 
     fn layout(len: usize) -> Layout {
-        Layout::from_size_align(len.max(REGION_ALIGN), REGION_ALIGN).expect("region length overflows")
+        Layout::from_size_align(len.max(REGION_ALIGN), REGION_ALIGN)
+            .expect("region length overflows")
     }
 }
 
@@ -280,7 +289,8 @@ mod tests {
         }
         // Nor can the seals be lifted or extended.
         // SAFETY: fcntl on a descriptor we hold.
-        let rc = unsafe { libc::fcntl(peer.fd().as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_WRITE) };
+        let rc =
+            unsafe { libc::fcntl(peer.fd().as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_WRITE) };
         assert_eq!(rc, -1);
     }
 
@@ -288,9 +298,15 @@ mod tests {
     fn attach_refuses_unsealed_and_non_memfd() {
         let r = MemfdRegion::create("t", 4096).unwrap();
         let dup = r.fd().try_clone_to_owned().unwrap();
-        assert!(matches!(MemfdRegion::attach(dup), Err(RegionError::NotSealed { .. })));
+        assert!(matches!(
+            MemfdRegion::attach(dup),
+            Err(RegionError::NotSealed { .. })
+        ));
         let f = std::fs::File::open("/proc/self/exe").unwrap();
-        assert!(matches!(MemfdRegion::attach(f.into()), Err(RegionError::Sys { .. })));
+        assert!(matches!(
+            MemfdRegion::attach(f.into()),
+            Err(RegionError::Sys { .. })
+        ));
     }
 
     #[test]
@@ -298,15 +314,27 @@ mod tests {
         // A zero-length region whose size is sealed: nothing to map.
         let cname = CString::new("empty").unwrap();
         // SAFETY: valid C string.
-        let raw = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+        let raw = unsafe {
+            libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+        };
         assert!(raw >= 0);
         // SAFETY: fresh fd we own.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         // SAFETY: fcntl on our fd.
-        assert_eq!(unsafe { libc::fcntl(raw, libc::F_ADD_SEALS, REQUIRED_SEALS) }, 0);
-        assert!(matches!(MemfdRegion::attach(fd), Err(RegionError::BadLength(0))));
-        assert!(matches!(MemfdRegion::create("x", 0), Err(RegionError::BadLength(0))));
-        assert!(matches!(MemfdRegion::create("a\0b", 10), Err(RegionError::BadName)));
+        let rc = unsafe { libc::fcntl(raw, libc::F_ADD_SEALS, REQUIRED_SEALS) };
+        assert_eq!(rc, 0);
+        assert!(matches!(
+            MemfdRegion::attach(fd),
+            Err(RegionError::BadLength(0))
+        ));
+        assert!(matches!(
+            MemfdRegion::create("x", 0),
+            Err(RegionError::BadLength(0))
+        ));
+        assert!(matches!(
+            MemfdRegion::create("a\0b", 10),
+            Err(RegionError::BadName)
+        ));
     }
 
     #[test]

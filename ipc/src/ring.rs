@@ -31,7 +31,9 @@
 #![allow(unsafe_code)]
 
 use crate::region::Region;
-use crate::sync::{init_atomic_u32, init_atomic_u64, AccessTracker, Arc, AtomicU32, AtomicU64, Ordering};
+use crate::sync::{
+    init_atomic_u32, init_atomic_u64, AccessTracker, Arc, AtomicU32, AtomicU64, Ordering,
+};
 use std::mem::size_of;
 
 /// "NRNG" — identifies a ring header.
@@ -40,10 +42,10 @@ pub const RING_MAGIC: u32 = 0x474e_524e;
 pub const RING_VERSION: u32 = 1;
 /// Bytes of ring header before the trackers and slots.
 pub const RING_HEADER_LEN: usize = 384;
-/// Offset of the consumer's release index within the ring.
-pub(crate) const RELEASE_OFFSET: usize = 128;
-/// Offset of the doorbell word within the ring.
-pub(crate) const DOORBELL_OFFSET: usize = 256;
+/// Offset of the consumer's release index (u64) within the ring.
+pub const RELEASE_OFFSET: usize = 128;
+/// Offset of the doorbell word (u32) within the ring.
+pub const DOORBELL_OFFSET: usize = 256;
 /// Bytes at the start of each slot that hold its sequence word.
 pub const SEQ_LEN: usize = 8;
 /// Largest supported capacity (slots).
@@ -75,10 +77,13 @@ impl RingLayout {
         if capacity == 0 || !capacity.is_power_of_two() || capacity > MAX_CAPACITY {
             return Err(LayoutError::BadCapacity(capacity));
         }
-        if slot_size < 64 || slot_size % 64 != 0 || slot_size > MAX_SLOT_SIZE {
+        if slot_size < 64 || !slot_size.is_multiple_of(64) || slot_size > MAX_SLOT_SIZE {
             return Err(LayoutError::BadSlotSize(slot_size));
         }
-        Ok(Self { capacity, slot_size })
+        Ok(Self {
+            capacity,
+            slot_size,
+        })
     }
     /// Number of slots.
     pub fn capacity(&self) -> u32 {
@@ -177,10 +182,7 @@ pub(crate) unsafe fn init_raw(base: *mut u8, layout: RingLayout) {
         base.add(12).cast::<u32>().write(layout.capacity);
         init_atomic_u64(base.add(RELEASE_OFFSET), 0);
         init_atomic_u32(base.add(DOORBELL_OFFSET), crate::doorbell::AWAKE);
-        let trackers = base.add(RING_HEADER_LEN).cast::<AccessTracker>();
-        for i in 0..layout.capacity as usize {
-            AccessTracker::init_in_place(trackers.add(i));
-        }
+        AccessTracker::init_array(base.add(RING_HEADER_LEN), layout.capacity as usize);
         let slots = base.add(layout.slots_offset());
         for i in 0..layout.capacity as usize {
             init_atomic_u64(slots.add(i * layout.slot_size as usize), 0);
@@ -212,7 +214,10 @@ pub(crate) unsafe fn check_raw(base: *const u8, expected: RingLayout) -> Result<
         return Err(AttachError::BadVersion(version));
     }
     if slot_size != expected.slot_size || capacity != expected.capacity {
-        return Err(AttachError::Mismatch { found_capacity: capacity, found_slot_size: slot_size });
+        return Err(AttachError::Mismatch {
+            found_capacity: capacity,
+            found_slot_size: slot_size,
+        });
     }
     Ok(())
 }
@@ -221,7 +226,7 @@ pub(crate) unsafe fn check_raw(base: *const u8, expected: RingLayout) -> Result<
 #[derive(Clone, Copy)]
 struct RingPtrs {
     slots: *mut u8,
-    trackers: *const AccessTracker,
+    trackers: *const u8,
     release: *const AtomicU64,
     doorbell: *const AtomicU32,
     slot_size: usize,
@@ -237,7 +242,7 @@ impl RingPtrs {
         unsafe {
             Self {
                 slots: base.add(layout.slots_offset()),
-                trackers: base.add(RING_HEADER_LEN).cast(),
+                trackers: base.add(RING_HEADER_LEN),
                 release: base.add(RELEASE_OFFSET).cast(),
                 doorbell: base.add(DOORBELL_OFFSET).cast(),
                 slot_size: layout.slot_size as usize,
@@ -264,9 +269,9 @@ impl RingPtrs {
 
     #[inline(always)]
     fn tracker(&self, pos: u64) -> &AccessTracker {
-        // SAFETY: (pos & mask) < capacity trackers were initialized in place
-        // (zero-sized outside loom).
-        unsafe { &*self.trackers.add((pos & self.mask) as usize) }
+        // SAFETY: `capacity` trackers were initialized in place by `init_raw`
+        // and (pos & mask) < capacity; the ring outlives `self`.
+        unsafe { AccessTracker::at(self.trackers, (pos & self.mask) as usize) }
     }
 
     #[inline(always)]
@@ -298,7 +303,11 @@ impl RawProducer {
     pub(crate) unsafe fn new(base: *mut u8, layout: RingLayout) -> Self {
         // SAFETY: forwarded contract.
         let ptrs = unsafe { RingPtrs::new(base, layout) };
-        Self { ptrs, head: 0, cached_release: 0 }
+        Self {
+            ptrs,
+            head: 0,
+            cached_release: 0,
+        }
     }
 
     /// Pointer to the doorbell word of this ring.
@@ -325,7 +334,11 @@ impl RawProducer {
         // consumer's reads of those slots are done and we may overwrite them.
         let release = self.ptrs.release().load(Ordering::Acquire);
         if release < self.cached_release || release > self.head {
-            return Err(ProtocolError::BadRelease { release, last_seen: self.cached_release, head: self.head });
+            return Err(ProtocolError::BadRelease {
+                release,
+                last_seen: self.cached_release,
+                head: self.head,
+            });
         }
         self.cached_release = release;
         Ok(self.ptrs.capacity - (self.head - release))
@@ -380,7 +393,11 @@ impl RawConsumer {
     pub(crate) unsafe fn new(base: *mut u8, layout: RingLayout) -> Self {
         // SAFETY: forwarded contract.
         let ptrs = unsafe { RingPtrs::new(base, layout) };
-        Self { ptrs, pos: 0, released: 0 }
+        Self {
+            ptrs,
+            pos: 0,
+            released: 0,
+        }
     }
 
     /// Pointer to the doorbell word of this ring.
@@ -398,13 +415,23 @@ impl RawConsumer {
         let ready = pos + 1;
         if seq == ready {
             // SAFETY: +8 stays within the (>= 64-byte) slot.
-            return Ok(Some(unsafe { self.ptrs.slot(pos).add(SEQ_LEN) as *const u8 }));
+            return Ok(Some(unsafe {
+                self.ptrs.slot(pos).add(SEQ_LEN) as *const u8
+            }));
         }
-        let empty = if pos >= self.ptrs.capacity { ready - self.ptrs.capacity } else { 0 };
+        let empty = if pos >= self.ptrs.capacity {
+            ready - self.ptrs.capacity
+        } else {
+            0
+        };
         if seq == empty {
             Ok(None)
         } else {
-            Err(ProtocolError::BadSequence { pos, found: seq, ready })
+            Err(ProtocolError::BadSequence {
+                pos,
+                found: seq,
+                ready,
+            })
         }
     }
 
@@ -478,11 +505,22 @@ pub struct Consumer {
     _region: Arc<dyn Region>,
 }
 
-fn check_bounds(region: &dyn Region, offset: usize, layout: RingLayout) -> Result<*mut u8, AttachError> {
+fn check_bounds(
+    region: &dyn Region,
+    offset: usize,
+    layout: RingLayout,
+) -> Result<*mut u8, AttachError> {
     let len = layout.bytes();
-    let fits = offset % 128 == 0 && offset.checked_add(len).is_some_and(|end| end <= region.len());
+    let fits = offset.is_multiple_of(128)
+        && offset
+            .checked_add(len)
+            .is_some_and(|end| end <= region.len());
     if !fits {
-        return Err(AttachError::OutOfBounds { offset, len, region_len: region.len() });
+        return Err(AttachError::OutOfBounds {
+            offset,
+            len,
+            region_len: region.len(),
+        });
     }
     // SAFETY: offset + len <= region length.
     Ok(unsafe { region.base().add(offset) })
@@ -492,36 +530,68 @@ fn check_bounds(region: &dyn Region, offset: usize, layout: RingLayout) -> Resul
 ///
 /// The ring's memory must not be in use by any other ring or end (this
 /// overwrites it).
-pub fn create(region: Arc<dyn Region>, offset: usize, layout: RingLayout) -> Result<(Producer, Consumer), AttachError> {
+pub fn create(
+    region: Arc<dyn Region>,
+    offset: usize,
+    layout: RingLayout,
+) -> Result<(Producer, Consumer), AttachError> {
     let base = check_bounds(&*region, offset, layout)?;
     // SAFETY: bounds checked; base is 128-aligned (region page-aligned,
     // offset a multiple of 128); we are the only users of fresh memory.
     unsafe { init_raw(base, layout) };
+    // SAFETY: initialized just above; the Arcs keep the region alive; these
+    // are the ring's only producer and consumer.
+    let (raw_p, raw_c) = unsafe {
+        (
+            RawProducer::new(base, layout),
+            RawConsumer::new(base, layout),
+        )
+    };
     Ok((
-        // SAFETY: initialized just above; the Arc keeps the region alive.
-        Producer { raw: unsafe { RawProducer::new(base, layout) }, _region: region.clone() },
-        // SAFETY: as above.
-        Consumer { raw: unsafe { RawConsumer::new(base, layout) }, _region: region },
+        Producer {
+            raw: raw_p,
+            _region: region.clone(),
+        },
+        Consumer {
+            raw: raw_c,
+            _region: region,
+        },
     ))
 }
 
 /// Attaches the producing end of a ring another party initialized. The peer
 /// must not have produced into it yet.
-pub fn attach_producer(region: Arc<dyn Region>, offset: usize, layout: RingLayout) -> Result<Producer, AttachError> {
+pub fn attach_producer(
+    region: Arc<dyn Region>,
+    offset: usize,
+    layout: RingLayout,
+) -> Result<Producer, AttachError> {
     let base = check_bounds(&*region, offset, layout)?;
     // SAFETY: bounds checked; header is within the ring.
     unsafe { check_raw(base, layout)? };
     // SAFETY: header checked: the ring is initialized with this layout.
-    Ok(Producer { raw: unsafe { RawProducer::new(base, layout) }, _region: region })
+    let raw = unsafe { RawProducer::new(base, layout) };
+    Ok(Producer {
+        raw,
+        _region: region,
+    })
 }
 
 /// Attaches the consuming end of a ring another party initialized.
-pub fn attach_consumer(region: Arc<dyn Region>, offset: usize, layout: RingLayout) -> Result<Consumer, AttachError> {
+pub fn attach_consumer(
+    region: Arc<dyn Region>,
+    offset: usize,
+    layout: RingLayout,
+) -> Result<Consumer, AttachError> {
     let base = check_bounds(&*region, offset, layout)?;
     // SAFETY: bounds checked.
     unsafe { check_raw(base, layout)? };
-    // SAFETY: header checked.
-    Ok(Consumer { raw: unsafe { RawConsumer::new(base, layout) }, _region: region })
+    // SAFETY: header checked: the ring is initialized with this layout.
+    let raw = unsafe { RawConsumer::new(base, layout) };
+    Ok(Consumer {
+        raw,
+        _region: region,
+    })
 }
 
 impl Producer {
@@ -536,7 +606,11 @@ impl Producer {
     pub fn try_push<'v>(&mut self, value: &'v [u8]) -> Result<(), TryPushError<&'v [u8]>> {
         let max = self.raw.body_len();
         if value.len() > max {
-            return Err(TryPushError::TooLarge { value, len: value.len(), max });
+            return Err(TryPushError::TooLarge {
+                value,
+                len: value.len(),
+                max,
+            });
         }
         match self.raw.free_slots(1) {
             Ok(0) => return Err(TryPushError::Full(value)),
@@ -597,7 +671,8 @@ impl SlotRef<'_> {
 
 impl Drop for SlotRef<'_> {
     fn drop(&mut self) {
-        drop(self.guard.take());
+        // End the (loom) read access before handing the slot back.
+        self.guard = None;
         self.consumer.advance(1);
         self.consumer.release();
     }
@@ -607,18 +682,28 @@ impl Consumer {
     /// The next published slot, if any.
     #[inline]
     pub fn try_pop(&mut self) -> Result<Option<SlotRef<'_>>, ProtocolError> {
-        let Some(p) = self.raw.peek(0)? else { return Ok(None) };
+        let Some(p) = self.raw.peek(0)? else {
+            return Ok(None);
+        };
         let guard = self.raw.tracker(0).read();
         let len = self.raw.ptrs.slot_size - SEQ_LEN;
         // SAFETY: the slot is published and not released until the SlotRef
         // drops; the producer does not write it before then.
         let body = unsafe { std::slice::from_raw_parts(p, len) };
-        Ok(Some(SlotRef { consumer: &mut self.raw, body, guard: Some(guard) }))
+        Ok(Some(SlotRef {
+            consumer: &mut self.raw,
+            body,
+            guard: Some(guard),
+        }))
     }
 
     /// Calls `f` on up to `max` published slots, then releases them all with
     /// one store. Returns how many were consumed.
-    pub fn pop_batch(&mut self, max: usize, mut f: impl FnMut(&[u8])) -> Result<usize, ProtocolError> {
+    pub fn pop_batch(
+        &mut self,
+        max: usize,
+        mut f: impl FnMut(&[u8]),
+    ) -> Result<usize, ProtocolError> {
         let len = self.raw.ptrs.slot_size - SEQ_LEN;
         let mut n = 0;
         let result = loop {
@@ -672,7 +757,14 @@ mod tests {
         }
         assert_eq!(p.try_push(b"x"), Err(TryPushError::Full(&b"x"[..])));
         let big = [0u8; 57];
-        assert!(matches!(p.try_push(&big), Err(TryPushError::TooLarge { len: 57, max: 56, .. })));
+        assert!(matches!(
+            p.try_push(&big),
+            Err(TryPushError::TooLarge {
+                len: 57,
+                max: 56,
+                ..
+            })
+        ));
         // Drain half one by one, the rest in a batch.
         for i in 0..4u8 {
             let s = c.try_pop().unwrap().unwrap();
@@ -701,10 +793,19 @@ mod tests {
         assert!(attach_consumer(region.clone(), 128, layout()).is_ok());
         assert!(matches!(
             attach_consumer(region.clone(), 128, RingLayout::new(16, 64).unwrap()),
-            Err(AttachError::Mismatch { found_capacity: 8, found_slot_size: 64 })
+            Err(AttachError::Mismatch {
+                found_capacity: 8,
+                found_slot_size: 64
+            })
         ));
-        assert!(matches!(attach_consumer(region.clone(), 64, layout()), Err(AttachError::OutOfBounds { .. })));
-        assert!(matches!(attach_consumer(region.clone(), 1 << 20, layout()), Err(AttachError::OutOfBounds { .. })));
+        assert!(matches!(
+            attach_consumer(region.clone(), 64, layout()),
+            Err(AttachError::OutOfBounds { .. })
+        ));
+        assert!(matches!(
+            attach_consumer(region.clone(), 1 << 20, layout()),
+            Err(AttachError::OutOfBounds { .. })
+        ));
     }
 
     #[test]
@@ -734,7 +835,14 @@ mod tests {
         // A seq that jumps ahead.
         // SAFETY: within the region; an 8-aligned u64 slot seq.
         unsafe { region.base().add(slots).cast::<u64>().write_volatile(99) };
-        assert!(matches!(c.try_pop(), Err(ProtocolError::BadSequence { pos: 0, found: 99, ready: 1 })));
+        assert!(matches!(
+            c.try_pop(),
+            Err(ProtocolError::BadSequence {
+                pos: 0,
+                found: 99,
+                ready: 1
+            })
+        ));
         assert!(!c.is_empty());
         assert!(c.pop_batch(4, |_| {}).is_err());
         // A release index ahead of the producer.
@@ -742,10 +850,25 @@ mod tests {
             p.try_push(b"a").unwrap();
         }
         // SAFETY: the release word within the region.
-        unsafe { region.base().add(RELEASE_OFFSET).cast::<u64>().write_volatile(1000) };
-        assert!(matches!(p.try_push(b"b"), Err(TryPushError::Protocol(ProtocolError::BadRelease { release: 1000, .. }))));
+        unsafe {
+            region
+                .base()
+                .add(RELEASE_OFFSET)
+                .cast::<u64>()
+                .write_volatile(1000)
+        };
+        assert!(matches!(
+            p.try_push(b"b"),
+            Err(TryPushError::Protocol(ProtocolError::BadRelease {
+                release: 1000,
+                ..
+            }))
+        ));
         // SAFETY: the magic word.
         unsafe { region.base().cast::<u32>().write_volatile(1) };
-        assert!(matches!(attach_producer(region, 0, layout()), Err(AttachError::BadMagic(1))));
+        assert!(matches!(
+            attach_producer(region, 0, layout()),
+            Err(AttachError::BadMagic(1))
+        ));
     }
 }

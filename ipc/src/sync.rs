@@ -90,19 +90,42 @@ pub(crate) struct ReadGuard;
 pub(crate) struct WriteGuard;
 
 impl AccessTracker {
-    /// Constructs a tracker in place.
+    /// Constructs an array of `count` trackers in place at `base` (nothing
+    /// outside loom: the type is zero-sized there).
     ///
     /// # Safety
-    /// `ptr` valid for writes of `size_of::<AccessTracker>()` bytes, aligned.
+    /// `base` valid for writes of `count * size_of::<AccessTracker>()` bytes,
+    /// 8-aligned, unshared.
     #[inline]
-    pub(crate) unsafe fn init_in_place(ptr: *mut AccessTracker) {
+    pub(crate) unsafe fn init_array(base: *mut u8, count: usize) {
+        #[cfg(loom)]
+        for i in 0..count {
+            // SAFETY: within the array (caller's contract).
+            unsafe {
+                base.cast::<AccessTracker>()
+                    .add(i)
+                    .write(AccessTracker(loom::cell::UnsafeCell::new(())))
+            };
+        }
+        #[cfg(not(loom))]
+        let _ = (base, count);
+    }
+
+    /// Tracker `i` of the array at `base`.
+    ///
+    /// # Safety
+    /// The array was initialized by [`init_array`](Self::init_array) with more
+    /// than `i` entries and outlives `'a`.
+    #[inline(always)]
+    pub(crate) unsafe fn at<'a>(base: *const u8, i: usize) -> &'a AccessTracker {
         #[cfg(loom)]
         // SAFETY: guaranteed by the caller.
-        unsafe {
-            ptr.write(AccessTracker(loom::cell::UnsafeCell::new(())))
-        };
+        return unsafe { &*base.cast::<AccessTracker>().add(i) };
         #[cfg(not(loom))]
-        let _ = ptr;
+        {
+            let _ = (base, i);
+            &AccessTracker
+        }
     }
 
     #[inline]

@@ -14,7 +14,9 @@
 //! debug build (override with `NOCTURNE_IPC_STREAM_N`).
 #![allow(unsafe_code)]
 
-use nocturne_ipc::channel::{ChannelConfig, EngineEnd, SendError, WaitOutcome, WaitPolicy, WorkerEnd};
+use nocturne_ipc::channel::{
+    ChannelConfig, EngineEnd, SendError, WaitOutcome, WaitPolicy, WorkerEnd,
+};
 use nocturne_ipc::fdpass::{recv_with_fds, send_with_fds};
 use nocturne_ipc::message::{Header, Kind};
 use std::io::Read;
@@ -26,11 +28,18 @@ use std::time::Duration;
 const CHILD_FD_ENV: &str = "NOCTURNE_IPC_CHILD_FD";
 
 fn config() -> ChannelConfig {
-    ChannelConfig { ring_slots: 64, slot_size: 256, arena_bytes: 64 * 1024 }
+    ChannelConfig {
+        ring_slots: 64,
+        slot_size: 256,
+        arena_bytes: 64 * 1024,
+    }
 }
 
 fn message_count() -> u64 {
-    if let Some(n) = std::env::var("NOCTURNE_IPC_STREAM_N").ok().and_then(|v| v.parse().ok()) {
+    if let Some(n) = std::env::var("NOCTURNE_IPC_STREAM_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         return n;
     }
     if cfg!(debug_assertions) {
@@ -58,7 +67,9 @@ fn fill(buf: &mut [u8], i: u64, salt: u64) {
     let mut v = i ^ salt.rotate_left(17);
     let mut chunks = buf.chunks_exact_mut(8);
     for c in &mut chunks {
-        v = v.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        v = v
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         c.copy_from_slice(&v.to_le_bytes());
     }
     let rest = chunks.into_remainder();
@@ -78,7 +89,13 @@ const RESP_SALT: u64 = 0x2222;
 
 /// Sends one message, yielding while the ring or arena is full (the peer
 /// drains them).
-fn send_blocking(tx: &mut nocturne_ipc::channel::Sender, h: &Header, len: usize, i: u64, salt: u64) {
+fn send_blocking(
+    tx: &mut nocturne_ipc::channel::Sender,
+    h: &Header,
+    len: usize,
+    i: u64,
+    salt: u64,
+) {
     loop {
         match tx.try_send_with(h, len, |buf| fill(buf, i, salt)) {
             Ok(()) => return,
@@ -105,15 +122,22 @@ fn child_worker() {
     let mut parts = setup.split_whitespace();
     let count: u64 = parts.next().unwrap().parse().unwrap();
     let policy = match parts.next().unwrap() {
-        "park" => WaitPolicy::Park { spin: Duration::from_micros(20) },
-        _ => WaitPolicy::Yield { spin: Duration::from_micros(50) },
+        "park" => WaitPolicy::Park {
+            spin: Duration::from_micros(20),
+        },
+        _ => WaitPolicy::Yield {
+            spin: Duration::from_micros(50),
+        },
     };
     let memfd = fds.remove(0);
     // The seals hold in the peer: it cannot shrink or grow the region.
     for len in [0, 1 << 30] {
         // SAFETY: ftruncate on a descriptor we own.
         assert_eq!(unsafe { libc::ftruncate(memfd.as_raw_fd(), len) }, -1);
-        assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EPERM));
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::EPERM)
+        );
     }
     let end = match fds.pop() {
         Some(efd) => WorkerEnd::attach_with_eventfd(memfd, efd).expect("attach"),
@@ -123,7 +147,11 @@ fn child_worker() {
     let mut scratch = Vec::new();
     let mut next = 0u64;
     while next < count {
-        assert_eq!(rx.wait(&policy, Some(Duration::from_secs(30))), WaitOutcome::Ready, "request {next} never came");
+        assert_eq!(
+            rx.wait(&policy, Some(Duration::from_secs(30))),
+            WaitOutcome::Ready,
+            "request {next} never came"
+        );
         // Take a batch, answer each as it is read (the view borrows only the
         // receiving half).
         while let Some(m) = rx.try_recv().expect("valid request") {
@@ -132,12 +160,26 @@ fn child_worker() {
             assert_eq!(h.call_id, next, "requests in order");
             check(m.payload(), next, REQ_SALT, &mut scratch);
             drop(m);
-            let resp = Header { kind: Kind::Complete, call_id: next, status: (next % 7) as u16, ..h };
-            send_blocking(&mut tx, &resp, payload_len(next, RESP_SALT), next, RESP_SALT);
+            let resp = Header {
+                kind: Kind::Complete,
+                call_id: next,
+                status: (next % 7) as u16,
+                ..h
+            };
+            send_blocking(
+                &mut tx,
+                &resp,
+                payload_len(next, RESP_SALT),
+                next,
+                RESP_SALT,
+            );
             next += 1;
         }
     }
-    assert!(rx.try_recv().unwrap().is_none(), "nothing after the last request");
+    assert!(
+        rx.try_recv().unwrap().is_none(),
+        "nothing after the last request"
+    );
     send_with_fds(&sock, format!("done {next}").as_bytes(), &[]).unwrap();
 }
 
@@ -170,12 +212,20 @@ fn stream(eventfd: bool, policy: &str) {
         EngineEnd::create(&config(), "xproc").unwrap()
     };
     let setup = format!("{count} {policy}");
-    let fds = if eventfd { vec![end.region_fd(), efd.as_fd()] } else { vec![end.region_fd()] };
+    let fds = if eventfd {
+        vec![end.region_fd(), efd.as_fd()]
+    } else {
+        vec![end.region_fd()]
+    };
     send_with_fds(&parent_sock, setup.as_bytes(), &fds).unwrap();
     let (mut tx, mut rx) = end.split();
     let wait = match policy {
-        "park" => WaitPolicy::Park { spin: Duration::from_micros(20) },
-        _ => WaitPolicy::Yield { spin: Duration::from_micros(50) },
+        "park" => WaitPolicy::Park {
+            spin: Duration::from_micros(20),
+        },
+        _ => WaitPolicy::Yield {
+            spin: Duration::from_micros(50),
+        },
     };
 
     let mut sent = 0u64;
@@ -185,7 +235,13 @@ fn stream(eventfd: bool, policy: &str) {
         // Send until backpressure (or done).
         let mut progressed = false;
         while sent < count {
-            let h = Header { kind: Kind::Invoke, call_id: sent, function_id: 1, t0_ns: sent * 3, ..Header::default() };
+            let h = Header {
+                kind: Kind::Invoke,
+                call_id: sent,
+                function_id: 1,
+                t0_ns: sent * 3,
+                ..Header::default()
+            };
             match tx.try_send_with(&h, payload_len(sent, REQ_SALT), |b| fill(b, sent, REQ_SALT)) {
                 Ok(()) => {
                     sent += 1;
@@ -207,7 +263,11 @@ fn stream(eventfd: bool, policy: &str) {
             .expect("valid response");
         if got == 0 && !progressed {
             // Nothing to do until the worker answers: sleep on the doorbell.
-            assert_eq!(rx.wait(&wait, Some(Duration::from_secs(30))), WaitOutcome::Ready, "worker stalled");
+            assert_eq!(
+                rx.wait(&wait, Some(Duration::from_secs(30))),
+                WaitOutcome::Ready,
+                "worker stalled"
+            );
         }
     }
     assert_eq!(sent, count);

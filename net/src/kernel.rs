@@ -129,9 +129,11 @@ impl KernelTransport {
                 "wake token must be below 2^62",
             ));
         }
-        self.poll
-            .registry()
-            .register(&mut SourceFd(&fd), Token(WAKE_BIT | token), Interest::READABLE)
+        self.poll.registry().register(
+            &mut SourceFd(&fd),
+            Token(WAKE_BIT | token),
+            Interest::READABLE,
+        )
     }
 
     /// Removes a file descriptor added by
@@ -354,8 +356,9 @@ mod tests {
 
     #[test]
     fn unknown_ids_are_not_connected() {
-        let mut t = KernelTransport::bind("127.0.0.1:0".parse().unwrap(), &KernelOptions::default())
-            .unwrap();
+        let mut t =
+            KernelTransport::bind("127.0.0.1:0".parse().unwrap(), &KernelOptions::default())
+                .unwrap();
         let mut buf = [0u8; 8];
         let err = t.read(make_id(0, 1), &mut buf).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotConnected);
@@ -368,8 +371,9 @@ mod tests {
 
     #[test]
     fn oversized_wake_token_is_rejected() {
-        let mut t = KernelTransport::bind("127.0.0.1:0".parse().unwrap(), &KernelOptions::default())
-            .unwrap();
+        let mut t =
+            KernelTransport::bind("127.0.0.1:0".parse().unwrap(), &KernelOptions::default())
+                .unwrap();
         let err = t.register_wake_fd(0, LISTENER_TOKEN).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }

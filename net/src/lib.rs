@@ -13,13 +13,13 @@
 //!                        └── (smoltcp over TAP/AF_PACKET: plugs in behind the same trait)
 //! ```
 //!
-//! * [`transport`] — the [`Transport`](transport::Transport) trait, connection
+//! * [`transport`] — the [`Transport`] trait, connection
 //!   ids and readiness events: the only thing the HTTP layer knows about the
 //!   network.
-//! * [`kernel`] — [`KernelTransport`](kernel::KernelTransport): non-blocking
+//! * [`kernel`] — [`KernelTransport`]: non-blocking
 //!   kernel sockets, `TCP_NODELAY`, bounded accepts per poll, extra wake-up
 //!   fds (doorbells) in the same epoll.
-//! * [`http`] — [`HttpServer`](http::HttpServer): keep-alive, pipelining with
+//! * [`http`] — [`HttpServer`]: keep-alive, pipelining with
 //!   in-order answers, chunked request bodies, `Expect: 100-continue`, header
 //!   and body limits with lingering closes, slowloris and idle timeouts, a
 //!   connection cap, backpressure on peers that don't read. No allocation per

@@ -342,7 +342,7 @@ impl PeerProcess {
         // The Command (and with it our copy of the child's end) is gone:
         // the child's exit now closes the socket.
         let pid = child.id();
-        let mut peer = Self {
+        let peer = Self {
             child: Arc::new(Mutex::new(child)),
             control,
             pid,

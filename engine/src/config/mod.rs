@@ -47,7 +47,7 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("../default.toml");
 
 /// Names of the functions built into the `nocturne` binary (run as
 /// `nocturne worker NAME`), valid values of a function's `builtin` key.
-pub const BUILTIN_FUNCTIONS: &[&str] = &["echo", "bar", "foo", "spin", "sleep"];
+pub const BUILTIN_FUNCTIONS: &[&str] = nocturne_functions::builtin::NAMES;
 
 /// Environment variable names starting with this are reserved for the
 /// engine–worker contract (`NOCTURNE_CONTROL_FD`, `NOCTURNE_FUNCTION`, …);

@@ -108,7 +108,7 @@ pub fn format_duration(duration: Duration) -> String {
     ];
     UNITS
         .iter()
-        .find(|(per, _)| nanos % per == 0)
+        .find(|(per, _)| nanos.is_multiple_of(*per))
         .map(|(per, unit)| format!("{}{unit}", nanos / per))
         .unwrap_or_else(|| format!("{nanos}ns"))
 }
@@ -210,7 +210,7 @@ pub fn format_size(bytes: u64) -> String {
     const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
     UNITS
         .iter()
-        .find(|(per, _)| bytes != 0 && bytes % per == 0)
+        .find(|(per, _)| bytes != 0 && bytes.is_multiple_of(*per))
         .map(|(per, unit)| format!("{}{unit}", bytes / per))
         .unwrap_or_else(|| format!("{bytes}B"))
 }

@@ -8,6 +8,8 @@
 //! marked), a final line without a newline is flushed when the pipe closes, and
 //! bytes that are not UTF-8 are shown lossily. Where lines go is a [`LogSink`]:
 //! the engine's stderr by default, anything (a test's buffer) when injected.
+//! A worker that logs faster than the sink drains blocks in `write`, as any
+//! process writing into a full pipe; nothing is buffered without bound.
 
 use std::collections::HashMap;
 use std::io::{self, Read};

@@ -485,7 +485,7 @@ pub fn spawn_with_log(
         },
     };
 
-    let region_name = format!("nocturne-{function}-{}", spec.worker_index);
+    let region_name = region_name(function, spec.worker_index);
     let end = EngineEnd::create_with_eventfd(&spec.channel, &region_name, notify_efd).map_err(
         |source| SpawnError::Channel {
             function: function.clone(),
@@ -516,10 +516,10 @@ pub fn spawn_with_log(
         argv: spec.argv.clone(),
         source,
     })?;
-    // The child has its copy; ours would keep the socket open after the engine
-    // closes its end, and the worker would never see EOF.
+    // The child has its copy. Ours would keep the worker's end open, and the
+    // engine would wait out the timeout instead of seeing EOF when the worker
+    // dies during the handshake.
     drop(child_fd);
-    drop(cmd);
 
     let pid = child.id();
     let pidfd = match sys::pidfd_open(pid) {
@@ -582,6 +582,16 @@ pub fn spawn_with_log(
             })
         }
     }
+}
+
+/// The memfd's name (shown in `/proc/<pid>/fd`; the kernel takes at most 249
+/// bytes): the function name cut at a character boundary, and the index.
+fn region_name(function: &str, worker_index: u32) -> String {
+    let mut end = function.len().min(64);
+    while !function.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("nocturne-{}-{worker_index}", &function[..end])
 }
 
 enum Failed {
@@ -670,4 +680,43 @@ fn check_ready(ready: &Ready, spec: &WorkerSpec, pid: u32) -> Result<(), Failed>
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn region_names_are_bounded_and_valid_utf8() {
+        assert_eq!(region_name("foo", 3), "nocturne-foo-3");
+        let long = "é".repeat(200);
+        let name = region_name(&long, 7);
+        assert!(name.len() <= 9 + 64 + 2, "{name}");
+        assert!(name.ends_with("-7"));
+    }
+
+    #[test]
+    fn exit_statuses_read_well() {
+        assert_eq!(ExitStatus::Exited(3).to_string(), "exited with code 3");
+        assert_eq!(
+            ExitStatus::Signaled(libc::SIGSEGV).to_string(),
+            "killed by signal 11 (SIGSEGV)"
+        );
+        assert_eq!(ExitStatus::Signaled(64).to_string(), "killed by signal 64");
+        assert_eq!(ExitStatus::Unknown.to_string(), "exited (status unknown)");
+    }
+
+    #[test]
+    fn exec_error_shows_the_program() {
+        let err = SpawnError::Exec {
+            function: "f".into(),
+            argv: vec!["/bin/nope".into(), "arg".into()],
+            source: io::Error::from_raw_os_error(libc::ENOENT),
+        };
+        let text = err.to_string();
+        assert!(
+            text.starts_with("cannot start \"/bin/nope\" for worker \"f\""),
+            "{text}"
+        );
+    }
 }

@@ -147,8 +147,15 @@ struct Dechunk {
 enum State {
     Head,
     AwaitLimit(HeadInfo),
-    Length { head: HeadInfo, len: usize },
-    Chunked { head: HeadInfo, limit: usize, dechunk: Dechunk },
+    Length {
+        head: HeadInfo,
+        len: usize,
+    },
+    Chunked {
+        head: HeadInfo,
+        limit: usize,
+        dechunk: Dechunk,
+    },
 }
 
 /// Per-connection parser state; see the module docs.
@@ -399,9 +406,7 @@ fn parse_head(
         }
         Err(httparse::Error::TooManyHeaders) => return Err(RequestError::HeaderTooLarge),
         Err(httparse::Error::Version) => return Err(RequestError::Malformed("bad HTTP version")),
-        Err(httparse::Error::HeaderName) => {
-            return Err(RequestError::Malformed("bad header name"))
-        }
+        Err(httparse::Error::HeaderName) => return Err(RequestError::Malformed("bad header name")),
         Err(httparse::Error::HeaderValue) => {
             return Err(RequestError::Malformed("bad header value"))
         }
@@ -410,7 +415,8 @@ fn parse_head(
     if head_len > max_header_bytes {
         return Err(RequestError::HeaderTooLarge);
     }
-    let (Some(method_name), Some(target), Some(minor_version)) = (req.method, req.path, req.version)
+    let (Some(method_name), Some(target), Some(minor_version)) =
+        (req.method, req.path, req.version)
     else {
         return Err(RequestError::Malformed("bad request line"));
     };
@@ -531,7 +537,8 @@ mod tests {
         let mut buf: Vec<u8> = Vec::new();
         let mut seen = Vec::new();
         let mut fed = 0;
-        let mut boundaries: Vec<usize> = cuts.iter().copied().filter(|&c| c <= input.len()).collect();
+        let mut boundaries: Vec<usize> =
+            cuts.iter().copied().filter(|&c| c <= input.len()).collect();
         boundaries.push(input.len());
         boundaries.sort_unstable();
         for end in boundaries {
@@ -632,13 +639,19 @@ GET /last HTTP/1.1\r\nConnection: close\r\n\r\n";
     fn http10_closes_unless_keep_alive() {
         let seen = drive(b"GET / HTTP/1.0\r\n\r\n", &[], 10, 8192);
         assert_eq!(seen, vec![req("GET", "/", None, b"", false)]);
-        let seen = drive(b"GET / HTTP/1.1\r\nConnection: Keep-Alive, Close\r\n\r\n", &[], 10, 8192);
+        let seen = drive(
+            b"GET / HTTP/1.1\r\nConnection: Keep-Alive, Close\r\n\r\n",
+            &[],
+            10,
+            8192,
+        );
         assert_eq!(seen, vec![req("GET", "/", None, b"", false)]);
     }
 
     #[test]
     fn header_lookup_is_case_insensitive_and_headers_iterate_in_order() {
-        let mut buf = b"GET /p?q HTTP/1.1\r\nHost: a\r\nX-Thing:  v1 \r\nx-thing: v2\r\n\r\n".to_vec();
+        let mut buf =
+            b"GET /p?q HTTP/1.1\r\nHost: a\r\nX-Thing:  v1 \r\nx-thing: v2\r\n\r\n".to_vec();
         let mut parser = RequestParser::new(8192);
         let mut spans = Vec::new();
         let Ok(Progress::Complete { head, .. }) = parser.advance(&mut buf, &mut spans) else {
@@ -650,7 +663,11 @@ GET /last HTTP/1.1\r\nConnection: close\r\n\r\n";
         let all: Vec<_> = view.headers().collect();
         assert_eq!(
             all,
-            vec![("Host", &b"a"[..]), ("X-Thing", &b"v1"[..]), ("x-thing", &b"v2"[..])]
+            vec![
+                ("Host", &b"a"[..]),
+                ("X-Thing", &b"v1"[..]),
+                ("x-thing", &b"v2"[..])
+            ]
         );
         assert_eq!(view.path, "/p");
         assert_eq!(view.query, Some("q"));
@@ -682,7 +699,12 @@ GET /last HTTP/1.1\r\nConnection: close\r\n\r\n";
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\r\n",
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabX\r\n",
         ] {
-            assert_eq!(first_error(bad, 100, 8192), Some(400), "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                first_error(bad, 100, 8192),
+                Some(400),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
@@ -758,7 +780,11 @@ GET /last HTTP/1.1\r\nConnection: close\r\n\r\n";
     #[test]
     fn other_transfer_encodings_are_501_and_other_expectations_417() {
         assert_eq!(
-            first_error(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 100, 8192),
+            first_error(
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                100,
+                8192
+            ),
             Some(501)
         );
         assert_eq!(
@@ -766,14 +792,18 @@ GET /last HTTP/1.1\r\nConnection: close\r\n\r\n";
             Some(417)
         );
         // HTTP/1.0 ignores Expect.
-        assert_eq!(first_error(b"GET / HTTP/1.0\r\nExpect: something\r\n\r\n", 100, 8192), None);
+        assert_eq!(
+            first_error(b"GET / HTTP/1.0\r\nExpect: something\r\n\r\n", 100, 8192),
+            None
+        );
     }
 
     #[test]
     fn expect_continue_is_flagged_only_with_a_body() {
         let mut parser = RequestParser::new(8192);
         let mut spans = Vec::new();
-        let mut buf = b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n".to_vec();
+        let mut buf =
+            b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n".to_vec();
         let Ok(Progress::HeadComplete(head)) = parser.advance(&mut buf, &mut spans) else {
             panic!("head not complete");
         };
@@ -841,7 +871,9 @@ GET /last HTTP/1.1\r\nConnection: close\r\n\r\n";
                     }
                     raw.extend_from_slice(b"0\r\n\r\n");
                 } else {
-                    raw.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+                    raw.extend_from_slice(
+                        format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes(),
+                    );
                     raw.extend_from_slice(&body);
                 }
                 let seen = Seen::Request {

@@ -221,14 +221,23 @@ Content-Length: 2\r\n\r\nhi"
             render(&Response::new(204, b"ignored"), KEEP),
             "HTTP/1.1 204 No Content\r\n\r\n"
         );
-        assert_eq!(render(&Response::new(599, b""), KEEP), "HTTP/1.1 599 \r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(
+            render(&Response::new(599, b""), KEEP),
+            "HTTP/1.1 599 \r\nContent-Length: 0\r\n\r\n"
+        );
     }
 
     #[test]
     fn validation_rejects_splitting_and_reserved_headers() {
         assert_eq!(validate(&Response::new(200, b"")), Ok(()));
-        assert_eq!(validate(&Response::new(100, b"")), Err(RespondError::InvalidStatus(100)));
-        assert_eq!(validate(&Response::new(600, b"")), Err(RespondError::InvalidStatus(600)));
+        assert_eq!(
+            validate(&Response::new(100, b"")),
+            Err(RespondError::InvalidStatus(100))
+        );
+        assert_eq!(
+            validate(&Response::new(600, b"")),
+            Err(RespondError::InvalidStatus(600))
+        );
         for headers in [
             &[("X-A", "b\r\nInjected: yes")][..],
             &[("X-A\r\n", "b")],
@@ -239,7 +248,11 @@ Content-Length: 2\r\n\r\nhi"
             &[("Bad Name", "x")],
         ] {
             let resp = Response::new(200, b"").with_headers(headers);
-            assert_eq!(validate(&resp), Err(RespondError::InvalidHeader), "{headers:?}");
+            assert_eq!(
+                validate(&resp),
+                Err(RespondError::InvalidHeader),
+                "{headers:?}"
+            );
         }
         let resp = Response::new(200, b"").with_content_type("text/html\r\nX: y");
         assert_eq!(validate(&resp), Err(RespondError::InvalidHeader));

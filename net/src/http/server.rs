@@ -33,7 +33,9 @@ use std::time::{Duration, Instant};
 
 use super::parse::{HeaderSpan, Progress, RequestError, RequestParser};
 use super::response::{self, Framing, CONTINUE, SERVICE_UNAVAILABLE};
-use super::{Limits, Method, Request, RequestHandler, RequestHead, RequestId, Response, RespondError};
+use super::{
+    Limits, Method, Request, RequestHandler, RequestHead, RequestId, RespondError, Response,
+};
 use crate::transport::{ConnId, Transport, TransportEvent};
 
 /// Input buffer size a connection starts with; it grows on demand up to what
@@ -47,6 +49,9 @@ const COMPACT_BELOW: usize = 512;
 const DRAIN_CHUNK: usize = 16 * 1024;
 /// Reads per lingering connection per turn, so a flood cannot hog a turn.
 const DRAIN_READS_PER_TURN: usize = 4;
+/// Reads per connection per visit without a complete request (a large body
+/// streaming in), before the others get their turn.
+const READS_PER_VISIT: usize = 32;
 
 /// A hasher for connection ids (unique integers): one multiply, no SipHash.
 #[derive(Default)]
@@ -77,7 +82,9 @@ enum Phase {
     Free,
     Open,
     /// Write side shut; draining input until EOF or the deadline.
-    Lingering { until: Instant },
+    Lingering {
+        until: Instant,
+    },
 }
 
 /// What to do once every owed answer is written.
@@ -142,11 +149,11 @@ impl Output {
         }
     }
 
-    fn reset(&mut self, id: ConnId, phase: Phase) {
+    fn reset(&mut self, id: ConnId, phase: Phase, keep_output: usize) {
         self.id = id;
         self.phase = phase;
         self.out.clear();
-        if self.out.capacity() > KEEP_BUFFER_MAX {
+        if self.out.capacity() > keep_output {
             self.out = Vec::new();
         }
         self.out_pos = 0;
@@ -266,7 +273,9 @@ impl Outputs {
         if output.inflight[k].stashed.is_some() {
             return Err(RespondError::UnknownRequest);
         }
-        output.answer(k, |out, framing| response::write_response(out, resp, framing));
+        output.answer(k, |out, framing| {
+            response::write_response(out, resp, framing)
+        });
         Ok(slot)
     }
 
@@ -417,7 +426,9 @@ pub struct HttpServer<T: Transport> {
 
 impl<T: Transport> HttpServer<T> {
     /// A server answering on `transport`.
-    pub fn new(transport: T, limits: Limits) -> Self {
+    pub fn new(transport: T, mut limits: Limits) -> Self {
+        // Zero would stall every connection before its first request.
+        limits.max_pipelined = limits.max_pipelined.max(1);
         let shortest = limits
             .header_timeout
             .min(limits.idle_timeout)
@@ -572,7 +583,7 @@ impl<T: Transport> HttpServer<T> {
                 self.inputs.len() - 1
             }
         };
-        self.outputs.slots[slot].reset(id, phase);
+        self.outputs.slots[slot].reset(id, phase, self.limits.max_output_bytes);
         self.inputs[slot].reset(self.now);
         self.outputs.index.insert(id, slot as u32);
         slot
@@ -615,14 +626,20 @@ impl<T: Transport> HttpServer<T> {
         let input = &mut self.inputs[slot];
         if !input.in_ready {
             input.in_ready = true;
-            self.ready.push_back((slot as u32, self.outputs.slots[slot].id));
+            self.ready
+                .push_back((slot as u32, self.outputs.slots[slot].id));
         }
     }
 
     fn run_ready(&mut self, budget: usize, handler: &mut impl RequestHandler) -> usize {
         let mut budget = budget;
         let mut delivered = 0;
-        while budget > 0 {
+        // Only the connections queued now: ones that queue themselves again
+        // (a lingering flood, a long body) or wake up during this pass wait
+        // for the next turn, which bounds the turn.
+        let mut visits = self.ready.len();
+        while budget > 0 && visits > 0 {
+            visits -= 1;
             let Some((slot, id)) = self.ready.pop_front() else {
                 break;
             };
@@ -647,6 +664,7 @@ impl<T: Transport> HttpServer<T> {
         handler: &mut impl RequestHandler,
     ) -> usize {
         let mut delivered = 0;
+        let mut reads = 0;
         loop {
             match self.outputs.slots[slot].phase {
                 Phase::Free => return delivered,
@@ -675,15 +693,25 @@ impl<T: Transport> HttpServer<T> {
                 .parser
                 .advance(&mut input.buf[input.start..input.end], &mut input.spans);
             match progress {
+                Ok(Progress::NeedMore) if reads == READS_PER_VISIT => {
+                    self.push_ready(slot);
+                    return delivered;
+                }
                 Ok(Progress::NeedMore) => match self.fill(slot) {
-                    Fill::Got => continue,
+                    Fill::Got => {
+                        reads += 1;
+                        continue;
+                    }
                     Fill::Empty => return delivered,
                     Fill::Eof => {
                         self.on_eof(slot);
                         return delivered;
                     }
                     Fill::Full => {
-                        self.reject(slot, RequestError::Malformed("request does not fit").status());
+                        self.reject(
+                            slot,
+                            RequestError::Malformed("request does not fit").status(),
+                        );
                         return delivered;
                     }
                     Fill::Dead => {
@@ -764,6 +792,7 @@ impl<T: Transport> HttpServer<T> {
                     }
                     *budget -= 1;
                     delivered += 1;
+                    reads = 0;
                 }
                 Err(e) => {
                     self.reject(slot, e.status());
@@ -847,7 +876,10 @@ impl<T: Transport> HttpServer<T> {
         }
         let mut wrote = false;
         while output.out_pos < output.out.len() && !output.write_blocked {
-            match self.transport.write(output.id, &output.out[output.out_pos..]) {
+            match self
+                .transport
+                .write(output.id, &output.out[output.out_pos..])
+            {
                 Ok(0) => {
                     self.teardown(slot);
                     return;
@@ -866,7 +898,9 @@ impl<T: Transport> HttpServer<T> {
         if output.out_pos == output.out.len() {
             output.out.clear();
             output.out_pos = 0;
-            if output.out.capacity() > KEEP_BUFFER_MAX {
+            // Answers up to the output limit keep their buffer (no
+            // allocation per answer); a rare larger one gives it back.
+            if output.out.capacity() > self.limits.max_output_bytes.max(KEEP_BUFFER_MAX) {
                 output.out = Vec::new();
             }
         } else if output.out_pos > output.out.len() / 2 {
@@ -957,7 +991,7 @@ impl<T: Transport> HttpServer<T> {
         if output.handler_seen {
             self.closed.push(id);
         }
-        output.reset(id, Phase::Free);
+        output.reset(id, Phase::Free, self.limits.max_output_bytes);
         self.inputs[slot].reset(self.now);
         self.free_slots.push(slot as u32);
     }

@@ -14,8 +14,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nocturne_net::{
-    ConnId, HttpServer, KernelOptions, KernelTransport, Limits, RequestHandler, RequestHead,
-    RequestId, Request, Responder, Response,
+    ConnId, HttpServer, KernelOptions, KernelTransport, Limits, Request, RequestHandler,
+    RequestHead, RequestId, Responder, Response,
 };
 
 /// What the handler saw, in order.
@@ -72,7 +72,8 @@ impl RequestHandler for TestHandler {
         });
         if path.starts_with("/echo") || path.starts_with("/small") {
             self.scratch.clear();
-            self.scratch.extend_from_slice(req.head.method_name().as_bytes());
+            self.scratch
+                .extend_from_slice(req.head.method_name().as_bytes());
             self.scratch.push(b' ');
             self.scratch.extend_from_slice(path.as_bytes());
             if let Some(q) = req.head.query {
@@ -90,9 +91,13 @@ impl RequestHandler for TestHandler {
         } else if path.starts_with("/hold") {
             self.held.push((req.id, path.to_owned()));
         } else if path == "/big" {
-            responder.respond(req.id, &Response::new(200, &self.big_body)).unwrap();
+            responder
+                .respond(req.id, &Response::new(200, &self.big_body))
+                .unwrap();
         } else {
-            responder.respond(req.id, &Response::new(404, b"no such route")).unwrap();
+            responder
+                .respond(req.id, &Response::new(404, b"no such route"))
+                .unwrap();
         }
     }
 
@@ -258,7 +263,9 @@ impl Client {
     pub fn connect(addr: SocketAddr) -> Self {
         let stream = TcpStream::connect(addr).unwrap();
         // Only a guard against hanging forever; no test asserts a duration.
-        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
         Self {
             stream,
             buf: Vec::new(),
@@ -279,10 +286,17 @@ impl Client {
     /// Reads exactly `expected.len()` bytes and compares.
     pub fn expect_bytes(&mut self, expected: &[u8]) {
         while self.buf.len() < expected.len() {
-            assert!(self.fill() > 0, "EOF before {:?}", String::from_utf8_lossy(expected));
+            assert!(
+                self.fill() > 0,
+                "EOF before {:?}",
+                String::from_utf8_lossy(expected)
+            );
         }
         let got: Vec<u8> = self.buf.drain(..expected.len()).collect();
-        assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(expected));
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(expected)
+        );
     }
 
     /// Reads one response; `head_request` for answers to HEAD (no body).
@@ -313,7 +327,11 @@ impl Client {
                     .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
                     .map(|(_, v)| v.parse().unwrap())
                     .unwrap_or(0);
-                let body_len = if head_request || status == 204 { 0 } else { len };
+                let body_len = if head_request || status == 204 {
+                    0
+                } else {
+                    len
+                };
                 while self.buf.len() < head_len + body_len {
                     assert!(self.fill() > 0, "EOF inside a response body");
                 }
@@ -336,11 +354,18 @@ impl Client {
 
     /// The server closed its side cleanly (FIN, not reset) with nothing more.
     pub fn expect_eof(&mut self) {
-        assert!(self.buf.is_empty(), "unread bytes: {:?}", String::from_utf8_lossy(&self.buf));
+        assert!(
+            self.buf.is_empty(),
+            "unread bytes: {:?}",
+            String::from_utf8_lossy(&self.buf)
+        );
         let mut byte = [0u8; 1024];
         match self.stream.read(&mut byte) {
             Ok(0) => {}
-            Ok(n) => panic!("expected EOF, got {:?}", String::from_utf8_lossy(&byte[..n])),
+            Ok(n) => panic!(
+                "expected EOF, got {:?}",
+                String::from_utf8_lossy(&byte[..n])
+            ),
             Err(e) => panic!("expected a clean EOF, got {e}"),
         }
     }
@@ -357,9 +382,11 @@ pub fn get(path: &str) -> Vec<u8> {
 }
 
 pub fn post(path: &str, body: &[u8]) -> Vec<u8> {
-    let mut req =
-        format!("POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", body.len())
-            .into_bytes();
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
     req.extend_from_slice(body);
     req
 }
