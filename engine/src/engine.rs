@@ -88,6 +88,10 @@ pub(crate) fn worker_spec(ctx: &LoopContext, f: u32, loop_index: usize) -> Worke
 pub struct Engine {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
+    draining: Arc<AtomicBool>,
+    // Workers are children of the spawner thread (PR_SET_PDEATHSIG follows the
+    // parent *thread*): it must outlive the loops.
+    _spawner: Arc<Spawner>,
     wake_fds: Vec<Arc<std::os::fd::OwnedFd>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -106,6 +110,7 @@ impl Engine {
             status,
             spawner: Arc::new(Spawner::start()),
             stop: Arc::new(AtomicBool::new(false)),
+            draining: Arc::new(AtomicBool::new(false)),
             exe: std::env::current_exe().context("cannot locate the nocturne binary")?,
             loops,
         });
@@ -139,12 +144,34 @@ impl Engine {
             threads.push(thread);
         }
         log_startup(&config, addr);
-        Ok(Self { addr, stop: ctx.stop.clone(), wake_fds, threads })
+        Ok(Self {
+            addr,
+            stop: ctx.stop.clone(),
+            draining: ctx.draining.clone(),
+            _spawner: ctx.spawner.clone(),
+            wake_fds,
+            threads,
+        })
     }
 
     /// The address the engine listens on (the real port when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Starts a graceful shutdown: loops stop accepting, finish their calls
+    /// (up to `drain_timeout`) and stop. Returns at once; see [`is_stopped`](Self::is_stopped).
+    pub fn begin_drain(&self) {
+        // Relaxed: see `stop`.
+        self.draining.store(true, Ordering::Relaxed);
+        for fd in &self.wake_fds {
+            crate::sys::signal_eventfd(fd);
+        }
+    }
+
+    /// Whether every core loop has finished.
+    pub fn is_stopped(&self) -> bool {
+        self.threads.iter().all(|t| t.is_finished())
     }
 
     /// Stops every core loop and waits for them; their workers end with them.
@@ -191,8 +218,16 @@ pub fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
     crate::sys::block_shutdown_signals().context("cannot block shutdown signals")?;
     let engine = Engine::start(config)?;
-    let sig = crate::sys::wait_for_signal();
-    eprintln!("nocturne: signal {sig} received, stopping");
+    let sig = crate::sys::wait_for_signal(None).expect("no timeout");
+    eprintln!("nocturne: signal {sig} received: draining (a second signal stops at once)");
+    engine.begin_drain();
+    while !engine.is_stopped() {
+        if let Some(sig) = crate::sys::wait_for_signal(Some(Duration::from_millis(20))) {
+            eprintln!("nocturne: second signal {sig}: stopping now");
+            // Workers die with us (PR_SET_PDEATHSIG, and EOF on their control sockets).
+            std::process::exit(130);
+        }
+    }
     engine.stop();
     eprintln!("nocturne: stopped");
     Ok(())

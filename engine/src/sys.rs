@@ -48,15 +48,25 @@ pub fn block_shutdown_signals() -> io::Result<()> {
     Ok(())
 }
 
-/// Waits for SIGINT or SIGTERM (blocked beforehand) and returns its number.
-pub fn wait_for_signal() -> i32 {
+/// Waits up to `timeout` (forever with `None`) for SIGINT or SIGTERM, which
+/// must be blocked beforehand; returns its number, or `None` on timeout.
+pub fn wait_for_signal(timeout: Option<std::time::Duration>) -> Option<i32> {
     let set = shutdown_set();
-    let mut sig: libc::c_int = 0;
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs() as libc::time_t,
+        tv_nsec: libc::c_long::from(t.subsec_nanos() as i32),
+    });
     loop {
-        // SAFETY: `set` is initialised and `sig` is a valid out-pointer.
-        let rc = unsafe { libc::sigwait(&set, &mut sig) };
-        if rc == 0 {
-            return sig;
+        let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: `set` is initialised; `ts_ptr` is null or points at a live
+        // timespec; a null siginfo pointer is allowed.
+        let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), ts_ptr) };
+        if sig > 0 {
+            return Some(sig);
+        }
+        match io::Error::last_os_error().raw_os_error() {
+            Some(libc::EAGAIN) => return None,
+            _ => continue, // EINTR
         }
     }
 }

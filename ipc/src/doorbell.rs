@@ -136,7 +136,9 @@ pub(crate) enum Bell {
 }
 
 impl Bell {
-    /// Wakes the consumer sleeping on `db`.
+    /// Wakes the consumer sleeping on `db` (the slow path: a system call).
+    #[cold]
+    #[inline(never)]
     pub(crate) fn ring(&self, db: &Doorbell) {
         match self {
             Bell::Futex => sync::futex_wake(db.word()),

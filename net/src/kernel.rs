@@ -72,7 +72,8 @@ struct Slot {
 pub struct KernelTransport {
     poll: Poll,
     mio_events: Events,
-    listener: TcpListener,
+    /// `None` once [`Transport::stop_accepting`] closed it.
+    listener: Option<TcpListener>,
     local_addr: SocketAddr,
     slots: Vec<Slot>,
     free_slots: Vec<u32>,
@@ -103,7 +104,7 @@ impl KernelTransport {
         Ok(Self {
             poll,
             mio_events: Events::with_capacity(opts.max_events.max(1)),
-            listener,
+            listener: Some(listener),
             local_addr,
             slots: Vec::new(),
             free_slots: Vec::new(),
@@ -112,34 +113,6 @@ impl KernelTransport {
             nodelay: opts.nodelay,
             open: 0,
         })
-    }
-
-    /// Registers an extra file descriptor (the core loop's eventfd doorbell,
-    /// a worker's pidfd) in the same epoll; its readiness comes back as
-    /// [`TransportEvent::Wake`]`(token)`.
-    ///
-    /// Edge-triggered like everything else: drain the fd (read the eventfd)
-    /// on every `Wake`, or no further `Wake` comes for it. `token` must be
-    /// below 2^62. The fd must stay open until
-    /// [`deregister_wake_fd`](Self::deregister_wake_fd).
-    pub fn register_wake_fd(&mut self, fd: RawFd, token: usize) -> io::Result<()> {
-        if token > MAX_WAKE_TOKEN {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "wake token must be below 2^62",
-            ));
-        }
-        self.poll.registry().register(
-            &mut SourceFd(&fd),
-            Token(WAKE_BIT | token),
-            Interest::READABLE,
-        )
-    }
-
-    /// Removes a file descriptor added by
-    /// [`register_wake_fd`](Self::register_wake_fd).
-    pub fn deregister_wake_fd(&mut self, fd: RawFd) -> io::Result<()> {
-        self.poll.registry().deregister(&mut SourceFd(&fd))
     }
 
     /// Open connections (accepted and not yet closed).
@@ -161,8 +134,12 @@ impl KernelTransport {
     /// Accepts up to `accept_budget` connections; leaves `accept_pending`
     /// set when the budget ran out first.
     fn accept_some(&mut self, events: &mut Vec<TransportEvent>) -> io::Result<()> {
+        let Some(listener) = &self.listener else {
+            self.accept_pending = false;
+            return Ok(());
+        };
         for _ in 0..self.accept_budget {
-            let mut stream = match self.listener.accept() {
+            let mut stream = match listener.accept() {
                 Ok((stream, _peer)) => stream,
                 Err(e) => match e.kind() {
                     io::ErrorKind::WouldBlock => {
@@ -318,6 +295,43 @@ impl Transport for KernelTransport {
         }
         self.free_slots.push(index as u32);
         self.open -= 1;
+    }
+
+    /// Registers an extra file descriptor (the core loop's eventfd doorbell,
+    /// a worker's pidfd) in the same epoll; its readiness comes back as
+    /// [`TransportEvent::Wake`]`(token)`.
+    ///
+    /// Edge-triggered like everything else: drain the fd (read the eventfd)
+    /// on every `Wake`, or no further `Wake` comes for it. `token` must be
+    /// below 2^62. The fd must stay open until
+    /// [`deregister_wake_fd`](Self::deregister_wake_fd).
+    fn register_wake_fd(&mut self, fd: RawFd, token: usize) -> io::Result<()> {
+        if token > MAX_WAKE_TOKEN {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "wake token must be below 2^62",
+            ));
+        }
+        self.poll.registry().register(
+            &mut SourceFd(&fd),
+            Token(WAKE_BIT | token),
+            Interest::READABLE,
+        )
+    }
+
+    /// Removes a file descriptor added by
+    /// [`register_wake_fd`](Self::register_wake_fd).
+    fn deregister_wake_fd(&mut self, fd: RawFd) -> io::Result<()> {
+        self.poll.registry().deregister(&mut SourceFd(&fd))
+    }
+
+    fn stop_accepting(&mut self) {
+        if let Some(mut listener) = self.listener.take() {
+            // Closing the socket makes new connects fail (refused) instead of
+            // waiting in a backlog nobody drains.
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        self.accept_pending = false;
     }
 
     fn local_addr(&self) -> SocketAddr {

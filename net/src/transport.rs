@@ -15,6 +15,7 @@
 //! connection is still ready.
 
 use std::io;
+use std::os::fd::RawFd;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -76,4 +77,19 @@ pub trait Transport {
     /// The address the transport listens on (with the real port when bound
     /// to port 0).
     fn local_addr(&self) -> SocketAddr;
+
+    /// Registers an extra file descriptor (the core loop's eventfd doorbell,
+    /// a worker's pidfd) in the set the transport sleeps on, so one wait
+    /// covers the network and everything else; its readiness comes back as
+    /// [`TransportEvent::Wake`]`(token)`. Edge-triggered: drain the fd on
+    /// every `Wake`. The fd must stay open until it is deregistered.
+    fn register_wake_fd(&mut self, fd: RawFd, token: usize) -> io::Result<()>;
+
+    /// Removes a file descriptor added by
+    /// [`register_wake_fd`](Self::register_wake_fd).
+    fn deregister_wake_fd(&mut self, fd: RawFd) -> io::Result<()>;
+
+    /// Stops accepting connections (graceful shutdown): new connects are
+    /// refused, open connections keep working.
+    fn stop_accepting(&mut self);
 }

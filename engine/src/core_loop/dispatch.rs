@@ -12,7 +12,7 @@ use std::time::Duration;
 use nocturne_ipc::channel::SendError;
 use nocturne_ipc::message::{Header, Kind};
 use nocturne_net::http::{HttpServer, Response};
-use nocturne_net::kernel::KernelTransport;
+use nocturne_net::Transport;
 
 use nocturne_functions::protocol::{
     self, STATUS_CALL_DEPTH, STATUS_DEADLINE, STATUS_OVERLOADED, STATUS_UNKNOWN_FUNCTION,
@@ -112,6 +112,7 @@ impl LoopState {
     pub(crate) fn make_idle(&mut self, w: Key) {
         if let Some(slot) = self.workers.get_mut(w) {
             slot.busy = None;
+            slot.abandoned_at = None;
             slot.idle_since = self.now;
             let f = slot.function;
             self.functions[f as usize].idle.push(w);
@@ -142,7 +143,7 @@ impl LoopState {
     }
 
     /// Hands waiting calls of `f` to idle workers while it is under its limit.
-    pub(crate) fn dispatch_pending(&mut self, f: u32, server: &mut HttpServer<KernelTransport>) {
+    pub(crate) fn dispatch_pending<T: Transport>(&mut self, f: u32, server: &mut HttpServer<T>) {
         while !self.functions[f as usize].pending.is_empty() {
             let Some(w) = self.take_idle_worker(f) else { break };
             let key = self.functions[f as usize].pending.pop_front().expect("not empty");
@@ -162,12 +163,12 @@ impl LoopState {
     }
 
     /// Answers call `key` with an error and forgets it.
-    pub(crate) fn fail_call(
+    pub(crate) fn fail_call<T: Transport>(
         &mut self,
         key: Key,
         status: u16,
         message: &str,
-        server: &mut HttpServer<KernelTransport>,
+        server: &mut HttpServer<T>,
     ) {
         let Some(call) = self.calls.remove(key) else { return };
         if call.worker.is_some() {
@@ -179,11 +180,11 @@ impl LoopState {
     }
 
     /// Sends `outcome` to whoever waits for `call`.
-    pub(crate) fn deliver(
+    pub(crate) fn deliver<T: Transport>(
         &mut self,
         call: &Call,
         outcome: &Outcome<'_>,
-        server: &mut HttpServer<KernelTransport>,
+        server: &mut HttpServer<T>,
     ) {
         match call.origin {
             Origin::External(request) => {
@@ -228,12 +229,12 @@ impl LoopState {
 
     /// Handles an internal `Invoke` from worker `w` (the view's data is copied
     /// into `payload` by the caller).
-    pub(crate) fn internal_invoke(
+    pub(crate) fn internal_invoke<T: Transport>(
         &mut self,
         w: Key,
         header: &Header,
         payload: &[u8],
-        server: &mut HttpServer<KernelTransport>,
+        server: &mut HttpServer<T>,
     ) -> Result<(), String> {
         let parent = self.workers.get(w).and_then(|s| s.busy);
         let parent_ok = parent.is_some_and(|p| call_id(self.index, p) == header.parent_call_id);
@@ -289,12 +290,12 @@ impl LoopState {
     }
 
     /// Handles a `Complete` from worker `w` for the call it was running.
-    pub(crate) fn complete(
+    pub(crate) fn complete<T: Transport>(
         &mut self,
         w: Key,
         header: &Header,
         payload: &[u8],
-        server: &mut HttpServer<KernelTransport>,
+        server: &mut HttpServer<T>,
     ) -> Result<(), String> {
         let key = call_key(self.index, header.call_id);
         let slot = self.workers.get(w).expect("polled worker exists");
@@ -320,8 +321,24 @@ impl LoopState {
         Ok(())
     }
 
+    /// Answers every call with an error (shutdown past the drain timeout).
+    pub(crate) fn fail_all<T: Transport>(&mut self, status: u16, message: &str, server: &mut HttpServer<T>) {
+        let mut keys = std::mem::take(&mut self.keys);
+        self.calls.keys_into(&mut keys);
+        for &key in &keys {
+            if let Some(call) = self.calls.get(key) {
+                if call.worker.is_none() {
+                    let f = call.function as usize;
+                    self.functions[f].pending.retain(|k| *k != key);
+                }
+            }
+            self.fail_call(key, status, message, server);
+        }
+        self.keys = keys;
+    }
+
     /// Answers every call whose deadline has passed with 504.
-    pub(crate) fn expire_deadlines(&mut self, server: &mut HttpServer<KernelTransport>) {
+    pub(crate) fn expire_deadlines<T: Transport>(&mut self, server: &mut HttpServer<T>) {
         let mut keys = std::mem::take(&mut self.keys);
         keys.clear();
         keys.extend(self.calls.iter().filter(|(_, c)| c.deadline <= self.now).map(|(k, _)| k));
@@ -333,6 +350,8 @@ impl LoopState {
             let timeout = self.ctx.config.functions[f as usize].timeout;
             if queued {
                 self.functions[f as usize].pending.retain(|k| *k != key);
+            } else if let Some(slot) = call.worker.and_then(|w| self.workers.get_mut(w)) {
+                slot.abandoned_at = Some(self.now);
             }
             let msg = format!(
                 "function {name} did not answer within its deadline ({} ms{})",

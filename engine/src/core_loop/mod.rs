@@ -27,7 +27,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use nocturne_net::http::HttpServer;
-use nocturne_net::kernel::KernelTransport;
+use nocturne_net::Transport;
 
 use crate::config::{Config, PollMode};
 use crate::limiter::ConcurrencyLimiter;
@@ -59,8 +59,11 @@ pub struct LoopContext {
     pub status: Arc<EngineStatus>,
     /// Starts worker processes off the hot path.
     pub spawner: Arc<Spawner>,
-    /// Set to ask every loop to stop.
+    /// Set to ask every loop to stop at once.
     pub stop: Arc<AtomicBool>,
+    /// Set to ask every loop to drain: stop accepting, finish in-flight calls
+    /// (up to `drain_timeout`), then stop.
+    pub draining: Arc<AtomicBool>,
     /// The `nocturne` binary, re-executed for built-in functions.
     pub exe: std::path::PathBuf,
     /// Number of core loops in the engine.
@@ -89,8 +92,8 @@ pub(crate) struct FunctionState {
 }
 
 /// A core loop: its network server and everything else.
-pub struct CoreLoop {
-    server: HttpServer<KernelTransport>,
+pub struct CoreLoop<T: Transport> {
+    server: HttpServer<T>,
     st: LoopState,
 }
 
@@ -116,13 +119,15 @@ pub(crate) struct LoopState {
     pub last_timers: Instant,
     /// Set before an epoll sleep: the first request after it re-reads the clock.
     pub clock_stale: bool,
+    /// When draining, the time by which in-flight calls must be done.
+    pub drain_deadline: Option<Instant>,
 }
 
-impl CoreLoop {
+impl<T: Transport> CoreLoop<T> {
     /// A loop serving on `transport` (already bound), numbered `index`.
     pub fn new(
         index: usize,
-        transport: KernelTransport,
+        transport: T,
         ctx: Arc<LoopContext>,
     ) -> std::io::Result<Self> {
         let config = &ctx.config;
@@ -173,6 +178,7 @@ impl CoreLoop {
                 now_ns: nocturne_functions::protocol::monotonic_ns(),
                 last_timers: now,
                 clock_stale: false,
+                drain_deadline: None,
             },
         })
     }
@@ -194,8 +200,13 @@ impl CoreLoop {
             self.st.ensure_min_workers(f as u32);
         }
         let mut last_work = Instant::now();
+        // Relaxed: the flags carry no data; a loop only needs to notice them
+        // within a turn or two (the eventfd write that follows wakes sleepers).
         while !self.st.ctx.stop.load(Ordering::Relaxed) {
             self.st.tick();
+            if self.st.ctx.draining.load(Ordering::Relaxed) && self.drain_step() {
+                break;
+            }
             let mut work = self.poll_net(Some(Duration::ZERO));
             work += self.turn_rest();
             if work > 0 {
@@ -221,6 +232,34 @@ impl CoreLoop {
             last_work = self.st.now;
         }
         self.st.shutdown();
+    }
+
+    /// One step of a graceful shutdown; `true` once the loop may stop.
+    fn drain_step(&mut self) -> bool {
+        let now = self.st.now;
+        let deadline = *self.st.drain_deadline.get_or_insert_with(|| {
+            self.server.transport_mut().stop_accepting();
+            let timeout = self.st.ctx.config.drain_timeout;
+            eprintln!(
+                "nocturne: loop {}: draining {} call(s), up to {} ms",
+                self.st.index,
+                self.st.calls.len(),
+                timeout.as_millis()
+            );
+            now + timeout
+        });
+        if !self.st.calls.is_empty() && now < deadline {
+            return false;
+        }
+        if !self.st.calls.is_empty() {
+            self.st.fail_all(503, "the engine is shutting down", &mut self.server);
+        }
+        // Let written answers leave the socket buffers of slow readers.
+        let flush_until = Instant::now() + Duration::from_millis(50);
+        while Instant::now() < flush_until {
+            self.poll_net(Some(Duration::from_millis(5)));
+        }
+        true
     }
 
     fn poll_net(&mut self, timeout: Option<Duration>) -> usize {

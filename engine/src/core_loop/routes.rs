@@ -94,6 +94,18 @@ impl RequestHandler for LoopState {
             Route::NotFound => {
                 let _ = responder.respond(id, &text(404, "not found: functions are at /function/NAME\n"));
             }
+            Route::Function(_) if self.drain_deadline.is_some() => {
+                let headers = [("Retry-After", "1")];
+                let _ = responder.respond(
+                    id,
+                    &Response {
+                        status: 503,
+                        content_type: Some("text/plain; charset=utf-8"),
+                        headers: &headers,
+                        body: b"the engine is shutting down\n",
+                    },
+                );
+            }
             Route::Function(name) => {
                 let Some(f) = self.function_id(name) else {
                     let msg = format!("no function named {name:?}\n");

@@ -14,7 +14,7 @@ use std::time::Duration;
 use nocturne_ipc::channel::{Receiver, SendError, Sender};
 use nocturne_ipc::message::{Header, Kind};
 use nocturne_net::http::HttpServer;
-use nocturne_net::kernel::KernelTransport;
+use nocturne_net::Transport;
 
 use nocturne_functions::protocol::STATUS_WORKER_CRASHED;
 
@@ -38,7 +38,13 @@ pub(crate) struct WorkerSlot {
     /// Set when the worker broke the protocol on its side of the ring; the
     /// loop disconnects it on its next look.
     pub broken: Option<String>,
+    /// When the call it runs was answered 504 without it: a worker still busy
+    /// [`STUCK_GRACE`] later is killed and replaced.
+    pub abandoned_at: Option<std::time::Instant>,
 }
+
+/// How long a worker may keep running a call that already timed out.
+pub(crate) const STUCK_GRACE: Duration = Duration::from_secs(1);
 
 impl WorkerSlot {
     /// Sends now, or keeps the message in order for a later turn when the ring
@@ -87,7 +93,7 @@ impl WorkerSlot {
 
 impl LoopState {
     /// Takes messages from every worker's response ring; returns how many.
-    pub(crate) fn poll_workers(&mut self, server: &mut HttpServer<KernelTransport>) -> usize {
+    pub(crate) fn poll_workers<T: Transport>(&mut self, server: &mut HttpServer<T>) -> usize {
         let mut work = 0;
         let mut keys = std::mem::take(&mut self.keys);
         self.workers.keys_into(&mut keys);
@@ -142,7 +148,7 @@ impl LoopState {
     }
 
     /// Takes in workers the spawner finished (or failed) starting.
-    pub(crate) fn take_spawned(&mut self, server: &mut HttpServer<KernelTransport>) -> usize {
+    pub(crate) fn take_spawned<T: Transport>(&mut self, server: &mut HttpServer<T>) -> usize {
         let mut work = 0;
         while let Ok((tag, result)) = self.spawn_rx.try_recv() {
             work += 1;
@@ -175,7 +181,7 @@ impl LoopState {
         work
     }
 
-    fn add_worker(&mut self, f: u32, mut worker: Worker, server: &mut HttpServer<KernelTransport>) {
+    fn add_worker<T: Transport>(&mut self, f: u32, mut worker: Worker, server: &mut HttpServer<T>) {
         let (sender, receiver) = worker.take_end().expect("a new worker has its channel").split();
         let pid = worker.pid;
         let slot = WorkerSlot {
@@ -188,6 +194,7 @@ impl LoopState {
             outstanding: 0,
             backlog: VecDeque::new(),
             broken: None,
+            abandoned_at: None,
         };
         let key = self.workers.insert(slot);
         let pidfd = self.workers.get(key).expect("inserted").worker.pidfd().as_raw_fd();
@@ -212,7 +219,7 @@ impl LoopState {
     }
 
     /// Buries workers whose pidfd fired: fails their call, refills the pool.
-    pub(crate) fn reap_exited(&mut self, server: &mut HttpServer<KernelTransport>) -> usize {
+    pub(crate) fn reap_exited<T: Transport>(&mut self, server: &mut HttpServer<T>) -> usize {
         let mut work = 0;
         let exited = std::mem::take(&mut self.exited);
         for &index in &exited {
@@ -229,7 +236,7 @@ impl LoopState {
     }
 
     /// Kills a worker that broke the protocol and treats it as crashed.
-    fn disconnect_worker(&mut self, w: Key, why: &str, server: &mut HttpServer<KernelTransport>) {
+    fn disconnect_worker<T: Transport>(&mut self, w: Key, why: &str, server: &mut HttpServer<T>) {
         if let Some(slot) = self.workers.get(w) {
             eprintln!(
                 "nocturne: worker {} pid {}: {why}; killing it",
@@ -241,7 +248,7 @@ impl LoopState {
     }
 
     /// Removes worker `w`: fails its call with 502, refills the pool if `crashed`.
-    fn remove_worker(&mut self, w: Key, why: &str, crashed: bool, server: &mut HttpServer<KernelTransport>) {
+    fn remove_worker<T: Transport>(&mut self, w: Key, why: &str, crashed: bool, server: &mut HttpServer<T>) {
         let Some(slot) = self.workers.remove(w) else { return };
         let _ = server.transport_mut().deregister_wake_fd(slot.worker.pidfd().as_raw_fd());
         let f = slot.function;
@@ -321,9 +328,10 @@ impl LoopState {
         });
     }
 
-    /// Deadlines, restarts, scale-down.
-    pub(crate) fn run_timers(&mut self, server: &mut HttpServer<KernelTransport>) {
+    /// Deadlines, stuck workers, restarts, scale-down.
+    pub(crate) fn run_timers<T: Transport>(&mut self, server: &mut HttpServer<T>) {
         self.expire_deadlines(server);
+        self.kill_stuck_workers();
         for f in 0..self.functions.len() as u32 {
             let fs = &mut self.functions[f as usize];
             if fs.restart_at.is_some_and(|t| t <= self.now) {
@@ -337,8 +345,25 @@ impl LoopState {
         }
     }
 
+    /// Kills workers still running a call [`STUCK_GRACE`] after its deadline;
+    /// their pidfd then reports the death and the pool is refilled.
+    fn kill_stuck_workers(&mut self) {
+        for (_, slot) in self.workers.iter_mut() {
+            if slot.abandoned_at.is_some_and(|t| self.now.duration_since(t) >= STUCK_GRACE) {
+                slot.abandoned_at = None;
+                eprintln!(
+                    "nocturne: worker {} pid {} is stuck {} ms past its call's deadline; killing it",
+                    self.functions[slot.function as usize].name,
+                    slot.worker.pid,
+                    STUCK_GRACE.as_millis()
+                );
+                slot.worker.kill();
+            }
+        }
+    }
+
     /// Retires workers idle for longer than `idle_timeout`, down to the minimum.
-    fn scale_down(&mut self, f: u32, server: &mut HttpServer<KernelTransport>) {
+    fn scale_down<T: Transport>(&mut self, f: u32, server: &mut HttpServer<T>) {
         let idle_timeout: Duration = self.ctx.config.functions[f as usize].idle_timeout;
         loop {
             let fs = &self.functions[f as usize];

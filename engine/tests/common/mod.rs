@@ -700,6 +700,27 @@ pub fn cpus_allowed_list(pid: i32, tid: i32) -> String {
         .unwrap_or_else(|| panic!("no Cpus_allowed_list in /proc/{pid}/task/{tid}/status"))
 }
 
+/// Parses a kernel CPU list such as `0-2,5`.
+pub fn parse_cpu_list(list: &str) -> Vec<usize> {
+    let mut cores = Vec::new();
+    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.parse().expect("a CPU number"), b.parse().expect("a CPU number"));
+                cores.extend(a..=b);
+            }
+            None => cores.push(part.parse().expect("a CPU number")),
+        }
+    }
+    cores
+}
+
+/// The cores this test process may run on (the engine inherits them).
+pub fn allowed_cores() -> Vec<usize> {
+    let me = std::process::id() as i32;
+    parse_cpu_list(&cpus_allowed_list(me, me))
+}
+
 /// How often a thread was seen in each state over `window`.
 #[derive(Debug, Default, Clone)]
 pub struct StateSamples {

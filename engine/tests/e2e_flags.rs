@@ -1,0 +1,570 @@
+//! Every flag of `nocturne serve` (and its `NOCTURNE_*` variable) observably
+//! takes effect on a real engine: the address it listens on, the functions it
+//! serves, the cores its threads and workers may run on (`Cpus_allowed_list`
+//! in /proc), whether its io loop and its workers sleep or run when idle
+//! (thread state in /proc), and the limits it answers with.
+
+mod common;
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use common::{
+    allowed_cores, cpus_allowed_list, request_bytes, sample_thread_state, threads, Client, Engine,
+    StateSamples, LONG,
+};
+
+/// How long a thread's state is sampled.
+const SAMPLE: Duration = Duration::from_millis(300);
+/// Attempts at seeing the expected state before failing (a sample window can
+/// be unlucky on a loaded 2-core machine; the expectation is a majority).
+const ATTEMPTS: usize = 3;
+
+/// The first and last allowed cores, or `None` on a single-core machine
+/// (core-placement tests need two).
+fn two_cores() -> Option<(usize, usize)> {
+    let cores = allowed_cores();
+    match (cores.first(), cores.last()) {
+        (Some(&a), Some(&b)) if a != b => Some((a, b)),
+        _ => {
+            eprintln!("skipped: needs two allowed cores, has {cores:?}");
+            None
+        }
+    }
+}
+
+/// Runs `poke`, then samples thread `tid` of `pid`, until `want` holds for
+/// the samples (at most [`ATTEMPTS`] times). Fails with every sample seen.
+fn expect_state(
+    engine: &Engine,
+    what: &str,
+    pid: i32,
+    tid: i32,
+    mut poke: impl FnMut(),
+    want: impl Fn(&StateSamples) -> bool,
+) {
+    let mut seen = Vec::new();
+    for _ in 0..ATTEMPTS {
+        poke();
+        let samples = sample_thread_state(pid, tid, SAMPLE);
+        if want(&samples) {
+            return;
+        }
+        seen.push(samples.counts);
+    }
+    engine.fail(&format!("{what}: thread {tid} of {pid} sampled {seen:?}"));
+}
+
+fn mostly_running(s: &StateSamples) -> bool {
+    s.mostly_running(0.5)
+}
+
+fn mostly_sleeping(s: &StateSamples) -> bool {
+    s.mostly_sleeping(0.5)
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn listen_flag_and_address_in_use() {
+    let port = free_port();
+    let engine = Engine::builder().no_listen_flag().args(["--listen", &format!("127.0.0.1:{port}")]).start();
+    assert_eq!(engine.addr().port(), port);
+    let mut c = Client::connect(format!("127.0.0.1:{port}").parse().unwrap());
+    assert_eq!(c.post("/function/echo", b"here").text(), "here");
+    drop(engine);
+
+    // A port someone else holds (without SO_REUSEPORT): the engine refuses to start.
+    let holder = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = holder.local_addr().unwrap();
+    let (status, log) = Engine::builder().no_listen_flag().args(["--listen", &taken.to_string()]).run_to_exit();
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("cannot listen on") && log.contains(&taken.to_string()), "{log}");
+
+    let (status, log) = Engine::builder().no_listen_flag().args(["--listen", "localhost:80"]).run_to_exit();
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("not IP:PORT"), "{log}");
+}
+
+#[test]
+fn config_flag_serves_the_file() {
+    let engine = Engine::builder()
+        .config(
+            "[[functions]]\nname = \"greeter\"\nbuiltin = \"bar\"\nallow_get = true\n\
+             [[functions]]\nname = \"twice\"\nbuiltin = \"echo\"\nmin_workers = 2\nmax_workers = 2\n",
+        )
+        .start();
+    assert_eq!(engine.get("/function/greeter").text(), "From function Bar: ");
+    assert_eq!(engine.post("/function/twice", b"2").text(), "2");
+    // Only the file's functions: the embedded default's are not served.
+    assert_eq!(engine.post("/function/foo", b"").status, 404);
+    assert_eq!(engine.workers("twice").len(), 2, "{:?}", engine.all_workers());
+    let names: Vec<String> =
+        engine.functions_status().iter().map(|f| f["name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(names, ["greeter", "twice"]);
+
+    let (status, log) = Engine::builder().args(["--config", "/nonexistent/nocturne.toml"]).run_to_exit();
+    assert!(!status.success());
+    assert!(log.contains("/nonexistent/nocturne.toml"), "{log}");
+}
+
+#[test]
+fn io_cores_pin_the_io_threads() {
+    let Some((first, last)) = two_cores() else { return };
+    // Default: one loop on the last allowed core.
+    let engine = Engine::start(&[]);
+    let io = engine.io_threads();
+    assert_eq!(io.len(), 1, "{io:?}");
+    assert_eq!(io[0].1, format!("nocturne-io-{last}"));
+    assert_eq!(cpus_allowed_list(engine.pid(), io[0].0), last.to_string());
+    drop(engine);
+
+    for core in [first, last] {
+        let engine = Engine::start(&["--io-cores", &core.to_string()]);
+        let io = engine.io_threads();
+        assert_eq!(io.len(), 1, "{io:?}");
+        assert_eq!(io[0].1, format!("nocturne-io-{core}"));
+        assert_eq!(cpus_allowed_list(engine.pid(), io[0].0), core.to_string(), "{io:?}");
+        assert_eq!(engine.post("/function/foo", b"x").status, 200);
+    }
+
+    // Two loops, one per core, both serving (SO_REUSEPORT spreads connections).
+    let engine = Engine::start(&["--io-cores", &format!("{first},{last}")]);
+    let mut io = engine.io_threads();
+    io.sort_by(|a, b| a.1.cmp(&b.1));
+    let names: Vec<&str> = io.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(names, [format!("nocturne-io-{first}"), format!("nocturne-io-{last}")]);
+    for (tid, name) in &io {
+        let core = name.trim_start_matches("nocturne-io-");
+        assert_eq!(cpus_allowed_list(engine.pid(), *tid), core, "{name}");
+    }
+    for i in 0..32 {
+        let r = engine.post("/function/foo", format!("{i}").as_bytes());
+        assert_eq!(r.text(), format!("From function Foo: From function Bar: {i}"));
+    }
+
+    let (status, log) = Engine::builder().args(["--io-cores", "4096"]).run_to_exit();
+    assert!(!status.success());
+    assert!(log.contains("4096") && log.contains("allowed"), "{log}");
+}
+
+#[test]
+fn worker_cores_pin_every_worker() {
+    let Some((first, last)) = two_cores() else { return };
+    let all = common::cpus_allowed_list(std::process::id() as i32, std::process::id() as i32);
+    // Default (adaptive): workers are not pinned.
+    let engine = Engine::start(&[]);
+    for (pid, f) in engine.all_workers() {
+        assert_eq!(cpus_allowed_list(pid, pid), all, "{f} worker {pid}");
+    }
+    drop(engine);
+
+    let engine = Engine::start(&["--worker-cores", &first.to_string()]);
+    let workers = engine.all_workers();
+    assert_eq!(workers.len(), 5, "{workers:?}");
+    for (pid, f) in workers {
+        for (tid, name) in threads(pid) {
+            assert_eq!(cpus_allowed_list(pid, tid), first.to_string(), "{f} worker {pid} thread {name}");
+        }
+    }
+    // The engine's own threads are not confined to the worker cores.
+    assert_eq!(cpus_allowed_list(engine.pid(), engine.pid()), all);
+    assert_eq!(engine.post("/function/foo", b"pinned").text(), "From function Foo: From function Bar: pinned");
+    drop(engine);
+
+    // --poll spin keeps workers off the io core by default.
+    let engine = Engine::start(&["--poll", "spin", "--io-cores", &last.to_string()]);
+    for (pid, f) in engine.all_workers() {
+        let cores = common::parse_cpu_list(&cpus_allowed_list(pid, pid));
+        assert!(!cores.contains(&last), "{f} worker {pid} may run on the spinning io core: {cores:?}");
+    }
+    drop(engine);
+
+    // ...and refuses worker cores that overlap a spinning io core.
+    let (status, log) = Engine::builder()
+        .args(["--poll", "spin", "--io-cores", &last.to_string(), "--worker-cores", &last.to_string()])
+        .run_to_exit();
+    assert!(!status.success());
+    assert!(log.contains("overlap"), "{log}");
+}
+
+#[test]
+fn poll_mode_decides_whether_an_idle_io_loop_sleeps() {
+    let poke = |engine: &Engine| {
+        let engine_addr = engine.addr();
+        move || {
+            let r = Client::connect(engine_addr).post("/function/echo", b"poke");
+            assert_eq!(r.text(), "poke");
+        }
+    };
+    // spin: the io thread never sleeps, even with nothing to do.
+    let engine = Engine::start(&["--poll", "spin"]);
+    expect_state(&engine, "--poll spin, idle", engine.pid(), engine.io_thread(), || {}, mostly_running);
+    expect_state(&engine, "--poll spin, after a call", engine.pid(), engine.io_thread(), poke(&engine), mostly_running);
+    drop(engine);
+
+    // block and adaptive (its default 50 us spin): asleep in epoll when idle.
+    for mode in ["block", "adaptive"] {
+        let engine = Engine::start(&["--poll", mode]);
+        let what = format!("--poll {mode}, idle after a call");
+        expect_state(&engine, &what, engine.pid(), engine.io_thread(), poke(&engine), mostly_sleeping);
+        // Sleeping costs nothing in correctness: calls are answered.
+        assert_eq!(engine.post("/function/foo", b"z").text(), "From function Foo: From function Bar: z");
+    }
+}
+
+#[test]
+fn spin_us_is_how_long_an_adaptive_io_loop_keeps_running() {
+    let poke = |engine: &Engine| {
+        let addr = engine.addr();
+        move || assert_eq!(Client::connect(addr).post("/function/echo", b"p").text(), "p")
+    };
+    // The longest budget (1 s): the loop still runs for a while after a call.
+    let engine = Engine::start(&["--poll", "adaptive", "--spin-us", "1000000"]);
+    expect_state(&engine, "--spin-us 1000000", engine.pid(), engine.io_thread(), poke(&engine), mostly_running);
+    drop(engine);
+    // No budget: it sleeps at once.
+    let engine = Engine::start(&["--poll", "adaptive", "--spin-us", "0"]);
+    expect_state(&engine, "--spin-us 0", engine.pid(), engine.io_thread(), poke(&engine), mostly_sleeping);
+    drop(engine);
+
+    let (status, log) = Engine::builder().args(["--spin-us", "5000000"]).run_to_exit();
+    assert!(!status.success());
+    assert!(log.contains("5000000"), "{log}");
+}
+
+/// One echo worker (so `--worker-poll spin` can have a core of its own).
+const ONE_ECHO: &str = "[[functions]]\nname = \"echo\"\nbuiltin = \"echo\"\nmin_workers = 1\nmax_workers = 1\n";
+
+/// An engine serving [`ONE_ECHO`] with `args`, and its worker's pid.
+fn one_echo_engine(args: &[&str]) -> (Engine, i32) {
+    let engine = Engine::builder().config(ONE_ECHO).args(args).start();
+    let [pid] = engine.workers("echo")[..] else {
+        engine.fail(&format!("expected one echo worker: {:?}", engine.all_workers()))
+    };
+    (engine, pid)
+}
+
+#[test]
+fn worker_poll_and_worker_spin_us_decide_how_an_idle_worker_waits() {
+    let Some((first, last)) = two_cores() else { return };
+    let poke = |engine: &Engine| {
+        let addr = engine.addr();
+        move || assert_eq!(Client::connect(addr).post("/function/echo", b"w").text(), "w")
+    };
+    let (first, last) = (first.to_string(), last.to_string());
+    // yield and spin with the longest budget: the worker's thread keeps
+    // running after a call; park: it sleeps on its futex at once.
+    for (args, want_running) in [
+        (vec!["--worker-poll", "yield", "--worker-spin-us", "1000000"], true),
+        (
+            vec![
+                "--worker-poll", "spin", "--worker-spin-us", "1000000", "--io-cores", &last, "--worker-cores", &first,
+            ],
+            true,
+        ),
+        (vec!["--worker-poll", "park", "--worker-spin-us", "1000000"], false),
+        // No budget: yield and spin park at once too.
+        (vec!["--worker-poll", "yield", "--worker-spin-us", "0"], false),
+        (
+            vec!["--worker-poll", "spin", "--worker-spin-us", "0", "--io-cores", &last, "--worker-cores", &first],
+            false,
+        ),
+    ] {
+        let (engine, worker) = one_echo_engine(&args);
+        let what = format!("worker with {}", args.join(" "));
+        let want = if want_running { mostly_running } else { mostly_sleeping };
+        // The worker's main thread runs the worker loop.
+        expect_state(&engine, &what, worker, worker, poke(&engine), want);
+        assert!(
+            engine.log_text().contains(&format!(
+                "workers wait {}",
+                match args[1] {
+                    "yield" => "Yield",
+                    "spin" => "Spin",
+                    _ => "Park",
+                }
+            )),
+            "{}",
+            engine.log_text()
+        );
+    }
+
+    // spin without a core per worker is refused.
+    let (status, log) = Engine::builder().args(["--worker-poll", "spin"]).run_to_exit();
+    assert!(!status.success());
+    assert!(log.contains("core of its own"), "{log}");
+}
+
+#[test]
+fn max_connections_refuses_the_next_connection() {
+    let engine = Engine::start(&["--max-connections", "2"]);
+    let mut open: Vec<Client> = (0..2).map(|_| engine.client()).collect();
+    for (i, c) in open.iter_mut().enumerate() {
+        assert_eq!(c.post("/function/echo", b"in").text(), "in", "connection {i}");
+    }
+    let mut third = engine.client();
+    assert_refused(&engine, &mut third);
+    // The two open connections are unaffected.
+    for c in &mut open {
+        assert_eq!(c.post("/function/echo", b"still").text(), "still");
+    }
+    // Once one closes, a new connection is served (the engine notices the
+    // close asynchronously, so a few attempts may still be refused).
+    drop(open.pop());
+    let deadline = Instant::now() + LONG;
+    loop {
+        let mut c = engine.client();
+        match c.try_request("POST", "/function/echo", &[], b"again") {
+            Ok(r) if r.status == 200 => {
+                assert_eq!(r.text(), "again");
+                break;
+            }
+            Ok(r) => assert_eq!(r.status, 503, "{}", r.text()),
+            Err(_) => {}
+        }
+        if Instant::now() > deadline {
+            engine.fail("no connection was served after one of the two closed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Asserts that `c` is refused: a 503, or closed without an answer.
+fn assert_refused(engine: &Engine, c: &mut Client) {
+    let sent = c.send("POST", "/function/echo", &[], b"over");
+    match (sent, c.try_read_response()) {
+        (_, Ok(r)) => {
+            assert_eq!(r.status, 503, "connection over the limit: {}", r.text());
+            assert!(c.closed_within(LONG), "a refused connection is closed");
+        }
+        (Ok(()), Err(e)) | (Err(e), Err(_)) => {
+            // Closed or reset without a response: also a refusal.
+            let kind = e.kind();
+            if !matches!(
+                kind,
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ) {
+                engine.fail(&format!("connection over the limit: neither 503 nor closed: {e}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn max_connections_counts_across_all_io_cores() {
+    let Some((first, last)) = two_cores() else { return };
+    // The limit is documented as "across all io cores": with two loops, still
+    // at most 2 connections are served at once.
+    let engine = Engine::start(&["--max-connections", "2", "--io-cores", &format!("{first},{last}")]);
+    let mut served = 0;
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let mut c = engine.client();
+        if let Ok(r) = c.try_request("POST", "/function/echo", &[], b"n") {
+            if r.status == 200 {
+                served += 1;
+            }
+        }
+        clients.push(c); // keep every connection open
+    }
+    // BUG(lead): each core loop's HttpServer gets the whole max_connections
+    // (engine.rs http_limits), so two loops serve up to 2 × max_connections.
+    assert!(served <= 2, "{served} of 8 connections served with --max-connections 2 over 2 io cores");
+}
+
+#[test]
+fn max_header_bytes_sets_the_431_threshold() {
+    let pad = |n: usize| "a".repeat(n);
+    // Default 8 KiB: a 3 KiB header is fine.
+    let engine = Engine::start(&[]);
+    let r = engine
+        .client()
+        .try_request("POST", "/function/echo", &[("X-Pad", &pad(3000))], b"ok")
+        .unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    drop(engine);
+
+    let engine = Engine::start(&["--max-header-bytes", "2KiB"]);
+    let mut c = engine.client();
+    let r = c.try_request("POST", "/function/echo", &[("X-Pad", &pad(1500))], b"ok").unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    let r = c.try_request("POST", "/function/echo", &[("X-Pad", &pad(3000))], b"big").unwrap();
+    assert_eq!(r.status, 431, "{}", r.text());
+    // The 431 ends that connection; others are served.
+    assert!(c.closed_within(LONG));
+    assert_eq!(engine.post("/function/echo", b"next").text(), "next");
+}
+
+#[test]
+fn set_overrides_a_function_setting() {
+    let engine = Engine::start(&["--set", "echo.max_payload=1KiB", "--set", "echo.allow_get=true"]);
+    let r = engine.post("/function/echo", &[b'k'; 1024]);
+    assert_eq!((r.status, r.body.len()), (200, 1024));
+    let r = engine.post("/function/echo", &[b'k'; 1025]);
+    assert_eq!(r.status, 413, "{}", r.text());
+    // Other functions keep the default 1 MiB.
+    let r = engine.post("/function/bar", &[b'k'; 4096]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = engine.get("/function/echo");
+    assert_eq!(r.status, 200, "allow_get was set: {}", r.text());
+    drop(engine);
+
+    let engine = Engine::start(&["--set", "sleep.min_workers=2", "--set", "sleep.max_workers=2"]);
+    assert_eq!(engine.workers("sleep").len(), 2, "{:?}", engine.all_workers());
+    drop(engine);
+
+    let (status, log) = Engine::builder().args(["--set", "nosuch.max_workers=2"]).run_to_exit();
+    assert!(!status.success());
+    assert!(log.contains("nosuch"), "{log}");
+}
+
+#[test]
+fn net_kernel_serves_and_smoltcp_is_refused() {
+    let engine = Engine::start(&["--net", "kernel"]);
+    assert_eq!(engine.post("/function/echo", b"k").text(), "k");
+    drop(engine);
+    let (status, log) = Engine::builder().args(["--net", "smoltcp"]).run_to_exit();
+    assert!(!status.success());
+    assert!(log.contains("smoltcp") && log.contains("not available"), "{log}");
+}
+
+#[test]
+fn environment_variables_are_flag_fallbacks() {
+    let Some((first, last)) = two_cores() else { return };
+    let dir = common::Scratch::new("env");
+    let file = dir.write(
+        "env.toml",
+        "[[functions]]\nname = \"echo\"\nbuiltin = \"echo\"\n\
+         [[functions]]\nname = \"sleep\"\nbuiltin = \"sleep\"\n",
+    );
+    let engine = Engine::builder()
+        .no_listen_flag()
+        .env("NOCTURNE_LISTEN", "127.0.0.1:0")
+        .env("NOCTURNE_CONFIG", file.to_str().unwrap())
+        .env("NOCTURNE_IO_CORES", &first.to_string())
+        .env("NOCTURNE_WORKER_CORES", &last.to_string())
+        .env("NOCTURNE_POLL", "block")
+        .env("NOCTURNE_WORKER_POLL", "park")
+        .env("NOCTURNE_MAX_HEADER_BYTES", "2KiB")
+        .env("NOCTURNE_SET", "echo.max_payload=1KiB;echo.allow_get=true")
+        .start();
+    // NOCTURNE_CONFIG: only the file's functions.
+    assert_eq!(engine.post("/function/foo", b"").status, 404);
+    // NOCTURNE_SET, both entries.
+    assert_eq!(engine.post("/function/echo", &[1; 1025]).status, 413);
+    assert_eq!(engine.get("/function/echo").status, 200);
+    // NOCTURNE_MAX_HEADER_BYTES.
+    let r = engine.client().try_request("POST", "/function/echo", &[("X-Pad", &"p".repeat(3000))], b"").unwrap();
+    assert_eq!(r.status, 431);
+    // NOCTURNE_IO_CORES and NOCTURNE_WORKER_CORES.
+    let io = engine.io_thread();
+    assert_eq!(cpus_allowed_list(engine.pid(), io), first.to_string());
+    for (pid, f) in engine.all_workers() {
+        assert_eq!(cpus_allowed_list(pid, pid), last.to_string(), "{f}");
+    }
+    // NOCTURNE_POLL=block, NOCTURNE_WORKER_POLL=park: both asleep when idle.
+    let log = engine.log_text();
+    assert!(log.contains("poll Block, workers wait Park"), "{log}");
+    let addr = engine.addr();
+    let poke = move || assert_eq!(Client::connect(addr).post("/function/echo", b"e").text(), "e");
+    expect_state(&engine, "NOCTURNE_POLL=block", engine.pid(), io, poke, mostly_sleeping);
+    let worker = engine.workers("echo")[0];
+    expect_state(&engine, "NOCTURNE_WORKER_POLL=park", worker, worker, poke, mostly_sleeping);
+    drop(engine);
+
+    // A flag beats its variable.
+    let engine = Engine::builder()
+        .env("NOCTURNE_IO_CORES", &first.to_string())
+        .env("NOCTURNE_SET", "echo.max_payload=1KiB")
+        .args(["--io-cores", &last.to_string(), "--set", "echo.max_payload=2KiB"])
+        .start();
+    assert_eq!(engine.io_threads()[0].1, format!("nocturne-io-{last}"));
+    assert_eq!(engine.post("/function/echo", &[1; 2000]).status, 200);
+    drop(engine);
+
+    // A bad variable is reported like a bad flag.
+    let (status, log) = Engine::builder().env("NOCTURNE_POLL", "sometimes").run_to_exit();
+    assert!(!status.success());
+    assert!(log.contains("sometimes"), "{log}");
+}
+
+#[test]
+fn drain_timeout_lets_in_flight_calls_finish_on_sigterm() {
+    // Default drain timeout (10 s): a 1 s call in flight at SIGTERM finishes.
+    let mut engine = Engine::start(&[]);
+    let mut c = engine.client();
+    c.send("POST", "/function/sleep?us=1000000", &[], b"").unwrap();
+    wait_in_flight(&engine, "sleep");
+    engine.signal(libc::SIGTERM);
+    let answer = c.try_read_response();
+    let status = engine.wait_exit(LONG);
+    // BUG(lead): --drain-timeout / drain_timeout is parsed but unused: on
+    // SIGTERM engine.rs stops the loops at once, dropping the connection and
+    // the worker of the call in flight (the client reads EOF).
+    match answer {
+        Ok(r) => assert_eq!((r.status, r.text()), (200, "slept 1000000 us".to_string())),
+        Err(e) => engine.fail(&format!("the call in flight at SIGTERM was not answered: {e}")),
+    }
+    assert!(status.is_some_and(|s| s.success()), "the engine exits 0 after draining: {status:?}");
+}
+
+#[test]
+fn drain_timeout_bounds_how_long_shutdown_waits() {
+    // A call far longer than the drain timeout does not hold the engine up:
+    // it exits (well before the call could finish), and the client gets an
+    // error answer or a closed connection, never the result.
+    let mut engine = Engine::start(&["--drain-timeout", "200ms", "--set", "sleep.timeout=300s"]);
+    let mut c = engine.client();
+    c.send("POST", "/function/sleep?us=120000000", &[], b"").unwrap();
+    wait_in_flight(&engine, "sleep");
+    engine.signal(libc::SIGTERM);
+    let status = engine.wait_exit(LONG);
+    assert!(status.is_some(), "the engine still runs {LONG:?} after SIGTERM with --drain-timeout 200ms");
+    match c.try_read_response() {
+        Ok(r) => assert!(r.status >= 500, "{} {}", r.status, r.text()),
+        Err(_) => {} // closed: also fine
+    }
+}
+
+/// Waits until `function` has a call in flight.
+fn wait_in_flight(engine: &Engine, function: &str) {
+    let deadline = Instant::now() + LONG;
+    loop {
+        let status = engine.functions_status();
+        let f = status.iter().find(|f| f["name"] == function).expect("listed");
+        if f["in_flight"].as_u64() >= Some(1) {
+            return;
+        }
+        if Instant::now() > deadline {
+            engine.fail(&format!("{function} never had a call in flight: {f}"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn raw_pipelining_of_errors_keeps_order() {
+    // A 404 and a 405 answered by the engine itself between calls answered by
+    // workers still leave in request order.
+    let engine = Engine::start(&[]);
+    let mut c = engine.client();
+    let mut bytes = request_bytes("POST", "/function/sleep?us=30000", &[], b"");
+    bytes.extend(request_bytes("POST", "/function/nosuch", &[], b""));
+    bytes.extend(request_bytes("GET", "/function/echo", &[], b""));
+    bytes.extend(request_bytes("POST", "/function/echo", &[], b"last"));
+    c.write_raw(&bytes).unwrap();
+    let statuses: Vec<(u16, String)> = (0..4)
+        .map(|_| {
+            let r = c.read_response();
+            (r.status, r.text())
+        })
+        .collect();
+    assert_eq!(statuses[0], (200, "slept 30000 us".to_string()));
+    assert_eq!(statuses[1].0, 404);
+    assert_eq!(statuses[2].0, 405);
+    assert_eq!(statuses[3], (200, "last".to_string()));
+}

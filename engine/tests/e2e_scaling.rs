@@ -1,0 +1,133 @@
+//! Worker pool scaling, end to end: load makes the engine start more worker
+//! processes of a function (up to max_workers), idleness makes it retire them
+//! (down to min_workers). Counted as real processes in /proc.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Client, Engine, LONG};
+
+const SCALING_CONFIG: &str = r#"
+[[functions]]
+name = "sleep"
+builtin = "sleep"
+min_workers = 1
+max_workers = 4
+idle_timeout = "1s"
+
+[[functions]]
+name = "echo"
+builtin = "echo"
+"#;
+
+#[test]
+fn load_scales_workers_up_and_idleness_scales_them_down() {
+    const CLIENTS: usize = 8;
+    const LOAD: Duration = Duration::from_secs(2);
+    let engine = Engine::builder().config(SCALING_CONFIG).start();
+    assert_eq!(engine.workers("sleep").len(), 1, "{:?}", engine.all_workers());
+
+    let stop = AtomicBool::new(false);
+    let answered = AtomicUsize::new(0);
+    let mut most = 1;
+    std::thread::scope(|s| {
+        for client in 0..CLIENTS {
+            let (stop, answered, addr) = (&stop, &answered, engine.addr());
+            s.spawn(move || {
+                let mut c = Client::connect(addr);
+                // Relaxed: a flag polled between requests; nothing else hangs on it.
+                while !stop.load(Ordering::Relaxed) {
+                    let r = c
+                        .try_request("POST", "/function/sleep?us=20000", &[], b"")
+                        .unwrap_or_else(|e| panic!("client {client}: {e}"));
+                    assert_eq!(r.status, 200, "client {client}: {}", r.text());
+                    assert_eq!(r.text(), "slept 20000 us");
+                    // Relaxed: a counter read after the threads are joined.
+                    answered.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        let end = Instant::now() + LOAD;
+        while Instant::now() < end {
+            let n = engine.workers("sleep").len();
+            assert!(n <= 4, "more than max_workers: {:?}", engine.all_workers());
+            most = most.max(n);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Relaxed: see above.
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert!(answered.into_inner() > 0);
+    if most <= 1 {
+        engine.fail(&format!(
+            "{CLIENTS} concurrent clients of a 20 ms function never got more than one sleep worker"
+        ));
+    }
+    let status = engine.functions_status();
+    let sleep = status.iter().find(|f| f["name"] == "sleep").expect("listed");
+    assert_eq!((sleep["in_flight"].as_u64(), sleep["queued"].as_u64()), (Some(0), Some(0)), "{sleep}");
+
+    // Idle for longer than idle_timeout: back to min_workers, by retiring
+    // (not crashing) the extra workers. The wait is bounded generously: the
+    // idle timeout plus timer slack on a loaded machine.
+    let deadline = Instant::now() + Duration::from_secs(1) + LONG / 3;
+    let idle_since = Instant::now();
+    loop {
+        let n = engine.workers("sleep").len();
+        if n == 1 {
+            break;
+        }
+        if Instant::now() > deadline {
+            engine.fail(&format!("sleep still has {n} workers after {:?} idle", idle_since.elapsed()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = engine.log_text();
+    assert!(log.contains("retiring idle worker sleep"), "{log}");
+    assert!(!log.contains("killed by signal"), "no worker crashed:\n{log}");
+    // The remaining worker stays, and serves.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(engine.workers("sleep").len(), 1, "min_workers is kept");
+    assert_eq!(engine.post("/function/sleep?us=5", b"").text(), "slept 5 us");
+    // echo was never loaded: it kept its one worker throughout.
+    assert_eq!(engine.workers("echo").len(), 1);
+}
+
+#[test]
+fn min_workers_start_eagerly_and_max_workers_caps_a_queue() {
+    let engine = Engine::builder()
+        .config(
+            "[[functions]]\nname = \"sleep\"\nbuiltin = \"sleep\"\nmin_workers = 3\nmax_workers = 3\n\
+             max_queue = 2\n",
+        )
+        .start();
+    // /healthz waited for all three.
+    assert_eq!(engine.workers("sleep").len(), 3, "{:?}", engine.all_workers());
+    // 3 running + 2 queued; the sixth concurrent call overflows the queue: 503.
+    let mut clients: Vec<Client> = (0..5).map(|_| engine.client()).collect();
+    for c in &mut clients {
+        c.send("POST", "/function/sleep?us=1500000", &[], b"").unwrap();
+    }
+    let deadline = Instant::now() + LONG;
+    loop {
+        let status = engine.functions_status();
+        let f = status.iter().find(|f| f["name"] == "sleep").expect("listed").clone();
+        if f["in_flight"] == 3 && f["queued"] == 2 {
+            break;
+        }
+        if Instant::now() > deadline {
+            engine.fail(&format!("expected 3 in flight and 2 queued: {f}"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let r = engine.post("/function/sleep?us=1", b"");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("1"));
+    for c in &mut clients {
+        let r = c.read_response();
+        assert_eq!((r.status, r.text()), (200, "slept 1500000 us".to_string()));
+    }
+    assert_eq!(engine.workers("sleep").len(), 3, "never more than max_workers");
+}
