@@ -244,7 +244,10 @@ mod tests {
         assert!(text.starts_with("       Value"), "{text}");
         assert!(text.contains("Total count    =            4"), "{text}");
         // The spectrum ends at the largest value (to 3 significant figures).
-        let last = text.lines().rfind(|l| l.contains(" 1.000000000000 ")).unwrap();
+        let last = text
+            .lines()
+            .rfind(|l| l.contains(" 1.000000000000 "))
+            .unwrap();
         let value: f64 = last.split_whitespace().next().unwrap().parse().unwrap();
         assert!((value - 4.0).abs() < 0.005, "{text}");
     }

@@ -288,10 +288,7 @@ impl Machine {
     /// Probes this machine (commit, CPU model, kernel, allowed cores) and
     /// records the process's command line; `core_map` and `modes` are the
     /// caller's.
-    pub fn probe(
-        core_map: BTreeMap<String, Vec<usize>>,
-        modes: BTreeMap<String, String>,
-    ) -> Self {
+    pub fn probe(core_map: BTreeMap<String, Vec<usize>>, modes: BTreeMap<String, String>) -> Self {
         Self {
             commit: git_commit().unwrap_or_else(|| "unknown".into()),
             cpu_model: cpu_model().unwrap_or_else(|| "unknown".into()),
@@ -382,14 +379,28 @@ mod tests {
         let report = sample_report();
         let value: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
         assert_eq!(value["suite"], "ipc");
-        for key in ["commit", "cpu_model", "kernel", "core_map", "modes", "command_line"] {
+        for key in [
+            "commit",
+            "cpu_model",
+            "kernel",
+            "core_map",
+            "modes",
+            "command_line",
+        ] {
             assert!(value["machine"].get(key).is_some(), "machine.{key} missing");
         }
         let case = &value["cases"][0];
         assert_eq!(case["name"], "ring-park/64");
         assert_eq!(case["samples"], 1000);
         assert_eq!(case["errors"], 0);
-        for key in ["p50_us", "p90_us", "p99_us", "p999_us", "max_us", "ops_per_s"] {
+        for key in [
+            "p50_us",
+            "p90_us",
+            "p99_us",
+            "p999_us",
+            "max_us",
+            "ops_per_s",
+        ] {
             assert!(case[key].is_f64(), "{key} is not a float: {case}");
         }
         // Extra fields are flattened into the case object.
@@ -403,12 +414,16 @@ mod tests {
     fn json_round_trips_through_a_file() {
         let report = sample_report();
         assert_eq!(Report::from_json(&report.to_json()).unwrap(), report);
-        let path = std::env::temp_dir().join(format!("nocturne-report-{}.json", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("nocturne-report-{}.json", std::process::id()));
         report.write_json(&path).unwrap();
         let back = Report::read_json(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
         assert_eq!(back, report);
-        assert_eq!(back.case("ring-park/64").unwrap().extra["parks_per_msg"], 1.0);
+        assert_eq!(
+            back.case("ring-park/64").unwrap().extra["parks_per_msg"],
+            1.0
+        );
         assert!(back.case("nope").is_none());
     }
 
@@ -425,9 +440,15 @@ mod tests {
             Report::from_json("{\"suite\": 1}"),
             Err(ReportError::Parse(_))
         ));
-        assert!(matches!(Report::from_json("not json"), Err(ReportError::Parse(_))));
+        assert!(matches!(
+            Report::from_json("not json"),
+            Err(ReportError::Parse(_))
+        ));
         let missing = std::path::Path::new("/nonexistent/nocturne/report.json");
-        assert!(matches!(Report::read_json(missing), Err(ReportError::Read { .. })));
+        assert!(matches!(
+            Report::read_json(missing),
+            Err(ReportError::Read { .. })
+        ));
         assert!(matches!(
             sample_report().write_json(missing),
             Err(ReportError::Write { .. })
@@ -452,11 +473,23 @@ mod tests {
         let table = report.table();
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 4, "{table}");
-        assert!(lines[0].starts_with("case ") && lines[0].ends_with("notes"), "{table}");
+        assert!(
+            lines[0].starts_with("case ") && lines[0].ends_with("notes"),
+            "{table}"
+        );
         assert!(lines[1].starts_with("ring-park/64"), "{table}");
-        assert!(lines[1].contains("p9999_us=99.990 parks_per_msg=1"), "{table}");
-        assert!(lines[2].contains("12.346") && lines[2].contains("150.0"), "{table}");
-        assert!(lines[2].contains("20000") && lines[2].contains("25.00M"), "{table}");
+        assert!(
+            lines[1].contains("p9999_us=99.990 parks_per_msg=1"),
+            "{table}"
+        );
+        assert!(
+            lines[2].contains("12.346") && lines[2].contains("150.0"),
+            "{table}"
+        );
+        assert!(
+            lines[2].contains("20000") && lines[2].contains("25.00M"),
+            "{table}"
+        );
         // The samples column is right-aligned to the same end position.
         let end = |line: &str, cell: &str| line.find(cell).unwrap() + cell.len();
         assert_eq!(end(lines[0], "samples"), end(lines[2], "10"));

@@ -254,3 +254,98 @@ fn worker_that_fails_to_start_is_reported_not_hung() {
         engine.log_text()
     );
 }
+
+#[test]
+fn deadline_exceeded_gives_504_and_a_stuck_worker_is_replaced() {
+    for_each_poll(|poll| {
+        let engine = Engine::builder()
+            .poll(poll)
+            .args(["--set", "sleep.timeout=200ms", "--set", "sleep.max_workers=1"])
+            .start();
+        let [stuck] = engine.workers("sleep")[..] else {
+            engine.fail(&format!("expected one sleep worker: {:?}", engine.all_workers()))
+        };
+        let r = engine.post("/function/sleep?us=30000000", b"");
+        assert_eq!(r.status, 504, "{}", r.text());
+        assert!(r.text().contains("sleep") && r.text().contains("200 ms"), "{}", r.text());
+        // The worker still sleeps; past a grace period the engine kills it and
+        // starts another, which serves.
+        let fresh = wait_replaced(&engine, "sleep", stuck);
+        assert_ne!(fresh, stuck);
+        assert_eq!(engine.post("/function/sleep?us=10", b"").text(), "slept 10 us");
+        assert!(engine.log_text().contains("stuck"), "{}", engine.log_text());
+    });
+}
+
+#[test]
+fn handler_panic_exit_and_abort() {
+    let engine = Engine::builder()
+        .config(
+            "[[functions]]\nname = \"crash\"\nbuiltin = \"crash\"\nallow_get = true\n\
+             [[functions]]\nname = \"echo\"\nbuiltin = \"echo\"\n",
+        )
+        .start();
+    // A panic is the handler's 500; the worker survives it.
+    let [worker] = engine.workers("crash")[..] else {
+        engine.fail(&format!("expected one crash worker: {:?}", engine.all_workers()))
+    };
+    let r = engine.get("/function/crash?how=panic");
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(r.text().contains("panicked"), "{}", r.text());
+    assert_eq!(engine.workers("crash"), [worker]);
+
+    // exit(3) and abort(): 502 naming the exit code and the signal; a new
+    // worker each time.
+    let r = engine.get("/function/crash?how=exit");
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains("code 3"), "{}", r.text());
+    let worker = wait_replaced(&engine, "crash", worker);
+    let r = engine.get("/function/crash?how=abort");
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains("SIGABRT"), "{}", r.text());
+    wait_replaced(&engine, "crash", worker);
+    // Nothing else was disturbed.
+    assert_eq!(engine.post("/function/echo", b"calm").text(), "calm");
+}
+
+#[test]
+fn builtins_under_other_names_and_call_cycles() {
+    let engine = Engine::builder()
+        .config(
+            r#"
+[[functions]]
+name = "front"
+builtin = "relay"
+allow_get = true
+[functions.env]
+RELAY_TO = "echo"
+
+[[functions]]
+name = "ping-pong"
+builtin = "relay"
+max_call_depth = 4
+[functions.env]
+RELAY_TO = "pong"
+
+[[functions]]
+name = "pong"
+builtin = "relay"
+[functions.env]
+RELAY_TO = "ping-pong"
+
+[[functions]]
+name = "echo"
+builtin = "echo"
+"#,
+        )
+        .start();
+    let r = engine.post("/function/front", b"x");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "front via echo: x");
+    // A cycle ends at max_call_depth with 508 instead of running forever.
+    let r = engine.post("/function/ping-pong", b"loop");
+    assert_eq!(r.status, 508, "{}", r.text());
+    assert!(r.text().contains("max_call_depth"), "{}", r.text());
+    // And the chain's workers are all free again.
+    assert_eq!(engine.post("/function/front", b"y").text(), "front via echo: y");
+}

@@ -10,8 +10,8 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use common::{
-    allowed_cores, cpus_allowed_list, request_bytes, sample_thread_state, threads, Client, Engine,
-    StateSamples, LONG,
+    allowed_cores, cpus_allowed_list, sample_thread_state, threads, Client, Engine, StateSamples,
+    LONG,
 };
 
 /// How long a thread's state is sampled.
@@ -146,9 +146,9 @@ fn io_cores_pin_the_io_threads() {
         assert_eq!(r.text(), format!("From function Foo: From function Bar: {i}"));
     }
 
-    let (status, log) = Engine::builder().args(["--io-cores", "4096"]).run_to_exit();
+    let (status, log) = Engine::builder().args(["--io-cores", "1000"]).run_to_exit();
     assert!(!status.success());
-    assert!(log.contains("4096") && log.contains("allowed"), "{log}");
+    assert!(log.contains("1000") && log.contains("allowed"), "{log}");
 }
 
 #[test]
@@ -302,10 +302,9 @@ fn worker_poll_and_worker_spin_us_decide_how_an_idle_worker_waits() {
 #[test]
 fn max_connections_refuses_the_next_connection() {
     let engine = Engine::start(&["--max-connections", "2"]);
-    let mut open: Vec<Client> = (0..2).map(|_| engine.client()).collect();
-    for (i, c) in open.iter_mut().enumerate() {
-        assert_eq!(c.post("/function/echo", b"in").text(), "in", "connection {i}");
-    }
+    // The harness's /healthz probes closed just now; the engine may not have
+    // seen those closes yet, so a connection may be refused until it has.
+    let mut open: Vec<Client> = (0..2).map(|_| served_client(&engine)).collect();
     let mut third = engine.client();
     assert_refused(&engine, &mut third);
     // The two open connections are unaffected.
@@ -315,19 +314,27 @@ fn max_connections_refuses_the_next_connection() {
     // Once one closes, a new connection is served (the engine notices the
     // close asynchronously, so a few attempts may still be refused).
     drop(open.pop());
+    drop(third);
+    let mut again = served_client(&engine);
+    assert_eq!(again.post("/function/echo", b"again").text(), "again");
+}
+
+/// A new connection that the engine serves, retrying (bounded) while it
+/// refuses: connections closed just before may not be counted out yet.
+fn served_client(engine: &Engine) -> Client {
     let deadline = Instant::now() + LONG;
     loop {
         let mut c = engine.client();
-        match c.try_request("POST", "/function/echo", &[], b"again") {
+        match c.try_request("POST", "/function/echo", &[], b"in") {
             Ok(r) if r.status == 200 => {
-                assert_eq!(r.text(), "again");
-                break;
+                assert_eq!(r.text(), "in");
+                return c;
             }
             Ok(r) => assert_eq!(r.status, 503, "{}", r.text()),
-            Err(_) => {}
+            Err(_) => {} // refused by closing
         }
         if Instant::now() > deadline {
-            engine.fail("no connection was served after one of the two closed");
+            engine.fail("no connection was served");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -497,18 +504,31 @@ fn drain_timeout_lets_in_flight_calls_finish_on_sigterm() {
     // Default drain timeout (10 s): a 1 s call in flight at SIGTERM finishes.
     let mut engine = Engine::start(&[]);
     let mut c = engine.client();
+    let mut other = engine.client();
+    assert_eq!(other.post("/function/echo", b"before").text(), "before");
     c.send("POST", "/function/sleep?us=1000000", &[], b"").unwrap();
     wait_in_flight(&engine, "sleep");
     engine.signal(libc::SIGTERM);
-    let answer = c.try_read_response();
-    let status = engine.wait_exit(LONG);
-    // BUG(lead): --drain-timeout / drain_timeout is parsed but unused: on
-    // SIGTERM engine.rs stops the loops at once, dropping the connection and
-    // the worker of the call in flight (the client reads EOF).
-    match answer {
+    if engine.log().wait_for(LONG, |l| l.contains("draining")).is_none() {
+        engine.fail("no drain after SIGTERM");
+    }
+    // While draining: new calls on an open connection are refused with 503...
+    let r = other.post("/function/echo", b"during");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("1"));
+    // ...and new connections are not served.
+    if let Ok(mut late) = Client::try_connect(engine.addr()) {
+        late.set_read_timeout(Duration::from_secs(2));
+        if let Ok(r) = late.try_request("POST", "/function/echo", &[], b"late") {
+            assert_ne!(r.status, 200, "a connection made while draining was served: {}", r.text());
+        }
+    }
+    // The call in flight completes normally, then the engine exits 0.
+    match c.try_read_response() {
         Ok(r) => assert_eq!((r.status, r.text()), (200, "slept 1000000 us".to_string())),
         Err(e) => engine.fail(&format!("the call in flight at SIGTERM was not answered: {e}")),
     }
+    let status = engine.wait_exit(LONG);
     assert!(status.is_some_and(|s| s.success()), "the engine exits 0 after draining: {status:?}");
 }
 
@@ -525,8 +545,34 @@ fn drain_timeout_bounds_how_long_shutdown_waits() {
     let status = engine.wait_exit(LONG);
     assert!(status.is_some(), "the engine still runs {LONG:?} after SIGTERM with --drain-timeout 200ms");
     match c.try_read_response() {
-        Ok(r) => assert!(r.status >= 500, "{} {}", r.status, r.text()),
-        Err(_) => {} // closed: also fine
+        Ok(r) => {
+            assert_eq!(r.status, 503, "{}", r.text());
+            assert!(r.text().contains("shutting down"), "{}", r.text());
+        }
+        Err(_) => {} // closed: also a refusal
+    }
+    let log = engine.log_text();
+    assert!(log.contains("up to 200 ms"), "{log}");
+}
+
+#[test]
+fn second_signal_stops_at_once() {
+    // The default drain would wait 10 s for this call; a second signal does not.
+    let mut engine = Engine::start(&["--set", "sleep.timeout=300s"]);
+    let mut c = engine.client();
+    c.send("POST", "/function/sleep?us=120000000", &[], b"").unwrap();
+    wait_in_flight(&engine, "sleep");
+    engine.signal(libc::SIGTERM);
+    if engine.log().wait_for(LONG, |l| l.contains("draining")).is_none() {
+        engine.fail("no drain after SIGTERM");
+    }
+    engine.signal(libc::SIGINT);
+    let status = engine.wait_exit(LONG).unwrap_or_else(|| engine.fail("still running after a second signal"));
+    assert!(!status.success(), "{status:?}");
+    // Whatever the client saw, it is not a result, and its worker is gone
+    // (the harness checks no process of the engine outlives it).
+    if let Ok(r) = c.try_read_response() {
+        assert_ne!(r.status, 200, "{}", r.text());
     }
 }
 
@@ -544,27 +590,4 @@ fn wait_in_flight(engine: &Engine, function: &str) {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-#[test]
-fn raw_pipelining_of_errors_keeps_order() {
-    // A 404 and a 405 answered by the engine itself between calls answered by
-    // workers still leave in request order.
-    let engine = Engine::start(&[]);
-    let mut c = engine.client();
-    let mut bytes = request_bytes("POST", "/function/sleep?us=30000", &[], b"");
-    bytes.extend(request_bytes("POST", "/function/nosuch", &[], b""));
-    bytes.extend(request_bytes("GET", "/function/echo", &[], b""));
-    bytes.extend(request_bytes("POST", "/function/echo", &[], b"last"));
-    c.write_raw(&bytes).unwrap();
-    let statuses: Vec<(u16, String)> = (0..4)
-        .map(|_| {
-            let r = c.read_response();
-            (r.status, r.text())
-        })
-        .collect();
-    assert_eq!(statuses[0], (200, "slept 30000 us".to_string()));
-    assert_eq!(statuses[1].0, 404);
-    assert_eq!(statuses[2].0, 405);
-    assert_eq!(statuses[3], (200, "last".to_string()));
 }

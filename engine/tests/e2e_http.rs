@@ -313,3 +313,26 @@ fn expect_100_continue_and_chunked_bodies() {
     .unwrap();
     assert_eq!(c.read_response().text(), "abcdefg");
 }
+
+#[test]
+fn pipelined_engine_errors_keep_their_place() {
+    // A 404 and a 405 answered by the engine itself between calls answered by
+    // workers still leave in request order.
+    let engine = Engine::start(&[]);
+    let mut c = engine.client();
+    let mut bytes = request_bytes("POST", "/function/sleep?us=30000", &[], b"");
+    bytes.extend(request_bytes("POST", "/function/nosuch", &[], b""));
+    bytes.extend(request_bytes("GET", "/function/echo", &[], b""));
+    bytes.extend(request_bytes("POST", "/function/echo", &[], b"last"));
+    c.write_raw(&bytes).unwrap();
+    let statuses: Vec<(u16, String)> = (0..4)
+        .map(|_| {
+            let r = c.read_response();
+            (r.status, r.text())
+        })
+        .collect();
+    assert_eq!(statuses[0], (200, "slept 30000 us".to_string()));
+    assert_eq!(statuses[1].0, 404);
+    assert_eq!(statuses[2].0, 405);
+    assert_eq!(statuses[3], (200, "last".to_string()));
+}

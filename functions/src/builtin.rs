@@ -13,6 +13,8 @@
 //! | `whoami` | returns its process id |
 //! | `ping`   | calls `nop` `?n=N` times (default 1000) and returns the round trips, measured inside the caller, as JSON |
 //! | `fanout` | calls `echo` `?n=N` times concurrently (default 4) and returns the outputs joined with `,` |
+//! | `relay`  | calls the function named by its `RELAY_TO` environment variable (set per function in the config) with its input; two relays pointing at each other make a call cycle |
+//! | `crash`  | aborts its worker process (`?how=abort|exit|panic`): for failure tests and demos |
 
 use std::time::{Duration, Instant};
 
@@ -20,7 +22,9 @@ use crate::ctx::Ctx;
 use crate::handler::{Error, Functions};
 
 /// The names of every built-in function.
-pub const NAMES: &[&str] = &["echo", "bar", "foo", "spin", "sleep", "nop", "whoami", "ping", "fanout"];
+pub const NAMES: &[&str] = &[
+    "echo", "bar", "foo", "spin", "sleep", "nop", "whoami", "ping", "fanout", "relay", "crash",
+];
 
 /// Error of a worker process.
 pub use crate::serve::ServeError as WorkerError;
@@ -45,6 +49,23 @@ pub fn all() -> Functions {
         .handler("whoami", |_, _| Ok(std::process::id().to_string().into_bytes()))
         .handler("ping", ping)
         .handler("fanout", fanout)
+        .handler("relay", relay)
+        .handler("crash", crash)
+}
+
+fn relay(ctx: &mut Ctx<'_>, input: &[u8]) -> Result<Vec<u8>, Error> {
+    let to = std::env::var("RELAY_TO")
+        .map_err(|_| Error::new("relay needs RELAY_TO in its function's env"))?;
+    let out = ctx.invoke(&to, input)?;
+    Ok([format!("{} via {to}: ", ctx.function_name()).as_bytes(), &out].concat())
+}
+
+fn crash(ctx: &mut Ctx<'_>, _input: &[u8]) -> Result<Vec<u8>, Error> {
+    match ctx.query_param("how").unwrap_or("abort") {
+        "exit" => std::process::exit(3),
+        "panic" => panic!("crash was asked to panic"),
+        _ => std::process::abort(),
+    }
 }
 
 fn bar(_ctx: &mut Ctx<'_>, input: &[u8]) -> Result<Vec<u8>, Error> {

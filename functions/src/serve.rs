@@ -38,18 +38,14 @@ pub fn serve(functions: Functions) -> ! {
     }
 }
 
-/// Like [`serve`], but returns the error; `expected` is checked against the name
-/// the engine sends.
-pub(crate) fn serve_as(mut functions: Functions, expected: Option<&str>) -> Result<(), ServeError> {
+/// Like [`serve`], but returns the error. `handler` names the handler to run;
+/// `None` runs the one named like the function the engine asks for. (A
+/// built-in may be deployed under another name: `name = "a"`, `builtin = "relay"`.)
+pub(crate) fn serve_as(mut functions: Functions, handler: Option<&str>) -> Result<(), ServeError> {
     let boot = control::connect_from_env()?;
-    if let Some(expected) = expected {
-        if expected != boot.function {
-            return Err(ServeError::UnknownFunction(boot.function));
-        }
-    }
-    let mut handler = functions
-        .take(&boot.function)
-        .ok_or_else(|| ServeError::UnknownFunction(boot.function.clone()))?;
+    let name = handler.unwrap_or(&boot.function);
+    let mut handler =
+        functions.take(name).ok_or_else(|| ServeError::UnknownFunction(name.to_string()))?;
     control::spawn_eof_watchdog(&boot.control);
     let (sender, receiver) = boot.end.split();
     let mut runtime = Runtime::new(boot.function, sender, receiver, boot.wait, boot.functions);

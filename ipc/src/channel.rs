@@ -845,7 +845,7 @@ impl<R: Region> Sender<R> {
             // slot's seq word (bytes 0..8) is being read by the consumer and must
             // not be covered by a `&mut`.
             let mut line = [0u8; HEADER_LEN];
-            if let Ok(mut view) = HeaderView::new_checked(&mut line[..]) {
+            if let Ok(mut view) = HeaderView::new_checked(&mut line) {
                 header.emit(&mut view, location);
             }
             // SAFETY: the body has at least 56 bytes; the slot is ours until published.
@@ -1035,7 +1035,7 @@ impl RxCore {
                 HEADER_LEN - ring::SEQ_LEN,
             )
         };
-        let view = HeaderView::new_checked(&line[..])?;
+        let view = HeaderView::new_checked(&line)?;
         let (header, location) = Header::parse(&view)?;
         match location {
             PayloadLocation::Inline { len } => {

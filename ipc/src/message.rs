@@ -200,6 +200,7 @@ macro_rules! set {
 
 impl<T: AsRef<[u8]>> HeaderView<T> {
     /// Wraps `buffer` after checking it holds a whole header.
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self, HeaderError> {
         let len = buffer.as_ref().len();
         if len < HEADER_LEN {
@@ -247,6 +248,7 @@ impl Header {
     /// Parses a header and its payload location. Every bit pattern parses to
     /// either a value or a [`HeaderError`]; the location still has to be
     /// checked against the channel's limits by the caller.
+    #[inline]
     pub fn parse<T: AsRef<[u8]>>(
         view: &HeaderView<T>,
     ) -> Result<(Header, PayloadLocation), HeaderError> {
@@ -273,6 +275,7 @@ impl Header {
     }
 
     /// Writes every header field except the sequence word.
+    #[inline]
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(
         &self,
         view: &mut HeaderView<T>,

@@ -431,7 +431,10 @@ mod tests {
     use super::*;
 
     const ALL: [Frame; 9] = [
-        Frame::Hello { version: 1, pid: 42 },
+        Frame::Hello {
+            version: 1,
+            pid: 42,
+        },
         Frame::Setup {
             case: 3,
             mechanism: 7,
@@ -439,7 +442,10 @@ mod tests {
             arg: 9,
         },
         Frame::SetupOk { case: 3, arg: 5 },
-        Frame::Serve { case: 1, count: 1000 },
+        Frame::Serve {
+            case: 1,
+            count: 1000,
+        },
         Frame::Ready { case: 1 },
         Frame::Done {
             case: 1,
@@ -459,7 +465,10 @@ mod tests {
         }
         let mut bad = Frame::Bye.encode();
         bad[0] = 200;
-        assert!(matches!(Frame::decode(&bad), Err(ControlError::UnknownTag(200))));
+        assert!(matches!(
+            Frame::decode(&bad),
+            Err(ControlError::UnknownTag(200))
+        ));
     }
 
     #[test]
@@ -485,7 +494,10 @@ mod tests {
     fn failures_eof_and_timeouts_are_typed() {
         let (a, b) = UnixStream::pair().unwrap();
         send(&a, Frame::Failed { case: 4 }).unwrap();
-        assert!(matches!(recv(&b), Err(ControlError::PeerFailed { case: 4 })));
+        assert!(matches!(
+            recv(&b),
+            Err(ControlError::PeerFailed { case: 4 })
+        ));
         b.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
         assert!(matches!(recv(&b), Err(ControlError::TimedOut)));
         // Half a frame, then EOF.

@@ -87,7 +87,8 @@ pub fn run_ipc(settings: &IpcSettings) -> anyhow::Result<Report> {
             watchdog.add_waker(waker);
         }
     }
-    peer.control().set_read_timeout(Some(settings.stall_timeout))?;
+    peer.control()
+        .set_read_timeout(Some(settings.stall_timeout))?;
 
     let started = Instant::now();
     for round in 0..settings.rounds {
@@ -106,12 +107,16 @@ pub fn run_ipc(settings: &IpcSettings) -> anyhow::Result<Report> {
             })?;
             watchdog.progress();
         }
-        eprintln!(
-            "  round {}/{} done ({:.1} s)",
-            round + 1,
-            settings.rounds,
-            started.elapsed().as_secs_f64()
-        );
+        // About ten progress lines, whatever the number of rounds.
+        let step = settings.rounds.div_ceil(10);
+        if (round + 1) % step == 0 || round + 1 == settings.rounds {
+            eprintln!(
+                "  round {}/{} done ({:.1} s)",
+                round + 1,
+                settings.rounds,
+                started.elapsed().as_secs_f64()
+            );
+        }
     }
     drop(watchdog);
     let status = peer.shutdown(SHUTDOWN_TIMEOUT)?;
@@ -143,7 +148,9 @@ fn setup_driver(
 /// The chunk one round runs of `spec`.
 fn chunk_of(spec: &CaseSpec, settings: &IpcSettings) -> Chunk {
     if spec.mechanism == Mechanism::RingStream {
-        let per_round = settings.stream_messages.div_ceil(u64::from(settings.rounds));
+        let per_round = settings
+            .stream_messages
+            .div_ceil(u64::from(settings.rounds));
         Chunk {
             warmup: (per_round / 10).min(10 * STREAM_WINDOW),
             samples: per_round,
@@ -215,7 +222,11 @@ fn case_result(case: &Running, settings: &IpcSettings) -> CaseResult {
     let spec = &case.spec;
     let tally = &case.tally;
     let secs = tally.timed_ns as f64 / 1e9;
-    let ops_per_s = if secs > 0.0 { tally.ops as f64 / secs } else { 0.0 };
+    let ops_per_s = if secs > 0.0 {
+        tally.ops as f64 / secs
+    } else {
+        0.0
+    };
     let mut errors = tally.errors + case.peer_errors;
     let summary = if spec.mechanism == Mechanism::RingStream {
         // Windows of STREAM_WINDOW messages: report the cost per message.
@@ -257,7 +268,10 @@ fn machine(settings: &IpcSettings) -> Machine {
             ("warmup_per_round", settings.warmup.to_string()),
             ("stream_messages", settings.stream_messages.to_string()),
             ("stream_batch", settings.stream_batch.to_string()),
-            ("order", "interleaved: every case once per round, order rotated each round".into()),
+            (
+                "order",
+                "interleaved: every case once per round, order rotated each round".into(),
+            ),
             (
                 "blocking_cases",
                 "sender waits (untimed) until the receiver thread sleeps (/proc state S); \

@@ -10,7 +10,9 @@ use std::sync::atomic::Ordering;
 use super::guard::{spin_until, Stop};
 use super::mailbox::Mailbox;
 use super::msg::{checksum, payload_pattern};
-use super::{CaseError, Chunk, DriverCase, PeerCase, PeerSetup, PeerTally, SetupError, SetupLink, Tally};
+use super::{
+    CaseError, Chunk, DriverCase, PeerCase, PeerSetup, PeerTally, SetupError, SetupLink, Tally,
+};
 
 /// The driver's side: posts a request, spins for the reply.
 pub struct FloorDriver {
@@ -43,7 +45,9 @@ impl DriverCase for FloorDriver {
             let t0 = Instant::now();
             self.mailbox.post_request(seq, &self.payload);
             // Acquire: pairs with the peer's Release store in `post_reply`.
-            spin_until(stop, || self.mailbox.reply_flag().load(Ordering::Acquire) == seq)?;
+            spin_until(stop, || {
+                self.mailbox.reply_flag().load(Ordering::Acquire) == seq
+            })?;
             let reply = self.mailbox.reply();
             let elapsed = t0.elapsed();
             let ok = reply.seq == u64::from(seq) && reply.checksum == self.expected_sum;

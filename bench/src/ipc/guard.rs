@@ -59,17 +59,37 @@ impl Stop {
     }
 }
 
-/// Busy-waits (with the CPU's spin hint) until `ready()`, polling `stop`
-/// every 1024 turns.
-#[inline]
-pub fn spin_until(stop: &Stop, mut ready: impl FnMut() -> bool) -> Result<(), CaseError> {
-    let mut turns = 0u32;
-    while !ready() {
+/// One busy-wait turn after another, polling [`Stop`] every 1024 turns (a
+/// relaxed load is cheap, but not free inside the tightest loops).
+#[derive(Debug, Default)]
+pub struct Spinner {
+    turns: u32,
+}
+
+impl Spinner {
+    /// A fresh spinner.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Spins once (the CPU's spin hint); `Err(Aborted)` once `stop` is set.
+    #[inline]
+    pub fn spin(&mut self, stop: &Stop) -> Result<(), CaseError> {
         std::hint::spin_loop();
-        turns = turns.wrapping_add(1);
-        if turns % 1024 == 0 {
+        self.turns = self.turns.wrapping_add(1);
+        if self.turns.is_multiple_of(1024) {
             stop.check()?;
         }
+        Ok(())
+    }
+}
+
+/// Busy-waits until `ready()`, polling `stop` every 1024 turns.
+#[inline]
+pub fn spin_until(stop: &Stop, mut ready: impl FnMut() -> bool) -> Result<(), CaseError> {
+    let mut spinner = Spinner::new();
+    while !ready() {
+        spinner.spin(stop)?;
     }
     Ok(())
 }
@@ -92,9 +112,8 @@ impl SleepProbe {
     /// The thread's state letter (`R` running, `S` sleeping, `D`, `Z`, …).
     pub fn state(&mut self) -> io::Result<u8> {
         let n = self.stat.read_at(&mut self.buf, 0)?;
-        parse_state(&self.buf[..n]).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidData, "unreadable /proc stat line")
-        })
+        parse_state(&self.buf[..n])
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable /proc stat line"))
     }
 
     /// Spins until the thread sleeps in the kernel (state `S`). A dead
@@ -233,7 +252,12 @@ fn watch(shared: &WatchdogShared, peer: &PeerKiller, stall_timeout: Duration) {
             shared.fired.store(true, Ordering::Release);
             peer.kill();
             shared.stop.set();
-            for waker in shared.wakers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            for waker in shared
+                .wakers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+            {
                 waker();
             }
             return;
@@ -291,7 +315,10 @@ mod tests {
 
     #[test]
     fn watchdog_fires_on_a_stall_and_not_while_progressing() {
-        let child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let child = Arc::new(Mutex::new(child));
         let stop = Arc::new(Stop::new());
         let dog = Watchdog::start(
@@ -310,7 +337,10 @@ mod tests {
         assert!(!dog.fired() && !stop.is_set());
         let t = Instant::now();
         while !stop.is_set() {
-            assert!(t.elapsed() < Duration::from_secs(10), "watchdog never fired");
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "watchdog never fired"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         assert!(dog.fired() && woken.load(Ordering::SeqCst));

@@ -124,7 +124,10 @@ impl Mailbox {
     /// If `payload` is larger than the mailbox.
     #[inline]
     pub fn post_request(&self, seq: u32, payload: &[u8]) {
-        assert!(payload.len() <= self.max_payload, "payload larger than the mailbox");
+        assert!(
+            payload.len() <= self.max_payload,
+            "payload larger than the mailbox"
+        );
         let mut header = [0u8; HEADER_BYTES];
         RawHeader {
             flag: seq,

@@ -591,10 +591,22 @@ mod tests {
 
     #[test]
     fn bad_arguments_are_typed_errors() {
-        assert!(matches!(settings(&["--cores", "0"]), Err(ArgsError::CoreCount(1))));
-        assert!(matches!(settings(&["--cores", "0,1,2"]), Err(ArgsError::CoreCount(3))));
-        assert!(matches!(settings(&["--cores", "0,0"]), Err(ArgsError::Cores(_))));
-        assert!(matches!(settings(&["--cores", "x"]), Err(ArgsError::Cores(_))));
+        assert!(matches!(
+            settings(&["--cores", "0"]),
+            Err(ArgsError::CoreCount(1))
+        ));
+        assert!(matches!(
+            settings(&["--cores", "0,1,2"]),
+            Err(ArgsError::CoreCount(3))
+        ));
+        assert!(matches!(
+            settings(&["--cores", "0,0"]),
+            Err(ArgsError::Cores(_))
+        ));
+        assert!(matches!(
+            settings(&["--cores", "x"]),
+            Err(ArgsError::Cores(_))
+        ));
         assert_eq!(
             settings(&["--payload", "64,abc"]),
             Err(ArgsError::PayloadNotANumber("abc".into()))
@@ -608,7 +620,10 @@ mod tests {
             Err(ArgsError::PayloadTooLarge { .. })
         ));
         assert_eq!(settings(&["--rounds", "0"]), Err(ArgsError::Zero("rounds")));
-        assert_eq!(settings(&["--samples", "0"]), Err(ArgsError::Zero("samples")));
+        assert_eq!(
+            settings(&["--samples", "0"]),
+            Err(ArgsError::Zero("samples"))
+        );
         assert!(matches!(
             settings(&["--stream-batch", "0"]),
             Err(ArgsError::StreamBatch { .. })
@@ -621,7 +636,10 @@ mod tests {
 
     #[test]
     fn mechanism_codes_round_trip() {
-        for m in Mechanism::ROUND_TRIP.into_iter().chain([Mechanism::RingStream]) {
+        for m in Mechanism::ROUND_TRIP
+            .into_iter()
+            .chain([Mechanism::RingStream])
+        {
             assert_eq!(Mechanism::from_code(m.code()), Some(m));
         }
         assert_eq!(Mechanism::from_code(0), None);
@@ -644,12 +662,18 @@ mod tests {
         };
         assert!(matches!(
             setup.take_fds::<1>(),
-            Err(SetupError::Fds { expected: 1, got: 2 })
+            Err(SetupError::Fds {
+                expected: 1,
+                got: 2
+            })
         ));
         assert!(setup.take_fds::<2>().is_ok());
         assert!(matches!(
             setup.take_fds::<2>(),
-            Err(SetupError::Fds { expected: 2, got: 0 })
+            Err(SetupError::Fds {
+                expected: 2,
+                got: 0
+            })
         ));
     }
 }

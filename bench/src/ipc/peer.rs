@@ -46,7 +46,9 @@ pub fn run_peer(args: &IpcPeerArgs) -> anyhow::Result<()> {
             pid: u64::from(std::process::id()),
         },
     )
-    .context("ipc-peer: stdin is not the driver's control socket (ipc-peer is started by `bench ipc`)")?;
+    .context(
+        "ipc-peer: stdin is not the driver's control socket (ipc-peer is started by `bench ipc`)",
+    )?;
 
     let mut cases: Vec<Option<Box<dyn PeerCase>>> = Vec::new();
     loop {

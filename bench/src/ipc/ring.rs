@@ -23,9 +23,11 @@ use std::time::{Duration, Instant};
 use nocturne_ipc::channel::{ChannelConfig, EngineEnd, Receiver, Sender, WorkerEnd};
 use nocturne_ipc::{Header, Kind, SendError, WaitOutcome, WaitPolicy};
 
-use super::guard::{ParkCounter, SleepProbe, Stop};
+use super::guard::{ParkCounter, SleepProbe, Spinner, Stop};
 use super::msg::{checksum, payload_pattern};
-use super::{CaseError, Chunk, DriverCase, PeerCase, PeerSetup, PeerTally, SetupError, SetupLink, Tally};
+use super::{
+    CaseError, Chunk, DriverCase, PeerCase, PeerSetup, PeerTally, SetupError, SetupLink, Tally,
+};
 
 /// Slots of the ping-pong channels (one message is in flight at a time).
 const PING_RING_SLOTS: u32 = 64;
@@ -76,17 +78,11 @@ fn send_spinning(
     payload: &[u8],
     stop: &Stop,
 ) -> Result<(), CaseError> {
-    let mut turns = 0u32;
+    let mut spinner = Spinner::new();
     loop {
         match tx.try_send(header, payload) {
             Ok(()) => return Ok(()),
-            Err(SendError::RingFull | SendError::ArenaFull) => {
-                std::hint::spin_loop();
-                turns = turns.wrapping_add(1);
-                if turns % 1024 == 0 {
-                    stop.check()?;
-                }
-            }
+            Err(SendError::RingFull | SendError::ArenaFull) => spinner.spin(stop)?,
             Err(e) => return Err(channel_err(e)),
         }
     }
@@ -96,17 +92,13 @@ fn send_spinning(
 /// its payload (computed while the view is held), after releasing it.
 #[inline]
 fn recv_spinning(rx: &mut Receiver, stop: &Stop) -> Result<(Header, usize, u64), CaseError> {
-    let mut turns = 0u32;
+    let mut spinner = Spinner::new();
     loop {
         if let Some(view) = rx.try_recv().map_err(channel_err)? {
             let payload = view.payload();
             return Ok((*view.header(), payload.len(), checksum(payload)));
         }
-        std::hint::spin_loop();
-        turns = turns.wrapping_add(1);
-        if turns % 1024 == 0 {
-            stop.check()?;
-        }
+        spinner.spin(stop)?;
     }
 }
 
@@ -284,11 +276,17 @@ impl StreamProducer {
 
     /// Pushes `count` messages in batches, recording each full window of
     /// [`STREAM_WINDOW`] messages in `tally` when `timed`.
-    fn push(&mut self, count: u64, tally: &mut Tally, timed: bool, stop: &Stop) -> Result<(), CaseError> {
+    fn push(
+        &mut self,
+        count: u64,
+        tally: &mut Tally,
+        timed: bool,
+        stop: &Stop,
+    ) -> Result<(), CaseError> {
         let end = self.sent + count;
         let mut window_start = Instant::now();
         let mut window_left = STREAM_WINDOW;
-        let mut turns = 0u32;
+        let mut spinner = Spinner::new();
         while self.sent < end {
             let n = (end - self.sent).min(self.batch.len() as u64) as usize;
             for (i, header) in self.batch[..n].iter_mut().enumerate() {
@@ -300,7 +298,8 @@ impl StreamProducer {
                 Ok(sent) => {
                     self.sent += sent as u64;
                     if timed {
-                        if let Some(left) = window_left.checked_sub(sent as u64).filter(|&l| l > 0) {
+                        if let Some(left) = window_left.checked_sub(sent as u64).filter(|&l| l > 0)
+                        {
                             window_left = left;
                         } else {
                             let now = Instant::now();
@@ -310,13 +309,7 @@ impl StreamProducer {
                         }
                     }
                 }
-                Err(SendError::RingFull) => {
-                    std::hint::spin_loop();
-                    turns = turns.wrapping_add(1);
-                    if turns % 1024 == 0 {
-                        stop.check()?;
-                    }
-                }
+                Err(SendError::RingFull) => spinner.spin(stop)?,
                 Err(e) => return Err(channel_err(e)),
             }
         }
@@ -377,7 +370,7 @@ impl PeerCase for StreamConsumer {
         let mut sum = 0u64;
         let end = self.received + count;
         let mut next = self.received + 1;
-        let mut turns = 0u32;
+        let mut spinner = Spinner::new();
         while self.received < end {
             let max = (end - self.received).min(self.batch as u64) as usize;
             let n = self
@@ -395,11 +388,7 @@ impl PeerCase for StreamConsumer {
                 .map_err(channel_err)?;
             self.received += n as u64;
             if n == 0 {
-                std::hint::spin_loop();
-                turns = turns.wrapping_add(1);
-                if turns % 1024 == 0 {
-                    stop.check()?;
-                }
+                spinner.spin(stop)?;
             }
         }
         let done = Header {

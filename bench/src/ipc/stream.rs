@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use super::guard::{ParkCounter, SleepProbe, Stop};
 use super::msg::{checksum, payload_pattern, RawHeader, HEADER_BYTES, REPLY_BYTES, STREAM_MAGIC};
-use super::{CaseError, Chunk, DriverCase, PeerCase, PeerSetup, PeerTally, SetupError, SetupLink, Tally};
+use super::{
+    CaseError, Chunk, DriverCase, PeerCase, PeerSetup, PeerTally, SetupError, SetupLink, Tally,
+};
 
 /// How long the driver waits for the peer's TCP connection.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -206,7 +208,9 @@ impl<R: Read, W: Write> PeerCase for StreamPeer<R, W> {
         let mut reply = [0u8; REPLY_BYTES];
         for _ in 0..count {
             self.expected += 1;
-            self.reader.read_exact(&mut self.request).map_err(eof_is_gone)?;
+            self.reader
+                .read_exact(&mut self.request)
+                .map_err(eof_is_gone)?;
             let header = RawHeader::parse(&self.request).expect("buffer holds a header");
             let valid = header.flag == STREAM_MAGIC
                 && header.seq == self.expected

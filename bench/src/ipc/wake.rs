@@ -22,7 +22,9 @@ use super::guard::{ParkCounter, SleepProbe, Stop, Waker};
 use super::mailbox::Mailbox;
 use super::msg::{checksum, payload_pattern};
 use super::sys::{eventfd, futex_wait, futex_wake};
-use super::{CaseError, Chunk, DriverCase, PeerCase, PeerSetup, PeerTally, SetupError, SetupLink, Tally};
+use super::{
+    CaseError, Chunk, DriverCase, PeerCase, PeerSetup, PeerTally, SetupError, SetupLink, Tally,
+};
 
 /// How long a driver futex sleep lasts before it re-checks [`Stop`].
 const DRIVER_SLEEP_SLICE: Duration = Duration::from_millis(100);
@@ -31,7 +33,10 @@ const DRIVER_SLEEP_SLICE: Duration = Duration::from_millis(100);
 enum Doorbell {
     Futex,
     /// Our end: ring `request`, wait on `reply`.
-    Eventfd { request: File, reply: File },
+    Eventfd {
+        request: File,
+        reply: File,
+    },
 }
 
 /// The driver's side.
@@ -183,7 +188,9 @@ impl WakePeer {
         match &mut self.eventfds {
             None => {
                 // Release: pairs with the driver's Acquire load before it sends.
-                self.mailbox.peer_asleep().store(expected, Ordering::Release);
+                self.mailbox
+                    .peer_asleep()
+                    .store(expected, Ordering::Release);
                 loop {
                     // Acquire: pairs with the driver's Release store in
                     // `post_request`.

@@ -31,6 +31,8 @@ pub(crate) struct Call {
     pub function: u32,
     /// Depth in a chain of internal calls: 0 for an external call.
     pub depth: u32,
+    /// The call whose handler made this one (internal calls only).
+    pub parent: Option<Key>,
     /// The worker running it, once dispatched.
     pub worker: Option<Key>,
     pub received_ns: u64,

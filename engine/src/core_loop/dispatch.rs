@@ -49,6 +49,7 @@ impl LoopState {
         &mut self,
         f: u32,
         origin: Origin,
+        parent: Option<Key>,
         depth: u32,
         deadline: Duration,
         flags: u16,
@@ -63,6 +64,7 @@ impl LoopState {
             origin,
             function: f,
             depth,
+            parent,
             worker: None,
             received_ns: self.now_ns,
             dispatched_ns: 0,
@@ -82,6 +84,15 @@ impl LoopState {
                     )
                 }
             }
+        } else if parent.is_some_and(|p| self.would_deadlock(f, p)) {
+            Admission::Rejected(
+                STATUS_CALL_DEPTH,
+                format!(
+                    "call cycle: every worker of {} is busy in a caller of this call, \
+                     so it could never run (raise max_workers or break the cycle)",
+                    cfg.name
+                ),
+            )
         } else if self.functions[f as usize].pending.len() < max_queue {
             let mut call = call;
             call.queued_input = Some((flags, payload.to_vec()));
@@ -99,17 +110,60 @@ impl LoopState {
         admission
     }
 
-    /// An idle worker of `f`, if `f` is under its concurrency limit.
+    /// Whether a call of `f` made from call `parent` can never run: `f` cannot
+    /// grow, and each of its workers runs an ancestor of the new call, waiting
+    /// (directly or not) for it.
+    fn would_deadlock(&self, f: u32, parent: Key) -> bool {
+        let fs = &self.functions[f as usize];
+        if fs.workers + fs.starting < fs.max_share || !fs.idle.is_empty() {
+            return false;
+        }
+        let mut ancestors = Vec::with_capacity(8);
+        let mut next = Some(parent);
+        while let Some(k) = next {
+            ancestors.push(k);
+            next = self.calls.get(k).and_then(|c| c.parent);
+            if ancestors.len() > 4096 {
+                break; // depth is capped far below this; stay bounded anyway
+            }
+        }
+        self.workers
+            .iter()
+            .filter(|(_, s)| s.function == f)
+            .all(|(_, s)| s.busy.is_some_and(|b| ancestors.contains(&b)))
+    }
+
+    /// An idle worker of `f`, if `f` is under its concurrency limit. Calls
+    /// whose handler waits for internal calls do not count: they hold a
+    /// worker but no CPU, and counting them would let a caller starve its own
+    /// callees (A → B → A would wait for a limit that never moves).
     fn take_idle_worker(&mut self, f: u32) -> Option<Key> {
         let fs = &mut self.functions[f as usize];
-        if fs.in_flight >= fs.limiter.limit() {
+        if fs.in_flight.saturating_sub(fs.waiting) >= fs.limiter.limit() {
             return None;
         }
         fs.idle.pop()
     }
 
+    /// Changes worker `w`'s count of internal calls in flight by `delta`,
+    /// keeping its function's count of waiting workers in step.
+    pub(crate) fn adjust_outstanding(&mut self, w: Key, delta: i32) {
+        let Some(slot) = self.workers.get_mut(w) else { return };
+        let before = slot.outstanding;
+        slot.outstanding = before.saturating_add_signed(delta);
+        let f = slot.function as usize;
+        match (before, slot.outstanding) {
+            (0, n) if n > 0 => self.functions[f].waiting += 1,
+            (b, 0) if b > 0 => self.functions[f].waiting -= 1,
+            _ => {}
+        }
+    }
+
     /// Puts worker `w` back on its function's idle list.
     pub(crate) fn make_idle(&mut self, w: Key) {
+        // Internal calls its handler abandoned no longer make it wait.
+        let outstanding = self.workers.get(w).map_or(0, |s| s.outstanding);
+        self.adjust_outstanding(w, -(outstanding as i32));
         if let Some(slot) = self.workers.get_mut(w) {
             slot.busy = None;
             slot.abandoned_at = None;
@@ -219,8 +273,9 @@ impl LoopState {
                     ..Header::default()
                 };
                 // A caller that died meanwhile is simply gone.
-                if let Some(slot) = self.workers.get_mut(worker) {
-                    slot.outstanding = slot.outstanding.saturating_sub(1);
+                if self.workers.get(worker).is_some() {
+                    self.adjust_outstanding(worker, -1);
+                    let slot = self.workers.get_mut(worker).expect("checked");
                     slot.send_or_queue(&header, outcome.payload);
                 }
             }
@@ -272,17 +327,13 @@ impl LoopState {
             );
             return Ok(());
         }
-        if let Some(slot) = self.workers.get_mut(w) {
-            slot.outstanding += 1;
-        }
+        self.adjust_outstanding(w, 1);
         let origin = Origin::Internal { worker: w, local_id: header.call_id };
         let flags = header.flags & protocol::FLAG_QUERY;
         if let super::dispatch::Admission::Rejected(status, msg) =
-            self.admit(callee, origin, depth, remaining, flags, payload)
+            self.admit(callee, origin, Some(parent), depth, remaining, flags, payload)
         {
-            if let Some(slot) = self.workers.get_mut(w) {
-                slot.outstanding = slot.outstanding.saturating_sub(1);
-            }
+            self.adjust_outstanding(w, -1);
             reply_err(self, status, msg);
         }
         let _ = server;

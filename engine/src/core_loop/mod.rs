@@ -83,6 +83,8 @@ pub(crate) struct FunctionState {
     /// Spawns requested and not yet answered.
     pub starting: usize,
     pub in_flight: usize,
+    /// Busy workers blocked on internal calls of their own.
+    pub waiting: usize,
     /// This loop's share of `min_workers` / `max_workers`.
     pub min_share: usize,
     pub max_share: usize,
@@ -150,6 +152,7 @@ impl<T: Transport> CoreLoop<T> {
                     workers: 0,
                     starting: 0,
                     in_flight: 0,
+                    waiting: 0,
                     min_share,
                     max_share,
                     backoff: Backoff::default(),

@@ -126,12 +126,12 @@ impl RequestHandler for LoopState {
                 }
                 let deadline = self.ctx.config.functions[f as usize].timeout;
                 let admission = match req.head.query {
-                    None => self.admit(f, Origin::External(id), 0, deadline, 0, req.body),
+                    None => self.admit(f, Origin::External(id), None, 0, deadline, 0, req.body),
                     Some(query) => {
                         let mut payload = std::mem::take(&mut self.scratch);
                         protocol::encode_query_prefix(&mut payload, query);
                         payload.extend_from_slice(req.body);
-                        let a = self.admit(f, Origin::External(id), 0, deadline, protocol::FLAG_QUERY, &payload);
+                        let a = self.admit(f, Origin::External(id), None, 0, deadline, protocol::FLAG_QUERY, &payload);
                         self.scratch = payload;
                         a
                     }

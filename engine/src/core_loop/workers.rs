@@ -249,6 +249,8 @@ impl LoopState {
 
     /// Removes worker `w`: fails its call with 502, refills the pool if `crashed`.
     fn remove_worker<T: Transport>(&mut self, w: Key, why: &str, crashed: bool, server: &mut HttpServer<T>) {
+        let outstanding = self.workers.get(w).map_or(0, |s| s.outstanding);
+        self.adjust_outstanding(w, -(outstanding as i32));
         let Some(slot) = self.workers.remove(w) else { return };
         let _ = server.transport_mut().deregister_wake_fd(slot.worker.pidfd().as_raw_fd());
         let f = slot.function;
@@ -311,7 +313,8 @@ impl LoopState {
             return;
         }
         let pool = fs.workers + fs.starting;
-        let wanted = fs.limiter.limit().min(fs.max_share);
+        // Workers blocked on their own internal calls do not serve: add them.
+        let wanted = (fs.limiter.limit() + fs.waiting).min(fs.max_share);
         if pool < wanted && fs.idle.is_empty() {
             self.request_spawn(f);
         }
