@@ -23,12 +23,16 @@ use crate::core_loop::{CoreLoop, LoopContext};
 use crate::status::EngineStatus;
 use crate::worker::{Spawner, WorkerSpec};
 
-/// HTTP limits from the configuration.
-pub(crate) fn http_limits(config: &Config) -> Limits {
+/// HTTP limits of core loop `index`: `max_connections` is an engine-wide cap,
+/// split across loops (each listener sees only its own connections).
+pub(crate) fn http_limits(config: &Config, index: usize) -> Limits {
+    let loops = config.io_cores.len().max(1);
+    let max_connections = config.max_connections / loops
+        + usize::from(index < config.max_connections % loops);
     Limits {
         max_header_bytes: config.max_header_bytes,
         max_body_bytes: config.functions.iter().map(|f| f.max_payload).max().unwrap_or(0).max(64 * 1024),
-        max_connections: config.max_connections,
+        max_connections: max_connections.max(1),
         ..Limits::default()
     }
 }

@@ -1,8 +1,8 @@
 //! The per-function concurrency limit, by Little's law (as in Nightcore).
 //!
 //! The number of calls a function needs in flight to keep up is
-//! `arrival rate × service time`. The limiter keeps exponential moving averages
-//! of both and sets
+//! `arrival rate × time in the system` (Little's law). The limiter keeps
+//! exponential moving averages of both and sets
 //!
 //! ```text
 //! limit = clamp(ceil(coef × EMA(service time) × EMA(arrival rate)), min, max)
@@ -11,6 +11,13 @@
 //! Above the limit, calls queue rather than start: running more of them at once
 //! would only add contention. The dispatcher grows the worker pool toward the
 //! limit and shrinks idle workers back toward `min`.
+//!
+//! The time fed in is a call's whole time in the system (queueing + execution),
+//! not its execution alone: with execution time only, a closed-loop client
+//! population finds a fixed point at *any* pool size (throughput = pool /
+//! service time, so the estimate reproduces the current pool) and an
+//! undersized pool never grows. Time in the system counts the queue, so the
+//! estimate is the number of calls really wanting service.
 //!
 //! Time is passed in (nanoseconds on any monotonic clock), never read here, so
 //! the arithmetic is tested with a fake clock.
@@ -24,10 +31,10 @@ pub struct ConcurrencyLimiter {
     coef: f64,
     min: usize,
     max: usize,
-    /// EMA of the time between arrivals, ns (0 until two arrivals are seen).
-    interarrival_ns: f64,
-    /// EMA of handler execution time, ns (0 until one completion is seen).
-    service_ns: f64,
+    /// EMA of the time between arrivals, ns (`None` until two arrivals are seen).
+    interarrival_ns: Option<f64>,
+    /// EMA of the time a call spends in the system, ns (`None` until one completion).
+    service_ns: Option<f64>,
     last_arrival_ns: Option<u64>,
     limit: usize,
 }
@@ -41,8 +48,8 @@ impl ConcurrencyLimiter {
             coef,
             min,
             max,
-            interarrival_ns: 0.0,
-            service_ns: 0.0,
+            interarrival_ns: None,
+            service_ns: None,
             last_arrival_ns: None,
             limit: min,
         }
@@ -52,23 +59,28 @@ impl ConcurrencyLimiter {
     pub fn on_arrival(&mut self, now_ns: u64) {
         if let Some(last) = self.last_arrival_ns {
             let gap = now_ns.saturating_sub(last) as f64;
-            self.interarrival_ns = ema(self.interarrival_ns, gap);
+            self.interarrival_ns = Some(ema(self.interarrival_ns, gap));
         }
         self.last_arrival_ns = Some(now_ns);
         self.recompute();
     }
 
-    /// Records a call that ran for `service_ns`.
-    pub fn on_completion(&mut self, service_ns: u64) {
-        self.service_ns = ema(self.service_ns, service_ns as f64);
+    /// Records a call that spent `time_ns` in the system (see the module doc).
+    pub fn on_completion(&mut self, time_ns: u64) {
+        self.service_ns = Some(ema(self.service_ns, time_ns as f64));
         self.recompute();
     }
 
     fn recompute(&mut self) {
-        let wanted = if self.interarrival_ns > 0.0 {
-            (self.coef * self.service_ns / self.interarrival_ns).ceil()
-        } else {
-            0.0
+        let wanted = match (self.service_ns, self.interarrival_ns) {
+            (Some(service), Some(gap)) => {
+                // Arrivals in the same turn share a timestamp: a zero gap is
+                // a burst, i.e. a very high rate, not "no data". One
+                // nanosecond keeps the division finite; the clamp does the rest.
+                // The epsilon keeps float noise (2.0000001) from adding a worker.
+                (self.coef * service / gap.max(1.0) - 1e-6).ceil()
+            }
+            _ => 0.0,
         };
         // `as usize` saturates for huge or NaN values, then the clamp applies.
         self.limit = (wanted as usize).clamp(self.min, self.max);
@@ -81,24 +93,22 @@ impl ConcurrencyLimiter {
 
     /// The averaged arrival rate in calls/s (0 before two arrivals).
     pub fn arrival_rate(&self) -> f64 {
-        if self.interarrival_ns > 0.0 {
-            1e9 / self.interarrival_ns
-        } else {
-            0.0
+        match self.interarrival_ns {
+            Some(gap) if gap > 0.0 => 1e9 / gap,
+            _ => 0.0,
         }
     }
 
-    /// The averaged service time in ns.
+    /// The averaged time in the system, ns (0 before the first completion).
     pub fn service_ns(&self) -> f64 {
-        self.service_ns
+        self.service_ns.unwrap_or(0.0)
     }
 }
 
-fn ema(current: f64, sample: f64) -> f64 {
-    if current == 0.0 {
-        sample
-    } else {
-        current + ALPHA * (sample - current)
+fn ema(current: Option<f64>, sample: f64) -> f64 {
+    match current {
+        None => sample,
+        Some(current) => current + ALPHA * (sample - current),
     }
 }
 
@@ -159,12 +169,24 @@ mod tests {
     }
 
     #[test]
-    fn simultaneous_arrivals_do_not_divide_by_zero() {
+    fn simultaneous_arrivals_are_a_burst() {
         let mut l = ConcurrencyLimiter::new(1.0, 1, 16);
+        l.on_completion(1000);
+        assert_eq!(l.limit(), 1, "no inter-arrival time measured yet: stay at min");
         for _ in 0..100 {
             l.on_arrival(5);
-            l.on_completion(1000);
         }
-        assert_eq!(l.limit(), 1, "no inter-arrival time measured yet: stay at min");
+        assert_eq!(l.limit(), 16, "a burst in one instant wants every worker");
+    }
+
+    #[test]
+    fn closed_loop_load_grows_the_limit() {
+        // 8 clients in a closed loop, each call 20 ms of work. With one worker,
+        // calls queue: time in the system is 8 × 20 ms while arrivals come
+        // every 20 ms, so the limit asks for 8 at once.
+        let mut clock = 0;
+        let mut l = ConcurrencyLimiter::new(1.0, 1, 16);
+        drive(&mut l, &mut clock, 200, 20_000_000, 160_000_000);
+        assert_eq!(l.limit(), 8);
     }
 }

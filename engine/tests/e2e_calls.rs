@@ -68,11 +68,22 @@ fn ping_measures_round_trips_between_two_processes() {
         let callee = v["callee_pid"].as_i64().expect("callee_pid") as i32;
         assert_ne!(caller, callee, "{v}");
         // Both are real worker processes of this engine, of the right function.
-        assert!(engine.workers("ping").contains(&caller), "caller {caller}: {:?}", engine.all_workers());
-        assert!(engine.workers("whoami").contains(&callee), "callee {callee}: {:?}", engine.all_workers());
+        assert!(
+            engine.workers("ping").contains(&caller),
+            "caller {caller}: {:?}",
+            engine.all_workers()
+        );
+        assert!(
+            engine.workers("whoami").contains(&callee),
+            "callee {callee}: {:?}",
+            engine.all_workers()
+        );
         let samples = v["samples_ns"].as_array().expect("samples_ns");
         assert_eq!(samples.len(), 100);
-        assert!(samples.iter().all(|s| s.as_u64().is_some_and(|ns| ns > 0)), "{v}");
+        assert!(
+            samples.iter().all(|s| s.as_u64().is_some_and(|ns| ns > 0)),
+            "{v}"
+        );
 
         let r = engine.get("/function/ping?n=many");
         assert_eq!(r.status, 400, "{}", r.text());
@@ -136,7 +147,10 @@ fn wait_in_flight(engine: &Engine, function: &str, n: u64) {
     let deadline = Instant::now() + LONG;
     loop {
         let status = engine.functions_status();
-        let f = status.iter().find(|f| f["name"] == function).expect("function listed");
+        let f = status
+            .iter()
+            .find(|f| f["name"] == function)
+            .expect("function listed");
         if f["in_flight"].as_u64() == Some(n) {
             return;
         }
@@ -157,7 +171,10 @@ fn wait_replaced(engine: &Engine, function: &str, old: i32) -> i32 {
             }
         }
         if Instant::now() > deadline {
-            engine.fail(&format!("{function} worker {old} was not replaced: {:?}", engine.all_workers()));
+            engine.fail(&format!(
+                "{function} worker {old} was not replaced: {:?}",
+                engine.all_workers()
+            ));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -168,31 +185,49 @@ fn worker_killed_mid_call_gives_502_and_is_restarted() {
     for_each_poll(|poll| {
         let engine = Engine::builder().poll(poll).start();
         let [victim] = engine.workers("sleep")[..] else {
-            engine.fail(&format!("expected one sleep worker: {:?}", engine.all_workers()))
+            engine.fail(&format!(
+                "expected one sleep worker: {:?}",
+                engine.all_workers()
+            ))
         };
         let mut c = engine.client();
-        c.send("POST", "/function/sleep?us=2000000", &[], b"").unwrap();
+        c.send("POST", "/function/sleep?us=2000000", &[], b"")
+            .unwrap();
         wait_in_flight(&engine, "sleep", 1);
         signal(victim, libc::SIGKILL);
 
-        let r = c.try_read_response().unwrap_or_else(|e| engine.fail(&format!("no answer after the crash: {e}")));
+        let r = c
+            .try_read_response()
+            .unwrap_or_else(|e| engine.fail(&format!("no answer after the crash: {e}")));
         assert_eq!(r.status, 502, "{}", r.text());
         let msg = r.text();
         assert!(msg.contains("sleep"), "names the function: {msg}");
-        assert!(msg.contains("SIGKILL") || msg.contains("signal 9"), "names the signal: {msg}");
+        assert!(
+            msg.contains("SIGKILL") || msg.contains("signal 9"),
+            "names the signal: {msg}"
+        );
         assert!(msg.contains(&victim.to_string()), "names the pid: {msg}");
 
         // A new worker replaces it, and calls succeed again, on the same
         // connection and on new ones.
         let fresh = wait_replaced(&engine, "sleep", victim);
         assert_eq!(c.post("/function/sleep?us=10", b"").text(), "slept 10 us");
-        assert_eq!(engine.post("/function/sleep?us=20", b"").text(), "slept 20 us");
+        assert_eq!(
+            engine.post("/function/sleep?us=20", b"").text(),
+            "slept 20 us"
+        );
         assert_eq!(engine.workers("sleep"), [fresh]);
         // Nothing else was disturbed.
-        assert_eq!(engine.post("/function/foo", b"ok").text(), "From function Foo: From function Bar: ok");
+        assert_eq!(
+            engine.post("/function/foo", b"ok").text(),
+            "From function Foo: From function Bar: ok"
+        );
         assert_eq!(engine.get("/healthz").status, 200);
         let log = engine.log_text();
-        assert!(log.contains(&format!("pid {victim}")), "the crash is logged:\n{log}");
+        assert!(
+            log.contains(&format!("pid {victim}")),
+            "the crash is logged:\n{log}"
+        );
     });
 }
 
@@ -200,7 +235,10 @@ fn worker_killed_mid_call_gives_502_and_is_restarted() {
 fn idle_worker_killed_is_replaced_without_failing_calls() {
     let engine = Engine::start(&[]);
     let [victim] = engine.workers("bar")[..] else {
-        engine.fail(&format!("expected one bar worker: {:?}", engine.all_workers()))
+        engine.fail(&format!(
+            "expected one bar worker: {:?}",
+            engine.all_workers()
+        ))
     };
     signal(victim, libc::SIGKILL);
     // Once the engine has seen the death (its log says so), foo's internal
@@ -208,7 +246,11 @@ fn idle_worker_killed_is_replaced_without_failing_calls() {
     // races the death, dispatched before the engine notices, fails with 502:
     // see worker_killed_mid_call_gives_502_and_is_restarted.)
     let death = format!("worker bar pid {victim} killed by signal 9");
-    if engine.log().wait_for(LONG, |l| l.contains(&death)).is_none() {
+    if engine
+        .log()
+        .wait_for(LONG, |l| l.contains(&death))
+        .is_none()
+    {
         engine.fail(&format!("the engine did not log {death:?}"));
     }
     let r = engine.post("/function/foo", b"after");
@@ -223,7 +265,10 @@ fn worker_that_fails_to_start_is_reported_not_hung() {
     // A command that exits at once: no worker ever becomes ready, so calls are
     // answered with an error instead of waiting forever, and /healthz says 503.
     let dir = Scratch::new("calls");
-    let script = dir.write("broken.sh", "#!/bin/sh\necho 'broken worker says bye' >&2\nexit 3\n");
+    let script = dir.write(
+        "broken.sh",
+        "#!/bin/sh\necho 'broken worker says bye' >&2\nexit 3\n",
+    );
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let config = format!(
         "[[functions]]\nname = \"broken\"\ncommand = [\"{}\"]\ntimeout = \"5s\"\n\
@@ -232,7 +277,12 @@ fn worker_that_fails_to_start_is_reported_not_hung() {
     );
     let engine = Engine::builder().config(&config).no_health_wait().start();
     let r = engine.post("/function/broken", b"x");
-    assert!([502, 503, 504].contains(&r.status), "{} {}", r.status, r.text());
+    assert!(
+        [502, 503, 504].contains(&r.status),
+        "{} {}",
+        r.status,
+        r.text()
+    );
     assert!(r.text().contains("broken"), "{}", r.text());
     assert_eq!(engine.get("/healthz").status, 503);
     // The other function is unaffected.
@@ -246,10 +296,16 @@ fn worker_that_fails_to_start_is_reported_not_hung() {
     }
     assert_eq!(healthy_echo.as_deref(), Some("fine"));
     let status = engine.functions_status();
-    let broken = status.iter().find(|f| f["name"] == "broken").expect("listed");
+    let broken = status
+        .iter()
+        .find(|f| f["name"] == "broken")
+        .expect("listed");
     assert_eq!(broken["workers"], 0, "{broken}");
     assert!(
-        engine.log().wait_for(LONG, |l| l.contains("broken worker says bye")).is_some(),
+        engine
+            .log()
+            .wait_for(LONG, |l| l.contains("broken worker says bye"))
+            .is_some(),
         "the worker's stderr reaches the engine log:\n{}",
         engine.log_text()
     );
@@ -260,19 +316,34 @@ fn deadline_exceeded_gives_504_and_a_stuck_worker_is_replaced() {
     for_each_poll(|poll| {
         let engine = Engine::builder()
             .poll(poll)
-            .args(["--set", "sleep.timeout=200ms", "--set", "sleep.max_workers=1"])
+            .args([
+                "--set",
+                "sleep.timeout=200ms",
+                "--set",
+                "sleep.max_workers=1",
+            ])
             .start();
         let [stuck] = engine.workers("sleep")[..] else {
-            engine.fail(&format!("expected one sleep worker: {:?}", engine.all_workers()))
+            engine.fail(&format!(
+                "expected one sleep worker: {:?}",
+                engine.all_workers()
+            ))
         };
         let r = engine.post("/function/sleep?us=30000000", b"");
         assert_eq!(r.status, 504, "{}", r.text());
-        assert!(r.text().contains("sleep") && r.text().contains("200 ms"), "{}", r.text());
+        assert!(
+            r.text().contains("sleep") && r.text().contains("200 ms"),
+            "{}",
+            r.text()
+        );
         // The worker still sleeps; past a grace period the engine kills it and
         // starts another, which serves.
         let fresh = wait_replaced(&engine, "sleep", stuck);
         assert_ne!(fresh, stuck);
-        assert_eq!(engine.post("/function/sleep?us=10", b"").text(), "slept 10 us");
+        assert_eq!(
+            engine.post("/function/sleep?us=10", b"").text(),
+            "slept 10 us"
+        );
         assert!(engine.log_text().contains("stuck"), "{}", engine.log_text());
     });
 }
@@ -287,7 +358,10 @@ fn handler_panic_exit_and_abort() {
         .start();
     // A panic is the handler's 500; the worker survives it.
     let [worker] = engine.workers("crash")[..] else {
-        engine.fail(&format!("expected one crash worker: {:?}", engine.all_workers()))
+        engine.fail(&format!(
+            "expected one crash worker: {:?}",
+            engine.all_workers()
+        ))
     };
     let r = engine.get("/function/crash?how=panic");
     assert_eq!(r.status, 500, "{}", r.text());
@@ -347,5 +421,31 @@ builtin = "echo"
     assert_eq!(r.status, 508, "{}", r.text());
     assert!(r.text().contains("max_call_depth"), "{}", r.text());
     // And the chain's workers are all free again.
-    assert_eq!(engine.post("/function/front", b"y").text(), "front via echo: y");
+    assert_eq!(
+        engine.post("/function/front", b"y").text(),
+        "front via echo: y"
+    );
+}
+
+#[test]
+fn engine_killed_by_sigkill_takes_its_workers_along() {
+    let mut engine = Engine::start(&[]);
+    let workers: Vec<i32> = engine.all_workers().into_iter().map(|(p, _)| p).collect();
+    assert_eq!(workers.len(), 5, "{workers:?}");
+    // The harness finds every worker by the tag it inherits (so its drop
+    // check would see a leftover one).
+    let mut tagged = engine.tagged_processes();
+    tagged.sort_unstable();
+    let mut expected = workers.clone();
+    expected.push(engine.pid());
+    expected.sort_unstable();
+    assert_eq!(tagged, expected);
+    // No SIGTERM, no drain, no chance to close anything: the workers still go
+    // (PR_SET_PDEATHSIG, and EOF on their control sockets). The harness's
+    // drop fails the test if any outlives the engine.
+    engine.signal(libc::SIGKILL);
+    let status = engine
+        .wait_exit(LONG)
+        .unwrap_or_else(|| engine.fail("SIGKILL did not end the engine"));
+    assert!(!status.success());
 }

@@ -7,7 +7,7 @@ mod common;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Client, Engine, LONG};
+use common::{for_each_poll, Client, Engine, LONG};
 
 const SCALING_CONFIG: &str = r#"
 [[functions]]
@@ -22,18 +22,14 @@ name = "echo"
 builtin = "echo"
 "#;
 
-#[test]
-fn load_scales_workers_up_and_idleness_scales_them_down() {
-    const CLIENTS: usize = 8;
-    const LOAD: Duration = Duration::from_secs(2);
-    let engine = Engine::builder().config(SCALING_CONFIG).start();
-    assert_eq!(engine.workers("sleep").len(), 1, "{:?}", engine.all_workers());
-
+/// Runs `clients` closed-loop clients of `sleep?us=20000` for `load`; returns
+/// the most `sleep` worker processes seen meanwhile (checking the maximum).
+fn load_sleep(engine: &Engine, clients: usize, load: Duration) -> usize {
     let stop = AtomicBool::new(false);
     let answered = AtomicUsize::new(0);
-    let mut most = 1;
+    let mut most = 0;
     std::thread::scope(|s| {
-        for client in 0..CLIENTS {
+        for client in 0..clients {
             let (stop, answered, addr) = (&stop, &answered, engine.addr());
             s.spawn(move || {
                 let mut c = Client::connect(addr);
@@ -49,7 +45,7 @@ fn load_scales_workers_up_and_idleness_scales_them_down() {
                 }
             });
         }
-        let end = Instant::now() + LOAD;
+        let end = Instant::now() + load;
         while Instant::now() < end {
             let n = engine.workers("sleep").len();
             assert!(n <= 4, "more than max_workers: {:?}", engine.all_workers());
@@ -60,39 +56,75 @@ fn load_scales_workers_up_and_idleness_scales_them_down() {
         stop.store(true, Ordering::Relaxed);
     });
     assert!(answered.into_inner() > 0);
-    if most <= 1 {
-        engine.fail(&format!(
-            "{CLIENTS} concurrent clients of a 20 ms function never got more than one sleep worker"
-        ));
-    }
-    let status = engine.functions_status();
-    let sleep = status.iter().find(|f| f["name"] == "sleep").expect("listed");
-    assert_eq!((sleep["in_flight"].as_u64(), sleep["queued"].as_u64()), (Some(0), Some(0)), "{sleep}");
+    most
+}
 
-    // Idle for longer than idle_timeout: back to min_workers, by retiring
-    // (not crashing) the extra workers. The wait is bounded generously: the
-    // idle timeout plus timer slack on a loaded machine.
-    let deadline = Instant::now() + Duration::from_secs(1) + LONG / 3;
-    let idle_since = Instant::now();
-    loop {
-        let n = engine.workers("sleep").len();
-        if n == 1 {
-            break;
+// BUG(lead): this fails intermittently (often under --poll spin, about one run
+// in eight under adaptive), and `load_rising_after_quiet_traffic_scales_up`
+// fails every time: see there.
+#[test]
+fn load_scales_workers_up_and_idleness_scales_them_down() {
+    for_each_poll(|poll| {
+        const CLIENTS: usize = 8;
+        let engine = Engine::builder().config(SCALING_CONFIG).poll(poll).start();
+        assert_eq!(
+            engine.workers("sleep").len(),
+            1,
+            "{:?}",
+            engine.all_workers()
+        );
+        let most = load_sleep(&engine, CLIENTS, Duration::from_secs(2));
+        eprintln!("sleep workers under load: at most {most}");
+        if most <= 1 {
+            engine.fail(&format!(
+                "{CLIENTS} concurrent clients of a 20 ms function never got more than one sleep worker"
+            ));
         }
-        if Instant::now() > deadline {
-            engine.fail(&format!("sleep still has {n} workers after {:?} idle", idle_since.elapsed()));
+        let status = engine.functions_status();
+        let sleep = status
+            .iter()
+            .find(|f| f["name"] == "sleep")
+            .expect("listed");
+        assert_eq!(
+            (sleep["in_flight"].as_u64(), sleep["queued"].as_u64()),
+            (Some(0), Some(0)),
+            "{sleep}"
+        );
+
+        // Idle for longer than idle_timeout: back to min_workers, by retiring
+        // (not crashing) the extra workers. The wait is bounded generously: the
+        // idle timeout plus timer slack on a loaded machine.
+        let deadline = Instant::now() + Duration::from_secs(1) + LONG / 3;
+        let idle_since = Instant::now();
+        loop {
+            let n = engine.workers("sleep").len();
+            if n == 1 {
+                break;
+            }
+            if Instant::now() > deadline {
+                engine.fail(&format!(
+                    "sleep still has {n} workers after {:?} idle",
+                    idle_since.elapsed()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let log = engine.log_text();
-    assert!(log.contains("retiring idle worker sleep"), "{log}");
-    assert!(!log.contains("killed by signal"), "no worker crashed:\n{log}");
-    // The remaining worker stays, and serves.
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(engine.workers("sleep").len(), 1, "min_workers is kept");
-    assert_eq!(engine.post("/function/sleep?us=5", b"").text(), "slept 5 us");
-    // echo was never loaded: it kept its one worker throughout.
-    assert_eq!(engine.workers("echo").len(), 1);
+        let log = engine.log_text();
+        assert!(log.contains("retiring idle worker sleep"), "{log}");
+        assert!(
+            !log.contains("killed by signal"),
+            "no worker crashed:\n{log}"
+        );
+        // The remaining worker stays, and serves.
+        std::thread::sleep(Duration::from_millis(1500));
+        assert_eq!(engine.workers("sleep").len(), 1, "min_workers is kept");
+        assert_eq!(
+            engine.post("/function/sleep?us=5", b"").text(),
+            "slept 5 us"
+        );
+        // echo was never loaded: it kept its one worker throughout.
+        assert_eq!(engine.workers("echo").len(), 1);
+    });
 }
 
 #[test]
@@ -104,16 +136,26 @@ fn min_workers_start_eagerly_and_max_workers_caps_a_queue() {
         )
         .start();
     // /healthz waited for all three.
-    assert_eq!(engine.workers("sleep").len(), 3, "{:?}", engine.all_workers());
+    assert_eq!(
+        engine.workers("sleep").len(),
+        3,
+        "{:?}",
+        engine.all_workers()
+    );
     // 3 running + 2 queued; the sixth concurrent call overflows the queue: 503.
     let mut clients: Vec<Client> = (0..5).map(|_| engine.client()).collect();
     for c in &mut clients {
-        c.send("POST", "/function/sleep?us=1500000", &[], b"").unwrap();
+        c.send("POST", "/function/sleep?us=1500000", &[], b"")
+            .unwrap();
     }
     let deadline = Instant::now() + LONG;
     loop {
         let status = engine.functions_status();
-        let f = status.iter().find(|f| f["name"] == "sleep").expect("listed").clone();
+        let f = status
+            .iter()
+            .find(|f| f["name"] == "sleep")
+            .expect("listed")
+            .clone();
         if f["in_flight"] == 3 && f["queued"] == 2 {
             break;
         }
@@ -129,5 +171,45 @@ fn min_workers_start_eagerly_and_max_workers_caps_a_queue() {
         let r = c.read_response();
         assert_eq!((r.status, r.text()), (200, "slept 1500000 us".to_string()));
     }
-    assert_eq!(engine.workers("sleep").len(), 3, "never more than max_workers");
+    assert_eq!(
+        engine.workers("sleep").len(),
+        3,
+        "never more than max_workers"
+    );
+}
+
+// BUG(lead): the pool never grows here. In a closed loop the measured arrival
+// rate is the current throughput (one arrival per completion), so
+// limit = ceil(coef × EMA(service) × EMA(arrival rate)) ≈ ceil(service /
+// (service + overhead)) = 1 however many calls wait: `scale_up` never sees a
+// limit above the pool, and 7 calls stay queued behind one worker. (After
+// quiet traffic the arrival-gap average starts above the service time and
+// only falls toward service + overhead, so this fails every time; without
+// the pauses it passes by luck of rounding: ceil(1.0x) = 2.) The cold
+// burst of the test above escapes only when its first arrivals get distinct
+// timestamps (arrivals parsed in the same turn share `now_ns`, gap 0, and
+// `limiter::ema` takes a 0 average for "no data yet", so a zero-gap burst is
+// forgotten). Suggested fix: grow on a standing queue too (e.g. wanted =
+// max(limit, in_flight + pending) clamped to max_share), and keep "no data"
+// apart from a 0 average in `ema`.
+#[test]
+fn load_rising_after_quiet_traffic_scales_up() {
+    let engine = Engine::builder().config(SCALING_CONFIG).start();
+    // Quiet traffic first: one call at a time, with pauses between them.
+    let mut c = engine.client();
+    for _ in 0..20 {
+        assert_eq!(c.post("/function/sleep?us=20000", b"").status, 200);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    assert_eq!(
+        engine.workers("sleep").len(),
+        1,
+        "one caller needs one worker"
+    );
+    // Then 8 concurrent callers for 2 s: 7 calls wait behind each one served.
+    let most = load_sleep(&engine, 8, Duration::from_secs(2));
+    if most <= 1 {
+        engine
+            .fail("8 concurrent clients of a 20 ms function never got more than one sleep worker");
+    }
 }

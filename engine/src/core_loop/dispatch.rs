@@ -32,6 +32,19 @@ pub(crate) enum Admission {
     Rejected(u16, String),
 }
 
+/// A call being admitted (its payload travels beside it).
+pub(crate) struct NewCall {
+    pub function: u32,
+    pub origin: Origin,
+    /// The call whose handler made it (internal calls).
+    pub parent: Option<Key>,
+    pub depth: u32,
+    /// The most time it may take (its function's timeout caps it further).
+    pub deadline: Duration,
+    /// Header flags of the payload (`FLAG_QUERY`).
+    pub flags: u16,
+}
+
 /// A result to deliver to a call's origin.
 pub(crate) struct Outcome<'a> {
     pub status: u16,
@@ -45,16 +58,8 @@ pub(crate) struct Outcome<'a> {
 impl LoopState {
     /// Admits a new call of function `f` (already validated) with `payload`
     /// (`flags` says whether it carries a query prefix).
-    pub(crate) fn admit(
-        &mut self,
-        f: u32,
-        origin: Origin,
-        parent: Option<Key>,
-        depth: u32,
-        deadline: Duration,
-        flags: u16,
-        payload: &[u8],
-    ) -> Admission {
+    pub(crate) fn admit(&mut self, new: NewCall, payload: &[u8]) -> Admission {
+        let NewCall { function: f, origin, parent, depth, deadline, flags } = new;
         let ctx = self.ctx.clone();
         let cfg = &ctx.config.functions[f as usize];
         let timeout = cfg.timeout.min(deadline);
@@ -331,7 +336,10 @@ impl LoopState {
         let origin = Origin::Internal { worker: w, local_id: header.call_id };
         let flags = header.flags & protocol::FLAG_QUERY;
         if let super::dispatch::Admission::Rejected(status, msg) =
-            self.admit(callee, origin, Some(parent), depth, remaining, flags, payload)
+            self.admit(
+                NewCall { function: callee, origin, parent: Some(parent), depth, deadline: remaining, flags },
+                payload,
+            )
         {
             self.adjust_outstanding(w, -1);
             reply_err(self, status, msg);
@@ -361,9 +369,10 @@ impl LoopState {
         let f = slot.function;
         self.make_idle(w);
         let exec_ns = header.t1_ns.saturating_sub(header.t0_ns);
-        self.functions[f as usize].limiter.on_completion(exec_ns);
         // The call is gone if its deadline passed: the late result is dropped.
         if let Some(call) = self.calls.remove(key) {
+            let in_system = self.now_ns.saturating_sub(call.received_ns).max(exec_ns);
+            self.functions[f as usize].limiter.on_completion(in_system);
             self.functions[f as usize].in_flight -= 1;
             let outcome = Outcome { status: header.status, flags: header.flags, payload, exec_ns };
             self.deliver(&call, &outcome, server);

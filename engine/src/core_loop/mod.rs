@@ -133,7 +133,7 @@ impl<T: Transport> CoreLoop<T> {
         ctx: Arc<LoopContext>,
     ) -> std::io::Result<Self> {
         let config = &ctx.config;
-        let limits = crate::engine::http_limits(config);
+        let limits = crate::engine::http_limits(config, index);
         let mut server = HttpServer::new(transport, limits);
         let wake_fd = Arc::new(new_eventfd()?);
         server.transport_mut().register_wake_fd(wake_fd.as_raw_fd(), WAKE_TOKEN)?;

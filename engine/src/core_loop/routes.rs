@@ -12,7 +12,7 @@ use nocturne_functions::protocol;
 use nocturne_net::ConnId;
 use nocturne_net::http::{Method, Request, RequestHandler, RequestHead, Responder, Response};
 
-use super::dispatch::Admission;
+use super::dispatch::{Admission, NewCall};
 use super::{LoopState, Origin, WAKE_TOKEN};
 
 /// The body limit for paths that take no body.
@@ -125,13 +125,21 @@ impl RequestHandler for LoopState {
                     return;
                 }
                 let deadline = self.ctx.config.functions[f as usize].timeout;
+                let new = |flags| NewCall {
+                    function: f,
+                    origin: Origin::External(id),
+                    parent: None,
+                    depth: 0,
+                    deadline,
+                    flags,
+                };
                 let admission = match req.head.query {
-                    None => self.admit(f, Origin::External(id), None, 0, deadline, 0, req.body),
+                    None => self.admit(new(0), req.body),
                     Some(query) => {
                         let mut payload = std::mem::take(&mut self.scratch);
                         protocol::encode_query_prefix(&mut payload, query);
                         payload.extend_from_slice(req.body);
-                        let a = self.admit(f, Origin::External(id), None, 0, deadline, protocol::FLAG_QUERY, &payload);
+                        let a = self.admit(new(protocol::FLAG_QUERY), &payload);
                         self.scratch = payload;
                         a
                     }

@@ -314,7 +314,9 @@ impl LoopState {
         }
         let pool = fs.workers + fs.starting;
         // Workers blocked on their own internal calls do not serve: add them.
-        let wanted = (fs.limiter.limit() + fs.waiting).min(fs.max_share);
+        // A standing queue is demand too, whatever the averages say yet.
+        let demand = fs.in_flight + fs.pending.len();
+        let wanted = (fs.limiter.limit() + fs.waiting).max(demand).min(fs.max_share);
         if pool < wanted && fs.idle.is_empty() {
             self.request_spawn(f);
         }

@@ -3,7 +3,7 @@
 //!
 //! * [`EngineBuilder`] / [`Engine`] — start `nocturne serve` on port 0 with
 //!   given flags, environment or config file; keep every log line; wait for
-//!   `/healthz`; on drop (also when a test panics) stop it with SIGTERM, then
+//!   `/healthz`; on drop (also when a test panics) stop it with SIGTERM (twice),
 //!   SIGKILL, and check that no process it started is left behind.
 //! * [`Client`] / [`Response`] — a small blocking HTTP/1.1 client with
 //!   keep-alive, and raw-bytes helpers for pipelining and malformed input.
@@ -31,13 +31,16 @@ use std::time::{Duration, Instant};
 /// Upper bound on any wait for an event; reaching it is a failure, not a timing.
 pub const LONG: Duration = Duration::from_secs(30);
 
+/// How long the harness lets an engine drain after SIGTERM before it insists.
+pub const DRAIN_WAIT: Duration = Duration::from_secs(5);
+
 /// How long a test-scoped client waits on a socket before failing.
 pub const SOCKET_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The environment variable that marks every process of one test engine: the
 /// engine passes its environment on to its workers, so a leftover worker is
 /// found by it even after it was re-parented.
-const TAG_ENV: &str = "NOCTURNE_E2E_ENGINE_TAG";
+const TAG_ENV: &str = "E2E_NOCTURNE_ENGINE_TAG";
 
 /// Engines whose io loop never sleeps (`--poll spin`) are pinned to the same
 /// core; two of them at once would starve each other on a 2-core machine.
@@ -50,8 +53,10 @@ pub fn nocturne_exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_nocturne"))
 }
 
-/// The example external function binary `wordcount`, built by
-/// `cargo test --workspace` into the same directory as `nocturne`.
+/// The example external function binary `wordcount`, next to `nocturne`.
+/// Cargo builds a package's binaries for `cargo test` only when the package
+/// has an integration test, so `cargo test --workspace` leaves it out unless
+/// `nocturne-example-wordcount` has one (or it was built before).
 pub fn wordcount_exe() -> PathBuf {
     let exe = nocturne_exe()
         .parent()
@@ -60,8 +65,8 @@ pub fn wordcount_exe() -> PathBuf {
     assert!(
         exe.is_file(),
         "{} is missing: the external-function tests need the example binary; run \
-         `cargo build -p nocturne-example-wordcount` (or `cargo test --workspace`, which builds it) \
-         with the same CARGO_TARGET_DIR and profile",
+         `cargo build -p nocturne-example-wordcount` with the same CARGO_TARGET_DIR and profile \
+         (`cargo test --workspace` builds it only if that package has an integration test)",
         exe.display()
     );
     exe
@@ -78,7 +83,8 @@ impl Scratch {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         // Relaxed: only the uniqueness of the number matters.
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("nocturne-e2e-{what}-{}-{n}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("nocturne-e2e-{what}-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create a scratch directory");
         Scratch(dir)
     }
@@ -113,7 +119,10 @@ pub struct Log {
 
 impl Log {
     fn push(&self, line: String) {
-        self.lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        self.lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(line);
         self.grew.notify_all();
     }
 
@@ -127,7 +136,11 @@ impl Log {
     }
 
     /// Waits until a line satisfies `pred`; returns it, or `None` at `timeout`.
-    pub fn wait_for(&self, timeout: Duration, mut pred: impl FnMut(&str) -> bool) -> Option<String> {
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&str) -> bool,
+    ) -> Option<String> {
         let deadline = Instant::now() + timeout;
         let mut seen = 0;
         let mut lines = self.lines();
@@ -137,7 +150,11 @@ impl Log {
             }
             seen = lines.len();
             let left = deadline.checked_duration_since(Instant::now())?;
-            lines = self.grew.wait_timeout(lines, left).unwrap_or_else(|e| e.into_inner()).0;
+            lines = self
+                .grew
+                .wait_timeout(lines, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
@@ -189,7 +206,8 @@ impl EngineBuilder {
 
     /// Adds command-line arguments after `serve`.
     pub fn args<S: AsRef<str>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
-        self.args.extend(args.into_iter().map(|a| a.as_ref().to_string()));
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_string()));
         self
     }
 
@@ -236,17 +254,30 @@ impl EngineBuilder {
     }
 
     fn spins(&self) -> bool {
-        let flag = self.args.windows(2).any(|w| w[0] == "--poll" && w[1] == "spin")
+        let flag = self
+            .args
+            .windows(2)
+            .any(|w| w[0] == "--poll" && w[1] == "spin")
             || self.args.iter().any(|a| a == "--poll=spin");
-        let env = self.env.iter().any(|(k, v)| k == "NOCTURNE_POLL" && v == "spin");
-        let file = self.config.as_deref().is_some_and(|c| c.contains("poll = \"spin\""));
+        let env = self
+            .env
+            .iter()
+            .any(|(k, v)| k == "NOCTURNE_POLL" && v == "spin");
+        let file = self
+            .config
+            .as_deref()
+            .is_some_and(|c| c.contains("poll = \"spin\""));
         flag || env || file
     }
 
     fn command(&self, scratch: &Scratch) -> (Command, String) {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         // Relaxed: only the uniqueness of the number matters.
-        let tag = format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let tag = format!(
+            "{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
         let mut cmd = Command::new(nocturne_exe());
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("NOCTURNE_") {
@@ -265,7 +296,9 @@ impl EngineBuilder {
         }
         cmd.args(&self.args);
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         (cmd, tag)
     }
 
@@ -332,7 +365,10 @@ impl EngineBuilder {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("`{}` was expected to exit, but it ran for {LONG:?}", self.describe());
+                panic!(
+                    "`{}` was expected to exit, but it ran for {LONG:?}",
+                    self.describe()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -393,18 +429,30 @@ impl Engine {
     /// Panics with `what` and the engine's log.
     #[track_caller]
     pub fn fail(&self, what: &str) -> ! {
-        panic!("{what}\n--- `{}` log:\n{}\n---", self.description, self.log_text())
+        panic!(
+            "{what}\n--- `{}` log:\n{}\n---",
+            self.description,
+            self.log_text()
+        )
     }
 
     fn wait_listening(&mut self) -> SocketAddr {
         const MARK: &str = "nocturne: listening on http://";
         let deadline = Instant::now() + LONG;
         loop {
-            let found = self.log.wait_for(Duration::from_millis(50), |l| l.starts_with(MARK));
+            let found = self
+                .log
+                .wait_for(Duration::from_millis(50), |l| l.starts_with(MARK));
             if let Some(line) = found {
                 let rest = &line[MARK.len()..];
-                let addr = rest.split_whitespace().next().unwrap_or_default().trim_end_matches('/');
-                return addr.parse().unwrap_or_else(|_| self.fail(&format!("cannot parse the address in {line:?}")));
+                let addr = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .trim_end_matches('/');
+                return addr.parse().unwrap_or_else(|_| {
+                    self.fail(&format!("cannot parse the address in {line:?}"))
+                });
             }
             if let Some(status) = self.child.try_wait().expect("wait for nocturne") {
                 self.exited = Some(status);
@@ -421,17 +469,23 @@ impl Engine {
     pub fn wait_healthy(&mut self) {
         let deadline = Instant::now() + LONG;
         loop {
-            let last = match Client::try_connect(self.addr()).and_then(|mut c| c.try_request("GET", "/healthz", &[], b"")) {
+            let last = match Client::try_connect(self.addr())
+                .and_then(|mut c| c.try_request("GET", "/healthz", &[], b""))
+            {
                 Ok(r) if r.status == 200 => return,
                 Ok(r) => format!("{} {}", r.status, r.text()),
                 Err(e) => e.to_string(),
             };
             if let Some(status) = self.child.try_wait().expect("wait for nocturne") {
                 self.exited = Some(status);
-                self.fail(&format!("the engine exited ({status}) before it was healthy"));
+                self.fail(&format!(
+                    "the engine exited ({status}) before it was healthy"
+                ));
             }
             if Instant::now() > deadline {
-                self.fail(&format!("/healthz did not answer 200 within {LONG:?}; last: {last}"));
+                self.fail(&format!(
+                    "/healthz did not answer 200 within {LONG:?}; last: {last}"
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -439,7 +493,8 @@ impl Engine {
 
     /// A new keep-alive connection.
     pub fn client(&self) -> Client {
-        Client::try_connect(self.addr()).unwrap_or_else(|e| self.fail(&format!("cannot connect: {e}")))
+        Client::try_connect(self.addr())
+            .unwrap_or_else(|e| self.fail(&format!("cannot connect: {e}")))
     }
 
     /// One request on a fresh connection.
@@ -461,14 +516,24 @@ impl Engine {
     pub fn functions_status(&self) -> Vec<serde_json::Value> {
         let r = self.get("/system/functions");
         assert_eq!(r.status, 200, "/system/functions: {}", r.text());
-        let v: serde_json::Value = serde_json::from_slice(&r.body)
-            .unwrap_or_else(|e| self.fail(&format!("/system/functions is not JSON ({e}): {}", r.text())));
-        v.as_array().cloned().unwrap_or_else(|| self.fail("/system/functions is not an array"))
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_else(|e| {
+            self.fail(&format!(
+                "/system/functions is not JSON ({e}): {}",
+                r.text()
+            ))
+        });
+        v.as_array()
+            .cloned()
+            .unwrap_or_else(|| self.fail("/system/functions is not an array"))
     }
 
     /// Live (not zombie) child processes of the engine that serve `function`.
     pub fn workers(&self, function: &str) -> Vec<i32> {
-        self.all_workers().into_iter().filter(|(_, f)| f == function).map(|(p, _)| p).collect()
+        self.all_workers()
+            .into_iter()
+            .filter(|(_, f)| f == function)
+            .map(|(p, _)| p)
+            .collect()
     }
 
     /// Live child processes of the engine with the function each serves
@@ -490,7 +555,9 @@ impl Engine {
                 return pids;
             }
             if Instant::now() > deadline {
-                self.fail(&format!("{function} has workers {pids:?}, not {n}, after {timeout:?}"));
+                self.fail(&format!(
+                    "{function} has workers {pids:?}, not {n}, after {timeout:?}"
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -498,7 +565,10 @@ impl Engine {
 
     /// The engine's io-loop threads: `(tid, name)` of every `nocturne-io-*` thread.
     pub fn io_threads(&self) -> Vec<(i32, String)> {
-        threads(self.pid).into_iter().filter(|(_, name)| name.starts_with("nocturne-io-")).collect()
+        threads(self.pid)
+            .into_iter()
+            .filter(|(_, name)| name.starts_with("nocturne-io-"))
+            .collect()
     }
 
     /// The one io thread (panics if there are several).
@@ -540,20 +610,39 @@ impl Engine {
         }
     }
 
-    /// SIGTERM, then SIGKILL if it does not exit within [`LONG`] / 2.
+    /// SIGTERM (a graceful drain); a second SIGTERM after [`DRAIN_WAIT`] (the
+    /// engine then stops at once, failing what is still in flight); SIGKILL if
+    /// it is still up [`DRAIN_WAIT`] after that.
     fn terminate(&mut self) -> ExitStatus {
         if let Some(status) = self.exited {
             return status;
         }
-        signal(self.pid, libc::SIGTERM);
-        if let Some(status) = self.wait_exit(LONG / 2) {
-            return status;
+        for (sig, name) in [
+            (libc::SIGTERM, "SIGTERM"),
+            (libc::SIGTERM, "a second SIGTERM"),
+        ] {
+            signal(self.pid, sig);
+            if let Some(status) = self.wait_exit(DRAIN_WAIT) {
+                return status;
+            }
+            eprintln!(
+                "e2e: {} still runs {DRAIN_WAIT:?} after {name}",
+                self.description
+            );
         }
-        eprintln!("e2e: {} ignored SIGTERM; killing it", self.description);
         let _ = self.child.kill();
         let status = self.child.wait().expect("reap nocturne");
         self.exited = Some(status);
         status
+    }
+
+    /// Live processes carrying this engine's tag: the engine itself and every
+    /// process it started (what the drop check looks for).
+    pub fn tagged_processes(&self) -> Vec<i32> {
+        tagged_processes(&self.tag)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect()
     }
 
     /// Processes started by this engine (found by the tag every one of them
@@ -575,7 +664,9 @@ impl Engine {
             for (pid, _) in &left {
                 signal(*pid, libc::SIGKILL);
             }
-            self.fail(&format!("processes of the engine outlived it (now killed): {left:?}"));
+            self.fail(&format!(
+                "processes of the engine outlived it (now killed): {left:?}"
+            ));
         }
     }
 }
@@ -588,7 +679,10 @@ impl Drop for Engine {
             for (pid, _) in tagged_processes(&self.tag) {
                 signal(pid, libc::SIGKILL);
             }
-            eprintln!("e2e: engine exited with {status}; its log:\n{}", self.log_text());
+            eprintln!(
+                "e2e: engine exited with {status}; its log:\n{}",
+                self.log_text()
+            );
             return;
         }
         self.check_no_leftovers();
@@ -608,7 +702,9 @@ pub fn signal(pid: i32, sig: i32) {
 // /proc.
 
 fn read_proc(path: impl AsRef<Path>) -> Option<String> {
-    std::fs::read(path).ok().map(|b| String::from_utf8_lossy(&b).into_owned())
+    std::fs::read(path)
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
 /// Fields of a `stat` file after the command name (`(comm)` may hold spaces
@@ -620,8 +716,11 @@ fn stat_fields(stat: &str) -> Option<Vec<String>> {
 
 /// Every pid in /proc.
 pub fn all_pids() -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
 }
 
 /// The state letter of a process (R, S, D, Z, …), `None` if it is gone.
@@ -638,13 +737,21 @@ pub fn parent_pid(pid: i32) -> Option<i32> {
 
 /// The children of `pid` (zombies included).
 pub fn children(pid: i32) -> Vec<i32> {
-    all_pids().into_iter().filter(|&p| parent_pid(p) == Some(pid)).collect()
+    all_pids()
+        .into_iter()
+        .filter(|&p| parent_pid(p) == Some(pid))
+        .collect()
 }
 
 /// A process's command line.
 pub fn cmdline(pid: i32) -> Vec<String> {
     read_proc(format!("/proc/{pid}/cmdline"))
-        .map(|s| s.split('\0').filter(|a| !a.is_empty()).map(str::to_string).collect())
+        .map(|s| {
+            s.split('\0')
+                .filter(|a| !a.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -671,7 +778,9 @@ fn tagged_processes(tag: &str) -> Vec<(i32, String)> {
 
 /// `(tid, comm)` of every thread of `pid`.
 pub fn threads(pid: i32) -> Vec<(i32, String)> {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
     let mut out: Vec<(i32, String)> = dir
         .filter_map(|e| {
             let tid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
@@ -706,7 +815,10 @@ pub fn parse_cpu_list(list: &str) -> Vec<usize> {
     for part in list.trim().split(',').filter(|p| !p.is_empty()) {
         match part.split_once('-') {
             Some((a, b)) => {
-                let (a, b): (usize, usize) = (a.parse().expect("a CPU number"), b.parse().expect("a CPU number"));
+                let (a, b): (usize, usize) = (
+                    a.parse().expect("a CPU number"),
+                    b.parse().expect("a CPU number"),
+                );
                 cores.extend(a..=b);
             }
             None => cores.push(part.parse().expect("a CPU number")),
@@ -779,7 +891,10 @@ pub struct Response {
 impl Response {
     /// The first header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// The body as (lossy) UTF-8.
@@ -827,7 +942,10 @@ impl Client {
         stream.set_read_timeout(Some(SOCKET_TIMEOUT))?;
         stream.set_write_timeout(Some(SOCKET_TIMEOUT))?;
         stream.set_nodelay(true)?;
-        Ok(Client { stream, buf: Vec::new() })
+        Ok(Client {
+            stream,
+            buf: Vec::new(),
+        })
     }
 
     pub fn connect(addr: SocketAddr) -> Client {
@@ -840,7 +958,9 @@ impl Client {
 
     /// Changes the read timeout (e.g. to probe whether anything arrives).
     pub fn set_read_timeout(&self, timeout: Duration) {
-        self.stream.set_read_timeout(Some(timeout)).expect("set the read timeout");
+        self.stream
+            .set_read_timeout(Some(timeout))
+            .expect("set the read timeout");
     }
 
     /// Writes raw bytes.
@@ -849,7 +969,13 @@ impl Client {
     }
 
     /// Writes one request (without reading).
-    pub fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> io::Result<()> {
+    pub fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> io::Result<()> {
         self.write_raw(&request_bytes(method, path, headers, body))
     }
 
@@ -868,7 +994,8 @@ impl Client {
     /// [`try_request`](Self::try_request), panicking on an I/O error.
     #[track_caller]
     pub fn request(&mut self, method: &str, path: &str, body: &[u8]) -> Response {
-        self.try_request(method, path, &[], body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+        self.try_request(method, path, &[], body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
     pub fn get(&mut self, path: &str) -> Response {
@@ -891,7 +1018,11 @@ impl Client {
         if self.fill()? == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("connection closed {what} ({} bytes buffered: {:?})", self.buf.len(), String::from_utf8_lossy(&self.buf)),
+                format!(
+                    "connection closed {what} ({} bytes buffered: {:?})",
+                    self.buf.len(),
+                    String::from_utf8_lossy(&self.buf)
+                ),
             ));
         }
         Ok(())
@@ -909,7 +1040,8 @@ impl Client {
 
     #[track_caller]
     pub fn read_response(&mut self) -> Response {
-        self.try_read_response().unwrap_or_else(|e| panic!("read a response: {e}"))
+        self.try_read_response()
+            .unwrap_or_else(|e| panic!("read a response: {e}"))
     }
 
     fn read_one(&mut self) -> io::Result<Response> {
@@ -936,10 +1068,17 @@ impl Client {
         let reason = parts.next().unwrap_or_default().to_string();
         let mut headers = Vec::new();
         for line in lines {
-            let (k, v) = line.split_once(':').ok_or_else(|| bad(format!("bad header line {line:?}")))?;
+            let (k, v) = line
+                .split_once(':')
+                .ok_or_else(|| bad(format!("bad header line {line:?}")))?;
             headers.push((k.trim().to_string(), v.trim().to_string()));
         }
-        let mut response = Response { status, reason, headers, body: Vec::new() };
+        let mut response = Response {
+            status,
+            reason,
+            headers,
+            body: Vec::new(),
+        };
         if (100..200).contains(&status) || status == 204 || status == 304 {
             return Ok(response);
         }
@@ -949,7 +1088,9 @@ impl Client {
         if chunked {
             response.body = self.read_chunked()?;
         } else if let Some(len) = response.header("content-length") {
-            let len: usize = len.parse().map_err(|_| bad(format!("bad Content-Length {len:?}")))?;
+            let len: usize = len
+                .parse()
+                .map_err(|_| bad(format!("bad Content-Length {len:?}")))?;
             while self.buf.len() < len {
                 self.fill_or_eof("inside a response body")?;
             }
@@ -974,7 +1115,12 @@ impl Client {
             let line = String::from_utf8_lossy(&self.buf[..line_end]).into_owned();
             self.buf.drain(..line_end + 2);
             let size = usize::from_str_radix(line.split(';').next().unwrap_or_default().trim(), 16)
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("bad chunk size {line:?}")))?;
+                .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("bad chunk size {line:?}"),
+                    )
+                })?;
             if size == 0 {
                 // Trailers end at an empty line.
                 loop {
@@ -1005,7 +1151,10 @@ impl Client {
         let closed = match self.fill() {
             Ok(0) => true,
             Ok(_) => false,
-            Err(e) => !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut),
+            Err(e) => !matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ),
         };
         self.set_read_timeout(SOCKET_TIMEOUT);
         closed
@@ -1018,7 +1167,12 @@ impl Client {
             match self.fill() {
                 Ok(0) => break,
                 Ok(_) => {}
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
                     panic!("the peer did not close within {SOCKET_TIMEOUT:?}")
                 }
                 Err(_) => break,

@@ -1,0 +1,320 @@
+//! `nocturne bench engine` end to end, through the real binary: it starts
+//! real engines (one per poll mode) and the floor server as separate
+//! processes, measures every case with a tiny sample count, and writes the
+//! DESIGN §7 JSON. Timing is never asserted; the report's shape, its error
+//! counts, the pids on both ends of the internal calls and the clean-up are.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A debug build on a busy 2-core machine is slow; the run itself is a
+/// few seconds.
+const RUN_LIMIT: Duration = Duration::from_secs(300);
+
+/// Every case of a default (spin, adaptive) run.
+const CASES: [&str; 9] = [
+    "tcp-echo-floor",
+    "external-call/spin",
+    "chain/spin",
+    "internal-call/spin",
+    "external-call/adaptive",
+    "chain/adaptive",
+    "internal-call/adaptive",
+    "throughput/internal",
+    "throughput/external",
+];
+
+struct Run {
+    success: bool,
+    stdout: String,
+    stderr: String,
+    pid: u32,
+}
+
+/// A scratch directory, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "nocturne-bench-engine-test-{tag}-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `nocturne ARGS` (without inherited `NOCTURNE_*` variables), killing
+/// it if it runs past [`RUN_LIMIT`].
+fn nocturne(args: &[&str], scratch: &Scratch) -> Run {
+    let out_path = scratch.0.join("stdout");
+    let err_path = scratch.0.join("stderr");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nocturne"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("NOCTURNE_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap());
+    let mut child = cmd.spawn().expect("start nocturne");
+    let deadline = Instant::now() + RUN_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "nocturne {args:?} ran past {RUN_LIMIT:?}; stderr:\n{}",
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Run {
+        success: status.success(),
+        stdout: std::fs::read_to_string(&out_path).unwrap(),
+        stderr: std::fs::read_to_string(&err_path).unwrap(),
+        pid: child.id(),
+    }
+}
+
+/// The defaults need cores 0 and 1.
+fn have_two_cores() -> bool {
+    let allowed = nocturne_bench::pin::allowed_cores().unwrap_or_default();
+    let ok = allowed.contains(&0) && allowed.contains(&1);
+    if !ok {
+        eprintln!("skipped: bench engine's defaults need cores 0 and 1, allowed: {allowed:?}");
+    }
+    ok
+}
+
+/// Processes (other than zombies) whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let path = entry.path();
+        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if text.contains(needle) {
+            found.push(format!("{}: {text}", path.display()));
+        }
+    }
+    found
+}
+
+/// The config files `bench engine` (pid `pid`) wrote for its engines.
+fn leftover_configs(pid: u32) -> Vec<PathBuf> {
+    let prefix = format!("nocturne-bench-engine-{pid}-");
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix))
+        })
+        .collect()
+}
+
+fn number(case: &Value, key: &str) -> f64 {
+    case[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{} has no numeric {key}: {case}", case["name"]))
+}
+
+#[test]
+fn a_quick_run_reports_every_case_and_cleans_up() {
+    if !have_two_cores() {
+        return;
+    }
+    let scratch = Scratch::new("quick");
+    let json = scratch.0.join("engine.json");
+    let run = nocturne(
+        &[
+            "bench",
+            "engine",
+            "--quick",
+            "--samples",
+            "200",
+            "--warmup",
+            "50",
+            "--rounds",
+            "2",
+            "--duration",
+            "300ms",
+            "--connections",
+            "3",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        &scratch,
+    );
+    assert!(
+        run.success,
+        "bench engine failed:\n{}\n{}",
+        run.stdout, run.stderr
+    );
+    for name in CASES {
+        assert!(
+            run.stdout.contains(name),
+            "{name} missing from the table:\n{}",
+            run.stdout
+        );
+    }
+    assert!(run
+        .stdout
+        .contains("target: external-call/spin p50 - tcp-echo-floor p50"));
+    assert!(run
+        .stdout
+        .contains("target: internal-call/spin p50 / external-call/spin p50"));
+
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["suite"], "engine");
+    let machine = &report["machine"];
+    for role in ["client", "io", "workers"] {
+        assert!(
+            machine["core_map"][role].is_array(),
+            "core_map.{role}: {machine}"
+        );
+    }
+    assert_eq!(machine["modes"]["modes"], "spin,adaptive");
+    assert!(machine["command_line"]
+        .as_str()
+        .unwrap()
+        .contains("bench engine"));
+    let cases = report["cases"].as_array().unwrap();
+    let names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, CASES);
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        assert!(case["samples"].as_u64().unwrap() > 0, "{name}: no samples");
+        assert_eq!(case["errors"].as_u64(), Some(0), "{name}: errors");
+        for key in [
+            "p50_us",
+            "p90_us",
+            "p99_us",
+            "p999_us",
+            "max_us",
+            "ops_per_s",
+        ] {
+            assert!(
+                number(case, key) > 0.0,
+                "{name}: {key} is not positive: {case}"
+            );
+        }
+        assert!(number(case, "p50_us") <= number(case, "max_us"), "{case}");
+        assert!(number(case, "rss_mb") > 0.0, "{name}: rss_mb");
+        if name != "tcp-echo-floor" {
+            assert!(
+                number(case, "workers") >= 6.0,
+                "{name}: every function has a worker"
+            );
+        }
+        if name.starts_with("internal-call/") {
+            let (caller, callee) = (number(case, "caller_pid"), number(case, "callee_pid"));
+            assert!(caller > 0.0 && callee > 0.0, "{case}");
+            assert_ne!(caller, callee, "{name}: caller and callee are one process");
+            assert_ne!(
+                caller,
+                f64::from(run.pid),
+                "{name}: the caller is not the bench"
+            );
+        }
+    }
+    // Two rounds of 200 samples, per latency case.
+    assert_eq!(cases[0]["samples"].as_u64(), Some(400));
+    // The internal calls of the two engines ran in different processes.
+    assert_ne!(
+        number(&cases[3], "caller_pid"),
+        number(&cases[6], "caller_pid")
+    );
+
+    // Every server is gone, and so are the config files.
+    assert!(
+        leftover_configs(run.pid).is_empty(),
+        "{:?}",
+        leftover_configs(run.pid)
+    );
+    let prefix = format!("nocturne-bench-engine-{}-", run.pid);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_mentioning(&prefix).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "engines outlived the benchmark: {:?}",
+            processes_mentioning(&prefix)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_engine_that_fails_to_start_is_reported_with_its_log() {
+    if !have_two_cores() {
+        return;
+    }
+    let scratch = Scratch::new("fail");
+    let json = scratch.0.join("engine.json");
+    let run = nocturne(
+        &[
+            "bench",
+            "engine",
+            "--quick",
+            "--engine-arg=--no-such-flag",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        &scratch,
+    );
+    assert!(!run.success, "{}", run.stdout);
+    assert!(
+        run.stderr.contains("engine (poll spin) exited"),
+        "{}",
+        run.stderr
+    );
+    // Its log (clap's complaint) is part of the message.
+    assert!(run.stderr.contains("--no-such-flag"), "{}", run.stderr);
+    assert!(!json.exists());
+    assert!(leftover_configs(run.pid).is_empty());
+}
+
+#[test]
+fn bad_flags_are_refused_before_anything_starts() {
+    let scratch = Scratch::new("flags");
+    for (args, needle) in [
+        (&["--client-core=1", "--io-core=1"][..], "must differ"),
+        (
+            &["--worker-cores=0-1", "--io-core=1"],
+            "must not include the io core",
+        ),
+        (&["--modes=spin,turbo"], "unknown poll mode"),
+        (
+            &["--io-core=4096", "--client-core=0"],
+            "not available to this process",
+        ),
+    ] {
+        let mut argv = vec!["bench", "engine", "--quick"];
+        argv.extend_from_slice(args);
+        let run = nocturne(&argv, &scratch);
+        assert!(!run.success, "{args:?} was accepted");
+        assert!(run.stderr.contains(needle), "{args:?}: {}", run.stderr);
+        assert!(leftover_configs(run.pid).is_empty());
+    }
+}
