@@ -8,6 +8,9 @@
 //! cargo run --release -p nocturne-ipc --example ipc_probe [round_trips]
 //! ```
 //!
+//! `PROBE_SLOTS`, `PROBE_SLOT_SIZE` and `PROBE_LEN` (payload bytes, ≤ 64)
+//! override the default geometry and payload.
+//!
 //! Prints, for 64-byte payloads: raw two-flag ping-pong round trip, channel
 //! round trip with `WaitPolicy::Spin` (both p50 of per-trip samples, best of
 //! 5 interleaved trials), and one-way streaming throughput with batched send
@@ -65,12 +68,25 @@ fn raw_ping_pong(n: u64) -> f64 {
 }
 
 fn probe_config() -> ChannelConfig {
-    let slots = std::env::var("PROBE_SLOTS").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
-    ChannelConfig { ring_slots: slots, ..ChannelConfig::default() }
+    let d = ChannelConfig::default();
+    let env = |name: &str, default: u32| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    ChannelConfig {
+        ring_slots: env("PROBE_SLOTS", d.ring_slots),
+        slot_size: env("PROBE_SLOT_SIZE", d.slot_size),
+        ..d
+    }
 }
 
 fn payload_len() -> usize {
-    std::env::var("PROBE_LEN").ok().and_then(|v| v.parse().ok()).unwrap_or(64)
+    std::env::var("PROBE_LEN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64)
 }
 
 fn ring_ping_pong(n: u64) -> f64 {
@@ -94,7 +110,15 @@ fn ring_ping_pong(n: u64) -> f64 {
     let mut samples = Vec::with_capacity(n as usize);
     for i in 0..n {
         let t = Instant::now();
-        req_tx.try_send(&Header { call_id: i, ..Header::default() }, payload).unwrap();
+        req_tx
+            .try_send(
+                &Header {
+                    call_id: i,
+                    ..Header::default()
+                },
+                payload,
+            )
+            .unwrap();
         resp_rx.wait(&WaitPolicy::Spin, None);
         let m = resp_rx.try_recv().unwrap().unwrap();
         assert_eq!(m.header().call_id, i);
@@ -113,12 +137,19 @@ fn ring_stream(n: u64) -> f64 {
         let mut got = 0u64;
         let mut sum = 0u64;
         while got < n {
-            got += rx.recv_batch(64, |h, p| sum = sum.wrapping_add(h.call_id + p[0] as u64)).unwrap() as u64;
+            got += rx
+                .recv_batch(64, |h, p| sum = sum.wrapping_add(h.call_id + p[0] as u64))
+                .unwrap() as u64;
         }
         sum
     });
     let payload = [1u8; 64];
-    let headers: Vec<Header> = (0..32).map(|i| Header { call_id: i, ..Header::default() }).collect();
+    let headers: Vec<Header> = (0..32)
+        .map(|i| Header {
+            call_id: i,
+            ..Header::default()
+        })
+        .collect();
     let t = Instant::now();
     let mut sent = 0u64;
     while sent < n {
@@ -134,7 +165,10 @@ fn ring_stream(n: u64) -> f64 {
 }
 
 fn main() {
-    let n: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(50_000);
+    let n: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(50_000);
     // Interleaved trials; the best p50 of each filters out a noisy neighbour.
     let (mut raw, mut ring, mut rate) = (f64::MAX, f64::MAX, 0f64);
     for _ in 0..5 {
@@ -143,6 +177,12 @@ fn main() {
         rate = rate.max(ring_stream(20 * n));
     }
     println!("raw two-flag ping-pong, 64 B: {raw:8.1} ns round trip (p50, best of 5)");
-    println!("ring-spin/64 round trip:      {ring:8.1} ns ({:.2}x raw)", ring / raw);
-    println!("ring-stream/64 one way:       {:8.2} M msgs/s (batches of 32, best of 5)", rate / 1e6);
+    println!(
+        "ring-spin/64 round trip:      {ring:8.1} ns ({:.2}x raw)",
+        ring / raw
+    );
+    println!(
+        "ring-stream/64 one way:       {:8.2} M msgs/s (batches of 32, best of 5)",
+        rate / 1e6
+    );
 }

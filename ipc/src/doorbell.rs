@@ -93,19 +93,26 @@ impl Doorbell {
         if self.word().load(Ordering::Relaxed) != SLEEPING {
             return false;
         }
-        // AcqRel swap: only one waker per sleep; Release pairs with the
-        // consumer's Acquire load in `after_park`, making our publication
-        // visible to it even if the fences alone did not.
+        // AcqRel swap: only one waker per sleep; its Release pairs with the
+        // consumer's Acquire swap in `after_park`, making our publication
+        // visible to the consumer's re-check after it wakes.
         self.word().swap(AWAKE, Ordering::AcqRel) == SLEEPING
     }
 
     /// Consumer side: announce sleep. The caller must re-check the ring
     /// afterwards and park only if it is still empty.
+    ///
+    /// Every write to the word is an RMW (here and in `disarm`, and the
+    /// producer's swap), so the word's history is one chain in which each
+    /// write saw the previous one. That is free (these are all slow paths)
+    /// and lets loom check the protocol: with plain stores its partial
+    /// modification order lets the producer's post-fence load read a value
+    /// the SC-fence rule forbids (see docs/ipc.md, "Loom and SeqCst fences").
     #[inline]
     pub(crate) fn arm(&self) {
-        // Relaxed store, then the SeqCst fence that pairs with the producer's
+        // Relaxed RMW, then the SeqCst fence that pairs with the producer's
         // fence in `should_wake`.
-        self.word().store(SLEEPING, Ordering::Relaxed);
+        self.word().swap(SLEEPING, Ordering::Relaxed);
         fence(Ordering::SeqCst);
     }
 
@@ -113,16 +120,15 @@ impl Doorbell {
     #[inline]
     pub(crate) fn disarm(&self) {
         // Relaxed: a stale SLEEPING only costs the producer a spare wake.
-        self.word().store(AWAKE, Ordering::Relaxed);
+        self.word().swap(AWAKE, Ordering::Relaxed);
     }
 
     /// Consumer side, after parking returned.
     #[inline]
     fn after_park(&self) {
-        // Acquire pairs with the producer's swap in `should_wake`: if it woke
-        // us, its message is visible to the re-check that follows.
-        let _ = self.word().load(Ordering::Acquire);
-        self.disarm();
+        // Acquire pairs with the producer's AcqRel swap in `should_wake`: if
+        // it woke us, its message is visible to the re-check that follows.
+        self.word().swap(AWAKE, Ordering::Acquire);
     }
 }
 
@@ -193,9 +199,14 @@ pub(crate) fn wait(
     if ready() {
         return WaitOutcome::Ready;
     }
-    // Under loom the clock is not modelled: budgets are skipped and timeouts
-    // ignored, so a model is deterministic.
-    let start = if cfg!(loom) || (timeout.is_none() && matches!(policy, WaitPolicy::Spin)) {
+    // The clock (~20 ns a read) is only read when a spin budget or a
+    // timeout needs it. Under loom it is not modelled at all: budgets are
+    // skipped and timeouts ignored, so a model is deterministic.
+    let spin_budget = match *policy {
+        WaitPolicy::Spin => Duration::ZERO,
+        WaitPolicy::Yield { spin } | WaitPolicy::Park { spin } => spin,
+    };
+    let start = if cfg!(loom) || (timeout.is_none() && spin_budget.is_zero()) {
         None
     } else {
         Some(Instant::now())

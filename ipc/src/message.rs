@@ -305,6 +305,61 @@ impl Header {
     }
 }
 
+/// Number of little-endian u64 words after the sequence word (bytes 8..64).
+pub const BODY_WORDS: usize = 7;
+
+impl Header {
+    /// Encodes the header as the seven words at bytes 8..64 of a slot (the
+    /// channel's hot path: seven stores instead of twelve field writes).
+    /// Byte-for-byte identical to [`Header::emit`].
+    #[inline(always)]
+    pub fn to_words(&self, location: PayloadLocation) -> [u64; BODY_WORDS] {
+        let (placement, len, offset) = match location {
+            PayloadLocation::Inline { len } => (PLACEMENT_INLINE, len, 0),
+            PayloadLocation::Arena { offset, len } => (PLACEMENT_ARENA, len, offset),
+        };
+        [
+            u64::from(u16::from(self.kind))
+                | u64::from(self.flags) << 16
+                | u64::from(self.function_id) << 32,
+            self.call_id,
+            self.parent_call_id,
+            self.t0_ns,
+            self.t1_ns,
+            u64::from(len) | u64::from(self.status) << 32 | u64::from(placement) << 48,
+            u64::from(self.deadline_us) | u64::from(offset) << 32,
+        ]
+        .map(u64::to_le)
+    }
+
+    /// Decodes the seven words at bytes 8..64 of a slot; the same result as
+    /// [`Header::parse`] over the same bytes.
+    #[inline(always)]
+    pub fn from_words(words: &[u64; BODY_WORDS]) -> Result<(Header, PayloadLocation), HeaderError> {
+        let w = words.map(u64::from_le);
+        let len = w[5] as u32;
+        let offset = (w[6] >> 32) as u32;
+        let location = match (w[5] >> 48) as u16 {
+            PLACEMENT_INLINE if offset != 0 => return Err(HeaderError::StrayArenaOffset(offset)),
+            PLACEMENT_INLINE => PayloadLocation::Inline { len },
+            PLACEMENT_ARENA => PayloadLocation::Arena { offset, len },
+            other => return Err(HeaderError::BadPlacement(other)),
+        };
+        let header = Header {
+            kind: Kind::from(w[0] as u16),
+            flags: (w[0] >> 16) as u16,
+            function_id: (w[0] >> 32) as u32,
+            call_id: w[1],
+            parent_call_id: w[2],
+            t0_ns: w[3],
+            t1_ns: w[4],
+            status: (w[5] >> 32) as u16,
+            deadline_us: w[6] as u32,
+        };
+        Ok((header, location))
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
@@ -375,7 +430,25 @@ mod tests {
         );
     }
 
+    fn words_of(bytes: &[u8]) -> [u64; BODY_WORDS] {
+        std::array::from_fn(|i| {
+            u64::from_le_bytes(bytes[8 + 8 * i..16 + 8 * i].try_into().unwrap())
+        })
+    }
+
     proptest! {
+        #[test]
+        fn word_codec_matches_the_view(bytes in proptest::collection::vec(any::<u8>(), 64)) {
+            let view = HeaderView::new_checked(&bytes[..]).unwrap();
+            let by_view = Header::parse(&view);
+            prop_assert_eq!(Header::from_words(&words_of(&bytes)), by_view);
+            if let Ok((h, loc)) = by_view {
+                let mut out = [0u8; 64];
+                h.emit(&mut HeaderView::new_checked(&mut out[..]).unwrap(), loc);
+                prop_assert_eq!(h.to_words(loc), words_of(&out));
+            }
+        }
+
         #[test]
         fn parse_never_panics_and_round_trips(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             match HeaderView::new_checked(&bytes[..]) {

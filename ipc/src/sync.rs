@@ -210,6 +210,8 @@ loom::lazy_static! {
 #[cfg(loom)]
 pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, _timeout: Option<Duration>) {
     let guard = FUTEX.0.lock().unwrap();
+    // Checked under the mutex that `futex_wake` takes after the waker's swap:
+    // the mutex orders the two, as the kernel's bucket lock does.
     if word.load(Ordering::SeqCst) == expected {
         drop(FUTEX.1.wait(guard).unwrap());
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use nocturne_net::{
     ConnId, HttpServer, KernelOptions, KernelTransport, Limits, Request, RequestHandler,
-    RequestHead, RequestId, Responder, Response,
+    RequestHead, RequestId, Responder, Response, Transport,
 };
 
 /// What the handler saw, in order.
