@@ -27,11 +27,17 @@ use crate::worker::{Spawner, WorkerSpec};
 /// split across loops (each listener sees only its own connections).
 pub(crate) fn http_limits(config: &Config, index: usize) -> Limits {
     let loops = config.io_cores.len().max(1);
-    let max_connections = config.max_connections / loops
-        + usize::from(index < config.max_connections % loops);
+    let max_connections =
+        config.max_connections / loops + usize::from(index < config.max_connections % loops);
     Limits {
         max_header_bytes: config.max_header_bytes,
-        max_body_bytes: config.functions.iter().map(|f| f.max_payload).max().unwrap_or(0).max(64 * 1024),
+        max_body_bytes: config
+            .functions
+            .iter()
+            .map(|f| f.max_payload)
+            .max()
+            .unwrap_or(0)
+            .max(64 * 1024),
         max_connections: max_connections.max(1),
         ..Limits::default()
     }
@@ -43,7 +49,9 @@ pub(crate) fn channel_config(config: &Config, f: usize) -> ChannelConfig {
     let max_payload = config.functions[f].max_payload;
     // Room for the payload plus a query or content-type prefix, twice over so a
     // message can be in flight while the previous one is released.
-    let arena = (2 * (max_payload + 64 * 1024)).next_power_of_two().max(1 << 20);
+    let arena = (2 * (max_payload + 64 * 1024))
+        .next_power_of_two()
+        .max(1 << 20);
     // Few slots: a ring's slots cycle through L1, and docs/ipc.md measures
     // 32 × 256 B within 1.1–1.2× of a raw ping-pong where 256 slots cost 1.6×.
     // A worker needs one slot per call plus one per internal call in flight;
@@ -64,7 +72,9 @@ pub(crate) fn worker_wait(config: &Config) -> WaitPolicy {
         // park at once.
         WorkerPoll::Spin => WaitPolicy::Park { spin },
         WorkerPoll::Yield => WaitPolicy::Yield { spin },
-        WorkerPoll::Park => WaitPolicy::Park { spin: Duration::ZERO },
+        WorkerPoll::Park => WaitPolicy::Park {
+            spin: Duration::ZERO,
+        },
     }
 }
 
@@ -74,7 +84,11 @@ pub(crate) fn worker_spec(ctx: &LoopContext, f: u32, loop_index: usize) -> Worke
     let fc = &config.functions[f as usize];
     let argv: Vec<OsString> = match &fc.source {
         FunctionSource::Builtin(name) => {
-            vec![ctx.exe.clone().into_os_string(), "worker".into(), name.into()]
+            vec![
+                ctx.exe.clone().into_os_string(),
+                "worker".into(),
+                name.into(),
+            ]
         }
         FunctionSource::Command(argv) => argv.iter().map(OsString::from).collect(),
     };
@@ -85,7 +99,12 @@ pub(crate) fn worker_spec(ctx: &LoopContext, f: u32, loop_index: usize) -> Worke
         env: fc.env.iter().map(|(k, v)| (k.into(), v.into())).collect(),
         cores: config.worker_cores.clone(),
         channel: channel_config(config, f as usize),
-        functions: config.functions.iter().enumerate().map(|(i, f)| (f.name.clone(), i as u32)).collect(),
+        functions: config
+            .functions
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.name.clone(), i as u32))
+            .collect(),
         wait: worker_wait(config),
         handshake_timeout: Duration::from_secs(10),
         worker_index: loop_index as u32,
@@ -111,7 +130,11 @@ impl Engine {
         let loops = config.io_cores.len();
         let status = Arc::new(EngineStatus::new(
             loops,
-            &config.functions.iter().map(|f| (f.name.clone(), f.min_workers as u32)).collect::<Vec<_>>(),
+            &config
+                .functions
+                .iter()
+                .map(|f| (f.name.clone(), f.min_workers as u32))
+                .collect::<Vec<_>>(),
         ));
         let ctx = Arc::new(LoopContext {
             config: config.clone(),
@@ -131,12 +154,14 @@ impl Engine {
         let mut transports = vec![first];
         for _ in 1..loops {
             transports.push(
-                KernelTransport::bind(addr, &opts).with_context(|| format!("cannot listen on {addr}"))?,
+                KernelTransport::bind(addr, &opts)
+                    .with_context(|| format!("cannot listen on {addr}"))?,
             );
         }
         let mut wake_fds = Vec::new();
         let mut threads = Vec::new();
-        for (index, (transport, &core)) in transports.into_iter().zip(&config.io_cores).enumerate() {
+        for (index, (transport, &core)) in transports.into_iter().zip(&config.io_cores).enumerate()
+        {
             let core_loop = CoreLoop::new(index, transport, ctx.clone())
                 .with_context(|| format!("cannot set up core loop {index}"))?;
             wake_fds.push(core_loop.wake_fd());

@@ -172,7 +172,11 @@ mod tests {
     fn simultaneous_arrivals_are_a_burst() {
         let mut l = ConcurrencyLimiter::new(1.0, 1, 16);
         l.on_completion(1000);
-        assert_eq!(l.limit(), 1, "no inter-arrival time measured yet: stay at min");
+        assert_eq!(
+            l.limit(),
+            1,
+            "no inter-arrival time measured yet: stay at min"
+        );
         for _ in 0..100 {
             l.on_arrival(5);
         }

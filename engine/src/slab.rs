@@ -20,7 +20,10 @@ impl Key {
 
     /// Unpacks [`to_u56`](Self::to_u56); the top byte is ignored.
     pub fn from_u56(raw: u64) -> Self {
-        Self { index: raw as u32, generation: ((raw >> 32) & 0x00ff_ffff) as u32 }
+        Self {
+            index: raw as u32,
+            generation: ((raw >> 32) & 0x00ff_ffff) as u32,
+        }
     }
 
     /// The slot index (dense, small: usable as an epoll token).
@@ -30,8 +33,14 @@ impl Key {
 }
 
 enum Entry<T> {
-    Occupied { generation: u32, value: T },
-    Vacant { generation: u32, next_free: Option<u32> },
+    Occupied {
+        generation: u32,
+        value: T,
+    },
+    Vacant {
+        generation: u32,
+        next_free: Option<u32>,
+    },
 }
 
 /// A slab with generational keys; O(1) insert, get and remove, no allocation
@@ -44,14 +53,22 @@ pub struct Slab<T> {
 
 impl<T> Default for Slab<T> {
     fn default() -> Self {
-        Self { entries: Vec::new(), free_head: None, len: 0 }
+        Self {
+            entries: Vec::new(),
+            free_head: None,
+            len: 0,
+        }
     }
 }
 
 impl<T> Slab<T> {
     /// An empty slab with room for `capacity` values before it reallocates.
     pub fn with_capacity(capacity: usize) -> Self {
-        Self { entries: Vec::with_capacity(capacity), free_head: None, len: 0 }
+        Self {
+            entries: Vec::with_capacity(capacity),
+            free_head: None,
+            len: 0,
+        }
     }
 
     /// Number of values.
@@ -70,7 +87,11 @@ impl<T> Slab<T> {
         match self.free_head {
             Some(index) => {
                 let entry = &mut self.entries[index as usize];
-                let Entry::Vacant { generation, next_free } = *entry else {
+                let Entry::Vacant {
+                    generation,
+                    next_free,
+                } = *entry
+                else {
                     unreachable!("free list points at an occupied slot")
                 };
                 self.free_head = next_free;
@@ -81,8 +102,14 @@ impl<T> Slab<T> {
             }
             None => {
                 let index = u32::try_from(self.entries.len()).expect("slab has 2^32 entries");
-                self.entries.push(Entry::Occupied { generation: 0, value });
-                Key { index, generation: 0 }
+                self.entries.push(Entry::Occupied {
+                    generation: 0,
+                    value,
+                });
+                Key {
+                    index,
+                    generation: 0,
+                }
             }
         }
     }
@@ -108,7 +135,10 @@ impl<T> Slab<T> {
         let entry = self.entries.get_mut(key.index as usize)?;
         match entry {
             Entry::Occupied { generation, .. } if *generation == key.generation => {
-                let vacant = Entry::Vacant { generation: key.generation, next_free: self.free_head };
+                let vacant = Entry::Vacant {
+                    generation: key.generation,
+                    next_free: self.free_head,
+                };
                 let Entry::Occupied { value, .. } = std::mem::replace(entry, vacant) else {
                     unreachable!()
                 };
@@ -123,31 +153,46 @@ impl<T> Slab<T> {
     /// The current key of the value at slot `index`, if it is occupied.
     pub fn key_at(&self, index: usize) -> Option<Key> {
         match self.entries.get(index)? {
-            Entry::Occupied { generation, .. } => {
-                Some(Key { index: index as u32, generation: *generation })
-            }
+            Entry::Occupied { generation, .. } => Some(Key {
+                index: index as u32,
+                generation: *generation,
+            }),
             Entry::Vacant { .. } => None,
         }
     }
 
     /// Iterates over `(key, &value)`.
     pub fn iter(&self) -> impl Iterator<Item = (Key, &T)> {
-        self.entries.iter().enumerate().filter_map(|(i, e)| match e {
-            Entry::Occupied { generation, value } => {
-                Some((Key { index: i as u32, generation: *generation }, value))
-            }
-            Entry::Vacant { .. } => None,
-        })
+        self.entries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| match e {
+                Entry::Occupied { generation, value } => Some((
+                    Key {
+                        index: i as u32,
+                        generation: *generation,
+                    },
+                    value,
+                )),
+                Entry::Vacant { .. } => None,
+            })
     }
 
     /// Iterates over `(key, &mut value)`.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (Key, &mut T)> {
-        self.entries.iter_mut().enumerate().filter_map(|(i, e)| match e {
-            Entry::Occupied { generation, value } => {
-                Some((Key { index: i as u32, generation: *generation }, value))
-            }
-            Entry::Vacant { .. } => None,
-        })
+        self.entries
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, e)| match e {
+                Entry::Occupied { generation, value } => Some((
+                    Key {
+                        index: i as u32,
+                        generation: *generation,
+                    },
+                    value,
+                )),
+                Entry::Vacant { .. } => None,
+            })
     }
 
     /// Keys of all values (a snapshot, so the slab can be mutated while walking it).

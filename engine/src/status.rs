@@ -48,7 +48,9 @@ impl EngineStatus {
         Self {
             names: functions.iter().map(|(n, _)| n.clone()).collect(),
             min_workers: functions.iter().map(|(_, m)| *m).collect(),
-            rows: (0..loops * functions.len()).map(|_| Row::default()).collect(),
+            rows: (0..loops * functions.len())
+                .map(|_| Row::default())
+                .collect(),
         }
     }
 
@@ -57,7 +59,14 @@ impl EngineStatus {
     }
 
     /// Publishes one loop's counters for one function.
-    pub fn publish(&self, core_loop: usize, function: usize, workers: u32, in_flight: u32, queued: u32) {
+    pub fn publish(
+        &self,
+        core_loop: usize,
+        function: usize,
+        workers: u32,
+        in_flight: u32,
+        queued: u32,
+    ) {
         let row = self.row(core_loop, function);
         // Relaxed: standalone statistics, nothing is published through them.
         row.workers.store(workers, Ordering::Relaxed);
@@ -68,12 +77,18 @@ impl EngineStatus {
     /// Publishes whether a loop is backing off restarts of a function.
     pub fn set_crash_looping(&self, core_loop: usize, function: usize, looping: bool) {
         // Relaxed: see the module doc.
-        self.row(core_loop, function).crash_looping.store(looping, Ordering::Relaxed);
+        self.row(core_loop, function)
+            .crash_looping
+            .store(looping, Ordering::Relaxed);
     }
 
     /// Summed counters of every function.
     pub fn snapshot(&self) -> Vec<FunctionStatus> {
-        let loops = if self.names.is_empty() { 0 } else { self.rows.len() / self.names.len() };
+        let loops = if self.names.is_empty() {
+            0
+        } else {
+            self.rows.len() / self.names.len()
+        };
         self.names
             .iter()
             .enumerate()
@@ -156,7 +171,10 @@ mod tests {
         st.publish(1, 1, 1, 0, 0);
         assert!(st.healthy());
         let snap = st.snapshot();
-        assert_eq!((snap[0].workers, snap[0].in_flight, snap[0].queued), (2, 5, 5));
+        assert_eq!(
+            (snap[0].workers, snap[0].in_flight, snap[0].queued),
+            (2, 5, 5)
+        );
         st.set_crash_looping(1, 1, true);
         assert_eq!(
             st.functions_json(),

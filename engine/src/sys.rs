@@ -57,7 +57,9 @@ pub fn wait_for_signal(timeout: Option<std::time::Duration>) -> Option<i32> {
         tv_nsec: libc::c_long::from(t.subsec_nanos() as i32),
     });
     loop {
-        let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        let ts_ptr = ts
+            .as_ref()
+            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
         // SAFETY: `set` is initialised; `ts_ptr` is null or points at a live
         // timespec; a null siginfo pointer is allowed.
         let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), ts_ptr) };

@@ -46,7 +46,9 @@ pub fn all() -> Functions {
         .handler("spin", spin)
         .handler("sleep", sleep)
         .handler("nop", |_, _| Ok(Vec::new()))
-        .handler("whoami", |_, _| Ok(std::process::id().to_string().into_bytes()))
+        .handler("whoami", |_, _| {
+            Ok(std::process::id().to_string().into_bytes())
+        })
         .handler("ping", ping)
         .handler("fanout", fanout)
         .handler("relay", relay)
@@ -57,7 +59,11 @@ fn relay(ctx: &mut Ctx<'_>, input: &[u8]) -> Result<Vec<u8>, Error> {
     let to = std::env::var("RELAY_TO")
         .map_err(|_| Error::new("relay needs RELAY_TO in its function's env"))?;
     let out = ctx.invoke(&to, input)?;
-    Ok([format!("{} via {to}: ", ctx.function_name()).as_bytes(), &out].concat())
+    Ok([
+        format!("{} via {to}: ", ctx.function_name()).as_bytes(),
+        &out,
+    ]
+    .concat())
 }
 
 fn crash(ctx: &mut Ctx<'_>, _input: &[u8]) -> Result<Vec<u8>, Error> {
@@ -148,9 +154,17 @@ fn ping(ctx: &mut Ctx<'_>, _input: &[u8]) -> Result<Vec<u8>, Error> {
 }
 
 fn fanout(ctx: &mut Ctx<'_>, input: &[u8]) -> Result<Vec<u8>, Error> {
-    let n: usize = ctx.query_param("n").and_then(|v| v.parse().ok()).unwrap_or(4);
+    let n: usize = ctx
+        .query_param("n")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
     let calls = (0..n)
-        .map(|i| ctx.invoke_async("echo", format!("{}{i}", String::from_utf8_lossy(input)).as_bytes()))
+        .map(|i| {
+            ctx.invoke_async(
+                "echo",
+                format!("{}{i}", String::from_utf8_lossy(input)).as_bytes(),
+            )
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let mut outputs = Vec::with_capacity(n);
     // Wait in reverse order: completions arrive in any order and are matched by id.

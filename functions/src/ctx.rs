@@ -88,7 +88,11 @@ impl InvokeError {
             protocol::STATUS_WORKER_CRASHED => InvokeError::Crashed { function, message },
             protocol::STATUS_OVERLOADED => InvokeError::Overloaded { function, message },
             protocol::STATUS_DEADLINE => InvokeError::Timeout { function, message },
-            _ => InvokeError::Failed { function, status, message },
+            _ => InvokeError::Failed {
+                function,
+                status,
+                message,
+            },
         }
     }
 }
@@ -117,7 +121,11 @@ impl Ctx<'_> {
     }
 
     /// Starts a call to `function` and returns at once; several may be in flight.
-    pub fn invoke_async(&mut self, function: &str, input: &[u8]) -> Result<PendingCall, InvokeError> {
+    pub fn invoke_async(
+        &mut self,
+        function: &str,
+        input: &[u8],
+    ) -> Result<PendingCall, InvokeError> {
         let local_id = self.rt.start_internal_call(self.call_id, function, input)?;
         Ok(PendingCall { local_id })
     }

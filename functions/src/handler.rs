@@ -19,14 +19,24 @@ pub struct Error {
 impl Error {
     /// A handler failure: answered with status 500 and `message`.
     pub fn new(message: impl Into<String>) -> Self {
-        Self { status: 500, message: message.into() }
+        Self {
+            status: 500,
+            message: message.into(),
+        }
     }
 
     /// A failure with an explicit HTTP status, e.g. 400 for bad input.
     /// Statuses outside 400..=599 are answered as 500.
     pub fn with_status(status: u16, message: impl Into<String>) -> Self {
-        let status = if (400..=599).contains(&status) { status } else { 500 };
-        Self { status, message: message.into() }
+        let status = if (400..=599).contains(&status) {
+            status
+        } else {
+            500
+        };
+        Self {
+            status,
+            message: message.into(),
+        }
     }
 
     /// The HTTP status this error is answered with.

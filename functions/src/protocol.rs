@@ -65,17 +65,25 @@ pub enum PrefixError {
 }
 
 /// Splits the optional query-string prefix off an `Invoke` payload.
-pub fn split_query<'p>(header: &Header, payload: &'p [u8]) -> Result<(Option<&'p str>, &'p [u8]), PrefixError> {
+pub fn split_query<'p>(
+    header: &Header,
+    payload: &'p [u8],
+) -> Result<(Option<&'p str>, &'p [u8]), PrefixError> {
     if header.flags & FLAG_QUERY == 0 {
         return Ok((None, payload));
     }
-    let (len_bytes, rest) = payload.split_first_chunk::<2>().ok_or(PrefixError::Truncated {
-        claimed: 2,
-        available: payload.len(),
-    })?;
+    let (len_bytes, rest) = payload
+        .split_first_chunk::<2>()
+        .ok_or(PrefixError::Truncated {
+            claimed: 2,
+            available: payload.len(),
+        })?;
     let len = usize::from(u16::from_le_bytes(*len_bytes));
     if len > rest.len() {
-        return Err(PrefixError::Truncated { claimed: len, available: rest.len() });
+        return Err(PrefixError::Truncated {
+            claimed: len,
+            available: rest.len(),
+        });
     }
     let (query, body) = rest.split_at(len);
     let query = std::str::from_utf8(query).map_err(|_| PrefixError::NotUtf8)?;
@@ -96,7 +104,10 @@ pub fn split_content_type<'p>(
     })?;
     let len = usize::from(len);
     if len > rest.len() {
-        return Err(PrefixError::Truncated { claimed: len, available: rest.len() });
+        return Err(PrefixError::Truncated {
+            claimed: len,
+            available: rest.len(),
+        });
     }
     let (ct, body) = rest.split_at(len);
     let ct = std::str::from_utf8(ct).map_err(|_| PrefixError::NotUtf8)?;
@@ -125,7 +136,10 @@ pub fn encode_content_type_prefix(out: &mut Vec<u8>, content_type: &str) {
 pub fn monotonic_ns() -> u64 {
     // `Instant` is CLOCK_MONOTONIC on Linux but opaque; read the clock directly so
     // values are comparable across processes.
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists.
     #[allow(unsafe_code)]
     unsafe {
@@ -143,8 +157,14 @@ mod tests {
         let mut buf = Vec::new();
         encode_query_prefix(&mut buf, "us=10&x=y");
         buf.extend_from_slice(b"body");
-        let h = Header { flags: FLAG_QUERY, ..Header::default() };
-        assert_eq!(split_query(&h, &buf).unwrap(), (Some("us=10&x=y"), &b"body"[..]));
+        let h = Header {
+            flags: FLAG_QUERY,
+            ..Header::default()
+        };
+        assert_eq!(
+            split_query(&h, &buf).unwrap(),
+            (Some("us=10&x=y"), &b"body"[..])
+        );
     }
 
     #[test]
@@ -156,12 +176,30 @@ mod tests {
 
     #[test]
     fn truncated_prefixes_are_errors() {
-        let h = Header { flags: FLAG_QUERY | FLAG_CONTENT_TYPE, ..Header::default() };
-        assert!(matches!(split_query(&h, &[5]), Err(PrefixError::Truncated { .. })));
-        assert!(matches!(split_query(&h, &[5, 0, b'a']), Err(PrefixError::Truncated { .. })));
-        assert!(matches!(split_content_type(&h, &[]), Err(PrefixError::Truncated { .. })));
-        assert!(matches!(split_content_type(&h, &[3, b'a']), Err(PrefixError::Truncated { .. })));
-        assert_eq!(split_content_type(&h, &[1, 0xff]), Err(PrefixError::NotUtf8));
+        let h = Header {
+            flags: FLAG_QUERY | FLAG_CONTENT_TYPE,
+            ..Header::default()
+        };
+        assert!(matches!(
+            split_query(&h, &[5]),
+            Err(PrefixError::Truncated { .. })
+        ));
+        assert!(matches!(
+            split_query(&h, &[5, 0, b'a']),
+            Err(PrefixError::Truncated { .. })
+        ));
+        assert!(matches!(
+            split_content_type(&h, &[]),
+            Err(PrefixError::Truncated { .. })
+        ));
+        assert!(matches!(
+            split_content_type(&h, &[3, b'a']),
+            Err(PrefixError::Truncated { .. })
+        ));
+        assert_eq!(
+            split_content_type(&h, &[1, 0xff]),
+            Err(PrefixError::NotUtf8)
+        );
     }
 
     #[test]
@@ -169,7 +207,10 @@ mod tests {
         let mut buf = Vec::new();
         encode_content_type_prefix(&mut buf, "application/json");
         buf.extend_from_slice(b"{}");
-        let h = Header { flags: FLAG_CONTENT_TYPE, ..Header::default() };
+        let h = Header {
+            flags: FLAG_CONTENT_TYPE,
+            ..Header::default()
+        };
         assert_eq!(
             split_content_type(&h, &buf).unwrap(),
             (Some("application/json"), &b"{}"[..])

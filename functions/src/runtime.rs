@@ -91,7 +91,8 @@ impl Runtime {
                     let header = *msg.header();
                     match header.kind {
                         Kind::Invoke => {
-                            let (query, input) = match protocol::split_query(&header, msg.payload()) {
+                            let (query, input) = match protocol::split_query(&header, msg.payload())
+                            {
                                 Ok(parts) => parts,
                                 Err(e) => return RuntimeError::Protocol(e.to_string()),
                             };
@@ -182,7 +183,8 @@ impl Runtime {
             Err(SendError::TooLarge { len, max }) => {
                 header.status = protocol::STATUS_HANDLER_ERROR;
                 header.flags &= !protocol::FLAG_CONTENT_TYPE;
-                let text = format!("output of {len} bytes exceeds the channel's limit of {max} bytes");
+                let text =
+                    format!("output of {len} bytes exceeds the channel's limit of {max} bytes");
                 self.send_blocking(header, text.as_bytes())
                     .map_err(|e| RuntimeError::Send(e.to_string()))
             }

@@ -44,8 +44,9 @@ pub fn serve(functions: Functions) -> ! {
 pub(crate) fn serve_as(mut functions: Functions, handler: Option<&str>) -> Result<(), ServeError> {
     let boot = control::connect_from_env()?;
     let name = handler.unwrap_or(&boot.function);
-    let mut handler =
-        functions.take(name).ok_or_else(|| ServeError::UnknownFunction(name.to_string()))?;
+    let mut handler = functions
+        .take(name)
+        .ok_or_else(|| ServeError::UnknownFunction(name.to_string()))?;
     control::spawn_eof_watchdog(&boot.control);
     let (sender, receiver) = boot.end.split();
     let mut runtime = Runtime::new(boot.function, sender, receiver, boot.wait, boot.functions);

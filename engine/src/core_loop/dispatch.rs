@@ -59,7 +59,14 @@ impl LoopState {
     /// Admits a new call of function `f` (already validated) with `payload`
     /// (`flags` says whether it carries a query prefix).
     pub(crate) fn admit(&mut self, new: NewCall, payload: &[u8]) -> Admission {
-        let NewCall { function: f, origin, parent, depth, deadline, flags } = new;
+        let NewCall {
+            function: f,
+            origin,
+            parent,
+            depth,
+            deadline,
+            flags,
+        } = new;
         let ctx = self.ctx.clone();
         let cfg = &ctx.config.functions[f as usize];
         let timeout = cfg.timeout.min(deadline);
@@ -107,7 +114,10 @@ impl LoopState {
         } else {
             Admission::Rejected(
                 STATUS_OVERLOADED,
-                format!("function {} is overloaded: {} calls already queued", cfg.name, max_queue),
+                format!(
+                    "function {} is overloaded: {} calls already queued",
+                    cfg.name, max_queue
+                ),
             )
         };
         self.scale_up(f);
@@ -153,7 +163,9 @@ impl LoopState {
     /// Changes worker `w`'s count of internal calls in flight by `delta`,
     /// keeping its function's count of waiting workers in step.
     pub(crate) fn adjust_outstanding(&mut self, w: Key, delta: i32) {
-        let Some(slot) = self.workers.get_mut(w) else { return };
+        let Some(slot) = self.workers.get_mut(w) else {
+            return;
+        };
         let before = slot.outstanding;
         slot.outstanding = before.saturating_add_signed(delta);
         let f = slot.function as usize;
@@ -179,9 +191,18 @@ impl LoopState {
     }
 
     /// Writes the `Invoke` of call `key` into worker `w`'s request ring.
-    fn send_invoke(&mut self, w: Key, key: Key, flags: u16, payload: &[u8]) -> Result<(), SendError> {
+    fn send_invoke(
+        &mut self,
+        w: Key,
+        key: Key,
+        flags: u16,
+        payload: &[u8],
+    ) -> Result<(), SendError> {
         let loop_index = self.index;
-        let call = self.calls.get_mut(key).expect("call was just inserted or dequeued");
+        let call = self
+            .calls
+            .get_mut(key)
+            .expect("call was just inserted or dequeued");
         let remaining = call.deadline.saturating_duration_since(self.now);
         let header = Header {
             kind: Kind::Invoke,
@@ -204,8 +225,13 @@ impl LoopState {
     /// Hands waiting calls of `f` to idle workers while it is under its limit.
     pub(crate) fn dispatch_pending<T: Transport>(&mut self, f: u32, server: &mut HttpServer<T>) {
         while !self.functions[f as usize].pending.is_empty() {
-            let Some(w) = self.take_idle_worker(f) else { break };
-            let key = self.functions[f as usize].pending.pop_front().expect("not empty");
+            let Some(w) = self.take_idle_worker(f) else {
+                break;
+            };
+            let key = self.functions[f as usize]
+                .pending
+                .pop_front()
+                .expect("not empty");
             let Some((flags, input)) = self.calls.get_mut(key).and_then(|c| c.queued_input.take())
             else {
                 // Answered already (its deadline passed): the worker stays idle.
@@ -229,11 +255,18 @@ impl LoopState {
         message: &str,
         server: &mut HttpServer<T>,
     ) {
-        let Some(call) = self.calls.remove(key) else { return };
+        let Some(call) = self.calls.remove(key) else {
+            return;
+        };
         if call.worker.is_some() {
             self.functions[call.function as usize].in_flight -= 1;
         }
-        let outcome = Outcome { status, flags: 0, payload: message.as_bytes(), exec_ns: 0 };
+        let outcome = Outcome {
+            status,
+            flags: 0,
+            payload: message.as_bytes(),
+            exec_ns: 0,
+        };
         self.deliver(&call, &outcome, server);
         self.publish(call.function);
     }
@@ -247,11 +280,13 @@ impl LoopState {
     ) {
         match call.origin {
             Origin::External(request) => {
-                let (content_type, body) =
-                    match protocol::split_content_type(&header_with(outcome.flags), outcome.payload) {
-                        Ok(parts) => parts,
-                        Err(_) => (None, outcome.payload),
-                    };
+                let (content_type, body) = match protocol::split_content_type(
+                    &header_with(outcome.flags),
+                    outcome.payload,
+                ) {
+                    Ok(parts) => parts,
+                    Err(_) => (None, outcome.payload),
+                };
                 let content_type = content_type.or(Some(if outcome.status >= 400 {
                     "text/plain; charset=utf-8"
                 } else {
@@ -312,14 +347,23 @@ impl LoopState {
             None => (1, Duration::ZERO),
         };
         let reply_err = |st: &mut Self, status: u16, msg: String| {
-            let header = Header { kind: Kind::Complete, call_id: header.call_id, status, ..Header::default() };
+            let header = Header {
+                kind: Kind::Complete,
+                call_id: header.call_id,
+                status,
+                ..Header::default()
+            };
             if let Some(slot) = st.workers.get_mut(w) {
                 slot.send_or_queue(&header, msg.as_bytes());
             }
         };
         let callee = header.function_id;
         if callee as usize >= self.functions.len() {
-            reply_err(self, STATUS_UNKNOWN_FUNCTION, format!("no function with id {callee}"));
+            reply_err(
+                self,
+                STATUS_UNKNOWN_FUNCTION,
+                format!("no function with id {callee}"),
+            );
             return Ok(());
         }
         let max_depth = self.ctx.config.functions[callee as usize].max_call_depth;
@@ -333,14 +377,22 @@ impl LoopState {
             return Ok(());
         }
         self.adjust_outstanding(w, 1);
-        let origin = Origin::Internal { worker: w, local_id: header.call_id };
+        let origin = Origin::Internal {
+            worker: w,
+            local_id: header.call_id,
+        };
         let flags = header.flags & protocol::FLAG_QUERY;
-        if let super::dispatch::Admission::Rejected(status, msg) =
-            self.admit(
-                NewCall { function: callee, origin, parent: Some(parent), depth, deadline: remaining, flags },
-                payload,
-            )
-        {
+        if let super::dispatch::Admission::Rejected(status, msg) = self.admit(
+            NewCall {
+                function: callee,
+                origin,
+                parent: Some(parent),
+                depth,
+                deadline: remaining,
+                flags,
+            },
+            payload,
+        ) {
             self.adjust_outstanding(w, -1);
             reply_err(self, status, msg);
         }
@@ -374,7 +426,12 @@ impl LoopState {
             let in_system = self.now_ns.saturating_sub(call.received_ns).max(exec_ns);
             self.functions[f as usize].limiter.on_completion(in_system);
             self.functions[f as usize].in_flight -= 1;
-            let outcome = Outcome { status: header.status, flags: header.flags, payload, exec_ns };
+            let outcome = Outcome {
+                status: header.status,
+                flags: header.flags,
+                payload,
+                exec_ns,
+            };
             self.deliver(&call, &outcome, server);
         }
         self.dispatch_pending(f, server);
@@ -382,7 +439,12 @@ impl LoopState {
     }
 
     /// Answers every call with an error (shutdown past the drain timeout).
-    pub(crate) fn fail_all<T: Transport>(&mut self, status: u16, message: &str, server: &mut HttpServer<T>) {
+    pub(crate) fn fail_all<T: Transport>(
+        &mut self,
+        status: u16,
+        message: &str,
+        server: &mut HttpServer<T>,
+    ) {
         let mut keys = std::mem::take(&mut self.keys);
         self.calls.keys_into(&mut keys);
         for &key in &keys {
@@ -401,9 +463,16 @@ impl LoopState {
     pub(crate) fn expire_deadlines<T: Transport>(&mut self, server: &mut HttpServer<T>) {
         let mut keys = std::mem::take(&mut self.keys);
         keys.clear();
-        keys.extend(self.calls.iter().filter(|(_, c)| c.deadline <= self.now).map(|(k, _)| k));
+        keys.extend(
+            self.calls
+                .iter()
+                .filter(|(_, c)| c.deadline <= self.now)
+                .map(|(k, _)| k),
+        );
         for &key in &keys {
-            let Some(call) = self.calls.get(key) else { continue };
+            let Some(call) = self.calls.get(key) else {
+                continue;
+            };
             let f = call.function;
             let queued = call.worker.is_none();
             let name = self.functions[f as usize].name.clone();
@@ -427,7 +496,10 @@ impl LoopState {
 }
 
 fn header_with(flags: u16) -> Header {
-    Header { flags, ..Header::default() }
+    Header {
+        flags,
+        ..Header::default()
+    }
 }
 
 /// `Server-Timing` with the call's queueing, execution and runtime overhead.
@@ -436,7 +508,11 @@ fn header_with(flags: u16) -> Header {
 fn server_timing(out: &mut String, call: &Call, exec_ns: u64, now_ns: u64) {
     use std::fmt::Write;
     let total = now_ns.saturating_sub(call.received_ns);
-    let queue = if call.dispatched_ns == 0 { total } else { call.dispatched_ns - call.received_ns.min(call.dispatched_ns) };
+    let queue = if call.dispatched_ns == 0 {
+        total
+    } else {
+        call.dispatched_ns - call.received_ns.min(call.dispatched_ns)
+    };
     let overhead = total.saturating_sub(queue).saturating_sub(exec_ns);
     let ms = |ns: u64| ns as f64 / 1e6;
     let _ = write!(

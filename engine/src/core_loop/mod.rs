@@ -127,16 +127,14 @@ pub(crate) struct LoopState {
 
 impl<T: Transport> CoreLoop<T> {
     /// A loop serving on `transport` (already bound), numbered `index`.
-    pub fn new(
-        index: usize,
-        transport: T,
-        ctx: Arc<LoopContext>,
-    ) -> std::io::Result<Self> {
+    pub fn new(index: usize, transport: T, ctx: Arc<LoopContext>) -> std::io::Result<Self> {
         let config = &ctx.config;
         let limits = crate::engine::http_limits(config, index);
         let mut server = HttpServer::new(transport, limits);
         let wake_fd = Arc::new(new_eventfd()?);
-        server.transport_mut().register_wake_fd(wake_fd.as_raw_fd(), WAKE_TOKEN)?;
+        server
+            .transport_mut()
+            .register_wake_fd(wake_fd.as_raw_fd(), WAKE_TOKEN)?;
         let loops = ctx.loops;
         let functions = config
             .functions
@@ -148,7 +146,11 @@ impl<T: Transport> CoreLoop<T> {
                     name: f.name.clone(),
                     idle: Vec::new(),
                     pending: VecDeque::new(),
-                    limiter: ConcurrencyLimiter::new(f.concurrency_coef, min_share.max(1), max_share),
+                    limiter: ConcurrencyLimiter::new(
+                        f.concurrency_coef,
+                        min_share.max(1),
+                        max_share,
+                    ),
                     workers: 0,
                     starting: 0,
                     in_flight: 0,
@@ -255,7 +257,8 @@ impl<T: Transport> CoreLoop<T> {
             return false;
         }
         if !self.st.calls.is_empty() {
-            self.st.fail_all(503, "the engine is shutting down", &mut self.server);
+            self.st
+                .fail_all(503, "the engine is shutting down", &mut self.server);
         }
         // Let written answers leave the socket buffers of slow readers.
         let flush_until = Instant::now() + Duration::from_millis(50);
@@ -269,7 +272,10 @@ impl<T: Transport> CoreLoop<T> {
         match self.server.poll(timeout, NET_BUDGET, &mut self.st) {
             Ok(n) => n,
             Err(e) => {
-                eprintln!("nocturne: core loop {}: network poll failed: {e}", self.st.index);
+                eprintln!(
+                    "nocturne: core loop {}: network poll failed: {e}",
+                    self.st.index
+                );
                 std::thread::sleep(Duration::from_millis(1));
                 0
             }

@@ -9,8 +9,8 @@
 //! Unknown paths are 404, a known path with the wrong method 405.
 
 use nocturne_functions::protocol;
-use nocturne_net::ConnId;
 use nocturne_net::http::{Method, Request, RequestHandler, RequestHead, Responder, Response};
+use nocturne_net::ConnId;
 
 use super::dispatch::{Admission, NewCall};
 use super::{LoopState, Origin, WAKE_TOKEN};
@@ -38,12 +38,20 @@ fn route(path: &str) -> Route<'_> {
 
 impl LoopState {
     fn function_id(&self, name: &str) -> Option<u32> {
-        self.functions.iter().position(|f| f.name == name).map(|i| i as u32)
+        self.functions
+            .iter()
+            .position(|f| f.name == name)
+            .map(|i| i as u32)
     }
 }
 
 fn text<'a>(status: u16, body: &'a str) -> Response<'a> {
-    Response { status, content_type: Some("text/plain; charset=utf-8"), headers: &[], body: body.as_bytes() }
+    Response {
+        status,
+        content_type: Some("text/plain; charset=utf-8"),
+        headers: &[],
+        body: body.as_bytes(),
+    }
 }
 
 impl RequestHandler for LoopState {
@@ -72,7 +80,10 @@ impl RequestHandler for LoopState {
                 } else if self.ctx.status.healthy() {
                     let _ = responder.respond(id, &text(200, "ok\n"));
                 } else {
-                    let _ = responder.respond(id, &text(503, "starting: not every function has min_workers ready\n"));
+                    let _ = responder.respond(
+                        id,
+                        &text(503, "starting: not every function has min_workers ready\n"),
+                    );
                 }
             }
             Route::Functions => {
@@ -92,7 +103,10 @@ impl RequestHandler for LoopState {
                 }
             }
             Route::NotFound => {
-                let _ = responder.respond(id, &text(404, "not found: functions are at /function/NAME\n"));
+                let _ = responder.respond(
+                    id,
+                    &text(404, "not found: functions are at /function/NAME\n"),
+                );
             }
             Route::Function(_) if self.drain_deadline.is_some() => {
                 let headers = [("Retry-After", "1")];
@@ -120,7 +134,12 @@ impl RequestHandler for LoopState {
                     let msg = format!("function {name} takes {allow}\n");
                     let _ = responder.respond(
                         id,
-                        &Response { status: 405, content_type: Some("text/plain; charset=utf-8"), headers: &headers, body: msg.as_bytes() },
+                        &Response {
+                            status: 405,
+                            content_type: Some("text/plain; charset=utf-8"),
+                            headers: &headers,
+                            body: msg.as_bytes(),
+                        },
                     );
                     return;
                 }
@@ -146,10 +165,19 @@ impl RequestHandler for LoopState {
                 };
                 if let Admission::Rejected(status, msg) = admission {
                     let retry = [("Retry-After", "1")];
-                    let headers: &[(&str, &str)] = if status == protocol::STATUS_OVERLOADED { &retry } else { &[] };
+                    let headers: &[(&str, &str)] = if status == protocol::STATUS_OVERLOADED {
+                        &retry
+                    } else {
+                        &[]
+                    };
                     let _ = responder.respond(
                         id,
-                        &Response { status, content_type: Some("text/plain; charset=utf-8"), headers, body: msg.as_bytes() },
+                        &Response {
+                            status,
+                            content_type: Some("text/plain; charset=utf-8"),
+                            headers,
+                            body: msg.as_bytes(),
+                        },
                     );
                 }
             }

@@ -62,7 +62,11 @@ impl WorkerSlot {
                     // The callee's output exceeds what the caller's channel
                     // carries: the caller gets an error instead.
                     let msg = format!("result does not fit the channel: {e}");
-                    let h = Header { status: 500, flags: 0, ..*header };
+                    let h = Header {
+                        status: 500,
+                        flags: 0,
+                        ..*header
+                    };
                     self.backlog.push_back((h, msg.into_bytes()));
                     return;
                 }
@@ -100,7 +104,9 @@ impl LoopState {
         for &w in &keys {
             let mut violation = None;
             for _ in 0..RING_BUDGET {
-                let Some(slot) = self.workers.get_mut(w) else { break };
+                let Some(slot) = self.workers.get_mut(w) else {
+                    break;
+                };
                 if !slot.backlog.is_empty() {
                     slot.flush_backlog();
                 }
@@ -165,7 +171,9 @@ impl LoopState {
                         delay.as_millis()
                     );
                     fs.restart_at = Some(self.now + delay);
-                    self.ctx.status.set_crash_looping(usize::from(self.index), f as usize, true);
+                    self.ctx
+                        .status
+                        .set_crash_looping(usize::from(self.index), f as usize, true);
                     if fs.workers == 0 && fs.starting == 0 {
                         // Nobody will run the waiting calls soon: answer them.
                         let pending: Vec<Key> = fs.pending.drain(..).collect();
@@ -182,7 +190,10 @@ impl LoopState {
     }
 
     fn add_worker<T: Transport>(&mut self, f: u32, mut worker: Worker, server: &mut HttpServer<T>) {
-        let (sender, receiver) = worker.take_end().expect("a new worker has its channel").split();
+        let (sender, receiver) = worker
+            .take_end()
+            .expect("a new worker has its channel")
+            .split();
         let pid = worker.pid;
         let slot = WorkerSlot {
             worker,
@@ -197,8 +208,17 @@ impl LoopState {
             abandoned_at: None,
         };
         let key = self.workers.insert(slot);
-        let pidfd = self.workers.get(key).expect("inserted").worker.pidfd().as_raw_fd();
-        if let Err(e) = server.transport_mut().register_wake_fd(pidfd, WORKER_TOKEN_BASE + key.index()) {
+        let pidfd = self
+            .workers
+            .get(key)
+            .expect("inserted")
+            .worker
+            .pidfd()
+            .as_raw_fd();
+        if let Err(e) = server
+            .transport_mut()
+            .register_wake_fd(pidfd, WORKER_TOKEN_BASE + key.index())
+        {
             eprintln!("nocturne: cannot watch worker pid {pid}: {e}; dropping it");
             self.workers.remove(key);
             return;
@@ -223,7 +243,9 @@ impl LoopState {
         let mut work = 0;
         let exited = std::mem::take(&mut self.exited);
         for &index in &exited {
-            let Some(w) = self.workers.key_at(index) else { continue };
+            let Some(w) = self.workers.key_at(index) else {
+                continue;
+            };
             let status = self.workers.get_mut(w).and_then(|s| s.worker.try_reap());
             let Some(status) = status else { continue };
             work += 1;
@@ -248,11 +270,21 @@ impl LoopState {
     }
 
     /// Removes worker `w`: fails its call with 502, refills the pool if `crashed`.
-    fn remove_worker<T: Transport>(&mut self, w: Key, why: &str, crashed: bool, server: &mut HttpServer<T>) {
+    fn remove_worker<T: Transport>(
+        &mut self,
+        w: Key,
+        why: &str,
+        crashed: bool,
+        server: &mut HttpServer<T>,
+    ) {
         let outstanding = self.workers.get(w).map_or(0, |s| s.outstanding);
         self.adjust_outstanding(w, -(outstanding as i32));
-        let Some(slot) = self.workers.remove(w) else { return };
-        let _ = server.transport_mut().deregister_wake_fd(slot.worker.pidfd().as_raw_fd());
+        let Some(slot) = self.workers.remove(w) else {
+            return;
+        };
+        let _ = server
+            .transport_mut()
+            .deregister_wake_fd(slot.worker.pidfd().as_raw_fd());
         let f = slot.function;
         let name = self.functions[f as usize].name.clone();
         let pid = slot.worker.pid;
@@ -275,7 +307,9 @@ impl LoopState {
                     "nocturne: {name} keeps crashing; next restart in {} ms",
                     delay.as_millis()
                 );
-                self.ctx.status.set_crash_looping(usize::from(self.index), f as usize, true);
+                self.ctx
+                    .status
+                    .set_crash_looping(usize::from(self.index), f as usize, true);
             }
             fs.restart_at = Some(self.now + delay);
         }
@@ -316,7 +350,9 @@ impl LoopState {
         // Workers blocked on their own internal calls do not serve: add them.
         // A standing queue is demand too, whatever the averages say yet.
         let demand = fs.in_flight + fs.pending.len();
-        let wanted = (fs.limiter.limit() + fs.waiting).max(demand).min(fs.max_share);
+        let wanted = (fs.limiter.limit() + fs.waiting)
+            .max(demand)
+            .min(fs.max_share);
         if pool < wanted && fs.idle.is_empty() {
             self.request_spawn(f);
         }
@@ -344,7 +380,9 @@ impl LoopState {
             }
             let fs = &mut self.functions[f as usize];
             if fs.backoff.is_stable(self.now) {
-                self.ctx.status.set_crash_looping(usize::from(self.index), f as usize, false);
+                self.ctx
+                    .status
+                    .set_crash_looping(usize::from(self.index), f as usize, false);
             }
             self.scale_down(f, server);
         }
@@ -354,7 +392,10 @@ impl LoopState {
     /// their pidfd then reports the death and the pool is refilled.
     fn kill_stuck_workers(&mut self) {
         for (_, slot) in self.workers.iter_mut() {
-            if slot.abandoned_at.is_some_and(|t| self.now.duration_since(t) >= STUCK_GRACE) {
+            if slot
+                .abandoned_at
+                .is_some_and(|t| self.now.duration_since(t) >= STUCK_GRACE)
+            {
                 slot.abandoned_at = None;
                 eprintln!(
                     "nocturne: worker {} pid {} is stuck {} ms past its call's deadline; killing it",
@@ -376,8 +417,12 @@ impl LoopState {
                 return;
             }
             // The LIFO's bottom is the longest idle.
-            let Some(&oldest) = fs.idle.first() else { return };
-            let Some(slot) = self.workers.get(oldest) else { return };
+            let Some(&oldest) = fs.idle.first() else {
+                return;
+            };
+            let Some(slot) = self.workers.get(oldest) else {
+                return;
+            };
             if self.now.duration_since(slot.idle_since) < idle_timeout {
                 return;
             }

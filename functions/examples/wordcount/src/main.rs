@@ -10,7 +10,8 @@
 use nocturne_functions::{Ctx, Error, Functions};
 
 fn wordcount(ctx: &mut Ctx<'_>, input: &[u8]) -> Result<Vec<u8>, Error> {
-    let text = std::str::from_utf8(input).map_err(|_| Error::with_status(400, "input is not UTF-8"))?;
+    let text =
+        std::str::from_utf8(input).map_err(|_| Error::with_status(400, "input is not UTF-8"))?;
     let words = text.split_whitespace().count();
     ctx.set_content_type("application/json");
     let out = if ctx.query_param("lines") == Some("1") {
@@ -27,5 +28,9 @@ fn shout(ctx: &mut Ctx<'_>, input: &[u8]) -> Result<Vec<u8>, Error> {
 }
 
 fn main() {
-    nocturne_functions::serve(Functions::new().handler("wordcount", wordcount).handler("shout", shout));
+    nocturne_functions::serve(
+        Functions::new()
+            .handler("wordcount", wordcount)
+            .handler("shout", shout),
+    );
 }

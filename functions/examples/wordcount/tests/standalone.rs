@@ -13,6 +13,12 @@ fn without_an_engine_it_exits_with_a_clear_error() {
         .expect("run the wordcount binary");
     assert_eq!(out.status.code(), Some(1), "exit status: {:?}", out.status);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("handshake with the engine failed"), "stderr: {stderr}");
-    assert!(stderr.contains("NOCTURNE_CONTROL_FD"), "the error names what is missing: {stderr}");
+    assert!(
+        stderr.contains("handshake with the engine failed"),
+        "stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains("NOCTURNE_CONTROL_FD"),
+        "the error names what is missing: {stderr}"
+    );
 }
