@@ -111,11 +111,13 @@ impl LatencyHistogram {
 
     /// Like [`summary`](Self::summary) with every value divided by
     /// `divisor`: for a histogram of batch durations, the per-item cost.
+    /// Values are rounded to 0.1 ns (4 decimals of a µs).
     pub fn summary_scaled(&self, divisor: f64) -> LatencySummary {
         if self.is_empty() {
             return LatencySummary::default();
         }
-        let us = |ns: u64| ns as f64 / 1_000.0 / divisor;
+        let round = |us: f64| (us * 1e4).round() / 1e4;
+        let us = |ns: u64| round(ns as f64 / 1_000.0 / divisor);
         LatencySummary {
             samples: self.len(),
             p50_us: us(self.quantile_ns(0.50)),
@@ -124,7 +126,7 @@ impl LatencyHistogram {
             p999_us: us(self.quantile_ns(0.999)),
             p9999_us: us(self.quantile_ns(0.9999)),
             max_us: us(self.max_ns()),
-            mean_us: self.inner.mean() / 1_000.0 / divisor,
+            mean_us: round(self.inner.mean() / 1_000.0 / divisor),
         }
     }
 
@@ -230,6 +232,11 @@ mod tests {
         assert!(close(a.summary().max_us, 30.0));
         // A batch of 10 items taking 30 µs costs 3 µs per item.
         assert!(close(a.summary_scaled(10.0).max_us, 3.0));
+        // Rounded to 0.1 ns.
+        let mut b = LatencyHistogram::new();
+        b.record_ns(151);
+        assert_eq!(b.summary_scaled(4096.0).max_us, 0.0);
+        assert_eq!(b.summary_scaled(4.0).max_us, 0.0378);
     }
 
     #[test]

@@ -82,7 +82,7 @@ pub struct CaseResult {
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     /// Writing the file failed.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         /// The file.
         path: String,
@@ -90,7 +90,7 @@ pub enum ReportError {
         source: std::io::Error,
     },
     /// Reading the file failed.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The file.
         path: String,
@@ -98,7 +98,7 @@ pub enum ReportError {
         source: std::io::Error,
     },
     /// The text is not a report.
-    #[error("not a benchmark report: {0}")]
+    #[error("not a benchmark report")]
     Parse(#[from] serde_json::Error),
 }
 

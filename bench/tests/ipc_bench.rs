@@ -11,9 +11,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use nocturne_bench::ipc::control::{self, ControlError, Frame, PeerProcess};
 use nocturne_bench::ipc::{run_ipc, IpcArgs, IpcSettings};
 use nocturne_bench::report::Report;
 use nocturne_bench::{pin, BenchCommand};
+use nocturne_ipc::region::MemfdRegion;
 
 #[derive(Parser)]
 struct Cli {
@@ -45,10 +47,14 @@ fn main() {
     }
     // Read before any test pins a thread (a pinned thread sees one core).
     let cores = two_cores();
-    let tests: [(&str, Test); 3] = [
+    let tests: [(&str, Test); 4] = [
         (
             "bad_cores_fail_before_anything_starts",
             bad_cores_fail_before_anything_starts,
+        ),
+        (
+            "the_peer_rejects_bad_control_frames",
+            the_peer_rejects_bad_control_frames,
         ),
         (
             "every_case_runs_and_reports_sane_numbers",
@@ -107,6 +113,74 @@ fn bad_cores_fail_before_anything_starts(_: Option<&str>) {
     assert!(format!("{err:#}").contains("no case"), "{err:#}");
 }
 
+/// Starts a bare peer (this binary) and hands it a park board of `slots`.
+fn peer_with_board(slots: usize) -> PeerProcess {
+    let exe = std::env::current_exe().unwrap();
+    let peer = PeerProcess::spawn(&exe, 0, Duration::from_secs(10)).unwrap();
+    let board = MemfdRegion::create("test-board", slots * 64).unwrap();
+    board.seal().unwrap();
+    let frame = Frame::Board {
+        slots: slots as u64,
+    };
+    control::send_with_fds(peer.control(), frame, &[board.fd()]).unwrap();
+    assert_eq!(control::recv(peer.control()).unwrap(), Frame::BoardOk);
+    peer
+}
+
+fn setup(case: u32, mechanism: u64, payload: u64) -> Frame {
+    Frame::Setup {
+        case,
+        mechanism,
+        payload,
+        arg: 0,
+    }
+}
+
+fn the_peer_rejects_bad_control_frames(_: Option<&str>) {
+    let failed = |peer: &PeerProcess, case: u32| {
+        let got = control::recv(peer.control());
+        assert!(
+            matches!(got, Err(ControlError::PeerFailed { case: c }) if c == case),
+            "{got:?}"
+        );
+    };
+    // A Setup before the park board.
+    let exe = std::env::current_exe().unwrap();
+    let peer = PeerProcess::spawn(&exe, 0, Duration::from_secs(10)).unwrap();
+    control::send(peer.control(), setup(0, 1, 64)).unwrap();
+    failed(&peer, 0);
+    // A Board frame without its memfd: the peer quits.
+    let peer = PeerProcess::spawn(&exe, 0, Duration::from_secs(10)).unwrap();
+    control::send(peer.control(), Frame::Board { slots: 1 }).unwrap();
+    assert!(matches!(
+        control::recv(peer.control()),
+        Err(ControlError::Closed)
+    ));
+    // Unknown mechanism, a case beyond the board, a payload too large, a
+    // mechanism without its descriptors, Serve of a case never set up.
+    for (frame, case) in [
+        (setup(0, 99, 64), 0),
+        (setup(5, 1, 64), 5),
+        (setup(0, 1, u64::MAX), 0),
+        (setup(0, 1, 64), 0),
+        (Frame::Serve { case: 0, count: 1 }, 0),
+    ] {
+        let peer = peer_with_board(1);
+        control::send(peer.control(), frame).unwrap();
+        failed(&peer, case);
+    }
+    // A frame only the peer sends.
+    let peer = peer_with_board(1);
+    control::send(peer.control(), Frame::Bye).unwrap();
+    assert!(matches!(
+        control::recv(peer.control()),
+        Err(ControlError::Closed)
+    ));
+    // And a clean shutdown.
+    let peer = peer_with_board(1);
+    assert!(peer.shutdown(Duration::from_secs(5)).unwrap().success());
+}
+
 fn every_case_runs_and_reports_sane_numbers(cores: Option<&str>) {
     let Some(cores) = cores else {
         eprintln!("  skipped: fewer than two cores available");
@@ -143,6 +217,8 @@ fn every_case_runs_and_reports_sane_numbers(cores: Option<&str>) {
     }
     assert!(value["machine"]["core_map"]["driver"].is_array());
     let report = Report::from_json(&text).unwrap();
+    // Probed before the driver pinned itself: every core it may use.
+    assert!(report.machine.cpus.len() >= 2, "{:?}", report.machine.cpus);
 
     let mut expected = Vec::new();
     for n in [64, 1024, 16384] {

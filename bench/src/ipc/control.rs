@@ -12,6 +12,8 @@
 //! driver                         peer
 //!   spawn ───────────────────────▶ pin to core B
 //!         ◀─────────────────────── Hello{version, pid}
+//!   Board{slots}+memfd ──────────▶ attach the park board
+//!         ◀─────────────────────── BoardOk
 //!   Setup{case, kind, N, arg}+fds ▶ attach
 //!         ◀─────────────────────── SetupOk{case, arg}     (per case)
 //!   Serve{case, count} ──────────▶
@@ -36,6 +38,8 @@ use nocturne_ipc::fdpass;
 pub const FRAME_BYTES: usize = 32;
 /// Bumped whenever a frame changes meaning.
 pub const PROTOCOL_VERSION: u64 = 1;
+/// The case index of a failure before any case.
+pub const NO_CASE: u32 = u32::MAX;
 /// Most descriptors one `Setup` frame carries.
 pub const MAX_SETUP_FDS: usize = 4;
 
@@ -79,6 +83,14 @@ pub enum Frame {
         /// Case index.
         case: u32,
     },
+    /// driver → peer, once before any Setup: the park board (its memfd
+    /// rides along) with `slots` slots.
+    Board {
+        /// Slots on the board (one per case).
+        slots: u64,
+    },
+    /// peer → driver: board attached.
+    BoardOk,
     /// peer → driver: served the chunk.
     Done {
         /// Case index.
@@ -92,7 +104,7 @@ pub enum Frame {
     },
     /// peer → driver: could not set up or serve `case` (details on its stderr).
     Failed {
-        /// Case index, or `u32::MAX` before any case.
+        /// Case index, or [`NO_CASE`] before any case.
         case: u32,
     },
     /// driver → peer: exit.
@@ -105,7 +117,7 @@ pub enum Frame {
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// Reading or writing the socket failed.
-    #[error("control socket: {0}")]
+    #[error("control socket I/O failed")]
     Io(#[from] io::Error),
     /// No frame arrived in time.
     #[error("timed out waiting for the peer process on the control socket")]
@@ -130,13 +142,16 @@ pub enum ControlError {
         /// Case index.
         case: u32,
     },
+    /// The peer could not start (pinning, its control socket).
+    #[error("the peer process could not start (its stderr says why)")]
+    PeerStartFailed,
 }
 
 /// Why the peer process could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
     /// Creating the socketpair or the process failed.
-    #[error("cannot start the peer process {program}: {source}")]
+    #[error("cannot start the peer process {program}")]
     Spawn {
         /// The executable.
         program: String,
@@ -144,7 +159,7 @@ pub enum SpawnError {
         source: io::Error,
     },
     /// The handshake failed.
-    #[error("peer process handshake: {0}")]
+    #[error("peer process handshake failed")]
     Handshake(#[from] ControlError),
     /// The peer speaks another protocol version.
     #[error("peer process speaks control protocol {got}, this driver {PROTOCOL_VERSION}")]
@@ -172,6 +187,8 @@ mod tag {
     pub const FAILED: u32 = 7;
     pub const SHUTDOWN: u32 = 8;
     pub const BYE: u32 = 9;
+    pub const BOARD: u32 = 10;
+    pub const BOARD_OK: u32 = 11;
 }
 
 impl Frame {
@@ -188,6 +205,8 @@ impl Frame {
             Frame::SetupOk { case, arg } => (tag::SETUP_OK, case, arg, 0, 0),
             Frame::Serve { case, count } => (tag::SERVE, case, count, 0, 0),
             Frame::Ready { case } => (tag::READY, case, 0, 0, 0),
+            Frame::Board { slots } => (tag::BOARD, 0, slots, 0, 0),
+            Frame::BoardOk => (tag::BOARD_OK, 0, 0, 0, 0),
             Frame::Done {
                 case,
                 served,
@@ -223,6 +242,8 @@ impl Frame {
             tag::SETUP_OK => Frame::SetupOk { case, arg: a },
             tag::SERVE => Frame::Serve { case, count: a },
             tag::READY => Frame::Ready { case },
+            tag::BOARD => Frame::Board { slots: a },
+            tag::BOARD_OK => Frame::BoardOk,
             tag::DONE => Frame::Done {
                 case,
                 served: a,
@@ -291,12 +312,14 @@ pub fn recv_with_fds(
         fds.append(&mut got);
     }
     match Frame::decode(&buf)? {
+        Frame::Failed { case: NO_CASE } => Err(ControlError::PeerStartFailed),
         Frame::Failed { case } => Err(ControlError::PeerFailed { case }),
         frame => Ok((frame, fds)),
     }
 }
 
-/// The peer process, as the driver holds it. Dropping it kills the process
+/// The peer process, as the driver holds it. Dropping it closes the
+/// control socket and kills the process if it does not exit by itself,
 /// unless [`shutdown`](Self::shutdown) ended it cleanly.
 pub struct PeerProcess {
     child: Arc<Mutex<Child>>,
@@ -416,13 +439,28 @@ impl PeerProcess {
     }
 }
 
+/// How long a dropped [`PeerProcess`] may take to exit on its own (it
+/// exits at EOF on the control socket, after printing why it failed).
+const EXIT_GRACE: Duration = Duration::from_millis(500);
+
 impl Drop for PeerProcess {
     fn drop(&mut self) {
-        if !self.exited {
-            let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
-            let _ = child.kill();
-            let _ = child.wait();
+        if self.exited {
+            return;
         }
+        // EOF first, so a peer that is up (or reporting a failure on its
+        // stderr) ends by itself; then kill whatever is left.
+        let _ = self.control.shutdown(std::net::Shutdown::Both);
+        let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        let deadline = Instant::now() + EXIT_GRACE;
+        while Instant::now() < deadline {
+            match child.try_wait() {
+                Ok(Some(_)) | Err(_) => return,
+                Ok(None) => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
@@ -430,7 +468,7 @@ impl Drop for PeerProcess {
 mod tests {
     use super::*;
 
-    const ALL: [Frame; 9] = [
+    const ALL: [Frame; 11] = [
         Frame::Hello {
             version: 1,
             pid: 42,
@@ -447,13 +485,15 @@ mod tests {
             count: 1000,
         },
         Frame::Ready { case: 1 },
+        Frame::Board { slots: 25 },
+        Frame::BoardOk,
         Frame::Done {
             case: 1,
             served: 1000,
             parks: 999,
             errors: 1,
         },
-        Frame::Failed { case: u32::MAX },
+        Frame::Failed { case: NO_CASE },
         Frame::Shutdown,
         Frame::Bye,
     ];
@@ -498,6 +538,8 @@ mod tests {
             recv(&b),
             Err(ControlError::PeerFailed { case: 4 })
         ));
+        send(&a, Frame::Failed { case: NO_CASE }).unwrap();
+        assert!(matches!(recv(&b), Err(ControlError::PeerStartFailed)));
         b.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
         assert!(matches!(recv(&b), Err(ControlError::TimedOut)));
         // Half a frame, then EOF.

@@ -15,6 +15,7 @@ use crate::report::{CaseResult, Machine, Report};
 use super::control::{self, ControlError, Frame, PeerProcess};
 use super::floor::FloorDriver;
 use super::guard::{Stop, Watchdog};
+use super::park::ParkBoard;
 use super::ring::{self, RingDriver, StreamProducer, STREAM_WINDOW};
 use super::stream::{PipeDriver, SocketDriver};
 use super::wake::WakeDriver;
@@ -46,6 +47,9 @@ pub fn run_ipc(settings: &IpcSettings) -> anyhow::Result<Report> {
     }
     let (driver_core, peer_core) = (settings.driver_core, settings.peer_core);
     check_cores(&[driver_core, peer_core]).context("--cores")?;
+    // Probe now: unpinned (the report lists every core we may use), and no
+    // `git` process runs during the measurements.
+    let machine = machine(settings);
     let exe = std::env::current_exe().context("cannot find this executable to start the peer")?;
     // Spawn before pinning: the child inherits the spawning thread's mask.
     let peer = PeerProcess::spawn(&exe, peer_core, HANDSHAKE_TIMEOUT)?;
@@ -60,6 +64,25 @@ pub fn run_ipc(settings: &IpcSettings) -> anyhow::Result<Report> {
         settings.samples
     );
 
+    let board = Arc::new(ParkBoard::create(specs.len()).context("park board")?);
+    control::send_with_fds(
+        peer.control(),
+        Frame::Board {
+            slots: specs.len() as u64,
+        },
+        &[board.fd()],
+    )?;
+    match control::recv(peer.control())? {
+        Frame::BoardOk => {}
+        got => {
+            return Err(ControlError::Unexpected {
+                expected: "BoardOk",
+                got,
+            }
+            .into())
+        }
+    }
+
     let mut cases = Vec::with_capacity(specs.len());
     for (index, spec) in specs.iter().enumerate() {
         let link = SetupLink {
@@ -67,6 +90,7 @@ pub fn run_ipc(settings: &IpcSettings) -> anyhow::Result<Report> {
             case: u32::try_from(index).context("too many cases")?,
             spec: *spec,
             peer_pid: peer.pid(),
+            board: &board,
         };
         let driver =
             setup_driver(&link, settings).with_context(|| format!("setting up {}", spec.name()))?;
@@ -125,7 +149,7 @@ pub fn run_ipc(settings: &IpcSettings) -> anyhow::Result<Report> {
     }
 
     let results = cases.iter().map(|c| case_result(c, settings)).collect();
-    Ok(Report::new("ipc", machine(settings), results))
+    Ok(Report::new("ipc", machine, results))
 }
 
 fn setup_driver(
@@ -223,7 +247,7 @@ fn case_result(case: &Running, settings: &IpcSettings) -> CaseResult {
     let tally = &case.tally;
     let secs = tally.timed_ns as f64 / 1e9;
     let ops_per_s = if secs > 0.0 {
-        tally.ops as f64 / secs
+        (tally.ops as f64 / secs * 10.0).round() / 10.0
     } else {
         0.0
     };
@@ -274,8 +298,8 @@ fn machine(settings: &IpcSettings) -> Machine {
             ),
             (
                 "blocking_cases",
-                "sender waits (untimed) until the receiver thread sleeps (/proc state S); \
-                 both sides block"
+                "sender waits (untimed) until the receiver thread has blocked in the kernel \
+                 (its voluntary context switches moved); both sides block"
                     .into(),
             ),
             ("clock", "std::time::Instant (CLOCK_MONOTONIC)".into()),
@@ -448,7 +472,7 @@ mod tests {
             chunk_of(&pipe, &settings),
             Chunk {
                 warmup: 5,
-                samples: 10
+                samples: 10,
             }
         );
     }

@@ -11,7 +11,6 @@
 //!
 //! ```text
 //! 0     reply line: flag u32 | RawHeader bytes 4..64
-//! 128   peer_asleep u32 (the futex baseline's "about to sleep for seq")
 //! 256   request: flag u32 | RawHeader bytes 4..64 | payload (max_payload bytes)
 //! ```
 #![allow(unsafe_code)]
@@ -24,7 +23,6 @@ use nocturne_ipc::region::{MemfdRegion, Region, RegionError};
 use super::msg::{RawHeader, HEADER_BYTES, REPLY_BYTES};
 
 const REPLY_OFFSET: usize = 0;
-const PEER_ASLEEP_OFFSET: usize = 128;
 const REQUEST_OFFSET: usize = 256;
 
 /// Why a mailbox could not be created or attached.
@@ -111,11 +109,6 @@ impl Mailbox {
     /// The reply's ready flag: the sequence number of the last reply.
     pub fn reply_flag(&self) -> &AtomicU32 {
         self.word(REPLY_OFFSET)
-    }
-
-    /// Set by a parking peer to the sequence number it is about to sleep for.
-    pub fn peer_asleep(&self) -> &AtomicU32 {
-        self.word(PEER_ASLEEP_OFFSET)
     }
 
     /// Writes the request header and `payload`, then publishes `seq`.

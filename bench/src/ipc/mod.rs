@@ -8,12 +8,12 @@
 //!
 //! | case | mechanism | module |
 //! |---|---|---|
-//! | `atomic-floor/N` | plain shared memory, one ready flag per direction, spinning | [`floor`] |
-//! | `ring-spin/N` | a nocturne channel, both sides spinning | [`ring`] |
-//! | `ring-park/N` | a nocturne channel, both sides parking before every message | [`ring`] |
-//! | `futex/N`, `eventfd/N` | the mailbox bytes, kernel wake-ups | [`wake`] |
-//! | `pipe/N`, `unix-socket/N`, `tcp-loopback/N` | kernel byte streams | [`stream`] |
-//! | `ring-stream/64` | one-way batched streaming through a channel (messages/s) | [`ring`] |
+//! | `atomic-floor/N` | plain shared memory, one ready flag per direction, spinning | `floor` |
+//! | `ring-spin/N` | a nocturne channel, both sides spinning | `ring` |
+//! | `ring-park/N` | a nocturne channel, both sides parking before every message | `ring` |
+//! | `futex/N`, `eventfd/N` | the mailbox bytes, kernel wake-ups | `wake` |
+//! | `pipe/N`, `unix-socket/N`, `tcp-loopback/N` | kernel byte streams | `stream` |
+//! | `ring-stream/64` | one-way batched streaming through a channel (messages/s) | `ring` |
 //!
 //! The peer is this same binary re-executed (`bench ipc-peer`, see
 //! [`control`]); every shared-memory region is a sealed memfd passed over a
@@ -23,20 +23,22 @@
 //! rotating each round, so machine noise hits all cases alike.
 //!
 //! Blocking cases (`ring-park`, futex, eventfd, pipe, sockets) wait, untimed,
-//! until the peer thread sleeps in the kernel before each request, and the
-//! peer counts the messages it really slept for: `parks_per_msg` must be
-//! exactly 1.0 for `ring-park` and `futex` or the case reports errors.
+//! until the peer thread has left the CPU to sleep in the kernel before each
+//! request, and the peer counts the messages it really slept for:
+//! `parks_per_msg` must be exactly 1.0 for `ring-park` and `futex` or the
+//! case reports errors.
 //!
 //! Run it with `cargo run --release -- bench ipc --quick` (see the crate's
 //! README for the options).
 
 pub mod control;
 pub mod guard;
-pub mod mailbox;
-pub mod msg;
 
 mod driver;
 mod floor;
+mod mailbox;
+mod msg;
+mod park;
 mod peer;
 mod ring;
 mod stream;
@@ -47,17 +49,20 @@ use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::hist::LatencyHistogram;
 use crate::pin::{parse_core_list, CoreListError};
 
 pub use driver::{check_targets, run_ipc, TargetCheck};
+pub use msg::MAX_PAYLOAD;
 pub use peer::run_peer;
 
 use control::{ControlError, Frame};
 use guard::{Stop, Waker};
 use mailbox::MailboxError;
+use park::{ParkBoard, ParkCounter, SleepProbe};
 
 /// `nocturne bench ipc` options.
 #[derive(clap::Args, Debug, Clone)]
@@ -139,7 +144,7 @@ pub struct IpcSettings {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ArgsError {
     /// `--cores` is not a core list.
-    #[error("--cores: {0}")]
+    #[error("bad --cores")]
     Cores(#[from] CoreListError),
     /// `--cores` does not name exactly two cores.
     #[error("--cores needs exactly two different cores (driver,peer), got {0}")]
@@ -152,7 +157,7 @@ pub enum ArgsError {
     PayloadTooLarge {
         /// The size asked for.
         len: usize,
-        /// [`msg::MAX_PAYLOAD`].
+        /// [`MAX_PAYLOAD`].
         max: usize,
     },
     /// A payload size is listed twice.
@@ -373,6 +378,9 @@ pub enum SetupError {
     /// The mailbox could not be created or attached.
     #[error(transparent)]
     Mailbox(#[from] MailboxError),
+    /// A shared-memory region could not be created or attached.
+    #[error(transparent)]
+    Region(#[from] nocturne_ipc::region::RegionError),
     /// The channel could not be created or attached.
     #[error(transparent)]
     Channel(#[from] nocturne_ipc::channel::ChannelError),
@@ -483,6 +491,10 @@ pub(crate) trait DriverCase {
 
 /// The peer's half of a case.
 pub(crate) trait PeerCase {
+    /// Called before the peer says Ready for a chunk (blocking cases start
+    /// their park count here).
+    fn begin_chunk(&mut self) {}
+
     /// Serves `count` messages (warm-up included).
     fn serve(&mut self, count: u64, stop: &Stop) -> Result<PeerTally, CaseError>;
 }
@@ -493,9 +505,15 @@ pub(crate) struct SetupLink<'a> {
     pub case: u32,
     pub spec: CaseSpec,
     pub peer_pid: u32,
+    pub board: &'a Arc<ParkBoard>,
 }
 
 impl SetupLink<'_> {
+    /// The probe that tells when this case's peer sleeps.
+    pub fn sleep_probe(&self) -> io::Result<SleepProbe> {
+        SleepProbe::open(self.peer_pid, Arc::clone(self.board), self.case as usize)
+    }
+
     /// Sends the setup frame with `arg` and `fds`, waits for the peer's
     /// acknowledgement and returns its argument.
     pub fn send(&self, arg: u64, fds: &[BorrowedFd<'_>]) -> Result<u64, SetupError> {
@@ -519,12 +537,20 @@ impl SetupLink<'_> {
 
 /// What the peer got with a setup frame.
 pub(crate) struct PeerSetup {
+    pub case: u32,
     pub spec: CaseSpec,
     pub arg: u64,
     pub fds: Vec<OwnedFd>,
+    pub board: Arc<ParkBoard>,
 }
 
 impl PeerSetup {
+    /// The counter that records this case's parks on the board.
+    pub fn park_counter(&self) -> Result<ParkCounter, SetupError> {
+        ParkCounter::new(Arc::clone(&self.board), self.case as usize)
+            .map_err(|_| SetupError::BadArgument("case index beyond the park board"))
+    }
+
     /// Takes exactly `N` descriptors (none are taken on a mismatch).
     pub fn take_fds<const N: usize>(&mut self) -> Result<[OwnedFd; N], SetupError> {
         let got = self.fds.len();
@@ -653,6 +679,8 @@ mod tests {
     fn peer_setup_takes_exactly_the_descriptors_needed() {
         let (a, b) = UnixStream::pair().unwrap();
         let mut setup = PeerSetup {
+            case: 0,
+            board: Arc::new(ParkBoard::create(1).unwrap()),
             spec: CaseSpec {
                 mechanism: Mechanism::Pipe,
                 payload: 1,

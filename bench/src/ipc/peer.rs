@@ -1,19 +1,22 @@
-//! The peer process (`nocturne bench ipc-peer`): pins itself, attaches each
-//! case from the descriptors the driver sends, and serves the chunks the
-//! driver asks for, on one thread. It dies with the driver
+//! The peer process (`nocturne bench ipc-peer`): pins itself, attaches the
+//! park board and each case from the descriptors the driver sends, and
+//! serves the chunks the driver asks for, on one thread (the one the
+//! driver's sleep probe watches). It dies with the driver
 //! (`PR_SET_PDEATHSIG`) and exits when the control socket closes.
 
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
 
 use crate::pin::{check_cores, pin_current_thread};
 
-use super::control::{self, ControlError, Frame, MAX_SETUP_FDS, PROTOCOL_VERSION};
+use super::control::{self, ControlError, Frame, MAX_SETUP_FDS, NO_CASE, PROTOCOL_VERSION};
 use super::floor::FloorPeer;
 use super::guard::Stop;
+use super::park::ParkBoard;
 use super::ring::{RingPeer, StreamConsumer};
 use super::stream;
 use super::sys::die_with_parent;
@@ -36,7 +39,7 @@ pub fn run_peer(args: &IpcPeerArgs) -> anyhow::Result<()> {
         .and_then(|()| pin_current_thread(args.core))
         .with_context(|| format!("ipc-peer: pinning to core {}", args.core));
     if let Err(e) = pinned {
-        let _ = control::send(&control, Frame::Failed { case: u32::MAX });
+        let _ = control::send(&control, Frame::Failed { case: NO_CASE });
         return Err(e);
     }
     control::send(
@@ -50,6 +53,7 @@ pub fn run_peer(args: &IpcPeerArgs) -> anyhow::Result<()> {
         "ipc-peer: stdin is not the driver's control socket (ipc-peer is started by `bench ipc`)",
     )?;
 
+    let mut board: Option<Arc<ParkBoard>> = None;
     let mut cases: Vec<Option<Box<dyn PeerCase>>> = Vec::new();
     loop {
         let (frame, fds) = match control::recv_with_fds(&control, MAX_SETUP_FDS) {
@@ -58,12 +62,31 @@ pub fn run_peer(args: &IpcPeerArgs) -> anyhow::Result<()> {
             Err(e) => return Err(e).context("ipc-peer"),
         };
         match frame {
+            Frame::Board { slots } => {
+                let [fd]: [OwnedFd; 1] = fds
+                    .try_into()
+                    .map_err(|_| anyhow!("ipc-peer: the Board frame needs one descriptor"))?;
+                let attached = ParkBoard::attach(fd).context("ipc-peer: park board")?;
+                if (attached.slots() as u64) < slots {
+                    bail!(
+                        "ipc-peer: the park board has {} slots, not {slots}",
+                        attached.slots()
+                    );
+                }
+                cases.resize_with(attached.slots(), || None);
+                board = Some(Arc::new(attached));
+                control::send(&control, Frame::BoardOk)?;
+            }
             Frame::Setup {
                 case,
                 mechanism,
                 payload,
                 arg,
             } => {
+                let Some(board) = &board else {
+                    let _ = control::send(&control, Frame::Failed { case });
+                    bail!("ipc-peer: Setup before the park board");
+                };
                 let setup = Mechanism::from_code(mechanism)
                     .ok_or(SetupError::UnknownMechanism(mechanism))
                     .and_then(|mechanism| {
@@ -71,19 +94,22 @@ pub fn run_peer(args: &IpcPeerArgs) -> anyhow::Result<()> {
                             .ok()
                             .filter(|&p| p <= super::msg::MAX_PAYLOAD)
                             .ok_or(SetupError::BadArgument("payload size"))?;
+                        if case as usize >= cases.len() {
+                            return Err(SetupError::BadArgument(
+                                "case index beyond the park board",
+                            ));
+                        }
                         attach(PeerSetup {
+                            case,
                             spec: CaseSpec { mechanism, payload },
                             arg,
                             fds,
+                            board: Arc::clone(board),
                         })
                     });
                 match setup {
                     Ok((peer_case, ack)) => {
-                        let slot = case as usize;
-                        if cases.len() <= slot {
-                            cases.resize_with(slot + 1, || None);
-                        }
-                        cases[slot] = Some(peer_case);
+                        cases[case as usize] = Some(peer_case);
                         control::send(&control, Frame::SetupOk { case, arg: ack })?;
                     }
                     Err(e) => {
@@ -97,6 +123,7 @@ pub fn run_peer(args: &IpcPeerArgs) -> anyhow::Result<()> {
                     let _ = control::send(&control, Frame::Failed { case });
                     bail!("ipc-peer: Serve for case {case}, which was never set up");
                 };
+                peer_case.begin_chunk();
                 control::send(&control, Frame::Ready { case })?;
                 match peer_case.serve(count, &NEVER) {
                     Ok(tally) => control::send(

@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 use nocturne_ipc::channel::{ChannelConfig, EngineEnd, Receiver, Sender, WorkerEnd};
 use nocturne_ipc::{Header, Kind, SendError, WaitOutcome, WaitPolicy};
 
-use super::guard::{ParkCounter, SleepProbe, Spinner, Stop};
+use super::guard::{Spinner, Stop};
 use super::msg::{checksum, payload_pattern};
+use super::park::{ParkCounter, SleepProbe};
 use super::{
     CaseError, Chunk, DriverCase, PeerCase, PeerSetup, PeerTally, SetupError, SetupLink, Tally,
 };
@@ -141,7 +142,7 @@ impl RingDriver {
             tx,
             rx,
             probe: if park {
-                Some(SleepProbe::open(link.peer_pid)?)
+                Some(link.sleep_probe()?)
             } else {
                 None
             },
@@ -186,7 +187,9 @@ impl DriverCase for RingDriver {
 pub struct RingPeer {
     tx: Sender,
     rx: Receiver,
-    park: bool,
+    /// Some: park mode. Only then: a getrusage per message would sit on the
+    /// spinning round trip's critical path.
+    parks: Option<ParkCounter>,
     payload_len: usize,
     expected: u64,
 }
@@ -199,7 +202,11 @@ impl RingPeer {
         Ok(Self {
             tx,
             rx,
-            park,
+            parks: if park {
+                Some(setup.park_counter()?)
+            } else {
+                None
+            },
             payload_len: setup.spec.payload,
             expected: 0,
         })
@@ -211,9 +218,14 @@ fn attach_worker(fd: OwnedFd) -> Result<(Sender, Receiver), SetupError> {
 }
 
 impl PeerCase for RingPeer {
+    fn begin_chunk(&mut self) {
+        if let Some(parks) = &mut self.parks {
+            parks.begin_chunk();
+        }
+    }
+
     fn serve(&mut self, count: u64, stop: &Stop) -> Result<PeerTally, CaseError> {
         let mut tally = PeerTally::default();
-        let mut parks = ParkCounter::start();
         let mut reply = Header {
             kind: Kind::Complete,
             ..Header::default()
@@ -221,7 +233,7 @@ impl PeerCase for RingPeer {
         for _ in 0..count {
             self.expected += 1;
             // No timeout when parking: the peer dies with its driver.
-            let (request, len, sum) = if self.park {
+            let (request, len, sum) = if self.parks.is_some() {
                 recv_parking(&mut self.rx, None, stop)?
             } else {
                 recv_spinning(&mut self.rx, stop)?
@@ -235,9 +247,11 @@ impl PeerCase for RingPeer {
             reply.call_id = request.call_id;
             reply.t1_ns = if valid { sum } else { 0 };
             send_spinning(&mut self.tx, &reply, &[], stop)?;
-            parks.message_done();
+            if let Some(parks) = &mut self.parks {
+                parks.message_done();
+            }
         }
-        tally.parks = if self.park { parks.parks() } else { 0 };
+        tally.parks = self.parks.as_ref().map_or(0, ParkCounter::parks);
         Ok(tally)
     }
 }

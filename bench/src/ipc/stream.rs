@@ -17,8 +17,9 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use super::guard::{ParkCounter, SleepProbe, Stop};
+use super::guard::Stop;
 use super::msg::{checksum, payload_pattern, RawHeader, HEADER_BYTES, REPLY_BYTES, STREAM_MAGIC};
+use super::park::{ParkCounter, SleepProbe};
 use super::{
     CaseError, Chunk, DriverCase, PeerCase, PeerSetup, PeerTally, SetupError, SetupLink, Tally,
 };
@@ -50,7 +51,7 @@ impl<R: Read, W: Write> StreamDriver<R, W> {
         Ok(Self {
             reader,
             writer,
-            probe: SleepProbe::open(link.peer_pid)?,
+            probe: link.sleep_probe()?,
             request,
             expected_sum: checksum(&payload),
             seq: 0,
@@ -153,35 +154,35 @@ pub struct StreamPeer<R, W> {
     writer: W,
     request: Vec<u8>,
     expected: u64,
+    parks: ParkCounter,
 }
 
 impl<R: Read, W: Write> StreamPeer<R, W> {
-    fn new(reader: R, writer: W, payload: usize) -> Self {
-        Self {
+    fn new(reader: R, writer: W, setup: &PeerSetup) -> Result<Self, SetupError> {
+        Ok(Self {
             reader,
             writer,
-            request: vec![0u8; HEADER_BYTES + payload],
+            request: vec![0u8; HEADER_BYTES + setup.spec.payload],
             expected: 0,
-        }
+            parks: setup.park_counter()?,
+        })
     }
 }
 
 /// Attaches the peer's side of a pipe case.
 pub fn attach_pipe(mut setup: PeerSetup) -> Result<Box<dyn PeerCase>, SetupError> {
-    let payload = setup.spec.payload;
     let [reader, writer] = setup.take_fds::<2>()?;
     let reader = std::io::PipeReader::from(reader);
     let writer = std::io::PipeWriter::from(writer);
-    Ok(Box::new(StreamPeer::new(reader, writer, payload)))
+    Ok(Box::new(StreamPeer::new(reader, writer, &setup)?))
 }
 
 /// Attaches the peer's side of a unix socket case.
 pub fn attach_unix(mut setup: PeerSetup) -> Result<Box<dyn PeerCase>, SetupError> {
-    let payload = setup.spec.payload;
     let [socket] = setup.take_fds::<1>()?;
     let socket = UnixStream::from(socket);
     let writer = socket.try_clone()?;
-    Ok(Box::new(StreamPeer::new(socket, writer, payload)))
+    Ok(Box::new(StreamPeer::new(socket, writer, &setup)?))
 }
 
 /// Connects the peer's side of a TCP case to the driver's port `setup.arg`;
@@ -195,15 +196,18 @@ pub fn attach_tcp(mut setup: PeerSetup) -> Result<(Box<dyn PeerCase>, u64), Setu
     let local_port = stream.local_addr()?.port();
     let writer = stream.try_clone()?;
     Ok((
-        Box::new(StreamPeer::new(stream, writer, setup.spec.payload)),
+        Box::new(StreamPeer::new(stream, writer, &setup)?),
         u64::from(local_port),
     ))
 }
 
 impl<R: Read, W: Write> PeerCase for StreamPeer<R, W> {
+    fn begin_chunk(&mut self) {
+        self.parks.begin_chunk();
+    }
+
     fn serve(&mut self, count: u64, _stop: &Stop) -> Result<PeerTally, CaseError> {
         let mut tally = PeerTally::default();
-        let mut parks = ParkCounter::start();
         let payload_len = (self.request.len() - HEADER_BYTES) as u64;
         let mut reply = [0u8; REPLY_BYTES];
         for _ in 0..count {
@@ -229,9 +233,9 @@ impl<R: Read, W: Write> PeerCase for StreamPeer<R, W> {
             }
             .emit(&mut reply);
             self.writer.write_all(&reply).map_err(eof_is_gone)?;
-            parks.message_done();
+            self.parks.message_done();
         }
-        tally.parks = parks.parks();
+        tally.parks = self.parks.parks();
         Ok(tally)
     }
 }

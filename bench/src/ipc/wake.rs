@@ -18,9 +18,10 @@ use std::io::{Read, Write};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::guard::{ParkCounter, SleepProbe, Stop, Waker};
+use super::guard::{Stop, Waker};
 use super::mailbox::Mailbox;
 use super::msg::{checksum, payload_pattern};
+use super::park::{ParkCounter, SleepProbe};
 use super::sys::{eventfd, futex_wait, futex_wake};
 use super::{
     CaseError, Chunk, DriverCase, PeerCase, PeerSetup, PeerTally, SetupError, SetupLink, Tally,
@@ -77,7 +78,7 @@ impl WakeDriver {
         Ok(Self {
             mailbox,
             doorbell,
-            probe: SleepProbe::open(link.peer_pid)?,
+            probe: link.sleep_probe()?,
             expected_sum: checksum(&payload),
             payload,
             seq: 0,
@@ -118,11 +119,6 @@ impl DriverCase for WakeDriver {
         for i in 0..chunk.total() {
             self.seq = self.seq.wrapping_add(1);
             let seq = self.seq;
-            if matches!(self.doorbell, Doorbell::Futex) {
-                // Acquire: pairs with the peer's Release store before it sleeps.
-                let announced = || self.mailbox.peer_asleep().load(Ordering::Acquire) == seq;
-                super::guard::spin_until(stop, announced)?;
-            }
             self.probe.wait_asleep(stop)?;
             let t0 = Instant::now();
             self.mailbox.post_request(seq, &self.payload);
@@ -161,6 +157,7 @@ pub struct WakePeer {
     eventfds: Option<(File, File)>,
     payload_len: usize,
     expected: u32,
+    parks: ParkCounter,
 }
 
 impl WakePeer {
@@ -179,6 +176,7 @@ impl WakePeer {
             eventfds,
             payload_len,
             expected: 0,
+            parks: setup.park_counter()?,
         })
     }
 
@@ -186,22 +184,16 @@ impl WakePeer {
     fn wait_request(&mut self, expected: u32, stop: &Stop) -> Result<(), CaseError> {
         let flag = self.mailbox.request_flag();
         match &mut self.eventfds {
-            None => {
-                // Release: pairs with the driver's Acquire load before it sends.
-                self.mailbox
-                    .peer_asleep()
-                    .store(expected, Ordering::Release);
-                loop {
-                    // Acquire: pairs with the driver's Release store in
-                    // `post_request`.
-                    let now = flag.load(Ordering::Acquire);
-                    if now == expected {
-                        return Ok(());
-                    }
-                    stop.check()?;
-                    futex_wait(flag, now, None);
+            None => loop {
+                // Acquire: pairs with the driver's Release store in
+                // `post_request`.
+                let now = flag.load(Ordering::Acquire);
+                if now == expected {
+                    return Ok(());
                 }
-            }
+                stop.check()?;
+                futex_wait(flag, now, None);
+            },
             Some((request, _)) => {
                 let mut count = [0u8; 8];
                 request.read_exact(&mut count)?;
@@ -217,9 +209,12 @@ impl WakePeer {
 }
 
 impl PeerCase for WakePeer {
+    fn begin_chunk(&mut self) {
+        self.parks.begin_chunk();
+    }
+
     fn serve(&mut self, count: u64, stop: &Stop) -> Result<PeerTally, CaseError> {
         let mut tally = PeerTally::default();
-        let mut parks = ParkCounter::start();
         for _ in 0..count {
             self.expected = self.expected.wrapping_add(1);
             let expected = self.expected;
@@ -242,9 +237,9 @@ impl PeerCase for WakePeer {
                 }
                 Some((_, reply)) => reply.write_all(&1u64.to_ne_bytes())?,
             }
-            parks.message_done();
+            self.parks.message_done();
         }
-        tally.parks = parks.parks();
+        tally.parks = self.parks.parks();
         Ok(tally)
     }
 }
