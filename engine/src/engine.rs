@@ -19,7 +19,7 @@ use nocturne_net::kernel::{KernelOptions, KernelTransport};
 use nocturne_net::Transport as _;
 
 use crate::config::{Config, FunctionSource, WorkerPoll};
-use crate::core_loop::{CoreLoop, LoopContext};
+use crate::core_loop::{CoreLoop, CorePool, LoopContext};
 use crate::status::EngineStatus;
 use crate::worker::{Spawner, WorkerSpec};
 
@@ -78,8 +78,15 @@ pub(crate) fn worker_wait(config: &Config) -> WaitPolicy {
     }
 }
 
-/// What the spawner needs to start a worker of function `f` for loop `loop_index`.
-pub(crate) fn worker_spec(ctx: &LoopContext, f: u32, loop_index: usize) -> WorkerSpec {
+/// What the spawner needs to start a worker of function `f` for loop
+/// `loop_index`; `own_core` pins it to one core (spinning workers) instead of
+/// the whole worker core set.
+pub(crate) fn worker_spec(
+    ctx: &LoopContext,
+    f: u32,
+    loop_index: usize,
+    own_core: Option<usize>,
+) -> WorkerSpec {
     let config = &ctx.config;
     let fc = &config.functions[f as usize];
     let argv: Vec<OsString> = match &fc.source {
@@ -97,7 +104,9 @@ pub(crate) fn worker_spec(ctx: &LoopContext, f: u32, loop_index: usize) -> Worke
         function_id: f,
         argv,
         env: fc.env.iter().map(|(k, v)| (k.into(), v.into())).collect(),
-        cores: config.worker_cores.clone(),
+        cores: own_core
+            .map(|c| vec![c])
+            .or_else(|| config.worker_cores.clone()),
         channel: channel_config(config, f as usize),
         functions: config
             .functions
@@ -144,6 +153,10 @@ impl Engine {
             draining: Arc::new(AtomicBool::new(false)),
             exe: std::env::current_exe().context("cannot locate the nocturne binary")?,
             loops,
+            spin_cores: match (config.worker_poll, &config.worker_cores) {
+                (WorkerPoll::Spin, Some(cores)) => Some(CorePool::new(cores)),
+                _ => None,
+            },
         });
         // Bind every listener before any thread starts, so a bad address fails
         // the start instead of one loop.

@@ -68,6 +68,40 @@ pub struct LoopContext {
     pub exe: std::path::PathBuf,
     /// Number of core loops in the engine.
     pub loops: usize,
+    /// With `--worker-poll spin`: the worker cores, each given to one worker
+    /// at a time (a spinning worker needs a core of its own).
+    pub spin_cores: Option<CorePool>,
+}
+
+/// Worker cores handed out one per worker. Touched only when a worker is
+/// spawned or removed, never on a call's path, so a mutex is fine.
+pub struct CorePool {
+    free: std::sync::Mutex<Vec<usize>>,
+}
+
+impl CorePool {
+    /// A pool of `cores`, all free.
+    pub fn new(cores: &[usize]) -> Self {
+        // Hand out low cores first (pop takes from the end).
+        let mut free = cores.to_vec();
+        free.sort_unstable_by(|a, b| b.cmp(a));
+        Self {
+            free: std::sync::Mutex::new(free),
+        }
+    }
+
+    /// Takes a free core, if any.
+    pub fn take(&self) -> Option<usize> {
+        self.free.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    /// Returns a core taken with [`take`](Self::take).
+    pub fn give_back(&self, core: usize) {
+        self.free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(core);
+    }
 }
 
 /// Per-function state of one loop: its share of the pool and its queue.

@@ -41,6 +41,8 @@ pub(crate) struct WorkerSlot {
     /// When the call it runs was answered 504 without it: a worker still busy
     /// [`STUCK_GRACE`] later is killed and replaced.
     pub abandoned_at: Option<std::time::Instant>,
+    /// The core it has to itself (spinning workers), returned when it goes.
+    pub own_core: Option<usize>,
 }
 
 /// How long a worker may keep running a call that already timed out.
@@ -158,10 +160,13 @@ impl LoopState {
         let mut work = 0;
         while let Ok((tag, result)) = self.spawn_rx.try_recv() {
             work += 1;
-            let f = tag as u32;
+            let (f, own_core) = unpack_spawn_tag(tag);
+            if result.is_err() {
+                self.give_back_core(own_core);
+            }
             self.functions[f as usize].starting -= 1;
             match result {
-                Ok(worker) => self.add_worker(f, worker, server),
+                Ok(worker) => self.add_worker(f, worker, own_core, server),
                 Err(e) => {
                     let fs = &mut self.functions[f as usize];
                     let delay = fs.backoff.on_failure(self.now);
@@ -189,7 +194,13 @@ impl LoopState {
         work
     }
 
-    fn add_worker<T: Transport>(&mut self, f: u32, mut worker: Worker, server: &mut HttpServer<T>) {
+    fn add_worker<T: Transport>(
+        &mut self,
+        f: u32,
+        mut worker: Worker,
+        own_core: Option<usize>,
+        server: &mut HttpServer<T>,
+    ) {
         let (sender, receiver) = worker
             .take_end()
             .expect("a new worker has its channel")
@@ -206,6 +217,7 @@ impl LoopState {
             backlog: VecDeque::new(),
             broken: None,
             abandoned_at: None,
+            own_core,
         };
         let key = self.workers.insert(slot);
         let pidfd = self
@@ -221,6 +233,7 @@ impl LoopState {
         {
             eprintln!("nocturne: cannot watch worker pid {pid}: {e}; dropping it");
             self.workers.remove(key);
+            self.give_back_core(own_core);
             return;
         }
         let fs = &mut self.functions[f as usize];
@@ -293,6 +306,7 @@ impl LoopState {
             fs.workers -= 1;
             fs.idle.retain(|k| *k != w);
         }
+        self.give_back_core(slot.own_core);
         if let Some(call) = slot.busy {
             let msg = format!("worker of {name} (pid {pid}) {why} while running the call");
             self.fail_call(call, STATUS_WORKER_CRASHED, &msg, server);
@@ -359,14 +373,35 @@ impl LoopState {
     }
 
     fn request_spawn(&mut self, f: u32) {
-        let spec = crate::engine::worker_spec(&self.ctx, f, usize::from(self.index));
+        let own_core = match &self.ctx.spin_cores {
+            Some(pool) => match pool.take() {
+                Some(core) => Some(core),
+                None => {
+                    // Configuration checks make this unlikely (at least one
+                    // worker core per max worker); never share a spinning core.
+                    eprintln!(
+                        "nocturne: no free worker core for another spinning worker of {}",
+                        self.functions[f as usize].name
+                    );
+                    return;
+                }
+            },
+            None => None,
+        };
+        let spec = crate::engine::worker_spec(&self.ctx, f, usize::from(self.index), own_core);
         self.functions[f as usize].starting += 1;
         self.ctx.spawner.request(SpawnRequest {
             spec,
             reply: self.spawn_tx.clone(),
             wake_efd: self.wake_fd.clone(),
-            tag: u64::from(f),
+            tag: pack_spawn_tag(f, own_core),
         });
+    }
+
+    fn give_back_core(&self, core: Option<usize>) {
+        if let (Some(core), Some(pool)) = (core, &self.ctx.spin_cores) {
+            pool.give_back(core);
+        }
     }
 
     /// Deadlines, stuck workers, restarts, scale-down.
@@ -464,6 +499,17 @@ impl LoopState {
             self.workers.remove(w);
         }
     }
+}
+
+/// A spawn request's tag: the function in the low 32 bits, the worker's own
+/// core (plus one; 0 = none) above.
+fn pack_spawn_tag(f: u32, own_core: Option<usize>) -> u64 {
+    u64::from(f) | (own_core.map_or(0, |c| c as u64 + 1) << 32)
+}
+
+fn unpack_spawn_tag(tag: u64) -> (u32, Option<usize>) {
+    let core = (tag >> 32) as usize;
+    (tag as u32, core.checked_sub(1))
 }
 
 fn describe_exit(status: &ExitStatus) -> String {
