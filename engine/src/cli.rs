@@ -47,9 +47,37 @@ pub struct ServeArgs {
     /// Network stack [default: kernel]
     ///
     /// kernel: kernel TCP sockets, one SO_REUSEPORT listener per io core.
-    /// smoltcp (a userspace stack) is not available yet.
+    /// smoltcp: a userspace TCP stack, busy-polled by the io loops, over a
+    /// TAP device (--tap) or an AF_PACKET raw socket (--raw), at --ip; it
+    /// listens on --listen's port (which must not be 0).
     #[arg(long, env = "NOCTURNE_NET", value_enum, value_name = "BACKEND")]
     pub net: Option<NetBackend>,
+
+    /// --net smoltcp: TAP device to use (created if it does not exist)
+    ///
+    /// Give the kernel side an address in --ip's subnet and bring it up, e.g.
+    /// `ip addr add 192.0.2.1/24 dev IFNAME; ip link set IFNAME up`
+    /// (see docs/userspace-networking.md).
+    #[arg(
+        long,
+        env = "NOCTURNE_TAP",
+        value_name = "IFNAME",
+        conflicts_with = "raw"
+    )]
+    pub tap: Option<String>,
+
+    /// --net smoltcp: existing interface to send and receive raw Ethernet
+    /// frames on (AF_PACKET), e.g. one end of a veth pair
+    #[arg(long, env = "NOCTURNE_RAW", value_name = "IFNAME")]
+    pub raw: Option<String>,
+
+    /// --net smoltcp: the engine's own IPv4 address and subnet, e.g. 192.0.2.2/24
+    #[arg(long, env = "NOCTURNE_IP", value_name = "ADDR/LEN")]
+    pub ip: Option<String>,
+
+    /// --net smoltcp: next hop for clients outside --ip's subnet
+    #[arg(long, env = "NOCTURNE_GATEWAY", value_name = "ADDR")]
+    pub gateway: Option<std::net::Ipv4Addr>,
 
     /// Cores for the engine's event loops, one pinned loop per core, e.g. 3 or 2-3 [default: the last allowed core]
     ///
@@ -128,6 +156,10 @@ impl ServeArgs {
         Overrides {
             listen: self.listen,
             net: self.net,
+            tap: self.tap.clone(),
+            raw: self.raw.clone(),
+            ip: self.ip.clone(),
+            gateway: self.gateway,
             io_cores: self.io_cores.clone(),
             worker_cores: self.worker_cores.clone(),
             poll: self.poll,

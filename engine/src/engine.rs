@@ -16,9 +16,9 @@ use anyhow::Context as _;
 use nocturne_ipc::channel::{ChannelConfig, WaitPolicy};
 use nocturne_net::http::Limits;
 use nocturne_net::kernel::{KernelOptions, KernelTransport};
-use nocturne_net::Transport as _;
+use nocturne_net::{SmoltcpOptions, SmoltcpTransport, Transport};
 
-use crate::config::{Config, FunctionSource, WorkerPoll};
+use crate::config::{Config, FunctionSource, NetBackend, WorkerPoll};
 use crate::core_loop::{CoreLoop, CorePool, LoopContext};
 use crate::status::EngineStatus;
 use crate::worker::{Spawner, WorkerSpec};
@@ -120,6 +120,37 @@ pub(crate) fn worker_spec(
     }
 }
 
+type LoopThreads = (
+    Vec<Arc<std::os::fd::OwnedFd>>,
+    Vec<std::thread::JoinHandle<()>>,
+);
+
+/// Starts one pinned thread per transport (io core), each running a core loop.
+fn start_loops<T: Transport + Send + 'static>(
+    ctx: &Arc<LoopContext>,
+    transports: Vec<T>,
+) -> anyhow::Result<LoopThreads> {
+    let mut wake_fds = Vec::new();
+    let mut threads = Vec::new();
+    for (index, (transport, &core)) in transports.into_iter().zip(&ctx.config.io_cores).enumerate()
+    {
+        let core_loop = CoreLoop::new(index, transport, ctx.clone())
+            .with_context(|| format!("cannot set up core loop {index}"))?;
+        wake_fds.push(core_loop.wake_fd());
+        let thread = std::thread::Builder::new()
+            .name(format!("nocturne-io-{core}"))
+            .spawn(move || {
+                if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                    eprintln!("nocturne: warning: cannot pin core loop {index} to core {core}");
+                }
+                core_loop.run();
+            })
+            .context("cannot start a core loop thread")?;
+        threads.push(thread);
+    }
+    Ok((wake_fds, threads))
+}
+
 /// A running engine (its core loops run on their own threads).
 pub struct Engine {
     addr: SocketAddr,
@@ -158,37 +189,51 @@ impl Engine {
                 _ => None,
             },
         });
-        // Bind every listener before any thread starts, so a bad address fails
-        // the start instead of one loop.
-        let opts = KernelOptions::default();
-        let first = KernelTransport::bind(config.listen, &opts)
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let addr = first.local_addr();
-        let mut transports = vec![first];
-        for _ in 1..loops {
-            transports.push(
-                KernelTransport::bind(addr, &opts)
-                    .with_context(|| format!("cannot listen on {addr}"))?,
-            );
-        }
-        let mut wake_fds = Vec::new();
-        let mut threads = Vec::new();
-        for (index, (transport, &core)) in transports.into_iter().zip(&config.io_cores).enumerate()
-        {
-            let core_loop = CoreLoop::new(index, transport, ctx.clone())
-                .with_context(|| format!("cannot set up core loop {index}"))?;
-            wake_fds.push(core_loop.wake_fd());
-            let thread = std::thread::Builder::new()
-                .name(format!("nocturne-io-{core}"))
-                .spawn(move || {
-                    if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
-                        eprintln!("nocturne: warning: cannot pin core loop {index} to core {core}");
-                    }
-                    core_loop.run();
-                })
-                .context("cannot start a core loop thread")?;
-            threads.push(thread);
-        }
+        // Open every listener (or device queue) before any thread starts, so
+        // a bad address fails the start instead of one loop.
+        let (addr, wake_fds, threads) = match config.net {
+            NetBackend::Kernel => {
+                let opts = KernelOptions::default();
+                let first = KernelTransport::bind(config.listen, &opts)
+                    .with_context(|| format!("cannot listen on {}", config.listen))?;
+                let addr = first.local_addr();
+                let mut transports = vec![first];
+                for _ in 1..loops {
+                    transports.push(
+                        KernelTransport::bind(addr, &opts)
+                            .with_context(|| format!("cannot listen on {addr}"))?,
+                    );
+                }
+                let (fds, threads) = start_loops(&ctx, transports)?;
+                (addr, fds, threads)
+            }
+            NetBackend::Smoltcp => {
+                let sc = config
+                    .smoltcp
+                    .as_ref()
+                    .context("smoltcp settings missing")?;
+                let mut opts =
+                    SmoltcpOptions::new(sc.device.clone(), sc.address, config.listen.port());
+                opts.gateway = sc.gateway;
+                opts.queues = loops;
+                // The transport's own cap must sit above the HTTP layer's, or
+                // its resets pre-empt the HTTP 503 a client can read.
+                opts.max_connections = (config.max_connections / loops).max(1) + 64;
+                let transports = (0..loops)
+                    .map(|_| {
+                        SmoltcpTransport::open(&opts).with_context(|| {
+                            format!(
+                                "cannot open {} for the smoltcp stack",
+                                sc.device.interface()
+                            )
+                        })
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let addr = transports[0].local_addr();
+                let (fds, threads) = start_loops(&ctx, transports)?;
+                (addr, fds, threads)
+            }
+        };
         log_startup(&config, addr);
         Ok(Self {
             addr,
@@ -235,8 +280,12 @@ impl Engine {
 }
 
 fn log_startup(config: &Config, addr: SocketAddr) {
+    let stack = match &config.smoltcp {
+        None => "kernel TCP".to_string(),
+        Some(sc) => format!("smoltcp on {:?}", sc.device),
+    };
     eprintln!(
-        "nocturne: listening on http://{addr} ({} core loop{} on cores {:?}, poll {:?}, workers wait {:?}{})",
+        "nocturne: listening on http://{addr} ({stack}; {} core loop{} on cores {:?}, poll {:?}, workers wait {:?}{})",
         config.io_cores.len(),
         if config.io_cores.len() == 1 { "" } else { "s" },
         config.io_cores,

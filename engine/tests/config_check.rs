@@ -132,7 +132,7 @@ fn bad_values_and_syntax_fail_with_their_line() {
         ),
         (
             "net = \"smoltcp\"\n[[functions]]\nname = \"f\"\nbuiltin = \"echo\"\n",
-            "smoltcp backend is not available yet",
+            "the smoltcp backend needs a device: --tap IFNAME or --raw IFNAME",
         ),
     ] {
         let file = dir.write("bad.toml", text);

@@ -614,14 +614,14 @@ fn set_overrides_a_function_setting() {
 }
 
 #[test]
-fn net_kernel_serves_and_smoltcp_is_refused() {
+fn net_kernel_serves_and_smoltcp_without_a_device_is_refused() {
     let engine = Engine::start(&["--net", "kernel"]);
     assert_eq!(engine.post("/function/echo", b"k").text(), "k");
     drop(engine);
     let (status, log) = Engine::builder().args(["--net", "smoltcp"]).run_to_exit();
     assert!(!status.success());
     assert!(
-        log.contains("smoltcp") && log.contains("not available"),
+        log.contains("smoltcp") && log.contains("--tap IFNAME or --raw IFNAME"),
         "{log}"
     );
 }

@@ -10,7 +10,8 @@
 //!                        ▼
 //!                    transport::Transport  (poll / read / write / shutdown_write / close)
 //!                        ├── kernel::KernelTransport   mio + epoll, SO_REUSEPORT listener per loop
-//!                        └── (smoltcp over TAP/AF_PACKET: plugs in behind the same trait)
+//!                        └── smoltcp::SmoltcpTransport  userspace TCP (smoltcp) over a TAP queue
+//!                                                       or an AF_PACKET socket, one per loop
 //! ```
 //!
 //! * [`transport`] — the [`Transport`] trait, connection
@@ -19,6 +20,11 @@
 //! * [`kernel`] — [`KernelTransport`]: non-blocking
 //!   kernel sockets, `TCP_NODELAY`, bounded accepts per poll, extra wake-up
 //!   fds (doorbells) in the same epoll.
+//! * [`smoltcp`] — [`SmoltcpTransport`]: smoltcp
+//!   with a socket set per connection (no scan per segment), our own
+//!   preallocated TAP/AF_PACKET device, write-through egress, a listener
+//!   refilled per SYN, TIME-WAIT without sockets, the device fd and wake fds
+//!   in one epoll. See `docs/userspace-networking.md`.
 //! * [`http`] — [`HttpServer`]: keep-alive, pipelining with
 //!   in-order answers, chunked request bodies, `Expect: 100-continue`, header
 //!   and body limits with lingering closes, slowloris and idle timeouts, a
@@ -29,6 +35,7 @@
 
 pub mod http;
 pub mod kernel;
+pub mod smoltcp;
 pub mod transport;
 
 pub use http::{
@@ -36,4 +43,6 @@ pub use http::{
     Responder, Response,
 };
 pub use kernel::{KernelOptions, KernelTransport};
+// `self::`: the module, not the smoltcp crate it wraps.
+pub use self::smoltcp::{DeviceSpec, Ipv4Cidr, SmoltcpOptions, SmoltcpTransport};
 pub use transport::{ConnId, Transport, TransportEvent};

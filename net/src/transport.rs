@@ -15,8 +15,8 @@
 //! connection is still ready.
 
 use std::io;
-use std::os::fd::RawFd;
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::time::Duration;
 
 /// Identifies one connection of one transport.

@@ -22,6 +22,10 @@ use super::{NetBackend, PollMode, WorkerPoll};
 pub(crate) struct FileConfig {
     pub listen: Option<ListenAddr>,
     pub net: Option<NetBackend>,
+    pub tap: Option<String>,
+    pub raw: Option<String>,
+    pub ip: Option<String>,
+    pub gateway: Option<std::net::Ipv4Addr>,
     pub io_cores: Option<CoreSet>,
     pub worker_cores: Option<CoreSet>,
     pub poll: Option<PollMode>,

@@ -106,8 +106,21 @@ pub mod limits {
 pub enum NetBackend {
     /// Kernel TCP sockets (mio, SO_REUSEPORT listener per io core).
     Kernel,
-    /// smoltcp over TAP/AF_PACKET (not available yet).
+    /// smoltcp, a userspace TCP stack, over a TAP device or an AF_PACKET raw
+    /// socket (`--tap`/`--raw`, `--ip`).
     Smoltcp,
+}
+
+/// Where the smoltcp backend gets its frames and which address it owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmoltcpConfig {
+    /// A TAP device (created if missing) or an existing interface for an
+    /// AF_PACKET raw socket.
+    pub device: nocturne_net::DeviceSpec,
+    /// The engine's own address and subnet, e.g. 192.0.2.2/24.
+    pub address: nocturne_net::Ipv4Cidr,
+    /// Next hop for clients outside the subnet.
+    pub gateway: Option<Ipv4Addr>,
 }
 
 /// How an io core loop waits when it has nothing to do.
@@ -192,6 +205,8 @@ pub struct Config {
     /// HTTP listen address.
     pub listen: SocketAddr,
     pub net: NetBackend,
+    /// Present exactly when `net` is `smoltcp`.
+    pub smoltcp: Option<SmoltcpConfig>,
     /// One core loop per core, pinned; ascending, non-empty, distinct.
     /// Default: the last allowed core.
     pub io_cores: Vec<usize>,

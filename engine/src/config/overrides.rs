@@ -21,6 +21,10 @@ use super::{NetBackend, PollMode, WorkerPoll};
 pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub net: Option<NetBackend>,
+    pub tap: Option<String>,
+    pub raw: Option<String>,
+    pub ip: Option<String>,
+    pub gateway: Option<std::net::Ipv4Addr>,
     pub io_cores: Option<CoreSet>,
     pub worker_cores: Option<CoreSet>,
     pub poll: Option<PollMode>,

@@ -30,6 +30,73 @@ fn pick<T>(flag: Option<T>, file: Option<T>, key: &str, flag_name: &str) -> (Opt
     }
 }
 
+/// The smoltcp settings: required (and only allowed) with `net = smoltcp`.
+fn resolve_smoltcp(
+    net: NetBackend,
+    net_field: &str,
+    listen: std::net::SocketAddr,
+    file: &FileConfig,
+    ov: &Overrides,
+) -> Result<Option<super::SmoltcpConfig>, ConfigError> {
+    let (tap, tap_field) = pick(ov.tap.clone(), file.tap.clone(), "tap", "--tap");
+    let (raw, raw_field) = pick(ov.raw.clone(), file.raw.clone(), "raw", "--raw");
+    let (ip, ip_field) = pick(ov.ip.clone(), file.ip.clone(), "ip", "--ip");
+    let (gateway, _) = pick(ov.gateway, file.gateway, "gateway", "--gateway");
+    if net != NetBackend::Smoltcp {
+        for (given, field) in [
+            (tap.is_some(), &tap_field),
+            (raw.is_some(), &raw_field),
+            (ip.is_some(), &ip_field),
+        ] {
+            if given {
+                return Err(ConfigError::invalid(
+                    field.clone(),
+                    format!("only applies to the smoltcp backend; set {net_field} to smoltcp"),
+                ));
+            }
+        }
+        return Ok(None);
+    }
+    let device = match (tap, raw) {
+        (Some(tap), None) => nocturne_net::DeviceSpec::Tap(tap),
+        (None, Some(raw)) => nocturne_net::DeviceSpec::Raw(raw),
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::invalid(
+                tap_field,
+                "give a TAP device or a raw interface, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(ConfigError::invalid(
+                net_field.to_owned(),
+                "the smoltcp backend needs a device: --tap IFNAME or --raw IFNAME",
+            ))
+        }
+    };
+    let Some(ip) = ip else {
+        return Err(ConfigError::invalid(
+            net_field.to_owned(),
+            "the smoltcp backend needs its own address: --ip ADDR/LEN, e.g. 192.0.2.2/24",
+        ));
+    };
+    let address: nocturne_net::Ipv4Cidr =
+        ip.parse()
+            .map_err(|e: nocturne_net::smoltcp::ParseCidrError| {
+                ConfigError::invalid(ip_field, e.to_string())
+            })?;
+    if listen.port() == 0 {
+        return Err(ConfigError::invalid(
+            "listen".to_owned(),
+            "the smoltcp backend needs a fixed port (every core loop listens on it): not 0",
+        ));
+    }
+    Ok(Some(super::SmoltcpConfig {
+        device,
+        address,
+        gateway,
+    }))
+}
+
 pub(crate) fn resolve(
     file: FileConfig,
     text: &str,
@@ -48,12 +115,7 @@ pub(crate) fn resolve(
 
     let (net, net_field) = pick(ov.net, file.net, "net", "--net");
     let net = net.unwrap_or(defaults::NET);
-    if net == NetBackend::Smoltcp {
-        return Err(ConfigError::invalid(
-            net_field,
-            "the smoltcp backend is not available yet; use `kernel`",
-        ));
-    }
+    let smoltcp = resolve_smoltcp(net, &net_field, listen, &file, ov)?;
 
     // Core placement.
     let (io_cores, io_field) = pick(ov.io_cores.clone(), file.io_cores, "io_cores", "--io-cores");
@@ -210,6 +272,7 @@ pub(crate) fn resolve(
         allowed_cores: allowed.cores().to_vec(),
         listen,
         net,
+        smoltcp,
         io_cores,
         worker_cores,
         poll,

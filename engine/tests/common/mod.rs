@@ -1185,3 +1185,101 @@ impl Client {
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
+
+// ---------------------------------------------------------------------------
+// Fault tests (engine/tests/fault_*.rs).
+
+/// The misbehaving worker binary `misbehave` (functions/examples/misbehave),
+/// next to `nocturne`; built by `cargo test --workspace` (its package has an
+/// integration test) or `cargo build -p nocturne-example-misbehave`.
+pub fn misbehave_exe() -> PathBuf {
+    let exe = nocturne_exe()
+        .parent()
+        .expect("the nocturne binary has a directory")
+        .join("misbehave");
+    assert!(
+        exe.is_file(),
+        "{} is missing: the fault tests need the misbehaving worker; run \
+         `cargo build -p nocturne-example-misbehave` with the same CARGO_TARGET_DIR and profile",
+        exe.display()
+    );
+    exe
+}
+
+/// Resident memory of a process (`VmRSS` in /proc/PID/status), KiB.
+pub fn vm_rss_kib(pid: i32) -> Option<u64> {
+    read_proc(format!("/proc/{pid}/status"))?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Children of `pid` that have exited and are not reaped yet.
+pub fn zombie_children(pid: i32) -> Vec<i32> {
+    children(pid)
+        .into_iter()
+        .filter(|&p| process_state(p) == Some('Z'))
+        .collect()
+}
+
+/// Waits until `/system/functions` shows `pred` true for `function`; returns
+/// that entry (fails with the log after [`LONG`]).
+pub fn wait_function_status(
+    engine: &Engine,
+    function: &str,
+    what: &str,
+    mut pred: impl FnMut(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + LONG;
+    loop {
+        let status = engine.functions_status();
+        let entry = status
+            .iter()
+            .find(|f| f["name"] == function)
+            .cloned()
+            .unwrap_or_else(|| engine.fail(&format!("{function} is not in /system/functions")));
+        if pred(&entry) {
+            return entry;
+        }
+        if Instant::now() > deadline {
+            engine.fail(&format!("{function} never got {what}: {entry}"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits until `function` has exactly one live worker, not `old`, and the
+/// engine has logged it ready (a process exists before its handshake ends).
+pub fn wait_replaced_worker(engine: &Engine, function: &str, old: i32) -> i32 {
+    let deadline = Instant::now() + LONG;
+    loop {
+        if let [pid] = engine.workers(function)[..] {
+            let ready = format!("worker {function} pid {pid} ready");
+            if pid != old && engine.log_text().contains(&ready) {
+                return pid;
+            }
+        }
+        if Instant::now() > deadline {
+            engine.fail(&format!(
+                "{function} worker {old} was not replaced: {:?}",
+                engine.all_workers()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The one live worker of `function` (fails if there are none or several).
+pub fn only_worker(engine: &Engine, function: &str) -> i32 {
+    match engine.workers(function)[..] {
+        [pid] => pid,
+        ref other => engine.fail(&format!(
+            "expected one {function} worker, found {other:?}: {:?}",
+            engine.all_workers()
+        )),
+    }
+}

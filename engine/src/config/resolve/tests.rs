@@ -258,18 +258,50 @@ fn explicit_worker_spin_on_shared_cores_is_refused() {
 }
 
 #[test]
-fn smoltcp_is_not_available_yet() {
+fn smoltcp_needs_a_device_an_address_and_a_port() {
     let e = err(&format!("net = \"smoltcp\"\n{ONE_ECHO}"));
-    assert_invalid(e, "net", "not available yet");
+    assert_invalid(e, "net", "--tap IFNAME or --raw IFNAME");
+    let e = err(&format!("net = \"smoltcp\"\ntap = \"tap0\"\n{ONE_ECHO}"));
+    assert_invalid(e, "net", "--ip ADDR/LEN");
+    let e = err(&format!(
+        "net = \"smoltcp\"\ntap = \"tap0\"\nip = \"192.0.2.2\"\n{ONE_ECHO}"
+    ));
+    assert_invalid(e, "ip", "192.0.2.2/24");
     let ov = Overrides {
         net: Some(NetBackend::Smoltcp),
+        tap: Some("tap0".into()),
+        raw: Some("veth0".into()),
+        ip: Some("192.0.2.2/24".into()),
+        ..Overrides::default()
+    };
+    assert_invalid(err_on(ONE_ECHO, &ov, TWO_CORES), "--tap", "not both");
+    let ov = Overrides {
+        raw: None,
+        listen: Some("0.0.0.0:0".parse().unwrap()),
+        ..ov
+    };
+    assert_invalid(err_on(ONE_ECHO, &ov, TWO_CORES), "listen", "fixed port");
+    let ov = Overrides { listen: None, ..ov };
+    let config = resolve_text(ONE_ECHO, &ov, TWO_CORES).unwrap();
+    let sc = config.smoltcp.expect("smoltcp settings");
+    assert_eq!(sc.device, nocturne_net::DeviceSpec::Tap("tap0".into()));
+    assert_eq!(sc.address.to_string(), "192.0.2.2/24");
+}
+
+#[test]
+fn smoltcp_settings_need_the_smoltcp_backend() {
+    let e = err(&format!("tap = \"tap0\"\n{ONE_ECHO}"));
+    assert_invalid(e, "tap", "only applies to the smoltcp backend");
+    let ov = Overrides {
+        ip: Some("192.0.2.2/24".into()),
         ..Overrides::default()
     };
     assert_invalid(
         err_on(ONE_ECHO, &ov, TWO_CORES),
-        "--net",
-        "not available yet",
+        "--ip",
+        "only applies to the smoltcp backend",
     );
+    assert_eq!(ok(ONE_ECHO).smoltcp, None);
 }
 
 #[test]

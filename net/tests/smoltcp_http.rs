@@ -1,0 +1,880 @@
+//! The HTTP server over the smoltcp transport, end to end: every test makes
+//! its own network namespace with a TAP (or a veth pair for the raw
+//! backend), runs `HttpServer<SmoltcpTransport>` on a thread inside it, and
+//! drives it with the kernel's TCP stack (std sockets, curl) from inside the
+//! same namespace. Nothing is mocked; timing is never asserted.
+
+mod netns;
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::process::Command;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use netns::Netns;
+use nocturne_net::smoltcp::{DeviceSpec, SmoltcpOptions, SmoltcpStats, SmoltcpTransport};
+use nocturne_net::{
+    ConnId, HttpServer, Limits, Request, RequestHandler, RequestHead, Responder, Response,
+    Transport,
+};
+
+const SERVER: &str = "192.0.2.2:8080";
+const KERNEL_SIDE: &str = "192.0.2.1/24";
+const STACK_ADDR: &str = "192.0.2.2/24";
+const PORT: u16 = 8080;
+/// The longest any wait in these tests may take before it fails (a guard
+/// against hangs, not a timing assertion).
+const PATIENCE: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wire {
+    Tap,
+    Raw,
+}
+
+/// Creates the interface for `wire` in `ns` and names the device the
+/// transport opens.
+fn make_wire(ns: &Netns, wire: Wire) -> DeviceSpec {
+    match wire {
+        Wire::Tap => {
+            ns.add_tap("nct0", KERNEL_SIDE);
+            DeviceSpec::Tap("nct0".into())
+        }
+        Wire::Raw => {
+            ns.add_veth("nck0", "ncr0", KERNEL_SIDE);
+            DeviceSpec::Raw("ncr0".into())
+        }
+    }
+}
+
+/// The same test on both backends: `mod name { tap, raw }`.
+macro_rules! on_both_wires {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn tap() {
+                super::$name(super::Wire::Tap)
+            }
+            #[test]
+            fn raw() {
+                super::$name(super::Wire::Raw)
+            }
+        }
+    )*};
+}
+
+on_both_wires!(
+    keep_alive_and_pipelining,
+    one_megabyte_bodies_both_ways,
+    many_connections_open_at_once,
+    connection_close_and_time_wait,
+    resets_and_half_closes,
+    burst_of_1000_concurrent_connects,
+    connection_cap_refuses_and_recovers,
+);
+
+/// What the server thread publishes after every turn.
+#[derive(Clone, Debug, Default)]
+struct Snapshot {
+    http_connections: usize,
+    requests: u64,
+    stats: SmoltcpStats,
+    closed: Vec<ConnId>,
+    wakes: u64,
+}
+
+/// Routes: `/echo…` answers `METHOD PATH BODY`; `/len` answers the body's
+/// length and checksum; `/big?n=N` answers N pattern bytes; else 404.
+struct Handler {
+    pattern: Arc<Vec<u8>>,
+    scratch: Vec<u8>,
+    snapshot: Arc<Mutex<Snapshot>>,
+    control: UnixStream,
+    stop: bool,
+    stop_accepting: bool,
+}
+
+impl RequestHandler for Handler {
+    fn body_limit(&mut self, _head: &RequestHead<'_>) -> usize {
+        2 << 20
+    }
+
+    fn on_request(&mut self, req: Request<'_>, responder: &mut Responder<'_>) {
+        self.snapshot.lock().unwrap().requests += 1;
+        let path = req.head.path;
+        self.scratch.clear();
+        let resp = if path.starts_with("/echo") {
+            self.scratch
+                .extend_from_slice(req.head.method_name().as_bytes());
+            self.scratch.push(b' ');
+            self.scratch.extend_from_slice(path.as_bytes());
+            self.scratch.push(b' ');
+            self.scratch.extend_from_slice(req.body);
+            Response::new(200, &self.scratch)
+        } else if path == "/len" {
+            let line = format!("len={} sum={}", req.body.len(), checksum(req.body));
+            self.scratch.extend_from_slice(line.as_bytes());
+            Response::new(200, &self.scratch)
+        } else if path == "/big" {
+            let n: usize = req
+                .head
+                .query
+                .and_then(|q| q.strip_prefix("n="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+                .min(self.pattern.len());
+            Response::new(200, &self.pattern[..n])
+        } else {
+            Response::new(404, b"no such route")
+        };
+        responder.respond(req.id, &resp).unwrap();
+    }
+
+    fn on_wake(&mut self, token: usize) {
+        assert_eq!(token, 7);
+        self.snapshot.lock().unwrap().wakes += 1;
+        let mut bytes = [0u8; 16];
+        while let Ok(n) = self.control.read(&mut bytes) {
+            if n == 0 {
+                self.stop = true;
+                break;
+            }
+            for &b in &bytes[..n] {
+                match b {
+                    b'!' => self.stop = true,
+                    b's' => self.stop_accepting = true,
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn on_closed(&mut self, conn: ConnId) {
+        self.snapshot.lock().unwrap().closed.push(conn);
+    }
+}
+
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+/// How the server thread waits between turns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Sleep in epoll (TAP fd + wake fd) until something happens.
+    Block,
+    /// Poll with a zero timeout, yielding the CPU on idle turns.
+    Spin,
+}
+
+/// `HttpServer<SmoltcpTransport>` on a thread inside a namespace.
+struct Server {
+    snapshot: Arc<Mutex<Snapshot>>,
+    control: UnixStream,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(ns: &Netns, opts: SmoltcpOptions, limits: Limits, mode: Mode) -> Self {
+        let snapshot = Arc::new(Mutex::new(Snapshot::default()));
+        let (control, control_reader) = UnixStream::pair().unwrap();
+        control_reader.set_nonblocking(true).unwrap();
+        let (opened_tx, opened_rx) = mpsc::channel();
+        let published = snapshot.clone();
+        let thread = ns.spawn("smoltcp-server", move || {
+            let transport = match SmoltcpTransport::open(&opts) {
+                Ok(t) => t,
+                Err(e) => {
+                    opened_tx.send(Err(e.to_string())).unwrap();
+                    return;
+                }
+            };
+            let mut server = HttpServer::new(transport, limits);
+            server
+                .transport_mut()
+                .register_wake_fd(control_reader.as_raw_fd(), 7)
+                .unwrap();
+            opened_tx.send(Ok(())).unwrap();
+            let mut handler = Handler {
+                pattern: Arc::new(pattern(2 << 20)),
+                scratch: Vec::new(),
+                snapshot: published,
+                control: control_reader,
+                stop: false,
+                stop_accepting: false,
+            };
+            while !handler.stop {
+                let timeout = match mode {
+                    Mode::Block => None,
+                    Mode::Spin => Some(Duration::ZERO),
+                };
+                let work = server.poll(timeout, 64, &mut handler).unwrap();
+                if handler.stop_accepting {
+                    handler.stop_accepting = false;
+                    server.transport_mut().stop_accepting();
+                }
+                {
+                    let mut s = handler.snapshot.lock().unwrap();
+                    s.http_connections = server.connection_count();
+                    s.stats = server.transport().stats();
+                }
+                if mode == Mode::Spin && work == 0 {
+                    thread::yield_now();
+                }
+            }
+        });
+        match opened_rx.recv_timeout(PATIENCE) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("opening the smoltcp transport failed: {e}"),
+            Err(_) => panic!("the server thread did not start"),
+        }
+        Self {
+            snapshot,
+            control,
+            thread: Some(thread),
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        self.snapshot.lock().unwrap().clone()
+    }
+
+    /// Waits (generously, never asserting a duration) until `cond` holds.
+    fn wait_until(&self, what: &str, cond: impl Fn(&Snapshot) -> bool) -> Snapshot {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let snap = self.snapshot();
+            if cond(&snap) {
+                return snap;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gave up waiting for {what}: {snap:?}"
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn send_control(&self, byte: u8) {
+        (&self.control).write_all(&[byte]).unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = (&self.control).write_all(b"!");
+        if let Some(thread) = self.thread.take() {
+            let result = thread.join();
+            if !thread::panicking() {
+                result.expect("server thread panicked");
+            }
+        }
+    }
+}
+
+fn options(device: DeviceSpec) -> SmoltcpOptions {
+    SmoltcpOptions::new(device, STACK_ADDR.parse().unwrap(), PORT)
+}
+
+/// One parsed response.
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).unwrap()
+    }
+}
+
+/// A blocking kernel-TCP client (call from inside the namespace).
+struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    fn connect() -> Self {
+        let stream = TcpStream::connect(SERVER).expect("connect to the smoltcp server");
+        Self::from_stream(stream)
+    }
+
+    fn from_stream(stream: TcpStream) -> Self {
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    fn fill(&mut self) -> usize {
+        let mut chunk = [0u8; 64 * 1024];
+        let n = self.stream.read(&mut chunk).expect("read");
+        self.buf.extend_from_slice(&chunk[..n]);
+        n
+    }
+
+    fn read_response(&mut self) -> Resp {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut parsed = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(head_len) = parsed.parse(&self.buf).unwrap() {
+                let status = parsed.code.unwrap();
+                let headers: Vec<(String, String)> = parsed
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_owned(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect();
+                let len: usize = headers
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                    .map_or(0, |(_, v)| v.parse().unwrap());
+                while self.buf.len() < head_len + len {
+                    assert!(self.fill() > 0, "EOF inside a response body");
+                }
+                let body = self.buf[head_len..head_len + len].to_vec();
+                self.buf.drain(..head_len + len);
+                return Resp {
+                    status,
+                    headers,
+                    body,
+                };
+            }
+            assert!(self.fill() > 0, "EOF before a response head");
+        }
+    }
+
+    fn roundtrip(&mut self, request: &[u8]) -> Resp {
+        self.send(request);
+        self.read_response()
+    }
+
+    /// The server closed cleanly (FIN, not reset) with nothing more.
+    fn expect_eof(&mut self) {
+        assert!(self.buf.is_empty(), "unread bytes: {:?}", self.buf);
+        let mut byte = [0u8; 64];
+        match self.stream.read(&mut byte) {
+            Ok(0) => {}
+            Ok(n) => panic!(
+                "expected EOF, got {:?}",
+                String::from_utf8_lossy(&byte[..n])
+            ),
+            Err(e) => panic!("expected a clean EOF, got {e}"),
+        }
+    }
+}
+
+fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").into_bytes()
+}
+
+fn post(path: &str, body: &[u8]) -> Vec<u8> {
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    req
+}
+
+fn keep_alive_and_pipelining(wire: Wire) {
+    for mode in [Mode::Block, Mode::Spin] {
+        let Some(ns) = Netns::for_test() else { return };
+        let server = Server::start(&ns, options(make_wire(&ns, wire)), Limits::default(), mode);
+        ns.run(|| {
+            let mut client = Client::connect();
+            for i in 0..50 {
+                let resp =
+                    client.roundtrip(&post(&format!("/echo/{i}"), format!("#{i}").as_bytes()));
+                assert_eq!(resp.status, 200);
+                assert_eq!(resp.text(), format!("POST /echo/{i} #{i}"));
+                assert_eq!(resp.header("Connection"), None);
+            }
+            // Twenty requests in one write, answered in order.
+            let mut batch = Vec::new();
+            for i in 0..20 {
+                batch.extend_from_slice(&get(&format!("/echo/p{i}")));
+            }
+            client.send(&batch);
+            for i in 0..20 {
+                assert_eq!(client.read_response().text(), format!("GET /echo/p{i} "));
+            }
+            assert_eq!(client.roundtrip(&get("/nowhere")).status, 404);
+        });
+        let snap = server.wait_until("the requests", |s| s.requests == 71);
+        assert_eq!(snap.stats.accepted, 1, "one keep-alive connection");
+        assert_eq!(snap.stats.refused, 0);
+    }
+}
+
+fn one_megabyte_bodies_both_ways(wire: Wire) {
+    let Some(ns) = Netns::for_test() else { return };
+    let _server = Server::start(
+        &ns,
+        options(make_wire(&ns, wire)),
+        Limits::default(),
+        Mode::Block,
+    );
+    ns.run(|| {
+        let body = pattern(1 << 20);
+        let mut client = Client::connect();
+        // Upload: the server reads 1 MiB through a 64 KiB window.
+        let resp = client.roundtrip(&post("/len", &body));
+        assert_eq!(resp.status, 200);
+        assert_eq!(
+            resp.text(),
+            format!("len={} sum={}", body.len(), checksum(&body))
+        );
+        // Download: 1 MiB through a 64 KiB send buffer, on the same
+        // connection, twice.
+        for _ in 0..2 {
+            let resp = client.roundtrip(&get(&format!("/big?n={}", 1 << 20)));
+            assert_eq!(resp.status, 200);
+            assert_eq!(resp.body.len(), 1 << 20);
+            assert!(resp.body == body, "the downloaded bytes differ");
+        }
+    });
+}
+
+fn many_connections_open_at_once(wire: Wire) {
+    let Some(ns) = Netns::for_test() else { return };
+    let server = Server::start(
+        &ns,
+        options(make_wire(&ns, wire)),
+        Limits::default(),
+        Mode::Block,
+    );
+    ns.run(|| {
+        let mut clients: Vec<Client> = (0..200).map(|_| Client::connect()).collect();
+        // Interleaved: every connection answers in turn, three rounds.
+        for round in 0..3 {
+            for (i, client) in clients.iter_mut().enumerate() {
+                let resp = client.roundtrip(&get(&format!("/echo/{round}/{i}")));
+                assert_eq!(resp.text(), format!("GET /echo/{round}/{i} "));
+            }
+        }
+        server.wait_until("200 open connections", |s| s.stats.open == 200);
+        clients.clear();
+    });
+    let snap = server.wait_until("every connection closed", |s| {
+        s.stats.open == 0 && s.stats.closing == 0 && s.http_connections == 0
+    });
+    assert_eq!(snap.stats.accepted, 200);
+    assert_eq!(snap.closed.len(), 200);
+}
+
+fn connection_close_and_time_wait(wire: Wire) {
+    let Some(ns) = Netns::for_test() else { return };
+    let server = Server::start(
+        &ns,
+        options(make_wire(&ns, wire)),
+        Limits::default(),
+        Mode::Block,
+    );
+    ns.run(|| {
+        // Short connections, one after another: the server closes first,
+        // so each ends in TIME-WAIT on our side.
+        for i in 0..100 {
+            let mut client = Client::connect();
+            let req = format!("GET /echo/{i} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+            let resp = client.roundtrip(req.as_bytes());
+            assert_eq!(resp.text(), format!("GET /echo/{i} "));
+            assert_eq!(resp.header("Connection"), Some("close"));
+            client.expect_eof();
+        }
+    });
+    let snap = server.wait_until("closes to settle", |s| {
+        s.stats.open == 0 && s.stats.closing == 0 && s.stats.time_wait == 100
+    });
+    assert_eq!(snap.stats.accepted, 100);
+    // The sockets were recycled, not kept for TIME-WAIT: no resets either.
+    assert_eq!(snap.stats.resets, 0);
+}
+
+fn resets_and_half_closes(wire: Wire) {
+    let Some(ns) = Netns::for_test() else { return };
+    let server = Server::start(
+        &ns,
+        options(make_wire(&ns, wire)),
+        Limits::default(),
+        Mode::Block,
+    );
+    ns.run(|| {
+        // A client that resets mid-request (after one answered request, so
+        // the connection surely reached the server).
+        let mut client = Client::connect();
+        assert_eq!(client.roundtrip(&get("/echo/first")).status, 200);
+        let mut partial = client.stream;
+        partial
+            .write_all(b"POST /echo HTTP/1.1\r\nContent-Length: 100\r\n\r\nabc")
+            .unwrap();
+        socket2::SockRef::from(&partial)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(partial); // RST
+        server.wait_until("the reset connection to go", |s| {
+            s.stats.accepted == 1 && s.stats.open == 0 && s.closed.len() == 1
+        });
+
+        // Reset right after connecting: whether the server saw the
+        // handshake complete or not, nothing is left behind.
+        let quick = Client::connect();
+        socket2::SockRef::from(&quick.stream)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(quick);
+        server.wait_until("the handshake to be cleaned up", |s| {
+            s.stats.open == 0 && s.stats.handshaking == 0
+        });
+
+        // Half-close after the request: the answer still comes, then EOF.
+        let mut client = Client::connect();
+        client.send(&post("/echo/half", b"bye"));
+        client.stream.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(client.read_response().text(), "POST /echo/half bye");
+        client.expect_eof();
+
+        // Garbage: 400, then a clean close (lingering, not a reset).
+        let mut client = Client::connect();
+        let resp = client.roundtrip(b"NONSENSE\r\n\r\n");
+        assert_eq!(resp.status, 400);
+        client.expect_eof();
+
+        // A closed port: refused by the stack's reset.
+        let err = TcpStream::connect("192.0.2.2:8081").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
+
+        // The server still works.
+        let mut client = Client::connect();
+        assert_eq!(client.roundtrip(&get("/echo/ok")).status, 200);
+    });
+    let snap = server.wait_until("all connections gone", |s| {
+        s.stats.open == 0 && s.stats.closing == 0
+    });
+    // Connections that reached the handler are reported closed.
+    assert!(snap.closed.len() >= 2, "{snap:?}");
+}
+
+fn burst_of_1000_concurrent_connects(wire: Wire) {
+    const N: usize = 1000;
+    let Some(ns) = Netns::for_test() else { return };
+    let server = Server::start(
+        &ns,
+        options(make_wire(&ns, wire)),
+        Limits::default(),
+        Mode::Block,
+    );
+    netns::raise_fd_limit();
+    ns.run(|| {
+        let addr: SocketAddr = SERVER.parse().unwrap();
+        // All connects in flight at once: non-blocking sockets, then wait
+        // for each to finish.
+        let sockets: Vec<socket2::Socket> = (0..N)
+            .map(|_| {
+                let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                    .unwrap();
+                s.set_nonblocking(true).unwrap();
+                match s.connect(&addr.into()) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+                    Err(e) => panic!("connect: {e}"),
+                }
+                s
+            })
+            .collect();
+        let mut fds: Vec<libc::pollfd> = sockets
+            .iter()
+            .map(|s| libc::pollfd {
+                fd: s.as_raw_fd(),
+                events: libc::POLLOUT,
+                revents: 0,
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut connected = vec![false; N];
+        while connected.iter().any(|c| !c) {
+            assert!(Instant::now() < deadline, "connects did not finish");
+            poll_fds(&mut fds, 100);
+            for (i, pfd) in fds.iter_mut().enumerate() {
+                if connected[i] || pfd.revents == 0 {
+                    continue;
+                }
+                if let Some(e) = sockets[i].take_error().unwrap() {
+                    panic!("connect {i} failed: {e}");
+                }
+                connected[i] = true;
+                pfd.fd = -1; // stop polling it
+            }
+        }
+        // Every connection is real: ask each for an answer.
+        let mut clients: Vec<Client> = sockets
+            .into_iter()
+            .map(|s| {
+                s.set_nonblocking(false).unwrap();
+                Client::from_stream(s.into())
+            })
+            .collect();
+        for (i, client) in clients.iter_mut().enumerate() {
+            client.send(&get(&format!("/echo/{i}")));
+        }
+        for (i, client) in clients.iter_mut().enumerate() {
+            assert_eq!(client.read_response().text(), format!("GET /echo/{i} "));
+        }
+        let snap = server.wait_until("1000 open connections", |s| s.stats.open == N);
+        assert_eq!(snap.stats.refused, 0);
+    });
+    let snap = server.wait_until("every connection closed", |s| {
+        s.stats.open == 0 && s.stats.closing == 0
+    });
+    assert_eq!(snap.stats.accepted, N as u64);
+    assert_eq!(snap.stats.refused, 0);
+}
+
+fn poll_fds(fds: &mut [libc::pollfd], timeout_ms: i32) {
+    #[allow(unsafe_code)]
+    // SAFETY: fds is a valid, exclusively borrowed array of pollfd.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    assert!(n >= 0, "poll: {}", io::Error::last_os_error());
+}
+
+fn connection_cap_refuses_and_recovers(wire: Wire) {
+    let Some(ns) = Netns::for_test() else { return };
+    let mut opts = options(make_wire(&ns, wire));
+    opts.max_connections = 4;
+    let server = Server::start(&ns, opts, Limits::default(), Mode::Block);
+    ns.run(|| {
+        let mut clients: Vec<Client> = (0..4).map(|_| Client::connect()).collect();
+        for client in &mut clients {
+            assert_eq!(client.roundtrip(&get("/echo")).status, 200);
+        }
+        // The fifth is refused at once (a reset), not left hanging.
+        let err = TcpStream::connect(SERVER).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
+        server.wait_until("the refusal to be counted", |s| s.stats.refused >= 1);
+        // One leaves: after its close completes, a new one gets in.
+        clients.pop();
+        let deadline = Instant::now() + PATIENCE;
+        let mut client = loop {
+            match TcpStream::connect(SERVER) {
+                Ok(stream) => break Client::from_stream(stream),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    assert!(Instant::now() < deadline, "still refused");
+                    thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("connect: {e}"),
+            }
+        };
+        assert_eq!(client.roundtrip(&get("/echo/again")).status, 200);
+        for client in &mut clients {
+            assert_eq!(client.roundtrip(&get("/echo")).status, 200);
+        }
+    });
+}
+
+#[test]
+fn stop_accepting_refuses_new_connections_and_keeps_open_ones() {
+    let Some(ns) = Netns::for_test() else { return };
+    let server = Server::start(
+        &ns,
+        options(make_wire(&ns, Wire::Tap)),
+        Limits::default(),
+        Mode::Block,
+    );
+    ns.run(|| {
+        let mut client = Client::connect();
+        assert_eq!(client.roundtrip(&get("/echo/1")).status, 200);
+        server.send_control(b's');
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match TcpStream::connect(SERVER) {
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => break,
+                Err(e) => panic!("connect: {e}"),
+                // The wake may not have been handled yet.
+                Ok(_) => assert!(Instant::now() < deadline, "still accepting"),
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(client.roundtrip(&get("/echo/2")).text(), "GET /echo/2 ");
+    });
+    assert!(server.snapshot().wakes >= 1);
+}
+
+#[test]
+fn curl_talks_to_the_tap_stack() {
+    let Some(ns) = Netns::for_test() else { return };
+    if Command::new("curl").arg("--version").output().is_err() {
+        eprintln!(
+            "curl is not installed: skipping the curl test (the std client tests cover the stack)"
+        );
+        return;
+    }
+    let server = Server::start(
+        &ns,
+        options(make_wire(&ns, Wire::Tap)),
+        Limits::default(),
+        Mode::Block,
+    );
+    // Two URLs in one curl run share a keep-alive connection.
+    let out = ns
+        .command("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "--data-binary",
+            "hello",
+            "http://192.0.2.2:8080/echo/a",
+            "http://192.0.2.2:8080/echo/b",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "POST /echo/a helloPOST /echo/b hello"
+    );
+    let snap = server.wait_until("curl's requests", |s| s.requests == 2);
+    assert_eq!(snap.stats.accepted, 1);
+}
+
+#[test]
+fn several_queues_share_one_tap() {
+    let Some(ns) = Netns::for_test() else { return };
+    ns.add_tap_with("nct0", KERNEL_SIDE, true);
+    let mut opts = options(DeviceSpec::Tap("nct0".into()));
+    opts.queues = 2;
+    let servers: Vec<Server> = (0..2)
+        .map(|_| Server::start(&ns, opts.clone(), Limits::default(), Mode::Block))
+        .collect();
+    ns.run(|| {
+        let mut clients: Vec<Client> = (0..32).map(|_| Client::connect()).collect();
+        for (i, client) in clients.iter_mut().enumerate() {
+            assert_eq!(
+                client.roundtrip(&get(&format!("/echo/{i}"))).text(),
+                format!("GET /echo/{i} ")
+            );
+        }
+    });
+    let accepted: Vec<u64> = servers
+        .iter()
+        .map(|s| s.snapshot().stats.accepted)
+        .collect();
+    eprintln!("connections per queue: {accepted:?}");
+    assert_eq!(accepted.iter().sum::<u64>(), 32);
+}
+
+#[test]
+fn several_packet_sockets_share_one_veth() {
+    let Some(ns) = Netns::for_test() else { return };
+    ns.add_veth("nck0", "ncr0", KERNEL_SIDE);
+    let mut opts = options(DeviceSpec::Raw("ncr0".into()));
+    opts.queues = 2;
+    let servers: Vec<Server> = (0..2)
+        .map(|_| Server::start(&ns, opts.clone(), Limits::default(), Mode::Block))
+        .collect();
+    ns.run(|| {
+        let mut clients: Vec<Client> = (0..32).map(|_| Client::connect()).collect();
+        for (i, client) in clients.iter_mut().enumerate() {
+            assert_eq!(
+                client.roundtrip(&get(&format!("/echo/{i}"))).text(),
+                format!("GET /echo/{i} ")
+            );
+        }
+    });
+    let accepted: Vec<u64> = servers
+        .iter()
+        .map(|s| s.snapshot().stats.accepted)
+        .collect();
+    eprintln!("connections per packet socket: {accepted:?}");
+    assert_eq!(accepted.iter().sum::<u64>(), 32);
+}
+
+#[test]
+fn the_interface_mtu_bounds_segments() {
+    let Some(ns) = Netns::for_test() else { return };
+    let device = make_wire(&ns, Wire::Tap);
+    // Read by the transport from the interface: MSS 1240 both ways.
+    ns.ip(&["link", "set", "dev", "nct0", "mtu", "1280"]);
+    let probe = options(device.clone());
+    let mtu = ns.run(move || SmoltcpTransport::open(&probe).unwrap().mtu());
+    assert_eq!(mtu, 1280);
+    let _server = Server::start(&ns, options(device), Limits::default(), Mode::Block);
+    ns.run(|| {
+        let body = pattern(300_000);
+        let mut client = Client::connect();
+        let resp = client.roundtrip(&post("/len", &body));
+        assert_eq!(
+            resp.text(),
+            format!("len={} sum={}", body.len(), checksum(&body))
+        );
+        let resp = client.roundtrip(&get("/big?n=300000"));
+        assert!(resp.body == body);
+    });
+}
+
+#[test]
+fn opening_a_tap_outside_a_usable_name_fails_with_a_typed_error() {
+    let Some(ns) = Netns::for_test() else { return };
+    // A veth is not a TAP: TUNSETIFF refuses to attach to it.
+    ns.add_veth("nck0", "ncr0", KERNEL_SIDE);
+    let err = ns.run(|| SmoltcpTransport::open(&options(DeviceSpec::Tap("nck0".into()))).err());
+    assert!(
+        matches!(err, Some(nocturne_net::smoltcp::OpenError::Tap { .. })),
+        "{err:?}"
+    );
+    // A TAP is not usable as a raw interface with a missing name.
+    let err = ns.run(|| SmoltcpTransport::open(&options(DeviceSpec::Raw("nope0".into()))).err());
+    assert!(
+        matches!(err, Some(nocturne_net::smoltcp::OpenError::Packet { .. })),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn the_harness_deletes_its_namespace_also_on_panic() {
+    let Some(ns) = Netns::for_test() else { return };
+    let name = ns.name().to_owned();
+    assert!(netns::exists(&name));
+    let result = std::panic::catch_unwind(move || {
+        let _owned = ns;
+        panic!("a failing test");
+    });
+    assert!(result.is_err());
+    assert!(!netns::exists(&name), "{name} survived the panic");
+}
