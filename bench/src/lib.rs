@@ -20,10 +20,14 @@
 //! * [`ipc`] — `nocturne bench ipc`: round-trip latency of nocturne's
 //!   channel against plain shared memory, futex, eventfd, pipes, unix
 //!   sockets and TCP loopback, between two pinned processes.
+//! * [`engine`] — `nocturne bench engine`: internal, external and chained
+//!   call latency and throughput of a real `nocturne serve` (started as a
+//!   separate process, as a user would), against a busy-polling TCP floor.
 //!
 //! The `nocturne` binary routes `nocturne bench <subcommand>` to
 //! [`BenchCommand`] and [`run`].
 
+pub mod engine;
 pub mod hist;
 pub mod ipc;
 pub mod pin;
@@ -41,6 +45,13 @@ pub enum BenchCommand {
     /// The second process of `bench ipc` (started by it, not by users).
     #[command(hide = true)]
     IpcPeer(ipc::IpcPeerArgs),
+    /// Engine latencies and throughput: internal calls, external calls and
+    /// the foo→bar chain against a bare busy-polling TCP server, with
+    /// `nocturne serve` run as a separate process.
+    Engine(engine::EngineArgs),
+    /// The bare server of `bench engine`'s floor case (started by it, not by users).
+    #[command(hide = true)]
+    EngineFloorServer(engine::FloorServerArgs),
 }
 
 /// Runs a benchmark subcommand.
@@ -48,6 +59,8 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Ipc(args) => run_ipc_command(&args),
         BenchCommand::IpcPeer(args) => ipc::run_peer(&args),
+        BenchCommand::Engine(args) => engine::run_command(&args),
+        BenchCommand::EngineFloorServer(args) => engine::run_floor_server(&args),
     }
 }
 

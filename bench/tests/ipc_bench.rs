@@ -280,13 +280,19 @@ fn every_case_runs_and_reports_sane_numbers(cores: Option<&str>) {
 }
 
 /// The peer process started by this process (a child of one of its threads).
+/// The bench's peer process among this test's children. Other short-lived
+/// children (the `git rev-parse` of the machine probe) are skipped: only a
+/// process running `bench ipc-peer` counts.
 fn find_child() -> Option<u32> {
     let me = std::process::id();
     for task in std::fs::read_dir(format!("/proc/{me}/task")).ok()? {
         let children: PathBuf = task.ok()?.path().join("children");
         let text = std::fs::read_to_string(children).unwrap_or_default();
-        if let Some(pid) = text.split_whitespace().next() {
-            return pid.parse().ok();
+        for pid in text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains("ipc-peer") {
+                return Some(pid);
+            }
         }
     }
     None

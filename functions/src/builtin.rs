@@ -9,9 +9,9 @@
 //! | `foo`    | calls `bar` with its input, returns `From function Foo: <bar's output>` (Nightcore's hello-world chain) |
 //! | `spin`   | busy-loops for `?us=N` or `{"us":N}` µs (a CPU-bound service time) |
 //! | `sleep`  | sleeps for `?us=N` or `{"us":N}` µs (an I/O-bound service time) |
-//! | `nop`    | returns nothing: the callee of internal-call benchmarks |
+//! | `nop`    | returns nothing (its process id when the input is `pid`): the callee of internal-call benchmarks |
 //! | `whoami` | returns its process id |
-//! | `ping`   | calls `nop` `?n=N` times (default 1000) and returns the round trips, measured inside the caller, as JSON |
+//! | `ping`   | calls `nop` `?n=N` times (default 1000) and returns the round trips, measured inside the caller, with both process ids, as JSON |
 //! | `fanout` | calls `echo` `?n=N` times concurrently (default 4) and returns the outputs joined with `,` |
 //! | `relay`  | calls the function named by its `RELAY_TO` environment variable (set per function in the config) with its input; two relays pointing at each other make a call cycle |
 //! | `crash`  | aborts its worker process (`?how=abort|exit|panic`): for failure tests and demos |
@@ -45,7 +45,13 @@ pub fn all() -> Functions {
         .handler("foo", foo)
         .handler("spin", spin)
         .handler("sleep", sleep)
-        .handler("nop", |_, _| Ok(Vec::new()))
+        .handler("nop", |_, input| {
+            Ok(if input == b"pid" {
+                std::process::id().to_string().into_bytes()
+            } else {
+                Vec::new()
+            })
+        })
         .handler("whoami", |_, _| {
             Ok(std::process::id().to_string().into_bytes())
         })
@@ -130,7 +136,9 @@ fn ping(ctx: &mut Ctx<'_>, _input: &[u8]) -> Result<Vec<u8>, Error> {
             .map_err(|_| Error::with_status(400, format!("?n= wants an integer, got {v:?}")))?,
         None => 1000,
     };
-    let callee_pid = String::from_utf8_lossy(&ctx.invoke("whoami", b"")?).into_owned();
+    // The worker that answers the timed calls: `nop` itself (one call made
+    // in a row keeps hitting the same idle worker, the top of its LIFO).
+    let callee_pid = String::from_utf8_lossy(&ctx.invoke("nop", b"pid")?).into_owned();
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();

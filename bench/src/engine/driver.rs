@@ -1,0 +1,776 @@
+//! The rounds of `nocturne bench engine`: starting the servers, taking
+//! turns on the io core, timing the round trips, and the report.
+//!
+//! ```text
+//! main thread (unpinned)           spawn engine/<mode> … ─ pause (SIGSTOP)
+//!   │                              measure the engine's echo reply size
+//!   │                              spawn floor server (that reply size) ─ pause
+//!   ▼ pin to the client core
+//! round r: for each server (rotated): resume ─ each case (rotated):
+//!            warm-up + timed chunk over its keep-alive connection ─ pause
+//! throughput: resume the first mode's engine ─ N client threads ─ pause
+//! ```
+//!
+//! Servers are spawned before the client pins itself: a child inherits the
+//! spawning thread's CPU mask, and the engine must see every core.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+use crate::hist::LatencyHistogram;
+use crate::pin::{allowed_cores, check_cores_against, format_core_list, pin_current_thread};
+use crate::report::{CaseResult, Machine, Report};
+
+use super::http::{build_request, ClientError, HttpClient};
+use super::server::{write_temp_file, Launch, ServerProcess, StartError};
+use super::{
+    EngineSettings, PollMode, CHAIN, EXTERNAL_CALL, INTERNAL_CALL, TCP_ECHO_FLOOR,
+    THROUGHPUT_EXTERNAL, THROUGHPUT_INTERNAL,
+};
+
+/// Most internal calls one `ping` request makes (its reply lists them all).
+const PING_BATCH: u64 = 10_000;
+/// Internal calls per `ping` request in `throughput/internal`.
+const THROUGHPUT_PING_CALLS: u64 = 100;
+/// How long a server may take to stop on SIGSTOP.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Echo round trips before the engine's reply size is taken.
+const REPLY_SIZE_PROBES: usize = 20;
+/// What `foo` answers to an input (with `bar`'s answer inside).
+const CHAIN_PREFIX: &[u8] = b"From function Foo: From function Bar: ";
+
+/// What one latency case sends and expects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LatencyKind {
+    /// Any request to the floor server; a 200 with a body of the payload size.
+    Floor,
+    /// `echo`: the payload back.
+    External,
+    /// `foo`: the payload wrapped by `bar` and `foo`.
+    Chain,
+    /// `ping`: internal round trips timed inside the caller.
+    Internal,
+}
+
+/// One latency case's request and what it measured so far.
+struct LatencyCase {
+    name: String,
+    kind: LatencyKind,
+    /// The whole request (not used by `Internal`, whose request varies).
+    request: Vec<u8>,
+    /// The body a correct answer carries (`External`, `Chain`).
+    expected: Vec<u8>,
+    latency: LatencyHistogram,
+    timed_ns: u128,
+    errors: u64,
+    extra: BTreeMap<String, f64>,
+}
+
+impl LatencyCase {
+    fn new(name: String, kind: LatencyKind, host: &str, payload: &[u8]) -> Self {
+        let (path, expected) = match kind {
+            LatencyKind::Floor | LatencyKind::External => ("/function/echo", payload.to_vec()),
+            LatencyKind::Chain => ("/function/foo", [CHAIN_PREFIX, payload].concat()),
+            LatencyKind::Internal => ("/function/ping", Vec::new()),
+        };
+        Self {
+            name,
+            kind,
+            request: build_request("POST", path, host, payload),
+            expected,
+            latency: LatencyHistogram::new(),
+            timed_ns: 0,
+            errors: 0,
+            extra: BTreeMap::new(),
+        }
+    }
+
+    fn reply_ok(&self, status: u16, body: &[u8]) -> bool {
+        status == 200
+            && match self.kind {
+                LatencyKind::Floor => body.len() == self.expected.len(),
+                _ => body == self.expected,
+            }
+    }
+
+    fn result(&self) -> CaseResult {
+        let ops = if self.timed_ns == 0 {
+            0.0
+        } else {
+            self.latency.len() as f64 * 1e9 / self.timed_ns as f64
+        };
+        let mut case = CaseResult::from_histogram(&self.name, &self.latency, ops, self.errors);
+        case.extra = self.extra.clone();
+        case
+    }
+}
+
+/// A server with its connection and its latency cases.
+struct Slot {
+    process: ServerProcess,
+    /// `None` for the floor server.
+    mode: Option<PollMode>,
+    client: Option<HttpClient>,
+    cases: Vec<LatencyCase>,
+}
+
+impl Slot {
+    /// Records the server's memory (and its workers') on every case.
+    fn note_memory(&mut self) {
+        let mut memory = slot_memory(&self.process);
+        if self.mode.is_none() {
+            memory.retain(|k, _| k == "rss_mb");
+        }
+        for case in &mut self.cases {
+            case.extra.extend(memory.clone());
+        }
+    }
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+/// Runs every case and returns the report.
+pub fn run_engine(settings: &EngineSettings) -> anyhow::Result<Report> {
+    let allowed = allowed_cores().context("reading this process's allowed cores")?;
+    let mut cores = vec![settings.client_core, settings.io_core];
+    cores.extend(&settings.worker_cores);
+    check_cores_against(&cores, &allowed).context("--client-core / --io-core / --worker-cores")?;
+    let exe = std::env::current_exe().context("cannot locate the nocturne binary")?;
+    let payload = vec![b'p'; settings.payload];
+
+    // Spawn every server before pinning: children inherit the mask.
+    let mut slots = Vec::new();
+    for &mode in &settings.modes {
+        let mut engine = ServerProcess::start(engine_launch(&exe, mode, settings)?)?;
+        eprintln!(
+            "nocturne bench engine: {} pid {} on http://{}",
+            engine.name(),
+            engine.pid(),
+            engine.addr()
+        );
+        engine.pause(PAUSE_TIMEOUT)?;
+        let host = engine.addr().to_string();
+        let m = mode.as_str();
+        let cases = [
+            (EXTERNAL_CALL, LatencyKind::External),
+            (CHAIN, LatencyKind::Chain),
+            (INTERNAL_CALL, LatencyKind::Internal),
+        ]
+        .into_iter()
+        .map(|(prefix, kind)| LatencyCase::new(format!("{prefix}/{m}"), kind, &host, &payload))
+        .collect();
+        slots.push(Slot {
+            process: engine,
+            mode: Some(mode),
+            client: None,
+            cases,
+        });
+    }
+    let reply_bytes = engine_reply_size(&mut slots[0], &payload, settings.timeout)?;
+    let mut floor = ServerProcess::start(floor_launch(&exe, settings, reply_bytes))?;
+    eprintln!(
+        "nocturne bench engine: {} pid {} on http://{} ({reply_bytes}-byte replies, as the engine's)",
+        floor.name(),
+        floor.pid(),
+        floor.addr()
+    );
+    floor.pause(PAUSE_TIMEOUT)?;
+    let floor_host = floor.addr().to_string();
+    slots.insert(
+        0,
+        Slot {
+            process: floor,
+            mode: None,
+            client: None,
+            cases: vec![LatencyCase::new(
+                TCP_ECHO_FLOOR.into(),
+                LatencyKind::Floor,
+                &floor_host,
+                &payload,
+            )],
+        },
+    );
+
+    // Probe before pinning: the probe records the cores this process may use.
+    let machine = Machine::probe(
+        BTreeMap::from([
+            ("client".into(), vec![settings.client_core]),
+            ("io".into(), vec![settings.io_core]),
+            ("workers".into(), settings.worker_cores.clone()),
+        ]),
+        modes_map(settings, reply_bytes, &slots),
+    );
+    pin_current_thread(settings.client_core).context("pinning the client")?;
+    eprintln!(
+        "nocturne bench engine: client on core {}, io core {}, worker cores {}; \
+         {} latency cases x {} rounds x ({} warm-up + {} samples)",
+        settings.client_core,
+        settings.io_core,
+        format_core_list(&settings.worker_cores),
+        slots.iter().map(|s| s.cases.len()).sum::<usize>(),
+        settings.rounds,
+        settings.warmup,
+        settings.samples
+    );
+    let started = Instant::now();
+    for round in 0..settings.rounds as usize {
+        for k in 0..slots.len() {
+            let index = (k + round) % slots.len();
+            run_turn(&mut slots[index], round, settings)?;
+        }
+    }
+    eprintln!(
+        "nocturne bench engine: latency rounds done in {:.1} s; throughput with {} connections for {:?} each",
+        started.elapsed().as_secs_f64(),
+        settings.connections,
+        settings.duration
+    );
+
+    // Throughput on the first mode's engine (slot 0 is the floor).
+    let throughput = {
+        let slot = &mut slots[1];
+        slot.process.resume()?;
+        let mut results = Vec::new();
+        for kind in [ThroughputKind::Internal, ThroughputKind::External] {
+            let tally = run_throughput(slot.process.addr(), kind, &payload, settings)
+                .map_err(|e| server_failure(&mut slot.process, kind.name(), e))?;
+            results.push((kind, tally, slot_memory(&slot.process)));
+        }
+        slot.process.pause(PAUSE_TIMEOUT)?;
+        results
+    };
+
+    let mut by_name: BTreeMap<String, CaseResult> = BTreeMap::new();
+    for slot in &slots {
+        for case in &slot.cases {
+            by_name.insert(case.name.clone(), case.result());
+        }
+    }
+    for (kind, tally, memory) in throughput {
+        let mut case = tally.result(kind, settings);
+        case.extra.extend(memory);
+        by_name.insert(kind.name().to_owned(), case);
+    }
+    let cases = settings
+        .case_names()
+        .into_iter()
+        .filter_map(|name| by_name.remove(&name))
+        .collect();
+
+    for slot in &mut slots {
+        let status = slot.process.shutdown(super::server::SHUTDOWN_GRACE)?;
+        if slot.mode.is_some() && !status.success() {
+            eprintln!(
+                "nocturne bench engine: warning: {} ended with {status}",
+                slot.process.name()
+            );
+        }
+    }
+    Ok(Report::new("engine", machine, cases))
+}
+
+/// The `modes` map of the report: every setting that shapes the numbers.
+fn modes_map(
+    settings: &EngineSettings,
+    reply_bytes: usize,
+    slots: &[Slot],
+) -> BTreeMap<String, String> {
+    let mut modes = BTreeMap::from([
+        (
+            "modes".to_owned(),
+            settings
+                .modes
+                .iter()
+                .map(|m| m.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        ("quick".to_owned(), settings.quick.to_string()),
+        ("rounds".to_owned(), settings.rounds.to_string()),
+        ("samples_per_round".to_owned(), settings.samples.to_string()),
+        ("warmup_per_round".to_owned(), settings.warmup.to_string()),
+        ("payload_bytes".to_owned(), settings.payload.to_string()),
+        ("reply_bytes".to_owned(), reply_bytes.to_string()),
+        ("connections".to_owned(), settings.connections.to_string()),
+        (
+            "throughput_duration_s".to_owned(),
+            format!("{:.3}", settings.duration.as_secs_f64()),
+        ),
+        (
+            "throughput_mode".to_owned(),
+            settings.modes[0].as_str().to_owned(),
+        ),
+        ("engine_args".to_owned(), settings.engine_args.join(" ")),
+    ]);
+    for slot in slots {
+        let key = match slot.mode {
+            Some(mode) => format!("server_{}", mode.as_str()),
+            None => "server_floor".to_owned(),
+        };
+        modes.insert(key, slot.process.listening_line().to_owned());
+    }
+    modes
+}
+
+/// The functions every engine of the run serves: the built-ins the cases
+/// call, at least one worker each, up to one per throughput connection.
+fn engine_config(max_workers: usize) -> String {
+    let mut text = String::from("# Written by `nocturne bench engine`.\n");
+    for name in ["echo", "foo", "bar", "nop", "whoami", "ping"] {
+        text.push_str(&format!(
+            "\n[[functions]]\nname = \"{name}\"\nbuiltin = \"{name}\"\n\
+             min_workers = 1\nmax_workers = {max_workers}\n"
+        ));
+    }
+    text
+}
+
+fn engine_launch(
+    exe: &Path,
+    mode: PollMode,
+    settings: &EngineSettings,
+) -> Result<Launch, StartError> {
+    let name = format!("engine (poll {})", mode.as_str());
+    let config = write_temp_file("engine", "toml", &engine_config(settings.connections)).map_err(
+        |source| StartError::Spawn {
+            name: name.clone(),
+            source,
+        },
+    )?;
+    let mut command = Command::new(exe);
+    command
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .args(["--listen", "127.0.0.1:0", "--poll", mode.as_str()])
+        .args(["--io-cores", &settings.io_core.to_string()])
+        .args(["--worker-cores", &format_core_list(&settings.worker_cores)])
+        .args(&settings.engine_args);
+    Ok(Launch {
+        name,
+        command,
+        temp_files: vec![config],
+        health_path: Some("/healthz"),
+        timeout: settings.timeout,
+    })
+}
+
+fn floor_launch(exe: &Path, settings: &EngineSettings, reply_bytes: usize) -> Launch {
+    let mut command = Command::new(exe);
+    command
+        .args(["bench", "engine-floor-server", "--core"])
+        .arg(settings.io_core.to_string())
+        .arg("--reply-bytes")
+        .arg(reply_bytes.to_string())
+        .arg("--body-bytes")
+        .arg(settings.payload.to_string());
+    Launch {
+        name: "tcp-echo-floor server".into(),
+        command,
+        temp_files: Vec::new(),
+        health_path: None,
+        timeout: settings.timeout,
+    }
+}
+
+/// The size of the engine's answer to the echo request, warm.
+fn engine_reply_size(slot: &mut Slot, payload: &[u8], timeout: Duration) -> anyhow::Result<usize> {
+    slot.process.resume()?;
+    let request = build_request(
+        "POST",
+        "/function/echo",
+        &slot.process.addr().to_string(),
+        payload,
+    );
+    let mut size = 0;
+    let probe = HttpClient::connect(slot.process.addr(), timeout).and_then(|mut client| {
+        for _ in 0..REPLY_SIZE_PROBES {
+            let reply = client.round_trip(&request)?;
+            if reply.status != 200 || reply.body != payload {
+                return Ok(Some((
+                    reply.status,
+                    String::from_utf8_lossy(reply.body).into_owned(),
+                )));
+            }
+            size = reply.wire_len;
+        }
+        Ok(None)
+    });
+    match probe {
+        Ok(None) => {}
+        Ok(Some((status, body))) => bail!(
+            "{}: POST /function/echo answered {status} {body:?}; its log:\n{}",
+            slot.process.name(),
+            slot.process.log_tail()
+        ),
+        Err(e) => return Err(server_failure(&mut slot.process, "echo reply size", e)),
+    }
+    slot.process.pause(PAUSE_TIMEOUT)?;
+    Ok(size)
+}
+
+/// An error of a case, with the server's state and log.
+fn server_failure(
+    process: &mut ServerProcess,
+    case: &str,
+    e: impl Into<anyhow::Error>,
+) -> anyhow::Error {
+    let e = e.into();
+    match process.check_alive() {
+        Err(dead) => e.context(format!("{case}: {dead:#}")),
+        Ok(()) => e.context(format!(
+            "{case} against {} (pid {}); its log:\n{}",
+            process.name(),
+            process.pid(),
+            process.log_tail()
+        )),
+    }
+}
+
+/// One server's turn in a round: resume, run each case's chunk, pause.
+fn run_turn(slot: &mut Slot, round: usize, settings: &EngineSettings) -> anyhow::Result<()> {
+    slot.process.resume()?;
+    if slot.client.is_none() {
+        let client = HttpClient::connect(slot.process.addr(), settings.timeout)
+            .map_err(|e| server_failure(&mut slot.process, "connecting", e))?;
+        slot.client = Some(client);
+    }
+    let count = slot.cases.len();
+    for j in 0..count {
+        let index = (j + round) % count;
+        let client = slot.client.as_mut().expect("connected above");
+        let case = &mut slot.cases[index];
+        let outcome = match case.kind {
+            LatencyKind::Internal => run_internal_chunk(case, client, settings).map(Some),
+            _ => run_http_chunk(case, client, settings).map(|()| None),
+        };
+        let pids = match outcome {
+            Ok(pids) => pids,
+            Err(e) => {
+                let name = case.name.clone();
+                return Err(server_failure(&mut slot.process, &name, e));
+            }
+        };
+        if let Some(caller) = pids {
+            check_call_pids(&mut slot.cases[index], &slot.process, caller);
+        }
+    }
+    slot.note_memory();
+    slot.process.pause(PAUSE_TIMEOUT)
+}
+
+/// Warm-up, then timed round trips of the case's fixed request.
+fn run_http_chunk(
+    case: &mut LatencyCase,
+    client: &mut HttpClient,
+    settings: &EngineSettings,
+) -> Result<(), ClientError> {
+    for i in 0..settings.warmup + settings.samples {
+        let start = Instant::now();
+        let reply = client.round_trip(&case.request)?;
+        let elapsed = start.elapsed();
+        let (status, body) = (reply.status, reply.body);
+        let ok = case.reply_ok(status, body);
+        if !ok {
+            case.errors += 1;
+        } else if i >= settings.warmup {
+            case.latency.record(elapsed);
+            case.timed_ns += elapsed.as_nanos();
+        }
+    }
+    Ok(())
+}
+
+/// What `ping` answers.
+#[derive(Debug, serde::Deserialize)]
+struct PingReply {
+    caller_pid: u32,
+    // Its `callee_pid` is `whoami`'s worker, not `nop`'s: see `check_call_pids`.
+    samples_ns: Vec<u64>,
+}
+
+/// Calls `ping?n=N` once; `Ok(None)` when the answer is not a good one.
+fn ping(client: &mut HttpClient, host: &str, calls: u64) -> Result<Option<PingReply>, ClientError> {
+    let request = build_request("POST", &format!("/function/ping?n={calls}"), host, b"");
+    let reply = client.round_trip(&request)?;
+    if reply.status != 200 {
+        return Ok(None);
+    }
+    Ok(serde_json::from_slice::<PingReply>(reply.body)
+        .ok()
+        .filter(|p| p.samples_ns.len() as u64 == calls))
+}
+
+/// One warm-up `ping`, then `ping`s of up to [`PING_BATCH`] calls until
+/// the chunk's samples are in; returns the caller's pid.
+fn run_internal_chunk(
+    case: &mut LatencyCase,
+    client: &mut HttpClient,
+    settings: &EngineSettings,
+) -> Result<u32, ClientError> {
+    let host = "bench";
+    let mut caller = 0;
+    if settings.warmup > 0 {
+        match ping(client, host, settings.warmup.min(PING_BATCH))? {
+            Some(reply) => caller = reply.caller_pid,
+            None => case.errors += 1,
+        }
+    }
+    let mut remaining = settings.samples;
+    while remaining > 0 {
+        let calls = remaining.min(PING_BATCH);
+        remaining -= calls;
+        let Some(reply) = ping(client, host, calls)? else {
+            case.errors += 1;
+            continue;
+        };
+        caller = reply.caller_pid;
+        for &ns in &reply.samples_ns {
+            case.latency.record_ns(ns);
+            case.timed_ns += u128::from(ns);
+        }
+    }
+    Ok(caller)
+}
+
+/// Names the processes on both ends of the internal calls: the caller is
+/// the `ping` worker that answered (it must be one of this engine's), the
+/// callee the engine's `nop` worker (reported when there is exactly one).
+fn check_call_pids(case: &mut LatencyCase, process: &ServerProcess, caller: u32) {
+    let workers = process.children();
+    let of = |f: &str| {
+        workers
+            .iter()
+            .filter(|w| w.worker_function() == Some(f))
+            .map(|w| w.pid)
+            .collect::<Vec<_>>()
+    };
+    let (pings, nops) = (of("ping"), of("nop"));
+    if !pings.contains(&caller) || nops.contains(&caller) {
+        case.errors += 1;
+    }
+    case.extra.insert("caller_pid".into(), f64::from(caller));
+    match nops[..] {
+        [callee] => {
+            case.extra.insert("callee_pid".into(), f64::from(callee));
+        }
+        _ => {
+            case.extra.remove("callee_pid");
+            case.extra
+                .insert("callee_workers".into(), nops.len() as f64);
+        }
+    }
+}
+
+/// The throughput cases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ThroughputKind {
+    /// `ping` requests; an op is one internal call.
+    Internal,
+    /// `echo` requests; an op is one request.
+    External,
+}
+
+impl ThroughputKind {
+    fn name(self) -> &'static str {
+        match self {
+            ThroughputKind::Internal => THROUGHPUT_INTERNAL,
+            ThroughputKind::External => THROUGHPUT_EXTERNAL,
+        }
+    }
+}
+
+/// What the client threads of a throughput case measured.
+#[derive(Default)]
+struct ThroughputTally {
+    latency: LatencyHistogram,
+    ops: u64,
+    errors: u64,
+}
+
+impl ThroughputTally {
+    fn merge(&mut self, other: ThroughputTally) {
+        self.latency.merge(&other.latency);
+        self.ops += other.ops;
+        self.errors += other.errors;
+    }
+
+    fn result(&self, kind: ThroughputKind, settings: &EngineSettings) -> CaseResult {
+        let ops_per_s = self.ops as f64 / settings.duration.as_secs_f64();
+        let mut case =
+            CaseResult::from_histogram(kind.name(), &self.latency, ops_per_s, self.errors)
+                .with_extra("connections", settings.connections as f64);
+        if kind == ThroughputKind::Internal {
+            case = case.with_extra("calls_per_request", THROUGHPUT_PING_CALLS as f64);
+        }
+        case
+    }
+}
+
+/// Memory of an engine and its workers, as extra fields.
+fn slot_memory(process: &ServerProcess) -> BTreeMap<String, f64> {
+    let workers = process.children();
+    let workers_rss: f64 = workers
+        .iter()
+        .filter_map(|w| super::procfs::rss_mib(w.pid))
+        .sum();
+    BTreeMap::from([
+        ("rss_mb".to_owned(), round3(process.rss_mib())),
+        ("workers".to_owned(), workers.len() as f64),
+        ("workers_rss_mb".to_owned(), round3(workers_rss)),
+    ])
+}
+
+/// `settings.connections` closed-loop clients, each on its own thread and
+/// connection (all pinned to the client core), run until the measuring
+/// window ends; what completes inside the window counts.
+fn run_throughput(
+    addr: std::net::SocketAddr,
+    kind: ThroughputKind,
+    payload: &[u8],
+    settings: &EngineSettings,
+) -> anyhow::Result<ThroughputTally> {
+    // The run-in lets the engine scale its pools up before the window.
+    let window_start = Instant::now() + settings.throughput_warmup;
+    let window_end = window_start + settings.duration;
+    let host = addr.to_string();
+    let request = match kind {
+        ThroughputKind::External => build_request("POST", "/function/echo", &host, payload),
+        ThroughputKind::Internal => build_request(
+            "POST",
+            &format!("/function/ping?n={THROUGHPUT_PING_CALLS}"),
+            &host,
+            b"",
+        ),
+    };
+    let results: Vec<anyhow::Result<ThroughputTally>> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..settings.connections)
+            .map(|_| {
+                let request = &request;
+                scope.spawn(move || {
+                    pin_current_thread(settings.client_core)?;
+                    let mut client = HttpClient::connect(addr, settings.timeout)?;
+                    let mut tally = ThroughputTally::default();
+                    loop {
+                        let start = Instant::now();
+                        if start >= window_end {
+                            return Ok(tally);
+                        }
+                        let reply = client.round_trip(request)?;
+                        let done = Instant::now();
+                        let counted = done >= window_start && done <= window_end;
+                        match kind {
+                            ThroughputKind::External => {
+                                let ok = reply.status == 200 && reply.body == payload;
+                                if !ok {
+                                    tally.errors += 1;
+                                } else if counted {
+                                    tally.latency.record(done - start);
+                                    tally.ops += 1;
+                                }
+                            }
+                            ThroughputKind::Internal => {
+                                let parsed = (reply.status == 200)
+                                    .then(|| serde_json::from_slice::<PingReply>(reply.body).ok())
+                                    .flatten()
+                                    .filter(|p| p.samples_ns.len() as u64 == THROUGHPUT_PING_CALLS);
+                                match parsed {
+                                    None => tally.errors += 1,
+                                    Some(p) if counted => {
+                                        for &ns in &p.samples_ns {
+                                            tally.latency.record_ns(ns);
+                                        }
+                                        tally.ops += THROUGHPUT_PING_CALLS;
+                                    }
+                                    Some(_) => {}
+                                }
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| match t.join() {
+                Ok(result) => result,
+                Err(_) => Err(anyhow::anyhow!("a client thread panicked")),
+            })
+            .collect()
+    });
+    let mut total = ThroughputTally::default();
+    for result in results {
+        total.merge(result?);
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_engine_config_serves_every_function_the_cases_call() {
+        let text = engine_config(8);
+        for name in ["echo", "foo", "bar", "nop", "whoami", "ping"] {
+            assert!(
+                text.contains(&format!("name = \"{name}\"\nbuiltin = \"{name}\"")),
+                "{name}"
+            );
+        }
+        assert_eq!(text.matches("max_workers = 8").count(), 6);
+    }
+
+    #[test]
+    fn replies_are_checked_per_kind() {
+        let payload = b"0123";
+        let external = LatencyCase::new("e".into(), LatencyKind::External, "h", payload);
+        assert!(external.reply_ok(200, payload));
+        assert!(!external.reply_ok(200, b"0124"));
+        assert!(!external.reply_ok(503, payload));
+        let chain = LatencyCase::new("c".into(), LatencyKind::Chain, "h", payload);
+        assert!(chain.reply_ok(200, b"From function Foo: From function Bar: 0123"));
+        assert!(!chain.reply_ok(200, payload));
+        let floor = LatencyCase::new("f".into(), LatencyKind::Floor, "h", payload);
+        assert!(floor.reply_ok(200, b"ffff"));
+        assert!(!floor.reply_ok(200, b"fff"));
+        assert!(chain
+            .request
+            .starts_with(b"POST /function/foo HTTP/1.1\r\n"));
+        assert!(external.request.ends_with(b"\r\n\r\n0123"));
+    }
+
+    #[test]
+    fn ping_replies_parse() {
+        let p: PingReply =
+            serde_json::from_str(r#"{"caller_pid":5,"callee_pid":6,"samples_ns":[1,2,3]}"#)
+                .unwrap();
+        assert_eq!((p.caller_pid, p.samples_ns.len()), (5, 3));
+        assert!(serde_json::from_str::<PingReply>(r#"{"caller_pid":5}"#).is_err());
+    }
+
+    #[test]
+    fn a_case_result_carries_its_percentiles_rate_and_extras() {
+        let mut case = LatencyCase::new("x".into(), LatencyKind::External, "h", b"");
+        let r = case.result();
+        assert_eq!((r.samples, r.ops_per_s), (0, 0.0));
+        for us in 1..=100u64 {
+            case.latency.record_ns(us * 1000);
+            case.timed_ns += u128::from(us * 1000);
+        }
+        case.errors = 2;
+        case.extra.insert("rss_mb".into(), 3.5);
+        let r = case.result();
+        assert_eq!((r.name.as_str(), r.samples, r.errors), ("x", 100, 2));
+        assert!((r.p50_us - 50.0).abs() < 0.1, "{r:?}");
+        // 100 round trips in 5050 µs.
+        assert!((r.ops_per_s - 100.0 / 5050e-6).abs() < 1.0, "{r:?}");
+        assert_eq!(r.extra["rss_mb"], 3.5);
+    }
+}

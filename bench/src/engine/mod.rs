@@ -1,0 +1,556 @@
+//! `nocturne bench engine`: the engine's own latencies and throughput,
+//! measured from outside, against the floor of the path they take.
+//!
+//! The benchmark starts `nocturne serve` as a separate process (one per
+//! poll mode), exactly as a user would, and a client of blocking `std::net`
+//! sockets pinned to a core apart from the engine's io core:
+//!
+//! | case | measures |
+//! |---|---|
+//! | `internal-call/<mode>` | `ctx.invoke` of the empty function `nop` from `ping` in another worker process, timed inside the caller (the built-in `ping`); reports `caller_pid` and `callee_pid` |
+//! | `external-call/<mode>` | `POST /function/echo` with a 64-byte body over one keep-alive connection |
+//! | `chain/<mode>` | `POST /function/foo` (which calls `bar` through the engine) the same way |
+//! | `tcp-echo-floor` | the same client against [`floor`]'s bare busy-polling server with a canned reply of the engine's reply size: the floor of the external path |
+//! | `throughput/internal` | internal calls/s with `--connections` clients each calling `ping` (the first mode's engine) |
+//! | `throughput/external` | `echo` requests/s over `--connections` keep-alive connections (the first mode's engine) |
+//!
+//! Every server case reports the server's `rss_mb` (`VmRSS`); engine cases
+//! add their workers' count and memory. The latency cases run interleaved:
+//! R rounds, each giving every server a turn (the others frozen with
+//! `SIGSTOP`, so nothing else spins on the io core) in which each of its
+//! cases runs a warm-up and a chunk of timed samples; the order rotates
+//! every round so noise hits all cases alike. The throughput cases run
+//! after them (their extra workers would otherwise change the latency
+//! cases' pools).
+//!
+//! Layers: [`http`] (the client), [`server`] (process guards, readiness,
+//! pause/resume), [`procfs`] (memory and worker pids), [`floor`] (the floor
+//! server, `nocturne bench engine-floor-server`), `driver` (the rounds).
+//!
+//! Run it with `cargo run --release -- bench engine` (`--quick` for a short
+//! run of every case).
+
+pub mod floor;
+pub mod http;
+pub mod procfs;
+pub mod server;
+
+mod driver;
+mod sys;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::ipc::TargetCheck;
+use crate::pin::{parse_core_list, CoreListError};
+use crate::report::Report;
+
+pub use driver::run_engine;
+pub use floor::{run_floor_server, FloorServerArgs};
+
+/// `nocturne bench engine` options.
+#[derive(clap::Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// Core of the client (every client thread).
+    #[arg(long, default_value_t = 0)]
+    pub client_core: usize,
+    /// The engine's io core (`serve --io-cores`); the floor server runs there too.
+    #[arg(long, default_value_t = 1)]
+    pub io_core: usize,
+    /// Cores of the engine's workers (`serve --worker-cores`), e.g. 0 or 2-5.
+    #[arg(long, default_value = "0")]
+    pub worker_cores: String,
+    /// The engine's poll modes to measure, comma separated (spin, adaptive, block).
+    #[arg(long, default_value = "spin,adaptive")]
+    pub modes: String,
+    /// Fewer samples and shorter throughput runs (every case still runs).
+    #[arg(long)]
+    pub quick: bool,
+    /// Rounds (every latency case runs once per round) [default: 10, quick 5].
+    #[arg(long)]
+    pub rounds: Option<u32>,
+    /// Timed round trips per latency case per round [default: 10000, quick 2000].
+    #[arg(long)]
+    pub samples: Option<u64>,
+    /// Untimed warm-up round trips per latency case per round [default: 500, quick 200].
+    #[arg(long)]
+    pub warmup: Option<u64>,
+    /// Measuring time of each throughput case, e.g. 3s or 500ms [default: 3s, quick 1s].
+    #[arg(long)]
+    pub duration: Option<String>,
+    /// Client connections of the throughput cases.
+    #[arg(long, default_value_t = 8)]
+    pub connections: usize,
+    /// Request body bytes of the external cases.
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// An extra argument for every `nocturne serve` (repeatable), e.g.
+    /// --engine-arg=--worker-poll=park.
+    #[arg(long, allow_hyphen_values = true, value_name = "ARG")]
+    pub engine_arg: Vec<String>,
+    /// Give up on a request (and on a server's start) after this many seconds.
+    #[arg(long, default_value_t = 20)]
+    pub timeout_s: u64,
+    /// Write the report as JSON (DESIGN §7 schema) to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// An engine poll mode (`serve --poll`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PollMode {
+    /// The io loop never sleeps.
+    Spin,
+    /// The io loop spins, then sleeps in epoll.
+    Adaptive,
+    /// The io loop sleeps in epoll at once.
+    Block,
+}
+
+impl PollMode {
+    /// The name `serve --poll` takes, also the case-name suffix.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PollMode::Spin => "spin",
+            PollMode::Adaptive => "adaptive",
+            PollMode::Block => "block",
+        }
+    }
+}
+
+/// Validated settings of one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineSettings {
+    /// Core of the client threads.
+    pub client_core: usize,
+    /// The engine's (and the floor server's) io core.
+    pub io_core: usize,
+    /// The workers' cores.
+    pub worker_cores: Vec<usize>,
+    /// Poll modes, in the order given; the first runs the throughput cases.
+    pub modes: Vec<PollMode>,
+    /// Whether `--quick` chose the defaults.
+    pub quick: bool,
+    /// Rounds.
+    pub rounds: u32,
+    /// Timed samples per latency case per round.
+    pub samples: u64,
+    /// Warm-up round trips per latency case per round.
+    pub warmup: u64,
+    /// Measuring time of each throughput case.
+    pub duration: Duration,
+    /// Untimed run-in before each throughput case's measuring time.
+    pub throughput_warmup: Duration,
+    /// Connections of the throughput cases.
+    pub connections: usize,
+    /// Body bytes of the external requests.
+    pub payload: usize,
+    /// Extra `serve` arguments.
+    pub engine_args: Vec<String>,
+    /// Request and start-up timeout.
+    pub timeout: Duration,
+}
+
+/// A bad command line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArgsError {
+    /// A core list does not parse.
+    #[error("--{flag}: {error}")]
+    Cores {
+        /// Which flag.
+        flag: &'static str,
+        /// Why.
+        error: CoreListError,
+    },
+    /// The client would share the io core.
+    #[error(
+        "--client-core and --io-core must differ (both {0}): the client must not take the io core"
+    )]
+    ClientOnIoCore(usize),
+    /// Workers would share the io core.
+    #[error("--worker-cores must not include the io core {0}")]
+    WorkersOnIoCore(usize),
+    /// `--modes` names an unknown mode.
+    #[error("--modes: unknown poll mode {0:?} (expected spin, adaptive or block)")]
+    UnknownMode(String),
+    /// `--modes` names a mode twice.
+    #[error("--modes: {0} is listed twice")]
+    DuplicateMode(&'static str),
+    /// `--modes` is empty.
+    #[error("--modes: name at least one poll mode")]
+    NoModes,
+    /// `--duration` does not parse.
+    #[error("--duration: {0:?} is not a duration like 3s, 500ms or 1.5")]
+    BadDuration(String),
+    /// A count that must be positive is zero.
+    #[error("--{0} must be at least 1")]
+    Zero(&'static str),
+    /// A value is above its limit.
+    #[error("--{flag} must be at most {max}, got {got}")]
+    TooLarge {
+        /// Which flag.
+        flag: &'static str,
+        /// The limit.
+        max: u64,
+        /// The value.
+        got: u64,
+    },
+}
+
+/// Most connections of a throughput case.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Largest `--payload`.
+pub const MAX_PAYLOAD: usize = 512 * 1024;
+
+impl EngineSettings {
+    /// Validates `args` and fills in the defaults.
+    pub fn from_args(args: &EngineArgs) -> Result<Self, ArgsError> {
+        let mut worker_cores =
+            parse_core_list(&args.worker_cores).map_err(|error| ArgsError::Cores {
+                flag: "worker-cores",
+                error,
+            })?;
+        worker_cores.sort_unstable();
+        if args.client_core == args.io_core {
+            return Err(ArgsError::ClientOnIoCore(args.io_core));
+        }
+        if worker_cores.contains(&args.io_core) {
+            return Err(ArgsError::WorkersOnIoCore(args.io_core));
+        }
+        let (rounds, samples, warmup, duration) = if args.quick {
+            (5, 2_000, 200, Duration::from_secs(1))
+        } else {
+            (10, 10_000, 500, Duration::from_secs(3))
+        };
+        let duration = match &args.duration {
+            Some(text) => parse_duration(text)?,
+            None => duration,
+        };
+        let settings = Self {
+            client_core: args.client_core,
+            io_core: args.io_core,
+            worker_cores,
+            modes: parse_modes(&args.modes)?,
+            quick: args.quick,
+            rounds: args.rounds.unwrap_or(rounds),
+            samples: args.samples.unwrap_or(samples),
+            warmup: args.warmup.unwrap_or(warmup),
+            duration,
+            throughput_warmup: (duration / 4)
+                .clamp(Duration::from_millis(100), Duration::from_secs(1)),
+            connections: args.connections,
+            payload: args.payload,
+            engine_args: args.engine_arg.clone(),
+            timeout: Duration::from_secs(args.timeout_s),
+        };
+        for (name, value) in [
+            ("rounds", u64::from(settings.rounds)),
+            ("samples", settings.samples),
+            ("connections", settings.connections as u64),
+            ("timeout-s", args.timeout_s),
+        ] {
+            if value == 0 {
+                return Err(ArgsError::Zero(name));
+            }
+        }
+        for (flag, max, got) in [
+            (
+                "connections",
+                MAX_CONNECTIONS as u64,
+                settings.connections as u64,
+            ),
+            ("payload", MAX_PAYLOAD as u64, settings.payload as u64),
+            ("duration", 3600, settings.duration.as_secs()),
+        ] {
+            if got > max {
+                return Err(ArgsError::TooLarge { flag, max, got });
+            }
+        }
+        if settings.duration.is_zero() {
+            return Err(ArgsError::Zero("duration"));
+        }
+        Ok(settings)
+    }
+
+    /// Every case name of this run, in report order.
+    pub fn case_names(&self) -> Vec<String> {
+        let mut names = vec![TCP_ECHO_FLOOR.to_owned()];
+        for mode in &self.modes {
+            for kind in [EXTERNAL_CALL, CHAIN, INTERNAL_CALL] {
+                names.push(format!("{kind}/{}", mode.as_str()));
+            }
+        }
+        names.push(THROUGHPUT_INTERNAL.to_owned());
+        names.push(THROUGHPUT_EXTERNAL.to_owned());
+        names
+    }
+}
+
+/// Case-name prefix of the internal calls.
+pub const INTERNAL_CALL: &str = "internal-call";
+/// Case-name prefix of the external calls.
+pub const EXTERNAL_CALL: &str = "external-call";
+/// Case-name prefix of the foo→bar chain.
+pub const CHAIN: &str = "chain";
+/// The floor case.
+pub const TCP_ECHO_FLOOR: &str = "tcp-echo-floor";
+/// Internal calls/s under load.
+pub const THROUGHPUT_INTERNAL: &str = "throughput/internal";
+/// External requests/s under load.
+pub const THROUGHPUT_EXTERNAL: &str = "throughput/external";
+
+/// Parses `--modes`: comma-separated poll modes, each once.
+pub fn parse_modes(text: &str) -> Result<Vec<PollMode>, ArgsError> {
+    let mut modes = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let mode = match item {
+            "spin" => PollMode::Spin,
+            "adaptive" => PollMode::Adaptive,
+            "block" => PollMode::Block,
+            other => return Err(ArgsError::UnknownMode(other.to_owned())),
+        };
+        if modes.contains(&mode) {
+            return Err(ArgsError::DuplicateMode(mode.as_str()));
+        }
+        modes.push(mode);
+    }
+    if modes.is_empty() {
+        return Err(ArgsError::NoModes);
+    }
+    Ok(modes)
+}
+
+/// Parses a duration: a number with `s` or `ms` (or none: seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, ArgsError> {
+    let bad = || ArgsError::BadDuration(text.to_owned());
+    let t = text.trim();
+    let (number, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        (t, 1.0)
+    };
+    let value: f64 = number.trim().parse().map_err(|_| bad())?;
+    let secs = value * scale;
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(bad());
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| bad())
+}
+
+/// The targets that `report` has the cases for:
+/// `external-call/spin` within 2 µs of the floor at p50, `chain/spin` within
+/// 6 µs, and `internal-call/spin` at most half of `external-call/spin`.
+pub fn check_targets(report: &Report) -> Vec<TargetCheck> {
+    let p50 = |name: &str| report.case(name).map(|c| c.p50_us).filter(|&v| v > 0.0);
+    let floor = p50(TCP_ECHO_FLOOR);
+    let external = p50("external-call/spin");
+    let mut checks = Vec::new();
+    for (case, limit) in [("external-call/spin", 2.0), ("chain/spin", 6.0)] {
+        if let (Some(c), Some(f)) = (p50(case), floor) {
+            checks.push(TargetCheck {
+                what: format!("{case} p50 - {TCP_ECHO_FLOOR} p50 (µs)"),
+                measured: c - f,
+                limit,
+                at_least: false,
+            });
+        }
+    }
+    if let (Some(i), Some(e)) = (p50("internal-call/spin"), external) {
+        checks.push(TargetCheck {
+            what: "internal-call/spin p50 / external-call/spin p50".into(),
+            measured: i / e,
+            limit: 0.5,
+            at_least: false,
+        });
+    }
+    checks
+}
+
+/// `nocturne bench engine`: runs, prints the table and the targets, writes
+/// the JSON, and fails when any case counted errors.
+pub fn run_command(args: &EngineArgs) -> anyhow::Result<()> {
+    let settings = EngineSettings::from_args(args)?;
+    let report = run_engine(&settings)?;
+    print!("{}", report.table());
+    for check in check_targets(&report) {
+        println!("target: {check}");
+    }
+    if let Some(path) = &args.json {
+        report.write_json(path)?;
+        println!("wrote {}", path.display());
+    }
+    let errors = report.total_errors();
+    if errors > 0 {
+        anyhow::bail!("{errors} errors (see the errors column)");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{CaseResult, Machine};
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: EngineArgs,
+    }
+
+    fn settings(argv: &[&str]) -> Result<EngineSettings, ArgsError> {
+        let cli =
+            Cli::try_parse_from(std::iter::once("engine").chain(argv.iter().copied())).unwrap();
+        EngineSettings::from_args(&cli.args)
+    }
+
+    #[test]
+    fn defaults_fit_two_cores_and_quick_shortens() {
+        let full = settings(&[]).unwrap();
+        assert_eq!((full.client_core, full.io_core), (0, 1));
+        assert_eq!(full.worker_cores, vec![0]);
+        assert_eq!(full.modes, vec![PollMode::Spin, PollMode::Adaptive]);
+        assert_eq!((full.rounds, full.samples, full.warmup), (10, 10_000, 500));
+        assert_eq!(full.duration, Duration::from_secs(3));
+        let quick = settings(&["--quick", "--samples", "200", "--duration", "250ms"]).unwrap();
+        assert_eq!((quick.rounds, quick.samples, quick.warmup), (5, 200, 200));
+        assert_eq!(quick.duration, Duration::from_millis(250));
+        assert_eq!(quick.throughput_warmup, Duration::from_millis(100));
+        let moved = settings(&[
+            "--client-core=2",
+            "--io-core=3",
+            "--worker-cores=5,0-1",
+            "--modes=adaptive",
+            "--engine-arg=--worker-poll=park",
+            "--engine-arg",
+            "--spin-us=5",
+        ])
+        .unwrap();
+        assert_eq!(moved.worker_cores, vec![0, 1, 5]);
+        assert_eq!(moved.modes, vec![PollMode::Adaptive]);
+        assert_eq!(moved.engine_args, ["--worker-poll=park", "--spin-us=5"]);
+    }
+
+    #[test]
+    fn every_case_is_named_once() {
+        let names = settings(&[]).unwrap().case_names();
+        assert_eq!(
+            names,
+            [
+                "tcp-echo-floor",
+                "external-call/spin",
+                "chain/spin",
+                "internal-call/spin",
+                "external-call/adaptive",
+                "chain/adaptive",
+                "internal-call/adaptive",
+                "throughput/internal",
+                "throughput/external",
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_arguments_are_typed_errors() {
+        assert_eq!(
+            settings(&["--client-core=1"]),
+            Err(ArgsError::ClientOnIoCore(1))
+        );
+        assert_eq!(
+            settings(&["--worker-cores=0-1"]),
+            Err(ArgsError::WorkersOnIoCore(1))
+        );
+        assert!(matches!(
+            settings(&["--worker-cores=x"]),
+            Err(ArgsError::Cores {
+                flag: "worker-cores",
+                ..
+            })
+        ));
+        assert_eq!(
+            settings(&["--modes=spin,fast"]),
+            Err(ArgsError::UnknownMode("fast".into()))
+        );
+        assert_eq!(
+            settings(&["--modes=spin,spin"]),
+            Err(ArgsError::DuplicateMode("spin"))
+        );
+        assert_eq!(settings(&["--modes=,"]), Err(ArgsError::NoModes));
+        assert_eq!(settings(&["--samples=0"]), Err(ArgsError::Zero("samples")));
+        assert_eq!(settings(&["--rounds=0"]), Err(ArgsError::Zero("rounds")));
+        assert_eq!(
+            settings(&["--connections=0"]),
+            Err(ArgsError::Zero("connections"))
+        );
+        assert!(matches!(
+            settings(&["--connections=5000"]),
+            Err(ArgsError::TooLarge {
+                flag: "connections",
+                ..
+            })
+        ));
+        assert!(matches!(
+            settings(&["--payload=99999999"]),
+            Err(ArgsError::TooLarge {
+                flag: "payload",
+                ..
+            })
+        ));
+        assert_eq!(
+            settings(&["--duration=0s"]),
+            Err(ArgsError::Zero("duration"))
+        );
+        assert_eq!(
+            settings(&["--duration=soon"]),
+            Err(ArgsError::BadDuration("soon".into()))
+        );
+    }
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration(" 2 s "), Ok(Duration::from_secs(2)));
+        for bad in ["", "s", "-1s", "1h", "nan", "inf", "1e400"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    fn case(name: &str, p50_us: f64) -> CaseResult {
+        let mut c = CaseResult::from_summary(name, &Default::default(), 0.0, 0);
+        c.p50_us = p50_us;
+        c
+    }
+
+    #[test]
+    fn targets_compare_within_one_report() {
+        let report = Report::new(
+            "engine",
+            Machine::default(),
+            vec![
+                case("tcp-echo-floor", 10.0),
+                case("external-call/spin", 11.5),
+                case("chain/spin", 17.0),
+                case("internal-call/spin", 5.0),
+            ],
+        );
+        let checks = check_targets(&report);
+        assert_eq!(checks.len(), 3);
+        assert!(checks[0].met() && (checks[0].measured - 1.5).abs() < 1e-9);
+        assert!(!checks[1].met(), "7 µs over the floor misses 6");
+        assert!(checks[2].met() && (checks[2].measured - 5.0 / 11.5).abs() < 1e-9);
+        // Missing or empty cases give no check rather than a bogus one.
+        let partial = Report::new(
+            "engine",
+            Machine::default(),
+            vec![
+                case("external-call/spin", 11.5),
+                case("tcp-echo-floor", 0.0),
+            ],
+        );
+        assert!(check_targets(&partial).is_empty());
+    }
+}

@@ -1,0 +1,646 @@
+//! `nocturne bench load`: an open-loop HTTP load generator for µs-scale
+//! services, with latencies corrected for coordinated omission.
+//!
+//! ```text
+//!  LoadArgs ──▶ LoadSettings { LoadPlan, rates, SLOs, outputs }
+//!                   │ for each rate (a sweep stops at the first that misses the SLO)
+//!                   ▼
+//!  run::run_rate ── probe (baseline) ──▶ client threads (client), each:
+//!                   schedule ─▶ dispatch ─▶ keep-alive connections (mio + timerfd)
+//!                   ◀── ThreadResult (HdrHistograms, counters) ──┘
+//!                   ▼
+//!  RateResult ──▶ output (table, DESIGN §7 JSON, .hgrm) ──▶ plot (SVG)
+//! ```
+//!
+//! Every request has an *intended* send time from a pure arrival schedule
+//! ([`schedule`]: fixed or Poisson, split over the client threads). Its
+//! latency is measured from that time, not from when it was actually
+//! written, so a server stall is charged to every request that should have
+//! been sent during it, as wrk2 does, but with nanosecond timers and
+//! microsecond-resolution histograms (wrk2 resolves about 1 ms). The
+//! service time from the actual send is recorded beside it. A request due
+//! while all connections are busy waits for the first free one; the others
+//! keep sending on schedule. See `docs/benchmarks.md` for how to read the
+//! output.
+//!
+//! Modules: [`spec`] (rates, sweeps, durations, objectives), [`schedule`],
+//! [`target`] (URLs, resolution, request bytes, `--mix` files), [`http`]
+//! (response framing), `client` (the per-thread loop), [`run`] (one rate),
+//! [`baseline`] (the probe and the ping-pong baseline), [`echo`] (a
+//! trivial echo server to calibrate against), [`output`], [`plot`].
+
+pub mod baseline;
+pub mod echo;
+pub mod http;
+pub mod output;
+pub mod plot;
+pub mod run;
+pub mod schedule;
+pub mod spec;
+pub mod target;
+
+mod client;
+mod sys;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use baseline::{pingpong, ProbeError};
+pub use client::{LiveCounters, PollMode, SocketErrors};
+pub use echo::{run_echo_server, EchoPoll, EchoServer, EchoServerArgs};
+pub use run::{probe, run_rate, RateResult};
+pub use schedule::{Arrival, ArrivalSchedule, KindPicker};
+pub use spec::{Percentile, Slo, SpecError};
+pub use target::{MixError, RequestSpec, TargetError, Targets, Url, UrlError};
+
+use crate::hist::LatencyHistogram;
+use crate::pin::{CoreListError, PinError};
+use crate::report::{Machine, Report};
+
+/// `nocturne bench load` options.
+#[derive(clap::Args, Debug, Clone)]
+#[command(after_help = "Examples:\n  \
+    nocturne bench load http://127.0.0.1:8080/function/echo --rate 20k --duration 10s\n  \
+    nocturne bench load http://127.0.0.1:8080/function/foo --rate 10k..100k/10k --slo p99=200us --plot sweep.svg\n  \
+    nocturne bench load http://127.0.0.1:8080/ --mix mix.toml --rate 5k --arrival poisson --json out.json")]
+pub struct LoadArgs {
+    /// Target URLs (http://HOST:PORT/PATH); with several, each request goes
+    /// to one of them in turn at random (equal weights). With --mix, the
+    /// first gives host and port to the mix's `path` entries.
+    #[arg(value_name = "URL")]
+    pub urls: Vec<String>,
+    /// Offered rate in requests/s: 20000, 20k, a list 1k,5k,20k or a sweep
+    /// START..END/STEP (e.g. 10k..200k/10k).
+    #[arg(long)]
+    pub rate: String,
+    /// Measurement window per rate (e.g. 10s, 500ms).
+    #[arg(long, default_value = "10s")]
+    pub duration: String,
+    /// Warm-up before each window: sent on schedule, not recorded.
+    #[arg(long, default_value = "1s")]
+    pub warmup: String,
+    /// Keep-alive connections in all, split over the client threads
+    /// [default: 16, or threads × targets if more].
+    #[arg(long)]
+    pub connections: Option<usize>,
+    /// Client threads; each owns its connections and a share of the rate.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Cores to pin the client threads to (thread i on the i-th, cycling), e.g. 0 or 2-3.
+    #[arg(long)]
+    pub cores: Option<String>,
+    /// Arrival process of the intended send times.
+    #[arg(long, value_enum, default_value_t = Arrival::Fixed)]
+    pub arrival: Arrival,
+    /// HTTP method.
+    #[arg(long, default_value = "POST")]
+    pub method: String,
+    /// Request body (inline).
+    #[arg(long, conflicts_with = "body_file")]
+    pub body: Option<String>,
+    /// Request body read from a file.
+    #[arg(long)]
+    pub body_file: Option<PathBuf>,
+    /// Extra request header "Name: value" (repeatable).
+    #[arg(short = 'H', long = "header")]
+    pub headers: Vec<String>,
+    /// A TOML file of weighted request kinds (see docs/benchmarks.md).
+    #[arg(long)]
+    pub mix: Option<PathBuf>,
+    /// Requests in flight per connection (HTTP pipelining); 1 = none.
+    #[arg(long, default_value_t = 1)]
+    pub pipeline: usize,
+    /// How client threads wait: spin (dedicated cores), adaptive (spin
+    /// --spin-us around activity, then sleep) or block.
+    #[arg(long, value_enum, default_value_t = PollMode::Adaptive)]
+    pub poll: PollMode,
+    /// Spin budget of --poll adaptive, µs.
+    #[arg(long, default_value_t = 50)]
+    pub spin_us: u64,
+    /// A request unanswered this long counts as a timeout (also the probe's
+    /// limit and the drain after the window).
+    #[arg(long, default_value = "2s")]
+    pub timeout: String,
+    /// Limit for each connection attempt and for name resolution.
+    #[arg(long, default_value = "2s")]
+    pub connect_timeout: String,
+    /// Seed of the Poisson arrivals and the mix's choices.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Latency objectives, e.g. p99=100us or p50=20us,p99.9=1ms; a sweep
+    /// reports the highest rate that meets them (with no errors).
+    #[arg(long)]
+    pub slo: Option<String>,
+    /// Run every rate of a sweep, not stopping at the first that misses the SLO.
+    #[arg(long)]
+    pub keep_going: bool,
+    /// Count non-2xx answers (and a non-2xx probe) without failing the run.
+    #[arg(long)]
+    pub allow_errors: bool,
+    /// Before the run, time N blocking back-to-back round trips on one
+    /// connection (the baseline the generator's overhead is measured against).
+    #[arg(long, default_value_t = 0)]
+    pub pingpong: u64,
+    /// Write the HdrHistogram percentile spectrum (.hgrm); a sweep writes
+    /// one file per rate (STEM.RATE.hgrm).
+    #[arg(long)]
+    pub hgrm: Option<PathBuf>,
+    /// Write the report as JSON (DESIGN §7 schema).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write an SVG latency-vs-throughput plot of the rates run.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// No progress line.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+/// How to generate load, independent of the rate: everything a run at one
+/// rate needs. Build one with [`LoadPlan::new`] and adjust the fields.
+#[derive(Debug, Clone)]
+pub struct LoadPlan {
+    /// What to send where.
+    pub targets: Targets,
+    /// Measurement window.
+    pub duration: Duration,
+    /// Warm-up before the window (sent on schedule, not recorded).
+    pub warmup: Duration,
+    /// Connections in all.
+    pub connections: usize,
+    /// Client threads.
+    pub threads: usize,
+    /// Cores for the client threads (empty: not pinned).
+    pub cores: Vec<usize>,
+    /// Arrival process.
+    pub arrival: Arrival,
+    /// Requests in flight per connection.
+    pub pipeline: usize,
+    /// How client threads wait.
+    pub poll: PollMode,
+    /// Spin budget of [`PollMode::Adaptive`].
+    pub spin: Duration,
+    /// Per-request timeout, probe limit and drain.
+    pub timeout: Duration,
+    /// Connect (and resolve) limit.
+    pub connect_timeout: Duration,
+    /// Seed of Poisson arrivals and mix choices.
+    pub seed: u64,
+    /// Whether non-2xx answers are expected (the probe accepts them).
+    pub allow_errors: bool,
+}
+
+impl LoadPlan {
+    /// A plan with the command line's defaults: 1 s warm-up, 10 s window,
+    /// one thread, 16 connections (at least one per endpoint), fixed
+    /// arrivals, no pipelining, adaptive polling with 50 µs of spinning,
+    /// 2 s timeouts.
+    pub fn new(targets: Targets) -> Self {
+        let connections = 16.max(targets.endpoints.len());
+        Self {
+            targets,
+            duration: Duration::from_secs(10),
+            warmup: Duration::from_secs(1),
+            connections,
+            threads: 1,
+            cores: Vec::new(),
+            arrival: Arrival::Fixed,
+            pipeline: 1,
+            poll: PollMode::Adaptive,
+            spin: Duration::from_micros(50),
+            timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(2),
+            seed: 1,
+            allow_errors: false,
+        }
+    }
+
+    /// Checks the numbers fit together.
+    pub fn validate(&self) -> Result<(), LoadError> {
+        let bad = |s: String| Err(LoadError::Invalid(s));
+        if self.targets.kinds.is_empty() {
+            return bad("no request kinds".into());
+        }
+        if self.threads == 0 {
+            return bad("--threads must be at least 1".into());
+        }
+        let need = self.threads * self.targets.endpoints.len();
+        if self.connections < need {
+            return bad(format!(
+                "--connections {} is too few: each of the {} threads needs one per target server ({} servers), so at least {need}",
+                self.connections,
+                self.threads,
+                self.targets.endpoints.len()
+            ));
+        }
+        if self.pipeline == 0 {
+            return bad("--pipeline must be at least 1".into());
+        }
+        if self.duration.is_zero() {
+            return bad("--duration must be positive".into());
+        }
+        if self.timeout.is_zero() || self.connect_timeout.is_zero() {
+            return bad("timeouts must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// Everything `nocturne bench load` was asked to do, validated.
+#[derive(Debug, Clone)]
+pub struct LoadSettings {
+    /// How to generate load.
+    pub plan: LoadPlan,
+    /// The rates to run, in order.
+    pub rates: Vec<f64>,
+    /// Latency objectives.
+    pub slo: Vec<Slo>,
+    /// Run every rate even after one missed the objectives.
+    pub keep_going: bool,
+    /// Ping-pong baseline round trips (0: none).
+    pub pingpong: u64,
+    /// `.hgrm` output.
+    pub hgrm: Option<PathBuf>,
+    /// JSON report output.
+    pub json: Option<PathBuf>,
+    /// SVG plot output.
+    pub plot: Option<PathBuf>,
+    /// Show a progress line (on a terminal).
+    pub progress: bool,
+}
+
+/// Why the command line does not describe a run.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// A rate, duration or objective does not parse.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// A URL does not parse.
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    /// The mix file is unusable.
+    #[error(transparent)]
+    Mix(#[from] MixError),
+    /// A host does not resolve or a request cannot be built.
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    /// `--cores` does not parse.
+    #[error("--cores: {0}")]
+    Cores(#[from] CoreListError),
+    /// `--cores` names a core this process may not use.
+    #[error("--cores: {0}")]
+    Pin(#[from] PinError),
+    /// The body file cannot be read.
+    #[error("cannot read --body-file {path}: {source}")]
+    BodyFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// Options that contradict each other.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The plan is inconsistent.
+    #[error("{0}")]
+    Invalid(String),
+    /// The probe before the run failed: the target is unusable.
+    #[error("target check for {kind:?} failed: {source}")]
+    Probe {
+        /// The request kind probed.
+        kind: String,
+        /// What went wrong.
+        source: ProbeError,
+    },
+    /// The probe was answered with a non-2xx status.
+    #[error("target check for {kind:?}: {addr} answered {status} (pass --allow-errors to load-test it anyway)")]
+    ProbeStatus {
+        /// The request kind probed.
+        kind: String,
+        /// The server.
+        addr: SocketAddr,
+        /// The status.
+        status: u16,
+    },
+    /// A client connection could not be opened.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// The server.
+        addr: SocketAddr,
+        /// The cause.
+        source: io::Error,
+    },
+    /// Pinning a client thread failed.
+    #[error(transparent)]
+    Pin(#[from] PinError),
+    /// epoll, timerfd or a thread could not be created.
+    #[error("setting up the client failed: {0}")]
+    Setup(io::Error),
+    /// The ping-pong baseline failed.
+    #[error("ping-pong baseline: {source}")]
+    Baseline {
+        /// What went wrong.
+        source: ProbeError,
+    },
+    /// The ping-pong baseline got a non-2xx answer.
+    #[error("ping-pong baseline: the server answered {0}")]
+    BaselineStatus(u16),
+    /// A client thread panicked (a bug).
+    #[error("a client thread panicked")]
+    ThreadPanicked,
+    /// A client thread was told to stop before the run (another failed).
+    #[error("aborted because another client thread failed")]
+    Aborted,
+}
+
+impl LoadSettings {
+    /// Validates the command line: parses every value, reads the body and
+    /// mix files, resolves the hosts, checks the cores.
+    pub fn from_args(args: &LoadArgs) -> Result<Self, SettingsError> {
+        let rates = spec::parse_rates(&args.rate)?;
+        let duration = spec::parse_duration(&args.duration)?;
+        let warmup = spec::parse_duration(&args.warmup)?;
+        let timeout = spec::parse_duration(&args.timeout)?;
+        let connect_timeout = spec::parse_duration(&args.connect_timeout)?;
+        let slo = match &args.slo {
+            Some(s) => Slo::parse_list(s)?,
+            None => Vec::new(),
+        };
+        let urls = args
+            .urls
+            .iter()
+            .map(|u| Url::parse(u))
+            .collect::<Result<Vec<_>, _>>()?;
+        let body = match (&args.body, &args.body_file) {
+            (Some(b), _) => b.clone().into_bytes(),
+            (None, Some(path)) => std::fs::read(path).map_err(|source| SettingsError::BodyFile {
+                path: path.clone(),
+                source,
+            })?,
+            (None, None) => Vec::new(),
+        };
+        let specs = match &args.mix {
+            Some(mix) => {
+                if args.body.is_some() || args.body_file.is_some() {
+                    return Err(SettingsError::Invalid(
+                        "--body/--body-file and --mix exclude each other: give bodies in the mix".into(),
+                    ));
+                }
+                if urls.len() > 1 {
+                    return Err(SettingsError::Invalid(
+                        "with --mix, give at most one URL (host and port for the mix's paths)".into(),
+                    ));
+                }
+                target::read_mix(mix, urls.first(), &args.method, &args.headers)?
+            }
+            None => {
+                if urls.is_empty() {
+                    return Err(SettingsError::Invalid(
+                        "give a target URL (e.g. http://127.0.0.1:8080/function/echo) or --mix".into(),
+                    ));
+                }
+                urls.iter()
+                    .map(|url| RequestSpec {
+                        name: None,
+                        url: url.clone(),
+                        method: args.method.clone(),
+                        headers: args.headers.clone(),
+                        body: body.clone(),
+                        weight: 1,
+                    })
+                    .collect()
+            }
+        };
+        let targets = Targets::build(&specs, connect_timeout)?;
+        let cores = match &args.cores {
+            Some(list) => {
+                let cores = crate::pin::parse_core_list(list)?;
+                crate::pin::check_cores(&cores)?;
+                cores
+            }
+            None => Vec::new(),
+        };
+        if args.threads == 0 {
+            return Err(SettingsError::Invalid("--threads must be at least 1".into()));
+        }
+        let need = args.threads * targets.endpoints.len();
+        let connections = args.connections.unwrap_or(16.max(need));
+        let plan = LoadPlan {
+            targets,
+            duration,
+            warmup,
+            connections,
+            threads: args.threads,
+            cores,
+            arrival: args.arrival,
+            pipeline: args.pipeline,
+            poll: args.poll,
+            spin: Duration::from_micros(args.spin_us),
+            timeout,
+            connect_timeout,
+            seed: args.seed,
+            allow_errors: args.allow_errors,
+        };
+        plan.validate().map_err(|e| SettingsError::Invalid(e.to_string()))?;
+        Ok(Self {
+            plan,
+            rates,
+            slo,
+            keep_going: args.keep_going,
+            pingpong: args.pingpong,
+            hgrm: args.hgrm.clone(),
+            json: args.json.clone(),
+            plot: args.plot.clone(),
+            progress: !args.quiet,
+        })
+    }
+}
+
+/// What a sweep (or a single rate) produced.
+#[derive(Debug, Clone)]
+pub struct SweepOutcome {
+    /// One result per rate run, in order.
+    pub results: Vec<RateResult>,
+    /// The highest rate that met the objectives (only with objectives).
+    pub best: Option<f64>,
+    /// The ping-pong baseline, if asked for.
+    pub pingpong: Option<LatencyHistogram>,
+}
+
+/// Runs the baseline (if asked) and every rate; with objectives, stops
+/// after the first rate that misses them unless `keep_going`. `on_rate`
+/// sees each result as it comes.
+pub fn run_sweep(
+    settings: &LoadSettings,
+    mut on_rate: impl FnMut(&RateResult),
+) -> Result<SweepOutcome, LoadError> {
+    let plan = &settings.plan;
+    let pingpong = if settings.pingpong > 0 {
+        probe(plan)?;
+        let kind = &plan.targets.kinds[0];
+        Some(baseline::pingpong(
+            plan.targets.endpoints[kind.endpoint].addr,
+            &kind.wire,
+            kind.response_has_body,
+            settings.pingpong,
+            (settings.pingpong / 10).max(100),
+            plan.cores.first().copied(),
+            plan.timeout,
+        )?)
+    } else {
+        None
+    };
+    let mut results = Vec::with_capacity(settings.rates.len());
+    let mut best = None;
+    for &rate in &settings.rates {
+        let r = run_rate(plan, rate, settings.progress)?;
+        on_rate(&r);
+        let met = r.meets(&settings.slo);
+        if !settings.slo.is_empty() && met {
+            best = Some(best.map_or(rate, |b: f64| b.max(rate)));
+        }
+        results.push(r);
+        if !settings.slo.is_empty() && !met && !settings.keep_going {
+            break;
+        }
+    }
+    Ok(SweepOutcome {
+        results,
+        best,
+        pingpong,
+    })
+}
+
+/// Builds the DESIGN §7 report of a sweep.
+pub fn build_report(settings: &LoadSettings, outcome: &SweepOutcome) -> Report {
+    let mut core_map = BTreeMap::new();
+    if !settings.plan.cores.is_empty() {
+        core_map.insert("client".to_owned(), settings.plan.cores.clone());
+    }
+    let machine = Machine::probe(core_map, output::modes(settings, outcome.best));
+    let mut cases = Vec::new();
+    if let Some(h) = &outcome.pingpong {
+        cases.push(output::pingpong_case(h));
+    }
+    for r in &outcome.results {
+        cases.extend(output::cases(r, &settings.slo));
+    }
+    Report::new("load", machine, cases)
+}
+
+/// `nocturne bench load`: runs, prints the table, writes the outputs, and
+/// fails on errors (or, in a sweep with objectives, when no rate met them).
+pub fn run_command(args: &LoadArgs) -> anyhow::Result<()> {
+    let settings = LoadSettings::from_args(args)?;
+    let plan = &settings.plan;
+    println!(
+        "open-loop load: {} arrivals, {} thread(s), {} connection(s), pipeline {}, poll {}, warm-up {}, window {} per rate",
+        plan.arrival.name(),
+        plan.threads,
+        plan.connections,
+        plan.pipeline,
+        plan.poll.name(),
+        spec::format_duration(plan.warmup),
+        spec::format_duration(plan.duration),
+    );
+    for k in &plan.targets.kinds {
+        println!(
+            "  {} -> {} (weight {})",
+            k.name, plan.targets.endpoints[k.endpoint].addr, k.weight
+        );
+    }
+    let single = settings.rates.len() == 1;
+    let outcome = run_sweep(&settings, |r| {
+        if !single {
+            print!("{}", output::table(std::slice::from_ref(r), &settings.slo));
+        }
+    })?;
+    println!();
+    print!("{}", output::table(&outcome.results, &settings.slo));
+    for r in &outcome.results {
+        print!("{}", output::details(r));
+    }
+    if let Some(h) = &outcome.pingpong {
+        let pp = h.summary();
+        println!(
+            "ping-pong baseline (blocking, 1 connection, {} round trips): p50 {:.2} p99 {:.2} p99.9 {:.2} µs",
+            pp.samples, pp.p50_us, pp.p99_us, pp.p999_us
+        );
+        if let Some(first) = outcome.results.first() {
+            let p50 = first.latency.quantile_ns(0.5) as f64 / 1e3;
+            println!(
+                "generator overhead at p50 ({}/s): {:+.2} µs over the ping-pong client",
+                spec::format_rate(first.rate),
+                p50 - pp.p50_us
+            );
+        }
+    }
+    if !settings.slo.is_empty() {
+        let slo_text: Vec<String> = settings.slo.iter().map(|s| s.to_string()).collect();
+        match outcome.best {
+            Some(b) => println!(
+                "highest rate meeting {}: {}/s",
+                slo_text.join(", "),
+                spec::format_rate(b)
+            ),
+            None => println!("no rate met {}", slo_text.join(", ")),
+        }
+    }
+    if let Some(path) = &settings.hgrm {
+        for p in output::write_hgrm(path, &outcome.results)? {
+            println!("wrote {}", p.display());
+        }
+    }
+    let report = build_report(&settings, &outcome);
+    if let Some(path) = &settings.json {
+        report.write_json(path)?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = &settings.plot {
+        let title = format!(
+            "{} — {} arrivals, {} connection(s)",
+            plan.targets.kinds[0].name,
+            plan.arrival.name(),
+            plan.connections
+        );
+        let svg = plot::render_svg(&title, &outcome.results, &settings.slo, outcome.best);
+        std::fs::write(path, svg)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    if !settings.slo.is_empty() && settings.rates.len() > 1 {
+        if outcome.best.is_none() {
+            anyhow::bail!("no rate met the objectives");
+        }
+        return Ok(());
+    }
+    let errors: u64 = outcome
+        .results
+        .iter()
+        .map(|r| {
+            if plan.allow_errors {
+                r.errors() - r.non_2xx
+            } else {
+                r.errors()
+            }
+        })
+        .sum();
+    if errors > 0 {
+        let first = outcome
+            .results
+            .iter()
+            .find_map(|r| r.first_error.clone())
+            .map(|e| format!(" (first: {e})"))
+            .unwrap_or_default();
+        anyhow::bail!("{errors} errors{first}");
+    }
+    Ok(())
+}

@@ -1,0 +1,275 @@
+//! What a load run prints and writes: the human table (one row per rate),
+//! the detail lines under it (service time, errors by cause, status codes),
+//! the DESIGN §7 report, and `.hgrm` percentile spectra.
+//!
+//! Report cases: `"<rate>/s"` per rate (the corrected latency, every
+//! counter as an extra field), `"<rate>/s <kind>"` per request kind of a
+//! mix, and `"pingpong"` for the blocking baseline.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::run::RateResult;
+use super::spec::{format_rate, Slo};
+use crate::hist::LatencyHistogram;
+use crate::report::CaseResult;
+
+/// A latency in µs for the table.
+fn us(ns: u64) -> String {
+    let v = ns as f64 / 1e3;
+    if v < 100.0 {
+        format!("{v:.2}")
+    } else if v < 10_000.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+/// The table: one row per rate, latencies from the intended send time.
+pub fn table(results: &[RateResult], slos: &[Slo]) -> String {
+    let mut headers = vec![
+        "rate", "achieved", "p50", "p90", "p99", "p99.9", "p99.99", "max", "svc p50", "svc p99",
+        "errors", "unsent",
+    ];
+    if !slos.is_empty() {
+        headers.push("slo");
+    }
+    let rows: Vec<Vec<String>> = results
+        .iter()
+        .map(|r| {
+            let h = &r.latency;
+            let mut row = vec![
+                format!("{}/s", format_rate(r.rate)),
+                format!("{}/s", format_rate(r.achieved_per_s())),
+                us(h.quantile_ns(0.50)),
+                us(h.quantile_ns(0.90)),
+                us(h.quantile_ns(0.99)),
+                us(h.quantile_ns(0.999)),
+                us(h.quantile_ns(0.9999)),
+                us(h.max_ns()),
+                us(r.service.quantile_ns(0.50)),
+                us(r.service.quantile_ns(0.99)),
+                r.errors().to_string(),
+                r.unsent.to_string(),
+            ];
+            if !slos.is_empty() {
+                row.push(if r.meets(slos) { "met" } else { "MISSED" }.into());
+            }
+            row
+        })
+        .collect();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[String]| {
+        let mut text = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            let _ = if i == 0 {
+                write!(text, "{cell:<w$}  ")
+            } else {
+                write!(text, "{cell:>w$}  ")
+            };
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(&headers.iter().map(|h| h.to_string()).collect::<Vec<_>>());
+    for row in &rows {
+        line(row);
+    }
+    out.push_str(
+        "(µs; p50…max from each request's intended send time, coordinated omission corrected; \
+         svc = service time from the actual send)\n",
+    );
+    out
+}
+
+/// Lines under the table for one rate: counts, errors by cause, statuses,
+/// per-kind percentiles.
+pub fn details(r: &RateResult) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}/s: offered {} ({:.1}/s), sent {}, completed {}, achieved {:.1}/s, unsent {}, client cpu {:.2} µs/request",
+        format_rate(r.rate),
+        r.offered,
+        r.offered_per_s(),
+        r.sent,
+        r.completed,
+        r.achieved_per_s(),
+        r.unsent,
+        r.client_cpu_us_per_request(),
+    );
+    if r.errors() > 0 {
+        let s = &r.socket_errors;
+        let _ = writeln!(
+            out,
+            "  errors: non-2xx {}, timeouts {}, socket: connect {}, read {}, write {}, closed {}, protocol {}",
+            r.non_2xx, r.timeouts, s.connect, s.read, s.write, s.closed, s.protocol
+        );
+        if let Some(e) = &r.first_error {
+            let _ = writeln!(out, "  first error: {e}");
+        }
+    }
+    if r.statuses.keys().any(|s| !(200..300).contains(s)) || r.statuses.len() > 1 {
+        let codes: Vec<String> = r.statuses.iter().map(|(s, n)| format!("{s}: {n}")).collect();
+        let _ = writeln!(out, "  status codes: {}", codes.join(", "));
+    }
+    for (name, h) in &r.per_kind {
+        let _ = writeln!(
+            out,
+            "  {name}: {} requests, p50 {} p99 {} p99.9 {} max {} µs",
+            h.len(),
+            us(h.quantile_ns(0.5)),
+            us(h.quantile_ns(0.99)),
+            us(h.quantile_ns(0.999)),
+            us(h.max_ns()),
+        );
+    }
+    out
+}
+
+/// The case name of a rate.
+pub fn case_name(rate: f64) -> String {
+    format!("{}/s", format_rate(rate))
+}
+
+/// The report cases of one rate: the rate itself, then one per kind.
+pub fn cases(r: &RateResult, slos: &[Slo]) -> Vec<CaseResult> {
+    let s = r.latency.summary();
+    let svc = r.service.summary();
+    let mut case = CaseResult::from_summary(case_name(r.rate), &s, r.achieved_per_s(), r.errors());
+    let extras: [(&str, f64); 22] = [
+        ("rate", r.rate),
+        ("offered_per_s", r.offered_per_s()),
+        ("p9999_us", s.p9999_us),
+        ("mean_us", s.mean_us),
+        ("offered", r.offered as f64),
+        ("sent", r.sent as f64),
+        ("completed", r.completed as f64),
+        ("unsent", r.unsent as f64),
+        ("timeouts", r.timeouts as f64),
+        ("non_2xx", r.non_2xx as f64),
+        ("socket_errors", r.socket_errors.total() as f64),
+        ("connect_errors", r.socket_errors.connect as f64),
+        ("reconnects", r.reconnects as f64),
+        ("service_p50_us", svc.p50_us),
+        ("service_p90_us", svc.p90_us),
+        ("service_p99_us", svc.p99_us),
+        ("service_p999_us", svc.p999_us),
+        ("service_p9999_us", svc.p9999_us),
+        ("service_max_us", svc.max_us),
+        ("window_s", r.window.as_secs_f64()),
+        ("client_cpu_us_per_req", r.client_cpu_us_per_request()),
+        ("requests_total", r.requests_total as f64),
+    ];
+    for (k, v) in extras {
+        case = case.with_extra(k, v);
+    }
+    if !slos.is_empty() {
+        case = case.with_extra("slo_met", if r.meets(slos) { 1.0 } else { 0.0 });
+    }
+    let mut out = vec![case];
+    for (name, h) in &r.per_kind {
+        let ks = h.summary();
+        out.push(
+            CaseResult::from_summary(format!("{} {name}", case_name(r.rate)), &ks, 0.0, 0)
+                .with_extra("p9999_us", ks.p9999_us),
+        );
+    }
+    out
+}
+
+/// The ping-pong baseline as a report case.
+pub fn pingpong_case(h: &LatencyHistogram) -> CaseResult {
+    let s = h.summary();
+    let rate = if s.mean_us > 0.0 { 1e6 / s.mean_us } else { 0.0 };
+    CaseResult::from_summary("pingpong", &s, rate, 0).with_extra("p9999_us", s.p9999_us)
+}
+
+/// The `.hgrm` file of each rate: `path` itself for one rate, else
+/// `STEM.<rate>.EXT` beside it.
+pub fn hgrm_paths(path: &Path, results: &[RateResult]) -> Vec<PathBuf> {
+    if results.len() == 1 {
+        return vec![path.to_owned()];
+    }
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "latency".into());
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "hgrm".into());
+    results
+        .iter()
+        .map(|r| path.with_file_name(format!("{stem}.{}.{ext}", r.rate.round() as u64)))
+        .collect()
+}
+
+/// Writes the corrected latency spectrum of every rate (see [`hgrm_paths`]).
+pub fn write_hgrm(path: &Path, results: &[RateResult]) -> io::Result<Vec<PathBuf>> {
+    let paths = hgrm_paths(path, results);
+    for (p, r) in paths.iter().zip(results) {
+        let mut out = Vec::new();
+        r.latency.write_hgrm(&mut out)?;
+        std::fs::write(p, out)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot write {}: {e}", p.display())))?;
+    }
+    Ok(paths)
+}
+
+/// The report's `modes`: every setting that shapes the numbers.
+pub fn modes(settings: &super::LoadSettings, best: Option<f64>) -> BTreeMap<String, String> {
+    let p = &settings.plan;
+    let mut m = BTreeMap::new();
+    let mut put = |k: &str, v: String| {
+        m.insert(k.to_owned(), v);
+    };
+    put("arrival", p.arrival.name().into());
+    put("poll", p.poll.name().into());
+    put("spin_us", p.spin.as_micros().to_string());
+    put("threads", p.threads.to_string());
+    put("connections", p.connections.to_string());
+    put("pipeline", p.pipeline.to_string());
+    put("duration_s", format!("{}", p.duration.as_secs_f64()));
+    put("warmup_s", format!("{}", p.warmup.as_secs_f64()));
+    put("timeout_s", format!("{}", p.timeout.as_secs_f64()));
+    put("seed", p.seed.to_string());
+    put(
+        "rates",
+        settings
+            .rates
+            .iter()
+            .map(|r| format_rate(*r))
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    put(
+        "kinds",
+        p.targets
+            .kinds
+            .iter()
+            .map(|k| format!("{}@{}x{}", k.name, p.targets.endpoints[k.endpoint].addr, k.weight))
+            .collect::<Vec<_>>()
+            .join("; "),
+    );
+    if !settings.slo.is_empty() {
+        put(
+            "slo",
+            settings.slo.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","),
+        );
+        put(
+            "best_rate",
+            best.map(|b| format!("{b}")).unwrap_or_else(|| "none".into()),
+        );
+    }
+    m
+}

@@ -1,0 +1,333 @@
+//! The small languages of the command line: rates (`10k`, `1.5M`), rate
+//! sweeps (`10k..200k/10k`, `1k,5k,20k`), durations (`10s`, `250ms`,
+//! `100us`) and latency objectives (`p99=100us,p99.9=1ms`).
+//!
+//! Every parser returns a [`SpecError`] that quotes the offending text, so
+//! a typo on the command line is answered with what was wrong, not with a
+//! panic or a silently different run.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::hist::LatencyHistogram;
+
+/// Why a rate, duration or objective could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// Not a rate: a positive number with an optional `k`/`M` suffix.
+    #[error("bad rate {0:?}: expected a positive number of requests/s such as 5000, 10k or 1.5M")]
+    BadRate(String),
+    /// A sweep whose bounds or step are wrong.
+    #[error("bad rate sweep {0:?}: expected START..END/STEP with 0 < START <= END and STEP > 0")]
+    BadSweep(String),
+    /// A sweep of more rates than anyone means to run.
+    #[error("rate sweep {0:?} has more than {MAX_SWEEP_RATES} rates")]
+    SweepTooLong(String),
+    /// Not a duration.
+    #[error("bad duration {0:?}: expected a number with a unit (ns, us, ms, s, m), e.g. 10s or 250ms")]
+    BadDuration(String),
+    /// Not a latency objective.
+    #[error("bad objective {0:?}: expected pNN=DURATION or max=DURATION, e.g. p99=100us")]
+    BadSlo(String),
+    /// A percentile outside (0, 100].
+    #[error("bad percentile {0:?}: expected p50, p90, p99, p99.9, p99.99, … or max")]
+    BadPercentile(String),
+}
+
+/// Most rates one sweep may run.
+pub const MAX_SWEEP_RATES: usize = 1_000;
+
+/// Parses a rate in requests per second: `5000`, `10k`, `1.5M`, `2.5`.
+pub fn parse_rate(text: &str) -> Result<f64, SpecError> {
+    let bad = || SpecError::BadRate(text.to_owned());
+    let t = text.trim();
+    let (number, scale) = match t.as_bytes().last() {
+        Some(b'k' | b'K') => (&t[..t.len() - 1], 1e3),
+        Some(b'm' | b'M') => (&t[..t.len() - 1], 1e6),
+        _ => (t, 1.0),
+    };
+    let value: f64 = number.trim().parse().map_err(|_| bad())?;
+    let rate = value * scale;
+    if rate.is_finite() && rate > 0.0 {
+        Ok(rate)
+    } else {
+        Err(bad())
+    }
+}
+
+/// Parses `--rate`: one rate, a comma-separated list (`1k,5k,20k`) or a
+/// sweep `START..END/STEP` (both ends included). Rates come back in the
+/// order they are to be run.
+pub fn parse_rates(text: &str) -> Result<Vec<f64>, SpecError> {
+    let t = text.trim();
+    if let Some((start, rest)) = t.split_once("..") {
+        let bad = || SpecError::BadSweep(text.to_owned());
+        let (end, step) = rest.split_once('/').ok_or_else(bad)?;
+        let (start, end, step) = (
+            parse_rate(start).map_err(|_| bad())?,
+            parse_rate(end).map_err(|_| bad())?,
+            parse_rate(step).map_err(|_| bad())?,
+        );
+        if start > end {
+            return Err(bad());
+        }
+        // Counting steps instead of adding them avoids drift (0.1k steps).
+        let steps = ((end - start) / step + 1e-9).floor();
+        if steps + 1.0 > MAX_SWEEP_RATES as f64 {
+            return Err(SpecError::SweepTooLong(text.to_owned()));
+        }
+        return Ok((0..=steps as usize)
+            .map(|i| start + i as f64 * step)
+            .collect());
+    }
+    t.split(',').map(parse_rate).collect()
+}
+
+/// Parses a duration: a number with a unit `ns`, `us` (or `µs`), `ms`, `s`,
+/// `m` or `h`; a bare number means seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, SpecError> {
+    let bad = || SpecError::BadDuration(text.to_owned());
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    let seconds_per_unit = match unit.trim() {
+        "ns" => 1e-9,
+        "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "" | "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3_600.0,
+        _ => return Err(bad()),
+    };
+    let seconds = value * seconds_per_unit;
+    if !seconds.is_finite() || !(0.0..=1e9).contains(&seconds) {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Which point of a latency distribution an objective bounds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Percentile {
+    /// The value at quantile `q` (0 < q < 1): p99 is `Quantile(0.99)`.
+    Quantile(f64),
+    /// The largest value.
+    Max,
+}
+
+impl Percentile {
+    /// Parses `p50`, `p99.9`, `p99.99`, `p999` (= p99.9), `max`.
+    pub fn parse(text: &str) -> Result<Self, SpecError> {
+        let bad = || SpecError::BadPercentile(text.to_owned());
+        let t = text.trim().to_ascii_lowercase();
+        if t == "max" || t == "p100" {
+            return Ok(Self::Max);
+        }
+        let digits = t.strip_prefix('p').ok_or_else(bad)?;
+        // `p999` and `p9999` are the report's field names for p99.9, p99.99.
+        let percent: f64 = match digits {
+            "999" => 99.9,
+            "9999" => 99.99,
+            "99999" => 99.999,
+            d => d.parse().map_err(|_| bad())?,
+        };
+        if percent > 0.0 && percent < 100.0 {
+            // Rounded so that p99.9 is exactly the literal 0.999.
+            Ok(Self::Quantile((percent * 1e7).round() / 1e9))
+        } else {
+            Err(bad())
+        }
+    }
+
+    /// The value of this percentile in `hist`, in nanoseconds.
+    pub fn of_ns(&self, hist: &LatencyHistogram) -> u64 {
+        match *self {
+            Self::Quantile(q) => hist.quantile_ns(q),
+            Self::Max => hist.max_ns(),
+        }
+    }
+}
+
+impl fmt::Display for Percentile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::Max => f.write_str("max"),
+            Self::Quantile(q) => {
+                // Round away the binary noise of q * 100 (0.999 * 100).
+                let percent = (q * 100.0 * 1e6).round() / 1e6;
+                write!(f, "p{percent}")
+            }
+        }
+    }
+}
+
+/// One latency objective: `percentile <= limit`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Slo {
+    /// The bounded point of the distribution.
+    pub percentile: Percentile,
+    /// The bound.
+    pub limit: Duration,
+}
+
+impl Slo {
+    /// Parses a comma-separated list: `p99=100us`, `p50=20us,p99.9=1ms`.
+    pub fn parse_list(text: &str) -> Result<Vec<Slo>, SpecError> {
+        text.split(',')
+            .map(|item| {
+                let (p, limit) = item
+                    .split_once('=')
+                    .ok_or_else(|| SpecError::BadSlo(item.to_owned()))?;
+                Ok(Slo {
+                    percentile: Percentile::parse(p)?,
+                    limit: parse_duration(limit)
+                        .map_err(|_| SpecError::BadSlo(item.to_owned()))?,
+                })
+            })
+            .collect()
+    }
+
+    /// True when `hist` keeps this objective.
+    pub fn is_met_by(&self, hist: &LatencyHistogram) -> bool {
+        u128::from(self.percentile.of_ns(hist)) <= self.limit.as_nanos()
+    }
+}
+
+impl fmt::Display for Slo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}<={}", self.percentile, format_duration(self.limit))
+    }
+}
+
+/// A duration the way the parser reads it back (`100us`, `2.5ms`, `10s`).
+pub fn format_duration(d: Duration) -> String {
+    let ns = d.as_nanos();
+    if ns == 0 {
+        return "0s".into();
+    }
+    let (value, unit) = if ns < 1_000 {
+        (ns as f64, "ns")
+    } else if ns < 1_000_000 {
+        (ns as f64 / 1e3, "us")
+    } else if ns < 1_000_000_000 {
+        (ns as f64 / 1e6, "ms")
+    } else {
+        (ns as f64 / 1e9, "s")
+    };
+    let text = format!("{value:.3}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    format!("{text}{unit}")
+}
+
+/// A rate for names and tables: `500`, `12.5k`, `1.2M`.
+pub fn format_rate(rate: f64) -> String {
+    let (value, unit) = if rate >= 1e6 {
+        (rate / 1e6, "M")
+    } else if rate >= 1e3 {
+        (rate / 1e3, "k")
+    } else {
+        (rate, "")
+    };
+    let text = format!("{value:.3}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    format!("{text}{unit}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_with_suffixes() {
+        assert_eq!(parse_rate("5000"), Ok(5000.0));
+        assert_eq!(parse_rate("10k"), Ok(10_000.0));
+        assert_eq!(parse_rate("1.5M"), Ok(1_500_000.0));
+        assert_eq!(parse_rate(" 2.5 "), Ok(2.5));
+        for bad in ["", "0", "-5", "k", "1e400", "ten", "5x", "nan"] {
+            assert!(parse_rate(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn sweeps_and_lists() {
+        assert_eq!(
+            parse_rates("10k..50k/10k").unwrap(),
+            vec![10e3, 20e3, 30e3, 40e3, 50e3]
+        );
+        // The end is included only when a step lands on it.
+        assert_eq!(parse_rates("1k..2.5k/1k").unwrap(), vec![1e3, 2e3]);
+        assert_eq!(parse_rates("1k..1k/1").unwrap(), vec![1e3]);
+        let fine = parse_rates("0.1k..1k/0.1k").unwrap();
+        assert_eq!(fine.len(), 10);
+        assert!((fine[9] - 1000.0).abs() < 1e-6);
+        assert_eq!(parse_rates("1k,5k,20k").unwrap(), vec![1e3, 5e3, 20e3]);
+        assert_eq!(parse_rates("777").unwrap(), vec![777.0]);
+        for bad in ["5k..1k/1k", "1k..5k", "1k..5k/0", "a..b/c", "1k..5k/-1"] {
+            assert!(
+                matches!(parse_rates(bad), Err(SpecError::BadSweep(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            parse_rates("1..1M/1"),
+            Err(SpecError::SweepTooLong(_))
+        ));
+        assert!(matches!(parse_rates("1k,,2k"), Err(SpecError::BadRate(_))));
+    }
+
+    #[test]
+    fn durations_with_units() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("100us"), Ok(Duration::from_micros(100)));
+        assert_eq!(parse_duration("100µs"), Ok(Duration::from_micros(100)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        for bad in ["", "s", "10 parsecs", "-1s", "1e3s", "ms10", "1.2.3s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn objectives() {
+        let slos = Slo::parse_list("p99=100us,p99.9=1ms,max=5ms,p999=2ms").unwrap();
+        assert_eq!(slos[0].percentile, Percentile::Quantile(0.99));
+        assert_eq!(slos[0].limit, Duration::from_micros(100));
+        assert_eq!(slos[1].percentile, Percentile::Quantile(0.999));
+        assert_eq!(slos[2].percentile, Percentile::Max);
+        assert_eq!(slos[3].percentile, Percentile::Quantile(0.999));
+        assert_eq!(slos[0].to_string(), "p99<=100us");
+        assert_eq!(slos[1].to_string(), "p99.9<=1ms");
+        assert_eq!(slos[2].to_string(), "max<=5ms");
+        for bad in ["p99", "p99=", "q99=1ms", "p100.5=1ms", "p0=1ms", "p99=fast"] {
+            assert!(Slo::parse_list(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn objectives_against_a_histogram() {
+        let mut h = LatencyHistogram::new();
+        h.record_ns_n(10_000, 990); // 10 µs
+        h.record_ns_n(500_000, 10); // 500 µs
+        let p99 = Slo::parse_list("p99=20us").unwrap()[0];
+        let p999 = Slo::parse_list("p99.9=100us").unwrap()[0];
+        assert!(p99.is_met_by(&h));
+        assert!(!p999.is_met_by(&h));
+    }
+
+    #[test]
+    fn formatting_reads_back() {
+        for d in ["100us", "2.5ms", "10s", "750ns"] {
+            assert_eq!(format_duration(parse_duration(d).unwrap()), d);
+        }
+        assert_eq!(format_duration(Duration::ZERO), "0s");
+        assert_eq!(format_rate(500.0), "500");
+        assert_eq!(format_rate(12_500.0), "12.5k");
+        assert_eq!(format_rate(1_200_000.0), "1.2M");
+    }
+}

@@ -1,0 +1,329 @@
+//! Bad targets and bad options give clear errors and a non-zero exit, never
+//! a hang: a refused port, an unresolvable host, servers that speak another
+//! protocol, never answer, hang up, answer 404, or go bad in the middle of
+//! a run; and every malformed option. Every run is bounded by a watchdog.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use clap::Parser;
+use nocturne_bench::load::{
+    run_command, run_rate, LoadArgs, LoadError, LoadSettings, ProbeError, SettingsError,
+};
+
+/// Fails the test instead of hanging it.
+fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(120))
+        .unwrap_or_else(|_| panic!("{what} hung (no result within 120 s)"))
+}
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    load: LoadArgs,
+}
+
+fn args(list: &[&str]) -> LoadArgs {
+    Cli::try_parse_from(std::iter::once("load").chain(list.iter().copied()))
+        .unwrap()
+        .load
+}
+
+/// Quick-failing, short-running options for a target.
+fn quick(url: &str) -> Vec<String> {
+    [
+        url,
+        "--rate",
+        "500",
+        "--duration",
+        "300ms",
+        "--warmup",
+        "0s",
+        "--connections",
+        "2",
+        "--poll",
+        "block",
+        "--timeout",
+        "500ms",
+        "--connect-timeout",
+        "2s",
+        "-q",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn run_cli(list: Vec<String>) -> anyhow::Result<()> {
+    within("command", move || {
+        let refs: Vec<&str> = list.iter().map(String::as_str).collect();
+        run_command(&args(&refs))
+    })
+}
+
+/// What the scripted server does with request number n (1-based, over all
+/// connections).
+#[derive(Clone, Copy)]
+enum Reply {
+    Ok,
+    Status(u16),
+    Garbage,
+    Close,
+    Silent,
+}
+
+/// A std::net server, a thread per connection, answering by `script`;
+/// `greeting` is written on accept (before any request).
+struct ScriptedServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl ScriptedServer {
+    fn start(greeting: Option<&'static [u8]>, script: fn(u64) -> Reply) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = Arc::clone(&stop);
+        let count = Arc::new(AtomicU64::new(0));
+        std::thread::spawn(move || {
+            // Relaxed: a plain flag polled by a test thread.
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        s.set_nonblocking(false).unwrap();
+                        if let Some(g) = greeting {
+                            let _ = s.write_all(g);
+                        }
+                        let (count, stop) = (Arc::clone(&count), Arc::clone(&stop2));
+                        std::thread::spawn(move || serve(s, &count, &stop, script));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                }
+            }
+            // Dropping the listener refuses new connections from here on.
+        });
+        Self { addr, stop }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/function/echo", self.addr)
+    }
+}
+
+impl Drop for ScriptedServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn serve(mut s: TcpStream, count: &AtomicU64, stop: &AtomicBool, script: fn(u64) -> Reply) {
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let request_end = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                if buf.len() >= end + 4 + len {
+                    break end + 4 + len;
+                }
+            }
+            // Relaxed: a plain flag.
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            match s.read(&mut chunk) {
+                Ok(0) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => return,
+            }
+        };
+        buf.drain(..request_end);
+        // Relaxed: only numbers the requests.
+        let n = count.fetch_add(1, Ordering::Relaxed) + 1;
+        let reply: Vec<u8> = match script(n) {
+            Reply::Ok => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            Reply::Status(code) => format!("HTTP/1.1 {code} Nope\r\nContent-Length: 0\r\n\r\n").into_bytes(),
+            Reply::Garbage => b"hello, I am not a web server\n".to_vec(),
+            Reply::Close => return,
+            Reply::Silent => {
+                // Hold the connection open, answering nothing.
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                return;
+            }
+        };
+        if s.write_all(&reply).is_err() {
+            return;
+        }
+    }
+}
+
+fn plan_for(url: &str) -> nocturne_bench::load::LoadPlan {
+    let refs = quick(url);
+    let refs: Vec<&str> = refs.iter().map(String::as_str).collect();
+    LoadSettings::from_args(&args(&refs)).unwrap().plan
+}
+
+#[test]
+fn a_refused_port() {
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = format!("http://127.0.0.1:{port}/function/echo");
+    let plan = plan_for(&url);
+    let err = within("run", move || run_rate(&plan, 500.0, false).unwrap_err());
+    assert!(
+        matches!(&err, LoadError::Probe { source: ProbeError::Connect { .. }, .. }),
+        "{err:?}"
+    );
+    let err = run_cli(quick(&url)).unwrap_err().to_string();
+    assert!(err.contains("cannot connect to 127.0.0.1") && err.contains("refused"), "{err}");
+}
+
+#[test]
+fn an_unresolvable_host() {
+    let a = args(&["http://nonexistent.invalid:8080/function/echo", "--rate", "1k"]);
+    let err = within("settings", move || LoadSettings::from_args(&a).unwrap_err());
+    assert!(matches!(err, SettingsError::Target(_)), "{err:?}");
+    assert!(
+        err.to_string().contains("cannot resolve host \"nonexistent.invalid\""),
+        "{err}"
+    );
+    let err = run_cli(quick("http://nonexistent.invalid/x")).unwrap_err();
+    assert!(err.to_string().contains("cannot resolve host"), "{err}");
+}
+
+#[test]
+fn a_server_that_speaks_another_protocol() {
+    // Talks first, like SSH: rejected on its first bytes.
+    let ssh = ScriptedServer::start(Some(b"SSH-2.0-OpenSSH_9.6\r\n"), |_| Reply::Silent);
+    let err = run_cli(quick(&ssh.url())).unwrap_err().to_string();
+    assert!(err.contains("is not an HTTP/1.x server") && err.contains("SSH-2.0"), "{err}");
+    // Answers a request with text that is not HTTP.
+    let text = ScriptedServer::start(None, |_| Reply::Garbage);
+    let plan = plan_for(&text.url());
+    let err = within("run", move || run_rate(&plan, 500.0, false).unwrap_err());
+    assert!(
+        matches!(&err, LoadError::Probe { source: ProbeError::NotHttp { .. }, .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_server_that_never_answers() {
+    let silent = ScriptedServer::start(None, |_| Reply::Silent);
+    let err = run_cli(quick(&silent.url())).unwrap_err().to_string();
+    assert!(err.contains("sent no complete response within 500ms"), "{err}");
+}
+
+#[test]
+fn a_server_that_hangs_up() {
+    let rude = ScriptedServer::start(None, |_| Reply::Close);
+    let err = run_cli(quick(&rude.url())).unwrap_err().to_string();
+    assert!(err.contains("closed the connection before a complete response"), "{err}");
+}
+
+#[test]
+fn a_wrong_path_and_allow_errors() {
+    let server = ScriptedServer::start(None, |_| Reply::Status(404));
+    let plan = plan_for(&server.url());
+    let err = within("run", move || run_rate(&plan, 500.0, false).unwrap_err());
+    assert!(matches!(err, LoadError::ProbeStatus { status: 404, .. }), "{err:?}");
+    assert!(err.to_string().contains("--allow-errors"), "{err}");
+
+    // Asked for, the run goes ahead and counts every answer as non-2xx.
+    let mut plan = plan_for(&server.url());
+    plan.allow_errors = true;
+    let r = within("run", move || run_rate(&plan, 500.0, false).unwrap());
+    assert_eq!(r.offered, 150);
+    assert!(r.completed > 0);
+    assert_eq!(r.non_2xx, r.completed);
+    assert_eq!(r.statuses.get(&404), Some(&r.completed));
+    let mut list = quick(&server.url());
+    list.push("--allow-errors".into());
+    run_cli(list).unwrap();
+    // Without it, the same non-2xx answers fail the command.
+    let err = run_cli(quick(&server.url())).unwrap_err().to_string();
+    assert!(err.contains("answered 404"), "{err}");
+}
+
+#[test]
+fn a_server_that_goes_bad_during_the_run() {
+    // Fine for the probe and 20 requests, then garbage.
+    let server = ScriptedServer::start(None, |n| if n <= 21 { Reply::Ok } else { Reply::Garbage });
+    let plan = plan_for(&server.url());
+    let r = within("run", move || run_rate(&plan, 500.0, false).unwrap());
+    assert!(r.socket_errors.protocol > 0, "{r:?}");
+    assert!(r.completed >= 20);
+    assert_eq!(r.sent + r.unsent, r.offered);
+    assert!(r.first_error.as_deref().unwrap_or("").contains("not an HTTP response"), "{r:?}");
+    let fresh = ScriptedServer::start(None, |n| if n <= 21 { Reply::Ok } else { Reply::Garbage });
+    let err = run_cli(quick(&fresh.url())).unwrap_err().to_string();
+    assert!(err.contains("errors (first:") && err.contains("not an HTTP response"), "{err}");
+}
+
+#[test]
+fn a_server_that_dies_during_the_run() {
+    // Serves the probe and 30 requests, then hangs up on every request and
+    // stops listening: the run counts the losses and ends on time.
+    let server = ScriptedServer::start(None, |n| if n <= 31 { Reply::Ok } else { Reply::Close });
+    let plan = plan_for(&server.url());
+    let stop = Arc::clone(&server.stop);
+    let r = within("run", move || {
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(150));
+            // Relaxed: a plain flag.
+            stop.store(true, Ordering::Relaxed);
+        });
+        let r = run_rate(&plan, 500.0, false).unwrap();
+        killer.join().unwrap();
+        r
+    });
+    assert!(r.socket_errors.total() > 0, "{r:?}");
+    assert_eq!(r.sent + r.unsent, r.offered);
+    assert_eq!(
+        r.completed + r.timeouts + r.socket_errors.requests(),
+        r.sent,
+        "{r:?}"
+    );
+}
+
+#[test]
+fn malformed_options_are_named() {
+    let cases: [(&[&str], &str); 12] = [
+        (&["http://h/", "--rate", "fast"], "bad rate \"fast\""),
+        (&["http://h/", "--rate", "5k..1k/1k"], "bad rate sweep"),
+        (&["http://h/", "--rate", "1k", "--duration", "forever"], "bad duration \"forever\""),
+        (&["http://h/", "--rate", "1k", "--slo", "p99"], "bad objective \"p99\""),
+        (&["https://h/", "--rate", "1k"], "only http:// is supported"),
+        (&["h:80/", "--rate", "1k"], "expected http://HOST[:PORT]/PATH"),
+        (&["--rate", "1k"], "give a target URL"),
+        (&["http://127.0.0.1:9/", "--rate", "1k", "--threads", "2", "--connections", "1"], "too few"),
+        (&["http://127.0.0.1:9/", "--rate", "1k", "--threads", "0"], "at least 1"),
+        (&["http://127.0.0.1:9/", "--rate", "1k", "--cores", "100000"], "not available to this process"),
+        (&["http://127.0.0.1:9/", "--rate", "1k", "--body-file", "/nonexistent/body"], "cannot read --body-file"),
+        (&["http://127.0.0.1:9/", "--rate", "1k", "-H", "Content-Length: 3"], "set by the load generator"),
+    ];
+    for (list, expected) in cases {
+        let err = LoadSettings::from_args(&args(list)).unwrap_err().to_string();
+        assert!(err.contains(expected), "{list:?}: {err}");
+    }
+    // clap itself rejects unknown modes.
+    assert!(Cli::try_parse_from(["load", "http://h/", "--rate", "1", "--arrival", "bursty"]).is_err());
+}
