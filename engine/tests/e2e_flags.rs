@@ -538,8 +538,7 @@ fn max_connections_counts_across_all_io_cores() {
         }
         clients.push(c); // keep every connection open
     }
-    // BUG(lead): each core loop's HttpServer gets the whole max_connections
-    // (engine.rs http_limits), so two loops serve up to 2 × max_connections.
+    // Regression: max_connections is engine-wide, split across the io loops.
     assert!(
         served <= 2,
         "{served} of 8 connections served with --max-connections 2 over 2 io cores"

@@ -59,9 +59,7 @@ fn load_sleep(engine: &Engine, clients: usize, load: Duration) -> usize {
     most
 }
 
-// BUG(lead): this fails intermittently (often under --poll spin, about one run
-// in eight under adaptive), and `load_rising_after_quiet_traffic_scales_up`
-// fails every time: see there.
+// Regression: a cold pool under load grows, then shrinks when idle.
 #[test]
 fn load_scales_workers_up_and_idleness_scales_them_down() {
     for_each_poll(|poll| {
@@ -178,20 +176,8 @@ fn min_workers_start_eagerly_and_max_workers_caps_a_queue() {
     );
 }
 
-// BUG(lead): the pool never grows here. In a closed loop the measured arrival
-// rate is the current throughput (one arrival per completion), so
-// limit = ceil(coef × EMA(service) × EMA(arrival rate)) ≈ ceil(service /
-// (service + overhead)) = 1 however many calls wait: `scale_up` never sees a
-// limit above the pool, and 7 calls stay queued behind one worker. (After
-// quiet traffic the arrival-gap average starts above the service time and
-// only falls toward service + overhead, so this fails every time; without
-// the pauses it passes by luck of rounding: ceil(1.0x) = 2.) The cold
-// burst of the test above escapes only when its first arrivals get distinct
-// timestamps (arrivals parsed in the same turn share `now_ns`, gap 0, and
-// `limiter::ema` takes a 0 average for "no data yet", so a zero-gap burst is
-// forgotten). Suggested fix: grow on a standing queue too (e.g. wanted =
-// max(limit, in_flight + pending) clamped to max_share), and keep "no data"
-// apart from a 0 average in `ema`.
+// Regression: closed-loop load on an undersized pool grows it (the limiter
+// measures time in the system, not execution time alone).
 #[test]
 fn load_rising_after_quiet_traffic_scales_up() {
     let engine = Engine::builder().config(SCALING_CONFIG).start();

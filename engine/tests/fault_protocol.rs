@@ -12,9 +12,10 @@
 //!   two tests, in parallel with the rest).
 //! * The misbehaving worker: for each way of breaking the ring protocol, the
 //!   call gets 502 naming a protocol violation, the engine logs it, kills the
-//!   worker and starts another, and keeps serving everything else; attempts
-//!   to resize or re-seal the shared region fail with EPERM inside the worker
-//!   and its call completes normally.
+//!   worker and starts another, and keeps serving everything else — also when
+//!   the lie is the request ring's release index, which the engine reads
+//!   only later; attempts to resize or re-seal the shared region fail with
+//!   EPERM inside the worker and its call completes normally.
 
 mod common;
 
@@ -196,6 +197,7 @@ const VIOLATIONS: &[(&str, &str)] = &[
     ("wrong-call-id", "completion for call"),
     ("bad-parent", "internal call names parent"),
     ("flood", "completion for call 0xdeadbeef00000000"),
+    // ("bad-release" is its own test below: the engine finds it only later.)
 ];
 
 /// Attempts on the region that its seals must refuse.
@@ -332,5 +334,56 @@ fn a_worker_that_breaks_the_ring_protocol_is_replaced_and_nobody_else_notices() 
         assert_eq!(disconnects, VIOLATIONS.len() + 1, "{log}");
         assert!(!log.contains("panicked"), "{log}");
         assert_eq!(engine.get("/healthz").status, 200);
+    });
+}
+
+// Regression: a worker that corrupts its request ring's release index is
+// disconnected and replaced, not left on the idle list failing every call.
+#[test]
+fn a_worker_that_lies_about_its_request_ring_is_replaced() {
+    let exe = misbehave_exe();
+    let config = format!(
+        "[[functions]]\nname = \"liar\"\ncommand = [\"{}\"]\nmax_workers = 1\n\n\
+         [[functions]]\nname = \"echo\"\nbuiltin = \"echo\"\n",
+        exe.display()
+    );
+    for_each_poll(|poll| {
+        let engine = Engine::builder().config(&config).poll(poll).start();
+        let liar = only_worker(&engine, "liar");
+        let r = engine.post("/function/liar?do=bad-release", b"");
+        assert_eq!((r.status, r.text()), (200, format!("ok from pid {liar}")));
+        // The engine reads the lie once its cached release index runs out
+        // (a ring of 32 slots): within 80 calls it must have disconnected the
+        // worker. Until then calls are served; the one that finds the lie may
+        // fail with 502, and nothing else may.
+        let mut c = engine.client();
+        let mut statuses = Vec::new();
+        let violation = format!("worker liar pid {liar}: protocol violation");
+        for _ in 0..80 {
+            let r = c.post("/function/liar?do=none", b"");
+            statuses.push(r.status);
+            match r.status {
+                200 => {}
+                502 => assert!(r.text().contains("protocol violation"), "{}", r.text()),
+                _ => engine.fail(&format!(
+                    "call {} answered {} {}",
+                    statuses.len(),
+                    r.status,
+                    r.text()
+                )),
+            }
+            if engine.log_text().contains(&violation) {
+                break;
+            }
+        }
+        assert!(
+            statuses.iter().filter(|&&s| s == 502).count() <= 1,
+            "{statuses:?}"
+        );
+        wait_violation_logged(&engine, "liar", liar, "release index");
+        let fresh = wait_replaced_worker(&engine, "liar", liar);
+        let r = c.post("/function/liar", b"");
+        assert_eq!((r.status, r.text()), (200, format!("ok from pid {fresh}")));
+        assert_engine_serves(&engine, "bad-release");
     });
 }

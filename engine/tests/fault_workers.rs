@@ -1,7 +1,8 @@
 //! The engine when workers fail, end to end (issue #4, items 1–3 and 6): a
-//! callee or a caller killed in the middle of an internal call, a worker that
-//! keeps dying (back-off, `crash_looping`, no zombies, nobody else disturbed),
-//! an engine killed during all that and started again, handler errors and
+//! callee or a caller killed in the middle of an internal call, an internal
+//! call to a callee whose only worker is restarting, a worker that keeps
+//! dying (back-off, `crash_looping`, no zombies, nobody else disturbed), an
+//! engine killed during all that and started again, handler errors and
 //! panics, a caller's deadline bounding its internal calls, a late result, and
 //! a call chain deeper than `max_call_depth`.
 //!
@@ -530,17 +531,8 @@ fn a_chain_deeper_than_max_call_depth_gets_508() {
     });
 }
 
-// BUG(lead): an internal call to a function whose only allowed worker is
-// being (re)started is answered `508 call cycle` at once instead of waiting
-// for that worker. `LoopState::would_deadlock` (core_loop/dispatch.rs) treats
-// "workers + starting >= max_share and no idle worker" as "cannot grow", then
-// checks that *every worker of the function* runs an ancestor of the call —
-// and with the only worker still starting there are none, so `all()` over an
-// empty set says yes. Seen first as a flaky 508 right after a callee was
-// killed (its replacement not yet ready). Also hits a cold `min_workers = 0,
-// max_workers = 1` callee called by two callers at once. Suggested fix: return
-// false when `fs.starting > 0` (a worker on its way can run the call), and
-// never claim a cycle when no worker of the function exists.
+// Regression: a callee whose only worker is restarting is waited for, not
+// reported as a call cycle.
 #[test]
 fn an_internal_call_waits_for_a_restarting_callee() {
     let exe = misbehave_exe();

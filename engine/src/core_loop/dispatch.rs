@@ -16,6 +16,7 @@ use nocturne_net::Transport;
 
 use nocturne_functions::protocol::{
     self, STATUS_CALL_DEPTH, STATUS_DEADLINE, STATUS_OVERLOADED, STATUS_UNKNOWN_FUNCTION,
+    STATUS_WORKER_CRASHED,
 };
 
 use super::calls::{call_id, call_key};
@@ -29,7 +30,7 @@ pub(crate) enum Admission {
     /// Waiting for a worker.
     Queued,
     /// Refused: answer the origin with this status and message.
-    Rejected(u16, String),
+    Rejected((u16, String)),
 }
 
 /// A call being admitted (its payload travels beside it).
@@ -89,22 +90,28 @@ impl LoopState {
                 Ok(()) => Admission::Dispatched,
                 Err(e) => {
                     self.calls.remove(key);
-                    self.make_idle(w);
-                    Admission::Rejected(
-                        500,
-                        format!("cannot hand the call to a worker of {}: {e}", cfg.name),
-                    )
+                    self.refuse_worker(w, e);
+                    Admission::Rejected(match e {
+                        SendError::Protocol(_) => (
+                            STATUS_WORKER_CRASHED,
+                            format!("worker of {} broke the protocol (protocol violation: {e}); it is being replaced", cfg.name),
+                        ),
+                        _ => (
+                            STATUS_OVERLOADED,
+                            format!("cannot hand the call to a worker of {}: {e}", cfg.name),
+                        ),
+                    })
                 }
             }
         } else if parent.is_some_and(|p| self.would_deadlock(f, p)) {
-            Admission::Rejected(
+            Admission::Rejected((
                 STATUS_CALL_DEPTH,
                 format!(
                     "call cycle: every worker of {} is busy in a caller of this call, \
                      so it could never run (raise max_workers or break the cycle)",
                     cfg.name
                 ),
-            )
+            ))
         } else if self.functions[f as usize].pending.len() < max_queue {
             let mut call = call;
             call.queued_input = Some((flags, payload.to_vec()));
@@ -112,13 +119,13 @@ impl LoopState {
             self.functions[f as usize].pending.push_back(key);
             Admission::Queued
         } else {
-            Admission::Rejected(
+            Admission::Rejected((
                 STATUS_OVERLOADED,
                 format!(
                     "function {} is overloaded: {} calls already queued",
                     cfg.name, max_queue
                 ),
-            )
+            ))
         };
         self.scale_up(f);
         self.publish(f);
@@ -130,7 +137,13 @@ impl LoopState {
     /// (directly or not) for it.
     fn would_deadlock(&self, f: u32, parent: Key) -> bool {
         let fs = &self.functions[f as usize];
-        if fs.workers + fs.starting < fs.max_share || !fs.idle.is_empty() {
+        // A worker on its way, or room for one, or one idle: the call can run.
+        // And with no worker at all, nobody can be an ancestor.
+        if fs.workers + fs.starting < fs.max_share
+            || fs.starting > 0
+            || fs.workers == 0
+            || !fs.idle.is_empty()
+        {
             return false;
         }
         let mut ancestors = Vec::with_capacity(8);
@@ -238,13 +251,44 @@ impl LoopState {
                 self.functions[f as usize].idle.push(w);
                 continue;
             };
-            if let Err(e) = self.send_invoke(w, key, flags, &input) {
-                self.make_idle(w);
-                let msg = format!("cannot hand the call to a worker: {e}");
-                self.fail_call(key, 500, &msg, server);
+            match self.send_invoke(w, key, flags, &input) {
+                Ok(()) => {}
+                Err(e @ SendError::Protocol(_)) => {
+                    self.refuse_worker(w, e);
+                    let name = &self.functions[f as usize].name;
+                    let msg = format!(
+                        "worker of {name} broke the protocol (protocol violation: {e}); it is being replaced"
+                    );
+                    self.fail_call(key, STATUS_WORKER_CRASHED, &msg, server);
+                }
+                Err(e) => {
+                    // Its ring is still full of earlier messages: the call
+                    // keeps its place and waits for a later turn.
+                    self.refuse_worker(w, e);
+                    if let Some(call) = self.calls.get_mut(key) {
+                        call.queued_input = Some((flags, input));
+                    }
+                    self.functions[f as usize].pending.push_front(key);
+                    break;
+                }
             }
         }
         self.publish(f);
+    }
+
+    /// A worker that could not take a call: back to idle when its ring was
+    /// only full; marked broken (the loop kills and replaces it on its next
+    /// look) when it corrupted its side of the ring.
+    fn refuse_worker(&mut self, w: Key, e: SendError) {
+        match e {
+            SendError::Protocol(p) => {
+                if let Some(slot) = self.workers.get_mut(w) {
+                    slot.broken =
+                        Some(format!("corrupt release position in its request ring: {p}"));
+                }
+            }
+            _ => self.make_idle(w),
+        }
     }
 
     /// Answers call `key` with an error and forgets it.
@@ -382,7 +426,7 @@ impl LoopState {
             local_id: header.call_id,
         };
         let flags = header.flags & protocol::FLAG_QUERY;
-        if let super::dispatch::Admission::Rejected(status, msg) = self.admit(
+        if let super::dispatch::Admission::Rejected((status, msg)) = self.admit(
             NewCall {
                 function: callee,
                 origin,
@@ -412,9 +456,12 @@ impl LoopState {
         let slot = self.workers.get(w).expect("polled worker exists");
         if key.is_none() || slot.busy != key {
             return Err(format!(
-                "completion for call {:#x}, but the worker runs {:?}",
+                "completion for call {:#x}, but the worker runs {}",
                 header.call_id,
-                slot.busy.map(|k| call_id(self.index, k))
+                match slot.busy {
+                    Some(k) => format!("call {:#x}", call_id(self.index, k)),
+                    None => "nothing".to_string(),
+                }
             ));
         }
         let key = key.expect("checked");

@@ -163,7 +163,7 @@ impl RequestHandler for LoopState {
                         a
                     }
                 };
-                if let Admission::Rejected(status, msg) = admission {
+                if let Admission::Rejected((status, msg)) = admission {
                     let retry = [("Retry-After", "1")];
                     let headers: &[(&str, &str)] = if status == protocol::STATUS_OVERLOADED {
                         &retry

@@ -420,6 +420,11 @@ impl LoopState {
                     .set_crash_looping(usize::from(self.index), f as usize, false);
             }
             self.scale_down(f, server);
+            // Calls that found a worker's ring full wait for a later look.
+            let fs = &self.functions[f as usize];
+            if !fs.pending.is_empty() && !fs.idle.is_empty() {
+                self.dispatch_pending(f, server);
+            }
         }
     }
 

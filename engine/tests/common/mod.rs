@@ -1283,3 +1283,72 @@ pub fn only_worker(engine: &Engine, function: &str) -> i32 {
         )),
     }
 }
+
+// ---------------------------------------------------------------------------
+// Engines inside a network namespace (engine/tests/e2e_transports.rs).
+
+impl EngineBuilder {
+    /// Starts the engine inside the network namespace `netns`, under
+    /// `ip netns exec` (which execs it: the child's pid is the engine's, and
+    /// it sees the namespace's `/sys`). The address comes from the engine's
+    /// `listening on` line, so give `--listen` yourself (with
+    /// [`no_listen_flag`](Self::no_listen_flag)). Health is checked from the
+    /// calling thread, which must be inside `netns` too (e.g. in
+    /// `Netns::run`); so must every thread that uses the [`Engine`]'s
+    /// connecting methods.
+    pub fn start_in_netns(self, netns: &str) -> Engine {
+        let guard = (self.exclusive || self.spins())
+            .then(|| EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner()));
+        let scratch = Scratch::new("engine");
+        let (direct, tag) = self.command(&scratch);
+        // The same program, arguments and environment, behind `ip netns exec`.
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns])
+            .arg(direct.get_program())
+            .args(direct.get_args());
+        for (key, value) in direct.get_envs() {
+            match value {
+                Some(value) => cmd.env(key, value),
+                None => cmd.env_remove(key),
+            };
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start ip netns exec nocturne");
+        let log = Arc::new(Log::default());
+        log.follow(child.stderr.take().expect("piped stderr"), "");
+        log.follow(child.stdout.take().expect("piped stdout"), "[stdout] ");
+        let pid = child.id() as i32;
+        let mut engine = Engine {
+            child,
+            pid,
+            addr: None,
+            log,
+            tag,
+            description: format!("ip netns exec {netns} {}", self.describe()),
+            exited: None,
+            _scratch: scratch,
+            _exclusive: guard,
+        };
+        let addr = engine.wait_listening();
+        engine.addr = Some(addr);
+        if self.wait_healthy {
+            engine.wait_healthy();
+        }
+        engine
+    }
+}
+
+/// A `kB` field of /proc/PID/status (`VmRSS`, `RssAnon`, `RssShmem`, …), KiB.
+pub fn proc_status_kib(pid: i32, field: &str) -> Option<u64> {
+    let prefix = format!("{field}:");
+    read_proc(format!("/proc/{pid}/status"))?
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}

@@ -1,0 +1,290 @@
+//! `nocturne bench load` through the real binary: against a real
+//! `nocturne serve` (the JSON report of a short run), against bad targets
+//! (a clear error and a non-zero exit), and against its own hidden echo
+//! server (`bench load-echo-server`) with the ping-pong baseline. Timing is
+//! never asserted; counts, exit statuses and messages are.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Engine;
+use serde_json::Value;
+
+/// A debug build on a busy 2-core machine is slow; each run is a second or two.
+const RUN_LIMIT: Duration = Duration::from_secs(180);
+
+struct Run {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `nocturne ARGS` (without inherited `NOCTURNE_*` variables), killing
+/// it if it runs past [`RUN_LIMIT`].
+fn nocturne(args: &[&str]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nocturne"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("NOCTURNE_") {
+            cmd.env_remove(key);
+        }
+    }
+    let mut child = cmd
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start nocturne");
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    let read = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let (out, err) = (read(Box::new(out)), read(Box::new(err)));
+    let deadline = Instant::now() + RUN_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("nocturne {args:?} ran past {RUN_LIMIT:?} (a hang)");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Run {
+        success: status.success(),
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+/// A scratch file path, removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(name: &str) -> Self {
+        Self(
+            std::env::temp_dir().join(format!("nocturne-bench-load-{}-{name}", std::process::id())),
+        )
+    }
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn load_against_a_real_engine_writes_the_report() {
+    let engine = Engine::builder().poll("adaptive").start();
+    let json = TempFile::new("engine.json");
+    let url = format!("http://{}/function/echo", engine.addr());
+    let run = nocturne(&[
+        "bench",
+        "load",
+        &url,
+        "--rate",
+        "2000",
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+        "--body",
+        "hello",
+        "--poll",
+        "block",
+        "--timeout",
+        "20s",
+        "--json",
+        json.path(),
+        "-q",
+    ]);
+    assert!(
+        run.success,
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    assert!(
+        run.stdout.contains("p99.9") && run.stdout.contains("2k/s"),
+        "{}",
+        run.stdout
+    );
+
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json.0).unwrap()).unwrap();
+    assert_eq!(report["suite"], "load");
+    assert!(
+        report["machine"]["command_line"]
+            .as_str()
+            .unwrap()
+            .contains("bench load"),
+        "{report}"
+    );
+    assert_eq!(report["machine"]["modes"]["arrival"], "fixed");
+    let case = &report["cases"][0];
+    assert_eq!(case["name"], "2k/s");
+    // 2000/s for exactly 1 s: the schedule's 2000 requests, every one
+    // answered 200 (the engine echoes; nothing failed).
+    assert_eq!(case["offered"], 2000.0, "{case}");
+    assert_eq!(case["samples"], 2000, "{case}");
+    assert_eq!(
+        case["sent"].as_f64().unwrap() + case["unsent"].as_f64().unwrap(),
+        2000.0
+    );
+    assert_eq!(case["errors"], 0, "{case}");
+    assert_eq!(case["non_2xx"], 0.0, "{case}");
+    for key in [
+        "p50_us",
+        "p90_us",
+        "p99_us",
+        "p999_us",
+        "p9999_us",
+        "max_us",
+        "service_p50_us",
+    ] {
+        assert!(case[key].as_f64().unwrap() > 0.0, "{key}: {case}");
+    }
+    assert!(case["p50_us"].as_f64() <= case["max_us"].as_f64());
+    assert!(case["ops_per_s"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bad_targets_fail_clearly() {
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/function/echo", l.local_addr().unwrap())
+    };
+    let run = nocturne(&[
+        "bench",
+        "load",
+        &refused,
+        "--rate",
+        "1k",
+        "--duration",
+        "200ms",
+        "-q",
+    ]);
+    assert!(!run.success);
+    assert!(
+        run.stderr.contains("nocturne: error:") && run.stderr.contains("refused"),
+        "{}",
+        run.stderr
+    );
+
+    let run = nocturne(&[
+        "bench",
+        "load",
+        "http://nonexistent.invalid/x",
+        "--rate",
+        "1k",
+    ]);
+    assert!(!run.success);
+    assert!(run.stderr.contains("cannot resolve host"), "{}", run.stderr);
+
+    // A function the engine does not serve: the probe's 404 is the error.
+    let engine = Engine::builder().poll("adaptive").start();
+    let nope = format!("http://{}/function/nope", engine.addr());
+    let run = nocturne(&[
+        "bench",
+        "load",
+        &nope,
+        "--rate",
+        "1k",
+        "--duration",
+        "200ms",
+        "-q",
+    ]);
+    assert!(!run.success);
+    assert!(run.stderr.contains("answered 404"), "{}", run.stderr);
+}
+
+/// `nocturne bench load-echo-server`, killed on drop.
+struct EchoProcess(Child, String);
+
+impl EchoProcess {
+    fn start() -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nocturne"))
+            .args(["bench", "load-echo-server", "--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stderr.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("nocturne: listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Self(child, addr)
+    }
+}
+
+impl Drop for EchoProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn load_against_its_own_echo_server_with_the_baseline() {
+    let echo = EchoProcess::start();
+    let json = TempFile::new("echo.json");
+    let url = format!("http://{}/", echo.1);
+    let run = nocturne(&[
+        "bench",
+        "load",
+        &url,
+        "--rate",
+        "1k,2k",
+        "--duration",
+        "300ms",
+        "--warmup",
+        "100ms",
+        "--pingpong",
+        "500",
+        "--poll",
+        "block",
+        "--json",
+        json.path(),
+        "-q",
+    ]);
+    assert!(
+        run.success,
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    assert!(
+        run.stdout.contains("generator overhead at p50"),
+        "{}",
+        run.stdout
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json.0).unwrap()).unwrap();
+    let names: Vec<&str> = report["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["pingpong", "1k/s", "2k/s"]);
+    assert_eq!(report["cases"][0]["samples"], 500);
+    assert_eq!(report["cases"][1]["samples"], 300);
+    assert_eq!(report["cases"][2]["samples"], 600);
+}

@@ -1,0 +1,740 @@
+//! One end-to-end HTTP suite, run over every network stack the engine
+//! serves on: kernel TCP, smoltcp on a TAP device, and smoltcp on an
+//! AF_PACKET socket bound to one end of a veth pair.
+//!
+//! Each check is written once, as a function of a running [`Engine`], and
+//! [`on_every_transport!`] makes one `#[test]` of it per [`Transport`]
+//! (`kernel::NAME`, `smoltcp_tap::NAME`, `smoltcp_raw::NAME`). For the
+//! smoltcp ones the test makes a network namespace with the device in it,
+//! runs `nocturne serve --net smoltcp` there under `ip netns exec`, and runs
+//! the check — every client socket it opens — on a thread inside that
+//! namespace, where the kernel reaches the engine's 192.0.2.2 over the
+//! device. The engine is stopped (and checked for leftover workers) by its
+//! drop guard and the namespace deleted by its own, also when a check fails;
+//! [`a_failing_check_leaves_no_engine_workers_or_namespace`] tests exactly
+//! that.
+//!
+//! The smoltcp tests need root and iproute2. One that cannot create its
+//! namespace fails, unless `NOCTURNE_SKIP_NETNS=1` is set.
+
+mod common;
+#[path = "../../net/tests/netns/mod.rs"]
+mod netns;
+
+use std::net::Shutdown;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::{Barrier, Mutex};
+
+use common::{request_bytes, signal, Client, Engine, EngineBuilder, LONG};
+use netns::Netns;
+
+/// The network stack an engine serves HTTP on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transport {
+    /// Kernel TCP on 127.0.0.1, a free port.
+    Kernel,
+    /// smoltcp on a TAP device whose kernel side is 192.0.2.1/24.
+    SmoltcpTap,
+    /// smoltcp on a packet socket on a veth end without an address; the
+    /// other end is 192.0.2.1/24.
+    SmoltcpRaw,
+}
+
+/// The kernel side of the namespace's device.
+const KERNEL_SIDE: &str = "192.0.2.1/24";
+/// The engine's own address on smoltcp.
+const ENGINE_IP: &str = "192.0.2.2/24";
+/// smoltcp needs a fixed port; every test has a namespace of its own.
+const ENGINE_LISTEN: &str = "0.0.0.0:8080";
+const TAP: &str = "nct0";
+/// The veth end the kernel stack owns, and the one the engine's packet socket owns.
+const VETH_KERNEL: &str = "nck0";
+const VETH_RAW: &str = "ncr0";
+
+impl Transport {
+    const ALL: [Transport; 3] = [
+        Transport::Kernel,
+        Transport::SmoltcpTap,
+        Transport::SmoltcpRaw,
+    ];
+
+    /// Starts an engine with the default configuration on this transport
+    /// and runs `check` with it, on a thread that can reach it.
+    fn test(self, check: fn(&Engine)) {
+        self.test_with(|engine, _netns| check(engine));
+    }
+
+    /// Like [`test`](Self::test); `check` also gets the namespace's name
+    /// (`None` on the kernel transport). Nothing outlives this call: the
+    /// engine (and its workers) is stopped before the namespace goes, also
+    /// when `check` panics. Returns without running `check` only when
+    /// namespaces are skipped (`NOCTURNE_SKIP_NETNS=1`).
+    fn test_with(self, check: impl FnOnce(&Engine, Option<&str>) + Send) {
+        let device_args = match self {
+            Transport::Kernel => {
+                let engine = Engine::builder().start();
+                self.assert_serves_on(&engine);
+                check(&engine, None);
+                return;
+            }
+            Transport::SmoltcpTap => ["--tap", TAP],
+            Transport::SmoltcpRaw => ["--raw", VETH_RAW],
+        };
+        let Some(ns) = Netns::for_test() else { return };
+        match self {
+            Transport::SmoltcpTap => ns.add_tap(TAP, KERNEL_SIDE),
+            _ => ns.add_veth(VETH_KERNEL, VETH_RAW, KERNEL_SIDE),
+        }
+        let name = ns.name().to_owned();
+        ns.run(|| {
+            let engine = smoltcp_engine(&device_args).start_in_netns(&name);
+            self.assert_serves_on(&engine);
+            check(&engine, Some(&name));
+            // `engine` drops here, on the namespace's thread: before `ns`.
+        });
+        drop(ns);
+        assert!(
+            !netns::exists(&name),
+            "namespace {name} outlived its test"
+        );
+    }
+}
+
+impl Transport {
+    /// Fails unless `engine` says it listens on this transport, so that a
+    /// flag the engine ignored cannot turn the suite into three kernel runs.
+    fn assert_serves_on(self, engine: &Engine) {
+        let stack = match self {
+            Transport::Kernel => "(kernel TCP;".to_string(),
+            Transport::SmoltcpTap => format!("(smoltcp on Tap(\"{TAP}\");"),
+            Transport::SmoltcpRaw => format!("(smoltcp on Raw(\"{VETH_RAW}\");"),
+        };
+        let listening = engine
+            .log()
+            .wait_for(LONG, |l| l.starts_with("nocturne: listening on "))
+            .unwrap_or_else(|| engine.fail("no listening line"));
+        if !listening.contains(&stack) {
+            engine.fail(&format!("not serving on {self:?}: {listening}"));
+        }
+    }
+}
+
+/// `nocturne serve --net smoltcp DEVICE --ip 192.0.2.2/24 --listen 0.0.0.0:8080`.
+fn smoltcp_engine(device_args: &[&str]) -> EngineBuilder {
+    Engine::builder()
+        .no_listen_flag()
+        .args(["--net", "smoltcp", "--ip", ENGINE_IP, "--listen", ENGINE_LISTEN])
+        .args(device_args)
+}
+
+/// One `#[test]` per check and transport, in modules `kernel`,
+/// `smoltcp_tap` and `smoltcp_raw`.
+macro_rules! on_every_transport {
+    ($($check:ident),* $(,)?) => {
+        mod kernel {
+            $(#[test] fn $check() { super::Transport::Kernel.test(super::$check) })*
+        }
+        mod smoltcp_tap {
+            $(#[test] fn $check() { super::Transport::SmoltcpTap.test(super::$check) })*
+        }
+        mod smoltcp_raw {
+            $(#[test] fn $check() { super::Transport::SmoltcpRaw.test(super::$check) })*
+        }
+    };
+}
+
+on_every_transport!(
+    foo_calls_bar_and_answers_exact_bytes,
+    echo_returns_binary_empty_and_one_mib_bodies,
+    fifty_pipelined_requests_are_answered_in_order,
+    error_statuses_and_the_connections_after_them,
+    worker_killed_mid_call_gives_502_then_calls_succeed,
+    thousand_requests_over_sixteen_keep_alive_connections,
+    burst_of_two_hundred_concurrent_connects_is_served,
+    pipelined_large_bodies_stream_both_ways_at_once,
+    connection_close_half_close_continue_and_chunked,
+    a_client_reset_mid_call_disturbs_nothing,
+);
+
+const FOO_BAR: &str = "From function Foo: From function Bar: ";
+
+/// Bytes where every value occurs, NUL, CR and LF included.
+fn every_byte(len: usize) -> Vec<u8> {
+    (0..=255u8).cycle().take(len).collect()
+}
+
+fn foo_calls_bar_and_answers_exact_bytes(engine: &Engine) {
+    let mut c = engine.client();
+    let r = c.post("/function/foo", b"hi");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), format!("{FOO_BAR}hi"));
+    let r = c.post("/function/bar", b"hi");
+    assert_eq!((r.status, r.text()), (200, "From function Bar: hi".into()));
+    // GET is allowed on both, with an empty input.
+    let r = c.get("/function/foo");
+    assert_eq!((r.status, r.text()), (200, FOO_BAR.to_string()));
+    let r = c.get("/function/bar");
+    assert_eq!((r.status, r.text()), (200, "From function Bar: ".into()));
+
+    // Binary input survives foo's internal call to bar byte for byte.
+    let input = every_byte(3000);
+    let r = c.post("/function/foo", &input);
+    assert_eq!(r.status, 200);
+    let mut want = FOO_BAR.as_bytes().to_vec();
+    want.extend_from_slice(&input);
+    assert!(r.body == want, "foo's answer to binary input differs");
+
+    // The same on fresh connections, one request each.
+    for i in 0..5 {
+        let body = format!("fresh {i}");
+        let r = engine.post("/function/foo", body.as_bytes());
+        assert_eq!((r.status, r.text()), (200, format!("{FOO_BAR}{body}")));
+    }
+}
+
+fn echo_returns_binary_empty_and_one_mib_bodies(engine: &Engine) {
+    let mut c = engine.client();
+    let binary = every_byte(4096);
+    let r = c.post("/function/echo", &binary);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, binary);
+    assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+
+    let r = c.post("/function/echo", b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.body.is_empty(), "{:?}", r.text());
+    assert_eq!(r.header("content-length"), Some("0"));
+
+    // One byte past a 64 KiB window, then 1 MiB: the default max_payload,
+    // the largest body echo takes, many windows each way.
+    for len in [(64 << 10) + 1, 1 << 20] {
+        let big: Vec<u8> = (0..len as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let r = c.post("/function/echo", &big);
+        assert_eq!(
+            r.status,
+            200,
+            "{len} bytes: {}",
+            String::from_utf8_lossy(&r.body[..r.body.len().min(200)])
+        );
+        assert_eq!(r.body.len(), big.len());
+        assert!(r.body == big, "the {len}-byte echo differs");
+    }
+
+    // The connection still serves small requests after the big ones.
+    assert_eq!(c.post("/function/echo", b"after").text(), "after");
+    assert_eq!(c.post("/function/echo", b"").body.len(), 0);
+}
+
+fn fifty_pipelined_requests_are_answered_in_order(engine: &Engine) {
+    const N: usize = 50;
+    let mut c = engine.client();
+    // Sleeps of decreasing length between fast calls: completions come back
+    // out of order; the answers must not.
+    let mut bytes = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..N {
+        let (path, body, want) = match i % 3 {
+            0 => {
+                let input = format!("p{i}");
+                ("/function/foo".to_string(), input.clone(), format!("{FOO_BAR}{input}"))
+            }
+            1 => ("/function/echo".to_string(), format!("e{i}"), format!("e{i}")),
+            _ => {
+                let us = (N - i) * 200;
+                (format!("/function/sleep?us={us}"), String::new(), format!("slept {us} us"))
+            }
+        };
+        bytes.extend(request_bytes("POST", &path, &[], body.as_bytes()));
+        expected.push(want);
+    }
+    // A GET without a body at the end of the batch, too.
+    bytes.extend(request_bytes("GET", "/function/bar", &[], b""));
+    expected.push("From function Bar: ".to_string());
+    // All of it in one write: several requests per segment, and requests
+    // split across segments.
+    c.write_raw(&bytes).expect("write the pipelined batch");
+    for (i, want) in expected.iter().enumerate() {
+        let r = c
+            .try_read_response()
+            .unwrap_or_else(|e| engine.fail(&format!("response {i}: {e}")));
+        assert_eq!(r.status, 200, "response {i}: {}", r.text());
+        assert_eq!(&r.text(), want, "response {i} out of order");
+    }
+    assert_eq!(c.post("/function/echo", b"end").text(), "end");
+}
+
+fn error_statuses_and_the_connections_after_them(engine: &Engine) {
+    let mut c = engine.client();
+
+    // 404 and 405 keep the connection.
+    let r = c.post("/function/nosuch", b"x");
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert!(r.text().contains("nosuch"), "names the function: {}", r.text());
+    let r = c.get("/function/echo");
+    assert_eq!(r.status, 405, "{}", r.text());
+    assert_eq!(r.header("allow"), Some("POST"));
+    let r = c.request("PUT", "/function/bar", b"x");
+    assert_eq!(r.status, 405, "{}", r.text());
+    assert_eq!(c.post("/function/echo", b"kept").text(), "kept");
+
+    // 413 from the headers alone: the body is never sent.
+    let mut big = engine.client();
+    big.send(
+        "POST",
+        "/function/echo",
+        &[("Content-Length", &(10u64 << 20).to_string())],
+        b"",
+    )
+    .expect("send the head");
+    let r = big.read_response();
+    assert_eq!(r.status, 413, "{}", r.text());
+    // 413 with the whole body sent: the engine reads on after answering
+    // (a lingering close), so the client's writes succeed and it reads the
+    // answer rather than a reset.
+    let r = engine
+        .client()
+        .try_request("POST", "/function/echo", &[], &[7u8; (1 << 20) + 1])
+        .unwrap_or_else(|e| engine.fail(&format!("no 413 after a 1 MiB + 1 body: {e}")));
+    assert_eq!(r.status, 413, "{}", r.text());
+
+    // 400: the answer, then that connection ends.
+    let mut bad = engine.client();
+    bad.write_raw(b"this is not http\r\n\r\n").unwrap();
+    let r = bad.read_response();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(bad.closed_within(LONG), "the connection stays open after a 400");
+
+    // 431: a request head over the default 8 KiB; then that connection ends.
+    let mut fat = engine.client();
+    let pad = "a".repeat(10_000);
+    let r = fat
+        .try_request("POST", "/function/echo", &[("X-Pad", &pad)], b"big")
+        .unwrap_or_else(|e| engine.fail(&format!("no 431 answer: {e}")));
+    assert_eq!(r.status, 431, "{}", r.text());
+    assert!(fat.closed_within(LONG), "the connection stays open after a 431");
+    // Just under the limit is fine.
+    let pad = "a".repeat(3000);
+    let r = engine
+        .client()
+        .try_request("POST", "/function/echo", &[("X-Pad", &pad)], b"ok")
+        .unwrap();
+    assert_eq!((r.status, r.text()), (200, "ok".to_string()));
+
+    // None of that disturbed the first connection or new ones.
+    assert_eq!(c.post("/function/foo", b"z").text(), format!("{FOO_BAR}z"));
+    assert_eq!(engine.get("/healthz").status, 200);
+}
+
+fn worker_killed_mid_call_gives_502_then_calls_succeed(engine: &Engine) {
+    let victim = common::only_worker(engine, "sleep");
+    let mut c = engine.client();
+    c.send("POST", "/function/sleep?us=2000000", &[], b"")
+        .unwrap();
+    common::wait_function_status(engine, "sleep", "a call in flight", |f| {
+        f["in_flight"].as_u64() == Some(1)
+    });
+    signal(victim, libc::SIGKILL);
+
+    let r = c
+        .try_read_response()
+        .unwrap_or_else(|e| engine.fail(&format!("no answer after the crash: {e}")));
+    assert_eq!(r.status, 502, "{}", r.text());
+    let msg = r.text();
+    assert!(msg.contains("sleep"), "names the function: {msg}");
+    assert!(
+        msg.contains("SIGKILL") || msg.contains("signal 9"),
+        "names the signal: {msg}"
+    );
+
+    // A replacement serves later calls, on this connection and on new ones.
+    let fresh = common::wait_replaced_worker(engine, "sleep", victim);
+    assert_eq!(c.post("/function/sleep?us=10", b"").text(), "slept 10 us");
+    let r = engine.post("/function/sleep?us=20", b"");
+    assert_eq!((r.status, r.text()), (200, "slept 20 us".to_string()));
+    assert_eq!(engine.workers("sleep"), [fresh]);
+    assert_eq!(engine.post("/function/foo", b"ok").text(), format!("{FOO_BAR}ok"));
+}
+
+fn thousand_requests_over_sixteen_keep_alive_connections(engine: &Engine) {
+    const CONNECTIONS: usize = 16;
+    const REQUESTS: usize = 1000;
+    let addr = engine.addr();
+    // Scoped threads start inside the namespace of the thread that spawns them.
+    let answered: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..CONNECTIONS)
+            .map(|conn| {
+                s.spawn(move || {
+                    let mut c = Client::connect(addr);
+                    let mut ok = 0;
+                    for i in (conn..REQUESTS).step_by(CONNECTIONS) {
+                        let input = format!("c{conn}-r{i}-{}", "x".repeat(i % 97)).into_bytes();
+                        let (path, want) = if i % 2 == 1 {
+                            let mut want = FOO_BAR.as_bytes().to_vec();
+                            want.extend_from_slice(&input);
+                            ("/function/foo", want)
+                        } else {
+                            ("/function/echo", input.clone())
+                        };
+                        let r = c
+                            .try_request("POST", path, &[], &input)
+                            .unwrap_or_else(|e| panic!("connection {conn}, request {i}: {e}"));
+                        assert_eq!(r.status, 200, "connection {conn}, request {i}: {}", r.text());
+                        assert!(
+                            r.body == want,
+                            "connection {conn}, request {i}: got {:?}, want {:?}",
+                            r.text(),
+                            String::from_utf8_lossy(&want)
+                        );
+                        ok += 1;
+                    }
+                    ok
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| engine.fail("a load connection failed"))
+            })
+            .sum()
+    });
+    assert_eq!(answered, REQUESTS);
+    for f in engine.functions_status() {
+        assert_eq!(
+            (f["in_flight"].as_u64(), f["queued"].as_u64()),
+            (Some(0), Some(0)),
+            "{f}"
+        );
+    }
+}
+
+fn burst_of_two_hundred_concurrent_connects_is_served(engine: &Engine) {
+    const CLIENTS: usize = 200;
+    let addr = engine.addr();
+    // Everyone connects at once; then, with all of them open together,
+    // everyone asks. A failed connect still meets the second barrier, so
+    // the others are not left waiting.
+    let connect = Barrier::new(CLIENTS);
+    let all_open = Barrier::new(CLIENTS);
+    let results: Vec<Result<(), String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..CLIENTS)
+            .map(|i| {
+                let (connect, all_open) = (&connect, &all_open);
+                s.spawn(move || {
+                    connect.wait();
+                    let client = Client::try_connect(addr);
+                    all_open.wait();
+                    let mut c = client.map_err(|e| format!("client {i}: connect: {e}"))?;
+                    let body = format!("burst {i}");
+                    let r = c
+                        .try_request("POST", "/function/echo", &[], body.as_bytes())
+                        .map_err(|e| format!("client {i}: {e}"))?;
+                    if (r.status, r.text()) != (200, body.clone()) {
+                        return Err(format!("client {i}: {} {:?}", r.status, r.text()));
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("a client panicked".into())))
+            .collect()
+    });
+    let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    if !failed.is_empty() {
+        engine.fail(&format!(
+            "{} of {CLIENTS} concurrent clients failed: {failed:?}",
+            failed.len()
+        ));
+    }
+    // And the engine is still there for the next one.
+    assert_eq!(engine.post("/function/echo", b"after").text(), "after");
+}
+
+fn pipelined_large_bodies_stream_both_ways_at_once(engine: &Engine) {
+    // 24 echoes of 96 KiB each on one connection, written by one thread
+    // while another reads: 2.25 MiB each way through 64 KiB windows, with
+    // the engine's output backing up into its input.
+    const CALLS: usize = 24;
+    const LEN: usize = 96 << 10;
+    let body = |i: usize| -> Vec<u8> {
+        (0..LEN)
+            .map(|j| (j as u32).wrapping_mul(31).wrapping_add(i as u32) as u8)
+            .collect()
+    };
+    let mut reader = engine.client();
+    let mut writer = reader
+        .stream()
+        .try_clone()
+        .expect("clone the client socket");
+    std::thread::scope(|s| {
+        let write = s.spawn(move || {
+            for i in 0..CALLS {
+                let bytes = request_bytes("POST", "/function/echo", &[], &body(i));
+                std::io::Write::write_all(&mut writer, &bytes)
+                    .unwrap_or_else(|e| panic!("write request {i}: {e}"));
+            }
+        });
+        for i in 0..CALLS {
+            let r = reader
+                .try_read_response()
+                .unwrap_or_else(|e| engine.fail(&format!("response {i}: {e}")));
+            assert_eq!(r.status, 200, "response {i}: {}", r.text());
+            assert!(r.body == body(i), "response {i} differs ({} bytes)", r.body.len());
+        }
+        write.join().expect("the writer thread");
+    });
+    assert_eq!(reader.post("/function/echo", b"end").text(), "end");
+}
+
+fn connection_close_half_close_continue_and_chunked(engine: &Engine) {
+    // `Connection: close`: answered, then the engine closes.
+    let mut c = engine.client();
+    let r = c
+        .try_request("POST", "/function/echo", &[("Connection", "close")], b"bye")
+        .unwrap();
+    assert_eq!((r.status, r.text()), (200, "bye".to_string()));
+    assert!(c.closed_within(LONG), "open after Connection: close");
+
+    // Half-closed after a complete request: answered, then closed.
+    let mut half = engine.client();
+    half.send("POST", "/function/foo", &[], b"half").unwrap();
+    half.stream().shutdown(Shutdown::Write).unwrap();
+    let r = half.read_response();
+    assert_eq!((r.status, r.text()), (200, format!("{FOO_BAR}half")));
+    assert!(half.closed_within(LONG), "open after the answer to a half-close");
+
+    // Half-closed inside a head: closed without an answer.
+    let mut cut = engine.client();
+    cut.write_raw(b"POST /function/echo HTTP/1.1\r\nContent-Le").unwrap();
+    cut.stream().shutdown(Shutdown::Write).unwrap();
+    let got = cut.read_to_close();
+    assert!(got.is_empty(), "answered a partial head: {:?}", String::from_utf8_lossy(&got));
+
+    // Expect: 100-continue: a 100, then the answer once the body came.
+    let mut c = engine.client();
+    c.send(
+        "POST",
+        "/function/echo",
+        &[("Expect", "100-continue"), ("Content-Length", "5")],
+        b"",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        std::io::Read::read_exact(&mut c.stream(), &mut byte).expect("a 100 Continue");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 100"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    c.write_raw(b"hello").unwrap();
+    assert_eq!(c.read_response().text(), "hello");
+
+    // A chunked request body arrives whole.
+    c.send(
+        "POST",
+        "/function/echo",
+        &[("Transfer-Encoding", "chunked")],
+        b"3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(c.read_response().text(), "abcdefg");
+}
+
+fn a_client_reset_mid_call_disturbs_nothing(engine: &Engine) {
+    let sleeper = common::only_worker(engine, "sleep");
+    // An echo answered and left unread, then a long call: closing the
+    // socket with unread input makes the client's kernel send a reset while
+    // the call is in flight.
+    let mut c = engine.client();
+    let mut bytes = request_bytes("POST", "/function/echo", &[], b"unread");
+    bytes.extend(request_bytes("POST", "/function/sleep?us=300000", &[], b""));
+    c.write_raw(&bytes).unwrap();
+    let mut peek = [0u8; 16];
+    let n = c.stream().peek(&mut peek).expect("the echo answer arrives");
+    assert!(n > 0, "closed before the echo answer");
+    common::wait_function_status(engine, "sleep", "the call in flight", |f| {
+        f["in_flight"].as_u64() == Some(1)
+    });
+    drop(c);
+
+    // The call finishes into the void; nothing is stuck or killed.
+    common::wait_function_status(engine, "sleep", "no call in flight", |f| {
+        f["in_flight"].as_u64() == Some(0) && f["queued"].as_u64() == Some(0)
+    });
+    assert_eq!(engine.workers("sleep"), [sleeper], "the worker was replaced");
+    let r = engine.post("/function/sleep?us=5", b"");
+    assert_eq!((r.status, r.text()), (200, "slept 5 us".to_string()));
+    let mut c = engine.client();
+    for i in 0..20 {
+        let body = format!("after reset {i}");
+        assert_eq!(c.post("/function/echo", body.as_bytes()).text(), body);
+    }
+}
+
+/// What a deliberately failing check saw before it panicked.
+#[derive(Default)]
+struct Seen {
+    engine: i32,
+    workers: Vec<i32>,
+    netns: Option<String>,
+}
+
+#[test]
+fn a_failing_check_leaves_no_engine_workers_or_namespace() {
+    for transport in Transport::ALL {
+        let seen = Mutex::new(None::<Seen>);
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+            transport.test_with(|engine, netns| {
+                let workers = engine.all_workers().into_iter().map(|(p, _)| p).collect();
+                *seen.lock().unwrap() = Some(Seen {
+                    engine: engine.pid(),
+                    workers,
+                    netns: netns.map(str::to_owned),
+                });
+                panic!("a deliberate failure on {transport:?}");
+            })
+        }));
+        let Some(seen) = seen.into_inner().unwrap() else {
+            // Only when namespaces are skipped; the kernel transport always runs.
+            assert_ne!(transport, Transport::Kernel);
+            assert!(outcome.is_ok());
+            continue;
+        };
+        assert!(outcome.is_err(), "{transport:?}: the check's panic was lost");
+        assert!(!seen.workers.is_empty(), "{transport:?}: no workers seen");
+        for pid in std::iter::once(seen.engine).chain(seen.workers.iter().copied()) {
+            let state = common::process_state(pid);
+            assert!(
+                state.is_none() || state == Some('Z'),
+                "{transport:?}: process {pid} outlived the failed test ({state:?})"
+            );
+        }
+        assert_eq!(seen.netns.is_some(), transport != Transport::Kernel);
+        if let Some(name) = seen.netns {
+            assert!(!netns::exists(&name), "{transport:?}: namespace {name} is left");
+        }
+    }
+}
+
+#[test]
+fn an_engine_that_cannot_open_its_device_fails_the_test_and_leaves_no_namespace() {
+    let Some(ns) = Netns::for_test() else { return };
+    let name = ns.name().to_owned();
+    // No such interface: the engine exits before it listens, and the
+    // harness fails the test with its log.
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+        ns.run(|| {
+            smoltcp_engine(&["--raw", "nosuch0"]).start_in_netns(&name);
+        })
+    }));
+    let message = match outcome {
+        Ok(()) => panic!("an engine on a missing interface started"),
+        Err(payload) => payload
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_default(),
+    };
+    assert!(
+        message.contains("exited") && message.contains("nosuch0"),
+        "the failure names the exit and the interface: {message}"
+    );
+    drop(ns);
+    assert!(!netns::exists(&name), "namespace {name} is left");
+}
+
+#[test]
+#[ignore]
+fn probe_two_loops_multiqueue() {
+    let ns = Netns::for_test().unwrap();
+    ns.add_tap_with(TAP, KERNEL_SIDE, true);
+    let name = ns.name().to_owned();
+    ns.run(|| {
+        let engine = smoltcp_engine(&["--tap", TAP, "--io-cores", "0-1"]).start_in_netns(&name);
+        eprintln!("{}", engine.log_text());
+        thousand_requests_over_sixteen_keep_alive_connections(&engine);
+        burst_of_two_hundred_concurrent_connects_is_served(&engine);
+        fifty_pipelined_requests_are_answered_in_order(&engine);
+        worker_killed_mid_call_gives_502_then_calls_succeed(&engine);
+    });
+}
+
+#[test]
+#[ignore]
+fn probe_two_loops_raw_fanout() {
+    let ns = Netns::for_test().unwrap();
+    ns.add_veth(VETH_KERNEL, VETH_RAW, KERNEL_SIDE);
+    let name = ns.name().to_owned();
+    ns.run(|| {
+        let engine = smoltcp_engine(&["--raw", VETH_RAW, "--io-cores", "0-1"]).start_in_netns(&name);
+        thousand_requests_over_sixteen_keep_alive_connections(&engine);
+        burst_of_two_hundred_concurrent_connects_is_served(&engine);
+        fifty_pipelined_requests_are_answered_in_order(&engine);
+    });
+}
+
+#[test]
+#[ignore]
+fn probe_spin() {
+    for t in [Transport::SmoltcpTap, Transport::SmoltcpRaw] {
+        let ns = Netns::for_test().unwrap();
+        let dev = if t == Transport::SmoltcpTap { ns.add_tap(TAP, KERNEL_SIDE); ["--tap", TAP] } else { ns.add_veth(VETH_KERNEL, VETH_RAW, KERNEL_SIDE); ["--raw", VETH_RAW] };
+        let name = ns.name().to_owned();
+        ns.run(|| {
+            let engine = smoltcp_engine(&dev).poll("spin").start_in_netns(&name);
+            thousand_requests_over_sixteen_keep_alive_connections(&engine);
+            burst_of_two_hundred_concurrent_connects_is_served(&engine);
+            echo_returns_binary_empty_and_one_mib_bodies(&engine);
+            pipelined_large_bodies_stream_both_ways_at_once(&engine);
+        });
+    }
+}
+
+#[test]
+#[ignore]
+fn probe_drain() {
+    for t in Transport::ALL {
+        t.test(|engine| {
+            let mut c = engine.client();
+            c.send("POST", "/function/sleep?us=1000000", &[], b"").unwrap();
+            common::wait_function_status(engine, "sleep", "in flight", |f| f["in_flight"].as_u64() == Some(1));
+            let t0 = std::time::Instant::now();
+            engine.signal(libc::SIGTERM);
+            let r = c.try_read_response();
+            eprintln!("{:?} drain answer after {:?}: {:?}", engine.addr(), t0.elapsed(), r.as_ref().map(|r| (r.status, r.text())));
+            let r = r.unwrap();
+            assert_eq!(r.status, 200);
+            // new connections refused?
+            let n = Client::try_connect(engine.addr()).and_then(|mut c| c.try_request("GET", "/healthz", &[], b""));
+            eprintln!("new conn during/after drain: {:?}", n.map(|r| r.status));
+        });
+    }
+}
+
+#[test]
+#[ignore]
+fn probe_thousand_connects() {
+    netns::raise_fd_limit();
+    for t in Transport::ALL {
+        t.test(|engine| {
+            let addr = engine.addr();
+            let mut clients = Vec::new();
+            for i in 0..1000 {
+                match Client::try_connect(addr) { Ok(c) => clients.push(c), Err(e) => engine.fail(&format!("connect {i}: {e}")) }
+            }
+            for (i, c) in clients.iter_mut().enumerate() {
+                let b = format!("c{i}");
+                let r = c.try_request("POST", "/function/echo", &[], b.as_bytes()).unwrap_or_else(|e| engine.fail(&format!("req {i}: {e}")));
+                assert_eq!(r.text(), b);
+            }
+        });
+    }
+}
