@@ -47,11 +47,12 @@ pub(crate) fn http_limits(config: &Config, index: usize) -> Limits {
 /// an arena per direction big enough for the function's largest payload.
 pub(crate) fn channel_config(config: &Config, f: usize) -> ChannelConfig {
     let max_payload = config.functions[f].max_payload;
-    // Room for the payload plus a query or content-type prefix, twice over so a
-    // message can be in flight while the previous one is released.
-    let arena = (2 * (max_payload + 64 * 1024))
-        .next_power_of_two()
-        .max(1 << 20);
+    // Room for the largest payload plus a query or content-type prefix. The
+    // region is mapped with MAP_POPULATE (no page fault on the first large
+    // message), so every arena byte is resident in both processes: one
+    // payload's worth, not more. A second large message while the first is
+    // still unreleased waits (ArenaFull is backpressure, never loss).
+    let arena = (max_payload + 4096).next_power_of_two().max(256 * 1024);
     // Few slots: a ring's slots cycle through L1, and docs/ipc.md measures
     // 32 × 256 B within 1.1–1.2× of a raw ping-pong where 256 slots cost 1.6×.
     // A worker needs one slot per call plus one per internal call in flight;

@@ -3,6 +3,10 @@
 //! processes, measures every case with a tiny sample count, and writes the
 //! DESIGN §7 JSON. Timing is never asserted; the report's shape, its error
 //! counts, the pids on both ends of the internal calls and the clean-up are.
+//!
+//! `--net kernel,smoltcp` creates a network namespace and a TAP: those tests
+//! need root and iproute2 and fail where they cannot create them, unless
+//! `NOCTURNE_SKIP_NETNS=1` is set (CI never sets it).
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -134,6 +138,46 @@ fn leftover_configs(pid: u32) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Set to `1` to skip the tests that need a network namespace.
+const SKIP_NETNS_ENV: &str = "NOCTURNE_SKIP_NETNS";
+
+fn skip_netns() -> bool {
+    let skip = std::env::var(SKIP_NETNS_ENV).is_ok_and(|v| v == "1");
+    if skip {
+        eprintln!("{SKIP_NETNS_ENV}=1: skipping a test that needs a network namespace");
+    }
+    skip
+}
+
+/// The network namespaces `bench engine` (pid `pid`) created that still
+/// exist.
+fn leftover_namespaces(pid: u32) -> Vec<String> {
+    let prefix = format!("nct-bench-{pid}-");
+    std::fs::read_dir("/var/run/netns")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits (bounded) until no process mentions the run's config files.
+fn assert_engines_gone(pid: u32) {
+    let prefix = format!("nocturne-bench-engine-{pid}-");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_mentioning(&prefix).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "engines outlived the benchmark: {:?}",
+            processes_mentioning(&prefix)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn number(case: &Value, key: &str) -> f64 {
     case[key]
         .as_f64()
@@ -253,16 +297,7 @@ fn a_quick_run_reports_every_case_and_cleans_up() {
         "{:?}",
         leftover_configs(run.pid)
     );
-    let prefix = format!("nocturne-bench-engine-{}-", run.pid);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !processes_mentioning(&prefix).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "engines outlived the benchmark: {:?}",
-            processes_mentioning(&prefix)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert_engines_gone(run.pid);
 }
 
 #[test]
@@ -305,6 +340,11 @@ fn bad_flags_are_refused_before_anything_starts() {
             "must not include the io core",
         ),
         (&["--modes=spin,turbo"], "unknown poll mode"),
+        (&["--net=kernel,dpdk"], "unknown network stack"),
+        (
+            &["--net=smoltcp", "--conns-rate=0"],
+            "--conns-rate must be at least 1",
+        ),
         (
             &["--io-core=4096", "--client-core=0"],
             "not available to this process",
@@ -317,4 +357,156 @@ fn bad_flags_are_refused_before_anything_starts() {
         assert!(run.stderr.contains(needle), "{args:?}: {}", run.stderr);
         assert!(leftover_configs(run.pid).is_empty());
     }
+}
+
+/// The cases `--net kernel,smoltcp` adds, after the others.
+const NET_CASES: [&str; 6] = [
+    "external-call/kernel",
+    "external-call/smoltcp",
+    "conns/kernel/64",
+    "conns/kernel/1024",
+    "conns/smoltcp/64",
+    "conns/smoltcp/1024",
+];
+
+#[test]
+fn a_quick_net_run_measures_both_stacks_in_a_namespace_it_removes() {
+    if !have_two_cores() || skip_netns() {
+        return;
+    }
+    let scratch = Scratch::new("net");
+    let json = scratch.0.join("engine.json");
+    let run = nocturne(
+        &[
+            "bench",
+            "engine",
+            "--quick",
+            "--net",
+            "kernel,smoltcp",
+            "--modes",
+            "spin",
+            "--samples",
+            "100",
+            "--warmup",
+            "20",
+            "--rounds",
+            "2",
+            "--duration",
+            "200ms",
+            "--connections",
+            "2",
+            "--conns-duration",
+            "300ms",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        &scratch,
+    );
+    // Root and iproute2 are required: a run that cannot make its
+    // namespace fails, and so does this test.
+    assert!(
+        run.success,
+        "bench engine --net failed:\n{}\n{}",
+        run.stdout, run.stderr
+    );
+    for line in [
+        "target: external-call/smoltcp p50 / external-call/kernel p50",
+        "target: conns/smoltcp/1024 p99.9 / conns/smoltcp/64 p99.9",
+        "net kernel: kernel TCP over the loopback of namespace nct-bench-",
+        "net smoltcp: smoltcp over TAP nct0 in namespace nct-bench-",
+    ] {
+        assert!(
+            run.stdout.contains(line),
+            "{line:?} missing:\n{}",
+            run.stdout
+        );
+    }
+
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let modes = &report["machine"]["modes"];
+    assert_eq!(modes["nets"], "kernel,smoltcp");
+    assert_eq!(modes["conns_rate_per_s"], "2000");
+    let namespace = modes["net_namespace"].as_str().unwrap().to_owned();
+    assert!(
+        namespace.starts_with(&format!("nct-bench-{}-", run.pid)),
+        "{namespace}"
+    );
+    assert!(modes["net_path_smoltcp"]
+        .as_str()
+        .unwrap()
+        .contains("192.0.2.2:8080"));
+    assert!(modes["server_net_smoltcp"]
+        .as_str()
+        .unwrap()
+        .contains("smoltcp on Tap"));
+    assert!(modes["server_net_kernel"]
+        .as_str()
+        .unwrap()
+        .contains("kernel TCP"));
+    let cases = report["cases"].as_array().unwrap();
+    let names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names[names.len() - NET_CASES.len()..],
+        NET_CASES,
+        "{names:?}"
+    );
+    for case in &cases[cases.len() - NET_CASES.len()..] {
+        let name = case["name"].as_str().unwrap();
+        assert_eq!(case["errors"].as_u64(), Some(0), "{name}: errors");
+        assert!(case["samples"].as_u64().unwrap() > 0, "{name}: no samples");
+        for key in ["p50_us", "p999_us", "max_us", "ops_per_s", "rss_mb"] {
+            assert!(number(case, key) > 0.0, "{name}: {key}: {case}");
+        }
+        assert!(number(case, "workers") >= 6.0, "{name}: {case}");
+        if let Ok(count) = name.rsplit('/').next().unwrap().parse::<f64>() {
+            assert_eq!(number(case, "connections"), count, "{case}");
+            assert_eq!(number(case, "offered_per_s"), 2000.0, "{case}");
+        }
+    }
+    // The other cases ran as without --net, with no errors either.
+    for case in cases {
+        assert_eq!(case["errors"].as_u64(), Some(0), "{case}");
+    }
+
+    // The namespace (and the TAP in it), the engines and their configs are gone.
+    assert!(
+        !std::path::Path::new("/var/run/netns")
+            .join(&namespace)
+            .exists(),
+        "{namespace} is left"
+    );
+    assert_eq!(leftover_namespaces(run.pid), Vec::<String>::new());
+    assert!(leftover_configs(run.pid).is_empty());
+    assert_engines_gone(run.pid);
+}
+
+#[test]
+fn a_net_run_that_fails_still_removes_its_namespace() {
+    if !have_two_cores() || skip_netns() {
+        return;
+    }
+    let scratch = Scratch::new("net-fail");
+    // The namespace is made first; then the first engine refuses the flag.
+    let run = nocturne(
+        &[
+            "bench",
+            "engine",
+            "--quick",
+            "--net",
+            "smoltcp",
+            "--engine-arg=--no-such-flag",
+        ],
+        &scratch,
+    );
+    assert!(!run.success, "{}", run.stdout);
+    assert!(
+        run.stderr
+            .contains(&format!("network namespace nct-bench-{}-", run.pid)),
+        "the namespace was not created: {}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("--no-such-flag"), "{}", run.stderr);
+    assert_eq!(leftover_namespaces(run.pid), Vec::<String>::new());
+    assert!(leftover_configs(run.pid).is_empty());
+    assert_engines_gone(run.pid);
 }

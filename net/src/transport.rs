@@ -92,4 +92,13 @@ pub trait Transport {
     /// Stops accepting connections (graceful shutdown): new connects are
     /// refused, open connections keep working.
     fn stop_accepting(&mut self);
+
+    /// The last step of a shutdown: closes every connection (FIN), gives the
+    /// peers up to `grace` to finish the exchange, and resets what is left,
+    /// so no client is left waiting on a connection nobody serves. The
+    /// default does nothing: a kernel socket closed by its owner (or by the
+    /// process exiting) is finished by the kernel.
+    fn close_all(&mut self, grace: Duration) {
+        let _ = grace;
+    }
 }

@@ -270,6 +270,11 @@ impl<T: Transport> CoreLoop<T> {
             self.turn_rest();
             last_work = self.st.now;
         }
+        // Finish every connection (a userspace stack's would otherwise hang
+        // their clients), then end the workers.
+        self.server
+            .transport_mut()
+            .close_all(Duration::from_millis(200));
         self.st.shutdown();
     }
 

@@ -980,6 +980,40 @@ impl Transport for SmoltcpTransport {
         self.local_addr
     }
 
+    /// A userspace stack's connections die with the process, silently: the
+    /// peers would wait for their own timeouts. So: FIN every open
+    /// connection, run the stack until the exchanges finish or `grace`
+    /// passes, then reset whatever is still alive.
+    fn close_all(&mut self, grace: Duration) {
+        self.stop_accepting();
+        for slot in 0..self.conns.len() as u32 {
+            if matches!(self.conns[slot as usize].phase, Phase::Open) {
+                let id = self.conn_id(slot);
+                self.close(id);
+            }
+        }
+        let deadline = std::time::Instant::now() + grace;
+        let mut events = Vec::new();
+        while self.live() > 0 && std::time::Instant::now() < deadline {
+            events.clear();
+            if self
+                .poll(Some(Duration::from_millis(1)), &mut events)
+                .is_err()
+            {
+                break;
+            }
+        }
+        for slot in 0..self.conns.len() as u32 {
+            if matches!(
+                self.conns[slot as usize].phase,
+                Phase::Embryo | Phase::Open | Phase::Orphan
+            ) {
+                self.abort(slot);
+                self.recycle(slot);
+            }
+        }
+    }
+
     /// Withdraws the listening socket: new connects are answered with a
     /// reset (refused), open connections carry on.
     fn stop_accepting(&mut self) {
