@@ -74,7 +74,7 @@ fn ping_measures_round_trips_between_two_processes() {
             engine.all_workers()
         );
         assert!(
-            engine.workers("whoami").contains(&callee),
+            engine.workers("nop").contains(&callee),
             "callee {callee}: {:?}",
             engine.all_workers()
         );
