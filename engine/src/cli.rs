@@ -134,6 +134,17 @@ pub struct ServeArgs {
     #[arg(long, env = "NOCTURNE_DRAIN_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub drain_timeout: Option<Duration>,
 
+    /// A connection must send a whole request head within this, e.g. 10s; slower clients get 408 [default: 10s]
+    ///
+    /// The defence against slowloris clients: a connection that trickles its
+    /// head is closed without holding up anyone else.
+    #[arg(long, env = "NOCTURNE_HEADER_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub header_timeout: Option<Duration>,
+
+    /// Close keep-alive connections idle this long, e.g. 60s [default: 60s]
+    #[arg(long, env = "NOCTURNE_KEEPALIVE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub keepalive_timeout: Option<Duration>,
+
     /// Override one function's setting, e.g. echo.max_workers=8 (repeatable)
     ///
     /// KEY is any [[functions]] key except name; FUNCTION.env.NAME=VALUE sets
@@ -169,6 +180,8 @@ impl ServeArgs {
             max_connections: self.max_connections,
             max_header_bytes: self.max_header_bytes,
             drain_timeout: self.drain_timeout,
+            header_timeout: self.header_timeout,
+            keepalive_timeout: self.keepalive_timeout,
             functions: self.set.clone(),
         }
     }

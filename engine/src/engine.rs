@@ -39,6 +39,8 @@ pub(crate) fn http_limits(config: &Config, index: usize) -> Limits {
             .unwrap_or(0)
             .max(64 * 1024),
         max_connections: max_connections.max(1),
+        header_timeout: config.header_timeout,
+        idle_timeout: config.keepalive_timeout,
         ..Limits::default()
     }
 }

@@ -840,3 +840,34 @@ fn wait_in_flight(engine: &Engine, function: &str) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+#[test]
+fn header_and_keepalive_timeouts_close_slow_and_idle_connections() {
+    let engine = Engine::start(&["--header-timeout", "300ms", "--keepalive-timeout", "500ms"]);
+    // A head that never completes: 408 after the header timeout, then close.
+    let mut slow = engine.client();
+    slow.write_raw(b"POST /function/echo HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let r = slow.read_response();
+    assert_eq!(r.status, 408, "{}", r.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // An idle keep-alive connection is closed after the keep-alive timeout.
+    let mut idle = engine.client();
+    assert_eq!(idle.post("/function/echo", b"x").text(), "x");
+    assert!(
+        idle.closed_within(Duration::from_secs(5)),
+        "the idle connection stayed open"
+    );
+    // With the defaults (10 s, 60 s) neither would have happened this fast:
+    // another engine keeps an idle connection open past the same wait.
+    drop(engine);
+    let engine = Engine::start(&[]);
+    let mut idle = engine.client();
+    assert_eq!(idle.post("/function/echo", b"y").text(), "y");
+    assert!(!idle.closed_within(Duration::from_millis(1500)));
+}

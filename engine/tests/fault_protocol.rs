@@ -6,10 +6,8 @@
 //!   head and then silence, a connection that never sends anything — each is
 //!   ended at the header timeout (408 where part of a head had come), while
 //!   other clients are served all along; a half-closed connection gets its
-//!   complete request answered and a partial one dropped. The engine has no
-//!   flag for its header timeout (`nocturne_net::http::Limits::header_timeout`,
-//!   10 s), so these tests take about 10 s each (the two poll modes run as
-//!   two tests, in parallel with the rest).
+//!   complete request answered and a partial one dropped. They run with
+//!   `--header-timeout 3s` (default 10 s) to stay quick.
 //! * The misbehaving worker: for each way of breaking the ring protocol, the
 //!   call gets 502 naming a protocol violation, the engine logs it, kills the
 //!   worker and starts another, and keeps serving everything else — also when
@@ -60,7 +58,12 @@ impl Watched {
 }
 
 fn slow_clients_time_out_without_blocking_anyone(poll: &str) {
-    let engine = Engine::builder().poll(poll).start();
+    // A short header timeout keeps the test quick; the trickle below still
+    // sends several bytes before it is cut off.
+    let engine = Engine::builder()
+        .poll(poll)
+        .args(["--header-timeout", "3s", "--keepalive-timeout", "60s"])
+        .start();
     let started = Instant::now();
     // A byte a second of a head that would be valid.
     let mut trickle = Watched::new(&engine, "trickle");

@@ -35,6 +35,8 @@ pub(crate) struct FileConfig {
     pub max_connections: Option<usize>,
     pub max_header_bytes: Option<ByteSize>,
     pub drain_timeout: Option<HumanDuration>,
+    pub header_timeout: Option<HumanDuration>,
+    pub keepalive_timeout: Option<HumanDuration>,
     #[serde(default, deserialize_with = "function_array")]
     pub functions: Vec<Spanned<FileFunction>>,
 }

@@ -66,6 +66,8 @@ pub mod defaults {
     pub const MAX_CONNECTIONS: usize = 10_000;
     pub const MAX_HEADER_BYTES: usize = 8 << 10;
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 
     // Per function.
     pub const MIN_WORKERS: usize = 1;
@@ -228,6 +230,11 @@ pub struct Config {
     pub max_header_bytes: usize,
     /// On shutdown, how long in-flight calls get to finish.
     pub drain_timeout: Duration,
+    /// A connection must deliver a whole request head within this (slow
+    /// clients get 408 and are closed).
+    pub header_timeout: Duration,
+    /// An idle keep-alive connection is closed after this.
+    pub keepalive_timeout: Duration,
     /// In file order; names are unique.
     pub functions: Vec<FunctionConfig>,
 }

@@ -34,6 +34,8 @@ pub struct Overrides {
     pub max_connections: Option<usize>,
     pub max_header_bytes: Option<u64>,
     pub drain_timeout: Option<Duration>,
+    pub header_timeout: Option<Duration>,
+    pub keepalive_timeout: Option<Duration>,
     /// `--set` patches, applied in order (a later one wins).
     pub functions: Vec<FunctionOverride>,
 }

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use toml::Spanned;
 
@@ -238,6 +239,41 @@ pub(crate) fn resolve(
         ));
     }
 
+    let timeout = |flag: Option<Duration>,
+                   file: Option<super::units::HumanDuration>,
+                   key: &str,
+                   flag_name: &str,
+                   default: Duration|
+     -> Result<Duration, ConfigError> {
+        let (t, field) = pick(flag, file.map(|d| d.0), key, flag_name);
+        let t = t.unwrap_or(default);
+        if t.is_zero() || t > limits::MAX_DRAIN_TIMEOUT {
+            return Err(ConfigError::invalid(
+                field,
+                format!(
+                    "{} is not between 0 and {}",
+                    format_duration(t),
+                    format_duration(limits::MAX_DRAIN_TIMEOUT)
+                ),
+            ));
+        }
+        Ok(t)
+    };
+    let header_timeout = timeout(
+        ov.header_timeout,
+        file.header_timeout,
+        "header_timeout",
+        "--header-timeout",
+        defaults::HEADER_TIMEOUT,
+    )?;
+    let keepalive_timeout = timeout(
+        ov.keepalive_timeout,
+        file.keepalive_timeout,
+        "keepalive_timeout",
+        "--keepalive-timeout",
+        defaults::KEEPALIVE_TIMEOUT,
+    )?;
+
     let file_name = origin.name();
     let base_dir = command_base_dir(&origin);
     let functions = resolve_functions(file.functions, text, &file_name, ov, &base_dir)?;
@@ -282,6 +318,8 @@ pub(crate) fn resolve(
         max_connections,
         max_header_bytes,
         drain_timeout,
+        header_timeout,
+        keepalive_timeout,
         functions,
     })
 }
