@@ -20,16 +20,27 @@
 //! * [`ipc`] — `nocturne bench ipc`: round-trip latency of nocturne's
 //!   channel against plain shared memory, futex, eventfd, pipes, unix
 //!   sockets and TCP loopback, between two pinned processes.
+//! * [`load`] — `nocturne bench load URL…`: an open-loop HTTP load generator
+//!   (fixed or Poisson arrivals, latency from the intended send time,
+//!   HdrHistogram, sweeps with SLOs, mixes, `.hgrm`/JSON/SVG output).
 //! * [`engine`] — `nocturne bench engine`: internal, external and chained
 //!   call latency and throughput of a real `nocturne serve` (started as a
 //!   separate process, as a user would), against a busy-polling TCP floor.
+//! * [`baseline`] — the foo→bar chain as plain RPC servers (tokio + hyper
+//!   HTTP/1.1, and a tonic gRPC inner hop): hidden `bench rpc-hyper` /
+//!   `bench rpc-grpc` processes.
+//! * [`compare`] — `nocturne bench compare`: nocturne against those
+//!   baselines at the same rates (fractions of rpc-hyper's saturation rate).
 //!
 //! The `nocturne` binary routes `nocturne bench <subcommand>` to
 //! [`BenchCommand`] and [`run`].
 
+pub mod baseline;
+pub mod compare;
 pub mod engine;
 pub mod hist;
 pub mod ipc;
+pub mod load;
 pub mod pin;
 pub mod report;
 
@@ -48,10 +59,26 @@ pub enum BenchCommand {
     /// Engine latencies and throughput: internal calls, external calls and
     /// the foo→bar chain against a bare busy-polling TCP server, with
     /// `nocturne serve` run as a separate process.
-    Engine(engine::EngineArgs),
+    Engine(Box<engine::EngineArgs>),
     /// The bare server of `bench engine`'s floor case (started by it, not by users).
     #[command(hide = true)]
     EngineFloorServer(engine::FloorServerArgs),
+    /// Open-loop HTTP load: latency from each request's intended send time
+    /// (coordinated omission corrected), rate sweeps against an SLO.
+    Load(Box<load::LoadArgs>),
+    /// A trivial HTTP echo server to calibrate `bench load` against.
+    #[command(hide = true)]
+    LoadEchoServer(load::EchoServerArgs),
+    /// The foo→bar chain on nocturne vs. two tokio + hyper RPC servers and
+    /// a tonic gRPC inner hop, loaded at the same rates (0.25, 0.5, 0.75 ×
+    /// rpc-hyper's saturation rate).
+    Compare(Box<compare::CompareArgs>),
+    /// One process of `bench compare`'s hyper chain (started by it, not by users).
+    #[command(hide = true)]
+    RpcHyper(baseline::RpcServerArgs),
+    /// One process of `bench compare`'s gRPC chain (started by it, not by users).
+    #[command(hide = true)]
+    RpcGrpc(baseline::RpcServerArgs),
 }
 
 /// Runs a benchmark subcommand.
@@ -61,6 +88,11 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::IpcPeer(args) => ipc::run_peer(&args),
         BenchCommand::Engine(args) => engine::run_command(&args),
         BenchCommand::EngineFloorServer(args) => engine::run_floor_server(&args),
+        BenchCommand::Load(args) => load::run_command(&args),
+        BenchCommand::LoadEchoServer(args) => load::run_echo_server(&args),
+        BenchCommand::Compare(args) => compare::run_command(&args),
+        BenchCommand::RpcHyper(args) => baseline::run_rpc_hyper(&args),
+        BenchCommand::RpcGrpc(args) => baseline::run_rpc_grpc(&args),
     }
 }
 

@@ -288,7 +288,10 @@ fn find_child() -> Option<u32> {
     for task in std::fs::read_dir(format!("/proc/{me}/task")).ok()? {
         let children: PathBuf = task.ok()?.path().join("children");
         let text = std::fs::read_to_string(children).unwrap_or_default();
-        for pid in text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
+        for pid in text
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+        {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             if String::from_utf8_lossy(&cmdline).contains("ipc-peer") {
                 return Some(pid);

@@ -76,6 +76,10 @@ enum Reply {
     Garbage,
     Close,
     Silent,
+    /// An HTTP/1.0 answer whose body runs to the end of the connection.
+    CloseDelimited,
+    /// A framed answer with `Connection: close`, then the close.
+    ConnectionClose,
 }
 
 /// A std::net server, a thread per connection, answering by `script`;
@@ -147,7 +151,9 @@ fn serve(mut s: TcpStream, count: &AtomicU64, stop: &AtomicBool, script: fn(u64)
             match s.read(&mut chunk) {
                 Ok(0) => return,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
                 Err(_) => return,
             }
         };
@@ -156,9 +162,21 @@ fn serve(mut s: TcpStream, count: &AtomicU64, stop: &AtomicBool, script: fn(u64)
         let n = count.fetch_add(1, Ordering::Relaxed) + 1;
         let reply: Vec<u8> = match script(n) {
             Reply::Ok => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
-            Reply::Status(code) => format!("HTTP/1.1 {code} Nope\r\nContent-Length: 0\r\n\r\n").into_bytes(),
+            Reply::Status(code) => {
+                format!("HTTP/1.1 {code} Nope\r\nContent-Length: 0\r\n\r\n").into_bytes()
+            }
             Reply::Garbage => b"hello, I am not a web server\n".to_vec(),
             Reply::Close => return,
+            Reply::CloseDelimited => {
+                let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\nbody until the end");
+                return;
+            }
+            Reply::ConnectionClose => {
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+                );
+                return;
+            }
             Reply::Silent => {
                 // Hold the connection open, answering nothing.
                 while !stop.load(Ordering::Relaxed) {
@@ -189,20 +207,34 @@ fn a_refused_port() {
     let plan = plan_for(&url);
     let err = within("run", move || run_rate(&plan, 500.0, false).unwrap_err());
     assert!(
-        matches!(&err, LoadError::Probe { source: ProbeError::Connect { .. }, .. }),
+        matches!(
+            &err,
+            LoadError::Probe {
+                source: ProbeError::Connect { .. },
+                ..
+            }
+        ),
         "{err:?}"
     );
     let err = run_cli(quick(&url)).unwrap_err().to_string();
-    assert!(err.contains("cannot connect to 127.0.0.1") && err.contains("refused"), "{err}");
+    assert!(
+        err.contains("cannot connect to 127.0.0.1") && err.contains("refused"),
+        "{err}"
+    );
 }
 
 #[test]
 fn an_unresolvable_host() {
-    let a = args(&["http://nonexistent.invalid:8080/function/echo", "--rate", "1k"]);
+    let a = args(&[
+        "http://nonexistent.invalid:8080/function/echo",
+        "--rate",
+        "1k",
+    ]);
     let err = within("settings", move || LoadSettings::from_args(&a).unwrap_err());
     assert!(matches!(err, SettingsError::Target(_)), "{err:?}");
     assert!(
-        err.to_string().contains("cannot resolve host \"nonexistent.invalid\""),
+        err.to_string()
+            .contains("cannot resolve host \"nonexistent.invalid\""),
         "{err}"
     );
     let err = run_cli(quick("http://nonexistent.invalid/x")).unwrap_err();
@@ -214,13 +246,22 @@ fn a_server_that_speaks_another_protocol() {
     // Talks first, like SSH: rejected on its first bytes.
     let ssh = ScriptedServer::start(Some(b"SSH-2.0-OpenSSH_9.6\r\n"), |_| Reply::Silent);
     let err = run_cli(quick(&ssh.url())).unwrap_err().to_string();
-    assert!(err.contains("is not an HTTP/1.x server") && err.contains("SSH-2.0"), "{err}");
+    assert!(
+        err.contains("is not an HTTP/1.x server") && err.contains("SSH-2.0"),
+        "{err}"
+    );
     // Answers a request with text that is not HTTP.
     let text = ScriptedServer::start(None, |_| Reply::Garbage);
     let plan = plan_for(&text.url());
     let err = within("run", move || run_rate(&plan, 500.0, false).unwrap_err());
     assert!(
-        matches!(&err, LoadError::Probe { source: ProbeError::NotHttp { .. }, .. }),
+        matches!(
+            &err,
+            LoadError::Probe {
+                source: ProbeError::NotHttp { .. },
+                ..
+            }
+        ),
         "{err:?}"
     );
 }
@@ -229,14 +270,20 @@ fn a_server_that_speaks_another_protocol() {
 fn a_server_that_never_answers() {
     let silent = ScriptedServer::start(None, |_| Reply::Silent);
     let err = run_cli(quick(&silent.url())).unwrap_err().to_string();
-    assert!(err.contains("sent no complete response within 500ms"), "{err}");
+    assert!(
+        err.contains("sent no complete response within 500ms"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_server_that_hangs_up() {
     let rude = ScriptedServer::start(None, |_| Reply::Close);
     let err = run_cli(quick(&rude.url())).unwrap_err().to_string();
-    assert!(err.contains("closed the connection before a complete response"), "{err}");
+    assert!(
+        err.contains("closed the connection before a complete response"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -244,7 +291,10 @@ fn a_wrong_path_and_allow_errors() {
     let server = ScriptedServer::start(None, |_| Reply::Status(404));
     let plan = plan_for(&server.url());
     let err = within("run", move || run_rate(&plan, 500.0, false).unwrap_err());
-    assert!(matches!(err, LoadError::ProbeStatus { status: 404, .. }), "{err:?}");
+    assert!(
+        matches!(err, LoadError::ProbeStatus { status: 404, .. }),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("--allow-errors"), "{err}");
 
     // Asked for, the run goes ahead and counts every answer as non-2xx.
@@ -269,13 +319,27 @@ fn a_server_that_goes_bad_during_the_run() {
     let server = ScriptedServer::start(None, |n| if n <= 21 { Reply::Ok } else { Reply::Garbage });
     let plan = plan_for(&server.url());
     let r = within("run", move || run_rate(&plan, 500.0, false).unwrap());
-    assert!(r.socket_errors.protocol > 0, "{r:?}");
+    assert!(
+        r.socket_errors.protocol > 0,
+        "{}",
+        nocturne_bench::load::output::details(&r)
+    );
     assert!(r.completed >= 20);
     assert_eq!(r.sent + r.unsent, r.offered);
-    assert!(r.first_error.as_deref().unwrap_or("").contains("not an HTTP response"), "{r:?}");
+    assert!(
+        r.first_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("not an HTTP response"),
+        "{}",
+        nocturne_bench::load::output::details(&r)
+    );
     let fresh = ScriptedServer::start(None, |n| if n <= 21 { Reply::Ok } else { Reply::Garbage });
     let err = run_cli(quick(&fresh.url())).unwrap_err().to_string();
-    assert!(err.contains("errors (first:") && err.contains("not an HTTP response"), "{err}");
+    assert!(
+        err.contains("errors (first:") && err.contains("not an HTTP response"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -295,13 +359,36 @@ fn a_server_that_dies_during_the_run() {
         killer.join().unwrap();
         r
     });
-    assert!(r.socket_errors.total() > 0, "{r:?}");
+    assert!(
+        r.socket_errors.total() > 0,
+        "{}",
+        nocturne_bench::load::output::details(&r)
+    );
     assert_eq!(r.sent + r.unsent, r.offered);
     assert_eq!(
         r.completed + r.timeouts + r.socket_errors.requests(),
         r.sent,
-        "{r:?}"
+        "{}",
+        nocturne_bench::load::output::details(&r)
     );
+}
+
+#[test]
+fn servers_that_close_after_each_answer_are_followed_not_errors() {
+    for script in [(|_| Reply::CloseDelimited) as fn(u64) -> Reply, |_| {
+        Reply::ConnectionClose
+    }] {
+        let server = ScriptedServer::start(None, script);
+        let plan = plan_for(&server.url());
+        let r = within("run", move || run_rate(&plan, 500.0, false).unwrap());
+        let details = nocturne_bench::load::output::details(&r);
+        assert_eq!(r.offered, 150, "{details}");
+        assert_eq!(r.sent + r.unsent, r.offered, "{details}");
+        assert_eq!(r.completed, r.sent, "{details}");
+        assert_eq!(r.errors(), 0, "{details}");
+        // Every answer closed its connection: each was opened again.
+        assert!(r.reconnects >= r.completed.saturating_sub(2), "{details}");
+    }
 }
 
 #[test]
@@ -309,21 +396,69 @@ fn malformed_options_are_named() {
     let cases: [(&[&str], &str); 12] = [
         (&["http://h/", "--rate", "fast"], "bad rate \"fast\""),
         (&["http://h/", "--rate", "5k..1k/1k"], "bad rate sweep"),
-        (&["http://h/", "--rate", "1k", "--duration", "forever"], "bad duration \"forever\""),
-        (&["http://h/", "--rate", "1k", "--slo", "p99"], "bad objective \"p99\""),
+        (
+            &["http://h/", "--rate", "1k", "--duration", "forever"],
+            "bad duration \"forever\"",
+        ),
+        (
+            &["http://h/", "--rate", "1k", "--slo", "p99"],
+            "bad objective \"p99\"",
+        ),
         (&["https://h/", "--rate", "1k"], "only http:// is supported"),
-        (&["h:80/", "--rate", "1k"], "expected http://HOST[:PORT]/PATH"),
+        (
+            &["h:80/", "--rate", "1k"],
+            "expected http://HOST[:PORT]/PATH",
+        ),
         (&["--rate", "1k"], "give a target URL"),
-        (&["http://127.0.0.1:9/", "--rate", "1k", "--threads", "2", "--connections", "1"], "too few"),
-        (&["http://127.0.0.1:9/", "--rate", "1k", "--threads", "0"], "at least 1"),
-        (&["http://127.0.0.1:9/", "--rate", "1k", "--cores", "100000"], "not available to this process"),
-        (&["http://127.0.0.1:9/", "--rate", "1k", "--body-file", "/nonexistent/body"], "cannot read --body-file"),
-        (&["http://127.0.0.1:9/", "--rate", "1k", "-H", "Content-Length: 3"], "set by the load generator"),
+        (
+            &[
+                "http://127.0.0.1:9/",
+                "--rate",
+                "1k",
+                "--threads",
+                "2",
+                "--connections",
+                "1",
+            ],
+            "too few",
+        ),
+        (
+            &["http://127.0.0.1:9/", "--rate", "1k", "--threads", "0"],
+            "at least 1",
+        ),
+        (
+            &["http://127.0.0.1:9/", "--rate", "1k", "--cores", "100000"],
+            "not available to this process",
+        ),
+        (
+            &[
+                "http://127.0.0.1:9/",
+                "--rate",
+                "1k",
+                "--body-file",
+                "/nonexistent/body",
+            ],
+            "cannot read --body-file",
+        ),
+        (
+            &[
+                "http://127.0.0.1:9/",
+                "--rate",
+                "1k",
+                "-H",
+                "Content-Length: 3",
+            ],
+            "set by the load generator",
+        ),
     ];
     for (list, expected) in cases {
-        let err = LoadSettings::from_args(&args(list)).unwrap_err().to_string();
+        let err = LoadSettings::from_args(&args(list))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(expected), "{list:?}: {err}");
     }
     // clap itself rejects unknown modes.
-    assert!(Cli::try_parse_from(["load", "http://h/", "--rate", "1", "--arrival", "bursty"]).is_err());
+    assert!(
+        Cli::try_parse_from(["load", "http://h/", "--rate", "1", "--arrival", "bursty"]).is_err()
+    );
 }

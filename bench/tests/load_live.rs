@@ -57,18 +57,36 @@ fn plan(server: &EchoServer) -> LoadPlan {
 
 /// The bookkeeping every run must balance, whatever the timing.
 fn assert_balanced(r: &RateResult) {
-    assert_eq!(r.sent + r.unsent, r.offered, "{r:?}");
+    assert_eq!(
+        r.sent + r.unsent,
+        r.offered,
+        "{}",
+        nocturne_bench::load::output::details(r)
+    );
     assert_eq!(
         r.completed + r.timeouts + r.socket_errors.requests(),
         r.sent,
-        "{r:?}"
+        "{}",
+        nocturne_bench::load::output::details(r)
     );
     // Every offered request is in the corrected histogram: answered ones,
     // timed-out ones and unsent ones (at the latency they reached).
-    assert_eq!(r.latency.len(), r.completed + r.timeouts + r.unsent, "{r:?}");
+    assert_eq!(
+        r.latency.len(),
+        r.completed + r.timeouts + r.unsent,
+        "{}",
+        nocturne_bench::load::output::details(r)
+    );
 }
 
-fn schedule_count(arrival: Arrival, rate: f64, threads: usize, seed: u64, from_ns: u64, to_ns: u64) -> u64 {
+fn schedule_count(
+    arrival: Arrival,
+    rate: f64,
+    threads: usize,
+    seed: u64,
+    from_ns: u64,
+    to_ns: u64,
+) -> u64 {
     (0..threads)
         .map(|i| {
             let mut s = ArrivalSchedule::for_thread(arrival, rate, i, threads, seed);
@@ -87,11 +105,20 @@ fn requests_sent_equal_the_schedule() {
     let r = within("run", move || run_rate(&p, 2_000.0, false).unwrap());
     // 2000/s for 500 ms: arrivals at 0, 0.5 ms, …, 499.5 ms.
     assert_eq!(r.offered, 1_000);
-    assert_eq!(r.offered, schedule_count(Arrival::Fixed, 2_000.0, 1, 1, 0, 500_000_000));
+    assert_eq!(
+        r.offered,
+        schedule_count(Arrival::Fixed, 2_000.0, 1, 1, 0, 500_000_000)
+    );
     assert_balanced(&r);
-    assert_eq!(r.errors(), 0, "{r:?}");
+    assert_eq!(
+        r.errors(),
+        0,
+        "{}",
+        nocturne_bench::load::output::details(&r)
+    );
     assert_eq!(r.completed, r.sent);
     assert_eq!(r.service.len(), r.completed);
+    assert_eq!(r.send_lag.len(), r.sent);
     assert_eq!(r.statuses.get(&200), Some(&r.completed));
     // The server answered every request the client sent, plus the probe.
     assert_eq!(server.served(), r.requests_total + 1);
@@ -109,7 +136,12 @@ fn warmup_is_sent_but_not_recorded() {
     let r = within("run", move || run_rate(&p, 1_000.0, false).unwrap());
     assert_eq!(r.offered, 300, "arrivals at 200..499 ms");
     assert_balanced(&r);
-    assert_eq!(r.errors(), 0, "{r:?}");
+    assert_eq!(
+        r.errors(),
+        0,
+        "{}",
+        nocturne_bench::load::output::details(&r)
+    );
     // All 500 scheduled requests went out; only the window's were recorded.
     assert_eq!(r.requests_total, 500 - r.unsent);
     assert_eq!(server.served(), r.requests_total + 1);
@@ -129,7 +161,12 @@ fn threads_split_a_poisson_rate() {
         schedule_count(Arrival::Poisson, 3_000.0, 2, 5, 0, 400_000_000)
     );
     assert_balanced(&r);
-    assert_eq!(r.errors(), 0, "{r:?}");
+    assert_eq!(
+        r.errors(),
+        0,
+        "{}",
+        nocturne_bench::load::output::details(&r)
+    );
 }
 
 #[test]
@@ -142,7 +179,12 @@ fn pipelining_on_one_connection() {
     let r = within("run", move || run_rate(&p, 5_000.0, false).unwrap());
     assert_eq!(r.offered, 1_500);
     assert_balanced(&r);
-    assert_eq!(r.errors(), 0, "{r:?}");
+    assert_eq!(
+        r.errors(),
+        0,
+        "{}",
+        nocturne_bench::load::output::details(&r)
+    );
     assert_eq!(server.served(), r.requests_total + 1);
 }
 
@@ -156,7 +198,12 @@ fn every_poll_mode_runs_the_schedule() {
         let r = within("run", move || run_rate(&p, 2_000.0, false).unwrap());
         assert_eq!(r.offered, 400, "{mode:?}");
         assert_balanced(&r);
-        assert_eq!(r.errors(), 0, "{mode:?}: {r:?}");
+        assert_eq!(
+            r.errors(),
+            0,
+            "{mode:?}: {}",
+            nocturne_bench::load::output::details(&r)
+        );
     }
 }
 
@@ -177,7 +224,12 @@ fn a_mix_over_two_servers() {
     let r = within("run", move || run_rate(&p, 4_000.0, false).unwrap());
     assert_eq!(r.offered, 2_000);
     assert_balanced(&r);
-    assert_eq!(r.errors(), 0, "{r:?}");
+    assert_eq!(
+        r.errors(),
+        0,
+        "{}",
+        nocturne_bench::load::output::details(&r)
+    );
     assert_eq!(r.per_kind.len(), 2);
     assert_eq!(r.per_kind[0].0, "POST /a");
     let (na, nb) = (r.per_kind[0].1.len(), r.per_kind[1].1.len());
@@ -188,7 +240,10 @@ fn a_mix_over_two_servers() {
     assert!(a.served() <= na + 1 && b.served() <= nb + 1);
     assert!(a.served() + b.served() + r.unsent == na + nb + 2);
     let share = na as f64 / (na + nb) as f64;
-    assert!((share - 0.75).abs() < 0.05, "share of the weight-3 kind: {share}");
+    assert!(
+        (share - 0.75).abs() < 0.05,
+        "share of the weight-3 kind: {share}"
+    );
 }
 
 #[derive(Parser)]
@@ -227,11 +282,38 @@ fn command_line_sweep_writes_every_output() {
     let server = echo();
     let dir = Scratch::new("sweep");
     let url = format!("http://{}/function/echo", server.addr());
-    let (json, hgrm, svg) = (dir.path("out.json"), dir.path("lat.hgrm"), dir.path("sweep.svg"));
+    let (json, hgrm, svg) = (
+        dir.path("out.json"),
+        dir.path("lat.hgrm"),
+        dir.path("sweep.svg"),
+    );
     let a = args(&[
-        &url, "--rate", "500,1k", "--duration", "300ms", "--warmup", "100ms", "--connections", "4",
-        "--poll", "block", "--timeout", "20s", "--slo", "p99.9=5s", "--body", "hi", "--json", &json,
-        "--hgrm", &hgrm, "--plot", &svg, "--pingpong", "200", "-q",
+        &url,
+        "--rate",
+        "500,1k",
+        "--duration",
+        "300ms",
+        "--warmup",
+        "100ms",
+        "--connections",
+        "4",
+        "--poll",
+        "block",
+        "--timeout",
+        "20s",
+        "--slo",
+        "p99.9=5s",
+        "--body",
+        "hi",
+        "--json",
+        &json,
+        "--hgrm",
+        &hgrm,
+        "--plot",
+        &svg,
+        "--pingpong",
+        "200",
+        "-q",
     ]);
     within("command", move || run_command(&a).unwrap());
 
@@ -253,12 +335,18 @@ fn command_line_sweep_writes_every_output() {
 
     for rate in ["500", "1000"] {
         let text = std::fs::read_to_string(dir.path(&format!("lat.{rate}.hgrm"))).unwrap();
-        assert!(text.contains("Percentile") && text.contains("#[Max"), "{text}");
+        assert!(
+            text.contains("Percentile") && text.contains("#[Max"),
+            "{text}"
+        );
     }
     let svg = std::fs::read_to_string(&svg).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     assert_eq!(svg.matches("<polyline").count(), 3, "p50, p99, p99.9");
-    assert!(svg.contains("SLO p99.9&lt;=5s") && svg.contains("best 1k/s"), "{svg}");
+    assert!(
+        svg.contains("SLO p99.9&lt;=5s") && svg.contains("best 1k/s"),
+        "{svg}"
+    );
 }
 
 #[test]
@@ -268,8 +356,20 @@ fn a_sweep_stops_at_the_first_rate_that_misses_the_objective() {
     let url = format!("http://{}/", server.addr());
     let json = dir.path("out.json");
     let a = args(&[
-        &url, "--rate", "500..1500/500", "--duration", "200ms", "--warmup", "0s", "--poll",
-        "block", "--slo", "p50=1ns", "--json", &json, "-q",
+        &url,
+        "--rate",
+        "500..1500/500",
+        "--duration",
+        "200ms",
+        "--warmup",
+        "0s",
+        "--poll",
+        "block",
+        "--slo",
+        "p50=1ns",
+        "--json",
+        &json,
+        "-q",
     ]);
     let err = within("command", move || run_command(&a).unwrap_err());
     assert!(err.to_string().contains("no rate met"), "{err}");
@@ -295,8 +395,24 @@ fn a_mix_file_through_the_command_line() {
     let json = dir.path("mix.json");
     let url = format!("http://{}", server.addr());
     let a = args(&[
-        &url, "--mix", &mix, "--rate", "1k", "--duration", "300ms", "--warmup", "0s", "--poll",
-        "adaptive", "--spin-us", "10", "--arrival", "poisson", "--json", &json, "-q",
+        &url,
+        "--mix",
+        &mix,
+        "--rate",
+        "1k",
+        "--duration",
+        "300ms",
+        "--warmup",
+        "0s",
+        "--poll",
+        "adaptive",
+        "--spin-us",
+        "10",
+        "--arrival",
+        "poisson",
+        "--json",
+        &json,
+        "-q",
     ]);
     within("command", move || run_command(&a).unwrap());
     let report = Report::read_json(std::path::Path::new(&json)).unwrap();

@@ -26,7 +26,7 @@ fn exponential_latencies() {
         h.record_ns((-rng.next_open01().ln() * mean_ns) as u64);
     }
     for (q, tolerance) in [(0.5, 0.01), (0.9, 0.01), (0.99, 0.02), (0.999, 0.05)] {
-        let expected = -(1.0 - q as f64).ln() * mean_ns;
+        let expected = -(1.0f64 - q).ln() * mean_ns;
         let got = h.quantile_ns(q) as f64;
         assert!(
             rel_err(got, expected) < tolerance,
@@ -57,7 +57,13 @@ fn uniform_latencies() {
 /// Latencies of an open-loop run at `rate` for `seconds`, against a server
 /// that answers in `service_ns` but stalls everything for `stall_ns` from
 /// `stall_at_ns`: each request's latency from its intended time.
-fn stall_model(rate: f64, seconds: f64, service_ns: u64, stall_at_ns: u64, stall_ns: u64) -> LatencyHistogram {
+fn stall_model(
+    rate: f64,
+    seconds: f64,
+    service_ns: u64,
+    stall_at_ns: u64,
+    stall_ns: u64,
+) -> LatencyHistogram {
     let mut h = LatencyHistogram::new();
     let n = (rate * seconds) as u64;
     for k in 0..n {
@@ -102,7 +108,9 @@ fn the_wrk2_stall_shape() {
 #[test]
 fn merging_threads_equals_one_histogram() {
     let mut rng = Rng::new(1);
-    let values: Vec<u64> = (0..100_000).map(|_| 1_000 + rng.next_u64() % 1_000_000).collect();
+    let values: Vec<u64> = (0..100_000)
+        .map(|_| 1_000 + rng.next_u64() % 1_000_000)
+        .collect();
     let mut one = LatencyHistogram::new();
     let mut parts = vec![LatencyHistogram::new(); 4];
     for (i, &v) in values.iter().enumerate() {
@@ -124,7 +132,12 @@ fn objectives_at_their_boundaries() {
     let mut h = LatencyHistogram::new();
     h.record_ns_n(100_000, 99); // 100 µs
     h.record_ns_n(2_000_000, 1); // 2 ms
-    let met = |text: &str| Slo::parse_list(text).unwrap().iter().all(|s| s.is_met_by(&h));
+    let met = |text: &str| {
+        Slo::parse_list(text)
+            .unwrap()
+            .iter()
+            .all(|s| s.is_met_by(&h))
+    };
     // Percentiles read back as their bucket's upper edge (3 significant
     // digits): 100 µs is reported as at most 100.1 µs, never below 100 µs.
     assert!(met("p99=100.1us"));
@@ -154,6 +167,7 @@ fn result_with(latency: LatencyHistogram, service: LatencyHistogram) -> RateResu
         responses_in_window: 1_900,
         latency,
         service,
+        send_lag: LatencyHistogram::new(),
         per_kind: Vec::new(),
         reconnects: 2,
         client_cpu: Duration::from_millis(20),
@@ -172,7 +186,10 @@ fn outputs_carry_the_percentiles_and_counters() {
     assert_eq!(r.offered_per_s(), 1_000.0);
     assert_eq!(r.achieved_per_s(), 950.0);
     assert!((r.client_cpu_us_per_request() - 10.0).abs() < 1e-9);
-    assert!(!r.meets(&[]), "a rate with errors never meets the objectives");
+    assert!(
+        !r.meets(&[]),
+        "a rate with errors never meets the objectives"
+    );
 
     let cases = output::cases(&r, &Slo::parse_list("p99=1ms").unwrap());
     assert_eq!(cases.len(), 1);
@@ -188,10 +205,19 @@ fn outputs_carry_the_percentiles_and_counters() {
     assert!(rel_err(c.extra["service_p99_us"], 50.0) <= 0.001);
     assert!(c.extra["p9999_us"] >= c.p999_us);
 
-    let table = output::table(std::slice::from_ref(&r), &Slo::parse_list("p99=1ms").unwrap());
+    let table = output::table(
+        std::slice::from_ref(&r),
+        &Slo::parse_list("p99=1ms").unwrap(),
+    );
     let lines: Vec<&str> = table.lines().collect();
-    assert!(lines[0].starts_with("rate") && lines[0].ends_with("slo"), "{table}");
-    assert!(lines[1].starts_with("1k/s") && lines[1].ends_with("MISSED"), "{table}");
+    assert!(
+        lines[0].starts_with("rate") && lines[0].ends_with("slo"),
+        "{table}"
+    );
+    assert!(
+        lines[1].starts_with("1k/s") && lines[1].ends_with("MISSED"),
+        "{table}"
+    );
     let details = output::details(&r);
     assert!(details.contains("non-2xx 3, timeouts 5"), "{details}");
     assert!(details.contains("503: 3"), "{details}");
@@ -207,7 +233,10 @@ fn outputs_carry_the_percentiles_and_counters() {
     let mut r2 = r.clone();
     r2.rate = 2_000.0;
     let two = output::write_hgrm(&dir.join("lat.hgrm"), &[r, r2]).unwrap();
-    assert_eq!(two, vec![dir.join("lat.1000.hgrm"), dir.join("lat.2000.hgrm")]);
+    assert_eq!(
+        two,
+        vec![dir.join("lat.1000.hgrm"), dir.join("lat.2000.hgrm")]
+    );
     assert!(two.iter().all(|p| p.is_file()));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -54,7 +54,11 @@ fn fixed_arrivals_are_exact() {
     for _ in 0..3_000 {
         s.next_ns();
     }
-    assert_eq!(s.next_ns(), 1_000_000_000_000, "arrival 3000 is exactly at 1000 s");
+    assert_eq!(
+        s.next_ns(),
+        1_000_000_000_000,
+        "arrival 3000 is exactly at 1000 s"
+    );
 }
 
 #[test]
@@ -117,16 +121,26 @@ fn poisson_arrivals_have_the_rate_and_shape() {
     // Standard error of the mean is mean/sqrt(n) ≈ 0.22 %: 1 % is > 4 sigma.
     assert!((mean / mean_gap - 1.0).abs() < 0.01, "mean gap {mean} ns");
     // Exponential gaps: standard deviation equals the mean.
-    assert!((var.sqrt() / mean - 1.0).abs() < 0.02, "cv {}", var.sqrt() / mean);
+    assert!(
+        (var.sqrt() / mean - 1.0).abs() < 0.02,
+        "cv {}",
+        var.sqrt() / mean
+    );
     // P(gap > mean) = 1/e.
     let above = gaps.iter().filter(|&&g| g > mean_gap).count() as f64 / n as f64;
-    assert!((above - (-1f64).exp()).abs() < 0.005, "P(gap > mean) = {above}");
+    assert!(
+        (above - (-1f64).exp()).abs() < 0.005,
+        "P(gap > mean) = {above}"
+    );
     // The number of arrivals in 10 s is 100k ± a few hundred.
     let mut s = ArrivalSchedule::new(Arrival::Poisson, rate, 42);
     let in_window = std::iter::from_fn(|| Some(s.next_ns()))
         .take_while(|&t| t < 10_000_000_000)
         .count() as f64;
-    assert!((in_window / 100_000.0 - 1.0).abs() < 0.01, "{in_window} arrivals in 10 s");
+    assert!(
+        (in_window / 100_000.0 - 1.0).abs() < 0.01,
+        "{in_window} arrivals in 10 s"
+    );
 }
 
 #[test]
@@ -155,7 +169,10 @@ fn mix_weights_are_honoured() {
     let mut p = KindPicker::new(&[3, 1], 5);
     let n = 100_000;
     let first = (0..n).filter(|_| p.pick() == 0).count() as f64 / n as f64;
-    assert!((first - 0.75).abs() < 0.01, "share of the weight-3 kind: {first}");
+    assert!(
+        (first - 0.75).abs() < 0.01,
+        "share of the weight-3 kind: {first}"
+    );
     let picks = |seed| {
         let mut p = KindPicker::new(&[1, 1, 1], seed);
         (0..50).map(|_| p.pick()).collect::<Vec<_>>()

@@ -82,8 +82,12 @@ impl BlockingClient {
         let connect_err = |source| ProbeError::Connect { addr, source };
         let stream = TcpStream::connect_timeout(&addr, connect_timeout).map_err(connect_err)?;
         stream.set_nodelay(true).map_err(connect_err)?;
-        stream.set_read_timeout(Some(timeout)).map_err(connect_err)?;
-        stream.set_write_timeout(Some(timeout)).map_err(connect_err)?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .map_err(connect_err)?;
+        stream
+            .set_write_timeout(Some(timeout))
+            .map_err(connect_err)?;
         Ok(Self {
             addr,
             stream,

@@ -148,6 +148,7 @@ pub(crate) struct ThreadPlan {
 pub(crate) struct ThreadResult {
     pub latency: LatencyHistogram,
     pub service: LatencyHistogram,
+    pub send_lag: LatencyHistogram,
     pub per_kind: Vec<LatencyHistogram>,
     pub offered: u64,
     pub sent: u64,
@@ -196,9 +197,13 @@ pub(crate) fn run_thread(
 enum ConnState {
     Connected,
     /// A non-blocking connect is under way; give up at `deadline_ns`.
-    Connecting { deadline_ns: u64 },
+    Connecting {
+        deadline_ns: u64,
+    },
     /// Closed; try again at `retry_ns`.
-    Down { retry_ns: u64 },
+    Down {
+        retry_ns: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -302,7 +307,11 @@ impl Client {
             std_stream.set_nonblocking(true).map_err(connect_err)?;
             let mut stream = MioStream::from_std(std_stream);
             poll.registry()
-                .register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE)
+                .register(
+                    &mut stream,
+                    Token(i),
+                    Interest::READABLE | Interest::WRITABLE,
+                )
                 .map_err(LoadError::Setup)?;
             conns.push(Conn {
                 endpoint,
@@ -391,8 +400,7 @@ impl Client {
                     break;
                 }
             }
-            let wake_ns = self.next_wake(drain_deadline_ns);
-            let timeout = self.wait_timeout(now, wake_ns)?;
+            let timeout = self.wait_timeout(now, drain_deadline_ns)?;
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     return Err(LoadError::Setup(e));
@@ -414,7 +422,8 @@ impl Client {
                             self.flush(c);
                         }
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.read_ready(c, drain_deadline_ns.is_some());
+                            let peer_closed = event.is_read_closed() || event.is_error();
+                            self.read_ready(c, drain_deadline_ns.is_some(), peer_closed);
                         }
                     }
                     ConnState::Down { .. } => {}
@@ -426,11 +435,18 @@ impl Client {
     }
 
     /// The next time the loop must act without an event: the next intended
-    /// send, the end of the window, a housekeeping pass while something is
-    /// pending, the drain deadline.
+    /// send (only if a connection is free to take it), the end of the
+    /// window, a housekeeping pass while something is pending, the drain
+    /// deadline.
+    ///
+    /// With every connection busy, an arrival could only join the backlog:
+    /// it is released at the next response instead, with the same intended
+    /// time, so skipping its wake-up changes no latency (and saves a timer
+    /// wake-up per request when the server is saturated).
     fn next_wake(&self, drain_deadline_ns: Option<u64>) -> u64 {
         let mut wake = match drain_deadline_ns {
-            None => self.next_due_ns.min(self.end_ns),
+            None if self.ready.iter().any(|q| !q.is_empty()) => self.next_due_ns.min(self.end_ns),
+            None => self.end_ns,
             Some(deadline) => deadline,
         };
         let pending = self
@@ -444,13 +460,17 @@ impl Client {
     }
 
     /// The epoll timeout for this turn; arms the timer when the thread is
-    /// going to sleep.
-    fn wait_timeout(&mut self, now: u64, wake_ns: u64) -> Result<Option<Duration>, LoadError> {
-        if self.mode == PollMode::Spin {
+    /// going to sleep. (Spinning turns never look at the connections.)
+    fn wait_timeout(
+        &mut self,
+        now: u64,
+        drain_deadline_ns: Option<u64>,
+    ) -> Result<Option<Duration>, LoadError> {
+        if self.mode == PollMode::Spin || now < self.last_activity_ns.saturating_add(self.spin_ns) {
             return Ok(Some(Duration::ZERO));
         }
-        let spinning = now < self.last_activity_ns.saturating_add(self.spin_ns);
-        if spinning || wake_ns <= now.saturating_add(self.spin_ns) {
+        let wake_ns = self.next_wake(drain_deadline_ns);
+        if wake_ns <= now.saturating_add(self.spin_ns) {
             return Ok(Some(Duration::ZERO));
         }
         let alarm = wake_ns - self.spin_ns;
@@ -523,6 +543,9 @@ impl Client {
         self.out.requests_total += 1;
         if p.measured {
             self.out.sent += 1;
+            self.out
+                .send_lag
+                .record_ns(sent_ns.saturating_sub(p.intended_ns));
             // Relaxed: a statistic for the progress line.
             self.live.sent.fetch_add(1, Ordering::Relaxed);
         }
@@ -535,7 +558,10 @@ impl Client {
             measured: p.measured,
         });
         let result = if conn.wbuf.is_empty() {
-            let stream = conn.stream.as_mut().expect("a connected connection has a stream");
+            let stream = conn
+                .stream
+                .as_mut()
+                .expect("a connected connection has a stream");
             match write_some(stream, bytes) {
                 Ok(n) => {
                     conn.wbuf.extend_from_slice(&bytes[n..]);
@@ -556,7 +582,10 @@ impl Client {
     /// Writes what the socket takes of the connection's pending bytes.
     fn flush(&mut self, c: usize) {
         let conn = &mut self.conns[c];
-        let stream = conn.stream.as_mut().expect("a connected connection has a stream");
+        let stream = conn
+            .stream
+            .as_mut()
+            .expect("a connected connection has a stream");
         match write_some(stream, &conn.wbuf) {
             Ok(n) => {
                 conn.wbuf.drain(..n);
@@ -566,7 +595,13 @@ impl Client {
     }
 
     /// Reads everything the socket has and completes the responses in it.
-    fn read_ready(&mut self, c: usize, draining: bool) {
+    ///
+    /// A read that does not fill the buffer drained the socket: with
+    /// edge-triggered epoll, data arriving later raises a new event, so the
+    /// usual extra read that only returns `WouldBlock` is skipped (one
+    /// system call less per response). Not when the peer has closed: the
+    /// end of the stream must be read.
+    fn read_ready(&mut self, c: usize, draining: bool, peer_closed: bool) {
         loop {
             let conn = &mut self.conns[c];
             if conn.rend == conn.rbuf.len() {
@@ -578,7 +613,10 @@ impl Client {
                 // refused it as too large.
                 debug_assert!(conn.rend < conn.rbuf.len());
             }
-            let stream = conn.stream.as_mut().expect("a connected connection has a stream");
+            let stream = conn
+                .stream
+                .as_mut()
+                .expect("a connected connection has a stream");
             let rend = conn.rend;
             match stream.read(&mut conn.rbuf[rend..]) {
                 Ok(0) => {
@@ -599,9 +637,10 @@ impl Client {
                     return;
                 }
                 Ok(n) => {
+                    let drained = rend + n < self.conns[c].rbuf.len();
                     self.conns[c].rend += n;
                     let t = self.now_ns();
-                    if !self.parse_responses(c, t, draining) {
+                    if !self.parse_responses(c, t, draining) || (drained && !peer_closed) {
                         return;
                     }
                 }
@@ -626,11 +665,18 @@ impl Client {
                 return true;
             }
             let Some(front) = conn.inflight.front() else {
-                self.fail(c, Failure::Protocol, "the server sent bytes nobody asked for");
+                self.fail(
+                    c,
+                    Failure::Protocol,
+                    "the server sent bytes nobody asked for",
+                );
                 return false;
             };
             let has_body = self.kinds[front.kind].has_body;
-            match conn.parser.parse(&conn.rbuf[conn.rstart..conn.rend], has_body) {
+            match conn
+                .parser
+                .parse(&conn.rbuf[conn.rstart..conn.rend], has_body)
+            {
                 Ok((n, done)) => {
                     conn.rstart += n;
                     match done {
@@ -765,9 +811,11 @@ impl Client {
     fn start_connect(&mut self, c: usize, now: u64) {
         let addr = self.endpoints[self.conns[c].endpoint];
         let result = MioStream::connect(addr).and_then(|mut stream| {
-            self.poll
-                .registry()
-                .register(&mut stream, Token(c), Interest::READABLE | Interest::WRITABLE)?;
+            self.poll.registry().register(
+                &mut stream,
+                Token(c),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
             Ok(stream)
         });
         match result {
@@ -784,7 +832,10 @@ impl Client {
 
     /// A connecting socket reported an event: connected, or failed.
     fn finish_connect(&mut self, c: usize) {
-        let stream = self.conns[c].stream.as_mut().expect("a connecting connection has a stream");
+        let stream = self.conns[c]
+            .stream
+            .as_mut()
+            .expect("a connecting connection has a stream");
         let outcome = match stream.take_error() {
             Ok(Some(e)) | Err(e) => Err(e),
             Ok(None) => match stream.peer_addr() {
@@ -848,7 +899,9 @@ impl Client {
         let inflight = std::mem::take(&mut self.conns[c].inflight);
         for f in inflight.iter().filter(|f| f.measured) {
             self.out.timeouts += 1;
-            self.out.latency.record_ns(now.saturating_sub(f.intended_ns));
+            self.out
+                .latency
+                .record_ns(now.saturating_sub(f.intended_ns));
             self.out.service.record_ns(now.saturating_sub(f.sent_ns));
             if let Some(h) = self.out.per_kind.get_mut(f.kind) {
                 h.record_ns(now.saturating_sub(f.intended_ns));
@@ -877,7 +930,9 @@ impl Client {
             for p in std::mem::take(&mut self.backlog[ep]) {
                 if p.measured {
                     self.out.unsent += 1;
-                    self.out.latency.record_ns(now.saturating_sub(p.intended_ns));
+                    self.out
+                        .latency
+                        .record_ns(now.saturating_sub(p.intended_ns));
                     if let Some(h) = self.out.per_kind.get_mut(p.kind) {
                         h.record_ns(now.saturating_sub(p.intended_ns));
                     }

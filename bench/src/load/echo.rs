@@ -127,7 +127,10 @@ pub fn run_echo_server(args: &EchoServerArgs) -> anyhow::Result<()> {
     }
     let mut server = EchoServer::start(args.listen, args.poll, args.core)?;
     eprintln!("nocturne: listening on http://{}", server.addr());
-    let thread = server.thread.take().expect("a started server has its thread");
+    let thread = server
+        .thread
+        .take()
+        .expect("a started server has its thread");
     thread
         .join()
         .map_err(|_| anyhow::anyhow!("the echo server thread panicked"))??;
@@ -169,10 +172,11 @@ fn serve(
                     match listener.accept() {
                         Ok((mut stream, _)) => {
                             let _ = stream.set_nodelay(true);
-                            let slot = conns.iter().position(Option::is_none).unwrap_or_else(|| {
-                                conns.push(None);
-                                conns.len() - 1
-                            });
+                            let slot =
+                                conns.iter().position(Option::is_none).unwrap_or_else(|| {
+                                    conns.push(None);
+                                    conns.len() - 1
+                                });
                             poll.registry().register(
                                 &mut stream,
                                 Token(slot),
@@ -230,8 +234,9 @@ fn handle(conn: &mut Conn, served: &AtomicU64) -> bool {
         // Relaxed: a statistic.
         served.fetch_add(answered, Ordering::Relaxed);
         if bad || conn.rbuf.len() > MAX_REQUEST_BYTES {
-            conn.wbuf
-                .extend_from_slice(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            conn.wbuf.extend_from_slice(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
             conn.close_after_write = true;
             conn.rbuf.clear();
         }
@@ -270,7 +275,10 @@ fn answer_all(input: &[u8], out: &mut Vec<u8>) -> (usize, u64, bool) {
         let mut body_len = 0usize;
         for h in req.headers.iter() {
             if h.name.eq_ignore_ascii_case("content-length") {
-                match std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse().ok()) {
+                match std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+                {
                     Some(n) => body_len = n,
                     None => return (used, answered, true),
                 }
@@ -306,7 +314,10 @@ mod tests {
         let input = b"POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 5\r\n\r\nxy";
         let (used, answered, bad) = answer_all(input, &mut out);
         assert_eq!((answered, bad), (2, false));
-        assert_eq!(&input[used..], b"POST /b HTTP/1.1\r\nContent-Length: 5\r\n\r\nxy");
+        assert_eq!(
+            &input[used..],
+            b"POST /b HTTP/1.1\r\nContent-Length: 5\r\n\r\nxy"
+        );
         assert_eq!(
             out,
             b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
@@ -317,10 +328,12 @@ mod tests {
 
     #[test]
     fn serves_over_tcp_and_rejects_garbage() {
-        let server = EchoServer::start("127.0.0.1:0".parse().unwrap(), EchoPoll::Block, None).unwrap();
+        let server =
+            EchoServer::start("127.0.0.1:0".parse().unwrap(), EchoPoll::Block, None).unwrap();
         let mut s = StdStream::connect(server.addr()).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(b"POST /x HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi").unwrap();
+        s.write_all(b"POST /x HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi")
+            .unwrap();
         let mut buf = [0u8; 128];
         let mut got = Vec::new();
         while !got.ends_with(b"hi") {

@@ -219,7 +219,9 @@ impl ResponseParser {
         let status = response.code.unwrap_or(0);
         if (100..200).contains(&status) {
             if status == 101 {
-                return Err(ResponseError::Malformed("the server switched protocols (101)".into()));
+                return Err(ResponseError::Malformed(
+                    "the server switched protocols (101)".into(),
+                ));
             }
             return Ok(Some((head_len, true)));
         }
@@ -234,7 +236,9 @@ impl ResponseParser {
                     .and_then(|v| v.trim().parse::<u64>().ok())
                     .ok_or_else(|| ResponseError::Malformed("bad Content-Length".into()))?;
                 if content_length.is_some_and(|l| l != len) {
-                    return Err(ResponseError::Malformed("conflicting Content-Length".into()));
+                    return Err(ResponseError::Malformed(
+                        "conflicting Content-Length".into(),
+                    ));
                 }
                 content_length = Some(len);
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
@@ -347,15 +351,31 @@ mod tests {
             assert_eq!(feed(wire, step, true).unwrap(), vec![OK, OK], "step {step}");
         }
         assert!(matches!(
-            feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 100, true),
+            feed(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                100,
+                true
+            ),
             Err(ResponseError::BadChunk(_))
         ));
         assert!(matches!(
-            feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nab\r\n", 100, true),
+            feed(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nab\r\n",
+                100,
+                true
+            ),
             Err(ResponseError::BadChunk(_))
         ));
         assert!(matches!(
-            feed(&[b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".as_slice(), &[b'1'; 5000]].concat(), 100, true),
+            feed(
+                &[
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".as_slice(),
+                    &[b'1'; 5000]
+                ]
+                .concat(),
+                100,
+                true
+            ),
             Err(ResponseError::BadChunk("line too long"))
         ));
     }
@@ -364,7 +384,10 @@ mod tests {
     fn interim_bodiless_and_close_delimited() {
         let wire = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n";
         let got = feed(wire, 5, true).unwrap();
-        assert_eq!(got.iter().map(|r| r.status).collect::<Vec<_>>(), vec![204, 304]);
+        assert_eq!(
+            got.iter().map(|r| r.status).collect::<Vec<_>>(),
+            vec![204, 304]
+        );
         // HEAD: the Content-Length describes a body that is not sent.
         let got = feed(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", 5, false).unwrap();
         assert_eq!(got, vec![OK]);
@@ -385,25 +408,43 @@ mod tests {
 
     #[test]
     fn connection_close_and_http10_keep_alive() {
-        let got = feed(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", 9, true).unwrap();
+        let got = feed(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            9,
+            true,
+        )
+        .unwrap();
         assert!(got[0].close);
         let got = feed(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", 9, true).unwrap();
         assert!(got[0].close);
-        let got = feed(b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n", 9, true).unwrap();
+        let got = feed(
+            b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n",
+            9,
+            true,
+        )
+        .unwrap();
         assert!(!got[0].close);
     }
 
     #[test]
     fn garbage_is_rejected_at_its_first_bytes() {
         let mut p = ResponseParser::new();
-        assert!(matches!(p.parse(b"SSH-2.0-OpenSSH", true), Err(ResponseError::NotHttp(s)) if s.starts_with("SSH")));
+        assert!(
+            matches!(p.parse(b"SSH-2.0-OpenSSH", true), Err(ResponseError::NotHttp(s)) if s.starts_with("SSH"))
+        );
         let mut p = ResponseParser::new();
-        assert!(matches!(p.parse(b"x", true), Err(ResponseError::NotHttp(_))));
+        assert!(matches!(
+            p.parse(b"x", true),
+            Err(ResponseError::NotHttp(_))
+        ));
         // A prefix of "HTTP/1." is not yet an error.
         let mut p = ResponseParser::new();
         assert_eq!(p.parse(b"HTT", true).unwrap(), (0, None));
         let mut p = ResponseParser::new();
-        assert!(matches!(p.parse(b"HTTP/1.1 abc\r\n\r\n", true), Err(ResponseError::Malformed(_))));
+        assert!(matches!(
+            p.parse(b"HTTP/1.1 abc\r\n\r\n", true),
+            Err(ResponseError::Malformed(_))
+        ));
         let mut p = ResponseParser::new();
         assert!(matches!(
             p.parse(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", true),
@@ -411,7 +452,10 @@ mod tests {
         ));
         let mut p = ResponseParser::new();
         assert!(matches!(
-            p.parse(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", true),
+            p.parse(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                true
+            ),
             Err(ResponseError::Malformed(_))
         ));
         let mut p = ResponseParser::new();

@@ -381,22 +381,26 @@ impl LoadSettings {
             .collect::<Result<Vec<_>, _>>()?;
         let body = match (&args.body, &args.body_file) {
             (Some(b), _) => b.clone().into_bytes(),
-            (None, Some(path)) => std::fs::read(path).map_err(|source| SettingsError::BodyFile {
-                path: path.clone(),
-                source,
-            })?,
+            (None, Some(path)) => {
+                std::fs::read(path).map_err(|source| SettingsError::BodyFile {
+                    path: path.clone(),
+                    source,
+                })?
+            }
             (None, None) => Vec::new(),
         };
         let specs = match &args.mix {
             Some(mix) => {
                 if args.body.is_some() || args.body_file.is_some() {
                     return Err(SettingsError::Invalid(
-                        "--body/--body-file and --mix exclude each other: give bodies in the mix".into(),
+                        "--body/--body-file and --mix exclude each other: give bodies in the mix"
+                            .into(),
                     ));
                 }
                 if urls.len() > 1 {
                     return Err(SettingsError::Invalid(
-                        "with --mix, give at most one URL (host and port for the mix's paths)".into(),
+                        "with --mix, give at most one URL (host and port for the mix's paths)"
+                            .into(),
                     ));
                 }
                 target::read_mix(mix, urls.first(), &args.method, &args.headers)?
@@ -404,7 +408,8 @@ impl LoadSettings {
             None => {
                 if urls.is_empty() {
                     return Err(SettingsError::Invalid(
-                        "give a target URL (e.g. http://127.0.0.1:8080/function/echo) or --mix".into(),
+                        "give a target URL (e.g. http://127.0.0.1:8080/function/echo) or --mix"
+                            .into(),
                     ));
                 }
                 urls.iter()
@@ -429,7 +434,9 @@ impl LoadSettings {
             None => Vec::new(),
         };
         if args.threads == 0 {
-            return Err(SettingsError::Invalid("--threads must be at least 1".into()));
+            return Err(SettingsError::Invalid(
+                "--threads must be at least 1".into(),
+            ));
         }
         let need = args.threads * targets.endpoints.len();
         let connections = args.connections.unwrap_or(16.max(need));
@@ -449,7 +456,8 @@ impl LoadSettings {
             seed: args.seed,
             allow_errors: args.allow_errors,
         };
-        plan.validate().map_err(|e| SettingsError::Invalid(e.to_string()))?;
+        plan.validate()
+            .map_err(|e| SettingsError::Invalid(e.to_string()))?;
         Ok(Self {
             plan,
             rates,
@@ -557,10 +565,19 @@ pub fn run_command(args: &LoadArgs) -> anyhow::Result<()> {
             k.name, plan.targets.endpoints[k.endpoint].addr, k.weight
         );
     }
-    let single = settings.rates.len() == 1;
+    // A sweep shows each rate's row as it finishes (header once).
+    let sweep = settings.rates.len() > 1;
+    let mut rows_shown = 0;
     let outcome = run_sweep(&settings, |r| {
-        if !single {
-            print!("{}", output::table(std::slice::from_ref(r), &settings.slo));
+        if sweep {
+            let table = output::table(std::slice::from_ref(r), &settings.slo);
+            let mut lines = table.lines();
+            let header = lines.next().unwrap_or_default();
+            if rows_shown == 0 {
+                println!("{header}");
+            }
+            println!("{}", lines.next().unwrap_or_default());
+            rows_shown += 1;
         }
     })?;
     println!();

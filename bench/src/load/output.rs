@@ -61,7 +61,9 @@ pub fn table(results: &[RateResult], slos: &[Slo]) -> String {
             row
         })
         .collect();
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    // Fixed minimum widths keep the rows of a sweep, printed one at a
+    // time, aligned in the usual cases.
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len().max(8)).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -97,7 +99,8 @@ pub fn details(r: &RateResult) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{}/s: offered {} ({:.1}/s), sent {}, completed {}, achieved {:.1}/s, unsent {}, client cpu {:.2} µs/request",
+        "{}/s: offered {} ({:.1}/s), sent {}, completed {}, achieved {:.1}/s, unsent {}, \
+         send lag p50 {} p99 {} µs, client cpu {:.2} µs/request",
         format_rate(r.rate),
         r.offered,
         r.offered_per_s(),
@@ -105,6 +108,8 @@ pub fn details(r: &RateResult) -> String {
         r.completed,
         r.achieved_per_s(),
         r.unsent,
+        us(r.send_lag.quantile_ns(0.5)),
+        us(r.send_lag.quantile_ns(0.99)),
         r.client_cpu_us_per_request(),
     );
     if r.errors() > 0 {
@@ -119,7 +124,11 @@ pub fn details(r: &RateResult) -> String {
         }
     }
     if r.statuses.keys().any(|s| !(200..300).contains(s)) || r.statuses.len() > 1 {
-        let codes: Vec<String> = r.statuses.iter().map(|(s, n)| format!("{s}: {n}")).collect();
+        let codes: Vec<String> = r
+            .statuses
+            .iter()
+            .map(|(s, n)| format!("{s}: {n}"))
+            .collect();
         let _ = writeln!(out, "  status codes: {}", codes.join(", "));
     }
     for (name, h) in &r.per_kind {
@@ -146,7 +155,8 @@ pub fn cases(r: &RateResult, slos: &[Slo]) -> Vec<CaseResult> {
     let s = r.latency.summary();
     let svc = r.service.summary();
     let mut case = CaseResult::from_summary(case_name(r.rate), &s, r.achieved_per_s(), r.errors());
-    let extras: [(&str, f64); 22] = [
+    let lag = r.send_lag.summary();
+    let extras: [(&str, f64); 25] = [
         ("rate", r.rate),
         ("offered_per_s", r.offered_per_s()),
         ("p9999_us", s.p9999_us),
@@ -166,6 +176,9 @@ pub fn cases(r: &RateResult, slos: &[Slo]) -> Vec<CaseResult> {
         ("service_p999_us", svc.p999_us),
         ("service_p9999_us", svc.p9999_us),
         ("service_max_us", svc.max_us),
+        ("send_lag_p50_us", lag.p50_us),
+        ("send_lag_p99_us", lag.p99_us),
+        ("send_lag_max_us", lag.max_us),
         ("window_s", r.window.as_secs_f64()),
         ("client_cpu_us_per_req", r.client_cpu_us_per_request()),
         ("requests_total", r.requests_total as f64),
@@ -190,7 +203,11 @@ pub fn cases(r: &RateResult, slos: &[Slo]) -> Vec<CaseResult> {
 /// The ping-pong baseline as a report case.
 pub fn pingpong_case(h: &LatencyHistogram) -> CaseResult {
     let s = h.summary();
-    let rate = if s.mean_us > 0.0 { 1e6 / s.mean_us } else { 0.0 };
+    let rate = if s.mean_us > 0.0 {
+        1e6 / s.mean_us
+    } else {
+        0.0
+    };
     CaseResult::from_summary("pingpong", &s, rate, 0).with_extra("p9999_us", s.p9999_us)
 }
 
@@ -257,18 +274,29 @@ pub fn modes(settings: &super::LoadSettings, best: Option<f64>) -> BTreeMap<Stri
         p.targets
             .kinds
             .iter()
-            .map(|k| format!("{}@{}x{}", k.name, p.targets.endpoints[k.endpoint].addr, k.weight))
+            .map(|k| {
+                format!(
+                    "{}@{}x{}",
+                    k.name, p.targets.endpoints[k.endpoint].addr, k.weight
+                )
+            })
             .collect::<Vec<_>>()
             .join("; "),
     );
     if !settings.slo.is_empty() {
         put(
             "slo",
-            settings.slo.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","),
+            settings
+                .slo
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
         );
         put(
             "best_rate",
-            best.map(|b| format!("{b}")).unwrap_or_else(|| "none".into()),
+            best.map(|b| format!("{b}"))
+                .unwrap_or_else(|| "none".into()),
         );
     }
     m

@@ -68,7 +68,10 @@ pub fn render_svg(title: &str, results: &[RateResult], slos: &[Slo], best: Optio
     let y_lo = y_values.iter().copied().fold(f64::INFINITY, f64::min);
     let y_hi = y_values.iter().copied().fold(0.0, f64::max);
     let (y_lo, y_hi) = if y_lo.is_finite() && y_hi > 0.0 {
-        (10f64.powf(y_lo.max(0.001).log10().floor()), 10f64.powf(y_hi.log10().ceil()))
+        (
+            10f64.powf(y_lo.max(0.001).log10().floor()),
+            10f64.powf(y_hi.log10().ceil()),
+        )
     } else {
         (1.0, 1000.0)
     };

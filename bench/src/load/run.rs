@@ -47,6 +47,10 @@ pub struct RateResult {
     pub latency: LatencyHistogram,
     /// Service time from each request's actual send, ns.
     pub service: LatencyHistogram,
+    /// Send lag: from each request's intended to its actual send, ns. Near
+    /// zero while the generator keeps up; it grows when requests wait for a
+    /// free connection or the client thread runs late.
+    pub send_lag: LatencyHistogram,
     /// Corrected latency per request kind (only for more than one kind).
     pub per_kind: Vec<(String, LatencyHistogram)>,
     /// Connections re-opened during the run.
@@ -96,14 +100,21 @@ pub fn split_connections(n: usize, weights: &[u64]) -> Vec<usize> {
     let e = weights.len();
     assert!(n >= e, "at least one connection per endpoint");
     let total = weights.iter().sum::<u64>().max(1) as f64;
-    let ideal: Vec<f64> = weights.iter().map(|&w| n as f64 * w as f64 / total).collect();
+    let ideal: Vec<f64> = weights
+        .iter()
+        .map(|&w| n as f64 * w as f64 / total)
+        .collect();
     let mut counts: Vec<usize> = ideal.iter().map(|&x| (x.floor() as usize).max(1)).collect();
     let mut sum: usize = counts.iter().sum();
     // Hand out what is left to the most under-served, take back from the
     // most over-served (never below one).
     while sum < n {
         let i = (0..e)
-            .max_by(|&a, &b| (ideal[a] - counts[a] as f64).total_cmp(&(ideal[b] - counts[b] as f64)).then(b.cmp(&a)))
+            .max_by(|&a, &b| {
+                (ideal[a] - counts[a] as f64)
+                    .total_cmp(&(ideal[b] - counts[b] as f64))
+                    .then(b.cmp(&a))
+            })
             .expect("at least one endpoint");
         counts[i] += 1;
         sum += 1;
@@ -111,7 +122,9 @@ pub fn split_connections(n: usize, weights: &[u64]) -> Vec<usize> {
     while sum > n {
         let i = (0..e)
             .filter(|&i| counts[i] > 1)
-            .max_by(|&a, &b| (counts[a] as f64 - ideal[a]).total_cmp(&(counts[b] as f64 - ideal[b])))
+            .max_by(|&a, &b| {
+                (counts[a] as f64 - ideal[a]).total_cmp(&(counts[b] as f64 - ideal[b]))
+            })
             .expect("n >= e leaves an endpoint with more than one");
         counts[i] -= 1;
         sum -= 1;
@@ -151,7 +164,9 @@ pub fn probe(plan: &LoadPlan) -> Result<(), LoadError> {
 pub fn run_rate(plan: &LoadPlan, rate: f64, progress: bool) -> Result<RateResult, LoadError> {
     plan.validate()?;
     if !(rate.is_finite() && rate > 0.0) {
-        return Err(LoadError::Invalid(format!("rate {rate} is not a positive number")));
+        return Err(LoadError::Invalid(format!(
+            "rate {rate} is not a positive number"
+        )));
     }
     probe(plan)?;
     let threads = plan.threads;
@@ -217,7 +232,8 @@ pub fn run_rate(plan: &LoadPlan, rate: f64, progress: bool) -> Result<RateResult
     drop(ready_tx);
 
     // Every thread connects before any starts; one failure aborts all.
-    let connect_budget = plan.connect_timeout * (plan.connections as u32 + 1) + Duration::from_secs(10);
+    let connect_budget =
+        plan.connect_timeout * (plan.connections as u32 + 1) + Duration::from_secs(10);
     let mut failure = None;
     for _ in 0..threads {
         match ready_rx.recv_timeout(connect_budget) {
@@ -263,7 +279,11 @@ pub fn run_rate(plan: &LoadPlan, rate: f64, progress: bool) -> Result<RateResult
                     .sum::<u64>()
             };
             let elapsed = start.elapsed().min(total);
-            let phase = if elapsed < plan.warmup { "warm-up" } else { "measuring" };
+            let phase = if elapsed < plan.warmup {
+                "warm-up"
+            } else {
+                "measuring"
+            };
             eprint!(
                 "\r\x1b[2K{}/s {phase} {:.1}/{:.1}s  sent {}  done {}  errors {}",
                 format_rate(rate),
@@ -301,6 +321,7 @@ fn merge(plan: &LoadPlan, rate: f64, results: Vec<ThreadResult>) -> RateResult {
         responses_in_window: 0,
         latency: LatencyHistogram::new(),
         service: LatencyHistogram::new(),
+        send_lag: LatencyHistogram::new(),
         per_kind: if plan.targets.kinds.len() > 1 {
             plan.targets
                 .kinds
@@ -329,6 +350,7 @@ fn merge(plan: &LoadPlan, rate: f64, results: Vec<ThreadResult>) -> RateResult {
         out.responses_in_window += r.responses_in_window;
         out.latency.merge(&r.latency);
         out.service.merge(&r.service);
+        out.send_lag.merge(&r.send_lag);
         for ((_, h), theirs) in out.per_kind.iter_mut().zip(&r.per_kind) {
             h.merge(theirs);
         }
@@ -357,7 +379,11 @@ mod tests {
         assert_eq!(split_connections(10, &[9, 1]), vec![9, 1]);
         assert_eq!(split_connections(3, &[1, 1, 1]), vec![1, 1, 1]);
         assert_eq!(split_connections(7, &[0, 1]), vec![1, 6]);
-        for (n, w) in [(16, vec![3u64, 1, 1]), (5, vec![1, 2]), (9, vec![5, 5, 5, 5])] {
+        for (n, w) in [
+            (16, vec![3u64, 1, 1]),
+            (5, vec![1, 2]),
+            (9, vec![5, 5, 5, 5]),
+        ] {
             let s = split_connections(n, &w);
             assert_eq!(s.iter().sum::<usize>(), n);
             assert!(s.iter().all(|&c| c >= 1));

@@ -105,7 +105,13 @@ impl ArrivalSchedule {
     /// # Panics
     /// If `rate` is not positive and finite or `thread >= threads`: callers
     /// validate both ([`parse_rate`](super::spec::parse_rate)).
-    pub fn for_thread(arrival: Arrival, rate: f64, thread: usize, threads: usize, seed: u64) -> Self {
+    pub fn for_thread(
+        arrival: Arrival,
+        rate: f64,
+        thread: usize,
+        threads: usize,
+        seed: u64,
+    ) -> Self {
         assert!(rate.is_finite() && rate > 0.0, "rate must be positive");
         assert!(thread < threads, "thread index out of range");
         let total_gap_ns = 1e9 / rate;

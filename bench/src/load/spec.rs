@@ -24,7 +24,9 @@ pub enum SpecError {
     #[error("rate sweep {0:?} has more than {MAX_SWEEP_RATES} rates")]
     SweepTooLong(String),
     /// Not a duration.
-    #[error("bad duration {0:?}: expected a number with a unit (ns, us, ms, s, m), e.g. 10s or 250ms")]
+    #[error(
+        "bad duration {0:?}: expected a number with a unit (ns, us, ms, s, m), e.g. 10s or 250ms"
+    )]
     BadDuration(String),
     /// Not a latency objective.
     #[error("bad objective {0:?}: expected pNN=DURATION or max=DURATION, e.g. p99=100us")]
@@ -183,8 +185,7 @@ impl Slo {
                     .ok_or_else(|| SpecError::BadSlo(item.to_owned()))?;
                 Ok(Slo {
                     percentile: Percentile::parse(p)?,
-                    limit: parse_duration(limit)
-                        .map_err(|_| SpecError::BadSlo(item.to_owned()))?,
+                    limit: parse_duration(limit).map_err(|_| SpecError::BadSlo(item.to_owned()))?,
                 })
             })
             .collect()

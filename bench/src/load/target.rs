@@ -161,7 +161,10 @@ impl Url {
                 .ok_or_else(|| malformed("unclosed [ in the host"))?;
             let port = match after {
                 "" => None,
-                p => Some(p.strip_prefix(':').ok_or_else(|| malformed("junk after ]"))?),
+                p => Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| malformed("junk after ]"))?,
+                ),
             };
             (host, port)
         } else {
@@ -215,7 +218,11 @@ pub fn resolve(host: &str, port: u16, timeout: Duration) -> Result<SocketAddr, R
     std::thread::Builder::new()
         .name("load-resolve".into())
         .spawn(move || {
-            let _ = tx.send((name.as_str(), port).to_socket_addrs().map(|a| a.collect::<Vec<_>>()));
+            let _ = tx.send(
+                (name.as_str(), port)
+                    .to_socket_addrs()
+                    .map(|a| a.collect::<Vec<_>>()),
+            );
         })
         .map_err(|source| ResolveError::Failed {
             host: host.to_owned(),
@@ -477,7 +484,10 @@ pub fn read_mix(
             (Some(u), None) => Url::parse(u).map_err(|e| entry_err(e.to_string()))?,
             (None, Some(p)) => {
                 let base = base.ok_or_else(|| {
-                    entry_err("`path` needs a URL on the command line for host and port (or give `url`)".into())
+                    entry_err(
+                        "`path` needs a URL on the command line for host and port (or give `url`)"
+                            .into(),
+                    )
                 })?;
                 if !p.starts_with('/') {
                     return Err(entry_err(format!("path {p:?} must start with /")));
@@ -497,7 +507,9 @@ pub fn read_mix(
             }
             (None, None) => Vec::new(),
             (Some(_), Some(_)) => {
-                return Err(entry_err("give at most one of `body` and `body_file`".into()))
+                return Err(entry_err(
+                    "give at most one of `body` and `body_file`".into(),
+                ))
             }
         };
         let mut all_headers = headers.to_vec();
@@ -521,7 +533,10 @@ mod tests {
     #[test]
     fn urls() {
         let u = Url::parse("http://127.0.0.1:8080/function/echo").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("127.0.0.1", 8080, "/function/echo"));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("127.0.0.1", 8080, "/function/echo")
+        );
         assert_eq!(u.host_header(), "127.0.0.1:8080");
         let u = Url::parse("http://example.com").unwrap();
         assert_eq!((u.port, u.path.as_str()), (80, "/"));
@@ -529,7 +544,10 @@ mod tests {
         let u = Url::parse("HTTP://h?x=1").unwrap();
         assert_eq!(u.path, "/?x=1");
         let u = Url::parse("http://[::1]:9000/a?b").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("::1", 9000, "/a?b"));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("::1", 9000, "/a?b")
+        );
         assert_eq!(u.host_header(), "[::1]:9000");
         assert!(matches!(
             Url::parse("https://h/"),
@@ -565,7 +583,10 @@ mod tests {
         let r = build_request("GET", "h", "/", &[], b"").unwrap();
         assert_eq!(r, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n");
         let r = build_request("POST", "h", "/", &["host: v".into()], b"").unwrap();
-        assert_eq!(r, b"POST / HTTP/1.1\r\nContent-Length: 0\r\nhost: v\r\n\r\n");
+        assert_eq!(
+            r,
+            b"POST / HTTP/1.1\r\nContent-Length: 0\r\nhost: v\r\n\r\n"
+        );
         assert_eq!(
             build_request("PO ST", "h", "/", &[], b""),
             Err(RequestError::BadMethod("PO ST".into()))
@@ -640,7 +661,9 @@ mod tests {
         assert!(bad("[[request]]\nurl = \"http://h/\"\nbogus = 1").contains("bogus"));
         assert!(bad("").contains("no [[request]]"));
         assert!(bad("[[request]]\nurl = \"ftp://h/\"").contains("only http"));
-        assert!(bad("[[request]]\nurl = \"http://h/\"\nbody_file = \"nope\"").contains("cannot read"));
+        assert!(
+            bad("[[request]]\nurl = \"http://h/\"\nbody_file = \"nope\"").contains("cannot read")
+        );
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(matches!(
             read_mix(&mix, None, "POST", &[]),
