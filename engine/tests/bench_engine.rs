@@ -461,6 +461,12 @@ fn a_quick_net_run_measures_both_stacks_in_a_namespace_it_removes() {
         if let Ok(count) = name.rsplit('/').next().unwrap().parse::<f64>() {
             assert_eq!(number(case, "connections"), count, "{case}");
             assert_eq!(number(case, "offered_per_s"), 2000.0, "{case}");
+            // Read from the namespace's counters (any value: not a timing).
+            assert!(number(case, "tcp_retransmits") >= 0.0, "{case}");
+            assert!(
+                number(case, "send_lag_p50_us") <= number(case, "send_lag_p99_us"),
+                "{case}"
+            );
         }
     }
     // The other cases ran as without --net, with no errors either.

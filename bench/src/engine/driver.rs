@@ -9,10 +9,16 @@
 //! round r: for each server (rotated): resume ─ each case (rotated):
 //!            warm-up + timed chunk over its keep-alive connection ─ pause
 //! throughput: resume the first mode's engine ─ N client threads ─ pause
+//! with --net, first: namespace + TAP; engine/<net> spawned inside it; its
+//!   external-call/<net> case takes turns in the rounds like the others
+//! conns round r: for each conns/<net>/<N> (rotated): resume ─ open N ─
+//!            schedule ─ close ─ pause
 //! ```
 //!
 //! Servers are spawned before the client pins itself: a child inherits the
-//! spawning thread's CPU mask, and the engine must see every core.
+//! spawning thread's CPU mask, and the engine must see every core. The
+//! namespace guard is made before any server and dropped after all of
+//! them, on success and on every error path.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -26,10 +32,13 @@ use crate::pin::{allowed_cores, check_cores_against, format_core_list, pin_curre
 use crate::report::{CaseResult, Machine, Report};
 
 use super::http::{build_request, ClientError, HttpClient};
+use super::net::{self, ConnsCase, ConnsError, ConnsPlan};
+use super::netns::{self, Netns};
 use super::server::{write_temp_file, Launch, ServerProcess, StartError};
+use super::sys;
 use super::{
-    EngineSettings, PollMode, CHAIN, EXTERNAL_CALL, INTERNAL_CALL, TCP_ECHO_FLOOR,
-    THROUGHPUT_EXTERNAL, THROUGHPUT_INTERNAL,
+    EngineSettings, NetStack, PollMode, CHAIN, CONNS_COUNTS, EXTERNAL_CALL, INTERNAL_CALL,
+    TCP_ECHO_FLOOR, THROUGHPUT_EXTERNAL, THROUGHPUT_INTERNAL,
 };
 
 /// Most internal calls one `ping` request makes (its reply lists them all).
@@ -114,6 +123,8 @@ struct Slot {
     process: ServerProcess,
     /// `None` for the floor server.
     mode: Option<PollMode>,
+    /// The stack of an engine inside the namespace (`--net`).
+    net: Option<NetStack>,
     client: Option<HttpClient>,
     cases: Vec<LatencyCase>,
 }
@@ -135,6 +146,58 @@ fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
 
+/// Stops the run if a signal asked it to (see [`sys::catch_interrupts`]).
+fn check_interrupted() -> anyhow::Result<()> {
+    if sys::interrupted() {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// With `--net`: raises the open-files limit for the `conns` cases and
+/// creates the namespace (with its TAP).
+fn prepare_net(settings: &EngineSettings) -> anyhow::Result<Option<(Netns, u64)>> {
+    if settings.nets.is_empty() {
+        return Ok(None);
+    }
+    let need = net::open_files_needed();
+    let limit = sys::raise_open_files_limit(need).context("raising RLIMIT_NOFILE")?;
+    if limit.now < need {
+        bail!(
+            "--net: the conns/<net>/{} cases need {need} open files (the client's connections, \
+             and as many in the kernel-TCP engine, which inherits the limit), but the hard \
+             limit is {}: raise it (ulimit -Hn {need}, as root) first",
+            CONNS_COUNTS.iter().max().unwrap_or(&0),
+            limit.hard
+        );
+    }
+    if limit.now > limit.before {
+        eprintln!(
+            "nocturne bench engine: raised the open-files limit from {} to {} (hard {})",
+            limit.before, limit.now, limit.hard
+        );
+    }
+    for name in netns::stale() {
+        eprintln!(
+            "nocturne bench engine: note: network namespace {name} was left by a run that was \
+             killed; remove it with `ip netns del {name}`"
+        );
+    }
+    let ns = net::create_namespace(&settings.nets).context(
+        "--net: cannot set up the benchmark's network namespace (this needs root and iproute2)",
+    )?;
+    eprintln!(
+        "nocturne bench engine: network namespace {}{}",
+        ns.name(),
+        if settings.nets.contains(&NetStack::Smoltcp) {
+            format!(" with TAP {} ({})", net::TAP, net::TAP_KERNEL_CIDR)
+        } else {
+            String::new()
+        }
+    );
+    Ok(Some((ns, limit.now)))
+}
+
 /// Runs every case and returns the report.
 pub fn run_engine(settings: &EngineSettings) -> anyhow::Result<Report> {
     let allowed = allowed_cores().context("reading this process's allowed cores")?;
@@ -143,11 +206,14 @@ pub fn run_engine(settings: &EngineSettings) -> anyhow::Result<Report> {
     check_cores_against(&cores, &allowed).context("--client-core / --io-core / --worker-cores")?;
     let exe = std::env::current_exe().context("cannot locate the nocturne binary")?;
     let payload = vec![b'p'; settings.payload];
+    // Made before any server, so dropped after every one of them.
+    let net_bed = prepare_net(settings)?;
 
     // Spawn every server before pinning: children inherit the mask.
     let mut slots = Vec::new();
     for &mode in &settings.modes {
-        let mut engine = ServerProcess::start(engine_launch(&exe, mode, settings)?)?;
+        let mut engine =
+            ServerProcess::start(engine_launch(&exe, EnginePlace::Host(mode), settings)?)?;
         eprintln!(
             "nocturne bench engine: {} pid {} on http://{}",
             engine.name(),
@@ -168,6 +234,7 @@ pub fn run_engine(settings: &EngineSettings) -> anyhow::Result<Report> {
         slots.push(Slot {
             process: engine,
             mode: Some(mode),
+            net: None,
             client: None,
             cases,
         });
@@ -187,6 +254,7 @@ pub fn run_engine(settings: &EngineSettings) -> anyhow::Result<Report> {
         Slot {
             process: floor,
             mode: None,
+            net: None,
             client: None,
             cases: vec![LatencyCase::new(
                 TCP_ECHO_FLOOR.into(),
@@ -197,14 +265,51 @@ pub fn run_engine(settings: &EngineSettings) -> anyhow::Result<Report> {
         },
     );
 
+    // The engines inside the namespace, after the others (slot 1 stays
+    // the first mode's engine).
+    if let Some((ns, _)) = &net_bed {
+        for &stack in &settings.nets {
+            let mut engine = ServerProcess::start(engine_launch(
+                &exe,
+                EnginePlace::Netns(ns, stack),
+                settings,
+            )?)?;
+            eprintln!(
+                "nocturne bench engine: {} pid {} on http://{} in namespace {}",
+                engine.name(),
+                engine.pid(),
+                engine.addr(),
+                ns.name()
+            );
+            engine.pause(PAUSE_TIMEOUT)?;
+            let case = LatencyCase::new(
+                format!("{EXTERNAL_CALL}/{}", stack.as_str()),
+                LatencyKind::External,
+                &engine.addr().to_string(),
+                &payload,
+            );
+            slots.push(Slot {
+                process: engine,
+                mode: Some(PollMode::Spin),
+                net: Some(stack),
+                client: None,
+                cases: vec![case],
+            });
+        }
+    }
+
     // Probe before pinning: the probe records the cores this process may use.
+    let mut modes = modes_map(settings, reply_bytes, &slots);
+    if let Some((ns, open_files)) = &net_bed {
+        modes.extend(net_modes(settings, ns, *open_files, &slots));
+    }
     let machine = Machine::probe(
         BTreeMap::from([
             ("client".into(), vec![settings.client_core]),
             ("io".into(), vec![settings.io_core]),
             ("workers".into(), settings.worker_cores.clone()),
         ]),
-        modes_map(settings, reply_bytes, &slots),
+        modes,
     );
     pin_current_thread(settings.client_core).context("pinning the client")?;
     eprintln!(
@@ -238,6 +343,7 @@ pub fn run_engine(settings: &EngineSettings) -> anyhow::Result<Report> {
         slot.process.resume()?;
         let mut results = Vec::new();
         for kind in [ThroughputKind::Internal, ThroughputKind::External] {
+            check_interrupted()?;
             let tally = run_throughput(slot.process.addr(), kind, &payload, settings)
                 .map_err(|e| server_failure(&mut slot.process, kind.name(), e))?;
             results.push((kind, tally, slot_memory(&slot.process)));
@@ -245,6 +351,7 @@ pub fn run_engine(settings: &EngineSettings) -> anyhow::Result<Report> {
         slot.process.pause(PAUSE_TIMEOUT)?;
         results
     };
+    let conns = run_conns(&mut slots, &payload, settings)?;
 
     let mut by_name: BTreeMap<String, CaseResult> = BTreeMap::new();
     for slot in &slots {
@@ -257,6 +364,11 @@ pub fn run_engine(settings: &EngineSettings) -> anyhow::Result<Report> {
         case.extra.extend(memory);
         by_name.insert(kind.name().to_owned(), case);
     }
+    if let Some((cases, plan)) = &conns {
+        for case in cases {
+            by_name.insert(case.name.clone(), case.result(plan));
+        }
+    }
     let cases = settings
         .case_names()
         .into_iter()
@@ -264,6 +376,8 @@ pub fn run_engine(settings: &EngineSettings) -> anyhow::Result<Report> {
         .collect();
 
     for slot in &mut slots {
+        // Our end closes first, so no client socket outlives its server.
+        slot.client = None;
         let status = slot.process.shutdown(super::server::SHUTDOWN_GRACE)?;
         if slot.mode.is_some() && !status.success() {
             eprintln!(
@@ -272,7 +386,132 @@ pub fn run_engine(settings: &EngineSettings) -> anyhow::Result<Report> {
             );
         }
     }
+    drop(slots);
+    drop(net_bed);
     Ok(Report::new("engine", machine, cases))
+}
+
+/// The `conns/<net>/<N>` cases, with `--net`: `rounds` rounds, each giving
+/// every case (rotated) a turn against its engine, the others frozen.
+fn run_conns(
+    slots: &mut [Slot],
+    payload: &[u8],
+    settings: &EngineSettings,
+) -> anyhow::Result<Option<(Vec<ConnsCase>, ConnsPlan)>> {
+    if settings.nets.is_empty() {
+        return Ok(None);
+    }
+    let mut cases: Vec<ConnsCase> = settings
+        .nets
+        .iter()
+        .flat_map(|&net| CONNS_COUNTS.map(|n| ConnsCase::new(net, n)))
+        .collect();
+    let slot_of = |slots: &[Slot], net: NetStack| {
+        slots
+            .iter()
+            .position(|s| s.net == Some(net))
+            .expect("every --net stack has its engine")
+    };
+    // One request for every engine: the server does not look at `Host`.
+    let request = build_request("POST", "/function/echo", "bench", payload);
+    let plan = ConnsPlan::new(
+        request,
+        payload.to_vec(),
+        settings.conns_rate,
+        settings.conns_duration,
+        settings.rounds,
+        settings.timeout,
+    );
+    eprintln!(
+        "nocturne bench engine: conns: {} cases x {} rounds x ({} run-in + {} timed requests \
+         at {}/s, round-robin over the case's connections)",
+        cases.len(),
+        settings.rounds,
+        plan.run_in,
+        plan.timed,
+        plan.rate
+    );
+    // The external-call connections would count among each case's open
+    // ones. Reset rather than FIN: a FIN to a frozen smoltcp engine goes
+    // unacknowledged and is retransmitted during other cases' turns.
+    for slot in slots.iter_mut() {
+        if let (Some(_), Some(client)) = (slot.net, slot.client.take()) {
+            // A socket that cannot take SO_LINGER is closed normally.
+            let _ = client.close_with_reset();
+        }
+    }
+    let started = Instant::now();
+    for round in 0..settings.rounds as usize {
+        for k in 0..cases.len() {
+            check_interrupted()?;
+            let index = (k + round) % cases.len();
+            let case = &mut cases[index];
+            let slot = &mut slots[slot_of(slots, case.net)];
+            slot.process.resume()?;
+            match case.run_turn(&slot.process, &plan, &sys::interrupted) {
+                Ok(()) => {}
+                Err(ConnsError::Interrupted) => check_interrupted()?,
+                Err(ConnsError::Client(e)) => {
+                    let name = case.name.clone();
+                    return Err(server_failure(&mut slot.process, &name, e));
+                }
+            }
+            case.extra.extend(slot_memory(&slot.process));
+            slot.process.pause(PAUSE_TIMEOUT)?;
+        }
+    }
+    eprintln!(
+        "nocturne bench engine: conns rounds done in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(Some((cases, plan)))
+}
+
+/// The `modes` entries of a `--net` run: the namespace, the path each
+/// stack's cases take, and the `conns` schedule.
+fn net_modes(
+    settings: &EngineSettings,
+    ns: &Netns,
+    open_files: u64,
+    slots: &[Slot],
+) -> BTreeMap<String, String> {
+    let mut modes = BTreeMap::from([
+        (
+            "nets".to_owned(),
+            settings
+                .nets
+                .iter()
+                .map(|n| n.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        ("net_namespace".to_owned(), ns.name().to_owned()),
+        ("net_poll".to_owned(), PollMode::Spin.as_str().to_owned()),
+        (
+            "conns_rate_per_s".to_owned(),
+            settings.conns_rate.to_string(),
+        ),
+        (
+            "conns_duration_s".to_owned(),
+            format!("{:.3}", settings.conns_duration.as_secs_f64()),
+        ),
+        (
+            "conns_client".to_owned(),
+            "one blocking client thread, one request in flight, requests round-robin over the \
+             case's connections on a fixed schedule, latency from each intended send time"
+                .to_owned(),
+        ),
+        ("open_files_limit".to_owned(), open_files.to_string()),
+    ]);
+    for slot in slots {
+        if let Some(net) = slot.net {
+            modes.insert(
+                format!("{}{}", net::PATH_KEY_PREFIX, net.as_str()),
+                net::path_description(net, &slot.process),
+            );
+        }
+    }
+    modes
 }
 
 /// The `modes` map of the report: every setting that shapes the numbers.
@@ -309,9 +548,10 @@ fn modes_map(
         ("engine_args".to_owned(), settings.engine_args.join(" ")),
     ]);
     for slot in slots {
-        let key = match slot.mode {
-            Some(mode) => format!("server_{}", mode.as_str()),
-            None => "server_floor".to_owned(),
+        let key = match (slot.net, slot.mode) {
+            (Some(net), _) => format!("server_net_{}", net.as_str()),
+            (None, Some(mode)) => format!("server_{}", mode.as_str()),
+            (None, None) => "server_floor".to_owned(),
         };
         modes.insert(key, slot.process.listening_line().to_owned());
     }
@@ -331,24 +571,48 @@ fn engine_config(max_workers: usize) -> String {
     text
 }
 
+/// Where an engine serves.
+#[derive(Clone, Copy)]
+enum EnginePlace<'a> {
+    /// On this process's loopback, in a poll mode.
+    Host(PollMode),
+    /// Inside the namespace, on a network stack, spinning.
+    Netns(&'a Netns, NetStack),
+}
+
 fn engine_launch(
     exe: &Path,
-    mode: PollMode,
+    place: EnginePlace<'_>,
     settings: &EngineSettings,
 ) -> Result<Launch, StartError> {
-    let name = format!("engine (poll {})", mode.as_str());
+    let (name, mut command, mode, netns) = match place {
+        EnginePlace::Host(mode) => {
+            let mut command = Command::new(exe);
+            command.args(["serve", "--listen", "127.0.0.1:0"]);
+            (
+                format!("engine (poll {})", mode.as_str()),
+                command,
+                mode,
+                None,
+            )
+        }
+        EnginePlace::Netns(ns, net) => (
+            format!("engine (net {}, poll spin)", net.as_str()),
+            net::serve_command(ns, exe, net),
+            PollMode::Spin,
+            Some(ns.name().to_owned()),
+        ),
+    };
     let config = write_temp_file("engine", "toml", &engine_config(settings.connections)).map_err(
         |source| StartError::Spawn {
             name: name.clone(),
             source,
         },
     )?;
-    let mut command = Command::new(exe);
     command
-        .arg("serve")
         .arg("--config")
         .arg(&config)
-        .args(["--listen", "127.0.0.1:0", "--poll", mode.as_str()])
+        .args(["--poll", mode.as_str()])
         .args(["--io-cores", &settings.io_core.to_string()])
         .args(["--worker-cores", &format_core_list(&settings.worker_cores)])
         .args(&settings.engine_args);
@@ -358,6 +622,7 @@ fn engine_launch(
         temp_files: vec![config],
         health_path: Some("/healthz"),
         timeout: settings.timeout,
+        netns,
     })
 }
 
@@ -376,6 +641,7 @@ fn floor_launch(exe: &Path, settings: &EngineSettings, reply_bytes: usize) -> La
         temp_files: Vec::new(),
         health_path: None,
         timeout: settings.timeout,
+        netns: None,
     }
 }
 
@@ -389,7 +655,7 @@ fn engine_reply_size(slot: &mut Slot, payload: &[u8], timeout: Duration) -> anyh
         payload,
     );
     let mut size = 0;
-    let probe = HttpClient::connect(slot.process.addr(), timeout).and_then(|mut client| {
+    let probe = slot.process.connect(timeout).and_then(|mut client| {
         for _ in 0..REPLY_SIZE_PROBES {
             let reply = client.round_trip(&request)?;
             if reply.status != 200 || reply.body != payload {
@@ -435,9 +701,12 @@ fn server_failure(
 
 /// One server's turn in a round: resume, run each case's chunk, pause.
 fn run_turn(slot: &mut Slot, round: usize, settings: &EngineSettings) -> anyhow::Result<()> {
+    check_interrupted()?;
     slot.process.resume()?;
     if slot.client.is_none() {
-        let client = HttpClient::connect(slot.process.addr(), settings.timeout)
+        let client = slot
+            .process
+            .connect(settings.timeout)
             .map_err(|e| server_failure(&mut slot.process, "connecting", e))?;
         slot.client = Some(client);
     }
@@ -472,6 +741,9 @@ fn run_http_chunk(
     settings: &EngineSettings,
 ) -> Result<(), ClientError> {
     for i in 0..settings.warmup + settings.samples {
+        if sys::interrupted() {
+            break;
+        }
         let start = Instant::now();
         let reply = client.round_trip(&case.request)?;
         let elapsed = start.elapsed();
@@ -479,6 +751,10 @@ fn run_http_chunk(
         let ok = case.reply_ok(status, body);
         if !ok {
             case.errors += 1;
+            if status != 200 {
+                // Which errors (503 overloaded, 504 deadline…) is the first clue.
+                *case.extra.entry(format!("status_{status}")).or_default() += 1.0;
+            }
         } else if i >= settings.warmup {
             case.latency.record(elapsed);
             case.timed_ns += elapsed.as_nanos();

@@ -203,6 +203,12 @@ impl HttpClient {
         })
     }
 
+    /// Closes the connection with a reset (`SO_LINGER` 0) rather than a
+    /// FIN: this side keeps no TIME-WAIT entry for it.
+    pub fn close_with_reset(self) -> io::Result<()> {
+        super::sys::set_linger_zero(&self.stream)
+    }
+
     /// Moves bytes past the previous response (a server's unsolicited
     /// extra bytes) to the front.
     fn discard_consumed(&mut self) {
@@ -377,6 +383,18 @@ mod tests {
         // The server closes mid-body.
         assert!(matches!(client.round_trip(&req), Err(ClientError::Closed)));
         server.join().unwrap();
+    }
+
+    #[test]
+    fn a_reset_close_resets_the_peer() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = HttpClient::connect(addr, Duration::from_secs(10)).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        client.close_with_reset().unwrap();
+        let mut buf = [0u8; 16];
+        let err = server.read(&mut buf).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
     }
 
     #[test]

@@ -14,6 +14,16 @@
 //! | `throughput/internal` | internal calls/s with `--connections` clients each calling `ping` (the first mode's engine) |
 //! | `throughput/external` | `echo` requests/s over `--connections` keep-alive connections (the first mode's engine) |
 //!
+//! With `--net kernel,smoltcp` the run also creates a network namespace of
+//! its own ([`netns`]) with a TAP in it, starts one more spinning engine
+//! per network stack inside it, and measures them with the same blocking
+//! client, its sockets made in that namespace ([`net`]):
+//!
+//! | case | measures |
+//! |---|---|
+//! | `external-call/<net>` | as `external-call/<mode>`, poll spin: `kernel` over the namespace's loopback, `smoltcp` (`--net smoltcp --tap`) through the TAP |
+//! | `conns/<net>/<64\|1024>` | that many open keep-alive connections, `echo` requests round-robin over them at `--conns-rate` in all on an open-loop schedule, latency from each request's intended send time |
+//!
 //! Every server case reports the server's `rss_mb` (`VmRSS`); engine cases
 //! add their workers' count and memory. The latency cases run interleaved:
 //! R rounds, each giving every server a turn (the others frozen with
@@ -25,13 +35,17 @@
 //!
 //! Layers: [`http`] (the client), [`server`] (process guards, readiness,
 //! pause/resume), [`procfs`] (memory and worker pids), [`floor`] (the floor
-//! server, `nocturne bench engine-floor-server`), `driver` (the rounds).
+//! server, `nocturne bench engine-floor-server`), [`netns`] (the namespace
+//! guard), [`net`] (the `--net` engines and the open-loop `conns` client),
+//! `driver` (the rounds).
 //!
 //! Run it with `cargo run --release -- bench engine` (`--quick` for a short
 //! run of every case).
 
 pub mod floor;
 pub mod http;
+pub mod net;
+pub mod netns;
 pub mod procfs;
 pub mod server;
 
@@ -84,6 +98,18 @@ pub struct EngineArgs {
     /// Request body bytes of the external cases.
     #[arg(long, default_value_t = 64)]
     pub payload: usize,
+    /// Also measure engines on these network stacks (kernel, smoltcp;
+    /// comma separated), spinning, inside a network namespace the run
+    /// creates and removes (needs root and iproute2).
+    #[arg(long, value_name = "NETS")]
+    pub net: Option<String>,
+    /// Requests per second, over all connections, of the `conns` cases.
+    #[arg(long, default_value_t = 2000)]
+    pub conns_rate: u64,
+    /// Measuring time of each `conns` case, spread over the rounds, e.g.
+    /// 10s [default: 10s, quick 1s].
+    #[arg(long)]
+    pub conns_duration: Option<String>,
     /// An extra argument for every `nocturne serve` (repeatable), e.g.
     /// --engine-arg=--worker-poll=park.
     #[arg(long, allow_hyphen_values = true, value_name = "ARG")]
@@ -118,6 +144,25 @@ impl PollMode {
     }
 }
 
+/// A network stack an engine serves HTTP on (`serve --net`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NetStack {
+    /// Kernel TCP sockets.
+    Kernel,
+    /// smoltcp, a userspace TCP/IP stack, over a TAP.
+    Smoltcp,
+}
+
+impl NetStack {
+    /// The name `serve --net` takes, also the case-name part.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetStack::Kernel => "kernel",
+            NetStack::Smoltcp => "smoltcp",
+        }
+    }
+}
+
 /// Validated settings of one run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineSettings {
@@ -145,6 +190,12 @@ pub struct EngineSettings {
     pub connections: usize,
     /// Body bytes of the external requests.
     pub payload: usize,
+    /// Network stacks measured in the namespace (empty: no namespace).
+    pub nets: Vec<NetStack>,
+    /// Requests per second of each `conns` case.
+    pub conns_rate: u64,
+    /// Measuring time of each `conns` case (all rounds together).
+    pub conns_duration: Duration,
     /// Extra `serve` arguments.
     pub engine_args: Vec<String>,
     /// Request and start-up timeout.
@@ -179,6 +230,15 @@ pub enum ArgsError {
     /// `--modes` is empty.
     #[error("--modes: name at least one poll mode")]
     NoModes,
+    /// `--net` names an unknown stack.
+    #[error("--net: unknown network stack {0:?} (expected kernel or smoltcp)")]
+    UnknownNet(String),
+    /// `--net` names a stack twice.
+    #[error("--net: {0} is listed twice")]
+    DuplicateNet(&'static str),
+    /// `--net` is empty.
+    #[error("--net: name at least one network stack (kernel, smoltcp)")]
+    NoNets,
     /// `--duration` does not parse.
     #[error("--duration: {0:?} is not a duration like 3s, 500ms or 1.5")]
     BadDuration(String),
@@ -201,6 +261,11 @@ pub enum ArgsError {
 pub const MAX_CONNECTIONS: usize = 1024;
 /// Largest `--payload`.
 pub const MAX_PAYLOAD: usize = 512 * 1024;
+/// Largest `--conns-rate`: one blocking client cannot keep a faster
+/// schedule anyway.
+pub const MAX_CONNS_RATE: u64 = 100_000;
+/// Open connections of the `conns/<net>/<N>` cases.
+pub const CONNS_COUNTS: [usize; 2] = [64, 1024];
 
 impl EngineSettings {
     /// Validates `args` and fills in the defaults.
@@ -217,14 +282,34 @@ impl EngineSettings {
         if worker_cores.contains(&args.io_core) {
             return Err(ArgsError::WorkersOnIoCore(args.io_core));
         }
-        let (rounds, samples, warmup, duration) = if args.quick {
-            (5, 2_000, 200, Duration::from_secs(1))
+        let (rounds, samples, warmup, duration, conns_duration) = if args.quick {
+            (
+                5,
+                2_000,
+                200,
+                Duration::from_secs(1),
+                Duration::from_secs(1),
+            )
         } else {
-            (10, 10_000, 500, Duration::from_secs(3))
+            (
+                10,
+                10_000,
+                500,
+                Duration::from_secs(3),
+                Duration::from_secs(10),
+            )
         };
         let duration = match &args.duration {
             Some(text) => parse_duration(text)?,
             None => duration,
+        };
+        let conns_duration = match &args.conns_duration {
+            Some(text) => parse_duration(text)?,
+            None => conns_duration,
+        };
+        let nets = match &args.net {
+            Some(text) => parse_nets(text)?,
+            None => Vec::new(),
         };
         let settings = Self {
             client_core: args.client_core,
@@ -240,6 +325,9 @@ impl EngineSettings {
                 .clamp(Duration::from_millis(100), Duration::from_secs(1)),
             connections: args.connections,
             payload: args.payload,
+            nets,
+            conns_rate: args.conns_rate,
+            conns_duration,
             engine_args: args.engine_arg.clone(),
             timeout: Duration::from_secs(args.timeout_s),
         };
@@ -247,6 +335,7 @@ impl EngineSettings {
             ("rounds", u64::from(settings.rounds)),
             ("samples", settings.samples),
             ("connections", settings.connections as u64),
+            ("conns-rate", settings.conns_rate),
             ("timeout-s", args.timeout_s),
         ] {
             if value == 0 {
@@ -261,6 +350,8 @@ impl EngineSettings {
             ),
             ("payload", MAX_PAYLOAD as u64, settings.payload as u64),
             ("duration", 3600, settings.duration.as_secs()),
+            ("conns-rate", MAX_CONNS_RATE, settings.conns_rate),
+            ("conns-duration", 3600, settings.conns_duration.as_secs()),
         ] {
             if got > max {
                 return Err(ArgsError::TooLarge { flag, max, got });
@@ -268,6 +359,9 @@ impl EngineSettings {
         }
         if settings.duration.is_zero() {
             return Err(ArgsError::Zero("duration"));
+        }
+        if settings.conns_duration.is_zero() {
+            return Err(ArgsError::Zero("conns-duration"));
         }
         Ok(settings)
     }
@@ -282,6 +376,14 @@ impl EngineSettings {
         }
         names.push(THROUGHPUT_INTERNAL.to_owned());
         names.push(THROUGHPUT_EXTERNAL.to_owned());
+        for net in &self.nets {
+            names.push(format!("{EXTERNAL_CALL}/{}", net.as_str()));
+        }
+        for net in &self.nets {
+            for count in CONNS_COUNTS {
+                names.push(conns_case_name(*net, count));
+            }
+        }
         names
     }
 }
@@ -294,6 +396,8 @@ pub const EXTERNAL_CALL: &str = "external-call";
 pub const CHAIN: &str = "chain";
 /// The floor case.
 pub const TCP_ECHO_FLOOR: &str = "tcp-echo-floor";
+/// Case-name prefix of the many-connections cases.
+pub const CONNS: &str = "conns";
 /// Internal calls/s under load.
 pub const THROUGHPUT_INTERNAL: &str = "throughput/internal";
 /// External requests/s under load.
@@ -320,6 +424,31 @@ pub fn parse_modes(text: &str) -> Result<Vec<PollMode>, ArgsError> {
     Ok(modes)
 }
 
+/// `conns/<net>/<count>`.
+pub fn conns_case_name(net: NetStack, count: usize) -> String {
+    format!("{CONNS}/{}/{count}", net.as_str())
+}
+
+/// Parses `--net`: comma-separated network stacks, each once.
+pub fn parse_nets(text: &str) -> Result<Vec<NetStack>, ArgsError> {
+    let mut nets = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let net = match item {
+            "kernel" => NetStack::Kernel,
+            "smoltcp" => NetStack::Smoltcp,
+            other => return Err(ArgsError::UnknownNet(other.to_owned())),
+        };
+        if nets.contains(&net) {
+            return Err(ArgsError::DuplicateNet(net.as_str()));
+        }
+        nets.push(net);
+    }
+    if nets.is_empty() {
+        return Err(ArgsError::NoNets);
+    }
+    Ok(nets)
+}
+
 /// Parses a duration: a number with `s` or `ms` (or none: seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, ArgsError> {
     let bad = || ArgsError::BadDuration(text.to_owned());
@@ -341,9 +470,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, ArgsError> {
 
 /// The targets that `report` has the cases for:
 /// `external-call/spin` within 2 µs of the floor at p50, `chain/spin` within
-/// 6 µs, and `internal-call/spin` at most half of `external-call/spin`.
+/// 6 µs, `internal-call/spin` at most half of `external-call/spin`;
+/// with `--net`, `external-call/smoltcp` no slower than
+/// `external-call/kernel` at p50, and `conns/smoltcp/1024` at most twice
+/// `conns/smoltcp/64` at p99.9.
 pub fn check_targets(report: &Report) -> Vec<TargetCheck> {
     let p50 = |name: &str| report.case(name).map(|c| c.p50_us).filter(|&v| v > 0.0);
+    let p999 = |name: &str| report.case(name).map(|c| c.p999_us).filter(|&v| v > 0.0);
     let floor = p50(TCP_ECHO_FLOOR);
     let external = p50("external-call/spin");
     let mut checks = Vec::new();
@@ -365,6 +498,24 @@ pub fn check_targets(report: &Report) -> Vec<TargetCheck> {
             at_least: false,
         });
     }
+    let (kernel, smoltcp) = ("external-call/kernel", "external-call/smoltcp");
+    if let (Some(s), Some(k)) = (p50(smoltcp), p50(kernel)) {
+        checks.push(TargetCheck {
+            what: format!("{smoltcp} p50 / {kernel} p50"),
+            measured: s / k,
+            limit: 1.0,
+            at_least: false,
+        });
+    }
+    let [few, many] = CONNS_COUNTS.map(|n| conns_case_name(NetStack::Smoltcp, n));
+    if let (Some(m), Some(f)) = (p999(&many), p999(&few)) {
+        checks.push(TargetCheck {
+            what: format!("{many} p99.9 / {few} p99.9"),
+            measured: m / f,
+            limit: 2.0,
+            at_least: false,
+        });
+    }
     checks
 }
 
@@ -372,8 +523,24 @@ pub fn check_targets(report: &Report) -> Vec<TargetCheck> {
 /// the JSON, and fails when any case counted errors.
 pub fn run_command(args: &EngineArgs) -> anyhow::Result<()> {
     let settings = EngineSettings::from_args(args)?;
-    let report = run_engine(&settings)?;
+    if !settings.nets.is_empty() {
+        // An interrupted run must still remove its namespace.
+        sys::catch_interrupts()?;
+    }
+    let report = match run_engine(&settings) {
+        // Whatever stopped the run then (a read cut short by EINTR, or a
+        // server that took the same Ctrl-C) was the interruption.
+        Err(_) if sys::interrupted() => {
+            anyhow::bail!("interrupted; the servers and the namespace were removed")
+        }
+        result => result?,
+    };
     print!("{}", report.table());
+    for (key, path) in &report.machine.modes {
+        if let Some(net) = key.strip_prefix(net::PATH_KEY_PREFIX) {
+            println!("net {net}: {path}");
+        }
+    }
     for check in check_targets(&report) {
         println!("target: {check}");
     }
@@ -509,6 +676,69 @@ mod tests {
     }
 
     #[test]
+    fn net_adds_its_cases_after_the_others() {
+        let plain = settings(&[]).unwrap();
+        assert!(plain.nets.is_empty());
+        assert_eq!(plain.conns_rate, 2000);
+        assert_eq!(plain.conns_duration, Duration::from_secs(10));
+        let quick = settings(&["--quick", "--net", "kernel,smoltcp"]).unwrap();
+        assert_eq!(quick.nets, [NetStack::Kernel, NetStack::Smoltcp]);
+        assert_eq!(quick.conns_duration, Duration::from_secs(1));
+        let names = quick.case_names();
+        assert_eq!(
+            names[names.len() - 6..],
+            [
+                "external-call/kernel",
+                "external-call/smoltcp",
+                "conns/kernel/64",
+                "conns/kernel/1024",
+                "conns/smoltcp/64",
+                "conns/smoltcp/1024",
+            ]
+        );
+        assert_eq!(names[..9], settings(&[]).unwrap().case_names()[..]);
+        let only = settings(&["--net=smoltcp", "--conns-rate=500", "--conns-duration=2s"]).unwrap();
+        assert_eq!(only.nets, [NetStack::Smoltcp]);
+        assert_eq!(
+            (only.conns_rate, only.conns_duration),
+            (500, Duration::from_secs(2))
+        );
+        assert!(!only.case_names().iter().any(|n| n.contains("kernel")));
+    }
+
+    #[test]
+    fn bad_net_arguments_are_typed_errors() {
+        assert_eq!(
+            settings(&["--net=kernel,dpdk"]),
+            Err(ArgsError::UnknownNet("dpdk".into()))
+        );
+        assert_eq!(
+            settings(&["--net=smoltcp,kernel,smoltcp"]),
+            Err(ArgsError::DuplicateNet("smoltcp"))
+        );
+        assert_eq!(settings(&["--net= , "]), Err(ArgsError::NoNets));
+        assert_eq!(
+            settings(&["--net=kernel", "--conns-rate=0"]),
+            Err(ArgsError::Zero("conns-rate"))
+        );
+        assert!(matches!(
+            settings(&["--conns-rate=1000001"]),
+            Err(ArgsError::TooLarge {
+                flag: "conns-rate",
+                ..
+            })
+        ));
+        assert_eq!(
+            settings(&["--conns-duration=0"]),
+            Err(ArgsError::Zero("conns-duration"))
+        );
+        assert_eq!(
+            settings(&["--conns-duration=later"]),
+            Err(ArgsError::BadDuration("later".into()))
+        );
+    }
+
+    #[test]
     fn parses_durations() {
         assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
@@ -552,5 +782,38 @@ mod tests {
             ],
         );
         assert!(check_targets(&partial).is_empty());
+    }
+
+    fn case_p999(name: &str, p50_us: f64, p999_us: f64) -> CaseResult {
+        let mut c = case(name, p50_us);
+        c.p999_us = p999_us;
+        c
+    }
+
+    #[test]
+    fn net_targets_compare_smoltcp_with_kernel_and_with_itself() {
+        let report = Report::new(
+            "engine",
+            Machine::default(),
+            vec![
+                case("external-call/kernel", 20.0),
+                case("external-call/smoltcp", 18.0),
+                case_p999("conns/smoltcp/64", 30.0, 100.0),
+                case_p999("conns/smoltcp/1024", 31.0, 250.0),
+            ],
+        );
+        let checks = check_targets(&report);
+        assert_eq!(checks.len(), 2, "{checks:?}");
+        assert_eq!(
+            checks[0].what,
+            "external-call/smoltcp p50 / external-call/kernel p50"
+        );
+        assert!(checks[0].met() && (checks[0].measured - 0.9).abs() < 1e-9);
+        assert_eq!(
+            checks[1].what,
+            "conns/smoltcp/1024 p99.9 / conns/smoltcp/64 p99.9"
+        );
+        assert!(!checks[1].met(), "2.5 times misses 2");
+        assert!((checks[1].measured - 2.5).abs() < 1e-9);
     }
 }

@@ -6,7 +6,9 @@
 //! and stderr) read by two threads into a bounded [`LogTail`]. It is ready
 //! once it logs `nocturne: listening on http://ADDR` and, for the engine,
 //! `GET /healthz` answers 200; if it exits first or takes too long, the
-//! error carries its log. Servers that share the io core take turns:
+//! error carries its log. A server started inside a network namespace
+//! (`ip netns exec`, see [`super::netns`]) is also reached from inside it:
+//! [`ServerProcess::connect`] creates the client socket there. Servers that share the io core take turns:
 //! [`ServerProcess::pause`] freezes one (`SIGSTOP`, waiting until every
 //! thread is stopped) and [`ServerProcess::resume`] thaws it, so a spinning
 //! server never steals the core from the one being measured.
@@ -25,7 +27,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::http::{build_request, HttpClient};
+use super::http::{build_request, ClientError, HttpClient};
+use super::netns;
 use super::procfs::{self, ChildProcess};
 use super::sys::{self, Signal};
 
@@ -118,6 +121,7 @@ pub struct ServerProcess {
     log: Arc<LogTail>,
     temp_files: Vec<PathBuf>,
     exited: Option<ExitStatus>,
+    netns: Option<String>,
 }
 
 /// How to start a server and tell that it is ready.
@@ -133,6 +137,9 @@ pub struct Launch {
     pub health_path: Option<&'static str>,
     /// How long it may take.
     pub timeout: Duration,
+    /// The network namespace it serves in (its clients connect from
+    /// there), or `None` for this process's own.
+    pub netns: Option<String>,
 }
 
 impl ServerProcess {
@@ -144,6 +151,7 @@ impl ServerProcess {
             temp_files,
             health_path,
             timeout,
+            netns,
         } = launch;
         let deadline = Instant::now() + timeout;
         command
@@ -176,6 +184,7 @@ impl ServerProcess {
             log,
             temp_files,
             exited: None,
+            netns,
         };
         let (addr, line) = loop {
             match listening_rx.recv_timeout(Duration::from_millis(20)) {
@@ -239,7 +248,8 @@ impl ServerProcess {
             let io_timeout = deadline
                 .saturating_duration_since(Instant::now())
                 .clamp(Duration::from_millis(10), Duration::from_secs(1));
-            let last = match HttpClient::connect(self.addr, io_timeout)
+            let last = match self
+                .connect(io_timeout)
                 .and_then(|mut c| c.round_trip(&request).map(|r| r.status))
             {
                 Ok(200) => return Ok(()),
@@ -262,6 +272,40 @@ impl ServerProcess {
     /// The address it serves.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The network namespace it serves in (`None`: this process's own).
+    pub fn netns(&self) -> Option<&str> {
+        self.netns.as_deref()
+    }
+
+    /// A keep-alive connection to it, made from its network namespace.
+    pub fn connect(&self, timeout: Duration) -> Result<HttpClient, ClientError> {
+        let mut clients = self.connect_many(1, timeout)?;
+        Ok(clients
+            .pop()
+            .expect("connect_many returns one client per connection"))
+    }
+
+    /// `count` keep-alive connections to it, made one after another from
+    /// its network namespace (one thread enters it for all of them).
+    pub fn connect_many(
+        &self,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Vec<HttpClient>, ClientError> {
+        let addr = self.addr;
+        let open = || {
+            (0..count)
+                .map(|_| HttpClient::connect(addr, timeout))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        match &self.netns {
+            None => open(),
+            Some(name) => {
+                netns::run_in(name, open).map_err(|source| ClientError::Connect { addr, source })?
+            }
+        }
     }
 
     /// Its process id.
@@ -488,6 +532,7 @@ mod tests {
             temp_files: Vec::new(),
             health_path: health,
             timeout,
+            netns: None,
         }
     }
 

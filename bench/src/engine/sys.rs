@@ -1,13 +1,18 @@
 //! The few process-control system calls std does not wrap: sending
 //! `SIGSTOP`/`SIGCONT`/`SIGTERM` to a server process (so that servers
 //! sharing the io core take turns instead of stealing it from each other),
-//! and `PR_SET_PDEATHSIG` in a child between fork and exec, so that no
-//! server outlives the benchmark even when it is SIGKILLed.
+//! `PR_SET_PDEATHSIG` in a child between fork and exec, so that no
+//! server outlives the benchmark even when it is SIGKILLed, raising the
+//! open-files limit for a thousand client connections, and turning
+//! Ctrl-C into a flag the rounds check, so that an interrupted run still
+//! unwinds and removes what it created (its network namespace).
 #![allow(unsafe_code)]
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A signal the benchmark sends to its servers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +73,112 @@ pub fn kill_child_with_parent(cmd: &mut Command) {
     unsafe { cmd.pre_exec(hook) };
 }
 
+/// Makes closing `socket` send a reset instead of a FIN (`SO_LINGER` 0),
+/// so the closing side keeps no TIME-WAIT entry: a run that opens and
+/// closes thousands of connections does not fill its namespace's port
+/// range with them.
+pub fn set_linger_zero(socket: &impl AsRawFd) -> io::Result<()> {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads `size_of::<linger>()` bytes from a struct
+    // that lives across the call; the fd is borrowed from an open socket.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::from_ref(&linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `RLIMIT_NOFILE` around [`raise_open_files_limit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenFilesLimit {
+    /// The soft limit before.
+    pub before: u64,
+    /// The soft limit now.
+    pub now: u64,
+    /// The hard limit (the most an unprivileged raise can reach).
+    pub hard: u64,
+}
+
+/// Raises this process's soft open-files limit to `want`, or as close as
+/// the hard limit allows; never lowers it. Children spawned afterwards
+/// inherit the new limit.
+pub fn raise_open_files_limit(want: u64) -> io::Result<OpenFilesLimit> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let before = limit.rlim_cur;
+    let target = want.min(limit.rlim_max);
+    if target > before {
+        limit.rlim_cur = target;
+        // SAFETY: setrlimit reads one rlimit struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(OpenFilesLimit {
+        before,
+        now: target.max(before),
+        hard: limit.rlim_max,
+    })
+}
+
+/// Set by the SIGINT/SIGTERM/SIGHUP handler of [`catch_interrupts`].
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn note_interrupt(_signal: libc::c_int) {
+    // Relaxed: a lone flag; whoever polls it acts on nothing else the
+    // handler wrote.
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// From now on SIGINT, SIGTERM and SIGHUP only set a flag
+/// ([`interrupted`]): the benchmark stops at its next check and unwinds,
+/// so its guards remove its servers and its namespace. `SA_RESTART` keeps
+/// blocking socket calls from failing with `EINTR` meanwhile.
+pub fn catch_interrupts() -> io::Result<()> {
+    catch(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
+}
+
+fn catch(signals: &[libc::c_int]) -> io::Result<()> {
+    for &signal in signals {
+        // SAFETY: an all-zero sigaction is a valid value to fill in.
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        action.sa_sigaction = note_interrupt as extern "C" fn(libc::c_int) as usize;
+        action.sa_flags = libc::SA_RESTART;
+        // SAFETY: sigemptyset initialises the mask inside our struct.
+        unsafe { libc::sigemptyset(&mut action.sa_mask) };
+        // SAFETY: installs a handler that only stores to an atomic, which
+        // is async-signal-safe; the struct is valid for the call.
+        if unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Whether a signal caught by [`catch_interrupts`] asked the run to stop.
+pub fn interrupted() -> bool {
+    // Relaxed: pairs with the handler's store; only the flag matters.
+    INTERRUPTED.load(Ordering::Relaxed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,5 +218,33 @@ mod tests {
     fn bad_pids_are_refused() {
         assert!(send_signal(0, Signal::Terminate).is_err());
         assert!(send_signal(u32::MAX, Signal::Terminate).is_err());
+    }
+
+    #[test]
+    fn the_open_files_limit_is_raised_at_most_to_the_hard_limit() {
+        let first = raise_open_files_limit(0).unwrap();
+        assert_eq!(first.now, first.before, "never lowered");
+        let want = first.before + 16;
+        let raised = raise_open_files_limit(want).unwrap();
+        assert_eq!(raised.now, want.min(raised.hard));
+        let capped = raise_open_files_limit(u64::MAX).unwrap();
+        assert_eq!(capped.now, capped.hard);
+    }
+
+    #[test]
+    fn a_caught_signal_only_raises_the_flag() {
+        // SIGUSR2 rather than SIGINT: Ctrl-C must still end this test binary.
+        catch(&[libc::SIGUSR2]).unwrap();
+        assert!(!interrupted());
+        // To this thread only: a signal landing on another test's thread
+        // would cut its socket read short (EINTR; reads with a timeout
+        // are never restarted).
+        // SAFETY: raise(3) signals the calling thread with a signal we catch.
+        assert_eq!(unsafe { libc::raise(libc::SIGUSR2) }, 0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !interrupted() {
+            assert!(Instant::now() < deadline, "the handler never ran");
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 }
