@@ -1,0 +1,384 @@
+//! `nocturne bench compare`: the foo→bar chain on nocturne against what a
+//! Rust team would otherwise build — two tokio + hyper RPC servers
+//! (`rpc-hyper`), and the same with a tonic gRPC inner hop (`rpc-grpc`) —
+//! loaded by the same open-loop client at the same rates.
+//!
+//! ```text
+//!  start every system (separate processes, see systems) ─ check its chain ─ freeze it
+//!  unloaded: ping-pong round trips on each ─▶ SLO = 10 × nocturne's unloaded p50
+//!  S: rpc-hyper's saturation rate (sweep::SaturationSearch: double, then bisect)
+//!  rounds: each system, in rotated order, runs the next rate of its sweep::SloLadder
+//!          (0.25 S, 0.5 S, 0.75 S always; higher while the SLO holds), the others frozen
+//!  ─▶ report (DESIGN §7 JSON), Markdown table, SVG plot, target checks
+//! ```
+//!
+//! Placement on the 2-core VM: nocturne's io loop on core 1 and its
+//! workers on core 0; each baseline process gets the same two cores (one
+//! tokio worker thread pinned to each); the load generator's thread runs
+//! on core 0, sharing it with the servers' core-0 threads in every system
+//! alike. Only the system being measured runs: the others are frozen.
+//!
+//! Modules: [`sweep`] (saturation search and SLO ladder, pure), [`systems`]
+//! (starting and freezing the systems), `driver` (the run), [`output`]
+//! (report, table, checks), [`plot`] (SVG).
+
+pub mod output;
+pub mod plot;
+pub mod sweep;
+pub mod systems;
+
+mod driver;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::load::spec::{format_duration, parse_duration, parse_rate};
+use crate::load::PollMode;
+use crate::pin::{allowed_cores, check_cores_against, parse_core_list};
+
+pub use driver::{run_compare, CompareOutcome, SearchRun, SystemResult};
+pub use sweep::{KeepUp, Saturation, SaturationSearch, SearchError, SloLadder};
+pub use systems::{Placement, RunningSystem, System};
+
+/// `nocturne bench compare` options.
+#[derive(clap::Args, Debug, Clone)]
+#[command(after_help = "Examples:\n  \
+    nocturne bench compare --out target/compare --json target/compare/compare.json\n  \
+    nocturne bench compare --quick --out /tmp/cmp")]
+pub struct CompareArgs {
+    /// Shorter windows and fewer round trips (every case still runs).
+    #[arg(long)]
+    pub quick: bool,
+    /// Directory for the Markdown table (compare.md) and the plot (compare.svg).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Write the report as JSON (DESIGN §7 schema).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Systems to run, comma separated (rpc-hyper, rpc-grpc, nocturne);
+    /// without rpc-hyper, give --saturation.
+    #[arg(long, default_value = "rpc-hyper,rpc-grpc,nocturne")]
+    pub systems: String,
+    /// Core of the load generator's thread.
+    #[arg(long, default_value_t = 0)]
+    pub client_core: usize,
+    /// nocturne's io core.
+    #[arg(long, default_value_t = 1)]
+    pub io_core: usize,
+    /// nocturne's worker cores, e.g. 0 or 2-5; the baselines get these
+    /// and the io core.
+    #[arg(long, default_value = "0")]
+    pub worker_cores: String,
+    /// tokio worker threads of each baseline process [default: one per server core].
+    #[arg(long)]
+    pub server_threads: Option<usize>,
+    /// nocturne's `serve --poll` (spin, adaptive, block).
+    #[arg(long, default_value = "adaptive")]
+    pub nocturne_poll: String,
+    /// An extra argument for `nocturne serve` (repeatable), e.g.
+    /// --engine-arg=--worker-poll=park.
+    #[arg(long, allow_hyphen_values = true, value_name = "ARG")]
+    pub engine_arg: Vec<String>,
+    /// How the load generator waits (spin, adaptive, block).
+    #[arg(long, value_enum, default_value_t = PollMode::Adaptive)]
+    pub client_poll: PollMode,
+    /// Load generator threads (all on --client-core).
+    #[arg(long, default_value_t = 1)]
+    pub client_threads: usize,
+    /// Keep-alive connections of the load generator.
+    #[arg(long, default_value_t = 16)]
+    pub connections: usize,
+    /// Request body bytes.
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// Measurement window per rate [default: 5s, quick 1s].
+    #[arg(long)]
+    pub duration: Option<String>,
+    /// Warm-up before each window [default: 1s, quick 200ms].
+    #[arg(long)]
+    pub warmup: Option<String>,
+    /// Window of each saturation-search rate [default: 2s, quick 500ms].
+    #[arg(long)]
+    pub sweep_duration: Option<String>,
+    /// First rate of the saturation search.
+    #[arg(long, default_value = "2k")]
+    pub sweep_start: String,
+    /// Highest rate of the saturation search.
+    #[arg(long, default_value = "1M")]
+    pub sweep_max: String,
+    /// Bisection steps after the doubling [default: 3, quick 1].
+    #[arg(long)]
+    pub refine: Option<u32>,
+    /// Runs of a rate that must all miss before the search believes the
+    /// miss (a shared host's stall can sink one window).
+    #[arg(long, default_value_t = 2)]
+    pub miss_runs: u32,
+    /// A run keeps up when it achieves this fraction of the offered rate…
+    #[arg(long, default_value_t = 0.95)]
+    pub keep_up_fraction: f64,
+    /// …with no errors and a p50 under this (a median, so that the odd
+    /// stall of a shared host does not count as saturation).
+    #[arg(long, default_value = "2ms")]
+    pub keep_up_p50: String,
+    /// Skip the search: use this saturation rate S.
+    #[arg(long)]
+    pub saturation: Option<String>,
+    /// Unloaded (ping-pong) round trips per system [default: 5000, quick 500].
+    #[arg(long)]
+    pub pingpong: Option<u64>,
+    /// The SLO is this many times nocturne's unloaded p50, at p99.
+    #[arg(long, default_value_t = 10.0)]
+    pub slo_factor: f64,
+    /// Highest multiple of S the SLO ladder climbs to (at least 0.75).
+    #[arg(long, default_value_t = 8.0)]
+    pub ladder_max: f64,
+    /// A request unanswered this long is an error; also each server's start-up limit.
+    #[arg(long, default_value = "10s")]
+    pub timeout: String,
+    /// No progress line.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+/// Everything a run needs, validated.
+#[derive(Debug, Clone)]
+pub struct CompareSettings {
+    /// Systems, in report order.
+    pub systems: Vec<System>,
+    /// Where the servers run.
+    pub placement: Placement,
+    /// The load generator's core.
+    pub client_core: usize,
+    /// How the load generator waits.
+    pub client_poll: PollMode,
+    /// Load generator threads.
+    pub client_threads: usize,
+    /// Load generator connections.
+    pub connections: usize,
+    /// Request body.
+    pub payload: Vec<u8>,
+    /// Window per ladder rate.
+    pub duration: Duration,
+    /// Warm-up before every window.
+    pub warmup: Duration,
+    /// Window per saturation-search rate.
+    pub sweep_duration: Duration,
+    /// First search rate.
+    pub sweep_start: f64,
+    /// Search cap.
+    pub sweep_max: f64,
+    /// Bisection steps.
+    pub refine: u32,
+    /// Runs a missed search rate needs.
+    pub miss_runs: u32,
+    /// The keep-up verdict of the search.
+    pub keep_up: KeepUp,
+    /// S given on the command line.
+    pub saturation: Option<f64>,
+    /// Ping-pong round trips per system.
+    pub pingpong: u64,
+    /// SLO = this × nocturne's unloaded p50.
+    pub slo_factor: f64,
+    /// Ladder cap, multiples of S.
+    pub ladder_max: f64,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// `--quick`.
+    pub quick: bool,
+    /// Show progress on stderr.
+    pub progress: bool,
+    /// Output directory.
+    pub out: Option<PathBuf>,
+    /// JSON path.
+    pub json: Option<PathBuf>,
+}
+
+impl CompareSettings {
+    /// Validates the command line (cores against this process's mask).
+    pub fn from_args(args: &CompareArgs) -> anyhow::Result<Self> {
+        let pick = |given: &Option<String>, full: &str, quick: &str, what: &str| {
+            let text = given
+                .clone()
+                .unwrap_or_else(|| if args.quick { quick } else { full }.to_owned());
+            parse_duration(&text).with_context(|| format!("--{what}"))
+        };
+        let duration = pick(&args.duration, "5s", "1s", "duration")?;
+        let warmup = pick(&args.warmup, "1s", "200ms", "warmup")?;
+        let sweep_duration = pick(&args.sweep_duration, "2s", "500ms", "sweep-duration")?;
+        let timeout = parse_duration(&args.timeout).context("--timeout")?;
+        let keep_up_p50 = parse_duration(&args.keep_up_p50).context("--keep-up-p50")?;
+        if duration.is_zero() || sweep_duration.is_zero() || timeout.is_zero() {
+            anyhow::bail!("--duration, --sweep-duration and --timeout must be positive");
+        }
+        let mut systems = Vec::new();
+        for name in args.systems.split(',') {
+            let system = System::parse(name).with_context(|| {
+                format!("--systems: unknown system {name:?} (rpc-hyper, rpc-grpc, nocturne)")
+            })?;
+            if !systems.contains(&system) {
+                systems.push(system);
+            }
+        }
+        systems.sort();
+        let saturation = args
+            .saturation
+            .as_deref()
+            .map(parse_rate)
+            .transpose()
+            .context("--saturation")?
+            .map(sweep::integer_rate);
+        if saturation.is_none() && !systems.contains(&System::RpcHyper) {
+            anyhow::bail!("without rpc-hyper in --systems, give --saturation RATE");
+        }
+        let sweep_start = parse_rate(&args.sweep_start).context("--sweep-start")?;
+        let sweep_max = parse_rate(&args.sweep_max).context("--sweep-max")?;
+        SaturationSearch::new(sweep_start, sweep_max, 0)?;
+        if !(args.keep_up_fraction > 0.0 && args.keep_up_fraction <= 1.0) {
+            anyhow::bail!("--keep-up-fraction must be in (0, 1]");
+        }
+        if !(args.slo_factor.is_finite() && args.slo_factor > 0.0) {
+            anyhow::bail!("--slo-factor must be positive");
+        }
+        if !args.ladder_max.is_finite() {
+            anyhow::bail!("--ladder-max must be a number");
+        }
+        if args.connections < args.client_threads.max(1) || args.client_threads == 0 {
+            anyhow::bail!("need at least one client thread and a connection per thread");
+        }
+        if !matches!(args.nocturne_poll.as_str(), "spin" | "adaptive" | "block") {
+            anyhow::bail!("--nocturne-poll: expected spin, adaptive or block");
+        }
+        let worker_cores = parse_core_list(&args.worker_cores).context("--worker-cores")?;
+        let allowed = allowed_cores()?;
+        let mut all = vec![args.client_core, args.io_core];
+        all.extend(&worker_cores);
+        check_cores_against(&all, &allowed)
+            .context("--client-core / --io-core / --worker-cores")?;
+        let mut server_cores = worker_cores.clone();
+        server_cores.push(args.io_core);
+        server_cores.sort_unstable();
+        server_cores.dedup();
+        let server_threads = match args.server_threads {
+            Some(0) => anyhow::bail!("--server-threads must be at least 1"),
+            Some(n) => n,
+            None => server_cores.len(),
+        };
+        let exe = std::env::current_exe().context("cannot locate the nocturne binary")?;
+        Ok(Self {
+            systems,
+            placement: Placement {
+                exe,
+                io_core: args.io_core,
+                worker_cores,
+                server_cores,
+                server_threads,
+                nocturne_poll: args.nocturne_poll.clone(),
+                engine_args: args.engine_arg.clone(),
+                timeout,
+            },
+            client_core: args.client_core,
+            client_poll: args.client_poll,
+            client_threads: args.client_threads,
+            connections: args.connections,
+            payload: vec![b'p'; args.payload],
+            duration,
+            warmup,
+            sweep_duration,
+            sweep_start,
+            sweep_max,
+            refine: args.refine.unwrap_or(if args.quick { 1 } else { 3 }),
+            miss_runs: args.miss_runs.max(1),
+            keep_up: KeepUp {
+                min_achieved: args.keep_up_fraction,
+                max_p50: keep_up_p50,
+            },
+            saturation,
+            pingpong: args
+                .pingpong
+                .unwrap_or(if args.quick { 500 } else { 5000 })
+                .max(1),
+            slo_factor: args.slo_factor,
+            ladder_max: args.ladder_max,
+            timeout,
+            quick: args.quick,
+            progress: !args.quiet,
+            out: args.out.clone(),
+            json: args.json.clone(),
+        })
+    }
+
+    /// The settings that shape the numbers, for the report.
+    pub fn modes(&self) -> Vec<(&'static str, String)> {
+        let p = &self.placement;
+        vec![
+            ("quick", self.quick.to_string()),
+            ("systems", {
+                let names: Vec<&str> = self.systems.iter().map(|s| s.name()).collect();
+                names.join(",")
+            }),
+            ("nocturne_poll", p.nocturne_poll.clone()),
+            ("engine_args", p.engine_args.join(" ")),
+            ("server_threads", p.server_threads.to_string()),
+            ("client_poll", self.client_poll.name().into()),
+            ("client_threads", self.client_threads.to_string()),
+            ("connections", self.connections.to_string()),
+            ("payload_bytes", self.payload.len().to_string()),
+            ("arrival", "fixed".into()),
+            ("duration", format_duration(self.duration)),
+            ("warmup", format_duration(self.warmup)),
+            ("sweep_duration", format_duration(self.sweep_duration)),
+            ("refine", self.refine.to_string()),
+            ("miss_runs", self.miss_runs.to_string()),
+            (
+                "keep_up",
+                format!(
+                    "achieved>={} of offered, p50<={}, no errors",
+                    self.keep_up.min_achieved,
+                    format_duration(self.keep_up.max_p50)
+                ),
+            ),
+            ("slo_factor", self.slo_factor.to_string()),
+            ("ladder_max", self.ladder_max.to_string()),
+            ("timeout", format_duration(self.timeout)),
+        ]
+    }
+}
+
+/// `nocturne bench compare`: runs, prints the table and the targets,
+/// writes the outputs, and fails when a comparison case counted errors.
+pub fn run_command(args: &CompareArgs) -> anyhow::Result<()> {
+    let settings = CompareSettings::from_args(args)?;
+    let outcome = run_compare(&settings)?;
+    let report = output::build_report(&settings, &outcome);
+    let markdown = output::markdown(&settings, &outcome);
+    println!();
+    print!("{markdown}");
+    for check in output::check_targets(&outcome) {
+        println!("target: {check}");
+    }
+    if let Some(dir) = &settings.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let md = dir.join("compare.md");
+        std::fs::write(&md, &markdown).with_context(|| format!("cannot write {}", md.display()))?;
+        println!("wrote {}", md.display());
+        let svg = dir.join("compare.svg");
+        std::fs::write(&svg, plot::render_svg(&outcome))
+            .with_context(|| format!("cannot write {}", svg.display()))?;
+        println!("wrote {}", svg.display());
+    }
+    if let Some(path) = &settings.json {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        report.write_json(path)?;
+        println!("wrote {}", path.display());
+    }
+    let errors = output::comparison_errors(&report);
+    if errors > 0 {
+        anyhow::bail!("{errors} errors in the comparison runs (see the errors column)");
+    }
+    Ok(())
+}

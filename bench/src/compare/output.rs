@@ -1,0 +1,527 @@
+//! What `bench compare` writes: the DESIGN §7 report, the Markdown table
+//! pasted into `docs/benchmarks.md`, and the issue's target checks.
+//!
+//! Report cases: `compare/<system>/<rate>` for every ladder rate a system
+//! ran (the load generator's fields, plus `fraction_of_s` and `slo_met`),
+//! `compare/<system>/unloaded` for its ping-pong round trips, and
+//! `saturation/rpc-hyper/<rate>` for the runs of the saturation search
+//! (with `kept_up`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use super::driver::{CompareOutcome, SystemResult};
+use super::systems::System;
+use super::CompareSettings;
+use crate::ipc::TargetCheck;
+use crate::load::output as load_output;
+use crate::load::spec::{format_duration, format_rate};
+use crate::report::{CaseResult, Machine, Report};
+
+/// The case name of `system` at `rate`.
+pub fn case_name(system: System, rate: f64) -> String {
+    format!("compare/{}/{}", system.name(), rate.round() as u64)
+}
+
+/// The case name of `system`'s unloaded round trips.
+pub fn unloaded_case_name(system: System) -> String {
+    format!("compare/{}/unloaded", system.name())
+}
+
+/// The comparison rate closest to 0.5 S (the targets' rate).
+pub fn half_rate(outcome: &CompareOutcome) -> Option<f64> {
+    let half = (outcome.saturation * 0.5).round().max(1.0);
+    outcome
+        .comparison_rates
+        .iter()
+        .copied()
+        .find(|&r| r == half)
+}
+
+/// The issue's targets, as far as the systems they compare ran.
+pub fn check_targets(outcome: &CompareOutcome) -> Vec<TargetCheck> {
+    let mut checks = Vec::new();
+    let (hyper, grpc, noc) = (
+        outcome.system(System::RpcHyper),
+        outcome.system(System::RpcGrpc),
+        outcome.system(System::Nocturne),
+    );
+    let Some(noc) = noc else {
+        return checks;
+    };
+    let q = |s: &SystemResult, rate: f64, q: f64| {
+        s.at(rate)
+            .map(|r| r.latency.quantile_ns(q) as f64)
+            .filter(|&v| v > 0.0)
+    };
+    if let Some(half) = half_rate(outcome) {
+        let rate = format_rate(half);
+        if let Some(h) = hyper {
+            if let (Some(a), Some(b)) = (q(h, half, 0.99), q(noc, half, 0.99)) {
+                checks.push(TargetCheck {
+                    what: format!("rpc-hyper p99 / nocturne p99 at 0.5 S ({rate}/s)"),
+                    measured: a / b,
+                    limit: 3.0,
+                    at_least: true,
+                });
+            }
+        }
+        if let Some(g) = grpc {
+            if let (Some(a), Some(b)) = (q(g, half, 0.5), q(noc, half, 0.5)) {
+                checks.push(TargetCheck {
+                    what: format!("rpc-grpc p50 / nocturne p50 at 0.5 S ({rate}/s)"),
+                    measured: a / b,
+                    limit: 2.0,
+                    at_least: true,
+                });
+            }
+        }
+    }
+    if let Some(h) = hyper {
+        let (measured, note) = match (noc.best, h.best) {
+            (Some(n), Some(b)) => (n / b, String::new()),
+            // rpc-hyper's highest rate is below the lowest it ran.
+            (Some(n), None) => {
+                let lowest = h.runs.first().map_or(n, |r| r.rate);
+                (
+                    n / lowest,
+                    format!(
+                        "; at least: rpc-hyper met it at no rate down to {}/s",
+                        format_rate(lowest)
+                    ),
+                )
+            }
+            (None, _) => (0.0, "; nocturne met it at no rate".into()),
+        };
+        checks.push(TargetCheck {
+            what: format!(
+                "nocturne / rpc-hyper highest rate with {} (10 × nocturne's unloaded p50{note})",
+                outcome.slo
+            ),
+            measured,
+            limit: 2.0,
+            at_least: true,
+        });
+    }
+    checks
+}
+
+fn with_extras(mut case: CaseResult, extras: &[(&str, f64)]) -> CaseResult {
+    for &(k, v) in extras {
+        case = case.with_extra(k, v);
+    }
+    case
+}
+
+/// The DESIGN §7 report.
+pub fn build_report(settings: &CompareSettings, outcome: &CompareOutcome) -> Report {
+    let p = &settings.placement;
+    let mut core_map = BTreeMap::new();
+    core_map.insert("client".to_owned(), vec![settings.client_core]);
+    core_map.insert("nocturne_io".to_owned(), vec![p.io_core]);
+    core_map.insert("nocturne_workers".to_owned(), p.worker_cores.clone());
+    core_map.insert("baseline_servers".to_owned(), p.server_cores.clone());
+    let mut modes: BTreeMap<String, String> = settings
+        .modes()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    modes.insert("saturation_rate".into(), outcome.saturation.to_string());
+    modes.insert(
+        "saturation_from".into(),
+        match outcome.search {
+            Some(_) => "search on rpc-hyper".into(),
+            None => "--saturation".into(),
+        },
+    );
+    modes.insert("slo".into(), outcome.slo.to_string());
+    modes.insert("loadavg_start".into(), outcome.loadavg.0.clone());
+    modes.insert("loadavg_end".into(), outcome.loadavg.1.clone());
+    modes.insert("slo_base".into(), outcome.slo_base.name().into());
+    modes.insert(
+        "comparison_rates".into(),
+        outcome
+            .comparison_rates
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    for s in &outcome.systems {
+        modes.insert(
+            format!("best_rate_{}", s.system.name()),
+            s.best
+                .map(|b| format!("{b}{}", if s.reached_top { "+" } else { "" }))
+                .unwrap_or_else(|| "none".into()),
+        );
+    }
+    for check in check_targets(outcome) {
+        modes.insert(format!("target: {}", check.what), check.to_string());
+    }
+    let machine = Machine::probe(core_map, modes);
+
+    let mut cases = Vec::new();
+    for s in &outcome.systems {
+        let mut unloaded = load_output::pingpong_case(&s.unloaded);
+        unloaded.name = unloaded_case_name(s.system);
+        cases.push(with_extras(unloaded, &[("rss_mb", s.rss_mib)]));
+        for r in &s.runs {
+            let mut case = load_output::cases(r, std::slice::from_ref(&outcome.slo))
+                .into_iter()
+                .next()
+                .expect("a rate has its own case");
+            case.name = case_name(s.system, r.rate);
+            let comparison = outcome.comparison_rates.contains(&r.rate);
+            cases.push(with_extras(
+                case,
+                &[
+                    ("fraction_of_s", r.rate / outcome.saturation),
+                    ("comparison_rate", if comparison { 1.0 } else { 0.0 }),
+                    ("rss_mb", s.rss_mib),
+                ],
+            ));
+        }
+    }
+    for run in &outcome.search_runs {
+        let mut case = load_output::cases(&run.result, &[])
+            .into_iter()
+            .next()
+            .expect("a rate has its own case");
+        case.name = format!("saturation/rpc-hyper/{}", run.result.rate.round() as u64);
+        cases.push(with_extras(
+            case,
+            &[("kept_up", if run.kept_up { 1.0 } else { 0.0 })],
+        ));
+    }
+    Report::new("compare", machine, cases)
+}
+
+/// Errors counted by the comparison cases (the search's overload runs
+/// excluded: overload is what it looks for).
+pub fn comparison_errors(report: &Report) -> u64 {
+    report
+        .cases
+        .iter()
+        .filter(|c| c.name.starts_with("compare/"))
+        .map(|c| c.errors)
+        .sum()
+}
+
+fn us(ns: u64) -> String {
+    let v = ns as f64 / 1e3;
+    if v < 100.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+/// The Markdown section: setup, the table by rate, the highest rates
+/// under the SLO, and the target checks.
+pub fn markdown(settings: &CompareSettings, outcome: &CompareOutcome) -> String {
+    let mut md = String::new();
+    let p = &settings.placement;
+    let _ = writeln!(md, "### foo→bar chain: nocturne vs. plain RPC servers\n");
+    let _ = writeln!(
+        md,
+        "Load average (1, 5, 15 min) at the start: {}; at the end: {} — other work on the \
+         machine shows up in every system's tail.\n",
+        outcome.loadavg.0, outcome.loadavg.1
+    );
+    let _ = writeln!(
+        md,
+        "Client: `bench load` engine, 1 × fixed-rate open loop, {} keep-alive connection(s), \
+         {}-byte bodies, core {}; {} warm-up + {} window per rate. nocturne: io core {}, \
+         workers on {:?}, `--poll {}`{}. Baselines: {} tokio worker thread(s) per process on \
+         cores {:?}. Latency from each request's intended send time, µs.\n",
+        settings.connections,
+        settings.payload.len(),
+        settings.client_core,
+        format_duration(settings.warmup),
+        format_duration(settings.duration),
+        p.io_core,
+        p.worker_cores,
+        p.nocturne_poll,
+        if p.engine_args.is_empty() {
+            String::new()
+        } else {
+            format!(" `{}`", p.engine_args.join(" "))
+        },
+        p.server_threads,
+        p.server_cores,
+    );
+    match outcome.search {
+        Some(_) => {
+            let trail: Vec<String> = outcome
+                .search_runs
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{}/s {}",
+                        format_rate(r.result.rate),
+                        if r.kept_up { "✓" } else { "✗" }
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                md,
+                "S = **{}/s**, rpc-hyper's saturation rate (search: {}; kept up = no errors, \
+                 achieved ≥ {} of offered, p50 ≤ {}).\n",
+                format_rate(outcome.saturation),
+                trail.join(", "),
+                outcome.keep_up.min_achieved,
+                format_duration(outcome.keep_up.max_p50),
+            );
+        }
+        None => {
+            let _ = writeln!(
+                md,
+                "S = **{}/s** (given with --saturation).\n",
+                format_rate(outcome.saturation)
+            );
+        }
+    }
+    let base = outcome.system(outcome.slo_base);
+    let _ = writeln!(
+        md,
+        "SLO: **{}** = {} × {}'s unloaded p50 ({} µs).\n",
+        outcome.slo,
+        settings.slo_factor,
+        outcome.slo_base.name(),
+        base.map(|b| us(b.unloaded.quantile_ns(0.5)))
+            .unwrap_or_else(|| "?".into())
+    );
+    let _ = writeln!(
+        md,
+        "| rate | system | achieved/s | p50 | p90 | p99 | p99.9 | max | errors | SLO |"
+    );
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    for s in &outcome.systems {
+        let h = &s.unloaded;
+        let _ = writeln!(
+            md,
+            "| unloaded (ping-pong) | {} | – | {} | {} | {} | {} | {} | 0 | |",
+            s.system.name(),
+            us(h.quantile_ns(0.5)),
+            us(h.quantile_ns(0.9)),
+            us(h.quantile_ns(0.99)),
+            us(h.quantile_ns(0.999)),
+            us(h.max_ns()),
+        );
+    }
+    let mut rates: Vec<f64> = outcome
+        .systems
+        .iter()
+        .flat_map(|s| s.runs.iter().map(|r| r.rate))
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    rates.dedup();
+    for rate in rates {
+        for s in &outcome.systems {
+            let Some(r) = s.at(rate) else { continue };
+            let h = &r.latency;
+            let label = format!(
+                "{}/s ({} S){}",
+                rate.round() as u64,
+                trim_fraction(rate / outcome.saturation),
+                if outcome.comparison_rates.contains(&rate) {
+                    ""
+                } else {
+                    " ‡"
+                }
+            );
+            let _ = writeln!(
+                md,
+                "| {label} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+                s.system.name(),
+                r.achieved_per_s(),
+                us(h.quantile_ns(0.5)),
+                us(h.quantile_ns(0.9)),
+                us(h.quantile_ns(0.99)),
+                us(h.quantile_ns(0.999)),
+                us(h.max_ns()),
+                r.errors(),
+                if r.meets(std::slice::from_ref(&outcome.slo)) {
+                    "met"
+                } else {
+                    "missed"
+                }
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\n‡ beyond the comparison rates: run only while the system met the SLO at every rate below.\n"
+    );
+    let _ = writeln!(md, "| system | highest rate with {} |", outcome.slo);
+    let _ = writeln!(md, "|---|---:|");
+    for s in &outcome.systems {
+        let best = match s.best {
+            Some(b) if s.reached_top => format!("≥ {}/s (top of the ladder)", b.round() as u64),
+            Some(b) => format!("{}/s", b.round() as u64),
+            None => "none".into(),
+        };
+        let _ = writeln!(md, "| {} | {best} |", s.system.name());
+    }
+    let checks = check_targets(outcome);
+    if !checks.is_empty() {
+        let _ = writeln!(md, "\nTargets:\n");
+        for c in checks {
+            let _ = writeln!(md, "- {c}");
+        }
+    }
+    md
+}
+
+fn trim_fraction(f: f64) -> String {
+    let text = format!("{f:.4}");
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hist::LatencyHistogram;
+    use crate::load::spec::{Percentile, Slo};
+    use crate::load::{RateResult, SocketErrors};
+    use std::time::Duration;
+
+    fn rate_result(rate: f64, p_us: u64) -> RateResult {
+        let mut latency = LatencyHistogram::new();
+        for _ in 0..100 {
+            latency.record_ns(p_us * 1000);
+        }
+        RateResult {
+            rate,
+            window: Duration::from_secs(1),
+            offered: rate as u64,
+            sent: rate as u64,
+            completed: rate as u64,
+            unsent: 0,
+            timeouts: 0,
+            non_2xx: 0,
+            socket_errors: SocketErrors::default(),
+            statuses: BTreeMap::new(),
+            responses_in_window: rate as u64,
+            latency: latency.clone(),
+            service: latency.clone(),
+            send_lag: latency,
+            per_kind: Vec::new(),
+            reconnects: 0,
+            client_cpu: Duration::ZERO,
+            requests_total: rate as u64,
+            first_error: None,
+        }
+    }
+
+    fn system(system: System, p_us: u64, best: Option<f64>) -> SystemResult {
+        let mut unloaded = LatencyHistogram::new();
+        unloaded.record_ns(p_us * 500);
+        SystemResult {
+            system,
+            unloaded,
+            runs: [250.0, 500.0, 750.0]
+                .iter()
+                .map(|&r| rate_result(r, p_us))
+                .collect(),
+            best,
+            reached_top: false,
+            rss_mib: 1.0,
+            listening: Vec::new(),
+        }
+    }
+
+    fn outcome() -> CompareOutcome {
+        CompareOutcome {
+            saturation: 1000.0,
+            search: None,
+            search_runs: Vec::new(),
+            keep_up: super::super::KeepUp {
+                min_achieved: 0.95,
+                max_p50: Duration::from_millis(2),
+            },
+            slo: Slo {
+                percentile: Percentile::Quantile(0.99),
+                limit: Duration::from_micros(100),
+            },
+            slo_base: System::Nocturne,
+            comparison_rates: vec![250.0, 500.0, 750.0],
+            loadavg: ("0.1 0.2 0.3".into(), "0.4 0.5 0.6".into()),
+            systems: vec![
+                system(System::RpcHyper, 60, Some(1000.0)),
+                system(System::RpcGrpc, 90, None),
+                system(System::Nocturne, 10, Some(4000.0)),
+            ],
+        }
+    }
+
+    #[test]
+    fn targets_compare_at_half_s() {
+        let checks = check_targets(&outcome());
+        assert_eq!(checks.len(), 3, "{checks:?}");
+        assert!(checks[0]
+            .what
+            .contains("rpc-hyper p99 / nocturne p99 at 0.5 S (500/s)"));
+        assert!((checks[0].measured - 6.0).abs() < 0.1, "{:?}", checks[0]);
+        assert!(checks[0].met());
+        assert!((checks[1].measured - 9.0).abs() < 0.1, "{:?}", checks[1]);
+        assert_eq!(checks[2].measured, 4.0);
+        let mut o = outcome();
+        o.systems[0].best = None;
+        let bound = &check_targets(&o)[2];
+        assert_eq!(
+            bound.measured, 16.0,
+            "4000 over rpc-hyper's lowest rate, 250"
+        );
+        assert!(bound.what.contains("down to 250/s"), "{bound:?}");
+        o.systems[2].best = None;
+        assert_eq!(check_targets(&o)[2].measured, 0.0);
+        assert!(!check_targets(&o)[2].met());
+        o.systems.pop();
+        assert!(
+            check_targets(&o).is_empty(),
+            "no nocturne, nothing to check"
+        );
+    }
+
+    #[test]
+    fn names_and_markdown() {
+        assert_eq!(
+            case_name(System::RpcGrpc, 12000.0),
+            "compare/rpc-grpc/12000"
+        );
+        assert_eq!(
+            unloaded_case_name(System::Nocturne),
+            "compare/nocturne/unloaded"
+        );
+        assert_eq!(trim_fraction(0.25), "0.25");
+        assert_eq!(trim_fraction(2.0), "2");
+        let o = outcome();
+        let args = <super::super::CompareArgs as clap::FromArgMatches>::from_arg_matches(
+            &<super::super::CompareArgs as clap::Args>::augment_args(clap::Command::new("t"))
+                .get_matches_from(["t", "--saturation", "1000"]),
+        )
+        .unwrap();
+        let settings = CompareSettings::from_args(&args).unwrap();
+        let md = markdown(&settings, &o);
+        assert!(md.contains("| 500/s (0.5 S) | nocturne |"), "{md}");
+        assert!(md.contains("| nocturne | 4000/s |"), "{md}");
+        assert!(md.contains("| rpc-grpc | none |"), "{md}");
+        assert!(md.contains("Targets:"), "{md}");
+        let report = build_report(&settings, &o);
+        for s in System::ALL {
+            assert!(report.case(&unloaded_case_name(s)).is_some());
+            for r in [250.0, 500.0, 750.0] {
+                let c = report.case(&case_name(s, r)).unwrap();
+                assert_eq!(c.extra["comparison_rate"], 1.0);
+            }
+        }
+        assert_eq!(comparison_errors(&report), 0);
+        assert_eq!(report.machine.modes["best_rate_nocturne"], "4000");
+        let svg = super::super::plot::render_svg(&o);
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
+        for s in System::ALL {
+            assert!(svg.contains(s.name()), "{svg}");
+        }
+    }
+}

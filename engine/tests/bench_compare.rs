@@ -1,0 +1,501 @@
+//! `nocturne bench compare` and its baseline servers through the real
+//! binary: a shrunken `--quick` comparison of all three systems (report,
+//! Markdown, SVG, clean-up), the hidden `bench rpc-hyper` / `bench rpc-grpc`
+//! processes answering exactly like nocturne's built-ins and refusing bad
+//! requests with the right statuses, and clear failures for bad options and
+//! a missing bar. Timing is never asserted; names, counts, bodies, statuses
+//! and exit codes are.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A debug build on a busy 2-core machine is slow; the shrunken run takes
+/// well under a minute there.
+const RUN_LIMIT: Duration = Duration::from_secs(240);
+const SYSTEMS: [&str; 3] = ["rpc-hyper", "rpc-grpc", "nocturne"];
+
+struct Run {
+    success: bool,
+    stdout: String,
+    stderr: String,
+    pid: u32,
+}
+
+/// A scratch directory, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "nocturne-bench-compare-test-{tag}-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nocturne"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("NOCTURNE_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// Runs `nocturne ARGS` to completion (killed past [`RUN_LIMIT`]).
+fn nocturne(args: &[&str], scratch: &Scratch) -> Run {
+    let out_path = scratch.0.join("stdout");
+    let err_path = scratch.0.join("stderr");
+    let mut child = command()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .expect("start nocturne");
+    let deadline = Instant::now() + RUN_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "nocturne {args:?} ran past {RUN_LIMIT:?}; stdout:\n{}\nstderr:\n{}",
+                std::fs::read_to_string(&out_path).unwrap_or_default(),
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Run {
+        success: status.success(),
+        stdout: std::fs::read_to_string(&out_path).unwrap(),
+        stderr: std::fs::read_to_string(&err_path).unwrap(),
+        pid: child.id(),
+    }
+}
+
+/// The defaults need cores 0 and 1.
+fn have_two_cores() -> bool {
+    let allowed = nocturne_bench::pin::allowed_cores().unwrap_or_default();
+    let ok = allowed.contains(&0) && allowed.contains(&1);
+    if !ok {
+        eprintln!("skipped: bench compare's defaults need cores 0 and 1, allowed: {allowed:?}");
+    }
+    ok
+}
+
+/// Live processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let path = entry.path();
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue;
+        };
+        // Zombies (state Z) are gone in every sense that matters here.
+        let state = stat
+            .rfind(')')
+            .and_then(|close| stat[close + 1..].split_whitespace().next());
+        if state == Some("Z") {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if text.contains(needle) {
+            found.push(format!("{}: {text}", path.display()));
+        }
+    }
+    found
+}
+
+#[test]
+fn a_shrunken_quick_comparison_reports_every_system() {
+    if !have_two_cores() {
+        return;
+    }
+    let scratch = Scratch::new("quick");
+    let json = scratch.0.join("report/compare.json");
+    let out = scratch.0.join("out");
+    let run = nocturne(
+        &[
+            "bench",
+            "compare",
+            "--quick",
+            "--duration",
+            "300ms",
+            "--warmup",
+            "100ms",
+            "--sweep-duration",
+            "300ms",
+            "--sweep-start",
+            "200",
+            "--pingpong",
+            "100",
+            "--ladder-max",
+            "1",
+            "--json",
+            json.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "-q",
+        ],
+        &scratch,
+    );
+    assert!(
+        run.success,
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["suite"], "compare");
+    let modes = &report["machine"]["modes"];
+    let s: f64 = modes["saturation_rate"].as_str().unwrap().parse().unwrap();
+    assert!(s >= 1.0 && s == s.round(), "S is an integer rate: {s}");
+    assert_eq!(modes["saturation_from"], "search on rpc-hyper");
+    let rates: Vec<u64> = modes["comparison_rates"]
+        .as_str()
+        .unwrap()
+        .split(',')
+        .map(|r| r.parse::<f64>().unwrap() as u64)
+        .collect();
+    let expected: Vec<u64> = [0.25, 0.5, 0.75]
+        .iter()
+        .map(|f| (f * s).round().max(1.0) as u64)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(rates, expected, "0.25, 0.5 and 0.75 × S as integers");
+    let cases = report["cases"].as_array().unwrap();
+    let case = |name: &str| {
+        cases
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no case {name} in {}", report["cases"]))
+    };
+    for system in SYSTEMS {
+        let unloaded = case(&format!("compare/{system}/unloaded"));
+        assert_eq!(unloaded["samples"], 100);
+        assert_eq!(unloaded["errors"], 0);
+        for rate in &rates {
+            let c = case(&format!("compare/{system}/{rate}"));
+            assert_eq!(c["errors"], 0, "{c}");
+            assert!(c["samples"].as_u64().unwrap() > 0, "{c}");
+            assert_eq!(c["rate"].as_f64().unwrap() as u64, *rate, "{c}");
+            assert_eq!(c["comparison_rate"], 1.0);
+            assert!(c["p99_us"].as_f64().unwrap() >= c["p50_us"].as_f64().unwrap());
+            assert!(c["rss_mb"].as_f64().unwrap() > 0.0, "{c}");
+        }
+        assert!(modes[format!("best_rate_{system}")].is_string());
+    }
+    // Every case is one of the three kinds, and the search ran.
+    assert!(cases.iter().any(|c| c["name"]
+        .as_str()
+        .unwrap()
+        .starts_with("saturation/rpc-hyper/")));
+    for c in cases {
+        let name = c["name"].as_str().unwrap();
+        assert!(
+            name.starts_with("compare/") || name.starts_with("saturation/rpc-hyper/"),
+            "{name}"
+        );
+    }
+    let md = std::fs::read_to_string(out.join("compare.md")).unwrap();
+    let svg = std::fs::read_to_string(out.join("compare.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    for system in SYSTEMS {
+        assert!(md.contains(&format!("| {system} |")), "{md}");
+        assert!(svg.contains(system), "{svg}");
+    }
+    assert!(md.contains("S = **"), "{md}");
+    // The three targets are printed as checks.
+    let targets = run
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("target: "))
+        .count();
+    assert_eq!(targets, 3, "{}", run.stdout);
+    // Every server process ended with the benchmark.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // The comparison's baselines are the ones pinned with --cores (the
+        // other tests' servers, running meanwhile, are not).
+        let left: Vec<String> = processes_mentioning("bench rpc-")
+            .into_iter()
+            .filter(|p| p.contains("--cores"))
+            .chain(processes_mentioning(&format!(
+                "nocturne-bench-compare-{}-",
+                run.pid
+            )))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "servers outlived the benchmark: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let prefix = format!("nocturne-bench-compare-{}-", run.pid);
+    let configs: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .collect();
+    assert!(configs.is_empty(), "config files left behind: {configs:?}");
+}
+
+/// A baseline server process, killed on drop.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Self {
+        let mut child = command()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start a baseline server");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap().to_owned();
+                    let _ = tx.send((addr, line));
+                }
+            }
+        });
+        let (addr, line) = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(found) => found,
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().unwrap();
+                panic!("{args:?} did not start ({status})");
+            }
+        };
+        assert!(line.starts_with("nocturne: listening on http://"), "{line}");
+        Server {
+            child,
+            addr: addr.parse().unwrap(),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One request on a fresh connection; (status, headers, body).
+fn http(addr: SocketAddr, head: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => panic!("reading the answer to {head:?}: {e}"),
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let headers = String::from_utf8_lossy(&buf[..end]).to_string();
+        let length: usize = headers
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().unwrap())
+            })
+            .expect("a content-length");
+        if buf.len() >= end + 4 + length {
+            let status = headers.split_whitespace().nth(1).unwrap().parse().unwrap();
+            return (status, headers, buf[end + 4..end + 4 + length].to_vec());
+        }
+    }
+    panic!("connection closed before a whole answer to {head:?}");
+}
+
+fn post(addr: SocketAddr, path: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
+    http(
+        addr,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        ),
+        body,
+    )
+}
+
+#[test]
+fn baseline_servers_answer_like_the_builtins_and_refuse_bad_requests() {
+    for system in ["rpc-hyper", "rpc-grpc"] {
+        let bar = Server::start(&["bench", system, "--role", "bar", "--threads", "1"]);
+        let bar_addr = bar.addr.to_string();
+        let foo = Server::start(&[
+            "bench",
+            system,
+            "--role",
+            "foo",
+            "--bar-addr",
+            &bar_addr,
+            "--threads",
+            "2",
+        ]);
+        let (status, _, body) = post(foo.addr, "/function/foo", b"hello");
+        assert_eq!(status, 200, "{system}");
+        assert_eq!(
+            body, b"From function Foo: From function Bar: hello",
+            "{system}"
+        );
+        let (status, _, body) = post(foo.addr, "/function/foo", b"");
+        assert_eq!(
+            (status, body.as_slice()),
+            (200, &b"From function Foo: From function Bar: "[..])
+        );
+        let (status, _, _) = http(foo.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", b"");
+        assert_eq!(status, 200);
+        let (status, _, _) = post(foo.addr, "/function/nope", b"x");
+        assert_eq!(status, 404);
+        let (status, headers, _) = http(
+            foo.addr,
+            "GET /function/foo HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"",
+        );
+        assert_eq!(status, 405);
+        assert!(
+            headers.to_ascii_lowercase().contains("allow: post"),
+            "{headers}"
+        );
+        // Declared over the limit: refused before the body is sent.
+        let (status, _, _) = http(
+            foo.addr,
+            "POST /function/foo HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n",
+            b"",
+        );
+        assert_eq!(status, 413, "{system}");
+        // A large body within the limit goes through the inner hop whole.
+        let big = vec![b'z'; 256 * 1024];
+        let (status, _, body) = post(foo.addr, "/function/foo", &big);
+        assert_eq!(status, 200);
+        assert_eq!(
+            body.len(),
+            "From function Foo: From function Bar: ".len() + big.len()
+        );
+        if system == "rpc-hyper" {
+            let (status, _, body) = post(bar.addr, "/function/bar", b"X");
+            assert_eq!(
+                (status, body.as_slice()),
+                (200, &b"From function Bar: X"[..])
+            );
+        }
+        // bar gone: foo answers 502 at once, and keeps serving.
+        drop(bar);
+        let (status, _, body) = post(foo.addr, "/function/foo", b"hello");
+        assert_eq!(status, 502, "{system}: {}", String::from_utf8_lossy(&body));
+        assert!(String::from_utf8_lossy(&body).contains("bar"), "{system}");
+        let (status, _, _) = http(foo.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", b"");
+        assert_eq!(status, 200);
+    }
+}
+
+#[test]
+fn foo_without_bar_fails_clearly() {
+    let scratch = Scratch::new("nobar");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    for system in ["rpc-hyper", "rpc-grpc"] {
+        let run = nocturne(
+            &[
+                "bench",
+                system,
+                "--role",
+                "foo",
+                "--bar-addr",
+                &nowhere,
+                "--bar-wait",
+                "300ms",
+            ],
+            &scratch,
+        );
+        assert!(!run.success, "{system}");
+        assert!(
+            run.stderr.contains("did not answer"),
+            "{system}: {}",
+            run.stderr
+        );
+        assert!(!run.stdout.contains("listening on"), "{system}");
+    }
+    let run = nocturne(&["bench", "rpc-hyper", "--role", "foo"], &scratch);
+    assert!(!run.success);
+    assert!(run.stderr.contains("--bar-addr"), "{}", run.stderr);
+    let run = nocturne(
+        &["bench", "rpc-grpc", "--role", "bar", "--cores", "4095"],
+        &scratch,
+    );
+    assert!(!run.success);
+    assert!(run.stderr.contains("--cores"), "{}", run.stderr);
+}
+
+#[test]
+fn bad_compare_options_are_refused_before_anything_starts() {
+    let scratch = Scratch::new("badopts");
+    for (args, message) in [
+        (vec!["--systems", "rpc-hyper,grpc"], "unknown system"),
+        (vec!["--systems", "nocturne"], "--saturation"),
+        (vec!["--saturation", "fast"], "--saturation"),
+        (vec!["--duration", "soon"], "--duration"),
+        (vec!["--nocturne-poll", "sometimes"], "--nocturne-poll"),
+        (vec!["--client-core", "4095"], "--client-core"),
+        (
+            vec!["--sweep-start", "10k", "--sweep-max", "1k"],
+            "saturation search",
+        ),
+    ] {
+        let mut all = vec!["bench", "compare"];
+        all.extend(&args);
+        let run = nocturne(&all, &scratch);
+        assert!(!run.success, "{args:?}");
+        assert!(
+            run.stderr.contains(message),
+            "{args:?}: expected {message:?} in:\n{}",
+            run.stderr
+        );
+        assert!(!run.stdout.contains("ready"), "{args:?} started a system");
+    }
+}
