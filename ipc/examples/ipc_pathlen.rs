@@ -20,7 +20,9 @@ fn main() {
     let (engine, worker) = heap_pair(&ChannelConfig::default());
     let (mut tx, _r) = engine.split();
     let (_t, mut rx) = worker.split();
-    let payload = [5u8; 64];
+    // A Vec behind black_box, as a real caller's payload: its length is not
+    // a compile-time constant, so the copy is the one real sends get.
+    let payload: Vec<u8> = black_box((0..64u8).collect());
     let mut sum = 0u64;
     for i in 0..n {
         tx.try_send(
@@ -28,7 +30,7 @@ fn main() {
                 call_id: i,
                 ..Header::default()
             }),
-            black_box(&payload),
+            &payload[..],
         )
         .unwrap();
         rx.wait(&WaitPolicy::Spin, None);

@@ -28,6 +28,7 @@
 #![allow(unsafe_code)]
 
 use crate::arena::{self, ArenaAttachError, ArenaError, ArenaReadGuards, ArenaReader, ArenaWriter};
+use crate::copy;
 use crate::doorbell::{self, Bell, Doorbell};
 use crate::message::{Header, HeaderError, PayloadLocation, BODY_WORDS, HEADER_LEN};
 use crate::region::{HeapRegion, MemfdRegion, Region, RegionError};
@@ -41,8 +42,8 @@ pub use crate::doorbell::{WaitOutcome, WaitPolicy};
 
 /// "NOCTIPC1" — identifies a channel region.
 pub const REGION_MAGIC: u64 = u64::from_le_bytes(*b"NOCTIPC1");
-/// Channel layout version.
-pub const REGION_VERSION: u32 = 1;
+/// Channel layout version (2: ring version 2's slot stride).
+pub const REGION_VERSION: u32 = 2;
 /// Bytes of region header.
 pub const REGION_HEADER_LEN: usize = 256;
 /// Region flag: the response ring's doorbell is an eventfd.
@@ -94,9 +95,9 @@ impl Default for ChannelConfig {
     ///
     /// Few slots on purpose: a ring's slots are used round-robin, so its
     /// whole footprint cycles through the caches of both cores. Measured on
-    /// a 32 KiB-L1d machine, a 64-byte round trip costs 1.1–1.2× a raw
-    /// cache-line ping-pong with 16–32 slots of 256 B, 1.4× with 64 and
-    /// 1.6× with 256; batched streaming is also fastest at 32–64 slots.
+    /// a 32 KiB-L1d machine, a 64-byte round trip costs 1.27× a raw
+    /// ping-pong of the same bytes with 4–32 slots of 256 B, 1.4× with 64 and
+    /// 1.55× with 128 (docs/ipc.md §7).
     fn default() -> Self {
         Self {
             ring_slots: 32,
@@ -780,13 +781,19 @@ impl<R: Region> Sender<R> {
     #[inline(always)]
     fn write_one(&mut self, header: &Header, payload: &[u8]) -> Result<(), SendError> {
         self.write_with(header, payload.len(), |dst: *mut u8| {
-            // SAFETY: `dst` is valid for payload.len() bytes (see write_with).
-            unsafe { std::ptr::copy_nonoverlapping(payload.as_ptr(), dst, payload.len()) }
+            // SAFETY: `dst` is valid for payload.len() bytes that nobody reads
+            // before publication (see write_with); `payload` is ours.
+            unsafe { copy::copy_payload(payload.as_ptr(), dst, payload.len()) }
         })
     }
 
-    /// Reserves a slot (and arena bytes), emits the header, lets `fill` write
-    /// `len` payload bytes at the pointer it gets, and publishes.
+    /// Reserves a slot (and arena bytes), lets `fill` write `len` payload
+    /// bytes at the pointer it gets, writes the header and publishes.
+    ///
+    /// The inline case is the latency-critical one: everything before the
+    /// seq store is on the round trip's critical path, so it is kept to a
+    /// length check, the cached free-slot check, the copy and seven word
+    /// stores; the arena case lives out of line.
     #[inline(always)]
     fn write_with(
         &mut self,
@@ -794,18 +801,18 @@ impl<R: Region> Sender<R> {
         len: usize,
         fill: impl FnOnce(*mut u8),
     ) -> Result<(), SendError> {
-        if len > self.max_payload {
+        if len > self.max_inline && len > self.max_payload {
             return Err(SendError::TooLarge {
                 len,
                 max: self.max_payload,
             });
         }
-        match self.ring.free_slots(1) {
-            Ok(0) => return Err(SendError::RingFull),
-            Ok(_) => {}
+        let slot = match self.ring.next_free() {
+            Ok(Some(slot)) => slot,
+            Ok(None) => return Err(SendError::RingFull),
             Err(e) => return Err(SendError::Protocol(e)),
-        }
-        let body = self.ring.body(0);
+        };
+        let body = slot.body();
         // The slot is written in this block (under a loom write access) and
         // published after it.
         {
@@ -816,36 +823,7 @@ impl<R: Region> Sender<R> {
                 fill(unsafe { body.add(HEADER_LEN - ring::SEQ_LEN) });
                 PayloadLocation::Inline { len: len as u32 }
             } else {
-                let a = match self.arena.try_alloc(len) {
-                    Ok(a) => a,
-                    Err(arena::AllocError::Full) => return Err(SendError::ArenaFull),
-                    Err(arena::AllocError::TooLarge) => {
-                        return Err(SendError::TooLarge {
-                            len,
-                            max: self.max_payload,
-                        })
-                    }
-                    Err(arena::AllocError::BadRelease {
-                        release,
-                        last_seen,
-                        head,
-                    }) => {
-                        return Err(SendError::Protocol(ProtocolError::BadRelease {
-                            release,
-                            last_seen,
-                            head,
-                        }))
-                    }
-                };
-                {
-                    let _arena_guards = self.arena.guards(&a, len);
-                    fill(a.ptr);
-                }
-                self.arena.commit(&a);
-                PayloadLocation::Arena {
-                    offset: a.offset,
-                    len: len as u32,
-                }
+                self.write_arena(len, fill)?
             };
             // Seven word stores after the seq word (never a `&mut` over the
             // slot's first bytes: the consumer may be reading the seq).
@@ -854,8 +832,47 @@ impl<R: Region> Sender<R> {
             // at least 56 bytes; the slot is ours until published.
             unsafe { body.cast::<[u64; BODY_WORDS]>().write(words) };
         }
-        self.ring.publish_next();
+        self.ring.publish(slot);
         Ok(())
+    }
+
+    /// Allocates `len` (> max_inline) bytes in the arena and fills them.
+    #[inline(never)]
+    fn write_arena(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(*mut u8),
+    ) -> Result<PayloadLocation, SendError> {
+        let a = match self.arena.try_alloc(len) {
+            Ok(a) => a,
+            Err(arena::AllocError::Full) => return Err(SendError::ArenaFull),
+            Err(arena::AllocError::TooLarge) => {
+                return Err(SendError::TooLarge {
+                    len,
+                    max: self.max_payload,
+                })
+            }
+            Err(arena::AllocError::BadRelease {
+                release,
+                last_seen,
+                head,
+            }) => {
+                return Err(SendError::Protocol(ProtocolError::BadRelease {
+                    release,
+                    last_seen,
+                    head,
+                }))
+            }
+        };
+        {
+            let _arena_guards = self.arena.guards(&a, len);
+            fill(a.ptr);
+        }
+        self.arena.commit(&a);
+        Ok(PayloadLocation::Arena {
+            offset: a.offset,
+            len: len as u32,
+        })
     }
 
     /// Wakes the receiver if (and only if) it announced it is going to sleep.
@@ -910,7 +927,7 @@ impl<R: Region> Receiver<R> {
     /// checked; a bad message is a [`RecvError`] (and stays one: the channel
     /// is broken), never UB or a panic. Dropping the view releases the slot
     /// and its arena bytes.
-    #[inline]
+    #[inline(always)]
     pub fn try_recv(&mut self) -> Result<Option<MessageView<'_>>, RecvError> {
         let Some(body) = self.core.ring.peek(0)? else {
             return Ok(None);
@@ -1013,6 +1030,9 @@ impl<R: Region> Receiver<R> {
     }
 }
 
+/// A validated payload's address and length, and its arena location if any.
+type LocatedPayload = (*const u8, usize, Option<(arena::Located, u32)>);
+
 /// A validated header, its payload's address and length, and its arena
 /// location if any.
 type Decoded = (Header, *const u8, usize, Option<(arena::Located, u32)>);
@@ -1030,8 +1050,34 @@ impl RxCore {
             // is published and ours until we release it.
             unsafe { body.cast::<u64>().add(i).read_volatile() }
         });
-        let (header, location) = Header::from_words(&words)?;
-        match location {
+        // The fast path: an inline payload that fits the slot. Everything
+        // else (arena payloads, and every malformed header) is checked out
+        // of line; only the two payload words go there, so the header
+        // fields stay in registers.
+        let (payload, len, arena) = match Header::inline_len(&words) {
+            Some(len) if len as usize <= self.max_inline => {
+                // SAFETY: len <= max_inline, so [56, 56 + len) of the body is
+                // within the slot.
+                let payload = unsafe { body.add(HEADER_LEN - ring::SEQ_LEN) };
+                (payload, len as usize, None)
+            }
+            _ => self.locate_checked(body, words[5], words[6])?,
+        };
+        Ok((Header::fields_from_words(&words), payload, len, arena))
+    }
+
+    /// The payload of a message that is not a well-formed inline one, from
+    /// its two payload words (5 and 6 of the copied header): an arena
+    /// payload where (and as long as) it may be, or the typed error.
+    #[cold]
+    #[inline(never)]
+    fn locate_checked(
+        &self,
+        body: *const u8,
+        word5: u64,
+        word6: u64,
+    ) -> Result<LocatedPayload, RecvError> {
+        match Header::payload_location(word5, word6)? {
             PayloadLocation::Inline { len } => {
                 if len as usize > self.max_inline {
                     return Err(RecvError::BadLength {
@@ -1042,13 +1088,13 @@ impl RxCore {
                 // SAFETY: len <= max_inline, so [56, 56 + len) of the body is
                 // within the slot.
                 let payload = unsafe { body.add(HEADER_LEN - ring::SEQ_LEN) };
-                Ok((header, payload, len as usize, None))
+                Ok((payload, len as usize, None))
             }
             PayloadLocation::Arena { offset, len } => {
                 // locate checks offset + len against the data area and the
                 // offset the sender's cursor dictates.
                 let l = self.arena.locate(offset, len)?;
-                Ok((header, l.ptr, len as usize, Some((l, len))))
+                Ok((l.ptr, len as usize, Some((l, len))))
             }
         }
     }

@@ -20,8 +20,9 @@
 //!   creates it, [`channel::WorkerEnd`] attaches from the received fd, and each
 //!   splits into a [`channel::Sender`] and a [`channel::Receiver`].
 //!
-//! `sync` (private) is the facade through which every atomic, fence, yield
-//! and futex goes, so the same code runs under loom
+//! `copy` (private) copies short payloads into a slot without a `memcpy`
+//! call. `sync` (private) is the facade through which every atomic, fence,
+//! yield and futex goes, so the same code runs under loom
 //! (`RUSTFLAGS="--cfg loom" cargo test --release -p nocturne-ipc --lib -- loom`).
 //!
 //! Everything read from shared memory is untrusted: a bad value from the peer
@@ -31,6 +32,7 @@
 
 pub mod arena;
 pub mod channel;
+mod copy;
 pub mod doorbell;
 pub mod fdpass;
 pub mod message;

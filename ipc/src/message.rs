@@ -336,27 +336,57 @@ impl Header {
     /// [`Header::parse`] over the same bytes.
     #[inline(always)]
     pub fn from_words(words: &[u64; BODY_WORDS]) -> Result<(Header, PayloadLocation), HeaderError> {
-        let w = words.map(u64::from_le);
-        let len = w[5] as u32;
-        let offset = (w[6] >> 32) as u32;
-        let location = match (w[5] >> 48) as u16 {
-            PLACEMENT_INLINE if offset != 0 => return Err(HeaderError::StrayArenaOffset(offset)),
-            PLACEMENT_INLINE => PayloadLocation::Inline { len },
-            PLACEMENT_ARENA => PayloadLocation::Arena { offset, len },
-            other => return Err(HeaderError::BadPlacement(other)),
-        };
-        let header = Header {
-            kind: Kind::from(w[0] as u16),
-            flags: (w[0] >> 16) as u16,
-            function_id: (w[0] >> 32) as u32,
-            call_id: w[1],
-            parent_call_id: w[2],
-            t0_ns: w[3],
-            t1_ns: w[4],
-            status: (w[5] >> 32) as u16,
-            deadline_us: w[6] as u32,
-        };
-        Ok((header, location))
+        let location = Header::payload_location(words[5], words[6])?;
+        Ok((Header::fields_from_words(words), location))
+    }
+
+    /// The payload location encoded in words 5 and 6 (bytes 48..64): the
+    /// placement, length and arena offset, checked for consistency.
+    #[inline(always)]
+    pub(crate) fn payload_location(word5: u64, word6: u64) -> Result<PayloadLocation, HeaderError> {
+        let w5 = u64::from_le(word5);
+        let len = w5 as u32;
+        let offset = (u64::from_le(word6) >> 32) as u32;
+        match (w5 >> 48) as u16 {
+            PLACEMENT_INLINE if offset != 0 => Err(HeaderError::StrayArenaOffset(offset)),
+            PLACEMENT_INLINE => Ok(PayloadLocation::Inline { len }),
+            PLACEMENT_ARENA => Ok(PayloadLocation::Arena { offset, len }),
+            other => Err(HeaderError::BadPlacement(other)),
+        }
+    }
+
+    /// The user fields of the seven words. Every bit pattern is a valid
+    /// [`Header`]; the payload fields are not looked at.
+    #[inline(always)]
+    pub(crate) fn fields_from_words(words: &[u64; BODY_WORDS]) -> Header {
+        let w = |i: usize| u64::from_le(words[i]);
+        Header {
+            kind: Kind::from(w(0) as u16),
+            flags: (w(0) >> 16) as u16,
+            function_id: (w(0) >> 32) as u32,
+            call_id: w(1),
+            parent_call_id: w(2),
+            t0_ns: w(3),
+            t1_ns: w(4),
+            status: (w(5) >> 32) as u16,
+            deadline_us: w(6) as u32,
+        }
+    }
+
+    /// The payload length when the words describe an inline payload (the
+    /// placement is inline and the arena offset zero: exactly the headers for
+    /// which [`from_words`](Self::from_words) returns `Inline`), else `None`.
+    #[inline(always)]
+    pub(crate) fn inline_len(words: &[u64; BODY_WORDS]) -> Option<u32> {
+        let w5 = u64::from_le(words[5]);
+        let offset = u64::from_le(words[6]) >> 32;
+        // One test for both: placement (bits 48..64 of word 5) and offset
+        // (bits 32..64 of word 6) must be zero.
+        if (w5 >> 48) | offset == 0 {
+            Some(w5 as u32)
+        } else {
+            None
+        }
     }
 }
 
@@ -446,6 +476,26 @@ mod tests {
                 let mut out = [0u8; 64];
                 h.emit(&mut HeaderView::new_checked(&mut out[..]).unwrap(), loc);
                 prop_assert_eq!(h.to_words(loc), words_of(&out));
+            }
+        }
+
+        #[test]
+        fn inline_fast_path_agrees_with_the_full_decoder(bytes in proptest::collection::vec(any::<u8>(), 64), inline in any::<bool>()) {
+            let mut bytes = bytes;
+            if inline {
+                // Make the fast path's case likely: placement 0, offset 0.
+                bytes[54..56].fill(0);
+                bytes[60..64].fill(0);
+            }
+            let words = words_of(&bytes);
+            match (Header::inline_len(&words), Header::from_words(&words)) {
+                (Some(len), Ok((h, PayloadLocation::Inline { len: l }))) => {
+                    prop_assert_eq!(len, l);
+                    prop_assert_eq!(Header::fields_from_words(&words), h);
+                }
+                (None, Ok((_, PayloadLocation::Inline { .. }))) => prop_assert!(false, "inline header missed"),
+                (Some(_), other) => prop_assert!(false, "fast path took {:?}", other),
+                (None, _) => {}
             }
         }
 

@@ -106,7 +106,7 @@ fn refuses_every_bad_layout_field() {
     let resp_arena = read_u64(&end, f::RESP_ARENA) as usize;
     let cases: Vec<(&str, usize, Vec<u8>)> = vec![
         ("magic", f::MAGIC, b"NOTNOCT!".to_vec()),
-        ("version", f::VERSION, 2u32.to_le_bytes().to_vec()),
+        ("version", f::VERSION, 1u32.to_le_bytes().to_vec()),
         ("flags", f::FLAGS, 0x80u32.to_le_bytes().to_vec()),
         (
             "region len",
@@ -163,7 +163,7 @@ fn refuses_every_bad_layout_field() {
             .unwrap_or_else(|| panic!("{name} accepted"));
         let ok = match name {
             "magic" => matches!(e, ChannelError::BadMagic(_)),
-            "version" => matches!(e, ChannelError::BadVersion(2)),
+            "version" => matches!(e, ChannelError::BadVersion(1)),
             "flags" => matches!(e, ChannelError::UnknownFlags(0x80)),
             "region len" => matches!(e, ChannelError::LengthMismatch { .. }),
             "more slots than fit" => matches!(e, ChannelError::TooSmall { .. }),

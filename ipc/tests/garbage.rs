@@ -88,7 +88,7 @@ proptest! {
             v.set_placement(s.placement);
             v.set_payload_len(s.len);
             v.set_arena_offset(s.offset);
-            let off = req_ring + layout.slots_offset() + i * SLOT_SIZE as usize;
+            let off = req_ring + layout.slot_offset(i);
             // SAFETY: the slot lies within the region; no end is in use.
             unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), base.add(off), bytes.len()) };
         }

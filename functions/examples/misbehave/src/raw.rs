@@ -163,11 +163,11 @@ impl<'r> RawChannel<'r> {
     /// `pos` takes as "ready"). No check at all: that is the point.
     pub fn publish(&self, pos: u64, words: &[u64; BODY_WORDS], seq: u64) {
         let index = (pos & u64::from(self.ring.capacity() - 1)) as usize;
-        let slot_offset =
-            self.response_ring + self.ring.slots_offset() + index * self.ring.slot_size() as usize;
+        let slot_offset = self.response_ring + self.ring.slot_offset(index);
         // SAFETY: `new` checked that the whole ring (slots included) lies
         // within the region, and `index < capacity`, so the slot's
         // `slot_size >= 64` bytes are in bounds; slots sit at multiples of 64
+        // (their stride may add one unused line)
         // from a 128-aligned ring in a page-aligned region, so every word is
         // 8-aligned. The region stays mapped while `self.region` is borrowed.
         unsafe {
