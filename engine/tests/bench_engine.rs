@@ -19,7 +19,7 @@ use serde_json::Value;
 const RUN_LIMIT: Duration = Duration::from_secs(300);
 
 /// Every case of a default (spin, adaptive) run.
-const CASES: [&str; 9] = [
+const CASES: [&str; 11] = [
     "tcp-echo-floor",
     "external-call/spin",
     "chain/spin",
@@ -29,6 +29,8 @@ const CASES: [&str; 9] = [
     "internal-call/adaptive",
     "throughput/internal",
     "throughput/external",
+    "overload/503",
+    "soak",
 ];
 
 struct Run {
@@ -206,6 +208,8 @@ fn a_quick_run_reports_every_case_and_cleans_up() {
             "300ms",
             "--connections",
             "3",
+            "--soak-requests",
+            "2000",
             "--json",
             json.to_str().unwrap(),
         ],

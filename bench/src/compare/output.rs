@@ -5,7 +5,7 @@
 //! ran (the load generator's fields, plus `fraction_of_s` and `slo_met`),
 //! `compare/<system>/unloaded` for its ping-pong round trips, and
 //! `saturation/rpc-hyper/<rate>` for the runs of the saturation search
-//! (with `kept_up`).
+//! (with `kept_up`; a rate run again to confirm a miss adds `/run2`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -182,12 +182,20 @@ pub fn build_report(settings: &CompareSettings, outcome: &CompareOutcome) -> Rep
             ));
         }
     }
-    for run in &outcome.search_runs {
+    for (i, run) in outcome.search_runs.iter().enumerate() {
         let mut case = load_output::cases(&run.result, &[])
             .into_iter()
             .next()
             .expect("a rate has its own case");
+        // A confirmation run of a missed rate gets its own name.
+        let earlier = outcome.search_runs[..i]
+            .iter()
+            .filter(|r| r.result.rate == run.result.rate)
+            .count();
         case.name = format!("saturation/rpc-hyper/{}", run.result.rate.round() as u64);
+        if earlier > 0 {
+            case.name.push_str(&format!("/run{}", earlier + 1));
+        }
         cases.push(with_extras(
             case,
             &[("kept_up", if run.kept_up { 1.0 } else { 0.0 })],
@@ -351,7 +359,8 @@ pub fn markdown(settings: &CompareSettings, outcome: &CompareOutcome) -> String 
     }
     let _ = writeln!(
         md,
-        "\n‡ beyond the comparison rates: run only while the system met the SLO at every rate below.\n"
+        "\n‡ not a comparison rate: above them, run only while the system met the SLO at \
+         every rate below; below them, only after it missed at 0.25 S.\n"
     );
     let _ = writeln!(md, "| system | highest rate with {} |", outcome.slo);
     let _ = writeln!(md, "|---|---:|");
@@ -517,6 +526,26 @@ mod tests {
             }
         }
         assert_eq!(comparison_errors(&report), 0);
+        let mut o2 = outcome();
+        o2.search_runs = [(2000.0, false), (2000.0, true)]
+            .into_iter()
+            .map(|(rate, kept_up)| super::super::SearchRun {
+                result: rate_result(rate, 50),
+                kept_up,
+            })
+            .collect();
+        let report2 = build_report(&settings, &o2);
+        assert_eq!(
+            report2.case("saturation/rpc-hyper/2000").unwrap().extra["kept_up"],
+            0.0
+        );
+        assert_eq!(
+            report2
+                .case("saturation/rpc-hyper/2000/run2")
+                .unwrap()
+                .extra["kept_up"],
+            1.0
+        );
         assert_eq!(report.machine.modes["best_rate_nocturne"], "4000");
         let svg = super::super::plot::render_svg(&o);
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));

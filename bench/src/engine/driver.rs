@@ -348,9 +348,20 @@ pub fn run_engine(settings: &EngineSettings) -> anyhow::Result<Report> {
                 .map_err(|e| server_failure(&mut slot.process, kind.name(), e))?;
             results.push((kind, tally, slot_memory(&slot.process)));
         }
+        check_interrupted()?;
+        let mut overload = super::soak::run_overload(&slot.process, settings)
+            .map_err(|e| server_failure(&mut slot.process, super::soak::OVERLOAD, e))?;
+        overload.extra.extend(slot_memory(&slot.process));
+        check_interrupted()?;
+        let mut soak = super::soak::run_soak(&slot.process, &payload, settings)
+            .map_err(|e| server_failure(&mut slot.process, super::soak::SOAK, e))?;
+        for (key, value) in slot_memory(&slot.process) {
+            soak.extra.entry(key).or_insert(value);
+        }
         slot.process.pause(PAUSE_TIMEOUT)?;
-        results
+        (results, overload, soak)
     };
+    let (throughput, overload, soak) = throughput;
     let conns = run_conns(&mut slots, &payload, settings)?;
 
     let mut by_name: BTreeMap<String, CaseResult> = BTreeMap::new();
@@ -364,6 +375,8 @@ pub fn run_engine(settings: &EngineSettings) -> anyhow::Result<Report> {
         case.extra.extend(memory);
         by_name.insert(kind.name().to_owned(), case);
     }
+    by_name.insert(overload.name.clone(), overload);
+    by_name.insert(soak.name.clone(), soak);
     if let Some((cases, plan)) = &conns {
         for case in cases {
             by_name.insert(case.name.clone(), case.result(plan));
@@ -568,6 +581,12 @@ fn engine_config(max_workers: usize) -> String {
              min_workers = 1\nmax_workers = {max_workers}\n"
         ));
     }
+    // The overload case's function: one worker, a queue of one.
+    text.push_str(&format!(
+        "\n[[functions]]\nname = \"{}\"\nbuiltin = \"sleep\"\n\
+         min_workers = 1\nmax_workers = 1\nmax_queue = 1\n",
+        super::soak::OVERLOAD_FUNCTION
+    ));
     text
 }
 

@@ -203,6 +203,21 @@ impl HttpClient {
         })
     }
 
+    /// Sends `request` without reading its response (read it later with
+    /// [`read_reply_status`](Self::read_reply_status)).
+    pub fn send_only(&mut self, request: &[u8]) -> Result<(), ClientError> {
+        self.discard_consumed();
+        self.stream.write_all(request).map_err(|e| self.map_io(e))
+    }
+
+    /// Reads the next response and returns its status.
+    pub fn read_reply_status(&mut self) -> Result<u16, ClientError> {
+        self.discard_consumed();
+        let head = self.read_response()?;
+        self.consumed = head.total_len();
+        Ok(head.status)
+    }
+
     /// Closes the connection with a reset (`SO_LINGER` 0) rather than a
     /// FIN: this side keeps no TIME-WAIT entry for it.
     pub fn close_with_reset(self) -> io::Result<()> {

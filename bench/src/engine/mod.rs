@@ -50,6 +50,7 @@ pub mod procfs;
 pub mod server;
 
 mod driver;
+pub mod soak;
 mod sys;
 
 use std::path::PathBuf;
@@ -110,6 +111,10 @@ pub struct EngineArgs {
     /// 10s [default: 10s, quick 1s].
     #[arg(long)]
     pub conns_duration: Option<String>,
+    /// Requests of the soak case; memory is compared after a tenth and after
+    /// all of them [default: 1000000, quick 200000].
+    #[arg(long, value_name = "N")]
+    pub soak_requests: Option<u64>,
     /// An extra argument for every `nocturne serve` (repeatable), e.g.
     /// --engine-arg=--worker-poll=park.
     #[arg(long, allow_hyphen_values = true, value_name = "ARG")]
@@ -196,6 +201,8 @@ pub struct EngineSettings {
     pub conns_rate: u64,
     /// Measuring time of each `conns` case (all rounds together).
     pub conns_duration: Duration,
+    /// Requests of the soak case.
+    pub soak_requests: u64,
     /// Extra `serve` arguments.
     pub engine_args: Vec<String>,
     /// Request and start-up timeout.
@@ -328,6 +335,10 @@ impl EngineSettings {
             nets,
             conns_rate: args.conns_rate,
             conns_duration,
+            soak_requests: args
+                .soak_requests
+                .unwrap_or(if args.quick { 200_000 } else { 1_000_000 })
+                .max(10),
             engine_args: args.engine_arg.clone(),
             timeout: Duration::from_secs(args.timeout_s),
         };
@@ -376,6 +387,8 @@ impl EngineSettings {
         }
         names.push(THROUGHPUT_INTERNAL.to_owned());
         names.push(THROUGHPUT_EXTERNAL.to_owned());
+        names.push(soak::OVERLOAD.to_owned());
+        names.push(soak::SOAK.to_owned());
         for net in &self.nets {
             names.push(format!("{EXTERNAL_CALL}/{}", net.as_str()));
         }
@@ -386,6 +399,17 @@ impl EngineSettings {
         }
         names
     }
+}
+
+/// The p50 of the first external-call case in the report (the engine the
+/// soak and overload cases ran on).
+fn settings_free_first_external(report: &Report) -> Option<f64> {
+    report
+        .cases
+        .iter()
+        .find(|c| c.name.starts_with("external-call/"))
+        .map(|c| c.p50_us)
+        .filter(|&v| v > 0.0)
 }
 
 /// Case-name prefix of the internal calls.
@@ -497,6 +521,26 @@ pub fn check_targets(report: &Report) -> Vec<TargetCheck> {
             limit: 0.5,
             at_least: false,
         });
+    }
+    // A refusal under overload costs less than ten normal calls.
+    let normal = settings_free_first_external(report);
+    if let (Some(o), Some(n)) = (p50(soak::OVERLOAD), normal) {
+        checks.push(TargetCheck {
+            what: format!("{} p50 / external-call p50", soak::OVERLOAD),
+            measured: o / n,
+            limit: 10.0,
+            at_least: false,
+        });
+    }
+    if let Some(soak) = report.case(soak::SOAK) {
+        if let Some(&growth) = soak.extra.get("rss_growth_pct") {
+            checks.push(TargetCheck {
+                what: "soak rss_growth_pct".into(),
+                measured: growth,
+                limit: 10.0,
+                at_least: false,
+            });
+        }
     }
     let (kernel, smoltcp) = ("external-call/kernel", "external-call/smoltcp");
     if let (Some(s), Some(k)) = (p50(smoltcp), p50(kernel)) {
@@ -615,6 +659,8 @@ mod tests {
                 "internal-call/adaptive",
                 "throughput/internal",
                 "throughput/external",
+                "overload/503",
+                "soak",
             ]
         );
     }
@@ -696,7 +742,7 @@ mod tests {
                 "conns/smoltcp/1024",
             ]
         );
-        assert_eq!(names[..9], settings(&[]).unwrap().case_names()[..]);
+        assert_eq!(names[..11], settings(&[]).unwrap().case_names()[..]);
         let only = settings(&["--net=smoltcp", "--conns-rate=500", "--conns-duration=2s"]).unwrap();
         assert_eq!(only.nets, [NetStack::Smoltcp]);
         assert_eq!(
