@@ -238,9 +238,12 @@ fn a_shrunken_quick_comparison_reports_every_system() {
     loop {
         // The comparison's baselines are the ones pinned with --cores (the
         // other tests' servers, running meanwhile, are not).
+        // Only this build's binary counts: other checkouts' benchmarks may
+        // run on the same machine.
+        let exe = env!("CARGO_BIN_EXE_nocturne");
         let left: Vec<String> = processes_mentioning("bench rpc-")
             .into_iter()
-            .filter(|p| p.contains("--cores"))
+            .filter(|p| p.contains("--cores") && p.contains(exe))
             .chain(processes_mentioning(&format!(
                 "nocturne-bench-compare-{}-",
                 run.pid
