@@ -8,6 +8,7 @@
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -259,7 +260,8 @@ impl Engine {
         // Relaxed: see `stop`.
         self.draining.store(true, Ordering::Relaxed);
         for fd in &self.wake_fds {
-            crate::sys::signal_eventfd(fd);
+            // A loop that cannot be woken still sees the flag on its next turn.
+            let _ = crate::sys::signal_eventfd(fd.as_fd());
         }
     }
 
@@ -274,7 +276,8 @@ impl Engine {
         // that follows wakes any that sleep.
         self.stop.store(true, Ordering::Relaxed);
         for fd in &self.wake_fds {
-            crate::sys::signal_eventfd(fd);
+            // A loop that cannot be woken still sees the flag on its next turn.
+            let _ = crate::sys::signal_eventfd(fd.as_fd());
         }
         for t in self.threads {
             let _ = t.join();

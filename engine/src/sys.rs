@@ -2,7 +2,7 @@
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 /// A non-blocking, close-on-exec eventfd (a core loop's doorbell).
 pub fn eventfd() -> io::Result<OwnedFd> {
@@ -15,14 +15,23 @@ pub fn eventfd() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Adds one to an eventfd, waking whoever waits on it in epoll.
-pub fn signal_eventfd(fd: &OwnedFd) {
+/// Adds 1 to an eventfd, waking whoever waits on it in epoll. A full counter
+/// (`EAGAIN`, only after 2^64-2 unconsumed wake-ups) already means
+/// "readable", so it is success.
+pub fn signal_eventfd(efd: BorrowedFd<'_>) -> io::Result<()> {
     let one: u64 = 1;
-    // SAFETY: writes 8 bytes from a valid u64 to an eventfd we own. A failure
-    // (EAGAIN at the counter's maximum) still leaves the fd readable, which is
-    // all a wake-up needs.
-    unsafe {
-        libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8);
+    loop {
+        // SAFETY: writes 8 bytes from a live u64.
+        let rc = unsafe { libc::write(efd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        if rc == 8 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => return Ok(()),
+            _ => return Err(e),
+        }
     }
 }
 

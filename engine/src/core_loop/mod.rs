@@ -165,7 +165,7 @@ impl<T: Transport> CoreLoop<T> {
         let config = &ctx.config;
         let limits = crate::engine::http_limits(config, index);
         let mut server = HttpServer::new(transport, limits);
-        let wake_fd = Arc::new(new_eventfd()?);
+        let wake_fd = Arc::new(crate::sys::eventfd()?);
         server
             .transport_mut()
             .register_wake_fd(wake_fd.as_raw_fd(), WAKE_TOKEN)?;
@@ -366,10 +366,6 @@ impl LoopState {
 /// Loop `index`'s share of `total` spread over `loops` (the first loops take the remainder).
 fn share(total: usize, loops: usize, index: usize) -> usize {
     total / loops + usize::from(index < total % loops)
-}
-
-fn new_eventfd() -> std::io::Result<OwnedFd> {
-    crate::sys::eventfd()
 }
 
 #[cfg(test)]

@@ -47,10 +47,10 @@ use nocturne_functions::control::{
 };
 use nocturne_ipc::channel::{ChannelConfig, ChannelError, EngineEnd, WaitPolicy};
 
+pub use crate::sys::eventfd;
 pub use backoff::Backoff;
 pub use log::{LogForwarder, LogSink};
 pub use spawner::{SpawnReply, SpawnRequest, Spawner};
-pub use sys::eventfd;
 
 /// Everything needed to start one worker.
 #[derive(Clone)]

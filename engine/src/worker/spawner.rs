@@ -14,7 +14,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
-use super::{spawn_with_log, sys, LogForwarder, SpawnError, Worker, WorkerSpec};
+use super::{spawn_with_log, LogForwarder, SpawnError, Worker, WorkerSpec};
 
 /// What comes back to the requesting loop: its tag and the outcome.
 pub type SpawnReply = (u64, Result<Worker, SpawnError>);
@@ -39,7 +39,7 @@ impl SpawnRequest {
         // A loop that went away drops the worker with the reply:
         // WorkerProcess's drop kills and reaps it.
         let _ = self.reply.send((self.tag, result));
-        if let Err(e) = sys::eventfd_signal(self.wake_efd.as_fd()) {
+        if let Err(e) = crate::sys::signal_eventfd(self.wake_efd.as_fd()) {
             eprintln!("nocturne: spawner cannot wake the requesting loop: {e}");
         }
     }

@@ -201,33 +201,3 @@ pub(crate) fn poll_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io
         }
     }
 }
-
-/// Adds 1 to an eventfd (wakes whoever polls it). A full counter (`EAGAIN`, only
-/// after 2^64-2 unconsumed wake-ups) already means "readable", so it is success.
-pub(crate) fn eventfd_signal(efd: BorrowedFd<'_>) -> io::Result<()> {
-    let one: u64 = 1;
-    loop {
-        // SAFETY: writes 8 bytes from a live u64.
-        let rc = unsafe { libc::write(efd.as_raw_fd(), (&one as *const u64).cast(), 8) };
-        if rc == 8 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        match e.kind() {
-            io::ErrorKind::Interrupted => continue,
-            io::ErrorKind::WouldBlock => return Ok(()),
-            _ => return Err(e),
-        }
-    }
-}
-
-/// A new non-blocking, close-on-exec eventfd.
-pub fn eventfd() -> io::Result<OwnedFd> {
-    // SAFETY: eventfd takes no pointers; a non-negative result is a new fd.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just created and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
