@@ -301,8 +301,15 @@ impl Machine {
     }
 }
 
-/// `git rev-parse HEAD` in the current directory.
+/// `$NOCTURNE_BENCH_COMMIT` when set (a binary copied to a machine without
+/// the checkout), else `git rev-parse HEAD` in the current directory.
 fn git_commit() -> Option<String> {
+    if let Some(commit) = std::env::var("NOCTURNE_BENCH_COMMIT")
+        .ok()
+        .filter(|c| !c.trim().is_empty())
+    {
+        return Some(commit.trim().to_owned());
+    }
     let out = std::process::Command::new("git")
         .args(["rev-parse", "HEAD"])
         .stderr(std::process::Stdio::null())

@@ -117,7 +117,7 @@ fn plan_for(
     plan.warmup = settings.warmup;
     plan.connections = settings.connections;
     plan.threads = settings.client_threads;
-    plan.cores = vec![settings.client_core];
+    plan.cores = settings.client_cores.clone();
     plan.poll = settings.client_poll;
     plan.timeout = settings.timeout;
     plan.connect_timeout = settings.timeout;
@@ -167,10 +167,10 @@ pub fn run_compare(settings: &CompareSettings) -> anyhow::Result<CompareOutcome>
     let placement = &settings.placement;
     let loadavg_start = loadavg();
     println!(
-        "bench compare: client on core {}, nocturne io core {} + worker cores {:?} (poll {}), \
+        "bench compare: client on cores {:?}, nocturne io cores {:?} + worker cores {:?} (poll {}), \
          baselines {} tokio threads on cores {:?}; load average {loadavg_start}",
-        settings.client_core,
-        placement.io_core,
+        settings.client_cores,
+        placement.io_cores,
         placement.worker_cores,
         placement.nocturne_poll,
         placement.server_threads,
@@ -203,7 +203,7 @@ pub fn run_compare(settings: &CompareSettings) -> anyhow::Result<CompareOutcome>
             true,
             settings.pingpong,
             (settings.pingpong / 10).max(50),
-            Some(settings.client_core),
+            Some(settings.client_cores[0]),
             settings.timeout,
         )
         .with_context(|| format!("{}: unloaded round trips", system.system().name()));

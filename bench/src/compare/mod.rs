@@ -61,12 +61,13 @@ pub struct CompareArgs {
     /// without rpc-hyper, give --saturation.
     #[arg(long, default_value = "rpc-hyper,rpc-grpc,nocturne")]
     pub systems: String,
-    /// Core of the load generator's thread.
-    #[arg(long, default_value_t = 0)]
-    pub client_core: usize,
-    /// nocturne's io core.
-    #[arg(long, default_value_t = 1)]
-    pub io_core: usize,
+    /// Cores of the load generator's threads (thread i on the i-th, cycling),
+    /// e.g. 0 or 0-1; the unloaded round trips run on the first.
+    #[arg(long, alias = "client-core", default_value = "0")]
+    pub client_cores: String,
+    /// nocturne's io cores (`serve --io-cores`), e.g. 1 or 12-15.
+    #[arg(long, alias = "io-core", default_value = "1")]
+    pub io_cores: String,
     /// nocturne's worker cores, e.g. 0 or 2-5; the baselines get these
     /// and the io core.
     #[arg(long, default_value = "0")]
@@ -84,7 +85,7 @@ pub struct CompareArgs {
     /// How the load generator waits (spin, adaptive, block).
     #[arg(long, value_enum, default_value_t = PollMode::Adaptive)]
     pub client_poll: PollMode,
-    /// Load generator threads (all on --client-core).
+    /// Load generator threads (spread over --client-cores).
     #[arg(long, default_value_t = 1)]
     pub client_threads: usize,
     /// Keep-alive connections of the load generator.
@@ -149,8 +150,8 @@ pub struct CompareSettings {
     pub systems: Vec<System>,
     /// Where the servers run.
     pub placement: Placement,
-    /// The load generator's core.
-    pub client_core: usize,
+    /// The load generator's cores (its threads cycle over them).
+    pub client_cores: Vec<usize>,
     /// How the load generator waits.
     pub client_poll: PollMode,
     /// Load generator threads.
@@ -252,12 +253,15 @@ impl CompareSettings {
         }
         let worker_cores = parse_core_list(&args.worker_cores).context("--worker-cores")?;
         let allowed = allowed_cores()?;
-        let mut all = vec![args.client_core, args.io_core];
+        let client_cores = parse_core_list(&args.client_cores).context("--client-cores")?;
+        let io_cores = parse_core_list(&args.io_cores).context("--io-cores")?;
+        let mut all = client_cores.clone();
+        all.extend(&io_cores);
         all.extend(&worker_cores);
         check_cores_against(&all, &allowed)
-            .context("--client-core / --io-core / --worker-cores")?;
+            .context("--client-cores / --io-cores / --worker-cores")?;
         let mut server_cores = worker_cores.clone();
-        server_cores.push(args.io_core);
+        server_cores.extend(&io_cores);
         server_cores.sort_unstable();
         server_cores.dedup();
         let server_threads = match args.server_threads {
@@ -270,7 +274,7 @@ impl CompareSettings {
             systems,
             placement: Placement {
                 exe,
-                io_core: args.io_core,
+                io_cores,
                 worker_cores,
                 server_cores,
                 server_threads,
@@ -278,7 +282,7 @@ impl CompareSettings {
                 engine_args: args.engine_arg.clone(),
                 timeout,
             },
-            client_core: args.client_core,
+            client_cores,
             client_poll: args.client_poll,
             client_threads: args.client_threads,
             connections: args.connections,

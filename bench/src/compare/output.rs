@@ -16,6 +16,7 @@ use super::CompareSettings;
 use crate::ipc::TargetCheck;
 use crate::load::output as load_output;
 use crate::load::spec::{format_duration, format_rate};
+use crate::pin::format_core_list;
 use crate::report::{CaseResult, Machine, Report};
 
 /// The case name of `system` at `rate`.
@@ -117,8 +118,8 @@ fn with_extras(mut case: CaseResult, extras: &[(&str, f64)]) -> CaseResult {
 pub fn build_report(settings: &CompareSettings, outcome: &CompareOutcome) -> Report {
     let p = &settings.placement;
     let mut core_map = BTreeMap::new();
-    core_map.insert("client".to_owned(), vec![settings.client_core]);
-    core_map.insert("nocturne_io".to_owned(), vec![p.io_core]);
+    core_map.insert("client".to_owned(), settings.client_cores.clone());
+    core_map.insert("nocturne_io".to_owned(), p.io_cores.clone());
     core_map.insert("nocturne_workers".to_owned(), p.worker_cores.clone());
     core_map.insert("baseline_servers".to_owned(), p.server_cores.clone());
     let mut modes: BTreeMap<String, String> = settings
@@ -238,16 +239,17 @@ pub fn markdown(settings: &CompareSettings, outcome: &CompareOutcome) -> String 
     );
     let _ = writeln!(
         md,
-        "Client: `bench load` engine, 1 × fixed-rate open loop, {} keep-alive connection(s), \
-         {}-byte bodies, core {}; {} warm-up + {} window per rate. nocturne: io core {}, \
+        "Client: `bench load` engine, {} × fixed-rate open loop, {} keep-alive connection(s), \
+         {}-byte bodies, cores {}; {} warm-up + {} window per rate. nocturne: io cores {}, \
          workers on {:?}, `--poll {}`{}. Baselines: {} tokio worker thread(s) per process on \
          cores {:?}. Latency from each request's intended send time, µs.\n",
+        settings.client_threads,
         settings.connections,
         settings.payload.len(),
-        settings.client_core,
+        format_core_list(&settings.client_cores),
         format_duration(settings.warmup),
         format_duration(settings.duration),
-        p.io_core,
+        format_core_list(&p.io_cores),
         p.worker_cores,
         p.nocturne_poll,
         if p.engine_args.is_empty() {

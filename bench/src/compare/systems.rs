@@ -65,8 +65,8 @@ impl System {
 pub struct Placement {
     /// The `nocturne` binary.
     pub exe: PathBuf,
-    /// nocturne's io core.
-    pub io_core: usize,
+    /// nocturne's io cores.
+    pub io_cores: Vec<usize>,
     /// nocturne's worker cores.
     pub worker_cores: Vec<usize>,
     /// The baselines' cores: nocturne's io and worker cores together.
@@ -219,7 +219,7 @@ fn nocturne_launch(p: &Placement) -> Result<Launch, StartError> {
         .arg("--config")
         .arg(&config)
         .args(["--listen", "127.0.0.1:0", "--poll", &p.nocturne_poll])
-        .args(["--io-cores", &p.io_core.to_string()])
+        .args(["--io-cores", &format_core_list(&p.io_cores)])
         .args(["--worker-cores", &format_core_list(&p.worker_cores)])
         .args(&p.engine_args);
     Ok(Launch {
@@ -293,7 +293,7 @@ mod tests {
     fn baseline_command_lines() {
         let p = Placement {
             exe: "/bin/nocturne".into(),
-            io_core: 1,
+            io_cores: vec![1],
             worker_cores: vec![0],
             server_cores: vec![0, 1],
             server_threads: 2,

@@ -202,8 +202,10 @@ fn prepare_net(settings: &EngineSettings) -> anyhow::Result<Option<(Netns, u64)>
 pub fn run_engine(settings: &EngineSettings) -> anyhow::Result<Report> {
     let allowed = allowed_cores().context("reading this process's allowed cores")?;
     let mut cores = vec![settings.client_core, settings.io_core];
+    cores.extend(&settings.client_cores);
     cores.extend(&settings.worker_cores);
-    check_cores_against(&cores, &allowed).context("--client-core / --io-core / --worker-cores")?;
+    check_cores_against(&cores, &allowed)
+        .context("--client-core / --client-cores / --io-core / --worker-cores")?;
     let exe = std::env::current_exe().context("cannot locate the nocturne binary")?;
     let payload = vec![b'p'; settings.payload];
     // Made before any server, so dropped after every one of them.
@@ -306,6 +308,7 @@ pub fn run_engine(settings: &EngineSettings) -> anyhow::Result<Report> {
     let machine = Machine::probe(
         BTreeMap::from([
             ("client".into(), vec![settings.client_core]),
+            ("throughput_clients".into(), settings.client_cores.clone()),
             ("io".into(), vec![settings.io_core]),
             ("workers".into(), settings.worker_cores.clone()),
         ]),
@@ -923,7 +926,7 @@ fn slot_memory(process: &ServerProcess) -> BTreeMap<String, f64> {
 }
 
 /// `settings.connections` closed-loop clients, each on its own thread and
-/// connection (all pinned to the client core), run until the measuring
+/// connection (pinned over the throughput client cores in turn), run until the measuring
 /// window ends; what completes inside the window counts.
 fn run_throughput(
     addr: std::net::SocketAddr,
@@ -946,10 +949,11 @@ fn run_throughput(
     };
     let results: Vec<anyhow::Result<ThroughputTally>> = std::thread::scope(|scope| {
         let threads: Vec<_> = (0..settings.connections)
-            .map(|_| {
+            .map(|i| {
                 let request = &request;
+                let core = settings.client_cores[i % settings.client_cores.len()];
                 scope.spawn(move || {
-                    pin_current_thread(settings.client_core)?;
+                    pin_current_thread(core)?;
                     let mut client = HttpClient::connect(addr, settings.timeout)?;
                     let mut tally = ThroughputTally::default();
                     loop {

@@ -66,9 +66,14 @@ pub use floor::{run_floor_server, FloorServerArgs};
 /// `nocturne bench engine` options.
 #[derive(clap::Args, Debug, Clone)]
 pub struct EngineArgs {
-    /// Core of the client (every client thread).
+    /// Core of the latency client (and of every client thread unless
+    /// --client-cores says otherwise).
     #[arg(long, default_value_t = 0)]
     pub client_core: usize,
+    /// Cores of the throughput cases' client threads (thread i on the i-th,
+    /// cycling), e.g. 0-3 [default: --client-core].
+    #[arg(long)]
+    pub client_cores: Option<String>,
     /// The engine's io core (`serve --io-cores`); the floor server runs there too.
     #[arg(long, default_value_t = 1)]
     pub io_core: usize,
@@ -171,8 +176,10 @@ impl NetStack {
 /// Validated settings of one run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineSettings {
-    /// Core of the client threads.
+    /// Core of the latency client.
     pub client_core: usize,
+    /// Cores of the throughput client threads (thread i on the i-th, cycling).
+    pub client_cores: Vec<usize>,
     /// The engine's (and the floor server's) io core.
     pub io_core: usize,
     /// The workers' cores.
@@ -283,7 +290,14 @@ impl EngineSettings {
                 error,
             })?;
         worker_cores.sort_unstable();
-        if args.client_core == args.io_core {
+        let client_cores = match &args.client_cores {
+            Some(text) => parse_core_list(text).map_err(|error| ArgsError::Cores {
+                flag: "client-cores",
+                error,
+            })?,
+            None => vec![args.client_core],
+        };
+        if args.client_core == args.io_core || client_cores.contains(&args.io_core) {
             return Err(ArgsError::ClientOnIoCore(args.io_core));
         }
         if worker_cores.contains(&args.io_core) {
@@ -320,6 +334,7 @@ impl EngineSettings {
         };
         let settings = Self {
             client_core: args.client_core,
+            client_cores,
             io_core: args.io_core,
             worker_cores,
             modes: parse_modes(&args.modes)?,
