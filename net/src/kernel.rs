@@ -65,6 +65,9 @@ impl Default for KernelOptions {
 struct Slot {
     generation: u32,
     stream: Option<TcpStream>,
+    /// epoll reported the peer's FIN, a hang-up or an error: reads go on
+    /// until `read` says which (see [`Transport::short_read_drains`]).
+    read_closed: bool,
 }
 
 /// Kernel TCP sockets behind an edge-triggered mio `Poll`: one `SO_REUSEPORT`
@@ -126,6 +129,7 @@ impl KernelTransport {
             Some(Slot {
                 generation: g,
                 stream: Some(stream),
+                ..
             }) if *g == generation => Ok(stream),
             _ => Err(io::Error::from(io::ErrorKind::NotConnected)),
         }
@@ -170,6 +174,7 @@ impl KernelTransport {
                     self.slots.push(Slot {
                         generation: 1,
                         stream: None,
+                        read_closed: false,
                     });
                     self.slots.len() - 1
                 }
@@ -189,6 +194,7 @@ impl KernelTransport {
                 continue;
             }
             self.slots[index].stream = Some(stream);
+            self.slots[index].read_closed = false;
             self.open += 1;
             events.push(TransportEvent::Accepted(id));
         }
@@ -226,14 +232,17 @@ impl Transport for KernelTransport {
             }
             let id = token as ConnId;
             let (index, generation) = split_id(id);
-            let live = matches!(
-                self.slots.get(index),
-                Some(Slot { generation: g, stream: Some(_) }) if *g == generation
-            );
-            if !live {
+            let Some(slot) = self
+                .slots
+                .get_mut(index)
+                .filter(|s| s.generation == generation && s.stream.is_some())
+            else {
                 continue; // queued for a socket closed earlier in this turn
-            }
+            };
             // EOF, hang-up and socket errors are all discovered by `read`.
+            if event.is_read_closed() || event.is_error() {
+                slot.read_closed = true;
+            }
             if event.is_readable() || event.is_read_closed() || event.is_error() {
                 events.push(TransportEvent::Readable(id));
             }
@@ -255,6 +264,19 @@ impl Transport for KernelTransport {
                 other => return other,
             }
         }
+    }
+
+    /// Edge-triggered epoll signals every arrival after the `epoll_wait`
+    /// that reported the last one, so a read that did not fill its buffer
+    /// emptied the socket: the next bytes bring a new `Readable`. The one
+    /// exception is a FIN that came with the data under the same edge: once
+    /// epoll has said the peer closed, reads go on until EOF.
+    fn short_read_drains(&self, conn: ConnId) -> bool {
+        let (index, generation) = split_id(conn);
+        matches!(
+            self.slots.get(index),
+            Some(Slot { generation: g, stream: Some(_), read_closed: false }) if *g == generation
+        )
     }
 
     fn write(&mut self, conn: ConnId, bytes: &[u8]) -> io::Result<usize> {

@@ -62,6 +62,15 @@ pub trait Transport {
     /// `NotConnected` means the id is unknown (closed).
     fn read(&mut self, conn: ConnId, buf: &mut [u8]) -> io::Result<usize>;
 
+    /// Whether a `read` that returned fewer bytes than its buffer held left
+    /// nothing to read until the next `Readable`, so the caller may skip the
+    /// read that would only say `WouldBlock` (a system call per request on
+    /// the kernel transport). `false`, the default, is always correct.
+    fn short_read_drains(&self, conn: ConnId) -> bool {
+        let _ = conn;
+        false
+    }
+
     /// Writes some of `bytes` (a partial write is normal); `WouldBlock` means
     /// wait for `Writable`; `NotConnected` means the id is unknown (closed).
     fn write(&mut self, conn: ConnId, bytes: &[u8]) -> io::Result<usize>;

@@ -506,3 +506,32 @@ fn arbitrary_bytes_on_the_wire_never_hurt_the_server() {
     drop(client);
     server.wait_until("connections closed", |s| s.connections() == 0);
 }
+
+/// A request and the client's FIN in one burst: the answer goes out and the
+/// connection closes at once (not at the keep-alive timeout), although the
+/// request was read in one short read.
+#[test]
+fn a_request_with_its_fin_is_answered_and_closed_promptly() {
+    use std::io::Read as _;
+    let server = server();
+    for _ in 0..20 {
+        let mut client = server.connect();
+        client
+            .stream
+            .write_all(&post("/echo", b"last words"))
+            .unwrap();
+        client.stream.shutdown(std::net::Shutdown::Write).unwrap();
+        client
+            .stream
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        let mut reply = Vec::new();
+        client
+            .stream
+            .read_to_end(&mut reply)
+            .expect("the server closes within 3 s");
+        let text = String::from_utf8_lossy(&reply);
+        assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+        assert!(text.ends_with("POST /echo last words"), "{text}");
+    }
+}

@@ -186,3 +186,51 @@ fn binding_a_taken_port_without_reuseport_partner_fails_cleanly() {
     let err = KernelTransport::bind(holder.local_addr().unwrap(), &KernelOptions::default());
     assert!(err.is_err());
 }
+
+/// A short read empties the socket (the HTTP server then skips the read
+/// that would say `WouldBlock`) unless epoll has reported the peer's FIN:
+/// a FIN that arrived with the data under one edge brings no new event, so
+/// the reader must go on to EOF.
+#[test]
+fn a_short_read_drains_the_socket_unless_the_peer_closed() {
+    let mut t =
+        KernelTransport::bind("127.0.0.1:0".parse().unwrap(), &KernelOptions::default()).unwrap();
+    let mut events = Vec::new();
+    let mut open = || {
+        let client = TcpStream::connect(t.local_addr()).unwrap();
+        let TransportEvent::Accepted(id) = poll_until(&mut t, &mut events, "accept", |e| {
+            matches!(e, TransportEvent::Accepted(_))
+        }) else {
+            unreachable!()
+        };
+        (client, id)
+    };
+    let (mut talking, talking_id) = open();
+    let (mut closing, closing_id) = open();
+    drop(open);
+
+    talking.write_all(b"request").unwrap();
+    closing.write_all(b"request").unwrap();
+    closing.shutdown(std::net::Shutdown::Write).unwrap();
+    // Both segments (and the FIN) are queued before the transport looks.
+    std::thread::sleep(Duration::from_millis(50));
+    let mut seen = HashSet::new();
+    while seen.len() < 2 {
+        let TransportEvent::Readable(id) = poll_until(&mut t, &mut events, "readable", |e| {
+            matches!(e, TransportEvent::Readable(_))
+        }) else {
+            unreachable!()
+        };
+        seen.insert(id);
+    }
+    let mut buf = [0u8; 64];
+    assert_eq!(t.read(talking_id, &mut buf).unwrap(), 7);
+    assert!(t.short_read_drains(talking_id), "an open peer: drained");
+    assert_eq!(t.read(closing_id, &mut buf).unwrap(), 7);
+    assert!(!t.short_read_drains(closing_id), "FIN reported: read on");
+    assert_eq!(t.read(closing_id, &mut buf).unwrap(), 0, "then EOF");
+    // Unknown and closed ids never claim a drained socket.
+    t.close(talking_id);
+    assert!(!t.short_read_drains(talking_id));
+    drop(talking);
+}

@@ -50,6 +50,12 @@ const RING_BUDGET: usize = 32;
 const TIMER_PERIOD: Duration = Duration::from_millis(1);
 /// The longest an idle loop sleeps before looking at its timers.
 const MAX_SLEEP: Duration = Duration::from_millis(50);
+/// While calls are in flight and the network had nothing new, the loop polls
+/// the network at most this often and its rings on every turn in between:
+/// a network poll is a system call (`epoll_wait`, ≈ 0.3 µs) that would
+/// otherwise sit between a worker's answer and its delivery. Bounded, so a
+/// new request waits at most this long longer to be seen.
+const NET_POLL_PACE_NS: u64 = 1_000;
 
 /// What a loop shares with the rest of the engine (read-only after start).
 pub struct LoopContext {
@@ -152,6 +158,9 @@ pub(crate) struct LoopState {
     pub keys: Vec<Key>,
     pub now: Instant,
     pub now_ns: u64,
+    /// `now` and `now_ns` of one moment, so that a turn reads the clock once
+    /// and derives the other.
+    clock_base: (Instant, u64),
     pub last_timers: Instant,
     /// Set before an epoll sleep: the first request after it re-reads the clock.
     pub clock_stale: bool,
@@ -198,6 +207,7 @@ impl<T: Transport> CoreLoop<T> {
             .collect();
         let (spawn_tx, spawn_rx) = mpsc::channel();
         let now = Instant::now();
+        let now_ns = nocturne_functions::protocol::monotonic_ns();
         Ok(Self {
             server,
             st: LoopState {
@@ -214,7 +224,8 @@ impl<T: Transport> CoreLoop<T> {
                 timing: String::new(),
                 keys: Vec::new(),
                 now,
-                now_ns: nocturne_functions::protocol::monotonic_ns(),
+                now_ns,
+                clock_base: (now, now_ns),
                 last_timers: now,
                 clock_stale: false,
                 drain_deadline: None,
@@ -239,6 +250,7 @@ impl<T: Transport> CoreLoop<T> {
             self.st.ensure_min_workers(f as u32);
         }
         let mut last_work = Instant::now();
+        let mut next_net_poll_ns = 0;
         // Relaxed: the flags carry no data; a loop only needs to notice them
         // within a turn or two (the eventfd write that follows wakes sleepers).
         while !self.st.ctx.stop.load(Ordering::Relaxed) {
@@ -246,7 +258,16 @@ impl<T: Transport> CoreLoop<T> {
             if self.st.ctx.draining.load(Ordering::Relaxed) && self.drain_step() {
                 break;
             }
-            let mut work = self.poll_net(Some(Duration::ZERO));
+            let mut work = 0;
+            if self.st.calls.is_empty() || self.st.now_ns >= next_net_poll_ns {
+                let net_work = self.poll_net(Some(Duration::ZERO));
+                next_net_poll_ns = if net_work == 0 {
+                    self.st.now_ns + NET_POLL_PACE_NS
+                } else {
+                    0
+                };
+                work += net_work;
+            }
             work += self.turn_rest();
             if work > 0 {
                 last_work = self.st.now;
@@ -336,9 +357,13 @@ impl<T: Transport> CoreLoop<T> {
 
 impl LoopState {
     /// Reads the clock: once per turn (and once after an epoll sleep).
+    /// `Instant` is CLOCK_MONOTONIC on Linux, the clock of `now_ns` too, so
+    /// one read gives both.
     pub(crate) fn tick(&mut self) {
         self.now = Instant::now();
-        self.now_ns = nocturne_functions::protocol::monotonic_ns();
+        let (base, base_ns) = self.clock_base;
+        let since = self.now.saturating_duration_since(base).as_nanos();
+        self.now_ns = base_ns + u64::try_from(since).unwrap_or(u64::MAX - base_ns);
     }
 
     fn sleep_budget(&self) -> Duration {

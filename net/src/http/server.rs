@@ -812,10 +812,14 @@ impl<T: Transport> HttpServer<T> {
             return Fill::Full;
         }
         let id = self.outputs.slots[slot].id;
+        let room = input.buf.len() - input.end;
         match self.transport.read(id, &mut input.buf[input.end..]) {
             Ok(0) => Fill::Eof,
             Ok(n) => {
                 input.end += n;
+                if n < room && self.transport.short_read_drains(id) {
+                    input.readable = false;
+                }
                 input.last_activity = self.now;
                 if input.head_started.is_none() && input.parser.in_head() {
                     input.head_started = Some(self.now);
