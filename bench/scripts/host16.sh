@@ -2,7 +2,9 @@
 # The 16-core-host benchmarks, in one bounded run (a few minutes).
 #
 # Usage: bench/scripts/host16.sh BINARY OUTDIR [STEP…]
-#   STEP: latency throughput serve-throughput generator compare (default: all)
+#   STEP: latency throughput serve-throughput generator compare (default: all),
+#         echo-ceiling, profile (perf record of the io core at saturation;
+#         $PERF names the perf binary, default `perf`)
 #
 # Runs on a machine with at least 16 cores, nothing else busy, as root or
 # not. It needs only the release `nocturne` binary (no cargo, no iproute2:
@@ -17,6 +19,9 @@
 #   serve-throughput  `serve` io 15, 8 echo workers on 1-8 (spinning);
 #                     `bench load` 3 spinning threads on 9-11
 #   generator         `bench load` 1 thread on core 1; echo servers on 4, 5, 6
+#   echo-ceiling      `bench load` 3 spinning threads on 9-11 against one
+#                     spinning `bench load-echo-server` on 15
+#   profile           as serve-throughput at a fixed 150k/s, perf on core 15
 #   compare           client threads on 0-1, nocturne io 14-15, workers 2-13;
 #                     the baselines get 2-15
 set -u
@@ -87,6 +92,50 @@ step_serve_throughput() {
   grep -m3 'listening\|workers wait' "$log"
 }
 
+# The ceiling of a trivial kernel-TCP server on one core (the io core's
+# floor for throughput): the same generator as serve-throughput.
+step_echo_ceiling() {
+  "$BIN" bench load-echo-server --poll spin --core 15 >"$OUT/echo-15.log" 2>&1 &
+  local pid=$!
+  local url
+  url=$(server_url "$OUT/echo-15.log")
+  run_step echo-ceiling 60 "$BIN" bench load "$url/" --body "$(printf 'p%.0s' $(seq 64))" \
+    --threads 3 --cores 9-11 --poll spin --connections 96 --rate 60k..300k/20k \
+    --duration 2s --warmup 500ms --slo p99=500us --json "$OUT/echo-ceiling.json"
+  kill "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null
+}
+
+# Where the io core's time goes at saturation: perf on the io thread while
+# the generator offers more than it sustains.
+step_profile() {
+  local config="$OUT/echo8.toml" log="$OUT/serve.log" perf=${PERF:-perf}
+  printf '[[functions]]\nname = "echo"\nbuiltin = "echo"\nmin_workers = 8\nmax_workers = 8\n' >"$config"
+  "$BIN" serve --config "$config" --listen 127.0.0.1:0 --poll spin --io-cores 15 \
+    --worker-cores 1-8 >"$log" 2>&1 &
+  local pid=$!
+  local url tid
+  url=$(server_url "$log")
+  sleep 1
+  tid=$(grep -l 'nocturne-io' /proc/$pid/task/*/comm | head -1 | cut -d/ -f5)
+  "$BIN" bench load "$url/function/echo" --body "$(printf 'p%.0s' $(seq 64))" \
+    --threads 3 --cores 9-11 --poll spin --connections 96 --rate 150k \
+    --duration 5s --warmup 500ms >"$OUT/profile-load.txt" 2>&1 &
+  local load=$!
+  sleep 2
+  "$perf" record -F 4999 -g -t "$tid" -o "$OUT/perf.data" -- sleep 2 >"$OUT/perf-record.txt" 2>&1
+  wait "$load"
+  kill -INT "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null
+  echo "=== profile: io thread $tid; load:"
+  grep -E '^(rate|150k)' "$OUT/profile-load.txt" | head -2
+  tail -2 "$OUT/perf-record.txt"
+  "$perf" report -i "$OUT/perf.data" --no-children --sort sym --stdio 2>/dev/null \
+    | grep -E '^ +[0-9]' | head -45
+  "$perf" report -i "$OUT/perf.data" --children --sort sym --stdio 2>/dev/null \
+    | grep -E '^ +[0-9]' | head -45
+}
+
 # The generator from one client core against trivial servers: three
 # spinning echo servers (so that no server is the ceiling), 48 connections.
 step_generator() {
@@ -122,6 +171,8 @@ for step in $STEPS; do
     serve-throughput) step_serve_throughput ;;
     generator) step_generator ;;
     compare) step_compare ;;
+    echo-ceiling) step_echo_ceiling ;;
+    profile) step_profile ;;
     *) echo "host16: unknown step $step" >&2; exit 2 ;;
   esac
 done

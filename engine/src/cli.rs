@@ -118,7 +118,7 @@ pub struct ServeArgs {
     #[arg(long, env = "NOCTURNE_WORKER_POLL", value_enum, value_name = "MODE")]
     pub worker_poll: Option<WorkerPoll>,
 
-    /// Microseconds an idle worker spins or yields before parking [default: 50]
+    /// Microseconds an idle worker spins or yields before parking [default: 2000 for spin, 50 for yield]
     #[arg(long, env = "NOCTURNE_WORKER_SPIN_US", value_name = "US")]
     pub worker_spin_us: Option<u64>,
 

@@ -182,10 +182,6 @@ pub(crate) fn resolve(
         "worker_spin_us",
         "--worker-spin-us",
     );
-    let worker_spin_us = check_spin(
-        worker_spin_us.unwrap_or(defaults::WORKER_SPIN_US),
-        &worker_spin_field,
-    )?;
 
     let (max_connections, field) = pick(
         ov.max_connections,
@@ -302,6 +298,13 @@ pub(crate) fn resolve(
         (None, Ok(())) => WorkerPoll::Spin,
         (None, Err(_)) => WorkerPoll::Yield,
     };
+    let worker_spin_us = check_spin(
+        worker_spin_us.unwrap_or(match worker_poll {
+            WorkerPoll::Spin => defaults::WORKER_SPIN_US_OWN_CORE,
+            WorkerPoll::Yield | WorkerPoll::Park => defaults::WORKER_SPIN_US,
+        }),
+        &worker_spin_field,
+    )?;
 
     Ok(Config {
         origin,

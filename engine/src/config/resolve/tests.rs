@@ -194,9 +194,13 @@ fn worker_poll_defaults_to_spin_only_with_a_core_per_worker() {
         )
         .unwrap()
     };
-    // 4 workers on 4 cores of their own.
+    // 4 workers on 4 cores of their own; they spin long before parking.
     let config = run("worker_cores = \"0-3\"");
     assert_eq!(config.worker_poll, WorkerPoll::Spin);
+    assert_eq!(config.worker_spin_us, defaults::WORKER_SPIN_US_OWN_CORE);
+    // A budget given is kept.
+    let config = run("worker_cores = \"0-3\"\nworker_spin_us = 7");
+    assert_eq!(config.worker_spin_us, 7);
     assert!(config.worker_cores_reserved().is_ok());
     // Too few cores.
     let config = run("worker_cores = \"0-2\"");
@@ -215,6 +219,7 @@ fn worker_poll_defaults_to_spin_only_with_a_core_per_worker() {
     // Not pinned.
     let config = run("");
     assert_eq!(config.worker_poll, WorkerPoll::Yield);
+    assert_eq!(config.worker_spin_us, defaults::WORKER_SPIN_US);
     assert!(config
         .worker_cores_reserved()
         .unwrap_err()
@@ -644,7 +649,7 @@ fn summary_names_everything_that_matters() {
     for needle in [
         "spin (never sleeps)",
         "io 1; workers 0",
-        "spin (spins 50us, then parks; every worker has a core of its own)",
+        "spin (spins 2000us, then parks; every worker has a core of its own)",
         "command [\"true\"]",
         "; env A, B",
     ] {
