@@ -24,6 +24,9 @@
 #   profile           as serve-throughput at a fixed 150k/s, perf on core 15
 #   compare           client threads on 0-1, nocturne io 14-15, workers 2-13;
 #                     the baselines get 2-15
+#
+# $LOAD_BIN, when set, runs the load generator (`bench load`) instead of
+# BINARY, so that servers of several builds meet the same client.
 set -u
 BIN=${1:?usage: host16.sh BINARY OUTDIR [STEP…]}
 OUT=${2:?usage: host16.sh BINARY OUTDIR [STEP…]}
@@ -84,7 +87,7 @@ step_serve_throughput() {
   local url
   url=$(server_url "$log")
   sleep 1 # the workers' handshakes
-  run_step serve-throughput 60 "$BIN" bench load "$url/function/echo" --body "$(printf 'p%.0s' $(seq 64))" \
+  run_step serve-throughput 60 "${LOAD_BIN:-$BIN}" bench load "$url/function/echo" --body "$(printf 'p%.0s' $(seq 64))" \
     --threads 3 --cores 9-11 --poll spin --connections 96 --rate 100k..300k/25k \
     --duration 2s --warmup 500ms --slo p99=500us --json "$OUT/serve-throughput.json"
   kill -INT "$pid" 2>/dev/null

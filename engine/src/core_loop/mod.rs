@@ -50,12 +50,6 @@ const RING_BUDGET: usize = 32;
 const TIMER_PERIOD: Duration = Duration::from_millis(1);
 /// The longest an idle loop sleeps before looking at its timers.
 const MAX_SLEEP: Duration = Duration::from_millis(50);
-/// While calls are in flight and the network had nothing new, the loop polls
-/// the network at most this often and its rings on every turn in between:
-/// a network poll is a system call (`epoll_wait`, ≈ 0.3 µs) that would
-/// otherwise sit between a worker's answer and its delivery. Bounded, so a
-/// new request waits at most this long longer to be seen.
-const NET_POLL_PACE_NS: u64 = 1_000;
 
 /// What a loop shares with the rest of the engine (read-only after start).
 pub struct LoopContext {
@@ -250,7 +244,6 @@ impl<T: Transport> CoreLoop<T> {
             self.st.ensure_min_workers(f as u32);
         }
         let mut last_work = Instant::now();
-        let mut next_net_poll_ns = 0;
         // Relaxed: the flags carry no data; a loop only needs to notice them
         // within a turn or two (the eventfd write that follows wakes sleepers).
         while !self.st.ctx.stop.load(Ordering::Relaxed) {
@@ -258,16 +251,7 @@ impl<T: Transport> CoreLoop<T> {
             if self.st.ctx.draining.load(Ordering::Relaxed) && self.drain_step() {
                 break;
             }
-            let mut work = 0;
-            if self.st.calls.is_empty() || self.st.now_ns >= next_net_poll_ns {
-                let net_work = self.poll_net(Some(Duration::ZERO));
-                next_net_poll_ns = if net_work == 0 {
-                    self.st.now_ns + NET_POLL_PACE_NS
-                } else {
-                    0
-                };
-                work += net_work;
-            }
+            let mut work = self.poll_net(Some(Duration::ZERO));
             work += self.turn_rest();
             if work > 0 {
                 last_work = self.st.now;
