@@ -3,11 +3,24 @@
 //! latency from that time.
 //!
 //! ```text
-//!  schedule ──due──▶ dispatch ──free connection──▶ send (write) ──▶ in flight
-//!                       │ none free                              │ response
-//!                       ▼                                        ▼
+//!  schedule ──due──▶ dispatch ──idle connection──▶ stage ──▶ write ──▶ in flight
+//!                       │ none idle                                  │ response
+//!                       ▼                                            ▼
 //!                    backlog (per endpoint) ◀──freed── record(now − intended, now − sent)
 //! ```
+//!
+//! The per-request path is kept to the system calls it needs: one `write`
+//! per request (straight from the kind's prebuilt bytes), one `read` per
+//! response (none that only returns `WouldBlock`), one `epoll_wait` per
+//! loop turn for all ready connections, registered once, edge-triggered.
+//! Idle connections wait in a queue per endpoint, so a request goes to the
+//! one idle longest without a scan. Requests are *staged* on their
+//! connection and written at the end of the step that released them (the
+//! due arrivals of a turn, or the responses of one read); with
+//! `--pipeline` > 1 the requests due in one turn fill one connection and
+//! leave in one write, as do backlogged requests fed to a connection
+//! freed by several responses. Each request's send time is taken at its
+//! write.
 //!
 //! A request whose intended time comes while every connection of its
 //! endpoint is busy waits in the thread's backlog and goes out on the first
@@ -21,7 +34,8 @@
 //! (again with the lower bound) if they do not.
 //!
 //! Waiting: `spin` polls epoll without sleeping; `block` sleeps in epoll
-//! with a `timerfd` armed for the next intended send (ns precision);
+//! with a `timerfd` armed for the next intended send (ns precision, armed
+//! only when the thread is about to sleep, never read);
 //! `adaptive` sleeps the same way but wakes `spin` early and keeps polling
 //! for `spin` after any activity, so a response that comes within that
 //! window is seen without a wake-up.
@@ -113,6 +127,9 @@ pub struct LiveCounters {
     pub completed: AtomicU64,
     /// Failed requests and connection attempts.
     pub errors: AtomicU64,
+    /// `write` system calls made to send requests (one per request without
+    /// pipelining; fewer with it, when requests due together share one).
+    pub writes: AtomicU64,
 }
 
 /// A request kind as the loop needs it.
@@ -163,6 +180,17 @@ pub(crate) struct ThreadResult {
     pub reconnects: u64,
     pub cpu: Duration,
     pub first_error: Option<String>,
+}
+
+impl ThreadResult {
+    /// Counts `f` as sent at `t`.
+    fn count_sent(&mut self, f: &InFlight, t: u64) {
+        self.requests_total += 1;
+        if f.measured {
+            self.sent += 1;
+            self.send_lag.record_ns(t.saturating_sub(f.intended_ns));
+        }
+    }
 }
 
 /// Runs one client thread: pins, connects, reports ready on `ready`, waits
@@ -232,9 +260,65 @@ struct Conn {
     rend: usize,
     /// Bytes accepted for sending that the socket has not taken yet.
     wbuf: Vec<u8>,
-    /// Listed in its endpoint's ready queue.
-    in_ready: bool,
+    /// Requests at the back of `inflight` that are queued for this turn's
+    /// write and not yet written (their bytes are not in `wbuf` yet).
+    staged: usize,
     backoff_ns: u64,
+}
+
+/// The connections that can take another request, per endpoint, in the
+/// order they became free. A request goes to the one that has waited
+/// longest, so the load is spread round robin over the idle connections,
+/// and finding it takes no scan of the connections. Entries are checked
+/// when popped (a connection listed while free may have gone down since).
+#[derive(Debug)]
+struct ReadyQueues {
+    queues: Vec<VecDeque<usize>>,
+    /// Whether each connection is in its endpoint's queue (never twice).
+    listed: Vec<bool>,
+}
+
+impl ReadyQueues {
+    fn new(endpoints: usize, connections: usize) -> Self {
+        Self {
+            queues: (0..endpoints)
+                .map(|_| VecDeque::with_capacity(connections))
+                .collect(),
+            listed: vec![false; connections],
+        }
+    }
+
+    /// Lists `c` (of endpoint `ep`) at the back, unless it is listed.
+    fn push(&mut self, ep: usize, c: usize) {
+        if !self.listed[c] {
+            self.listed[c] = true;
+            self.queues[ep].push_back(c);
+        }
+    }
+
+    /// The longest-waiting connection of `ep` that is `usable`; the ones
+    /// passed over on the way are unlisted.
+    fn pop(&mut self, ep: usize, mut usable: impl FnMut(usize) -> bool) -> Option<usize> {
+        while let Some(c) = self.queues[ep].pop_front() {
+            self.listed[c] = false;
+            if usable(c) {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// Unlists `c` (of endpoint `ep`).
+    fn remove(&mut self, ep: usize, c: usize) {
+        if std::mem::take(&mut self.listed[c]) {
+            self.queues[ep].retain(|&x| x != c);
+        }
+    }
+
+    /// True when some endpoint has a connection listed.
+    fn any(&self) -> bool {
+        self.queues.iter().any(|q| !q.is_empty())
+    }
 }
 
 /// Why a connection is torn down.
@@ -247,6 +331,8 @@ enum Failure {
 }
 
 const TIMER: Token = Token(usize::MAX);
+/// Status codes are three digits.
+const STATUS_CODES: usize = 1000;
 const FIRST_BACKOFF_NS: u64 = 1_000_000;
 const MAX_BACKOFF_NS: u64 = 200_000_000;
 /// How often timeouts and reconnections are looked at.
@@ -259,7 +345,14 @@ struct Client {
     /// The time the timer is armed for (`u64::MAX`: not armed).
     armed_ns: u64,
     conns: Vec<Conn>,
-    ready: Vec<VecDeque<usize>>,
+    ready: ReadyQueues,
+    /// Connections with staged requests, in the order they were staged.
+    dirty: Vec<usize>,
+    /// Per endpoint, the connection that took the last request of this
+    /// turn: with `--pipeline` > 1 the next one due joins it (one write).
+    coalesce: Vec<Option<usize>>,
+    /// Responses by status code (an array: no map lookup per response).
+    statuses: Box<[u64]>,
     backlog: Vec<VecDeque<Pending>>,
     schedule: ArrivalSchedule,
     picker: KindPicker,
@@ -276,6 +369,8 @@ struct Client {
     last_activity_ns: u64,
     next_housekeeping_ns: u64,
     live: Arc<LiveCounters>,
+    /// Writes made by `write_staged` (the first attempt of each).
+    writes: u64,
     out: ThreadResult,
 }
 
@@ -297,7 +392,7 @@ impl Client {
             .register(&mut SourceFd(&timer.as_raw_fd()), TIMER, Interest::READABLE)
             .map_err(LoadError::Setup)?;
         let mut conns = Vec::with_capacity(plan.connections.len());
-        let mut ready = vec![VecDeque::new(); plan.endpoints.len()];
+        let mut ready = ReadyQueues::new(plan.endpoints.len(), plan.connections.len());
         for (i, &endpoint) in plan.connections.iter().enumerate() {
             let addr = plan.endpoints[endpoint];
             let connect_err = |source| LoadError::Connect { addr, source };
@@ -323,10 +418,10 @@ impl Client {
                 rstart: 0,
                 rend: 0,
                 wbuf: Vec::new(),
-                in_ready: true,
+                staged: 0,
                 backoff_ns: FIRST_BACKOFF_NS,
             });
-            ready[endpoint].push_back(i);
+            ready.push(endpoint, i);
         }
         let mut schedule = plan.schedule;
         let next_due_ns = schedule.next_ns();
@@ -342,6 +437,9 @@ impl Client {
             armed_ns: u64::MAX,
             conns,
             ready,
+            dirty: Vec::with_capacity(plan.connections.len()),
+            coalesce: vec![None; plan.endpoints.len()],
+            statuses: vec![0; STATUS_CODES].into_boxed_slice(),
             backlog: vec![VecDeque::new(); plan.endpoints.len()],
             schedule,
             picker: plan.picker,
@@ -361,11 +459,22 @@ impl Client {
             last_activity_ns: 0,
             next_housekeeping_ns: HOUSEKEEPING_NS,
             live: plan.live,
+            writes: 0,
             out: ThreadResult {
                 per_kind,
                 ..ThreadResult::default()
             },
         })
+    }
+
+    fn publish(&self) {
+        // Relaxed: statistics, read for display (and by tests after the
+        // thread is joined).
+        self.live.sent.store(self.out.sent, Ordering::Relaxed);
+        self.live
+            .completed
+            .store(self.out.completed, Ordering::Relaxed);
+        self.live.writes.store(self.writes, Ordering::Relaxed);
     }
 
     /// Nanoseconds since the start of the run.
@@ -382,6 +491,7 @@ impl Client {
             let now = self.now_ns();
             if drain_deadline_ns.is_none() {
                 self.release_due(now);
+                self.write_staged_all();
                 if now >= self.end_ns {
                     self.abandon_backlog(now);
                     drain_deadline_ns = Some(now.saturating_add(self.timeout_ns));
@@ -400,20 +510,26 @@ impl Client {
                     break;
                 }
             }
+            // Published once a turn: a plain store, not a locked add per
+            // request.
+            self.publish();
             let timeout = self.wait_timeout(now, drain_deadline_ns)?;
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     return Err(LoadError::Setup(e));
                 }
             }
+            if self.spin_ns > 0 && !events.is_empty() {
+                self.last_activity_ns = self.now_ns();
+            }
             for event in events.iter() {
                 let token = event.token();
                 if token == TIMER {
-                    self.timer.clear();
+                    // Not read: arming the timer again resets its expiry
+                    // count, and each expiry raises a new edge.
                     self.armed_ns = u64::MAX;
                     continue;
                 }
-                self.last_activity_ns = self.now_ns();
                 let c = token.0;
                 match self.conns[c].state {
                     ConnState::Connecting { .. } => self.finish_connect(c),
@@ -428,9 +544,18 @@ impl Client {
                     }
                     ConnState::Down { .. } => {}
                 }
+                // Requests this event freed a connection for leave now.
+                self.write_staged_all();
             }
         }
         self.out.cpu = thread_cpu_time().saturating_sub(cpu_before);
+        for (status, &n) in self.statuses.iter().enumerate() {
+            if n > 0 {
+                let status = u16::try_from(status).expect("fewer than 1000 status codes");
+                *self.out.statuses.entry(status).or_default() += n;
+            }
+        }
+        self.publish();
         Ok(self.out)
     }
 
@@ -445,7 +570,7 @@ impl Client {
     /// wake-up per request when the server is saturated).
     fn next_wake(&self, drain_deadline_ns: Option<u64>) -> u64 {
         let mut wake = match drain_deadline_ns {
-            None if self.ready.iter().any(|q| !q.is_empty()) => self.next_due_ns.min(self.end_ns),
+            None if self.ready.any() => self.next_due_ns.min(self.end_ns),
             None => self.end_ns,
             Some(deadline) => deadline,
         };
@@ -501,11 +626,22 @@ impl Client {
         }
     }
 
+    /// Gives `p` to a free connection of its endpoint, or to the backlog.
     fn dispatch(&mut self, p: Pending) {
         let ep = self.kinds[p.kind].endpoint;
         if self.backlog[ep].is_empty() {
-            if let Some(c) = self.pop_ready(ep) {
-                self.send(c, p);
+            // With pipelining, requests due in the same turn share the
+            // connection that took the previous one while it has room: one
+            // write instead of one per request.
+            let c = match self.coalesce[ep] {
+                Some(c) if self.can_send(c) => Some(c),
+                _ => self.pop_ready(ep),
+            };
+            if let Some(c) = c {
+                self.stage(c, p);
+                if self.pipeline > 1 {
+                    self.coalesce[ep] = Some(c);
+                }
                 return;
             }
         }
@@ -518,60 +654,91 @@ impl Client {
     }
 
     fn pop_ready(&mut self, ep: usize) -> Option<usize> {
-        while let Some(c) = self.ready[ep].pop_front() {
-            self.conns[c].in_ready = false;
-            if self.can_send(c) {
-                return Some(c);
-            }
-        }
-        None
+        let (conns, pipeline) = (&self.conns, self.pipeline);
+        self.ready.pop(ep, |c| {
+            conns[c].state == ConnState::Connected && conns[c].inflight.len() < pipeline
+        })
     }
 
     fn mark_ready(&mut self, c: usize) {
-        if !self.conns[c].in_ready && self.can_send(c) {
-            self.conns[c].in_ready = true;
-            let ep = self.conns[c].endpoint;
-            self.ready[ep].push_back(c);
+        if self.can_send(c) {
+            self.ready.push(self.conns[c].endpoint, c);
         }
     }
 
-    /// Sends `p` on connection `c` (which has room), then lists `c` as ready
-    /// again if it still has room.
-    fn send(&mut self, c: usize, p: Pending) {
-        let sent_ns = self.now_ns();
-        self.last_activity_ns = sent_ns;
-        self.out.requests_total += 1;
-        if p.measured {
-            self.out.sent += 1;
-            self.out
-                .send_lag
-                .record_ns(sent_ns.saturating_sub(p.intended_ns));
-            // Relaxed: a statistic for the progress line.
-            self.live.sent.fetch_add(1, Ordering::Relaxed);
-        }
-        let bytes = &self.kinds[p.kind].bytes;
+    /// Puts `p` in flight on connection `c` (which has room). Its bytes
+    /// leave with the connection's next [`write_staged`](Self::write_staged),
+    /// in the same turn, which also stamps its send time.
+    fn stage(&mut self, c: usize, p: Pending) {
         let conn = &mut self.conns[c];
         conn.inflight.push_back(InFlight {
             intended_ns: p.intended_ns,
-            sent_ns,
+            sent_ns: 0,
             kind: p.kind,
             measured: p.measured,
         });
-        let result = if conn.wbuf.is_empty() {
-            let stream = conn
-                .stream
-                .as_mut()
-                .expect("a connected connection has a stream");
-            match write_some(stream, bytes) {
-                Ok(n) => {
-                    conn.wbuf.extend_from_slice(&bytes[n..]);
-                    Ok(())
-                }
-                Err(e) => Err(e),
-            }
+        if conn.staged == 0 {
+            self.dirty.push(c);
+        }
+        conn.staged += 1;
+    }
+
+    /// Writes the staged requests of every connection that has some.
+    fn write_staged_all(&mut self) {
+        if self.dirty.is_empty() {
+            return;
+        }
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &c in &dirty {
+            self.write_staged(c);
+        }
+        debug_assert!(self.dirty.is_empty(), "writing stages nothing");
+        dirty.clear();
+        self.dirty = dirty;
+        self.coalesce.fill(None);
+    }
+
+    /// Sends the staged requests of connection `c` in one write (a single
+    /// one straight from its prebuilt bytes), stamps their send time, and
+    /// lists `c` as ready again if it still has room.
+    fn write_staged(&mut self, c: usize) {
+        let n = std::mem::take(&mut self.conns[c].staged);
+        if n == 0 || self.conns[c].state != ConnState::Connected {
+            return;
+        }
+        let sent_ns = self.now_ns();
+        self.last_activity_ns = sent_ns;
+        let kinds = &self.kinds;
+        let out = &mut self.out;
+        let conn = &mut self.conns[c];
+        let first = conn.inflight.len() - n;
+        for f in conn.inflight.range_mut(first..) {
+            f.sent_ns = sent_ns;
+            out.count_sent(f, sent_ns);
+        }
+        let stream = conn
+            .stream
+            .as_mut()
+            .expect("a connected connection has a stream");
+        let result = if conn.wbuf.is_empty() && n == 1 {
+            self.writes += 1;
+            let bytes = &kinds[conn.inflight[first].kind].bytes;
+            write_some(stream, bytes).map(|w| conn.wbuf.extend_from_slice(&bytes[w..]))
         } else {
-            conn.wbuf.extend_from_slice(bytes);
-            Ok(())
+            // Bytes already waiting mean the socket is full: the writable
+            // event flushes them with these.
+            let blocked = !conn.wbuf.is_empty();
+            for f in conn.inflight.range(first..) {
+                conn.wbuf.extend_from_slice(&kinds[f.kind].bytes);
+            }
+            if blocked {
+                Ok(())
+            } else {
+                self.writes += 1;
+                write_some(stream, &conn.wbuf).map(|w| {
+                    conn.wbuf.drain(..w);
+                })
+            }
         };
         match result {
             Ok(()) => self.mark_ready(c),
@@ -720,9 +887,10 @@ impl Client {
                 h.record_ns(latency);
             }
             self.out.completed += 1;
-            *self.out.statuses.entry(response.status).or_default() += 1;
-            // Relaxed: statistics for the progress line.
-            self.live.completed.fetch_add(1, Ordering::Relaxed);
+            match self.statuses.get_mut(usize::from(response.status)) {
+                Some(n) => *n += 1,
+                None => *self.out.statuses.entry(response.status).or_default() += 1,
+            }
             if !(200..300).contains(&response.status) {
                 self.out.non_2xx += 1;
                 self.live.errors.fetch_add(1, Ordering::Relaxed);
@@ -753,7 +921,7 @@ impl Client {
             let Some(p) = self.backlog[ep].pop_front() else {
                 break;
             };
-            self.send(c, p);
+            self.stage(c, p);
         }
         self.mark_ready(c);
     }
@@ -790,6 +958,14 @@ impl Client {
         if let Some(mut stream) = conn.stream.take() {
             let _ = self.poll.registry().deregister(&mut stream);
         }
+        // Requests staged for this turn's write were given to this
+        // connection and are lost with it (`fail` counted them), as if
+        // written: they count as sent now.
+        let staged = std::mem::take(&mut conn.staged);
+        let first = conn.inflight.len() - staged;
+        for f in conn.inflight.range(first..) {
+            self.out.count_sent(f, now);
+        }
         conn.inflight.clear();
         conn.parser = ResponseParser::new();
         conn.rstart = 0;
@@ -798,11 +974,8 @@ impl Client {
         conn.state = ConnState::Down {
             retry_ns: now + retry_after_ns,
         };
-        if conn.in_ready {
-            conn.in_ready = false;
-            let ep = conn.endpoint;
-            self.ready[ep].retain(|&x| x != c);
-        }
+        let ep = conn.endpoint;
+        self.ready.remove(ep, c);
         // Reconnect at the next housekeeping pass, or now if it is due.
         self.next_housekeeping_ns = self.next_housekeeping_ns.min(now + retry_after_ns);
     }
@@ -955,4 +1128,127 @@ fn write_some(stream: &mut MioStream, bytes: &[u8]) -> io::Result<usize> {
         }
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::echo::{EchoPoll, EchoServer};
+    use crate::load::schedule::Arrival;
+
+    #[test]
+    fn idle_connections_take_turns() {
+        let mut q = ReadyQueues::new(2, 5);
+        for c in 0..3 {
+            q.push(0, c);
+        }
+        q.push(1, 3);
+        q.push(1, 4);
+        q.push(0, 1); // listed already: no second entry
+                      // Each connection, once used, goes to the back: round robin.
+        let mut order = Vec::new();
+        for _ in 0..9 {
+            let c = q.pop(0, |_| true).unwrap();
+            order.push(c);
+            q.push(0, c);
+        }
+        assert_eq!(order, [0, 1, 2, 0, 1, 2, 0, 1, 2]);
+        // Even use under any mix of work: every connection of an endpoint
+        // serves the same number of requests, ±1.
+        let mut uses = [0u32; 5];
+        for i in 0..1000 {
+            let ep = usize::from(i % 3 == 0);
+            let c = q.pop(ep, |_| true).unwrap();
+            uses[c] += 1;
+            q.push(ep, c);
+        }
+        assert!(uses[..3].iter().max().unwrap() - uses[..3].iter().min().unwrap() <= 1);
+        assert!(uses[3].abs_diff(uses[4]) <= 1, "{uses:?}");
+        // Unusable entries are passed over and unlisted; removed ones are gone.
+        q.remove(0, 1);
+        assert_eq!(q.pop(0, |c| c != 0), Some(2));
+        assert_eq!(q.pop(0, |_| true), None, "0 was dropped, 1 removed");
+        q.push(0, 0);
+        assert_eq!(q.pop(0, |_| true), Some(0));
+        assert!(q.any(), "endpoint 1 still has its connections");
+    }
+
+    /// Runs one client thread against an in-process echo server.
+    fn run_against_echo(
+        rate: f64,
+        window: Duration,
+        connections: usize,
+        pipeline: usize,
+    ) -> (ThreadResult, u64) {
+        let server =
+            EchoServer::start("127.0.0.1:0".parse().unwrap(), EchoPoll::Block, None).unwrap();
+        let live = Arc::new(LiveCounters::default());
+        let plan = ThreadPlan {
+            core: None,
+            schedule: ArrivalSchedule::new(Arrival::Fixed, rate, 1),
+            picker: KindPicker::new(&[1], 1),
+            kinds: Arc::new(vec![Wire {
+                endpoint: 0,
+                bytes: b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi".to_vec(),
+                has_body: true,
+            }]),
+            kind_histograms: false,
+            endpoints: vec![server.addr()],
+            connections: vec![0; connections],
+            warmup_ns: 0,
+            end_ns: nanos(window),
+            pipeline,
+            poll: PollMode::Block,
+            spin_ns: 0,
+            timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            live: Arc::clone(&live),
+        };
+        let (ready_tx, _ready_rx) = std::sync::mpsc::channel();
+        let (start_tx, start_rx) = std::sync::mpsc::channel();
+        start_tx.send(Some(Instant::now())).unwrap();
+        let out = run_thread(plan, 0, ready_tx, start_rx).unwrap();
+        server.stop().unwrap();
+        // Relaxed: the thread that stored it has returned.
+        (out, live.writes.load(Ordering::Relaxed))
+    }
+
+    /// Every request the schedule offered is accounted for exactly once.
+    fn assert_accounted(out: &ThreadResult) {
+        assert_eq!(out.socket, SocketErrors::default(), "{:?}", out.first_error);
+        assert_eq!(out.timeouts, 0);
+        assert_eq!(out.offered, out.sent + out.unsent);
+        assert_eq!(out.sent, out.completed);
+        assert_eq!(out.requests_total, out.sent);
+        assert_eq!(out.latency.len(), out.completed + out.unsent);
+        assert_eq!(out.service.len(), out.completed);
+        assert_eq!(out.send_lag.len(), out.sent);
+        assert_eq!(out.statuses.get(&200).copied(), Some(out.completed));
+        assert_eq!(out.statuses.len(), 1);
+    }
+
+    #[test]
+    fn without_pipelining_each_request_is_one_write() {
+        let (out, writes) = run_against_echo(5_000.0, Duration::from_millis(100), 4, 1);
+        assert_accounted(&out);
+        assert!(out.completed > 0);
+        assert_eq!(
+            writes, out.requests_total,
+            "one write per request, none split"
+        );
+    }
+
+    #[test]
+    fn with_pipelining_requests_due_together_share_a_write() {
+        // Far more than one connection can answer one by one: requests are
+        // always due several at a time, and up to 8 share a write.
+        let (out, writes) = run_against_echo(1_000_000.0, Duration::from_millis(30), 1, 8);
+        assert_accounted(&out);
+        assert!(out.completed > 100, "{}", out.completed);
+        assert!(
+            writes * 2 <= out.requests_total,
+            "{writes} writes for {} requests",
+            out.requests_total
+        );
+    }
 }

@@ -153,6 +153,8 @@ fn serve(
 ) -> io::Result<()> {
     let mut events = Events::with_capacity(256);
     let mut conns: Vec<Option<Conn>> = Vec::new();
+    // One read buffer for all connections, initialised once.
+    let mut chunk = vec![0u8; 16 * 1024].into_boxed_slice();
     let timeout = match mode {
         EchoPoll::Spin => Some(Duration::ZERO),
         EchoPoll::Block => None,
@@ -199,7 +201,8 @@ fn serve(
                     let Some(conn) = conns.get_mut(slot).and_then(Option::as_mut) else {
                         continue;
                     };
-                    let alive = handle(conn, served);
+                    let peer_closed = event.is_read_closed() || event.is_error();
+                    let alive = handle(conn, &mut chunk, peer_closed, served);
                     if !alive {
                         if let Some(mut c) = conns[slot].take() {
                             let _ = poll.registry().deregister(&mut c.stream);
@@ -213,16 +216,25 @@ fn serve(
 }
 
 /// Reads, answers and writes for one connection; false when it is done.
-fn handle(conn: &mut Conn, served: &AtomicU64) -> bool {
-    let mut chunk = [0u8; 16 * 1024];
+///
+/// A read that does not fill `chunk` drained the socket (epoll is
+/// edge-triggered: later data raises a new event), so the read that would
+/// only return `WouldBlock` is skipped, unless the peer has closed and the
+/// end of the stream must be seen.
+fn handle(conn: &mut Conn, chunk: &mut [u8], peer_closed: bool, served: &AtomicU64) -> bool {
     let mut eof = false;
     loop {
-        match conn.stream.read(&mut chunk) {
+        match conn.stream.read(chunk) {
             Ok(0) => {
                 eof = true;
                 break;
             }
-            Ok(n) => conn.rbuf.extend_from_slice(&chunk[..n]),
+            Ok(n) => {
+                conn.rbuf.extend_from_slice(&chunk[..n]);
+                if n < chunk.len() && !peer_closed {
+                    break;
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return false,
@@ -295,8 +307,8 @@ fn answer_all(input: &[u8], out: &mut Vec<u8>) -> (usize, u64, bool) {
         }
         let body = &rest[head_len..head_len + body_len];
         out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: ");
-        out.extend_from_slice(body_len.to_string().as_bytes());
-        out.extend_from_slice(b"\r\n\r\n");
+        // Writing to a Vec cannot fail; no String is allocated.
+        let _ = write!(out, "{body_len}\r\n\r\n");
         out.extend_from_slice(body);
         used += head_len + body_len;
         answered += 1;
@@ -349,6 +361,31 @@ mod tests {
         let mut reply = Vec::new();
         g.read_to_end(&mut reply).unwrap();
         assert!(reply.starts_with(b"HTTP/1.1 400"), "{reply:?}");
+        server.stop().unwrap();
+    }
+
+    #[test]
+    fn answers_a_request_that_arrives_with_the_end_of_the_stream() {
+        let server =
+            EchoServer::start("127.0.0.1:0".parse().unwrap(), EchoPoll::Block, None).unwrap();
+        // Large enough to take more than one read of the server's buffer.
+        let body = vec![b'z'; 40 * 1024];
+        for body in [&b"hi"[..], &body] {
+            let mut s = StdStream::connect(server.addr()).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut req =
+                format!("POST /x HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+            req.extend_from_slice(body);
+            s.write_all(&req).unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            // The server answers, sees the end of the stream and closes: the
+            // read ends instead of timing out.
+            let mut reply = Vec::new();
+            s.read_to_end(&mut reply).unwrap();
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+            assert_eq!(&reply[..head.len()], head.as_bytes());
+            assert_eq!(&reply[head.len()..], body);
+        }
         server.stop().unwrap();
     }
 }

@@ -19,6 +19,8 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_LINE_BYTES: usize = 4 * 1024;
 /// Most headers in one response.
 const MAX_HEADERS: usize = 64;
+/// Longest head remembered to recognise the next identical one.
+const CACHED_HEAD_BYTES: usize = 256;
 
 /// Why the bytes from a server are not an HTTP/1.x response.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,11 +60,26 @@ enum State {
     Trailer,
 }
 
+/// The last final head parsed on a connection and what it meant. A server
+/// answering alike sends the same head bytes again and again: a head equal
+/// byte for byte means the same (status, framing, close), so it is
+/// recognised with one comparison instead of parsed again.
+#[derive(Debug, Clone)]
+struct HeadCache {
+    bytes: [u8; CACHED_HEAD_BYTES],
+    /// 0: nothing cached.
+    len: usize,
+    has_body: bool,
+    state: State,
+    response: Response,
+}
+
 /// Frames consecutive responses on one connection.
 #[derive(Debug, Clone)]
 pub struct ResponseParser {
     state: State,
     current: Response,
+    cache: HeadCache,
 }
 
 impl Default for ResponseParser {
@@ -74,11 +91,19 @@ impl Default for ResponseParser {
 impl ResponseParser {
     /// A parser at the start of a connection.
     pub fn new() -> Self {
+        let response = Response {
+            status: 0,
+            close: false,
+        };
         Self {
             state: State::Head,
-            current: Response {
-                status: 0,
-                close: false,
+            current: response,
+            cache: HeadCache {
+                bytes: [0; CACHED_HEAD_BYTES],
+                len: 0,
+                has_body: false,
+                state: State::Head,
+                response,
             },
         }
     }
@@ -199,6 +224,17 @@ impl ResponseParser {
         buf: &[u8],
         has_body: bool,
     ) -> Result<Option<(usize, bool)>, ResponseError> {
+        // A head ends at its first blank line, so the same bytes are the
+        // same complete head, whatever follows them.
+        let cached = &self.cache;
+        if cached.len > 0
+            && cached.has_body == has_body
+            && buf.get(..cached.len) == Some(&cached.bytes[..cached.len])
+        {
+            self.state = cached.state;
+            self.current = cached.response;
+            return Ok(Some((cached.len, false)));
+        }
         // Reject other protocols at their first bytes.
         const PREFIX: &[u8] = b"HTTP/1.";
         let n = buf.len().min(PREFIX.len());
@@ -277,6 +313,13 @@ impl ResponseParser {
             }
         };
         self.current = Response { status, close };
+        if head_len <= CACHED_HEAD_BYTES {
+            self.cache.bytes[..head_len].copy_from_slice(&buf[..head_len]);
+            self.cache.len = head_len;
+            self.cache.has_body = has_body;
+            self.cache.state = self.state;
+            self.cache.response = self.current;
+        }
         Ok(Some((head_len, false)))
     }
 }
@@ -424,6 +467,50 @@ mod tests {
         )
         .unwrap();
         assert!(!got[0].close);
+    }
+
+    #[test]
+    fn a_repeated_head_is_recognised_and_a_changed_one_is_parsed() {
+        let mut p = ResponseParser::new();
+        let a = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi";
+        let b = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc";
+        let close = b"HTTP/1.1 503 Busy\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+        for _ in 0..3 {
+            assert_eq!(p.parse(a, true).unwrap(), (a.len(), Some(OK)));
+        }
+        // Same status, other framing: parsed afresh, not taken from the cache.
+        assert_eq!(p.parse(b, true).unwrap(), (b.len(), Some(OK)));
+        assert_eq!(p.parse(a, true).unwrap(), (a.len(), Some(OK)));
+        let busy = Response {
+            status: 503,
+            close: true,
+        };
+        assert_eq!(p.parse(close, true).unwrap(), (close.len(), Some(busy)));
+        assert_eq!(p.parse(close, true).unwrap(), (close.len(), Some(busy)));
+        // The same head answering HEAD has no body.
+        let head_len = a.len() - 2;
+        assert_eq!(p.parse(a, true).unwrap(), (a.len(), Some(OK)));
+        assert_eq!(p.parse(a, false).unwrap(), (head_len, Some(OK)));
+        assert_eq!(p.parse(a, false).unwrap(), (head_len, Some(OK)));
+        // A cached head arriving in pieces, body split too.
+        assert_eq!(p.parse(a, true).unwrap(), (a.len(), Some(OK)));
+        assert_eq!(p.parse(&a[..10], true).unwrap(), (0, None));
+        assert_eq!(p.parse(&a[..head_len], true).unwrap(), (head_len, None));
+        assert_eq!(p.parse(b"h", true).unwrap(), (1, None));
+        assert_eq!(p.parse(b"i", true).unwrap(), (1, Some(OK)));
+        // A head longer than the cache holds is parsed every time.
+        let mut long = b"HTTP/1.1 200 OK\r\nX-Pad: ".to_vec();
+        long.resize(long.len() + 300, b'p');
+        long.extend_from_slice(b"\r\nContent-Length: 1\r\n\r\n!");
+        for _ in 0..2 {
+            assert_eq!(p.parse(&long, true).unwrap(), (long.len(), Some(OK)));
+        }
+        assert_eq!(p.parse(a, true).unwrap(), (a.len(), Some(OK)));
+        // Garbage after a cached head is still rejected.
+        assert!(matches!(
+            p.parse(b"SSH-2.0", true),
+            Err(ResponseError::NotHttp(_))
+        ));
     }
 
     #[test]
