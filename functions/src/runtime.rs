@@ -84,7 +84,7 @@ impl Runtime {
     pub fn run(&mut self, handler: &mut BoxedHandler) -> RuntimeError {
         loop {
             self.receiver.wait(&self.wait, None);
-            let (call_id, has_query) = match self.receiver.try_recv() {
+            let call_id = match self.receiver.try_recv() {
                 Ok(None) => continue,
                 Err(e) => return RuntimeError::Protocol(e.to_string()),
                 Ok(Some(msg)) => {
@@ -100,7 +100,7 @@ impl Runtime {
                             self.input.extend_from_slice(input);
                             self.query.clear();
                             self.query.push_str(query.unwrap_or(""));
-                            (header.call_id, query.is_some())
+                            header.call_id
                         }
                         // A completion for an internal call whose handler already
                         // returned without waiting for it: nobody wants it.
@@ -111,7 +111,6 @@ impl Runtime {
                     }
                 }
             };
-            let _ = has_query;
             if let Err(e) = self.run_one(call_id, handler) {
                 return e;
             }
