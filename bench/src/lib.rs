@@ -36,6 +36,7 @@
 //! [`BenchCommand`] and [`run`].
 
 pub mod baseline;
+pub mod chart;
 pub mod compare;
 pub mod engine;
 pub mod hist;
