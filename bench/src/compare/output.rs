@@ -555,4 +555,43 @@ mod tests {
             assert!(svg.contains(s.name()), "{svg}");
         }
     }
+
+    #[test]
+    fn client_and_io_core_sets_reach_the_placement_and_the_report() {
+        let parse = |argv: &[&str]| {
+            let args = <super::super::CompareArgs as clap::FromArgMatches>::from_arg_matches(
+                &<super::super::CompareArgs as clap::Args>::augment_args(clap::Command::new("t"))
+                    .get_matches_from(std::iter::once("t").chain(argv.iter().copied())),
+            )
+            .unwrap();
+            CompareSettings::from_args(&args)
+        };
+        let sets = parse(&[
+            "--saturation=1000",
+            "--client-cores=0-1",
+            "--client-threads=2",
+            "--io-cores=1",
+            "--worker-cores=0",
+        ])
+        .unwrap();
+        assert_eq!(sets.client_cores, vec![0, 1]);
+        assert_eq!(sets.placement.io_cores, vec![1]);
+        assert_eq!(sets.placement.server_cores, vec![0, 1]);
+        let md = markdown(&sets, &outcome());
+        assert!(md.contains("2 × fixed-rate open loop"), "{md}");
+        assert!(md.contains("cores 0-1;"), "{md}");
+        assert!(md.contains("nocturne: io cores 1,"), "{md}");
+        let report = build_report(&sets, &outcome());
+        assert_eq!(report.machine.core_map["client"], vec![0, 1]);
+        assert_eq!(report.machine.core_map["nocturne_io"], vec![1]);
+        // The single-core spellings of earlier releases still work.
+        let old = parse(&["--saturation=1000", "--client-core=0", "--io-core=1"]).unwrap();
+        assert_eq!(
+            (old.client_cores, old.placement.io_cores),
+            (vec![0], vec![1])
+        );
+        // A core this process may not use is refused, naming the flags.
+        let err = parse(&["--saturation=1000", "--io-cores=1-4096"]).unwrap_err();
+        assert!(format!("{err:#}").contains("--io-cores"), "{err:#}");
+    }
 }

@@ -655,7 +655,17 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(moved.worker_cores, vec![0, 1, 5]);
+        assert_eq!(
+            moved.client_cores,
+            vec![2],
+            "throughput clients follow --client-core"
+        );
         assert_eq!(moved.modes, vec![PollMode::Adaptive]);
+        let spread = settings(&["--client-cores=0,2-3", "--io-core=1"]).unwrap();
+        assert_eq!(
+            (spread.client_core, spread.client_cores),
+            (0, vec![0, 2, 3])
+        );
         assert_eq!(moved.engine_args, ["--worker-poll=park", "--spin-us=5"]);
     }
 
@@ -687,16 +697,22 @@ mod tests {
             Err(ArgsError::ClientOnIoCore(1))
         );
         assert_eq!(
+            settings(&["--client-cores=0-1"]),
+            Err(ArgsError::ClientOnIoCore(1))
+        );
+        assert_eq!(
             settings(&["--worker-cores=0-1"]),
             Err(ArgsError::WorkersOnIoCore(1))
         );
-        assert!(matches!(
-            settings(&["--worker-cores=x"]),
-            Err(ArgsError::Cores {
-                flag: "worker-cores",
-                ..
-            })
-        ));
+        for (arg, name) in [
+            ("--worker-cores=x", "worker-cores"),
+            ("--client-cores=0-", "client-cores"),
+        ] {
+            assert!(
+                matches!(settings(&[arg]), Err(ArgsError::Cores { flag, .. }) if flag == name),
+                "{arg}"
+            );
+        }
         assert_eq!(
             settings(&["--modes=spin,fast"]),
             Err(ArgsError::UnknownMode("fast".into()))
