@@ -19,7 +19,7 @@ use nocturne_net::http::Limits;
 use nocturne_net::kernel::{KernelOptions, KernelTransport};
 use nocturne_net::{SmoltcpOptions, SmoltcpTransport, Transport};
 
-use crate::config::{Config, FunctionSource, NetBackend, WorkerPoll};
+use crate::config::{Config, FunctionSource, NetBackend, PollMode, WorkerPoll};
 use crate::core_loop::{CoreLoop, CorePool, LoopContext};
 use crate::status::EngineStatus;
 use crate::worker::{Spawner, WorkerSpec};
@@ -291,11 +291,16 @@ fn log_startup(config: &Config, addr: SocketAddr) {
         Some(sc) => format!("smoltcp on {:?}", sc.device),
     };
     eprintln!(
-        "nocturne: listening on http://{addr} ({stack}; {} core loop{} on cores {:?}, poll {:?}, workers wait {:?}{})",
+        "nocturne: listening on http://{addr} ({stack}; {} core loop{} on cores {:?}, poll {:?}{}, workers wait {:?}{})",
         config.io_cores.len(),
         if config.io_cores.len() == 1 { "" } else { "s" },
         config.io_cores,
         config.poll,
+        if config.poll == PollMode::Adaptive && config.io_shares_workers() {
+            " (yielding: workers may run on its cores)"
+        } else {
+            ""
+        },
         config.worker_poll,
         match &config.worker_cores {
             Some(c) => format!(" on cores {c:?}"),

@@ -871,3 +871,50 @@ fn header_and_keepalive_timeouts_close_slow_and_idle_connections() {
     assert_eq!(idle.post("/function/echo", b"y").text(), "y");
     assert!(!idle.closed_within(Duration::from_millis(1500)));
 }
+
+/// An adaptive core loop whose core the workers share yields while it
+/// polls (a spinning one would hold the core for its time slice while the
+/// worker it handed a call to waits), says so at start, and serves the
+/// chain; with the workers on another core it spins as before.
+#[test]
+fn adaptive_loop_yields_when_workers_share_its_core() {
+    let Some((first, last)) = two_cores() else {
+        return;
+    };
+    const SAYS: &str = "poll Adaptive (yielding: workers may run on its cores)";
+    let shared = Engine::builder()
+        .poll("adaptive")
+        .args([
+            "--io-cores",
+            &last.to_string(),
+            "--worker-cores",
+            &last.to_string(),
+        ])
+        .start();
+    assert!(shared.log_text().contains(SAYS), "{}", shared.log_text());
+    let mut client = shared.client();
+    for i in 0..200 {
+        let input = format!("x{i}");
+        let r = client.post("/function/foo", input.as_bytes());
+        assert_eq!(
+            (r.status, r.text()),
+            (
+                200,
+                format!("From function Foo: From function Bar: {input}")
+            )
+        );
+    }
+    drop(shared);
+    let apart = Engine::builder()
+        .poll("adaptive")
+        .args([
+            "--io-cores",
+            &last.to_string(),
+            "--worker-cores",
+            &first.to_string(),
+        ])
+        .start();
+    let log = apart.log_text();
+    assert!(log.contains("poll Adaptive, workers wait"), "{log}");
+    assert!(!log.contains("yielding"), "{log}");
+}

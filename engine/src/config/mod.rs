@@ -352,6 +352,18 @@ impl Config {
         )
     }
 
+    /// Whether worker processes may run on an io core: their core set
+    /// overlaps the io cores, or they are not pinned at all. An adaptive
+    /// core loop then yields the core while it polls instead of spinning, so
+    /// that a worker scheduled beside it runs at once instead of after the
+    /// loop's time slice.
+    pub fn io_shares_workers(&self) -> bool {
+        match &self.worker_cores {
+            None => true,
+            Some(cores) => cores.iter().any(|c| self.io_cores.contains(c)),
+        }
+    }
+
     /// A human summary: where it came from, listen address, cores and poll
     /// modes, and one line per function.
     pub fn summary(&self) -> String {

@@ -240,6 +240,11 @@ impl<T: Transport> CoreLoop<T> {
             PollMode::Adaptive => Some(Duration::from_micros(config.spin_us)),
             PollMode::Block => Some(Duration::ZERO),
         };
+        // A spinning loop on a core that workers share would hold it for a
+        // whole time slice while the worker it just handed a call to waits:
+        // on such a core, yield between idle turns instead (`spin` never
+        // shares: the configuration refuses it).
+        let yield_when_idle = config.io_shares_workers();
         for f in 0..self.st.functions.len() {
             self.st.ensure_min_workers(f as u32);
         }
@@ -259,7 +264,11 @@ impl<T: Transport> CoreLoop<T> {
             }
             let Some(spin) = spin_budget else { continue };
             if self.st.now.duration_since(last_work) < spin {
-                std::hint::spin_loop();
+                if yield_when_idle {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
                 continue;
             }
             // Idle past the spin budget: arm every doorbell, then sleep in epoll

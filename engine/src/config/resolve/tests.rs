@@ -235,6 +235,25 @@ fn worker_poll_defaults_to_spin_only_with_a_core_per_worker() {
 }
 
 #[test]
+fn io_cores_shared_with_workers_are_recognised() {
+    let echo = "[[functions]]\nname = \"echo\"\nbuiltin = \"echo\"\nmax_workers = 2\n";
+    let run = |head: &str| {
+        resolve_text(
+            &format!("{head}\n{echo}"),
+            &Overrides::default(),
+            SIXTEEN_CORES,
+        )
+        .unwrap()
+    };
+    // Unpinned workers may run anywhere, the io core included.
+    assert!(run("").io_shares_workers());
+    assert!(run("io_cores = \"3\"\nworker_cores = \"2-3\"").io_shares_workers());
+    assert!(!run("io_cores = \"3\"\nworker_cores = \"0-2\"").io_shares_workers());
+    // Spinning io reserves the other cores for the workers.
+    assert!(!run("poll = \"spin\"").io_shares_workers());
+}
+
+#[test]
 fn explicit_worker_spin_on_shared_cores_is_refused() {
     let e = err(&format!("worker_poll = \"spin\"\n{ONE_ECHO}"));
     assert_cores(e, "worker_poll = \"spin\" needs a core of its own for every worker, but workers are not pinned");
