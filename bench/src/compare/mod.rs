@@ -69,9 +69,10 @@ pub struct CompareArgs {
     #[arg(long, alias = "io-core", default_value = "1")]
     pub io_cores: String,
     /// nocturne's worker cores, e.g. 0 or 2-5; the baselines get these
-    /// and the io core.
-    #[arg(long, default_value = "0")]
-    pub worker_cores: String,
+    /// and the io cores [default: the io cores, so that every system's
+    /// servers get exactly the cores the client does not use].
+    #[arg(long)]
+    pub worker_cores: Option<String>,
     /// tokio worker threads of each baseline process [default: one per server core].
     #[arg(long)]
     pub server_threads: Option<usize>,
@@ -251,7 +252,8 @@ impl CompareSettings {
         if !matches!(args.nocturne_poll.as_str(), "spin" | "adaptive" | "block") {
             anyhow::bail!("--nocturne-poll: expected spin, adaptive or block");
         }
-        let worker_cores = parse_core_list(&args.worker_cores).context("--worker-cores")?;
+        let worker_cores = parse_core_list(args.worker_cores.as_ref().unwrap_or(&args.io_cores))
+            .context("--worker-cores")?;
         let allowed = allowed_cores()?;
         let client_cores = parse_core_list(&args.client_cores).context("--client-cores")?;
         let io_cores = parse_core_list(&args.io_cores).context("--io-cores")?;
@@ -260,6 +262,13 @@ impl CompareSettings {
         all.extend(&worker_cores);
         check_cores_against(&all, &allowed)
             .context("--client-cores / --io-cores / --worker-cores")?;
+        if args.nocturne_poll == "spin" && worker_cores.iter().any(|c| io_cores.contains(c)) {
+            anyhow::bail!(
+                "--nocturne-poll spin needs --worker-cores apart from --io-cores \
+                 (a spinning io core starves workers beside it; the default \
+                 --worker-cores is the io cores)"
+            );
+        }
         let mut server_cores = worker_cores.clone();
         server_cores.extend(&io_cores);
         server_cores.sort_unstable();

@@ -584,6 +584,24 @@ mod tests {
         let report = build_report(&sets, &outcome());
         assert_eq!(report.machine.core_map["client"], vec![0, 1]);
         assert_eq!(report.machine.core_map["nocturne_io"], vec![1]);
+        // By default nocturne's workers share its io cores, and the
+        // baselines get the same cores: the client has its own.
+        let default = parse(&["--saturation=1000"]).unwrap();
+        assert_eq!(default.client_cores, vec![0]);
+        assert_eq!(default.placement.io_cores, vec![1]);
+        assert_eq!(default.placement.worker_cores, vec![1]);
+        assert_eq!(default.placement.server_cores, vec![1]);
+        let err = parse(&["--saturation=1000", "--nocturne-poll=spin"]).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("apart from --io-cores"),
+            "{err:#}"
+        );
+        assert!(parse(&[
+            "--saturation=1000",
+            "--nocturne-poll=spin",
+            "--worker-cores=0"
+        ])
+        .is_ok());
         // The single-core spellings of earlier releases still work.
         let old = parse(&["--saturation=1000", "--client-core=0", "--io-core=1"]).unwrap();
         assert_eq!(
