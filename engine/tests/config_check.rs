@@ -243,7 +243,7 @@ fn show_applies_env_and_flags_with_flags_winning() {
         "{}",
         stdout(&out)
     );
-    assert!(stdout(&out).contains("spins 11us"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("polls 11us yielding"), "{}", stdout(&out));
 
     // The environment beats the file; NOCTURNE_CONFIG names the file.
     let env = [
@@ -257,7 +257,7 @@ fn show_applies_env_and_flags_with_flags_winning() {
     let text = stdout(&out);
     assert!(text.contains("listen        127.0.0.1:7001"), "{text}");
     assert!(
-        text.contains("spins 11us"),
+        text.contains("polls 11us yielding"),
         "the file still provides the rest\n{text}"
     );
     assert!(text.contains("drain_timeout 250ms"), "{text}");

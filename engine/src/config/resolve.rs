@@ -174,8 +174,7 @@ pub(crate) fn resolve(
         (_, cores) => cores,
     };
 
-    let (spin_us, spin_field) = pick(ov.spin_us, file.spin_us, "spin_us", "--spin-us");
-    let spin_us = check_spin(spin_us.unwrap_or(defaults::SPIN_US), &spin_field)?;
+    let (spin_us_given, spin_field) = pick(ov.spin_us, file.spin_us, "spin_us", "--spin-us");
     let (worker_spin_us, worker_spin_field) = pick(
         ov.worker_spin_us,
         file.worker_spin_us,
@@ -298,6 +297,16 @@ pub(crate) fn resolve(
         (None, Ok(())) => WorkerPoll::Spin,
         (None, Err(_)) => WorkerPoll::Yield,
     };
+    // An adaptive loop that shares its core with workers yield-polls (see
+    // `Config::io_shares_workers`): polling longer costs them nothing.
+    let spin_us = check_spin(
+        spin_us_given.unwrap_or(if io_shares_workers(&io_cores, worker_cores.as_deref()) {
+            defaults::SPIN_US_YIELDING
+        } else {
+            defaults::SPIN_US
+        }),
+        &spin_field,
+    )?;
     let worker_spin_us = check_spin(
         worker_spin_us.unwrap_or(match worker_poll {
             WorkerPoll::Spin => defaults::WORKER_SPIN_US_OWN_CORE,
@@ -340,6 +349,12 @@ fn setting(field: &str, value: &str) -> String {
 /// The placement rule for spinning workers: every worker that can exist at
 /// once must be able to sit on a distinct core that no io loop uses.
 /// Two spinners sharing a core pay a scheduler tick (~4 ms) per hand-off.
+/// Whether worker processes may run on an io core: their cores overlap the
+/// io cores, or they are not pinned at all.
+pub(crate) fn io_shares_workers(io_cores: &[usize], worker_cores: Option<&[usize]>) -> bool {
+    worker_cores.is_none_or(|cores| cores.iter().any(|c| io_cores.contains(c)))
+}
+
 pub(crate) fn workers_have_own_cores(
     io_cores: &[usize],
     worker_cores: Option<&[usize]>,

@@ -106,7 +106,11 @@ fn function_defaults() {
     assert_eq!(f.max_queue, defaults::MAX_QUEUE);
     assert_eq!(f.max_call_depth, defaults::MAX_CALL_DEPTH);
     assert_eq!(f.concurrency_coef, defaults::CONCURRENCY_COEF);
-    assert_eq!(config.spin_us, defaults::SPIN_US);
+    assert_eq!(
+        config.spin_us,
+        defaults::SPIN_US_YIELDING,
+        "unpinned workers"
+    );
     assert_eq!(config.worker_spin_us, defaults::WORKER_SPIN_US);
     assert_eq!(config.max_connections, defaults::MAX_CONNECTIONS);
     assert_eq!(config.max_header_bytes, defaults::MAX_HEADER_BYTES);
@@ -251,6 +255,14 @@ fn io_cores_shared_with_workers_are_recognised() {
     assert!(!run("io_cores = \"3\"\nworker_cores = \"0-2\"").io_shares_workers());
     // Spinning io reserves the other cores for the workers.
     assert!(!run("poll = \"spin\"").io_shares_workers());
+    // The adaptive loop's budget follows: it yield-polls longer beside
+    // workers, spins briefly alone; a budget given is kept.
+    assert_eq!(run("").spin_us, defaults::SPIN_US_YIELDING);
+    assert_eq!(
+        run("io_cores = \"3\"\nworker_cores = \"0-2\"").spin_us,
+        defaults::SPIN_US
+    );
+    assert_eq!(run("spin_us = 7").spin_us, 7);
 }
 
 #[test]
@@ -653,7 +665,7 @@ fn summary_names_everything_that_matters() {
         "<embedded default>",
         "127.0.0.1:8080 (kernel sockets)",
         "allowed 0-1; io 1; workers not pinned (0-1)",
-        "adaptive (spins 50us, then epoll)",
+        "adaptive (polls 500us yielding to the workers on its cores, then epoll)",
         "yield (yields 50us, then parks; workers are not pinned",
         "max_connections 10000, max_header_bytes 8KiB, drain_timeout 10s",
         "functions     5",
