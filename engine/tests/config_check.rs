@@ -243,7 +243,11 @@ fn show_applies_env_and_flags_with_flags_winning() {
         "{}",
         stdout(&out)
     );
-    assert!(stdout(&out).contains("polls 11us yielding"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("polls 11us yielding"),
+        "{}",
+        stdout(&out)
+    );
 
     // The environment beats the file; NOCTURNE_CONFIG names the file.
     let env = [
