@@ -97,14 +97,15 @@ pub struct ServeArgs {
     /// How an idle io loop waits [default: adaptive]
     ///
     /// adaptive spins for --spin-us, then sleeps in epoll: right almost
-    /// everywhere. spin never sleeps: the lowest latency when io cores are
+    /// everywhere (when workers may run on its cores it yields while it
+    /// polls instead of spinning). spin never sleeps: the lowest latency when io cores are
     /// dedicated; refused when io and worker cores overlap (a spinner on a
     /// shared core costs milliseconds per hand-off). block sleeps at once:
     /// least CPU, highest latency.
     #[arg(long, env = "NOCTURNE_POLL", value_enum, value_name = "MODE")]
     pub poll: Option<PollMode>,
 
-    /// Microseconds an idle io loop spins before sleeping (--poll adaptive) [default: 50]
+    /// Microseconds an idle io loop polls before sleeping (--poll adaptive) [default: 50, or 500 when workers may run on the io cores]
     #[arg(long, env = "NOCTURNE_SPIN_US", value_name = "US")]
     pub spin_us: Option<u64>,
 

@@ -123,16 +123,18 @@ impl KernelTransport {
         self.open
     }
 
-    fn stream(&self, conn: ConnId) -> io::Result<&TcpStream> {
+    /// The slot of open connection `conn` (`None`: unknown or closed).
+    fn live_slot(&self, conn: ConnId) -> Option<&Slot> {
         let (index, generation) = split_id(conn);
-        match self.slots.get(index) {
-            Some(Slot {
-                generation: g,
-                stream: Some(stream),
-                ..
-            }) if *g == generation => Ok(stream),
-            _ => Err(io::Error::from(io::ErrorKind::NotConnected)),
-        }
+        self.slots
+            .get(index)
+            .filter(|s| s.generation == generation && s.stream.is_some())
+    }
+
+    fn stream(&self, conn: ConnId) -> io::Result<&TcpStream> {
+        self.live_slot(conn)
+            .and_then(|s| s.stream.as_ref())
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
     }
 
     /// Accepts up to `accept_budget` connections; leaves `accept_pending`
@@ -272,11 +274,7 @@ impl Transport for KernelTransport {
     /// exception is a FIN that came with the data under the same edge: once
     /// epoll has said the peer closed, reads go on until EOF.
     fn short_read_drains(&self, conn: ConnId) -> bool {
-        let (index, generation) = split_id(conn);
-        matches!(
-            self.slots.get(index),
-            Some(Slot { generation: g, stream: Some(_), read_closed: false }) if *g == generation
-        )
+        self.live_slot(conn).is_some_and(|s| !s.read_closed)
     }
 
     fn write(&mut self, conn: ConnId, bytes: &[u8]) -> io::Result<usize> {

@@ -346,15 +346,15 @@ fn setting(field: &str, value: &str) -> String {
     }
 }
 
-/// The placement rule for spinning workers: every worker that can exist at
-/// once must be able to sit on a distinct core that no io loop uses.
-/// Two spinners sharing a core pay a scheduler tick (~4 ms) per hand-off.
 /// Whether worker processes may run on an io core: their cores overlap the
 /// io cores, or they are not pinned at all.
 pub(crate) fn io_shares_workers(io_cores: &[usize], worker_cores: Option<&[usize]>) -> bool {
     worker_cores.is_none_or(|cores| cores.iter().any(|c| io_cores.contains(c)))
 }
 
+/// The placement rule for spinning workers: every worker that can exist at
+/// once must be able to sit on a distinct core that no io loop uses.
+/// Two spinners sharing a core pay a scheduler tick (~4 ms) per hand-off.
 pub(crate) fn workers_have_own_cores(
     io_cores: &[usize],
     worker_cores: Option<&[usize]>,
