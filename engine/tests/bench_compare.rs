@@ -8,129 +8,26 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+mod bench_run;
+use bench_run::{command, processes_mentioning, Run, Scratch};
 
 /// A debug build on a busy 2-core machine is slow; the shrunken run takes
 /// well under a minute there.
 const RUN_LIMIT: Duration = Duration::from_secs(240);
 const SYSTEMS: [&str; 3] = ["rpc-hyper", "rpc-grpc", "nocturne"];
 
-struct Run {
-    success: bool,
-    stdout: String,
-    stderr: String,
-    pid: u32,
-}
-
-/// A scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "nocturne-bench-compare-test-{tag}-{}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn command() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nocturne"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("NOCTURNE_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
-}
-
 /// Runs `nocturne ARGS` to completion (killed past [`RUN_LIMIT`]).
 fn nocturne(args: &[&str], scratch: &Scratch) -> Run {
-    let out_path = scratch.0.join("stdout");
-    let err_path = scratch.0.join("stderr");
-    let mut child = command()
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::fs::File::create(&err_path).unwrap())
-        .spawn()
-        .expect("start nocturne");
-    let deadline = Instant::now() + RUN_LIMIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "nocturne {args:?} ran past {RUN_LIMIT:?}; stdout:\n{}\nstderr:\n{}",
-                std::fs::read_to_string(&out_path).unwrap_or_default(),
-                std::fs::read_to_string(&err_path).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    Run {
-        success: status.success(),
-        stdout: std::fs::read_to_string(&out_path).unwrap(),
-        stderr: std::fs::read_to_string(&err_path).unwrap(),
-        pid: child.id(),
-    }
+    bench_run::nocturne(args, scratch, RUN_LIMIT)
 }
 
-/// The defaults need cores 0 and 1.
 fn have_two_cores() -> bool {
-    let allowed = nocturne_bench::pin::allowed_cores().unwrap_or_default();
-    let ok = allowed.contains(&0) && allowed.contains(&1);
-    if !ok {
-        // Nothing skips silently: only an explicit opt-out lets it pass.
-        assert!(
-            std::env::var_os("NOCTURNE_SKIP_MULTICORE").is_some(),
-            "bench compare's defaults need cores 0 and 1, allowed: {allowed:?} \
-             (set NOCTURNE_SKIP_MULTICORE=1 to skip the tests that need two cores)"
-        );
-        eprintln!("skipped (NOCTURNE_SKIP_MULTICORE): bench compare's defaults need cores 0 and 1, allowed: {allowed:?}");
-    }
-    ok
-}
-
-/// Live processes whose command line mentions `needle`.
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let path = entry.path();
-        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
-            continue;
-        };
-        // Zombies (state Z) are gone in every sense that matters here.
-        let state = stat
-            .rfind(')')
-            .and_then(|close| stat[close + 1..].split_whitespace().next());
-        if state == Some("Z") {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if text.contains(needle) {
-            found.push(format!("{}: {text}", path.display()));
-        }
-    }
-    found
+    bench_run::have_cores_0_and_1("bench compare")
 }
 
 #[test]

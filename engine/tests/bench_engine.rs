@@ -9,10 +9,12 @@
 //! `NOCTURNE_SKIP_NETNS=1` is set (CI never sets it).
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+mod bench_run;
+use bench_run::{processes_mentioning, Run, Scratch};
 
 /// A debug build on a busy 2-core machine is slow; the run itself is a
 /// few seconds.
@@ -33,102 +35,13 @@ const CASES: [&str; 11] = [
     "soak",
 ];
 
-struct Run {
-    success: bool,
-    stdout: String,
-    stderr: String,
-    pid: u32,
-}
-
-/// A scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "nocturne-bench-engine-test-{tag}-{}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Runs `nocturne ARGS` (without inherited `NOCTURNE_*` variables), killing
-/// it if it runs past [`RUN_LIMIT`].
+/// Runs `nocturne ARGS` to completion (killed past [`RUN_LIMIT`]).
 fn nocturne(args: &[&str], scratch: &Scratch) -> Run {
-    let out_path = scratch.0.join("stdout");
-    let err_path = scratch.0.join("stderr");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nocturne"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("NOCTURNE_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::fs::File::create(&err_path).unwrap());
-    let mut child = cmd.spawn().expect("start nocturne");
-    let deadline = Instant::now() + RUN_LIMIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "nocturne {args:?} ran past {RUN_LIMIT:?}; stderr:\n{}",
-                std::fs::read_to_string(&err_path).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    Run {
-        success: status.success(),
-        stdout: std::fs::read_to_string(&out_path).unwrap(),
-        stderr: std::fs::read_to_string(&err_path).unwrap(),
-        pid: child.id(),
-    }
+    bench_run::nocturne(args, scratch, RUN_LIMIT)
 }
 
-/// The defaults need cores 0 and 1.
 fn have_two_cores() -> bool {
-    let allowed = nocturne_bench::pin::allowed_cores().unwrap_or_default();
-    let ok = allowed.contains(&0) && allowed.contains(&1);
-    if !ok {
-        // Nothing skips silently: only an explicit opt-out lets it pass.
-        assert!(
-            std::env::var_os("NOCTURNE_SKIP_MULTICORE").is_some(),
-            "bench engine's defaults need cores 0 and 1, allowed: {allowed:?} \
-             (set NOCTURNE_SKIP_MULTICORE=1 to skip the tests that need two cores)"
-        );
-        eprintln!("skipped (NOCTURNE_SKIP_MULTICORE): bench engine's defaults need cores 0 and 1, allowed: {allowed:?}");
-    }
-    ok
-}
-
-/// Processes (other than zombies) whose command line mentions `needle`.
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let path = entry.path();
-        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if text.contains(needle) {
-            found.push(format!("{}: {text}", path.display()));
-        }
-    }
-    found
+    bench_run::have_cores_0_and_1("bench engine")
 }
 
 /// The config files `bench engine` (pid `pid`) wrote for its engines.

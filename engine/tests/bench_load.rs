@@ -4,68 +4,28 @@
 //! server (`bench load-echo-server`) with the ping-pong baseline. Timing is
 //! never asserted; counts, exit statuses and messages are.
 
+mod bench_run;
 mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
+use bench_run::{Run, Scratch};
 use common::Engine;
 use serde_json::Value;
 
 /// A debug build on a busy 2-core machine is slow; each run is a second or two.
 const RUN_LIMIT: Duration = Duration::from_secs(180);
 
-struct Run {
-    success: bool,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `nocturne ARGS` (without inherited `NOCTURNE_*` variables), killing
-/// it if it runs past [`RUN_LIMIT`].
+/// Runs `nocturne ARGS` to completion (killed past [`RUN_LIMIT`]: a hang),
+/// its output into a scratch directory of its own.
 fn nocturne(args: &[&str]) -> Run {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nocturne"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("NOCTURNE_") {
-            cmd.env_remove(key);
-        }
-    }
-    let mut child = cmd
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start nocturne");
-    let out = child.stdout.take().unwrap();
-    let err = child.stderr.take().unwrap();
-    let read = |mut r: Box<dyn std::io::Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = r.read_to_string(&mut s);
-            s
-        })
-    };
-    let (out, err) = (read(Box::new(out)), read(Box::new(err)));
-    let deadline = Instant::now() + RUN_LIMIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("nocturne {args:?} ran past {RUN_LIMIT:?} (a hang)");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Run {
-        success: status.success(),
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let scratch = Scratch::new(&format!("run{}", RUNS.fetch_add(1, Ordering::Relaxed)));
+    bench_run::nocturne(args, &scratch, RUN_LIMIT)
 }
 
 /// A scratch file path, removed on drop.

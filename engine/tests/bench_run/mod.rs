@@ -1,0 +1,136 @@
+//! Running the `nocturne` binary to completion, for the tests of the
+//! `bench` subcommands (`bench_engine.rs`, `bench_compare.rs`): a scratch
+//! directory for its output, a run with a time limit and no inherited
+//! `NOCTURNE_*` variables, the two-core precondition of the benches'
+//! defaults, and a `/proc` scan for leftover processes.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What a finished run printed and how it ended.
+pub struct Run {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+    pub pid: u32,
+}
+
+/// A scratch directory, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    /// A directory named after the test binary, `tag` and this process.
+    pub fn new(tag: &str) -> Self {
+        let binary = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "test".into());
+        let dir =
+            std::env::temp_dir().join(format!("nocturne-{binary}-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `nocturne` without the `NOCTURNE_*` variables of the test's environment.
+pub fn command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nocturne"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("NOCTURNE_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// Runs `nocturne ARGS` to completion, its output into `scratch`; kills it
+/// and fails the test if it runs past `limit`.
+pub fn nocturne(args: &[&str], scratch: &Scratch, limit: Duration) -> Run {
+    let out_path = scratch.0.join("stdout");
+    let err_path = scratch.0.join("stderr");
+    let mut child = command()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .expect("start nocturne");
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "nocturne {args:?} ran past {limit:?}; stdout:\n{}\nstderr:\n{}",
+                std::fs::read_to_string(&out_path).unwrap_or_default(),
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Run {
+        success: status.success(),
+        stdout: std::fs::read_to_string(&out_path).unwrap(),
+        stderr: std::fs::read_to_string(&err_path).unwrap(),
+        pid: child.id(),
+    }
+}
+
+/// Whether cores 0 and 1, which `bench`'s defaults use, are allowed. When
+/// they are not, the test fails with the reason, unless
+/// `NOCTURNE_SKIP_MULTICORE=1` turns that into an announced skip.
+pub fn have_cores_0_and_1(bench: &str) -> bool {
+    let allowed = nocturne_bench::pin::allowed_cores().unwrap_or_default();
+    let ok = allowed.contains(&0) && allowed.contains(&1);
+    if !ok {
+        // Nothing skips silently: only an explicit opt-out lets it pass.
+        assert!(
+            std::env::var_os("NOCTURNE_SKIP_MULTICORE").is_some(),
+            "{bench}'s defaults need cores 0 and 1, allowed: {allowed:?} \
+             (set NOCTURNE_SKIP_MULTICORE=1 to skip the tests that need two cores)"
+        );
+        eprintln!(
+            "skipped (NOCTURNE_SKIP_MULTICORE): {bench}'s defaults need cores 0 and 1, \
+             allowed: {allowed:?}"
+        );
+    }
+    ok
+}
+
+/// Live processes (not zombies) whose command line mentions `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let path = entry.path();
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue;
+        };
+        // Zombies (state Z) are gone in every sense that matters here.
+        let state = stat
+            .rfind(')')
+            .and_then(|close| stat[close + 1..].split_whitespace().next());
+        if state == Some("Z") {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if text.contains(needle) {
+            found.push(format!("{}: {text}", path.display()));
+        }
+    }
+    found
+}
