@@ -926,8 +926,8 @@ fn slot_memory(process: &ServerProcess) -> BTreeMap<String, f64> {
 }
 
 /// `settings.connections` closed-loop clients, each on its own thread and
-/// connection (pinned over the throughput client cores in turn), run until the measuring
-/// window ends; what completes inside the window counts.
+/// connection (pinned over the throughput client cores in turn), run until
+/// the measuring window ends; what completes inside the window counts.
 fn run_throughput(
     addr: std::net::SocketAddr,
     kind: ThroughputKind,
