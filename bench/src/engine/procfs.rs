@@ -124,13 +124,26 @@ mod tests {
             .spawn()
             .unwrap();
         let me = std::process::id();
-        let found = children_of(me);
+        // `spawn` returns once the child exists, possibly before its `exec`
+        // has finished; meanwhile `/proc/PID/cmdline` reads empty (or the
+        // parent's). Scan until the child shows its own command line.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let sleeper = loop {
+            let found = children_of(me);
+            let sleeper = found.into_iter().find(|c| c.pid == child.id());
+            match sleeper {
+                Some(s) if s.args.first().map(String::as_str) == Some("sleep") => break s,
+                _ if std::time::Instant::now() > deadline => {
+                    break ChildProcess {
+                        pid: child.id(),
+                        args: Vec::new(),
+                    }
+                }
+                _ => std::thread::sleep(std::time::Duration::from_millis(1)),
+            }
+        };
         let _ = child.kill();
         let _ = child.wait();
-        let sleeper = found
-            .iter()
-            .find(|c| c.pid == child.id())
-            .expect("child listed");
         assert_eq!(sleeper.args, ["sleep", "30"]);
         assert!(rss_mib(me).unwrap() > 0.0);
         assert_eq!(rss_mib(u32::MAX), None);
