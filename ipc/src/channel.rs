@@ -496,31 +496,65 @@ impl<R: Region> EngineEnd<R> {
 
     /// Splits into the request [`Sender`] and the response [`Receiver`].
     pub fn split(self) -> (Sender<R>, Receiver<R>) {
-        let base = self.region.base();
-        let l = &self.layout;
-        let bell = match self.response_efd {
+        // SAFETY: init_region laid out these sections; this end is the only
+        // producer of the request ring / consumer of the response ring.
+        unsafe {
+            self.layout
+                .halves(self.region, self.response_efd, Direction::Request)
+        }
+    }
+}
+
+/// One of the channel's two directions.
+#[derive(Clone, Copy)]
+enum Direction {
+    /// Engine → worker, with the request arena; its doorbell is always a futex.
+    Request,
+    /// Worker → engine, with the response arena; its doorbell is the region's
+    /// choice (`response_efd`).
+    Response,
+}
+
+impl Layout {
+    /// One end's halves: a [`Sender`] on the ring it produces (`sends`) and a
+    /// [`Receiver`] on the other. Both ends split the same way, mirrored: each
+    /// direction keeps its doorbell whichever half holds it, so the response
+    /// eventfd goes to the engine's receiver and to the worker's sender.
+    ///
+    /// # Safety
+    /// These sections are initialized within `region`, and the calling end is
+    /// the only producer of `sends` and the only consumer of the other ring.
+    unsafe fn halves<R: Region>(
+        &self,
+        region: Arc<R>,
+        response_efd: Option<OwnedFd>,
+        sends: Direction,
+    ) -> (Sender<R>, Receiver<R>) {
+        let response_bell = match response_efd {
             Some(fd) => Bell::Eventfd(fd),
             None => Bell::Futex,
         };
-        // SAFETY: init_region laid out these sections; the Arc keeps the
-        // region mapped for the lifetime of both halves; this end is the only
-        // producer of the request ring / consumer of the response ring.
+        let request = (self.req_ring, self.req_arena, Bell::Futex);
+        let response = (self.resp_ring, self.resp_arena, response_bell);
+        let ((tx_ring, tx_arena, tx_bell), (rx_ring, rx_arena, rx_bell)) = match sends {
+            Direction::Request => (request, response),
+            Direction::Response => (response, request),
+        };
+        let base = region.base();
+        // SAFETY: the offsets are sections of `self` within the region
+        // (caller's contract); the Arc each half keeps holds the region mapped
+        // for its lifetime; the calling end is the only producer of `sends`
+        // and the only consumer of the other ring.
         unsafe {
             (
                 Sender::new(
-                    self.region.clone(),
-                    base.add(l.req_ring),
-                    base.add(l.req_arena),
-                    l,
-                    Bell::Futex,
+                    region.clone(),
+                    base.add(tx_ring),
+                    base.add(tx_arena),
+                    self,
+                    tx_bell,
                 ),
-                Receiver::new(
-                    self.region,
-                    base.add(l.resp_ring),
-                    base.add(l.resp_arena),
-                    l,
-                    bell,
-                ),
+                Receiver::new(region, base.add(rx_ring), base.add(rx_arena), self, rx_bell),
             )
         }
     }
@@ -597,32 +631,12 @@ impl<R: Region> WorkerEnd<R> {
 
     /// Splits into the response [`Sender`] and the request [`Receiver`].
     pub fn split(self) -> (Sender<R>, Receiver<R>) {
-        let base = self.region.base();
-        let l = &self.layout;
-        let bell = match self.response_efd {
-            Some(fd) => Bell::Eventfd(fd),
-            None => Bell::Futex,
-        };
         // SAFETY: validate_region checked these sections against the region;
-        // the Arc keeps it mapped; this end is the only producer of the
-        // response ring / consumer of the request ring.
+        // this end is the only producer of the response ring / consumer of the
+        // request ring.
         unsafe {
-            (
-                Sender::new(
-                    self.region.clone(),
-                    base.add(l.resp_ring),
-                    base.add(l.resp_arena),
-                    l,
-                    bell,
-                ),
-                Receiver::new(
-                    self.region,
-                    base.add(l.req_ring),
-                    base.add(l.req_arena),
-                    l,
-                    Bell::Futex,
-                ),
-            )
+            self.layout
+                .halves(self.region, self.response_efd, Direction::Response)
         }
     }
 }
