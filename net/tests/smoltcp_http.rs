@@ -40,9 +40,16 @@ enum Wire {
 /// Creates the interface for `wire` in `ns` and names the device the
 /// transport opens.
 fn make_wire(ns: &Netns, wire: Wire) -> DeviceSpec {
+    make_wire_with(ns, wire, false)
+}
+
+/// Like [`make_wire`]; `multi_queue` makes a TAP multi-queue, so that
+/// several transports can open it (one queue each). Several packet sockets
+/// share a veth end as it is.
+fn make_wire_with(ns: &Netns, wire: Wire, multi_queue: bool) -> DeviceSpec {
     match wire {
         Wire::Tap => {
-            ns.add_tap("nct0", KERNEL_SIDE);
+            ns.add_tap_with("nct0", KERNEL_SIDE, multi_queue);
             DeviceSpec::Tap("nct0".into())
         }
         Wire::Raw => {
@@ -76,6 +83,7 @@ on_both_wires!(
     resets_and_half_closes,
     burst_of_1000_concurrent_connects,
     connection_cap_refuses_and_recovers,
+    several_queues_share_one_device,
 );
 
 /// What the server thread publishes after every turn.
@@ -244,6 +252,17 @@ impl Server {
             control,
             thread: Some(thread),
         }
+    }
+
+    /// A server with default options and limits, sleeping in epoll, on a
+    /// fresh `wire` in `ns`.
+    fn on_wire(ns: &Netns, wire: Wire) -> Self {
+        Self::start(
+            ns,
+            options(make_wire(ns, wire)),
+            Limits::default(),
+            Mode::Block,
+        )
     }
 
     fn snapshot(&self) -> Snapshot {
@@ -441,12 +460,7 @@ fn keep_alive_and_pipelining(wire: Wire) {
 
 fn one_megabyte_bodies_both_ways(wire: Wire) {
     let Some(ns) = Netns::for_test() else { return };
-    let _server = Server::start(
-        &ns,
-        options(make_wire(&ns, wire)),
-        Limits::default(),
-        Mode::Block,
-    );
+    let _server = Server::on_wire(&ns, wire);
     ns.run(|| {
         let body = pattern(1 << 20);
         let mut client = Client::connect();
@@ -470,12 +484,7 @@ fn one_megabyte_bodies_both_ways(wire: Wire) {
 
 fn many_connections_open_at_once(wire: Wire) {
     let Some(ns) = Netns::for_test() else { return };
-    let server = Server::start(
-        &ns,
-        options(make_wire(&ns, wire)),
-        Limits::default(),
-        Mode::Block,
-    );
+    let server = Server::on_wire(&ns, wire);
     ns.run(|| {
         let mut clients: Vec<Client> = (0..200).map(|_| Client::connect()).collect();
         // Interleaved: every connection answers in turn, three rounds.
@@ -497,12 +506,7 @@ fn many_connections_open_at_once(wire: Wire) {
 
 fn connection_close_and_time_wait(wire: Wire) {
     let Some(ns) = Netns::for_test() else { return };
-    let server = Server::start(
-        &ns,
-        options(make_wire(&ns, wire)),
-        Limits::default(),
-        Mode::Block,
-    );
+    let server = Server::on_wire(&ns, wire);
     ns.run(|| {
         // Short connections, one after another: the server closes first,
         // so each ends in TIME-WAIT on our side.
@@ -525,12 +529,7 @@ fn connection_close_and_time_wait(wire: Wire) {
 
 fn resets_and_half_closes(wire: Wire) {
     let Some(ns) = Netns::for_test() else { return };
-    let server = Server::start(
-        &ns,
-        options(make_wire(&ns, wire)),
-        Limits::default(),
-        Mode::Block,
-    );
+    let server = Server::on_wire(&ns, wire);
     ns.run(|| {
         // A client that resets mid-request (after one answered request, so
         // the connection surely reached the server).
@@ -590,12 +589,7 @@ fn resets_and_half_closes(wire: Wire) {
 fn burst_of_1000_concurrent_connects(wire: Wire) {
     const N: usize = 1000;
     let Some(ns) = Netns::for_test() else { return };
-    let server = Server::start(
-        &ns,
-        options(make_wire(&ns, wire)),
-        Limits::default(),
-        Mode::Block,
-    );
+    let server = Server::on_wire(&ns, wire);
     netns::raise_fd_limit();
     ns.run(|| {
         let addr: SocketAddr = SERVER.parse().unwrap();
@@ -706,12 +700,7 @@ fn connection_cap_refuses_and_recovers(wire: Wire) {
 #[test]
 fn stop_accepting_refuses_new_connections_and_keeps_open_ones() {
     let Some(ns) = Netns::for_test() else { return };
-    let server = Server::start(
-        &ns,
-        options(make_wire(&ns, Wire::Tap)),
-        Limits::default(),
-        Mode::Block,
-    );
+    let server = Server::on_wire(&ns, Wire::Tap);
     ns.run(|| {
         let mut client = Client::connect();
         assert_eq!(client.roundtrip(&get("/echo/1")).status, 200);
@@ -740,12 +729,7 @@ fn curl_talks_to_the_tap_stack() {
         );
         return;
     }
-    let server = Server::start(
-        &ns,
-        options(make_wire(&ns, Wire::Tap)),
-        Limits::default(),
-        Mode::Block,
-    );
+    let server = Server::on_wire(&ns, Wire::Tap);
     // Two URLs in one curl run share a keep-alive connection.
     let out = ns
         .command("curl")
@@ -773,11 +757,9 @@ fn curl_talks_to_the_tap_stack() {
     assert_eq!(snap.stats.accepted, 1);
 }
 
-#[test]
-fn several_queues_share_one_tap() {
+fn several_queues_share_one_device(wire: Wire) {
     let Some(ns) = Netns::for_test() else { return };
-    ns.add_tap_with("nct0", KERNEL_SIDE, true);
-    let mut opts = options(DeviceSpec::Tap("nct0".into()));
+    let mut opts = options(make_wire_with(&ns, wire, true));
     opts.queues = 2;
     let servers: Vec<Server> = (0..2)
         .map(|_| Server::start(&ns, opts.clone(), Limits::default(), Mode::Block))
@@ -795,33 +777,7 @@ fn several_queues_share_one_tap() {
         .iter()
         .map(|s| s.snapshot().stats.accepted)
         .collect();
-    eprintln!("connections per queue: {accepted:?}");
-    assert_eq!(accepted.iter().sum::<u64>(), 32);
-}
-
-#[test]
-fn several_packet_sockets_share_one_veth() {
-    let Some(ns) = Netns::for_test() else { return };
-    ns.add_veth("nck0", "ncr0", KERNEL_SIDE);
-    let mut opts = options(DeviceSpec::Raw("ncr0".into()));
-    opts.queues = 2;
-    let servers: Vec<Server> = (0..2)
-        .map(|_| Server::start(&ns, opts.clone(), Limits::default(), Mode::Block))
-        .collect();
-    ns.run(|| {
-        let mut clients: Vec<Client> = (0..32).map(|_| Client::connect()).collect();
-        for (i, client) in clients.iter_mut().enumerate() {
-            assert_eq!(
-                client.roundtrip(&get(&format!("/echo/{i}"))).text(),
-                format!("GET /echo/{i} ")
-            );
-        }
-    });
-    let accepted: Vec<u64> = servers
-        .iter()
-        .map(|s| s.snapshot().stats.accepted)
-        .collect();
-    eprintln!("connections per packet socket: {accepted:?}");
+    eprintln!("connections per {wire:?} queue: {accepted:?}");
     assert_eq!(accepted.iter().sum::<u64>(), 32);
 }
 
