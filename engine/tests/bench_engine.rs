@@ -8,13 +8,14 @@
 //! need root and iproute2 and fail where they cannot create them, unless
 //! `NOCTURNE_SKIP_NETNS=1` is set (CI never sets it).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 mod bench_run;
-use bench_run::{processes_mentioning, Run, Scratch};
+use bench_run::{command, processes_mentioning, Run, Scratch};
 
 /// A debug build on a busy 2-core machine is slow; the run itself is a
 /// few seconds.
@@ -221,6 +222,127 @@ fn a_quick_run_reports_every_case_and_cleans_up() {
         leftover_configs(run.pid)
     );
     assert_engines_gone(run.pid);
+}
+
+/// The name of throughput client thread `i` is this and `i` (the driver's
+/// `THROUGHPUT_CLIENT_THREAD`).
+const CLIENT_THREAD: &str = "throughput-";
+
+/// `(tid, name, Cpus_allowed_list)` of every live throughput client thread
+/// of process `pid`.
+fn client_threads(pid: u32) -> Vec<(u32, String, String)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let tid: u32 = task.file_name().to_str()?.parse().ok()?;
+            // A thread may end between the listing and the reads: skipped.
+            let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+            let field = |key: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(key))
+                    .map(|v| v.trim().to_owned())
+            };
+            let name = field("Name:")?;
+            name.starts_with(CLIENT_THREAD)
+                .then(|| Some((tid, name, field("Cpus_allowed_list:")?)))?
+        })
+        .collect()
+}
+
+#[test]
+fn client_cores_pin_the_throughput_client_threads() {
+    if !have_two_cores() {
+        return;
+    }
+    // The latency client (and so the thread that starts the throughput
+    // clients) is pinned to core 0. Where cores beyond 0 and 1 exist, the
+    // clients get up to two of them, thread i on the (i mod 2)-th: a thread
+    // left unpinned would show core 0. On two cores 0 is the only legal
+    // list: the check then shows each client's mask is exactly core 0, not
+    // 0-1, but cannot tell its own pin from the one it inherited.
+    let allowed = nocturne_bench::pin::allowed_cores().unwrap();
+    let mut client_cores: Vec<usize> = allowed.into_iter().filter(|&c| c > 1).take(2).collect();
+    if client_cores.is_empty() {
+        client_cores.push(0);
+    }
+    let list = client_cores
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let scratch = Scratch::new("client-cores");
+    // tid -> (name, every mask it was seen with, in order).
+    let mut seen: BTreeMap<u32, (String, Vec<String>)> = BTreeMap::new();
+    let run = bench_run::nocturne_watched(
+        command(),
+        &[
+            "bench",
+            "engine",
+            "--quick",
+            "--modes",
+            "adaptive",
+            "--client-core",
+            "0",
+            "--io-core",
+            "1",
+            "--worker-cores",
+            "0",
+            "--client-cores",
+            &list,
+            "--samples",
+            "50",
+            "--warmup",
+            "10",
+            "--rounds",
+            "1",
+            "--duration",
+            "300ms",
+            "--connections",
+            "3",
+            "--soak-requests",
+            "100",
+        ],
+        &scratch,
+        RUN_LIMIT,
+        |pid| {
+            for (tid, name, mask) in client_threads(pid) {
+                let (_, masks) = seen.entry(tid).or_insert_with(|| (name, Vec::new()));
+                if masks.last() != Some(&mask) {
+                    masks.push(mask);
+                }
+            }
+        },
+    );
+    assert!(
+        run.success,
+        "bench engine failed:\n{}\n{}",
+        run.stdout, run.stderr
+    );
+    assert!(run.stdout.contains("throughput/external"), "{}", run.stdout);
+    // Both throughput cases start three clients each; every one lives for
+    // the 300 ms window and more, so every name was seen.
+    let names: std::collections::BTreeSet<&str> =
+        seen.values().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names.into_iter().collect::<Vec<_>>(),
+        ["throughput-0", "throughput-1", "throughput-2"],
+        "{seen:?}"
+    );
+    for (tid, (name, masks)) in &seen {
+        let i: usize = name[CLIENT_THREAD.len()..].parse().unwrap();
+        let want = client_cores[i % client_cores.len()].to_string();
+        // A sample may catch a thread in the instant before it pins itself;
+        // from then on it stays where it pinned itself.
+        assert_eq!(
+            masks.last(),
+            Some(&want),
+            "{name} (tid {tid}) ran on {masks:?}, --client-cores {list}: {seen:?}"
+        );
+    }
 }
 
 #[test]

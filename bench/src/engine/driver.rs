@@ -925,6 +925,10 @@ fn slot_memory(process: &ServerProcess) -> BTreeMap<String, f64> {
     ])
 }
 
+/// Throughput client thread `i` is named this and `i` (15 bytes at most
+/// for up to [`super::MAX_CONNECTIONS`] threads: the kernel's limit).
+const THROUGHPUT_CLIENT_THREAD: &str = "throughput-";
+
 /// `settings.connections` closed-loop clients, each on its own thread and
 /// connection (pinned over the throughput client cores in turn), run until
 /// the measuring window ends; what completes inside the window counts.
@@ -952,7 +956,7 @@ fn run_throughput(
             .map(|i| {
                 let request = &request;
                 let core = settings.client_cores[i % settings.client_cores.len()];
-                scope.spawn(move || {
+                let run_client = move || -> anyhow::Result<ThroughputTally> {
                     pin_current_thread(core)?;
                     let mut client = HttpClient::connect(addr, settings.timeout)?;
                     let mut tally = ThroughputTally::default();
@@ -992,14 +996,19 @@ fn run_throughput(
                             }
                         }
                     }
-                })
+                };
+                // Named, so that a test can find the thread in /proc.
+                std::thread::Builder::new()
+                    .name(format!("{THROUGHPUT_CLIENT_THREAD}{i}"))
+                    .spawn_scoped(scope, run_client)
             })
             .collect();
         threads
             .into_iter()
-            .map(|t| match t.join() {
-                Ok(result) => result,
-                Err(_) => Err(anyhow::anyhow!("a client thread panicked")),
+            .map(|t| match t.map(|t| t.join()) {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(anyhow::anyhow!("a client thread panicked")),
+                Err(e) => Err(anyhow::Error::new(e).context("starting a client thread")),
             })
             .collect()
     });

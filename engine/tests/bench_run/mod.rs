@@ -1,8 +1,10 @@
 //! Running the `nocturne` binary to completion, for the tests of the
-//! `bench` subcommands (`bench_engine.rs`, `bench_compare.rs`): a scratch
-//! directory for its output, a run with a time limit and no inherited
-//! `NOCTURNE_*` variables, the two-core precondition of the benches'
-//! defaults, and a `/proc` scan for leftover processes.
+//! `bench` subcommands (`bench_engine.rs`, `bench_compare.rs`,
+//! `bench_load.rs`, `bench_commit.rs`): a scratch directory for its output,
+//! a run with a time limit and no inherited `NOCTURNE_*` variables (a test
+//! sets the ones it means on [`command`]), optionally watched in `/proc`
+//! while it runs, the two-core precondition of the benches' defaults, and a
+//! `/proc` scan for leftover processes.
 
 #![allow(dead_code)] // each test binary uses a different part
 
@@ -55,9 +57,40 @@ pub fn command() -> Command {
 /// Runs `nocturne ARGS` to completion, its output into `scratch`; kills it
 /// and fails the test if it runs past `limit`.
 pub fn nocturne(args: &[&str], scratch: &Scratch, limit: Duration) -> Run {
+    run_to_completion(
+        command(),
+        args,
+        scratch,
+        limit,
+        Duration::from_millis(50),
+        |_| {},
+    )
+}
+
+/// As [`nocturne`], but from `cmd` (e.g. [`command`] with a variable set),
+/// calling `watch` with the child's pid about every 10 ms while it runs,
+/// so that a test can look at the running process in `/proc`.
+pub fn nocturne_watched(
+    cmd: Command,
+    args: &[&str],
+    scratch: &Scratch,
+    limit: Duration,
+    watch: impl FnMut(u32),
+) -> Run {
+    run_to_completion(cmd, args, scratch, limit, Duration::from_millis(10), watch)
+}
+
+fn run_to_completion(
+    mut cmd: Command,
+    args: &[&str],
+    scratch: &Scratch,
+    limit: Duration,
+    every: Duration,
+    mut watch: impl FnMut(u32),
+) -> Run {
     let out_path = scratch.0.join("stdout");
     let err_path = scratch.0.join("stderr");
-    let mut child = command()
+    let mut child = cmd
         .args(args)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out_path).unwrap())
@@ -78,7 +111,8 @@ pub fn nocturne(args: &[&str], scratch: &Scratch, limit: Duration) -> Run {
                 std::fs::read_to_string(&err_path).unwrap_or_default()
             );
         }
-        std::thread::sleep(Duration::from_millis(50));
+        watch(child.id());
+        std::thread::sleep(every);
     };
     Run {
         success: status.success(),
