@@ -14,23 +14,16 @@
 //! inside the server when it began (one per connection), which is the
 //! omission the correction repairs.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nocturne_bench::load::{run_rate, LoadPlan, PollMode, RateResult, RequestSpec, Targets, Url};
-
-/// Fails the test instead of hanging it.
-fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(Duration::from_secs(120))
-        .unwrap_or_else(|_| panic!("{what} did not finish within 120 s"))
-}
+use common::{assert_balanced, short_plan, within};
+use nocturne_bench::load::{run_rate, LoadPlan, RequestSpec, Url};
 
 #[derive(Default)]
 struct Log {
@@ -142,6 +135,7 @@ fn serve(
     }
 }
 
+/// The plan of every run here: 1 s of POSTs to `addr`.
 fn plan(addr: SocketAddr, connections: usize) -> LoadPlan {
     let spec = RequestSpec {
         name: None,
@@ -151,34 +145,7 @@ fn plan(addr: SocketAddr, connections: usize) -> LoadPlan {
         body: b"x".to_vec(),
         weight: 1,
     };
-    let mut p = LoadPlan::new(Targets::build(&[spec], Duration::from_secs(5)).unwrap());
-    p.poll = PollMode::Block;
-    p.warmup = Duration::ZERO;
-    p.duration = Duration::from_secs(1);
-    p.connections = connections;
-    p.timeout = Duration::from_secs(20);
-    p
-}
-
-fn assert_balanced(r: &RateResult) {
-    assert_eq!(
-        r.sent + r.unsent,
-        r.offered,
-        "{}",
-        nocturne_bench::load::output::details(r)
-    );
-    assert_eq!(
-        r.completed + r.timeouts + r.socket_errors.requests(),
-        r.sent,
-        "{}",
-        nocturne_bench::load::output::details(r)
-    );
-    assert_eq!(
-        r.latency.len(),
-        r.completed + r.timeouts + r.unsent,
-        "{}",
-        nocturne_bench::load::output::details(r)
-    );
+    short_plan(&[spec], connections, Duration::from_secs(1))
 }
 
 const MS: u64 = 1_000_000;

@@ -5,26 +5,18 @@
 //! end (sweep, objective, JSON, `.hgrm`, SVG). No assertion depends on how
 //! fast anything runs.
 
+mod common;
+
 use std::path::PathBuf;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use clap::Parser;
+use common::{assert_balanced, short_plan, within};
 use nocturne_bench::load::{
     run_command, run_rate, Arrival, ArrivalSchedule, EchoPoll, EchoServer, LoadArgs, LoadPlan,
-    PollMode, RateResult, RequestSpec, Targets, Url,
+    PollMode, RequestSpec, Url,
 };
 use nocturne_bench::report::Report;
-
-/// Fails the test instead of hanging it.
-fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(Duration::from_secs(120))
-        .unwrap_or_else(|_| panic!("{what} did not finish within 120 s"))
-}
 
 fn spec(url: &str, weight: u32) -> RequestSpec {
     RequestSpec {
@@ -45,38 +37,9 @@ fn echo() -> EchoServer {
 /// connections, sleeping client, generous timeouts for a loaded machine.
 fn plan(server: &EchoServer) -> LoadPlan {
     let url = format!("http://{}/echo", server.addr());
-    let mut p = LoadPlan::new(Targets::build(&[spec(&url, 1)], Duration::from_secs(5)).unwrap());
-    p.poll = PollMode::Block;
-    p.warmup = Duration::ZERO;
-    p.duration = Duration::from_millis(500);
-    p.connections = 4;
-    p.timeout = Duration::from_secs(20);
+    let mut p = short_plan(&[spec(&url, 1)], 4, Duration::from_millis(500));
     p.connect_timeout = Duration::from_secs(10);
     p
-}
-
-/// The bookkeeping every run must balance, whatever the timing.
-fn assert_balanced(r: &RateResult) {
-    assert_eq!(
-        r.sent + r.unsent,
-        r.offered,
-        "{}",
-        nocturne_bench::load::output::details(r)
-    );
-    assert_eq!(
-        r.completed + r.timeouts + r.socket_errors.requests(),
-        r.sent,
-        "{}",
-        nocturne_bench::load::output::details(r)
-    );
-    // Every offered request is in the corrected histogram: answered ones,
-    // timed-out ones and unsent ones (at the latency they reached).
-    assert_eq!(
-        r.latency.len(),
-        r.completed + r.timeouts + r.unsent,
-        "{}",
-        nocturne_bench::load::output::details(r)
-    );
 }
 
 fn schedule_count(
@@ -215,12 +178,7 @@ fn a_mix_over_two_servers() {
         spec(&format!("http://{}/a", a.addr()), 3),
         spec(&format!("http://{}/b", b.addr()), 1),
     ];
-    let mut p = LoadPlan::new(Targets::build(&specs, Duration::from_secs(5)).unwrap());
-    p.poll = PollMode::Block;
-    p.warmup = Duration::ZERO;
-    p.duration = Duration::from_millis(500);
-    p.connections = 6;
-    p.timeout = Duration::from_secs(20);
+    let p = short_plan(&specs, 6, Duration::from_millis(500));
     let r = within("run", move || run_rate(&p, 4_000.0, false).unwrap());
     assert_eq!(r.offered, 2_000);
     assert_balanced(&r);

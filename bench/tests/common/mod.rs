@@ -1,0 +1,56 @@
+//! Shared by the live load-generator tests (`load_co` against a stalling
+//! server, `load_live` against the echo server): a watchdog that fails a run
+//! instead of hanging the test, the bookkeeping every run must balance, and
+//! the short plan both start from.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use nocturne_bench::load::{LoadPlan, PollMode, RateResult, RequestSpec, Targets};
+
+/// Fails the test instead of hanging it.
+pub fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(120))
+        .unwrap_or_else(|_| panic!("{what} did not finish within 120 s"))
+}
+
+/// The bookkeeping every run must balance, whatever the timing.
+pub fn assert_balanced(r: &RateResult) {
+    assert_eq!(
+        r.sent + r.unsent,
+        r.offered,
+        "{}",
+        nocturne_bench::load::output::details(r)
+    );
+    assert_eq!(
+        r.completed + r.timeouts + r.socket_errors.requests(),
+        r.sent,
+        "{}",
+        nocturne_bench::load::output::details(r)
+    );
+    // Every offered request is in the corrected histogram: answered ones,
+    // timed-out ones and unsent ones (at the latency they reached).
+    assert_eq!(
+        r.latency.len(),
+        r.completed + r.timeouts + r.unsent,
+        "{}",
+        nocturne_bench::load::output::details(r)
+    );
+}
+
+/// A short plan over `specs`: no warm-up, a sleeping client, `connections`
+/// connections for a `duration` window, and a request timeout generous
+/// enough for a loaded machine.
+pub fn short_plan(specs: &[RequestSpec], connections: usize, duration: Duration) -> LoadPlan {
+    let mut p = LoadPlan::new(Targets::build(specs, Duration::from_secs(5)).unwrap());
+    p.poll = PollMode::Block;
+    p.warmup = Duration::ZERO;
+    p.duration = duration;
+    p.connections = connections;
+    p.timeout = Duration::from_secs(20);
+    p
+}
