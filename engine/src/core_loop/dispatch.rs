@@ -371,8 +371,8 @@ impl LoopState {
         }
     }
 
-    /// Handles an internal `Invoke` from worker `w` (the view's data is copied
-    /// into `payload` by the caller).
+    /// Handles an internal `Invoke` from worker `w`; `payload` is the
+    /// message's, still in `w`'s response ring.
     pub(crate) fn internal_invoke<T: Transport>(
         &mut self,
         w: Key,

@@ -27,7 +27,10 @@ pub(crate) struct WorkerSlot {
     pub worker: Worker,
     pub function: u32,
     pub sender: Sender,
-    pub receiver: Receiver,
+    /// Its response ring. `None` only while [`LoopState::poll_workers`] has
+    /// it out: a message is handled in place, its payload read straight from
+    /// shared memory, while the handler borrows the rest of the loop.
+    pub receiver: Option<Receiver>,
     /// The call it runs.
     pub busy: Option<Key>,
     pub idle_since: std::time::Instant,
@@ -99,11 +102,19 @@ impl WorkerSlot {
 
 impl LoopState {
     /// Takes messages from every worker's response ring; returns how many.
+    ///
+    /// Each message is handled while it still sits in the ring, so a
+    /// completion's payload goes from shared memory straight into the HTTP
+    /// response (or into the caller's ring) with no copy in between; the slot
+    /// is released when the message is dropped, before the next one is read.
     pub(crate) fn poll_workers<T: Transport>(&mut self, server: &mut HttpServer<T>) -> usize {
         let mut work = 0;
         let mut keys = std::mem::take(&mut self.keys);
         self.workers.keys_into(&mut keys);
         for &w in &keys {
+            let Some(mut receiver) = self.workers.get_mut(w).and_then(|s| s.receiver.take()) else {
+                continue;
+            };
             let mut violation = None;
             for _ in 0..RING_BUDGET {
                 let Some(slot) = self.workers.get_mut(w) else {
@@ -112,37 +123,31 @@ impl LoopState {
                 if !slot.backlog.is_empty() {
                     slot.flush_backlog();
                 }
-                let mut payload = std::mem::take(&mut self.scratch);
-                let header = match slot.receiver.try_recv() {
-                    Ok(None) => {
-                        self.scratch = payload;
-                        break;
-                    }
-                    Ok(Some(msg)) => {
-                        // Copy out so the ring slot is released before we touch
-                        // other workers' rings (cheap: payloads are small or
-                        // the copy is the send's anyway).
-                        payload.clear();
-                        payload.extend_from_slice(msg.payload());
-                        *msg.header()
-                    }
+                let msg = match receiver.try_recv() {
+                    Ok(None) => break,
+                    Ok(Some(msg)) => msg,
                     Err(e) => {
-                        self.scratch = payload;
                         violation = Some(format!("corrupt message: {e}"));
                         break;
                     }
                 };
                 work += 1;
+                let header = *msg.header();
                 let result = match header.kind {
-                    Kind::Complete => self.complete(w, &header, &payload, server),
-                    Kind::Invoke => self.internal_invoke(w, &header, &payload, server),
+                    Kind::Complete => self.complete(w, &header, msg.payload(), server),
+                    Kind::Invoke => self.internal_invoke(w, &header, msg.payload(), server),
                     Kind::Unknown(raw) => Err(format!("unknown message kind {raw}")),
                 };
-                self.scratch = payload;
+                drop(msg);
                 if let Err(e) = result {
                     violation = Some(e);
                     break;
                 }
+            }
+            // Neither handler removes worker `w`; if it went anyway, its
+            // receiver goes with it.
+            if let Some(slot) = self.workers.get_mut(w) {
+                slot.receiver = Some(receiver);
             }
             if violation.is_none() {
                 violation = self.workers.get_mut(w).and_then(|s| s.broken.take());
@@ -210,7 +215,7 @@ impl LoopState {
             worker,
             function: f,
             sender,
-            receiver,
+            receiver: Some(receiver),
             busy: None,
             idle_since: self.now,
             outstanding: 0,
@@ -480,7 +485,7 @@ impl LoopState {
     pub(crate) fn arm_all(&mut self) -> bool {
         let mut all = true;
         for (_, slot) in self.workers.iter() {
-            if !slot.receiver.arm_sleep() {
+            if slot.receiver.as_ref().is_some_and(|r| !r.arm_sleep()) {
                 all = false;
                 break;
             }
@@ -491,7 +496,9 @@ impl LoopState {
     /// Disarms every doorbell after waking.
     pub(crate) fn disarm_all(&mut self) {
         for (_, slot) in self.workers.iter() {
-            slot.receiver.disarm_sleep();
+            if let Some(r) = &slot.receiver {
+                r.disarm_sleep();
+            }
         }
     }
 
