@@ -1,12 +1,19 @@
 //! The engine over HTTP, end to end: the real binary, real sockets, real
 //! worker processes. Routes, exact bodies, status codes, headers, keep-alive
 //! under concurrency and pipelining — each under `--poll spin` and
-//! `--poll adaptive`.
+//! `--poll adaptive`. The body, pipelining and load checks are
+//! [`common::http_checks`], which `e2e_transports` runs on every transport
+//! too; `Expect: 100-continue` and chunked bodies are checked there alone
+//! (`connection_close_half_close_continue_and_chunked`).
 
 mod common;
 
 use std::collections::BTreeSet;
 
+use common::http_checks::{
+    echo_returns_binary_empty_and_one_mib_bodies, fifty_pipelined_requests_are_answered_in_order,
+    foo_calls_bar_and_answers_exact_bytes, keep_alive_load, FOO_BAR,
+};
 use common::{for_each_poll, request_bytes, Client, Engine};
 
 /// The functions the embedded default config serves.
@@ -16,53 +23,20 @@ const DEFAULT_FUNCTIONS: [&str; 5] = ["echo", "bar", "foo", "spin", "sleep"];
 fn foo_calls_bar_and_echo_returns_bytes_exactly() {
     for_each_poll(|poll| {
         let engine = Engine::builder().poll(poll).start();
+        foo_calls_bar_and_answers_exact_bytes(&engine);
+        echo_returns_binary_empty_and_one_mib_bodies(&engine);
+
+        // One byte more than the 1 MiB max_payload is refused from the
+        // headers (413), not served.
         let mut c = engine.client();
-
-        let r = c.post("/function/foo", b"hi");
-        assert_eq!(r.status, 200, "{}", r.text());
-        assert_eq!(r.body, b"From function Foo: From function Bar: hi");
-        let r = c.post("/function/bar", b"hi");
-        assert_eq!(
-            (r.status, r.body.as_slice()),
-            (200, b"From function Bar: hi".as_slice())
-        );
-
-        // Every byte value, including NUL, CR and LF, comes back unchanged.
-        let binary: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
-        let r = c.post("/function/echo", &binary);
-        assert_eq!(r.status, 200);
-        assert_eq!(r.body, binary);
-        assert_eq!(r.header("content-type"), Some("application/octet-stream"));
-
-        let r = c.post("/function/echo", b"");
-        assert_eq!(r.status, 200, "{}", r.text());
-        assert!(r.body.is_empty(), "{:?}", r.text());
-        assert_eq!(r.header("content-length"), Some("0"));
-
-        // 1 MiB: the default max_payload, so the largest body echo takes; it
-        // travels through the payload arena, not the ring's inline slots.
-        let big: Vec<u8> = (0..1u32 << 20)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-            .collect();
-        let r = c.post("/function/echo", &big);
-        assert_eq!(
-            r.status,
-            200,
-            "{}",
-            String::from_utf8_lossy(&r.body[..r.body.len().min(200)])
-        );
-        assert_eq!(r.body.len(), big.len());
-        assert!(r.body == big, "the 1 MiB echo differs");
-
-        // One byte more is refused from the headers (413), not served.
         let r = Client::connect(engine.addr())
             .try_request("POST", "/function/echo", &[], &[7u8; (1 << 20) + 1])
             .expect("a 413 answer");
         assert_eq!(r.status, 413, "{}", r.text());
 
-        // The connection still serves after all of that.
+        // A connection opened before that still serves.
         let r = c.post("/function/foo", b"again");
-        assert_eq!(r.body, b"From function Foo: From function Bar: again");
+        assert_eq!(r.text(), format!("{FOO_BAR}again"));
     });
 }
 
@@ -225,162 +199,16 @@ fn handler_content_type_reaches_the_client() {
     assert_eq!(r.header("content-type"), Some("application/octet-stream"));
 }
 
-/// The expected body of request `i` of connection `conn` in the load test.
-fn load_case(conn: usize, i: usize) -> (&'static str, Vec<u8>, Vec<u8>) {
-    let input = format!("c{conn}-r{i}-{}", "x".repeat(i % 97)).into_bytes();
-    if i % 2 == 1 {
-        let mut expected = b"From function Foo: From function Bar: ".to_vec();
-        expected.extend_from_slice(&input);
-        ("/function/foo", input, expected)
-    } else {
-        ("/function/echo", input.clone(), input)
-    }
-}
-
 #[test]
 fn ten_thousand_requests_over_sixteen_keep_alive_connections() {
-    const CONNECTIONS: usize = 16;
-    const REQUESTS: usize = 10_000;
-    for_each_poll(|poll| {
-        let engine = Engine::builder().poll(poll).start();
-        let addr = engine.addr();
-        let answered: usize = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..CONNECTIONS)
-                .map(|conn| {
-                    s.spawn(move || {
-                        let mut c = Client::connect(addr);
-                        let mut ok = 0;
-                        for i in (conn..REQUESTS).step_by(CONNECTIONS) {
-                            let (path, input, expected) = load_case(conn, i);
-                            let r = c
-                                .try_request("POST", path, &[], &input)
-                                .unwrap_or_else(|e| panic!("connection {conn}, request {i}: {e}"));
-                            assert_eq!(
-                                r.status,
-                                200,
-                                "connection {conn}, request {i}: {}",
-                                r.text()
-                            );
-                            assert!(
-                                r.body == expected,
-                                "connection {conn}, request {i}: got {:?}, want {:?}",
-                                r.text(),
-                                String::from_utf8_lossy(&expected)
-                            );
-                            ok += 1;
-                        }
-                        ok
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| engine.fail("a load connection failed"))
-                })
-                .sum()
-        });
-        assert_eq!(answered, REQUESTS);
-        // Nothing is left in flight or queued.
-        for f in engine.functions_status() {
-            assert_eq!(
-                (f["in_flight"].as_u64(), f["queued"].as_u64()),
-                (Some(0), Some(0)),
-                "{f}"
-            );
-        }
-    });
+    for_each_poll(|poll| keep_alive_load(&Engine::builder().poll(poll).start(), 16, 10_000));
 }
 
 #[test]
 fn pipelined_requests_are_answered_in_order() {
-    const N: usize = 50;
     for_each_poll(|poll| {
-        let engine = Engine::builder().poll(poll).start();
-        let mut c = engine.client();
-        // Sleeps of decreasing length between fast calls: completions come
-        // back out of order; the answers must not.
-        let mut bytes = Vec::new();
-        let mut expected = Vec::new();
-        for i in 0..N {
-            let (path, body, want) = match i % 3 {
-                0 => {
-                    let input = format!("p{i}");
-                    (
-                        "/function/foo".to_string(),
-                        input.clone(),
-                        format!("From function Foo: From function Bar: {input}"),
-                    )
-                }
-                1 => (
-                    "/function/echo".to_string(),
-                    format!("e{i}"),
-                    format!("e{i}"),
-                ),
-                _ => {
-                    let us = (N - i) * 200;
-                    (
-                        format!("/function/sleep?us={us}"),
-                        String::new(),
-                        format!("slept {us} us"),
-                    )
-                }
-            };
-            bytes.extend(request_bytes("POST", &path, &[], body.as_bytes()));
-            expected.push(want);
-        }
-        // A GET without a body in the middle of the batch, too.
-        bytes.extend(request_bytes("GET", "/function/bar", &[], b""));
-        expected.push("From function Bar: ".to_string());
-        c.write_raw(&bytes).unwrap();
-        for (i, want) in expected.iter().enumerate() {
-            let r = c
-                .try_read_response()
-                .unwrap_or_else(|e| engine.fail(&format!("response {i}: {e}")));
-            assert_eq!(r.status, 200, "response {i}: {}", r.text());
-            assert_eq!(&r.text(), want, "response {i} out of order");
-        }
-        // And the connection is still good for one more.
-        assert_eq!(c.post("/function/echo", b"end").text(), "end");
+        fifty_pipelined_requests_are_answered_in_order(&Engine::builder().poll(poll).start())
     });
-}
-
-#[test]
-fn expect_100_continue_and_chunked_bodies() {
-    let engine = Engine::start(&[]);
-    let mut c = engine.client();
-    // Expect: 100-continue: the server says go ahead, then answers.
-    c.write_raw(&request_bytes(
-        "POST",
-        "/function/echo",
-        &[("Expect", "100-continue"), ("Content-Length", "5")],
-        b"",
-    ))
-    .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        std::io::Read::read_exact(&mut c.stream(), &mut byte).expect("a 100 Continue");
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 100"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    c.write_raw(b"hello").unwrap();
-    assert_eq!(c.read_response().text(), "hello");
-
-    // A chunked request body arrives whole.
-    c.write_raw(&request_bytes(
-        "POST",
-        "/function/echo",
-        &[("Transfer-Encoding", "chunked")],
-        b"3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n",
-    ))
-    .unwrap();
-    assert_eq!(c.read_response().text(), "abcdefg");
 }
 
 #[test]

@@ -10,6 +10,8 @@
 //! * `/proc` helpers — threads, their state and allowed CPUs, an engine's
 //!   worker processes.
 //! * [`for_each_poll`] — runs a test body under `--poll spin` and `--poll adaptive`.
+//! * [`http_checks`] — HTTP checks shared by `e2e_transports` (every
+//!   transport) and `e2e_http` (every poll mode).
 //!
 //! Every wait is bounded ([`LONG`] at most): a bug fails a test with the
 //! engine's log instead of hanging it. No assertion depends on how fast
@@ -18,6 +20,8 @@
 #![allow(unsafe_code)]
 // Each e2e_*.rs binary uses a different part of the harness.
 #![allow(dead_code)]
+
+pub mod http_checks;
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
