@@ -4,6 +4,7 @@
 //! drives it with the kernel's TCP stack (std sockets, curl) from inside the
 //! same namespace. Nothing is mocked; timing is never asserted.
 
+mod common;
 mod netns;
 
 use std::io::{self, Read, Write};
@@ -16,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::{get, post, Client};
 use netns::Netns;
 use nocturne_net::smoltcp::{DeviceSpec, SmoltcpOptions, SmoltcpStats, SmoltcpTransport};
 use nocturne_net::{
@@ -306,126 +308,17 @@ fn options(device: DeviceSpec) -> SmoltcpOptions {
     SmoltcpOptions::new(device, STACK_ADDR.parse().unwrap(), PORT)
 }
 
-/// One parsed response.
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+/// A client of the smoltcp server (call from inside the namespace).
+fn connect() -> Client {
+    client_of(TcpStream::connect(SERVER).expect("connect to the smoltcp server"))
 }
 
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn text(&self) -> &str {
-        std::str::from_utf8(&self.body).unwrap()
-    }
-}
-
-/// A blocking kernel-TCP client (call from inside the namespace).
-struct Client {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Client {
-    fn connect() -> Self {
-        let stream = TcpStream::connect(SERVER).expect("connect to the smoltcp server");
-        Self::from_stream(stream)
-    }
-
-    fn from_stream(stream: TcpStream) -> Self {
-        stream.set_read_timeout(Some(PATIENCE)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        Self {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).unwrap();
-    }
-
-    fn fill(&mut self) -> usize {
-        let mut chunk = [0u8; 64 * 1024];
-        let n = self.stream.read(&mut chunk).expect("read");
-        self.buf.extend_from_slice(&chunk[..n]);
-        n
-    }
-
-    fn read_response(&mut self) -> Resp {
-        loop {
-            let mut headers = [httparse::EMPTY_HEADER; 32];
-            let mut parsed = httparse::Response::new(&mut headers);
-            if let httparse::Status::Complete(head_len) = parsed.parse(&self.buf).unwrap() {
-                let status = parsed.code.unwrap();
-                let headers: Vec<(String, String)> = parsed
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_owned(),
-                            String::from_utf8_lossy(h.value).into_owned(),
-                        )
-                    })
-                    .collect();
-                let len: usize = headers
-                    .iter()
-                    .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-                    .map_or(0, |(_, v)| v.parse().unwrap());
-                while self.buf.len() < head_len + len {
-                    assert!(self.fill() > 0, "EOF inside a response body");
-                }
-                let body = self.buf[head_len..head_len + len].to_vec();
-                self.buf.drain(..head_len + len);
-                return Resp {
-                    status,
-                    headers,
-                    body,
-                };
-            }
-            assert!(self.fill() > 0, "EOF before a response head");
-        }
-    }
-
-    fn roundtrip(&mut self, request: &[u8]) -> Resp {
-        self.send(request);
-        self.read_response()
-    }
-
-    /// The server closed cleanly (FIN, not reset) with nothing more.
-    fn expect_eof(&mut self) {
-        assert!(self.buf.is_empty(), "unread bytes: {:?}", self.buf);
-        let mut byte = [0u8; 64];
-        match self.stream.read(&mut byte) {
-            Ok(0) => {}
-            Ok(n) => panic!(
-                "expected EOF, got {:?}",
-                String::from_utf8_lossy(&byte[..n])
-            ),
-            Err(e) => panic!("expected a clean EOF, got {e}"),
-        }
-    }
-}
-
-fn get(path: &str) -> Vec<u8> {
-    format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").into_bytes()
-}
-
-fn post(path: &str, body: &[u8]) -> Vec<u8> {
-    let mut req = format!(
-        "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    req.extend_from_slice(body);
-    req
+/// A client on a stream connected to the smoltcp server: reads give up
+/// after [`PATIENCE`], and small requests go out at once (no Nagle delay).
+fn client_of(stream: TcpStream) -> Client {
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    Client::from_stream(stream)
 }
 
 fn keep_alive_and_pipelining(wire: Wire) {
@@ -433,12 +326,12 @@ fn keep_alive_and_pipelining(wire: Wire) {
         let Some(ns) = Netns::for_test() else { return };
         let server = Server::start(&ns, options(make_wire(&ns, wire)), Limits::default(), mode);
         ns.run(|| {
-            let mut client = Client::connect();
+            let mut client = connect();
             for i in 0..50 {
                 let resp =
                     client.roundtrip(&post(&format!("/echo/{i}"), format!("#{i}").as_bytes()));
                 assert_eq!(resp.status, 200);
-                assert_eq!(resp.text(), format!("POST /echo/{i} #{i}"));
+                assert_eq!(resp.body_str(), format!("POST /echo/{i} #{i}"));
                 assert_eq!(resp.header("Connection"), None);
             }
             // Twenty requests in one write, answered in order.
@@ -448,7 +341,10 @@ fn keep_alive_and_pipelining(wire: Wire) {
             }
             client.send(&batch);
             for i in 0..20 {
-                assert_eq!(client.read_response().text(), format!("GET /echo/p{i} "));
+                assert_eq!(
+                    client.read_response().body_str(),
+                    format!("GET /echo/p{i} ")
+                );
             }
             assert_eq!(client.roundtrip(&get("/nowhere")).status, 404);
         });
@@ -463,12 +359,12 @@ fn one_megabyte_bodies_both_ways(wire: Wire) {
     let _server = Server::on_wire(&ns, wire);
     ns.run(|| {
         let body = pattern(1 << 20);
-        let mut client = Client::connect();
+        let mut client = connect();
         // Upload: the server reads 1 MiB through a 64 KiB window.
         let resp = client.roundtrip(&post("/len", &body));
         assert_eq!(resp.status, 200);
         assert_eq!(
-            resp.text(),
+            resp.body_str(),
             format!("len={} sum={}", body.len(), checksum(&body))
         );
         // Download: 1 MiB through a 64 KiB send buffer, on the same
@@ -486,12 +382,12 @@ fn many_connections_open_at_once(wire: Wire) {
     let Some(ns) = Netns::for_test() else { return };
     let server = Server::on_wire(&ns, wire);
     ns.run(|| {
-        let mut clients: Vec<Client> = (0..200).map(|_| Client::connect()).collect();
+        let mut clients: Vec<Client> = (0..200).map(|_| connect()).collect();
         // Interleaved: every connection answers in turn, three rounds.
         for round in 0..3 {
             for (i, client) in clients.iter_mut().enumerate() {
                 let resp = client.roundtrip(&get(&format!("/echo/{round}/{i}")));
-                assert_eq!(resp.text(), format!("GET /echo/{round}/{i} "));
+                assert_eq!(resp.body_str(), format!("GET /echo/{round}/{i} "));
             }
         }
         server.wait_until("200 open connections", |s| s.stats.open == 200);
@@ -511,10 +407,10 @@ fn connection_close_and_time_wait(wire: Wire) {
         // Short connections, one after another: the server closes first,
         // so each ends in TIME-WAIT on our side.
         for i in 0..100 {
-            let mut client = Client::connect();
+            let mut client = connect();
             let req = format!("GET /echo/{i} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
             let resp = client.roundtrip(req.as_bytes());
-            assert_eq!(resp.text(), format!("GET /echo/{i} "));
+            assert_eq!(resp.body_str(), format!("GET /echo/{i} "));
             assert_eq!(resp.header("Connection"), Some("close"));
             client.expect_eof();
         }
@@ -533,7 +429,7 @@ fn resets_and_half_closes(wire: Wire) {
     ns.run(|| {
         // A client that resets mid-request (after one answered request, so
         // the connection surely reached the server).
-        let mut client = Client::connect();
+        let mut client = connect();
         assert_eq!(client.roundtrip(&get("/echo/first")).status, 200);
         let mut partial = client.stream;
         partial
@@ -549,7 +445,7 @@ fn resets_and_half_closes(wire: Wire) {
 
         // Reset right after connecting: whether the server saw the
         // handshake complete or not, nothing is left behind.
-        let quick = Client::connect();
+        let quick = connect();
         socket2::SockRef::from(&quick.stream)
             .set_linger(Some(Duration::ZERO))
             .unwrap();
@@ -559,14 +455,14 @@ fn resets_and_half_closes(wire: Wire) {
         });
 
         // Half-close after the request: the answer still comes, then EOF.
-        let mut client = Client::connect();
+        let mut client = connect();
         client.send(&post("/echo/half", b"bye"));
         client.stream.shutdown(Shutdown::Write).unwrap();
-        assert_eq!(client.read_response().text(), "POST /echo/half bye");
+        assert_eq!(client.read_response().body_str(), "POST /echo/half bye");
         client.expect_eof();
 
         // Garbage: 400, then a clean close (lingering, not a reset).
-        let mut client = Client::connect();
+        let mut client = connect();
         let resp = client.roundtrip(b"NONSENSE\r\n\r\n");
         assert_eq!(resp.status, 400);
         client.expect_eof();
@@ -576,7 +472,7 @@ fn resets_and_half_closes(wire: Wire) {
         assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
 
         // The server still works.
-        let mut client = Client::connect();
+        let mut client = connect();
         assert_eq!(client.roundtrip(&get("/echo/ok")).status, 200);
     });
     let snap = server.wait_until("all connections gone", |s| {
@@ -637,14 +533,14 @@ fn burst_of_1000_concurrent_connects(wire: Wire) {
             .into_iter()
             .map(|s| {
                 s.set_nonblocking(false).unwrap();
-                Client::from_stream(s.into())
+                client_of(s.into())
             })
             .collect();
         for (i, client) in clients.iter_mut().enumerate() {
             client.send(&get(&format!("/echo/{i}")));
         }
         for (i, client) in clients.iter_mut().enumerate() {
-            assert_eq!(client.read_response().text(), format!("GET /echo/{i} "));
+            assert_eq!(client.read_response().body_str(), format!("GET /echo/{i} "));
         }
         let snap = server.wait_until("1000 open connections", |s| s.stats.open == N);
         assert_eq!(snap.stats.refused, 0);
@@ -669,7 +565,7 @@ fn connection_cap_refuses_and_recovers(wire: Wire) {
     opts.max_connections = 4;
     let server = Server::start(&ns, opts, Limits::default(), Mode::Block);
     ns.run(|| {
-        let mut clients: Vec<Client> = (0..4).map(|_| Client::connect()).collect();
+        let mut clients: Vec<Client> = (0..4).map(|_| connect()).collect();
         for client in &mut clients {
             assert_eq!(client.roundtrip(&get("/echo")).status, 200);
         }
@@ -682,7 +578,7 @@ fn connection_cap_refuses_and_recovers(wire: Wire) {
         let deadline = Instant::now() + PATIENCE;
         let mut client = loop {
             match TcpStream::connect(SERVER) {
-                Ok(stream) => break Client::from_stream(stream),
+                Ok(stream) => break client_of(stream),
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                     assert!(Instant::now() < deadline, "still refused");
                     thread::sleep(Duration::from_millis(10));
@@ -702,7 +598,7 @@ fn stop_accepting_refuses_new_connections_and_keeps_open_ones() {
     let Some(ns) = Netns::for_test() else { return };
     let server = Server::on_wire(&ns, Wire::Tap);
     ns.run(|| {
-        let mut client = Client::connect();
+        let mut client = connect();
         assert_eq!(client.roundtrip(&get("/echo/1")).status, 200);
         server.send_control(b's');
         let deadline = Instant::now() + PATIENCE;
@@ -715,7 +611,7 @@ fn stop_accepting_refuses_new_connections_and_keeps_open_ones() {
             }
             thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(client.roundtrip(&get("/echo/2")).text(), "GET /echo/2 ");
+        assert_eq!(client.roundtrip(&get("/echo/2")).body_str(), "GET /echo/2 ");
     });
     assert!(server.snapshot().wakes >= 1);
 }
@@ -765,10 +661,10 @@ fn several_queues_share_one_device(wire: Wire) {
         .map(|_| Server::start(&ns, opts.clone(), Limits::default(), Mode::Block))
         .collect();
     ns.run(|| {
-        let mut clients: Vec<Client> = (0..32).map(|_| Client::connect()).collect();
+        let mut clients: Vec<Client> = (0..32).map(|_| connect()).collect();
         for (i, client) in clients.iter_mut().enumerate() {
             assert_eq!(
-                client.roundtrip(&get(&format!("/echo/{i}"))).text(),
+                client.roundtrip(&get(&format!("/echo/{i}"))).body_str(),
                 format!("GET /echo/{i} ")
             );
         }
@@ -793,10 +689,10 @@ fn the_interface_mtu_bounds_segments() {
     let _server = Server::start(&ns, options(device), Limits::default(), Mode::Block);
     ns.run(|| {
         let body = pattern(300_000);
-        let mut client = Client::connect();
+        let mut client = connect();
         let resp = client.roundtrip(&post("/len", &body));
         assert_eq!(
-            resp.text(),
+            resp.body_str(),
             format!("len={} sum={}", body.len(), checksum(&body))
         );
         let resp = client.roundtrip(&get("/big?n=300000"));

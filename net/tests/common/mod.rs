@@ -254,6 +254,8 @@ impl Resp {
     }
 }
 
+/// A blocking HTTP/1.1 client over any connected kernel-TCP stream: this
+/// harness's kernel server, or the smoltcp server of `smoltcp_http`.
 pub struct Client {
     pub stream: TcpStream,
     buf: Vec<u8>,
@@ -266,6 +268,11 @@ impl Client {
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
+        Self::from_stream(stream)
+    }
+
+    /// Wraps a connected stream with its options as they are.
+    pub fn from_stream(stream: TcpStream) -> Self {
         Self {
             stream,
             buf: Vec::new(),
