@@ -12,6 +12,7 @@
 //! * [`cli`], [`config`] — `nocturne serve` flags and `nocturne.toml`, resolved
 //!   into one validated [`config::Config`].
 //! * [`engine`] — start/stop: binding, one pinned thread per core loop, signals.
+//! * [`error_report`] — the one line `nocturne` prints for a failed command.
 //! * `core_loop` — a core loop's turn: network, rings, workers, timers; routes,
 //!   dispatch and the call table live under it.
 //! * [`limiter`] — the Little's-law concurrency limit per function.
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod config;
 mod core_loop;
 pub mod engine;
+pub mod error_report;
 pub mod limiter;
 pub mod slab;
 pub mod status;

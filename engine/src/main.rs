@@ -44,9 +44,12 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
-        // `{:#}` prints the whole chain of causes on one line, without the
+        // The chain of causes on one line, each said once, without the
         // backtrace anyhow would add under RUST_BACKTRACE: users get the message.
-        eprintln!("nocturne: error: {e:#}");
+        eprintln!(
+            "nocturne: error: {}",
+            nocturne_engine::error_report::one_line(&e)
+        );
         std::process::exit(1);
     }
 }

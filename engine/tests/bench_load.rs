@@ -143,6 +143,8 @@ fn bad_targets_fail_clearly() {
         "{}",
         run.stderr
     );
+    // Each cause is said once, not once per layer of the error chain.
+    assert_eq!(run.stderr.matches("refused").count(), 1, "{}", run.stderr);
 
     let run = nocturne(&[
         "bench",
@@ -153,6 +155,12 @@ fn bad_targets_fail_clearly() {
     ]);
     assert!(!run.success);
     assert!(run.stderr.contains("cannot resolve host"), "{}", run.stderr);
+    assert_eq!(
+        run.stderr.matches("failed to lookup address").count(),
+        1,
+        "{}",
+        run.stderr
+    );
 
     // A function the engine does not serve: the probe's 404 is the error.
     let engine = Engine::builder().poll("adaptive").start();
