@@ -3,38 +3,18 @@
 //! protocol, never answer, hang up, answer 404, or go bad in the middle of
 //! a run; and every malformed option. Every run is bounded by a watchdog.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
+use common::{args, try_args, within};
 use nocturne_bench::load::{
-    run_command, run_rate, LoadArgs, LoadError, LoadSettings, ProbeError, SettingsError,
+    run_command, run_rate, LoadError, LoadSettings, ProbeError, SettingsError,
 };
-
-/// Fails the test instead of hanging it.
-fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(Duration::from_secs(120))
-        .unwrap_or_else(|_| panic!("{what} hung (no result within 120 s)"))
-}
-
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    load: LoadArgs,
-}
-
-fn args(list: &[&str]) -> LoadArgs {
-    Cli::try_parse_from(std::iter::once("load").chain(list.iter().copied()))
-        .unwrap()
-        .load
-}
 
 /// Quick-failing, short-running options for a target.
 fn quick(url: &str) -> Vec<String> {
@@ -458,7 +438,5 @@ fn malformed_options_are_named() {
         assert!(err.contains(expected), "{list:?}: {err}");
     }
     // clap itself rejects unknown modes.
-    assert!(
-        Cli::try_parse_from(["load", "http://h/", "--rate", "1", "--arrival", "bursty"]).is_err()
-    );
+    assert!(try_args(&["http://h/", "--rate", "1", "--arrival", "bursty"]).is_err());
 }

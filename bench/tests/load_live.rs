@@ -10,11 +10,10 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
-use common::{assert_balanced, short_plan, within};
+use common::{args, assert_balanced, short_plan, within};
 use nocturne_bench::load::{
-    run_command, run_rate, Arrival, ArrivalSchedule, EchoPoll, EchoServer, LoadArgs, LoadPlan,
-    PollMode, RequestSpec, Url,
+    run_command, run_rate, Arrival, ArrivalSchedule, EchoPoll, EchoServer, LoadPlan, PollMode,
+    RequestSpec, Url,
 };
 use nocturne_bench::report::Report;
 
@@ -202,18 +201,6 @@ fn a_mix_over_two_servers() {
         (share - 0.75).abs() < 0.05,
         "share of the weight-3 kind: {share}"
     );
-}
-
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    load: LoadArgs,
-}
-
-fn args(list: &[&str]) -> LoadArgs {
-    Cli::try_parse_from(std::iter::once("load").chain(list.iter().copied()))
-        .unwrap()
-        .load
 }
 
 struct Scratch(PathBuf);

@@ -1,12 +1,16 @@
 //! Shared by the live load-generator tests (`load_co` against a stalling
-//! server, `load_live` against the echo server): a watchdog that fails a run
-//! instead of hanging the test, the bookkeeping every run must balance, and
-//! the short plan both start from.
+//! server, `load_live` against the echo server, `load_errors` against bad
+//! targets): a watchdog that fails a run instead of hanging the test, the
+//! bookkeeping every run must balance, the short plan they start from, and
+//! `bench load`'s options parsed as the command line would.
+
+#![allow(dead_code)] // each test binary uses a different part
 
 use std::sync::mpsc;
 use std::time::Duration;
 
-use nocturne_bench::load::{LoadPlan, PollMode, RateResult, RequestSpec, Targets};
+use clap::Parser;
+use nocturne_bench::load::{LoadArgs, LoadPlan, PollMode, RateResult, RequestSpec, Targets};
 
 /// Fails the test instead of hanging it.
 pub fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -16,6 +20,22 @@ pub fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'sta
     });
     rx.recv_timeout(Duration::from_secs(120))
         .unwrap_or_else(|_| panic!("{what} did not finish within 120 s"))
+}
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    load: LoadArgs,
+}
+
+/// `bench load LIST…` parsed as the command line would be.
+pub fn try_args(list: &[&str]) -> Result<LoadArgs, clap::Error> {
+    Cli::try_parse_from(std::iter::once("load").chain(list.iter().copied())).map(|cli| cli.load)
+}
+
+/// [`try_args`] of options the test knows to be valid.
+pub fn args(list: &[&str]) -> LoadArgs {
+    try_args(list).unwrap()
 }
 
 /// The bookkeeping every run must balance, whatever the timing.
