@@ -20,7 +20,7 @@ use nocturne_net::kernel::{KernelOptions, KernelTransport};
 use nocturne_net::{SmoltcpOptions, SmoltcpTransport, Transport};
 
 use crate::config::{Config, FunctionSource, NetBackend, PollMode, WorkerPoll};
-use crate::core_loop::{CoreLoop, CorePool, LoopContext};
+use crate::core_loop::{post_offices, CoreLoop, CorePool, LoopContext};
 use crate::status::EngineStatus;
 use crate::worker::{Spawner, WorkerSpec};
 
@@ -134,13 +134,24 @@ fn start_loops<T: Transport + Send + 'static>(
     ctx: &Arc<LoopContext>,
     transports: Vec<T>,
 ) -> anyhow::Result<LoopThreads> {
-    let mut wake_fds = Vec::new();
+    let mut loops = transports
+        .into_iter()
+        .enumerate()
+        .map(|(index, transport)| {
+            CoreLoop::new(index, transport, ctx.clone())
+                .with_context(|| format!("cannot set up core loop {index}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let wake_fds: Vec<_> = loops.iter().map(CoreLoop::wake_fd).collect();
+    // Loops forward calls of functions they have no workers of to loops
+    // that have (fewer workers than loops); one loop has them all.
+    if loops.len() > 1 {
+        for (core_loop, office) in loops.iter_mut().zip(post_offices(&wake_fds)) {
+            core_loop.connect(office);
+        }
+    }
     let mut threads = Vec::new();
-    for (index, (transport, &core)) in transports.into_iter().zip(&ctx.config.io_cores).enumerate()
-    {
-        let core_loop = CoreLoop::new(index, transport, ctx.clone())
-            .with_context(|| format!("cannot set up core loop {index}"))?;
-        wake_fds.push(core_loop.wake_fd());
+    for (index, (core_loop, &core)) in loops.into_iter().zip(&ctx.config.io_cores).enumerate() {
         let thread = std::thread::Builder::new()
             .name(format!("nocturne-io-{core}"))
             .spawn(move || {

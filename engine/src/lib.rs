@@ -14,7 +14,8 @@
 //! * [`engine`] — start/stop: binding, one pinned thread per core loop, signals.
 //! * [`error_report`] — the one line `nocturne` prints for a failed command.
 //! * `core_loop` — a core loop's turn: network, rings, workers, timers; routes,
-//!   dispatch and the call table live under it.
+//!   dispatch, the call table and the mailbox between loops (calls of a
+//!   function a loop has no workers of) live under it.
 //! * [`limiter`] — the Little's-law concurrency limit per function.
 //! * [`worker`] — worker processes: spawn, handshake, pidfd, logs, back-off.
 //! * [`status`] — counters behind `/healthz` and `/system/functions`.

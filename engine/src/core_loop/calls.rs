@@ -23,6 +23,14 @@ pub(crate) enum Origin {
         /// The caller's own id for this call.
         local_id: u64,
     },
+    /// Another core loop, which forwarded the call here (it has no worker
+    /// of the function): answer with a letter to it.
+    Remote {
+        /// The loop that took the call.
+        from: u8,
+        /// The call's key in that loop's table.
+        token: Key,
+    },
 }
 
 /// One call: from admission to answer.
@@ -40,6 +48,8 @@ pub(crate) struct Call {
     pub deadline: Instant,
     /// Flags and payload kept while the call waits in a queue.
     pub queued_input: Option<(u16, Vec<u8>)>,
+    /// The loop this call was handed to (its function has no workers here).
+    pub forwarded_to: Option<u8>,
 }
 
 /// Packs a call key and loop index into a wire call id.

@@ -29,6 +29,8 @@ pub(crate) enum Admission {
     Dispatched,
     /// Waiting for a worker.
     Queued,
+    /// Handed to another loop, which has workers of the function.
+    Forwarded,
     /// Refused: answer the origin with this status and message.
     Rejected((u16, String)),
 }
@@ -60,6 +62,9 @@ impl LoopState {
     /// Admits a new call of function `f` (already validated) with `payload`
     /// (`flags` says whether it carries a query prefix).
     pub(crate) fn admit(&mut self, new: NewCall, payload: &[u8]) -> Admission {
+        if self.functions[new.function as usize].max_share == 0 {
+            return self.forward(new, payload);
+        }
         let NewCall {
             function: f,
             origin,
@@ -83,6 +88,7 @@ impl LoopState {
             dispatched_ns: 0,
             deadline: self.now + timeout,
             queued_input: None,
+            forwarded_to: None,
         };
         let admission = if let Some(w) = self.take_idle_worker(f) {
             let key = self.calls.insert(call);
@@ -343,11 +349,21 @@ impl LoopState {
                     outcome.exec_ns,
                     self.now_ns,
                 );
-                let headers = [("Server-Timing", self.timing.as_str())];
+                let headers = [
+                    ("Server-Timing", self.timing.as_str()),
+                    ("Retry-After", "1"),
+                ];
+                // Overload (a full queue, here or in the loop a call was
+                // forwarded to) tells the client when to come back.
+                let headers = if outcome.status == STATUS_OVERLOADED {
+                    &headers[..]
+                } else {
+                    &headers[..1]
+                };
                 let response = Response {
                     status: outcome.status,
                     content_type,
-                    headers: &headers,
+                    headers,
                     body,
                 };
                 // The client may have gone; its answer then has nowhere to go.
@@ -368,6 +384,7 @@ impl LoopState {
                     slot.send_or_queue(&header, outcome.payload);
                 }
             }
+            Origin::Remote { from, token } => self.answer_forwarded(from, token, call, outcome),
         }
     }
 
@@ -526,7 +543,8 @@ impl LoopState {
                 continue;
             };
             let f = call.function;
-            let queued = call.worker.is_none();
+            let forwarded_to = call.forwarded_to;
+            let queued = call.worker.is_none() && forwarded_to.is_none();
             let name = self.functions[f as usize].name.clone();
             let timeout = self.ctx.config.functions[f as usize].timeout;
             if queued {
@@ -534,10 +552,16 @@ impl LoopState {
             } else if let Some(slot) = call.worker.and_then(|w| self.workers.get_mut(w)) {
                 slot.abandoned_at = Some(self.now);
             }
+            // A forwarded call's own loop answers it; the owning loop's
+            // deadline is the same, and its late letter finds nothing here.
+            let whereabouts = match forwarded_to {
+                Some(to) => format!(", forwarded to core loop {to}"),
+                None if queued => ", still queued".to_owned(),
+                None => String::new(),
+            };
             let msg = format!(
-                "function {name} did not answer within its deadline ({} ms{})",
+                "function {name} did not answer within its deadline ({} ms{whereabouts})",
                 timeout.as_millis(),
-                if queued { ", still queued" } else { "" }
             );
             // A running worker stays busy until it completes; its late result is
             // dropped because the call is gone.

@@ -9,14 +9,17 @@
 //!    (dispatch to an idle worker at once, or queue);
 //! 2. poll every worker's response ring with a budget: completions are answered
 //!    (HTTP reply, or forwarded to the calling worker), internal calls admitted;
-//! 3. take in workers the spawner has started, and reap dead ones;
-//! 4. timers (deadlines, scale-down, restarts), at most every millisecond.
+//! 3. take letters from other loops (calls of functions this loop has no
+//!    workers of travel to a loop that has, see [`mailbox`]);
+//! 4. take in workers the spawner has started, and reap dead ones;
+//! 5. timers (deadlines, scale-down, restarts), at most every millisecond.
 //!
 //! Time is read once per turn. Between turns the wait policy decides whether to
 //! spin, or to arm every ring's doorbell and sleep in epoll (see [`PollMode`]).
 
 mod calls;
 mod dispatch;
+mod mailbox;
 mod routes;
 mod workers;
 
@@ -36,6 +39,7 @@ use crate::status::EngineStatus;
 use crate::worker::{Backoff, SpawnError, Spawner, Worker};
 
 pub(crate) use calls::{Call, Origin};
+pub(crate) use mailbox::{post_offices, PostOffice};
 use workers::WorkerSlot;
 
 /// Epoll token of the loop's eventfd (ring doorbells, spawner, stop).
@@ -119,9 +123,13 @@ pub(crate) struct FunctionState {
     pub in_flight: usize,
     /// Busy workers blocked on internal calls of their own.
     pub waiting: usize,
-    /// This loop's share of `min_workers` / `max_workers`.
+    /// This loop's share of `min_workers` / `max_workers`. A share of 0
+    /// (fewer workers than loops) sends the function's calls to the loops
+    /// `0..owners`, which have one, in turn.
     pub min_share: usize,
     pub max_share: usize,
+    pub owners: u8,
+    pub next_owner: u8,
     pub backoff: Backoff,
     /// When a backed-off restart is due.
     pub restart_at: Option<Instant>,
@@ -160,6 +168,8 @@ pub(crate) struct LoopState {
     pub clock_stale: bool,
     /// When draining, the time by which in-flight calls must be done.
     pub drain_deadline: Option<Instant>,
+    /// Letters to and from the other loops (`None` with a single loop).
+    pub mail: Option<PostOffice>,
 }
 
 impl<T: Transport> CoreLoop<T> {
@@ -178,7 +188,10 @@ impl<T: Transport> CoreLoop<T> {
             .iter()
             .map(|f| {
                 let min_share = share(f.min_workers, loops, index);
-                let max_share = share(f.max_workers, loops, index).max(1).max(min_share);
+                let max_share = share(f.max_workers, loops, index).max(min_share);
+                // `share` gives the remainder to the first loops, so the
+                // loops with a share are `0..min(max_workers, loops)`.
+                let owners = f.max_workers.min(loops).min(usize::from(u8::MAX)) as u8;
                 FunctionState {
                     name: f.name.clone(),
                     idle: Vec::new(),
@@ -186,7 +199,7 @@ impl<T: Transport> CoreLoop<T> {
                     limiter: ConcurrencyLimiter::new(
                         f.concurrency_coef,
                         min_share.max(1),
-                        max_share,
+                        max_share.max(1),
                     ),
                     workers: 0,
                     starting: 0,
@@ -194,6 +207,8 @@ impl<T: Transport> CoreLoop<T> {
                     waiting: 0,
                     min_share,
                     max_share,
+                    owners,
+                    next_owner: 0,
                     backoff: Backoff::default(),
                     restart_at: None,
                 }
@@ -223,6 +238,7 @@ impl<T: Transport> CoreLoop<T> {
                 last_timers: now,
                 clock_stale: false,
                 drain_deadline: None,
+                mail: None,
             },
         })
     }
@@ -230,6 +246,13 @@ impl<T: Transport> CoreLoop<T> {
     /// The eventfd that wakes this loop from an epoll sleep.
     pub fn wake_fd(&self) -> Arc<OwnedFd> {
         self.st.wake_fd.clone()
+    }
+
+    /// Connects this loop to the others (before it runs): `office` is its
+    /// entry of [`post_offices`] over every loop's [`wake_fd`](Self::wake_fd).
+    pub fn connect(&mut self, office: PostOffice) {
+        debug_assert_eq!(office.index(), self.st.index);
+        self.st.mail = Some(office);
     }
 
     /// Runs until the context's `stop` flag is set.
@@ -289,6 +312,7 @@ impl<T: Transport> CoreLoop<T> {
         self.server
             .transport_mut()
             .close_all(Duration::from_millis(200));
+        self.st.close_mail();
         self.st.shutdown();
     }
 
@@ -338,6 +362,9 @@ impl<T: Transport> CoreLoop<T> {
     /// Rings, spawns, deaths, timers: everything after the network.
     fn turn_rest(&mut self) -> usize {
         let mut work = self.st.poll_workers(&mut self.server);
+        if self.st.mail.is_some() {
+            work += self.st.take_letters(&mut self.server);
+        }
         work += self.st.take_spawned(&mut self.server);
         work += self.st.reap_exited(&mut self.server);
         if self.st.now.duration_since(self.st.last_timers) >= TIMER_PERIOD {

@@ -1,0 +1,191 @@
+//! Several io loops and functions with fewer workers than loops.
+//!
+//! `max_workers` counts per engine. With two loops and `max_workers = 1`
+//! only loop 0 runs a worker of the function; loop 1 forwards the calls it
+//! takes (external, and internal ones its workers make) to loop 0 and
+//! answers them when the result comes back. The kernel spreads connections
+//! over the two `SO_REUSEPORT` listeners by their addresses, so with 32
+//! connections both loops take calls (all 32 on one loop: 2⁻³¹).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Client, Engine};
+
+/// Two loops (both cores of the machine, so `adaptive`), whoami, sleep and
+/// bar with one worker each, foo with one worker per loop.
+const TWO_LOOPS: &str = r#"
+io_cores = "0-1"
+poll = "adaptive"
+
+[[functions]]
+name = "whoami"
+builtin = "whoami"
+min_workers = 1
+max_workers = 1
+
+[[functions]]
+name = "foo"
+builtin = "foo"
+min_workers = 2
+max_workers = 2
+
+[[functions]]
+name = "bar"
+builtin = "bar"
+min_workers = 1
+max_workers = 1
+
+[[functions]]
+name = "sleep"
+builtin = "sleep"
+min_workers = 1
+max_workers = 1
+timeout = "300ms"
+"#;
+
+const CONNECTIONS: usize = 32;
+
+fn clients(engine: &Engine) -> Vec<Client> {
+    (0..CONNECTIONS).map(|_| engine.client()).collect()
+}
+
+#[test]
+fn max_workers_counts_per_engine_and_other_loops_forward_to_the_owner() {
+    let engine = Engine::builder().config(TWO_LOOPS).start();
+    assert_eq!(engine.io_threads().len(), 2, "{:?}", engine.io_threads());
+    // Exactly the configured pools, engine-wide.
+    let whoami = engine.wait_workers("whoami", 1, Duration::from_secs(10));
+    engine.wait_workers("bar", 1, Duration::from_secs(10));
+    engine.wait_workers("foo", 2, Duration::from_secs(10));
+    let mut clients = clients(&engine);
+    for round in 0..5 {
+        // Every connection's request in flight at once, then the answers.
+        for c in &mut clients {
+            c.send("POST", "/function/whoami", &[], b"").unwrap();
+        }
+        for c in &mut clients {
+            let r = c.read_response();
+            assert_eq!(r.status, 200, "round {round}: {}", r.text());
+            assert_eq!(r.text(), whoami[0].to_string(), "round {round}");
+            assert!(r.header("server-timing").is_some());
+        }
+        // foo runs on both loops; bar only on loop 0: the internal calls of
+        // loop 1's foo cross over.
+        for (i, c) in clients.iter_mut().enumerate() {
+            let body = format!("r{round}c{i}");
+            c.send("POST", "/function/foo", &[], body.as_bytes())
+                .unwrap();
+        }
+        for (i, c) in clients.iter_mut().enumerate() {
+            let r = c.read_response();
+            assert_eq!(
+                (r.status, r.text()),
+                (
+                    200,
+                    format!("From function Foo: From function Bar: r{round}c{i}")
+                ),
+            );
+        }
+    }
+    // Still one worker each: nothing was started beside the owner's.
+    assert_eq!(engine.workers("whoami"), whoami);
+    assert_eq!(engine.workers("bar").len(), 1);
+    let status = engine.functions_status();
+    let listed = |name: &str| {
+        status
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("{name} listed: {status:?}"))["workers"]
+            .as_u64()
+    };
+    assert_eq!(listed("whoami"), Some(1));
+    assert_eq!(listed("bar"), Some(1));
+    assert_eq!(listed("foo"), Some(2));
+    engine.stop();
+}
+
+#[test]
+fn forwarded_calls_get_their_deadline_and_their_worker_crash() {
+    let engine = Engine::builder().config(TWO_LOOPS).start();
+    let sleeper = engine.wait_workers("sleep", 1, Duration::from_secs(10));
+
+    // Deadlines: a call that sleeps 2 s, from every connection, gets 504
+    // within its 300 ms timeout (plus scheduling), wherever it waited.
+    let mut clients = clients(&engine);
+    let started = Instant::now();
+    for c in &mut clients {
+        c.send("POST", "/function/sleep?us=2000000", &[], b"")
+            .unwrap();
+    }
+    for c in &mut clients {
+        let r = c.read_response();
+        assert_eq!(r.status, 504, "{}", r.text());
+        assert!(r.text().contains("deadline"), "{}", r.text());
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "504s took {:?}",
+        started.elapsed()
+    );
+
+    // A crash: the one worker is killed while it runs a call and others
+    // wait (some of them forwarded). Every call is answered: the running
+    // one 502 or 504, the waiting ones by the restarted worker or their
+    // deadline; none is lost.
+    let stuck = engine.wait_workers("sleep", 1, Duration::from_secs(10));
+    for c in &mut clients {
+        c.send("POST", "/function/sleep?us=100000", &[], b"")
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    common::signal(stuck[0], libc::SIGKILL);
+    let mut statuses = Vec::new();
+    for c in &mut clients {
+        let r = c.read_response();
+        assert!(
+            matches!(r.status, 200 | 502 | 504),
+            "{} {}",
+            r.status,
+            r.text()
+        );
+        statuses.push(r.status);
+    }
+    assert!(
+        statuses.contains(&502) || statuses.contains(&504),
+        "the killed worker's call: {statuses:?}"
+    );
+    let replacement = engine.wait_workers("sleep", 1, Duration::from_secs(10));
+    assert_ne!(replacement, sleeper);
+    // Both loops still serve.
+    for c in &mut clients {
+        let r = c.request("POST", "/function/sleep?us=1", b"");
+        assert_eq!((r.status, r.text()), (200, "slept 1 us".to_string()));
+    }
+    engine.stop();
+}
+
+#[test]
+fn a_full_queue_on_the_owner_is_a_503_with_retry_after_on_every_loop() {
+    let config = TWO_LOOPS.replace("timeout = \"300ms\"", "timeout = \"5s\"\nmax_queue = 1");
+    let engine = Engine::builder().config(&config).start();
+    let mut clients = clients(&engine);
+    for c in &mut clients {
+        c.send("POST", "/function/sleep?us=100000", &[], b"")
+            .unwrap();
+    }
+    let mut served = 0;
+    for c in &mut clients {
+        let r = c.read_response();
+        match r.status {
+            200 => served += 1,
+            503 => assert_eq!(r.header("retry-after"), Some("1"), "{}", r.text()),
+            other => panic!("{other}: {}", r.text()),
+        }
+    }
+    // One runs, one waits; the loops refuse the rest (at once: with a
+    // queue of one, at most two calls can be served in these 200 ms).
+    assert!((1..=2).contains(&served), "{served} served");
+    engine.stop();
+}
