@@ -10,8 +10,7 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use common::{
-    allowed_cores, cpus_allowed_list, sample_thread_state, threads, Client, Engine, StateSamples,
-    LONG,
+    cpus_allowed_list, sample_thread_state, threads, two_cores, Client, Engine, StateSamples, LONG,
 };
 
 /// How long a thread's state is sampled.
@@ -19,25 +18,6 @@ const SAMPLE: Duration = Duration::from_millis(300);
 /// Attempts at seeing the expected state before failing (a sample window can
 /// be unlucky on a loaded 2-core machine; the expectation is a majority).
 const ATTEMPTS: usize = 3;
-
-/// The first and last allowed cores, or `None` on a single-core machine
-/// (core-placement tests need two).
-fn two_cores() -> Option<(usize, usize)> {
-    let cores = allowed_cores();
-    match (cores.first(), cores.last()) {
-        (Some(&a), Some(&b)) if a != b => Some((a, b)),
-        _ => {
-            // Nothing skips silently: only an explicit opt-out lets it pass.
-            assert!(
-                std::env::var_os("NOCTURNE_SKIP_MULTICORE").is_some(),
-                "needs two allowed cores, has {cores:?} \
-                 (set NOCTURNE_SKIP_MULTICORE=1 to skip the tests that need two cores)"
-            );
-            eprintln!("skipped (NOCTURNE_SKIP_MULTICORE): needs two allowed cores, has {cores:?}");
-            None
-        }
-    }
-}
 
 /// Runs `poke`, then samples thread `tid` of `pid`, until `want` holds for
 /// the samples (at most [`ATTEMPTS`] times). Fails with every sample seen.

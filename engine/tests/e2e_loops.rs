@@ -11,12 +11,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Client, Engine};
+use common::{two_cores, Client, Engine};
 
-/// Two loops (both cores of the machine, so `adaptive`), whoami, sleep and
-/// bar with one worker each, foo with one worker per loop.
+/// Two loops (on the first and last allowed cores: `IO_CORES` is replaced),
+/// adaptive as they share the cores with the workers; whoami, sleep and bar
+/// with one worker each, foo with one worker per loop.
 const TWO_LOOPS: &str = r#"
-io_cores = "0-1"
+io_cores = "IO_CORES"
 poll = "adaptive"
 
 [[functions]]
@@ -47,13 +48,27 @@ timeout = "300ms"
 
 const CONNECTIONS: usize = 32;
 
+/// `TWO_LOOPS` with `sleep_settings` replacing the sleep function's timeout line, or
+/// `None` where the machine has one core (see `two_cores`).
+fn two_loops(sleep_settings: &str) -> Option<String> {
+    let (first, last) = two_cores()?;
+    Some(
+        TWO_LOOPS
+            .replace("IO_CORES", &format!("{first},{last}"))
+            .replace("timeout = \"300ms\"", sleep_settings),
+    )
+}
+
 fn clients(engine: &Engine) -> Vec<Client> {
     (0..CONNECTIONS).map(|_| engine.client()).collect()
 }
 
 #[test]
 fn max_workers_counts_per_engine_and_other_loops_forward_to_the_owner() {
-    let engine = Engine::builder().config(TWO_LOOPS).start();
+    let Some(config) = two_loops("timeout = \"300ms\"") else {
+        return;
+    };
+    let engine = Engine::builder().config(&config).start();
     assert_eq!(engine.io_threads().len(), 2, "{:?}", engine.io_threads());
     // Exactly the configured pools, engine-wide.
     let whoami = engine.wait_workers("whoami", 1, Duration::from_secs(10));
@@ -108,7 +123,10 @@ fn max_workers_counts_per_engine_and_other_loops_forward_to_the_owner() {
 
 #[test]
 fn forwarded_calls_get_their_deadline_and_their_worker_crash() {
-    let engine = Engine::builder().config(TWO_LOOPS).start();
+    let Some(config) = two_loops("timeout = \"300ms\"") else {
+        return;
+    };
+    let engine = Engine::builder().config(&config).start();
     let sleeper = engine.wait_workers("sleep", 1, Duration::from_secs(10));
 
     // Deadlines: a call that sleeps 2 s, from every connection, gets 504
@@ -168,7 +186,9 @@ fn forwarded_calls_get_their_deadline_and_their_worker_crash() {
 
 #[test]
 fn a_full_queue_on_the_owner_is_a_503_with_retry_after_on_every_loop() {
-    let config = TWO_LOOPS.replace("timeout = \"300ms\"", "timeout = \"5s\"\nmax_queue = 1");
+    let Some(config) = two_loops("timeout = \"5s\"\nmax_queue = 1") else {
+        return;
+    };
     let engine = Engine::builder().config(&config).start();
     let mut clients = clients(&engine);
     for c in &mut clients {

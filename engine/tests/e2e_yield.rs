@@ -19,7 +19,7 @@ mod common;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{allowed_cores, sample_thread_state, Client, Engine, StateSamples};
+use common::{sample_thread_state, two_cores, Client, Engine, StateSamples};
 
 /// One echo worker, so the engine starts few processes.
 const ONE_ECHO: &str =
@@ -33,24 +33,6 @@ const POKE_EVERY: Duration = Duration::from_millis(200);
 /// Measurements before a placement's expectation counts as failed (a
 /// window can be unlucky on a loaded machine).
 const ATTEMPTS: usize = 3;
-
-/// The first and last allowed cores, or `None` on a single-core machine.
-fn two_cores() -> Option<(usize, usize)> {
-    let cores = allowed_cores();
-    match (cores.first(), cores.last()) {
-        (Some(&a), Some(&b)) if a != b => Some((a, b)),
-        _ => {
-            // Nothing skips silently: only an explicit opt-out lets it pass.
-            assert!(
-                std::env::var_os("NOCTURNE_SKIP_MULTICORE").is_some(),
-                "needs two allowed cores, has {cores:?} \
-                 (set NOCTURNE_SKIP_MULTICORE=1 to skip the tests that need two cores)"
-            );
-            eprintln!("skipped (NOCTURNE_SKIP_MULTICORE): needs two allowed cores, has {cores:?}");
-            None
-        }
-    }
-}
 
 /// Nanoseconds thread `path` (a `/proc/.../task/TID` or `/proc/thread-self`
 /// directory) has run on a CPU: the first field of its `schedstat`.

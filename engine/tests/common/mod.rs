@@ -837,6 +837,25 @@ pub fn allowed_cores() -> Vec<usize> {
     parse_cpu_list(&cpus_allowed_list(me, me))
 }
 
+/// The first and last allowed cores, or `None` on a single-core machine
+/// (core-placement tests need two).
+pub fn two_cores() -> Option<(usize, usize)> {
+    let cores = allowed_cores();
+    match (cores.first(), cores.last()) {
+        (Some(&a), Some(&b)) if a != b => Some((a, b)),
+        _ => {
+            // Nothing skips silently: only an explicit opt-out lets it pass.
+            assert!(
+                std::env::var_os("NOCTURNE_SKIP_MULTICORE").is_some(),
+                "needs two allowed cores, has {cores:?} \
+                 (set NOCTURNE_SKIP_MULTICORE=1 to skip the tests that need two cores)"
+            );
+            eprintln!("skipped (NOCTURNE_SKIP_MULTICORE): needs two allowed cores, has {cores:?}");
+            None
+        }
+    }
+}
+
 /// How often a thread was seen in each state over `window`.
 #[derive(Debug, Default, Clone)]
 pub struct StateSamples {
