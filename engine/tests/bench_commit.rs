@@ -7,10 +7,9 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
 
 mod bench_run;
-use bench_run::{command, Scratch};
+use bench_run::{case_names, command, read_report, Scratch};
 
 /// A debug build on a busy 2-core machine; the run itself takes
 /// milliseconds.
@@ -57,13 +56,8 @@ fn reported_commit(value: Option<&str>, tag: &str) -> String {
         "bench ipc failed:\n{}\n{}",
         run.stdout, run.stderr
     );
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let names: Vec<&str> = report["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
+    let report = read_report(&json);
+    let names = case_names(&report);
     assert_eq!(names, ["pipe/64"], "{report}");
     report["machine"]["commit"]
         .as_str()

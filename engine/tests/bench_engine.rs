@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod bench_run;
-use bench_run::{command, processes_mentioning, Run, Scratch};
+use bench_run::{case_names, command, processes_mentioning, read_report, Run, Scratch};
 
 /// A debug build on a busy 2-core machine is slow; the run itself is a
 /// few seconds.
@@ -154,7 +154,7 @@ fn a_quick_run_reports_every_case_and_cleans_up() {
         .stdout
         .contains("target: internal-call/spin p50 / external-call/spin p50"));
 
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = read_report(&json);
     assert_eq!(report["suite"], "engine");
     let machine = &report["machine"];
     for role in ["client", "io", "workers"] {
@@ -169,7 +169,7 @@ fn a_quick_run_reports_every_case_and_cleans_up() {
         .unwrap()
         .contains("bench engine"));
     let cases = report["cases"].as_array().unwrap();
-    let names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let names = case_names(&report);
     assert_eq!(names, CASES);
     for case in cases {
         let name = case["name"].as_str().unwrap();
@@ -467,7 +467,7 @@ fn a_quick_net_run_measures_both_stacks_in_a_namespace_it_removes() {
         );
     }
 
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = read_report(&json);
     let modes = &report["machine"]["modes"];
     assert_eq!(modes["nets"], "kernel,smoltcp");
     assert_eq!(modes["conns_rate_per_s"], "2000");
@@ -489,7 +489,7 @@ fn a_quick_net_run_measures_both_stacks_in_a_namespace_it_removes() {
         .unwrap()
         .contains("kernel TCP"));
     let cases = report["cases"].as_array().unwrap();
-    let names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let names = case_names(&report);
     assert_eq!(
         names[names.len() - NET_CASES.len()..],
         NET_CASES,

@@ -13,9 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bench_run::{Run, Scratch};
+use bench_run::{case_names, read_report, Run, Scratch};
 use common::Engine;
-use serde_json::Value;
 
 /// A debug build on a busy 2-core machine is slow; each run is a second or two.
 const RUN_LIMIT: Duration = Duration::from_secs(180);
@@ -84,7 +83,7 @@ fn load_against_a_real_engine_writes_the_report() {
         run.stdout
     );
 
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json.0).unwrap()).unwrap();
+    let report = read_report(&json.0);
     assert_eq!(report["suite"], "load");
     assert!(
         report["machine"]["command_line"]
@@ -244,13 +243,8 @@ fn load_against_its_own_echo_server_with_the_baseline() {
         "{}",
         run.stdout
     );
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json.0).unwrap()).unwrap();
-    let names: Vec<&str> = report["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
+    let report = read_report(&json.0);
+    let names = case_names(&report);
     assert_eq!(names, ["pingpong", "1k/s", "2k/s"]);
     assert_eq!(report["cases"][0]["samples"], 500);
     assert_eq!(report["cases"][1]["samples"], 300);

@@ -168,3 +168,25 @@ pub fn processes_mentioning(needle: &str) -> Vec<String> {
     }
     found
 }
+
+/// A `--json` report (DESIGN §7) read back.
+pub fn read_report(path: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read the report {}: {e}", path.display()));
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("report {} is not JSON: {e}", path.display()))
+}
+
+/// The names of a report's cases, in order.
+pub fn case_names(report: &serde_json::Value) -> Vec<&str> {
+    report["cases"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no cases: {report}"))
+        .iter()
+        .map(|c| {
+            c["name"]
+                .as_str()
+                .unwrap_or_else(|| panic!("unnamed case: {c}"))
+        })
+        .collect()
+}
