@@ -209,3 +209,40 @@ fn a_full_queue_on_the_owner_is_a_503_with_retry_after_on_every_loop() {
     assert!((1..=2).contains(&served), "{served} served");
     engine.stop();
 }
+
+#[test]
+fn forwarded_calls_in_flight_at_sigterm_finish_before_the_engine_exits() {
+    let Some(config) = two_loops("timeout = \"10s\"") else {
+        return;
+    };
+    let mut engine = Engine::builder().config(&config).start();
+    let mut clients = clients(&engine);
+    clients.truncate(8);
+    for c in &mut clients {
+        c.send("POST", "/function/sleep?us=150000", &[], b"")
+            .unwrap();
+    }
+    // One runs, seven wait on the owner (some of them forwarded).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = engine.functions_status();
+        let sleep = status.iter().find(|f| f["name"] == "sleep").unwrap();
+        if sleep["in_flight"].as_u64().unwrap() + sleep["queued"].as_u64().unwrap() == 8 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never 8 calls in: {sleep}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    engine.signal(libc::SIGTERM);
+    for c in &mut clients {
+        match c.try_read_response() {
+            Ok(r) => assert_eq!((r.status, r.text()), (200, "slept 150000 us".to_string())),
+            Err(e) => engine.fail(&format!("a call in flight at SIGTERM was lost: {e}")),
+        }
+    }
+    let status = engine.wait_exit(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the engine exits 0 after draining: {status:?}"
+    );
+}
