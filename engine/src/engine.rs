@@ -323,8 +323,18 @@ fn log_startup(config: &Config, addr: SocketAddr) {
             FunctionSource::Builtin(name) => format!("built-in {name}"),
             FunctionSource::Command(argv) => format!("command {argv:?}"),
         };
+        // Fewer workers than loops: say which loops run them (`share` gives
+        // the first loops the remainder) and that the rest forward.
+        let placement = if f.max_workers < config.io_cores.len() {
+            format!(
+                "; the loops of io cores {:?} run them, the others forward their calls",
+                &config.io_cores[..f.max_workers]
+            )
+        } else {
+            String::new()
+        };
         eprintln!(
-            "nocturne: function {} ({source}): {}..{} workers, POST /function/{}",
+            "nocturne: function {} ({source}): {}..{} workers{placement}, POST /function/{}",
             f.name, f.min_workers, f.max_workers, f.name
         );
     }

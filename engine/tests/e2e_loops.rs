@@ -68,8 +68,22 @@ fn max_workers_counts_per_engine_and_other_loops_forward_to_the_owner() {
     let Some(config) = two_loops("timeout = \"300ms\"") else {
         return;
     };
+    let (first, _) = two_cores().expect("checked by two_loops");
     let engine = Engine::builder().config(&config).start();
     assert_eq!(engine.io_threads().len(), 2, "{:?}", engine.io_threads());
+    // The start-up log says where the singletons run.
+    let log = engine.log_text();
+    assert!(
+        log.contains(&format!(
+            "function whoami (built-in whoami): 1..1 workers; the loops of io cores [{first}] \
+             run them, the others forward their calls"
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains("function foo (built-in foo): 2..2 workers, POST"),
+        "{log}"
+    );
     // Exactly the configured pools, engine-wide.
     let whoami = engine.wait_workers("whoami", 1, Duration::from_secs(10));
     engine.wait_workers("bar", 1, Duration::from_secs(10));
