@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-
 mod bench_run;
 use bench_run::{case_names, command, read_report, Scratch};
 
