@@ -73,8 +73,9 @@ impl LoopState {
             deadline,
             flags,
         } = new;
-        let ctx = self.ctx.clone();
-        let cfg = &ctx.config.functions[f as usize];
+        // Copied out rather than holding a clone of the context: its `Arc`
+        // count is one cache line shared by every loop.
+        let cfg = &self.ctx.config.functions[f as usize];
         let timeout = cfg.timeout.min(deadline);
         let max_queue = cfg.max_queue;
         self.functions[f as usize].limiter.on_arrival(self.now_ns);
@@ -100,11 +101,11 @@ impl LoopState {
                     Admission::Rejected(match e {
                         SendError::Protocol(_) => (
                             STATUS_WORKER_CRASHED,
-                            format!("worker of {} broke the protocol (protocol violation: {e}); it is being replaced", cfg.name),
+                            format!("worker of {} broke the protocol (protocol violation: {e}); it is being replaced", self.functions[f as usize].name),
                         ),
                         _ => (
                             STATUS_OVERLOADED,
-                            format!("cannot hand the call to a worker of {}: {e}", cfg.name),
+                            format!("cannot hand the call to a worker of {}: {e}", self.functions[f as usize].name),
                         ),
                     })
                 }
@@ -115,7 +116,7 @@ impl LoopState {
                 format!(
                     "call cycle: every worker of {} is busy in a caller of this call, \
                      so it could never run (raise max_workers or break the cycle)",
-                    cfg.name
+                    self.functions[f as usize].name
                 ),
             ))
         } else if self.functions[f as usize].pending.len() < max_queue {
@@ -129,7 +130,7 @@ impl LoopState {
                 STATUS_OVERLOADED,
                 format!(
                     "function {} is overloaded: {} calls already queued",
-                    cfg.name, max_queue
+                    self.functions[f as usize].name, max_queue
                 ),
             ))
         };
