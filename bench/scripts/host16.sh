@@ -35,6 +35,12 @@ STEPS=${*:-latency throughput serve-throughput generator compare}
 mkdir -p "$OUT"
 ncpu=$(nproc)
 echo "host16: $ncpu cores, $(uname -r),$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2); steps: $STEPS"
+# SMT siblings share a physical core (and its L1/L2): a worker on the io
+# core's sibling would hand messages over faster but share its pipeline.
+for c in 0 15; do
+  sib=/sys/devices/system/cpu/cpu$c/topology/thread_siblings_list
+  [ -r "$sib" ] && echo "host16: core $c shares its physical core with cores $(cat "$sib")"
+done
 if [ "$ncpu" -lt 16 ]; then
   echo "host16: needs 16 cores, this machine has $ncpu" >&2
   exit 2
