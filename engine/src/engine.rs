@@ -318,20 +318,18 @@ fn log_startup(config: &Config, addr: SocketAddr) {
             None => String::new(),
         }
     );
-    for f in &config.functions {
+    for (i, f) in config.functions.iter().enumerate() {
         let source = match &f.source {
             FunctionSource::Builtin(name) => format!("built-in {name}"),
             FunctionSource::Command(argv) => format!("command {argv:?}"),
         };
-        // Fewer workers than loops: say which loops run them (`share` gives
-        // the first loops the remainder) and that the rest forward.
-        let placement = if f.max_workers < config.io_cores.len() {
-            format!(
-                "; the loops of io cores {:?} run them, the others forward their calls",
-                &config.io_cores[..f.max_workers]
-            )
-        } else {
-            String::new()
+        let placement = match config.worker_loops(i) {
+            Some(cores) => {
+                format!(
+                    "; the loops of io cores {cores:?} run them, the others forward their calls"
+                )
+            }
+            None => String::new(),
         };
         eprintln!(
             "nocturne: function {} ({source}): {}..{} workers{placement}, POST /function/{}",

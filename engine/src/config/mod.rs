@@ -370,6 +370,15 @@ impl Config {
         resolve::io_shares_workers(&self.io_cores, self.worker_cores.as_deref())
     }
 
+    /// The io cores whose loops run function `f`'s workers, when that is
+    /// not every loop: `max_workers` is split over the loops, the first
+    /// taking the remainder, so with fewer workers than loops only the
+    /// first `max_workers` loops have any (the others forward its calls).
+    pub fn worker_loops(&self, f: usize) -> Option<&[usize]> {
+        let max = self.functions[f].max_workers;
+        (max < self.io_cores.len()).then(|| &self.io_cores[..max])
+    }
+
     /// A human summary: where it came from, listen address, cores and poll
     /// modes, and one line per function.
     pub fn summary(&self) -> String {
@@ -435,14 +444,18 @@ impl Config {
             .map(|f| f.name.len())
             .max()
             .unwrap_or(0);
-        for f in &self.functions {
+        for (i, f) in self.functions.iter().enumerate() {
             let source = match &f.source {
                 FunctionSource::Builtin(name) => format!("builtin {name}"),
                 FunctionSource::Command(argv) => format!("command {argv:?}"),
             };
+            let placement = match self.worker_loops(i) {
+                Some(cores) => format!(" on the loops of io cores {cores:?} (the others forward)"),
+                None => String::new(),
+            };
             write!(
                 out,
-                "  {:width$}  {source}; workers {}..{}; timeout {}; max_payload {}; {}",
+                "  {:width$}  {source}; workers {}..{}{placement}; timeout {}; max_payload {}; {}",
                 f.name,
                 f.min_workers,
                 f.max_workers,

@@ -687,3 +687,25 @@ fn summary_names_everything_that_matters() {
         assert!(summary.contains(needle), "{needle}\n---\n{summary}");
     }
 }
+
+#[test]
+fn functions_with_fewer_workers_than_loops_name_the_loops_that_run_them() {
+    let text = "io_cores = \"0-1\"\n\
+        [[functions]]\nname = \"one\"\nbuiltin = \"echo\"\nmax_workers = 1\n\
+        [[functions]]\nname = \"two\"\nbuiltin = \"echo\"\nmax_workers = 2\n";
+    let config = ok(text);
+    assert_eq!(config.worker_loops(0), Some(&[0][..]));
+    assert_eq!(config.worker_loops(1), None);
+    let summary = config.summary();
+    assert!(
+        summary.contains("workers 1..1 on the loops of io cores [0] (the others forward);"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("two  builtin echo; workers 1..2; timeout"),
+        "{summary}"
+    );
+    // One loop runs everything.
+    let config = ok("[[functions]]\nname = \"one\"\nbuiltin = \"echo\"\nmax_workers = 1\n");
+    assert_eq!(config.worker_loops(0), None);
+}
