@@ -4,7 +4,8 @@
 # Usage: bench/scripts/host16.sh BINARY OUTDIR [STEP…]
 #   STEP: latency throughput serve-throughput generator compare (default: all),
 #         echo-ceiling, profile (perf record of the io core at saturation;
-#         $PERF names the perf binary, default `perf`)
+#         $PERF names the perf binary, default `perf`), loops (calls
+#         forwarded between two io loops)
 #
 # Runs on a machine with at least 16 cores, nothing else busy, as root or
 # not. It needs only the release `nocturne` binary (no cargo, no iproute2:
@@ -22,6 +23,7 @@
 #   echo-ceiling      `bench load` 3 spinning threads on 9-11 against one
 #                     spinning `bench load-echo-server` on 15
 #   profile           as serve-throughput at a fixed 150k/s, perf on core 15
+#   loops             client 0, io 14-15, workers 1-13
 #   compare           client threads on 0-1, nocturne io 14-15, workers 2-13;
 #                     the baselines get 2-15
 #
@@ -173,6 +175,36 @@ step_compare() {
     --out "$OUT" --json "$OUT/compare.json" --quiet
 }
 
+# Calls forwarded between io loops: `whoami` has one worker (on loop 0, io
+# core 14), `echo` one per loop. Each ping-pong opens a connection that the
+# kernel gives to one of the two loops, so the whoami p50s fall in two
+# groups, local and forwarded; echo's are all local (the reference).
+step_loops() {
+  local config="$OUT/loops.toml" log="$OUT/loops-serve.log"
+  printf '[[functions]]\nname = "whoami"\nbuiltin = "whoami"\nmin_workers = 1\nmax_workers = 1\n[[functions]]\nname = "echo"\nbuiltin = "echo"\nmin_workers = 2\nmax_workers = 2\n' >"$config"
+  "$BIN" serve --config "$config" --listen 127.0.0.1:0 --poll spin --io-cores 14,15 \
+    --worker-cores 1-13 >"$log" 2>&1 &
+  local pid=$!
+  local url
+  url=$(server_url "$log")
+  sleep 1 # the workers' handshakes
+  echo "=== loops ($(date +%T))"
+  {
+    grep 'listening\|function' "$log"
+    for f in whoami echo; do
+      for i in $(seq 8); do
+        printf '%s %s: ' "$f" "$i"
+        timeout 20 "${LOAD_BIN:-$BIN}" bench load "$url/function/$f" --pingpong 5000 \
+          --cores 0 --rate 100 --duration 100ms --warmup 0s --body p 2>&1 |
+          grep -o 'ping-pong baseline.*'
+      done
+    done
+  } >"$OUT/loops.txt" 2>&1
+  cat "$OUT/loops.txt"
+  kill -INT "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null
+}
+
 for step in $STEPS; do
   case $step in
     latency) step_latency ;;
@@ -182,6 +214,7 @@ for step in $STEPS; do
     compare) step_compare ;;
     echo-ceiling) step_echo_ceiling ;;
     profile) step_profile ;;
+    loops) step_loops ;;
     *) echo "host16: unknown step $step" >&2; exit 2 ;;
   esac
 done
