@@ -28,6 +28,7 @@
 #![allow(unsafe_code)]
 
 use crate::arena::{self, ArenaAttachError, ArenaError, ArenaReadGuards, ArenaReader, ArenaWriter};
+use crate::contention::YieldContention;
 use crate::copy;
 use crate::doorbell::{self, Bell, Doorbell};
 use crate::message::{Header, HeaderError, PayloadLocation, BODY_WORDS, HEADER_LEN};
@@ -688,6 +689,8 @@ pub struct Receiver<R: Region = MemfdRegion> {
     core: RxCore,
     doorbell: Doorbell,
     bell: Bell,
+    /// Whether yielding pays on this consumer's core (see [`YieldContention`]).
+    contention: YieldContention,
     _region: Arc<R>,
 }
 
@@ -932,6 +935,7 @@ impl<R: Region> Receiver<R> {
             },
             doorbell,
             bell,
+            contention: YieldContention::new(),
             _region: region,
         }
     }
@@ -1013,12 +1017,19 @@ impl<R: Region> Receiver<R> {
     }
 
     /// Blocks until a message is available or `timeout` passes, spinning,
-    /// yielding and parking as `policy` says.
+    /// yielding and parking as `policy` says. A `Yield` waiter whose yields
+    /// come back late (a CPU-bound thread shares its core) parks at once for
+    /// a while instead ([`YieldContention`]).
     pub fn wait(&mut self, policy: &WaitPolicy, timeout: Option<Duration>) -> WaitOutcome {
         let ring = &self.core.ring;
-        doorbell::wait(&self.doorbell, &self.bell, policy, timeout, || {
-            ring.has_next()
-        })
+        doorbell::wait(
+            &self.doorbell,
+            &self.bell,
+            policy,
+            timeout,
+            &mut self.contention,
+            || ring.has_next(),
+        )
     }
 
     /// For a consumer that sleeps elsewhere (epoll on the eventfd): announces

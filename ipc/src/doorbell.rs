@@ -22,6 +22,7 @@
 //! spinning pays only when the peer has its own core).
 #![allow(unsafe_code)]
 
+use crate::contention::YieldContention;
 use crate::sync::{self, fence, AtomicU32, Ordering};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -194,6 +195,7 @@ pub(crate) fn wait(
     bell: &Bell,
     policy: &WaitPolicy,
     timeout: Option<Duration>,
+    contention: &mut YieldContention,
     mut ready: impl FnMut() -> bool,
 ) -> WaitOutcome {
     if ready() {
@@ -229,8 +231,12 @@ pub(crate) fn wait(
         }
         WaitPolicy::Yield { spin } | WaitPolicy::Park { spin } => {
             let yielding = matches!(policy, WaitPolicy::Yield { .. });
-            if !cfg!(loom) && !spin.is_zero() {
+            // Beside a CPU-bound thread a yield costs a scheduler tick:
+            // park at once while that lasts (module `contention`).
+            let skip = yielding && !cfg!(loom) && contention.contended(Instant::now());
+            if !cfg!(loom) && !spin.is_zero() && !skip {
                 let mut i = 0u32;
+                let mut before = start;
                 loop {
                     if ready() {
                         return WaitOutcome::Ready;
@@ -243,7 +249,16 @@ pub(crate) fn wait(
                     i = i.wrapping_add(1);
                     // The clock costs ~20 ns; read it every few spins only.
                     if yielding || i.is_multiple_of(64) {
-                        let e = elapsed();
+                        let now = Instant::now();
+                        if yielding {
+                            if let Some(b) = before {
+                                if contention.record(b, now) {
+                                    break;
+                                }
+                            }
+                            before = Some(now);
+                        }
+                        let e = start.map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
                         if timeout.is_some_and(|t| e >= t) {
                             return WaitOutcome::TimedOut;
                         }

@@ -16,6 +16,8 @@
 //! * [`arena`] — the per-direction byte ring for payloads larger than a slot.
 //! * [`doorbell`] — the sleep word, the wait policies ([`doorbell::WaitPolicy`])
 //!   and the futex/eventfd wake-up that cannot be lost.
+//! * [`contention`] — when a yielding waiter should sleep instead: its yields
+//!   come back a scheduler tick late beside a CPU-bound thread.
 //! * [`channel`] — all of the above in one region: [`channel::EngineEnd`]
 //!   creates it, [`channel::WorkerEnd`] attaches from the received fd, and each
 //!   splits into a [`channel::Sender`] and a [`channel::Receiver`].
@@ -32,6 +34,7 @@
 
 pub mod arena;
 pub mod channel;
+pub mod contention;
 mod copy;
 pub mod doorbell;
 pub mod fdpass;
@@ -47,5 +50,6 @@ pub use channel::{
     heap_pair, ChannelConfig, ChannelError, EngineEnd, MessageView, Receiver, RecvError, SendError,
     Sender, WorkerEnd,
 };
+pub use contention::YieldContention;
 pub use doorbell::{WaitOutcome, WaitPolicy};
 pub use message::{Header, Kind};

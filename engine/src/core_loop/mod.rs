@@ -32,6 +32,8 @@ use std::time::{Duration, Instant};
 use nocturne_net::http::HttpServer;
 use nocturne_net::Transport;
 
+use nocturne_ipc::YieldContention;
+
 use crate::config::{Config, PollMode};
 use crate::limiter::ConcurrencyLimiter;
 use crate::slab::{Key, Slab};
@@ -268,6 +270,10 @@ impl<T: Transport> CoreLoop<T> {
         // on such a core, yield between idle turns instead (`spin` never
         // shares: the configuration refuses it).
         let yield_when_idle = config.io_shares_workers();
+        // Beside a CPU-bound thread a yield costs a scheduler tick, and the
+        // loop, runnable but not running, sees nothing meanwhile: sleep in
+        // epoll at once while that lasts (nocturne_ipc::contention).
+        let mut contention = YieldContention::new();
         for f in 0..self.st.functions.len() {
             self.st.ensure_min_workers(f as u32);
         }
@@ -286,15 +292,20 @@ impl<T: Transport> CoreLoop<T> {
                 continue;
             }
             let Some(spin) = spin_budget else { continue };
-            if self.st.now.duration_since(last_work) < spin {
-                if yield_when_idle {
-                    std::thread::yield_now();
-                } else {
-                    std::hint::spin_loop();
-                }
+            let polling = self.st.now.duration_since(last_work) < spin;
+            if polling && !yield_when_idle {
+                std::hint::spin_loop();
                 continue;
             }
-            // Idle past the spin budget: arm every doorbell, then sleep in epoll
+            if polling && !contention.contended(self.st.now) {
+                let before = Instant::now();
+                std::thread::yield_now();
+                if !contention.record(before, Instant::now()) {
+                    continue;
+                }
+            }
+            // Idle past the spin budget (or yielding does not pay now): arm
+            // every doorbell, then sleep in epoll
             // unless something arrived meanwhile (arming re-checks each ring).
             if self.st.arm_all() {
                 let sleep = self.st.sleep_budget();
