@@ -165,8 +165,10 @@ fn adaptive_loop_yields_only_when_workers_share_its_core() {
         "{}",
         shared.log_text()
     );
+    // Measured on the 2-core VM: loop/competitor 1.4-1.5 alone, 2.5 with
+    // a nice'd busy loop on the core too; a spinning loop: 750-1000.
     expect_shares(&shared, "workers on the io core", last, |s| {
-        s.io_loop > s.competitor / 3.0 && s.io_loop < s.competitor * 3.0
+        s.io_loop > s.competitor / 10.0 && s.io_loop < s.competitor * 10.0
     });
     drop(shared);
 
@@ -178,7 +180,7 @@ fn adaptive_loop_yields_only_when_workers_share_its_core() {
         apart.log_text()
     );
     expect_shares(&apart, "workers on another core", last, |s| {
-        s.io_loop > 5.0 * s.competitor
+        s.io_loop > 50.0 * s.competitor
     });
 }
 
