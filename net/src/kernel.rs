@@ -70,6 +70,13 @@ struct Slot {
     read_closed: bool,
 }
 
+impl Slot {
+    /// Whether this slot holds the open connection of `generation`.
+    fn holds(&self, generation: u32) -> bool {
+        self.generation == generation && self.stream.is_some()
+    }
+}
+
 /// Kernel TCP sockets behind an edge-triggered mio `Poll`: one `SO_REUSEPORT`
 /// listener plus the connections it accepted.
 pub struct KernelTransport {
@@ -126,9 +133,7 @@ impl KernelTransport {
     /// The slot of open connection `conn` (`None`: unknown or closed).
     fn live_slot(&self, conn: ConnId) -> Option<&Slot> {
         let (index, generation) = split_id(conn);
-        self.slots
-            .get(index)
-            .filter(|s| s.generation == generation && s.stream.is_some())
+        self.slots.get(index).filter(|s| s.holds(generation))
     }
 
     fn stream(&self, conn: ConnId) -> io::Result<&TcpStream> {
@@ -234,11 +239,7 @@ impl Transport for KernelTransport {
             }
             let id = token as ConnId;
             let (index, generation) = split_id(id);
-            let Some(slot) = self
-                .slots
-                .get_mut(index)
-                .filter(|s| s.generation == generation && s.stream.is_some())
-            else {
+            let Some(slot) = self.slots.get_mut(index).filter(|s| s.holds(generation)) else {
                 continue; // queued for a socket closed earlier in this turn
             };
             // EOF, hang-up and socket errors are all discovered by `read`.
