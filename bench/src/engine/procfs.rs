@@ -127,24 +127,25 @@ mod tests {
         // `spawn` returns once the child exists, possibly before its `exec`
         // has finished; meanwhile `/proc/PID/cmdline` reads empty (or the
         // parent's). Scan until the child shows its own command line.
+        // The last scan is kept for the assertion, made after the child is
+        // killed so that a failure leaves no process behind.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let sleeper = loop {
-            let found = children_of(me);
-            let sleeper = found.into_iter().find(|c| c.pid == child.id());
-            match sleeper {
-                Some(s) if s.args.first().map(String::as_str) == Some("sleep") => break s,
-                _ if std::time::Instant::now() > deadline => {
-                    break ChildProcess {
-                        pid: child.id(),
-                        args: Vec::new(),
-                    }
-                }
-                _ => std::thread::sleep(std::time::Duration::from_millis(1)),
+            let sleeper = children_of(me).into_iter().find(|c| c.pid == child.id());
+            let exec_done = sleeper
+                .as_ref()
+                .is_some_and(|s| s.args.first().is_some_and(|a| a == "sleep"));
+            if exec_done || std::time::Instant::now() > deadline {
+                break sleeper;
             }
+            std::thread::sleep(std::time::Duration::from_millis(1));
         };
         let _ = child.kill();
         let _ = child.wait();
-        assert_eq!(sleeper.args, ["sleep", "30"]);
+        assert_eq!(
+            sleeper.map(|s| s.args),
+            Some(vec!["sleep".to_owned(), "30".to_owned()])
+        );
         assert!(rss_mib(me).unwrap() > 0.0);
         assert_eq!(rss_mib(u32::MAX), None);
         assert!(children_of(u32::MAX).is_empty());
