@@ -579,19 +579,24 @@ fn header_with(flags: u16) -> Header {
     }
 }
 
+/// How long a call received and dispatched at `call_ns` (0: never
+/// dispatched) waited for a worker, as of `now_ns`.
+pub(crate) fn queued_ns((received_ns, dispatched_ns): (u64, u64), now_ns: u64) -> u64 {
+    if dispatched_ns == 0 {
+        now_ns.saturating_sub(received_ns)
+    } else {
+        dispatched_ns - received_ns.min(dispatched_ns)
+    }
+}
+
 /// `Server-Timing` with the call's queueing, execution and runtime overhead.
 /// Durations are in milliseconds as the header's spec requires, with µs
 /// resolution (`exec;dur=0.012` is 12 µs).
-/// `received_ns` and `dispatched_ns` are the call's (0: never dispatched).
+/// `call_ns` is the call's received and dispatched time (0: never dispatched).
 fn server_timing(out: &mut String, call_ns: (u64, u64), exec_ns: u64, now_ns: u64) {
     use std::fmt::Write;
-    let (received_ns, dispatched_ns) = call_ns;
-    let total = now_ns.saturating_sub(received_ns);
-    let queue = if dispatched_ns == 0 {
-        total
-    } else {
-        dispatched_ns - received_ns.min(dispatched_ns)
-    };
+    let total = now_ns.saturating_sub(call_ns.0);
+    let queue = queued_ns(call_ns, now_ns);
     let overhead = total.saturating_sub(queue).saturating_sub(exec_ns);
     // Integer formatting: `{:.3}` of an f64 showed as 3 % of a saturated io
     // core's profile.

@@ -32,7 +32,7 @@ use nocturne_functions::protocol::STATUS_OVERLOADED;
 use nocturne_net::http::HttpServer;
 use nocturne_net::Transport;
 
-use super::dispatch::{Admission, NewCall, Outcome};
+use super::dispatch::{queued_ns, Admission, NewCall, Outcome};
 use super::{Call, LoopState, Origin};
 use crate::slab::Key;
 
@@ -75,6 +75,21 @@ pub(crate) struct ForwardedResult {
     /// Time it waited in the owning loop's queue, ns.
     pub queued_ns: u64,
     pub output: Vec<u8>,
+}
+
+impl ForwardedResult {
+    /// A call the owning loop could not take: answered with `status` and
+    /// `message`, never run.
+    fn refusal(token: Key, status: u16, message: String) -> Self {
+        Self {
+            token,
+            status,
+            flags: 0,
+            exec_ns: 0,
+            queued_ns: 0,
+            output: message.into_bytes(),
+        }
+    }
 }
 
 /// One loop's inbox and the way to every loop's inbox.
@@ -161,9 +176,11 @@ impl LoopState {
             // One loop always has a share (max_workers >= 1).
             return refuse(self, "no core loop has workers of it".into());
         };
+        // The loops with a share are the first ones (`Config::worker_loops`).
+        let owners = self.ctx.config.worker_loops(f).map_or(1, <[usize]>::len);
         let fs = &mut self.functions[f];
         let to = fs.next_owner;
-        fs.next_owner = (to + 1) % fs.owners.max(1);
+        fs.next_owner = u8::try_from((usize::from(to) + 1) % owners).expect("loop index");
         let timeout = self.ctx.config.functions[f].timeout.min(new.deadline);
         let key = self.calls.insert(Call {
             origin: new.origin,
@@ -238,14 +255,7 @@ impl LoopState {
         if let Some((status, message)) = rejected {
             self.post_result(
                 call.from,
-                ForwardedResult {
-                    token: call.token,
-                    status,
-                    flags: 0,
-                    exec_ns: 0,
-                    queued_ns: 0,
-                    output: message.into_bytes(),
-                },
+                ForwardedResult::refusal(call.token, status, message),
             );
         }
     }
@@ -285,10 +295,9 @@ impl LoopState {
         call: &Call,
         outcome: &Outcome<'_>,
     ) {
-        let queued_ns = match call.dispatched_ns {
-            0 => 0,
-            at => at.saturating_sub(call.received_ns),
-        };
+        // As `Server-Timing` counts it here: a call never dispatched (its
+        // deadline passed in the queue) waited all along.
+        let queued_ns = queued_ns((call.received_ns, call.dispatched_ns), self.now_ns);
         self.post_result(
             from,
             ForwardedResult {
@@ -319,17 +328,8 @@ impl LoopState {
         while let Some(letter) = mail.take() {
             if let Letter::Call(call) = letter {
                 let message = format!("core loop {} is shutting down", mail.index());
-                let _ = mail.post(
-                    call.from,
-                    Letter::Done(ForwardedResult {
-                        token: call.token,
-                        status: STATUS_OVERLOADED,
-                        flags: 0,
-                        exec_ns: 0,
-                        queued_ns: 0,
-                        output: message.into_bytes(),
-                    }),
-                );
+                let refusal = ForwardedResult::refusal(call.token, STATUS_OVERLOADED, message);
+                let _ = mail.post(call.from, Letter::Done(refusal));
             }
         }
     }

@@ -127,10 +127,10 @@ pub(crate) struct FunctionState {
     pub waiting: usize,
     /// This loop's share of `min_workers` / `max_workers`. A share of 0
     /// (fewer workers than loops) sends the function's calls to the loops
-    /// `0..owners`, which have one, in turn.
+    /// that have one ([`Config::worker_loops`]), in turn.
     pub min_share: usize,
     pub max_share: usize,
-    pub owners: u8,
+    /// The next of those loops to take a forwarded call.
     pub next_owner: u8,
     pub backoff: Backoff,
     /// When a backed-off restart is due.
@@ -191,9 +191,6 @@ impl<T: Transport> CoreLoop<T> {
             .map(|f| {
                 let min_share = share(f.min_workers, loops, index);
                 let max_share = share(f.max_workers, loops, index).max(min_share);
-                // `share` gives the remainder to the first loops, so the
-                // loops with a share are `0..min(max_workers, loops)`.
-                let owners = f.max_workers.min(loops).min(usize::from(u8::MAX)) as u8;
                 FunctionState {
                     name: f.name.clone(),
                     idle: Vec::new(),
@@ -209,7 +206,6 @@ impl<T: Transport> CoreLoop<T> {
                     waiting: 0,
                     min_share,
                     max_share,
-                    owners,
                     next_owner: 0,
                     backoff: Backoff::default(),
                     restart_at: None,
@@ -305,8 +301,8 @@ impl<T: Transport> CoreLoop<T> {
                 }
             }
             // Idle past the spin budget (or yielding does not pay now): arm
-            // every doorbell, then sleep in epoll
-            // unless something arrived meanwhile (arming re-checks each ring).
+            // every doorbell, then sleep in epoll unless something arrived
+            // meanwhile (arming re-checks each ring).
             if self.st.arm_all() {
                 let sleep = self.st.sleep_budget();
                 self.st.clock_stale = true;
@@ -419,7 +415,8 @@ impl LoopState {
     }
 }
 
-/// Loop `index`'s share of `total` spread over `loops` (the first loops take the remainder).
+/// Loop `index`'s share of `total` spread over `loops` (the first loops take
+/// the remainder: [`Config::worker_loops`] relies on it).
 fn share(total: usize, loops: usize, index: usize) -> usize {
     total / loops + usize::from(index < total % loops)
 }
