@@ -38,7 +38,8 @@ pub enum WaitPolicy {
     /// Spin with `spin_loop()` until a message arrives (the peer has its own
     /// core). Never parks.
     Spin,
-    /// Shared core: `sched_yield()` for `spin`, then park.
+    /// Shared core: `sched_yield()` for `spin` (polling for
+    /// [`POLL_AFTER_YIELD`] each time the core comes back), then park.
     Yield {
         /// Yield budget before parking.
         spin: Duration,
@@ -188,6 +189,39 @@ impl Bell {
     }
 }
 
+/// How long a yielding consumer keeps polling once a `sched_yield` has
+/// given it the core back, before it yields again.
+///
+/// A hand-over between two processes on one core costs ≈ 1.5 µs, and the
+/// message a yielding worker waits for is often already on its way through
+/// the io core (posted ≈ 0.3–1 µs after the peer that caused it handed the
+/// core over). Yielding again at once would pay two more hand-overs for it.
+/// Measured on the 2-core VM (`foo`→`bar`, client and both workers on core
+/// 0, io loop spinning on core 1): 500 ns, 1 µs and 1.5 µs each took the
+/// chain's p50 from 33.1–33.8 to 31.6–32.0 µs, 2.5 µs made it 36 µs; echo
+/// (one worker) unchanged at 14.4–14.7 (docs/benchmarks.md).
+pub const POLL_AFTER_YIELD: Duration = Duration::from_nanos(500);
+
+/// Polls `ready()` for [`POLL_AFTER_YIELD`]; true if it became ready.
+fn poll_after_yield(ready: &mut impl FnMut() -> bool) -> bool {
+    if cfg!(loom) {
+        return false;
+    }
+    let start = Instant::now();
+    let mut i = 0u32;
+    loop {
+        if ready() {
+            return true;
+        }
+        sync::spin_loop();
+        i = i.wrapping_add(1);
+        // The clock costs ~20 ns a read; the check ~5.
+        if i.is_multiple_of(8) && start.elapsed() >= POLL_AFTER_YIELD {
+            return false;
+        }
+    }
+}
+
 /// Waits until `ready()` or the timeout, by `policy`. `ready` must be cheap
 /// and side-effect free (it is the ring's "next slot published?" check).
 pub(crate) fn wait(
@@ -235,35 +269,51 @@ pub(crate) fn wait(
             // park at once while that lasts (module `contention`).
             let skip = yielding && !cfg!(loom) && contention.contended(Instant::now());
             if !cfg!(loom) && !spin.is_zero() && !skip {
-                let mut i = 0u32;
-                let mut before = start;
-                loop {
-                    if ready() {
-                        return WaitOutcome::Ready;
-                    }
-                    if yielding {
-                        sync::yield_now();
-                    } else {
-                        sync::spin_loop();
-                    }
-                    i = i.wrapping_add(1);
-                    // The clock costs ~20 ns; read it every few spins only.
-                    if yielding || i.is_multiple_of(64) {
-                        let now = Instant::now();
-                        if yielding {
-                            if let Some(b) = before {
-                                if contention.record(b, now) {
-                                    break;
-                                }
-                            }
-                            before = Some(now);
+                let since_start = |now: Instant| {
+                    start.map_or(Duration::ZERO, |s| now.saturating_duration_since(s))
+                };
+                if yielding {
+                    loop {
+                        if ready() {
+                            return WaitOutcome::Ready;
                         }
-                        let e = start.map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+                        let before = Instant::now();
+                        sync::yield_now();
+                        let now = Instant::now();
+                        // Counted before the ring is looked at again: a
+                        // message that arrived during a slow yield must not
+                        // hide that the yield was slow.
+                        if contention.record(before, now) {
+                            break;
+                        }
+                        let e = since_start(now);
                         if timeout.is_some_and(|t| e >= t) {
                             return WaitOutcome::TimedOut;
                         }
                         if e >= spin {
                             break;
+                        }
+                        if poll_after_yield(&mut ready) {
+                            return WaitOutcome::Ready;
+                        }
+                    }
+                } else {
+                    let mut i = 0u32;
+                    loop {
+                        if ready() {
+                            return WaitOutcome::Ready;
+                        }
+                        sync::spin_loop();
+                        i = i.wrapping_add(1);
+                        // The clock costs ~20 ns; read it every few spins only.
+                        if i.is_multiple_of(64) {
+                            let e = since_start(Instant::now());
+                            if timeout.is_some_and(|t| e >= t) {
+                                return WaitOutcome::TimedOut;
+                            }
+                            if e >= spin {
+                                break;
+                            }
                         }
                     }
                 }
@@ -295,5 +345,34 @@ pub(crate) fn wait(
                 }
             }
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::{poll_after_yield, POLL_AFTER_YIELD};
+    use std::time::Instant;
+
+    #[test]
+    fn poll_after_yield_catches_a_message_that_arrives_meanwhile() {
+        let mut checks = 0;
+        // "Arrives" on the fifth check, well inside the budget.
+        assert!(poll_after_yield(&mut || {
+            checks += 1;
+            checks == 5
+        }));
+        assert_eq!(checks, 5);
+    }
+
+    #[test]
+    fn poll_after_yield_gives_up_after_its_budget() {
+        let start = Instant::now();
+        let mut checks = 0u64;
+        assert!(!poll_after_yield(&mut || {
+            checks += 1;
+            false
+        }));
+        assert!(start.elapsed() >= POLL_AFTER_YIELD);
+        assert!(checks >= 8, "polled {checks} times");
     }
 }
