@@ -22,6 +22,10 @@
 //!   creates it, [`channel::WorkerEnd`] attaches from the received fd, and each
 //!   splits into a [`channel::Sender`] and a [`channel::Receiver`].
 //!
+//! Beside the channels: [`wake_gate`] — whether a consumer that sleeps in `epoll` must be woken
+//! after a post into an in-process queue (the core loops' mailboxes), so
+//! that posting to a spinning consumer costs no system call.
+//!
 //! `copy` (private) copies short payloads into a slot without a `memcpy`
 //! call. `sync` (private) is the facade through which every atomic, fence,
 //! yield and futex goes, so the same code runs under loom
@@ -42,6 +46,7 @@ pub mod message;
 pub mod region;
 pub mod ring;
 mod sync;
+pub mod wake_gate;
 
 #[cfg(all(test, loom))]
 mod loom_tests;
@@ -53,3 +58,4 @@ pub use channel::{
 pub use contention::YieldContention;
 pub use doorbell::{WaitOutcome, WaitPolicy};
 pub use message::{Header, Kind};
+pub use wake_gate::WakeGate;

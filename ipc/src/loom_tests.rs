@@ -204,3 +204,54 @@ fn loom_layout_assumptions() {
     assert!(std::mem::size_of::<crate::sync::AtomicU32>() <= 8);
     assert!(std::mem::align_of::<crate::sync::AtomicU64>() <= 8);
 }
+
+/// One model step of the wake gate: the consumer takes what it finds, then
+/// tries to sleep, while `producers` each publish one item. Whenever it
+/// decided to sleep with an item it had not taken, a producer must have
+/// been told to wake it.
+fn wake_gate_model(producers: usize) {
+    use crate::sync::{AtomicU32, AtomicU64, Ordering};
+    use crate::wake_gate::WakeGate;
+    use loom::sync::Arc;
+
+    model(move || {
+        let gate = Arc::new(WakeGate::new());
+        // The queue: items published and not yet taken.
+        let queue = Arc::new(AtomicU64::new(0));
+        let wakes = Arc::new(AtomicU32::new(0));
+        let handles: Vec<_> = (0..producers)
+            .map(|_| {
+                let (gate, queue, wakes) = (gate.clone(), queue.clone(), wakes.clone());
+                thread::spawn(move || {
+                    // Release: the item's publication, as an mpsc send.
+                    queue.fetch_add(1, Ordering::Release);
+                    if gate.posted() {
+                        wakes.fetch_add(1, Ordering::Release);
+                    }
+                })
+            })
+            .collect();
+        // Acquire: pairs with the producers' publication.
+        for _ in 0..queue.swap(0, Ordering::Acquire) {
+            gate.taken();
+        }
+        let sleeps = gate.arm();
+        if !sleeps {
+            gate.disarm();
+        }
+        for h in handles {
+            h.join().unwrap();
+        }
+        if sleeps && queue.load(Ordering::Acquire) > 0 {
+            assert!(
+                wakes.load(Ordering::Acquire) > 0,
+                "the consumer sleeps on an item nobody woke it for"
+            );
+        }
+    });
+}
+
+#[test]
+fn loom_wake_gate_one_producer() {
+    wake_gate_model(1);
+}

@@ -17,18 +17,20 @@
 //! ```
 //!
 //! An inbox is an `mpsc` channel (a lock-free linked queue on the send side),
-//! so every loop may post into every other; the sender then writes the
-//! receiver's eventfd, which wakes it from an epoll sleep. The write comes
-//! after the send, and a loop reads its inbox after every wake-up and on every
-//! turn, so no letter waits for a sleeping loop. Letters carry owned payloads:
-//! an allocation per forwarded call, on a path only under-provisioned
-//! functions take.
+//! so every loop may post into every other. A loop reads its inbox on every
+//! turn; one that is about to sleep in epoll says so through its
+//! [`WakeGate`], and a sender that finds it so writes its eventfd after the
+//! send. A spinning loop thus costs its senders no system call, and no letter
+//! waits for a sleeping loop (the gate's argument: `nocturne_ipc::wake_gate`).
+//! Letters carry owned payloads: an allocation per forwarded call, on a path
+//! only under-provisioned functions take.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use nocturne_functions::protocol::STATUS_OVERLOADED;
+use nocturne_ipc::WakeGate;
 use nocturne_net::http::HttpServer;
 use nocturne_net::Transport;
 
@@ -96,11 +98,14 @@ impl ForwardedResult {
 pub(crate) struct PostOffice {
     index: u8,
     inbox: mpsc::Receiver<Letter>,
+    /// This loop's gate (the one its peers hold for it).
+    gate: Arc<WakeGate>,
     peers: Vec<Peer>,
 }
 
 struct Peer {
     tx: mpsc::Sender<Letter>,
+    gate: Arc<WakeGate>,
     wake: Arc<OwnedFd>,
 }
 
@@ -116,16 +121,21 @@ pub(crate) enum PostError {
 /// are the loops' eventfds.
 pub(crate) fn post_offices(wakes: &[Arc<OwnedFd>]) -> Vec<PostOffice> {
     let (txs, rxs): (Vec<_>, Vec<_>) = wakes.iter().map(|_| mpsc::channel()).unzip();
+    let gates: Vec<_> = wakes.iter().map(|_| Arc::new(WakeGate::new())).collect();
     rxs.into_iter()
+        .zip(&gates)
         .enumerate()
-        .map(|(index, inbox)| PostOffice {
+        .map(|(index, (inbox, gate))| PostOffice {
             index: u8::try_from(index).expect("at most 256 core loops"),
             inbox,
+            gate: gate.clone(),
             peers: txs
                 .iter()
+                .zip(&gates)
                 .zip(wakes)
-                .map(|(tx, wake)| Peer {
+                .map(|((tx, gate), wake)| Peer {
                     tx: tx.clone(),
+                    gate: gate.clone(),
                     wake: wake.clone(),
                 })
                 .collect(),
@@ -139,18 +149,35 @@ impl PostOffice {
         self.index
     }
 
-    /// Posts `letter` to loop `to` and wakes it.
+    /// Posts `letter` to loop `to`, and wakes it if it may be asleep.
     pub fn post(&self, to: u8, letter: Letter) -> Result<(), PostError> {
         let peer = &self.peers[usize::from(to)];
         peer.tx.send(letter).map_err(|_| PostError::Stopped(to))?;
-        // A failed write leaves the counter full, which wakes the loop as well.
-        let _ = crate::sys::signal_eventfd(peer.wake.as_fd());
+        if peer.gate.posted() {
+            // A failed write leaves the counter full, which wakes the loop
+            // as well.
+            let _ = crate::sys::signal_eventfd(peer.wake.as_fd());
+        }
         Ok(())
     }
 
     /// The next letter in this loop's inbox, if any.
     pub fn take(&self) -> Option<Letter> {
-        self.inbox.try_recv().ok()
+        let letter = self.inbox.try_recv().ok()?;
+        self.gate.taken();
+        Some(letter)
+    }
+
+    /// Before this loop sleeps in epoll: from now on, letters posted to it
+    /// write its eventfd. `false` if letters wait (do not sleep); call
+    /// [`awake`](Self::awake) after the sleep either way.
+    pub fn may_sleep(&self) -> bool {
+        self.gate.arm()
+    }
+
+    /// After the sleep (or instead of it): posts stop writing the eventfd.
+    pub fn awake(&self) {
+        self.gate.disarm();
     }
 }
 
@@ -352,26 +379,39 @@ mod tests {
     }
 
     #[test]
-    fn letters_arrive_in_order_and_wake_the_receiver() {
+    fn letters_arrive_in_order_and_wake_only_a_sleeping_receiver() {
         let wakes: Vec<_> = (0..3)
             .map(|_| Arc::new(crate::sys::eventfd().unwrap()))
             .collect();
         let offices = post_offices(&wakes);
         assert_eq!(offices[2].index(), 2);
-        for n in 0..5 {
+        // Loop 2 is awake (spinning): posts cost no eventfd write.
+        for n in 0..3 {
             offices[0].post(2, call(0, n)).unwrap();
         }
-        offices[1].post(2, call(1, 99)).unwrap();
-        // The eventfd counts one write per letter.
-        let mut count = [0u8; 8];
-        let read = read_counter(&wakes[2], &mut count);
-        assert_eq!(read, 8);
-        assert_eq!(u64::from_ne_bytes(count), 6);
+        assert_eq!(read_counter(&wakes[2]), None);
+        // Letters wait: loop 2 must not sleep.
+        assert!(!offices[2].may_sleep());
+        offices[2].awake();
         let mut seen = Vec::new();
         while let Some(Letter::Call(c)) = offices[2].take() {
             seen.push((c.from, c.token.to_u56()));
         }
-        assert_eq!(seen, [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4), (1, 99)]);
+        assert_eq!(seen, [(0, 0), (0, 1), (0, 2)]);
+        // Inbox empty: it may sleep, and from then on every post wakes it.
+        assert!(offices[2].may_sleep());
+        offices[0].post(2, call(0, 3)).unwrap();
+        offices[1].post(2, call(1, 99)).unwrap();
+        assert_eq!(read_counter(&wakes[2]), Some(2));
+        offices[2].awake();
+        offices[1].post(2, call(1, 100)).unwrap();
+        assert_eq!(read_counter(&wakes[2]), None);
+        seen.clear();
+        while let Some(Letter::Call(c)) = offices[2].take() {
+            seen.push((c.from, c.token.to_u56()));
+        }
+        assert_eq!(seen, [(0, 3), (1, 99), (1, 100)]);
+        assert!(offices[2].may_sleep(), "every letter taken");
         assert!(offices[0].take().is_none() && offices[1].take().is_none());
     }
 
@@ -385,10 +425,16 @@ mod tests {
         assert_eq!(offices[0].post(1, call(0, 1)), Err(PostError::Stopped(1)));
     }
 
-    /// Reads an eventfd through std's `File` (no raw system call needed).
-    fn read_counter(fd: &OwnedFd, buf: &mut [u8; 8]) -> usize {
+    /// The eventfd's counter (reading resets it), `None` while it is 0;
+    /// read through std's `File` (no raw system call needed).
+    fn read_counter(fd: &OwnedFd) -> Option<u64> {
         use std::io::Read;
         let mut file = std::fs::File::from(fd.try_clone().unwrap());
-        file.read(buf).unwrap()
+        let mut buf = [0u8; 8];
+        match file.read(&mut buf) {
+            Ok(8) => Some(u64::from_ne_bytes(buf)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+            other => panic!("eventfd read: {other:?}"),
+        }
     }
 }

@@ -303,13 +303,18 @@ impl<T: Transport> CoreLoop<T> {
             // Idle past the spin budget (or yielding does not pay now): arm
             // every doorbell, then sleep in epoll unless something arrived
             // meanwhile (arming re-checks each ring).
-            if self.st.arm_all() {
+            // Arming the mailbox after the doorbells: a letter posted from
+            // here on writes the eventfd, so the sleep below cannot miss it.
+            if self.st.arm_all() && self.st.mail.as_ref().is_none_or(PostOffice::may_sleep) {
                 let sleep = self.st.sleep_budget();
                 self.st.clock_stale = true;
                 self.poll_net(Some(sleep));
                 self.st.clock_stale = false;
             }
             self.st.disarm_all();
+            if let Some(mail) = &self.st.mail {
+                mail.awake();
+            }
             self.st.tick();
             self.turn_rest();
             last_work = self.st.now;
