@@ -17,10 +17,12 @@
 //! in one total order: if the consumer's load of `pending` misses the
 //! producer's increment, the producer's fence comes after the consumer's,
 //! and the producer's load of `asleep` sees the consumer's store and wakes.
-//! (Fences rather than `SeqCst` accesses: loom checks fences exactly.) `pending` may dip below
-//! zero for a moment (an item taken between its publication and the
-//! increment), hence it is read as signed. The loom model
-//! (`loom_tests::loom_wake_gate_*`) checks this with the shipped code.
+//! (Fences rather than `SeqCst` accesses: loom checks fences exactly.)
+//!
+//! `pending` may dip below zero for a moment (an item taken between its
+//! publication and the increment), hence it is read as signed. The loom
+//! model (`loom_tests::loom_wake_gate_one_producer`) checks the argument
+//! with the shipped code, and fails when the consumer's fence is removed.
 
 use crate::sync::{fence, AtomicU32, AtomicU64, Ordering};
 
