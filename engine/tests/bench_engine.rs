@@ -196,6 +196,24 @@ fn a_quick_run_reports_every_case_and_cleans_up() {
                 "{name}: every function has a worker"
             );
         }
+        if name.starts_with("external-call/") || name.starts_with("chain/") {
+            // The engine's Server-Timing splits the round trip: its own
+            // share (µs resolution) and the rest.
+            let (inside, outside) = (
+                number(case, "server_timing_p50_us"),
+                number(case, "outside_p50_us"),
+            );
+            assert!(inside >= 0.0 && outside > 0.0, "{case}");
+            assert!(
+                outside <= number(case, "p50_us") + 1.0,
+                "{name}: outside is part of the round trip: {case}"
+            );
+        } else {
+            assert!(
+                case.get("server_timing_p50_us").is_none(),
+                "{name}: no Server-Timing expected: {case}"
+            );
+        }
         if name.starts_with("internal-call/") {
             let (caller, callee) = (number(case, "caller_pid"), number(case, "callee_pid"));
             assert!(caller > 0.0 && callee > 0.0, "{case}");

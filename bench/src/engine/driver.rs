@@ -31,7 +31,7 @@ use crate::hist::LatencyHistogram;
 use crate::pin::{allowed_cores, check_cores_against, format_core_list, pin_current_thread};
 use crate::report::{CaseResult, Machine, Report};
 
-use super::http::{build_request, ClientError, HttpClient};
+use super::http::{build_request, server_timing_ns, ClientError, HttpClient};
 use super::net::{self, ConnsCase, ConnsError, ConnsPlan};
 use super::netns::{self, Netns};
 use super::server::{write_temp_file, Launch, ServerProcess, StartError};
@@ -74,6 +74,11 @@ struct LatencyCase {
     /// The body a correct answer carries (`External`, `Chain`).
     expected: Vec<u8>,
     latency: LatencyHistogram,
+    /// Per timed request with a `Server-Timing` header: the time it
+    /// accounts for (inside the engine), and the rest of the round trip
+    /// (the client's and the kernel's share).
+    inside: LatencyHistogram,
+    outside: LatencyHistogram,
     timed_ns: u128,
     errors: u64,
     extra: BTreeMap<String, f64>,
@@ -92,6 +97,8 @@ impl LatencyCase {
             request: build_request("POST", path, host, payload),
             expected,
             latency: LatencyHistogram::new(),
+            inside: LatencyHistogram::new(),
+            outside: LatencyHistogram::new(),
             timed_ns: 0,
             errors: 0,
             extra: BTreeMap::new(),
@@ -114,6 +121,13 @@ impl LatencyCase {
         };
         let mut case = CaseResult::from_histogram(&self.name, &self.latency, ops, self.errors);
         case.extra = self.extra.clone();
+        if !self.inside.is_empty() {
+            let p50_us = |h: &LatencyHistogram| h.quantile_ns(0.5) as f64 / 1e3;
+            case.extra
+                .insert("server_timing_p50_us".into(), p50_us(&self.inside));
+            case.extra
+                .insert("outside_p50_us".into(), p50_us(&self.outside));
+        }
         case
     }
 }
@@ -771,6 +785,11 @@ fn run_http_chunk(
         let elapsed = start.elapsed();
         let (status, body) = (reply.status, reply.body);
         let ok = case.reply_ok(status, body);
+        // The floor's canned reply copies the engine's headers (for the
+        // same size on the wire), Server-Timing too: not a measurement.
+        let inside = (case.kind != LatencyKind::Floor)
+            .then(|| server_timing_ns(reply.head))
+            .flatten();
         if !ok {
             case.errors += 1;
             if status != 200 {
@@ -780,6 +799,11 @@ fn run_http_chunk(
         } else if i >= settings.warmup {
             case.latency.record(elapsed);
             case.timed_ns += elapsed.as_nanos();
+            if let Some(inside) = inside {
+                case.inside.record_ns(inside);
+                let total = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+                case.outside.record_ns(total.saturating_sub(inside));
+            }
         }
     }
     Ok(())

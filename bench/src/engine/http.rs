@@ -88,6 +88,29 @@ pub fn build_request(method: &str, path: &str, host: &str, body: &[u8]) -> Vec<u
     out
 }
 
+/// The time a response's `Server-Timing` header accounts for, in ns: the
+/// sum of its `dur` values (milliseconds, as the header's specification
+/// has them; the engine writes queue, exec and overhead at µs resolution).
+/// `None` without the header or with a `dur` that is not a number.
+pub fn server_timing_ns(head: &[u8]) -> Option<u64> {
+    let head = std::str::from_utf8(head).ok()?;
+    let value = head.split("\r\n").find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("server-timing")
+            .then_some(value)
+    })?;
+    let mut total_ms = 0.0;
+    for metric in value.split(',') {
+        for param in metric.split(';').skip(1) {
+            if let Some(dur) = param.trim().strip_prefix("dur=") {
+                total_ms += dur.trim().parse::<f64>().ok()?;
+            }
+        }
+    }
+    Some((total_ms * 1e6).round() as u64)
+}
+
 /// Frames the response at the start of `buf`: `Ok(None)` while its head is
 /// incomplete.
 pub fn parse_response_head(buf: &[u8]) -> Result<Option<ResponseHead>, ResponseError> {
@@ -150,6 +173,8 @@ pub fn parse_response_head(buf: &[u8]) -> Result<Option<ResponseHead>, ResponseE
 pub struct Reply<'a> {
     /// The status code.
     pub status: u16,
+    /// The status line and headers, the blank line included.
+    pub head: &'a [u8],
     /// The body.
     pub body: &'a [u8],
     /// Bytes of the whole response on the wire.
@@ -198,6 +223,7 @@ impl HttpClient {
         self.consumed = head.total_len();
         Ok(Reply {
             status: head.status,
+            head: &self.buf[..head.head_len],
             body: &self.buf[head.head_len..head.total_len()],
             wire_len: head.total_len(),
         })
@@ -308,6 +334,26 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((h.status, h.content_length), (503, 0));
+    }
+
+    #[test]
+    fn server_timing_sums_the_durations() {
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\
+            server-timing: queue;dur=0.001, exec;dur=0.012, overhead;dur=0.003\r\n\r\n";
+        assert_eq!(server_timing_ns(head), Some(16_000));
+        assert_eq!(
+            server_timing_ns(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+            None
+        );
+        assert_eq!(
+            server_timing_ns(b"HTTP/1.1 200 OK\r\nServer-Timing: exec;dur=x\r\n\r\n"),
+            None
+        );
+        // A metric without a duration counts for nothing.
+        assert_eq!(
+            server_timing_ns(b"HTTP/1.1 200 OK\r\nServer-Timing: miss, exec;dur=2\r\n\r\n"),
+            Some(2_000_000)
+        );
     }
 
     #[test]
