@@ -79,6 +79,16 @@ impl YieldContention {
         self.until.is_some_and(|until| now < until)
     }
 
+    /// Yields the core (`sched_yield`) and records how long that took.
+    /// Returns when the yield came back, and whether yielding is off from
+    /// then on (as [`record`](Self::record)).
+    pub fn timed_yield(&mut self) -> (Instant, bool) {
+        let start = Instant::now();
+        crate::sync::yield_now();
+        let end = Instant::now();
+        (end, self.record(start, end))
+    }
+
     /// Records a yield from `start` to `end`; returns whether yielding is
     /// off from `end` on (it was the last of [`SLOW_IN_WINDOW`] slow yields
     /// within [`SLOW_WINDOW`]).

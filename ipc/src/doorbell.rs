@@ -277,13 +277,11 @@ pub(crate) fn wait(
                         if ready() {
                             return WaitOutcome::Ready;
                         }
-                        let before = Instant::now();
-                        sync::yield_now();
-                        let now = Instant::now();
                         // Counted before the ring is looked at again: a
                         // message that arrived during a slow yield must not
                         // hide that the yield was slow.
-                        if contention.record(before, now) {
+                        let (now, stand_down) = contention.timed_yield();
+                        if stand_down {
                             break;
                         }
                         let e = since_start(now);

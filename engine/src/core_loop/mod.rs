@@ -293,12 +293,8 @@ impl<T: Transport> CoreLoop<T> {
                 std::hint::spin_loop();
                 continue;
             }
-            if polling && !contention.contended(self.st.now) {
-                let before = Instant::now();
-                std::thread::yield_now();
-                if !contention.record(before, Instant::now()) {
-                    continue;
-                }
+            if polling && !contention.contended(self.st.now) && !contention.timed_yield().1 {
+                continue;
             }
             // Idle past the spin budget (or yielding does not pay now): arm
             // every doorbell, then sleep in epoll unless something arrived
