@@ -243,8 +243,9 @@ fn idle_worker_killed_is_replaced_without_failing_calls() {
     signal(victim, libc::SIGKILL);
     // Once the engine has seen the death (its log says so), foo's internal
     // call to bar goes to the replacement, or waits for it. (A call that
-    // races the death, dispatched before the engine notices, fails with 502:
-    // see worker_killed_mid_call_gives_502_and_is_restarted.)
+    // races the death, dispatched before the engine notices, is handed to
+    // another worker: see fault_workers.rs. One the worker had taken fails
+    // with 502: see worker_killed_mid_call_gives_502_and_is_restarted.)
     let death = format!("worker bar pid {victim} killed by signal 9");
     if engine
         .log()

@@ -3,8 +3,10 @@
 //! call to a callee whose only worker is restarting, a worker that keeps
 //! dying (back-off, `crash_looping`, no zombies, nobody else disturbed), an
 //! engine killed during all that and started again, handler errors and
-//! panics, a caller's deadline bounding its internal calls, a late result, and
-//! a call chain deeper than `max_call_depth`.
+//! panics, a caller's deadline bounding its internal calls, a late result, a
+//! call chain deeper than `max_call_depth`, a call whose worker dies before
+//! taking it (handed to another worker, once), and a call that a
+//! crash-looping function could only start after its deadline (503 at once).
 //!
 //! What e2e_calls.rs already shows is not repeated here: a worker killed while
 //! running an external call, exit/abort, a function's own timeout with a stuck
@@ -233,7 +235,8 @@ fn a_crash_loop_is_backed_off_reaped_and_disturbs_nobody() {
             .expect("echo listed");
         assert_eq!(echo["crash_looping"], false, "{echo}");
 
-        // A call to flaky waits for the next restart and fails with the exit.
+        // A call to flaky waits for the next restart, goes to a worker that
+        // dies before taking it, then to the next one, and fails with the exit.
         let r = engine.post("/function/flaky", b"anyone?");
         assert_eq!(r.status, 502, "{}", r.text());
         assert!(
@@ -575,4 +578,158 @@ MISBEHAVE_START_DELAY_MS = "400"
             format!("front via slowstart: ok from pid {fresh}")
         );
     });
+}
+
+/// Three `whoami` workers (each answers with its pid), and `flaky`, whose
+/// workers exit 20 ms after their handshake without taking a call, with a
+/// deadline shorter than its crash back-off soon is.
+fn hand_back_config() -> String {
+    format!(
+        r#"
+[[functions]]
+name = "whoami"
+builtin = "whoami"
+min_workers = 3
+max_workers = 3
+
+[[functions]]
+name = "flaky"
+command = ["{}"]
+timeout = "300ms"
+[functions.env]
+MISBEHAVE_EXIT_AFTER_MS = "20"
+"#,
+        misbehave_exe().display()
+    )
+}
+
+/// Sends `whoami` on `c` and returns the pid that answered.
+fn whoami(engine: &Engine, c: &mut common::Client) -> i32 {
+    let r = c.post("/function/whoami", b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.text()
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| engine.fail(&format!("whoami answered {:?}", r.text())))
+}
+
+/// Stops the worker that answered last (the top of the idle LIFO, so the next
+/// call goes to it), sends a call, and waits until the engine has handed it
+/// over: the stopped worker holds the call without taking it.
+fn hand_call_to_a_stopped_worker(engine: &Engine, c: &mut common::Client) -> i32 {
+    let top = whoami(engine, c);
+    signal(top, libc::SIGSTOP);
+    c.send("POST", "/function/whoami", &[], b"").unwrap();
+    wait_function_status(
+        engine,
+        "whoami",
+        "the call handed to the stopped worker",
+        |f| f["in_flight"] == 1,
+    );
+    top
+}
+
+#[test]
+fn a_call_whose_worker_dies_before_taking_it_goes_to_another_worker() {
+    let engine = Engine::builder()
+        .config(&hand_back_config())
+        .no_health_wait()
+        .start();
+    engine.wait_workers("whoami", 3, LONG);
+    let mut c = engine.client();
+    let stopped = hand_call_to_a_stopped_worker(&engine, &mut c);
+    signal(stopped, libc::SIGKILL);
+
+    let r = c
+        .try_read_response()
+        .unwrap_or_else(|e| engine.fail(&format!("no answer after the worker died: {e}")));
+    assert_eq!(r.status, 200, "served, not failed: {}", r.text());
+    let served_by: i32 = r.text().trim().parse().unwrap();
+    assert_ne!(served_by, stopped, "another worker ran it");
+    // (The log line was written before the answer, but is read on another
+    // thread: wait for it.)
+    let handed_on =
+        format!("worker whoami pid {stopped} killed by signal 9 (SIGKILL) before taking call");
+    if engine
+        .log()
+        .wait_for(LONG, |l| l.contains(&handed_on))
+        .is_none()
+    {
+        engine.fail("the log does not say the call was handed on");
+    }
+    // Queue time, not a lost call: the pool is refilled and serves on.
+    engine.wait_workers("whoami", 3, LONG);
+    assert_ne!(whoami(&engine, &mut c), stopped);
+}
+
+#[test]
+fn a_call_handed_back_twice_fails_with_502_naming_both_deaths() {
+    let engine = Engine::builder()
+        .config(&hand_back_config())
+        .no_health_wait()
+        .start();
+    let pids = engine.wait_workers("whoami", 3, LONG);
+    let mut c = engine.client();
+    // The call goes to the stopped LIFO top first; when that worker dies it
+    // goes to the next idle one, stopped as well.
+    let first = hand_call_to_a_stopped_worker(&engine, &mut c);
+    for &p in pids.iter().filter(|&&p| p != first) {
+        signal(p, libc::SIGSTOP);
+    }
+    signal(first, libc::SIGKILL);
+    let handed_on = format!("pid {first} killed by signal 9 (SIGKILL) before taking call");
+    if engine
+        .log()
+        .wait_for(LONG, |l| l.contains(&handed_on))
+        .is_none()
+    {
+        engine.fail("the call was not handed on");
+    }
+    wait_function_status(&engine, "whoami", "the call handed on", |f| {
+        f["in_flight"] == 1
+    });
+    // The second worker, stopped, now holds the call: kill both others.
+    for &p in pids.iter().filter(|&&p| p != first) {
+        signal(p, libc::SIGKILL);
+    }
+
+    let r = c
+        .try_read_response()
+        .unwrap_or_else(|e| engine.fail(&format!("no answer: {e}")));
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(
+        r.text().contains("before taking the call")
+            && r.text()
+                .contains("and so did the worker it was given to first"),
+        "{}",
+        r.text()
+    );
+    // The function recovers once its workers are replaced.
+    engine.wait_workers("whoami", 3, LONG);
+    assert!(!pids.contains(&whoami(&engine, &mut c)));
+}
+
+#[test]
+fn a_call_due_before_a_crash_looping_functions_next_start_gets_503_at_once() {
+    let engine = Engine::builder()
+        .config(&hand_back_config())
+        .no_health_wait()
+        .start();
+    // From the fifth death in a row the back-off is 800 ms or more, longer
+    // than flaky's 300 ms deadline.
+    wait_function_status(&engine, "flaky", "crash_looping", |f| {
+        f["crash_looping"] == true
+    });
+    let r = engine.post("/function/flaky", b"anyone?");
+    // 503 and why, not a 504 after the deadline: the next worker starts too
+    // late for the call whatever happens meanwhile.
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        r.text().contains("function flaky has no worker")
+            && r.text().contains("after this call's deadline"),
+        "{}",
+        r.text()
+    );
+    // Nobody else is disturbed.
+    assert_ne!(whoami(&engine, &mut engine.client()), 0);
 }

@@ -84,6 +84,10 @@ impl Runtime {
     pub fn run(&mut self, handler: &mut BoxedHandler) -> RuntimeError {
         loop {
             self.receiver.wait(&self.wait, None);
+            // The input is copied out and the view dropped (the request
+            // released) before the handler runs. The engine relies on that:
+            // a call its dead worker never released never ran, and goes to
+            // another worker (worker contract, docs/architecture.md).
             let call_id = match self.receiver.try_recv() {
                 Ok(None) => continue,
                 Err(e) => return RuntimeError::Protocol(e.to_string()),

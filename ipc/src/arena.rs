@@ -27,6 +27,7 @@
 //! fits, even one that needs a skip).
 #![allow(unsafe_code)]
 
+use crate::ring::ProtocolError;
 use crate::sync::{init_atomic_u64, AccessTracker, AtomicU64, Ordering};
 use std::mem::size_of;
 
@@ -202,11 +203,7 @@ pub(crate) enum AllocError {
     /// Larger than the whole arena.
     TooLarge,
     /// The receiver's release position is impossible.
-    BadRelease {
-        release: u64,
-        last_seen: u64,
-        head: u64,
-    },
+    Protocol(ProtocolError),
 }
 
 /// An allocation made by [`ArenaWriter::try_alloc`], committed with
@@ -262,17 +259,7 @@ impl ArenaWriter {
         let (start, skip) = place(self.off, self.ptrs.size, alen);
         let need = skip + alen;
         if !self.fits(self.cached_release, need) {
-            // Acquire pairs with the receiver's Release store in
-            // `ArenaReader::release`: its reads of the released bytes are done.
-            let release = self.ptrs.release().load(Ordering::Acquire);
-            if release < self.cached_release || release > self.head {
-                return Err(AllocError::BadRelease {
-                    release,
-                    last_seen: self.cached_release,
-                    head: self.head,
-                });
-            }
-            self.cached_release = release;
+            let release = self.read_release().map_err(AllocError::Protocol)?;
             if !self.fits(release, need) {
                 return Err(AllocError::Full);
             }
@@ -283,6 +270,45 @@ impl ArenaWriter {
             ptr: unsafe { self.ptrs.data.add(start as usize) },
             next_pos: self.head + need,
             next_off: start + alen,
+        })
+    }
+
+    /// The receiver's release position, checked (never ahead of the head,
+    /// never back) and cached.
+    #[cold]
+    fn read_release(&mut self) -> Result<u64, ProtocolError> {
+        // Acquire pairs with the receiver's Release store in
+        // `ArenaReader::release`: its reads of the released bytes are done.
+        let release = self.ptrs.release().load(Ordering::Acquire);
+        if release < self.cached_release || release > self.head {
+            return Err(ProtocolError::BadRelease {
+                release,
+                last_seen: self.cached_release,
+                head: self.head,
+            });
+        }
+        self.cached_release = release;
+        Ok(release)
+    }
+
+    /// Turns this writer into a reader of the bytes the receiver never
+    /// released, for when the receiver is gone for good: a reader whose
+    /// cursor is the release position, so that it expects the first
+    /// unreleased payload exactly where the writer put it.
+    pub(crate) fn into_unreleased(mut self) -> Result<ArenaReader, ProtocolError> {
+        let release = self.read_release()?;
+        // `pos` and `off` advance together, a wrap skipping `size - off`, so
+        // `off` is `pos` modulo the size (an `off` of `size` places like 0).
+        let off = if self.ptrs.size == 0 {
+            0
+        } else {
+            release % self.ptrs.size
+        };
+        Ok(ArenaReader {
+            ptrs: self.ptrs,
+            pos: release,
+            off,
+            released: release,
         })
     }
 
@@ -539,7 +565,10 @@ mod tests {
         };
         assert!(matches!(
             w.try_alloc(64),
-            Err(AllocError::BadRelease { release: 512, .. })
+            Err(AllocError::Protocol(ProtocolError::BadRelease {
+                release: 512,
+                ..
+            }))
         ));
         // SAFETY: header within the region.
         let checked = unsafe { check_raw(region.base(), 128) };

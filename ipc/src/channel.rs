@@ -869,17 +869,7 @@ impl<R: Region> Sender<R> {
                     max: self.max_payload,
                 })
             }
-            Err(arena::AllocError::BadRelease {
-                release,
-                last_seen,
-                head,
-            }) => {
-                return Err(SendError::Protocol(ProtocolError::BadRelease {
-                    release,
-                    last_seen,
-                    head,
-                }))
-            }
+            Err(arena::AllocError::Protocol(e)) => return Err(SendError::Protocol(e)),
         };
         {
             let _arena_guards = self.arena.guards(&a, len);
@@ -904,6 +894,75 @@ impl<R: Region> Sender<R> {
     /// Messages sent so far.
     pub fn sent(&self) -> u64 {
         self.ring.head()
+    }
+
+    /// Reads back the messages the receiver never released, once that
+    /// receiver is gone for good (its process has exited and been reaped).
+    ///
+    /// A message still unreleased is one the receiver had not finished with;
+    /// for a receiver that releases each message before acting on it (the
+    /// worker SDK copies a request's input out, then drops the view), it is
+    /// one the receiver never acted on, so the engine may hand it to another
+    /// worker. The release positions are the dead peer's last word and are
+    /// checked like any other (never ahead of what was sent, never back);
+    /// each message is decoded and validated exactly as [`Receiver::try_recv`]
+    /// does, so a peer that scribbled on its ring yields an error, not
+    /// garbage.
+    pub fn into_unreleased(self) -> Result<Unreleased<R>, ProtocolError> {
+        let max_inline = self.max_inline;
+        let (ring, end) = self.ring.into_unreleased()?;
+        let arena = self.arena.into_unreleased()?;
+        // SAFETY: the doorbell word belongs to the same ring.
+        let doorbell = unsafe { Doorbell::new(ring.doorbell()) };
+        Ok(Unreleased {
+            receiver: Receiver {
+                core: RxCore {
+                    ring,
+                    arena,
+                    max_inline,
+                },
+                doorbell,
+                bell: self.bell,
+                contention: YieldContention::new(),
+                _region: self._region,
+            },
+            end,
+        })
+    }
+}
+
+/// The messages a gone receiver never released, in order, read back by their
+/// sender (see [`Sender::into_unreleased`]).
+pub struct Unreleased<R: Region = MemfdRegion> {
+    /// A receiver positioned where the dead one had released up to.
+    receiver: Receiver<R>,
+    /// The sender's head: nothing at or past it was sent on this lap.
+    end: u64,
+}
+
+impl<R: Region> Unreleased<R> {
+    /// The next unreleased message, `Ok(None)` after the last one sent. A
+    /// message that no longer decodes (the dead peer wrote over its slot or
+    /// the release positions) is an error, and so is every call after it.
+    pub fn next_message(&mut self) -> Result<Option<MessageView<'_>>, RecvError> {
+        let pos = self.receiver.received();
+        if pos >= self.end {
+            return Ok(None);
+        }
+        match self.receiver.try_recv()? {
+            Some(view) => Ok(Some(view)),
+            None => Err(RecvError::Ring(ProtocolError::Withdrawn { pos })),
+        }
+    }
+
+    /// Messages left to read back.
+    pub fn len(&self) -> u64 {
+        self.end - self.receiver.received()
+    }
+
+    /// Whether the receiver released everything sent.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -1319,6 +1378,92 @@ mod tests {
         req_rx.disarm_sleep();
         req_tx.try_send(&header(41), b"w").unwrap();
         assert!(!req_rx.arm_sleep());
+    }
+
+    /// A request ring whose receiver died: it released the first message,
+    /// held the second without releasing it, never saw the third.
+    #[test]
+    fn unreleased_messages_are_read_back_in_order() {
+        let (engine, worker) = heap_pair(&small());
+        let (mut tx, _resp_rx) = engine.split();
+        let (_resp_tx, mut rx) = worker.split();
+        // Earlier messages move the arena cursor to 448 and the ring close
+        // to a wrap, so that the read-back starts mid-arena and mid-ring.
+        for (i, len) in [448usize, 8, 8].into_iter().enumerate() {
+            tx.try_send(&header(i as u64), &payload(i as u64, len))
+                .unwrap();
+            let m = rx.try_recv().unwrap().unwrap();
+            assert_eq!(m.payload().len(), len);
+        }
+        let sent = [(10u64, 10usize), (11, 300), (12, 300)];
+        for &(id, len) in &sent {
+            tx.try_send(&header(id), &payload(id, len)).unwrap();
+        }
+        drop(rx.try_recv().unwrap().unwrap());
+        // Read, never released: the receiver dies holding it.
+        std::mem::forget(rx.try_recv().unwrap().unwrap());
+        drop(rx);
+
+        let mut back = tx.into_unreleased().unwrap();
+        assert_eq!(back.len(), 2);
+        // The first 300 bytes sit at arena offset 448, the next ones do not
+        // fit the tail and wrap to 0: the read-back must expect both where
+        // the sender put them.
+        for &(id, len) in &sent[1..] {
+            let m = back.next_message().unwrap().expect("unreleased message");
+            assert_eq!(*m.header(), header(id));
+            assert_eq!(m.payload(), &payload(id, len)[..]);
+        }
+        assert!(back.is_empty());
+        assert!(back.next_message().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_receiver_that_released_everything_leaves_nothing_to_read_back() {
+        let (engine, worker) = heap_pair(&small());
+        let (mut tx, _resp_rx) = engine.split();
+        let (_resp_tx, mut rx) = worker.split();
+        tx.try_send(&header(1), b"one").unwrap();
+        tx.try_send(&header(2), &payload(2, 200)).unwrap();
+        drop(rx.try_recv().unwrap().unwrap());
+        drop(rx.try_recv().unwrap().unwrap());
+        let mut back = tx.into_unreleased().unwrap();
+        assert!(back.is_empty());
+        assert!(back.next_message().unwrap().is_none());
+    }
+
+    /// What a dead peer left in shared memory is checked, not trusted.
+    #[test]
+    fn read_back_refuses_a_scribbled_release_index_or_slot() {
+        let scribble = |offset_in_ring: &dyn Fn(&Layout) -> usize, value: u64| {
+            let (engine, _worker) = heap_pair(&small());
+            let at = offset_in_ring(&engine.layout) + engine.layout.req_ring;
+            let base = engine.region().base();
+            let (mut tx, _resp_rx) = engine.split();
+            tx.try_send(&header(1), b"one").unwrap();
+            tx.try_send(&header(2), b"two").unwrap();
+            // SAFETY: `at` is an 8-aligned word inside the request ring of
+            // the heap region, which `tx` keeps alive; no other thread runs.
+            unsafe { base.add(at).cast::<u64>().write_volatile(value) };
+            tx.into_unreleased()
+        };
+        // A release index ahead of everything sent.
+        let err = scribble(&|_| ring::RELEASE_OFFSET, 3).err().unwrap();
+        assert_eq!(
+            err,
+            ProtocolError::BadRelease {
+                release: 3,
+                last_seen: 0,
+                head: 2
+            }
+        );
+        // The second message's sequence word set back to "empty".
+        let mut back = scribble(&|l: &Layout| l.ring.slot_offset(1), 0).unwrap();
+        drop(back.next_message().unwrap().unwrap());
+        assert_eq!(
+            back.next_message().err(),
+            Some(RecvError::Ring(ProtocolError::Withdrawn { pos: 1 }))
+        );
     }
 
     #[test]

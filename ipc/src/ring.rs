@@ -191,6 +191,14 @@ pub enum ProtocolError {
         /// Producer head.
         head: u64,
     },
+    /// A message its producer published reads as never published: the
+    /// consumer wrote the slot's sequence word. Seen only when the producer
+    /// reads its unreleased messages back (`Sender::into_unreleased`).
+    #[error("slot for position {pos} was published but its sequence word says empty")]
+    Withdrawn {
+        /// The message's position.
+        pos: u64,
+    },
 }
 
 /// Initializes a ring header and zeroes every slot sequence.
@@ -403,6 +411,13 @@ impl RawProducer {
     #[cold]
     #[inline(never)]
     fn reload_release(&mut self) -> Result<u64, ProtocolError> {
+        let release = self.read_release()?;
+        Ok(self.ptrs.capacity - (self.head - release))
+    }
+
+    /// The consumer's release index, checked (it may never run ahead of the
+    /// head, nor go back) and cached.
+    fn read_release(&mut self) -> Result<u64, ProtocolError> {
         // Acquire pairs with the consumer's Release store in
         // `RawConsumer::release`: once we see a position released, the
         // consumer's reads of those slots are done and we may overwrite them.
@@ -415,7 +430,21 @@ impl RawProducer {
             });
         }
         self.cached_release = release;
-        Ok(self.ptrs.capacity - (self.head - release))
+        Ok(release)
+    }
+
+    /// Turns this producer into the consumer of its own unreleased messages,
+    /// for when the real consumer is gone for good: a consumer positioned at
+    /// the release index, and the head it must stop at (the slots from there
+    /// on hold earlier laps, or whatever the dead consumer left in them).
+    pub(crate) fn into_unreleased(mut self) -> Result<(RawConsumer, u64), ProtocolError> {
+        let release = self.read_release()?;
+        let consumer = RawConsumer {
+            ptrs: self.ptrs,
+            pos: release,
+            released: release,
+        };
+        Ok((consumer, self.head))
     }
 
     /// Body (bytes after the seq word) of the slot `k` positions past the

@@ -50,6 +50,10 @@ pub(crate) struct Call {
     pub queued_input: Option<(u16, Vec<u8>)>,
     /// The loop this call was handed to (its function has no workers here).
     pub forwarded_to: Option<u8>,
+    /// A worker died without taking this call and it was queued again; a
+    /// second such death fails it (a function whose workers die at start
+    /// must not hold its callers through every restart).
+    pub handed_back: bool,
 }
 
 /// Packs a call key and loop index into a wire call id.

@@ -90,6 +90,7 @@ impl LoopState {
             deadline: self.now + timeout,
             queued_input: None,
             forwarded_to: None,
+            handed_back: false,
         };
         let admission = if let Some(w) = self.take_idle_worker(f) {
             let key = self.calls.insert(call);
@@ -119,6 +120,8 @@ impl LoopState {
                     self.functions[f as usize].name
                 ),
             ))
+        } else if let Some(restart_at) = self.restart_after(f, self.now + timeout) {
+            Admission::Rejected((STATUS_OVERLOADED, self.no_worker_before(f, restart_at)))
         } else if self.functions[f as usize].pending.len() < max_queue {
             let mut call = call;
             call.queued_input = Some((flags, payload.to_vec()));
@@ -137,6 +140,16 @@ impl LoopState {
         self.scale_up(f);
         self.publish(f);
         admission
+    }
+
+    /// When `f`, which has no worker and none starting, starts its next one,
+    /// if that is after `deadline` (a crash back-off is that long).
+    fn restart_after(&self, f: u32, deadline: std::time::Instant) -> Option<std::time::Instant> {
+        let fs = &self.functions[f as usize];
+        if fs.workers + fs.starting > 0 {
+            return None;
+        }
+        fs.restart_at.filter(|&t| t > deadline)
     }
 
     /// Whether a call of `f` made from call `parent` can never run: `f` cannot
@@ -281,6 +294,70 @@ impl LoopState {
             }
         }
         self.publish(f);
+    }
+
+    /// Puts call `key`, which its worker died without taking, back at the
+    /// front of its function's queue with its input; its deadline runs on,
+    /// and the time it spent with the dead worker counts as queueing.
+    pub(crate) fn requeue(&mut self, key: Key, flags: u16, input: Vec<u8>) {
+        let Some(call) = self.calls.get_mut(key) else {
+            return;
+        };
+        let f = call.function as usize;
+        if call.worker.take().is_some() {
+            self.functions[f].in_flight -= 1;
+        }
+        call.dispatched_ns = 0;
+        call.handed_back = true;
+        call.queued_input = Some((flags, input));
+        self.functions[f].pending.push_front(key);
+        self.publish(f as u32);
+    }
+
+    /// Answers 503 now the waiting calls of `f` whose deadline comes before
+    /// its next, backed-off start: with no worker and none starting, nothing
+    /// can run them in time, and a client should not hold on for nothing.
+    pub(crate) fn fail_calls_due_before_restart<T: Transport>(
+        &mut self,
+        f: u32,
+        server: &mut HttpServer<T>,
+    ) {
+        let fs = &self.functions[f as usize];
+        let Some(restart_at) = fs.restart_at else {
+            return;
+        };
+        if fs.workers + fs.starting > 0 || fs.pending.is_empty() {
+            return;
+        }
+        let calls = &self.calls;
+        let mut doomed = std::mem::take(&mut self.keys);
+        doomed.clear();
+        doomed.extend(
+            fs.pending
+                .iter()
+                .copied()
+                .filter(|&k| calls.get(k).is_some_and(|c| c.deadline < restart_at)),
+        );
+        if !doomed.is_empty() {
+            let msg = self.no_worker_before(f, restart_at);
+            self.functions[f as usize]
+                .pending
+                .retain(|k| !doomed.contains(k));
+            for &key in &doomed {
+                self.fail_call(key, STATUS_OVERLOADED, &msg, server);
+            }
+        }
+        self.keys = doomed;
+    }
+
+    /// Why a call of `f` cannot run before `restart_at`.
+    fn no_worker_before(&self, f: u32, restart_at: std::time::Instant) -> String {
+        format!(
+            "function {} has no worker: its workers keep failing, and the next one \
+             starts in {} ms, after this call's deadline",
+            self.functions[f as usize].name,
+            restart_at.saturating_duration_since(self.now).as_millis()
+        )
     }
 
     /// A worker that could not take a call: back to idle when its ring was

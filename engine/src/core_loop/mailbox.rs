@@ -220,6 +220,7 @@ impl LoopState {
             deadline: self.now + timeout,
             queued_input: None,
             forwarded_to: Some(to),
+            handed_back: false,
         });
         let letter = Letter::Call(ForwardedCall {
             from: self.index,

@@ -18,6 +18,7 @@ use nocturne_net::Transport;
 
 use nocturne_functions::protocol::STATUS_WORKER_CRASHED;
 
+use super::calls::call_id;
 use super::{LoopState, RING_BUDGET, WORKER_TOKEN_BASE};
 use crate::slab::Key;
 use crate::worker::{ExitStatus, SpawnRequest, Worker};
@@ -46,6 +47,18 @@ pub(crate) struct WorkerSlot {
     pub abandoned_at: Option<std::time::Instant>,
     /// The core it has to itself (spinning workers), returned when it goes.
     pub own_core: Option<usize>,
+}
+
+/// Why a worker leaves its loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Departure {
+    /// Its process exited and was reaped: nothing of it runs any more.
+    Died,
+    /// It broke the protocol and was sent `SIGKILL`; it may run a moment
+    /// longer.
+    Disconnected,
+    /// Scaled down while idle.
+    Retired,
 }
 
 /// How long a worker may keep running a call that already timed out.
@@ -268,7 +281,7 @@ impl LoopState {
             let Some(status) = status else { continue };
             work += 1;
             let why = describe_exit(&status);
-            self.remove_worker(w, &why, true, server);
+            self.remove_worker(w, &why, Departure::Died, server);
         }
         self.exited = exited;
         self.exited.clear();
@@ -284,17 +297,20 @@ impl LoopState {
             );
             slot.worker.kill();
         }
-        self.remove_worker(w, why, true, server);
+        self.remove_worker(w, why, Departure::Disconnected, server);
     }
 
-    /// Removes worker `w`: fails its call with 502, refills the pool if `crashed`.
+    /// Removes worker `w` and refills the pool if it crashed. The call it
+    /// had fails with 502 — unless the worker died without taking it: then
+    /// the call goes back to the front of the queue for another worker.
     fn remove_worker<T: Transport>(
         &mut self,
         w: Key,
         why: &str,
-        crashed: bool,
+        departure: Departure,
         server: &mut HttpServer<T>,
     ) {
+        let crashed = departure != Departure::Retired;
         let outstanding = self.workers.get(w).map_or(0, |s| s.outstanding);
         self.adjust_outstanding(w, -(outstanding as i32));
         let Some(slot) = self.workers.remove(w) else {
@@ -312,11 +328,12 @@ impl LoopState {
             fs.idle.retain(|k| *k != w);
         }
         self.give_back_core(slot.own_core);
-        if let Some(call) = slot.busy {
-            let msg = format!("worker of {name} (pid {pid}) {why} while running the call");
-            self.fail_call(call, STATUS_WORKER_CRASHED, &msg, server);
-        }
-        drop(slot);
+        let requeued = match slot.busy {
+            Some(call) => {
+                self.hand_back_or_fail(call, slot.sender, departure, &name, pid, why, server)
+            }
+            None => false,
+        };
         if crashed {
             eprintln!("nocturne: worker {name} pid {pid} {why}");
             let fs = &mut self.functions[f as usize];
@@ -334,6 +351,93 @@ impl LoopState {
         }
         self.publish(f);
         self.restart_if_due(f);
+        if requeued {
+            self.dispatch_pending(f, server);
+        }
+        if crashed {
+            self.fail_calls_due_before_restart(f, server);
+        }
+    }
+
+    /// Deals with call `key` of worker `pid`, which just left: back to the
+    /// queue when the worker died without taking it (once per call), else
+    /// a 502 that says which. Only a reaped worker is sure to take nothing
+    /// more; one that was just sent `SIGKILL` may still be reading its ring.
+    /// Returns whether the call was queued again.
+    #[allow(clippy::too_many_arguments)]
+    fn hand_back_or_fail<T: Transport>(
+        &mut self,
+        key: Key,
+        requests: Sender,
+        departure: Departure,
+        name: &str,
+        pid: u32,
+        why: &str,
+        server: &mut HttpServer<T>,
+    ) -> bool {
+        let untaken = match departure {
+            Departure::Died => self.untaken_input(requests, key, name, pid),
+            Departure::Disconnected | Departure::Retired => None,
+        };
+        let Some((flags, input)) = untaken else {
+            let msg = format!("worker of {name} (pid {pid}) {why} while running the call");
+            self.fail_call(key, STATUS_WORKER_CRASHED, &msg, server);
+            return false;
+        };
+        let id = call_id(self.index, key);
+        if self.calls.get(key).is_some_and(|c| c.handed_back) {
+            let msg = format!(
+                "worker of {name} (pid {pid}) {why} before taking the call, \
+                 and so did the worker it was given to first"
+            );
+            self.fail_call(key, STATUS_WORKER_CRASHED, &msg, server);
+            return false;
+        }
+        eprintln!(
+            "nocturne: worker {name} pid {pid} {why} before taking call {id:#x}; \
+             it goes to another worker"
+        );
+        self.requeue(key, flags, input);
+        true
+    }
+
+    /// The input of call `key` if worker `pid`'s request ring still holds its
+    /// `Invoke` unreleased. The worker SDK releases a request before running
+    /// it (it copies the input out first), so such a call never ran. `None`
+    /// when it was taken, or when what the dead worker left in its ring does
+    /// not read back cleanly (then the call fails as if it had run).
+    fn untaken_input(
+        &self,
+        requests: Sender,
+        key: Key,
+        name: &str,
+        pid: u32,
+    ) -> Option<(u16, Vec<u8>)> {
+        let id = call_id(self.index, key);
+        let mut unreleased = match requests.into_unreleased() {
+            Ok(u) => u,
+            Err(e) => {
+                eprintln!(
+                    "nocturne: worker {name} pid {pid} left its request ring unreadable: {e}"
+                );
+                return None;
+            }
+        };
+        loop {
+            match unreleased.next_message() {
+                Ok(Some(m)) if m.header().kind == Kind::Invoke && m.header().call_id == id => {
+                    return Some((m.header().flags, m.payload().to_vec()));
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return None,
+                Err(e) => {
+                    eprintln!(
+                        "nocturne: worker {name} pid {pid} left its request ring unreadable: {e}"
+                    );
+                    return None;
+                }
+            }
+        }
     }
 
     /// Asks for workers until `f` has its minimum (respecting a back-off).
@@ -476,7 +580,7 @@ impl LoopState {
                 "nocturne: loop {}: retiring idle worker {} pid {pid}",
                 self.index, fs.name
             );
-            self.remove_worker(oldest, "was retired", false, server);
+            self.remove_worker(oldest, "was retired", Departure::Retired, server);
         }
     }
 
