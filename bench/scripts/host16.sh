@@ -18,7 +18,8 @@
 #   latency           client 0, io 15, workers 1-14 (one core per worker: spin)
 #   throughput        latency client 0, client threads 0-2, io 15, workers 3-14
 #   serve-throughput  `serve` io 15, 8 echo workers on 1-8 (spinning);
-#                     `bench load` 3 spinning threads on 9-11
+#                     `bench load` 3 spinning threads on 9-11, then the same
+#                     with --pipeline 4
 #   generator         `bench load` 1 thread on core 1; echo servers on 4, 5, 6
 #   echo-ceiling      `bench load` 3 spinning threads on 9-11 against one
 #                     spinning `bench load-echo-server` on 15
@@ -98,6 +99,13 @@ step_serve_throughput() {
   run_step serve-throughput 60 "${LOAD_BIN:-$BIN}" bench load "$url/function/echo" --body "$(printf 'p%.0s' $(seq 64))" \
     --threads 3 --cores 9-11 --poll spin --connections 96 --rate 100k..300k/25k \
     --duration 2s --warmup 500ms --slo p99=500us --json "$OUT/serve-throughput.json"
+  # The same io core when clients pipeline (HTTP/1.1, 4 in flight per
+  # connection): one read and one write serve several requests, so this is
+  # the io core's own ceiling rather than the kernel's per-request cost.
+  run_step serve-throughput-pipelined 60 "${LOAD_BIN:-$BIN}" bench load "$url/function/echo" \
+    --body "$(printf 'p%.0s' $(seq 64))" --pipeline 4 \
+    --threads 3 --cores 9-11 --poll spin --connections 96 --rate 100k..400k/50k \
+    --duration 2s --warmup 500ms --slo p99=500us --json "$OUT/serve-throughput-pipelined.json"
   kill -INT "$pid" 2>/dev/null
   wait "$pid" 2>/dev/null
   grep -m3 'listening\|workers wait' "$log"
