@@ -21,8 +21,10 @@
 //!
 //! `pending` may dip below zero for a moment (an item taken between its
 //! publication and the increment), hence it is read as signed. The loom
-//! model (`loom_tests::loom_wake_gate_one_producer`) checks the argument
-//! with the shipped code, and fails when the consumer's fence is removed.
+//! models (`loom_tests::loom_wake_gate_one_producer`, and
+//! `loom_wake_gate_two_producers_bounded` with a preemption bound) check
+//! the argument with the shipped code, and fail when the consumer's fence
+//! is removed.
 
 use crate::sync::{fence, AtomicU32, AtomicU64, Ordering};
 
