@@ -329,9 +329,7 @@ impl LoopState {
         }
         self.give_back_core(slot.own_core);
         let requeued = match slot.busy {
-            Some(call) => {
-                self.hand_back_or_fail(call, slot.sender, departure, &name, pid, why, server)
-            }
+            Some(call) => self.hand_back_or_fail(call, slot, departure, why, server),
             None => false,
         };
         if crashed {
@@ -359,24 +357,24 @@ impl LoopState {
         }
     }
 
-    /// Deals with call `key` of worker `pid`, which just left: back to the
-    /// queue when the worker died without taking it (once per call), else
-    /// a 502 that says which. Only a reaped worker is sure to take nothing
-    /// more; one that was just sent `SIGKILL` may still be reading its ring.
-    /// Returns whether the call was queued again.
-    #[allow(clippy::too_many_arguments)]
+    /// Deals with call `key` of `gone`, a worker that just left (`why`):
+    /// back to the queue when the worker died without taking it (once per
+    /// call), else a 502 that says which. Only a reaped worker is sure to
+    /// take nothing more; one that was just sent `SIGKILL` may still be
+    /// reading its ring. Returns whether the call was queued again.
     fn hand_back_or_fail<T: Transport>(
         &mut self,
         key: Key,
-        requests: Sender,
+        gone: WorkerSlot,
         departure: Departure,
-        name: &str,
-        pid: u32,
         why: &str,
         server: &mut HttpServer<T>,
     ) -> bool {
+        let name = self.functions[gone.function as usize].name.clone();
+        let name = name.as_str();
+        let pid = gone.worker.pid;
         let untaken = match departure {
-            Departure::Died => self.untaken_input(requests, key, name, pid),
+            Departure::Died => self.untaken_input(gone.sender, key, name, pid),
             Departure::Disconnected | Departure::Retired => None,
         };
         let Some((flags, input)) = untaken else {
