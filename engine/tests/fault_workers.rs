@@ -733,3 +733,37 @@ fn a_call_due_before_a_crash_looping_functions_next_start_gets_503_at_once() {
     // Nobody else is disturbed.
     assert_ne!(whoami(&engine, &mut engine.client()), 0);
 }
+
+#[test]
+fn an_internal_call_whose_callee_dies_before_taking_it_goes_to_the_replacement() {
+    // The embedded default: foo calls bar, which starts with one worker.
+    let engine = Engine::start(&[]);
+    let bar = only_worker(&engine, "bar");
+    signal(bar, libc::SIGSTOP);
+    let mut c = engine.client();
+    c.send("POST", "/function/foo", &[], b"handed on").unwrap();
+    wait_function_status(
+        &engine,
+        "bar",
+        "foo's call handed to the stopped bar",
+        |f| f["in_flight"] == 1,
+    );
+    signal(bar, libc::SIGKILL);
+    // bar's only worker is gone: the call waits for its replacement (a first
+    // crash restarts at once) and foo gets bar's answer, not an error.
+    let r = c
+        .try_read_response()
+        .unwrap_or_else(|e| engine.fail(&format!("no answer after bar died: {e}")));
+    assert_eq!(
+        (r.status, r.text()),
+        (
+            200,
+            "From function Foo: From function Bar: handed on".to_string()
+        )
+    );
+    let now = engine.workers("bar");
+    assert!(
+        !now.is_empty() && !now.contains(&bar),
+        "bar workers {now:?}"
+    );
+}
