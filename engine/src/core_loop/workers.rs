@@ -125,7 +125,20 @@ impl LoopState {
         let mut keys = std::mem::take(&mut self.keys);
         self.workers.keys_into(&mut keys);
         for &w in &keys {
-            let Some(mut receiver) = self.workers.get_mut(w).and_then(|s| s.receiver.take()) else {
+            let Some(slot) = self.workers.get_mut(w) else {
+                continue;
+            };
+            // Most workers have nothing to say on most turns: look (one load
+            // of the next slot's seq) before moving the 224-byte receiver out
+            // and back. A spinning loop with 8 idle workers went from 1.48 M
+            // to 2.17 M turns/s (676 → 460 ns a turn; 1 worker: 450 → 430).
+            if slot.receiver.as_ref().is_none_or(|r| r.is_empty()) {
+                if !slot.backlog.is_empty() {
+                    slot.flush_backlog();
+                }
+                continue;
+            }
+            let Some(mut receiver) = slot.receiver.take() else {
                 continue;
             };
             let mut violation = None;
