@@ -27,7 +27,7 @@
 //! fits, even one that needs a skip).
 #![allow(unsafe_code)]
 
-use crate::ring::ProtocolError;
+use crate::ring::{check_release, ProtocolError};
 use crate::sync::{init_atomic_u64, AccessTracker, AtomicU64, Ordering};
 use std::mem::size_of;
 
@@ -279,14 +279,8 @@ impl ArenaWriter {
     fn read_release(&mut self) -> Result<u64, ProtocolError> {
         // Acquire pairs with the receiver's Release store in
         // `ArenaReader::release`: its reads of the released bytes are done.
-        let release = self.ptrs.release().load(Ordering::Acquire);
-        if release < self.cached_release || release > self.head {
-            return Err(ProtocolError::BadRelease {
-                release,
-                last_seen: self.cached_release,
-                head: self.head,
-            });
-        }
+        let loaded = self.ptrs.release().load(Ordering::Acquire);
+        let release = check_release(loaded, self.cached_release, self.head)?;
         self.cached_release = release;
         Ok(release)
     }

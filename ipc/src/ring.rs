@@ -201,6 +201,20 @@ pub enum ProtocolError {
     },
 }
 
+/// Checks a release position read from the peer's line against what the
+/// writer knows: never back from the `last_seen` one, never ahead of its
+/// `head`. (The ring's release index and the arena's release position.)
+pub(crate) fn check_release(release: u64, last_seen: u64, head: u64) -> Result<u64, ProtocolError> {
+    if release < last_seen || release > head {
+        return Err(ProtocolError::BadRelease {
+            release,
+            last_seen,
+            head,
+        });
+    }
+    Ok(release)
+}
+
 /// Initializes a ring header and zeroes every slot sequence.
 ///
 /// # Safety
@@ -421,14 +435,8 @@ impl RawProducer {
         // Acquire pairs with the consumer's Release store in
         // `RawConsumer::release`: once we see a position released, the
         // consumer's reads of those slots are done and we may overwrite them.
-        let release = self.ptrs.release().load(Ordering::Acquire);
-        if release < self.cached_release || release > self.head {
-            return Err(ProtocolError::BadRelease {
-                release,
-                last_seen: self.cached_release,
-                head: self.head,
-            });
-        }
+        let loaded = self.ptrs.release().load(Ordering::Acquire);
+        let release = check_release(loaded, self.cached_release, self.head)?;
         self.cached_release = release;
         Ok(release)
     }
