@@ -720,16 +720,45 @@ fn a_call_due_before_a_crash_looping_functions_next_start_gets_503_at_once() {
     wait_function_status(&engine, "flaky", "crash_looping", |f| {
         f["crash_looping"] == true
     });
-    let r = engine.post("/function/flaky", b"anyone?");
     // 503 and why, not a 504 after the deadline: the next worker starts too
-    // late for the call whatever happens meanwhile.
-    assert_eq!(r.status, 503, "{}", r.text());
-    assert!(
-        r.text().contains("function flaky has no worker")
-            && r.text().contains("after this call's deadline"),
-        "{}",
-        r.text()
-    );
+    // late for the call whatever happens meanwhile. `Retry-After` is the
+    // wait until that start, in whole seconds rounded up; the back-off keeps
+    // doubling, so a wait of more than a second comes within a few calls.
+    // (A call that comes when the next start is due within its deadline
+    // waits for it, and may still get 504 if the start takes longer.)
+    let deadline = Instant::now() + LONG;
+    for call in 0.. {
+        let r = engine.post("/function/flaky", b"anyone?");
+        let text = r.text();
+        if Instant::now() > deadline {
+            engine.fail("flaky's back-off never passed a second");
+        }
+        if call > 0 && r.status == 504 && text.contains("still queued") {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        assert_eq!(r.status, 503, "call {call}: {text}");
+        assert!(
+            text.contains("function flaky has no worker")
+                && text.contains("after this call's deadline"),
+            "{text}"
+        );
+        let wait_ms: u64 = text
+            .split("starts in ")
+            .nth(1)
+            .and_then(|rest| rest.split(" ms").next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| engine.fail(&format!("no wait in {text:?}")));
+        let retry_after: u64 = r
+            .header("retry-after")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| engine.fail("a 503 without a numeric Retry-After"));
+        assert_eq!(retry_after, wait_ms.div_ceil(1000).max(1), "{text}");
+        if wait_ms > 1000 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // Nobody else is disturbed.
     assert_ne!(whoami(&engine, &mut engine.client()), 0);
 }

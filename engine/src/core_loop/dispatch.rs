@@ -350,6 +350,19 @@ impl LoopState {
         self.keys = doomed;
     }
 
+    /// The `Retry-After` of a 503 for `f`, in whole seconds: until its next
+    /// start while it has no worker and is backed off, else 1.
+    pub(crate) fn retry_after_s(&self, f: u32) -> u64 {
+        let fs = &self.functions[f as usize];
+        match fs.restart_at {
+            Some(t) if fs.workers + fs.starting == 0 => {
+                let ms = t.saturating_duration_since(self.now).as_millis();
+                u64::try_from(ms.div_ceil(1000)).unwrap_or(u64::MAX).max(1)
+            }
+            _ => 1,
+        }
+    }
+
     /// Why a call of `f` cannot run before `restart_at`.
     fn no_worker_before(&self, f: u32, restart_at: std::time::Instant) -> String {
         format!(
@@ -427,12 +440,18 @@ impl LoopState {
                     outcome.exec_ns,
                     self.now_ns,
                 );
+                // Overload (a full queue, here or in the loop a call was
+                // forwarded to; a function that cannot start a worker in
+                // time) tells the client when to come back.
+                let seconds = if outcome.status == STATUS_OVERLOADED {
+                    self.retry_after_s(call.function).to_string()
+                } else {
+                    String::new()
+                };
                 let headers = [
                     ("Server-Timing", self.timing.as_str()),
-                    ("Retry-After", "1"),
+                    ("Retry-After", seconds.as_str()),
                 ];
-                // Overload (a full queue, here or in the loop a call was
-                // forwarded to) tells the client when to come back.
                 let headers = if outcome.status == STATUS_OVERLOADED {
                     &headers[..]
                 } else {

@@ -164,7 +164,8 @@ impl RequestHandler for LoopState {
                     }
                 };
                 if let Admission::Rejected((status, msg)) = admission {
-                    let retry = [("Retry-After", "1")];
+                    let seconds = self.retry_after_s(f).to_string();
+                    let retry = [("Retry-After", seconds.as_str())];
                     let headers: &[(&str, &str)] = if status == protocol::STATUS_OVERLOADED {
                         &retry
                     } else {
