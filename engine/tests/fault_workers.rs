@@ -796,3 +796,33 @@ fn an_internal_call_whose_callee_dies_before_taking_it_goes_to_the_replacement()
         "bar workers {now:?}"
     );
 }
+
+#[test]
+fn a_call_answered_504_is_not_handed_on_when_its_stuck_worker_is_killed() {
+    let config = "[[functions]]\nname = \"whoami\"\nbuiltin = \"whoami\"\n\
+                  min_workers = 2\nmax_workers = 2\ntimeout = \"300ms\"\n";
+    let engine = Engine::builder().config(config).start();
+    let mut c = engine.client();
+    let stopped = hand_call_to_a_stopped_worker(&engine, &mut c);
+    let r = c
+        .try_read_response()
+        .unwrap_or_else(|e| engine.fail(&format!("no answer: {e}")));
+    assert_eq!(r.status, 504, "{}", r.text());
+    // The engine kills the worker still holding the answered call a second
+    // later; the call it never took is gone, not given to anyone.
+    let death = format!("worker whoami pid {stopped} killed by signal 9");
+    if engine
+        .log()
+        .wait_for(LONG, |l| l.contains(&death))
+        .is_none()
+    {
+        engine.fail("the stuck worker was not killed");
+    }
+    engine.wait_workers("whoami", 2, LONG);
+    assert_ne!(whoami(&engine, &mut c), stopped);
+    assert!(
+        !engine.log_text().contains("before taking call"),
+        "{}",
+        engine.log_text()
+    );
+}

@@ -390,6 +390,11 @@ impl LoopState {
         let name = self.functions[gone.function as usize].name.clone();
         let name = name.as_str();
         let pid = gone.worker.pid;
+        if self.calls.get(key).is_none() {
+            // Answered already (504: a worker stuck past the deadline, then
+            // killed); nothing waits for it.
+            return false;
+        }
         let untaken = match departure {
             Departure::Died => self.untaken_input(gone.sender, key, name, pid),
             Departure::Disconnected | Departure::Retired => None,
