@@ -603,6 +603,17 @@ MISBEHAVE_EXIT_AFTER_MS = "20"
     )
 }
 
+/// Waits until all three `whoami` workers are ready (handshake done, on the
+/// idle list: a worker that became ready later would go on top of the LIFO)
+/// and returns their pids.
+fn ready_whoami_workers(engine: &Engine) -> Vec<i32> {
+    let pids = engine.wait_workers("whoami", 3, LONG);
+    wait_function_status(engine, "whoami", "three ready workers", |f| {
+        f["workers"] == 3
+    });
+    pids
+}
+
 /// Sends `whoami` on `c` and returns the pid that answered.
 fn whoami(engine: &Engine, c: &mut common::Client) -> i32 {
     let r = c.post("/function/whoami", b"");
@@ -635,7 +646,7 @@ fn a_call_whose_worker_dies_before_taking_it_goes_to_another_worker() {
         .config(&hand_back_config())
         .no_health_wait()
         .start();
-    engine.wait_workers("whoami", 3, LONG);
+    ready_whoami_workers(&engine);
     let mut c = engine.client();
     let stopped = hand_call_to_a_stopped_worker(&engine, &mut c);
     signal(stopped, libc::SIGKILL);
@@ -668,7 +679,7 @@ fn a_call_handed_back_twice_fails_with_502_naming_both_deaths() {
         .config(&hand_back_config())
         .no_health_wait()
         .start();
-    let pids = engine.wait_workers("whoami", 3, LONG);
+    let pids = ready_whoami_workers(&engine);
     let mut c = engine.client();
     // The call goes to the stopped LIFO top first; when that worker dies it
     // goes to the next idle one, stopped as well.
