@@ -909,23 +909,10 @@ impl<R: Region> Sender<R> {
     /// does, so a peer that scribbled on its ring yields an error, not
     /// garbage.
     pub fn into_unreleased(self) -> Result<Unreleased<R>, ProtocolError> {
-        let max_inline = self.max_inline;
         let (ring, end) = self.ring.into_unreleased()?;
         let arena = self.arena.into_unreleased()?;
-        // SAFETY: the doorbell word belongs to the same ring.
-        let doorbell = unsafe { Doorbell::new(ring.doorbell()) };
         Ok(Unreleased {
-            receiver: Receiver {
-                core: RxCore {
-                    ring,
-                    arena,
-                    max_inline,
-                },
-                doorbell,
-                bell: self.bell,
-                contention: YieldContention::new(),
-                _region: self._region,
-            },
+            receiver: Receiver::assemble(self._region, ring, arena, self.max_inline, self.bell),
             end,
         })
     }
@@ -983,9 +970,21 @@ impl<R: Region> Receiver<R> {
                 ArenaReader::new(arena, layout.arena_bytes),
             )
         };
+        let max_inline = layout_config(layout).max_inline();
+        Self::assemble(region, ring, arena, max_inline, bell)
+    }
+
+    /// A receiver over a ring and arena consumer of one channel direction
+    /// (fresh, or positioned by [`Sender::into_unreleased`]).
+    fn assemble(
+        region: Arc<R>,
+        ring: RawConsumer,
+        arena: ArenaReader,
+        max_inline: usize,
+        bell: Bell,
+    ) -> Self {
         // SAFETY: the doorbell word belongs to the same ring.
         let doorbell = unsafe { Doorbell::new(ring.doorbell()) };
-        let max_inline = layout_config(layout).max_inline();
         Self {
             core: RxCore {
                 ring,

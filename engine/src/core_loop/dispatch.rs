@@ -142,14 +142,20 @@ impl LoopState {
         admission
     }
 
-    /// When `f`, which has no worker and none starting, starts its next one,
-    /// if that is after `deadline` (a crash back-off is that long).
-    fn restart_after(&self, f: u32, deadline: std::time::Instant) -> Option<std::time::Instant> {
+    /// When `f`, which has no worker and none starting, starts its next one
+    /// (after a crash back-off); `None` while it has or starts a worker.
+    fn next_start_without_workers(&self, f: u32) -> Option<std::time::Instant> {
         let fs = &self.functions[f as usize];
         if fs.workers + fs.starting > 0 {
             return None;
         }
-        fs.restart_at.filter(|&t| t > deadline)
+        fs.restart_at
+    }
+
+    /// [`next_start_without_workers`](Self::next_start_without_workers), if
+    /// that is after `deadline`.
+    fn restart_after(&self, f: u32, deadline: std::time::Instant) -> Option<std::time::Instant> {
+        self.next_start_without_workers(f).filter(|&t| t > deadline)
     }
 
     /// Whether a call of `f` made from call `parent` can never run: `f` cannot
@@ -322,11 +328,11 @@ impl LoopState {
         f: u32,
         server: &mut HttpServer<T>,
     ) {
-        let fs = &self.functions[f as usize];
-        let Some(restart_at) = fs.restart_at else {
+        let Some(restart_at) = self.next_start_without_workers(f) else {
             return;
         };
-        if fs.workers + fs.starting > 0 || fs.pending.is_empty() {
+        let fs = &self.functions[f as usize];
+        if fs.pending.is_empty() {
             return;
         }
         let calls = &self.calls;
@@ -353,13 +359,12 @@ impl LoopState {
     /// The `Retry-After` of a 503 for `f`, in whole seconds: until its next
     /// start while it has no worker and is backed off, else 1.
     pub(crate) fn retry_after_s(&self, f: u32) -> u64 {
-        let fs = &self.functions[f as usize];
-        match fs.restart_at {
-            Some(t) if fs.workers + fs.starting == 0 => {
+        match self.next_start_without_workers(f) {
+            Some(t) => {
                 let ms = t.saturating_duration_since(self.now).as_millis();
                 u64::try_from(ms.div_ceil(1000)).unwrap_or(u64::MAX).max(1)
             }
-            _ => 1,
+            None => 1,
         }
     }
 

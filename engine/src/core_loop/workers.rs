@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use nocturne_ipc::channel::{Receiver, SendError, Sender};
+use nocturne_ipc::channel::{Receiver, RecvError, SendError, Sender};
 use nocturne_ipc::message::{Header, Kind};
 use nocturne_net::http::HttpServer;
 use nocturne_net::Transport;
@@ -387,14 +387,14 @@ impl LoopState {
         why: &str,
         server: &mut HttpServer<T>,
     ) -> bool {
-        let name = self.functions[gone.function as usize].name.clone();
-        let name = name.as_str();
-        let pid = gone.worker.pid;
-        if self.calls.get(key).is_none() {
+        let Some(handed_back) = self.calls.get(key).map(|c| c.handed_back) else {
             // Answered already (504: a worker stuck past the deadline, then
             // killed); nothing waits for it.
             return false;
-        }
+        };
+        let name = self.functions[gone.function as usize].name.clone();
+        let name = name.as_str();
+        let pid = gone.worker.pid;
         let untaken = match departure {
             Departure::Died => self.untaken_input(gone.sender, key, name, pid),
             Departure::Disconnected | Departure::Retired => None,
@@ -405,7 +405,7 @@ impl LoopState {
             return false;
         };
         let id = call_id(self.index, key);
-        if self.calls.get(key).is_some_and(|c| c.handed_back) {
+        if handed_back {
             let msg = format!(
                 "worker of {name} (pid {pid}) {why} before taking the call, \
                  and so did the worker it was given to first"
@@ -434,30 +434,19 @@ impl LoopState {
         pid: u32,
     ) -> Option<(u16, Vec<u8>)> {
         let id = call_id(self.index, key);
-        let mut unreleased = match requests.into_unreleased() {
-            Ok(u) => u,
-            Err(e) => {
-                eprintln!(
-                    "nocturne: worker {name} pid {pid} left its request ring unreadable: {e}"
-                );
-                return None;
+        let find = || -> Result<Option<(u16, Vec<u8>)>, RecvError> {
+            let mut unreleased = requests.into_unreleased()?;
+            while let Some(m) = unreleased.next_message()? {
+                if m.header().kind == Kind::Invoke && m.header().call_id == id {
+                    return Ok(Some((m.header().flags, m.payload().to_vec())));
+                }
             }
+            Ok(None)
         };
-        loop {
-            match unreleased.next_message() {
-                Ok(Some(m)) if m.header().kind == Kind::Invoke && m.header().call_id == id => {
-                    return Some((m.header().flags, m.payload().to_vec()));
-                }
-                Ok(Some(_)) => {}
-                Ok(None) => return None,
-                Err(e) => {
-                    eprintln!(
-                        "nocturne: worker {name} pid {pid} left its request ring unreadable: {e}"
-                    );
-                    return None;
-                }
-            }
-        }
+        find().unwrap_or_else(|e| {
+            eprintln!("nocturne: worker {name} pid {pid} left its request ring unreadable: {e}");
+            None
+        })
     }
 
     /// Asks for workers until `f` has its minimum (respecting a back-off).
