@@ -194,6 +194,7 @@ fn worker_killed_mid_call_gives_502_and_is_restarted() {
         c.send("POST", "/function/sleep?us=2000000", &[], b"")
             .unwrap();
         wait_in_flight(&engine, "sleep", 1);
+        common::wait_in_sleep_handler(&engine, victim);
         signal(victim, libc::SIGKILL);
 
         let r = c

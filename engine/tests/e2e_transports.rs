@@ -252,6 +252,7 @@ fn worker_killed_mid_call_gives_502_then_calls_succeed(engine: &Engine) {
     common::wait_function_status(engine, "sleep", "a call in flight", |f| {
         f["in_flight"].as_u64() == Some(1)
     });
+    common::wait_in_sleep_handler(engine, victim);
     signal(victim, libc::SIGKILL);
 
     let r = c

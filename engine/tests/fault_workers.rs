@@ -20,8 +20,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    for_each_poll, misbehave_exe, only_worker, signal, wait_function_status, wait_replaced_worker,
-    zombie_children, Engine, LONG,
+    for_each_poll, misbehave_exe, only_worker, signal, wait_function_status, wait_in_sleep_handler,
+    wait_replaced_worker, zombie_children, Engine, LONG,
 };
 
 /// `front` relays its input to `sleep` (which reads `{"us":N}` from it).
@@ -58,6 +58,7 @@ fn callee_killed_mid_internal_call_fails_its_caller_with_a_typed_502() {
         wait_function_status(&engine, "sleep", "a call in flight", |f| {
             f["in_flight"] == 1
         });
+        wait_in_sleep_handler(&engine, callee);
         signal(callee, libc::SIGKILL);
 
         let r = c

@@ -1297,6 +1297,31 @@ pub fn wait_replaced_worker(engine: &Engine, function: &str, old: i32) -> i32 {
 }
 
 /// The one live worker of `function` (fails if there are none or several).
+/// Waits until worker `pid` is inside the `sleep` built-in's handler, i.e.
+/// blocked in `nanosleep`/`clock_nanosleep` (its `/proc/PID/syscall`).
+///
+/// "In flight" in `/system/functions` only says the engine sent the call; a
+/// worker killed before it took the call from its ring is handed back to
+/// another worker (and answers 200), so a test of a kill *mid-call* must wait
+/// for the handler itself.
+pub fn wait_in_sleep_handler(engine: &Engine, pid: i32) {
+    let sleeping = [libc::SYS_nanosleep, libc::SYS_clock_nanosleep];
+    let deadline = Instant::now() + LONG;
+    loop {
+        let nr = read_proc(format!("/proc/{pid}/syscall"))
+            .and_then(|s| s.split_whitespace().next()?.parse::<i64>().ok());
+        if nr.is_some_and(|nr| sleeping.contains(&nr)) {
+            return;
+        }
+        if Instant::now() > deadline {
+            engine.fail(&format!(
+                "worker {pid} never entered its sleep handler (syscall {nr:?})"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 pub fn only_worker(engine: &Engine, function: &str) -> i32 {
     match engine.workers(function)[..] {
         [pid] => pid,
