@@ -570,6 +570,11 @@ fn set_overrides_a_function_setting() {
     assert_eq!((r.status, r.body.len()), (200, 1024));
     let r = engine.post("/function/echo", &[b'k'; 1025]);
     assert_eq!(r.status, 413, "{}", r.text());
+    assert!(
+        r.text().contains("limit of 1024 bytes"),
+        "names the limit: {}",
+        r.text()
+    );
     // Other functions keep the default 1 MiB.
     let r = engine.post("/function/bar", &[b'k'; 4096]);
     assert_eq!(r.status, 200, "{}", r.text());

@@ -59,13 +59,31 @@ fn routes_methods_and_status_codes() {
         assert_eq!(r.header("allow"), Some("POST"));
         let r = c.request("PUT", "/function/bar", b"x");
         assert_eq!(r.status, 405, "{}", r.text());
-        assert_eq!(r.header("allow"), Some("GET, POST"));
+        assert_eq!(r.header("allow"), Some("GET, HEAD, POST"));
         let r = c.request("DELETE", "/function/echo", b"");
         assert_eq!(r.status, 405);
-        let r = c.post("/healthz", b"");
-        assert_eq!(r.status, 405);
-        let r = c.post("/system/functions", b"");
-        assert_eq!(r.status, 405);
+        for path in ["/healthz", "/system/functions"] {
+            let r = c.post(path, b"");
+            assert_eq!(r.status, 405, "{path}");
+            assert_eq!(r.header("allow"), Some("GET, HEAD"), "{path}");
+        }
+
+        // HEAD wherever GET: the GET's headers, no body, and the connection
+        // goes on (a body sent after all would corrupt the next answer).
+        let get = c.get("/healthz");
+        let head = c.head("/healthz");
+        assert_eq!((head.status, head.body.len()), (200, 0));
+        assert_eq!(head.header("content-length"), get.header("content-length"));
+        let head = c.head("/function/bar");
+        assert_eq!(head.status, 200);
+        let bar_empty = "From function Bar: ".len().to_string();
+        assert_eq!(head.header("content-length"), Some(bar_empty.as_str()));
+        let head = c.head("/system/functions");
+        assert_eq!(head.status, 200);
+        assert_eq!(head.header("content-type"), Some("application/json"));
+        let head = c.head("/function/echo");
+        assert_eq!(head.status, 405, "echo does not allow GET, so not HEAD");
+        assert_eq!(c.post("/function/echo", b"after").text(), "after");
 
         // Unknown functions and paths are 404, and say so.
         let r = c.post("/function/nosuch", b"x");

@@ -155,7 +155,11 @@ fn malformed_request_is_400_then_close() {
     let resp = client.read_response();
     assert_eq!(resp.status_line, "HTTP/1.1 400 Bad Request");
     assert_eq!(resp.header("Connection"), Some("close"));
-    assert_eq!(resp.body_str(), "Bad Request");
+    // The body says what exactly was wrong.
+    assert_eq!(
+        resp.body_str(),
+        "Bad Request: malformed request: bad header name\n"
+    );
     client.expect_eof();
 }
 
@@ -187,6 +191,35 @@ fn oversize_head_is_431() {
         resp.status_line,
         "HTTP/1.1 431 Request Header Fields Too Large"
     );
+    assert_eq!(
+        resp.body_str(),
+        format!(
+            "Request Header Fields Too Large: request head larger than the limit of {} bytes\n",
+            Limits::default().max_header_bytes
+        )
+    );
+    client.expect_eof();
+}
+
+#[test]
+fn too_many_header_fields_is_431_and_says_so() {
+    let server = server();
+    let mut client = server.connect();
+    let mut req = b"GET /echo HTTP/1.1\r\n".to_vec();
+    for i in 0..65 {
+        req.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+    }
+    req.extend_from_slice(b"\r\n");
+    client.send(&req);
+    let resp = client.read_response();
+    assert_eq!(
+        resp.status_line,
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+    assert_eq!(
+        resp.body_str(),
+        "Request Header Fields Too Large: more than 64 header fields\n"
+    );
     client.expect_eof();
 }
 
@@ -211,8 +244,9 @@ fn oversize_body_is_413_from_the_headers_and_the_client_reads_it() {
     let resp = client.read_response();
     assert_eq!(resp.status_line, "HTTP/1.1 413 Content Too Large");
     assert_eq!(resp.header("Connection"), Some("close"));
-    assert_eq!(resp.header("Content-Length"), Some("17"));
-    assert_eq!(resp.body_str(), "Content Too Large");
+    let why = "Content Too Large: request body larger than the limit of 1024 bytes\n";
+    assert_eq!(resp.body_str(), why);
+    assert_eq!(resp.header("Content-Length"), Some(&*why.len().to_string()));
     client.expect_eof();
     sender.join().unwrap();
 }
@@ -222,9 +256,11 @@ fn unsupported_transfer_encoding_is_501() {
     let server = server();
     let mut client = server.connect();
     client.send(b"POST /echo HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n");
+    let resp = client.read_response();
+    assert_eq!(resp.status_line, "HTTP/1.1 501 Not Implemented");
     assert_eq!(
-        client.read_response().status_line,
-        "HTTP/1.1 501 Not Implemented"
+        resp.body_str(),
+        "Not Implemented: unsupported Transfer-Encoding: only chunked is accepted\n"
     );
     client.expect_eof();
 }
@@ -334,6 +370,10 @@ fn slow_head_times_out_with_408_and_silent_connection_is_closed() {
     client.send(b"GET /echo HTTP/1.1\r\nHost: sl");
     let resp = client.read_response();
     assert_eq!(resp.status_line, "HTTP/1.1 408 Request Timeout");
+    assert_eq!(
+        resp.body_str(),
+        "Request Timeout: request head not complete within 200 ms\n"
+    );
     client.expect_eof();
 
     let mut silent = server.connect();

@@ -6,7 +6,9 @@
 //! | `GET /healthz`          | 200 once every function has `min_workers` ready, else 503 |
 //! | `GET /system/functions` | JSON array of `{"name","workers","in_flight","queued","crash_looping"}` |
 //!
-//! Unknown paths are 404, a known path with the wrong method 405.
+//! `HEAD` is answered wherever `GET` is (RFC 9110 §9.3.2: the same answer
+//! without its body; the HTTP server drops the body). Unknown paths are 404,
+//! a known path with the wrong method 405 with `Allow`.
 
 use nocturne_functions::protocol;
 use nocturne_net::http::{Method, Request, RequestHandler, RequestHead, Responder, Response};
@@ -45,6 +47,21 @@ impl LoopState {
     }
 }
 
+/// Whether `method` reads: `GET`, or `HEAD` (the same answer without a body).
+fn is_read(method: Method) -> bool {
+    matches!(method, Method::Get | Method::Head)
+}
+
+/// 405 for a route that only reads.
+fn read_only<'a>() -> Response<'a> {
+    Response {
+        status: 405,
+        content_type: Some("text/plain; charset=utf-8"),
+        headers: &[("Allow", "GET, HEAD")],
+        body: b"use GET\n",
+    }
+}
+
 fn text<'a>(status: u16, body: &'a str) -> Response<'a> {
     Response {
         status,
@@ -75,8 +92,8 @@ impl RequestHandler for LoopState {
         let method = req.head.method;
         match route(req.head.path) {
             Route::Healthz => {
-                if method != Method::Get {
-                    let _ = responder.respond(id, &text(405, "use GET\n"));
+                if !is_read(method) {
+                    let _ = responder.respond(id, &read_only());
                 } else if self.ctx.status.healthy() {
                     let _ = responder.respond(id, &text(200, "ok\n"));
                 } else {
@@ -87,8 +104,8 @@ impl RequestHandler for LoopState {
                 }
             }
             Route::Functions => {
-                if method != Method::Get {
-                    let _ = responder.respond(id, &text(405, "use GET\n"));
+                if !is_read(method) {
+                    let _ = responder.respond(id, &read_only());
                 } else {
                     let body = self.ctx.status.functions_json();
                     let _ = responder.respond(
@@ -127,9 +144,9 @@ impl RequestHandler for LoopState {
                     return;
                 };
                 let allow_get = self.ctx.config.functions[f as usize].allow_get;
-                let allowed = method == Method::Post || (allow_get && method == Method::Get);
+                let allowed = method == Method::Post || (allow_get && is_read(method));
                 if !allowed {
-                    let allow = if allow_get { "GET, POST" } else { "POST" };
+                    let allow = if allow_get { "GET, HEAD, POST" } else { "POST" };
                     let headers = [("Allow", allow)];
                     let msg = format!("function {name} takes {allow}\n");
                     let _ = responder.respond(

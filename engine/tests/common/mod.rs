@@ -1029,6 +1029,14 @@ impl Client {
         self.request("POST", path, body)
     }
 
+    /// A `HEAD` request: its response has headers only, whatever they say.
+    #[track_caller]
+    pub fn head(&mut self, path: &str) -> Response {
+        self.send("HEAD", path, &[], b"")
+            .and_then(|()| self.read_one(true))
+            .unwrap_or_else(|e| panic!("HEAD {path}: {e}"))
+    }
+
     /// Reads more bytes into the buffer; `Ok(0)` at EOF.
     fn fill(&mut self) -> io::Result<usize> {
         let mut chunk = [0u8; 64 * 1024];
@@ -1054,7 +1062,7 @@ impl Client {
     /// Reads one final response (interim 1xx responses are skipped).
     pub fn try_read_response(&mut self) -> io::Result<Response> {
         loop {
-            let response = self.read_one()?;
+            let response = self.read_one(false)?;
             if !(100..200).contains(&response.status) {
                 return Ok(response);
             }
@@ -1067,7 +1075,8 @@ impl Client {
             .unwrap_or_else(|e| panic!("read a response: {e}"))
     }
 
-    fn read_one(&mut self) -> io::Result<Response> {
+    /// One response; `bodiless` for the answer to a `HEAD`.
+    fn read_one(&mut self, bodiless: bool) -> io::Result<Response> {
         let head_end = loop {
             if let Some(i) = find(&self.buf, b"\r\n\r\n") {
                 break i;
@@ -1102,7 +1111,7 @@ impl Client {
             headers,
             body: Vec::new(),
         };
-        if (100..200).contains(&status) || status == 204 || status == 304 {
+        if bodiless || (100..200).contains(&status) || status == 204 || status == 304 {
             return Ok(response);
         }
         let chunked = response

@@ -80,13 +80,17 @@ impl HeadInfo {
 pub(crate) enum RequestError {
     #[error("malformed request: {0}")]
     Malformed(&'static str),
-    #[error("request head too large")]
-    HeaderTooLarge,
-    #[error("request body too large")]
-    BodyTooLarge,
-    #[error("unsupported transfer-encoding")]
+    #[error("request head larger than the limit of {limit} bytes")]
+    HeaderTooLarge { limit: usize },
+    #[error("more than {MAX_HEADERS} header fields")]
+    TooManyHeaders,
+    #[error("chunked trailer fields larger than the limit of {limit} bytes")]
+    TrailersTooLarge { limit: usize },
+    #[error("request body larger than the limit of {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("unsupported Transfer-Encoding: only chunked is accepted")]
     UnsupportedTransferEncoding,
-    #[error("unsupported expectation")]
+    #[error("unsupported Expect: only 100-continue is accepted")]
     ExpectationFailed,
 }
 
@@ -94,8 +98,10 @@ impl RequestError {
     pub(crate) fn status(self) -> u16 {
         match self {
             RequestError::Malformed(_) => 400,
-            RequestError::HeaderTooLarge => 431,
-            RequestError::BodyTooLarge => 413,
+            RequestError::HeaderTooLarge { .. }
+            | RequestError::TooManyHeaders
+            | RequestError::TrailersTooLarge { .. } => 431,
+            RequestError::BodyTooLarge { .. } => 413,
             RequestError::UnsupportedTransferEncoding => 501,
             RequestError::ExpectationFailed => 417,
         }
@@ -275,7 +281,7 @@ impl RequestParser {
         let len = head.content_length.unwrap_or(0);
         if len > limit {
             self.state = State::Head;
-            return Err(RequestError::BodyTooLarge);
+            return Err(RequestError::BodyTooLarge { limit });
         }
         self.state = State::Length { head, len };
         Ok(())
@@ -322,7 +328,7 @@ impl Dechunk {
                             }
                             let decoded = (self.decoded_end - body_start) as u64;
                             if decoded.saturating_add(size) > limit as u64 {
-                                return Err(RequestError::BodyTooLarge);
+                                return Err(RequestError::BodyTooLarge { limit });
                             }
                             self.phase = ChunkPhase::Data(size);
                         }
@@ -360,7 +366,9 @@ impl Dechunk {
                 ChunkPhase::Trailers => match find_crlf(avail) {
                     None => {
                         if self.trailer_bytes + avail.len() > max_trailer_bytes {
-                            return Err(RequestError::HeaderTooLarge);
+                            return Err(RequestError::TrailersTooLarge {
+                                limit: max_trailer_bytes,
+                            });
                         }
                         return Ok(None);
                     }
@@ -373,7 +381,9 @@ impl Dechunk {
                         // recipient discard them).
                         self.trailer_bytes += line + 2;
                         if self.trailer_bytes > max_trailer_bytes {
-                            return Err(RequestError::HeaderTooLarge);
+                            return Err(RequestError::TrailersTooLarge {
+                                limit: max_trailer_bytes,
+                            });
                         }
                         self.raw_pos += line + 2;
                     }
@@ -403,12 +413,14 @@ fn parse_head(
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             return if buf.len() >= max_header_bytes {
-                Err(RequestError::HeaderTooLarge)
+                Err(RequestError::HeaderTooLarge {
+                    limit: max_header_bytes,
+                })
             } else {
                 Ok(None)
             };
         }
-        Err(httparse::Error::TooManyHeaders) => return Err(RequestError::HeaderTooLarge),
+        Err(httparse::Error::TooManyHeaders) => return Err(RequestError::TooManyHeaders),
         Err(httparse::Error::Version) => return Err(RequestError::Malformed("bad HTTP version")),
         Err(httparse::Error::HeaderName) => return Err(RequestError::Malformed("bad header name")),
         Err(httparse::Error::HeaderValue) => {
@@ -417,13 +429,16 @@ fn parse_head(
         Err(_) => return Err(RequestError::Malformed("bad request line")),
     };
     if head_len > max_header_bytes {
-        return Err(RequestError::HeaderTooLarge);
+        return Err(RequestError::HeaderTooLarge {
+            limit: max_header_bytes,
+        });
     }
     let (Some(method_name), Some(target), Some(minor_version)) =
         (req.method, req.path, req.version)
     else {
         return Err(RequestError::Malformed("bad request line"));
     };
+    let target = origin_form(target);
     let (path, query) = match target.split_once('?') {
         Some((path, query)) => (path, Some(query)),
         None => (target, None),
@@ -502,6 +517,20 @@ fn parse_head(
         content_length,
         chunked,
     }))
+}
+
+/// The path-and-query of a request target. A server must accept the
+/// absolute form (`http://host:port/path?q`, RFC 9112 §3.2.2) though only
+/// proxies are sent it; one without a path is the empty path (a 404 to us).
+fn origin_form(target: &str) -> &str {
+    let Some((scheme, rest)) = target.split_once("://") else {
+        return target;
+    };
+    if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
+        return target;
+    }
+    // The empty path is sliced from the target: spans are offsets into it.
+    &rest[rest.find(['/', '?']).unwrap_or(rest.len())..]
 }
 
 /// Digits only; values too large for usize saturate (and fail any limit).
@@ -676,6 +705,26 @@ GET /last HTTP/1.1\r\nConnection: close\r\n\r\n";
         assert_eq!(view.path, "/p");
         assert_eq!(view.query, Some("q"));
         assert_eq!(view.method, Method::Get);
+    }
+
+    #[test]
+    fn absolute_form_targets_route_by_their_path_and_query() {
+        let input = b"POST http://example.com:8080/function/echo?a=1 HTTP/1.1\r\n\
+Content-Length: 2\r\n\r\nhi\
+GET HTTPS://h/healthz HTTP/1.1\r\n\r\n\
+GET http://h HTTP/1.1\r\n\r\n\
+GET http://h?x HTTP/1.1\r\n\r\n\
+GET /p?next=http://h/q HTTP/1.1\r\n\r\n";
+        assert_eq!(
+            drive(input, &[], 1 << 20, 8192),
+            vec![
+                req("POST", "/function/echo", Some("a=1"), b"hi", true),
+                req("GET", "/healthz", None, b"", true),
+                req("GET", "", None, b"", true),
+                req("GET", "", Some("x"), b"", true),
+                req("GET", "/p", Some("next=http://h/q"), b"", true),
+            ]
+        );
     }
 
     fn first_error(input: &[u8], body_limit: usize, max_header: usize) -> Option<u16> {

@@ -124,9 +124,11 @@ pub(crate) fn write_response(out: &mut Vec<u8>, resp: &Response<'_>, framing: Fr
     }
 }
 
-/// Appends a server-generated error answer (plain text, connection closing).
-pub(crate) fn write_error(out: &mut Vec<u8>, status: u16, head_only: bool) {
-    let resp = Response::new(status, reason(status).as_bytes()).with_content_type("text/plain");
+/// Appends a server-generated error answer (plain text, connection closing):
+/// the reason phrase and, after it, what exactly was wrong.
+pub(crate) fn write_error(out: &mut Vec<u8>, status: u16, detail: &str, head_only: bool) {
+    let body = format!("{}: {detail}\n", reason(status));
+    let resp = Response::new(status, body.as_bytes()).with_content_type("text/plain");
     write_response(
         out,
         &resp,

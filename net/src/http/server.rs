@@ -226,14 +226,16 @@ impl Output {
     }
 
     /// Answers the request being parsed with a server error and stops input.
-    fn queue_error(&mut self, status: u16) {
+    fn queue_error(&mut self, status: u16, detail: &str) {
         self.begin_request(Framing {
             keep_alive: false,
             http10: false,
             head_only: false,
         });
         let k = self.inflight.len() - 1;
-        self.answer(k, |out, _| response::write_error(out, status, false));
+        self.answer(k, |out, _| {
+            response::write_error(out, status, detail, false)
+        });
         self.finish = Some(Finish::Linger);
     }
 
@@ -708,10 +710,7 @@ impl<T: Transport> HttpServer<T> {
                         return delivered;
                     }
                     Fill::Full => {
-                        self.reject(
-                            slot,
-                            RequestError::Malformed("request does not fit").status(),
-                        );
+                        self.reject(slot, RequestError::Malformed("request does not fit"));
                         return delivered;
                     }
                     Fill::Dead => {
@@ -734,7 +733,7 @@ impl<T: Transport> HttpServer<T> {
                     let head = RequestHead::new(raw, &info, &input.spans);
                     let limit = handler.body_limit(&head).min(limits.max_body_bytes);
                     if let Err(e) = input.parser.set_body_limit(limit) {
-                        self.reject(slot, e.status());
+                        self.reject(slot, e);
                         return delivered;
                     }
                     // A client that already started sending the body is not
@@ -795,7 +794,7 @@ impl<T: Transport> HttpServer<T> {
                     reads = 0;
                 }
                 Err(e) => {
-                    self.reject(slot, e.status());
+                    self.reject(slot, e);
                     return delivered;
                 }
             }
@@ -850,12 +849,17 @@ impl<T: Transport> HttpServer<T> {
 
     /// Answers the request in progress with a server error; no more input is
     /// parsed on this connection.
-    fn reject(&mut self, slot: usize, status: u16) {
+    /// Answers a request the server refuses itself, saying why, and closes.
+    fn reject(&mut self, slot: usize, error: RequestError) {
+        self.refuse(slot, error.status(), &error.to_string());
+    }
+
+    fn refuse(&mut self, slot: usize, status: u16, detail: &str) {
         let input = &mut self.inputs[slot];
         input.discard();
         input.parser.reset();
         input.head_started = None;
-        self.outputs.slots[slot].queue_error(status);
+        self.outputs.slots[slot].queue_error(status, detail);
         self.outputs.mark_dirty(slot);
     }
 
@@ -1060,7 +1064,13 @@ impl<T: Transport> HttpServer<T> {
             match expiry {
                 Expiry::Keep => {}
                 Expiry::Close => self.teardown(slot),
-                Expiry::RequestTimeout => self.reject(slot, 408),
+                Expiry::RequestTimeout => {
+                    let detail = format!(
+                        "request head not complete within {} ms",
+                        header_timeout.as_millis()
+                    );
+                    self.refuse(slot, 408, &detail);
+                }
             }
         }
     }
