@@ -24,12 +24,23 @@ use crate::core_loop::{post_offices, CoreLoop, CorePool, LoopContext};
 use crate::status::EngineStatus;
 use crate::worker::{Spawner, WorkerSpec};
 
+/// Loop `index`'s share of an engine-wide `max_connections` over `loops`
+/// (each listener sees only its own connections).
+pub(crate) fn connection_share(max_connections: usize, loops: usize, index: usize) -> usize {
+    let loops = loops.max(1);
+    (max_connections / loops + usize::from(index < max_connections % loops)).max(1)
+}
+
+/// Lingering closes a loop allows beside its `connections` open ones: an
+/// eighth of them, at least 16 (each is a file descriptor too).
+pub(crate) fn lingering_share(connections: usize) -> usize {
+    (connections / 8).max(16)
+}
+
 /// HTTP limits of core loop `index`: `max_connections` is an engine-wide cap,
-/// split across loops (each listener sees only its own connections).
+/// split across loops.
 pub(crate) fn http_limits(config: &Config, index: usize) -> Limits {
-    let loops = config.io_cores.len().max(1);
-    let max_connections =
-        config.max_connections / loops + usize::from(index < config.max_connections % loops);
+    let max_connections = connection_share(config.max_connections, config.io_cores.len(), index);
     Limits {
         max_header_bytes: config.max_header_bytes,
         max_body_bytes: config
@@ -39,7 +50,8 @@ pub(crate) fn http_limits(config: &Config, index: usize) -> Limits {
             .max()
             .unwrap_or(0)
             .max(64 * 1024),
-        max_connections: max_connections.max(1),
+        max_connections,
+        max_lingering: lingering_share(max_connections),
         header_timeout: config.header_timeout,
         idle_timeout: config.keepalive_timeout,
         ..Limits::default()
@@ -180,7 +192,10 @@ pub struct Engine {
 
 impl Engine {
     /// Binds, starts the core loops and begins starting workers.
-    pub fn start(config: Config) -> anyhow::Result<Self> {
+    pub fn start(mut config: Config) -> anyhow::Result<Self> {
+        let fds = crate::fd_limit::fit(&config).context("cannot read the open-files limit")?;
+        let fd_note = crate::fd_limit::describe(&fds, &config);
+        config.max_connections = fds.max_connections;
         let config = Arc::new(config);
         let loops = config.io_cores.len();
         let status = Arc::new(EngineStatus::new(
@@ -250,6 +265,9 @@ impl Engine {
             }
         };
         log_startup(&config, addr);
+        if let Some(note) = fd_note {
+            eprintln!("{note}");
+        }
         Ok(Self {
             addr,
             stop: ctx.stop.clone(),

@@ -12,6 +12,7 @@
 //! * [`cli`], [`config`] — `nocturne serve` flags and `nocturne.toml`, resolved
 //!   into one validated [`config::Config`].
 //! * [`engine`] — start/stop: binding, one pinned thread per core loop, signals.
+//! * `fd_limit` — the open-files limit raised for, or fitted to, `max_connections`.
 //! * [`error_report`] — the one line `nocturne` prints for a failed command.
 //! * `core_loop` — a core loop's turn: network, rings, workers, timers; routes,
 //!   dispatch, the call table and the mailbox between loops (calls of a
@@ -20,13 +21,14 @@
 //! * [`worker`] — worker processes: spawn, handshake, pidfd, logs, back-off.
 //! * [`status`] — counters behind `/healthz` and `/system/functions`.
 //! * [`slab`] — generational keys for calls and workers.
-//! * `sys` — eventfds and signal masks.
+//! * `sys` — eventfds, signal masks, the open-files limit.
 
 pub mod cli;
 pub mod config;
 mod core_loop;
 pub mod engine;
 pub mod error_report;
+mod fd_limit;
 pub mod limiter;
 pub mod slab;
 pub mod status;

@@ -1,4 +1,5 @@
-//! The few raw system calls the engine makes itself: eventfds and signal masks.
+//! The few raw system calls the engine makes itself: eventfds, signal masks
+//! and the open-files limit.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -92,4 +93,62 @@ fn shutdown_set() -> libc::sigset_t {
         libc::sigaddset(&mut set, libc::SIGTERM);
         set
     }
+}
+
+/// The soft open-files limit the engine started with, when it raised its own
+/// (see [`raise_open_files_limit`]): workers get it back before exec.
+static STARTING_OPEN_FILES: std::sync::OnceLock<libc::rlimit> = std::sync::OnceLock::new();
+
+/// The process's open-files limits after [`raise_open_files_limit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenFiles {
+    /// The soft limit before.
+    pub before: u64,
+    /// The soft limit now.
+    pub soft: u64,
+    /// The hard limit (the most an unprivileged raise reaches).
+    pub hard: u64,
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to `want`, or as near as the hard limit
+/// allows; never lowers it.
+pub fn raise_open_files_limit(want: u64) -> io::Result<OpenFiles> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let before = limit.rlim_cur;
+    let target = want.min(limit.rlim_max);
+    if target > before {
+        let raised = libc::rlimit {
+            rlim_cur: target,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads one rlimit struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let _ = STARTING_OPEN_FILES.set(limit);
+    }
+    Ok(OpenFiles {
+        before,
+        soft: target.max(before),
+        hard: limit.rlim_max,
+    })
+}
+
+/// The open-files limit the engine started with, if it has raised its own.
+/// A worker is not the engine: it gets the limit it would have had (a
+/// program using `select` breaks past 1024 descriptors).
+pub fn starting_open_files_limit() -> Option<libc::rlimit> {
+    STARTING_OPEN_FILES.get().copied()
+}
+
+/// How many file descriptors this process has open now.
+pub fn open_fd_count() -> io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/fd")?.count())
 }

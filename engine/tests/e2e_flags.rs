@@ -501,6 +501,72 @@ fn assert_refused(engine: &Engine, c: &mut Client) {
 }
 
 #[test]
+fn an_open_files_limit_too_low_for_max_connections_lowers_it_and_says_so() {
+    // A hard limit of 256 cannot hold the default 10000 connections: the
+    // engine serves what fits and answers the rest 503, rather than leave
+    // them in the listen backlog once accept runs out of descriptors.
+    let engine = Engine::builder().open_files_limit(256, 256).start();
+    let line = engine
+        .log()
+        .wait_for(LONG, |l| l.contains("open files"))
+        .unwrap_or_else(|| engine.fail("no word about the open-files limit"));
+    assert!(
+        line.contains("max_connections 10000 needs up to")
+            && line.contains("the limit is 256 (hard limit 256"),
+        "{line}"
+    );
+    let fits: usize = line
+        .split("serving at most ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| engine.fail(&format!("no connection count in: {line}")));
+    assert!((8..128).contains(&fits), "{line}");
+    let mut open: Vec<Client> = (0..fits).map(|_| served_client(&engine)).collect();
+    let mut over = engine.client();
+    assert_refused(&engine, &mut over);
+    for c in open.iter_mut().step_by(7) {
+        assert_eq!(c.post("/function/foo", b"x").status, 200);
+    }
+}
+
+#[test]
+fn the_open_files_limit_is_raised_for_max_connections_but_not_for_workers() {
+    // The hard limit can only be kept or lowered without privilege.
+    let (_, hard) = common::open_files_limit(std::process::id() as i32);
+    assert!(
+        hard >= 4096,
+        "this test needs a hard open-files limit of 4096, not {hard}"
+    );
+    let engine = Engine::builder()
+        .open_files_limit(256, hard)
+        .args(["--max-connections", "1000"])
+        .start();
+    let line = engine
+        .log()
+        .wait_for(LONG, |l| l.contains("open-files limit raised"))
+        .unwrap_or_else(|| engine.fail("no word about raising the limit"));
+    assert!(
+        line.contains("raised from 256 to ") && line.contains("(max_connections 1000)"),
+        "{line}"
+    );
+    let (soft, engine_hard) = common::open_files_limit(engine.pid());
+    assert!(
+        (1000..=4096).contains(&soft) && engine_hard == hard,
+        "engine limits {soft}/{engine_hard}"
+    );
+    assert!(line.contains(&format!("to {soft} ")), "{line} vs {soft}");
+    // Workers get the limit the engine started with.
+    for (pid, name) in engine.all_workers() {
+        assert_eq!(
+            common::open_files_limit(pid),
+            (256, hard),
+            "worker {name} {pid}"
+        );
+    }
+}
+
+#[test]
 fn max_connections_counts_across_all_io_cores() {
     let Some((first, last)) = two_cores() else {
         return;

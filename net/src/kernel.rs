@@ -10,16 +10,25 @@
 //! next poll without sleeping, because an edge-triggered listener would not
 //! report them again.
 //!
+//! Out of file descriptors, `accept` fails while connections wait in the
+//! backlog, and their edge has been reported already: they would wait there
+//! unanswered. The transport holds one spare descriptor for that case: it
+//! frees it, accepts each waiting connection and closes it at once (its
+//! client sees the connection end instead of a hang), takes the spare back
+//! and says so in the log. (libuv does the same.) The engine sizes
+//! `max_connections` to the open-files limit, so this is a last resort.
+//!
 //! Connection ids are `generation << 32 | slot`: the slot table is reused, the
 //! generation makes a stale id (and a stale epoll event still queued for a
 //! closed socket) miss instead of hitting the socket that took its slot. The
 //! id doubles as the epoll token; the listener and the extra wake-up file
 //! descriptors use tokens with the top bits set.
 
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::RawFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
@@ -92,6 +101,17 @@ pub struct KernelTransport {
     accept_budget: usize,
     nodelay: bool,
     open: usize,
+    /// A descriptor kept free for closing the backlog when out of them.
+    spare_fd: Option<File>,
+    /// Connections closed unanswered for want of descriptors, all told.
+    shed: u64,
+    /// When the log last said so (at most once a second).
+    shed_logged: Option<Instant>,
+}
+
+/// What stands in for a descriptor kept free.
+fn spare_fd() -> Option<File> {
+    File::open("/dev/null").ok()
 }
 
 impl KernelTransport {
@@ -122,12 +142,21 @@ impl KernelTransport {
             accept_budget: opts.accept_budget.max(1),
             nodelay: opts.nodelay,
             open: 0,
+            spare_fd: spare_fd(),
+            shed: 0,
+            shed_logged: None,
         })
     }
 
     /// Open connections (accepted and not yet closed).
     pub fn connection_count(&self) -> usize {
         self.open
+    }
+
+    /// Connections closed unanswered because the process was out of file
+    /// descriptors when they arrived.
+    pub fn shed_connections(&self) -> u64 {
+        self.shed
     }
 
     /// The slot of open connection `conn` (`None`: unknown or closed).
@@ -159,9 +188,13 @@ impl KernelTransport {
                     }
                     io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted => continue,
                     _ if is_accept_fatal(&e) => return Err(e),
-                    // Out of fds or memory, or a protocol error of one
-                    // connection: stop for now; the next connection's edge
-                    // brings us back.
+                    _ if is_out_of_fds(&e) => {
+                        self.accept_pending = false;
+                        self.shed_backlog(&e);
+                        return Ok(());
+                    }
+                    // Out of memory, or a protocol error of one connection:
+                    // stop for now; the next connection's edge brings us back.
                     _ => {
                         self.accept_pending = false;
                         return Ok(());
@@ -206,6 +239,49 @@ impl KernelTransport {
             events.push(TransportEvent::Accepted(id));
         }
         Ok(())
+    }
+}
+
+impl KernelTransport {
+    /// Out of descriptors (`why`): closes every connection waiting in the
+    /// backlog through the spare descriptor, then takes the spare back.
+    fn shed_backlog(&mut self, why: &io::Error) {
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        // Without a spare (all taken when it was last given up), there may
+        // be room again by now.
+        let Some(spare) = self.spare_fd.take().or_else(spare_fd) else {
+            return;
+        };
+        drop(spare);
+        let mut shed = 0u64;
+        loop {
+            match listener.accept() {
+                // Dropped: closed unanswered.
+                Ok(_) => shed += 1,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                // WouldBlock (the backlog is empty), or another thread took
+                // the freed descriptor: what is left waits for the next edge.
+                Err(_) => break,
+            }
+        }
+        self.spare_fd = spare_fd();
+        self.shed += shed;
+        let now = Instant::now();
+        if shed > 0
+            && self
+                .shed_logged
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            self.shed_logged = Some(now);
+            eprintln!(
+                "nocturne-net: cannot accept on {}: {why}; closed {shed} waiting connection(s) \
+                 unanswered ({} so far): raise the open-files limit or lower max_connections",
+                self.local_addr, self.shed
+            );
+        }
     }
 }
 
@@ -375,6 +451,11 @@ fn is_accept_fatal(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EBADF | libc::EINVAL | libc::ENOTSOCK | libc::EOPNOTSUPP | libc::EFAULT)
     )
+}
+
+/// `EMFILE` (this process) or `ENFILE` (the whole system).
+fn is_out_of_fds(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 #[cfg(test)]

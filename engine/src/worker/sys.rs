@@ -42,19 +42,23 @@ impl CpuSet {
 ///   happened before the prctl, so the signal would never come);
 /// * run on `cpus` if given;
 /// * inherit `control_fd` across exec (it is close-on-exec in the parent, so a
-///   worker spawned concurrently by another thread never inherits it).
+///   worker spawned concurrently by another thread never inherits it);
+/// * get back the open-files limit the engine started with, if it raised its
+///   own (`crate::fd_limit`).
 pub(crate) fn prepare_child(
     cmd: &mut Command,
     control_fd: RawFd,
     parent: libc::pid_t,
     cpus: Option<CpuSet>,
 ) {
+    let open_files = crate::sys::starting_open_files_limit();
     let child_setup = move || -> io::Result<()> {
         // This runs in the freshly forked child, where only async-signal-safe
         // calls are allowed; nothing here allocates or locks (an io::Error
         // from a raw errno does not allocate).
-        // SAFETY: prctl, getppid, sched_setaffinity and fcntl are plain system
-        // calls on integers and on `set`, a live cpu_set_t of the size passed.
+        // SAFETY: prctl, getppid, sched_setaffinity, fcntl and setrlimit are
+        // plain system calls on integers, on `set`, a live cpu_set_t of the
+        // size passed, and on `limit`, a live rlimit.
         unsafe {
             if libc::prctl(
                 libc::PR_SET_PDEATHSIG,
@@ -76,6 +80,11 @@ pub(crate) fn prepare_child(
             }
             if libc::fcntl(control_fd, libc::F_SETFD, 0) != 0 {
                 return Err(io::Error::last_os_error());
+            }
+            if let Some(limit) = &open_files {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, limit) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
             }
         }
         Ok(())

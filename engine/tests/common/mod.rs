@@ -188,6 +188,8 @@ pub struct EngineBuilder {
     wait_healthy: bool,
     config: Option<String>,
     exclusive: bool,
+    /// `(soft, hard)` RLIMIT_NOFILE of the engine process.
+    open_files: Option<(u64, u64)>,
 }
 
 impl Default for EngineBuilder {
@@ -205,7 +207,14 @@ impl EngineBuilder {
             wait_healthy: true,
             config: None,
             exclusive: false,
+            open_files: None,
         }
+    }
+
+    /// Starts the engine with this open-files limit (`ulimit -Sn soft -Hn hard`).
+    pub fn open_files_limit(mut self, soft: u64, hard: u64) -> Self {
+        self.open_files = Some((soft, hard));
+        self
     }
 
     /// Adds command-line arguments after `serve`.
@@ -303,6 +312,23 @@ impl EngineBuilder {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some((soft, hard)) = self.open_files {
+            use std::os::unix::process::CommandExt as _;
+            let limit = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            let set_limit = move || {
+                // SAFETY: setrlimit is async-signal-safe and reads a live
+                // rlimit captured by value.
+                if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            };
+            // SAFETY: the closure makes one async-signal-safe system call.
+            unsafe { cmd.pre_exec(set_limit) };
+        }
         (cmd, tag)
     }
 
@@ -803,6 +829,19 @@ pub fn thread_state(pid: i32, tid: i32) -> Option<char> {
 }
 
 /// `Cpus_allowed_list` of thread `tid` of `pid` (e.g. `"0-1"`).
+/// A process's soft and hard open-files limits (`/proc/PID/limits`).
+pub fn open_files_limit(pid: i32) -> (u64, u64) {
+    let limits = read_proc(format!("/proc/{pid}/limits")).expect("read /proc/PID/limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let mut numbers = line
+        .split_whitespace()
+        .filter_map(|w| w.parse::<u64>().ok());
+    (numbers.next().unwrap(), numbers.next().unwrap())
+}
+
 pub fn cpus_allowed_list(pid: i32, tid: i32) -> String {
     let status = read_proc(format!("/proc/{pid}/task/{tid}/status"))
         .unwrap_or_else(|| panic!("thread {tid} of {pid} is gone"));

@@ -48,6 +48,10 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Open connections at most; one more is answered 503 and closed.
     pub max_connections: usize,
+    /// Connections in a lingering close (refused ones, or closed after an
+    /// error: draining the peer's input so it reads the answer) at most,
+    /// beside the open ones; past that they are closed at once.
+    pub max_lingering: usize,
     /// A request head must be complete this long after its first byte (or
     /// after the connection was accepted); else the connection is closed
     /// (with a 408 when part of a head had arrived). Defeats slowloris.
@@ -72,6 +76,7 @@ impl Default for Limits {
             max_header_bytes: 8 * 1024,
             max_body_bytes: 4 * 1024 * 1024,
             max_connections: 10_000,
+            max_lingering: 1_024,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_pipelined: 64,

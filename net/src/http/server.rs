@@ -602,7 +602,7 @@ impl<T: Transport> HttpServer<T> {
             }
             // A fresh socket's send buffer takes the whole canned answer.
             let _ = self.transport.write(id, SERVICE_UNAVAILABLE);
-            if self.lingering >= self.limits.max_connections.max(1) {
+            if self.lingering >= self.limits.max_lingering.max(1) {
                 self.transport.close(id);
                 return;
             }
@@ -944,7 +944,7 @@ impl<T: Transport> HttpServer<T> {
     }
 
     fn start_linger(&mut self, slot: usize) {
-        if self.lingering >= self.limits.max_connections.max(1) {
+        if self.lingering >= self.limits.max_lingering.max(1) {
             self.teardown(slot);
             return;
         }
