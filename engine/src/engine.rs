@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use nocturne_ipc::channel::{ChannelConfig, WaitPolicy};
+use nocturne_ipc::channel::{ChannelConfig, WaitPolicy, MAX_ARENA_BYTES};
 use nocturne_net::http::Limits;
 use nocturne_net::kernel::{KernelOptions, KernelTransport};
 use nocturne_net::{SmoltcpOptions, SmoltcpTransport, Transport};
@@ -61,13 +61,19 @@ pub(crate) fn http_limits(config: &Config, index: usize) -> Limits {
 /// The channel a worker of function `f` gets: inline slots for small messages,
 /// an arena per direction big enough for the function's largest payload.
 pub(crate) fn channel_config(config: &Config, f: usize) -> ChannelConfig {
-    let max_payload = config.functions[f].max_payload;
-    // Room for the largest payload plus a query or content-type prefix. The
-    // region is mapped with MAP_POPULATE (no page fault on the first large
-    // message), so every arena byte is resident in both processes: one
-    // payload's worth, not more. A second large message while the first is
-    // still unreleased waits (ArenaFull is backpressure, never loss).
-    let arena = (max_payload + 4096).next_power_of_two().max(256 * 1024);
+    // Room for the largest payload plus its prefix: a query string, which
+    // is at most a whole request head (`max_header_bytes`), or a content
+    // type; 4 KiB for their framing. (`max_payload` alone was not enough: a
+    // body at the limit with a long query was refused.) The region is mapped
+    // with MAP_POPULATE (no page fault on the first large message), so every
+    // arena byte is resident in both processes: one message's worth, not
+    // more. A second large message while the first is still unreleased waits
+    // (ArenaFull is backpressure, never loss).
+    let largest = config.functions[f].max_payload + config.max_header_bytes + 4096;
+    // The configuration keeps `largest` within MAX_ARENA_BYTES, a power of 2.
+    let arena = largest
+        .next_power_of_two()
+        .clamp(256 * 1024, MAX_ARENA_BYTES as usize);
     // Few slots: a ring's slots cycle through L1, and docs/ipc.md measures
     // 32 × 256 B within 1.1–1.2× of a raw ping-pong where 256 slots cost 1.6×.
     // A worker needs one slot per call plus one per internal call in flight;
@@ -75,7 +81,7 @@ pub(crate) fn channel_config(config: &Config, f: usize) -> ChannelConfig {
     ChannelConfig {
         ring_slots: 32,
         slot_size: 256,
-        arena_bytes: u32::try_from(arena).unwrap_or(u32::MAX / 2 + 1),
+        arena_bytes: u32::try_from(arena).unwrap_or(MAX_ARENA_BYTES),
     }
 }
 

@@ -199,6 +199,27 @@ fn server_timing_content_type_status_and_query_string() {
 }
 
 #[test]
+fn a_body_at_max_payload_with_a_long_query_string_is_served() {
+    // Regression: the worker's arena had room for max_payload and 4 KiB, so a
+    // body at the limit with a 7 KB query (well within max_header_bytes) was
+    // answered 503 "payload of 265052 bytes exceeds the maximum of 262144".
+    let engine = Engine::start(&["--set", "echo.max_payload=252KiB"]);
+    let body = vec![b'a'; 252 * 1024];
+    let query = format!("q={}", "x".repeat(7000));
+    let r = engine.post(&format!("/function/echo?{query}"), &body);
+    assert_eq!(
+        r.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&r.body[..200.min(r.body.len())])
+    );
+    assert_eq!(r.body, body);
+    // One byte more is the client's fault, and said so.
+    let r = engine.post(&format!("/function/echo?{query}"), &[b'a'; 252 * 1024 + 1]);
+    assert_eq!(r.status, 413, "{}", r.text());
+}
+
+#[test]
 fn handler_content_type_reaches_the_client() {
     // ping sets application/json; it needs nop and whoami deployed.
     let engine = Engine::builder()

@@ -112,8 +112,9 @@ pub mod limits {
     pub const MAX_WORKERS: usize = 1024;
     /// A call's deadline travels as 32-bit microseconds in the IPC header.
     pub const MAX_TIMEOUT: Duration = Duration::from_micros(u32::MAX as u64);
-    /// Payloads live in a per-worker arena addressed with 32-bit offsets.
-    pub const MAX_PAYLOAD: usize = 1 << 30;
+    /// A payload and its query string (up to `MAX_HEADER_BYTES`) share a
+    /// worker's arena of at most 1 GiB (`nocturne_ipc`'s `MAX_ARENA_BYTES`).
+    pub const MAX_PAYLOAD: usize = (1 << 30) - 2 * MAX_HEADER_BYTES;
     pub const MAX_QUEUE: usize = 1 << 20;
     pub const MAX_CALL_DEPTH: u32 = 1024;
     pub const MAX_CONCURRENCY_COEF: f64 = 1000.0;

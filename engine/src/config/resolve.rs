@@ -16,7 +16,7 @@ use super::cores::CoreSet;
 use super::error::{closest, ConfigError, Location};
 use super::file::{FileConfig, FileFunction};
 use super::overrides::Overrides;
-use super::units::format_duration;
+use super::units::{format_duration, format_size};
 use super::{
     defaults, limits, Config, ConfigOrigin, FunctionConfig, FunctionSource, NetBackend, PollMode,
     WorkerPoll, BUILTIN_FUNCTIONS, RESERVED_ENV_PREFIX,
@@ -596,7 +596,17 @@ fn resolve_function(
         Some(size) => usize::try_from(size.0)
             .ok()
             .filter(|&b| b <= limits::MAX_PAYLOAD)
-            .ok_or_else(|| fail("max_payload", format!("{} bytes is more than 1GiB", size.0)))?,
+            .ok_or_else(|| {
+                fail(
+                    "max_payload",
+                    format!(
+                        "{} bytes is more than {} (a payload and its query string share a \
+                         worker's 1GiB arena)",
+                        size.0,
+                        format_size(limits::MAX_PAYLOAD as u64)
+                    ),
+                )
+            })?,
     };
 
     let idle_timeout = f.idle_timeout.map_or(defaults::IDLE_TIMEOUT, |d| d.0);

@@ -608,7 +608,12 @@ fn function_setting_limits() {
     );
     check("timeout = \"0s\"", "timeout", "outside 1us");
     check("timeout = \"2h\"", "timeout", "32-bit");
-    check("max_payload = \"2GiB\"", "max_payload", "more than 1GiB");
+    check("max_payload = \"2GiB\"", "max_payload", "more than 1022MiB");
+    check(
+        "max_payload = \"1GiB\"",
+        "max_payload",
+        "share a worker's 1GiB arena",
+    );
     check("idle_timeout = \"0s\"", "idle_timeout", "more than 0");
     check("max_queue = 2000000", "max_queue", "more than");
     check("max_call_depth = 0", "max_call_depth", "outside 1..=1024");
@@ -708,4 +713,23 @@ fn functions_with_fewer_workers_than_loops_name_the_loops_that_run_them() {
     // One loop runs everything.
     let config = ok("[[functions]]\nname = \"one\"\nbuiltin = \"echo\"\nmax_workers = 1\n");
     assert_eq!(config.worker_loops(0), None);
+}
+
+#[test]
+fn the_largest_payload_and_query_fit_a_workers_arena() {
+    let config = ok(&format!(
+        "max_header_bytes = \"1MiB\"\n{ONE_ECHO}max_payload = \"1022MiB\"\n"
+    ));
+    let f = &config.functions[0];
+    assert_eq!(f.max_payload, 1022 << 20);
+    let channel = crate::engine::channel_config(&config, 0);
+    assert!(channel.validate().is_ok(), "{channel:?}");
+    assert!(
+        channel.arena_bytes as usize >= f.max_payload + config.max_header_bytes,
+        "{channel:?}"
+    );
+    // The default: a 1 MiB body with an 8 KiB query fits with room to spare.
+    let config = ok(ONE_ECHO);
+    let channel = crate::engine::channel_config(&config, 0);
+    assert_eq!(channel.arena_bytes, 2 << 20);
 }
