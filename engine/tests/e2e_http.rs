@@ -220,6 +220,63 @@ fn a_body_at_max_payload_with_a_long_query_string_is_served() {
 }
 
 #[test]
+fn a_query_string_too_long_to_carry_is_414_and_the_connection_goes_on() {
+    // A call carries its query with a 16-bit length: a longer one (possible
+    // with a large max_header_bytes) is refused, not cut.
+    let engine = Engine::start(&["--max-header-bytes", "128KiB"]);
+    let mut c = engine.client();
+    let long = format!("q={}", "x".repeat(70_000));
+    let r = c.post(&format!("/function/echo?{long}"), b"body");
+    assert_eq!(r.status, 414, "{}", r.text());
+    assert!(
+        r.text()
+            .contains("query string of 70002 bytes is longer than 65535"),
+        "{}",
+        r.text()
+    );
+    let fits = format!("q={}", "x".repeat(60_000));
+    let r = c.post(&format!("/function/echo?{fits}"), b"body");
+    assert_eq!((r.status, r.text().as_str()), (200, "body"));
+}
+
+#[test]
+fn an_internal_call_over_the_callees_max_payload_is_a_typed_413() {
+    let engine = Engine::builder()
+        .config(
+            r#"
+[[functions]]
+name = "front"
+builtin = "relay"
+max_payload = "64KiB"
+[functions.env]
+RELAY_TO = "echo"
+
+[[functions]]
+name = "echo"
+builtin = "echo"
+max_payload = "1KiB"
+"#,
+        )
+        .start();
+    let r = engine.post("/function/front", &[b'z'; 1024]);
+    assert_eq!(
+        (r.status, r.body.len()),
+        (200, "front via echo: ".len() + 1024)
+    );
+    let r = engine.post("/function/front", &[b'z'; 1025]);
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert!(
+        r.text()
+            .contains("input of 1025 bytes is more than echo's max_payload (1024 bytes)"),
+        "{}",
+        r.text()
+    );
+    // The caller's worker serves on.
+    let r = engine.post("/function/front", b"again");
+    assert_eq!(r.text(), "front via echo: again");
+}
+
+#[test]
 fn handler_content_type_reaches_the_client() {
     // ping sets application/json; it needs nop and whoami deployed.
     let engine = Engine::builder()

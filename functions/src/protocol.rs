@@ -39,6 +39,8 @@ pub const STATUS_OK: u16 = 200;
 pub const STATUS_HANDLER_ERROR: u16 = 500;
 /// The callee named in an internal call does not exist.
 pub const STATUS_UNKNOWN_FUNCTION: u16 = 404;
+/// The input is larger than the callee takes (its `max_payload`).
+pub const STATUS_TOO_LARGE: u16 = 413;
 /// The worker running the call died.
 pub const STATUS_WORKER_CRASHED: u16 = 502;
 /// The callee's queue is full.
@@ -114,10 +116,14 @@ pub fn split_content_type<'p>(
     Ok((Some(ct), body))
 }
 
+/// The longest query string a call carries (its length travels as a `u16`);
+/// the engine answers a longer one 414.
+pub const MAX_QUERY: usize = u16::MAX as usize;
+
 /// Writes `[u16 len][query]` into `out` (cleared first). Queries longer than
-/// `u16::MAX` are cut: HTTP limits keep real ones far below that.
+/// [`MAX_QUERY`] are cut (the engine refuses them before).
 pub fn encode_query_prefix(out: &mut Vec<u8>, query: &str) {
-    let q = &query.as_bytes()[..query.len().min(usize::from(u16::MAX))];
+    let q = &query.as_bytes()[..query.len().min(MAX_QUERY)];
     out.clear();
     out.extend_from_slice(&(q.len() as u16).to_le_bytes());
     out.extend_from_slice(q);

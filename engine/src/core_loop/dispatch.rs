@@ -15,8 +15,8 @@ use nocturne_net::http::{HttpServer, Response};
 use nocturne_net::Transport;
 
 use nocturne_functions::protocol::{
-    self, STATUS_CALL_DEPTH, STATUS_DEADLINE, STATUS_OVERLOADED, STATUS_UNKNOWN_FUNCTION,
-    STATUS_WORKER_CRASHED,
+    self, STATUS_CALL_DEPTH, STATUS_DEADLINE, STATUS_OVERLOADED, STATUS_TOO_LARGE,
+    STATUS_UNKNOWN_FUNCTION, STATUS_WORKER_CRASHED,
 };
 
 use super::calls::{call_id, call_key};
@@ -78,6 +78,19 @@ impl LoopState {
         let cfg = &self.ctx.config.functions[f as usize];
         let timeout = cfg.timeout.min(deadline);
         let max_queue = cfg.max_queue;
+        // HTTP bodies were held to max_payload before they were read; an
+        // internal call's input is held to it here.
+        if matches!(origin, Origin::Internal { .. }) && payload.len() > cfg.max_payload {
+            return Admission::Rejected((
+                STATUS_TOO_LARGE,
+                format!(
+                    "input of {} bytes is more than {}'s max_payload ({} bytes)",
+                    payload.len(),
+                    cfg.name,
+                    cfg.max_payload
+                ),
+            ));
+        }
         self.functions[f as usize].limiter.on_arrival(self.now_ns);
         let call = Call {
             origin,
@@ -103,6 +116,10 @@ impl LoopState {
                         SendError::Protocol(_) => (
                             STATUS_WORKER_CRASHED,
                             format!("worker of {} broke the protocol (protocol violation: {e}); it is being replaced", self.functions[f as usize].name),
+                        ),
+                        SendError::TooLarge { .. } => (
+                            STATUS_TOO_LARGE,
+                            format!("cannot hand the call to a worker of {}: {e}", self.functions[f as usize].name),
                         ),
                         _ => (
                             STATUS_OVERLOADED,

@@ -160,6 +160,15 @@ impl RequestHandler for LoopState {
                     );
                     return;
                 }
+                if let Some(query) = req.head.query.filter(|q| q.len() > protocol::MAX_QUERY) {
+                    let msg = format!(
+                        "query string of {} bytes is longer than {} bytes\n",
+                        query.len(),
+                        protocol::MAX_QUERY
+                    );
+                    let _ = responder.respond(id, &text(414, &msg));
+                    return;
+                }
                 let deadline = self.ctx.config.functions[f as usize].timeout;
                 let new = |flags| NewCall {
                     function: f,
