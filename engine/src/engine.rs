@@ -230,6 +230,13 @@ impl Engine {
         let (addr, wake_fds, threads) = match config.net {
             NetBackend::Kernel => {
                 let opts = KernelOptions::default();
+                KernelTransport::check_address_free(config.listen).with_context(|| {
+                    format!(
+                        "cannot listen on {}: something listens there already (another \
+                         nocturne?)",
+                        config.listen
+                    )
+                })?;
                 let first = KernelTransport::bind(config.listen, &opts)
                     .with_context(|| format!("cannot listen on {}", config.listen))?;
                 let addr = first.local_addr();

@@ -82,6 +82,24 @@ fn listen_flag_and_address_in_use() {
         "{log}"
     );
 
+    // A port another engine serves (with SO_REUSEPORT, which would let a
+    // second one share it and split the connections): refused too.
+    let first = Engine::start(&[]);
+    let (status, log) = Engine::builder()
+        .no_listen_flag()
+        .args(["--listen", &first.addr().to_string()])
+        .run_to_exit();
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains(&format!(
+            "cannot listen on {}: something listens there already",
+            first.addr()
+        )),
+        "{log}"
+    );
+    assert_eq!(first.post("/function/echo", b"mine").text(), "mine");
+    drop(first);
+
     let (status, log) = Engine::builder()
         .no_listen_flag()
         .args(["--listen", "localhost:80"])

@@ -148,6 +148,25 @@ impl KernelTransport {
         })
     }
 
+    /// Fails with `AddrInUse` when something already listens on `addr`.
+    ///
+    /// `SO_REUSEPORT`, which lets N core loops share a port, lets a second
+    /// engine (or any process of the same user that sets it) share it too,
+    /// and the kernel would then split connections between them. So the
+    /// first loop of an engine checks with a socket without it, which such a
+    /// listener refuses, before the loops bind. (A process that binds in the
+    /// moment between the check and the bind is not caught.) Port 0 passes:
+    /// the kernel picks a port nobody holds.
+    pub fn check_address_free(addr: SocketAddr) -> io::Result<()> {
+        if addr.port() == 0 {
+            return Ok(());
+        }
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        // Connections of an earlier run in TIME_WAIT do not hold the port.
+        probe.set_reuse_address(true)?;
+        probe.bind(&addr.into())
+    }
+
     /// Open connections (accepted and not yet closed).
     pub fn connection_count(&self) -> usize {
         self.open

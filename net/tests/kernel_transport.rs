@@ -187,6 +187,22 @@ fn binding_a_taken_port_without_reuseport_partner_fails_cleanly() {
     assert!(err.is_err());
 }
 
+#[test]
+fn an_address_held_with_reuseport_is_not_free_to_a_new_group() {
+    let opts = KernelOptions::default();
+    let first = KernelTransport::bind("127.0.0.1:0".parse().unwrap(), &opts).unwrap();
+    let addr = first.local_addr();
+    // Another loop of the same engine may join (that is what SO_REUSEPORT
+    // is for)...
+    let joined = KernelTransport::bind(addr, &opts).unwrap();
+    // ...but a new engine checking first is told the address is taken.
+    let err = KernelTransport::check_address_free(addr).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
+    drop((first, joined));
+    KernelTransport::check_address_free(addr).unwrap();
+    KernelTransport::check_address_free("127.0.0.1:0".parse().unwrap()).unwrap();
+}
+
 /// A short read empties the socket (the HTTP server then skips the read
 /// that would say `WouldBlock`) unless epoll has reported the peer's FIN:
 /// a FIN that arrived with the data under one edge brings no new event, so
