@@ -201,6 +201,44 @@ impl ServeArgs {
     }
 }
 
+/// `NOCTURNE_*` variables that are not `serve` settings but are ours all the
+/// same: the worker contract, and knobs of the test suite and benchmarks.
+const OTHER_NOCTURNE_VARS: &[&str] = &[
+    "NOCTURNE_CONTROL_FD",
+    "NOCTURNE_FUNCTION",
+    "NOCTURNE_SKIP_NETNS",
+    "NOCTURNE_SKIP_MULTICORE",
+    "NOCTURNE_BENCH_COMMIT",
+    "NOCTURNE_TEST_CHILD",
+    "NOCTURNE_IPC_STREAM_N",
+    "NOCTURNE_IPC_CHILD_FD",
+];
+
+/// A warning for each `NOCTURNE_*` variable in `vars` that no setting reads:
+/// a misspelt one would otherwise be ignored without a word, unlike a
+/// misspelt flag or config key.
+pub fn unknown_env_warnings(vars: impl Iterator<Item = String>) -> Vec<String> {
+    let command = ServeArgs::augment_args(clap::Command::new("serve"));
+    let settings: Vec<String> = command
+        .get_arguments()
+        .filter_map(|a| a.get_env()?.to_str().map(str::to_string))
+        .collect();
+    let mut warnings = Vec::new();
+    for var in vars.filter(|v| v.starts_with("NOCTURNE_")) {
+        if settings.contains(&var) || OTHER_NOCTURNE_VARS.contains(&var.as_str()) {
+            continue;
+        }
+        let hint = crate::config::closest_name(&var, settings.iter().map(String::as_str))
+            .map(|c| format!(" (did you mean {c}?)"))
+            .unwrap_or_default();
+        warnings.push(format!(
+            "nocturne: warning: {var} is not a nocturne setting and is ignored{hint}; \
+             `nocturne serve --help` lists each setting's variable"
+        ));
+    }
+    warnings
+}
+
 /// `nocturne config …`
 #[derive(Subcommand, Debug)]
 pub enum ConfigCommand {
@@ -318,6 +356,25 @@ mod tests {
             let err = parse(args).unwrap_err().to_string();
             assert!(err.contains(needle), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn misspelt_environment_variables_are_named_with_a_guess() {
+        let vars = [
+            "NOCTURNE_POLL",
+            "NOCTURNE_POLLL",
+            "NOCTURNE_WORKERCORES",
+            "NOCTURNE_CONTROL_FD",
+            "NOCTURNE_ZZZZZZZZ",
+            "PATH",
+        ]
+        .map(String::from);
+        let warnings = unknown_env_warnings(vars.into_iter());
+        assert_eq!(warnings.len(), 3, "{warnings:#?}");
+        assert!(warnings[0].contains("NOCTURNE_POLLL is not a nocturne setting"));
+        assert!(warnings[0].contains("(did you mean NOCTURNE_POLL?)"));
+        assert!(warnings[1].contains("did you mean NOCTURNE_WORKER_CORES?"));
+        assert!(!warnings[2].contains("did you mean"), "{}", warnings[2]);
     }
 
     #[test]

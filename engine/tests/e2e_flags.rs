@@ -788,6 +788,19 @@ fn environment_variables_are_flag_fallbacks() {
     assert_eq!(engine.post("/function/echo", &[1; 2000]).status, 200);
     drop(engine);
 
+    // A misspelt variable is named, with a guess, and ignored.
+    let engine = Engine::builder().env("NOCTURNE_POLLL", "spin").start();
+    if engine
+        .log()
+        .wait_for(LONG, |l| {
+            l.contains("warning: NOCTURNE_POLLL is not a nocturne setting and is ignored (did you mean NOCTURNE_POLL?)")
+        })
+        .is_none()
+    {
+        engine.fail("no warning about NOCTURNE_POLLL");
+    }
+    drop(engine);
+
     // A bad variable is reported like a bad flag.
     let (status, log) = Engine::builder()
         .env("NOCTURNE_POLL", "sometimes")
