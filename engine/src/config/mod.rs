@@ -118,6 +118,8 @@ pub mod limits {
     pub const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
     pub const MAX_FUNCTION_NAME: usize = 64;
     pub const MAX_WORKERS: usize = 1024;
+    /// Core loops are numbered in a call id's top byte.
+    pub const MAX_IO_CORES: usize = 256;
     /// A call's deadline travels as 32-bit microseconds in the IPC header.
     pub const MAX_TIMEOUT: Duration = Duration::from_micros(u32::MAX as u64);
     /// A payload and its query string (up to `MAX_HEADER_BYTES`) share a

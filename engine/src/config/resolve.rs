@@ -123,6 +123,16 @@ pub(crate) fn resolve(
     let io_cores = match io_cores {
         Some(cores) => {
             check_allowed(&cores, &allowed, "io cores", &io_field)?;
+            if cores.len() > limits::MAX_IO_CORES {
+                return Err(ConfigError::Cores {
+                    msg: format!(
+                        "{io_field}: {} io cores are more than {} (a call id names its \
+                         core loop in 8 bits); one io core serves ≈ 100 k requests/s",
+                        cores.len(),
+                        limits::MAX_IO_CORES
+                    ),
+                });
+            }
             cores
         }
         // The last allowed core: core 0 tends to take the most interrupts.

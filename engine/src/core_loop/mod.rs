@@ -218,7 +218,7 @@ impl<T: Transport> CoreLoop<T> {
         Ok(Self {
             server,
             st: LoopState {
-                index: index as u8,
+                index: u8::try_from(index).expect("the configuration allows at most 256 io cores"),
                 ctx,
                 functions,
                 workers: Slab::with_capacity(64),

@@ -121,6 +121,18 @@ fn function_defaults() {
 }
 
 #[test]
+fn at_most_256_io_cores() {
+    let many: Vec<usize> = (0..300).collect();
+    let text = |n: usize| format!("io_cores = \"0-{}\"\n{ONE_ECHO}", n - 1);
+    assert_cores(
+        resolve_text(&text(257), &Overrides::default(), &many).unwrap_err(),
+        "io_cores: 257 io cores are more than 256",
+    );
+    let config = resolve_text(&text(256), &Overrides::default(), &many).unwrap();
+    assert_eq!(config.io_cores.len(), 256);
+}
+
+#[test]
 fn io_and_worker_cores_must_be_allowed() {
     let e = err(&format!("io_cores = \"1-2\"\n{ONE_ECHO}"));
     let msg = assert_cores(
