@@ -415,6 +415,10 @@ fn connections_over_the_cap_get_503() {
     let resp = third.read_response();
     assert_eq!(resp.status_line, "HTTP/1.1 503 Service Unavailable");
     assert_eq!(resp.header("Retry-After"), Some("1"));
+    assert_eq!(
+        resp.body_str(),
+        "Service Unavailable: too many connections are open\n"
+    );
     third.expect_eof();
     // Published after the turn that answered: wait for it, then it is 1.
     server.wait_until("the rejection counted", |s| {

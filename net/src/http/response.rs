@@ -9,8 +9,8 @@ pub(crate) const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// Sent to a connection over `max_connections` before closing it.
 pub(crate) const SERVICE_UNAVAILABLE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
-Content-Type: text/plain\r\nContent-Length: 19\r\nRetry-After: 1\r\nConnection: close\r\n\r\n\
-Service Unavailable";
+Content-Type: text/plain\r\nContent-Length: 51\r\nRetry-After: 1\r\nConnection: close\r\n\r\n\
+Service Unavailable: too many connections are open\n";
 
 /// How the request being answered shapes its response.
 #[derive(Clone, Copy, Debug)]
