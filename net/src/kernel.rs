@@ -208,7 +208,6 @@ impl KernelTransport {
                     io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted => continue,
                     _ if is_accept_fatal(&e) => return Err(e),
                     _ if is_out_of_fds(&e) => {
-                        self.accept_pending = false;
                         self.shed_backlog(&e);
                         return Ok(());
                     }
@@ -259,12 +258,14 @@ impl KernelTransport {
         }
         Ok(())
     }
-}
 
-impl KernelTransport {
-    /// Out of descriptors (`why`): closes every connection waiting in the
-    /// backlog through the spare descriptor, then takes the spare back.
+    /// Out of descriptors (`why`): closes the connections waiting in the
+    /// backlog (up to the accept budget; the rest on the next poll) through
+    /// the spare descriptor, then takes the spare back.
     fn shed_backlog(&mut self, why: &io::Error) {
+        // Unless the budget runs out below, the next connection's edge
+        // brings the loop back (also when there is no spare to shed with).
+        self.accept_pending = false;
         let Some(listener) = &self.listener else {
             return;
         };
@@ -275,7 +276,10 @@ impl KernelTransport {
         };
         drop(spare);
         let mut shed = 0u64;
-        loop {
+        // A flood refills the backlog as fast as it is shed: bounded like
+        // accepting, and resumed on the next poll.
+        let mut budget_spent = true;
+        for _ in 0..self.accept_budget {
             match listener.accept() {
                 // Dropped: closed unanswered.
                 Ok(_) => shed += 1,
@@ -283,9 +287,13 @@ impl KernelTransport {
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
                 // WouldBlock (the backlog is empty), or another thread took
                 // the freed descriptor: what is left waits for the next edge.
-                Err(_) => break,
+                Err(_) => {
+                    budget_spent = false;
+                    break;
+                }
             }
         }
+        self.accept_pending = budget_spent;
         self.spare_fd = spare_fd();
         self.shed += shed;
         let now = Instant::now();
