@@ -101,6 +101,9 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
 /// JSON, and fails when any case counted errors.
 fn run_ipc_command(args: &ipc::IpcArgs) -> anyhow::Result<()> {
     let settings = ipc::IpcSettings::from_args(args)?;
+    if let Some(path) = &args.json {
+        report::prepare_output(path)?;
+    }
     let report = ipc::run_ipc(&settings)?;
     print!("{}", report.table());
     for check in ipc::check_targets(&report) {

@@ -196,6 +196,32 @@ impl Report {
     }
 }
 
+/// Makes sure a result can be written to `path` when the run ends, before
+/// the run starts: a missing directory or a read-only one fails now, not
+/// after minutes of measuring. Creates the file's directory (as writing
+/// would anyway), then opens the file for appending, which neither
+/// truncates an old result nor leaves a new empty file (one it created is
+/// removed again).
+pub fn prepare_output(path: &Path) -> Result<(), ReportError> {
+    let fail = |source| ReportError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(fail)?;
+    }
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(fail)?;
+    if !existed {
+        std::fs::remove_file(path).map_err(fail)?;
+    }
+    Ok(())
+}
+
 /// Formats `cases` as an aligned text table (latencies in µs).
 pub fn render_table(cases: &[CaseResult]) -> String {
     let headers = [
@@ -460,6 +486,24 @@ mod tests {
             sample_report().write_json(missing),
             Err(ReportError::Write { .. })
         ));
+    }
+
+    #[test]
+    fn outputs_are_checked_before_a_run_and_left_as_they_were() {
+        let dir = std::env::temp_dir().join(format!("nocturne-prepare-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // A new file in a new directory: the directory is made, no file left.
+        let fresh = dir.join("sub/out.json");
+        prepare_output(&fresh).unwrap();
+        assert!(dir.join("sub").is_dir() && !fresh.exists());
+        // An old result is neither truncated nor removed.
+        std::fs::write(&fresh, "old").unwrap();
+        prepare_output(&fresh).unwrap();
+        assert_eq!(std::fs::read_to_string(&fresh).unwrap(), "old");
+        // A path under a file (not a directory) fails, naming the path.
+        let err = prepare_output(&fresh.join("x.json")).unwrap_err();
+        assert!(err.to_string().contains("x.json"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

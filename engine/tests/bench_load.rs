@@ -178,6 +178,49 @@ fn bad_targets_fail_clearly() {
     assert!(run.stderr.contains("answered 404"), "{}", run.stderr);
 }
 
+#[test]
+fn an_output_path_that_cannot_be_written_fails_before_the_run() {
+    // A regular file where the output's directory should be.
+    let blocker = TempFile::new("not-a-dir");
+    std::fs::write(&blocker.0, "x").unwrap();
+    let json = format!("{}/out.json", blocker.path());
+    let engine = Engine::builder().poll("adaptive").start();
+    let url = format!("http://{}/function/echo", engine.addr());
+    // A minute-long run: the error comes first, without the run (no table).
+    let run = nocturne(&[
+        "bench",
+        "load",
+        &url,
+        "--rate",
+        "1k",
+        "--duration",
+        "60s",
+        "--json",
+        &json,
+        "-q",
+    ]);
+    assert!(!run.success);
+    assert!(
+        run.stderr.contains(&format!("cannot write {json}")),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stdout.contains("offered"), "it ran: {}", run.stdout);
+    // The same for bench engine and bench compare.
+    for args in [
+        &["bench", "engine", "--quick", "--json", &json][..],
+        &["bench", "compare", "--quick", "--json", &json],
+    ] {
+        let run = nocturne(args);
+        assert!(!run.success, "{args:?}");
+        assert!(
+            run.stderr.contains("cannot write"),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
+}
+
 /// `nocturne bench load-echo-server`, killed on drop.
 struct EchoProcess(Child, String);
 

@@ -363,6 +363,11 @@ impl CompareSettings {
 /// writes the outputs, and fails when a comparison case counted errors.
 pub fn run_command(args: &CompareArgs) -> anyhow::Result<()> {
     let settings = CompareSettings::from_args(args)?;
+    // The comparison takes minutes: find out now if its results cannot be kept.
+    let outputs = settings.out.iter().map(|dir| dir.join("compare.md"));
+    for path in outputs.chain(settings.json.clone()) {
+        crate::report::prepare_output(&path)?;
+    }
     let outcome = run_compare(&settings)?;
     let report = output::build_report(&settings, &outcome);
     let markdown = output::markdown(&settings, &outcome);

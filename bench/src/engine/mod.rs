@@ -582,6 +582,9 @@ pub fn check_targets(report: &Report) -> Vec<TargetCheck> {
 /// the JSON, and fails when any case counted errors.
 pub fn run_command(args: &EngineArgs) -> anyhow::Result<()> {
     let settings = EngineSettings::from_args(args)?;
+    if let Some(path) = &args.json {
+        crate::report::prepare_output(path)?;
+    }
     if !settings.nets.is_empty() {
         // An interrupted run must still remove its namespace.
         sys::catch_interrupts()?;

@@ -548,6 +548,12 @@ pub fn build_report(settings: &LoadSettings, outcome: &SweepOutcome) -> Report {
 /// fails on errors (or, in a sweep with objectives, when no rate met them).
 pub fn run_command(args: &LoadArgs) -> anyhow::Result<()> {
     let settings = LoadSettings::from_args(args)?;
+    for path in [&settings.json, &settings.hgrm, &settings.plot]
+        .into_iter()
+        .flatten()
+    {
+        crate::report::prepare_output(path)?;
+    }
     let plan = &settings.plan;
     println!(
         "open-loop load: {} arrivals, {} thread(s), {} connection(s), pipeline {}, poll {}, warm-up {}, window {} per rate",
