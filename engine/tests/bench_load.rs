@@ -221,6 +221,74 @@ fn an_output_path_that_cannot_be_written_fails_before_the_run() {
     }
 }
 
+#[test]
+fn ctrl_c_ends_a_sweep_and_keeps_the_rates_that_finished() {
+    let engine = Engine::builder().poll("adaptive").start();
+    let url = format!("http://{}/function/echo", engine.addr());
+    let sweep = |window: &str, json: &TempFile| {
+        bench_run::command()
+            .args(["bench", "load", &url, "--rate", "500..1500/500"])
+            .args(["--warmup", "100ms", "--duration", window])
+            .args(["--json", json.path()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+
+    // Ctrl-C once the first rate's row is out: that rate is reported and
+    // written, the one in progress is left out, the sweep stops.
+    let json = TempFile::new("interrupted.json");
+    let mut child = sweep("1s", &json);
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert_ne!(
+            stdout.read_line(&mut line).unwrap(),
+            0,
+            "ended early: {seen}"
+        );
+        seen.push_str(&line);
+        if line.starts_with("500/s ") {
+            break;
+        }
+    }
+    common::signal(child.id() as i32, libc::SIGINT);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(
+            "interrupted during the 1k/s window, which is left out; \
+             the 1 rate(s) before it are reported above"
+        ),
+        "{stderr}"
+    );
+    let report = read_report(&json.0);
+    assert_eq!(case_names(&report).len(), 1, "{report}");
+
+    // Ctrl-C before any window ends: an error, and no empty report.
+    let json = TempFile::new("interrupted-early.json");
+    let child = sweep("30s", &json);
+    std::thread::sleep(Duration::from_secs(1));
+    common::signal(child.id() as i32, libc::SIGINT);
+    let started = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the window ran on after Ctrl-C"
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("interrupted during the 500/s window: no rate finished"),
+        "{stderr}"
+    );
+    assert!(!json.0.exists(), "nothing measured, nothing written");
+}
+
 /// `nocturne bench load-echo-server`, killed on drop.
 struct EchoProcess(Child, String);
 

@@ -51,7 +51,7 @@ pub mod server;
 
 mod driver;
 pub mod soak;
-mod sys;
+pub(crate) mod sys;
 
 use std::path::PathBuf;
 use std::time::Duration;

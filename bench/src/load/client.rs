@@ -492,7 +492,9 @@ impl Client {
             if drain_deadline_ns.is_none() {
                 self.release_due(now);
                 self.write_staged_all();
-                if now >= self.end_ns {
+                // Ctrl-C ends the window as its end would (`run_sweep`
+                // leaves the cut-short rate out of the results).
+                if now >= self.end_ns || crate::engine::sys::interrupted() {
                     self.abandon_backlog(now);
                     drain_deadline_ns = Some(now.saturating_add(self.timeout_ns));
                 }

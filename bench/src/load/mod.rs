@@ -481,6 +481,9 @@ pub struct SweepOutcome {
     pub best: Option<f64>,
     /// The ping-pong baseline, if asked for.
     pub pingpong: Option<LatencyHistogram>,
+    /// The rate whose window a signal (Ctrl-C) cut short: left out of
+    /// `results`, and the sweep stopped there.
+    pub interrupted: Option<f64>,
 }
 
 /// Runs the baseline (if asked) and every rate; with objectives, stops
@@ -508,8 +511,14 @@ pub fn run_sweep(
     };
     let mut results = Vec::with_capacity(settings.rates.len());
     let mut best = None;
+    let mut interrupted = None;
     for &rate in &settings.rates {
         let r = run_rate(plan, rate, settings.progress)?;
+        if crate::engine::sys::interrupted() {
+            // A window cut short is no measurement of its rate.
+            interrupted = Some(rate);
+            break;
+        }
         on_rate(&r);
         let met = r.meets(&settings.slo);
         if !settings.slo.is_empty() && met {
@@ -524,6 +533,7 @@ pub fn run_sweep(
         results,
         best,
         pingpong,
+        interrupted,
     })
 }
 
@@ -554,6 +564,12 @@ pub fn run_command(args: &LoadArgs) -> anyhow::Result<()> {
     {
         crate::report::prepare_output(path)?;
     }
+    // Ctrl-C (or SIGTERM, SIGHUP) ends the sweep at the window in progress,
+    // and the finished rates are still reported and written.
+    anyhow::Context::context(
+        crate::engine::sys::catch_interrupts(),
+        "cannot catch Ctrl-C",
+    )?;
     let plan = &settings.plan;
     println!(
         "open-loop load: {} arrivals, {} thread(s), {} connection(s), pipeline {}, poll {}, warm-up {}, window {} per rate",
@@ -586,6 +602,12 @@ pub fn run_command(args: &LoadArgs) -> anyhow::Result<()> {
             rows_shown += 1;
         }
     })?;
+    if let (Some(rate), true) = (outcome.interrupted, outcome.results.is_empty()) {
+        anyhow::bail!(
+            "interrupted during the {}/s window: no rate finished, nothing to report",
+            spec::format_rate(rate)
+        );
+    }
     println!();
     print!("{}", output::table(&outcome.results, &settings.slo));
     for r in &outcome.results {
@@ -638,6 +660,14 @@ pub fn run_command(args: &LoadArgs) -> anyhow::Result<()> {
         std::fs::write(path, svg)
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
         println!("wrote {}", path.display());
+    }
+    if let Some(rate) = outcome.interrupted {
+        anyhow::bail!(
+            "interrupted during the {}/s window, which is left out; the {} rate(s) \
+             before it are reported above",
+            spec::format_rate(rate),
+            outcome.results.len()
+        );
     }
     if !settings.slo.is_empty() && settings.rates.len() > 1 {
         if outcome.best.is_none() {
