@@ -191,6 +191,10 @@ pub struct LoadPlan {
     pub seed: u64,
     /// Whether non-2xx answers are expected (the probe accepts them).
     pub allow_errors: bool,
+    /// End the window in progress when a signal caught by
+    /// `engine::sys::catch_interrupts` arrives (the command sets it; a
+    /// library caller that did not install the handler leaves it off).
+    pub stop_on_signal: bool,
 }
 
 impl LoadPlan {
@@ -215,6 +219,7 @@ impl LoadPlan {
             connect_timeout: Duration::from_secs(2),
             seed: 1,
             allow_errors: false,
+            stop_on_signal: false,
         }
     }
 
@@ -455,6 +460,7 @@ impl LoadSettings {
             connect_timeout,
             seed: args.seed,
             allow_errors: args.allow_errors,
+            stop_on_signal: true,
         };
         plan.validate()
             .map_err(|e| SettingsError::Invalid(e.to_string()))?;
@@ -514,7 +520,7 @@ pub fn run_sweep(
     let mut interrupted = None;
     for &rate in &settings.rates {
         let r = run_rate(plan, rate, settings.progress)?;
-        if crate::engine::sys::interrupted() {
+        if plan.stop_on_signal && crate::engine::sys::interrupted() {
             // A window cut short is no measurement of its rate.
             interrupted = Some(rate);
             break;

@@ -218,6 +218,7 @@ pub fn run_rate(plan: &LoadPlan, rate: f64, progress: bool) -> Result<RateResult
             spin_ns: nanos(plan.spin),
             timeout: plan.timeout,
             connect_timeout: plan.connect_timeout,
+            stop_on_signal: plan.stop_on_signal,
             live: counters,
         };
         let (start_tx, start_rx) = mpsc::channel();
