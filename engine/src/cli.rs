@@ -239,6 +239,14 @@ pub fn unknown_env_warnings(vars: impl Iterator<Item = String>) -> Vec<String> {
     warnings
 }
 
+/// Prints [`unknown_env_warnings`] for this process's environment.
+pub fn warn_about_unknown_env() {
+    let names = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok());
+    for warning in unknown_env_warnings(names) {
+        eprintln!("{warning}");
+    }
+}
+
 /// `nocturne config …`
 #[derive(Subcommand, Debug)]
 pub enum ConfigCommand {
@@ -279,6 +287,7 @@ pub fn config_command(cmd: ConfigCommand) -> anyhow::Result<()> {
         }
         ConfigCommand::Show(args) => {
             print!("{}", args.resolve()?.summary());
+            warn_about_unknown_env();
             Ok(())
         }
     }

@@ -372,10 +372,7 @@ fn log_startup(config: &Config, addr: SocketAddr) {
 /// `nocturne serve`: runs until SIGINT or SIGTERM.
 pub fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
-    let names = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok());
-    for warning in crate::cli::unknown_env_warnings(names) {
-        eprintln!("{warning}");
-    }
+    crate::cli::warn_about_unknown_env();
     crate::sys::block_shutdown_signals().context("cannot block shutdown signals")?;
     let engine = Engine::start(config)?;
     let sig = crate::sys::wait_for_signal(None).expect("no timeout");

@@ -284,6 +284,18 @@ fn show_applies_env_and_flags_with_flags_winning() {
     assert!(text.contains("listen        127.0.0.1:7002"), "{text}");
     assert!(text.contains("workers 1..5"), "{text}");
 
+    // A misspelt variable is named, with the one it probably meant.
+    let out = nocturne(&["config", "show"], &[("NOCTURNE_DRAIN_TIMOUT", "1s")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "warning: NOCTURNE_DRAIN_TIMOUT is not a nocturne setting and is ignored \
+             (did you mean NOCTURNE_DRAIN_TIMEOUT?)"
+        ),
+        "{}",
+        stderr(&out)
+    );
+
     // A bad environment value is refused like a bad flag.
     let out = nocturne(&["config", "show"], &[("NOCTURNE_POLL", "fast")]);
     assert!(!out.status.success());
