@@ -123,7 +123,11 @@ pub struct ServeArgs {
     #[arg(long, env = "NOCTURNE_WORKER_SPIN_US", value_name = "US")]
     pub worker_spin_us: Option<u64>,
 
-    /// Most open connections across all io cores; more are refused [default: 10000]
+    /// Most open connections across all io cores; more are answered 503 [default: 10000]
+    ///
+    /// Each kernel-TCP connection is a file descriptor: the engine raises its
+    /// soft open-files limit as far as this needs, and where the hard limit
+    /// (`ulimit -Hn`) cannot hold it, serves fewer and says so at start.
     #[arg(long, env = "NOCTURNE_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
 

@@ -252,7 +252,9 @@ pub struct Config {
     pub worker_poll: WorkerPoll,
     /// `spin`/`yield`: how long an idle worker spins or yields before parking.
     pub worker_spin_us: u64,
-    /// Open connections across all io cores; more are refused.
+    /// Open connections across all io cores; more are answered 503. The
+    /// engine lowers it at start where the open-files limit cannot hold it
+    /// (`fd_limit`).
     pub max_connections: usize,
     /// Request line + headers; more is answered 431.
     pub max_header_bytes: usize,
