@@ -230,23 +230,17 @@ impl Engine {
         let (addr, wake_fds, threads) = match config.net {
             NetBackend::Kernel => {
                 let opts = KernelOptions::default();
-                KernelTransport::check_address_free(config.listen).with_context(|| {
-                    format!(
-                        "cannot listen on {}: something listens there already (another \
-                         nocturne?)",
-                        config.listen
-                    )
-                })?;
-                let first = KernelTransport::bind(config.listen, &opts)
-                    .with_context(|| format!("cannot listen on {}", config.listen))?;
-                let addr = first.local_addr();
-                let mut transports = vec![first];
-                for _ in 1..loops {
-                    transports.push(
-                        KernelTransport::bind(addr, &opts)
-                            .with_context(|| format!("cannot listen on {addr}"))?,
-                    );
-                }
+                let transports =
+                    KernelTransport::bind_group(config.listen, loops, &opts).map_err(|e| {
+                        let why = if e.kind() == std::io::ErrorKind::AddrInUse {
+                            ": something listens there already (another nocturne?)"
+                        } else {
+                            ""
+                        };
+                        anyhow::Error::new(e)
+                            .context(format!("cannot listen on {}{why}", config.listen))
+                    })?;
+                let addr = transports[0].local_addr();
                 let (fds, threads) = start_loops(&ctx, transports)?;
                 (addr, fds, threads)
             }

@@ -148,23 +148,34 @@ impl KernelTransport {
         })
     }
 
-    /// Fails with `AddrInUse` when something already listens on `addr`.
+    /// Binds `count` listeners sharing `addr` (one per core loop), after
+    /// checking that nothing listens there yet: `AddrInUse` if something
+    /// does. Port 0 picks a free port for the first; the others join it.
     ///
-    /// `SO_REUSEPORT`, which lets N core loops share a port, lets a second
-    /// engine (or any process of the same user that sets it) share it too,
-    /// and the kernel would then split connections between them. So the
-    /// first loop of an engine checks with a socket without it, which such a
-    /// listener refuses, before the loops bind. (A process that binds in the
-    /// moment between the check and the bind is not caught.) Port 0 passes:
-    /// the kernel picks a port nobody holds.
-    pub fn check_address_free(addr: SocketAddr) -> io::Result<()> {
-        if addr.port() == 0 {
-            return Ok(());
+    /// `SO_REUSEPORT`, which lets the loops share the port, would let a
+    /// second engine (or any process of the same user that sets it) share it
+    /// too, and the kernel would then split connections between them. The
+    /// check binds a socket without it first, which such a listener refuses.
+    /// (A process that binds in the moment between the check and the bind
+    /// is not caught.)
+    pub fn bind_group(
+        addr: SocketAddr,
+        count: usize,
+        opts: &KernelOptions,
+    ) -> io::Result<Vec<Self>> {
+        if addr.port() != 0 {
+            let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+            // Connections of an earlier run in TIME_WAIT do not hold the port.
+            probe.set_reuse_address(true)?;
+            probe.bind(&addr.into())?;
         }
-        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        // Connections of an earlier run in TIME_WAIT do not hold the port.
-        probe.set_reuse_address(true)?;
-        probe.bind(&addr.into())
+        let first = Self::bind(addr, opts)?;
+        let addr = first.local_addr;
+        let mut group = vec![first];
+        for _ in 1..count {
+            group.push(Self::bind(addr, opts)?);
+        }
+        Ok(group)
     }
 
     /// Open connections (accepted and not yet closed).

@@ -190,17 +190,22 @@ fn binding_a_taken_port_without_reuseport_partner_fails_cleanly() {
 #[test]
 fn an_address_held_with_reuseport_is_not_free_to_a_new_group() {
     let opts = KernelOptions::default();
-    let first = KernelTransport::bind("127.0.0.1:0".parse().unwrap(), &opts).unwrap();
-    let addr = first.local_addr();
-    // Another loop of the same engine may join (that is what SO_REUSEPORT
-    // is for)...
+    let first = KernelTransport::bind_group("127.0.0.1:0".parse().unwrap(), 2, &opts).unwrap();
+    let addr = first[0].local_addr();
+    assert_eq!(first[1].local_addr(), addr, "the group shares one port");
+    // Another loop of the same engine may still join (that is what
+    // SO_REUSEPORT is for)...
     let joined = KernelTransport::bind(addr, &opts).unwrap();
-    // ...but a new engine checking first is told the address is taken.
-    let err = KernelTransport::check_address_free(addr).unwrap_err();
+    // ...but a new group, which checks first, is told the address is taken.
+    let Err(err) = KernelTransport::bind_group(addr, 1, &opts) else {
+        panic!("a second group bound {addr}");
+    };
     assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
     drop((first, joined));
-    KernelTransport::check_address_free(addr).unwrap();
-    KernelTransport::check_address_free("127.0.0.1:0".parse().unwrap()).unwrap();
+    assert_eq!(
+        KernelTransport::bind_group(addr, 1, &opts).unwrap().len(),
+        1
+    );
 }
 
 /// A short read empties the socket (the HTTP server then skips the read
