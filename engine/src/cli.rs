@@ -232,7 +232,7 @@ pub fn unknown_env_warnings(vars: impl Iterator<Item = String>) -> Vec<String> {
         if settings.contains(&var) || OTHER_NOCTURNE_VARS.contains(&var.as_str()) {
             continue;
         }
-        let hint = crate::config::closest_name(&var, settings.iter().map(String::as_str))
+        let hint = crate::config::closest(&var, settings.iter().map(String::as_str))
             .map(|c| format!(" (did you mean {c}?)"))
             .unwrap_or_default();
         warnings.push(format!(

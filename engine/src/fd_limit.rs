@@ -42,11 +42,16 @@ pub(crate) struct FdPlan {
 /// the lingering closes it allows beside them (refused connections linger
 /// until their clients have read the 503).
 fn wanted(open_now: usize, workers: usize, connections: usize, loops: usize) -> usize {
-    let connection_fds: usize = (0..loops)
-        .map(|i| crate::engine::connection_share(connections, loops, i))
-        .map(|c| c + crate::engine::lingering_share(c))
-        .sum();
-    let connection_fds = if connections == 0 { 0 } else { connection_fds };
+    // No connections (a userspace stack's): no shares, which count at least
+    // one connection and 16 lingering closes each.
+    let connection_fds: usize = if connections == 0 {
+        0
+    } else {
+        (0..loops)
+            .map(|i| crate::engine::connection_share(connections, loops, i))
+            .map(|c| c + crate::engine::lingering_share(c))
+            .sum()
+    };
     open_now + SPARE_FDS + FDS_PER_WORKER * workers + connection_fds
 }
 

@@ -533,12 +533,9 @@ fn an_open_files_limit_too_low_for_max_connections_lowers_it_and_says_so() {
             && line.contains("the limit is 256 (hard limit 256"),
         "{line}"
     );
-    let fits: usize = line
-        .split("serving at most ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| engine.fail(&format!("no connection count in: {line}")));
+    let fits = common::number_between(&line, "serving at most ", " ")
+        .unwrap_or_else(|| engine.fail(&format!("no connection count in: {line}")))
+        as usize;
     assert!((8..128).contains(&fits), "{line}");
     let mut open: Vec<Client> = (0..fits).map(|_| served_client(&engine)).collect();
     let mut over = engine.client();

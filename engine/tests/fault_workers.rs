@@ -756,11 +756,7 @@ fn a_call_due_before_a_crash_looping_functions_next_start_gets_503_at_once() {
                 && text.contains("after this call's deadline"),
             "{text}"
         );
-        let wait_ms: u64 = text
-            .split("starts in ")
-            .nth(1)
-            .and_then(|rest| rest.split(" ms").next())
-            .and_then(|n| n.parse().ok())
+        let wait_ms = common::number_between(&text, "starts in ", " ms")
             .unwrap_or_else(|| engine.fail(&format!("no wait in {text:?}")));
         let retry_after: u64 = r
             .header("retry-after")

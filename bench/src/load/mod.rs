@@ -572,10 +572,8 @@ pub fn run_command(args: &LoadArgs) -> anyhow::Result<()> {
     }
     // Ctrl-C (or SIGTERM, SIGHUP) ends the sweep at the window in progress,
     // and the finished rates are still reported and written.
-    anyhow::Context::context(
-        crate::engine::sys::catch_interrupts(),
-        "cannot catch Ctrl-C",
-    )?;
+    crate::engine::sys::catch_interrupts()
+        .map_err(|e| anyhow::anyhow!("cannot catch Ctrl-C: {e}"))?;
     let plan = &settings.plan;
     println!(
         "open-loop load: {} arrivals, {} thread(s), {} connection(s), pipeline {}, poll {}, warm-up {}, window {} per rate",

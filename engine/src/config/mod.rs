@@ -36,15 +36,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use cores::{allowed_cores, CoreSet, CoreSetError};
+pub(crate) use error::closest;
 pub use error::{ConfigError, Location};
-
-/// The name in `candidates` within a typo or two of `word`, if any.
-pub(crate) fn closest_name<'a>(
-    word: &str,
-    candidates: impl Iterator<Item = &'a str>,
-) -> Option<&'a str> {
-    error::closest(word, candidates)
-}
 pub use file::parse_listen;
 pub use overrides::{FunctionOverride, Overrides};
 pub use units::{format_duration, format_size, parse_duration, parse_size};

@@ -829,6 +829,12 @@ pub fn thread_state(pid: i32, tid: i32) -> Option<char> {
 }
 
 /// `Cpus_allowed_list` of thread `tid` of `pid` (e.g. `"0-1"`).
+/// The number in `text` right after `before`, up to `until` (how the
+/// engine's messages state a count or a wait).
+pub fn number_between(text: &str, before: &str, until: &str) -> Option<u64> {
+    text.split(before).nth(1)?.split(until).next()?.parse().ok()
+}
+
 /// A process's soft and hard open-files limits (`/proc/PID/limits`).
 pub fn open_files_limit(pid: i32) -> (u64, u64) {
     let limits = read_proc(format!("/proc/{pid}/limits")).expect("read /proc/PID/limits");
