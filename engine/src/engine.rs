@@ -253,11 +253,13 @@ impl Engine {
                     SmoltcpOptions::new(sc.device.clone(), sc.address, config.listen.port());
                 opts.gateway = sc.gateway;
                 opts.queues = loops;
-                // The transport's own cap must sit above the HTTP layer's, or
-                // its resets pre-empt the HTTP 503 a client can read.
-                opts.max_connections = (config.max_connections / loops).max(1) + 64;
                 let transports = (0..loops)
-                    .map(|_| {
+                    .map(|index| {
+                        // The transport's own cap must sit above the HTTP
+                        // layer's (the loop's connection share), or its
+                        // resets pre-empt the HTTP 503 a client can read.
+                        opts.max_connections =
+                            connection_share(config.max_connections, loops, index) + 64;
                         SmoltcpTransport::open(&opts).with_context(|| {
                             format!(
                                 "cannot open {} for the smoltcp stack",

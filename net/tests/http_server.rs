@@ -444,6 +444,49 @@ fn connections_over_the_cap_get_503() {
 }
 
 #[test]
+fn lingering_closes_past_max_lingering_are_closed_at_once() {
+    // Room for one lingering close. The linger outlasts the test, so the
+    // first stays in it until its client leaves.
+    let server = TestServer::start(Options {
+        limits: Limits {
+            max_lingering: 1,
+            linger_timeout: Duration::from_secs(60),
+            ..Limits::default()
+        },
+        ..Options::default()
+    });
+    let bad_request = |client: &mut common::Client| {
+        client.send(b"NOT HTTP\r\n\r\n");
+        assert_eq!(client.read_response().status, 400);
+        client.expect_eof();
+    };
+    let mut first = server.connect();
+    bad_request(&mut first);
+    server.wait_until("the first lingers", |s| s.lingering() == 1);
+
+    // The second gets its answer as well, but is closed, not lingered:
+    // the count stays at the cap and nothing of it stays open.
+    let mut second = server.connect();
+    bad_request(&mut second);
+    server.wait_until("the second is gone", |s| s.connections() == 0);
+    assert_eq!(server.lingering(), 1);
+    // Its socket is closed at the server's end: more input is refused.
+    let _ = second.stream.write_all(&[b'x'; 64]);
+    thread::sleep(Duration::from_millis(50));
+    assert!(
+        second.stream.write_all(&[b'x'; 64]).is_err(),
+        "the second connection should have been closed, not lingered"
+    );
+
+    // Once the first's client leaves, its slot is free for the next.
+    drop(first);
+    server.wait_until("the first's linger ends", |s| s.lingering() == 0);
+    let mut third = server.connect();
+    bad_request(&mut third);
+    server.wait_until("the third lingers", |s| s.lingering() == 1);
+}
+
+#[test]
 fn a_peer_that_does_not_read_cannot_grow_the_output_without_bound() {
     // 40 pipelined requests for 1 MiB each: far more than the socket buffers
     // hold. While the client does not read, the server stops parsing.

@@ -485,6 +485,11 @@ impl<T: Transport> HttpServer<T> {
         self.active
     }
 
+    /// Connections in a lingering close (at most `Limits::max_lingering`).
+    pub fn lingering_count(&self) -> usize {
+        self.lingering
+    }
+
     /// Connections refused with 503 because `max_connections` were open.
     pub fn rejected_connections(&self) -> u64 {
         self.rejected

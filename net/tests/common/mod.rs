@@ -34,6 +34,8 @@ pub struct Published {
     pub requests: AtomicU64,
     /// `HttpServer::rejected_connections`.
     pub rejected: AtomicU64,
+    /// `HttpServer::lingering_count`.
+    pub lingering: AtomicUsize,
 }
 
 /// Routes:
@@ -184,6 +186,10 @@ impl TestServer {
                     .published
                     .rejected
                     .store(server.rejected_connections(), Ordering::Relaxed);
+                handler
+                    .published
+                    .lingering
+                    .store(server.lingering_count(), Ordering::Relaxed);
             }
         });
         Self {
@@ -201,6 +207,10 @@ impl TestServer {
 
     pub fn connections(&self) -> usize {
         self.published.connections.load(Ordering::Relaxed)
+    }
+
+    pub fn lingering(&self) -> usize {
+        self.published.lingering.load(Ordering::Relaxed)
     }
 
     /// Waits (generously; never asserts a duration) until `cond` holds.
