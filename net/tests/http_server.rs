@@ -487,6 +487,42 @@ fn lingering_closes_past_max_lingering_are_closed_at_once() {
 }
 
 #[test]
+fn requests_the_handler_still_holds_count_against_the_output_budget() {
+    // Four pipelined 100 KB uploads, held by the handler: past the
+    // 256 KiB budget (three held) the server stops handing out more, so a
+    // client cannot make the handler hold max_pipelined large requests and
+    // then their answers.
+    let server = server();
+    let mut client = server.connect();
+    let mut writer = client.stream.try_clone().unwrap();
+    let sender = thread::spawn(move || {
+        for i in 0..4 {
+            writer
+                .write_all(&post(&format!("/hold/{i}"), &[b'u'; 100_000]))
+                .unwrap();
+        }
+    });
+    server.wait_until("three requests handed out", |s| s.requests() == 3);
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        server.requests(),
+        3,
+        "the fourth was handed out over budget"
+    );
+
+    // Answered, the three no longer count: the fourth goes out.
+    server.release_held();
+    server.wait_until("the fourth handed out", |s| s.requests() == 4);
+    server.release_held();
+    for i in 0..4 {
+        let resp = client.read_response();
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.body_str(), format!("/hold/{i}"));
+    }
+    sender.join().unwrap();
+}
+
+#[test]
 fn a_peer_that_does_not_read_cannot_grow_the_output_without_bound() {
     // 40 pipelined requests for 1 MiB each: far more than the socket buffers
     // hold. While the client does not read, the server stops parsing.

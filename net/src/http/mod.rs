@@ -62,9 +62,12 @@ pub struct Limits {
     /// Requests of one connection handed to the handler and not yet answered,
     /// at most; the server stops parsing that connection's input meanwhile.
     pub max_pipelined: usize,
-    /// Unsent response bytes of one connection above which the server stops
-    /// parsing its requests (a peer that does not read cannot make the server
-    /// buffer without bound).
+    /// Bytes one connection may hold, unsent answers plus requests handed
+    /// out and not answered yet, above which the server stops parsing its
+    /// requests: a peer that pipelines and does not read cannot make the
+    /// server (or the handler, which holds the requests it was handed)
+    /// buffer more than this, one more request, and the answers to what is
+    /// already in flight.
     pub max_output_bytes: usize,
     /// How long a lingering close drains the peer's input at most.
     pub linger_timeout: Duration,

@@ -100,6 +100,9 @@ enum Finish {
 #[derive(Clone, Copy, Debug)]
 struct Pending {
     framing: Framing,
+    /// The request's size on the wire, counted in `Output::unanswered_bytes`
+    /// until it is answered.
+    request_bytes: usize,
     /// Its answer, serialized into the stash because earlier ones are owed.
     stashed: Option<(usize, usize)>,
 }
@@ -115,6 +118,9 @@ struct Output {
     write_blocked: bool,
     /// Requests `send_seq..next_seq`, oldest first.
     inflight: VecDeque<Pending>,
+    /// The sizes of the requests in `inflight` not answered yet: what the
+    /// handler may hold of this connection (a call's copy of its body).
+    unanswered_bytes: usize,
     send_seq: u64,
     next_seq: u64,
     stash: Vec<u8>,
@@ -138,6 +144,7 @@ impl Output {
             out_pos: 0,
             write_blocked: false,
             inflight: VecDeque::new(),
+            unanswered_bytes: 0,
             send_seq: 0,
             next_seq: 0,
             stash: Vec::new(),
@@ -159,6 +166,7 @@ impl Output {
         self.out_pos = 0;
         self.write_blocked = false;
         self.inflight.clear();
+        self.unanswered_bytes = 0;
         self.send_seq = 0;
         self.next_seq = 0;
         self.stash.clear();
@@ -177,11 +185,23 @@ impl Output {
         self.out.len() - self.out_pos + self.stash.len()
     }
 
-    fn begin_request(&mut self, framing: Framing) -> u64 {
+    /// Whether another request may be handed out: fewer than
+    /// `max_pipelined` in flight, and what the connection holds (unsent
+    /// answers, requests not answered yet) within `max_output_bytes`. A peer
+    /// that does not read cannot make the server hold more than that plus
+    /// one request and the answers of those in flight.
+    fn admits_more(&self, limits: &Limits) -> bool {
+        self.inflight.len() < limits.max_pipelined
+            && self.pending_bytes() + self.unanswered_bytes <= limits.max_output_bytes
+    }
+
+    fn begin_request(&mut self, framing: Framing, request_bytes: usize) -> u64 {
         self.inflight.push_back(Pending {
             framing,
+            request_bytes,
             stashed: None,
         });
+        self.unanswered_bytes += request_bytes;
         self.continue_owed = false;
         self.next_seq += 1;
         self.next_seq - 1
@@ -191,6 +211,7 @@ impl Output {
     /// output when it is the oldest, else into the stash.
     fn answer(&mut self, k: usize, write: impl FnOnce(&mut Vec<u8>, Framing)) {
         let framing = self.inflight[k].framing;
+        self.unanswered_bytes -= self.inflight[k].request_bytes;
         if k == 0 {
             write(&mut self.out, framing);
             self.inflight.pop_front();
@@ -227,11 +248,14 @@ impl Output {
 
     /// Answers the request being parsed with a server error and stops input.
     fn queue_error(&mut self, status: u16, detail: &str) {
-        self.begin_request(Framing {
-            keep_alive: false,
-            http10: false,
-            head_only: false,
-        });
+        self.begin_request(
+            Framing {
+                keep_alive: false,
+                http10: false,
+                head_only: false,
+            },
+            0,
+        );
         let k = self.inflight.len() - 1;
         self.answer(k, |out, _| {
             response::write_error(out, status, detail, false)
@@ -685,9 +709,7 @@ impl<T: Transport> HttpServer<T> {
             if output.finish.is_some() {
                 return delivered;
             }
-            if output.inflight.len() >= self.limits.max_pipelined
-                || output.pending_bytes() > self.limits.max_output_bytes
-            {
+            if !output.admits_more(&self.limits) {
                 self.inputs[slot].stalled = true;
                 return delivered;
             }
@@ -760,11 +782,14 @@ impl<T: Transport> HttpServer<T> {
                         ..
                     } = self;
                     let output = &mut outputs.slots[slot];
-                    let seq = output.begin_request(Framing {
-                        keep_alive: head.keep_alive,
-                        http10: head.minor_version == 0,
-                        head_only: head.method == Method::Head,
-                    });
+                    let seq = output.begin_request(
+                        Framing {
+                            keep_alive: head.keep_alive,
+                            http10: head.minor_version == 0,
+                            head_only: head.method == Method::Head,
+                        },
+                        consumed,
+                    );
                     output.handler_seen = true;
                     if !head.keep_alive {
                         output.finish = Some(Finish::Linger);
@@ -939,10 +964,7 @@ impl<T: Transport> HttpServer<T> {
             }
             return;
         }
-        if input.stalled
-            && output.inflight.len() < self.limits.max_pipelined
-            && output.pending_bytes() <= self.limits.max_output_bytes
-        {
+        if input.stalled && output.admits_more(&self.limits) {
             input.stalled = false;
             self.push_ready(slot);
         }

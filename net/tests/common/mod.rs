@@ -40,8 +40,9 @@ pub struct Published {
 
 /// Routes:
 /// * `/echo…` — 200, body `METHOD PATH[?QUERY] body`, `X-Seq: seq`.
-/// * `/hold…` — held; once `hold_batch` are held they are answered in
-///   reverse order (body = path) from outside the poll.
+/// * `/hold…` — held; once `hold_batch` are held, or on
+///   [`TestServer::release_held`], they are answered in reverse order
+///   (body = path) from outside the poll. Body limit 1 MiB.
 /// * `/big` — 200 with `big_body`.
 /// * `/small…` — body limit 10.
 /// * anything else — 404.
@@ -52,6 +53,8 @@ struct TestHandler {
     seen: mpsc::Sender<Seen>,
     published: Arc<Published>,
     stop: bool,
+    /// `release_held` was asked for.
+    release: bool,
     wake_reader: UnixStream,
     scratch: Vec<u8>,
 }
@@ -60,6 +63,8 @@ impl RequestHandler for TestHandler {
     fn body_limit(&mut self, head: &RequestHead<'_>) -> usize {
         if head.path.starts_with("/small") {
             10
+        } else if head.path.starts_with("/hold") {
+            1 << 20
         } else {
             1024
         }
@@ -105,9 +110,14 @@ impl RequestHandler for TestHandler {
 
     fn on_wake(&mut self, token: usize) {
         assert_eq!(token, 7);
-        let mut byte = [0u8; 16];
-        let _ = self.wake_reader.read(&mut byte);
-        self.stop = true;
+        let mut bytes = [0u8; 16];
+        let n = self.wake_reader.read(&mut bytes).unwrap_or(0);
+        for &b in &bytes[..n] {
+            match b {
+                b'r' => self.release = true,
+                _ => self.stop = true,
+            }
+        }
     }
 
     fn on_closed(&mut self, conn: ConnId) {
@@ -163,6 +173,7 @@ impl TestServer {
             seen: tx,
             published: published.clone(),
             stop: false,
+            release: false,
             wake_reader,
             scratch: Vec::new(),
         };
@@ -171,7 +182,8 @@ impl TestServer {
                 // Block in epoll: the server cuts the sleep short for its
                 // timers, the wake fd ends it for the stop.
                 server.poll(None, 64, &mut handler).unwrap();
-                if handler.held.len() >= handler.hold_batch {
+                if handler.held.len() >= handler.hold_batch || handler.release {
+                    handler.release = false;
                     for (id, path) in handler.held.drain(..).rev() {
                         let resp = Response::new(200, path.as_bytes());
                         // The client may be gone: ConnectionGone is fine.
@@ -211,6 +223,15 @@ impl TestServer {
 
     pub fn lingering(&self) -> usize {
         self.published.lingering.load(Ordering::Relaxed)
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.published.requests.load(Ordering::Relaxed)
+    }
+
+    /// Answers the `/hold` requests held now.
+    pub fn release_held(&self) {
+        (&self.wake).write_all(b"r").unwrap();
     }
 
     /// Waits (generously; never asserts a duration) until `cond` holds.
