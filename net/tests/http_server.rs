@@ -107,6 +107,43 @@ fn chunked_bodies_are_dechunked() {
 }
 
 #[test]
+fn a_body_in_many_small_chunks_is_bounded_by_its_decoded_size() {
+    // 1000 one-byte chunks: 6 KB on the wire for a 1000-byte body within
+    // /echo's 1 KiB limit, while the input buffer may grow only to the
+    // head + 1 KiB + one chunk line or trailer section (1 KiB here). The
+    // framing already read is dropped as the body arrives.
+    let server = TestServer::start(Options {
+        limits: Limits {
+            max_header_bytes: 1024,
+            ..Limits::default()
+        },
+        ..Options::default()
+    });
+    let mut client = server.connect();
+    let body: Vec<u8> = (0..1000).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut request = b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for &b in &body {
+        request.extend_from_slice(b"1\r\n");
+        request.push(b);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    assert!(request.len() > 6000);
+    client.send(&request);
+    let resp = client.read_response();
+    assert_eq!(resp.status_line, "HTTP/1.1 200 OK");
+    assert_eq!(
+        resp.body_str(),
+        format!("POST /echo {}", String::from_utf8(body).unwrap())
+    );
+    // The parser is in step with the stream: the next request is served.
+    assert_eq!(
+        client.roundtrip(&post("/echo", b"next")).body_str(),
+        "POST /echo next"
+    );
+}
+
+#[test]
 fn expect_100_continue_is_answered_before_the_body() {
     let server = server();
     let mut client = server.connect();

@@ -402,7 +402,12 @@ impl Input {
     /// Makes room after `end`: compacts, else grows within what the request
     /// in progress may need. `false`: no room can be made.
     fn make_room(&mut self) -> bool {
-        let room = self.buf.len() - self.end;
+        let mut room = self.buf.len() - self.end;
+        if room < COMPACT_BELOW {
+            let freed = self.parser.compact(&mut self.buf[self.start..self.end]);
+            self.end -= freed;
+            room += freed;
+        }
         if self.start > 0 && room < COMPACT_BELOW {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
