@@ -812,8 +812,14 @@ fn drain_timeout_lets_in_flight_calls_finish_on_sigterm() {
     let mut engine = Engine::start(&[]);
     let mut c = engine.client();
     let mut other = engine.client();
+    let mut health = engine.client();
+    let mut uploading = engine.client();
     assert_eq!(other.post("/function/echo", b"before").text(), "before");
+    assert_eq!(health.get("/healthz").status, 200);
     c.send("POST", "/function/sleep?us=1000000", &[], b"")
+        .unwrap();
+    uploading
+        .write_raw(b"POST /function/echo HTTP/1.1\r\nContent-Length: 6\r\n\r\nabc")
         .unwrap();
     wait_in_flight(&engine, "sleep");
     engine.signal(libc::SIGTERM);
@@ -824,10 +830,30 @@ fn drain_timeout_lets_in_flight_calls_finish_on_sigterm() {
     {
         engine.fail("no drain after SIGTERM");
     }
-    // While draining: new calls on an open connection are refused with 503...
+    assert!(
+        engine.log_text().contains("draining 1 call(s) and "),
+        "{}",
+        engine.log_text()
+    );
+    // While draining: /healthz tells load balancers to go elsewhere...
+    let r = health.get("/healthz");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("connection"), Some("close"));
+    // ...new calls on an open connection are refused with 503, and the
+    // answer says the connection ends...
     let r = other.post("/function/echo", b"during");
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(other.closed_within(LONG), "the connection stayed open");
+    // ...a request that was arriving is answered, not cut off...
+    uploading.write_raw(b"def").unwrap();
+    match uploading.try_read_response() {
+        Ok(r) => assert_eq!(r.status, 503, "{}", r.text()),
+        Err(e) => engine.fail(&format!(
+            "a request arriving at SIGTERM was not answered: {e}"
+        )),
+    }
     // ...and new connections are not served.
     if let Ok(mut late) = Client::try_connect(engine.addr()) {
         late.set_read_timeout(Duration::from_secs(2));

@@ -560,6 +560,64 @@ fn requests_the_handler_still_holds_count_against_the_output_budget() {
 }
 
 #[test]
+fn a_drain_closes_each_connection_after_its_last_answer_and_waits_for_requests_arriving() {
+    let server = server();
+    // Idle keep-alive; one with a call held; one in the middle of a body.
+    let mut idle = server.connect();
+    assert_eq!(idle.roundtrip(&get("/echo")).status, 200);
+    let mut busy = server.connect();
+    busy.send(&get("/hold/a"));
+    let mut uploading = server.connect();
+    uploading.send(b"POST /echo HTTP/1.1\r\nContent-Length: 6\r\n\r\nabc");
+    server.wait_until("the held call and the upload", |s| {
+        s.requests() == 2 && s.in_progress() == 1
+    });
+
+    server.drain();
+    // The idle connection's next request is answered, saying it is the last.
+    let resp = idle.roundtrip(&get("/echo/after"));
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("Connection"), Some("close"));
+    idle.expect_eof();
+    // So is the call in flight once it is answered.
+    server.release_held();
+    let resp = busy.read_response();
+    assert_eq!(resp.body_str(), "/hold/a");
+    assert_eq!(resp.header("Connection"), Some("close"));
+    busy.expect_eof();
+    // The upload is waited for and answered.
+    assert_eq!(server.in_progress(), 1);
+    uploading.send(b"def");
+    let resp = uploading.read_response();
+    assert_eq!(resp.body_str(), "POST /echo abcdef");
+    assert_eq!(resp.header("Connection"), Some("close"));
+    uploading.expect_eof();
+    server.wait_until("nothing in progress", |s| s.in_progress() == 0);
+
+    // One that does not finish in time is refused, not cut off silently.
+    let mut late = server.connect();
+    late.send(b"POST /echo HTTP/1.1\r\nContent-Length: 6\r\n\r\nab");
+    server.wait_until("the late upload", |s| s.in_progress() == 1);
+    server.refuse_in_progress();
+    let resp = late.read_response();
+    assert_eq!(resp.status_line, "HTTP/1.1 503 Service Unavailable");
+    assert_eq!(resp.body_str(), "Service Unavailable: shutting down\n");
+    late.expect_eof();
+}
+
+#[test]
+fn errors_the_server_answers_to_head_have_no_body() {
+    let server = server();
+    let mut client = server.connect();
+    client.send(b"HEAD /echo HTTP/1.1\r\nExpect: something-else\r\n\r\n");
+    let resp = client.read_response_to(true);
+    assert_eq!(resp.status_line, "HTTP/1.1 417 Expectation Failed");
+    assert!(resp.header("Content-Length").is_some_and(|n| n != "0"));
+    // No body bytes follow the head: the next thing is the close.
+    client.expect_eof();
+}
+
+#[test]
 fn a_peer_that_does_not_read_cannot_grow_the_output_without_bound() {
     // 40 pipelined requests for 1 MiB each: far more than the socket buffers
     // hold. While the client does not read, the server stops parsing.

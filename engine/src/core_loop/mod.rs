@@ -329,22 +329,30 @@ impl<T: Transport> CoreLoop<T> {
         let now = self.st.now;
         let deadline = *self.st.drain_deadline.get_or_insert_with(|| {
             self.server.transport_mut().stop_accepting();
+            self.server.drain();
             let timeout = self.st.ctx.config.drain_timeout;
             eprintln!(
-                "nocturne: loop {}: draining {} call(s), up to {} ms",
+                "nocturne: loop {}: draining {} call(s) and {} request(s) still arriving, up to {} ms",
                 self.st.index,
                 self.st.calls.len(),
+                self.server.requests_in_progress(),
                 timeout.as_millis()
             );
             now + timeout
         });
-        if !self.st.calls.is_empty() && now < deadline {
+        // Requests still arriving are waited for too: once complete they
+        // get a 503 that closes their connection, where cutting them off
+        // would leave their clients not knowing what happened.
+        let busy = !self.st.calls.is_empty() || self.server.requests_in_progress() > 0;
+        if busy && now < deadline {
             return false;
         }
         if !self.st.calls.is_empty() {
             self.st
                 .fail_all(503, "the engine is shutting down", &mut self.server);
         }
+        self.server
+            .refuse_in_progress(503, "the engine is shutting down");
         // Let written answers leave the socket buffers of slow readers.
         let flush_until = Instant::now() + Duration::from_millis(50);
         while Instant::now() < flush_until {

@@ -94,6 +94,10 @@ impl RequestHandler for LoopState {
             Route::Healthz => {
                 if !is_read(method) {
                     let _ = responder.respond(id, &read_only());
+                } else if self.drain_deadline.is_some() {
+                    // A load balancer must stop sending here now.
+                    let _ = responder
+                        .respond(id, &text(503, "draining: the engine is shutting down\n"));
                 } else if self.ctx.status.healthy() {
                     let _ = responder.respond(id, &text(200, "ok\n"));
                 } else {

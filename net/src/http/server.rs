@@ -208,9 +208,16 @@ impl Output {
     }
 
     /// Serializes the answer of the `k`-th owed request: straight into the
-    /// output when it is the oldest, else into the stash.
-    fn answer(&mut self, k: usize, write: impl FnOnce(&mut Vec<u8>, Framing)) {
-        let framing = self.inflight[k].framing;
+    /// output when it is the oldest, else into the stash. While the server
+    /// drains, the last answer owed says `Connection: close` and ends the
+    /// connection: a client learns it must go elsewhere from the answer
+    /// itself, not from a reset on its next request.
+    fn answer(&mut self, k: usize, draining: bool, write: impl FnOnce(&mut Vec<u8>, Framing)) {
+        let mut framing = self.inflight[k].framing;
+        if draining && k + 1 == self.inflight.len() {
+            framing.keep_alive = false;
+            self.finish.get_or_insert(Finish::Linger);
+        }
         self.unanswered_bytes -= self.inflight[k].request_bytes;
         if k == 0 {
             write(&mut self.out, framing);
@@ -247,7 +254,7 @@ impl Output {
     }
 
     /// Answers the request being parsed with a server error and stops input.
-    fn queue_error(&mut self, status: u16, detail: &str) {
+    fn queue_error(&mut self, status: u16, detail: &str, head_only: bool) {
         self.begin_request(
             Framing {
                 keep_alive: false,
@@ -257,8 +264,8 @@ impl Output {
             0,
         );
         let k = self.inflight.len() - 1;
-        self.answer(k, |out, _| {
-            response::write_error(out, status, detail, false)
+        self.answer(k, false, |out, _| {
+            response::write_error(out, status, detail, head_only)
         });
         self.finish = Some(Finish::Linger);
     }
@@ -278,6 +285,8 @@ struct Outputs {
     index: ConnIndex,
     /// Connections with new output to flush at the end of the handler call.
     dirty: Vec<(u32, ConnId)>,
+    /// [`HttpServer::drain`] was called.
+    draining: bool,
 }
 
 impl Outputs {
@@ -299,7 +308,7 @@ impl Outputs {
         if output.inflight[k].stashed.is_some() {
             return Err(RespondError::UnknownRequest);
         }
-        output.answer(k, |out, framing| {
+        output.answer(k, self.draining, |out, framing| {
             response::write_response(out, resp, framing)
         });
         Ok(slot)
@@ -384,6 +393,12 @@ impl Input {
     fn discard(&mut self) {
         self.start = 0;
         self.end = 0;
+    }
+
+    /// Bytes of a request not handed out yet are here (or its body is
+    /// still to come).
+    fn partly_received(&self) -> bool {
+        self.end > self.start || !self.parser.in_head()
     }
 
     fn consume(&mut self, n: usize) {
@@ -475,6 +490,7 @@ impl<T: Transport> HttpServer<T> {
                 slots: Vec::new(),
                 index: ConnIndex::default(),
                 dirty: Vec::new(),
+                draining: false,
             },
             free_slots: Vec::new(),
             ready: VecDeque::new(),
@@ -522,6 +538,46 @@ impl<T: Transport> HttpServer<T> {
     /// Connections refused with 503 because `max_connections` were open.
     pub fn rejected_connections(&self) -> u64 {
         self.rejected
+    }
+
+    /// Starts a graceful shutdown of the open connections (the listener is
+    /// the caller's to stop): from now on each connection ends after the
+    /// last answer it owes, which says `Connection: close`, so that a
+    /// client learns from the answer itself that it must go elsewhere
+    /// (where closing idle connections at once would race with the requests
+    /// they are sending). A request that is partly received goes on
+    /// arriving, so that it can be answered ([`Self::requests_in_progress`],
+    /// [`Self::refuse_in_progress`]) instead of cut off unanswered.
+    pub fn drain(&mut self) {
+        self.outputs.draining = true;
+    }
+
+    /// Open connections with a request partly received (or received and not
+    /// parsed yet) and nothing else owed: what a drain should wait for.
+    pub fn requests_in_progress(&self) -> usize {
+        (0..self.outputs.slots.len())
+            .filter(|&slot| self.in_progress(slot))
+            .count()
+    }
+
+    /// Answers every request [`Self::requests_in_progress`] counts with a
+    /// `status` error (e.g. 503 when a drain runs out of time) and closes
+    /// its connection.
+    pub fn refuse_in_progress(&mut self, status: u16, detail: &str) {
+        for slot in 0..self.outputs.slots.len() {
+            if self.in_progress(slot) {
+                self.refuse(slot, status, detail);
+            }
+        }
+        self.flush_dirty();
+    }
+
+    fn in_progress(&self, slot: usize) -> bool {
+        let output = &self.outputs.slots[slot];
+        output.phase == Phase::Open
+            && output.finish.is_none()
+            && output.inflight.is_empty()
+            && self.inputs[slot].partly_received()
     }
 
     /// One bounded turn: poll the transport (`Some(ZERO)` when spinning;
@@ -891,10 +947,12 @@ impl<T: Transport> HttpServer<T> {
 
     fn refuse(&mut self, slot: usize, status: u16, detail: &str) {
         let input = &mut self.inputs[slot];
+        // RFC 9110 §9.3.2: an answer to HEAD has no content, errors included.
+        let head_only = is_head_request(&input.buf[input.start..input.end]);
         input.discard();
         input.parser.reset();
         input.head_started = None;
-        self.outputs.slots[slot].queue_error(status, detail);
+        self.outputs.slots[slot].queue_error(status, detail, head_only);
         self.outputs.mark_dirty(slot);
     }
 
@@ -1106,4 +1164,13 @@ impl<T: Transport> HttpServer<T> {
             }
         }
     }
+}
+
+/// Whether `request` (a request's first bytes, however few) is a `HEAD`
+/// request: the parser may not have got as far as the method, or may have
+/// given up on the request.
+fn is_head_request(request: &[u8]) -> bool {
+    // The parser skips empty lines before a request line (RFC 9112 §2.2).
+    let first = request.iter().position(|&b| b != b'\r' && b != b'\n');
+    first.is_some_and(|i| request[i..].starts_with(b"HEAD "))
 }

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
@@ -36,6 +36,10 @@ pub struct Published {
     pub rejected: AtomicU64,
     /// `HttpServer::lingering_count`.
     pub lingering: AtomicUsize,
+    /// `HttpServer::requests_in_progress`.
+    pub in_progress: AtomicUsize,
+    /// `HttpServer::drain` was called.
+    pub draining: AtomicBool,
 }
 
 /// Routes:
@@ -55,6 +59,10 @@ struct TestHandler {
     stop: bool,
     /// `release_held` was asked for.
     release: bool,
+    /// `drain` was asked for.
+    drain: bool,
+    /// `refuse_in_progress` was asked for.
+    refuse: bool,
     wake_reader: UnixStream,
     scratch: Vec<u8>,
 }
@@ -115,6 +123,8 @@ impl RequestHandler for TestHandler {
         for &b in &bytes[..n] {
             match b {
                 b'r' => self.release = true,
+                b'd' => self.drain = true,
+                b'x' => self.refuse = true,
                 _ => self.stop = true,
             }
         }
@@ -174,6 +184,8 @@ impl TestServer {
             published: published.clone(),
             stop: false,
             release: false,
+            drain: false,
+            refuse: false,
             wake_reader,
             scratch: Vec::new(),
         };
@@ -182,6 +194,13 @@ impl TestServer {
                 // Block in epoll: the server cuts the sleep short for its
                 // timers, the wake fd ends it for the stop.
                 server.poll(None, 64, &mut handler).unwrap();
+                if std::mem::take(&mut handler.drain) {
+                    server.drain();
+                    handler.published.draining.store(true, Ordering::Relaxed);
+                }
+                if std::mem::take(&mut handler.refuse) {
+                    server.refuse_in_progress(503, "shutting down");
+                }
                 if handler.held.len() >= handler.hold_batch || handler.release {
                     handler.release = false;
                     for (id, path) in handler.held.drain(..).rev() {
@@ -202,6 +221,10 @@ impl TestServer {
                     .published
                     .lingering
                     .store(server.lingering_count(), Ordering::Relaxed);
+                handler
+                    .published
+                    .in_progress
+                    .store(server.requests_in_progress(), Ordering::Relaxed);
             }
         });
         Self {
@@ -232,6 +255,23 @@ impl TestServer {
     /// Answers the `/hold` requests held now.
     pub fn release_held(&self) {
         (&self.wake).write_all(b"r").unwrap();
+    }
+
+    /// `HttpServer::drain`, and waits until it was called.
+    pub fn drain(&self) {
+        (&self.wake).write_all(b"d").unwrap();
+        self.wait_until("the drain", |s| {
+            s.published.draining.load(Ordering::Relaxed)
+        });
+    }
+
+    /// `HttpServer::refuse_in_progress(503, "shutting down")`.
+    pub fn refuse_in_progress(&self) {
+        (&self.wake).write_all(b"x").unwrap();
+    }
+
+    pub fn in_progress(&self) -> usize {
+        self.published.in_progress.load(Ordering::Relaxed)
     }
 
     /// Waits (generously; never asserts a duration) until `cond` holds.
