@@ -142,11 +142,14 @@ pub struct ServeArgs {
     /// A connection must send a whole request head within this, e.g. 10s; slower clients get 408 [default: 10s]
     ///
     /// The defence against slowloris clients: a connection that trickles its
-    /// head is closed without holding up anyone else.
+    /// head is closed without holding up anyone else. It is also a body's
+    /// grace: after it, a body must have arrived at 32 KiB/s on average.
     #[arg(long, env = "NOCTURNE_HEADER_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub header_timeout: Option<Duration>,
 
     /// Close keep-alive connections idle this long, e.g. 60s [default: 60s]
+    ///
+    /// A request body of which nothing arrives for this long gets 408.
     #[arg(long, env = "NOCTURNE_KEEPALIVE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub keepalive_timeout: Option<Duration>,
 

@@ -419,6 +419,76 @@ fn slow_head_times_out_with_408_and_silent_connection_is_closed() {
 }
 
 #[test]
+fn a_body_trickling_in_is_cut_off_with_408_and_one_arriving_steadily_is_not() {
+    // A grace of 300 ms after the head, then at least 1000 bytes/s.
+    let server = TestServer::start(Options {
+        limits: Limits {
+            header_timeout: Duration::from_millis(300),
+            min_body_rate: 1000,
+            ..Limits::default()
+        },
+        ..Options::default()
+    });
+    // 10 bytes every 100 ms (100 bytes/s) of a 1000-byte body: 408, long
+    // before the body could be complete (10 s).
+    let mut slow = server.connect();
+    slow.send(b"POST /echo HTTP/1.1\r\nContent-Length: 1000\r\n\r\n");
+    let mut writer = slow.stream.try_clone().unwrap();
+    let trickle = thread::spawn(move || {
+        for _ in 0..100 {
+            if writer.write_all(&[b't'; 10]).is_err() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let resp = slow.read_response();
+    assert_eq!(resp.status_line, "HTTP/1.1 408 Request Timeout");
+    assert!(
+        resp.body_str()
+            .starts_with("Request Timeout: request body arriving slower than 1000 bytes/s: "),
+        "{}",
+        resp.body_str()
+    );
+    // Ends the trickle (its writes fail on a shut socket).
+    slow.stream.shutdown(std::net::Shutdown::Both).unwrap();
+    trickle.join().unwrap();
+
+    // 200 bytes every 100 ms (2000 bytes/s) for 0.5 s: served.
+    let mut steady = server.connect();
+    steady.send(b"POST /echo HTTP/1.1\r\nContent-Length: 1000\r\n\r\n");
+    for _ in 0..5 {
+        thread::sleep(Duration::from_millis(100));
+        steady.send(&[b's'; 200]);
+    }
+    let resp = steady.read_response();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body_str().len(), "POST /echo ".len() + 1000);
+}
+
+#[test]
+fn a_body_that_stops_arriving_gets_408_after_the_idle_timeout() {
+    let server = TestServer::start(Options {
+        limits: Limits {
+            idle_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        },
+        ..Options::default()
+    });
+    let mut client = server.connect();
+    client.send(b"POST /echo HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc");
+    let resp = client.read_response();
+    assert_eq!(resp.status_line, "HTTP/1.1 408 Request Timeout");
+    assert!(
+        resp.body_str()
+            .starts_with("Request Timeout: request body stopped arriving: nothing for "),
+        "{}",
+        resp.body_str()
+    );
+    client.expect_eof();
+}
+
+#[test]
 fn idle_keep_alive_connection_is_closed() {
     let server = TestServer::start(Options {
         limits: Limits {

@@ -71,6 +71,11 @@ pub struct Limits {
     pub max_output_bytes: usize,
     /// How long a lingering close drains the peer's input at most.
     pub linger_timeout: Duration,
+    /// Bytes per second a request body must arrive at on average, once
+    /// `header_timeout` has passed since its head (a grace for the first
+    /// bytes); slower: 408. A body that stops arriving altogether gets 408
+    /// after `idle_timeout`.
+    pub min_body_rate: usize,
 }
 
 impl Default for Limits {
@@ -85,6 +90,7 @@ impl Default for Limits {
             max_pipelined: 64,
             max_output_bytes: 256 * 1024,
             linger_timeout: Duration::from_secs(2),
+            min_body_rate: 32 * 1024,
         }
     }
 }

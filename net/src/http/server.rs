@@ -356,6 +356,10 @@ struct Input {
     /// When the head of the request in progress started (or the connection
     /// was accepted); the header timeout counts from here.
     head_started: Option<Instant>,
+    /// When the head of the request in progress completed, while its body
+    /// is still arriving, and how many bytes came since.
+    body_started: Option<Instant>,
+    body_bytes: usize,
     /// Last read, write or request: the idle and stall timeouts count from
     /// here.
     last_activity: Instant,
@@ -373,26 +377,59 @@ impl Input {
             stalled: false,
             in_ready: false,
             head_started: None,
+            body_started: None,
+            body_bytes: 0,
             last_activity: now,
         }
     }
 
     fn reset(&mut self, now: Instant) {
-        self.discard();
+        self.abandon_request();
         if self.buf.len() > KEEP_BUFFER_MAX {
             self.buf = Vec::new();
         }
-        self.parser.reset();
         self.readable = false;
         self.stalled = false;
         self.in_ready = false;
-        self.head_started = None;
         self.last_activity = now;
     }
 
     fn discard(&mut self) {
         self.start = 0;
         self.end = 0;
+    }
+
+    /// Why the body in progress has run out of time, if it has: nothing
+    /// came for `idle_timeout`, or, past a grace of `header_timeout` from
+    /// the end of the head, it came slower than `min_body_rate` on average.
+    /// (The head has its own deadline; without one for the body, a byte now
+    /// and then held a connection for as long as the body was long.)
+    fn body_expiry(&self, now: Instant, idle_for: Duration, limits: &Limits) -> Option<String> {
+        if idle_for >= limits.idle_timeout {
+            return Some(format!(
+                "request body stopped arriving: nothing for {} ms",
+                idle_for.as_millis()
+            ));
+        }
+        let started = self.body_started?;
+        let rate = limits.min_body_rate.max(1) as u64;
+        let earned = Duration::from_millis(self.body_bytes as u64 * 1000 / rate);
+        let elapsed = now.saturating_duration_since(started);
+        (elapsed >= limits.header_timeout + earned).then(|| {
+            format!(
+                "request body arriving slower than {rate} bytes/s: {} bytes in {} ms",
+                self.body_bytes,
+                elapsed.as_millis()
+            )
+        })
+    }
+
+    /// Drops the request in progress, whatever arrived of it.
+    fn abandon_request(&mut self) {
+        self.discard();
+        self.parser.reset();
+        self.head_started = None;
+        self.body_started = None;
     }
 
     /// Bytes of a request not handed out yet are here (or its body is
@@ -816,6 +853,8 @@ impl<T: Transport> HttpServer<T> {
                     } = self;
                     let input = &mut inputs[slot];
                     input.head_started = None;
+                    input.body_started = Some(*now);
+                    input.body_bytes = 0;
                     input.last_activity = *now;
                     let raw = &input.buf[input.start..input.start + info.head_len];
                     let head = RequestHead::new(raw, &info, &input.spans);
@@ -873,6 +912,7 @@ impl<T: Transport> HttpServer<T> {
                     handler.on_request(req, &mut Responder { outputs });
                     let input = &mut inputs[slot];
                     input.last_activity = *now;
+                    input.body_started = None;
                     if head.keep_alive {
                         input.consume(consumed);
                         input.head_started = (input.end > input.start).then_some(*now);
@@ -907,6 +947,9 @@ impl<T: Transport> HttpServer<T> {
             Ok(0) => Fill::Eof,
             Ok(n) => {
                 input.end += n;
+                if input.body_started.is_some() {
+                    input.body_bytes += n;
+                }
                 if n < room && self.transport.short_read_drains(id) {
                     input.readable = false;
                 }
@@ -929,18 +972,15 @@ impl<T: Transport> HttpServer<T> {
     fn on_eof(&mut self, slot: usize) {
         let input = &mut self.inputs[slot];
         input.readable = false;
-        input.discard();
-        input.parser.reset();
-        input.head_started = None;
+        input.abandon_request();
         let output = &mut self.outputs.slots[slot];
         output.continue_owed = false;
         output.finish.get_or_insert(Finish::Close);
         self.flush(slot);
     }
 
-    /// Answers the request in progress with a server error; no more input is
-    /// parsed on this connection.
-    /// Answers a request the server refuses itself, saying why, and closes.
+    /// Answers a request the server refuses itself, saying why, and closes:
+    /// no more input is parsed on this connection.
     fn reject(&mut self, slot: usize, error: RequestError) {
         self.refuse(slot, error.status(), &error.to_string());
     }
@@ -949,9 +989,7 @@ impl<T: Transport> HttpServer<T> {
         let input = &mut self.inputs[slot];
         // RFC 9110 §9.3.2: an answer to HEAD has no content, errors included.
         let head_only = is_head_request(&input.buf[input.start..input.end]);
-        input.discard();
-        input.parser.reset();
-        input.head_started = None;
+        input.abandon_request();
         self.outputs.slots[slot].queue_error(status, detail, head_only);
         self.outputs.mark_dirty(slot);
     }
@@ -1100,6 +1138,11 @@ impl<T: Transport> HttpServer<T> {
             Close,
             /// Part of a head came and then nothing: say why we close.
             RequestTimeout,
+            /// A body stopped arriving, or arrives too slowly to finish.
+            BodyTimeout(String),
+            /// Earlier answers are owed: a body in progress may be held back
+            /// for a `100 Continue` sent after them, so its clock restarts.
+            KeepBodyWaiting,
         }
         let now = self.now;
         let header_timeout = self.limits.header_timeout;
@@ -1126,14 +1169,11 @@ impl<T: Transport> HttpServer<T> {
                         }
                     } else if !owes_nothing {
                         // The handler has the floor (its own deadlines apply).
-                        Expiry::Keep
+                        Expiry::KeepBodyWaiting
                     } else if !input.parser.in_head() {
-                        // A body that stopped arriving.
-                        if idle_for >= idle_timeout {
-                            Expiry::Close
-                        } else {
-                            Expiry::Keep
-                        }
+                        input
+                            .body_expiry(now, idle_for, &self.limits)
+                            .map_or(Expiry::Keep, Expiry::BodyTimeout)
                     } else if head_expired {
                         if input.end > input.start {
                             Expiry::RequestTimeout
@@ -1153,7 +1193,15 @@ impl<T: Transport> HttpServer<T> {
             };
             match expiry {
                 Expiry::Keep => {}
+                Expiry::KeepBodyWaiting => {
+                    let input = &mut self.inputs[slot];
+                    if input.body_started.is_some() {
+                        input.body_started = Some(now);
+                        input.body_bytes = 0;
+                    }
+                }
                 Expiry::Close => self.teardown(slot),
+                Expiry::BodyTimeout(detail) => self.refuse(slot, 408, &detail),
                 Expiry::RequestTimeout => {
                     let detail = format!(
                         "request head not complete within {} ms",
