@@ -148,6 +148,27 @@ fn routes_methods_and_status_codes() {
 }
 
 #[test]
+fn an_upload_to_no_function_is_answered_404_before_its_body() {
+    let engine = Engine::start(&[]);
+    // Over the 64 KiB a request to no function may carry: 404, not 413.
+    let mut c = engine.client();
+    c.write_raw(b"POST /function/nope HTTP/1.1\r\nContent-Length: 100000\r\n\r\n")
+        .unwrap();
+    let r = c.read_response();
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(r.text(), "Not Found: no function named \"nope\"\n");
+    // Waiting for 100 Continue: 404 at once, never 100.
+    let mut c = engine.client();
+    c.write_raw(
+        b"POST /function/nope HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    )
+    .unwrap();
+    let r = c.read_response();
+    assert_eq!(r.status, 404, "{}", r.text());
+    // (A known function's 100 Continue: e2e_transports.)
+}
+
+#[test]
 fn server_timing_content_type_status_and_query_string() {
     for_each_poll(|poll| {
         let engine = Engine::builder().poll(poll).start();

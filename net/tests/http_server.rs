@@ -185,6 +185,31 @@ fn expect_100_continue_over_the_limit_gets_413_and_no_100() {
 }
 
 #[test]
+fn a_request_the_handler_answers_before_its_body_is_not_uploaded() {
+    let server = server();
+    // Over the body limit: the handler's 404, not 413.
+    let mut client = server.connect();
+    client.send(b"POST /gone HTTP/1.1\r\nContent-Length: 100000\r\n\r\n");
+    let resp = client.read_response();
+    assert_eq!(resp.status_line, "HTTP/1.1 404 Not Found");
+    assert_eq!(resp.body_str(), "Not Found: gone\n");
+    assert_eq!(resp.header("Connection"), Some("close"));
+    client.expect_eof();
+    // Waiting for 100 Continue: the 404 instead, and no 100.
+    let mut client = server.connect();
+    client.send(b"POST /gone HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n");
+    assert_eq!(client.read_response().status, 404);
+    client.expect_eof();
+    // A small body without Expect is read as usual, and the handler's own
+    // answer (here the catch-all 404) keeps the connection.
+    let mut client = server.connect();
+    let resp = client.roundtrip(&post("/gone", b"small"));
+    assert_eq!(resp.status, 404);
+    assert_eq!(resp.body_str(), "no such route");
+    assert_eq!(client.roundtrip(&get("/echo")).status, 200);
+}
+
+#[test]
 fn malformed_request_is_400_then_close() {
     let server = server();
     let mut client = server.connect();

@@ -11,7 +11,9 @@
 //! a known path with the wrong method 405 with `Allow`.
 
 use nocturne_functions::protocol;
-use nocturne_net::http::{Method, Request, RequestHandler, RequestHead, Responder, Response};
+use nocturne_net::http::{
+    EarlyAnswer, Method, Request, RequestHandler, RequestHead, Responder, Response,
+};
 use nocturne_net::ConnId;
 
 use super::dispatch::{Admission, NewCall};
@@ -79,6 +81,22 @@ impl RequestHandler for LoopState {
                 None => NO_BODY_LIMIT,
             },
             _ => NO_BODY_LIMIT,
+        }
+    }
+
+    fn answer_before_body(&mut self, head: &RequestHead<'_>) -> Option<EarlyAnswer> {
+        // A client about to upload learns at once that it would be for
+        // nothing. (405s need an `Allow` field: they wait for the body.)
+        let early = |status, detail: String| Some(EarlyAnswer { status, detail });
+        match route(head.path) {
+            Route::Function(_) if self.drain_deadline.is_some() => {
+                early(503, "the engine is shutting down".into())
+            }
+            Route::Function(name) if self.function_id(name).is_none() => {
+                early(404, format!("no function named {name:?}"))
+            }
+            Route::NotFound => early(404, "functions are at /function/NAME".into()),
+            _ => None,
         }
     }
 

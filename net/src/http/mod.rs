@@ -276,6 +276,14 @@ pub enum RespondError {
 }
 
 /// The engine's side of the HTTP layer.
+/// See [`RequestHandler::answer_before_body`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EarlyAnswer {
+    pub status: u16,
+    /// What was wrong; the body is the reason phrase, `: ` and this.
+    pub detail: String,
+}
+
 pub trait RequestHandler {
     /// Asked once a request head announcing a body is complete, before the
     /// body is read: the body limit for this request (e.g. per function). The
@@ -283,6 +291,16 @@ pub trait RequestHandler {
     /// `Content-Length` above it is answered 413 at once; a chunked body that
     /// grows past it, too. Not asked for requests without a body.
     fn body_limit(&mut self, head: &RequestHead<'_>) -> usize;
+
+    /// Asked, after [`body_limit`](Self::body_limit), when the client would
+    /// otherwise send a body for nothing: its `Content-Length` is over the
+    /// limit (the answer would be 413), or it waits for `100 Continue`. An
+    /// answer the request gets at once instead (e.g. 404 for no such route),
+    /// served like the server's own refusals: its body is not read and the
+    /// connection closes after it. Default: none.
+    fn answer_before_body(&mut self, _head: &RequestHead<'_>) -> Option<EarlyAnswer> {
+        None
+    }
 
     /// A complete request. Answer now through `responder`, or later through
     /// [`HttpServer::respond`] with `req.id`. The views borrow the

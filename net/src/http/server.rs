@@ -859,6 +859,13 @@ impl<T: Transport> HttpServer<T> {
                     let raw = &input.buf[input.start..input.start + info.head_len];
                     let head = RequestHead::new(raw, &info, &input.spans);
                     let limit = handler.body_limit(&head).min(limits.max_body_bytes);
+                    let over = info.content_length.is_some_and(|n| n > limit);
+                    if over || info.expect_continue {
+                        if let Some(early) = handler.answer_before_body(&head) {
+                            self.refuse(slot, early.status, &early.detail);
+                            return delivered;
+                        }
+                    }
                     if let Err(e) = input.parser.set_body_limit(limit) {
                         self.reject(slot, e);
                         return delivered;

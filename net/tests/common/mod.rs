@@ -14,8 +14,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nocturne_net::{
-    ConnId, HttpServer, KernelOptions, KernelTransport, Limits, Request, RequestHandler,
-    RequestHead, RequestId, Responder, Response, Transport,
+    ConnId, EarlyAnswer, HttpServer, KernelOptions, KernelTransport, Limits, Request,
+    RequestHandler, RequestHead, RequestId, Responder, Response, Transport,
 };
 
 /// What the handler saw, in order.
@@ -49,6 +49,7 @@ pub struct Published {
 ///   (body = path) from outside the poll. Body limit 1 MiB.
 /// * `/big` — 200 with `big_body`.
 /// * `/small…` — body limit 10.
+/// * `/gone…` — 404, before its body is read where that saves an upload.
 /// * anything else — 404.
 struct TestHandler {
     hold_batch: usize,
@@ -68,6 +69,13 @@ struct TestHandler {
 }
 
 impl RequestHandler for TestHandler {
+    fn answer_before_body(&mut self, head: &RequestHead<'_>) -> Option<EarlyAnswer> {
+        head.path.starts_with("/gone").then(|| EarlyAnswer {
+            status: 404,
+            detail: "gone".into(),
+        })
+    }
+
     fn body_limit(&mut self, head: &RequestHead<'_>) -> usize {
         if head.path.starts_with("/small") {
             10
