@@ -92,6 +92,8 @@ pub(crate) enum RequestError {
     UnsupportedTransferEncoding,
     #[error("unsupported Expect: only 100-continue is accepted")]
     ExpectationFailed,
+    #[error("HTTP version not supported: only HTTP/1.0 and HTTP/1.1")]
+    VersionNotSupported,
 }
 
 impl RequestError {
@@ -104,6 +106,7 @@ impl RequestError {
             RequestError::BodyTooLarge { .. } => 413,
             RequestError::UnsupportedTransferEncoding => 501,
             RequestError::ExpectationFailed => 417,
+            RequestError::VersionNotSupported => 505,
         }
     }
 }
@@ -442,6 +445,9 @@ fn parse_head(
             };
         }
         Err(httparse::Error::TooManyHeaders) => return Err(RequestError::TooManyHeaders),
+        Err(httparse::Error::Version) if names_an_http_version(buf) => {
+            return Err(RequestError::VersionNotSupported)
+        }
         Err(httparse::Error::Version) => return Err(RequestError::Malformed("bad HTTP version")),
         Err(httparse::Error::HeaderName) => return Err(RequestError::Malformed("bad header name")),
         Err(httparse::Error::HeaderValue) => {
@@ -459,6 +465,12 @@ fn parse_head(
     else {
         return Err(RequestError::Malformed("bad request line"));
     };
+    if target.contains('#') {
+        // A fragment is the client's own (RFC 9110 §4.2.5): never sent.
+        return Err(RequestError::Malformed(
+            "fragment (#) in the request target",
+        ));
+    }
     let target = origin_form(target);
     let (path, query) = match target.split_once('?') {
         Some((path, query)) => (path, Some(query)),
@@ -471,6 +483,7 @@ fn parse_head(
     let mut close = false;
     let mut keep_alive_token = false;
     let mut expect_continue = false;
+    let mut host = false;
     spans.clear();
     for h in req.headers.iter() {
         let value = h.value;
@@ -499,6 +512,12 @@ fn parse_head(
                     keep_alive_token = true;
                 }
             }
+        } else if h.name.eq_ignore_ascii_case("host") {
+            // RFC 9112 §3.2: which host is meant would be ambiguous.
+            if host {
+                return Err(RequestError::Malformed("more than one Host field"));
+            }
+            host = true;
         } else if h.name.eq_ignore_ascii_case("expect") && minor_version == 1 {
             // HTTP/1.0 peers never wait for 100 Continue: ignore Expect.
             if value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
@@ -538,6 +557,23 @@ fn parse_head(
         content_length,
         chunked,
     }))
+}
+
+/// Whether the request line in `buf` (its first line that is not empty)
+/// ends in a well-formed version httparse does not take (`HTTP/2.0`,
+/// `HTTP/1.2`): unsupported (505) rather than malformed (400).
+fn names_an_http_version(buf: &[u8]) -> bool {
+    let line = buf
+        .split(|&b| b == b'\r' || b == b'\n')
+        .find(|line| !line.is_empty())
+        .unwrap_or(&[]);
+    let mut parts = line.split(|&b| b == b' ');
+    let (Some(_method), Some(_target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    version.starts_with(b"HTTP/") && version.get(5).is_some_and(u8::is_ascii_digit)
 }
 
 /// The path-and-query of a request target. A server must accept the
@@ -776,7 +812,9 @@ GET /p?next=http://h/q HTTP/1.1\r\n\r\n";
             b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
             b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"GET / HTTP/9.1\r\n\r\n",
+            b"GET / HTTQ/1.1\r\n\r\n",
+            b"GET /#top HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n",
             b"GE T / HTTP/1.1\r\n\r\n",
             b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
             b"\x00\x01\x02\r\n\r\n",
@@ -789,6 +827,18 @@ GET /p?next=http://h/q HTTP/1.1\r\n\r\n";
                 Some(400),
                 "{:?}",
                 String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn other_http_versions_are_505() {
+        for version in ["HTTP/9.1", "HTTP/2.0", "HTTP/1.2", "HTTP/2"] {
+            let request = format!("GET / {version}\r\n\r\n");
+            assert_eq!(
+                first_error(request.as_bytes(), 100, 8192),
+                Some(505),
+                "{version}"
             );
         }
     }
