@@ -333,6 +333,14 @@ fn deadline_exceeded_gives_504_and_a_stuck_worker_is_replaced() {
         };
         let r = engine.post("/function/sleep?us=30000000", b"");
         assert_eq!(r.status, 504, "{}", r.text());
+        // Cut off after running 200 ms: that is execution, not overhead.
+        let exec = r.timing_ms("exec");
+        assert!(exec >= 150.0, "exec {exec} ms of a call cut off at 200 ms");
+        assert!(
+            r.timing_ms("overhead") < exec,
+            "{:?}",
+            r.header("server-timing")
+        );
         assert!(
             r.text().contains("sleep") && r.text().contains("200 ms"),
             "{}",

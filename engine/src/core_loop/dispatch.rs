@@ -421,6 +421,12 @@ impl LoopState {
         let Some(call) = self.calls.remove(key) else {
             return;
         };
+        // A call cut off in a worker (its deadline, a drain) ran until now:
+        // `Server-Timing` counts that as execution, not as the runtime's.
+        let exec_ns = match call.worker {
+            Some(_) if call.dispatched_ns > 0 => self.now_ns.saturating_sub(call.dispatched_ns),
+            _ => 0,
+        };
         if call.worker.is_some() {
             self.functions[call.function as usize].in_flight -= 1;
         }
@@ -428,7 +434,7 @@ impl LoopState {
             status,
             flags: 0,
             payload: message.as_bytes(),
-            exec_ns: 0,
+            exec_ns,
         };
         self.deliver(&call, &outcome, server);
         self.publish(call.function);

@@ -965,6 +965,21 @@ impl Response {
             .map(|(_, v)| v.as_str())
     }
 
+    /// `metric`'s duration in `Server-Timing`, in ms; panics without one.
+    pub fn timing_ms(&self, metric: &str) -> f64 {
+        let timing = self
+            .header("server-timing")
+            .expect("a Server-Timing header");
+        let value = timing
+            .split(',')
+            .map(str::trim)
+            .find_map(|m| m.strip_prefix(&format!("{metric};dur=")))
+            .unwrap_or_else(|| panic!("no {metric} in {timing:?}"));
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("{metric} is not a number: {timing:?}"))
+    }
+
     /// The body as (lossy) UTF-8.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
