@@ -174,7 +174,7 @@ fn start_loops<T: Transport + Send + 'static>(
             .name(format!("nocturne-io-{core}"))
             .spawn(move || {
                 if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
-                    eprintln!("nocturne: warning: cannot pin core loop {index} to core {core}");
+                    log::warn!("nocturne: warning: cannot pin core loop {index} to core {core}");
                 }
                 core_loop.run();
             })
@@ -275,7 +275,7 @@ impl Engine {
         };
         log_startup(&config, addr);
         if let Some(note) = fd_note {
-            eprintln!("{note}");
+            log::warn!("{note}");
         }
         Ok(Self {
             addr,
@@ -306,6 +306,35 @@ impl Engine {
     /// Whether every core loop has finished.
     pub fn is_stopped(&self) -> bool {
         self.threads.iter().all(|t| t.is_finished())
+    }
+
+    /// A core loop that has finished although nobody asked the engine to
+    /// stop or drain, if any.
+    pub fn stopped_loop(&self) -> Option<usize> {
+        // Relaxed: see `stop`; a loop that stops on request may end any time.
+        if self.stop.load(Ordering::Relaxed) || self.draining.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.threads.iter().position(|t| t.is_finished())
+    }
+
+    /// Stops the other loops after loop `index` ended on its own; returns
+    /// why it ended (its panic message).
+    pub fn stop_after_loop_died(mut self, index: usize) -> String {
+        let dead = self.threads.remove(index);
+        let why = match dead.join() {
+            Ok(()) => "it returned".to_string(),
+            Err(payload) => match payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+            {
+                Some(message) => format!("it panicked: {message}"),
+                None => "it panicked".to_string(),
+            },
+        };
+        self.stop();
+        why
     }
 
     /// Stops every core loop and waits for them; their workers end with them.
@@ -368,20 +397,41 @@ fn log_startup(config: &Config, addr: SocketAddr) {
 /// `nocturne serve`: runs until SIGINT or SIGTERM.
 pub fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
+    crate::logger::install();
     crate::cli::warn_about_unknown_env();
     crate::sys::block_shutdown_signals().context("cannot block shutdown signals")?;
     let engine = Engine::start(config)?;
-    let sig = crate::sys::wait_for_signal(None).expect("no timeout");
-    eprintln!("nocturne: signal {sig} received: draining (a second signal stops at once)");
+    let sig = loop {
+        if let Some(sig) = crate::sys::wait_for_signal(Some(LOOP_CHECK_PERIOD)) {
+            break sig;
+        }
+        if let Some(index) = engine.stopped_loop() {
+            // A core loop that died (a bug: it panicked) serves nothing;
+            // an engine that went on without it would look alive to its
+            // supervisor. Stop, say why, exit non-zero.
+            let why = engine.stop_after_loop_died(index);
+            crate::logger::flush(LOG_FLUSH_AT_EXIT);
+            anyhow::bail!("core loop {index} stopped: {why}");
+        }
+    };
+    log::info!("nocturne: signal {sig} received: draining (a second signal stops at once)");
     engine.begin_drain();
     while !engine.is_stopped() {
         if let Some(sig) = crate::sys::wait_for_signal(Some(Duration::from_millis(20))) {
-            eprintln!("nocturne: second signal {sig}: stopping now");
+            log::info!("nocturne: second signal {sig}: stopping now");
+            crate::logger::flush(LOG_FLUSH_AT_EXIT);
             // Workers die with us (PR_SET_PDEATHSIG, and EOF on their control sockets).
             std::process::exit(130);
         }
     }
     engine.stop();
-    eprintln!("nocturne: stopped");
+    log::info!("nocturne: stopped");
+    crate::logger::flush(LOG_FLUSH_AT_EXIT);
     Ok(())
 }
+
+/// How often `serve` checks that every core loop still runs.
+const LOOP_CHECK_PERIOD: Duration = Duration::from_millis(100);
+/// How long an exiting engine waits for its log to be written (a stalled
+/// reader must not keep it from exiting).
+const LOG_FLUSH_AT_EXIT: Duration = Duration::from_secs(1);

@@ -18,6 +18,8 @@
 //!   dispatch, the call table and the mailbox between loops (calls of a
 //!   function a loop has no workers of) live under it.
 //! * [`limiter`] — the Little's-law concurrency limit per function.
+//! * [`logger`] — the engine's log: a queue to a writer thread, so that no
+//!   core loop ever waits for stderr.
 //! * [`worker`] — worker processes: spawn, handshake, pidfd, logs, back-off.
 //! * [`status`] — counters behind `/healthz` and `/system/functions`.
 //! * [`slab`] — generational keys for calls and workers.
@@ -30,6 +32,7 @@ pub mod engine;
 pub mod error_report;
 mod fd_limit;
 pub mod limiter;
+pub mod logger;
 pub mod slab;
 pub mod status;
 mod sys;

@@ -314,7 +314,7 @@ impl KernelTransport {
                 .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
         {
             self.shed_logged = Some(now);
-            eprintln!(
+            log::info!(
                 "nocturne-net: cannot accept on {}: {why}; closed {shed} waiting connection(s) \
                  unanswered ({} so far): raise the open-files limit or lower max_connections",
                 self.local_addr, self.shed

@@ -331,7 +331,7 @@ impl<T: Transport> CoreLoop<T> {
             self.server.transport_mut().stop_accepting();
             self.server.drain();
             let timeout = self.st.ctx.config.drain_timeout;
-            eprintln!(
+            log::info!(
                 "nocturne: loop {}: draining {} call(s) and {} request(s) still arriving, up to {} ms",
                 self.st.index,
                 self.st.calls.len(),
@@ -365,7 +365,7 @@ impl<T: Transport> CoreLoop<T> {
         match self.server.poll(timeout, NET_BUDGET, &mut self.st) {
             Ok(n) => n,
             Err(e) => {
-                eprintln!(
+                log::info!(
                     "nocturne: core loop {}: network poll failed: {e}",
                     self.st.index
                 );

@@ -205,7 +205,7 @@ impl LoopState {
                 Err(e) => {
                     let fs = &mut self.functions[f as usize];
                     let delay = fs.backoff.on_failure(self.now);
-                    eprintln!(
+                    log::info!(
                         "nocturne: cannot start a worker of {}: {e}; retrying in {} ms",
                         fs.name,
                         delay.as_millis()
@@ -266,7 +266,7 @@ impl LoopState {
             .transport_mut()
             .register_wake_fd(pidfd, WORKER_TOKEN_BASE + key.index())
         {
-            eprintln!("nocturne: cannot watch worker pid {pid}: {e}; dropping it");
+            log::info!("nocturne: cannot watch worker pid {pid}: {e}; dropping it");
             self.workers.remove(key);
             self.give_back_core(own_core);
             return;
@@ -274,9 +274,12 @@ impl LoopState {
         let fs = &mut self.functions[f as usize];
         fs.workers += 1;
         fs.idle.push(key);
-        eprintln!(
+        log::info!(
             "nocturne: loop {}: worker {} pid {pid} ready ({} of {})",
-            self.index, fs.name, fs.workers, fs.max_share
+            self.index,
+            fs.name,
+            fs.workers,
+            fs.max_share
         );
         self.dispatch_pending(f, server);
     }
@@ -308,9 +311,10 @@ impl LoopState {
     /// Kills a worker that broke the protocol and treats it as crashed.
     fn disconnect_worker<T: Transport>(&mut self, w: Key, why: &str, server: &mut HttpServer<T>) {
         if let Some(slot) = self.workers.get(w) {
-            eprintln!(
+            log::info!(
                 "nocturne: worker {} pid {}: {why}; killing it",
-                self.functions[slot.function as usize].name, slot.worker.pid
+                self.functions[slot.function as usize].name,
+                slot.worker.pid
             );
             slot.worker.kill();
         }
@@ -350,11 +354,11 @@ impl LoopState {
             None => false,
         };
         if crashed {
-            eprintln!("nocturne: worker {name} pid {pid} {why}");
+            log::info!("nocturne: worker {name} pid {pid} {why}");
             let fs = &mut self.functions[f as usize];
             let delay = fs.backoff.on_failure(self.now);
             if !delay.is_zero() {
-                eprintln!(
+                log::info!(
                     "nocturne: {name} keeps crashing; next restart in {} ms",
                     delay.as_millis()
                 );
@@ -413,7 +417,7 @@ impl LoopState {
             self.fail_call(key, STATUS_WORKER_CRASHED, &msg, server);
             return false;
         }
-        eprintln!(
+        log::info!(
             "nocturne: worker {name} pid {pid} {why} before taking call {id:#x}; \
              it goes to another worker"
         );
@@ -444,7 +448,7 @@ impl LoopState {
             Ok(None)
         };
         find().unwrap_or_else(|e| {
-            eprintln!("nocturne: worker {name} pid {pid} left its request ring unreadable: {e}");
+            log::info!("nocturne: worker {name} pid {pid} left its request ring unreadable: {e}");
             None
         })
     }
@@ -497,7 +501,7 @@ impl LoopState {
                 None => {
                     // Configuration checks make this unlikely (at least one
                     // worker core per max worker); never share a spinning core.
-                    eprintln!(
+                    log::info!(
                         "nocturne: no free worker core for another spinning worker of {}",
                         self.functions[f as usize].name
                     );
@@ -555,7 +559,7 @@ impl LoopState {
                 .is_some_and(|t| self.now.duration_since(t) >= STUCK_GRACE)
             {
                 slot.abandoned_at = None;
-                eprintln!(
+                log::info!(
                     "nocturne: worker {} pid {} is stuck {} ms past its call's deadline; killing it",
                     self.functions[slot.function as usize].name,
                     slot.worker.pid,
@@ -585,9 +589,10 @@ impl LoopState {
                 return;
             }
             let pid = slot.worker.pid;
-            eprintln!(
+            log::info!(
                 "nocturne: loop {}: retiring idle worker {} pid {pid}",
-                self.index, fs.name
+                self.index,
+                fs.name
             );
             self.remove_worker(oldest, "was retired", Departure::Retired, server);
         }

@@ -63,7 +63,9 @@ pub struct StderrSink;
 
 impl LogSink for StderrSink {
     fn line(&self, origin: &LineOrigin<'_>, line: &[u8], truncated: bool) {
-        eprintln!("{}", format_line(origin, line, truncated));
+        // Through the engine's log queue: a stalled reader costs lines,
+        // never a worker blocked on its output pipe.
+        crate::logger::line(format_line(origin, line, truncated));
     }
 }
 

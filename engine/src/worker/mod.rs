@@ -341,9 +341,10 @@ impl WorkerProcess {
     pub fn kill(&self) {
         if self.exit.is_none() {
             if let Err(e) = sys::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGKILL) {
-                eprintln!(
+                ::log::info!(
                     "nocturne: cannot kill worker {} pid={}: {e}",
-                    self.function, self.pid
+                    self.function,
+                    self.pid
                 );
             }
         }

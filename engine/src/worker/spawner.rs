@@ -40,7 +40,7 @@ impl SpawnRequest {
         // WorkerProcess's drop kills and reaps it.
         let _ = self.reply.send((self.tag, result));
         if let Err(e) = crate::sys::signal_eventfd(self.wake_efd.as_fd()) {
-            eprintln!("nocturne: spawner cannot wake the requesting loop: {e}");
+            ::log::info!("nocturne: spawner cannot wake the requesting loop: {e}");
         }
     }
 }

@@ -119,6 +119,20 @@ impl Drop for Scratch {
 pub struct Log {
     lines: Mutex<Vec<String>>,
     grew: Condvar,
+    /// What the readers do next: a test can stall the engine's log output
+    /// or close it, as a stuck or vanished log reader would.
+    gate: Mutex<Gate>,
+    gate_changed: Condvar,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Gate {
+    #[default]
+    Read,
+    /// Read nothing (the pipe fills up and the engine's writes block).
+    Pause,
+    /// Close the pipes after the next line (the engine's writes then fail).
+    Close,
 }
 
 impl Log {
@@ -162,14 +176,50 @@ impl Log {
         }
     }
 
+    /// Stops reading the engine's output until [`resume`](Self::resume).
+    pub fn pause(&self) {
+        self.set_gate(Gate::Pause);
+    }
+
+    pub fn resume(&self) {
+        self.set_gate(Gate::Read);
+    }
+
+    /// Closes the engine's output pipes once each has delivered one more
+    /// line.
+    pub fn close(&self) {
+        self.set_gate(Gate::Close);
+    }
+
+    fn set_gate(&self, gate: Gate) {
+        *self.gate.lock().unwrap_or_else(|e| e.into_inner()) = gate;
+        self.gate_changed.notify_all();
+    }
+
+    /// Waits while paused; whether to go on reading.
+    fn may_read(&self) -> bool {
+        let mut gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        while *gate == Gate::Pause {
+            gate = self
+                .gate_changed
+                .wait(gate)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        *gate == Gate::Read
+    }
+
     fn follow(self: &Arc<Self>, stream: impl Read + Send + 'static, prefix: &'static str) {
         let log = self.clone();
         std::thread::Builder::new()
             .name("e2e-engine-log".into())
             .spawn(move || {
-                for line in BufReader::new(stream).split(b'\n') {
+                // A small buffer: while paused, little sits read but unlogged.
+                for line in BufReader::with_capacity(256, stream).split(b'\n') {
                     let Ok(line) = line else { break };
                     log.push(format!("{prefix}{}", String::from_utf8_lossy(&line)));
+                    if !log.may_read() {
+                        break; // drops the pipe
+                    }
                 }
             })
             .expect("start a log reader thread");

@@ -722,7 +722,7 @@ impl<T: Transport> HttpServer<T> {
         if self.active >= self.limits.max_connections {
             self.rejected += 1;
             if self.rejected == 1 {
-                eprintln!(
+                log::info!(
                     "nocturne-net: {} connections open (the limit); answering new ones 503",
                     self.active
                 );

@@ -418,7 +418,7 @@ impl SmoltcpTransport {
         if self.live() >= self.settings.max_connections {
             if !self.at_cap {
                 self.at_cap = true;
-                eprintln!(
+                log::info!(
                     "nocturne-net: smoltcp transport on {} port {}: {} connections live \
                      (max_connections); refusing new ones with a reset until one closes",
                     self.interface,
