@@ -835,3 +835,55 @@ fn a_call_answered_504_is_not_handed_on_when_its_stuck_worker_is_killed() {
         engine.log_text()
     );
 }
+
+/// `mute` starts a process that never completes its handshake (the engine
+/// kills it after its 10 s handshake timeout, and tries again).
+const WITH_A_MUTE_FUNCTION: &str = r#"
+[[functions]]
+name = "mute"
+command = ["/bin/sleep", "1000"]
+
+[[functions]]
+name = "echo"
+builtin = "echo"
+"#;
+
+#[test]
+fn a_worker_that_never_completes_its_handshake_delays_no_other_function() {
+    let mut engine = Engine::builder()
+        .config(WITH_A_MUTE_FUNCTION)
+        .no_health_wait()
+        .start();
+    // echo starts beside mute's hanging start, and so does a replacement
+    // of echo: both before mute's start times out (one spawner thread
+    // used to start mute first and everything else after its 10 s).
+    let r = engine.post("/function/echo", b"first");
+    assert_eq!(r.text(), "first");
+    let old = only_worker(&engine, "echo");
+    signal(old, libc::SIGKILL);
+    let r = engine.post("/function/echo", b"again");
+    assert_eq!(r.text(), "again");
+    let mute_timed_out = "did not complete the handshake";
+    assert!(
+        !engine.log_text().contains(mute_timed_out),
+        "echo waited for mute's start to time out:\n{}",
+        engine.log_text()
+    );
+    // Stopping does not wait for mute's start either (its 10 s).
+    let stopping = Instant::now();
+    engine.signal(libc::SIGTERM);
+    match engine.wait_exit(LONG) {
+        Some(status) => assert!(status.success(), "{status:?}"),
+        None => engine.fail("the engine did not stop"),
+    }
+    let took = stopping.elapsed();
+    assert!(
+        took < Duration::from_secs(8),
+        "stopping took {took:?}: it waited for a worker's handshake"
+    );
+    assert!(
+        !engine.log_text().contains("stopping now"),
+        "{}",
+        engine.log_text()
+    );
+}

@@ -204,7 +204,7 @@ impl LoopState {
                 Ok(worker) => self.add_worker(f, worker, own_core, server),
                 Err(e) => {
                     let fs = &mut self.functions[f as usize];
-                    let delay = fs.backoff.on_failure(self.now);
+                    let delay = fs.backoff.on_start_failure(self.now);
                     log::info!(
                         "nocturne: cannot start a worker of {}: {e}; retrying in {} ms",
                         fs.name,

@@ -48,12 +48,29 @@ impl Backoff {
         }
     }
 
-    /// Records that a worker died (or failed to start) at `now`; returns how
-    /// long to wait before starting its replacement.
+    /// Records that a worker died at `now`; returns how long to wait before
+    /// starting its replacement.
     pub fn on_failure(&mut self, now: Instant) -> Duration {
         if self.is_stable(now) {
             self.consecutive = 0;
         }
+        self.next_delay(now)
+    }
+
+    /// Records that a worker could not be started at `now` (its start may
+    /// have taken long: a handshake that timed out); returns how long to
+    /// wait before the next try. Unlike a death, this is never a stable run
+    /// ending: a function none of whose starts succeeds keeps backing off
+    /// (it used to look "up for 10 s" after each 10 s handshake timeout, and
+    /// was retried at once, forever).
+    pub fn on_start_failure(&mut self, now: Instant) -> Duration {
+        if self.last.is_none() {
+            self.consecutive = 0;
+        }
+        self.next_delay(now)
+    }
+
+    fn next_delay(&mut self, now: Instant) -> Duration {
         let delay = match self.consecutive {
             0 => Duration::ZERO,
             // min * 2^(n-1); any overflow means "past max".
@@ -128,6 +145,18 @@ mod tests {
         assert!(b.is_stable(last + 200 * MS + Duration::from_secs(10)));
         assert_eq!(b.on_failure(last + Duration::from_secs(11)), Duration::ZERO);
         assert_eq!(b.consecutive_failures(), 1);
+    }
+
+    #[test]
+    fn start_failures_back_off_however_long_each_start_took() {
+        let mut b = Backoff::new(100 * MS, 1000 * MS, Duration::from_secs(10));
+        let t0 = Instant::now();
+        // Each start fails after a 10 s handshake timeout: never stable.
+        let delays: Vec<_> = (0..4u32)
+            .map(|i| b.on_start_failure(t0 + i * Duration::from_secs(11)))
+            .collect();
+        assert_eq!(delays, [0, 100, 200, 400].map(|ms| ms * MS));
+        assert_eq!(b.consecutive_failures(), 4);
     }
 
     #[test]

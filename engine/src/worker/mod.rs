@@ -39,6 +39,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -211,6 +212,14 @@ pub enum SpawnError {
         pid: u32,
         /// The timeout.
         timeout: Duration,
+    },
+    /// The engine stopped while the worker was starting; it was killed.
+    #[error("worker {function:?} (pid {pid}) was still starting when the engine stopped; killed")]
+    Cancelled {
+        /// The function.
+        function: String,
+        /// Its pid.
+        pid: u32,
     },
     /// The worker answered something the protocol does not allow and was killed.
     #[error("worker {function:?} (pid {pid}) broke the control protocol: {detail}; killed")]
@@ -460,6 +469,18 @@ pub fn spawn_with_log(
     notify_efd: BorrowedFd<'_>,
     log: &LogForwarder,
 ) -> Result<Worker, SpawnError> {
+    spawn_cancellable(spec, notify_efd, log, &AtomicBool::new(false))
+}
+
+/// [`spawn_with_log`], giving up (and killing the worker) within
+/// [`CANCEL_CHECK`] once `cancel` is set: an engine that stops does not wait
+/// out a worker's handshake timeout.
+pub fn spawn_cancellable(
+    spec: &WorkerSpec,
+    notify_efd: BorrowedFd<'_>,
+    log: &LogForwarder,
+    cancel: &AtomicBool,
+) -> Result<Worker, SpawnError> {
     let function = &spec.function;
     let sys_err = |what| {
         move |source| SpawnError::Sys {
@@ -548,7 +569,7 @@ pub fn spawn_with_log(
     }
     drop(child); // a std Child neither kills nor waits on drop; the pidfd rules.
 
-    match handshake(&engine_sock, spec, &end, notify_efd, pid) {
+    match handshake(&engine_sock, spec, &end, notify_efd, pid, cancel) {
         Ok(()) => {
             process.control = Some(engine_sock);
             Ok(Worker {
@@ -569,6 +590,7 @@ pub fn spawn_with_log(
                     pid,
                     timeout: spec.handshake_timeout,
                 },
+                Failed::Cancelled => SpawnError::Cancelled { function, pid },
                 Failed::Protocol(detail) => SpawnError::Protocol {
                     function,
                     pid,
@@ -597,6 +619,7 @@ fn region_name(function: &str, worker_index: u32) -> String {
 
 enum Failed {
     Timeout,
+    Cancelled,
     Protocol(String),
     Handshake(HandshakeFailure),
 }
@@ -607,6 +630,7 @@ fn handshake(
     end: &EngineEnd,
     notify_efd: BorrowedFd<'_>,
     pid: u32,
+    cancel: &AtomicBool,
 ) -> Result<(), Failed> {
     let hello = Hello {
         function: spec.function.clone(),
@@ -634,10 +658,10 @@ fn handshake(
         }
         Err(SendControlError::Io(e)) => return Err(Failed::Handshake(HandshakeFailure::Io(e))),
     }
-    if spec.handshake_timeout.is_zero() {
-        return Err(Failed::Timeout);
-    }
-    sock.set_read_timeout(Some(spec.handshake_timeout))
+    let deadline = Instant::now() + spec.handshake_timeout;
+    let left = wait_readable(sock, deadline, cancel)?;
+    // Something arrived (or EOF): the answer, read whole within what is left.
+    sock.set_read_timeout(Some(left))
         .map_err(|e| Failed::Handshake(HandshakeFailure::Io(e)))?;
     let answer = control::recv(sock, 0);
     sock.set_read_timeout(None)
@@ -662,6 +686,33 @@ fn handshake(
             Err(Failed::Handshake(HandshakeFailure::Closed))
         }
         Err(RecvControlError::Io(e)) => Err(Failed::Handshake(HandshakeFailure::Io(e))),
+    }
+}
+
+/// How often a starting worker's handshake looks at its cancel flag.
+pub const CANCEL_CHECK: Duration = Duration::from_millis(50);
+
+/// Waits until `sock` has bytes (or EOF), in slices of
+/// [`CANCEL_CHECK`] so that `cancel` is seen; returns the time left.
+fn wait_readable(
+    sock: &UnixStream,
+    deadline: Instant,
+    cancel: &AtomicBool,
+) -> Result<Duration, Failed> {
+    let io = |e| Failed::Handshake(HandshakeFailure::Io(e));
+    loop {
+        // Relaxed: a flag; nothing else is read on its word.
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Failed::Cancelled);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Failed::Timeout);
+        }
+        // Readable also means EOF or a reset: the read that follows says which.
+        if sys::poll_readable(sock.as_fd(), Some(left.min(CANCEL_CHECK))).map_err(io)? {
+            return Ok(left);
+        }
     }
 }
 

@@ -1,20 +1,32 @@
-//! The spawner thread: starting a worker takes milliseconds (fork, exec, the
+//! The spawner threads: starting a worker takes milliseconds (fork, exec, the
 //! handshake), so core loops never do it themselves. A loop sends a
-//! [`SpawnRequest`]; the spawner runs [`spawn`](super::spawn), puts the result on
-//! the loop's own reply queue and then writes the loop's eventfd, so a loop
-//! asleep in epoll wakes up to collect it.
+//! [`SpawnRequest`]; a spawner thread runs [`spawn`](super::spawn), puts the
+//! result on the loop's own reply queue and then writes the loop's eventfd,
+//! so a loop asleep in epoll wakes up to collect it.
 //!
-//! The spawner thread is the *parent thread* of every worker it starts, and
+//! There are [`SPAWNER_THREADS`] of them, taking requests from one queue: a
+//! worker that never completes its handshake holds one thread until its
+//! timeout (10 s), not every other function's starts and restarts behind it.
+//!
+//! A spawner thread is the *parent thread* of every worker it starts, and
 //! `PR_SET_PDEATHSIG` fires when that thread exits: dropping the [`Spawner`]
-//! (which ends the thread) kills the workers it started. Keep it alive for the
-//! whole life of the engine, and drop it after the core loops.
+//! (which ends the threads) kills the workers they started. Keep it alive for
+//! the whole life of the engine, and drop it after the core loops. Dropping it
+//! also cancels the starts in progress (within [`CANCEL_CHECK`]) and answers
+//! queued requests with an error, so that an engine stops at once.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
-use super::{spawn_with_log, LogForwarder, SpawnError, Worker, WorkerSpec};
+#[cfg(doc)]
+use super::CANCEL_CHECK;
+use super::{spawn_cancellable, LogForwarder, SpawnError, Worker, WorkerSpec};
+
+/// Worker starts that may be in progress at once.
+pub const SPAWNER_THREADS: usize = 4;
 
 /// What comes back to the requesting loop: its tag and the outcome.
 pub type SpawnReply = (u64, Result<Worker, SpawnError>);
@@ -45,10 +57,12 @@ impl SpawnRequest {
     }
 }
 
-/// Handle on the spawner thread. `Sync`: loops share it behind an `Arc`.
+/// Handle on the spawner threads. `Sync`: loops share it behind an `Arc`.
 pub struct Spawner {
     requests: Option<mpsc::Sender<SpawnRequest>>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
+    /// Set on drop: starts in progress give up, queued ones are refused.
+    stopping: Arc<AtomicBool>,
 }
 
 impl Spawner {
@@ -66,21 +80,24 @@ impl Spawner {
         Self::with_log(LogForwarder::stderr()?)
     }
 
-    /// Starts the spawner thread; worker output goes to `log`.
+    /// Starts the spawner threads; worker output goes to `log`.
     pub fn with_log(log: LogForwarder) -> io::Result<Self> {
         let (tx, rx) = mpsc::channel::<SpawnRequest>();
-        let thread = std::thread::Builder::new()
-            .name("nocturne-spawner".into())
-            .spawn(move || {
-                for req in rx {
-                    let result = spawn_with_log(&req.spec, req.wake_efd.as_fd(), &log);
-                    req.answer(result);
-                }
-            })?;
-        Ok(Self {
+        let queue = Arc::new(Mutex::new(rx));
+        let stopping = Arc::new(AtomicBool::new(false));
+        let mut spawner = Self {
             requests: Some(tx),
-            thread: Some(thread),
-        })
+            threads: Vec::with_capacity(SPAWNER_THREADS),
+            stopping: stopping.clone(),
+        };
+        for i in 0..SPAWNER_THREADS {
+            let (queue, stopping, log) = (queue.clone(), stopping.clone(), log.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("nocturne-spawner-{i}"))
+                .spawn(move || serve_requests(&queue, &stopping, &log))?;
+            spawner.threads.push(thread);
+        }
+        Ok(spawner)
     }
 
     /// Queues a request; never blocks. The answer always comes on
@@ -98,11 +115,39 @@ impl Spawner {
     }
 }
 
+/// One spawner thread: takes requests until the queue closes.
+fn serve_requests(
+    queue: &Mutex<mpsc::Receiver<SpawnRequest>>,
+    stopping: &AtomicBool,
+    log: &LogForwarder,
+) {
+    loop {
+        // The lock is held only while waiting for a request, never while a
+        // worker starts: the other threads take the next ones meanwhile.
+        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        let Ok(req) = next else { return };
+        // Relaxed: a flag; see `spawn_cancellable`.
+        let result = if stopping.load(Ordering::Relaxed) {
+            Err(SpawnError::Sys {
+                function: req.spec.function.clone(),
+                what: "spawner",
+                source: io::Error::other("the engine is stopping"),
+            })
+        } else {
+            spawn_cancellable(&req.spec, req.wake_efd.as_fd(), log, stopping)
+        };
+        req.answer(result);
+    }
+}
+
 impl Drop for Spawner {
     fn drop(&mut self) {
-        // Closing the queue ends the thread after the queued requests.
+        // Relaxed: the threads poll it; joining them below is the
+        // synchronisation that matters.
+        self.stopping.store(true, Ordering::Relaxed);
+        // Closing the queue ends the threads once it is empty.
         self.requests = None;
-        if let Some(thread) = self.thread.take() {
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
     }
