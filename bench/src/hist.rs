@@ -131,7 +131,11 @@ impl LatencyHistogram {
     }
 
     /// Writes the percentile spectrum in HdrHistogram's `.hgrm` text format
-    /// (values in microseconds), readable by the usual plotting tools.
+    /// (values in microseconds), as HdrHistogram's
+    /// `outputPercentileDistribution` and wrk2's `hdr_percentiles_print`
+    /// write it: `TotalCount` is cumulative (the last row holds every
+    /// value), and the footer gives mean, deviation, max, total count and
+    /// the bucket layout. The usual plotting tools read it.
     pub fn write_hgrm<W: Write>(&self, out: &mut W) -> io::Result<()> {
         writeln!(
             out,
@@ -139,7 +143,9 @@ impl LatencyHistogram {
             "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
         )?;
         if !self.is_empty() {
+            let mut cumulative = 0u64;
             for v in self.inner.iter_quantiles(5) {
+                cumulative += v.count_since_last_iteration();
                 let q = v.quantile_iterated_to();
                 let inverse = if q < 1.0 {
                     format!("{:>14.2}", 1.0 / (1.0 - q))
@@ -151,7 +157,7 @@ impl LatencyHistogram {
                     "{:>12.3} {:>14.12} {:>10} {}",
                     v.value_iterated_to() as f64 / 1_000.0,
                     q,
-                    v.count_since_last_iteration(),
+                    cumulative,
                     inverse
                 )?;
             }
@@ -167,8 +173,21 @@ impl LatencyHistogram {
             out,
             "#[Max     = {:>12.3}, Total count    = {:>12}]",
             s.max_us, s.samples
+        )?;
+        writeln!(
+            out,
+            "#[Buckets = {:>12}, SubBuckets     = {:>12}]",
+            self.inner.buckets(),
+            sub_buckets(self.inner.sigfig())
         )
     }
+}
+
+/// Sub-buckets per bucket of a histogram keeping `sigfig` significant
+/// digits: the smallest power of two that holds `2 × 10^sigfig` (2048
+/// for 3), as HdrHistogram lays them out. The crate does not expose it.
+fn sub_buckets(sigfig: u8) -> u64 {
+    (2 * 10u64.pow(u32::from(sigfig))).next_power_of_two()
 }
 
 #[cfg(test)]
@@ -257,5 +276,31 @@ mod tests {
             .unwrap();
         let value: f64 = last.split_whitespace().next().unwrap().parse().unwrap();
         assert!((value - 4.0).abs() < 0.005, "{text}");
+    }
+
+    #[test]
+    fn hgrm_total_count_is_cumulative_and_the_footer_is_complete() {
+        let mut h = LatencyHistogram::new();
+        for us in 1..=1_000u64 {
+            h.record_ns_n(us * 1_000, us % 7 + 1);
+        }
+        let mut out = Vec::new();
+        h.write_hgrm(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let counts: Vec<u64> = text
+            .lines()
+            .skip(2)
+            .take_while(|l| !l.starts_with('#'))
+            .map(|l| l.split_whitespace().nth(2).unwrap().parse().unwrap())
+            .collect();
+        assert!(counts.len() > 20, "{text}");
+        assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{text}");
+        assert_eq!(*counts.last().unwrap(), h.len(), "{text}");
+        let footer: Vec<&str> = text.lines().filter(|l| l.starts_with("#[")).collect();
+        assert_eq!(footer.len(), 3, "{text}");
+        assert!(footer[2].starts_with("#[Buckets = "), "{text}");
+        assert!(footer[2].ends_with("SubBuckets     =         2048]"), "{text}");
+        assert_eq!(sub_buckets(3), 2048);
+        assert_eq!(sub_buckets(2), 256);
     }
 }
