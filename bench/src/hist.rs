@@ -67,6 +67,30 @@ impl LatencyHistogram {
         self.inner.saturating_record_n(ns.max(1), count);
     }
 
+    /// Records the `count` latencies `lowest_ns + i × step_ns` (i in
+    /// 0..count, each rounded to a nanosecond) in time linear in the
+    /// buckets they span, not in `count`: a run of values that share a
+    /// bucket is one `record_n`. For requests whose intended times are
+    /// evenly spaced (a fixed schedule that was never sent).
+    pub fn record_progression(&mut self, lowest_ns: f64, step_ns: f64, count: u64) {
+        let mut i = 0;
+        while i < count {
+            // `as` saturates at u64::MAX; recording clamps what is out of range.
+            let value = (lowest_ns + i as f64 * step_ns).round().max(1.0) as u64;
+            // Values up to `top` share `value`'s bucket: value_j rounds to
+            // at most `top` while lowest + j × step < top + 0.5.
+            let top = self.inner.highest_equivalent(value);
+            let end = if step_ns <= 0.0 || top == u64::MAX {
+                count
+            } else {
+                let bound = ((top as f64 + 0.5 - lowest_ns) / step_ns).ceil();
+                (bound.max(0.0) as u64).clamp(i + 1, count)
+            };
+            self.record_ns_n(value, end - i);
+            i = end;
+        }
+    }
+
     /// Records one latency.
     #[inline]
     pub fn record(&mut self, latency: Duration) {
@@ -279,6 +303,32 @@ mod tests {
     }
 
     #[test]
+    fn a_progression_is_recorded_as_one_value_at_a_time_would_be() {
+        for (lowest, step, count) in [
+            (0.0, 1.0, 10_000u64),
+            (1_000.0, 333.3, 50_000),
+            (5.0e6, 1.0e3, 200_000),
+            (42.0, 0.0, 17),
+            (1.0, 7.0e9, 1_000), // past the tracked hour: clamped
+        ] {
+            let mut bulk = LatencyHistogram::new();
+            bulk.record_progression(lowest, step, count);
+            let mut one_by_one = LatencyHistogram::new();
+            for i in 0..count {
+                one_by_one.record_ns((lowest + i as f64 * step).round().max(0.0) as u64);
+            }
+            assert_eq!(bulk.len(), count);
+            for q in [0.0, 0.1, 0.5, 0.9, 0.99, 0.999, 1.0] {
+                let (a, b) = (bulk.quantile_ns(q), one_by_one.quantile_ns(q));
+                assert!(
+                    a.abs_diff(b) <= b / 500 + 1,
+                    "{lowest} {step} {count} q{q}: {a} vs {b}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn hgrm_total_count_is_cumulative_and_the_footer_is_complete() {
         let mut h = LatencyHistogram::new();
         for us in 1..=1_000u64 {
@@ -299,7 +349,10 @@ mod tests {
         let footer: Vec<&str> = text.lines().filter(|l| l.starts_with("#[")).collect();
         assert_eq!(footer.len(), 3, "{text}");
         assert!(footer[2].starts_with("#[Buckets = "), "{text}");
-        assert!(footer[2].ends_with("SubBuckets     =         2048]"), "{text}");
+        assert!(
+            footer[2].ends_with("SubBuckets     =         2048]"),
+            "{text}"
+        );
         assert_eq!(sub_buckets(3), 2048);
         assert_eq!(sub_buckets(2), 256);
     }

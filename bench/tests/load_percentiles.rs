@@ -173,6 +173,7 @@ fn result_with(latency: LatencyHistogram, service: LatencyHistogram) -> RateResu
         client_cpu: Duration::from_millis(20),
         requests_total: 2_000,
         first_error: Some("127.0.0.1:1: the server closed the connection".into()),
+        allow_non_2xx: false,
     }
 }
 

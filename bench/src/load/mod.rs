@@ -32,6 +32,7 @@
 pub mod baseline;
 pub mod echo;
 pub mod http;
+pub mod interrupt;
 pub mod output;
 pub mod plot;
 pub mod run;
@@ -48,9 +49,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use baseline::{pingpong, ProbeError};
+pub use baseline::{pingpong, pingpong_until, ProbeError};
 pub use client::{LiveCounters, PollMode, SocketErrors};
 pub use echo::{run_echo_server, EchoPoll, EchoServer, EchoServerArgs};
+pub use interrupt::Phase;
 pub use run::{probe, run_rate, RateResult};
 pub use schedule::{Arrival, ArrivalSchedule, KindPicker};
 pub use spec::{Percentile, Slo, SpecError};
@@ -364,6 +366,10 @@ pub enum LoadError {
     /// A client thread was told to stop before the run (another failed).
     #[error("aborted because another client thread failed")]
     Aborted,
+    /// A signal (Ctrl-C) stopped the run (only with
+    /// [`LoadPlan::stop_on_signal`]).
+    #[error("interrupted {0}")]
+    Interrupted(Phase),
 }
 
 impl LoadSettings {
@@ -485,62 +491,79 @@ pub struct SweepOutcome {
     pub results: Vec<RateResult>,
     /// The highest rate that met the objectives (only with objectives).
     pub best: Option<f64>,
-    /// The ping-pong baseline, if asked for.
+    /// The ping-pong baseline, if asked for and finished.
     pub pingpong: Option<LatencyHistogram>,
-    /// The rate whose window a signal (Ctrl-C) cut short: left out of
-    /// `results`, and the sweep stopped there.
-    pub interrupted: Option<f64>,
+    /// Where a signal (Ctrl-C) stopped the sweep. A rate whose window was
+    /// cut short is left out of `results`; one that had finished its
+    /// window ([`Phase::AfterWindow`]) is in them.
+    pub interrupted: Option<Phase>,
 }
 
 /// Runs the baseline (if asked) and every rate; with objectives, stops
 /// after the first rate that misses them unless `keep_going`. `on_rate`
-/// sees each result as it comes.
+/// sees each result as it comes. A signal (with
+/// [`LoadPlan::stop_on_signal`]) ends the sweep where it comes, and what
+/// had finished is returned, with the phase in `interrupted`.
 pub fn run_sweep(
     settings: &LoadSettings,
     mut on_rate: impl FnMut(&RateResult),
 ) -> Result<SweepOutcome, LoadError> {
     let plan = &settings.plan;
-    let pingpong = if settings.pingpong > 0 {
-        probe(plan)?;
-        let kind = &plan.targets.kinds[0];
-        Some(baseline::pingpong(
-            plan.targets.endpoints[kind.endpoint].addr,
-            &kind.wire,
-            kind.response_has_body,
-            settings.pingpong,
-            (settings.pingpong / 10).max(100),
-            plan.cores.first().copied(),
-            plan.timeout,
-        )?)
-    } else {
-        None
+    let stop = interrupt::stop_check(plan);
+    let mut outcome = SweepOutcome {
+        results: Vec::with_capacity(settings.rates.len()),
+        best: None,
+        pingpong: None,
+        interrupted: None,
     };
-    let mut results = Vec::with_capacity(settings.rates.len());
-    let mut best = None;
-    let mut interrupted = None;
-    for &rate in &settings.rates {
-        let r = run_rate(plan, rate, settings.progress)?;
-        if plan.stop_on_signal && crate::engine::sys::interrupted() {
-            // A window cut short is no measurement of its rate.
-            interrupted = Some(rate);
-            break;
+    if settings.pingpong > 0 {
+        let kind = &plan.targets.kinds[0];
+        let baseline = probe(plan).and_then(|()| {
+            baseline::pingpong_until(
+                plan.targets.endpoints[kind.endpoint].addr,
+                &kind.wire,
+                kind.response_has_body,
+                settings.pingpong,
+                (settings.pingpong / 10).max(100),
+                plan.cores.first().copied(),
+                plan.timeout,
+                stop,
+            )
+        });
+        match baseline {
+            Ok(h) => outcome.pingpong = Some(h),
+            Err(LoadError::Interrupted(phase)) => {
+                outcome.interrupted = Some(phase);
+                return Ok(outcome);
+            }
+            Err(e) => return Err(e),
         }
+    }
+    for &rate in &settings.rates {
+        let r = match run_rate(plan, rate, settings.progress) {
+            Ok(r) => r,
+            Err(LoadError::Interrupted(phase)) => {
+                outcome.interrupted = Some(phase);
+                break;
+            }
+            Err(e) => return Err(e),
+        };
         on_rate(&r);
         let met = r.meets(&settings.slo);
         if !settings.slo.is_empty() && met {
-            best = Some(best.map_or(rate, |b: f64| b.max(rate)));
+            outcome.best = Some(outcome.best.map_or(rate, |b: f64| b.max(rate)));
         }
-        results.push(r);
+        outcome.results.push(r);
+        // A signal during the drain, or after it: this rate is whole.
+        if stop() {
+            outcome.interrupted = Some(Phase::AfterWindow { rate });
+            break;
+        }
         if !settings.slo.is_empty() && !met && !settings.keep_going {
             break;
         }
     }
-    Ok(SweepOutcome {
-        results,
-        best,
-        pingpong,
-        interrupted,
-    })
+    Ok(outcome)
 }
 
 /// Builds the DESIGN §7 report of a sweep.
@@ -549,7 +572,7 @@ pub fn build_report(settings: &LoadSettings, outcome: &SweepOutcome) -> Report {
     if !settings.plan.cores.is_empty() {
         core_map.insert("client".to_owned(), settings.plan.cores.clone());
     }
-    let machine = Machine::probe(core_map, output::modes(settings, outcome.best));
+    let machine = Machine::probe(core_map, output::modes(settings, outcome));
     let mut cases = Vec::new();
     if let Some(h) = &outcome.pingpong {
         cases.push(output::pingpong_case(h));
@@ -606,14 +629,17 @@ pub fn run_command(args: &LoadArgs) -> anyhow::Result<()> {
             rows_shown += 1;
         }
     })?;
-    if let (Some(rate), true) = (outcome.interrupted, outcome.results.is_empty()) {
-        anyhow::bail!(
-            "interrupted during the {}/s window: no rate finished, nothing to report",
-            spec::format_rate(rate)
-        );
+    if let (Some(phase), true, None) = (
+        outcome.interrupted,
+        outcome.results.is_empty(),
+        &outcome.pingpong,
+    ) {
+        anyhow::bail!("interrupted {phase}: no rate finished, nothing to report");
     }
     println!();
-    print!("{}", output::table(&outcome.results, &settings.slo));
+    if !outcome.results.is_empty() {
+        print!("{}", output::table(&outcome.results, &settings.slo));
+    }
     for r in &outcome.results {
         print!("{}", output::details(r));
     }
@@ -632,7 +658,7 @@ pub fn run_command(args: &LoadArgs) -> anyhow::Result<()> {
             );
         }
     }
-    if !settings.slo.is_empty() {
+    if !settings.slo.is_empty() && !outcome.results.is_empty() {
         let slo_text: Vec<String> = settings.slo.iter().map(|s| s.to_string()).collect();
         match outcome.best {
             Some(b) => println!(
@@ -665,39 +691,45 @@ pub fn run_command(args: &LoadArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
         println!("wrote {}", path.display());
     }
-    if let Some(rate) = outcome.interrupted {
-        anyhow::bail!(
-            "interrupted during the {}/s window, which is left out; the {} rate(s) \
-             before it are reported above",
-            spec::format_rate(rate),
-            outcome.results.len()
-        );
+    if let Some(phase) = outcome.interrupted {
+        anyhow::bail!("{}", interrupted_message(phase, outcome.results.len()));
     }
-    if !settings.slo.is_empty() && settings.rates.len() > 1 {
+    // With objectives, they decide: met by some rate (a sweep goes on
+    // until one misses, so its last rate may well have failed), or not.
+    if !settings.slo.is_empty() {
         if outcome.best.is_none() {
             anyhow::bail!("no rate met the objectives");
         }
         return Ok(());
     }
-    let errors: u64 = outcome
-        .results
-        .iter()
-        .map(|r| {
-            if plan.allow_errors {
-                r.errors() - r.non_2xx
-            } else {
-                r.errors()
-            }
-        })
-        .sum();
+    let errors: u64 = outcome.results.iter().map(RateResult::failures).sum();
     if errors > 0 {
-        let first = outcome
-            .results
-            .iter()
-            .find_map(|r| r.first_error.clone())
-            .map(|e| format!(" (first: {e})"))
-            .unwrap_or_default();
-        anyhow::bail!("{errors} errors{first}");
+        anyhow::bail!(
+            "{errors} error{}{}",
+            if errors == 1 { "" } else { "s" },
+            output::error_cause(&outcome.results)
+        );
     }
     Ok(())
+}
+
+/// The closing message of a run a signal stopped, after `finished` rates
+/// were reported.
+fn interrupted_message(phase: Phase, finished: usize) -> String {
+    if phase.rate_finished() {
+        return format!(
+            "interrupted {phase}; the {finished} rate(s) that finished are reported above"
+        );
+    }
+    let left_out = if matches!(phase, Phase::Window { .. }) {
+        ", which is left out"
+    } else {
+        ""
+    };
+    if finished == 0 {
+        return format!(
+            "interrupted {phase}{left_out}: no rate finished (the ping-pong baseline is reported above)"
+        );
+    }
+    format!("interrupted {phase}{left_out}; the {finished} rate(s) before it are reported above")
 }

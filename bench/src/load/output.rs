@@ -112,6 +112,15 @@ pub fn details(r: &RateResult) -> String {
         us(r.send_lag.quantile_ns(0.99)),
         r.client_cpu_us_per_request(),
     );
+    if r.reconnects > 0 {
+        // A keep-alive run should need none: each one is a connection the
+        // server (or a failure) closed, and a connect inside the latency.
+        let _ = writeln!(
+            out,
+            "  reconnects: {} (connections closed during the run and opened again)",
+            r.reconnects
+        );
+    }
     if r.errors() > 0 {
         let s = &r.socket_errors;
         let _ = writeln!(
@@ -143,6 +152,27 @@ pub fn details(r: &RateResult) -> String {
         );
     }
     out
+}
+
+/// What the closing error line says about the cause: the first error a
+/// client met, or, when only status codes failed, which ones.
+pub fn error_cause(results: &[RateResult]) -> String {
+    if let Some(e) = results.iter().find_map(|r| r.first_error.as_deref()) {
+        return format!(" (first: {e})");
+    }
+    let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
+    for r in results.iter().filter(|r| !r.allow_non_2xx) {
+        for (&status, &n) in &r.statuses {
+            if !(200..300).contains(&status) {
+                *statuses.entry(status).or_default() += n;
+            }
+        }
+    }
+    if statuses.is_empty() {
+        return String::new();
+    }
+    let codes: Vec<String> = statuses.iter().map(|(s, n)| format!("{s}: {n}")).collect();
+    format!(" (non-2xx answers {})", codes.join(", "))
 }
 
 /// The case name of a rate.
@@ -243,8 +273,13 @@ pub fn write_hgrm(path: &Path, results: &[RateResult]) -> io::Result<Vec<PathBuf
     Ok(paths)
 }
 
-/// The report's `modes`: every setting that shapes the numbers.
-pub fn modes(settings: &super::LoadSettings, best: Option<f64>) -> BTreeMap<String, String> {
+/// The report's `modes`: every setting that shapes the numbers, the rates
+/// that ran (`rates`; `rates_requested` too when a sweep stopped early)
+/// and, when a signal stopped the run, where (`interrupted`).
+pub fn modes(
+    settings: &super::LoadSettings,
+    outcome: &super::SweepOutcome,
+) -> BTreeMap<String, String> {
     let p = &settings.plan;
     let mut m = BTreeMap::new();
     let mut put = |k: &str, v: String| {
@@ -260,15 +295,17 @@ pub fn modes(settings: &super::LoadSettings, best: Option<f64>) -> BTreeMap<Stri
     put("warmup_s", format!("{}", p.warmup.as_secs_f64()));
     put("timeout_s", format!("{}", p.timeout.as_secs_f64()));
     put("seed", p.seed.to_string());
-    put(
-        "rates",
-        settings
-            .rates
-            .iter()
-            .map(|r| format_rate(*r))
-            .collect::<Vec<_>>()
-            .join(","),
-    );
+    let list =
+        |rates: &mut dyn Iterator<Item = f64>| rates.map(format_rate).collect::<Vec<_>>().join(",");
+    let ran = list(&mut outcome.results.iter().map(|r| r.rate));
+    let requested = list(&mut settings.rates.iter().copied());
+    if ran != requested {
+        put("rates_requested", requested);
+    }
+    put("rates", ran);
+    if let Some(phase) = outcome.interrupted {
+        put("interrupted", phase.to_string());
+    }
     put(
         "kinds",
         p.targets
@@ -295,7 +332,9 @@ pub fn modes(settings: &super::LoadSettings, best: Option<f64>) -> BTreeMap<Stri
         );
         put(
             "best_rate",
-            best.map(|b| format!("{b}"))
+            outcome
+                .best
+                .map(|b| format!("{b}"))
                 .unwrap_or_else(|| "none".into()),
         );
     }

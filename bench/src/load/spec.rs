@@ -39,13 +39,14 @@ pub enum SpecError {
 /// Most rates one sweep may run.
 pub const MAX_SWEEP_RATES: usize = 1_000;
 
-/// Parses a rate in requests per second: `5000`, `10k`, `1.5M`, `2.5`.
+/// Parses a rate in requests per second: `5000`, `10k`, `1.5M`, `1G`, `2.5`.
 pub fn parse_rate(text: &str) -> Result<f64, SpecError> {
     let bad = || SpecError::BadRate(text.to_owned());
     let t = text.trim();
     let (number, scale) = match t.as_bytes().last() {
         Some(b'k' | b'K') => (&t[..t.len() - 1], 1e3),
         Some(b'm' | b'M') => (&t[..t.len() - 1], 1e6),
+        Some(b'g' | b'G') => (&t[..t.len() - 1], 1e9),
         _ => (t, 1.0),
     };
     let value: f64 = number.trim().parse().map_err(|_| bad())?;
@@ -223,9 +224,11 @@ pub fn format_duration(d: Duration) -> String {
     format!("{text}{unit}")
 }
 
-/// A rate for names and tables: `500`, `12.5k`, `1.2M`.
+/// A rate for names and tables: `500`, `12.5k`, `1.2M`, `2G`.
 pub fn format_rate(rate: f64) -> String {
-    let (value, unit) = if rate >= 1e6 {
+    let (value, unit) = if rate >= 1e9 {
+        (rate / 1e9, "G")
+    } else if rate >= 1e6 {
         (rate / 1e6, "M")
     } else if rate >= 1e3 {
         (rate / 1e3, "k")
@@ -330,5 +333,9 @@ mod tests {
         assert_eq!(format_rate(500.0), "500");
         assert_eq!(format_rate(12_500.0), "12.5k");
         assert_eq!(format_rate(1_200_000.0), "1.2M");
+        assert_eq!(format_rate(1e9), "1G");
+        assert_eq!(format_rate(2.5e12), "2500G");
+        assert_eq!(parse_rate("1G"), Ok(1e9));
+        assert_eq!(parse_rate(&format_rate(1.5e9)), Ok(1.5e9));
     }
 }
