@@ -389,3 +389,244 @@ fn a_rate_far_beyond_the_connections_runs_in_bounded_memory() {
 fn hgrm_in(dir: &Path, name: &str) -> String {
     dir.join(name).to_str().unwrap().to_owned()
 }
+
+/// Short options for a quick run against `url`.
+fn quick<'a>(url: &'a str, rate: &'a str) -> Vec<&'a str> {
+    vec![
+        "bench",
+        "load",
+        url,
+        "--rate",
+        rate,
+        "--duration",
+        "300ms",
+        "--warmup",
+        "0s",
+        "--poll",
+        "block",
+        "--timeout",
+        "20s",
+        "-q",
+    ]
+}
+
+#[test]
+fn allow_errors_with_objectives_judges_the_latencies_not_the_status() {
+    let server = ScriptedServer::start(Script::Status(404));
+    let url = server.url();
+    let mut args = quick(&url, "200,400");
+    args.extend(["--allow-errors", "--slo", "p99=10s"]);
+    let run = nocturne(&args);
+    assert!(run.success, "{}\n{}", run.stdout, run.stderr);
+    assert!(!run.stdout.contains("MISSED"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("highest rate meeting p99<=10s: 400/s"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("404: 60"), "{}", run.stdout);
+}
+
+#[test]
+fn objectives_decide_the_exit_status_for_a_single_rate_too() {
+    let echo = EchoProcess::start();
+    let url = echo.url();
+    let mut missed = quick(&url, "1k");
+    missed.extend(["--slo", "p99=1ns"]);
+    let run = nocturne(&missed);
+    assert!(!run.success, "{}", run.stdout);
+    assert!(
+        run.stdout.contains("no rate met p99<=1ns"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr.contains("no rate met the objectives"),
+        "{}",
+        run.stderr
+    );
+    let mut met = quick(&url, "1k");
+    met.extend(["--slo", "p99=10s"]);
+    let run = nocturne(&met);
+    assert!(run.success, "{}\n{}", run.stdout, run.stderr);
+}
+
+/// The rows of an `.hgrm` file: (value, percentile, total count).
+fn hgrm_rows(text: &str) -> Vec<(f64, f64, u64)> {
+    text.lines()
+        .skip(2)
+        .take_while(|l| !l.starts_with('#'))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (
+                f[0].parse().unwrap(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn hgrm_files_are_cumulative_and_named_by_rate_in_a_sweep() {
+    let echo = EchoProcess::start();
+    let url = echo.url();
+    let dir = Scratch::new("hgrm");
+    let stem = hgrm_in(&dir.0, "s.hgrm");
+    // The objective stops the sweep after its first rate: still a sweep,
+    // so the file is named by its rate.
+    let mut args = quick(&url, "1k,2k");
+    args.extend(["--slo", "p99=1ns", "--hgrm", &stem]);
+    let run = nocturne(&args);
+    assert!(!run.success, "no rate met the objective");
+    assert!(!dir.0.join("s.hgrm").exists());
+    let text = std::fs::read_to_string(dir.0.join("s.1000.hgrm"))
+        .unwrap_or_else(|e| panic!("{e}: {}", run.stdout));
+    let rows = hgrm_rows(&text);
+    assert!(rows.len() > 10, "{text}");
+    assert!(
+        rows.windows(2).all(|w| w[0].2 <= w[1].2),
+        "not cumulative: {text}"
+    );
+    assert!(
+        rows.windows(2)
+            .all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1),
+        "{text}"
+    );
+    let last = rows.last().unwrap();
+    assert_eq!(last.1, 1.0, "{text}");
+    assert_eq!(last.2, 300, "the last row counts every request: {text}");
+    assert!(text.contains("Total count    =          300]"), "{text}");
+    assert!(text.contains("#[Buckets = "), "{text}");
+    assert!(text.contains("SubBuckets     =         2048]"), "{text}");
+
+    // Rates that would share a name are refused, before anything runs.
+    let run = nocturne(&quick(&url, "1k,1000"));
+    assert!(!run.success);
+    assert!(
+        run.stderr
+            .contains("rates \"1k\" and \"1000\" are the same rate as reported (1k/s)"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stdout.contains("open-loop"), "{}", run.stdout);
+}
+
+#[test]
+fn bytes_after_a_response_are_an_error_and_reconnects_are_shown() {
+    let server = ScriptedServer::start(Script::Extra);
+    let url = server.url();
+    let scratch = Scratch::new("extra");
+    let json = scratch.0.join("extra.json");
+    let mut args = quick(&url, "200");
+    args.extend(["--json", json.to_str().unwrap()]);
+    let run = nocturne(&args);
+    assert!(!run.success, "{}", run.stdout);
+    assert!(
+        run.stderr
+            .contains("the server sent bytes nobody asked for"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.contains("  reconnects: "), "{}", run.stdout);
+    let case = &read_report(&json)["cases"][0];
+    let unsolicited = case["unsolicited"].as_f64().unwrap();
+    assert!(unsolicited >= 1.0, "{case}");
+    assert!(case["reconnects"].as_f64().unwrap() >= 1.0, "{case}");
+    assert!(case["errors"].as_u64().unwrap() >= 1, "{case}");
+    // Every request was answered, or (had one been written before the
+    // stray bytes were read) lost to the connection they broke.
+    let lost = case["socket_errors"].as_f64().unwrap()
+        - unsolicited
+        - case["connect_errors"].as_f64().unwrap();
+    assert_eq!(case["completed"].as_f64().unwrap() + lost, 60.0, "{case}");
+}
+
+#[test]
+fn options_that_cannot_measure_anything_are_refused() {
+    let echo = EchoProcess::start();
+    let url = echo.url();
+    let scratch = Scratch::new("refused");
+    let out = hgrm_in(&scratch.0, "same.out");
+    for (args, message) in [
+        (
+            vec![&url[..], "--rate", "0.5", "--duration", "1s"],
+            "--rate 0.5/s with --duration 1s offers less than one request per window: make the window at least 2s",
+        ),
+        (
+            vec![&url, "--rate", "1k", "--json", &out, "--hgrm", &out],
+            "--json and --hgrm name the same file",
+        ),
+        (
+            vec![&url, "--rate", "1k", "--slo", "p99=0s"],
+            "can never be met",
+        ),
+        (
+            vec![&url, "--rate", "1k", "--slo", "p99=1ms,p99=2ms"],
+            "bound the same percentile",
+        ),
+        (
+            vec![&url, "--rate", "1k", "--method", "head"],
+            "methods are case-sensitive; did you mean HEAD?",
+        ),
+    ] {
+        let mut full = vec!["bench", "load"];
+        full.extend(args);
+        let run = nocturne(&full);
+        assert!(!run.success, "{full:?}");
+        assert!(run.stderr.contains(message), "{full:?}: {}", run.stderr);
+        assert!(!run.stdout.contains("open-loop"), "it ran: {}", run.stdout);
+    }
+}
+
+#[test]
+fn request_kinds_have_distinct_names() {
+    let echo = EchoProcess::start();
+    let port = echo.1.rsplit(':').next().unwrap().to_owned();
+    let (a, b) = (
+        format!("http://127.0.0.1:{port}/"),
+        format!("http://localhost:{port}/"),
+    );
+    let scratch = Scratch::new("names");
+    let json = scratch.0.join("names.json");
+    let mut args = quick(&a, "1k");
+    args.insert(3, &b);
+    args.extend(["--json", json.to_str().unwrap()]);
+    let run = nocturne(&args);
+    assert!(run.success, "{}\n{}", run.stdout, run.stderr);
+    let report = read_report(&json);
+    let names = case_names(&report);
+    assert_eq!(
+        names,
+        [
+            "1k/s".to_owned(),
+            format!("1k/s POST 127.0.0.1:{port}/"),
+            format!("1k/s POST localhost:{port}/"),
+        ],
+        "{report}"
+    );
+
+    // A mix that names two requests alike is refused.
+    let mix = scratch.0.join("mix.toml");
+    std::fs::write(
+        &mix,
+        "[[request]]\nname = \"x\"\npath = \"/a\"\n[[request]]\nname = \"x\"\npath = \"/b\"\n",
+    )
+    .unwrap();
+    let run = nocturne(&[
+        "bench",
+        "load",
+        &a,
+        "--rate",
+        "1k",
+        "--mix",
+        mix.to_str().unwrap(),
+    ]);
+    assert!(!run.success);
+    assert!(
+        run.stderr
+            .contains("request 2: name \"x\" is taken by request 1"),
+        "{}",
+        run.stderr
+    );
+}

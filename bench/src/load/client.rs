@@ -106,12 +106,16 @@ pub struct SocketErrors {
     pub closed: u64,
     /// Requests lost to a response that is not valid HTTP.
     pub protocol: u64,
+    /// Bytes the server sent with no request in flight (after a complete
+    /// response, say): a protocol violation that costs the connection.
+    /// Counted once per connection torn down for it; no request is lost.
+    pub unsolicited: u64,
 }
 
 impl SocketErrors {
     /// All of them.
     pub fn total(&self) -> u64 {
-        self.connect + self.read + self.write + self.closed + self.protocol
+        self.connect + self.read + self.write + self.closed + self.protocol + self.unsolicited
     }
 
     /// Requests lost (everything but failed connection attempts).
@@ -125,6 +129,7 @@ impl SocketErrors {
         self.write += o.write;
         self.closed += o.closed;
         self.protocol += o.protocol;
+        self.unsolicited += o.unsolicited;
     }
 }
 
@@ -898,6 +903,9 @@ impl Client {
                 return true;
             }
             let Some(front) = conn.inflight.front() else {
+                self.out.socket.unsolicited += 1;
+                // Relaxed: a statistic for the progress line.
+                self.live.errors.fetch_add(1, Ordering::Relaxed);
                 self.fail(
                     c,
                     Failure::Protocol,

@@ -381,6 +381,22 @@ impl LoadSettings {
         let warmup = spec::parse_duration(&args.warmup)?;
         let timeout = spec::parse_duration(&args.timeout)?;
         let connect_timeout = spec::parse_duration(&args.connect_timeout)?;
+        // A window shorter than one gap measures nothing (or one request,
+        // reported as a wild rate): refuse it rather than report it.
+        if let Some(&rate) = rates.iter().find(|&&r| r * duration.as_secs_f64() < 1.0) {
+            return Err(SettingsError::Invalid(format!(
+                "--rate {}/s with --duration {} offers less than one request per window: \
+                 make the window at least {}",
+                spec::format_rate(rate),
+                spec::format_duration(duration),
+                spec::format_duration(Duration::from_secs_f64(1.0 / rate).max(duration))
+            )));
+        }
+        check_outputs_differ(&[
+            ("--json", &args.json),
+            ("--hgrm", &args.hgrm),
+            ("--plot", &args.plot),
+        ])?;
         let slo = match &args.slo {
             Some(s) => Slo::parse_list(s)?,
             None => Vec::new(),
@@ -482,6 +498,25 @@ impl LoadSettings {
             progress: !args.quiet,
         })
     }
+}
+
+/// Refuses one path given for two outputs: the second write would
+/// silently replace the first.
+fn check_outputs_differ(outputs: &[(&str, &Option<PathBuf>)]) -> Result<(), SettingsError> {
+    let absolute = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+    for (i, (a, pa)) in outputs.iter().enumerate() {
+        for (b, pb) in &outputs[i + 1..] {
+            if let (Some(pa), Some(pb)) = (pa, pb) {
+                if absolute(pa) == absolute(pb) {
+                    return Err(SettingsError::Invalid(format!(
+                        "{a} and {b} name the same file {}: give each output its own",
+                        pa.display()
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What a sweep (or a single rate) produced.
@@ -598,6 +633,15 @@ pub fn run_command(args: &LoadArgs) -> anyhow::Result<()> {
     crate::engine::sys::catch_interrupts()
         .map_err(|e| anyhow::anyhow!("cannot catch Ctrl-C: {e}"))?;
     let plan = &settings.plan;
+    if plan.poll == PollMode::Spin && !plan.cores.is_empty() && plan.threads > plan.cores.len() {
+        eprintln!(
+            "nocturne: warning: {} spinning client threads on {} core(s): threads that share a \
+             core take turns, and the waits show up in the latencies (give each its own core, \
+             or use --poll adaptive)",
+            plan.threads,
+            plan.cores.len()
+        );
+    }
     println!(
         "open-loop load: {} arrivals, {} thread(s), {} connection(s), pipeline {}, poll {}, warm-up {}, window {} per rate",
         plan.arrival.name(),
@@ -670,7 +714,7 @@ pub fn run_command(args: &LoadArgs) -> anyhow::Result<()> {
         }
     }
     if let Some(path) = &settings.hgrm {
-        for p in output::write_hgrm(path, &outcome.results)? {
+        for p in output::write_hgrm(path, &outcome.results, settings.rates.len())? {
             println!("wrote {}", p.display());
         }
     }

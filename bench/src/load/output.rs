@@ -12,7 +12,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::run::RateResult;
-use super::spec::{format_rate, Slo};
+use super::spec::{format_rate, rate_file_tag, Slo};
 use crate::hist::LatencyHistogram;
 use crate::report::CaseResult;
 
@@ -125,8 +125,8 @@ pub fn details(r: &RateResult) -> String {
         let s = &r.socket_errors;
         let _ = writeln!(
             out,
-            "  errors: non-2xx {}, timeouts {}, socket: connect {}, read {}, write {}, closed {}, protocol {}",
-            r.non_2xx, r.timeouts, s.connect, s.read, s.write, s.closed, s.protocol
+            "  errors: non-2xx {}, timeouts {}, socket: connect {}, read {}, write {}, closed {}, protocol {}, unsolicited {}",
+            r.non_2xx, r.timeouts, s.connect, s.read, s.write, s.closed, s.protocol, s.unsolicited
         );
         if let Some(e) = &r.first_error {
             let _ = writeln!(out, "  first error: {e}");
@@ -186,7 +186,7 @@ pub fn cases(r: &RateResult, slos: &[Slo]) -> Vec<CaseResult> {
     let svc = r.service.summary();
     let mut case = CaseResult::from_summary(case_name(r.rate), &s, r.achieved_per_s(), r.errors());
     let lag = r.send_lag.summary();
-    let extras: [(&str, f64); 25] = [
+    let extras: [(&str, f64); 26] = [
         ("rate", r.rate),
         ("offered_per_s", r.offered_per_s()),
         ("p9999_us", s.p9999_us),
@@ -199,6 +199,7 @@ pub fn cases(r: &RateResult, slos: &[Slo]) -> Vec<CaseResult> {
         ("non_2xx", r.non_2xx as f64),
         ("socket_errors", r.socket_errors.total() as f64),
         ("connect_errors", r.socket_errors.connect as f64),
+        ("unsolicited", r.socket_errors.unsolicited as f64),
         ("reconnects", r.reconnects as f64),
         ("service_p50_us", svc.p50_us),
         ("service_p90_us", svc.p90_us),
@@ -241,11 +242,13 @@ pub fn pingpong_case(h: &LatencyHistogram) -> CaseResult {
     CaseResult::from_summary("pingpong", &s, rate, 0).with_extra("p9999_us", s.p9999_us)
 }
 
-/// The `.hgrm` file of each rate: `path` itself for one rate, else
-/// `STEM.<rate>.EXT` beside it.
-pub fn hgrm_paths(path: &Path, results: &[RateResult]) -> Vec<PathBuf> {
-    if results.len() == 1 {
-        return vec![path.to_owned()];
+/// The `.hgrm` file of each rate: `path` itself when one rate was asked
+/// for, else `STEM.RATE.EXT` beside it (RATE as [`rate_file_tag`] writes
+/// it), however many of the rates ran: a script finds a sweep's files by
+/// name whether or not the sweep stopped early.
+pub fn hgrm_paths(path: &Path, results: &[RateResult], rates_requested: usize) -> Vec<PathBuf> {
+    if rates_requested <= 1 {
+        return results.iter().map(|_| path.to_owned()).collect();
     }
     let stem = path
         .file_stem()
@@ -257,13 +260,17 @@ pub fn hgrm_paths(path: &Path, results: &[RateResult]) -> Vec<PathBuf> {
         .unwrap_or_else(|| "hgrm".into());
     results
         .iter()
-        .map(|r| path.with_file_name(format!("{stem}.{}.{ext}", r.rate.round() as u64)))
+        .map(|r| path.with_file_name(format!("{stem}.{}.{ext}", rate_file_tag(r.rate))))
         .collect()
 }
 
 /// Writes the corrected latency spectrum of every rate (see [`hgrm_paths`]).
-pub fn write_hgrm(path: &Path, results: &[RateResult]) -> io::Result<Vec<PathBuf>> {
-    let paths = hgrm_paths(path, results);
+pub fn write_hgrm(
+    path: &Path,
+    results: &[RateResult],
+    rates_requested: usize,
+) -> io::Result<Vec<PathBuf>> {
+    let paths = hgrm_paths(path, results, rates_requested);
     for (p, r) in paths.iter().zip(results) {
         let mut out = Vec::new();
         r.latency.write_hgrm(&mut out)?;
