@@ -74,8 +74,8 @@ pub struct LoadArgs {
     /// first gives host and port to the mix's `path` entries.
     #[arg(value_name = "URL")]
     pub urls: Vec<String>,
-    /// Offered rate in requests/s: 20000, 20k, a list 1k,5k,20k or a sweep
-    /// START..END/STEP (e.g. 10k..200k/10k).
+    /// Offered rate in requests/s: 20000, 20k, 1.5M, a list 1k,5k,20k or a
+    /// sweep START..END/STEP (e.g. 10k..200k/10k).
     #[arg(long)]
     pub rate: String,
     /// Measurement window per rate (e.g. 10s, 500ms).
@@ -133,21 +133,23 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Latency objectives, e.g. p99=100us or p50=20us,p99.9=1ms; a sweep
-    /// reports the highest rate that meets them (with no errors).
+    /// reports the highest rate that meets them (with no errors), and the
+    /// exit status is non-zero when none does.
     #[arg(long)]
     pub slo: Option<String>,
     /// Run every rate of a sweep, not stopping at the first that misses the SLO.
     #[arg(long)]
     pub keep_going: bool,
-    /// Count non-2xx answers (and a non-2xx probe) without failing the run.
+    /// Count non-2xx answers (and a non-2xx probe) without failing the run
+    /// or missing the objectives.
     #[arg(long)]
     pub allow_errors: bool,
     /// Before the run, time N blocking back-to-back round trips on one
     /// connection (the baseline the generator's overhead is measured against).
     #[arg(long, default_value_t = 0)]
     pub pingpong: u64,
-    /// Write the HdrHistogram percentile spectrum (.hgrm); a sweep writes
-    /// one file per rate (STEM.RATE.hgrm).
+    /// Write the HdrHistogram percentile spectrum (.hgrm); with several
+    /// rates, one file per rate that ran (STEM.RATE.hgrm).
     #[arg(long)]
     pub hgrm: Option<PathBuf>,
     /// Write the report as JSON (DESIGN §7 schema).
@@ -619,7 +621,7 @@ pub fn build_report(settings: &LoadSettings, outcome: &SweepOutcome) -> Report {
 }
 
 /// `nocturne bench load`: runs, prints the table, writes the outputs, and
-/// fails on errors (or, in a sweep with objectives, when no rate met them).
+/// fails when no rate met the objectives (with `--slo`), else on errors.
 pub fn run_command(args: &LoadArgs) -> anyhow::Result<()> {
     let settings = LoadSettings::from_args(args)?;
     for path in [&settings.json, &settings.hgrm, &settings.plot]
@@ -628,8 +630,8 @@ pub fn run_command(args: &LoadArgs) -> anyhow::Result<()> {
     {
         crate::report::prepare_output(path)?;
     }
-    // Ctrl-C (or SIGTERM, SIGHUP) ends the sweep at the window in progress,
-    // and the finished rates are still reported and written.
+    // Ctrl-C (or SIGTERM, SIGHUP) ends the sweep in whatever phase it is
+    // (see `interrupt`), and what finished is still reported and written.
     crate::engine::sys::catch_interrupts()
         .map_err(|e| anyhow::anyhow!("cannot catch Ctrl-C: {e}"))?;
     let plan = &settings.plan;
