@@ -67,6 +67,30 @@ impl LatencyHistogram {
         self.inner.saturating_record_n(ns.max(1), count);
     }
 
+    /// Records the `count` latencies `lowest_ns + i × step_ns` (i in
+    /// 0..count, each rounded to a nanosecond) in time linear in the
+    /// buckets they span, not in `count`: a run of values that share a
+    /// bucket is one `record_n`. For requests whose intended times are
+    /// evenly spaced (a fixed schedule that was never sent).
+    pub fn record_progression(&mut self, lowest_ns: f64, step_ns: f64, count: u64) {
+        let mut i = 0;
+        while i < count {
+            // `as` saturates at u64::MAX; recording clamps what is out of range.
+            let value = (lowest_ns + i as f64 * step_ns).round().max(1.0) as u64;
+            // Values up to `top` share `value`'s bucket: value_j rounds to
+            // at most `top` while lowest + j × step < top + 0.5.
+            let top = self.inner.highest_equivalent(value);
+            let end = if step_ns <= 0.0 || top == u64::MAX {
+                count
+            } else {
+                let bound = ((top as f64 + 0.5 - lowest_ns) / step_ns).ceil();
+                (bound.max(0.0) as u64).clamp(i + 1, count)
+            };
+            self.record_ns_n(value, end - i);
+            i = end;
+        }
+    }
+
     /// Records one latency.
     #[inline]
     pub fn record(&mut self, latency: Duration) {
@@ -131,7 +155,11 @@ impl LatencyHistogram {
     }
 
     /// Writes the percentile spectrum in HdrHistogram's `.hgrm` text format
-    /// (values in microseconds), readable by the usual plotting tools.
+    /// (values in microseconds), as HdrHistogram's
+    /// `outputPercentileDistribution` and wrk2's `hdr_percentiles_print`
+    /// write it: `TotalCount` is cumulative (the last row holds every
+    /// value), and the footer gives mean, deviation, max, total count and
+    /// the bucket layout. The usual plotting tools read it.
     pub fn write_hgrm<W: Write>(&self, out: &mut W) -> io::Result<()> {
         writeln!(
             out,
@@ -139,7 +167,9 @@ impl LatencyHistogram {
             "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
         )?;
         if !self.is_empty() {
+            let mut cumulative = 0u64;
             for v in self.inner.iter_quantiles(5) {
+                cumulative += v.count_since_last_iteration();
                 let q = v.quantile_iterated_to();
                 let inverse = if q < 1.0 {
                     format!("{:>14.2}", 1.0 / (1.0 - q))
@@ -151,7 +181,7 @@ impl LatencyHistogram {
                     "{:>12.3} {:>14.12} {:>10} {}",
                     v.value_iterated_to() as f64 / 1_000.0,
                     q,
-                    v.count_since_last_iteration(),
+                    cumulative,
                     inverse
                 )?;
             }
@@ -167,8 +197,21 @@ impl LatencyHistogram {
             out,
             "#[Max     = {:>12.3}, Total count    = {:>12}]",
             s.max_us, s.samples
+        )?;
+        writeln!(
+            out,
+            "#[Buckets = {:>12}, SubBuckets     = {:>12}]",
+            self.inner.buckets(),
+            sub_buckets(self.inner.sigfig())
         )
     }
+}
+
+/// Sub-buckets per bucket of a histogram keeping `sigfig` significant
+/// digits: the smallest power of two that holds `2 × 10^sigfig` (2048
+/// for 3), as HdrHistogram lays them out. The crate does not expose it.
+fn sub_buckets(sigfig: u8) -> u64 {
+    (2 * 10u64.pow(u32::from(sigfig))).next_power_of_two()
 }
 
 #[cfg(test)]
@@ -257,5 +300,60 @@ mod tests {
             .unwrap();
         let value: f64 = last.split_whitespace().next().unwrap().parse().unwrap();
         assert!((value - 4.0).abs() < 0.005, "{text}");
+    }
+
+    #[test]
+    fn a_progression_is_recorded_as_one_value_at_a_time_would_be() {
+        for (lowest, step, count) in [
+            (0.0, 1.0, 10_000u64),
+            (1_000.0, 333.3, 50_000),
+            (5.0e6, 1.0e3, 200_000),
+            (42.0, 0.0, 17),
+            (1.0, 7.0e9, 1_000), // past the tracked hour: clamped
+        ] {
+            let mut bulk = LatencyHistogram::new();
+            bulk.record_progression(lowest, step, count);
+            let mut one_by_one = LatencyHistogram::new();
+            for i in 0..count {
+                one_by_one.record_ns((lowest + i as f64 * step).round().max(0.0) as u64);
+            }
+            assert_eq!(bulk.len(), count);
+            for q in [0.0, 0.1, 0.5, 0.9, 0.99, 0.999, 1.0] {
+                let (a, b) = (bulk.quantile_ns(q), one_by_one.quantile_ns(q));
+                assert!(
+                    a.abs_diff(b) <= b / 500 + 1,
+                    "{lowest} {step} {count} q{q}: {a} vs {b}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn hgrm_total_count_is_cumulative_and_the_footer_is_complete() {
+        let mut h = LatencyHistogram::new();
+        for us in 1..=1_000u64 {
+            h.record_ns_n(us * 1_000, us % 7 + 1);
+        }
+        let mut out = Vec::new();
+        h.write_hgrm(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let counts: Vec<u64> = text
+            .lines()
+            .skip(2)
+            .take_while(|l| !l.starts_with('#'))
+            .map(|l| l.split_whitespace().nth(2).unwrap().parse().unwrap())
+            .collect();
+        assert!(counts.len() > 20, "{text}");
+        assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{text}");
+        assert_eq!(*counts.last().unwrap(), h.len(), "{text}");
+        let footer: Vec<&str> = text.lines().filter(|l| l.starts_with("#[")).collect();
+        assert_eq!(footer.len(), 3, "{text}");
+        assert!(footer[2].starts_with("#[Buckets = "), "{text}");
+        assert!(
+            footer[2].ends_with("SubBuckets     =         2048]"),
+            "{text}"
+        );
+        assert_eq!(sub_buckets(3), 2048);
+        assert_eq!(sub_buckets(2), 256);
     }
 }

@@ -173,6 +173,7 @@ fn result_with(latency: LatencyHistogram, service: LatencyHistogram) -> RateResu
         client_cpu: Duration::from_millis(20),
         requests_total: 2_000,
         first_error: Some("127.0.0.1:1: the server closed the connection".into()),
+        allow_non_2xx: false,
     }
 }
 
@@ -226,16 +227,24 @@ fn outputs_carry_the_percentiles_and_counters() {
     // The .hgrm spectrum ends at the max and totals every sample.
     let dir = std::env::temp_dir().join(format!("nocturne-load-hgrm-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let one = output::write_hgrm(&dir.join("lat.hgrm"), std::slice::from_ref(&r)).unwrap();
+    let one = output::write_hgrm(&dir.join("lat.hgrm"), std::slice::from_ref(&r), 1).unwrap();
     assert_eq!(one, vec![dir.join("lat.hgrm")]);
     let text = std::fs::read_to_string(&one[0]).unwrap();
     assert!(text.contains("Total count    =         2000"), "{text}");
     let mut r2 = r.clone();
     r2.rate = 2_000.0;
-    let two = output::write_hgrm(&dir.join("lat.hgrm"), &[r, r2]).unwrap();
+    let two = output::write_hgrm(&dir.join("lat.hgrm"), &[r.clone(), r2], 2).unwrap();
     assert_eq!(
         two,
         vec![dir.join("lat.1000.hgrm"), dir.join("lat.2000.hgrm")]
+    );
+    // A sweep that stopped after its first rate still names it by rate,
+    // and a fractional rate keeps its decimals.
+    let mut r3 = r.clone();
+    r3.rate = 1_000.4;
+    assert_eq!(
+        output::write_hgrm(&dir.join("lat.hgrm"), &[r, r3], 3).unwrap(),
+        vec![dir.join("lat.1000.hgrm"), dir.join("lat.1000.4.hgrm")]
     );
     assert!(two.iter().all(|p| p.is_file()));
     std::fs::remove_dir_all(&dir).unwrap();

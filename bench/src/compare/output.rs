@@ -422,6 +422,7 @@ mod tests {
             client_cpu: Duration::ZERO,
             requests_total: rate as u64,
             first_error: None,
+            allow_non_2xx: false,
         }
     }
 

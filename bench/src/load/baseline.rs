@@ -58,6 +58,23 @@ pub enum ProbeError {
         /// What was wrong with its answer.
         source: ResponseError,
     },
+    /// The caller's stop check said to give up (a signal, Ctrl-C).
+    #[error("interrupted while waiting for {addr}")]
+    Interrupted {
+        /// The server.
+        addr: SocketAddr,
+    },
+}
+
+/// How long one blocking read waits before the stop check is looked at
+/// again: a signal handler only raises a flag, and `SA_RESTART` resumes
+/// the read, so a read waiting for a silent server must wake up on its own
+/// to notice Ctrl-C.
+const STOP_CHECK_EVERY: Duration = Duration::from_millis(50);
+
+/// A stop check that never stops.
+fn never() -> bool {
+    false
 }
 
 /// One blocking keep-alive connection.
@@ -82,8 +99,10 @@ impl BlockingClient {
         let connect_err = |source| ProbeError::Connect { addr, source };
         let stream = TcpStream::connect_timeout(&addr, connect_timeout).map_err(connect_err)?;
         stream.set_nodelay(true).map_err(connect_err)?;
+        // Reads wake up every STOP_CHECK_EVERY; `round_trip_until` keeps
+        // the overall limit.
         stream
-            .set_read_timeout(Some(timeout))
+            .set_read_timeout(Some(timeout.min(STOP_CHECK_EVERY)))
             .map_err(connect_err)?;
         stream
             .set_write_timeout(Some(timeout))
@@ -101,6 +120,18 @@ impl BlockingClient {
 
     /// Sends `request` and reads its response.
     pub fn round_trip(&mut self, request: &[u8], has_body: bool) -> Result<Response, ProbeError> {
+        self.round_trip_until(request, has_body, never)
+    }
+
+    /// [`round_trip`](Self::round_trip), giving up with
+    /// [`ProbeError::Interrupted`] within about 50 ms of `stop` turning
+    /// true while it waits for the answer.
+    pub fn round_trip_until(
+        &mut self,
+        request: &[u8],
+        has_body: bool,
+        stop: fn() -> bool,
+    ) -> Result<Response, ProbeError> {
         let addr = self.addr;
         self.stream
             .write_all(request)
@@ -138,7 +169,17 @@ impl BlockingClient {
                 }
                 Ok(n) => self.end += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // A read timeout is one slice of the wait: look at the stop
+                // check, then at the deadline (top of the loop).
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
                 Err(e) => return Err(self.io_error(e)),
+            }
+            if stop() {
+                return Err(ProbeError::Interrupted { addr });
             }
         }
     }
@@ -169,19 +210,43 @@ pub fn pingpong(
     core: Option<usize>,
     timeout: Duration,
 ) -> Result<LatencyHistogram, super::LoadError> {
+    pingpong_until(addr, request, has_body, count, warmup, core, timeout, never)
+}
+
+/// [`pingpong`] that gives up with [`LoadError::Interrupted`](super::LoadError::Interrupted)
+/// soon after `stop` turns true (looked at before each round trip, and
+/// while one waits).
+#[allow(clippy::too_many_arguments)] // `pingpong`'s, plus the stop check
+pub fn pingpong_until(
+    addr: SocketAddr,
+    request: &[u8],
+    has_body: bool,
+    count: u64,
+    warmup: u64,
+    core: Option<usize>,
+    timeout: Duration,
+    stop: fn() -> bool,
+) -> Result<LatencyHistogram, super::LoadError> {
     let request = request.to_vec();
+    let failed = |source| match source {
+        ProbeError::Interrupted { .. } => super::LoadError::Interrupted(super::Phase::Baseline),
+        source => super::LoadError::Baseline { source },
+    };
     let worker = move || -> Result<LatencyHistogram, super::LoadError> {
         if let Some(core) = core {
             crate::pin::pin_current_thread(core)?;
         }
-        let mut client = BlockingClient::connect(addr, timeout, timeout)
-            .map_err(|source| super::LoadError::Baseline { source })?;
+        let mut client = BlockingClient::connect(addr, timeout, timeout).map_err(failed)?;
         let mut hist = LatencyHistogram::new();
         for i in 0..warmup + count {
+            // Outside the timed round trip: one load of the signal flag.
+            if stop() {
+                return Err(super::LoadError::Interrupted(super::Phase::Baseline));
+            }
             let t0 = Instant::now();
             let response = client
-                .round_trip(&request, has_body)
-                .map_err(|source| super::LoadError::Baseline { source })?;
+                .round_trip_until(&request, has_body, stop)
+                .map_err(failed)?;
             let rtt = t0.elapsed();
             if !(200..300).contains(&response.status) {
                 return Err(super::LoadError::BaselineStatus(response.status));

@@ -33,6 +33,17 @@
 //! still in flight get `timeout` to finish and are recorded as timeouts
 //! (again with the lower bound) if they do not.
 //!
+//! The backlog is bounded ([`BACKLOG_CAP`] per endpoint): when the next
+//! arrival finds its endpoint's backlog full, it and every later arrival
+//! stay in the schedule, which holds them with their intended times until
+//! room frees (the schedule is a pure function of time, so nothing is
+//! lost by not drawing them yet). Memory is then bounded whatever the
+//! rate, and an offered rate far above what the connections can carry
+//! (`--rate 20M` for `20k`) costs no work per overdue request in the loop.
+//! At the end of the window the arrivals still in the schedule are unsent
+//! like the backlog's, recorded with their latencies (see
+//! [`Client::abandon_schedule`]).
+//!
 //! Waiting: `spin` polls epoll without sleeping; `block` sleeps in epoll
 //! with a `timerfd` armed for the next intended send (ns precision, armed
 //! only when the thread is about to sleep, never read);
@@ -95,12 +106,16 @@ pub struct SocketErrors {
     pub closed: u64,
     /// Requests lost to a response that is not valid HTTP.
     pub protocol: u64,
+    /// Bytes the server sent with no request in flight (after a complete
+    /// response, say): a protocol violation that costs the connection.
+    /// Counted once per connection torn down for it; no request is lost.
+    pub unsolicited: u64,
 }
 
 impl SocketErrors {
     /// All of them.
     pub fn total(&self) -> u64 {
-        self.connect + self.read + self.write + self.closed + self.protocol
+        self.connect + self.read + self.write + self.closed + self.protocol + self.unsolicited
     }
 
     /// Requests lost (everything but failed connection attempts).
@@ -114,6 +129,7 @@ impl SocketErrors {
         self.write += o.write;
         self.closed += o.closed;
         self.protocol += o.protocol;
+        self.unsolicited += o.unsolicited;
     }
 }
 
@@ -182,6 +198,9 @@ pub(crate) struct ThreadResult {
     pub reconnects: u64,
     pub cpu: Duration,
     pub first_error: Option<String>,
+    /// A signal ended the window before its end: the result measures
+    /// nothing (`run_rate` drops it).
+    pub window_cut: bool,
 }
 
 impl ThreadResult {
@@ -337,6 +356,18 @@ const TIMER: Token = Token(usize::MAX);
 const STATUS_CODES: usize = 1000;
 const FIRST_BACKOFF_NS: u64 = 1_000_000;
 const MAX_BACKOFF_NS: u64 = 200_000_000;
+/// The first error of a request that was not answered in time.
+const TIMED_OUT: &str = "no response within the timeout";
+/// Most requests one thread holds waiting for a connection of one
+/// endpoint (24 bytes each). Far more than any sane run has waiting: at
+/// that depth its latencies are already dominated by the queue. Beyond it
+/// the schedule holds the arrivals (see the module doc); with several
+/// endpoints, arrivals for the others then wait behind the full one's.
+pub(crate) const BACKLOG_CAP: usize = 4096;
+/// Arrivals still in the schedule at the end of a window that are drawn
+/// and recorded one by one; beyond, the rest are recorded in bulk (see
+/// [`Client::abandon_schedule`]).
+const EXACT_TAIL: u64 = 1 << 20;
 /// How often timeouts and reconnections are looked at.
 const HOUSEKEEPING_NS: u64 = 5_000_000;
 
@@ -360,7 +391,10 @@ struct Client {
     picker: KindPicker,
     kinds: Arc<Vec<Wire>>,
     endpoints: Vec<SocketAddr>,
+    /// The next arrival's intended time and kind (its kind is drawn with
+    /// its time: its endpoint decides whether it can be released).
     next_due_ns: u64,
+    next_kind: usize,
     warmup_ns: u64,
     end_ns: u64,
     stop_on_signal: bool,
@@ -428,6 +462,8 @@ impl Client {
         }
         let mut schedule = plan.schedule;
         let next_due_ns = schedule.next_ns();
+        let mut picker = plan.picker;
+        let next_kind = picker.pick();
         let per_kind = if plan.kind_histograms {
             vec![LatencyHistogram::new(); plan.kinds.len()]
         } else {
@@ -445,10 +481,11 @@ impl Client {
             statuses: vec![0; STATUS_CODES].into_boxed_slice(),
             backlog: vec![VecDeque::new(); plan.endpoints.len()],
             schedule,
-            picker: plan.picker,
+            picker,
             kinds: plan.kinds,
             endpoints: plan.endpoints,
             next_due_ns,
+            next_kind,
             warmup_ns: plan.warmup_ns,
             end_ns: plan.end_ns,
             stop_on_signal: plan.stop_on_signal,
@@ -493,14 +530,16 @@ impl Client {
         let mut drain_deadline_ns: Option<u64> = None;
         loop {
             let now = self.now_ns();
+            let stop = self.stop_on_signal && crate::engine::sys::interrupted();
             if drain_deadline_ns.is_none() {
                 self.release_due(now);
                 self.write_staged_all();
-                // Ctrl-C ends the window as its end would (`run_sweep`
-                // leaves the cut-short rate out of the results).
-                if now >= self.end_ns || (self.stop_on_signal && crate::engine::sys::interrupted())
-                {
+                // Ctrl-C ends the window as its end would (`run_rate`
+                // leaves the cut-short rate out).
+                if now >= self.end_ns || stop {
+                    self.out.window_cut = now < self.end_ns;
                     self.abandon_backlog(now);
+                    self.abandon_schedule(now);
                     drain_deadline_ns = Some(now.saturating_add(self.timeout_ns));
                 }
             }
@@ -512,8 +551,18 @@ impl Client {
                 if self.conns.iter().all(|c| c.inflight.is_empty()) {
                     break;
                 }
-                if now >= deadline {
-                    self.time_out_all(now);
+                // Ctrl-C cuts the drain short too: the window is whole and
+                // is reported; what it still waits for counts as timed out
+                // (with the latency it reached, as at the deadline).
+                if now >= deadline || stop {
+                    self.time_out_all(
+                        now,
+                        if now >= deadline {
+                            TIMED_OUT
+                        } else {
+                            "no response before a signal cut the wait short"
+                        },
+                    );
                     break;
                 }
             }
@@ -574,10 +623,13 @@ impl Client {
     /// With every connection busy, an arrival could only join the backlog:
     /// it is released at the next response instead, with the same intended
     /// time, so skipping its wake-up changes no latency (and saves a timer
-    /// wake-up per request when the server is saturated).
+    /// wake-up per request when the server is saturated). Likewise when the
+    /// next arrival's backlog is full: it waits in the schedule until a
+    /// response makes room (waking for it would only spin).
     fn next_wake(&self, drain_deadline_ns: Option<u64>) -> u64 {
+        let releasable = self.ready.any() && !self.backlog_full(self.next_kind);
         let mut wake = match drain_deadline_ns {
-            None if self.ready.any() => self.next_due_ns.min(self.end_ns),
+            None if releasable => self.next_due_ns.min(self.end_ns),
             None => self.end_ns,
             Some(deadline) => deadline,
         };
@@ -616,24 +668,36 @@ impl Client {
         Ok(Some(Duration::from_millis(100)))
     }
 
-    /// Releases every arrival whose intended time has come.
+    /// Releases, in order, every arrival whose intended time has come,
+    /// while its endpoint can take it: a free connection or room in the
+    /// backlog. The first that finds its backlog full stops the release;
+    /// it and the ones after it stay in the schedule (see the module doc).
     fn release_due(&mut self, now: u64) {
         while self.next_due_ns <= now && self.next_due_ns < self.end_ns {
-            let kind = self.picker.pick();
+            if self.backlog_full(self.next_kind) {
+                break;
+            }
             let measured = self.next_due_ns >= self.warmup_ns;
             if measured {
                 self.out.offered += 1;
             }
             self.dispatch(Pending {
                 intended_ns: self.next_due_ns,
-                kind,
+                kind: self.next_kind,
                 measured,
             });
             self.next_due_ns = self.schedule.next_ns();
+            self.next_kind = self.picker.pick();
         }
     }
 
-    /// Gives `p` to a free connection of its endpoint, or to the backlog.
+    /// Whether a request of `kind` would find its endpoint's backlog full.
+    fn backlog_full(&self, kind: usize) -> bool {
+        self.backlog[self.kinds[kind].endpoint].len() >= BACKLOG_CAP
+    }
+
+    /// Gives `p` to a free connection of its endpoint, or to the backlog
+    /// (which has room: [`release_due`](Self::release_due) checked).
     fn dispatch(&mut self, p: Pending) {
         let ep = self.kinds[p.kind].endpoint;
         if self.backlog[ep].is_empty() {
@@ -839,6 +903,9 @@ impl Client {
                 return true;
             }
             let Some(front) = conn.inflight.front() else {
+                self.out.socket.unsolicited += 1;
+                // Relaxed: a statistic for the progress line.
+                self.live.errors.fetch_add(1, Ordering::Relaxed);
                 self.fail(
                     c,
                     Failure::Protocol,
@@ -1059,7 +1126,7 @@ impl Client {
                         .front()
                         .is_some_and(|f| now.saturating_sub(f.sent_ns) >= self.timeout_ns);
                     if stale {
-                        self.time_out(c, now);
+                        self.time_out(c, now, TIMED_OUT);
                     }
                 }
                 ConnState::Connecting { deadline_ns } if now >= deadline_ns => {
@@ -1074,8 +1141,9 @@ impl Client {
     }
 
     /// Counts everything in flight on `c` as timed out, recording the
-    /// latency each has reached (a lower bound), and closes `c`.
-    fn time_out(&mut self, c: usize, now: u64) {
+    /// latency each has reached (a lower bound), and closes `c`; `detail`
+    /// says why, for the first error.
+    fn time_out(&mut self, c: usize, now: u64, detail: &str) {
         let inflight = std::mem::take(&mut self.conns[c].inflight);
         for f in inflight.iter().filter(|f| f.measured) {
             self.out.timeouts += 1;
@@ -1090,15 +1158,15 @@ impl Client {
             self.live.errors.fetch_add(1, Ordering::Relaxed);
         }
         if !inflight.is_empty() {
-            self.note_error(c, "no response within the timeout");
+            self.note_error(c, detail);
         }
         self.close(c, 0);
     }
 
-    fn time_out_all(&mut self, now: u64) {
+    fn time_out_all(&mut self, now: u64, detail: &str) {
         for c in 0..self.conns.len() {
             if !self.conns[c].inflight.is_empty() {
-                self.time_out(c, now);
+                self.time_out(c, now, detail);
             }
         }
     }
@@ -1116,6 +1184,65 @@ impl Client {
                     if let Some(h) = self.out.per_kind.get_mut(p.kind) {
                         h.record_ns(now.saturating_sub(p.intended_ns));
                     }
+                }
+            }
+        }
+    }
+
+    /// The window is over (at `now`): the arrivals the schedule still holds
+    /// that were due by then (and before the window's end) were never
+    /// sent either. They are offered and unsent, and recorded with the
+    /// latency they have reached, like the backlog's.
+    ///
+    /// The first [`EXACT_TAIL`] are drawn one by one (time and kind). Past
+    /// that — only an offered rate far beyond what the connections carry
+    /// gets there — the rest are recorded in bulk, in time linear in the
+    /// histogram's buckets, not in the requests: evenly spaced at the
+    /// schedule's (mean) gap, which is exact for fixed arrivals and, for
+    /// Poisson ones, the mean count and spread (given their number, Poisson
+    /// arrivals are uniform over the interval), split over the kinds by
+    /// weight.
+    fn abandon_schedule(&mut self, now: u64) {
+        let limit = now.saturating_add(1).min(self.end_ns);
+        let mut drawn = 0;
+        while self.next_due_ns < limit && drawn < EXACT_TAIL {
+            if self.next_due_ns >= self.warmup_ns {
+                self.out.offered += 1;
+                self.out.unsent += 1;
+                let latency = now.saturating_sub(self.next_due_ns);
+                self.out.latency.record_ns(latency);
+                if let Some(h) = self.out.per_kind.get_mut(self.next_kind) {
+                    h.record_ns(latency);
+                }
+            }
+            self.next_due_ns = self.schedule.next_ns();
+            self.next_kind = self.picker.pick();
+            drawn += 1;
+        }
+        if self.next_due_ns >= limit {
+            return;
+        }
+        // In bulk: the measured arrivals at first, first + gap, … < limit.
+        let gap = self.schedule.mean_gap_ns();
+        let mut first = self.next_due_ns as f64;
+        if first < self.warmup_ns as f64 {
+            first += ((self.warmup_ns as f64 - first) / gap).ceil() * gap;
+        }
+        if first >= limit as f64 {
+            return;
+        }
+        let count = ((limit as f64 - first) / gap).ceil().max(1.0) as u64;
+        self.out.offered += count;
+        self.out.unsent += count;
+        // Latencies now − t, smallest (the latest arrival) first.
+        let lowest = now as f64 - (first + (count - 1) as f64 * gap);
+        self.out.latency.record_progression(lowest, gap, count);
+        if !self.out.per_kind.is_empty() {
+            for (kind, n) in self.picker.shares(count).into_iter().enumerate() {
+                if n > 0 {
+                    // Each kind's share, spread over the same interval.
+                    let step = gap * count as f64 / n as f64;
+                    self.out.per_kind[kind].record_progression(lowest, step, n);
                 }
             }
         }
@@ -1245,6 +1372,23 @@ mod tests {
         assert_eq!(
             writes, out.requests_total,
             "one write per request, none split"
+        );
+    }
+
+    #[test]
+    fn a_rate_far_beyond_the_connections_is_held_by_the_schedule() {
+        // A billion a second for 20 ms: 20 million due, two connections.
+        // The backlog stops at its cap, the schedule holds the rest, and
+        // every request is still accounted for and in the histogram.
+        let (out, _) = run_against_echo(1e9, Duration::from_millis(20), 2, 1);
+        assert_accounted(&out);
+        assert_eq!(out.offered, 20_000_000);
+        assert!(out.unsent > out.offered - 100_000, "{}", out.unsent);
+        // The unsent waited up to the end of the window.
+        assert!(
+            out.latency.max_ns() >= 19_000_000,
+            "{}",
+            out.latency.max_ns()
         );
     }
 

@@ -21,6 +21,17 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 /// Largest request (head and body) the server buffers.
 const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+/// Connections that may wait to be accepted.
+const LISTEN_BACKLOG: libc::c_int = 4096;
+
+/// Why a request is refused (then the connection is closed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// Not HTTP/1.x, or a framing the echo server does not take.
+    Malformed,
+    /// A body over [`MAX_REQUEST_BYTES`].
+    TooLarge,
+}
 const LISTENER: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
 
@@ -60,6 +71,10 @@ impl EchoServer {
     /// Binds `listen` and serves on a new thread (pinned to `core` if given).
     pub fn start(listen: SocketAddr, poll_mode: EchoPoll, core: Option<usize>) -> io::Result<Self> {
         let mut listener = TcpListener::bind(listen)?;
+        // mio listens with std's backlog of 128: a client opening a
+        // thousand connections at once would wait for SYN retransmits
+        // (seconds).
+        super::sys::set_listen_backlog(&listener, LISTEN_BACKLOG)?;
         let addr = listener.local_addr()?;
         let poll = Poll::new()?;
         poll.registry()
@@ -141,7 +156,11 @@ struct Conn {
     stream: TcpStream,
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
+    /// Answered with a refusal: once it is written, the write side is
+    /// shut and whatever the client still sends is read and dropped until
+    /// it closes, so that it reads the answer instead of a reset.
     close_after_write: bool,
+    write_shut: bool,
 }
 
 fn serve(
@@ -189,6 +208,7 @@ fn serve(
                                 rbuf: Vec::with_capacity(4096),
                                 wbuf: Vec::with_capacity(4096),
                                 close_after_write: false,
+                                write_shut: false,
                             });
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -240,15 +260,24 @@ fn handle(conn: &mut Conn, chunk: &mut [u8], peer_closed: bool, served: &AtomicU
             Err(_) => return false,
         }
     }
-    if !conn.close_after_write {
-        let (used, answered, bad) = answer_all(&conn.rbuf, &mut conn.wbuf);
+    if conn.close_after_write {
+        conn.rbuf.clear();
+    } else {
+        let (used, answered, refusal) = answer_all(&conn.rbuf, &mut conn.wbuf);
         conn.rbuf.drain(..used);
         // Relaxed: a statistic.
         served.fetch_add(answered, Ordering::Relaxed);
-        if bad || conn.rbuf.len() > MAX_REQUEST_BYTES {
-            conn.wbuf.extend_from_slice(
-                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            );
+        let refusal =
+            refusal.or((conn.rbuf.len() > MAX_REQUEST_BYTES).then_some(Refusal::Malformed));
+        if let Some(refusal) = refusal {
+            conn.wbuf.extend_from_slice(match refusal {
+                Refusal::Malformed => {
+                    &b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"[..]
+                }
+                Refusal::TooLarge => {
+                    b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                }
+            });
             conn.close_after_write = true;
             conn.rbuf.clear();
         }
@@ -264,25 +293,30 @@ fn handle(conn: &mut Conn, chunk: &mut [u8], peer_closed: bool, served: &AtomicU
             Err(_) => return false,
         }
     }
-    !(eof || conn.close_after_write)
+    if conn.close_after_write && !conn.write_shut {
+        let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+        conn.write_shut = true;
+    }
+    !eof
 }
 
 /// Answers every complete request at the start of `input`; returns the
-/// bytes used, the number answered and whether a malformed one was met.
-fn answer_all(input: &[u8], out: &mut Vec<u8>) -> (usize, u64, bool) {
+/// bytes used, the number answered and why the first refused one was
+/// refused, if one was met.
+fn answer_all(input: &[u8], out: &mut Vec<u8>) -> (usize, u64, Option<Refusal>) {
     let mut used = 0;
     let mut answered = 0;
     loop {
         let rest = &input[used..];
         if rest.is_empty() {
-            return (used, answered, false);
+            return (used, answered, None);
         }
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut headers);
         let head_len = match req.parse(rest) {
             Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) => return (used, answered, false),
-            Err(_) => return (used, answered, true),
+            Ok(httparse::Status::Partial) => return (used, answered, None),
+            Err(_) => return (used, answered, Some(Refusal::Malformed)),
         };
         let mut body_len = 0usize;
         for h in req.headers.iter() {
@@ -292,18 +326,18 @@ fn answer_all(input: &[u8], out: &mut Vec<u8>) -> (usize, u64, bool) {
                     .and_then(|v| v.trim().parse().ok())
                 {
                     Some(n) => body_len = n,
-                    None => return (used, answered, true),
+                    None => return (used, answered, Some(Refusal::Malformed)),
                 }
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 // Chunked requests are not needed by the generator.
-                return (used, answered, true);
+                return (used, answered, Some(Refusal::Malformed));
             }
         }
         if body_len > MAX_REQUEST_BYTES {
-            return (used, answered, true);
+            return (used, answered, Some(Refusal::TooLarge));
         }
         if rest.len() < head_len + body_len {
-            return (used, answered, false);
+            return (used, answered, None);
         }
         let body = &rest[head_len..head_len + body_len];
         out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: ");
@@ -324,8 +358,8 @@ mod tests {
     fn answers_pipelined_requests_with_their_bodies() {
         let mut out = Vec::new();
         let input = b"POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 5\r\n\r\nxy";
-        let (used, answered, bad) = answer_all(input, &mut out);
-        assert_eq!((answered, bad), (2, false));
+        let (used, answered, refusal) = answer_all(input, &mut out);
+        assert_eq!((answered, refusal), (2, None));
         assert_eq!(
             &input[used..],
             b"POST /b HTTP/1.1\r\nContent-Length: 5\r\n\r\nxy"
@@ -334,8 +368,13 @@ mod tests {
             out,
             b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
         );
-        let (_, _, bad) = answer_all(b"\x16\x03\x01 tls hello\r\n\r\n", &mut out);
-        assert!(bad);
+        let (_, _, refusal) = answer_all(b"\x16\x03\x01 tls hello\r\n\r\n", &mut out);
+        assert_eq!(refusal, Some(Refusal::Malformed));
+        let (_, _, refusal) = answer_all(
+            b"POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n",
+            &mut out,
+        );
+        assert_eq!(refusal, Some(Refusal::TooLarge));
     }
 
     #[test]
@@ -361,6 +400,21 @@ mod tests {
         let mut reply = Vec::new();
         g.read_to_end(&mut reply).unwrap();
         assert!(reply.starts_with(b"HTTP/1.1 400"), "{reply:?}");
+        // A body over the limit is answered 413, and the client, still
+        // sending it, reads the answer rather than a reset.
+        let mut big = StdStream::connect(server.addr()).unwrap();
+        big.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let body_len = MAX_REQUEST_BYTES + 1;
+        big.write_all(format!("POST /x HTTP/1.1\r\nContent-Length: {body_len}\r\n\r\n").as_bytes())
+            .unwrap();
+        let chunk = vec![b'z'; 1 << 20];
+        for _ in 0..4 {
+            big.write_all(&chunk).unwrap();
+        }
+        big.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut reply = Vec::new();
+        big.read_to_end(&mut reply).unwrap();
+        assert!(reply.starts_with(b"HTTP/1.1 413"), "{reply:?}");
         server.stop().unwrap();
     }
 

@@ -32,6 +32,7 @@
 pub mod baseline;
 pub mod echo;
 pub mod http;
+pub mod interrupt;
 pub mod output;
 pub mod plot;
 pub mod run;
@@ -48,9 +49,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use baseline::{pingpong, ProbeError};
+pub use baseline::{pingpong, pingpong_until, ProbeError};
 pub use client::{LiveCounters, PollMode, SocketErrors};
 pub use echo::{run_echo_server, EchoPoll, EchoServer, EchoServerArgs};
+pub use interrupt::Phase;
 pub use run::{probe, run_rate, RateResult};
 pub use schedule::{Arrival, ArrivalSchedule, KindPicker};
 pub use spec::{Percentile, Slo, SpecError};
@@ -72,8 +74,8 @@ pub struct LoadArgs {
     /// first gives host and port to the mix's `path` entries.
     #[arg(value_name = "URL")]
     pub urls: Vec<String>,
-    /// Offered rate in requests/s: 20000, 20k, a list 1k,5k,20k or a sweep
-    /// START..END/STEP (e.g. 10k..200k/10k).
+    /// Offered rate in requests/s: 20000, 20k, 1.5M, a list 1k,5k,20k or a
+    /// sweep START..END/STEP (e.g. 10k..200k/10k).
     #[arg(long)]
     pub rate: String,
     /// Measurement window per rate (e.g. 10s, 500ms).
@@ -131,21 +133,23 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Latency objectives, e.g. p99=100us or p50=20us,p99.9=1ms; a sweep
-    /// reports the highest rate that meets them (with no errors).
+    /// reports the highest rate that meets them (with no errors), and the
+    /// exit status is non-zero when none does.
     #[arg(long)]
     pub slo: Option<String>,
     /// Run every rate of a sweep, not stopping at the first that misses the SLO.
     #[arg(long)]
     pub keep_going: bool,
-    /// Count non-2xx answers (and a non-2xx probe) without failing the run.
+    /// Count non-2xx answers (and a non-2xx probe) without failing the run
+    /// or missing the objectives.
     #[arg(long)]
     pub allow_errors: bool,
     /// Before the run, time N blocking back-to-back round trips on one
     /// connection (the baseline the generator's overhead is measured against).
     #[arg(long, default_value_t = 0)]
     pub pingpong: u64,
-    /// Write the HdrHistogram percentile spectrum (.hgrm); a sweep writes
-    /// one file per rate (STEM.RATE.hgrm).
+    /// Write the HdrHistogram percentile spectrum (.hgrm); with several
+    /// rates, one file per rate that ran (STEM.RATE.hgrm).
     #[arg(long)]
     pub hgrm: Option<PathBuf>,
     /// Write the report as JSON (DESIGN §7 schema).
@@ -364,6 +368,10 @@ pub enum LoadError {
     /// A client thread was told to stop before the run (another failed).
     #[error("aborted because another client thread failed")]
     Aborted,
+    /// A signal (Ctrl-C) stopped the run (only with
+    /// [`LoadPlan::stop_on_signal`]).
+    #[error("interrupted {0}")]
+    Interrupted(Phase),
 }
 
 impl LoadSettings {
@@ -375,6 +383,22 @@ impl LoadSettings {
         let warmup = spec::parse_duration(&args.warmup)?;
         let timeout = spec::parse_duration(&args.timeout)?;
         let connect_timeout = spec::parse_duration(&args.connect_timeout)?;
+        // A window shorter than one gap measures nothing (or one request,
+        // reported as a wild rate): refuse it rather than report it.
+        if let Some(&rate) = rates.iter().find(|&&r| r * duration.as_secs_f64() < 1.0) {
+            return Err(SettingsError::Invalid(format!(
+                "--rate {}/s with --duration {} offers less than one request per window: \
+                 make the window at least {}",
+                spec::format_rate(rate),
+                spec::format_duration(duration),
+                spec::format_duration(Duration::from_secs_f64(1.0 / rate).max(duration))
+            )));
+        }
+        check_outputs_differ(&[
+            ("--json", &args.json),
+            ("--hgrm", &args.hgrm),
+            ("--plot", &args.plot),
+        ])?;
         let slo = match &args.slo {
             Some(s) => Slo::parse_list(s)?,
             None => Vec::new(),
@@ -478,6 +502,25 @@ impl LoadSettings {
     }
 }
 
+/// Refuses one path given for two outputs: the second write would
+/// silently replace the first.
+fn check_outputs_differ(outputs: &[(&str, &Option<PathBuf>)]) -> Result<(), SettingsError> {
+    let absolute = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+    for (i, (a, pa)) in outputs.iter().enumerate() {
+        for (b, pb) in &outputs[i + 1..] {
+            if let (Some(pa), Some(pb)) = (pa, pb) {
+                if absolute(pa) == absolute(pb) {
+                    return Err(SettingsError::Invalid(format!(
+                        "{a} and {b} name the same file {}: give each output its own",
+                        pa.display()
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What a sweep (or a single rate) produced.
 #[derive(Debug, Clone)]
 pub struct SweepOutcome {
@@ -485,62 +528,79 @@ pub struct SweepOutcome {
     pub results: Vec<RateResult>,
     /// The highest rate that met the objectives (only with objectives).
     pub best: Option<f64>,
-    /// The ping-pong baseline, if asked for.
+    /// The ping-pong baseline, if asked for and finished.
     pub pingpong: Option<LatencyHistogram>,
-    /// The rate whose window a signal (Ctrl-C) cut short: left out of
-    /// `results`, and the sweep stopped there.
-    pub interrupted: Option<f64>,
+    /// Where a signal (Ctrl-C) stopped the sweep. A rate whose window was
+    /// cut short is left out of `results`; one that had finished its
+    /// window ([`Phase::AfterWindow`]) is in them.
+    pub interrupted: Option<Phase>,
 }
 
 /// Runs the baseline (if asked) and every rate; with objectives, stops
 /// after the first rate that misses them unless `keep_going`. `on_rate`
-/// sees each result as it comes.
+/// sees each result as it comes. A signal (with
+/// [`LoadPlan::stop_on_signal`]) ends the sweep where it comes, and what
+/// had finished is returned, with the phase in `interrupted`.
 pub fn run_sweep(
     settings: &LoadSettings,
     mut on_rate: impl FnMut(&RateResult),
 ) -> Result<SweepOutcome, LoadError> {
     let plan = &settings.plan;
-    let pingpong = if settings.pingpong > 0 {
-        probe(plan)?;
-        let kind = &plan.targets.kinds[0];
-        Some(baseline::pingpong(
-            plan.targets.endpoints[kind.endpoint].addr,
-            &kind.wire,
-            kind.response_has_body,
-            settings.pingpong,
-            (settings.pingpong / 10).max(100),
-            plan.cores.first().copied(),
-            plan.timeout,
-        )?)
-    } else {
-        None
+    let stop = interrupt::stop_check(plan);
+    let mut outcome = SweepOutcome {
+        results: Vec::with_capacity(settings.rates.len()),
+        best: None,
+        pingpong: None,
+        interrupted: None,
     };
-    let mut results = Vec::with_capacity(settings.rates.len());
-    let mut best = None;
-    let mut interrupted = None;
-    for &rate in &settings.rates {
-        let r = run_rate(plan, rate, settings.progress)?;
-        if plan.stop_on_signal && crate::engine::sys::interrupted() {
-            // A window cut short is no measurement of its rate.
-            interrupted = Some(rate);
-            break;
+    if settings.pingpong > 0 {
+        let kind = &plan.targets.kinds[0];
+        let baseline = probe(plan).and_then(|()| {
+            baseline::pingpong_until(
+                plan.targets.endpoints[kind.endpoint].addr,
+                &kind.wire,
+                kind.response_has_body,
+                settings.pingpong,
+                (settings.pingpong / 10).max(100),
+                plan.cores.first().copied(),
+                plan.timeout,
+                stop,
+            )
+        });
+        match baseline {
+            Ok(h) => outcome.pingpong = Some(h),
+            Err(LoadError::Interrupted(phase)) => {
+                outcome.interrupted = Some(phase);
+                return Ok(outcome);
+            }
+            Err(e) => return Err(e),
         }
+    }
+    for &rate in &settings.rates {
+        let r = match run_rate(plan, rate, settings.progress) {
+            Ok(r) => r,
+            Err(LoadError::Interrupted(phase)) => {
+                outcome.interrupted = Some(phase);
+                break;
+            }
+            Err(e) => return Err(e),
+        };
         on_rate(&r);
         let met = r.meets(&settings.slo);
         if !settings.slo.is_empty() && met {
-            best = Some(best.map_or(rate, |b: f64| b.max(rate)));
+            outcome.best = Some(outcome.best.map_or(rate, |b: f64| b.max(rate)));
         }
-        results.push(r);
+        outcome.results.push(r);
+        // A signal during the drain, or after it: this rate is whole.
+        if stop() {
+            outcome.interrupted = Some(Phase::AfterWindow { rate });
+            break;
+        }
         if !settings.slo.is_empty() && !met && !settings.keep_going {
             break;
         }
     }
-    Ok(SweepOutcome {
-        results,
-        best,
-        pingpong,
-        interrupted,
-    })
+    Ok(outcome)
 }
 
 /// Builds the DESIGN §7 report of a sweep.
@@ -549,7 +609,7 @@ pub fn build_report(settings: &LoadSettings, outcome: &SweepOutcome) -> Report {
     if !settings.plan.cores.is_empty() {
         core_map.insert("client".to_owned(), settings.plan.cores.clone());
     }
-    let machine = Machine::probe(core_map, output::modes(settings, outcome.best));
+    let machine = Machine::probe(core_map, output::modes(settings, outcome));
     let mut cases = Vec::new();
     if let Some(h) = &outcome.pingpong {
         cases.push(output::pingpong_case(h));
@@ -561,7 +621,7 @@ pub fn build_report(settings: &LoadSettings, outcome: &SweepOutcome) -> Report {
 }
 
 /// `nocturne bench load`: runs, prints the table, writes the outputs, and
-/// fails on errors (or, in a sweep with objectives, when no rate met them).
+/// fails when no rate met the objectives (with `--slo`), else on errors.
 pub fn run_command(args: &LoadArgs) -> anyhow::Result<()> {
     let settings = LoadSettings::from_args(args)?;
     for path in [&settings.json, &settings.hgrm, &settings.plot]
@@ -570,11 +630,20 @@ pub fn run_command(args: &LoadArgs) -> anyhow::Result<()> {
     {
         crate::report::prepare_output(path)?;
     }
-    // Ctrl-C (or SIGTERM, SIGHUP) ends the sweep at the window in progress,
-    // and the finished rates are still reported and written.
+    // Ctrl-C (or SIGTERM, SIGHUP) ends the sweep in whatever phase it is
+    // (see `interrupt`), and what finished is still reported and written.
     crate::engine::sys::catch_interrupts()
         .map_err(|e| anyhow::anyhow!("cannot catch Ctrl-C: {e}"))?;
     let plan = &settings.plan;
+    if plan.poll == PollMode::Spin && !plan.cores.is_empty() && plan.threads > plan.cores.len() {
+        eprintln!(
+            "nocturne: warning: {} spinning client threads on {} core(s): threads that share a \
+             core take turns, and the waits show up in the latencies (give each its own core, \
+             or use --poll adaptive)",
+            plan.threads,
+            plan.cores.len()
+        );
+    }
     println!(
         "open-loop load: {} arrivals, {} thread(s), {} connection(s), pipeline {}, poll {}, warm-up {}, window {} per rate",
         plan.arrival.name(),
@@ -606,14 +675,17 @@ pub fn run_command(args: &LoadArgs) -> anyhow::Result<()> {
             rows_shown += 1;
         }
     })?;
-    if let (Some(rate), true) = (outcome.interrupted, outcome.results.is_empty()) {
-        anyhow::bail!(
-            "interrupted during the {}/s window: no rate finished, nothing to report",
-            spec::format_rate(rate)
-        );
+    if let (Some(phase), true, None) = (
+        outcome.interrupted,
+        outcome.results.is_empty(),
+        &outcome.pingpong,
+    ) {
+        anyhow::bail!("interrupted {phase}: no rate finished, nothing to report");
     }
     println!();
-    print!("{}", output::table(&outcome.results, &settings.slo));
+    if !outcome.results.is_empty() {
+        print!("{}", output::table(&outcome.results, &settings.slo));
+    }
     for r in &outcome.results {
         print!("{}", output::details(r));
     }
@@ -632,7 +704,7 @@ pub fn run_command(args: &LoadArgs) -> anyhow::Result<()> {
             );
         }
     }
-    if !settings.slo.is_empty() {
+    if !settings.slo.is_empty() && !outcome.results.is_empty() {
         let slo_text: Vec<String> = settings.slo.iter().map(|s| s.to_string()).collect();
         match outcome.best {
             Some(b) => println!(
@@ -644,7 +716,7 @@ pub fn run_command(args: &LoadArgs) -> anyhow::Result<()> {
         }
     }
     if let Some(path) = &settings.hgrm {
-        for p in output::write_hgrm(path, &outcome.results)? {
+        for p in output::write_hgrm(path, &outcome.results, settings.rates.len())? {
             println!("wrote {}", p.display());
         }
     }
@@ -665,39 +737,45 @@ pub fn run_command(args: &LoadArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
         println!("wrote {}", path.display());
     }
-    if let Some(rate) = outcome.interrupted {
-        anyhow::bail!(
-            "interrupted during the {}/s window, which is left out; the {} rate(s) \
-             before it are reported above",
-            spec::format_rate(rate),
-            outcome.results.len()
-        );
+    if let Some(phase) = outcome.interrupted {
+        anyhow::bail!("{}", interrupted_message(phase, outcome.results.len()));
     }
-    if !settings.slo.is_empty() && settings.rates.len() > 1 {
+    // With objectives, they decide: met by some rate (a sweep goes on
+    // until one misses, so its last rate may well have failed), or not.
+    if !settings.slo.is_empty() {
         if outcome.best.is_none() {
             anyhow::bail!("no rate met the objectives");
         }
         return Ok(());
     }
-    let errors: u64 = outcome
-        .results
-        .iter()
-        .map(|r| {
-            if plan.allow_errors {
-                r.errors() - r.non_2xx
-            } else {
-                r.errors()
-            }
-        })
-        .sum();
+    let errors: u64 = outcome.results.iter().map(RateResult::failures).sum();
     if errors > 0 {
-        let first = outcome
-            .results
-            .iter()
-            .find_map(|r| r.first_error.clone())
-            .map(|e| format!(" (first: {e})"))
-            .unwrap_or_default();
-        anyhow::bail!("{errors} errors{first}");
+        anyhow::bail!(
+            "{errors} error{}{}",
+            if errors == 1 { "" } else { "s" },
+            output::error_cause(&outcome.results)
+        );
     }
     Ok(())
+}
+
+/// The closing message of a run a signal stopped, after `finished` rates
+/// were reported.
+fn interrupted_message(phase: Phase, finished: usize) -> String {
+    if phase.rate_finished() {
+        return format!(
+            "interrupted {phase}; the {finished} rate(s) that finished are reported above"
+        );
+    }
+    let left_out = if matches!(phase, Phase::Window { .. }) {
+        ", which is left out"
+    } else {
+        ""
+    };
+    if finished == 0 {
+        return format!(
+            "interrupted {phase}{left_out}: no rate finished (the ping-pong baseline is reported above)"
+        );
+    }
+    format!("interrupted {phase}{left_out}; the {finished} rate(s) before it are reported above")
 }

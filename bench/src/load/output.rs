@@ -12,7 +12,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::run::RateResult;
-use super::spec::{format_rate, Slo};
+use super::spec::{format_rate, rate_file_tag, Slo};
 use crate::hist::LatencyHistogram;
 use crate::report::CaseResult;
 
@@ -112,12 +112,21 @@ pub fn details(r: &RateResult) -> String {
         us(r.send_lag.quantile_ns(0.99)),
         r.client_cpu_us_per_request(),
     );
+    if r.reconnects > 0 {
+        // A keep-alive run should need none: each one is a connection the
+        // server (or a failure) closed, and a connect inside the latency.
+        let _ = writeln!(
+            out,
+            "  reconnects: {} (connections closed during the run and opened again)",
+            r.reconnects
+        );
+    }
     if r.errors() > 0 {
         let s = &r.socket_errors;
         let _ = writeln!(
             out,
-            "  errors: non-2xx {}, timeouts {}, socket: connect {}, read {}, write {}, closed {}, protocol {}",
-            r.non_2xx, r.timeouts, s.connect, s.read, s.write, s.closed, s.protocol
+            "  errors: non-2xx {}, timeouts {}, socket: connect {}, read {}, write {}, closed {}, protocol {}, unsolicited {}",
+            r.non_2xx, r.timeouts, s.connect, s.read, s.write, s.closed, s.protocol, s.unsolicited
         );
         if let Some(e) = &r.first_error {
             let _ = writeln!(out, "  first error: {e}");
@@ -145,6 +154,27 @@ pub fn details(r: &RateResult) -> String {
     out
 }
 
+/// What the closing error line says about the cause: the first error a
+/// client met, or, when only status codes failed, which ones.
+pub fn error_cause(results: &[RateResult]) -> String {
+    if let Some(e) = results.iter().find_map(|r| r.first_error.as_deref()) {
+        return format!(" (first: {e})");
+    }
+    let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
+    for r in results.iter().filter(|r| !r.allow_non_2xx) {
+        for (&status, &n) in &r.statuses {
+            if !(200..300).contains(&status) {
+                *statuses.entry(status).or_default() += n;
+            }
+        }
+    }
+    if statuses.is_empty() {
+        return String::new();
+    }
+    let codes: Vec<String> = statuses.iter().map(|(s, n)| format!("{s}: {n}")).collect();
+    format!(" (non-2xx answers {})", codes.join(", "))
+}
+
 /// The case name of a rate.
 pub fn case_name(rate: f64) -> String {
     format!("{}/s", format_rate(rate))
@@ -156,7 +186,7 @@ pub fn cases(r: &RateResult, slos: &[Slo]) -> Vec<CaseResult> {
     let svc = r.service.summary();
     let mut case = CaseResult::from_summary(case_name(r.rate), &s, r.achieved_per_s(), r.errors());
     let lag = r.send_lag.summary();
-    let extras: [(&str, f64); 25] = [
+    let extras: [(&str, f64); 26] = [
         ("rate", r.rate),
         ("offered_per_s", r.offered_per_s()),
         ("p9999_us", s.p9999_us),
@@ -169,6 +199,7 @@ pub fn cases(r: &RateResult, slos: &[Slo]) -> Vec<CaseResult> {
         ("non_2xx", r.non_2xx as f64),
         ("socket_errors", r.socket_errors.total() as f64),
         ("connect_errors", r.socket_errors.connect as f64),
+        ("unsolicited", r.socket_errors.unsolicited as f64),
         ("reconnects", r.reconnects as f64),
         ("service_p50_us", svc.p50_us),
         ("service_p90_us", svc.p90_us),
@@ -211,11 +242,13 @@ pub fn pingpong_case(h: &LatencyHistogram) -> CaseResult {
     CaseResult::from_summary("pingpong", &s, rate, 0).with_extra("p9999_us", s.p9999_us)
 }
 
-/// The `.hgrm` file of each rate: `path` itself for one rate, else
-/// `STEM.<rate>.EXT` beside it.
-pub fn hgrm_paths(path: &Path, results: &[RateResult]) -> Vec<PathBuf> {
-    if results.len() == 1 {
-        return vec![path.to_owned()];
+/// The `.hgrm` file of each rate: `path` itself when one rate was asked
+/// for, else `STEM.RATE.EXT` beside it (RATE as [`rate_file_tag`] writes
+/// it), however many of the rates ran: a script finds a sweep's files by
+/// name whether or not the sweep stopped early.
+pub fn hgrm_paths(path: &Path, results: &[RateResult], rates_requested: usize) -> Vec<PathBuf> {
+    if rates_requested <= 1 {
+        return results.iter().map(|_| path.to_owned()).collect();
     }
     let stem = path
         .file_stem()
@@ -227,13 +260,17 @@ pub fn hgrm_paths(path: &Path, results: &[RateResult]) -> Vec<PathBuf> {
         .unwrap_or_else(|| "hgrm".into());
     results
         .iter()
-        .map(|r| path.with_file_name(format!("{stem}.{}.{ext}", r.rate.round() as u64)))
+        .map(|r| path.with_file_name(format!("{stem}.{}.{ext}", rate_file_tag(r.rate))))
         .collect()
 }
 
 /// Writes the corrected latency spectrum of every rate (see [`hgrm_paths`]).
-pub fn write_hgrm(path: &Path, results: &[RateResult]) -> io::Result<Vec<PathBuf>> {
-    let paths = hgrm_paths(path, results);
+pub fn write_hgrm(
+    path: &Path,
+    results: &[RateResult],
+    rates_requested: usize,
+) -> io::Result<Vec<PathBuf>> {
+    let paths = hgrm_paths(path, results, rates_requested);
     for (p, r) in paths.iter().zip(results) {
         let mut out = Vec::new();
         r.latency.write_hgrm(&mut out)?;
@@ -243,8 +280,13 @@ pub fn write_hgrm(path: &Path, results: &[RateResult]) -> io::Result<Vec<PathBuf
     Ok(paths)
 }
 
-/// The report's `modes`: every setting that shapes the numbers.
-pub fn modes(settings: &super::LoadSettings, best: Option<f64>) -> BTreeMap<String, String> {
+/// The report's `modes`: every setting that shapes the numbers, the rates
+/// that ran (`rates`; `rates_requested` too when a sweep stopped early)
+/// and, when a signal stopped the run, where (`interrupted`).
+pub fn modes(
+    settings: &super::LoadSettings,
+    outcome: &super::SweepOutcome,
+) -> BTreeMap<String, String> {
     let p = &settings.plan;
     let mut m = BTreeMap::new();
     let mut put = |k: &str, v: String| {
@@ -260,15 +302,17 @@ pub fn modes(settings: &super::LoadSettings, best: Option<f64>) -> BTreeMap<Stri
     put("warmup_s", format!("{}", p.warmup.as_secs_f64()));
     put("timeout_s", format!("{}", p.timeout.as_secs_f64()));
     put("seed", p.seed.to_string());
-    put(
-        "rates",
-        settings
-            .rates
-            .iter()
-            .map(|r| format_rate(*r))
-            .collect::<Vec<_>>()
-            .join(","),
-    );
+    let list =
+        |rates: &mut dyn Iterator<Item = f64>| rates.map(format_rate).collect::<Vec<_>>().join(",");
+    let ran = list(&mut outcome.results.iter().map(|r| r.rate));
+    let requested = list(&mut settings.rates.iter().copied());
+    if ran != requested {
+        put("rates_requested", requested);
+    }
+    put("rates", ran);
+    if let Some(phase) = outcome.interrupted {
+        put("interrupted", phase.to_string());
+    }
     put(
         "kinds",
         p.targets
@@ -295,7 +339,9 @@ pub fn modes(settings: &super::LoadSettings, best: Option<f64>) -> BTreeMap<Stri
         );
         put(
             "best_rate",
-            best.map(|b| format!("{b}"))
+            outcome
+                .best
+                .map(|b| format!("{b}"))
                 .unwrap_or_else(|| "none".into()),
         );
     }

@@ -8,8 +8,9 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::baseline::BlockingClient;
+use super::baseline::{BlockingClient, ProbeError};
 use super::client::{run_thread, LiveCounters, SocketErrors, ThreadPlan, ThreadResult, Wire};
+use super::interrupt::{stop_check, Phase};
 use super::schedule::{ArrivalSchedule, KindPicker};
 use super::spec::{format_rate, Slo};
 use super::{LoadError, LoadPlan};
@@ -61,6 +62,11 @@ pub struct RateResult {
     pub requests_total: u64,
     /// The first error a client thread met, for the error message.
     pub first_error: Option<String>,
+    /// Whether non-2xx answers were expected (`--allow-errors`): they are
+    /// still counted in [`errors`](Self::errors), but are no
+    /// [`failures`](Self::failures) and do not make a rate miss its
+    /// objectives.
+    pub allow_non_2xx: bool,
 }
 
 impl RateResult {
@@ -80,9 +86,23 @@ impl RateResult {
         self.non_2xx + self.socket_errors.total() + self.timeouts
     }
 
-    /// True when every objective holds and nothing failed.
+    /// The errors that fail a run: all of them, less the non-2xx answers
+    /// when those were expected ([`allow_non_2xx`](Self::allow_non_2xx)).
+    pub fn failures(&self) -> u64 {
+        if self.allow_non_2xx {
+            self.errors() - self.non_2xx
+        } else {
+            self.errors()
+        }
+    }
+
+    /// True when the window measured something, nothing failed and every
+    /// objective holds. An empty window meets nothing: no sample is no
+    /// evidence.
     pub fn meets(&self, slos: &[Slo]) -> bool {
-        self.errors() == 0 && slos.iter().all(|s| s.is_met_by(&self.latency))
+        !self.latency.is_empty()
+            && self.failures() == 0
+            && slos.iter().all(|s| s.is_met_by(&self.latency))
     }
 
     /// Client CPU time per request sent, µs.
@@ -134,18 +154,26 @@ pub fn split_connections(n: usize, weights: &[u64]) -> Vec<usize> {
 
 /// Sends every request kind once on a fresh blocking connection: a bad
 /// target fails here with a clear message. Non-2xx answers fail too,
-/// unless `plan.allow_errors`.
+/// unless `plan.allow_errors`. A signal (with `plan.stop_on_signal`)
+/// ends the wait: [`LoadError::Interrupted`] with [`Phase::Check`].
 pub fn probe(plan: &LoadPlan) -> Result<(), LoadError> {
+    let stop = stop_check(plan);
     for kind in &plan.targets.kinds {
         let addr = plan.targets.endpoints[kind.endpoint].addr;
-        let probe_err = |source| LoadError::Probe {
-            kind: kind.name.clone(),
-            source,
+        let probe_err = |source| match source {
+            ProbeError::Interrupted { .. } => LoadError::Interrupted(Phase::Check { rate: None }),
+            source => LoadError::Probe {
+                kind: kind.name.clone(),
+                source,
+            },
         };
+        if stop() {
+            return Err(LoadError::Interrupted(Phase::Check { rate: None }));
+        }
         let mut client =
             BlockingClient::connect(addr, plan.connect_timeout, plan.timeout).map_err(probe_err)?;
         let response = client
-            .round_trip(&kind.wire, kind.response_has_body)
+            .round_trip_until(&kind.wire, kind.response_has_body, stop)
             .map_err(probe_err)?;
         if !(200..300).contains(&response.status) && !plan.allow_errors {
             return Err(LoadError::ProbeStatus {
@@ -161,6 +189,12 @@ pub fn probe(plan: &LoadPlan) -> Result<(), LoadError> {
 /// Runs the plan at `rate` requests/s: probe, connect, warm-up, window,
 /// drain. Prints a progress line on stderr when `progress` (and stderr is
 /// a terminal).
+///
+/// With `plan.stop_on_signal`, a signal before or during the window ends
+/// the run with [`LoadError::Interrupted`] ([`Phase::Check`] or
+/// [`Phase::Window`]); one during the drain after the window cuts the
+/// drain short (what is still unanswered counts as timed out) and the
+/// result is returned: the caller sees the flag and stops there.
 pub fn run_rate(plan: &LoadPlan, rate: f64, progress: bool) -> Result<RateResult, LoadError> {
     plan.validate()?;
     if !(rate.is_finite() && rate > 0.0) {
@@ -168,7 +202,12 @@ pub fn run_rate(plan: &LoadPlan, rate: f64, progress: bool) -> Result<RateResult
             "rate {rate} is not a positive number"
         )));
     }
-    probe(plan)?;
+    let stop = stop_check(plan);
+    let checking = LoadError::Interrupted(Phase::Check { rate: Some(rate) });
+    match probe(plan) {
+        Err(LoadError::Interrupted(_)) => return Err(checking),
+        other => other?,
+    }
     let threads = plan.threads;
     let kinds: Arc<Vec<Wire>> = Arc::new(
         plan.targets
@@ -251,6 +290,9 @@ pub fn run_rate(plan: &LoadPlan, rate: f64, progress: bool) -> Result<RateResult
             }
         }
     }
+    if failure.is_none() && stop() {
+        failure = Some(checking);
+    }
     if let Some(e) = failure {
         for s in &starters {
             let _ = s.send(None);
@@ -304,6 +346,9 @@ pub fn run_rate(plan: &LoadPlan, rate: f64, progress: bool) -> Result<RateResult
     for h in handles {
         results.push(h.join().map_err(|_| LoadError::ThreadPanicked)??);
     }
+    if results.iter().any(|r| r.window_cut) {
+        return Err(LoadError::Interrupted(Phase::Window { rate }));
+    }
     Ok(merge(plan, rate, results))
 }
 
@@ -336,6 +381,7 @@ fn merge(plan: &LoadPlan, rate: f64, results: Vec<ThreadResult>) -> RateResult {
         client_cpu: Duration::ZERO,
         requests_total: 0,
         first_error: None,
+        allow_non_2xx: plan.allow_errors,
     };
     for r in results {
         out.offered += r.offered;

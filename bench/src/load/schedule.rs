@@ -140,6 +140,11 @@ impl ArrivalSchedule {
         Duration::from_nanos(self.next_ns())
     }
 
+    /// Nanoseconds between this thread's arrivals (the mean, for Poisson).
+    pub fn mean_gap_ns(&self) -> f64 {
+        self.gap_ns
+    }
+
     /// [`next`](Self::next) in nanoseconds.
     pub fn next_ns(&mut self) -> u64 {
         match self.arrival {
@@ -187,6 +192,34 @@ impl KindPicker {
         }
     }
 
+    /// `count` requests split over the kinds in proportion to their
+    /// weights (largest remainders first), summing to `count`: what
+    /// [`pick`](Self::pick) would give on average.
+    pub fn shares(&self, count: u64) -> Vec<u64> {
+        let total = u128::from(*self.cumulative.last().expect("non-empty, checked in new"));
+        let weights: Vec<u128> = std::iter::once(0)
+            .chain(self.cumulative.iter().copied())
+            .collect::<Vec<u64>>()
+            .windows(2)
+            .map(|w| u128::from(w[1] - w[0]))
+            .collect();
+        let exact: Vec<u128> = weights.iter().map(|&w| u128::from(count) * w).collect();
+        let mut shares: Vec<u64> = exact.iter().map(|&e| (e / total) as u64).collect();
+        let mut left = count - shares.iter().sum::<u64>();
+        let mut order: Vec<usize> = (0..shares.len()).collect();
+        order.sort_by_key(|&k| std::cmp::Reverse(exact[k] % total));
+        for k in order {
+            if left == 0 {
+                break;
+            }
+            if weights[k] > 0 {
+                shares[k] += 1;
+                left -= 1;
+            }
+        }
+        shares
+    }
+
     /// The index of the next request's kind.
     pub fn pick(&mut self) -> usize {
         let total = *self.cumulative.last().expect("non-empty, checked in new");
@@ -218,6 +251,17 @@ mod tests {
             let u = a.next_open01();
             assert!(u > 0.0 && u <= 1.0);
         }
+    }
+
+    #[test]
+    fn shares_follow_the_weights_and_sum_up() {
+        let p = KindPicker::new(&[0, 3, 0, 1], 1);
+        assert_eq!(p.shares(8), vec![0, 6, 0, 2]);
+        assert_eq!(p.shares(3), vec![0, 2, 0, 1]);
+        assert_eq!(p.shares(0), vec![0, 0, 0, 0]);
+        let q = KindPicker::new(&[1, 1, 1], 1);
+        assert_eq!(q.shares(10).iter().sum::<u64>(), 10);
+        assert_eq!(KindPicker::new(&[5], 1).shares(7), vec![7]);
     }
 
     #[test]

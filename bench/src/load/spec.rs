@@ -34,18 +34,28 @@ pub enum SpecError {
     /// A percentile outside (0, 100].
     #[error("bad percentile {0:?}: expected p50, p90, p99, p99.9, p99.99, … or max")]
     BadPercentile(String),
+    /// An objective no run can meet.
+    #[error("objective {0:?} can never be met: a latency is never 0")]
+    ZeroLimit(String),
+    /// The same percentile bounded twice.
+    #[error("objectives {0:?} and {1:?} bound the same percentile: give it once")]
+    DuplicateObjective(String, String),
+    /// Two rates of a list that would be reported (and named) alike.
+    #[error("rates {0:?} and {1:?} are the same rate as reported ({2}/s): give each rate once")]
+    DuplicateRate(String, String, String),
 }
 
 /// Most rates one sweep may run.
 pub const MAX_SWEEP_RATES: usize = 1_000;
 
-/// Parses a rate in requests per second: `5000`, `10k`, `1.5M`, `2.5`.
+/// Parses a rate in requests per second: `5000`, `10k`, `1.5M`, `1G`, `2.5`.
 pub fn parse_rate(text: &str) -> Result<f64, SpecError> {
     let bad = || SpecError::BadRate(text.to_owned());
     let t = text.trim();
     let (number, scale) = match t.as_bytes().last() {
         Some(b'k' | b'K') => (&t[..t.len() - 1], 1e3),
         Some(b'm' | b'M') => (&t[..t.len() - 1], 1e6),
+        Some(b'g' | b'G') => (&t[..t.len() - 1], 1e9),
         _ => (t, 1.0),
     };
     let value: f64 = number.trim().parse().map_err(|_| bad())?;
@@ -78,11 +88,42 @@ pub fn parse_rates(text: &str) -> Result<Vec<f64>, SpecError> {
         if steps + 1.0 > MAX_SWEEP_RATES as f64 {
             return Err(SpecError::SweepTooLong(text.to_owned()));
         }
-        return Ok((0..=steps as usize)
+        let rates: Vec<f64> = (0..=steps as usize)
             .map(|i| start + i as f64 * step)
-            .collect());
+            .collect();
+        let items: Vec<String> = rates.iter().map(|r| r.to_string()).collect();
+        return distinct(rates, &items);
     }
-    t.split(',').map(parse_rate).collect()
+    let items: Vec<String> = t.split(',').map(|i| i.trim().to_owned()).collect();
+    let rates = items
+        .iter()
+        .map(|item| parse_rate(item))
+        .collect::<Result<Vec<_>, _>>()?;
+    distinct(rates, &items)
+}
+
+/// `rates` (written as `items`) if no two are reported alike. Each rate
+/// names its table row, report case and `.hgrm` file: two that print
+/// alike would overwrite each other.
+fn distinct(rates: Vec<f64>, items: &[String]) -> Result<Vec<f64>, SpecError> {
+    for (i, a) in rates.iter().enumerate() {
+        if let Some(j) = (0..i).find(|&j| format_rate(rates[j]) == format_rate(*a)) {
+            return Err(SpecError::DuplicateRate(
+                items[j].clone(),
+                items[i].clone(),
+                format_rate(*a),
+            ));
+        }
+    }
+    Ok(rates)
+}
+
+/// A rate as part of a file name: the exact number (up to three decimals,
+/// no unit), e.g. `1000`, `1000.4`, `0.5`. Distinct for rates that
+/// [`format_rate`] tells apart, which [`parse_rates`] ensures.
+pub fn rate_file_tag(rate: f64) -> String {
+    let text = format!("{rate:.3}");
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
 /// Parses a duration: a number with a unit `ns`, `us` (or `µs`), `ms`, `s`,
@@ -178,17 +219,33 @@ pub struct Slo {
 impl Slo {
     /// Parses a comma-separated list: `p99=100us`, `p50=20us,p99.9=1ms`.
     pub fn parse_list(text: &str) -> Result<Vec<Slo>, SpecError> {
-        text.split(',')
+        let items: Vec<&str> = text.split(',').collect();
+        let slos = items
+            .iter()
             .map(|item| {
                 let (p, limit) = item
                     .split_once('=')
-                    .ok_or_else(|| SpecError::BadSlo(item.to_owned()))?;
-                Ok(Slo {
+                    .ok_or_else(|| SpecError::BadSlo((*item).to_owned()))?;
+                let slo = Slo {
                     percentile: Percentile::parse(p)?,
-                    limit: parse_duration(limit).map_err(|_| SpecError::BadSlo(item.to_owned()))?,
-                })
+                    limit: parse_duration(limit)
+                        .map_err(|_| SpecError::BadSlo((*item).to_owned()))?,
+                };
+                if slo.limit.is_zero() {
+                    return Err(SpecError::ZeroLimit((*item).to_owned()));
+                }
+                Ok(slo)
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, a) in slos.iter().enumerate() {
+            if let Some(j) = (0..i).find(|&j| slos[j].percentile == a.percentile) {
+                return Err(SpecError::DuplicateObjective(
+                    items[j].to_owned(),
+                    items[i].to_owned(),
+                ));
+            }
+        }
+        Ok(slos)
     }
 
     /// True when `hist` keeps this objective.
@@ -223,9 +280,11 @@ pub fn format_duration(d: Duration) -> String {
     format!("{text}{unit}")
 }
 
-/// A rate for names and tables: `500`, `12.5k`, `1.2M`.
+/// A rate for names and tables: `500`, `12.5k`, `1.2M`, `2G`.
 pub fn format_rate(rate: f64) -> String {
-    let (value, unit) = if rate >= 1e6 {
+    let (value, unit) = if rate >= 1e9 {
+        (rate / 1e9, "G")
+    } else if rate >= 1e6 {
         (rate / 1e6, "M")
     } else if rate >= 1e3 {
         (rate / 1e3, "k")
@@ -277,6 +336,21 @@ mod tests {
             Err(SpecError::SweepTooLong(_))
         ));
         assert!(matches!(parse_rates("1k,,2k"), Err(SpecError::BadRate(_))));
+        // Rates reported alike are refused: they would overwrite each
+        // other's files and report cases.
+        for dup in ["1k,1k", "1k,1000", "1000,1000.4", "5k,1k,5000"] {
+            assert!(
+                matches!(parse_rates(dup), Err(SpecError::DuplicateRate(..))),
+                "{dup}"
+            );
+        }
+        assert!(matches!(
+            parse_rates("1k..1.0004k/0.0001k"),
+            Err(SpecError::DuplicateRate(..))
+        ));
+        assert_eq!(rate_file_tag(1000.0), "1000");
+        assert_eq!(rate_file_tag(1000.4), "1000.4");
+        assert_eq!(rate_file_tag(0.5), "0.5");
     }
 
     #[test]
@@ -296,18 +370,35 @@ mod tests {
 
     #[test]
     fn objectives() {
-        let slos = Slo::parse_list("p99=100us,p99.9=1ms,max=5ms,p999=2ms").unwrap();
+        let slos = Slo::parse_list("p99=100us,p99.9=1ms,max=5ms,p99.99=2ms").unwrap();
         assert_eq!(slos[0].percentile, Percentile::Quantile(0.99));
         assert_eq!(slos[0].limit, Duration::from_micros(100));
         assert_eq!(slos[1].percentile, Percentile::Quantile(0.999));
         assert_eq!(slos[2].percentile, Percentile::Max);
-        assert_eq!(slos[3].percentile, Percentile::Quantile(0.999));
+        assert_eq!(slos[3].percentile, Percentile::Quantile(0.9999));
+        // `p999` is p99.9.
+        assert_eq!(
+            Slo::parse_list("p999=2ms").unwrap()[0].percentile,
+            Percentile::Quantile(0.999)
+        );
         assert_eq!(slos[0].to_string(), "p99<=100us");
         assert_eq!(slos[1].to_string(), "p99.9<=1ms");
         assert_eq!(slos[2].to_string(), "max<=5ms");
         for bad in ["p99", "p99=", "q99=1ms", "p100.5=1ms", "p0=1ms", "p99=fast"] {
             assert!(Slo::parse_list(bad).is_err(), "{bad}");
         }
+        assert!(matches!(
+            Slo::parse_list("p99=0s"),
+            Err(SpecError::ZeroLimit(_))
+        ));
+        assert!(matches!(
+            Slo::parse_list("p99=1ms,p50=1us,p99=2ms"),
+            Err(SpecError::DuplicateObjective(a, b)) if a == "p99=1ms" && b == "p99=2ms"
+        ));
+        assert!(matches!(
+            Slo::parse_list("max=1ms,p100=2ms"),
+            Err(SpecError::DuplicateObjective(..))
+        ));
     }
 
     #[test]
@@ -330,5 +421,9 @@ mod tests {
         assert_eq!(format_rate(500.0), "500");
         assert_eq!(format_rate(12_500.0), "12.5k");
         assert_eq!(format_rate(1_200_000.0), "1.2M");
+        assert_eq!(format_rate(1e9), "1G");
+        assert_eq!(format_rate(2.5e12), "2500G");
+        assert_eq!(parse_rate("1G"), Ok(1e9));
+        assert_eq!(parse_rate(&format_rate(1.5e9)), Ok(1.5e9));
     }
 }

@@ -1,12 +1,25 @@
-//! The two system calls the client loop needs beyond mio: a `timerfd` that
+//! The system calls the load generator needs beyond mio: a `timerfd` that
 //! wakes a sleeping client thread at a nanosecond-precise intended send time
 //! (epoll's own timeout has millisecond granularity, the very resolution
-//! problem of wrk2), and the calling thread's CPU time.
+//! problem of wrk2), the calling thread's CPU time, and the echo server's
+//! listen backlog.
 #![allow(unsafe_code)]
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
+
+/// Resizes the accept queue of a listening socket to `backlog` (listen(2)
+/// again on a listening socket does only that; the kernel caps it at
+/// `net.core.somaxconn`).
+pub fn set_listen_backlog(listener: &impl AsRawFd, backlog: libc::c_int) -> io::Result<()> {
+    // SAFETY: listen(2) on a descriptor `listener` owns and keeps open for
+    // the call; no memory is passed.
+    if unsafe { libc::listen(listener.as_raw_fd(), backlog) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
 
 /// A non-blocking `CLOCK_MONOTONIC` one-shot timer, readable when it fires.
 #[derive(Debug)]

@@ -74,6 +74,10 @@ pub enum RequestError {
     /// The method is not an HTTP token.
     #[error("bad method {0:?}: expected an HTTP method such as GET or POST")]
     BadMethod(String),
+    /// A standard method in the wrong case: methods are case-sensitive,
+    /// and a server would not take `head` for `HEAD`.
+    #[error("method {0:?}: methods are case-sensitive; did you mean {1}?")]
+    MethodCase(String, String),
     /// A header is not `Name: value` or carries line breaks.
     #[error("bad header {0:?}: expected \"Name: value\" on one line")]
     BadHeader(String),
@@ -328,6 +332,16 @@ impl Targets {
         }
         let mut endpoints: Vec<Endpoint> = Vec::new();
         let mut kinds = Vec::with_capacity(specs.len());
+        // Default names are `METHOD PATH`; where two kinds would share one
+        // (the same path on two servers), `METHOD HOST:PORT PATH`.
+        let short = |spec: &RequestSpec| format!("{} {}", spec.method, spec.url.path);
+        let shared = |spec: &RequestSpec| {
+            specs
+                .iter()
+                .filter(|o| o.name.is_none() && short(o) == short(spec))
+                .count()
+                > 1
+        };
         for spec in specs {
             let endpoint = match endpoints
                 .iter()
@@ -344,10 +358,16 @@ impl Targets {
                     endpoints.len() - 1
                 }
             };
-            let name = spec
-                .name
-                .clone()
-                .unwrap_or_else(|| format!("{} {}", spec.method, spec.url.path));
+            let name = spec.name.clone().unwrap_or_else(|| {
+                if shared(spec) {
+                    format!(
+                        "{} {}:{}{}",
+                        spec.method, spec.url.host, spec.url.port, spec.url.path
+                    )
+                } else {
+                    short(spec)
+                }
+            });
             let wire = build_request(
                 &spec.method,
                 &spec.url.host_header(),
@@ -389,6 +409,18 @@ pub fn build_request(
     let is_tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     if method.is_empty() || !method.bytes().all(is_tchar) {
         return Err(RequestError::BadMethod(method.to_owned()));
+    }
+    const STANDARD: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    if let Some(standard) = STANDARD
+        .iter()
+        .find(|m| m.eq_ignore_ascii_case(method) && **m != method)
+    {
+        return Err(RequestError::MethodCase(
+            method.to_owned(),
+            (*standard).to_owned(),
+        ));
     }
     let mut parsed = Vec::with_capacity(headers.len());
     for header in headers {
@@ -499,11 +531,31 @@ pub fn read_mix(
             }
             _ => return Err(entry_err("give exactly one of `path` and `url`".into())),
         };
+        if let Some(name) = &entry.name {
+            if let Some(first) = specs
+                .iter()
+                .position(|s: &RequestSpec| s.name.as_ref() == Some(name))
+            {
+                return Err(entry_err(format!(
+                    "name {name:?} is taken by request {}: give each request its own name",
+                    first + 1
+                )));
+            }
+        }
         let body = match (entry.body, entry.body_file) {
             (Some(b), None) => b.into_bytes(),
             (None, Some(f)) => {
-                let file = dir.join(f);
-                std::fs::read(&file).map_err(|source| MixError::Read { path: file, source })?
+                let file = dir.join(&f);
+                // The resolved path: a relative one is relative to the mix
+                // file, not to where the command runs.
+                let shown = std::path::absolute(&file).unwrap_or_else(|_| file.clone());
+                std::fs::read(&file).map_err(|e| {
+                    entry_err(format!(
+                        "cannot read body_file {:?} ({}): {e}",
+                        f.display().to_string(),
+                        shown.display()
+                    ))
+                })?
             }
             (None, None) => Vec::new(),
             (Some(_), Some(_)) => {
