@@ -199,3 +199,38 @@ fn load_rising_after_quiet_traffic_scales_up() {
             .fail("8 concurrent clients of a 20 ms function never got more than one sleep worker");
     }
 }
+
+#[test]
+fn a_burst_after_a_quiet_spell_runs_on_every_worker_at_once() {
+    let engine = Engine::builder().config(SCALING_CONFIG).start();
+    // The function is known to take 300 ms; then it is quiet for longer
+    // than its workers' idle_timeout.
+    assert_eq!(engine.post("/function/sleep?us=300000", b"").status, 200);
+    std::thread::sleep(Duration::from_millis(1500));
+    // Eight calls at once: four workers (max_workers) should run them four
+    // at a time, not one at a time beside idle workers.
+    let mut most_running = 0;
+    std::thread::scope(|s| {
+        let callers: Vec<_> = (0..8)
+            .map(|_| {
+                let addr = engine.addr();
+                s.spawn(move || {
+                    let r = Client::connect(addr).post("/function/sleep?us=300000", b"");
+                    assert_eq!(r.status, 200, "{}", r.text());
+                })
+            })
+            .collect();
+        while !callers.iter().all(|c| c.is_finished()) {
+            for f in engine.functions_status() {
+                if f["name"] == "sleep" {
+                    most_running = most_running.max(f["in_flight"].as_u64().unwrap_or(0));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    assert!(
+        most_running >= 3,
+        "a burst of 8 ran at most {most_running} at once on up to 4 workers"
+    );
+}

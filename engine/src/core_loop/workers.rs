@@ -570,12 +570,14 @@ impl LoopState {
         }
     }
 
-    /// Retires workers idle for longer than `idle_timeout`, down to the minimum.
+    /// Retires workers idle for longer than `idle_timeout`, down to the
+    /// minimum; never while calls of the function wait (an idle worker is
+    /// then only held back by the concurrency limit, which may rise again).
     fn scale_down<T: Transport>(&mut self, f: u32, server: &mut HttpServer<T>) {
         let idle_timeout: Duration = self.ctx.config.functions[f as usize].idle_timeout;
         loop {
             let fs = &self.functions[f as usize];
-            if fs.workers <= fs.min_share {
+            if fs.workers <= fs.min_share || !fs.pending.is_empty() {
                 return;
             }
             // The LIFO's bottom is the longest idle.
