@@ -108,8 +108,13 @@ pub(crate) fn describe(plan: &FdPlan, config: &Config) -> Option<String> {
         return Some(format!(
             "nocturne: warning: max_connections {} needs up to {} open files, but the \
              limit is {} (hard limit {}; `ulimit -n`, or LimitNOFILE= under systemd): \
-             serving at most {} connections at once, more get 503",
-            config.max_connections, plan.wanted, limit.soft, limit.hard, plan.max_connections
+             serving at most {} connection{} at once, more get 503",
+            config.max_connections,
+            plan.wanted,
+            limit.soft,
+            limit.hard,
+            plan.max_connections,
+            if plan.max_connections == 1 { "" } else { "s" }
         ));
     }
     (limit.soft > limit.before).then(|| {
