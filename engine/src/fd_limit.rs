@@ -180,5 +180,7 @@ mod tests {
                 && clamped.contains("serving at most 400 connections"),
             "{clamped}"
         );
+        let one = describe(&plan(40, 40, 1), &config).unwrap();
+        assert!(one.contains("serving at most 1 connection at once"), "{one}");
     }
 }
