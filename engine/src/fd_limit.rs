@@ -181,6 +181,9 @@ mod tests {
             "{clamped}"
         );
         let one = describe(&plan(40, 40, 1), &config).unwrap();
-        assert!(one.contains("serving at most 1 connection at once"), "{one}");
+        assert!(
+            one.contains("serving at most 1 connection at once"),
+            "{one}"
+        );
     }
 }
