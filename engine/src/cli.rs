@@ -14,8 +14,8 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 
 use crate::config::{
-    allowed_cores, parse_duration, parse_listen, parse_size, Config, ConfigError, CoreSet,
-    FunctionOverride, NetBackend, Overrides, PollMode, WorkerPoll, DEFAULT_CONFIG_TOML,
+    allowed_cores, parse_duration, parse_listen, parse_set_list, parse_size, Config, ConfigError,
+    CoreSet, FunctionOverride, NetBackend, Overrides, PollMode, WorkerPoll, DEFAULT_CONFIG_TOML,
 };
 
 /// Arguments of `nocturne serve`.
@@ -153,26 +153,49 @@ pub struct ServeArgs {
     #[arg(long, env = "NOCTURNE_KEEPALIVE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub keepalive_timeout: Option<Duration>,
 
-    /// Override one function's setting, e.g. echo.max_workers=8 (repeatable)
+    /// Override one function's setting, e.g. echo.max_workers=8 (repeatable) [env: NOCTURNE_SET]
     ///
     /// KEY is any [[functions]] key except name; FUNCTION.env.NAME=VALUE sets
     /// an environment variable of its workers. VALUE is read as TOML when it
     /// is valid TOML (8, true, ["./f", "-v"]) and as a string otherwise (5s,
-    /// echo). Setting builtin or command replaces the function's program.
-    /// In NOCTURNE_SET, separate several with ';'.
-    #[arg(
-        long = "set",
-        env = "NOCTURNE_SET",
-        value_name = "FUNCTION.KEY=VALUE",
-        value_delimiter = ';'
-    )]
+    /// echo). Setting builtin or command replaces the function's program; a
+    /// relative command path is relative to the working directory.
+    ///
+    /// NOCTURNE_SET holds more, separated by ';' (write '\;' for a ';' in a
+    /// value); they apply before the flags, so a --set of the same setting wins.
+    #[arg(long = "set", value_name = "FUNCTION.KEY=VALUE")]
     pub set: Vec<FunctionOverride>,
 }
 
+/// The variable of `--set` entries. clap's own `env` would drop it as soon
+/// as one `--set` is given; it is merged instead (see [`ServeArgs::overrides`]).
+pub const SET_ENV: &str = "NOCTURNE_SET";
+
 impl ServeArgs {
-    /// The flag (or environment) values as configuration overrides.
-    pub fn overrides(&self) -> Overrides {
-        Overrides {
+    /// The flag (or environment) values as configuration overrides, with
+    /// the `NOCTURNE_SET` entries of this process's environment.
+    pub fn overrides(&self) -> Result<Overrides, ConfigError> {
+        let set_env = match std::env::var_os(SET_ENV) {
+            None => None,
+            Some(value) => Some(
+                value
+                    .into_string()
+                    .map_err(|_| ConfigError::invalid(SET_ENV, "is not valid UTF-8"))?,
+            ),
+        };
+        self.overrides_with(set_env.as_deref())
+    }
+
+    /// The overrides with `set_env` as the value of `NOCTURNE_SET`: its
+    /// entries first, then the `--set` flags, so that a flag wins over the
+    /// variable for the same setting and the variable's other settings stay.
+    pub fn overrides_with(&self, set_env: Option<&str>) -> Result<Overrides, ConfigError> {
+        let mut functions = match set_env {
+            Some(list) => parse_set_list(list)?,
+            None => Vec::new(),
+        };
+        functions.extend(self.set.iter().cloned());
+        Ok(Overrides {
             listen: self.listen,
             net: self.net,
             tap: self.tap.clone(),
@@ -190,8 +213,8 @@ impl ServeArgs {
             drain_timeout: self.drain_timeout,
             header_timeout: self.header_timeout,
             keepalive_timeout: self.keepalive_timeout,
-            functions: self.set.clone(),
-        }
+            functions,
+        })
     }
 
     /// Loads the config file (or the embedded default), applies the flags
@@ -204,13 +227,14 @@ impl ServeArgs {
     /// [`ServeArgs::resolve`] against a given allowed core set (for tests,
     /// and for checking a config meant for another machine).
     pub fn resolve_with(&self, allowed_cores: &[usize]) -> Result<Config, ConfigError> {
-        Config::load(self.config.as_deref(), &self.overrides(), allowed_cores)
+        Config::load(self.config.as_deref(), &self.overrides()?, allowed_cores)
     }
 }
 
 /// `NOCTURNE_*` variables that are not `serve` settings but are ours all the
 /// same: the worker contract, and knobs of the test suite and benchmarks.
 const OTHER_NOCTURNE_VARS: &[&str] = &[
+    SET_ENV,
     "NOCTURNE_CONTROL_FD",
     "NOCTURNE_FUNCTION",
     "NOCTURNE_SKIP_NETNS",
@@ -229,6 +253,7 @@ pub fn unknown_env_warnings(vars: impl Iterator<Item = String>) -> Vec<String> {
     let settings: Vec<String> = command
         .get_arguments()
         .filter_map(|a| a.get_env()?.to_str().map(str::to_string))
+        .chain([SET_ENV.to_owned()])
         .collect();
     let mut warnings = Vec::new();
     for var in vars.filter(|v| v.starts_with("NOCTURNE_")) {
@@ -271,8 +296,31 @@ pub enum ConfigCommand {
     },
     /// Print the embedded default configuration, a commented example to start from
     Default,
-    /// Print the configuration `nocturne serve` would run with these flags and environment
-    Show(Box<ServeArgs>),
+    /// Summarize the configuration `nocturne serve` would run with these flags and environment
+    ///
+    /// The summary is for reading; with --toml, the same effective
+    /// configuration is printed as a complete config file that `config check`
+    /// accepts and `serve --config` runs as it is.
+    Show(Box<ShowArgs>),
+}
+
+/// Arguments of `nocturne config show`: `serve`'s, and the output form.
+#[derive(Args, Debug)]
+pub struct ShowArgs {
+    /// Print a complete configuration file (TOML) with every setting spelt
+    /// out, instead of the summary
+    #[arg(long, help_heading = "Output")]
+    pub toml: bool,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Prints the configuration's warnings (settings with no effect, a bare
+/// command that PATH finds somewhere unexpected) to stderr.
+pub fn print_config_warnings(config: &Config) {
+    for warning in &config.warnings {
+        eprintln!("nocturne: warning: {warning}");
+    }
 }
 
 /// Runs a `nocturne config` subcommand.
@@ -286,6 +334,7 @@ pub fn config_command(cmd: ConfigCommand) -> anyhow::Result<()> {
             let config = Config::load(Some(&file), &Overrides::default(), &allowed)?;
             println!("{}: ok", file.display());
             print!("{}", config.summary());
+            print_config_warnings(&config);
             Ok(())
         }
         ConfigCommand::Default => {
@@ -293,7 +342,13 @@ pub fn config_command(cmd: ConfigCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ConfigCommand::Show(args) => {
-            print!("{}", args.resolve()?.summary());
+            let config = args.serve.resolve()?;
+            if args.toml {
+                print!("{}", config.to_toml());
+            } else {
+                print!("{}", config.summary());
+            }
+            print_config_warnings(&config);
             warn_about_unknown_env();
             Ok(())
         }
@@ -335,7 +390,7 @@ mod tests {
             "echo.env.A=b",
         ])
         .unwrap();
-        let ov = args.overrides();
+        let ov = args.overrides_with(None).unwrap();
         assert_eq!(ov.listen.unwrap().to_string(), "0.0.0.0:9");
         assert_eq!(ov.net, Some(NetBackend::Kernel));
         assert_eq!(ov.io_cores.unwrap().cores(), [1]);

@@ -357,18 +357,20 @@ fn log_startup(config: &Config, addr: SocketAddr) {
         None => "kernel TCP".to_string(),
         Some(sc) => format!("smoltcp on {:?}", sc.device),
     };
-    eprintln!(
-        "nocturne: listening on http://{addr} ({stack}; {} core loop{} on cores {:?}, poll {:?}{}, workers wait {:?}{})",
+    // Modes as the flags spell them (`--poll adaptive`), so the line can be
+    // checked against the command that started the engine.
+    log::info!(
+        "nocturne: listening on http://{addr} ({stack}; {} core loop{} on cores {:?}, poll {}{}, workers wait {}{})",
         config.io_cores.len(),
         if config.io_cores.len() == 1 { "" } else { "s" },
         config.io_cores,
-        config.poll,
+        config.poll.as_str(),
         if config.poll == PollMode::Adaptive && config.io_shares_workers() {
             " (yielding: workers may run on its cores)"
         } else {
             ""
         },
-        config.worker_poll,
+        config.worker_poll.as_str(),
         match &config.worker_cores {
             Some(c) => format!(" on cores {c:?}"),
             None => String::new(),
@@ -387,9 +389,13 @@ fn log_startup(config: &Config, addr: SocketAddr) {
             }
             None => String::new(),
         };
-        eprintln!(
-            "nocturne: function {} ({source}): {}..{} workers{placement}, POST /function/{}",
-            f.name, f.min_workers, f.max_workers, f.name
+        log::info!(
+            "nocturne: function {} ({source}): {}..{} workers{placement}, {} /function/{}",
+            f.name,
+            f.min_workers,
+            f.max_workers,
+            f.methods(),
+            f.name
         );
     }
 }
@@ -398,6 +404,7 @@ fn log_startup(config: &Config, addr: SocketAddr) {
 pub fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
     crate::logger::install();
+    crate::cli::print_config_warnings(&config);
     crate::cli::warn_about_unknown_env();
     crate::sys::block_shutdown_signals().context("cannot block shutdown signals")?;
     let engine = Engine::start(config)?;

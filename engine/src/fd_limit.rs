@@ -108,8 +108,13 @@ pub(crate) fn describe(plan: &FdPlan, config: &Config) -> Option<String> {
         return Some(format!(
             "nocturne: warning: max_connections {} needs up to {} open files, but the \
              limit is {} (hard limit {}; `ulimit -n`, or LimitNOFILE= under systemd): \
-             serving at most {} connections at once, more get 503",
-            config.max_connections, plan.wanted, limit.soft, limit.hard, plan.max_connections
+             serving at most {} connection{} at once, more get 503",
+            config.max_connections,
+            plan.wanted,
+            limit.soft,
+            limit.hard,
+            plan.max_connections,
+            if plan.max_connections == 1 { "" } else { "s" }
         ));
     }
     (limit.soft > limit.before).then(|| {
@@ -174,6 +179,11 @@ mod tests {
             clamped.contains("max_connections 10000 needs up to 11474 open files")
                 && clamped.contains("serving at most 400 connections"),
             "{clamped}"
+        );
+        let one = describe(&plan(40, 40, 1), &config).unwrap();
+        assert!(
+            one.contains("serving at most 1 connection at once"),
+            "{one}"
         );
     }
 }

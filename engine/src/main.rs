@@ -42,7 +42,15 @@ enum Command {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        // Usage errors get the prefix of every other error (`nocturne:
+        // error: …`); help and version output stays as clap prints it.
+        if e.use_stderr() {
+            eprint!("nocturne: {}", e.render());
+            std::process::exit(e.exit_code());
+        }
+        e.exit()
+    });
     if let Err(e) = run(cli) {
         // The chain of causes on one line, each said once, without the
         // backtrace anyhow would add under RUST_BACKTRACE: users get the message.

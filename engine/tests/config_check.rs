@@ -310,3 +310,301 @@ fn show_without_config_uses_the_embedded_default() {
     assert!(text.contains("config        <embedded default>"), "{text}");
     assert!(text.contains("listen        127.0.0.1:8080"), "{text}");
 }
+
+/// `nocturne ARGS` run in `dir`.
+fn nocturne_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nocturne"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("NOCTURNE_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("RUST_BACKTRACE", "0").current_dir(dir);
+    cmd.args(args).envs(env.iter().copied());
+    cmd.output().expect("run nocturne")
+}
+
+#[test]
+fn nocturne_set_merges_with_set_flags() {
+    // The variable's other settings stay when a flag is given.
+    let out = nocturne(
+        &["config", "show", "--set", "echo.timeout=3s"],
+        &[("NOCTURNE_SET", "echo.max_workers=8")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("builtin echo; workers 1..8; timeout 3s"),
+        "{}",
+        stdout(&out)
+    );
+    // For the same setting the flag wins.
+    let out = nocturne(
+        &["config", "show", "--set", "echo.max_workers=2"],
+        &[("NOCTURNE_SET", "echo.max_workers=8;echo.timeout=3s")],
+    );
+    assert!(
+        stdout(&out).contains("workers 1..2; timeout 3s"),
+        "{}",
+        stdout(&out)
+    );
+    // Exported but empty, blanks, a trailing `;`, and `\;` in a value.
+    for (value, needle) in [
+        ("", "workers 1..4; timeout 10s"),
+        (
+            " echo.max_workers=8 ; echo.timeout=3s ;",
+            "workers 1..8; timeout 3s",
+        ),
+    ] {
+        let out = nocturne(&["config", "show"], &[("NOCTURNE_SET", value)]);
+        assert!(out.status.success(), "{value:?}: {}", stderr(&out));
+        assert!(stdout(&out).contains(needle), "{value:?}: {}", stdout(&out));
+    }
+    let out = nocturne(
+        &["config", "show", "--toml"],
+        &[("NOCTURNE_SET", r"echo.env.A=a\;b;echo.env.B=c")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("A = \"a;b\"\nB = \"c\""), "{text}");
+    // A bad entry is named as one of the variable's.
+    let out = nocturne(
+        &["config", "show"],
+        &[("NOCTURNE_SET", "echo.max_workers=x y")],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("invalid NOCTURNE_SET entry `echo.max_workers=x y`"),
+        "{}",
+        stderr(&out)
+    );
+    // NOCTURNE_SET is a setting: no "not a nocturne setting" warning.
+    assert!(!stderr(&out).contains("not a nocturne setting"));
+}
+
+#[test]
+fn errors_caused_by_set_name_the_set() {
+    let out = nocturne(
+        &[
+            "config",
+            "show",
+            "--set",
+            "echo.min_workers=3",
+            "--set",
+            "echo.max_workers=2",
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "invalid --set `echo.min_workers=3`: min_workers 3 is more than max_workers 2"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("<embedded default>"), "{err}");
+    let out = nocturne(&["config", "show", "--set", "echo.env.NOCTURNE_X=1"], &[]);
+    assert!(
+        stderr(&out).contains("invalid --set `echo.env.NOCTURNE_X=1`: `NOCTURNE_X`: names starting with NOCTURNE_ are reserved"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_relative_command_in_set_is_relative_to_the_working_directory() {
+    let dir = Scratch::new();
+    std::fs::create_dir_all(dir.0.join("sub")).unwrap();
+    std::fs::create_dir_all(dir.0.join("bin")).unwrap();
+    let exe = dir.write("bin/f", "#!/bin/sh\nexit 0\n");
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir.write(
+        "sub/b.toml",
+        "[[functions]]\nname = \"f\"\nbuiltin = \"echo\"\n",
+    );
+    // ./bin/f exists beside the working directory, not beside sub/b.toml.
+    let out = nocturne_in(
+        &dir.0,
+        &[
+            "config",
+            "show",
+            "-c",
+            "sub/b.toml",
+            "--set",
+            r#"f.command=["./bin/f"]"#,
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let resolved = dir.0.join("./bin/f").display().to_string();
+    assert!(
+        stdout(&out).contains(&format!("f  command [{resolved:?}]")),
+        "{}",
+        stdout(&out)
+    );
+    let out = nocturne_in(
+        &dir.0,
+        &[
+            "config",
+            "show",
+            "-c",
+            "sub/b.toml",
+            "--set",
+            r#"f.command=["./nonexist"]"#,
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("invalid --set `f.command=[\"./nonexist\"]`: ./nonexist ("),
+        "{err}"
+    );
+    assert!(!err.contains("b.toml"), "{err}");
+}
+
+#[test]
+fn check_finds_bare_commands_in_path() {
+    let dir = Scratch::new();
+    for (command, needle) in [
+        (
+            "nosuchbinary_xyz",
+            "`nosuchbinary_xyz` is not an executable in PATH",
+        ),
+        (".", "`.` is a directory, not a program"),
+    ] {
+        let file = dir.write(
+            "bare.toml",
+            &format!("[[functions]]\nname = \"f\"\ncommand = [\"{command}\"]\n"),
+        );
+        let out = nocturne(&["config", "check", path_str(&file)], &[]);
+        assert!(!out.status.success(), "{command}");
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!(":1:1: invalid functions[f].command: {needle}")),
+            "{err}"
+        );
+    }
+    // A bare name found in PATH passes; one that also sits beside the
+    // config file is flagged, since the PATH one is what runs.
+    let file = dir.write(
+        "wc.toml",
+        "[[functions]]\nname = \"wc\"\ncommand = [\"sh\"]\n",
+    );
+    let out = nocturne(&["config", "check", path_str(&file)], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+    let local = dir.write("sh", "#!/bin/sh\n");
+    std::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = nocturne(&["config", "check", path_str(&file)], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("warning: ") && err.contains("functions[wc].command: `sh` runs /"),
+        "{err}"
+    );
+    assert!(err.contains("write \"./sh\" to run that one"), "{err}");
+}
+
+#[test]
+fn show_toml_is_a_config_file_that_gives_the_same_configuration() {
+    let dir = Scratch::new();
+    let args = [
+        "config",
+        "show",
+        "--toml",
+        "--header-timeout",
+        "1s",
+        "--keepalive-timeout",
+        "2s",
+        "--set",
+        "echo.idle_timeout=1s",
+        "--set",
+        "echo.max_queue=3",
+        "--set",
+        "echo.concurrency_coef=0.5",
+        "--set",
+        "bar.max_call_depth=4",
+    ];
+    let out = nocturne(&args, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let toml = stdout(&out);
+    let file = dir.write("shown.toml", &toml);
+    let out = nocturne(&["config", "check", path_str(&file)], &[]);
+    assert!(out.status.success(), "{}\n---\n{toml}", stderr(&out));
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+    // Shown again from the saved file: the same settings (the first line
+    // names where the configuration came from).
+    let out = nocturne(&["config", "show", "--toml", "-c", path_str(&file)], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let body = |text: &str| text.lines().skip(1).collect::<Vec<_>>().join("\n");
+    assert_eq!(body(&stdout(&out)), body(&toml));
+
+    // The summary says the same settings.
+    let out = nocturne(
+        &args[..2]
+            .iter()
+            .chain(&args[3..])
+            .copied()
+            .collect::<Vec<_>>(),
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for needle in [
+        "header_timeout 1s, keepalive_timeout 2s",
+        "idle_timeout 1s; max_queue 3; max_call_depth 16; concurrency_coef 0.5",
+        "idle_timeout 30s; max_queue 1024; max_call_depth 4; concurrency_coef 1",
+    ] {
+        assert!(text.contains(needle), "{needle}\n---\n{text}");
+    }
+}
+
+#[test]
+fn settings_without_effect_are_warned_about() {
+    let out = nocturne(
+        &["config", "show", "--poll", "block", "--spin-us", "20"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("nocturne: warning: --spin-us: has no effect with --poll block"),
+        "{}",
+        stderr(&out)
+    );
+    let out = nocturne(
+        &["config", "show", "--worker-poll", "park"],
+        &[("NOCTURNE_WORKER_SPIN_US", "10")],
+    );
+    assert!(
+        stderr(&out).contains("warning: --worker-spin-us: has no effect with --worker-poll park"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn top_level_errors_and_durations() {
+    let dir = Scratch::new();
+    let file = dir.write(
+        "top.toml",
+        "listen = \"127.0.0.1:8080\"\nmax_connections = 0\n[[functions]]\nname = \"f\"\nbuiltin = \"echo\"\ntimeout = \"71m34s\"\n",
+    );
+    let out = nocturne(&["config", "check", path_str(&file)], &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!(
+            "{}:2:19: invalid max_connections: must be at least 1",
+            file.display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+    let file = dir.write(
+        "top.toml",
+        "[[functions]]\nname = \"f\"\nbuiltin = \"echo\"\ntimeout = \"71m34s\"\n",
+    );
+    let out = nocturne(&["config", "check", path_str(&file)], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("timeout 4294s"), "{}", stdout(&out));
+}

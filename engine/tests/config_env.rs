@@ -79,7 +79,12 @@ fn environment_overrides_the_file_and_flags_override_the_environment() {
     assert_eq!(config.listen.port(), 7002);
     assert_eq!(config.poll, PollMode::Adaptive);
     assert_eq!(config.io_cores, [0]);
-    assert_eq!(config.function("f").unwrap().max_workers, 4);
+    let f = config.function("f").unwrap();
+    assert_eq!(f.max_workers, 4);
+    assert_eq!(
+        f.env["MODE"], "fast",
+        "NOCTURNE_SET's other entries stay beside a --set"
+    );
     assert_eq!(config.max_connections, 42, "still from the environment");
 
     // A variable that fails validation is reported under its flag's name.

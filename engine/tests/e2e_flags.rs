@@ -431,14 +431,10 @@ fn worker_poll_and_worker_spin_us_decide_how_an_idle_worker_waits() {
         // The worker's main thread runs the worker loop.
         expect_state(&engine, &what, worker, worker, poke(&engine), want);
         assert!(
-            engine.log_text().contains(&format!(
-                "workers wait {}",
-                match args[1] {
-                    "yield" => "Yield",
-                    "spin" => "Spin",
-                    _ => "Park",
-                }
-            )),
+            // Spelt as the flag takes it.
+            engine
+                .log_text()
+                .contains(&format!("workers wait {}", args[1])),
             "{}",
             engine.log_text()
         );
@@ -684,6 +680,26 @@ fn set_overrides_a_function_setting() {
     assert!(log.contains("nosuch"), "{log}");
 }
 
+/// The start-up lines say what is served the way the flags spell it: each
+/// function's methods (GET only with allow_get), the modes in their CLI
+/// spelling, and a warning for a budget the chosen mode never reads.
+#[test]
+fn start_up_lines_say_the_methods_served_and_the_modes_as_spelt() {
+    let engine = Engine::start(&["--poll", "block", "--spin-us", "20"]);
+    let log = engine.log_text();
+    for needle in [
+        "function echo (built-in echo): 1..4 workers, POST /function/echo",
+        "function bar (built-in bar): 1..4 workers, POST, GET /function/bar",
+        ", poll block, workers wait yield",
+        "warning: --spin-us: has no effect with --poll block",
+    ] {
+        assert!(log.contains(needle), "{needle}\n---\n{log}");
+    }
+    // What the lines say is what is served.
+    assert_eq!(engine.get("/function/bar").status, 200);
+    assert_eq!(engine.get("/function/echo").status, 405);
+}
+
 #[test]
 fn net_kernel_serves_and_smoltcp_without_a_device_is_refused() {
     let engine = Engine::start(&["--net", "kernel"]);
@@ -743,7 +759,7 @@ fn environment_variables_are_flag_fallbacks() {
     }
     // NOCTURNE_POLL=block, NOCTURNE_WORKER_POLL=park: both asleep when idle.
     let log = engine.log_text();
-    assert!(log.contains("poll Block, workers wait Park"), "{log}");
+    assert!(log.contains("poll block, workers wait park"), "{log}");
     let addr = engine.addr();
     let poke = move || {
         assert_eq!(
@@ -992,7 +1008,7 @@ fn adaptive_loop_yields_when_workers_share_its_core() {
     let Some((first, last)) = two_cores() else {
         return;
     };
-    const SAYS: &str = "poll Adaptive (yielding: workers may run on its cores)";
+    const SAYS: &str = "poll adaptive (yielding: workers may run on its cores)";
     let shared = Engine::builder()
         .poll("adaptive")
         .args([
@@ -1026,6 +1042,6 @@ fn adaptive_loop_yields_when_workers_share_its_core() {
         ])
         .start();
     let log = apart.log_text();
-    assert!(log.contains("poll Adaptive, workers wait"), "{log}");
+    assert!(log.contains("poll adaptive, workers wait"), "{log}");
     assert!(!log.contains("yielding"), "{log}");
 }

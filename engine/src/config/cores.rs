@@ -25,8 +25,9 @@ pub enum CoreSetError {
     Backwards(String),
     #[error("core {0} is listed more than once")]
     Duplicate(usize),
+    /// The core as written (it may not fit a number).
     #[error("core {0} is beyond the {MAX_CORES} cores Linux can address")]
-    TooLarge(usize),
+    TooLarge(String),
 }
 
 /// A non-empty, sorted, duplicate-free set of core numbers.
@@ -46,7 +47,7 @@ impl CoreSet {
             return Err(CoreSetError::Duplicate(pair[0]));
         }
         if let Some(&core) = cores.iter().find(|&&core| core >= MAX_CORES) {
-            return Err(CoreSetError::TooLarge(core));
+            return Err(CoreSetError::TooLarge(core.to_string()));
         }
         Ok(CoreSet(cores))
     }
@@ -140,7 +141,8 @@ impl FromStr for CoreSet {
                 return Err(CoreSetError::Malformed(item.to_owned()));
             }
             // All digits: only an overflow can fail, and that is too large too.
-            text.parse().map_err(|_| CoreSetError::TooLarge(usize::MAX))
+            text.parse()
+                .map_err(|_| CoreSetError::TooLarge(text.to_owned()))
         };
         let mut cores = Vec::new();
         for item in s.split(',') {
@@ -152,7 +154,7 @@ impl FromStr for CoreSet {
                         return Err(CoreSetError::Backwards(item.to_owned()));
                     }
                     if hi >= MAX_CORES {
-                        return Err(CoreSetError::TooLarge(hi));
+                        return Err(CoreSetError::TooLarge(hi.to_string()));
                     }
                     cores.extend(lo..=hi);
                 }
@@ -180,7 +182,7 @@ impl<'de> Deserialize<'de> for CoreSet {
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
                 let core = usize::try_from(v)
-                    .map_err(|_| E::custom(CoreSetError::TooLarge(usize::MAX)))?;
+                    .map_err(|_| E::custom(CoreSetError::TooLarge(v.to_string())))?;
                 CoreSet::new([core]).map_err(E::custom)
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
@@ -191,10 +193,9 @@ impl<'de> Deserialize<'de> for CoreSet {
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 let mut cores = Vec::new();
                 while let Some(core) = seq.next_element::<u64>()? {
-                    cores.push(
-                        usize::try_from(core)
-                            .map_err(|_| de::Error::custom(CoreSetError::TooLarge(usize::MAX)))?,
-                    );
+                    cores.push(usize::try_from(core).map_err(|_| {
+                        de::Error::custom(CoreSetError::TooLarge(core.to_string()))
+                    })?);
                 }
                 CoreSet::new(cores).map_err(de::Error::custom)
             }
@@ -251,8 +252,16 @@ mod tests {
     fn refuses_overlap_and_impossible_cores() {
         assert_eq!(set("1,1"), Err(CoreSetError::Duplicate(1)));
         assert_eq!(set("0-2,2"), Err(CoreSetError::Duplicate(2)));
-        assert_eq!(set("1024"), Err(CoreSetError::TooLarge(1024)));
-        assert_eq!(set("0-5000"), Err(CoreSetError::TooLarge(5000)));
+        assert_eq!(set("1024"), Err(CoreSetError::TooLarge("1024".into())));
+        assert_eq!(set("0-5000"), Err(CoreSetError::TooLarge("5000".into())));
+        // Too large for any integer: said as written, not as a saturated number.
+        let huge = "99999999999999999999";
+        assert_eq!(set(huge), Err(CoreSetError::TooLarge(huge.into())));
+        assert!(set(huge).unwrap_err().to_string().contains(huge));
+        assert_eq!(
+            set(&format!("0-{huge}")),
+            Err(CoreSetError::TooLarge(huge.into()))
+        );
         assert!(matches!(
             set("99999999999999999999999"),
             Err(CoreSetError::TooLarge(_))

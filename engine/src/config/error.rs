@@ -41,6 +41,28 @@ impl fmt::Display for Location {
     }
 }
 
+/// A setting that is valid but probably not what was meant (it has no
+/// effect, or runs something other than it seems to): the configuration is
+/// accepted, and `serve`, `config check` and `config show` print this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning {
+    /// The setting as it was given: `--spin-us`, `spin_us`,
+    /// `functions[wc].command`, `--set \`wc.command=wc\``.
+    pub setting: String,
+    /// Its place in the file, when it came from one.
+    pub at: Option<Location>,
+    pub msg: String,
+}
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(at) = &self.at {
+            write!(f, "{at}: ")?;
+        }
+        write!(f, "{}: {}", self.setting, self.msg)
+    }
+}
+
 /// Why a configuration could not be loaded, resolved or validated.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -75,9 +97,16 @@ pub enum ConfigError {
     /// The allowed core set of this process could not be read.
     #[error("cannot read this process's allowed cores (sched_getaffinity): {0}")]
     Affinity(std::io::Error),
-    /// A malformed `--set FUNCTION.KEY=VALUE` override.
-    #[error("invalid --set `{arg}`: {msg}")]
-    Override { arg: String, msg: String },
+    /// A malformed `--set FUNCTION.KEY=VALUE` override (or `NOCTURNE_SET`
+    /// entry), or one whose value fails validation: named as given, since
+    /// no line of the file is to blame.
+    #[error("invalid {via} `{arg}`: {msg}")]
+    Override {
+        /// `--set` or `NOCTURNE_SET` (not `source`: thiserror reserves it).
+        via: super::overrides::OverrideSource,
+        arg: String,
+        msg: String,
+    },
 }
 
 impl ConfigError {
@@ -105,7 +134,7 @@ impl ConfigError {
 
 /// Splits serde's "unknown field `x`, expected one of `a`, `b`" (or
 /// "expected `a`", or "there are no fields") into the key and the choices.
-fn parse_unknown_field(msg: &str) -> Option<(String, Vec<String>)> {
+pub(crate) fn parse_unknown_field(msg: &str) -> Option<(String, Vec<String>)> {
     let rest = msg.strip_prefix("unknown field `")?;
     let (key, tail) = rest.split_once('`')?;
     let expected = tail

@@ -16,27 +16,29 @@ use super::error::ConfigError;
 use super::units::{ByteSize, HumanDuration};
 use super::{NetBackend, PollMode, WorkerPoll};
 
-/// The top level of `nocturne.toml`.
+/// The top level of `nocturne.toml`. Values keep their span so that an
+/// error about one (found when resolving) can name its line, like the
+/// errors found while parsing do.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct FileConfig {
-    pub listen: Option<ListenAddr>,
-    pub net: Option<NetBackend>,
-    pub tap: Option<String>,
-    pub raw: Option<String>,
-    pub ip: Option<String>,
-    pub gateway: Option<std::net::Ipv4Addr>,
-    pub io_cores: Option<CoreSet>,
-    pub worker_cores: Option<CoreSet>,
-    pub poll: Option<PollMode>,
-    pub spin_us: Option<u64>,
-    pub worker_poll: Option<WorkerPoll>,
-    pub worker_spin_us: Option<u64>,
-    pub max_connections: Option<usize>,
-    pub max_header_bytes: Option<ByteSize>,
-    pub drain_timeout: Option<HumanDuration>,
-    pub header_timeout: Option<HumanDuration>,
-    pub keepalive_timeout: Option<HumanDuration>,
+    pub listen: Option<Spanned<ListenAddr>>,
+    pub net: Option<Spanned<NetBackend>>,
+    pub tap: Option<Spanned<String>>,
+    pub raw: Option<Spanned<String>>,
+    pub ip: Option<Spanned<String>>,
+    pub gateway: Option<Spanned<std::net::Ipv4Addr>>,
+    pub io_cores: Option<Spanned<CoreSet>>,
+    pub worker_cores: Option<Spanned<CoreSet>>,
+    pub poll: Option<Spanned<PollMode>>,
+    pub spin_us: Option<Spanned<u64>>,
+    pub worker_poll: Option<Spanned<WorkerPoll>>,
+    pub worker_spin_us: Option<Spanned<u64>>,
+    pub max_connections: Option<Spanned<usize>>,
+    pub max_header_bytes: Option<Spanned<ByteSize>>,
+    pub drain_timeout: Option<Spanned<HumanDuration>>,
+    pub header_timeout: Option<Spanned<HumanDuration>>,
+    pub keepalive_timeout: Option<Spanned<HumanDuration>>,
     #[serde(default, deserialize_with = "function_array")]
     pub functions: Vec<Spanned<FileFunction>>,
 }
@@ -216,10 +218,13 @@ concurrency_coef = 1.5
 RUST_LOG = "debug"
 "#;
         let file = parse("t.toml", text).unwrap();
-        assert_eq!(file.listen.unwrap().0.port(), 9000);
-        assert_eq!(file.poll, Some(PollMode::Spin));
-        assert_eq!(file.worker_poll, Some(WorkerPoll::Park));
-        assert_eq!(file.max_header_bytes.unwrap().0, 16384);
+        assert_eq!(file.listen.unwrap().get_ref().0.port(), 9000);
+        assert_eq!(file.poll.map(Spanned::into_inner), Some(PollMode::Spin));
+        assert_eq!(
+            file.worker_poll.map(Spanned::into_inner),
+            Some(WorkerPoll::Park)
+        );
+        assert_eq!(file.max_header_bytes.unwrap().get_ref().0, 16384);
         let f = file.functions[0].get_ref();
         assert_eq!(f.command.as_ref().unwrap().0, ["./f", "--fast"]);
         assert_eq!(f.env["RUST_LOG"], "debug");

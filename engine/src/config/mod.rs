@@ -25,6 +25,7 @@ pub mod error;
 mod file;
 pub mod overrides;
 mod resolve;
+mod to_toml;
 pub mod units;
 
 use std::collections::BTreeMap;
@@ -37,9 +38,9 @@ use serde::Deserialize;
 
 pub use cores::{allowed_cores, CoreSet, CoreSetError};
 pub(crate) use error::closest;
-pub use error::{ConfigError, Location};
+pub use error::{ConfigError, ConfigWarning, Location};
 pub use file::parse_listen;
-pub use overrides::{FunctionOverride, Overrides};
+pub use overrides::{parse_set_list, FunctionOverride, OverrideSource, Overrides};
 pub use units::{format_duration, format_size, parse_duration, parse_size};
 
 /// The embedded default configuration: the built-in example functions on
@@ -113,6 +114,9 @@ pub mod limits {
     pub const MAX_WORKERS: usize = 1024;
     /// Core loops are numbered in a call id's top byte.
     pub const MAX_IO_CORES: usize = 256;
+    /// A call's deadline travels as 32-bit microseconds in the IPC header:
+    /// a shorter one would reach the worker as 0.
+    pub const MIN_TIMEOUT: Duration = Duration::from_micros(1);
     /// A call's deadline travels as 32-bit microseconds in the IPC header.
     pub const MAX_TIMEOUT: Duration = Duration::from_micros(u32::MAX as u64);
     /// A payload and its query string (up to `MAX_HEADER_BYTES`) share a
@@ -260,6 +264,9 @@ pub struct Config {
     pub keepalive_timeout: Duration,
     /// In file order; names are unique.
     pub functions: Vec<FunctionConfig>,
+    /// Settings that are accepted but have no effect or may not do what
+    /// they seem to; printed by `serve` and the `config` tools.
+    pub warnings: Vec<ConfigWarning>,
 }
 
 /// One function, resolved.
@@ -291,6 +298,18 @@ pub struct FunctionConfig {
     pub concurrency_coef: f64,
 }
 
+impl FunctionConfig {
+    /// The HTTP methods `/function/NAME` serves, as the summary and the
+    /// start-up log say them.
+    pub fn methods(&self) -> &'static str {
+        if self.allow_get {
+            "POST, GET"
+        } else {
+            "POST"
+        }
+    }
+}
+
 /// What runs a function's workers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FunctionSource {
@@ -298,8 +317,9 @@ pub enum FunctionSource {
     /// run as `nocturne worker NAME`.
     Builtin(String),
     /// An argv, run without a shell. A program path containing `/` is
-    /// resolved against the config file's directory; a bare name is
-    /// looked up in `PATH` when spawned.
+    /// resolved against the config file's directory (the working directory
+    /// for `--set`); a bare name is checked in `PATH` at load and looked
+    /// up again when spawned.
     Command(Vec<String>),
 }
 
@@ -443,6 +463,12 @@ impl Config {
             format_size(self.max_header_bytes as u64),
             format_duration(self.drain_timeout)
         )?;
+        writeln!(
+            out,
+            "timeouts      header_timeout {}, keepalive_timeout {}",
+            format_duration(self.header_timeout),
+            format_duration(self.keepalive_timeout)
+        )?;
         writeln!(out, "functions     {}", self.functions.len())?;
         let width = self
             .functions
@@ -467,13 +493,24 @@ impl Config {
                 f.max_workers,
                 format_duration(f.timeout),
                 format_size(f.max_payload as u64),
-                if f.allow_get { "POST, GET" } else { "POST" },
+                f.methods(),
             )?;
             if !f.env.is_empty() {
-                let keys: Vec<&str> = f.env.keys().map(String::as_str).collect();
+                // Escaped: a name is any string, control characters included.
+                let keys: Vec<String> =
+                    f.env.keys().map(|k| k.escape_debug().to_string()).collect();
                 write!(out, "; env {}", keys.join(", "))?;
             }
             writeln!(out)?;
+            writeln!(
+                out,
+                "  {:width$}  idle_timeout {}; max_queue {}; max_call_depth {}; concurrency_coef {}",
+                "",
+                format_duration(f.idle_timeout),
+                f.max_queue,
+                f.max_call_depth,
+                f.concurrency_coef,
+            )?;
         }
         Ok(())
     }

@@ -6,54 +6,139 @@
 //! from the file, and `functions[NAME].key` with the entry's line for
 //! function settings.
 
-use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::Spanned;
 
 use super::cores::CoreSet;
-use super::error::{closest, ConfigError, Location};
-use super::file::{FileConfig, FileFunction};
+use super::error::{ConfigError, ConfigWarning, Location};
+use super::file::FileConfig;
 use super::overrides::Overrides;
-use super::units::{format_duration, format_size};
-use super::{
-    defaults, limits, Config, ConfigOrigin, FunctionConfig, FunctionSource, NetBackend, PollMode,
-    WorkerPoll, BUILTIN_FUNCTIONS, RESERVED_ENV_PREFIX,
-};
+use super::units::format_duration;
+use super::{defaults, limits, Config, ConfigOrigin, NetBackend, PollMode, WorkerPoll};
 
-/// Picks the flag value over the file value, and names the setting after
-/// where the winning value came from: `--poll` or `poll`.
-fn pick<T>(flag: Option<T>, file: Option<T>, key: &str, flag_name: &str) -> (Option<T>, String) {
-    match (flag, file) {
-        (Some(v), _) => (Some(v), flag_name.to_owned()),
-        (None, v) => (v, key.to_owned()),
+mod blame;
+mod command;
+mod function;
+
+/// Where a top-level value came from: its flag (or the flag's variable), or
+/// its key and the value's place in the file. Errors name it this way.
+#[derive(Debug, Clone)]
+struct Source {
+    /// `--poll` or `poll`.
+    field: String,
+    /// The value's place in the file; `None` for flags and defaults.
+    at: Option<Location>,
+}
+
+impl Source {
+    fn invalid(&self, msg: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            field: self.field.clone(),
+            at: self.at.clone(),
+            msg: msg.into(),
+        }
+    }
+
+    fn warning(&self, msg: String) -> ConfigWarning {
+        ConfigWarning {
+            setting: self.field.clone(),
+            at: self.at.clone(),
+            msg,
+        }
+    }
+
+    /// A placement error about this setting, with its place in the file
+    /// when it has one.
+    fn cores(&self, msg: String) -> ConfigError {
+        ConfigError::Cores {
+            msg: match &self.at {
+                Some(at) => format!("{at}: {msg}"),
+                None => msg,
+            },
+        }
+    }
+
+    fn is_flag(&self) -> bool {
+        self.field.starts_with("--")
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.field)
+    }
+}
+
+/// The text of the configuration, for turning spans into locations.
+struct Text<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Text<'_> {
+    /// Picks the flag value over the file value, and names the setting
+    /// after where the winning value came from.
+    fn pick<T>(
+        &self,
+        flag: Option<T>,
+        file: Option<Spanned<T>>,
+        key: &str,
+        flag_name: &str,
+    ) -> (Option<T>, Source) {
+        match (flag, file) {
+            (Some(v), _) => (
+                Some(v),
+                Source {
+                    field: flag_name.to_owned(),
+                    at: None,
+                },
+            ),
+            (None, Some(v)) => {
+                let at = Location::of_offset(self.file, self.text, v.span().start);
+                (
+                    Some(v.into_inner()),
+                    Source {
+                        field: key.to_owned(),
+                        at: Some(at),
+                    },
+                )
+            }
+            (None, None) => (
+                None,
+                Source {
+                    field: key.to_owned(),
+                    at: None,
+                },
+            ),
+        }
     }
 }
 
 /// The smoltcp settings: required (and only allowed) with `net = smoltcp`.
 fn resolve_smoltcp(
     net: NetBackend,
-    net_field: &str,
-    listen: std::net::SocketAddr,
-    file: &FileConfig,
+    net_source: &Source,
+    listen: (std::net::SocketAddr, &Source),
+    file: &mut FileConfig,
     ov: &Overrides,
+    text: &Text<'_>,
 ) -> Result<Option<super::SmoltcpConfig>, ConfigError> {
-    let (tap, tap_field) = pick(ov.tap.clone(), file.tap.clone(), "tap", "--tap");
-    let (raw, raw_field) = pick(ov.raw.clone(), file.raw.clone(), "raw", "--raw");
-    let (ip, ip_field) = pick(ov.ip.clone(), file.ip.clone(), "ip", "--ip");
-    let (gateway, _) = pick(ov.gateway, file.gateway, "gateway", "--gateway");
+    let (tap, tap_source) = text.pick(ov.tap.clone(), file.tap.take(), "tap", "--tap");
+    let (raw, raw_source) = text.pick(ov.raw.clone(), file.raw.take(), "raw", "--raw");
+    let (ip, ip_source) = text.pick(ov.ip.clone(), file.ip.take(), "ip", "--ip");
+    let (gateway, _) = text.pick(ov.gateway, file.gateway.take(), "gateway", "--gateway");
     if net != NetBackend::Smoltcp {
-        for (given, field) in [
-            (tap.is_some(), &tap_field),
-            (raw.is_some(), &raw_field),
-            (ip.is_some(), &ip_field),
+        for (given, source) in [
+            (tap.is_some(), &tap_source),
+            (raw.is_some(), &raw_source),
+            (ip.is_some(), &ip_source),
         ] {
             if given {
-                return Err(ConfigError::invalid(
-                    field.clone(),
-                    format!("only applies to the smoltcp backend; set {net_field} to smoltcp"),
-                ));
+                return Err(source.invalid(format!(
+                    "only applies to the smoltcp backend; set {net_source} to smoltcp"
+                )));
             }
         }
         return Ok(None);
@@ -62,32 +147,24 @@ fn resolve_smoltcp(
         (Some(tap), None) => nocturne_net::DeviceSpec::Tap(tap),
         (None, Some(raw)) => nocturne_net::DeviceSpec::Raw(raw),
         (Some(_), Some(_)) => {
-            return Err(ConfigError::invalid(
-                tap_field,
-                "give a TAP device or a raw interface, not both",
-            ))
+            return Err(tap_source.invalid("give a TAP device or a raw interface, not both"))
         }
         (None, None) => {
-            return Err(ConfigError::invalid(
-                net_field.to_owned(),
-                "the smoltcp backend needs a device: --tap IFNAME or --raw IFNAME",
-            ))
+            return Err(net_source
+                .invalid("the smoltcp backend needs a device: --tap IFNAME or --raw IFNAME"))
         }
     };
     let Some(ip) = ip else {
-        return Err(ConfigError::invalid(
-            net_field.to_owned(),
+        return Err(net_source.invalid(
             "the smoltcp backend needs its own address: --ip ADDR/LEN, e.g. 192.0.2.2/24",
         ));
     };
-    let address: nocturne_net::Ipv4Cidr =
-        ip.parse()
-            .map_err(|e: nocturne_net::smoltcp::ParseCidrError| {
-                ConfigError::invalid(ip_field, e.to_string())
-            })?;
+    let address: nocturne_net::Ipv4Cidr = ip
+        .parse()
+        .map_err(|e: nocturne_net::smoltcp::ParseCidrError| ip_source.invalid(e.to_string()))?;
+    let (listen, listen_source) = listen;
     if listen.port() == 0 {
-        return Err(ConfigError::invalid(
-            "listen".to_owned(),
+        return Err(listen_source.invalid(
             "the smoltcp backend needs a fixed port (every core loop listens on it): not 0",
         ));
     }
@@ -99,7 +176,7 @@ fn resolve_smoltcp(
 }
 
 pub(crate) fn resolve(
-    file: FileConfig,
+    mut file: FileConfig,
     text: &str,
     origin: ConfigOrigin,
     ov: &Overrides,
@@ -108,30 +185,49 @@ pub(crate) fn resolve(
     let allowed = CoreSet::new(allowed_cores.iter().copied()).map_err(|e| ConfigError::Cores {
         msg: format!("unusable allowed core set: {e}"),
     })?;
+    let file_name = origin.name();
+    let text = Text {
+        file: &file_name,
+        text,
+    };
+    let mut warnings = Vec::new();
 
-    let listen = ov
-        .listen
-        .or(file.listen.map(|l| l.0))
-        .unwrap_or(defaults::LISTEN);
+    let (listen, listen_source) = text.pick(
+        ov.listen,
+        file.listen.take().map(|l| spanned_map(l, |l| l.0)),
+        "listen",
+        "--listen",
+    );
+    let listen = listen.unwrap_or(defaults::LISTEN);
 
-    let (net, net_field) = pick(ov.net, file.net, "net", "--net");
+    let (net, net_source) = text.pick(ov.net, file.net.take(), "net", "--net");
     let net = net.unwrap_or(defaults::NET);
-    let smoltcp = resolve_smoltcp(net, &net_field, listen, &file, ov)?;
+    let smoltcp = resolve_smoltcp(
+        net,
+        &net_source,
+        (listen, &listen_source),
+        &mut file,
+        ov,
+        &text,
+    )?;
 
     // Core placement.
-    let (io_cores, io_field) = pick(ov.io_cores.clone(), file.io_cores, "io_cores", "--io-cores");
+    let (io_cores, io_source) = text.pick(
+        ov.io_cores.clone(),
+        file.io_cores.take(),
+        "io_cores",
+        "--io-cores",
+    );
     let io_cores = match io_cores {
         Some(cores) => {
-            check_allowed(&cores, &allowed, "io cores", &io_field)?;
+            check_allowed(&cores, &allowed, "io cores", &io_source)?;
             if cores.len() > limits::MAX_IO_CORES {
-                return Err(ConfigError::Cores {
-                    msg: format!(
-                        "{io_field}: {} io cores are more than {} (a call id names its \
-                         core loop in 8 bits); one io core serves ≈ 100 k requests/s",
-                        cores.len(),
-                        limits::MAX_IO_CORES
-                    ),
-                });
+                return Err(io_source.cores(format!(
+                    "{io_source}: {} io cores are more than {} (a call id names its \
+                     core loop in 8 bits); one io core serves ≈ 100 k requests/s",
+                    cores.len(),
+                    limits::MAX_IO_CORES
+                )));
             }
             cores
         }
@@ -140,31 +236,29 @@ pub(crate) fn resolve(
             CoreSet::new([allowed.last()]).map_err(|e| ConfigError::Cores { msg: e.to_string() })?
         }
     };
-    let (worker_cores, worker_field) = pick(
+    let (worker_cores, worker_source) = text.pick(
         ov.worker_cores.clone(),
-        file.worker_cores,
+        file.worker_cores.take(),
         "worker_cores",
         "--worker-cores",
     );
     if let Some(cores) = &worker_cores {
-        check_allowed(cores, &allowed, "worker cores", &worker_field)?;
+        check_allowed(cores, &allowed, "worker cores", &worker_source)?;
     }
-    let (poll, poll_field) = pick(ov.poll, file.poll, "poll", "--poll");
+    let (poll, poll_source) = text.pick(ov.poll, file.poll.take(), "poll", "--poll");
     let poll = poll.unwrap_or(defaults::POLL);
-    let spin_poll = setting(&poll_field, "spin");
+    let spin_poll = setting(&poll_source, "spin");
     let worker_cores = match (poll, worker_cores) {
         (PollMode::Spin, Some(cores)) => {
             let shared = cores.intersection(&io_cores);
             if !shared.is_empty() {
-                return Err(ConfigError::Cores {
-                    msg: format!(
-                        "{spin_poll} needs io cores of their own: io cores {} overlap worker cores {} (shared: {}); \
-                         give disjoint --io-cores/--worker-cores, or use --poll adaptive",
-                        io_cores,
-                        cores,
-                        CoreSet::format(&shared)
-                    ),
-                });
+                return Err(poll_source.cores(format!(
+                    "{spin_poll} needs io cores of their own: io cores {} overlap worker cores {} (shared: {}); \
+                     give disjoint --io-cores/--worker-cores, or use --poll adaptive",
+                    io_cores,
+                    cores,
+                    CoreSet::format(&shared)
+                )));
             }
             Some(cores)
         }
@@ -172,40 +266,41 @@ pub(crate) fn resolve(
             // A spinning io loop owns its core: keep workers off it.
             let rest = allowed.difference(&io_cores);
             if rest.is_empty() {
-                return Err(ConfigError::Cores {
-                    msg: format!(
-                        "{spin_poll} needs io cores of their own: io cores {io_cores} take every allowed core \
-                         ({allowed}), leaving none for workers; give fewer --io-cores, or use --poll adaptive"
-                    ),
-                });
+                return Err(poll_source.cores(format!(
+                    "{spin_poll} needs io cores of their own: io cores {io_cores} take every allowed core \
+                     ({allowed}), leaving none for workers; give fewer --io-cores, or use --poll adaptive"
+                )));
             }
             Some(CoreSet::new(rest).map_err(|e| ConfigError::Cores { msg: e.to_string() })?)
         }
         (_, cores) => cores,
     };
 
-    let (spin_us_given, spin_field) = pick(ov.spin_us, file.spin_us, "spin_us", "--spin-us");
-    let (worker_spin_us, worker_spin_field) = pick(
+    let (spin_us_given, spin_source) =
+        text.pick(ov.spin_us, file.spin_us.take(), "spin_us", "--spin-us");
+    let (worker_spin_us_given, worker_spin_source) = text.pick(
         ov.worker_spin_us,
-        file.worker_spin_us,
+        file.worker_spin_us.take(),
         "worker_spin_us",
         "--worker-spin-us",
     );
 
-    let (max_connections, field) = pick(
+    let (max_connections, source) = text.pick(
         ov.max_connections,
-        file.max_connections,
+        file.max_connections.take(),
         "max_connections",
         "--max-connections",
     );
     let max_connections = max_connections.unwrap_or(defaults::MAX_CONNECTIONS);
     if max_connections == 0 {
-        return Err(ConfigError::invalid(field, "must be at least 1"));
+        return Err(source.invalid("must be at least 1"));
     }
 
-    let (max_header_bytes, field) = pick(
+    let (max_header_bytes, source) = text.pick(
         ov.max_header_bytes,
-        file.max_header_bytes.map(|b| b.0),
+        file.max_header_bytes
+            .take()
+            .map(|b| spanned_map(b, |b| b.0)),
         "max_header_bytes",
         "--max-header-bytes",
     );
@@ -215,93 +310,87 @@ pub(crate) fn resolve(
             .ok()
             .filter(|b| (limits::MIN_HEADER_BYTES..=limits::MAX_HEADER_BYTES).contains(b))
             .ok_or_else(|| {
-                ConfigError::invalid(
-                    field,
-                    format!(
-                        "{bytes} bytes is outside {}..={} (1KiB..=1MiB)",
-                        limits::MIN_HEADER_BYTES,
-                        limits::MAX_HEADER_BYTES
-                    ),
-                )
+                source.invalid(format!(
+                    "{bytes} bytes is outside {}..={} (1KiB..=1MiB)",
+                    limits::MIN_HEADER_BYTES,
+                    limits::MAX_HEADER_BYTES
+                ))
             })?,
     };
 
-    let (drain_timeout, field) = pick(
+    let (drain_timeout, source) = text.pick(
         ov.drain_timeout,
-        file.drain_timeout.map(|d| d.0),
+        file.drain_timeout.take().map(|d| spanned_map(d, |d| d.0)),
         "drain_timeout",
         "--drain-timeout",
     );
     let drain_timeout = drain_timeout.unwrap_or(defaults::DRAIN_TIMEOUT);
     if drain_timeout > limits::MAX_DRAIN_TIMEOUT {
-        return Err(ConfigError::invalid(
-            field,
-            format!(
-                "{} is longer than {}",
-                format_duration(drain_timeout),
-                format_duration(limits::MAX_DRAIN_TIMEOUT)
-            ),
-        ));
+        return Err(source.invalid(format!(
+            "{} is longer than {}",
+            format_duration(drain_timeout),
+            format_duration(limits::MAX_DRAIN_TIMEOUT)
+        )));
     }
 
     let timeout = |flag: Option<Duration>,
-                   file: Option<super::units::HumanDuration>,
+                   file: Option<Spanned<super::units::HumanDuration>>,
                    key: &str,
                    flag_name: &str,
                    default: Duration|
      -> Result<Duration, ConfigError> {
-        let (t, field) = pick(flag, file.map(|d| d.0), key, flag_name);
+        let (t, source) = text.pick(flag, file.map(|d| spanned_map(d, |d| d.0)), key, flag_name);
         let t = t.unwrap_or(default);
         if t.is_zero() || t > limits::MAX_DRAIN_TIMEOUT {
-            return Err(ConfigError::invalid(
-                field,
-                format!(
-                    "{} is not between 0 and {}",
-                    format_duration(t),
-                    format_duration(limits::MAX_DRAIN_TIMEOUT)
-                ),
-            ));
+            return Err(source.invalid(format!(
+                "must be more than 0 and at most {} (got {})",
+                format_duration(limits::MAX_DRAIN_TIMEOUT),
+                format_duration(t)
+            )));
         }
         Ok(t)
     };
     let header_timeout = timeout(
         ov.header_timeout,
-        file.header_timeout,
+        file.header_timeout.take(),
         "header_timeout",
         "--header-timeout",
         defaults::HEADER_TIMEOUT,
     )?;
     let keepalive_timeout = timeout(
         ov.keepalive_timeout,
-        file.keepalive_timeout,
+        file.keepalive_timeout.take(),
         "keepalive_timeout",
         "--keepalive-timeout",
         defaults::KEEPALIVE_TIMEOUT,
     )?;
 
-    let file_name = origin.name();
     let base_dir = command_base_dir(&origin);
-    let functions = resolve_functions(file.functions, text, &file_name, ov, &base_dir)?;
+    let functions = function::resolve_functions(
+        std::mem::take(&mut file.functions),
+        &text,
+        ov,
+        &base_dir,
+        &mut warnings,
+    )?;
 
     let total_workers: usize = functions.iter().map(|f| f.max_workers).sum();
     let io_cores = io_cores.cores().to_vec();
     let worker_cores = worker_cores.map(|cores| cores.cores().to_vec());
     let own_cores = workers_have_own_cores(&io_cores, worker_cores.as_deref(), total_workers);
-    let (worker_poll, worker_poll_field) = pick(
+    let (worker_poll, worker_poll_source) = text.pick(
         ov.worker_poll,
-        file.worker_poll,
+        file.worker_poll.take(),
         "worker_poll",
         "--worker-poll",
     );
     let worker_poll = match (worker_poll, own_cores) {
         (Some(WorkerPoll::Spin), Err(why)) => {
-            return Err(ConfigError::Cores {
-                msg: format!(
-                    "{} needs a core of its own for every worker, but {why}; \
-                     use --worker-poll yield on shared cores",
-                    setting(&worker_poll_field, "spin")
-                ),
-            })
+            return Err(worker_poll_source.cores(format!(
+                "{} needs a core of its own for every worker, but {why}; \
+                 use --worker-poll yield on shared cores",
+                setting(&worker_poll_source, "spin")
+            )))
         }
         (Some(mode), _) => mode,
         (None, Ok(())) => WorkerPoll::Spin,
@@ -315,15 +404,29 @@ pub(crate) fn resolve(
         } else {
             defaults::SPIN_US
         }),
-        &spin_field,
+        &spin_source,
     )?;
     let worker_spin_us = check_spin(
-        worker_spin_us.unwrap_or(match worker_poll {
+        worker_spin_us_given.unwrap_or(match worker_poll {
             WorkerPoll::Spin => defaults::WORKER_SPIN_US_OWN_CORE,
             WorkerPoll::Yield | WorkerPoll::Park => defaults::WORKER_SPIN_US,
         }),
-        &worker_spin_field,
+        &worker_spin_source,
     )?;
+    // A budget the chosen mode never reads is accepted (a shared config
+    // may set it for another mode) but said, since it looks like it works.
+    if spin_us_given.is_some() && poll != PollMode::Adaptive {
+        warnings.push(spin_source.warning(format!(
+            "has no effect with {} (only an adaptive loop polls before it sleeps)",
+            setting(&poll_source, poll.as_str())
+        )));
+    }
+    if worker_spin_us_given.is_some() && worker_poll == WorkerPoll::Park {
+        warnings.push(worker_spin_source.warning(format!(
+            "has no effect with {} (a parking worker waits at once)",
+            setting(&worker_poll_source, worker_poll.as_str())
+        )));
+    }
 
     Ok(Config {
         origin,
@@ -343,16 +446,23 @@ pub(crate) fn resolve(
         header_timeout,
         keepalive_timeout,
         functions,
+        warnings,
     })
+}
+
+/// `Spanned::map`, which toml 0.8 lacks.
+fn spanned_map<T, U>(value: Spanned<T>, f: impl FnOnce(T) -> U) -> Spanned<U> {
+    let span = value.span();
+    Spanned::new(span, f(value.into_inner()))
 }
 
 /// A setting as the user would have written it: `--poll spin` for a flag,
 /// `poll = "spin"` for a file key.
-fn setting(field: &str, value: &str) -> String {
-    if field.starts_with("--") {
-        format!("{field} {value}")
+fn setting(source: &Source, value: &str) -> String {
+    if source.is_flag() {
+        format!("{source} {value}")
     } else {
-        format!("{field} = \"{value}\"")
+        format!("{source} = \"{value}\"")
     }
 }
 
@@ -394,39 +504,36 @@ fn check_allowed(
     cores: &CoreSet,
     allowed: &CoreSet,
     what: &str,
-    field: &str,
+    source: &Source,
 ) -> Result<(), ConfigError> {
     let unknown = cores.difference(allowed);
     if unknown.is_empty() {
         return Ok(());
     }
-    Err(ConfigError::Cores {
-        msg: format!(
-            "{field}: {what} {} not in this process's allowed cores {allowed} \
-             (the sched_getaffinity set; see taskset, cgroup cpusets)",
-            if unknown.len() == 1 {
-                format!("{} is", unknown[0])
-            } else {
-                format!("{} are", CoreSet::format(&unknown))
-            }
-        ),
-    })
+    Err(source.cores(format!(
+        "{source}: {what} {} not in this process's allowed cores {allowed} \
+         (the sched_getaffinity set; see taskset, cgroup cpusets)",
+        if unknown.len() == 1 {
+            format!("{} is", unknown[0])
+        } else {
+            format!("{} are", CoreSet::format(&unknown))
+        }
+    )))
 }
 
-fn check_spin(us: u64, field: &str) -> Result<u64, ConfigError> {
+fn check_spin(us: u64, source: &Source) -> Result<u64, ConfigError> {
     if us > limits::MAX_SPIN_US {
-        return Err(ConfigError::invalid(
-            field,
-            format!(
-                "{us} µs is more than {} µs (one second); the budget is in microseconds",
-                limits::MAX_SPIN_US
-            ),
-        ));
+        return Err(source.invalid(format!(
+            "{us} µs is more than {} µs (one second); the budget is in microseconds",
+            limits::MAX_SPIN_US
+        )));
     }
     Ok(us)
 }
 
-/// Relative program paths in `command` are relative to the config file.
+/// Relative program paths in the file's `command`s are relative to the
+/// config file (a `--set` command is relative to the working directory,
+/// see `function`).
 fn command_base_dir(origin: &ConfigOrigin) -> PathBuf {
     let dir = match origin {
         ConfigOrigin::File(path) => path
@@ -437,291 +544,6 @@ fn command_base_dir(origin: &ConfigOrigin) -> PathBuf {
         ConfigOrigin::Embedded => PathBuf::from("."),
     };
     std::path::absolute(&dir).unwrap_or(dir)
-}
-
-fn resolve_functions(
-    entries: Vec<Spanned<FileFunction>>,
-    text: &str,
-    file_name: &str,
-    ov: &Overrides,
-    base_dir: &Path,
-) -> Result<Vec<FunctionConfig>, ConfigError> {
-    if entries.is_empty() {
-        return Err(ConfigError::invalid(
-            "functions",
-            "no [[functions]] entries; declare at least one \
-             (`nocturne config default` prints an example)",
-        ));
-    }
-    let mut seen: HashSet<String> = HashSet::new();
-    let mut resolved = Vec::with_capacity(entries.len());
-    let mut located: Vec<(FileFunction, Location)> = Vec::with_capacity(entries.len());
-    for entry in entries {
-        let at = Location::of_offset(file_name, text, entry.span().start);
-        let function = entry.into_inner();
-        let Some(name) = function.name.clone() else {
-            return Err(ConfigError::Invalid {
-                field: "functions[].name".into(),
-                at: Some(at),
-                msg: "every [[functions]] entry needs a name".into(),
-            });
-        };
-        check_name(&name, &at)?;
-        if !seen.insert(name.clone()) {
-            return Err(ConfigError::Invalid {
-                field: format!("functions[{name}].name"),
-                at: Some(at),
-                msg: format!("function `{name}` is declared twice"),
-            });
-        }
-        located.push((function, at));
-    }
-    for o in &ov.functions {
-        let Some((function, _)) = located
-            .iter_mut()
-            .find(|(f, _)| f.name.as_deref() == Some(o.function()))
-        else {
-            let names: Vec<&str> = located
-                .iter()
-                .filter_map(|(f, _)| f.name.as_deref())
-                .collect();
-            return Err(ConfigError::Override {
-                arg: o.arg().to_owned(),
-                msg: format!(
-                    "no function `{}` is configured (functions: {})",
-                    o.function(),
-                    names.join(", ")
-                ),
-            });
-        };
-        function.apply(o.patch().clone());
-    }
-    for (function, at) in located {
-        resolved.push(resolve_function(function, at, base_dir)?);
-    }
-    Ok(resolved)
-}
-
-fn check_name(name: &str, at: &Location) -> Result<(), ConfigError> {
-    let valid = !name.is_empty()
-        && name.len() <= limits::MAX_FUNCTION_NAME
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    if valid {
-        return Ok(());
-    }
-    Err(ConfigError::Invalid {
-        field: "functions[].name".into(),
-        at: Some(at.clone()),
-        msg: format!(
-            "`{name}` is not a function name: use 1 to {} of a-z, 0-9, `_`, `-` (it becomes the URL /function/NAME)",
-            limits::MAX_FUNCTION_NAME
-        ),
-    })
-}
-
-fn resolve_function(
-    f: FileFunction,
-    at: Location,
-    base_dir: &Path,
-) -> Result<FunctionConfig, ConfigError> {
-    let name = f.name.unwrap_or_default();
-    let fail = |key: &str, msg: String| ConfigError::Invalid {
-        field: format!("functions[{name}].{key}"),
-        at: Some(at.clone()),
-        msg,
-    };
-
-    let source = match (f.builtin, f.command) {
-        (Some(_), Some(_)) => {
-            return Err(fail(
-                "builtin",
-                "set either `builtin` or `command`, not both".into(),
-            ))
-        }
-        (None, None) => {
-            return Err(fail(
-                "builtin",
-                format!(
-                    "set `builtin` (one of {}) or `command` (an argv array)",
-                    BUILTIN_FUNCTIONS.join(", ")
-                ),
-            ))
-        }
-        (Some(builtin), None) => {
-            if !BUILTIN_FUNCTIONS.contains(&builtin.as_str()) {
-                let hint = closest(&builtin, BUILTIN_FUNCTIONS.iter().copied())
-                    .map(|c| format!("; did you mean `{c}`?"))
-                    .unwrap_or_default();
-                return Err(fail(
-                    "builtin",
-                    format!(
-                        "no built-in function `{builtin}` (built-ins: {}){hint}",
-                        BUILTIN_FUNCTIONS.join(", ")
-                    ),
-                ));
-            }
-            FunctionSource::Builtin(builtin)
-        }
-        (None, Some(argv)) => FunctionSource::Command(
-            resolve_command(argv.0, base_dir).map_err(|msg| fail("command", msg))?,
-        ),
-    };
-
-    let min_workers = f.min_workers.unwrap_or(defaults::MIN_WORKERS);
-    let max_workers = f
-        .max_workers
-        .unwrap_or(defaults::MAX_WORKERS.max(min_workers));
-    if max_workers == 0 {
-        return Err(fail("max_workers", "must be at least 1".into()));
-    }
-    if max_workers > limits::MAX_WORKERS {
-        return Err(fail(
-            "max_workers",
-            format!("{max_workers} is more than {}", limits::MAX_WORKERS),
-        ));
-    }
-    if min_workers > max_workers {
-        return Err(fail(
-            "min_workers",
-            format!("min_workers {min_workers} is more than max_workers {max_workers}"),
-        ));
-    }
-
-    let timeout = f.timeout.map_or(defaults::TIMEOUT, |d| d.0);
-    if timeout.is_zero() || timeout > limits::MAX_TIMEOUT {
-        return Err(fail(
-            "timeout",
-            format!(
-                "{} is outside 1us..={} (deadlines travel as 32-bit microseconds)",
-                format_duration(timeout),
-                format_duration(limits::MAX_TIMEOUT)
-            ),
-        ));
-    }
-
-    let max_payload = match f.max_payload {
-        None => defaults::MAX_PAYLOAD,
-        Some(size) => usize::try_from(size.0)
-            .ok()
-            .filter(|&b| b <= limits::MAX_PAYLOAD)
-            .ok_or_else(|| {
-                fail(
-                    "max_payload",
-                    format!(
-                        "{} bytes is more than {} (a payload and its query string share a \
-                         worker's 1GiB arena)",
-                        size.0,
-                        format_size(limits::MAX_PAYLOAD as u64)
-                    ),
-                )
-            })?,
-    };
-
-    let idle_timeout = f.idle_timeout.map_or(defaults::IDLE_TIMEOUT, |d| d.0);
-    if idle_timeout.is_zero() {
-        return Err(fail(
-            "idle_timeout",
-            "must be more than 0 (an idle worker would exit at once)".into(),
-        ));
-    }
-
-    let max_queue = f.max_queue.unwrap_or(defaults::MAX_QUEUE);
-    if max_queue > limits::MAX_QUEUE {
-        return Err(fail(
-            "max_queue",
-            format!("{max_queue} is more than {}", limits::MAX_QUEUE),
-        ));
-    }
-
-    let max_call_depth = f.max_call_depth.unwrap_or(defaults::MAX_CALL_DEPTH);
-    if !(1..=limits::MAX_CALL_DEPTH).contains(&max_call_depth) {
-        return Err(fail(
-            "max_call_depth",
-            format!("{max_call_depth} is outside 1..={}", limits::MAX_CALL_DEPTH),
-        ));
-    }
-
-    let concurrency_coef = f.concurrency_coef.unwrap_or(defaults::CONCURRENCY_COEF);
-    if !(concurrency_coef > 0.0 && concurrency_coef <= limits::MAX_CONCURRENCY_COEF) {
-        return Err(fail(
-            "concurrency_coef",
-            format!(
-                "{concurrency_coef} is outside (0, {}]",
-                limits::MAX_CONCURRENCY_COEF
-            ),
-        ));
-    }
-
-    check_env(&f.env).map_err(|msg| fail("env", msg))?;
-
-    Ok(FunctionConfig {
-        name: name.clone(),
-        source,
-        min_workers,
-        max_workers,
-        timeout,
-        max_payload,
-        allow_get: f.allow_get.unwrap_or(defaults::ALLOW_GET),
-        env: f.env,
-        idle_timeout,
-        max_queue,
-        max_call_depth,
-        concurrency_coef,
-    })
-}
-
-/// Checks an argv and resolves a relative program path containing `/`
-/// against `base_dir`; such a path must name an executable file. A bare
-/// program name is left for the `PATH` search at spawn time.
-fn resolve_command(mut argv: Vec<String>, base_dir: &Path) -> Result<Vec<String>, String> {
-    let Some(program) = argv.first() else {
-        return Err("empty argv; write e.g. [\"./bin/my-function\", \"--flag\"]".into());
-    };
-    if program.is_empty() {
-        return Err("the program (first element) is empty".into());
-    }
-    if argv.iter().any(|arg| arg.contains('\0')) {
-        return Err("an argument contains a NUL byte".into());
-    }
-    if program.contains('/') {
-        let path = base_dir.join(program);
-        check_executable(&path).map_err(|why| format!("{program} ({}): {why}", path.display()))?;
-        argv[0] = path.to_string_lossy().into_owned();
-    }
-    Ok(argv)
-}
-
-fn check_executable(path: &Path) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
-    if !meta.is_file() {
-        return Err("not a regular file".into());
-    }
-    if meta.permissions().mode() & 0o111 == 0 {
-        return Err("not executable (chmod +x)".into());
-    }
-    Ok(())
-}
-
-fn check_env(env: &BTreeMap<String, String>) -> Result<(), String> {
-    for (key, value) in env {
-        if key.is_empty() || key.contains(['=', '\0']) {
-            return Err(format!(
-                "`{key}` is not an environment variable name (empty, or contains `=` or NUL)"
-            ));
-        }
-        if key.starts_with(RESERVED_ENV_PREFIX) {
-            return Err(format!(
-                "`{key}`: names starting with {RESERVED_ENV_PREFIX} are reserved for the engine"
-            ));
-        }
-        if value.contains('\0') {
-            return Err(format!("the value of `{key}` contains a NUL byte"));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

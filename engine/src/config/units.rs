@@ -28,30 +28,63 @@ pub enum DurationError {
     TooPrecise(String),
     #[error("`{0}` is too long")]
     Overflow(String),
+    #[error("`{0}`: write each unit once, the largest first, e.g. \"1m30s\"")]
+    UnitOrder(String),
 }
 
 /// Parses a duration literal: a decimal number and a unit (`ns`, `us`/`µs`,
-/// `ms`, `s`, `m`, `h`), e.g. `"10s"`, `"250ms"`, `"1.5s"`. Plain `"0"` is
-/// accepted (zero needs no unit); any other bare number is refused.
+/// `ms`, `s`, `m`, `h`), e.g. `"10s"`, `"250ms"`, `"1.5s"`, or several such
+/// from the largest unit down, e.g. `"1m30s"`, `"71m34s"`, `"1h 5m"`. Plain
+/// `"0"` is accepted (zero needs no unit); any other bare number is refused.
 pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
     let text = input.trim();
     if text.is_empty() {
         return Err(DurationError::Empty);
     }
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = (&text[..split], text[split..].trim_start());
-    if number.is_empty() {
-        return Err(DurationError::Malformed(text.to_owned()));
-    }
-    if unit.is_empty() {
-        return if number.bytes().all(|b| b == b'0') {
+    if text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return if text.bytes().all(|b| b == b'0') {
             Ok(Duration::ZERO)
         } else {
             Err(DurationError::MissingUnit(text.to_owned()))
         };
     }
+    let overflow = || DurationError::Overflow(text.to_owned());
+    let mut nanos: u128 = 0;
+    let mut previous_unit: Option<u128> = None;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let (part, nanos_per_unit, tail) = duration_component(rest, text)?;
+        // `1s1m` or `1s2s` is more likely a slip than a sum.
+        if previous_unit.is_some_and(|previous| nanos_per_unit >= previous) {
+            return Err(DurationError::UnitOrder(text.to_owned()));
+        }
+        previous_unit = Some(nanos_per_unit);
+        nanos = nanos.checked_add(part).ok_or_else(overflow)?;
+        rest = tail.trim_start();
+    }
+    let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| overflow())?;
+    // The remainder is below 10^9 and always fits.
+    let subsec = u32::try_from(nanos % 1_000_000_000).map_err(|_| overflow())?;
+    Ok(Duration::new(secs, subsec))
+}
+
+/// The first `NUMBER UNIT` of `rest` (a part of `text`): its nanoseconds,
+/// the unit's nanoseconds, and what follows.
+fn duration_component<'a>(
+    rest: &'a str,
+    text: &str,
+) -> Result<(u128, u128, &'a str), DurationError> {
+    let split = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(rest.len());
+    let (number, after) = (&rest[..split], rest[split..].trim_start());
+    if number.is_empty() {
+        return Err(DurationError::Malformed(text.to_owned()));
+    }
+    let unit_len = after
+        .find(|c: char| !c.is_alphabetic())
+        .unwrap_or(after.len());
+    let (unit, tail) = after.split_at(unit_len);
     let nanos_per_unit: u128 = match unit {
         "ns" => 1,
         "us" | "µs" | "μs" => 1_000,
@@ -59,6 +92,7 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
         "s" => 1_000_000_000,
         "m" | "min" => 60_000_000_000,
         "h" => 3_600_000_000_000,
+        "" => return Err(DurationError::MissingUnit(text.to_owned())),
         _ => {
             return Err(DurationError::UnknownUnit {
                 input: text.to_owned(),
@@ -85,10 +119,7 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
         }
         nanos = nanos.checked_add(scaled / scale).ok_or_else(overflow)?;
     }
-    let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| overflow())?;
-    // The remainder is below 10^9 and always fits.
-    let subsec = u32::try_from(nanos % 1_000_000_000).map_err(|_| overflow())?;
-    Ok(Duration::new(secs, subsec))
+    Ok((nanos, nanos_per_unit, tail))
 }
 
 /// Formats a duration in the largest unit that holds it exactly
@@ -272,6 +303,23 @@ mod tests {
         assert_eq!(d(" 5 s "), Ok(Duration::from_secs(5)));
         assert_eq!(d("0"), Ok(Duration::ZERO));
         assert_eq!(d("000"), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn compound_durations_add_up_from_the_largest_unit() {
+        assert_eq!(d("1m5s"), Ok(Duration::from_secs(65)));
+        assert_eq!(d("71m34s"), Ok(Duration::from_secs(71 * 60 + 34)));
+        assert_eq!(d("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(d("1s500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(d("1m0.5s"), Ok(Duration::from_millis(60_500)));
+        assert_eq!(
+            d("1h11m34s967ms295us"),
+            Ok(Duration::from_micros(u32::MAX as u64))
+        );
+        assert_eq!(d("1s1m"), Err(DurationError::UnitOrder("1s1m".into())));
+        assert_eq!(d("1s2s"), Err(DurationError::UnitOrder("1s2s".into())));
+        assert_eq!(d("1m5"), Err(DurationError::MissingUnit("1m5".into())));
+        assert!(matches!(d("1m5x"), Err(DurationError::UnknownUnit { unit, .. }) if unit == "x"));
     }
 
     #[test]

@@ -49,6 +49,26 @@ fn assert_invalid(e: ConfigError, field: &str, needle: &str) -> Option<Location>
     }
 }
 
+/// Asserts an error that names the override `arg` (not a file line).
+#[track_caller]
+fn assert_override(e: ConfigError, arg: &str, needle: &str) -> OverrideSource {
+    match e {
+        ConfigError::Override { via, arg: a, msg } => {
+            assert_eq!(a, arg, "{msg}");
+            assert!(msg.contains(needle), "{arg}: {msg}");
+            via
+        }
+        other => panic!("expected an error about {arg}, got {other:?}"),
+    }
+}
+
+fn sets(args: &[&str]) -> Overrides {
+    Overrides {
+        functions: args.iter().map(|a| a.parse().unwrap()).collect(),
+        ..Overrides::default()
+    }
+}
+
 #[track_caller]
 fn assert_cores(e: ConfigError, needle: &str) -> String {
     match e {
@@ -328,7 +348,7 @@ fn smoltcp_needs_a_device_an_address_and_a_port() {
         listen: Some("0.0.0.0:0".parse().unwrap()),
         ..ov
     };
-    assert_invalid(err_on(ONE_ECHO, &ov, TWO_CORES), "listen", "fixed port");
+    assert_invalid(err_on(ONE_ECHO, &ov, TWO_CORES), "--listen", "fixed port");
     let ov = Overrides { listen: None, ..ov };
     let config = resolve_text(ONE_ECHO, &ov, TWO_CORES).unwrap();
     let sc = config.smoltcp.expect("smoltcp settings");
@@ -449,7 +469,7 @@ fn set_overrides_patch_functions() {
         ..Overrides::default()
     };
     match err_on(ONE_ECHO, &ov, TWO_CORES) {
-        ConfigError::Override { arg, msg } => {
+        ConfigError::Override { arg, msg, .. } => {
             assert_eq!(arg, "ehco.max_workers=2");
             assert!(
                 msg.contains("no function `ehco` is configured (functions: echo)"),
@@ -466,10 +486,10 @@ fn set_overrides_patch_functions() {
         ],
         ..Overrides::default()
     };
-    assert_invalid(
+    assert_override(
         err_on(ONE_ECHO, &ov, TWO_CORES),
-        "functions[echo].min_workers",
-        "more than",
+        "echo.min_workers=9",
+        "min_workers 9 is more than max_workers 2",
     );
     // Switching the source drops the old one.
     let ov = Overrides {
@@ -744,4 +764,204 @@ fn the_largest_payload_and_query_fit_a_workers_arena() {
     let config = ok(ONE_ECHO);
     let channel = crate::engine::channel_config(&config, 0);
     assert_eq!(channel.arena_bytes, 2 << 20);
+}
+
+#[test]
+fn errors_caused_by_a_set_name_the_set_not_the_file() {
+    let file = format!("{ONE_ECHO}max_workers = 2\n");
+    // The value that broke the check came from --set: it is named, as given.
+    let e = err_on(&file, &sets(&["echo.min_workers=3"]), TWO_CORES);
+    assert_eq!(
+        e.to_string(),
+        "invalid --set `echo.min_workers=3`: min_workers 3 is more than max_workers 2"
+    );
+    // Either side of a cross-check: the one the --set changed.
+    let e = err_on(
+        "[[functions]]\nname = \"echo\"\nbuiltin = \"echo\"\nmin_workers = 3\n",
+        &sets(&["echo.max_workers=2"]),
+        TWO_CORES,
+    );
+    assert_override(
+        e,
+        "echo.max_workers=2",
+        "min_workers 3 is more than max_workers 2",
+    );
+    // One env entry among several: the one that is wrong.
+    let e = err_on(
+        ONE_ECHO,
+        &sets(&["echo.env.OK=1", "echo.env.NOCTURNE_X=1"]),
+        TWO_CORES,
+    );
+    assert_override(e, "echo.env.NOCTURNE_X=1", "reserved");
+    let e = err_on(ONE_ECHO, &sets(&["echo.builtin=ecoh"]), TWO_CORES);
+    assert_override(e, "echo.builtin=ecoh", "did you mean `echo`");
+    let e = err_on(ONE_ECHO, &sets(&["echo.timeout=999ns"]), TWO_CORES);
+    assert_override(e, "echo.timeout=999ns", "outside 1us..=");
+    // NOCTURNE_SET entries are named as such.
+    let ov = Overrides {
+        functions: parse_set_list("echo.max_queue=2000000").unwrap(),
+        ..Overrides::default()
+    };
+    let e = err_on(ONE_ECHO, &ov, TWO_CORES);
+    assert_eq!(
+        e.to_string(),
+        "invalid NOCTURNE_SET entry `echo.max_queue=2000000`: 2000000 is more than 1048576"
+    );
+    // A file value that is wrong by itself is still the file's, with its line.
+    let at = assert_invalid(
+        err_on(
+            &format!("{ONE_ECHO}max_queue = 2000000\n"),
+            &sets(&["echo.min_workers=2"]),
+            TWO_CORES,
+        ),
+        "functions[echo].max_queue",
+        "2000000",
+    );
+    assert_eq!(at.map(|at| at.line), Some(1));
+}
+
+#[test]
+fn top_level_value_errors_name_their_line() {
+    for (text, field, needle) in [
+        (
+            "max_connections = 0",
+            "max_connections",
+            "must be at least 1",
+        ),
+        (
+            "max_header_bytes = 10",
+            "max_header_bytes",
+            "10 bytes is outside",
+        ),
+        ("drain_timeout = \"2h\"", "drain_timeout", "longer than 1h"),
+        (
+            "header_timeout = \"0\"",
+            "header_timeout",
+            "must be more than 0 and at most 1h (got 0s)",
+        ),
+        (
+            "keepalive_timeout = \"61m\"",
+            "keepalive_timeout",
+            "must be more than 0 and at most 1h (got 61m)",
+        ),
+        ("spin_us = 5000000", "spin_us", "more than 1000000"),
+        (
+            "worker_spin_us = 5000000",
+            "worker_spin_us",
+            "more than 1000000",
+        ),
+        (
+            "tap = \"tap0\"",
+            "tap",
+            "only applies to the smoltcp backend",
+        ),
+        ("net = \"smoltcp\"", "net", "needs a device"),
+    ] {
+        let at = assert_invalid(err(&format!("\n\n{text}\n{ONE_ECHO}")), field, needle);
+        let at = at.unwrap_or_else(|| panic!("{text}: no location"));
+        assert_eq!(
+            (at.file.as_str(), at.line),
+            ("/etc/nocturne/t.toml", 3),
+            "{text}"
+        );
+    }
+    let msg = err("\nworker_poll = \"spin\"\n[[functions]]\nname = \"e\"\nbuiltin = \"echo\"\n")
+        .to_string();
+    assert!(
+        msg.starts_with("/etc/nocturne/t.toml:2:15: worker_poll = \"spin\" needs a core"),
+        "{msg}"
+    );
+    // From a flag: named after the flag, without a line.
+    let ov = Overrides {
+        max_connections: Some(0),
+        ..Overrides::default()
+    };
+    let at = assert_invalid(
+        err_on(ONE_ECHO, &ov, TWO_CORES),
+        "--max-connections",
+        "at least 1",
+    );
+    assert_eq!(at, None);
+}
+
+#[test]
+fn validation_messages_name_what_was_set() {
+    // min_workers alone raises the default max_workers: min_workers is named.
+    assert_invalid(
+        err(&format!("{ONE_ECHO}min_workers = 1025\n")),
+        "functions[echo].min_workers",
+        "min_workers 1025 is more than 1024",
+    );
+    assert_invalid(
+        err(&format!("{ONE_ECHO}max_workers = 1025\n")),
+        "functions[echo].max_workers",
+        "max_workers 1025 is more than 1024",
+    );
+    // Deadlines are whole microseconds on the wire: less than 1us is refused.
+    for short in ["999ns", "1ns"] {
+        assert_invalid(
+            err(&format!("{ONE_ECHO}timeout = \"{short}\"\n")),
+            "functions[echo].timeout",
+            &format!("{short} is outside 1us..=4294967295us"),
+        );
+    }
+    for fine in ["1us", "71m34s", "1h11m34s967ms295us"] {
+        ok(&format!("{ONE_ECHO}timeout = \"{fine}\"\n"));
+    }
+    assert_invalid(
+        err(&format!("{ONE_ECHO}timeout = \"71m35s\"\n")),
+        "functions[echo].timeout",
+        "outside",
+    );
+}
+
+#[test]
+fn settings_without_effect_are_accepted_with_a_warning() {
+    let warnings = |text: &str, ov: &Overrides| -> Vec<String> {
+        resolve_text(text, ov, TWO_CORES)
+            .unwrap()
+            .warnings
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    let none = Overrides::default();
+    assert_eq!(
+        warnings(
+            &format!("poll = \"block\"\nspin_us = 20\n{ONE_ECHO}"),
+            &none
+        ),
+        [
+            "/etc/nocturne/t.toml:2:11: spin_us: has no effect with poll = \"block\" \
+          (only an adaptive loop polls before it sleeps)"
+        ]
+    );
+    let ov = Overrides {
+        poll: Some(PollMode::Spin),
+        spin_us: Some(20),
+        worker_poll: Some(WorkerPoll::Park),
+        worker_spin_us: Some(5),
+        ..Overrides::default()
+    };
+    let w = warnings(ONE_ECHO, &ov);
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(
+        w[0].starts_with("--spin-us: has no effect with --poll spin"),
+        "{w:?}"
+    );
+    assert!(
+        w[1].starts_with("--worker-spin-us: has no effect with --worker-poll park"),
+        "{w:?}"
+    );
+    // Budgets that the chosen modes read, and defaults, say nothing.
+    assert!(warnings(
+        &format!("spin_us = 20\nworker_spin_us = 5\n{ONE_ECHO}"),
+        &none
+    )
+    .is_empty());
+    assert!(warnings(
+        &format!("poll = \"block\"\nworker_poll = \"park\"\n{ONE_ECHO}"),
+        &none
+    )
+    .is_empty());
 }
