@@ -342,7 +342,7 @@ fn deadline_exceeded_gives_504_and_a_stuck_worker_is_replaced() {
             r.header("server-timing")
         );
         assert!(
-            r.text().contains("sleep") && r.text().contains("200 ms"),
+            r.text().contains("sleep") && r.text().contains("(200ms)"),
             "{}",
             r.text()
         );

@@ -34,7 +34,8 @@ pub enum InvokeError {
         message: String,
     },
     /// The callee is overloaded (its queue is full).
-    #[error("{function} is overloaded: {message}")]
+    // The engine's message names the function already.
+    #[error("{message}")]
     Overloaded {
         /// The callee.
         function: String,
@@ -42,7 +43,7 @@ pub enum InvokeError {
         message: String,
     },
     /// The call's deadline passed.
-    #[error("{function} timed out: {message}")]
+    #[error("{message}")]
     Timeout {
         /// The callee.
         function: String,

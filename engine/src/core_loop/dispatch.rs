@@ -685,8 +685,8 @@ impl LoopState {
                 None => String::new(),
             };
             let msg = format!(
-                "function {name} did not answer within its deadline ({} ms{whereabouts})",
-                timeout.as_millis(),
+                "function {name} did not answer within its deadline ({}{whereabouts})",
+                crate::config::format_duration(timeout),
             );
             // A running worker stays busy until it completes; its late result is
             // dropped because the call is gone.

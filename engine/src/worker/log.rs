@@ -70,8 +70,18 @@ impl LogSink for StderrSink {
 }
 
 /// `[worker foo pid=1234] <line>`, with ` [truncated]` after a cut line.
+/// Control characters but tab are escaped (`\r`, `\u{1b}`): a worker's
+/// carriage return or terminal escape must not overwrite the tag, or other
+/// lines, on the operator's terminal.
 pub fn format_line(origin: &LineOrigin<'_>, line: &[u8], truncated: bool) -> String {
-    let text = String::from_utf8_lossy(line);
+    let mut text = String::with_capacity(line.len());
+    for c in String::from_utf8_lossy(line).chars() {
+        if c.is_control() && c != '\t' {
+            text.extend(c.escape_default());
+        } else {
+            text.push(c);
+        }
+    }
     let mark = if truncated { " [truncated]" } else { "" };
     format!(
         "[worker {} pid={}] {text}{mark}",
@@ -386,6 +396,11 @@ mod tests {
         assert_eq!(
             format_line(&origin, b"\xffhi", true),
             "[worker foo pid=1234] \u{fffd}hi [truncated]"
+        );
+        // Control characters cannot overwrite the tag on a terminal.
+        assert_eq!(
+            format_line(&origin, b"a\rb\x1b[2J\tc\0", false),
+            "[worker foo pid=1234] a\\rb\\u{1b}[2J\tc\\u{0}"
         );
     }
 }
