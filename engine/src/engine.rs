@@ -403,6 +403,7 @@ fn log_startup(config: &Config, addr: SocketAddr) {
 /// `nocturne serve`: runs until SIGINT or SIGTERM.
 pub fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
+    keep_helpers_off_spinning_cores(&config);
     crate::logger::install();
     crate::cli::print_config_warnings(&config);
     crate::cli::warn_about_unknown_env();
@@ -435,6 +436,31 @@ pub fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<()> {
     log::info!("nocturne: stopped");
     crate::logger::flush(LOG_FLUSH_AT_EXIT);
     Ok(())
+}
+
+/// Under `--poll spin` each io core belongs to its loop alone: the engine's
+/// other threads (this one, the log writer, the spawners and log forwarder
+/// it starts, the workers those start unless they are pinned) run on the
+/// other allowed cores. Each loop pins itself to its core when it starts.
+fn keep_helpers_off_spinning_cores(config: &Config) {
+    if config.poll != PollMode::Spin {
+        return;
+    }
+    let Ok(allowed) = crate::config::allowed_cores() else {
+        return;
+    };
+    let others: Vec<usize> = allowed
+        .into_iter()
+        .filter(|c| !config.io_cores.contains(c))
+        .collect();
+    if others.is_empty() {
+        return; // nowhere else to go; the configuration allowed it
+    }
+    if let Err(e) = crate::sys::set_thread_affinity(&others) {
+        eprintln!(
+            "nocturne: warning: cannot keep the engine's helper threads off the io cores: {e}"
+        );
+    }
 }
 
 /// How often `serve` checks that every core loop still runs.

@@ -5,20 +5,13 @@
 //! exponential moving averages of both and sets
 //!
 //! ```text
-//! limit = clamp(ceil(coef × max(EMA(service time) × EMA(arrival rate),
-//!                                 arrivals within one service time)), min, max)
+//! limit = clamp(ceil(coef × EMA(service time) × EMA(arrival rate)), min, max)
 //! ```
 //!
-//! The second term is the same law read off the recent past instead of the
-//! averages: the calls that arrived within one (average) service time of
-//! the latest are the ones that would be in the system together. It answers
-//! a burst at once. The averages move 5 % a call: the quiet second before a
-//! burst of eight half-second calls kept the limit at one for the whole
-//! burst, and it ran one call at a time while three workers idled.
-//!
-//! Above the limit, calls queue rather than start: running more of them at once
-//! would only add contention. The dispatcher grows the worker pool toward the
-//! limit and shrinks idle workers back toward `min`.
+//! The dispatcher grows the worker pool toward the limit (ahead of the queue a
+//! larger load would build) and shrinks idle workers back toward `min`. It
+//! does not hold calls back at the limit: a call waits only while no worker
+//! is idle (see `core_loop::dispatch`).
 //!
 //! The time fed in is a call's whole time in the system (queueing + execution),
 //! not its execution alone: with execution time only, a closed-loop client
@@ -29,8 +22,6 @@
 //!
 //! Time is passed in (nanoseconds on any monotonic clock), never read here, so
 //! the arithmetic is tested with a fake clock.
-
-use std::collections::VecDeque;
 
 /// Weight of a new sample in both moving averages.
 const ALPHA: f64 = 0.05;
@@ -46,9 +37,6 @@ pub struct ConcurrencyLimiter {
     /// EMA of the time a call spends in the system, ns (`None` until one completion).
     service_ns: Option<f64>,
     last_arrival_ns: Option<u64>,
-    /// The latest arrivals, oldest first; at most `max` (more cannot raise
-    /// the limit further).
-    recent_arrivals: VecDeque<u64>,
     limit: usize,
 }
 
@@ -64,7 +52,6 @@ impl ConcurrencyLimiter {
             interarrival_ns: None,
             service_ns: None,
             last_arrival_ns: None,
-            recent_arrivals: VecDeque::with_capacity(max),
             limit: min,
         }
     }
@@ -76,10 +63,6 @@ impl ConcurrencyLimiter {
             self.interarrival_ns = Some(ema(self.interarrival_ns, gap));
         }
         self.last_arrival_ns = Some(now_ns);
-        if self.recent_arrivals.len() == self.max {
-            self.recent_arrivals.pop_front();
-        }
-        self.recent_arrivals.push_back(now_ns);
         self.recompute();
     }
 
@@ -90,35 +73,18 @@ impl ConcurrencyLimiter {
     }
 
     fn recompute(&mut self) {
-        let Some(service) = self.service_ns else {
-            // Nothing completed yet: no basis to run more than `min`.
-            self.limit = self.min;
-            return;
+        let wanted = match (self.service_ns, self.interarrival_ns) {
+            (Some(service), Some(gap)) => {
+                // Arrivals in the same turn share a timestamp: a zero gap is
+                // a burst, i.e. a very high rate, not "no data". One
+                // nanosecond keeps the division finite; the clamp does the rest.
+                // The epsilon keeps float noise (2.0000001) from adding a worker.
+                (self.coef * service / gap.max(1.0) - 1e-6).ceil()
+            }
+            _ => 0.0,
         };
-        let averaged = match self.interarrival_ns {
-            // Arrivals in the same turn share a timestamp: a zero gap is a
-            // burst, i.e. a very high rate, not "no data". One nanosecond
-            // keeps the division finite; the clamp does the rest.
-            Some(gap) => service / gap.max(1.0),
-            None => 0.0,
-        };
-        let recent = self.arrivals_within(service) as f64;
-        // The epsilon keeps float noise (2.0000001) from adding a worker.
-        let wanted = (self.coef * averaged.max(recent) - 1e-6).ceil();
         // `as usize` saturates for huge or NaN values, then the clamp applies.
         self.limit = (wanted as usize).clamp(self.min, self.max);
-    }
-
-    /// Arrivals less than `window_ns` before the latest, the latest included.
-    fn arrivals_within(&self, window_ns: f64) -> usize {
-        let Some(&latest) = self.recent_arrivals.back() else {
-            return 0;
-        };
-        // Oldest first: the ones a window or more before the latest lead.
-        let older = self
-            .recent_arrivals
-            .partition_point(|&t| (latest - t) as f64 >= window_ns);
-        self.recent_arrivals.len() - older
     }
 
     /// The current limit on calls in flight.
@@ -216,40 +182,6 @@ mod tests {
             l.on_arrival(5);
         }
         assert_eq!(l.limit(), 16, "a burst in one instant wants every worker");
-    }
-
-    #[test]
-    fn a_burst_after_a_quiet_spell_gets_the_workers_at_once() {
-        // Calls of 500 ms once a second, 5 s of quiet, then 8 at once.
-        let mut clock = 0;
-        let mut l = ConcurrencyLimiter::new(1.0, 1, 4);
-        drive(&mut l, &mut clock, 20, 1_000_000_000, 500_000_000);
-        assert_eq!(l.limit(), 1, "one call a second needs one worker");
-        clock += 5_000_000_000;
-        for _ in 0..3 {
-            l.on_arrival(clock);
-        }
-        assert_eq!(l.limit(), 3);
-        for _ in 0..5 {
-            l.on_arrival(clock + 1_000);
-        }
-        assert_eq!(l.limit(), 4);
-        // Past one service time, the burst is history.
-        l.on_arrival(clock + 600_000_000);
-        assert_eq!(l.limit(), 1);
-    }
-
-    #[test]
-    fn a_cold_burst_is_seen_at_the_first_completion() {
-        let mut l = ConcurrencyLimiter::new(1.0, 1, 4);
-        l.on_arrival(0);
-        l.on_arrival(100_000_000_000);
-        for _ in 0..7 {
-            l.on_arrival(100_000_000_000);
-        }
-        assert_eq!(l.limit(), 1, "nothing completed: min");
-        l.on_completion(500_000_000);
-        assert_eq!(l.limit(), 4);
     }
 
     #[test]

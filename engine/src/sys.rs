@@ -152,3 +152,27 @@ pub fn starting_open_files_limit() -> Option<libc::rlimit> {
 pub fn open_fd_count() -> io::Result<usize> {
     Ok(std::fs::read_dir("/proc/self/fd")?.count())
 }
+
+/// Confines the calling thread (and the threads it starts from now on) to
+/// `cores`.
+pub fn set_thread_affinity(cores: &[usize]) -> io::Result<()> {
+    // SAFETY: cpu_set_t is a plain bit array; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &core in cores {
+        if core >= libc::CPU_SETSIZE as usize {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("core {core} is beyond the CPU set size"),
+            ));
+        }
+        // SAFETY: `core` is below CPU_SETSIZE (checked above); `set` is ours.
+        unsafe { libc::CPU_SET(core, &mut set) };
+    }
+    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the
+    // size passed.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -231,7 +231,7 @@ fn worker_cores_pin_every_worker() {
     );
     drop(engine);
 
-    // --poll spin keeps workers off the io core by default.
+    // --poll spin keeps workers off the io core by default...
     let engine = Engine::start(&["--poll", "spin", "--io-cores", &last.to_string()]);
     for (pid, f) in engine.all_workers() {
         let cores = common::parse_cpu_list(&cpus_allowed_list(pid, pid));
@@ -239,6 +239,18 @@ fn worker_cores_pin_every_worker() {
             !cores.contains(&last),
             "{f} worker {pid} may run on the spinning io core: {cores:?}"
         );
+    }
+    // ...and the engine's other threads (log writer, spawners, …) too.
+    for (tid, name) in threads(engine.pid()) {
+        let cores = common::parse_cpu_list(&cpus_allowed_list(engine.pid(), tid));
+        if name.starts_with("nocturne-io-") {
+            assert_eq!(cores, [last], "{name}");
+        } else {
+            assert!(
+                !cores.contains(&last),
+                "engine thread {name} may run on the spinning io core: {cores:?}"
+            );
+        }
     }
     drop(engine);
 

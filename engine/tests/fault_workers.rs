@@ -419,7 +419,7 @@ max_workers = 1
         let took = sent.elapsed();
         assert_eq!(r.status, 504, "{}", r.text());
         assert!(
-            r.text().contains("front") && r.text().contains("300 ms"),
+            r.text().contains("front") && r.text().contains("(300ms)"),
             "{}",
             r.text()
         );

@@ -204,16 +204,14 @@ impl LoopState {
             .all(|(_, s)| s.busy.is_some_and(|b| ancestors.contains(&b)))
     }
 
-    /// An idle worker of `f`, if `f` is under its concurrency limit. Calls
-    /// whose handler waits for internal calls do not count: they hold a
-    /// worker but no CPU, and counting them would let a caller starve its own
-    /// callees (A → B → A would wait for a limit that never moves).
+    /// An idle worker of `f` (the most recently idle: its caches are warm).
+    /// Dispatch is work-conserving: a call waits only while no worker of its
+    /// function is idle. The concurrency limit sizes the pool instead
+    /// (`scale_up`): it used to gate dispatch too, and after a quiet spell,
+    /// whose long gap held the averaged limit at one for dozens of calls, a
+    /// burst ran one call at a time beside idle workers and missed deadlines.
     fn take_idle_worker(&mut self, f: u32) -> Option<Key> {
-        let fs = &mut self.functions[f as usize];
-        if fs.in_flight.saturating_sub(fs.waiting) >= fs.limiter.limit() {
-            return None;
-        }
-        fs.idle.pop()
+        self.functions[f as usize].idle.pop()
     }
 
     /// Changes worker `w`'s count of internal calls in flight by `delta`,
