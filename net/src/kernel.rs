@@ -317,7 +317,8 @@ impl KernelTransport {
             log::info!(
                 "nocturne-net: cannot accept on {}: {why}; closed {shed} waiting connection(s) \
                  unanswered ({} so far): raise the open-files limit or lower max_connections",
-                self.local_addr, self.shed
+                self.local_addr,
+                self.shed
             );
         }
     }
