@@ -64,6 +64,16 @@ fn read_only<'a>() -> Response<'a> {
     }
 }
 
+/// `no function named "NAME"`, the name cut to 64 characters (a function
+/// name's limit): a 404 must not echo a megabyte path back.
+fn no_such_function(name: &str) -> String {
+    const SHOWN: usize = 64;
+    match name.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("no function named {:?}…", &name[..cut]),
+        None => format!("no function named {name:?}"),
+    }
+}
+
 fn text<'a>(status: u16, body: &'a str) -> Response<'a> {
     Response {
         status,
@@ -93,7 +103,7 @@ impl RequestHandler for LoopState {
                 early(503, "the engine is shutting down".into())
             }
             Route::Function(name) if self.function_id(name).is_none() => {
-                early(404, format!("no function named {name:?}"))
+                early(404, no_such_function(name))
             }
             Route::NotFound => early(404, "functions are at /function/NAME".into()),
             _ => None,
@@ -161,7 +171,7 @@ impl RequestHandler for LoopState {
             }
             Route::Function(name) => {
                 let Some(f) = self.function_id(name) else {
-                    let msg = format!("no function named {name:?}\n");
+                    let msg = format!("{}\n", no_such_function(name));
                     let _ = responder.respond(id, &text(404, &msg));
                     return;
                 };
@@ -244,5 +254,18 @@ impl RequestHandler for LoopState {
     fn on_closed(&mut self, _conn: ConnId) {
         // Calls of a closed connection run to completion; their answers find no
         // connection and are dropped by `HttpServer::respond`.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::no_such_function;
+
+    #[test]
+    fn a_404_shows_at_most_64_characters_of_the_name() {
+        assert_eq!(no_such_function("nope"), "no function named \"nope\"");
+        let long = "é".repeat(100_000);
+        let shown = no_such_function(&long);
+        assert_eq!(shown, format!("no function named {:?}…", "é".repeat(64)));
     }
 }

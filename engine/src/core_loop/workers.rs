@@ -354,7 +354,10 @@ impl LoopState {
             None => false,
         };
         if crashed {
-            log::info!("nocturne: worker {name} pid {pid} {why}");
+            // A hand-back has said it already, with the call it saved.
+            if !requeued {
+                log::info!("nocturne: worker {name} pid {pid} {why}");
+            }
             let fs = &mut self.functions[f as usize];
             let delay = fs.backoff.on_failure(self.now);
             if !delay.is_zero() {
@@ -419,7 +422,7 @@ impl LoopState {
         }
         log::info!(
             "nocturne: worker {name} pid {pid} {why} before taking call {id:#x}; \
-             it goes to another worker"
+             it is queued again for another worker"
         );
         self.requeue(key, flags, input);
         true
