@@ -9,12 +9,12 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bench_run::{case_names, read_report, Run, Scratch};
-use common::Engine;
+use common::{EchoProcess, Engine};
 
 /// A debug build on a busy 2-core machine is slow; each run is a second or two.
 const RUN_LIMIT: Duration = Duration::from_secs(180);
@@ -295,43 +295,11 @@ fn ctrl_c_ends_a_sweep_and_keeps_the_rates_that_finished() {
     assert!(!json.0.exists(), "nothing measured, nothing written");
 }
 
-/// `nocturne bench load-echo-server`, killed on drop.
-struct EchoProcess(Child, String);
-
-impl EchoProcess {
-    fn start() -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_nocturne"))
-            .args(["bench", "load-echo-server", "--listen", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stderr.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("nocturne: listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Self(child, addr)
-    }
-}
-
-impl Drop for EchoProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn load_against_its_own_echo_server_with_the_baseline() {
     let echo = EchoProcess::start();
     let json = TempFile::new("echo.json");
-    let url = format!("http://{}/", echo.1);
+    let url = echo.url();
     let run = nocturne(&[
         "bench",
         "load",

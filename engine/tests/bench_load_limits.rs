@@ -13,12 +13,13 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bench_run::{case_names, read_report, Run, Scratch};
+use common::EchoProcess;
 
 /// A debug build on a busy 2-core machine is slow; each run is seconds.
 const RUN_LIMIT: Duration = Duration::from_secs(180);
@@ -126,42 +127,6 @@ fn serve(mut s: TcpStream, script: Script, count: &AtomicUsize, held: &mpsc::Sen
         if s.write_all(answer).is_err() {
             return;
         }
-    }
-}
-
-/// `nocturne bench load-echo-server`, killed on drop.
-struct EchoProcess(Child, String);
-
-impl EchoProcess {
-    fn start() -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_nocturne"))
-            .args(["bench", "load-echo-server", "--listen", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stderr.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("nocturne: listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Self(child, addr)
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/", self.1)
-    }
-}
-
-impl Drop for EchoProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -582,7 +547,7 @@ fn options_that_cannot_measure_anything_are_refused() {
 #[test]
 fn request_kinds_have_distinct_names() {
     let echo = EchoProcess::start();
-    let port = echo.1.rsplit(':').next().unwrap().to_owned();
+    let port = echo.addr.rsplit(':').next().unwrap().to_owned();
     let (a, b) = (
         format!("http://127.0.0.1:{port}/"),
         format!("http://localhost:{port}/"),

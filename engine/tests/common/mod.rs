@@ -1519,3 +1519,47 @@ pub fn proc_status_kib(pid: i32, field: &str) -> Option<u64> {
         .parse()
         .ok()
 }
+
+// ---------------------------------------------------------------------------
+// `bench load`'s own echo server, for the load generator's tests.
+
+/// `nocturne bench load-echo-server` on a free port, killed on drop.
+pub struct EchoProcess {
+    child: Child,
+    /// `IP:PORT` it listens on.
+    pub addr: String,
+}
+
+impl EchoProcess {
+    pub fn start() -> Self {
+        let mut child = Command::new(nocturne_exe())
+            .args(["bench", "load-echo-server", "--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the echo server");
+        let mut line = String::new();
+        BufReader::new(child.stderr.take().expect("piped stderr"))
+            .read_line(&mut line)
+            .expect("the echo server's first line");
+        let addr = line
+            .trim()
+            .strip_prefix("nocturne: listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Self { child, addr }
+    }
+
+    /// `http://IP:PORT/`.
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+}
+
+impl Drop for EchoProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
