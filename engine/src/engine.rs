@@ -403,11 +403,15 @@ fn log_startup(config: &Config, addr: SocketAddr) {
 /// `nocturne serve`: runs until SIGINT or SIGTERM.
 pub fn serve(args: crate::cli::ServeArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
+    // Before any thread starts: threads inherit the mask, and one that did
+    // not block SIGTERM could take it and die of it, the whole engine with
+    // it, undrained (the log writer did, in 3 of 8 SIGSTOP/SIGCONT/SIGTERM
+    // tries).
+    crate::sys::block_shutdown_signals().context("cannot block shutdown signals")?;
     keep_helpers_off_spinning_cores(&config);
     crate::logger::install();
     crate::cli::print_config_warnings(&config);
     crate::cli::warn_about_unknown_env();
-    crate::sys::block_shutdown_signals().context("cannot block shutdown signals")?;
     let engine = Engine::start(config)?;
     let sig = loop {
         if let Some(sig) = crate::sys::wait_for_signal(Some(LOOP_CHECK_PERIOD)) {

@@ -909,6 +909,38 @@ fn drain_timeout_lets_in_flight_calls_finish_on_sigterm() {
 }
 
 #[test]
+fn every_engine_thread_leaves_sigterm_and_sigint_to_the_drain() {
+    // A thread that did not block them could take the signal, and its
+    // default action would kill the engine undrained (the log writer once
+    // did). The mask is inherited: check every thread the engine has.
+    let engine = Engine::start(&[]);
+    let threads = threads(engine.pid());
+    assert!(threads.len() > 3, "{threads:?}");
+    for (tid, name) in threads {
+        if tid == engine.pid() {
+            // The main thread waits for them in sigtimedwait, which shows
+            // them unblocked while it waits.
+            continue;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{}/task/{tid}/status", engine.pid()))
+            .unwrap_or_default();
+        let Some(blocked) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigBlk:"))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        else {
+            continue; // the thread ended meanwhile
+        };
+        for sig in [libc::SIGTERM, libc::SIGINT] {
+            assert!(
+                blocked & (1 << (sig - 1)) != 0,
+                "thread {name} ({tid}) does not block signal {sig}: SigBlk {blocked:#x}"
+            );
+        }
+    }
+}
+
+#[test]
 fn drain_timeout_bounds_how_long_shutdown_waits() {
     // A call far longer than the drain timeout does not hold the engine up:
     // it exits (well before the call could finish), and the client gets an
