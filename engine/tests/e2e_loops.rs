@@ -260,3 +260,48 @@ fn forwarded_calls_in_flight_at_sigterm_finish_before_the_engine_exits() {
         "the engine exits 0 after draining: {status:?}"
     );
 }
+
+#[test]
+fn a_forwarded_internal_call_is_held_to_the_callees_max_payload() {
+    let Some((first, last)) = two_cores() else {
+        return;
+    };
+    // `front` runs on both loops, `echo` on loop 0 only: front's calls to
+    // echo from loop 1 are forwarded there.
+    let config = format!(
+        r#"
+io_cores = "{first},{last}"
+poll = "adaptive"
+
+[[functions]]
+name = "front"
+builtin = "relay"
+min_workers = 2
+max_workers = 2
+[functions.env]
+RELAY_TO = "echo"
+
+[[functions]]
+name = "echo"
+builtin = "echo"
+max_workers = 1
+max_payload = "1KiB"
+"#
+    );
+    let engine = Engine::builder().config(&config).start();
+    for mut c in clients(&engine) {
+        let r = c.post("/function/front", &[b'z'; 1025]);
+        assert_eq!(r.status, 413, "{}", r.text());
+        assert!(
+            r.text()
+                .contains("input of 1025 bytes is more than echo's max_payload (1024 bytes)"),
+            "{}",
+            r.text()
+        );
+        assert_eq!(
+            c.post("/function/front", b"ok").text(),
+            "front via echo: ok"
+        );
+    }
+    engine.stop();
+}

@@ -79,8 +79,9 @@ impl LoopState {
         let timeout = cfg.timeout.min(deadline);
         let max_queue = cfg.max_queue;
         // HTTP bodies were held to max_payload before they were read; an
-        // internal call's input is held to it here.
-        if matches!(origin, Origin::Internal { .. }) && payload.len() > cfg.max_payload {
+        // internal call's input is held to it here, also one another loop
+        // forwarded (its origin is then `Remote`, whatever it was there).
+        if !matches!(origin, Origin::External(_)) && payload.len() > cfg.max_payload {
             return Admission::Rejected((
                 STATUS_TOO_LARGE,
                 format!(
