@@ -459,3 +459,41 @@ fn engine_killed_by_sigkill_takes_its_workers_along() {
         .unwrap_or_else(|| engine.fail("SIGKILL did not end the engine"));
     assert!(!status.success());
 }
+
+#[test]
+fn workers_killed_for_overrunning_deadlines_are_not_a_crash_loop() {
+    let engine = Engine::builder()
+        .args([
+            "--set",
+            "sleep.timeout=300ms",
+            "--set",
+            "sleep.max_workers=1",
+        ])
+        .start();
+    // Each call overruns its deadline; the engine kills the stuck worker a
+    // second later and starts another. Three in a row are three 504s, not
+    // a function that "keeps crashing" (whose calls would get 503).
+    for round in 0..3 {
+        let old = engine.workers("sleep");
+        let r = engine.post("/function/sleep?us=5000000", b"");
+        assert_eq!(r.status, 504, "round {round}: {}", r.text());
+        let deadline = Instant::now() + LONG;
+        while engine.workers("sleep") == old || engine.workers("sleep").is_empty() {
+            assert!(Instant::now() < deadline, "round {round}: not replaced");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let log = engine.log_text();
+    assert_eq!(
+        log.matches("past its call's deadline; killing it").count(),
+        3,
+        "{log}"
+    );
+    assert!(!log.contains("keeps crashing"), "{log}");
+    let sleep = engine
+        .functions_status()
+        .into_iter()
+        .find(|f| f["name"] == "sleep")
+        .expect("sleep in /system/functions");
+    assert_eq!(sleep["crash_looping"], false, "{sleep}");
+}

@@ -131,7 +131,7 @@ impl RequestHandler for LoopState {
                 } else {
                     let _ = responder.respond(
                         id,
-                        &text(503, "starting: not every function has min_workers ready\n"),
+                        &text(503, "not every function has min_workers ready (starting, or restarting workers that failed)\n"),
                     );
                 }
             }

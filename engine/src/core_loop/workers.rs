@@ -45,6 +45,10 @@ pub(crate) struct WorkerSlot {
     /// When the call it runs was answered 504 without it: a worker still busy
     /// [`STUCK_GRACE`] later is killed and replaced.
     pub abandoned_at: Option<std::time::Instant>,
+    /// The engine killed it for that: its death is no crash (no back-off,
+    /// no `crash_looping`; a function whose calls overrun their deadline
+    /// is not failing to start).
+    pub killed_as_stuck: bool,
     /// The core it has to itself (spinning workers), returned when it goes.
     pub own_core: Option<usize>,
 }
@@ -59,6 +63,8 @@ enum Departure {
     Disconnected,
     /// Scaled down while idle.
     Retired,
+    /// Killed by the engine, still running a call past its deadline.
+    KilledAsStuck,
 }
 
 /// How long a worker may keep running a call that already timed out.
@@ -252,6 +258,7 @@ impl LoopState {
             backlog: VecDeque::new(),
             broken: None,
             abandoned_at: None,
+            killed_as_stuck: false,
             own_core,
         };
         let key = self.workers.insert(slot);
@@ -301,7 +308,13 @@ impl LoopState {
             let Some(status) = status else { continue };
             work += 1;
             let why = describe_exit(&status);
-            self.remove_worker(w, &why, Departure::Died, server);
+            let stuck = self.workers.get(w).is_some_and(|s| s.killed_as_stuck);
+            let departure = if stuck {
+                Departure::KilledAsStuck
+            } else {
+                Departure::Died
+            };
+            self.remove_worker(w, &why, departure, server);
         }
         self.exited = exited;
         self.exited.clear();
@@ -331,7 +344,7 @@ impl LoopState {
         departure: Departure,
         server: &mut HttpServer<T>,
     ) {
-        let crashed = departure != Departure::Retired;
+        let crashed = matches!(departure, Departure::Died | Departure::Disconnected);
         let outstanding = self.workers.get(w).map_or(0, |s| s.outstanding);
         self.adjust_outstanding(w, -(outstanding as i32));
         let Some(slot) = self.workers.remove(w) else {
@@ -404,7 +417,7 @@ impl LoopState {
         let pid = gone.worker.pid;
         let untaken = match departure {
             Departure::Died => self.untaken_input(gone.sender, key, name, pid),
-            Departure::Disconnected | Departure::Retired => None,
+            Departure::Disconnected | Departure::Retired | Departure::KilledAsStuck => None,
         };
         let Some((flags, input)) = untaken else {
             let msg = format!("worker of {name} (pid {pid}) {why} while running the call");
@@ -568,6 +581,7 @@ impl LoopState {
                     slot.worker.pid,
                     STUCK_GRACE.as_millis()
                 );
+                slot.killed_as_stuck = true;
                 slot.worker.kill();
             }
         }
