@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use nocturne_ipc::channel::{ChannelConfig, WaitPolicy, MAX_ARENA_BYTES};
-use nocturne_net::http::Limits;
+use nocturne_net::http::{ConnectionLimit, Limits};
 use nocturne_net::kernel::{KernelOptions, KernelTransport};
 use nocturne_net::{SmoltcpOptions, SmoltcpTransport, Transport};
 
@@ -37,10 +37,12 @@ pub(crate) fn lingering_share(connections: usize) -> usize {
     (connections / 8).max(16)
 }
 
-/// HTTP limits of core loop `index`: `max_connections` is an engine-wide cap,
-/// split across loops.
+/// HTTP limits of core loop `index`. `max_connections` is an engine-wide
+/// cap that the loops count against together (`LoopContext::connections`):
+/// any loop may hold all of them. Lingering closes get a loop's even share's
+/// worth (the open-files budget counts them so).
 pub(crate) fn http_limits(config: &Config, index: usize) -> Limits {
-    let max_connections = connection_share(config.max_connections, config.io_cores.len(), index);
+    let share = connection_share(config.max_connections, config.io_cores.len(), index);
     Limits {
         max_header_bytes: config.max_header_bytes,
         max_body_bytes: config
@@ -50,8 +52,8 @@ pub(crate) fn http_limits(config: &Config, index: usize) -> Limits {
             .max()
             .unwrap_or(0)
             .max(64 * 1024),
-        max_connections,
-        max_lingering: lingering_share(max_connections),
+        max_connections: config.max_connections,
+        max_lingering: lingering_share(share),
         header_timeout: config.header_timeout,
         idle_timeout: config.keepalive_timeout,
         ..Limits::default()
@@ -216,6 +218,7 @@ impl Engine {
             config: config.clone(),
             status,
             spawner: Arc::new(Spawner::start()),
+            connections: Arc::new(ConnectionLimit::new(config.max_connections)),
             stop: Arc::new(AtomicBool::new(false)),
             draining: Arc::new(AtomicBool::new(false)),
             exe: std::env::current_exe().context("cannot locate the nocturne binary")?,
@@ -253,13 +256,12 @@ impl Engine {
                     SmoltcpOptions::new(sc.device.clone(), sc.address, config.listen.port());
                 opts.gateway = sc.gateway;
                 opts.queues = loops;
+                // The transport's own cap must sit above the HTTP layer's
+                // (which any loop may reach), or its resets pre-empt the
+                // HTTP 503 a client can read.
+                opts.max_connections = config.max_connections + 64;
                 let transports = (0..loops)
-                    .map(|index| {
-                        // The transport's own cap must sit above the HTTP
-                        // layer's (the loop's connection share), or its
-                        // resets pre-empt the HTTP 503 a client can read.
-                        opts.max_connections =
-                            connection_share(config.max_connections, loops, index) + 64;
+                    .map(|_| {
                         SmoltcpTransport::open(&opts).with_context(|| {
                             format!(
                                 "cannot open {} for the smoltcp stack",

@@ -305,3 +305,50 @@ max_payload = "1KiB"
     }
     engine.stop();
 }
+
+#[test]
+fn max_connections_counts_over_every_loop() {
+    let Some(config) = two_loops("timeout = \"300ms\"") else {
+        return;
+    };
+    // The kernel spreads connections over the loops unevenly: each loop
+    // holding half of the limit refused connections one loop could not
+    // take while the other had room. Together, exactly eight are served.
+    let engine = Engine::builder()
+        .config(&config)
+        .args(["--max-connections", "8"])
+        .start();
+    let mut open = Vec::new();
+    for i in 0..8 {
+        let mut c = engine.client();
+        let r = c.post("/function/bar", b"x");
+        assert_eq!(r.status, 200, "connection {i}: {}", r.text());
+        open.push(c);
+    }
+    for i in 0..4 {
+        let r = engine.client().post("/function/bar", b"x");
+        assert_eq!(
+            r.status,
+            503,
+            "connection {} of 8 allowed: {}",
+            9 + i,
+            r.text()
+        );
+    }
+    // One leaves: one more may come, whichever loop takes it.
+    drop(open.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = engine.client().post("/function/bar", b"x");
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no room after a close: {}",
+            r.text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    engine.stop();
+}

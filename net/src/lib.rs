@@ -39,8 +39,8 @@ pub mod smoltcp;
 pub mod transport;
 
 pub use http::{
-    EarlyAnswer, HttpServer, Limits, Method, Request, RequestHandler, RequestHead, RequestId,
-    RespondError, Responder, Response,
+    ConnectionLimit, EarlyAnswer, HttpServer, Limits, Method, Request, RequestHandler, RequestHead,
+    RequestId, RespondError, Responder, Response,
 };
 pub use kernel::{KernelOptions, KernelTransport};
 // `self::`: the module, not the smoltcp crate it wraps.

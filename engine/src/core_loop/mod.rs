@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use nocturne_net::http::HttpServer;
+use nocturne_net::http::{ConnectionLimit, HttpServer};
 use nocturne_net::Transport;
 
 use nocturne_ipc::YieldContention;
@@ -65,6 +65,8 @@ pub struct LoopContext {
     pub status: Arc<EngineStatus>,
     /// Starts worker processes off the hot path.
     pub spawner: Arc<Spawner>,
+    /// `max_connections`, counted over every loop's connections.
+    pub connections: Arc<ConnectionLimit>,
     /// Set to ask every loop to stop at once.
     pub stop: Arc<AtomicBool>,
     /// Set to ask every loop to drain: stop accepting, finish in-flight calls
@@ -180,6 +182,7 @@ impl<T: Transport> CoreLoop<T> {
         let config = &ctx.config;
         let limits = crate::engine::http_limits(config, index);
         let mut server = HttpServer::new(transport, limits);
+        server.share_connection_limit(ctx.connections.clone());
         let wake_fd = Arc::new(crate::sys::eventfd()?);
         server
             .transport_mut()

@@ -26,12 +26,14 @@
 //! Leniencies, on purpose: a missing `Host` header is accepted; empty lines
 //! before a request line are skipped (RFC 9112 §2.2).
 
+mod connection_limit;
 mod parse;
 mod response;
 mod server;
 
 use std::time::Duration;
 
+pub use connection_limit::ConnectionLimit;
 pub use server::{HttpServer, Responder};
 
 use crate::transport::ConnId;

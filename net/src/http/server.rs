@@ -29,12 +29,14 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::parse::{HeaderSpan, Progress, RequestError, RequestParser};
 use super::response::{self, Framing, CONTINUE, SERVICE_UNAVAILABLE};
 use super::{
-    Limits, Method, Request, RequestHandler, RequestHead, RequestId, RespondError, Response,
+    ConnectionLimit, Limits, Method, Request, RequestHandler, RequestHead, RequestId, RespondError,
+    Response,
 };
 use crate::transport::{ConnId, Transport, TransportEvent};
 
@@ -502,6 +504,8 @@ pub struct HttpServer<T: Transport> {
     active: usize,
     lingering: usize,
     rejected: u64,
+    /// A cap shared with other servers, on top of `limits.max_connections`.
+    shared_limit: Option<Arc<ConnectionLimit>>,
     now: Instant,
     tick: Duration,
     next_scan: Instant,
@@ -536,6 +540,7 @@ impl<T: Transport> HttpServer<T> {
             active: 0,
             lingering: 0,
             rejected: 0,
+            shared_limit: None,
             now,
             tick,
             next_scan: now + tick,
@@ -575,6 +580,21 @@ impl<T: Transport> HttpServer<T> {
     /// Connections refused with 503 because `max_connections` were open.
     pub fn rejected_connections(&self) -> u64 {
         self.rejected
+    }
+
+    /// Counts this server's open connections against `limit` too, which
+    /// other servers may share (one per core loop): one more than it allows
+    /// is answered 503, as over `Limits::max_connections`.
+    pub fn share_connection_limit(&mut self, limit: Arc<ConnectionLimit>) {
+        self.shared_limit = Some(limit);
+    }
+
+    /// One open connection fewer.
+    fn close_counted(&mut self) {
+        self.active -= 1;
+        if let Some(limit) = &self.shared_limit {
+            limit.release();
+        }
     }
 
     /// Starts a graceful shutdown of the open connections (the listener is
@@ -719,12 +739,19 @@ impl<T: Transport> HttpServer<T> {
     }
 
     fn on_accepted(&mut self, id: ConnId) {
-        if self.active >= self.limits.max_connections {
+        let shared_full = self.shared_limit.as_ref().is_some_and(|l| !l.try_acquire());
+        if self.active >= self.limits.max_connections || shared_full {
+            if !shared_full {
+                // Acquired above: this one is refused all the same.
+                if let Some(limit) = &self.shared_limit {
+                    limit.release();
+                }
+            }
             self.rejected += 1;
             if self.rejected == 1 {
+                let open = self.shared_limit.as_ref().map_or(self.active, |l| l.open());
                 log::info!(
-                    "nocturne-net: {} connections open (the limit); answering new ones 503",
-                    self.active
+                    "nocturne-net: {open} connections open (the limit); answering new ones 503"
                 );
             }
             // A fresh socket's send buffer takes the whole canned answer.
@@ -1088,7 +1115,7 @@ impl<T: Transport> HttpServer<T> {
         output.phase = Phase::Lingering {
             until: self.now + self.limits.linger_timeout,
         };
-        self.active -= 1;
+        self.close_counted();
         self.lingering += 1;
         // Input may already be waiting, and its edge may be spent.
         self.inputs[slot].readable = true;
@@ -1122,12 +1149,12 @@ impl<T: Transport> HttpServer<T> {
     }
 
     fn teardown(&mut self, slot: usize) {
-        let output = &mut self.outputs.slots[slot];
-        match output.phase {
+        match self.outputs.slots[slot].phase {
             Phase::Free => return,
-            Phase::Open => self.active -= 1,
+            Phase::Open => self.close_counted(),
             Phase::Lingering { .. } => self.lingering -= 1,
         }
+        let output = &mut self.outputs.slots[slot];
         let id = output.id;
         self.transport.close(id);
         self.outputs.index.remove(&id);
