@@ -352,3 +352,37 @@ fn max_connections_counts_over_every_loop() {
     }
     engine.stop();
 }
+
+#[test]
+fn a_call_cycle_uses_the_workers_of_every_loop_before_it_is_refused() {
+    let Some((first, last)) = two_cores() else {
+        return;
+    };
+    // `rself` calls itself for ever: one worker per loop. On one loop with
+    // two workers the cycle takes both and the third call is refused 508;
+    // split over two loops it must go as deep (a loop whose own workers all
+    // run callers of the call hands it to the other loop's idle one).
+    let config = format!(
+        r#"
+io_cores = "{first},{last}"
+poll = "adaptive"
+
+[[functions]]
+name = "rself"
+builtin = "relay"
+min_workers = 2
+max_workers = 2
+[functions.env]
+RELAY_TO = "rself"
+"#
+    );
+    let engine = Engine::builder().config(&config).start();
+    for mut c in clients(&engine) {
+        let r = c.post("/function/rself", b"x");
+        assert_eq!(r.status, 508, "{}", r.text());
+        let text = r.text();
+        assert!(text.contains("call cycle"), "{text}");
+        assert_eq!(text.matches("rself failed (508)").count(), 2, "{text}");
+    }
+    engine.stop();
+}

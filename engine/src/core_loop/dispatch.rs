@@ -129,6 +129,19 @@ impl LoopState {
                     })
                 }
             }
+        } else if parent.is_some_and(|p| self.would_deadlock(f, p)) && self.another_loop_owns(f) {
+            // Every worker here runs a caller of this call; another loop's
+            // may be free. (There the call has no parent to check, and waits
+            // for its deadline at worst.)
+            let new = NewCall {
+                function: f,
+                origin,
+                parent,
+                depth,
+                deadline,
+                flags,
+            };
+            self.forward_to_owner(new, payload, true)
         } else if parent.is_some_and(|p| self.would_deadlock(f, p)) {
             Admission::Rejected((
                 STATUS_CALL_DEPTH,

@@ -29,7 +29,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use nocturne_functions::protocol::STATUS_OVERLOADED;
+use nocturne_functions::protocol::{STATUS_CALL_DEPTH, STATUS_OVERLOADED};
 use nocturne_ipc::WakeGate;
 use nocturne_net::http::HttpServer;
 use nocturne_net::Transport;
@@ -63,6 +63,11 @@ pub(crate) struct ForwardedCall {
     /// Time left before the call's deadline when it was posted.
     pub remaining: Duration,
     pub input: Vec<u8>,
+    /// Run it only on a worker idle now, else refuse it 508: every worker of
+    /// its function on `from` runs one of its callers, so a worker busy here
+    /// may well be another (queueing it could wait out its deadline in a
+    /// cycle).
+    pub only_if_idle: bool,
 }
 
 /// The result of a forwarded call.
@@ -186,6 +191,28 @@ impl LoopState {
     /// loop, in turn, of those that have; the call stays in this loop's table
     /// (its deadline runs here too) until the answer comes back.
     pub(crate) fn forward(&mut self, new: NewCall, payload: &[u8]) -> Admission {
+        self.forward_to_owner(new, payload, false)
+    }
+
+    /// Whether another loop has workers of `f` (a call that cannot run here
+    /// may run there).
+    pub(crate) fn another_loop_owns(&self, f: u32) -> bool {
+        let owners = self
+            .ctx
+            .config
+            .worker_loops(f as usize)
+            .map_or(self.ctx.loops, <[usize]>::len);
+        self.mail.is_some() && (0..owners).any(|l| l != usize::from(self.index))
+    }
+
+    /// [`forward`](Self::forward), to a loop other than this one when
+    /// `elsewhere` (a call whose every local worker is busy in its callers).
+    pub(crate) fn forward_to_owner(
+        &mut self,
+        new: NewCall,
+        payload: &[u8],
+        elsewhere: bool,
+    ) -> Admission {
         let f = new.function as usize;
         let refuse = |st: &Self, why: String| {
             Admission::Rejected((
@@ -204,10 +231,19 @@ impl LoopState {
             return refuse(self, "no core loop has workers of it".into());
         };
         // The loops with a share are the first ones (`Config::worker_loops`).
-        let owners = self.ctx.config.worker_loops(f).map_or(1, <[usize]>::len);
+        let owners = self
+            .ctx
+            .config
+            .worker_loops(f)
+            .map_or(self.ctx.loops, <[usize]>::len);
+        let index = self.index;
         let fs = &mut self.functions[f];
-        let to = fs.next_owner;
-        fs.next_owner = u8::try_from((usize::from(to) + 1) % owners).expect("loop index");
+        let mut to = fs.next_owner;
+        let step = |l: u8| u8::try_from((usize::from(l) + 1) % owners).expect("loop index");
+        if elsewhere && to == index {
+            to = step(to);
+        }
+        fs.next_owner = step(to);
         let timeout = self.ctx.config.functions[f].timeout.min(new.deadline);
         let key = self.calls.insert(Call {
             origin: new.origin,
@@ -230,6 +266,7 @@ impl LoopState {
             depth: new.depth,
             remaining: timeout,
             input: payload.to_vec(),
+            only_if_idle: elsewhere,
         });
         match mail.post(to, letter) {
             Ok(()) => Admission::Forwarded,
@@ -262,6 +299,15 @@ impl LoopState {
             Some((
                 STATUS_OVERLOADED,
                 format!("no function with id {}", call.function),
+            ))
+        } else if call.only_if_idle && self.functions[call.function as usize].idle.is_empty() {
+            Some((
+                STATUS_CALL_DEPTH,
+                format!(
+                    "call cycle: every worker of {} is busy in a caller of this call, \
+                     or busy on another core loop (raise max_workers or break the cycle)",
+                    self.functions[call.function as usize].name
+                ),
             ))
         } else {
             let new = NewCall {
@@ -376,6 +422,7 @@ mod tests {
             depth: 0,
             remaining: Duration::from_secs(1),
             input: n.to_le_bytes().to_vec(),
+            only_if_idle: false,
         })
     }
 

@@ -366,11 +366,11 @@ impl LoopState {
             Some(call) => self.hand_back_or_fail(call, slot, departure, why, server),
             None => false,
         };
+        // A hand-back has said it already, with the call it saved.
+        if departure != Departure::Retired && !requeued {
+            log::info!("nocturne: worker {name} pid {pid} {why}");
+        }
         if crashed {
-            // A hand-back has said it already, with the call it saved.
-            if !requeued {
-                log::info!("nocturne: worker {name} pid {pid} {why}");
-            }
             let fs = &mut self.functions[f as usize];
             let delay = fs.backoff.on_failure(self.now);
             if !delay.is_zero() {
