@@ -418,6 +418,12 @@ builtin = "relay"
 RELAY_TO = "ping-pong"
 
 [[functions]]
+name = "lost"
+builtin = "relay"
+[functions.env]
+RELAY_TO = "nosuch"
+
+[[functions]]
 name = "echo"
 builtin = "echo"
 "#,
@@ -426,6 +432,16 @@ builtin = "echo"
     let r = engine.post("/function/front", b"x");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.text(), "front via echo: x");
+    // A call to no such function is the caller's bug: 500, not a 404 that
+    // would tell the client its own URL was wrong.
+    let r = engine.post("/function/lost", b"x");
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(
+        r.text()
+            .contains("internal call to unknown function \"nosuch\""),
+        "{}",
+        r.text()
+    );
     // A cycle ends at max_call_depth with 508 instead of running forever.
     let r = engine.post("/function/ping-pong", b"loop");
     assert_eq!(r.status, 508, "{}", r.text());

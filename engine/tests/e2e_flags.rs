@@ -330,7 +330,12 @@ fn spin_us_is_how_long_an_adaptive_io_loop_keeps_running() {
         }
     };
     // The longest budget (1 s): the loop still runs for a while after a call.
-    let engine = Engine::start(&["--poll", "adaptive", "--spin-us", "1000000"]);
+    // Alone (exclusive): beside CPU-bound threads of other tests' engines an
+    // adaptive loop sleeps on purpose (`nocturne_ipc::contention`).
+    let engine = Engine::builder()
+        .args(["--poll", "adaptive", "--spin-us", "1000000"])
+        .exclusive()
+        .start();
     expect_state(
         &engine,
         "--spin-us 1000000",

@@ -60,9 +60,17 @@ impl std::error::Error for Error {}
 
 impl From<InvokeError> for Error {
     /// A failed internal call fails the caller with the callee's status, so a
-    /// client sees e.g. 504 when a callee ran out of time.
+    /// client sees e.g. 504 when a callee ran out of time. Except a call to
+    /// no such function: that is the caller's own bug (500), where passing
+    /// on 404 told the client its URL was wrong.
     fn from(e: InvokeError) -> Self {
-        Self::with_status(e.status(), e.to_string())
+        match e {
+            InvokeError::UnknownFunction(name) => Self::with_status(
+                crate::protocol::STATUS_HANDLER_ERROR,
+                format!("internal call to unknown function {name:?}"),
+            ),
+            e => Self::with_status(e.status(), e.to_string()),
+        }
     }
 }
 
@@ -120,5 +128,23 @@ impl Functions {
     pub fn take(&mut self, name: &str) -> Option<BoxedHandler> {
         let i = self.handlers.iter().position(|(n, _)| n == name)?;
         Some(self.handlers.swap_remove(i).1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_internal_call_fails_the_caller_with_the_callees_status() {
+        let e = Error::from(InvokeError::Timeout {
+            function: "b".into(),
+            message: "function b did not answer within its deadline (1s)".into(),
+        });
+        assert_eq!(e.status(), crate::protocol::STATUS_DEADLINE);
+        // ...but a call to no such function is the caller's bug, not a 404.
+        let e = Error::from(InvokeError::UnknownFunction("nosuch".into()));
+        assert_eq!(e.status(), 500);
+        assert_eq!(e.message(), "internal call to unknown function \"nosuch\"");
     }
 }
