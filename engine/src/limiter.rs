@@ -8,10 +8,11 @@
 //! limit = clamp(ceil(coef × EMA(service time) × EMA(arrival rate)), min, max)
 //! ```
 //!
-//! The dispatcher grows the worker pool toward the limit (ahead of the queue a
-//! larger load would build) and shrinks idle workers back toward `min`. It
-//! does not hold calls back at the limit: a call waits only while no worker
-//! is idle (see `core_loop::dispatch`).
+//! Above the limit, calls queue rather than start: on few cores, running
+//! more of them at once only adds contention. The dispatcher grows the
+//! worker pool toward the limit and shrinks idle workers back toward `min`.
+//! A waiting call passes the limit once it has waited an average service
+//! time (the averages lag a burst; see `core_loop::dispatch`).
 //!
 //! The time fed in is a call's whole time in the system (queueing + execution),
 //! not its execution alone: with execution time only, a closed-loop client
