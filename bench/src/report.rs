@@ -59,7 +59,9 @@ pub struct Machine {
 pub struct CaseResult {
     /// Case name, `mechanism/payload` by convention (`ring-spin/64`).
     pub name: String,
-    /// Number of latency samples behind the percentiles.
+    /// Number of latency samples behind the percentiles (for a batched
+    /// case such as `ring-stream`, the timed windows, each one sample of
+    /// the per-message cost; its messages are in an extra field).
     pub samples: u64,
     /// Median latency, µs.
     pub p50_us: f64,
