@@ -39,6 +39,12 @@
 //! guard), [`net`] (the `--net` engines and the open-loop `conns` client),
 //! `driver` (the rounds).
 //!
+//! Ctrl-C (SIGINT, SIGTERM, SIGHUP) is caught (`sys::catch_interrupts`)
+//! and checked between chunks, windows and requests: the run stops,
+//! reports the cases with samples so far ([`EngineRun`], marked
+//! `interrupted`), and its guards stop every server and remove their
+//! config files and the namespace.
+//!
 //! Run it with `cargo run --release -- bench engine` (`--quick` for a short
 //! run of every case).
 
