@@ -335,6 +335,9 @@ fn kill_peer_mid_run(cores: &str, filter: &str) {
         "100000",
         "--samples",
         "1000",
+        // ring-stream (in "/64") needs 10 windows of 4096 a round.
+        "--stream-messages",
+        "4096000000",
         "--filter",
         filter,
         "--stall-timeout-s",
