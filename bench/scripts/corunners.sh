@@ -13,21 +13,62 @@
 #       --worker-cores 0` (the placement of `bench engine` on 2 cores), whose
 #       idle workers yield on core 0 beside the client.
 # Needs a C compiler, curl, and cores 0 and 1 free. About 10 s a round.
+#
+# Every process it starts (servers, co-runner loops) is recorded in `pids`
+# as it starts: on any exit — a failed ping, a server that never answers,
+# Ctrl-C — the exit trap stops them all, with bounded waits, so that no
+# busy loop outlives the script on core 0.
 set -euo pipefail
+usage="usage: bench/scripts/corunners.sh BINARY [ROUNDS]"
+if (($# < 1 || $# > 2)); then
+    echo "$usage" >&2
+    exit 2
+fi
+if [[ ! -x $1 || -d $1 ]]; then
+    echo "corunners: $1 is not an executable file" >&2
+    echo "$usage" >&2
+    exit 2
+fi
 bin=$(realpath "$1")
 rounds=${2:-5}
+if [[ ! $rounds =~ ^[1-9][0-9]*$ ]]; then
+    echo "corunners: ROUNDS must be a positive number, got $rounds" >&2
+    exit 2
+fi
 here=$(dirname "$(realpath "$0")")
 work=$(mktemp -d)
 pids=()
+
+# Whether process $1 still runs (a zombie, dead but not yet reaped, does not).
+running() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    [[ ${stat##*) } != Z* ]]
+}
+
 cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    local p _
+    for p in ${pids[@]+"${pids[@]}"}; do kill "$p" 2>/dev/null || true; done
+    # Up to 5 s to go on SIGTERM, then SIGKILL: never an unbounded wait.
+    for _ in $(seq 50); do
+        local left=0
+        for p in ${pids[@]+"${pids[@]}"}; do if running "$p"; then left=1; fi; done
+        ((left)) || break
+        sleep 0.1
+    done
+    for p in ${pids[@]+"${pids[@]}"}; do
+        if running "$p"; then kill -KILL "$p" 2>/dev/null || true; fi
+        wait "$p" 2>/dev/null || true
+    done
     rm -rf "$work"
 }
 trap cleanup EXIT
+# A signal ends the script through its exit trap.
+trap 'exit 130' INT
+trap 'exit 143' TERM HUP
 cc -O2 -o "$work/corunner" "$here/corunners/corunner.c"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 100); do curl -sf "$1" >/dev/null && return; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
+wait_http() { for _ in $(seq 100); do curl -sf -m 1 "$1" >/dev/null && return; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
 
 echo_port=$(port)
 "$bin" bench load-echo-server --listen "127.0.0.1:$echo_port" --core 1 --poll spin >"$work/echo.log" 2>&1 &
@@ -43,6 +84,7 @@ ping() {
         # shellcheck disable=SC2086
         "$work/corunner" $spec &
         co+=($!)
+        pids+=($!)
     done
     sleep 0.2
     printf '%-26s ' "$label"
@@ -55,6 +97,7 @@ engine() {
     p=$(port)
     "$bin" serve --listen "127.0.0.1:$p" --poll spin --io-cores 1 --worker-cores 0 >"$work/serve.log" 2>&1 &
     local e=$!
+    pids+=($e)
     wait_http "http://127.0.0.1:$p/healthz"
     ping "engine /function/$path" "$p" "function/$path"
     kill "$e"

@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# The 16-core-host benchmarks, in one bounded run (a few minutes).
+# The 16-core-host benchmarks, in one bounded run: the default steps' time
+# limits add up to 620 s (about 10 minutes, plus up to 10 s of clean-up
+# each); the optional ones add up to 60 s (echo-ceiling), about 10 s
+# (profile) and up to 16 × 20 s (loops).
 #
 # Usage: bench/scripts/host16.sh BINARY OUTDIR [STEP…]
 #   STEP: latency throughput serve-throughput generator compare (default: all),
@@ -31,21 +34,46 @@
 # $LOAD_BIN, when set, runs the load generator (`bench load`) instead of
 # BINARY, so that servers of several builds meet the same client.
 set -u
-BIN=${1:?usage: host16.sh BINARY OUTDIR [STEP…]}
-OUT=${2:?usage: host16.sh BINARY OUTDIR [STEP…]}
+usage="usage: host16.sh BINARY OUTDIR [STEP…]"
+if [ $# -lt 2 ]; then
+  echo "$usage" >&2
+  exit 2
+fi
+BIN=$1
+OUT=$2
 shift 2
 STEPS=${*:-latency throughput serve-throughput generator compare}
-mkdir -p "$OUT"
+KNOWN="latency throughput serve-throughput generator compare echo-ceiling profile loops"
+# Everything is checked before anything runs or is created: a bad step name
+# found after minutes of the steps before it, or an empty OUTDIR left by a
+# run that could not start, helps nobody.
+if [ ! -f "$BIN" ] || [ ! -x "$BIN" ]; then
+  echo "host16: $BIN is not an executable file" >&2
+  echo "$usage" >&2
+  exit 2
+fi
+for step in $STEPS; do
+  case " $KNOWN " in
+    *" $step "*) ;;
+    *) echo "host16: unknown step $step (known: $KNOWN)" >&2; exit 2 ;;
+  esac
+done
 ncpu=$(nproc)
 echo "host16: $ncpu cores, $(uname -r),$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2); steps: $STEPS"
 # SMT siblings share a physical core (and its L1/L2): a worker on the io
 # core's sibling would hand messages over faster but share its pipeline.
 for c in 0 15; do
   sib=/sys/devices/system/cpu/cpu$c/topology/thread_siblings_list
-  [ -r "$sib" ] && echo "host16: core $c shares its physical core with cores $(cat "$sib")"
+  if [ -r "$sib" ] && [ "$(cat "$sib")" != "$c" ]; then
+    echo "host16: core $c shares its physical core with cores $(cat "$sib")"
+  fi
 done
 if [ "$ncpu" -lt 16 ]; then
   echo "host16: needs 16 cores, this machine has $ncpu" >&2
+  exit 2
+fi
+if ! mkdir -p "$OUT"; then
+  echo "host16: cannot create $OUT" >&2
   exit 2
 fi
 

@@ -36,6 +36,8 @@
 //! [`BenchCommand`] and [`run`].
 
 pub mod baseline;
+#[cfg(test)]
+mod build_info;
 pub mod chart;
 pub mod compare;
 pub mod engine;

@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -36,7 +36,9 @@ pub struct Report {
 /// Where and how a report was produced.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Machine {
-    /// `git rev-parse HEAD` of the working directory, or `"unknown"`.
+    /// The commit the binary was built from ([`BUILD_COMMIT`]: a short
+    /// hash, `-dirty` when built with uncommitted changes, or `"unknown"`),
+    /// unless `$NOCTURNE_BENCH_COMMIT` names one.
     pub commit: String,
     /// The CPU model from `/proc/cpuinfo`, or `"unknown"`.
     pub cpu_model: String,
@@ -57,7 +59,9 @@ pub struct Machine {
 pub struct CaseResult {
     /// Case name, `mechanism/payload` by convention (`ring-spin/64`).
     pub name: String,
-    /// Number of latency samples behind the percentiles.
+    /// Number of latency samples behind the percentiles (for a batched
+    /// case such as `ring-stream`, the timed windows, each one sample of
+    /// the per-message cost; its messages are in an extra field).
     pub samples: u64,
     /// Median latency, µs.
     pub p50_us: f64,
@@ -222,6 +226,52 @@ pub fn prepare_output(path: &Path) -> Result<(), ReportError> {
     Ok(())
 }
 
+/// Two outputs of one run that name the same file: the second write
+/// would silently replace the first.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{first} and {second} name the same file {path}: give each output its own")]
+pub struct OutputClash {
+    /// The first output's name (its flag).
+    pub first: String,
+    /// The second output's name.
+    pub second: String,
+    /// The file both name.
+    pub path: String,
+}
+
+/// Refuses one file given for two outputs, before a run starts. `outputs`
+/// pairs each output's name (its flag, as the message shows it) with its
+/// path, if given. Paths are compared made absolute and, where their
+/// directories exist, with those resolved (`..`, symbolic links), so that
+/// two spellings of one file clash too.
+pub fn check_distinct_outputs(outputs: &[(&str, Option<&Path>)]) -> Result<(), OutputClash> {
+    let given: Vec<(&str, &Path, PathBuf)> = outputs
+        .iter()
+        .filter_map(|&(name, path)| path.map(|p| (name, p, comparable(p))))
+        .collect();
+    for (i, (first, path, key)) in given.iter().enumerate() {
+        if let Some((second, ..)) = given[i + 1..].iter().find(|other| &other.2 == key) {
+            return Err(OutputClash {
+                first: (*first).to_owned(),
+                second: (*second).to_owned(),
+                path: path.display().to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `path` as comparable as it gets without creating anything: absolute,
+/// its directory resolved when it exists.
+fn comparable(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let resolved = absolute
+        .parent()
+        .zip(absolute.file_name())
+        .and_then(|(dir, name)| Some(std::fs::canonicalize(dir).ok()?.join(name)));
+    resolved.unwrap_or(absolute)
+}
+
 /// Formats `cases` as an aligned text table (latencies in µs).
 pub fn render_table(cases: &[CaseResult]) -> String {
     let headers = [
@@ -327,8 +377,15 @@ impl Machine {
     }
 }
 
-/// `$NOCTURNE_BENCH_COMMIT` when set (a binary copied to a machine without
-/// the checkout), else `git rev-parse HEAD` in the current directory.
+/// The commit this binary was built from (`<short hash>`, `-dirty` when
+/// built from a tree with uncommitted changes, or "unknown" when built
+/// without git or outside a repository), baked in by `build.rs`.
+pub const BUILD_COMMIT: &str = env!("NOCTURNE_BUILD_COMMIT");
+
+/// `$NOCTURNE_BENCH_COMMIT` when set (a binary whose build could not see
+/// its repository, labelled by hand), else [`BUILD_COMMIT`]. Not the
+/// checkout of the directory the binary runs in: a copied or older binary
+/// would claim a commit it was not built from.
 fn git_commit() -> Option<String> {
     if let Some(commit) = std::env::var("NOCTURNE_BENCH_COMMIT")
         .ok()
@@ -336,13 +393,7 @@ fn git_commit() -> Option<String> {
     {
         return Some(commit.trim().to_owned());
     }
-    let out = std::process::Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    let commit = String::from_utf8(out.stdout).ok()?.trim().to_owned();
-    (out.status.success() && !commit.is_empty()).then_some(commit)
+    Some(BUILD_COMMIT.to_owned()).filter(|c| !c.is_empty())
 }
 
 /// The first `model name` of `/proc/cpuinfo`.
@@ -503,6 +554,41 @@ mod tests {
         // A path under a file (not a directory) fails, naming the path.
         let err = prepare_output(&fresh.join("x.json")).unwrap_err();
         assert!(err.to_string().contains("x.json"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn one_file_for_two_outputs_is_refused_however_spelled() {
+        let dir = std::env::temp_dir().join(format!("nocturne-clash-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let md = dir.join("compare.md");
+        let same = dir.join("sub/../compare.md");
+        let other = dir.join("compare.json");
+        let ok = check_distinct_outputs(&[
+            ("--out (compare.md)", Some(&md)),
+            ("--json", Some(&other)),
+            ("--plot", None),
+        ]);
+        assert_eq!(ok, Ok(()));
+        let err = check_distinct_outputs(&[
+            ("--out (compare.md)", Some(&md)),
+            ("--plot", None),
+            ("--json", Some(&same)),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            (err.first.as_str(), err.second.as_str()),
+            ("--out (compare.md)", "--json")
+        );
+        assert!(err.to_string().contains("name the same file"), "{err}");
+        // A relative spelling of the same file clashes too.
+        let cwd = std::env::current_dir().unwrap();
+        let relative = Path::new("x.json");
+        assert!(check_distinct_outputs(&[
+            ("--json", Some(relative)),
+            ("--hgrm", Some(&cwd.join("x.json"))),
+        ])
+        .is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -203,7 +203,7 @@ fn every_case_runs_and_reports_sane_numbers(cores: Option<&str>) {
         "--warmup",
         "5",
         "--stream-messages",
-        "40000",
+        "100000",
         "--stream-batch",
         "16",
         "--json",
@@ -251,7 +251,10 @@ fn every_case_runs_and_reports_sane_numbers(cores: Option<&str>) {
         let name = &case.name;
         assert_eq!(case.errors, 0, "{name} counted errors");
         if name == "ring-stream/64" {
-            assert_eq!(case.samples, 40_000, "{name}");
+            // 50000 messages a round: 12 whole windows of 4096 (batches of
+            // 16 fill each exactly), the percentiles' samples.
+            assert_eq!(case.samples, 24, "{name}: 2 rounds x 12 windows");
+            assert_eq!(case.extra["messages"], 100_000.0, "{name}");
             assert_eq!(case.extra["batch"], 16.0);
         } else {
             assert_eq!(case.samples, 50, "{name}: 2 rounds x 25 samples");
@@ -332,6 +335,9 @@ fn kill_peer_mid_run(cores: &str, filter: &str) {
         "100000",
         "--samples",
         "1000",
+        // ring-stream (in "/64") needs 10 windows of 4096 a round.
+        "--stream-messages",
+        "4096000000",
         "--filter",
         filter,
         "--stall-timeout-s",

@@ -1,7 +1,9 @@
 //! `NOCTURNE_BENCH_COMMIT` names the commit of every bench report (for a
 //! binary copied to a machine without the checkout): the real binary, run
 //! as a subprocess with the variable set or not (no process-wide
-//! environment is touched), writes it into the JSON's `machine.commit`.
+//! environment is touched), writes it into the JSON's `machine.commit`;
+//! without it, the commit `build.rs` baked into the binary is written,
+//! wherever the binary runs.
 //! The run is the cheapest report there is: `bench ipc`, one pipe case, a
 //! few samples.
 
@@ -25,6 +27,8 @@ fn reported_commit(value: Option<&str>, tag: &str) -> String {
     let scratch = Scratch::new(tag);
     let json = scratch.0.join("ipc.json");
     let mut cmd = command(); // without the test's NOCTURNE_* variables
+                             // Outside any checkout: the commit must not come from the directory.
+    cmd.current_dir(&scratch.0);
     if let Some(value) = value {
         cmd.env(VARIABLE, value);
     }
@@ -82,19 +86,22 @@ fn the_variable_names_the_reports_commit() {
 }
 
 #[test]
-fn without_the_variable_the_commit_comes_from_elsewhere() {
+fn without_the_variable_the_commit_is_the_one_the_binary_was_built_from() {
     if !have_two_cores() {
         return;
     }
-    // Unset, or set to nothing but blanks: `git rev-parse HEAD` where the
-    // binary runs (this checkout, while tests run), or "unknown".
+    // Unset, or set to nothing but blanks: the commit `build.rs` baked in
+    // (a short hash, `-dirty` for a tree with changes, or "unknown"),
+    // whatever directory the binary runs in (the run's is a scratch
+    // directory outside any checkout).
+    let built = nocturne_bench::report::BUILD_COMMIT;
+    let hash = built.strip_suffix("-dirty").unwrap_or(built);
+    assert!(
+        built == "unknown" || (hash.len() >= 4 && hash.chars().all(|c| c.is_ascii_hexdigit())),
+        "the baked-in commit {built:?} is neither a short git hash nor \"unknown\""
+    );
     for (value, tag) in [(None, "unset"), (Some(" \t"), "blank")] {
         let commit = reported_commit(value, tag);
-        assert_ne!(commit, COMMIT);
-        assert!(
-            commit == "unknown"
-                || (commit.len() >= 40 && commit.chars().all(|c| c.is_ascii_hexdigit())),
-            "{VARIABLE}={value:?}: commit {commit:?} is neither a git commit nor \"unknown\""
-        );
+        assert_eq!(commit, built, "{VARIABLE}={value:?}");
     }
 }

@@ -122,6 +122,7 @@ fn a_shrunken_quick_comparison_reports_every_system() {
         );
     }
     let md = std::fs::read_to_string(out.join("compare.md")).unwrap();
+    assert!(md.contains("Targets:"), "{md}");
     let svg = std::fs::read_to_string(out.join("compare.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     for system in SYSTEMS {
@@ -136,6 +137,21 @@ fn a_shrunken_quick_comparison_reports_every_system() {
         .filter(|l| l.starts_with("target: "))
         .count();
     assert_eq!(targets, 3, "{}", run.stdout);
+    // -q: no run log anywhere, and the targets once (the Markdown bullets
+    // are in compare.md, not on stdout).
+    for log in ["ready: pids", "saturation search", "unloaded:"] {
+        assert!(
+            !run.stdout.contains(log),
+            "{log:?} on stdout:\n{}",
+            run.stdout
+        );
+        assert!(
+            !run.stderr.contains(log),
+            "{log:?} on stderr:\n{}",
+            run.stderr
+        );
+    }
+    assert!(!run.stdout.contains("Targets:"), "{}", run.stdout);
     // Every server process ended with the benchmark.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -381,7 +397,33 @@ fn foo_without_bar_fails_clearly() {
 #[test]
 fn bad_compare_options_are_refused_before_anything_starts() {
     let scratch = Scratch::new("badopts");
+    let out = scratch.0.join("out");
+    let out_dir = out.to_str().unwrap();
+    let md = out.join("compare.md");
+    let svg = out.join("compare.svg");
     for (args, message) in [
+        // One file for two outputs: the JSON would replace the table or
+        // the plot.
+        (
+            vec!["--out", out_dir, "--json", md.to_str().unwrap()],
+            "--out (compare.md) and --json name the same file",
+        ),
+        (
+            vec!["--out", out_dir, "--json", svg.to_str().unwrap()],
+            "--out (compare.svg) and --json name the same file",
+        ),
+        // No capacity-overflow panic, no 20 GB body.
+        (
+            vec!["--payload", "18446744073709551615"],
+            "--payload must be at most 524288",
+        ),
+        (
+            vec!["--payload", "20000000000"],
+            "--payload must be at most",
+        ),
+        // A top the ladder would not honour.
+        (vec!["--ladder-max", "0.5"], "--ladder-max 0.5"),
+        (vec!["--ladder-max", "3.3"], "one of 0.75, 1, 1.25"),
         (vec!["--systems", "rpc-hyper,grpc"], "unknown system"),
         (vec!["--systems", "nocturne"], "--saturation"),
         (vec!["--saturation", "fast"], "--saturation"),
@@ -403,5 +445,87 @@ fn bad_compare_options_are_refused_before_anything_starts() {
             run.stderr
         );
         assert!(!run.stdout.contains("ready"), "{args:?} started a system");
+        assert!(!run.stderr.contains("ready"), "{args:?} started a system");
+        assert!(!run.stderr.contains("panicked"), "{args:?}: {}", run.stderr);
+        // Nothing written, and the table's file not touched.
+        assert!(!md.exists() && !svg.exists(), "{args:?}");
     }
+}
+
+/// Ctrl-C during a ladder window: the run ends promptly, prints and
+/// writes what finished (marked as interrupted, no compare.md or
+/// compare.svg), fails, and leaves no server and no config file behind.
+#[test]
+fn an_interrupted_comparison_reports_what_finished_and_cleans_up() {
+    if !have_two_cores() {
+        return;
+    }
+    let scratch = Scratch::new("sigint");
+    let json = scratch.0.join("partial.json");
+    let out = scratch.0.join("out");
+    let stopped = bench_run::interrupt_when(
+        &[
+            "bench",
+            "compare",
+            "--systems",
+            "nocturne",
+            "--saturation",
+            "400",
+            "--pingpong",
+            "100",
+            "--warmup",
+            "100ms",
+            // A window far longer than the test: the signal lands in it.
+            "--duration",
+            "10m",
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        &scratch,
+        "loading every system at",
+        Duration::from_millis(500),
+        RUN_LIMIT,
+        Duration::from_secs(30),
+    );
+    let run = &stopped.run;
+    assert!(!run.success, "an interrupted run must fail");
+    assert!(
+        run.stderr
+            .contains("interrupted during nocturne's 100/s window"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stdout.contains("compare/nocturne/unloaded"),
+        "{}",
+        run.stdout
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(
+        report["machine"]["modes"]["interrupted"], "during nocturne's 100/s window",
+        "{report}"
+    );
+    let names: Vec<&str> = report["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["compare/nocturne/unloaded"], "{report}");
+    assert_eq!(report["cases"][0]["samples"], 100);
+    assert!(!out.join("compare.md").exists() && !out.join("compare.svg").exists());
+    let prefix = format!("nocturne-bench-compare-{}-", run.pid);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_mentioning(&prefix).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "servers outlived the benchmark: {:?}",
+            processes_mentioning(&prefix)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = bench_run::temp_files_starting(&prefix);
+    assert!(left.is_empty(), "config files left behind: {left:?}");
 }

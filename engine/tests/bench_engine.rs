@@ -402,6 +402,15 @@ fn bad_flags_are_refused_before_anything_starts() {
             &["--worker-cores=0-1", "--io-core=1"],
             "must not include the io core",
         ),
+        // --client-core is 0: the clash is --client-cores', and says so.
+        (
+            &["--client-cores=0-1"],
+            "--client-cores and --io-core must differ",
+        ),
+        (
+            &["--duration=0.0000000001"],
+            "--duration must be longer than zero",
+        ),
         (&["--modes=spin,turbo"], "unknown poll mode"),
         (&["--net=kernel,dpdk"], "unknown network stack"),
         (
@@ -577,5 +586,69 @@ fn a_net_run_that_fails_still_removes_its_namespace() {
     assert!(run.stderr.contains("--no-such-flag"), "{}", run.stderr);
     assert_eq!(leftover_namespaces(run.pid), Vec::<String>::new());
     assert!(leftover_configs(run.pid).is_empty());
+    assert_engines_gone(run.pid);
+}
+
+/// Ctrl-C in the middle of the latency rounds (no `--net`): the run ends
+/// promptly, prints and writes the cases measured so far marked as
+/// interrupted, fails, and leaves no engine and no config file behind.
+#[test]
+fn an_interrupted_run_reports_what_it_measured_and_cleans_up() {
+    if !have_two_cores() {
+        return;
+    }
+    let scratch = Scratch::new("sigint");
+    let json = scratch.0.join("partial.json");
+    let stopped = bench_run::interrupt_when(
+        &[
+            "bench",
+            "engine",
+            "--quick",
+            // Rounds enough to outlast any slow machine: the signal comes
+            // in one of them.
+            "--rounds",
+            "100000",
+            "--samples",
+            "100",
+            "--warmup",
+            "10",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        &scratch,
+        "latency cases x",
+        // Into the rounds, past the first (a few hundred round trips).
+        Duration::from_secs(2),
+        RUN_LIMIT,
+        // A round is milliseconds; the servers' shutdown a second or two.
+        Duration::from_secs(30),
+    );
+    let run = &stopped.run;
+    assert!(!run.success, "an interrupted run must fail");
+    assert!(
+        run.stderr.contains("interrupted in latency round"),
+        "{}",
+        run.stderr
+    );
+    // The table of what was measured is printed.
+    assert!(run.stdout.contains("tcp-echo-floor"), "{}", run.stdout);
+    let report = read_report(&json);
+    let interrupted = report["machine"]["modes"]["interrupted"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no modes.interrupted: {report}"));
+    assert!(interrupted.starts_with("in latency round"), "{interrupted}");
+    let names = case_names(&report);
+    // The latency cases, each with the rounds it finished; none of the
+    // cases after the rounds.
+    assert_eq!(names, CASES[..7], "{report}");
+    for case in report["cases"].as_array().unwrap() {
+        assert!(number(case, "samples") > 0.0, "{case}");
+        assert_eq!(case["errors"], 0, "{case}");
+    }
+    assert!(
+        leftover_configs(run.pid).is_empty(),
+        "{:?}",
+        leftover_configs(run.pid)
+    );
     assert_engines_gone(run.pid);
 }

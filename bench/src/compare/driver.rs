@@ -5,6 +5,15 @@
 //! The systems are spawned from this (unpinned) thread before any client
 //! thread pins itself: a child inherits its spawner's CPU mask, and each
 //! server must see every core it was granted.
+//!
+//! Ctrl-C (SIGINT, SIGTERM, SIGHUP, caught by the command with
+//! `engine::sys::catch_interrupts`) ends the run at the next check: what
+//! finished is returned with the [`ComparePhase`] it stopped in, and the
+//! systems are stopped as the run unwinds (their guards remove their
+//! processes and config files). A window cut short is left out.
+//!
+//! The run log (every system started, every rate run) goes to stderr, so
+//! that stdout carries the table alone; `--quiet` drops it.
 
 use std::time::Duration;
 
@@ -13,9 +22,11 @@ use anyhow::Context as _;
 use super::sweep::{KeepUp, Saturation, SaturationSearch, SloLadder};
 use super::systems::{RunningSystem, System};
 use super::CompareSettings;
+use crate::engine::sys;
 use crate::hist::LatencyHistogram;
+use crate::load::baseline::pingpong_until;
 use crate::load::spec::{format_duration, format_rate, Percentile, Slo};
-use crate::load::{pingpong, run_rate, LoadPlan, RateResult, RequestSpec, Targets, Url};
+use crate::load::{run_rate, LoadError, LoadPlan, RateResult, RequestSpec, Targets, Url};
 
 /// One rate of the saturation search.
 #[derive(Debug, Clone)]
@@ -55,7 +66,7 @@ impl SystemResult {
 /// What a whole comparison measured.
 #[derive(Debug, Clone)]
 pub struct CompareOutcome {
-    /// S, requests/s.
+    /// S, requests/s; 0 when an interruption came before S was known.
     pub saturation: f64,
     /// How S was found (`None`: given with --saturation).
     pub search: Option<Saturation>,
@@ -63,7 +74,8 @@ pub struct CompareOutcome {
     pub search_runs: Vec<SearchRun>,
     /// The keep-up verdict used by the search.
     pub keep_up: KeepUp,
-    /// The SLO: p99 ≤ factor × the base system's unloaded p50.
+    /// The SLO: p99 ≤ factor × the base system's unloaded p50 (a zero
+    /// limit when an interruption came before that p50 was measured).
     pub slo: Slo,
     /// The system whose unloaded p50 set the SLO (nocturne when it ran).
     pub slo_base: System,
@@ -74,6 +86,47 @@ pub struct CompareOutcome {
     /// `/proc/loadavg`'s 1, 5 and 15 minute averages at the start and the
     /// end of the run (other work on the machine).
     pub loadavg: (String, String),
+    /// Where a signal (Ctrl-C) stopped the run; `None` for a whole run.
+    pub interrupted: Option<ComparePhase>,
+}
+
+/// Where a signal stopped `bench compare`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ComparePhase {
+    /// Starting (or checking) a system: nothing of it was measured.
+    Starting(System),
+    /// A system's unloaded round trips, which are left out.
+    Unloaded(System),
+    /// The saturation search's window at this rate, which is left out.
+    Search(f64),
+    /// A system's ladder window at this rate, which is left out.
+    Ladder(System, f64),
+    /// After a window had finished (it is reported): the saturation
+    /// search's at this rate, or a system's ladder rate.
+    After(Option<System>, f64),
+}
+
+impl std::fmt::Display for ComparePhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Self::Starting(s) => write!(f, "while starting {}", s.name()),
+            Self::Unloaded(s) => write!(f, "during {}'s unloaded round trips", s.name()),
+            Self::Search(rate) => write!(
+                f,
+                "during the saturation search's {}/s window",
+                format_rate(rate)
+            ),
+            Self::Ladder(s, rate) => {
+                write!(f, "during {}'s {}/s window", s.name(), format_rate(rate))
+            }
+            Self::After(system, rate) => write!(
+                f,
+                "after {}'s {}/s window had ended",
+                system.map_or("the saturation search", System::name),
+                format_rate(rate)
+            ),
+        }
+    }
 }
 
 /// The 1, 5 and 15 minute load averages (`?` where unreadable).
@@ -121,22 +174,51 @@ fn plan_for(
     plan.poll = settings.client_poll;
     plan.timeout = settings.timeout;
     plan.connect_timeout = settings.timeout;
+    // The command catches Ctrl-C: a window in progress ends at once.
+    plan.stop_on_signal = true;
     plan.validate()?;
     Ok(plan)
 }
 
+/// Why the run stopped early: a signal in the named phase, or a failure.
+enum Stop {
+    Interrupted(ComparePhase),
+    Failed(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Stop {
+    fn from(e: E) -> Self {
+        Stop::Failed(e.into())
+    }
+}
+
+/// The run log: lines on stderr, none with `--quiet`.
+macro_rules! log {
+    ($settings:expr, $($arg:tt)*) => {
+        if !$settings.quiet {
+            eprintln!($($arg)*);
+        }
+    };
+}
+
 /// Thaws `system`, runs `plan` at `rate`, freezes it again; a failure
-/// names the system and carries its log if it died.
+/// names the system and carries its log if it died. A signal before or
+/// during the window is `Stop::Interrupted(phase)`.
 fn measure(
     system: &mut RunningSystem,
     plan: &LoadPlan,
     rate: f64,
     progress: bool,
-) -> anyhow::Result<RateResult> {
+    phase: ComparePhase,
+) -> Result<RateResult, Stop> {
     system.resume()?;
     let result = run_rate(plan, rate, progress);
     let alive = system.check_alive();
     let paused = system.pause();
+    let result = match result {
+        Err(LoadError::Interrupted(_)) => return Err(Stop::Interrupted(phase)),
+        other => other,
+    };
     let result = result.with_context(|| {
         format!(
             "{} at {}/s{}",
@@ -147,6 +229,14 @@ fn measure(
     })?;
     paused?;
     Ok(result)
+}
+
+/// `Stop::Interrupted(phase)` once a signal has come.
+fn stop_if_interrupted(phase: ComparePhase) -> Result<(), Stop> {
+    if sys::interrupted() {
+        return Err(Stop::Interrupted(phase));
+    }
+    Ok(())
 }
 
 fn line(system: System, r: &RateResult, verdict: &str) -> String {
@@ -162,11 +252,54 @@ fn line(system: System, r: &RateResult, verdict: &str) -> String {
     )
 }
 
-/// Runs the whole comparison.
+/// What the run has measured so far (all of it, once it ends).
+struct Progress {
+    running: Vec<RunningSystem>,
+    /// Per running system, once its round trips finished.
+    unloaded: Vec<Option<LatencyHistogram>>,
+    slo: Option<(Slo, System)>,
+    search_runs: Vec<SearchRun>,
+    saturation: Option<(f64, Option<Saturation>)>,
+    ladders: Vec<SloLadder>,
+    /// Per running system, its ladder runs.
+    runs: Vec<Vec<RateResult>>,
+    /// Where the run is (what an error there interrupted).
+    phase: ComparePhase,
+}
+
+/// Runs the whole comparison; with a signal, as much of it as finished
+/// (see [`CompareOutcome::interrupted`]).
 pub fn run_compare(settings: &CompareSettings) -> anyhow::Result<CompareOutcome> {
-    let placement = &settings.placement;
     let loadavg_start = loadavg();
-    println!(
+    let mut progress = Progress {
+        running: Vec::with_capacity(settings.systems.len()),
+        unloaded: Vec::new(),
+        slo: None,
+        search_runs: Vec::new(),
+        saturation: None,
+        ladders: Vec::new(),
+        runs: Vec::new(),
+        phase: ComparePhase::Starting(settings.systems[0]),
+    };
+    let interrupted = match run_phases(settings, &mut progress, &loadavg_start) {
+        Ok(()) => None,
+        Err(Stop::Interrupted(phase)) => Some(phase),
+        // What stopped the run then (a read cut short, a server that took
+        // the same Ctrl-C) was the interruption.
+        Err(Stop::Failed(_)) if sys::interrupted() => Some(progress.phase),
+        Err(Stop::Failed(e)) => return Err(e),
+    };
+    Ok(outcome(settings, progress, interrupted, loadavg_start))
+}
+
+fn run_phases(
+    settings: &CompareSettings,
+    progress: &mut Progress,
+    loadavg_start: &str,
+) -> Result<(), Stop> {
+    let placement = &settings.placement;
+    log!(
+        settings,
         "bench compare: client on cores {:?}, nocturne io cores {:?} + worker cores {:?} (poll {}), \
          baselines {} tokio threads on cores {:?}; load average {loadavg_start}",
         settings.client_cores,
@@ -177,27 +310,33 @@ pub fn run_compare(settings: &CompareSettings) -> anyhow::Result<CompareOutcome>
         placement.server_cores,
     );
     // Start everything before any client thread exists; freeze each.
-    let mut running = Vec::with_capacity(settings.systems.len());
     for &system in &settings.systems {
+        progress.phase = ComparePhase::Starting(system);
+        stop_if_interrupted(progress.phase)?;
         let mut started = RunningSystem::start(system, placement)?;
         started.check_chain(&settings.payload, settings.timeout)?;
-        println!(
+        log!(
+            settings,
             "  {} ready: pids {:?}, foo on http://{}",
             system.name(),
             started.pids(),
             started.addr()
         );
         started.pause()?;
-        running.push(started);
+        progress.running.push(started);
+        progress.unloaded.push(None);
+        progress.runs.push(Vec::new());
     }
 
     // Unloaded round trips.
-    let mut unloaded = Vec::with_capacity(running.len());
-    for system in &mut running {
+    for i in 0..progress.running.len() {
+        let system = &mut progress.running[i];
+        let name = system.system().name();
+        progress.phase = ComparePhase::Unloaded(system.system());
         let plan = plan_for(settings, system, settings.duration)?;
         let kind = &plan.targets.kinds[0];
         system.resume()?;
-        let hist = pingpong(
+        let hist = pingpong_until(
             system.addr(),
             &kind.wire,
             true,
@@ -205,100 +344,69 @@ pub fn run_compare(settings: &CompareSettings) -> anyhow::Result<CompareOutcome>
             (settings.pingpong / 10).max(50),
             Some(settings.client_cores[0]),
             settings.timeout,
-        )
-        .with_context(|| format!("{}: unloaded round trips", system.system().name()));
+            sys::interrupted,
+        );
         system.pause()?;
-        let hist = hist?;
-        println!(
+        let hist = match hist {
+            Err(LoadError::Interrupted(_)) => return Err(Stop::Interrupted(progress.phase)),
+            other => other.with_context(|| format!("{name}: unloaded round trips"))?,
+        };
+        log!(
+            settings,
             "  {:<9} unloaded: p50 {:.1} p99 {:.1} p99.9 {:.1} µs ({} round trips)",
-            system.system().name(),
+            name,
             hist.quantile_ns(0.5) as f64 / 1e3,
             hist.quantile_ns(0.99) as f64 / 1e3,
             hist.quantile_ns(0.999) as f64 / 1e3,
             hist.len()
         );
-        unloaded.push(hist);
+        progress.unloaded[i] = Some(hist);
     }
-    let slo_base_index = running
+    let slo_base_index = progress
+        .running
         .iter()
         .position(|s| s.system() == System::Nocturne)
         .unwrap_or(0);
-    let slo_base = running[slo_base_index].system();
-    let base_p50_ns = unloaded[slo_base_index].quantile_ns(0.5).max(1);
+    let slo_base = progress.running[slo_base_index].system();
+    let base_p50_ns = progress.unloaded[slo_base_index]
+        .as_ref()
+        .map_or(1, |h| h.quantile_ns(0.5).max(1));
     let slo = Slo {
         percentile: Percentile::Quantile(0.99),
         limit: Duration::from_nanos((base_p50_ns as f64 * settings.slo_factor).round() as u64),
     };
-    println!(
+    log!(
+        settings,
         "  SLO: {slo} ({} × {}'s unloaded p50 of {:.1} µs)",
         settings.slo_factor,
         slo_base.name(),
         base_p50_ns as f64 / 1e3
     );
+    progress.slo = Some((slo, slo_base));
 
     // S.
-    let mut search_runs = Vec::new();
-    let (saturation, search) = match settings.saturation {
+    let saturation = match settings.saturation {
         Some(s) => {
-            println!("  S = {}/s (given)", format_rate(s));
-            (s, None)
+            log!(settings, "  S = {}/s (given)", format_rate(s));
+            progress.saturation = Some((s, None));
+            s
         }
         None => {
-            let hyper = running
-                .iter_mut()
-                .find(|s| s.system() == System::RpcHyper)
-                .context("the saturation search needs rpc-hyper")?;
-            let plan = plan_for(settings, hyper, settings.sweep_duration)?;
-            let mut search =
-                SaturationSearch::new(settings.sweep_start, settings.sweep_max, settings.refine)?
-                    .with_miss_runs(settings.miss_runs);
-            println!(
-                "  saturation search on rpc-hyper ({} windows; kept up = no errors, achieved >= {} of offered, p50 <= {}):",
-                format_duration(settings.sweep_duration),
-                settings.keep_up.min_achieved,
-                format_duration(settings.keep_up.max_p50)
-            );
-            while let Some(rate) = search.next_rate() {
-                let result = measure(hyper, &plan, rate, settings.progress)?;
-                let p50 = Duration::from_nanos(result.latency.quantile_ns(0.5));
-                let kept_up =
-                    settings
-                        .keep_up
-                        .kept_up(rate, result.achieved_per_s(), p50, result.errors());
-                println!(
-                    "{}",
-                    line(
-                        System::RpcHyper,
-                        &result,
-                        if kept_up { "kept up" } else { "saturated" }
-                    )
-                );
-                search.record(rate, kept_up);
-                search_runs.push(SearchRun { result, kept_up });
-            }
-            let found = search.saturation()?;
-            match found {
-                Saturation::Found { rate, missed } => println!(
-                    "  S = {}/s (rpc-hyper kept up there, not at {}/s)",
-                    format_rate(rate),
-                    format_rate(missed)
-                ),
-                Saturation::Capped { rate } => println!(
-                    "  S = {}/s: rpc-hyper kept up with every rate up to the cap (--sweep-max)",
-                    format_rate(rate)
-                ),
-            }
-            (found.rate(), Some(found))
+            let found = search_saturation(settings, progress)?;
+            progress.saturation = Some((found.rate(), Some(found)));
+            found.rate()
         }
     };
 
     // The ladders, one rate per system per round, rotated.
-    let mut ladders: Vec<SloLadder> = running
+    progress.ladders = progress
+        .running
         .iter()
         .map(|_| SloLadder::new(saturation, settings.ladder_max))
         .collect();
-    let comparison_rates = ladders[0].comparison_rates();
-    println!(
+    let comparison_rates = progress.ladders[0].comparison_rates();
+    log!(
+        settings,
         "  loading every system at {} (0.25, 0.5, 0.75 × S), then higher while {slo} holds:",
         comparison_rates
             .iter()
@@ -306,57 +414,156 @@ pub fn run_compare(settings: &CompareSettings) -> anyhow::Result<CompareOutcome>
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let plans = running
+    let plans = progress
+        .running
         .iter()
         .map(|s| plan_for(settings, s, settings.duration))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut runs: Vec<Vec<RateResult>> = running.iter().map(|_| Vec::new()).collect();
-    let n = running.len();
+    let n = progress.running.len();
     for round in 0.. {
         let mut any = false;
         for k in 0..n {
             let i = (k + round) % n;
-            let Some(rate) = ladders[i].next_rate() else {
+            let Some(rate) = progress.ladders[i].next_rate() else {
                 continue;
             };
             any = true;
-            let result = measure(&mut running[i], &plans[i], rate, settings.progress)?;
+            let system = progress.running[i].system();
+            progress.phase = ComparePhase::Ladder(system, rate);
+            let result = measure(
+                &mut progress.running[i],
+                &plans[i],
+                rate,
+                settings.progress,
+                progress.phase,
+            )?;
             let met = result.meets(std::slice::from_ref(&slo));
-            println!(
+            log!(
+                settings,
                 "{}",
-                line(
-                    running[i].system(),
-                    &result,
-                    if met { "SLO met" } else { "SLO MISSED" }
-                )
+                line(system, &result, if met { "SLO met" } else { "SLO MISSED" })
             );
-            ladders[i].record(rate, met);
-            runs[i].push(result);
+            progress.ladders[i].record(rate, met);
+            progress.runs[i].push(result);
+            stop_if_interrupted(ComparePhase::After(Some(system), rate))?;
         }
         if !any {
             break;
         }
     }
+    Ok(())
+}
 
+/// rpc-hyper's saturation rate S (see [`SaturationSearch`]).
+fn search_saturation(
+    settings: &CompareSettings,
+    progress: &mut Progress,
+) -> Result<Saturation, Stop> {
+    let hyper = progress
+        .running
+        .iter_mut()
+        .find(|s| s.system() == System::RpcHyper)
+        .context("the saturation search needs rpc-hyper")?;
+    let plan = plan_for(settings, hyper, settings.sweep_duration)?;
+    let mut search =
+        SaturationSearch::new(settings.sweep_start, settings.sweep_max, settings.refine)?
+            .with_miss_runs(settings.miss_runs);
+    log!(
+        settings,
+        "  saturation search on rpc-hyper ({} windows; kept up = no errors, achieved >= {} of offered, p50 <= {}):",
+        format_duration(settings.sweep_duration),
+        settings.keep_up.min_achieved,
+        format_duration(settings.keep_up.max_p50)
+    );
+    while let Some(rate) = search.next_rate() {
+        progress.phase = ComparePhase::Search(rate);
+        let result = measure(hyper, &plan, rate, settings.progress, progress.phase)?;
+        let p50 = Duration::from_nanos(result.latency.quantile_ns(0.5));
+        let kept_up = settings
+            .keep_up
+            .kept_up(rate, result.achieved_per_s(), p50, result.errors());
+        log!(
+            settings,
+            "{}",
+            line(
+                System::RpcHyper,
+                &result,
+                if kept_up { "kept up" } else { "saturated" }
+            )
+        );
+        search.record(rate, kept_up);
+        progress.search_runs.push(SearchRun { result, kept_up });
+        stop_if_interrupted(ComparePhase::After(None, rate))?;
+    }
+    let found = search.saturation()?;
+    match found {
+        Saturation::Found { rate, missed } => log!(
+            settings,
+            "  S = {}/s (rpc-hyper kept up there, not at {}/s)",
+            format_rate(rate),
+            format_rate(missed)
+        ),
+        Saturation::Capped { rate } => log!(
+            settings,
+            "  S = {}/s: rpc-hyper kept up with every rate up to the cap (--sweep-max)",
+            format_rate(rate)
+        ),
+    }
+    Ok(found)
+}
+
+/// The outcome of what `progress` holds (every system that was started,
+/// with what finished of it); stops nothing (the caller drops `progress`,
+/// which stops the systems, after reading their memory here).
+fn outcome(
+    settings: &CompareSettings,
+    progress: Progress,
+    interrupted: Option<ComparePhase>,
+    loadavg_start: String,
+) -> CompareOutcome {
+    let Progress {
+        running,
+        unloaded,
+        slo,
+        search_runs,
+        saturation,
+        ladders,
+        runs,
+        ..
+    } = progress;
+    let (saturation, search) = saturation.unwrap_or((0.0, None));
+    let (slo, slo_base) = slo.unwrap_or((
+        Slo {
+            percentile: Percentile::Quantile(0.99),
+            limit: Duration::ZERO,
+        },
+        System::Nocturne,
+    ));
+    let comparison_rates = ladders
+        .first()
+        .map(SloLadder::comparison_rates)
+        .unwrap_or_default();
     let systems = running
         .iter()
         .zip(unloaded)
         .zip(runs)
-        .zip(&ladders)
-        .map(|(((system, unloaded), mut runs), ladder)| {
+        .enumerate()
+        .map(|(i, ((system, unloaded), mut runs))| {
             runs.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+            let ladder = ladders.get(i);
             SystemResult {
                 system: system.system(),
-                unloaded,
+                unloaded: unloaded.unwrap_or_default(),
                 runs,
-                best: ladder.best(),
-                reached_top: ladder.reached_top(),
+                best: ladder.and_then(SloLadder::best),
+                reached_top: ladder.is_some_and(SloLadder::reached_top),
                 rss_mib: system.rss_mib(),
                 listening: system.listening_lines(),
             }
         })
         .collect();
-    Ok(CompareOutcome {
+    drop(running);
+    CompareOutcome {
         saturation,
         search,
         search_runs,
@@ -366,5 +573,6 @@ pub fn run_compare(settings: &CompareSettings) -> anyhow::Result<CompareOutcome>
         comparison_rates,
         systems,
         loadavg: (loadavg_start, loadavg()),
-    })
+        interrupted,
+    }
 }

@@ -12,11 +12,15 @@
 //!  ─▶ report (DESIGN §7 JSON), Markdown table, SVG plot, target checks
 //! ```
 //!
-//! Placement on the 2-core VM: nocturne's io loop on core 1 and its
-//! workers on core 0; each baseline process gets the same two cores (one
-//! tokio worker thread pinned to each); the load generator's thread runs
-//! on core 0, sharing it with the servers' core-0 threads in every system
-//! alike. Only the system being measured runs: the others are frozen.
+//! Placement on the 2-core VM (the defaults): the load generator on core
+//! 0; nocturne's io loop and its workers on core 1; each baseline process
+//! on core 1 too (one tokio worker thread). Every system's servers get
+//! exactly the cores the client does not use. Only the system being
+//! measured runs: the others are frozen.
+//!
+//! Ctrl-C stops the run at its next check (see `driver`): the cases that
+//! finished are printed and written to `--json`, marked as interrupted,
+//! and the command fails.
 //!
 //! Modules: [`sweep`] (saturation search and SLO ladder, pure), [`systems`]
 //! (starting and freezing the systems), `driver` (the run), [`output`]
@@ -38,8 +42,8 @@ use crate::load::spec::{format_duration, parse_duration, parse_rate};
 use crate::load::PollMode;
 use crate::pin::{allowed_cores, check_cores_against, parse_core_list};
 
-pub use driver::{run_compare, CompareOutcome, SearchRun, SystemResult};
-pub use sweep::{KeepUp, Saturation, SaturationSearch, SearchError, SloLadder};
+pub use driver::{run_compare, CompareOutcome, ComparePhase, SearchRun, SystemResult};
+pub use sweep::{KeepUp, LadderMaxError, Saturation, SaturationSearch, SearchError, SloLadder};
 pub use systems::{Placement, RunningSystem, System};
 
 /// `nocturne bench compare` options.
@@ -92,10 +96,11 @@ pub struct CompareArgs {
     /// Keep-alive connections of the load generator.
     #[arg(long, default_value_t = 16)]
     pub connections: usize,
-    /// Request body bytes.
+    /// Request body bytes (at most 524288, as `bench engine`).
     #[arg(long, default_value_t = 64)]
     pub payload: usize,
-    /// Measurement window per rate [default: 5s, quick 1s].
+    /// Measurement window per rate, e.g. 5s, 500ms, 1m or 2.5 (seconds)
+    /// [default: 5s, quick 1s].
     #[arg(long)]
     pub duration: Option<String>,
     /// Warm-up before each window [default: 1s, quick 200ms].
@@ -133,13 +138,16 @@ pub struct CompareArgs {
     /// The SLO is this many times nocturne's unloaded p50, at p99.
     #[arg(long, default_value_t = 10.0)]
     pub slo_factor: f64,
-    /// Highest multiple of S the SLO ladder climbs to (at least 0.75).
+    /// Highest multiple of S the SLO ladder climbs to: one of its rungs,
+    /// 0.75, 1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 6 or 8.
     #[arg(long, default_value_t = 8.0)]
     pub ladder_max: f64,
-    /// A request unanswered this long is an error; also each server's start-up limit.
-    #[arg(long, default_value = "10s")]
+    /// A request unanswered this long is an error; also each server's
+    /// start-up limit (e.g. 10s; a bare number is seconds).
+    #[arg(long, alias = "timeout-s", default_value = "10s")]
     pub timeout: String,
-    /// No progress line.
+    /// No run log (it goes to stderr otherwise) and no progress line:
+    /// stdout carries the table, the targets and the files written.
     #[arg(long, short = 'q')]
     pub quiet: bool,
 }
@@ -191,6 +199,8 @@ pub struct CompareSettings {
     pub quick: bool,
     /// Show progress on stderr.
     pub progress: bool,
+    /// No run log on stderr.
+    pub quiet: bool,
     /// Output directory.
     pub out: Option<PathBuf>,
     /// JSON path.
@@ -243,8 +253,20 @@ impl CompareSettings {
         if !(args.slo_factor.is_finite() && args.slo_factor > 0.0) {
             anyhow::bail!("--slo-factor must be positive");
         }
-        if !args.ladder_max.is_finite() {
-            anyhow::bail!("--ladder-max must be a number");
+        let ladder_max = sweep::check_ladder_max(args.ladder_max)?;
+        // Checked before the body is allocated and filled.
+        if args.payload > crate::engine::MAX_PAYLOAD {
+            anyhow::bail!(
+                "--payload must be at most {}, got {}",
+                crate::engine::MAX_PAYLOAD,
+                args.payload
+            );
+        }
+        if args.miss_runs == 0 {
+            anyhow::bail!("--miss-runs must be at least 1");
+        }
+        if args.pingpong == Some(0) {
+            anyhow::bail!("--pingpong must be at least 1");
         }
         if args.connections < args.client_threads.max(1) || args.client_threads == 0 {
             anyhow::bail!("need at least one client thread and a connection per thread");
@@ -302,21 +324,19 @@ impl CompareSettings {
             sweep_start,
             sweep_max,
             refine: args.refine.unwrap_or(if args.quick { 1 } else { 3 }),
-            miss_runs: args.miss_runs.max(1),
+            miss_runs: args.miss_runs,
             keep_up: KeepUp {
                 min_achieved: args.keep_up_fraction,
                 max_p50: keep_up_p50,
             },
             saturation,
-            pingpong: args
-                .pingpong
-                .unwrap_or(if args.quick { 500 } else { 5000 })
-                .max(1),
+            pingpong: args.pingpong.unwrap_or(if args.quick { 500 } else { 5000 }),
             slo_factor: args.slo_factor,
-            ladder_max: args.ladder_max,
+            ladder_max,
             timeout,
             quick: args.quick,
             progress: !args.quiet,
+            quiet: args.quiet,
             out: args.out.clone(),
             json: args.json.clone(),
         })
@@ -359,38 +379,65 @@ impl CompareSettings {
     }
 }
 
+/// The files a run writes: the table and the plot in `--out`, the JSON.
+fn outputs(settings: &CompareSettings) -> Vec<(&'static str, PathBuf)> {
+    let mut outputs = Vec::new();
+    if let Some(dir) = &settings.out {
+        outputs.push(("--out (compare.md)", dir.join(MARKDOWN_FILE)));
+        outputs.push(("--out (compare.svg)", dir.join(PLOT_FILE)));
+    }
+    if let Some(json) = &settings.json {
+        outputs.push(("--json", json.clone()));
+    }
+    outputs
+}
+
+/// The Markdown table's file name in `--out`.
+pub const MARKDOWN_FILE: &str = "compare.md";
+/// The plot's file name in `--out`.
+pub const PLOT_FILE: &str = "compare.svg";
+
 /// `nocturne bench compare`: runs, prints the table and the targets,
-/// writes the outputs, and fails when a comparison case counted errors.
+/// writes the outputs, and fails when a comparison case counted errors or
+/// a signal cut the run short (what finished is still printed and written
+/// to `--json`, marked `interrupted`).
 pub fn run_command(args: &CompareArgs) -> anyhow::Result<()> {
     let settings = CompareSettings::from_args(args)?;
-    // The comparison takes minutes: find out now if its results cannot be kept.
-    let outputs = settings.out.iter().map(|dir| dir.join("compare.md"));
-    for path in outputs.chain(settings.json.clone()) {
-        crate::report::prepare_output(&path)?;
+    // The comparison takes minutes: find out now if its results cannot be
+    // kept, or one would overwrite another.
+    let outputs = outputs(&settings);
+    let named: Vec<(&str, Option<&std::path::Path>)> = outputs
+        .iter()
+        .map(|(name, path)| (*name, Some(path.as_path())))
+        .collect();
+    crate::report::check_distinct_outputs(&named)?;
+    for (_, path) in &outputs {
+        crate::report::prepare_output(path)?;
     }
+    // Ctrl-C (or SIGTERM, SIGHUP) ends the run at its next check; the
+    // systems are stopped as it unwinds.
+    crate::engine::sys::catch_interrupts().context("cannot catch Ctrl-C")?;
     let outcome = run_compare(&settings)?;
     let report = output::build_report(&settings, &outcome);
-    let markdown = output::markdown(&settings, &outcome);
+    if let Some(phase) = outcome.interrupted {
+        return finish_interrupted(&settings, &report, phase);
+    }
     println!();
-    print!("{markdown}");
+    print!("{}", output::markdown_table(&settings, &outcome));
     for check in output::check_targets(&outcome) {
         println!("target: {check}");
     }
     if let Some(dir) = &settings.out {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let md = dir.join("compare.md");
-        std::fs::write(&md, &markdown).with_context(|| format!("cannot write {}", md.display()))?;
+        let md = dir.join(MARKDOWN_FILE);
+        std::fs::write(&md, output::markdown(&settings, &outcome))
+            .with_context(|| format!("cannot write {}", md.display()))?;
         println!("wrote {}", md.display());
-        let svg = dir.join("compare.svg");
+        let svg = dir.join(PLOT_FILE);
         std::fs::write(&svg, plot::render_svg(&outcome))
             .with_context(|| format!("cannot write {}", svg.display()))?;
         println!("wrote {}", svg.display());
     }
     if let Some(path) = &settings.json {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create {}", parent.display()))?;
-        }
         report.write_json(path)?;
         println!("wrote {}", path.display());
     }
@@ -399,4 +446,31 @@ pub fn run_command(args: &CompareArgs) -> anyhow::Result<()> {
         anyhow::bail!("{errors} errors in the comparison runs (see the errors column)");
     }
     Ok(())
+}
+
+/// The end of a run a signal stopped: the cases that finished as the
+/// generic table and in the JSON (`machine.modes.interrupted` says
+/// where); no `compare.md` or `compare.svg`, which would present an
+/// incomplete comparison as a result.
+fn finish_interrupted(
+    settings: &CompareSettings,
+    report: &crate::report::Report,
+    phase: ComparePhase,
+) -> anyhow::Result<()> {
+    println!();
+    print!("{}", report.table());
+    if let Some(path) = &settings.json {
+        report.write_json(path)?;
+        println!("wrote {} (interrupted)", path.display());
+    }
+    let skipped = if settings.out.is_some() {
+        format!("; no {MARKDOWN_FILE} or {PLOT_FILE} written")
+    } else {
+        String::new()
+    };
+    anyhow::bail!(
+        "interrupted {phase}: the {} case(s) that finished are reported above{skipped}; \
+         the systems were stopped",
+        report.cases.len()
+    )
 }

@@ -42,6 +42,11 @@ pub fn half_rate(outcome: &CompareOutcome) -> Option<f64> {
 /// The targets, as far as the systems they compare ran.
 pub fn check_targets(outcome: &CompareOutcome) -> Vec<TargetCheck> {
     let mut checks = Vec::new();
+    // A run cut short has no comparison to check (a system may be missing
+    // its rates): a MISSED there would be the signal's, not the system's.
+    if outcome.interrupted.is_some() {
+        return checks;
+    }
     let (hyper, grpc, noc) = (
         outcome.system(System::RpcHyper),
         outcome.system(System::RpcGrpc),
@@ -127,15 +132,23 @@ pub fn build_report(settings: &CompareSettings, outcome: &CompareOutcome) -> Rep
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-    modes.insert("saturation_rate".into(), outcome.saturation.to_string());
-    modes.insert(
-        "saturation_from".into(),
-        match outcome.search {
-            Some(_) => "search on rpc-hyper".into(),
-            None => "--saturation".into(),
-        },
-    );
-    modes.insert("slo".into(), outcome.slo.to_string());
+    if let Some(phase) = outcome.interrupted {
+        modes.insert("interrupted".into(), phase.to_string());
+    }
+    // An interrupted run may have stopped before S or the SLO was known.
+    if outcome.saturation > 0.0 {
+        modes.insert("saturation_rate".into(), outcome.saturation.to_string());
+        modes.insert(
+            "saturation_from".into(),
+            match outcome.search {
+                Some(_) => "search on rpc-hyper".into(),
+                None => "--saturation".into(),
+            },
+        );
+    }
+    if !outcome.slo.limit.is_zero() {
+        modes.insert("slo".into(), outcome.slo.to_string());
+    }
     modes.insert("loadavg_start".into(), outcome.loadavg.0.clone());
     modes.insert("loadavg_end".into(), outcome.loadavg.1.clone());
     modes.insert("slo_base".into(), outcome.slo_base.name().into());
@@ -163,9 +176,12 @@ pub fn build_report(settings: &CompareSettings, outcome: &CompareOutcome) -> Rep
 
     let mut cases = Vec::new();
     for s in &outcome.systems {
-        let mut unloaded = load_output::pingpong_case(&s.unloaded);
-        unloaded.name = unloaded_case_name(s.system);
-        cases.push(with_extras(unloaded, &[("rss_mb", s.rss_mib)]));
+        // Empty only when a signal came before its round trips finished.
+        if !s.unloaded.is_empty() {
+            let mut unloaded = load_output::pingpong_case(&s.unloaded);
+            unloaded.name = unloaded_case_name(s.system);
+            cases.push(with_extras(unloaded, &[("rss_mb", s.rss_mib)]));
+        }
         for r in &s.runs {
             let mut case = load_output::cases(r, std::slice::from_ref(&outcome.slo))
                 .into_iter()
@@ -225,9 +241,24 @@ fn us(ns: u64) -> String {
     }
 }
 
-/// The Markdown section: setup, the table by rate, the highest rates
-/// under the SLO, and the target checks.
+/// The Markdown section written to `compare.md`: [`markdown_table`] and
+/// the target checks.
 pub fn markdown(settings: &CompareSettings, outcome: &CompareOutcome) -> String {
+    let mut md = markdown_table(settings, outcome);
+    let checks = check_targets(outcome);
+    if !checks.is_empty() {
+        let _ = writeln!(md, "\nTargets:\n");
+        for c in checks {
+            let _ = writeln!(md, "- {c}");
+        }
+    }
+    md
+}
+
+/// The Markdown section without the target checks (the command prints
+/// those once, as `target:` lines like every bench): setup, the table by
+/// rate, the highest rates under the SLO.
+pub fn markdown_table(settings: &CompareSettings, outcome: &CompareOutcome) -> String {
     let mut md = String::new();
     let p = &settings.placement;
     let _ = writeln!(md, "### foo→bar chain: nocturne vs. plain RPC servers\n");
@@ -374,13 +405,6 @@ pub fn markdown(settings: &CompareSettings, outcome: &CompareOutcome) -> String 
         };
         let _ = writeln!(md, "| {} | {best} |", s.system.name());
     }
-    let checks = check_targets(outcome);
-    if !checks.is_empty() {
-        let _ = writeln!(md, "\nTargets:\n");
-        for c in checks {
-            let _ = writeln!(md, "- {c}");
-        }
-    }
     md
 }
 
@@ -459,6 +483,7 @@ mod tests {
             slo_base: System::Nocturne,
             comparison_rates: vec![250.0, 500.0, 750.0],
             loadavg: ("0.1 0.2 0.3".into(), "0.4 0.5 0.6".into()),
+            interrupted: None,
             systems: vec![
                 system(System::RpcHyper, 60, Some(1000.0)),
                 system(System::RpcGrpc, 90, None),
@@ -555,6 +580,102 @@ mod tests {
         for s in System::ALL {
             assert!(svg.contains(s.name()), "{svg}");
         }
+    }
+
+    fn parse_args(argv: &[&str]) -> anyhow::Result<CompareSettings> {
+        let args = <super::super::CompareArgs as clap::FromArgMatches>::from_arg_matches(
+            &<super::super::CompareArgs as clap::Args>::augment_args(clap::Command::new("t"))
+                .try_get_matches_from(std::iter::once("t").chain(argv.iter().copied()))?,
+        )?;
+        CompareSettings::from_args(&args)
+    }
+
+    #[test]
+    fn bad_values_are_refused_before_anything_is_allocated_or_started() {
+        let refused = |argv: &[&str], needle: &str| {
+            let mut all = vec!["--saturation=1000"];
+            all.extend_from_slice(argv);
+            let err = format!("{:#}", parse_args(&all).unwrap_err());
+            assert!(err.contains(needle), "{argv:?}: {err}");
+        };
+        // Checked before `vec![b'p'; payload]`: no capacity overflow.
+        refused(
+            &["--payload=18446744073709551615"],
+            "--payload must be at most 524288",
+        );
+        refused(&["--payload=524289"], "--payload must be at most");
+        assert_eq!(
+            parse_args(&["--saturation=1000", "--payload=524288"])
+                .unwrap()
+                .payload
+                .len(),
+            524288
+        );
+        refused(&["--ladder-max=0.5"], "--ladder-max 0.5");
+        refused(&["--ladder-max=3.3"], "one of 0.75, 1, 1.25");
+        assert_eq!(
+            parse_args(&["--saturation=1000", "--ladder-max=3"])
+                .unwrap()
+                .ladder_max,
+            3.0
+        );
+        refused(&["--miss-runs=0"], "--miss-runs must be at least 1");
+        refused(&["--pingpong=0"], "--pingpong must be at least 1");
+        // Durations in the forms `bench engine` takes; the timeout under
+        // either name.
+        let sets = parse_args(&["--saturation=1000", "--duration=1m", "--timeout-s=7"]).unwrap();
+        assert_eq!(sets.duration, Duration::from_secs(60));
+        assert_eq!(sets.timeout, Duration::from_secs(7));
+        let sets = parse_args(&["--saturation=1000", "--warmup=250us", "--timeout=500ms"]).unwrap();
+        assert_eq!(sets.warmup, Duration::from_micros(250));
+        assert_eq!(sets.timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn an_interrupted_run_reports_what_finished_and_checks_no_target() {
+        let settings = parse_args(&["--saturation=1000"]).unwrap();
+        // Stopped during the search: no S, no SLO, no ladder; nocturne's
+        // round trips never ran.
+        let mut o = outcome();
+        o.interrupted = Some(super::super::ComparePhase::Search(4000.0));
+        o.saturation = 0.0;
+        o.slo.limit = Duration::ZERO;
+        o.comparison_rates.clear();
+        for s in &mut o.systems {
+            s.runs.clear();
+            s.best = None;
+        }
+        o.systems[2].unloaded = LatencyHistogram::new();
+        o.search_runs = vec![super::super::SearchRun {
+            result: rate_result(2000.0, 50),
+            kept_up: true,
+        }];
+        assert!(check_targets(&o).is_empty());
+        let report = build_report(&settings, &o);
+        let modes = &report.machine.modes;
+        assert_eq!(
+            modes["interrupted"],
+            "during the saturation search's 4k/s window"
+        );
+        assert!(!modes.contains_key("saturation_rate") && !modes.contains_key("slo"));
+        assert!(!modes.keys().any(|k| k.starts_with("target: ")));
+        let names: Vec<&str> = report.cases.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "compare/rpc-hyper/unloaded",
+                "compare/rpc-grpc/unloaded",
+                "saturation/rpc-hyper/2000"
+            ]
+        );
+        for c in &report.cases {
+            assert!(c.extra.values().all(|v| v.is_finite()), "{c:?}");
+        }
+        // The table printed for a whole run carries no target bullets:
+        // the command prints them once, as `target:` lines.
+        let whole = outcome();
+        assert!(!markdown_table(&settings, &whole).contains("Targets:"));
+        assert!(markdown(&settings, &whole).contains("Targets:"));
     }
 
     #[test]

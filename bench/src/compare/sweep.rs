@@ -18,6 +18,34 @@ pub const LADDER: [f64; 17] = [
 /// Multiples of S every system runs (the comparison rates).
 pub const COMPARISON: [f64; 3] = [0.25, 0.5, 0.75];
 
+/// A `--ladder-max` the ladder would not honour: not one of its rungs
+/// from the highest comparison multiple (0.75) up.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(
+    "--ladder-max {got}: the ladder climbs in fixed steps, so its top must be one of {}",
+    ladder_tops().map(|f| f.to_string()).collect::<Vec<_>>().join(", ")
+)]
+pub struct LadderMaxError {
+    /// The value given.
+    pub got: f64,
+}
+
+/// The multiples of S the ladder may end at: its rungs from the highest
+/// comparison multiple up (every system runs the comparison rates).
+pub fn ladder_tops() -> impl Iterator<Item = f64> {
+    LADDER
+        .into_iter()
+        .filter(|&f| f >= COMPARISON[COMPARISON.len() - 1])
+}
+
+/// Checks `--ladder-max`: a value between two rungs would be recorded as
+/// given but run as the rung below it, so only rungs are taken.
+pub fn check_ladder_max(max: f64) -> Result<f64, LadderMaxError> {
+    ladder_tops()
+        .find(|&f| f == max)
+        .ok_or(LadderMaxError { got: max })
+}
+
 /// A rate as the integer requests/s every system is offered (at least 1).
 pub fn integer_rate(rate: f64) -> f64 {
     rate.round().max(1.0)
@@ -587,6 +615,21 @@ mod tests {
         let (l, order) = walk(1000.0, 8.0, 0.0);
         assert_eq!(order, vec![250.0, 500.0, 750.0, 125.0, 63.0, 31.0, 16.0]);
         assert_eq!(l.best(), None);
+    }
+
+    #[test]
+    fn the_ladder_max_must_be_a_rung_it_ends_on() {
+        for top in [0.75, 1.0, 2.5, 8.0] {
+            assert_eq!(check_ladder_max(top), Ok(top));
+            // The walk that never misses ends exactly there.
+            let (l, order) = walk(1000.0, top, f64::INFINITY);
+            assert_eq!(order.last(), Some(&(top * 1000.0)), "{top}");
+            assert!(l.reached_top());
+        }
+        for bad in [0.5, 0.0, -1.0, 3.3, 9.0, f64::NAN, f64::INFINITY] {
+            let err = check_ladder_max(bad).unwrap_err();
+            assert!(err.to_string().contains("0.75, 1, 1.25"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -212,8 +212,71 @@ fn prepare_net(settings: &EngineSettings) -> anyhow::Result<Option<(Netns, u64)>
     Ok(Some((ns, limit.now)))
 }
 
-/// Runs every case and returns the report.
-pub fn run_engine(settings: &EngineSettings) -> anyhow::Result<Report> {
+/// Where a signal stopped `bench engine`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnginePhase {
+    /// Starting the servers (or the namespace): nothing was measured.
+    Starting,
+    /// Latency round `round` (from 1) of `rounds`: every latency case has
+    /// the rounds before it, and part of this one.
+    Latency {
+        /// The round in progress.
+        round: usize,
+        /// All rounds.
+        rounds: usize,
+    },
+    /// The throughput, overload or soak case of this name, left out.
+    Case(&'static str),
+    /// `conns` round `round` (from 1) of `rounds`.
+    Conns {
+        /// The round in progress.
+        round: usize,
+        /// All rounds.
+        rounds: usize,
+    },
+}
+
+impl std::fmt::Display for EnginePhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Self::Starting => f.write_str("while starting the servers"),
+            Self::Latency { round, rounds } => {
+                write!(f, "in latency round {round} of {rounds}")
+            }
+            Self::Case(name) => write!(f, "during the {name} case, which is left out"),
+            Self::Conns { round, rounds } => write!(f, "in conns round {round} of {rounds}"),
+        }
+    }
+}
+
+/// What `bench engine` measured: every case, or with `interrupted`, the
+/// ones that had samples when a signal stopped it (the phase is also in
+/// the report's `machine.modes.interrupted`).
+pub struct EngineRun {
+    /// The report of what was measured.
+    pub report: Report,
+    /// Where a signal stopped the run; `None` for a whole run.
+    pub interrupted: Option<EnginePhase>,
+}
+
+/// What the run has measured so far (all of it, once it ends). Holds the
+/// server guards: dropping it stops every server and removes its files.
+struct Measured {
+    slots: Vec<Slot>,
+    reply_bytes: usize,
+    machine: Option<Machine>,
+    throughput: Vec<(ThroughputKind, ThroughputTally, BTreeMap<String, f64>)>,
+    overload: Option<CaseResult>,
+    soak: Option<CaseResult>,
+    conns: Option<(Vec<ConnsCase>, ConnsPlan)>,
+    phase: EnginePhase,
+}
+
+/// Runs every case and returns the report; a signal caught by
+/// [`sys::catch_interrupts`] stops it early with what was measured (see
+/// [`EngineRun`]). Either way every server is stopped and the namespace
+/// removed before it returns.
+pub fn run_engine(settings: &EngineSettings) -> anyhow::Result<EngineRun> {
     let allowed = allowed_cores().context("reading this process's allowed cores")?;
     let mut cores = vec![settings.client_core, settings.io_core];
     cores.extend(&settings.client_cores);
@@ -224,12 +287,123 @@ pub fn run_engine(settings: &EngineSettings) -> anyhow::Result<Report> {
     let payload = vec![b'p'; settings.payload];
     // Made before any server, so dropped after every one of them.
     let net_bed = prepare_net(settings)?;
+    let mut measured = Measured {
+        slots: Vec::new(),
+        reply_bytes: 0,
+        machine: None,
+        throughput: Vec::new(),
+        overload: None,
+        soak: None,
+        conns: None,
+        phase: EnginePhase::Starting,
+    };
+    let interrupted = match measure(settings, &exe, &payload, net_bed.as_ref(), &mut measured) {
+        Ok(()) => None,
+        // Whatever stopped the run then (a read cut short by EINTR, or a
+        // server that took the same Ctrl-C) was the interruption.
+        Err(_) if sys::interrupted() => Some(measured.phase),
+        // `measured` and then `net_bed` drop: servers, then namespace.
+        Err(e) => return Err(e),
+    };
+    let report = measured.report(settings, net_bed.as_ref(), interrupted);
+    for slot in &mut measured.slots {
+        // Our end closes first, so no client socket outlives its server.
+        slot.client = None;
+        let status = slot.process.shutdown(super::server::SHUTDOWN_GRACE)?;
+        if slot.mode.is_some() && !status.success() && interrupted.is_none() {
+            eprintln!(
+                "nocturne bench engine: warning: {} ended with {status}",
+                slot.process.name()
+            );
+        }
+    }
+    drop(measured);
+    drop(net_bed);
+    Ok(EngineRun {
+        report,
+        interrupted,
+    })
+}
 
+impl Measured {
+    /// The report of every case with samples (all of them after a whole
+    /// run), in the run's case order.
+    fn report(
+        &mut self,
+        settings: &EngineSettings,
+        net_bed: Option<&(Netns, u64)>,
+        interrupted: Option<EnginePhase>,
+    ) -> Report {
+        let mut by_name: BTreeMap<String, CaseResult> = BTreeMap::new();
+        for slot in &self.slots {
+            for case in &slot.cases {
+                by_name.insert(case.name.clone(), case.result());
+            }
+        }
+        for (kind, tally, memory) in &self.throughput {
+            let mut case = tally.result(*kind, settings);
+            case.extra.extend(memory.clone());
+            by_name.insert(kind.name().to_owned(), case);
+        }
+        for case in [&self.overload, &self.soak].into_iter().flatten() {
+            by_name.insert(case.name.clone(), case.clone());
+        }
+        if let Some((cases, plan)) = &self.conns {
+            for case in cases {
+                by_name.insert(case.name.clone(), case.result(plan));
+            }
+        }
+        let cases = settings
+            .case_names()
+            .into_iter()
+            .filter_map(|name| by_name.remove(&name))
+            // A case a signal came before has nothing to say.
+            .filter(|case| interrupted.is_none() || case.samples > 0 || case.errors > 0)
+            .collect();
+        let mut machine = self
+            .machine
+            .take()
+            .unwrap_or_else(|| self.probe_machine(settings, net_bed));
+        if let Some(phase) = interrupted {
+            machine
+                .modes
+                .insert("interrupted".to_owned(), phase.to_string());
+        }
+        Report::new("engine", machine, cases)
+    }
+
+    /// The machine and the settings, probed while this process may still
+    /// use every core (before the client pins itself).
+    fn probe_machine(&self, settings: &EngineSettings, net_bed: Option<&(Netns, u64)>) -> Machine {
+        let mut modes = modes_map(settings, self.reply_bytes, &self.slots);
+        if let Some((ns, open_files)) = net_bed {
+            modes.extend(net_modes(settings, ns, *open_files, &self.slots));
+        }
+        Machine::probe(
+            BTreeMap::from([
+                ("client".into(), vec![settings.client_core]),
+                ("throughput_clients".into(), settings.client_cores.clone()),
+                ("io".into(), vec![settings.io_core]),
+                ("workers".into(), settings.worker_cores.clone()),
+            ]),
+            modes,
+        )
+    }
+}
+
+/// The run itself, into `m`; `m.phase` says where it is.
+fn measure(
+    settings: &EngineSettings,
+    exe: &Path,
+    payload: &[u8],
+    net_bed: Option<&(Netns, u64)>,
+    m: &mut Measured,
+) -> anyhow::Result<()> {
     // Spawn every server before pinning: children inherit the mask.
-    let mut slots = Vec::new();
     for &mode in &settings.modes {
+        check_interrupted()?;
         let mut engine =
-            ServerProcess::start(engine_launch(&exe, EnginePlace::Host(mode), settings)?)?;
+            ServerProcess::start(engine_launch(exe, EnginePlace::Host(mode), settings)?)?;
         eprintln!(
             "nocturne bench engine: {} pid {} on http://{}",
             engine.name(),
@@ -238,16 +412,18 @@ pub fn run_engine(settings: &EngineSettings) -> anyhow::Result<Report> {
         );
         engine.pause(PAUSE_TIMEOUT)?;
         let host = engine.addr().to_string();
-        let m = mode.as_str();
+        let mode_name = mode.as_str();
         let cases = [
             (EXTERNAL_CALL, LatencyKind::External),
             (CHAIN, LatencyKind::Chain),
             (INTERNAL_CALL, LatencyKind::Internal),
         ]
         .into_iter()
-        .map(|(prefix, kind)| LatencyCase::new(format!("{prefix}/{m}"), kind, &host, &payload))
+        .map(|(prefix, kind)| {
+            LatencyCase::new(format!("{prefix}/{mode_name}"), kind, &host, payload)
+        })
         .collect();
-        slots.push(Slot {
+        m.slots.push(Slot {
             process: engine,
             mode: Some(mode),
             net: None,
@@ -255,8 +431,10 @@ pub fn run_engine(settings: &EngineSettings) -> anyhow::Result<Report> {
             cases,
         });
     }
-    let reply_bytes = engine_reply_size(&mut slots[0], &payload, settings.timeout)?;
-    let mut floor = ServerProcess::start(floor_launch(&exe, settings, reply_bytes))?;
+    let reply_bytes = engine_reply_size(&mut m.slots[0], payload, settings.timeout)?;
+    m.reply_bytes = reply_bytes;
+    check_interrupted()?;
+    let mut floor = ServerProcess::start(floor_launch(exe, settings, reply_bytes))?;
     eprintln!(
         "nocturne bench engine: {} pid {} on http://{} ({reply_bytes}-byte replies, as the engine's)",
         floor.name(),
@@ -265,7 +443,7 @@ pub fn run_engine(settings: &EngineSettings) -> anyhow::Result<Report> {
     );
     floor.pause(PAUSE_TIMEOUT)?;
     let floor_host = floor.addr().to_string();
-    slots.insert(
+    m.slots.insert(
         0,
         Slot {
             process: floor,
@@ -276,20 +454,18 @@ pub fn run_engine(settings: &EngineSettings) -> anyhow::Result<Report> {
                 TCP_ECHO_FLOOR.into(),
                 LatencyKind::Floor,
                 &floor_host,
-                &payload,
+                payload,
             )],
         },
     );
 
     // The engines inside the namespace, after the others (slot 1 stays
     // the first mode's engine).
-    if let Some((ns, _)) = &net_bed {
+    if let Some((ns, _)) = net_bed {
         for &stack in &settings.nets {
-            let mut engine = ServerProcess::start(engine_launch(
-                &exe,
-                EnginePlace::Netns(ns, stack),
-                settings,
-            )?)?;
+            check_interrupted()?;
+            let mut engine =
+                ServerProcess::start(engine_launch(exe, EnginePlace::Netns(ns, stack), settings)?)?;
             eprintln!(
                 "nocturne bench engine: {} pid {} on http://{} in namespace {}",
                 engine.name(),
@@ -302,9 +478,9 @@ pub fn run_engine(settings: &EngineSettings) -> anyhow::Result<Report> {
                 format!("{EXTERNAL_CALL}/{}", stack.as_str()),
                 LatencyKind::External,
                 &engine.addr().to_string(),
-                &payload,
+                payload,
             );
-            slots.push(Slot {
+            m.slots.push(Slot {
                 process: engine,
                 mode: Some(PollMode::Spin),
                 net: Some(stack),
@@ -315,19 +491,7 @@ pub fn run_engine(settings: &EngineSettings) -> anyhow::Result<Report> {
     }
 
     // Probe before pinning: the probe records the cores this process may use.
-    let mut modes = modes_map(settings, reply_bytes, &slots);
-    if let Some((ns, open_files)) = &net_bed {
-        modes.extend(net_modes(settings, ns, *open_files, &slots));
-    }
-    let machine = Machine::probe(
-        BTreeMap::from([
-            ("client".into(), vec![settings.client_core]),
-            ("throughput_clients".into(), settings.client_cores.clone()),
-            ("io".into(), vec![settings.io_core]),
-            ("workers".into(), settings.worker_cores.clone()),
-        ]),
-        modes,
-    );
+    m.machine = Some(m.probe_machine(settings, net_bed));
     pin_current_thread(settings.client_core).context("pinning the client")?;
     eprintln!(
         "nocturne bench engine: client on core {}, io core {}, worker cores {}; \
@@ -335,16 +499,21 @@ pub fn run_engine(settings: &EngineSettings) -> anyhow::Result<Report> {
         settings.client_core,
         settings.io_core,
         format_core_list(&settings.worker_cores),
-        slots.iter().map(|s| s.cases.len()).sum::<usize>(),
+        m.slots.iter().map(|s| s.cases.len()).sum::<usize>(),
         settings.rounds,
         settings.warmup,
         settings.samples
     );
     let started = Instant::now();
-    for round in 0..settings.rounds as usize {
-        for k in 0..slots.len() {
-            let index = (k + round) % slots.len();
-            run_turn(&mut slots[index], round, settings)?;
+    let rounds = settings.rounds as usize;
+    for round in 0..rounds {
+        m.phase = EnginePhase::Latency {
+            round: round + 1,
+            rounds,
+        };
+        for k in 0..m.slots.len() {
+            let index = (k + round) % m.slots.len();
+            run_turn(&mut m.slots[index], round, settings)?;
         }
     }
     eprintln!(
@@ -355,83 +524,42 @@ pub fn run_engine(settings: &EngineSettings) -> anyhow::Result<Report> {
     );
 
     // Throughput on the first mode's engine (slot 0 is the floor).
-    let throughput = {
-        let slot = &mut slots[1];
-        slot.process.resume()?;
-        let mut results = Vec::new();
-        for kind in [ThroughputKind::Internal, ThroughputKind::External] {
-            check_interrupted()?;
-            let tally = run_throughput(slot.process.addr(), kind, &payload, settings)
-                .map_err(|e| server_failure(&mut slot.process, kind.name(), e))?;
-            results.push((kind, tally, slot_memory(&slot.process)));
-        }
+    let slot = &mut m.slots[1];
+    slot.process.resume()?;
+    for kind in [ThroughputKind::Internal, ThroughputKind::External] {
+        m.phase = EnginePhase::Case(kind.name());
         check_interrupted()?;
-        let mut overload = super::soak::run_overload(&slot.process, settings)
-            .map_err(|e| server_failure(&mut slot.process, super::soak::OVERLOAD, e))?;
-        overload.extra.extend(slot_memory(&slot.process));
+        let tally = run_throughput(slot.process.addr(), kind, payload, settings)
+            .map_err(|e| server_failure(&mut slot.process, kind.name(), e))?;
+        // A window a signal cut short is no measurement of the rate.
         check_interrupted()?;
-        let mut soak = super::soak::run_soak(&slot.process, &payload, settings)
-            .map_err(|e| server_failure(&mut slot.process, super::soak::SOAK, e))?;
-        for (key, value) in slot_memory(&slot.process) {
-            soak.extra.entry(key).or_insert(value);
-        }
-        slot.process.pause(PAUSE_TIMEOUT)?;
-        (results, overload, soak)
-    };
-    let (throughput, overload, soak) = throughput;
-    let conns = run_conns(&mut slots, &payload, settings)?;
-
-    let mut by_name: BTreeMap<String, CaseResult> = BTreeMap::new();
-    for slot in &slots {
-        for case in &slot.cases {
-            by_name.insert(case.name.clone(), case.result());
-        }
+        m.throughput.push((kind, tally, slot_memory(&slot.process)));
     }
-    for (kind, tally, memory) in throughput {
-        let mut case = tally.result(kind, settings);
-        case.extra.extend(memory);
-        by_name.insert(kind.name().to_owned(), case);
+    m.phase = EnginePhase::Case(super::soak::OVERLOAD);
+    check_interrupted()?;
+    let mut overload = super::soak::run_overload(&slot.process, settings)
+        .map_err(|e| server_failure(&mut slot.process, super::soak::OVERLOAD, e))?;
+    overload.extra.extend(slot_memory(&slot.process));
+    m.overload = Some(overload);
+    m.phase = EnginePhase::Case(super::soak::SOAK);
+    check_interrupted()?;
+    let mut soak = super::soak::run_soak(&slot.process, payload, settings)
+        .map_err(|e| server_failure(&mut slot.process, super::soak::SOAK, e))?;
+    for (key, value) in slot_memory(&slot.process) {
+        soak.extra.entry(key).or_insert(value);
     }
-    by_name.insert(overload.name.clone(), overload);
-    by_name.insert(soak.name.clone(), soak);
-    if let Some((cases, plan)) = &conns {
-        for case in cases {
-            by_name.insert(case.name.clone(), case.result(plan));
-        }
-    }
-    let cases = settings
-        .case_names()
-        .into_iter()
-        .filter_map(|name| by_name.remove(&name))
-        .collect();
-
-    for slot in &mut slots {
-        // Our end closes first, so no client socket outlives its server.
-        slot.client = None;
-        let status = slot.process.shutdown(super::server::SHUTDOWN_GRACE)?;
-        if slot.mode.is_some() && !status.success() {
-            eprintln!(
-                "nocturne bench engine: warning: {} ended with {status}",
-                slot.process.name()
-            );
-        }
-    }
-    drop(slots);
-    drop(net_bed);
-    Ok(Report::new("engine", machine, cases))
+    m.soak = Some(soak);
+    slot.process.pause(PAUSE_TIMEOUT)?;
+    run_conns(m, payload, settings)
 }
 
 /// The `conns/<net>/<N>` cases, with `--net`: `rounds` rounds, each giving
 /// every case (rotated) a turn against its engine, the others frozen.
-fn run_conns(
-    slots: &mut [Slot],
-    payload: &[u8],
-    settings: &EngineSettings,
-) -> anyhow::Result<Option<(Vec<ConnsCase>, ConnsPlan)>> {
+fn run_conns(m: &mut Measured, payload: &[u8], settings: &EngineSettings) -> anyhow::Result<()> {
     if settings.nets.is_empty() {
-        return Ok(None);
+        return Ok(());
     }
-    let mut cases: Vec<ConnsCase> = settings
+    let cases: Vec<ConnsCase> = settings
         .nets
         .iter()
         .flat_map(|&net| CONNS_COUNTS.map(|n| ConnsCase::new(net, n)))
@@ -464,21 +592,30 @@ fn run_conns(
     // The external-call connections would count among each case's open
     // ones. Reset rather than FIN: a FIN to a frozen smoltcp engine goes
     // unacknowledged and is retransmitted during other cases' turns.
-    for slot in slots.iter_mut() {
+    for slot in m.slots.iter_mut() {
         if let (Some(_), Some(client)) = (slot.net, slot.client.take()) {
             // A socket that cannot take SO_LINGER is closed normally.
             let _ = client.close_with_reset();
         }
     }
+    // Kept in `m` as they fill: a signal leaves the rounds that finished.
+    let (cases, plan) = m.conns.insert((cases, plan));
+    let slots = &mut m.slots;
     let started = Instant::now();
-    for round in 0..settings.rounds as usize {
+    let rounds = settings.rounds as usize;
+    for round in 0..rounds {
+        m.phase = EnginePhase::Conns {
+            round: round + 1,
+            rounds,
+        };
         for k in 0..cases.len() {
             check_interrupted()?;
             let index = (k + round) % cases.len();
             let case = &mut cases[index];
-            let slot = &mut slots[slot_of(slots, case.net)];
+            let at = slot_of(slots, case.net);
+            let slot = &mut slots[at];
             slot.process.resume()?;
-            match case.run_turn(&slot.process, &plan, &sys::interrupted) {
+            match case.run_turn(&slot.process, plan, &sys::interrupted) {
                 Ok(()) => {}
                 Err(ConnsError::Interrupted) => check_interrupted()?,
                 Err(ConnsError::Client(e)) => {
@@ -494,7 +631,7 @@ fn run_conns(
         "nocturne bench engine: conns rounds done in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    Ok(Some((cases, plan)))
+    Ok(())
 }
 
 /// The `modes` entries of a `--net` run: the namespace, the path each
@@ -986,7 +1123,9 @@ fn run_throughput(
                     let mut tally = ThroughputTally::default();
                     loop {
                         let start = Instant::now();
-                        if start >= window_end {
+                        // Ctrl-C ends the window early (the caller then
+                        // drops the case).
+                        if start >= window_end || sys::interrupted() {
                             return Ok(tally);
                         }
                         let reply = client.round_trip(request)?;

@@ -39,6 +39,12 @@
 //! guard), [`net`] (the `--net` engines and the open-loop `conns` client),
 //! `driver` (the rounds).
 //!
+//! Ctrl-C (SIGINT, SIGTERM, SIGHUP) is caught (`sys::catch_interrupts`)
+//! and checked between chunks, windows and requests: the run stops,
+//! reports the cases with samples so far ([`EngineRun`], marked
+//! `interrupted`), and its guards stop every server and remove their
+//! config files and the namespace.
+//!
 //! Run it with `cargo run --release -- bench engine` (`--quick` for a short
 //! run of every case).
 
@@ -60,7 +66,7 @@ use crate::ipc::TargetCheck;
 use crate::pin::{parse_core_list, CoreListError};
 use crate::report::Report;
 
-pub use driver::run_engine;
+pub use driver::{run_engine, EnginePhase, EngineRun};
 pub use floor::{run_floor_server, FloorServerArgs};
 
 /// `nocturne bench engine` options.
@@ -95,7 +101,8 @@ pub struct EngineArgs {
     /// Untimed warm-up round trips per latency case per round [default: 500, quick 200].
     #[arg(long)]
     pub warmup: Option<u64>,
-    /// Measuring time of each throughput case, e.g. 3s or 500ms [default: 3s, quick 1s].
+    /// Measuring time of each throughput case, e.g. 3s, 500ms, 1m or 2.5
+    /// (seconds) [default: 3s, quick 1s].
     #[arg(long)]
     pub duration: Option<String>,
     /// Client connections of the throughput cases.
@@ -116,17 +123,19 @@ pub struct EngineArgs {
     /// 10s [default: 10s, quick 1s].
     #[arg(long)]
     pub conns_duration: Option<String>,
-    /// Requests of the soak case; memory is compared after a tenth and after
-    /// all of them [default: 1000000, quick 200000].
+    /// Requests of the soak case (at least 10); memory is compared after a
+    /// tenth and after all of them [default: 1000000, quick 200000].
     #[arg(long, value_name = "N")]
     pub soak_requests: Option<u64>,
     /// An extra argument for every `nocturne serve` (repeatable), e.g.
     /// --engine-arg=--worker-poll=park.
     #[arg(long, allow_hyphen_values = true, value_name = "ARG")]
     pub engine_arg: Vec<String>,
-    /// Give up on a request (and on a server's start) after this many seconds.
-    #[arg(long, default_value_t = 20)]
-    pub timeout_s: u64,
+    /// Give up on a request (and on a server's start) after this long,
+    /// e.g. 20s or 500ms (a bare number is seconds, as the old --timeout-s
+    /// took).
+    #[arg(long, alias = "timeout-s", default_value = "20s")]
+    pub timeout: String,
     /// Write the report as JSON (DESIGN §7 schema) to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -229,9 +238,15 @@ pub enum ArgsError {
     },
     /// The client would share the io core.
     #[error(
-        "--client-core and --io-core must differ (both {0}): the client must not take the io core"
+        "{flag} and --io-core must differ (both have core {core}): the client must not take the io core"
     )]
-    ClientOnIoCore(usize),
+    ClientOnIoCore {
+        /// The client's flag that names the io core (`--client-core` or
+        /// `--client-cores`).
+        flag: &'static str,
+        /// The io core.
+        core: usize,
+    },
     /// Workers would share the io core.
     #[error("--worker-cores must not include the io core {0}")]
     WorkersOnIoCore(usize),
@@ -253,12 +268,30 @@ pub enum ArgsError {
     /// `--net` is empty.
     #[error("--net: name at least one network stack (kernel, smoltcp)")]
     NoNets,
-    /// `--duration` does not parse.
-    #[error("--duration: {0:?} is not a duration like 3s, 500ms or 1.5")]
-    BadDuration(String),
+    /// A duration flag does not parse.
+    #[error("--{flag}: {text:?} is not a duration like 3s, 500ms, 1m or 1.5 (seconds)")]
+    BadDuration {
+        /// Which flag.
+        flag: &'static str,
+        /// What it was given.
+        text: String,
+    },
+    /// A duration that must be positive is zero.
+    #[error("--{0} must be longer than zero")]
+    ZeroDuration(&'static str),
     /// A count that must be positive is zero.
     #[error("--{0} must be at least 1")]
     Zero(&'static str),
+    /// A count is below its least useful value.
+    #[error("--{flag} must be at least {min}, got {got}")]
+    TooSmall {
+        /// Which flag.
+        flag: &'static str,
+        /// The least value.
+        min: u64,
+        /// The value.
+        got: u64,
+    },
     /// A value is above its limit.
     #[error("--{flag} must be at most {max}, got {got}")]
     TooLarge {
@@ -278,6 +311,8 @@ pub const MAX_PAYLOAD: usize = 512 * 1024;
 /// Largest `--conns-rate`: one blocking client cannot keep a faster
 /// schedule anyway.
 pub const MAX_CONNS_RATE: u64 = 100_000;
+/// Fewest `--soak-requests`: the memory is compared after a tenth.
+pub const MIN_SOAK_REQUESTS: u64 = 10;
 /// Open connections of the `conns/<net>/<N>` cases.
 pub const CONNS_COUNTS: [usize; 2] = [64, 1024];
 
@@ -297,8 +332,20 @@ impl EngineSettings {
             })?,
             None => vec![args.client_core],
         };
-        if args.client_core == args.io_core || client_cores.contains(&args.io_core) {
-            return Err(ArgsError::ClientOnIoCore(args.io_core));
+        // Name the flag that put the client there: --client-cores may
+        // clash while --client-core does not.
+        let clash = if args.client_core == args.io_core {
+            Some("--client-core")
+        } else if client_cores.contains(&args.io_core) {
+            Some("--client-cores")
+        } else {
+            None
+        };
+        if let Some(flag) = clash {
+            return Err(ArgsError::ClientOnIoCore {
+                flag,
+                core: args.io_core,
+            });
         }
         if worker_cores.contains(&args.io_core) {
             return Err(ArgsError::WorkersOnIoCore(args.io_core));
@@ -321,13 +368,25 @@ impl EngineSettings {
             )
         };
         let duration = match &args.duration {
-            Some(text) => parse_duration(text)?,
+            Some(text) => parse_duration("duration", text)?,
             None => duration,
         };
         let conns_duration = match &args.conns_duration {
-            Some(text) => parse_duration(text)?,
+            Some(text) => parse_duration("conns-duration", text)?,
             None => conns_duration,
         };
+        let timeout = parse_duration("timeout", &args.timeout)?;
+        let soak_requests =
+            args.soak_requests
+                .unwrap_or(if args.quick { 200_000 } else { 1_000_000 });
+        // The memory checkpoint is a tenth of the requests.
+        if soak_requests < MIN_SOAK_REQUESTS {
+            return Err(ArgsError::TooSmall {
+                flag: "soak-requests",
+                min: MIN_SOAK_REQUESTS,
+                got: soak_requests,
+            });
+        }
         let nets = match &args.net {
             Some(text) => parse_nets(text)?,
             None => Vec::new(),
@@ -350,19 +409,15 @@ impl EngineSettings {
             nets,
             conns_rate: args.conns_rate,
             conns_duration,
-            soak_requests: args
-                .soak_requests
-                .unwrap_or(if args.quick { 200_000 } else { 1_000_000 })
-                .max(10),
+            soak_requests,
             engine_args: args.engine_arg.clone(),
-            timeout: Duration::from_secs(args.timeout_s),
+            timeout,
         };
         for (name, value) in [
             ("rounds", u64::from(settings.rounds)),
             ("samples", settings.samples),
             ("connections", settings.connections as u64),
             ("conns-rate", settings.conns_rate),
-            ("timeout-s", args.timeout_s),
         ] {
             if value == 0 {
                 return Err(ArgsError::Zero(name));
@@ -383,11 +438,14 @@ impl EngineSettings {
                 return Err(ArgsError::TooLarge { flag, max, got });
             }
         }
-        if settings.duration.is_zero() {
-            return Err(ArgsError::Zero("duration"));
-        }
-        if settings.conns_duration.is_zero() {
-            return Err(ArgsError::Zero("conns-duration"));
+        for (flag, value) in [
+            ("duration", settings.duration),
+            ("conns-duration", settings.conns_duration),
+            ("timeout", settings.timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ArgsError::ZeroDuration(flag));
+            }
         }
         Ok(settings)
     }
@@ -488,23 +546,14 @@ pub fn parse_nets(text: &str) -> Result<Vec<NetStack>, ArgsError> {
     Ok(nets)
 }
 
-/// Parses a duration: a number with `s` or `ms` (or none: seconds).
-pub fn parse_duration(text: &str) -> Result<Duration, ArgsError> {
-    let bad = || ArgsError::BadDuration(text.to_owned());
-    let t = text.trim();
-    let (number, scale) = if let Some(n) = t.strip_suffix("ms") {
-        (n, 1e-3)
-    } else if let Some(n) = t.strip_suffix('s') {
-        (n, 1.0)
-    } else {
-        (t, 1.0)
-    };
-    let value: f64 = number.trim().parse().map_err(|_| bad())?;
-    let secs = value * scale;
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(bad());
-    }
-    Duration::try_from_secs_f64(secs).map_err(|_| bad())
+/// Parses the duration given to `--flag`, in the forms every bench takes
+/// (`load::spec::parse_duration`: `500us`, `20ms`, `3s`, `1m`, `1h`, or a
+/// bare number of seconds).
+pub fn parse_duration(flag: &'static str, text: &str) -> Result<Duration, ArgsError> {
+    crate::load::spec::parse_duration(text).map_err(|_| ArgsError::BadDuration {
+        flag,
+        text: text.to_owned(),
+    })
 }
 
 /// The issue's targets that `report` has the cases for:
@@ -579,36 +628,47 @@ pub fn check_targets(report: &Report) -> Vec<TargetCheck> {
 }
 
 /// `nocturne bench engine`: runs, prints the table and the targets, writes
-/// the JSON, and fails when any case counted errors.
+/// the JSON, and fails when any case counted errors. Ctrl-C (SIGINT,
+/// SIGTERM, SIGHUP) stops it at the next check: the cases measured so far
+/// are printed and written, marked `interrupted`, every server is stopped
+/// (and the namespace removed), and it fails.
 pub fn run_command(args: &EngineArgs) -> anyhow::Result<()> {
     let settings = EngineSettings::from_args(args)?;
     if let Some(path) = &args.json {
         crate::report::prepare_output(path)?;
     }
-    if !settings.nets.is_empty() {
-        // An interrupted run must still remove its namespace.
-        sys::catch_interrupts()?;
-    }
-    let report = match run_engine(&settings) {
-        // Whatever stopped the run then (a read cut short by EINTR, or a
-        // server that took the same Ctrl-C) was the interruption.
-        Err(_) if sys::interrupted() => {
-            anyhow::bail!("interrupted; the servers and the namespace were removed")
-        }
-        result => result?,
-    };
+    sys::catch_interrupts()?;
+    let EngineRun {
+        report,
+        interrupted,
+    } = run_engine(&settings)?;
     print!("{}", report.table());
     for (key, path) in &report.machine.modes {
         if let Some(net) = key.strip_prefix(net::PATH_KEY_PREFIX) {
             println!("net {net}: {path}");
         }
     }
-    for check in check_targets(&report) {
-        println!("target: {check}");
+    // The targets compare cases of a whole run: none for a partial one.
+    if interrupted.is_none() {
+        for check in check_targets(&report) {
+            println!("target: {check}");
+        }
     }
     if let Some(path) = &args.json {
         report.write_json(path)?;
         println!("wrote {}", path.display());
+    }
+    if let Some(phase) = interrupted {
+        anyhow::bail!(
+            "interrupted {phase}: the {} case(s) measured so far are reported above; \
+             the servers{} were removed",
+            report.cases.len(),
+            if settings.nets.is_empty() {
+                ""
+            } else {
+                " and the namespace"
+            }
+        );
     }
     let errors = report.total_errors();
     if errors > 0 {
@@ -697,11 +757,31 @@ mod tests {
     fn bad_arguments_are_typed_errors() {
         assert_eq!(
             settings(&["--client-core=1"]),
-            Err(ArgsError::ClientOnIoCore(1))
+            Err(ArgsError::ClientOnIoCore {
+                flag: "--client-core",
+                core: 1
+            })
+        );
+        // --client-core is 0: the clash is --client-cores'.
+        let err = settings(&["--client-cores=0-1"]).unwrap_err();
+        assert_eq!(
+            err,
+            ArgsError::ClientOnIoCore {
+                flag: "--client-cores",
+                core: 1
+            }
+        );
+        assert!(
+            err.to_string().starts_with("--client-cores and --io-core"),
+            "{err}"
         );
         assert_eq!(
-            settings(&["--client-cores=0-1"]),
-            Err(ArgsError::ClientOnIoCore(1))
+            settings(&["--soak-requests=9"]),
+            Err(ArgsError::TooSmall {
+                flag: "soak-requests",
+                min: 10,
+                got: 9
+            })
         );
         assert_eq!(
             settings(&["--worker-cores=0-1"]),
@@ -747,11 +827,18 @@ mod tests {
         ));
         assert_eq!(
             settings(&["--duration=0s"]),
-            Err(ArgsError::Zero("duration"))
+            Err(ArgsError::ZeroDuration("duration"))
         );
         assert_eq!(
             settings(&["--duration=soon"]),
-            Err(ArgsError::BadDuration("soon".into()))
+            Err(ArgsError::BadDuration {
+                flag: "duration",
+                text: "soon".into()
+            })
+        );
+        assert_eq!(
+            settings(&["--timeout=0"]),
+            Err(ArgsError::ZeroDuration("timeout"))
         );
     }
 
@@ -810,23 +897,47 @@ mod tests {
         ));
         assert_eq!(
             settings(&["--conns-duration=0"]),
-            Err(ArgsError::Zero("conns-duration"))
+            Err(ArgsError::ZeroDuration("conns-duration"))
         );
         assert_eq!(
             settings(&["--conns-duration=later"]),
-            Err(ArgsError::BadDuration("later".into()))
+            Err(ArgsError::BadDuration {
+                flag: "conns-duration",
+                text: "later".into()
+            })
         );
     }
 
     #[test]
-    fn parses_durations() {
-        assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration(" 2 s "), Ok(Duration::from_secs(2)));
-        for bad in ["", "s", "-1s", "1h", "nan", "inf", "1e400"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
+    fn parses_durations_as_every_bench_does() {
+        let parse = |text| parse_duration("duration", text);
+        assert_eq!(parse("3s"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse(" 2 s "), Ok(Duration::from_secs(2)));
+        for bad in ["", "s", "-1s", "1d", "nan", "inf", "1e400"] {
+            assert!(parse(bad).is_err(), "{bad:?}");
         }
+        // `bench compare` takes the same forms.
+        for text in ["3s", "500ms", "250us", "1m", "1.5"] {
+            assert_eq!(
+                parse(text).ok(),
+                crate::load::spec::parse_duration(text).ok(),
+                "{text}"
+            );
+        }
+        // The timeout, in the new spelling and the old one (bare seconds).
+        assert_eq!(
+            settings(&["--timeout=500ms"]).unwrap().timeout,
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            settings(&["--timeout-s=7"]).unwrap().timeout,
+            Duration::from_secs(7)
+        );
+        assert_eq!(settings(&[]).unwrap().timeout, Duration::from_secs(20));
     }
 
     fn case(name: &str, p50_us: f64) -> CaseResult {

@@ -103,6 +103,13 @@ pub enum StartError {
         /// The end of its log.
         log: String,
     },
+    /// A signal caught by `sys::catch_interrupts` (Ctrl-C) came while it
+    /// was starting; it was stopped.
+    #[error("interrupted while starting {name}")]
+    Interrupted {
+        /// Which server.
+        name: String,
+    },
 }
 
 /// The address in a `… listening on http://ADDR …` log line.
@@ -196,6 +203,7 @@ impl ServerProcess {
                 }
             }
             server.check_alive_for_start()?;
+            server.check_interrupted_start()?;
             if Instant::now() >= deadline {
                 return Err(server.not_ready(timeout, "no `listening on` line"));
             }
@@ -228,6 +236,18 @@ impl ServerProcess {
         }
     }
 
+    /// Gives up the start when Ctrl-C came (the flag of
+    /// `sys::catch_interrupts`; never raised where no handler is
+    /// installed): a start may wait up to the whole `--timeout`.
+    fn check_interrupted_start(&self) -> Result<(), StartError> {
+        if sys::interrupted() {
+            return Err(StartError::Interrupted {
+                name: self.name.clone(),
+            });
+        }
+        Ok(())
+    }
+
     fn not_ready(&self, timeout: Duration, why: &str) -> StartError {
         StartError::NotReady {
             name: self.name.clone(),
@@ -257,6 +277,7 @@ impl ServerProcess {
                 Err(e) => format!("GET {path}: {e}"),
             };
             self.check_alive_for_start()?;
+            self.check_interrupted_start()?;
             if Instant::now() >= deadline {
                 return Err(self.not_ready(timeout, &last));
             }

@@ -106,6 +106,10 @@ fn soak_phase(
                     let mut client = HttpClient::connect(addr, timeout)?;
                     let mut hist = LatencyHistogram::new();
                     for i in 0..share {
+                        // A long case: Ctrl-C must not wait for its end.
+                        if super::sys::interrupted() {
+                            bail!("interrupted");
+                        }
                         let t0 = Instant::now();
                         let reply = client.round_trip(request)?;
                         let ns = t0.elapsed().as_nanos() as u64;

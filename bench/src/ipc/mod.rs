@@ -57,6 +57,9 @@ use crate::pin::{parse_core_list, CoreListError};
 
 pub use driver::{check_targets, run_ipc, TargetCheck};
 pub use msg::MAX_PAYLOAD;
+
+/// Fewest `ring-stream` windows per round `--stream-messages` may give.
+pub const MIN_STREAM_WINDOWS_PER_ROUND: u64 = 10;
 pub use peer::run_peer;
 
 use control::{ControlError, Frame};
@@ -85,7 +88,8 @@ pub struct IpcArgs {
     /// Untimed warm-up round trips per case per round [default: 200, quick 100].
     #[arg(long)]
     pub warmup: Option<u64>,
-    /// Messages `ring-stream` moves in all [default: 5000000, quick 1000000].
+    /// Messages `ring-stream` moves in all, at least rounds × 10 windows of
+    /// 4096 (its percentiles are per window) [default: 5000000, quick 1000000].
     #[arg(long)]
     pub stream_messages: Option<u64>,
     /// Messages per batch in `ring-stream`.
@@ -166,6 +170,21 @@ pub enum ArgsError {
     /// A count that must be positive is zero.
     #[error("--{0} must be at least 1")]
     Zero(&'static str),
+    /// Too few `ring-stream` messages for its windows to mean anything.
+    #[error(
+        "--stream-messages must be at least {min} ({rounds} rounds x {MIN_STREAM_WINDOWS_PER_ROUND} \
+         windows of {window} messages: ring-stream's percentiles are per window), got {got}"
+    )]
+    StreamMessages {
+        /// The value given.
+        got: u64,
+        /// The least value for this many rounds.
+        min: u64,
+        /// `--rounds`.
+        rounds: u32,
+        /// Messages per window.
+        window: u64,
+    },
     /// The stream batch does not fit the stream ring.
     #[error("--stream-batch must be 1..={max}, got {got}")]
     StreamBatch {
@@ -217,6 +236,22 @@ impl IpcSettings {
             return Err(ArgsError::StreamBatch {
                 got: settings.stream_batch,
                 max,
+            });
+        }
+        // ring-stream times windows of STREAM_WINDOW messages, and a
+        // round's remainder below a window is not timed: with too few
+        // messages there is no window, and every percentile reads 0.
+        let streams = settings
+            .cases()
+            .iter()
+            .any(|c| c.mechanism == Mechanism::RingStream);
+        let min = u64::from(settings.rounds) * MIN_STREAM_WINDOWS_PER_ROUND * ring::STREAM_WINDOW;
+        if streams && settings.stream_messages < min {
+            return Err(ArgsError::StreamMessages {
+                got: settings.stream_messages,
+                min,
+                rounds: settings.rounds,
+                window: ring::STREAM_WINDOW,
             });
         }
         Ok(settings)
@@ -658,6 +693,28 @@ mod tests {
             settings(&["--stream-batch", "100000"]),
             Err(ArgsError::StreamBatch { .. })
         ));
+    }
+
+    #[test]
+    fn too_few_stream_messages_for_its_windows_are_refused() {
+        // --quick: 5 rounds, 10 windows of 4096 each at least.
+        let min = 5 * 10 * 4096;
+        let err = settings(&["--quick", "--stream-messages", "100"]).unwrap_err();
+        assert_eq!(
+            err,
+            ArgsError::StreamMessages {
+                got: 100,
+                min,
+                rounds: 5,
+                window: 4096
+            }
+        );
+        assert!(err.to_string().contains("per window"), "{err}");
+        assert!(settings(&["--quick", "--stream-messages", &(min - 1).to_string()]).is_err());
+        assert!(settings(&["--quick", "--stream-messages", &min.to_string()]).is_ok());
+        // The rounds set the least; a run without ring-stream ignores it.
+        assert!(settings(&["--rounds", "1", "--stream-messages", "40960"]).is_ok());
+        assert!(settings(&["--filter", "pipe", "--stream-messages", "100"]).is_ok());
     }
 
     #[test]

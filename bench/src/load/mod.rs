@@ -505,20 +505,12 @@ impl LoadSettings {
 /// Refuses one path given for two outputs: the second write would
 /// silently replace the first.
 fn check_outputs_differ(outputs: &[(&str, &Option<PathBuf>)]) -> Result<(), SettingsError> {
-    let absolute = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
-    for (i, (a, pa)) in outputs.iter().enumerate() {
-        for (b, pb) in &outputs[i + 1..] {
-            if let (Some(pa), Some(pb)) = (pa, pb) {
-                if absolute(pa) == absolute(pb) {
-                    return Err(SettingsError::Invalid(format!(
-                        "{a} and {b} name the same file {}: give each output its own",
-                        pa.display()
-                    )));
-                }
-            }
-        }
-    }
-    Ok(())
+    let outputs: Vec<(&str, Option<&std::path::Path>)> = outputs
+        .iter()
+        .map(|(name, path)| (*name, path.as_deref()))
+        .collect();
+    crate::report::check_distinct_outputs(&outputs)
+        .map_err(|clash| SettingsError::Invalid(clash.to_string()))
 }
 
 /// What a sweep (or a single rate) produced.

@@ -4,7 +4,8 @@
 //! a run with a time limit and no inherited `NOCTURNE_*` variables (a test
 //! sets the ones it means on [`command`]), optionally watched in `/proc`
 //! while it runs, the two-core precondition of the benches' defaults, and a
-//! `/proc` scan for leftover processes.
+//! `/proc` scan for leftover processes, and a run interrupted with SIGINT
+//! once it reached a given phase.
 
 #![allow(dead_code)] // each test binary uses a different part
 
@@ -187,6 +188,109 @@ pub fn case_names(report: &serde_json::Value) -> Vec<&str> {
             c["name"]
                 .as_str()
                 .unwrap_or_else(|| panic!("unnamed case: {c}"))
+        })
+        .collect()
+}
+
+/// A run stopped by SIGINT, and how long it took to end after the signal.
+pub struct Interrupted {
+    pub run: Run,
+    pub after_signal: Duration,
+}
+
+/// Starts `nocturne ARGS`, waits (up to `start_limit`) until its stderr
+/// shows `marker` (the phase to interrupt has begun), lets it run `into`
+/// that phase, sends SIGINT to the bench process alone (not its servers:
+/// the bench must stop those itself), and waits up to `stop_limit` for
+/// it to end. Fails the test (killing it) past either limit.
+pub fn interrupt_when(
+    args: &[&str],
+    scratch: &Scratch,
+    marker: &str,
+    into: Duration,
+    start_limit: Duration,
+    stop_limit: Duration,
+) -> Interrupted {
+    let out_path = scratch.0.join("stdout");
+    let err_path = scratch.0.join("stderr");
+    let mut child = command()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .expect("start nocturne");
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    let fail = |child: &mut std::process::Child, why: String| {
+        let _ = child.kill();
+        let _ = child.wait();
+        format!(
+            "nocturne {args:?}: {why}; stdout:\n{}\nstderr:\n{}",
+            read(&out_path),
+            read(&err_path)
+        )
+    };
+    let started = Instant::now();
+    while !read(&err_path).contains(marker) {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "{}",
+                fail(&mut child, format!("ended ({status}) before {marker:?}"))
+            );
+        }
+        if started.elapsed() > start_limit {
+            panic!(
+                "{}",
+                fail(&mut child, format!("no {marker:?} within {start_limit:?}"))
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(into);
+    let signalled = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !signalled {
+        panic!("{}", fail(&mut child, "kill -INT failed".into()));
+    }
+    let sent = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if sent.elapsed() > stop_limit {
+            panic!(
+                "{}",
+                fail(
+                    &mut child,
+                    format!("still running {stop_limit:?} after SIGINT")
+                )
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Interrupted {
+        after_signal: sent.elapsed(),
+        run: Run {
+            success: status.success(),
+            stdout: read(&out_path),
+            stderr: read(&err_path),
+            pid: child.id(),
+        },
+    }
+}
+
+/// The files in the temp directory whose names start with `prefix`.
+pub fn temp_files_starting(prefix: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix))
         })
         .collect()
 }
