@@ -7,7 +7,7 @@
 #[path = "src/build_info.rs"]
 mod build_info;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 fn main() {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
@@ -18,20 +18,8 @@ fn main() {
     for file in build_info::watched_git_files(&manifest) {
         println!("cargo:rerun-if-changed={file}");
     }
-    // … and when a source file of the binary changes, which may make the
-    // tree dirty without touching the index. The workspace members are
-    // watched, not the whole tree: its target directory changes on every
-    // build.
-    let root = manifest.parent().unwrap_or(Path::new("."));
-    for member in ["bench", "engine", "ipc", "net", "functions"] {
-        for part in ["src", "Cargo.toml"] {
-            let path = root.join(member).join(part);
-            if path.exists() {
-                println!("cargo:rerun-if-changed={}", path.display());
-            }
-        }
-    }
-    for file in ["Cargo.toml", "Cargo.lock"] {
-        println!("cargo:rerun-if-changed={}", root.join(file).display());
-    }
+    // Not when a source file changes: watching the workspace's sources
+    // rebuilt this crate, and the engine above it, on every edit anywhere.
+    // So `-dirty` reflects the tree as of the last commit, checkout or
+    // `git add` (the index), which is what a measured build has anyway.
 }
