@@ -2,7 +2,8 @@
 //! takes effect on a real engine: the address it listens on, the functions it
 //! serves, the cores its threads and workers may run on (`Cpus_allowed_list`
 //! in /proc), whether its io loop and its workers sleep or run when idle
-//! (thread state in /proc), and the limits it answers with.
+//! (thread state in /proc; `--spin-us` in `e2e_spin_budget`, alone), and
+//! the limits it answers with.
 
 mod common;
 
@@ -10,44 +11,9 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use common::{
-    cpus_allowed_list, sample_thread_state, threads, two_cores, Client, Engine, StateSamples, LONG,
+    cpus_allowed_list, expect_state, mostly_running, mostly_sleeping, threads, two_cores, Client,
+    Engine, LONG,
 };
-
-/// How long a thread's state is sampled.
-const SAMPLE: Duration = Duration::from_millis(300);
-/// Attempts at seeing the expected state before failing (a sample window can
-/// be unlucky on a loaded 2-core machine; the expectation is a majority).
-const ATTEMPTS: usize = 3;
-
-/// Runs `poke`, then samples thread `tid` of `pid`, until `want` holds for
-/// the samples (at most [`ATTEMPTS`] times). Fails with every sample seen.
-fn expect_state(
-    engine: &Engine,
-    what: &str,
-    pid: i32,
-    tid: i32,
-    mut poke: impl FnMut(),
-    want: impl Fn(&StateSamples) -> bool,
-) {
-    let mut seen = Vec::new();
-    for _ in 0..ATTEMPTS {
-        poke();
-        let samples = sample_thread_state(pid, tid, SAMPLE);
-        if want(&samples) {
-            return;
-        }
-        seen.push(samples.counts);
-    }
-    engine.fail(&format!("{what}: thread {tid} of {pid} sampled {seen:?}"));
-}
-
-fn mostly_running(s: &StateSamples) -> bool {
-    s.mostly_running(0.5)
-}
-
-fn mostly_sleeping(s: &StateSamples) -> bool {
-    s.mostly_sleeping(0.5)
-}
 
 #[test]
 fn listen_flag_and_address_in_use() {
@@ -316,52 +282,6 @@ fn poll_mode_decides_whether_an_idle_io_loop_sleeps() {
             "From function Foo: From function Bar: z"
         );
     }
-}
-
-#[test]
-fn spin_us_is_how_long_an_adaptive_io_loop_keeps_running() {
-    let poke = |engine: &Engine| {
-        let addr = engine.addr();
-        move || {
-            assert_eq!(
-                Client::connect(addr).post("/function/echo", b"p").text(),
-                "p"
-            )
-        }
-    };
-    // The longest budget (1 s): the loop still runs for a while after a call.
-    // Alone (exclusive): beside CPU-bound threads of other tests' engines an
-    // adaptive loop sleeps on purpose (`nocturne_ipc::contention`).
-    let engine = Engine::builder()
-        .args(["--poll", "adaptive", "--spin-us", "1000000"])
-        .exclusive()
-        .start();
-    expect_state(
-        &engine,
-        "--spin-us 1000000",
-        engine.pid(),
-        engine.io_thread(),
-        poke(&engine),
-        mostly_running,
-    );
-    drop(engine);
-    // No budget: it sleeps at once.
-    let engine = Engine::start(&["--poll", "adaptive", "--spin-us", "0"]);
-    expect_state(
-        &engine,
-        "--spin-us 0",
-        engine.pid(),
-        engine.io_thread(),
-        poke(&engine),
-        mostly_sleeping,
-    );
-    drop(engine);
-
-    let (status, log) = Engine::builder()
-        .args(["--spin-us", "5000000"])
-        .run_to_exit();
-    assert!(!status.success());
-    assert!(log.contains("5000000"), "{log}");
 }
 
 /// One echo worker (so `--worker-poll spin` can have a core of its own).

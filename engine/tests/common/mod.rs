@@ -1563,3 +1563,42 @@ impl Drop for EchoProcess {
         let _ = self.child.wait();
     }
 }
+
+// ---------------------------------------------------------------------------
+// Sampling a thread's state (running or sleeping) for the poll-mode tests.
+
+/// How long a thread's state is sampled.
+pub const SAMPLE: Duration = Duration::from_millis(300);
+/// Attempts at seeing the expected state before failing (a sample window can
+/// be unlucky on a loaded 2-core machine; the expectation is a majority).
+pub const ATTEMPTS: usize = 3;
+
+/// Runs `poke`, then samples thread `tid` of `pid`, until `want` holds for
+/// the samples (at most [`ATTEMPTS`] times). Fails with every sample seen.
+pub fn expect_state(
+    engine: &Engine,
+    what: &str,
+    pid: i32,
+    tid: i32,
+    mut poke: impl FnMut(),
+    want: impl Fn(&StateSamples) -> bool,
+) {
+    let mut seen = Vec::new();
+    for _ in 0..ATTEMPTS {
+        poke();
+        let samples = sample_thread_state(pid, tid, SAMPLE);
+        if want(&samples) {
+            return;
+        }
+        seen.push(samples.counts);
+    }
+    engine.fail(&format!("{what}: thread {tid} of {pid} sampled {seen:?}"));
+}
+
+pub fn mostly_running(s: &StateSamples) -> bool {
+    s.mostly_running(0.5)
+}
+
+pub fn mostly_sleeping(s: &StateSamples) -> bool {
+    s.mostly_sleeping(0.5)
+}
