@@ -59,6 +59,15 @@ fn two_loops(sleep_settings: &str) -> Option<String> {
     )
 }
 
+/// `functions` (TOML) served by two adaptive loops on the first and last
+/// allowed cores; `None` where the machine has one core.
+fn on_two_loops(functions: &str) -> Option<String> {
+    let (first, last) = two_cores()?;
+    Some(format!(
+        "io_cores = \"{first},{last}\"\npoll = \"adaptive\"\n{functions}"
+    ))
+}
+
 fn clients(engine: &Engine) -> Vec<Client> {
     (0..CONNECTIONS).map(|_| engine.client()).collect()
 }
@@ -263,16 +272,10 @@ fn forwarded_calls_in_flight_at_sigterm_finish_before_the_engine_exits() {
 
 #[test]
 fn a_forwarded_internal_call_is_held_to_the_callees_max_payload() {
-    let Some((first, last)) = two_cores() else {
-        return;
-    };
     // `front` runs on both loops, `echo` on loop 0 only: front's calls to
     // echo from loop 1 are forwarded there.
-    let config = format!(
+    let Some(config) = on_two_loops(
         r#"
-io_cores = "{first},{last}"
-poll = "adaptive"
-
 [[functions]]
 name = "front"
 builtin = "relay"
@@ -286,8 +289,10 @@ name = "echo"
 builtin = "echo"
 max_workers = 1
 max_payload = "1KiB"
-"#
-    );
+"#,
+    ) else {
+        return;
+    };
     let engine = Engine::builder().config(&config).start();
     for mut c in clients(&engine) {
         let r = c.post("/function/front", &[b'z'; 1025]);
@@ -355,18 +360,12 @@ fn max_connections_counts_over_every_loop() {
 
 #[test]
 fn a_call_cycle_uses_the_workers_of_every_loop_before_it_is_refused() {
-    let Some((first, last)) = two_cores() else {
-        return;
-    };
     // `rself` calls itself for ever: one worker per loop. On one loop with
     // two workers the cycle takes both and the third call is refused 508;
     // split over two loops it must go as deep (a loop whose own workers all
     // run callers of the call hands it to the other loop's idle one).
-    let config = format!(
+    let Some(config) = on_two_loops(
         r#"
-io_cores = "{first},{last}"
-poll = "adaptive"
-
 [[functions]]
 name = "rself"
 builtin = "relay"
@@ -374,8 +373,10 @@ min_workers = 2
 max_workers = 2
 [functions.env]
 RELAY_TO = "rself"
-"#
-    );
+"#,
+    ) else {
+        return;
+    };
     let engine = Engine::builder().config(&config).start();
     for mut c in clients(&engine) {
         let r = c.post("/function/rself", b"x");

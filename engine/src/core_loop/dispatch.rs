@@ -40,6 +40,7 @@ pub(crate) enum Admission {
 }
 
 /// A call being admitted (its payload travels beside it).
+#[derive(Clone, Copy)]
 pub(crate) struct NewCall {
     pub function: u32,
     pub origin: Origin,
@@ -135,16 +136,8 @@ impl LoopState {
             }
         } else if parent.is_some_and(|p| self.would_deadlock(f, p)) && self.another_loop_owns(f) {
             // Every worker here runs a caller of this call; another loop's
-            // may be free. (There the call has no parent to check, and waits
-            // for its deadline at worst.)
-            let new = NewCall {
-                function: f,
-                origin,
-                parent,
-                depth,
-                deadline,
-                flags,
-            };
+            // may be idle (it runs the call only then, else refuses it 508:
+            // it cannot see the call's callers).
             self.forward_to_owner(new, payload, true)
         } else if parent.is_some_and(|p| self.would_deadlock(f, p)) {
             Admission::Rejected((
