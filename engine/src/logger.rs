@@ -116,20 +116,24 @@ fn write_loop(lines: Receiver<String>) {
     let stderr = std::io::stderr();
     for mut text in lines {
         let logger = LOGGER.get().expect("the writer starts with the logger");
-        // Relaxed: see `push`.
-        let dropped = logger.dropped.swap(0, Ordering::Relaxed);
-        if dropped > 0 {
-            let note = format!(
-                "nocturne: {dropped} log line(s) dropped: the log output was not read fast enough\n"
-            );
-            let _ = (&stderr).write_all(note.as_bytes());
-        }
         // One write per line, so that lines of other writers cannot land
         // inside it. Errors (EPIPE from a closed reader) are ignored: the
         // engine goes on serving without its log.
         text.push('\n');
         let _ = (&stderr).write_all(text.as_bytes());
         // Release: pairs with `flush`'s Acquire load.
-        logger.pending.fetch_sub(1, Ordering::Release);
+        let left = logger.pending.fetch_sub(1, Ordering::Release) - 1;
+        // The lines dropped came after every line still queued when they
+        // were: say so where the gap is, once the queue is empty.
+        // Relaxed: see `push`.
+        if left == 0 {
+            let dropped = logger.dropped.swap(0, Ordering::Relaxed);
+            if dropped > 0 {
+                let note = format!(
+                    "nocturne: {dropped} log line(s) dropped here: the log output was not read fast enough\n"
+                );
+                let _ = (&stderr).write_all(note.as_bytes());
+            }
+        }
     }
 }

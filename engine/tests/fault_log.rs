@@ -69,7 +69,7 @@ fn a_stalled_log_reader_costs_log_lines_not_serving() {
     if engine
         .log()
         .wait_for(LONG, |l| {
-            l.contains("log line(s) dropped: the log output was not read fast enough")
+            l.contains("log line(s) dropped here: the log output was not read fast enough")
         })
         .is_none()
     {

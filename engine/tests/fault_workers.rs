@@ -836,12 +836,14 @@ fn a_call_answered_504_is_not_handed_on_when_its_stuck_worker_is_killed() {
     );
 }
 
-/// `mute` starts a process that never completes its handshake (the engine
-/// kills it after its 10 s handshake timeout, and tries again).
+/// `mute` starts processes that never complete their handshake (the engine
+/// kills each after its 10 s handshake timeout, and tries again): four at
+/// once, as many as the spawner threads the engine starts with.
 const WITH_A_MUTE_FUNCTION: &str = r#"
 [[functions]]
 name = "mute"
 command = ["/bin/sleep", "1000"]
+min_workers = 4
 
 [[functions]]
 name = "echo"

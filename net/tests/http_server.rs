@@ -664,8 +664,14 @@ fn a_drain_closes_each_connection_after_its_last_answer_and_waits_for_requests_a
     busy.send(&get("/hold/a"));
     let mut uploading = server.connect();
     uploading.send(b"POST /echo HTTP/1.1\r\nContent-Length: 6\r\n\r\nabc");
-    server.wait_until("the held call and the upload", |s| {
-        s.requests() == 2 && s.in_progress() == 1
+    // A held call with an answer ready behind it (serialized before the
+    // drain, so without `Connection: close`).
+    let mut behind = server.connect();
+    let mut pipelined = get("/hold/b");
+    pipelined.extend_from_slice(&get("/echo/ready"));
+    behind.send(&pipelined);
+    server.wait_until("the held calls and the upload", |s| {
+        s.requests() == 4 && s.in_progress() == 1
     });
 
     server.drain();
@@ -680,6 +686,10 @@ fn a_drain_closes_each_connection_after_its_last_answer_and_waits_for_requests_a
     assert_eq!(resp.body_str(), "/hold/a");
     assert_eq!(resp.header("Connection"), Some("close"));
     busy.expect_eof();
+    // The connection whose last answer was ready before closes after it.
+    assert_eq!(behind.read_response().body_str(), "/hold/b");
+    assert_eq!(behind.read_response().body_str(), "GET /echo/ready ");
+    behind.expect_eof();
     // The upload is waited for and answered.
     assert_eq!(server.in_progress(), 1);
     uploading.send(b"def");

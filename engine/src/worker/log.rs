@@ -7,9 +7,12 @@
 //! [`MAX_LINE_LEN`] bytes (the rest of an overlong line is dropped, the cut is
 //! marked), a final line without a newline is flushed when the pipe closes, and
 //! bytes that are not UTF-8 are shown lossily. Where lines go is a [`LogSink`]:
-//! the engine's stderr by default, anything (a test's buffer) when injected.
-//! A worker that logs faster than the sink drains blocks in `write`, as any
-//! process writing into a full pipe; nothing is buffered without bound.
+//! the engine's log by default, anything (a test's buffer) when injected.
+//! The engine's log queues lines for its writer thread and drops them when
+//! its reader falls behind (`crate::logger`), so a worker that logs fast
+//! costs lines, not time; a slow injected sink makes the worker block in
+//! `write`, as any process writing into a full pipe. Nothing is buffered
+//! without bound.
 
 use std::collections::HashMap;
 use std::io::{self, Read};

@@ -4,9 +4,12 @@
 //! result on the loop's own reply queue and then writes the loop's eventfd,
 //! so a loop asleep in epoll wakes up to collect it.
 //!
-//! There are [`SPAWNER_THREADS`] of them, taking requests from one queue: a
-//! worker that never completes its handshake holds one thread until its
-//! timeout (10 s), not every other function's starts and restarts behind it.
+//! They take requests from one queue. [`SPAWNER_THREADS`] start with the
+//! engine, and one more is started whenever a request finds every thread
+//! busy (up to [`MAX_SPAWNER_THREADS`]): a worker that never completes its
+//! handshake holds one thread until its timeout (10 s), never the starts of
+//! other functions behind it (a fixed four were all taken by one function
+//! with `min_workers = 4` whose workers hang).
 //!
 //! A spawner thread is the *parent thread* of every worker it starts, and
 //! `PR_SET_PDEATHSIG` fires when that thread exits: dropping the [`Spawner`]
@@ -17,7 +20,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -25,8 +28,10 @@ use std::thread::JoinHandle;
 use super::CANCEL_CHECK;
 use super::{spawn_cancellable, LogForwarder, SpawnError, Worker, WorkerSpec};
 
-/// Worker starts that may be in progress at once.
+/// Spawner threads started with the engine.
 pub const SPAWNER_THREADS: usize = 4;
+/// Spawner threads at most (each one waits out at most one hanging start).
+pub const MAX_SPAWNER_THREADS: usize = 64;
 
 /// What comes back to the requesting loop: its tag and the outcome.
 pub type SpawnReply = (u64, Result<Worker, SpawnError>);
@@ -60,13 +65,23 @@ impl SpawnRequest {
 /// Handle on the spawner threads. `Sync`: loops share it behind an `Arc`.
 pub struct Spawner {
     requests: Option<mpsc::Sender<SpawnRequest>>,
-    threads: Vec<JoinHandle<()>>,
-    /// Set on drop: starts in progress give up, queued ones are refused.
-    stopping: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+}
+
+/// The queue and the state of the spawner threads.
+struct Shared {
+    queue: Mutex<mpsc::Receiver<SpawnRequest>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Set on drop: starts in progress give up, queued ones are refused,
+    /// no thread is added.
+    stopping: AtomicBool,
+    /// Threads waiting for a request (not starting a worker).
+    waiting: AtomicUsize,
+    log: LogForwarder,
 }
 
 impl Spawner {
-    /// Starts the spawner thread; worker output goes to the engine's stderr.
+    /// Starts the spawner threads; worker output goes to the engine's stderr.
     ///
     /// # Panics
     /// If the OS cannot start a thread (as `std::thread::spawn`); see
@@ -75,7 +90,7 @@ impl Spawner {
         Self::try_start().expect("cannot start the worker spawner thread")
     }
 
-    /// Starts the spawner thread; worker output goes to the engine's stderr.
+    /// Starts the spawner threads; worker output goes to the engine's stderr.
     pub fn try_start() -> io::Result<Self> {
         Self::with_log(LogForwarder::stderr()?)
     }
@@ -83,21 +98,29 @@ impl Spawner {
     /// Starts the spawner threads; worker output goes to `log`.
     pub fn with_log(log: LogForwarder) -> io::Result<Self> {
         let (tx, rx) = mpsc::channel::<SpawnRequest>();
-        let queue = Arc::new(Mutex::new(rx));
-        let stopping = Arc::new(AtomicBool::new(false));
-        let mut spawner = Self {
-            requests: Some(tx),
-            threads: Vec::with_capacity(SPAWNER_THREADS),
-            stopping: stopping.clone(),
-        };
-        for i in 0..SPAWNER_THREADS {
-            let (queue, stopping, log) = (queue.clone(), stopping.clone(), log.clone());
-            let thread = std::thread::Builder::new()
-                .name(format!("nocturne-spawner-{i}"))
-                .spawn(move || serve_requests(&queue, &stopping, &log))?;
-            spawner.threads.push(thread);
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(rx),
+            threads: Mutex::new(Vec::with_capacity(SPAWNER_THREADS)),
+            stopping: AtomicBool::new(false),
+            waiting: AtomicUsize::new(0),
+            log,
+        });
+        for _ in 0..SPAWNER_THREADS {
+            add_thread(&shared)?;
         }
-        Ok(spawner)
+        Ok(Self {
+            requests: Some(tx),
+            shared,
+        })
+    }
+
+    /// Spawner threads started so far.
+    pub fn threads(&self) -> usize {
+        self.shared
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     /// Queues a request; never blocks. The answer always comes on
@@ -115,26 +138,60 @@ impl Spawner {
     }
 }
 
-/// One spawner thread: takes requests until the queue closes.
-fn serve_requests(
-    queue: &Mutex<mpsc::Receiver<SpawnRequest>>,
-    stopping: &AtomicBool,
-    log: &LogForwarder,
-) {
+/// Starts one more spawner thread (none past [`MAX_SPAWNER_THREADS`], or
+/// once the spawner stops).
+fn add_thread(shared: &Arc<Shared>) -> io::Result<()> {
+    let mut threads = shared.threads.lock().unwrap_or_else(|e| e.into_inner());
+    // Relaxed: read under the lock `Drop` takes after setting it.
+    if threads.len() >= MAX_SPAWNER_THREADS || shared.stopping.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let for_thread = shared.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("nocturne-spawner-{}", threads.len()))
+        .spawn(move || serve_requests(&for_thread))?;
+    threads.push(thread);
+    Ok(())
+}
+
+/// One spawner thread: takes requests until the queue closes. A thread that
+/// takes a request and leaves none waiting starts another first, so that a
+/// start that hangs (for its whole handshake timeout) never holds up the
+/// requests behind it.
+fn serve_requests(shared: &Arc<Shared>) {
     loop {
+        // Relaxed: a count, read only to decide whether to add a thread; a
+        // race adds one too many or leaves the next request to the next
+        // thread that frees, never loses it.
+        shared.waiting.fetch_add(1, Ordering::Relaxed);
         // The lock is held only while waiting for a request, never while a
         // worker starts: the other threads take the next ones meanwhile.
-        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        let next = shared
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .recv();
+        let others_waiting = shared.waiting.fetch_sub(1, Ordering::Relaxed) - 1;
         let Ok(req) = next else { return };
+        if others_waiting == 0 {
+            if let Err(e) = add_thread(shared) {
+                ::log::info!("nocturne: cannot start another spawner thread: {e}");
+            }
+        }
         // Relaxed: a flag; see `spawn_cancellable`.
-        let result = if stopping.load(Ordering::Relaxed) {
+        let result = if shared.stopping.load(Ordering::Relaxed) {
             Err(SpawnError::Sys {
                 function: req.spec.function.clone(),
                 what: "spawner",
                 source: io::Error::other("the engine is stopping"),
             })
         } else {
-            spawn_cancellable(&req.spec, req.wake_efd.as_fd(), log, stopping)
+            spawn_cancellable(
+                &req.spec,
+                req.wake_efd.as_fd(),
+                &shared.log,
+                &shared.stopping,
+            )
         };
         req.answer(result);
     }
@@ -143,11 +200,19 @@ fn serve_requests(
 impl Drop for Spawner {
     fn drop(&mut self) {
         // Relaxed: the threads poll it; joining them below is the
-        // synchronisation that matters.
-        self.stopping.store(true, Ordering::Relaxed);
+        // synchronisation that matters. Set before the threads are taken,
+        // so none is added after.
+        self.shared.stopping.store(true, Ordering::Relaxed);
         // Closing the queue ends the threads once it is empty.
         self.requests = None;
-        for thread in self.threads.drain(..) {
+        let threads = std::mem::take(
+            &mut *self
+                .shared
+                .threads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for thread in threads {
             let _ = thread.join();
         }
     }

@@ -599,7 +599,8 @@ impl<T: Transport> HttpServer<T> {
 
     /// Starts a graceful shutdown of the open connections (the listener is
     /// the caller's to stop): from now on each connection ends after the
-    /// last answer it owes, which says `Connection: close`, so that a
+    /// last answer it owes, which says `Connection: close` unless it was
+    /// serialized before (waiting behind an earlier one), so that a
     /// client learns from the answer itself that it must go elsewhere
     /// (where closing idle connections at once would race with the requests
     /// they are sending). A request that is partly received goes on
@@ -607,6 +608,15 @@ impl<T: Transport> HttpServer<T> {
     /// [`Self::refuse_in_progress`]) instead of cut off unanswered.
     pub fn drain(&mut self) {
         self.outputs.draining = true;
+        // Answers owed already serialized (out of order, before the drain)
+        // keep their keep-alive framing: such a connection closes after its
+        // last one all the same, rather than stay open until the engine
+        // exits and reset its client's next request.
+        for output in &mut self.outputs.slots {
+            if output.phase == Phase::Open && !output.inflight.is_empty() {
+                output.finish.get_or_insert(Finish::Linger);
+            }
+        }
     }
 
     /// Open connections with a request partly received (or received and not
@@ -881,7 +891,8 @@ impl<T: Transport> HttpServer<T> {
                     let input = &mut inputs[slot];
                     input.head_started = None;
                     input.body_started = Some(*now);
-                    input.body_bytes = 0;
+                    // What came with the head counts.
+                    input.body_bytes = (input.end - input.start).saturating_sub(info.head_len);
                     input.last_activity = *now;
                     let raw = &input.buf[input.start..input.start + info.head_len];
                     let head = RequestHead::new(raw, &info, &input.spans);
