@@ -5,7 +5,7 @@
 //!  client ──▶│ core loop (pinned thread, one per io core)   │──ring──▶ worker process
 //!   HTTP     │  HttpServer ─▶ routes ─▶ dispatch ─▶ calls    │◀─ring─── (one per function instance)
 //!            │      ▲                      │  ▲             │
-//!            │      └──── completions ◀────┘  └─ workers ◀──│── spawner thread (fork/exec, handshake)
+//!            │      └──── completions ◀────┘  └─ workers ◀──│── spawner threads (fork/exec, handshake)
 //!            └──────────────────────────────────────────────┘
 //! ```
 //!
