@@ -217,7 +217,14 @@ fn worker_killed_mid_call_gives_502_and_is_restarted() {
             engine.post("/function/sleep?us=20", b"").text(),
             "slept 20 us"
         );
-        assert_eq!(engine.workers("sleep"), [fresh]);
+        // (The pool may have grown meanwhile: the first call after the crash
+        // waited for the replacement to start, and that wait counts in the
+        // time in the system the concurrency limit is estimated from.)
+        let workers = engine.workers("sleep");
+        assert!(
+            workers.contains(&fresh) && !workers.contains(&victim),
+            "{workers:?}"
+        );
         // Nothing else was disturbed.
         assert_eq!(
             engine.post("/function/foo", b"ok").text(),

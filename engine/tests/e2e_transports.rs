@@ -271,7 +271,13 @@ fn worker_killed_mid_call_gives_502_then_calls_succeed(engine: &Engine) {
     assert_eq!(c.post("/function/sleep?us=10", b"").text(), "slept 10 us");
     let r = engine.post("/function/sleep?us=20", b"");
     assert_eq!((r.status, r.text()), (200, "slept 20 us".to_string()));
-    assert_eq!(engine.workers("sleep"), [fresh]);
+    // (The pool may have grown: see e2e_calls'
+    // worker_killed_mid_call_gives_502_and_is_restarted.)
+    let workers = engine.workers("sleep");
+    assert!(
+        workers.contains(&fresh) && !workers.contains(&victim),
+        "{workers:?}"
+    );
     assert_eq!(
         engine.post("/function/foo", b"ok").text(),
         format!("{FOO_BAR}ok")

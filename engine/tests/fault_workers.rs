@@ -120,7 +120,9 @@ fn caller_killed_mid_internal_call_leaves_its_callee_serving() {
             (200, "front via sleep: slept 10 us".to_string())
         );
         assert_eq!(engine.workers("sleep"), [callee], "the callee was not hurt");
-        assert_eq!(engine.workers("front"), [fresh]);
+        // (front's pool may have grown: see e2e_calls'
+        // worker_killed_mid_call_gives_502_and_is_restarted.)
+        assert!(engine.workers("front").contains(&fresh));
         let r = engine.post("/function/sleep", &sleep_body(20));
         assert_eq!(r.text(), "slept 20 us");
     });
