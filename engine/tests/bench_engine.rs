@@ -47,17 +47,7 @@ fn have_two_cores() -> bool {
 
 /// The config files `bench engine` (pid `pid`) wrote for its engines.
 fn leftover_configs(pid: u32) -> Vec<PathBuf> {
-    let prefix = format!("nocturne-bench-engine-{pid}-");
-    std::fs::read_dir(std::env::temp_dir())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&prefix))
-        })
-        .collect()
+    bench_run::temp_files_starting(&format!("nocturne-bench-engine-{pid}-"))
 }
 
 /// Set to `1` to skip the tests that need a network namespace.

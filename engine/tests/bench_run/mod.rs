@@ -82,22 +82,14 @@ pub fn nocturne_watched(
 }
 
 fn run_to_completion(
-    mut cmd: Command,
+    cmd: Command,
     args: &[&str],
     scratch: &Scratch,
     limit: Duration,
     every: Duration,
     mut watch: impl FnMut(u32),
 ) -> Run {
-    let out_path = scratch.0.join("stdout");
-    let err_path = scratch.0.join("stderr");
-    let mut child = cmd
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::fs::File::create(&err_path).unwrap())
-        .spawn()
-        .expect("start nocturne");
+    let (mut child, out_path, err_path) = spawn_into(cmd, args, scratch);
     let deadline = Instant::now() + limit;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -211,15 +203,7 @@ pub fn interrupt_when(
     start_limit: Duration,
     stop_limit: Duration,
 ) -> Interrupted {
-    let out_path = scratch.0.join("stdout");
-    let err_path = scratch.0.join("stderr");
-    let mut child = command()
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::fs::File::create(&err_path).unwrap())
-        .spawn()
-        .expect("start nocturne");
+    let (mut child, out_path, err_path) = spawn_into(command(), args, scratch);
     let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
     let fail = |child: &mut std::process::Child, why: String| {
         let _ = child.kill();
@@ -293,4 +277,23 @@ pub fn temp_files_starting(prefix: &str) -> Vec<PathBuf> {
                 .is_some_and(|n| n.starts_with(prefix))
         })
         .collect()
+}
+
+/// Starts `cmd ARGS` with its stdout and stderr in files of `scratch`;
+/// returns the child and the two paths.
+fn spawn_into(
+    mut cmd: Command,
+    args: &[&str],
+    scratch: &Scratch,
+) -> (std::process::Child, PathBuf, PathBuf) {
+    let out_path = scratch.0.join("stdout");
+    let err_path = scratch.0.join("stderr");
+    let child = cmd
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .expect("start nocturne");
+    (child, out_path, err_path)
 }
