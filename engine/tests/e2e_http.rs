@@ -169,6 +169,19 @@ fn an_upload_to_no_function_is_answered_404_before_its_body() {
 }
 
 #[test]
+fn a_percent_encoded_function_name_is_that_function() {
+    let engine = Engine::start(&[]);
+    let mut c = engine.client();
+    let r = c.post("/function/ech%6F", b"encoded");
+    assert_eq!((r.status, r.text().as_str()), (200, "encoded"));
+    let r = c.post("/function/%66%6f%6f?x=1", b"q");
+    assert_eq!(r.text(), format!("{FOO_BAR}q"));
+    // A malformed escape names no function.
+    let r = c.post("/function/ech%6", b"x");
+    assert_eq!(r.status, 404, "{}", r.text());
+}
+
+#[test]
 fn server_timing_content_type_status_and_query_string() {
     for_each_poll(|poll| {
         let engine = Engine::builder().poll(poll).start();

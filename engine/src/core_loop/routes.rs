@@ -19,6 +19,9 @@ use nocturne_net::ConnId;
 use super::dispatch::{Admission, NewCall};
 use super::{LoopState, Origin, WAKE_TOKEN};
 
+/// The longest function name (the configuration refuses longer ones).
+const MAX_FUNCTION_NAME: usize = crate::config::limits::MAX_FUNCTION_NAME;
+
 /// The body limit for paths that take no body.
 const NO_BODY_LIMIT: usize = 64 * 1024;
 
@@ -41,12 +44,46 @@ fn route(path: &str) -> Route<'_> {
 }
 
 impl LoopState {
+    /// The function a path's NAME names. A name may come percent-encoded
+    /// (`/function/ech%6F`): RFC 3986 §6.2.2.2 makes that the same URL, and
+    /// proxies and client libraries do encode characters a name may hold.
     fn function_id(&self, name: &str) -> Option<u32> {
+        let mut decoded = [0u8; MAX_FUNCTION_NAME];
+        let name = percent_decode_name(name, &mut decoded)?;
         self.functions
             .iter()
-            .position(|f| f.name == name)
+            .position(|f| f.name.as_bytes() == name)
             .map(|i| i as u32)
     }
+}
+
+/// `name` with its `%XX` escapes decoded into `buf`, or `None` where it is
+/// malformed or longer than any function name (such a name names nothing).
+/// No allocation: the router runs for every request.
+fn percent_decode_name<'a>(name: &'a str, buf: &'a mut [u8]) -> Option<&'a [u8]> {
+    if !name.contains('%') {
+        return Some(name.as_bytes());
+    }
+    let bytes = name.as_bytes();
+    let (mut read, mut len) = (0, 0);
+    while read < bytes.len() {
+        let byte = match bytes[read] {
+            b'%' => {
+                let hex = bytes.get(read + 1..read + 3)?;
+                read += 3;
+                // Not `from_str_radix`, which would take `%+1`.
+                let digit = |b: u8| (b as char).to_digit(16);
+                (digit(hex[0])? * 16 + digit(hex[1])?) as u8
+            }
+            other => {
+                read += 1;
+                other
+            }
+        };
+        *buf.get_mut(len)? = byte;
+        len += 1;
+    }
+    Some(&buf[..len])
 }
 
 /// Whether `method` reads: `GET`, or `HEAD` (the same answer without a body).
@@ -259,7 +296,29 @@ impl RequestHandler for LoopState {
 
 #[cfg(test)]
 mod tests {
-    use super::no_such_function;
+    use super::{no_such_function, percent_decode_name};
+
+    fn decoded(name: &str) -> Option<String> {
+        let mut buf = [0u8; 64];
+        percent_decode_name(name, &mut buf).map(|b| String::from_utf8_lossy(b).into_owned())
+    }
+
+    #[test]
+    fn a_percent_encoded_name_is_the_name() {
+        assert_eq!(decoded("echo").as_deref(), Some("echo"));
+        assert_eq!(decoded("ech%6F").as_deref(), Some("echo"));
+        assert_eq!(decoded("%65%63%68%6f").as_deref(), Some("echo"));
+        assert_eq!(decoded("my%5Ffn").as_deref(), Some("my_fn"));
+    }
+
+    #[test]
+    fn a_malformed_or_overlong_escape_names_nothing() {
+        for bad in ["ech%6", "ech%", "%zz", "%+1", "%-1", "a%6G"] {
+            assert_eq!(decoded(bad), None, "{bad}");
+        }
+        assert_eq!(decoded(&"a".repeat(64)).map(|n| n.len()), Some(64));
+        assert_eq!(decoded(&format!("{}%61", "a".repeat(64))), None);
+    }
 
     #[test]
     fn a_404_shows_at_most_64_characters_of_the_name() {
