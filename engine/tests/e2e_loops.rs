@@ -11,7 +11,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{two_cores, Client, Engine};
+use common::{two_cores, Client, Engine, LONG};
 
 /// Two loops (on the first and last allowed cores: `IO_CORES` is replaced),
 /// adaptive as they share the cores with the workers; whoami, sleep and bar
@@ -257,6 +257,26 @@ fn forwarded_calls_in_flight_at_sigterm_finish_before_the_engine_exits() {
         std::thread::sleep(Duration::from_millis(5));
     }
     engine.signal(libc::SIGTERM);
+    // Each loop says what it drains; a forwarded call is counted once, by
+    // the loop that runs it (at most 8 in all; one may have finished).
+    let draining = |l: &str| {
+        let (_, rest) = l.split_once(": draining ")?;
+        rest.split_once(" call(s)")?.0.parse::<u64>().ok()
+    };
+    for index in 0..2 {
+        let line = engine
+            .log()
+            .wait_for(LONG, |l| l.contains(&format!("loop {index}: draining")));
+        if line.is_none() {
+            engine.fail(&format!("loop {index} logged no drain"));
+        }
+    }
+    let drained: u64 = engine.log_text().lines().filter_map(draining).sum();
+    assert!(
+        (7..=8).contains(&drained),
+        "{drained} calls drained: {}",
+        engine.log_text()
+    );
     for c in &mut clients {
         match c.try_read_response() {
             Ok(r) => assert_eq!((r.status, r.text()), (200, "slept 150000 us".to_string())),

@@ -334,10 +334,13 @@ impl<T: Transport> CoreLoop<T> {
             self.server.transport_mut().stop_accepting();
             self.server.drain();
             let timeout = self.st.ctx.config.drain_timeout;
+            // A call handed to another loop is that loop's to count: each
+            // call is counted once across the engine's lines.
+            let own_calls = self.st.calls.iter().filter(|(_, c)| c.forwarded_to.is_none());
             log::info!(
                 "nocturne: loop {}: draining {} call(s) and {} request(s) still arriving, up to {} ms",
                 self.st.index,
-                self.st.calls.len(),
+                own_calls.count(),
                 self.server.requests_in_progress(),
                 timeout.as_millis()
             );
