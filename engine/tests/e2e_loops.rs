@@ -234,6 +234,30 @@ fn a_full_queue_on_the_owner_is_a_503_with_retry_after_on_every_loop() {
 }
 
 #[test]
+fn a_call_cut_off_at_its_deadline_counts_its_run_as_exec_on_either_loop() {
+    // sleep's one worker runs on loop 0; calls that reach loop 1 are
+    // forwarded there. Eight connections, one call at a time: both loops
+    // take some (all eight on one loop: 1 in 128).
+    let Some(config) = two_loops("timeout = \"100ms\"") else {
+        return;
+    };
+    let engine = Engine::builder().config(&config).start();
+    engine.wait_workers("sleep", 1, Duration::from_secs(10));
+    for (i, mut c) in clients(&engine).into_iter().take(8).enumerate() {
+        let r = c.post("/function/sleep?us=150000", b"");
+        assert_eq!(r.status, 504, "call {i}: {}", r.text());
+        let (queue, exec) = (r.timing_ms("queue"), r.timing_ms("exec"));
+        assert!(
+            exec >= 90.0 && queue < 50.0,
+            "call {i} ran until its deadline, yet Server-Timing says queue {queue} ms, exec {exec} ms"
+        );
+        // Let the abandoned worker finish its 150 ms.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    engine.stop();
+}
+
+#[test]
 fn forwarded_calls_in_flight_at_sigterm_finish_before_the_engine_exits() {
     let Some(config) = two_loops("timeout = \"10s\"") else {
         return;

@@ -23,6 +23,11 @@ use super::calls::{call_id, call_key};
 use super::{Call, LoopState, Origin};
 use crate::slab::Key;
 
+/// How long past a forwarded call's deadline its loop waits for the
+/// cut-off from the loop running it before answering 504 itself. The other
+/// loop's timers run every millisecond: 100 ms is for a loop that is gone.
+const FORWARDED_DEADLINE_GRACE: Duration = Duration::from_millis(100);
+
 /// The least a waiting call waits for a busy worker before an idle one
 /// takes it past the concurrency limit (see `take_idle_worker_for_pending`).
 const OVERDUE_AFTER: Duration = Duration::from_millis(1);
@@ -695,10 +700,16 @@ impl LoopState {
     pub(crate) fn expire_deadlines<T: Transport>(&mut self, server: &mut HttpServer<T>) {
         let mut keys = std::mem::take(&mut self.keys);
         keys.clear();
+        // A forwarded call is cut off by the loop running it, at the same
+        // deadline: its answer says where the call was and how long it ran.
+        // This loop waits a grace longer, for the case that loop has gone.
         keys.extend(
             self.calls
                 .iter()
-                .filter(|(_, c)| c.deadline <= self.now)
+                .filter(|(_, c)| match c.forwarded_to {
+                    None => c.deadline <= self.now,
+                    Some(_) => c.deadline + FORWARDED_DEADLINE_GRACE <= self.now,
+                })
                 .map(|(k, _)| k),
         );
         for &key in &keys {
@@ -715,8 +726,8 @@ impl LoopState {
             } else if let Some(slot) = call.worker.and_then(|w| self.workers.get_mut(w)) {
                 slot.abandoned_at = Some(self.now);
             }
-            // A forwarded call's own loop answers it; the owning loop's
-            // deadline is the same, and its late letter finds nothing here.
+            // (A forwarded call's cut-off from the loop running it is late:
+            // should it come now, it finds nothing here.)
             let whereabouts = match forwarded_to {
                 Some(to) => format!(", forwarded to core loop {to}"),
                 None if queued => ", still queued".to_owned(),
