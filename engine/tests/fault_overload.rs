@@ -127,6 +127,10 @@ fn check_answer(engine: &Engine, function: &str, conn: usize, i: usize, r: &comm
             if r.header("retry-after") != Some("1") {
                 engine.fail(&format!("503 without Retry-After: 1: {:?}", r.headers));
             }
+            // Refused without a run, as Server-Timing says on every call's answer.
+            if r.header("server-timing").is_none() || r.timing_ms("exec") != 0.0 {
+                engine.fail(&format!("503 without Server-Timing exec 0: {:?}", r.headers));
+            }
         }
         other => engine.fail(&format!(
             "connection {conn}, request {i} to {function}: {other} {}",

@@ -766,7 +766,7 @@ pub(crate) fn queued_ns((received_ns, dispatched_ns): (u64, u64), now_ns: u64) -
 /// Durations are in milliseconds as the header's spec requires, with µs
 /// resolution (`exec;dur=0.012` is 12 µs).
 /// `call_ns` is the call's received and dispatched time (0: never dispatched).
-fn server_timing(out: &mut String, call_ns: (u64, u64), exec_ns: u64, now_ns: u64) {
+pub(crate) fn server_timing(out: &mut String, call_ns: (u64, u64), exec_ns: u64, now_ns: u64) {
     use std::fmt::Write;
     let total = now_ns.saturating_sub(call_ns.0);
     let queue = queued_ns(call_ns, now_ns);

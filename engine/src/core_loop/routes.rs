@@ -16,7 +16,7 @@ use nocturne_net::http::{
 };
 use nocturne_net::ConnId;
 
-use super::dispatch::{Admission, NewCall};
+use super::dispatch::{server_timing, Admission, NewCall};
 use super::{LoopState, Origin, WAKE_TOKEN};
 
 /// The longest function name (the configuration refuses longer ones).
@@ -259,12 +259,20 @@ impl RequestHandler for LoopState {
                     }
                 };
                 if let Admission::Rejected((status, msg)) = admission {
+                    // Refused before it queued: no queue, no run. The header
+                    // is there as on every other answer of a call (and on a
+                    // refusal that another loop's queue made).
+                    self.timing.clear();
+                    server_timing(&mut self.timing, (self.now_ns, self.now_ns), 0, self.now_ns);
                     let seconds = self.retry_after_s(f).to_string();
-                    let retry = [("Retry-After", seconds.as_str())];
-                    let headers: &[(&str, &str)] = if status == protocol::STATUS_OVERLOADED {
-                        &retry
+                    let headers = [
+                        ("Server-Timing", self.timing.as_str()),
+                        ("Retry-After", seconds.as_str()),
+                    ];
+                    let headers = if status == protocol::STATUS_OVERLOADED {
+                        &headers[..]
                     } else {
-                        &[]
+                        &headers[..1]
                     };
                     let _ = responder.respond(
                         id,
