@@ -14,7 +14,7 @@
 # not. It needs only the release `nocturne` binary (no cargo, no iproute2:
 # the smoltcp cases need a namespace and are not run here). Every step has
 # its own time limit so that one stuck step cannot eat the rest; each
-# writes its JSON (DESIGN §7) and its console output into OUTDIR as
+# writes its JSON (docs/design.md §7) and its console output into OUTDIR as
 # STEP.json and STEP.txt, and prints the end of the console output.
 #
 # Core plan (cores 0-15):

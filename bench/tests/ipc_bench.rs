@@ -1,6 +1,6 @@
 //! End-to-end test of `bench ipc`: a real driver, a real peer process, every
 //! case, tiny sample counts. No timing is asserted — only that every case
-//! ran, counted no errors, and produced sane numbers in the DESIGN §7 JSON.
+//! ran, counted no errors, and produced sane numbers in the docs/design.md §7 JSON.
 //!
 //! The driver re-executes its own binary as `<exe> bench ipc-peer …`, so
 //! this test brings its own `main` (`harness = false`): invoked that way it

@@ -357,7 +357,7 @@ impl Engine {
 fn log_startup(config: &Config, addr: SocketAddr) {
     let stack = match &config.smoltcp {
         None => "kernel TCP".to_string(),
-        Some(sc) => format!("smoltcp on {:?}", sc.device),
+        Some(sc) => format!("smoltcp on {}", sc.device),
     };
     // Modes as the flags spell them (`--poll adaptive`), so the line can be
     // checked against the command that started the engine.

@@ -1,7 +1,7 @@
 //! `nocturne bench engine` end to end, through the real binary: it starts
 //! real engines (one per poll mode) and the floor server as separate
 //! processes, measures every case with a tiny sample count, and writes the
-//! DESIGN §7 JSON. Timing is never asserted; the report's shape, its error
+//! docs/design.md §7 JSON. Timing is never asserted; the report's shape, its error
 //! counts, the pids on both ends of the internal calls and the clean-up are.
 //!
 //! `--net kernel,smoltcp` creates a network namespace and a TAP: those tests
@@ -500,7 +500,7 @@ fn a_quick_net_run_measures_both_stacks_in_a_namespace_it_removes() {
     assert!(modes["server_net_smoltcp"]
         .as_str()
         .unwrap()
-        .contains("smoltcp on Tap"));
+        .contains("smoltcp on TAP "));
     assert!(modes["server_net_kernel"]
         .as_str()
         .unwrap()

@@ -626,7 +626,7 @@ fn start_up_lines_say_the_methods_served_and_the_modes_as_spelt() {
     let log = engine.log_text();
     for needle in [
         "function echo (built-in echo): 1..4 workers, POST /function/echo",
-        "function bar (built-in bar): 1..4 workers, POST, GET /function/bar",
+        "function bar (built-in bar): 1..4 workers, POST, GET, HEAD /function/bar",
         ", poll block, workers wait yield",
         "warning: --spin-us: has no effect with --poll block",
     ] {

@@ -114,8 +114,8 @@ impl Transport {
     fn assert_serves_on(self, engine: &Engine) {
         let stack = match self {
             Transport::Kernel => "(kernel TCP;".to_string(),
-            Transport::SmoltcpTap => format!("(smoltcp on Tap(\"{TAP}\");"),
-            Transport::SmoltcpRaw => format!("(smoltcp on Raw(\"{VETH_RAW}\");"),
+            Transport::SmoltcpTap => format!("(smoltcp on TAP {TAP};"),
+            Transport::SmoltcpRaw => format!("(smoltcp on raw socket on {VETH_RAW};"),
         };
         let listening = engine
             .log()

@@ -129,7 +129,10 @@ fn check_answer(engine: &Engine, function: &str, conn: usize, i: usize, r: &comm
             }
             // Refused without a run, as Server-Timing says on every call's answer.
             if r.header("server-timing").is_none() || r.timing_ms("exec") != 0.0 {
-                engine.fail(&format!("503 without Server-Timing exec 0: {:?}", r.headers));
+                engine.fail(&format!(
+                    "503 without Server-Timing exec 0: {:?}",
+                    r.headers
+                ));
             }
         }
         other => engine.fail(&format!(

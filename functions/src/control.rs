@@ -3,7 +3,7 @@
 //!
 //! The engine starts a worker with one end of a `SOCK_SEQPACKET` socketpair in
 //! `NOCTURNE_CONTROL_FD` and the function name in `NOCTURNE_FUNCTION`
-//! (DESIGN §4, the worker contract). Over that socket:
+//! (docs/design.md §4, the worker contract). Over that socket:
 //!
 //! ```text
 //!  engine                                         worker

@@ -18,7 +18,7 @@
 //! kernel), so a swap between the re-check and the sleep is not lost either.
 //! The loom model (`loom_tests`) checks this with the shipped code.
 //!
-//! [`WaitPolicy`] adds the spin/yield budget in front of parking (DESIGN §3:
+//! [`WaitPolicy`] adds the spin/yield budget in front of parking (docs/design.md §3:
 //! spinning pays only when the peer has its own core).
 #![allow(unsafe_code)]
 

@@ -303,7 +303,7 @@ impl FunctionConfig {
     /// start-up log say them.
     pub fn methods(&self) -> &'static str {
         if self.allow_get {
-            "POST, GET"
+            "POST, GET, HEAD"
         } else {
             "POST"
         }

@@ -4,7 +4,7 @@
 //! over the loops, the first loops taking the remainder. A function with
 //! fewer workers than there are loops leaves some loops with no share at all;
 //! those loops hand the function's calls to a loop that has one, and the
-//! answer comes back the same way (DESIGN §4). The connection, or the calling
+//! answer comes back the same way (docs/design.md §4). The connection, or the calling
 //! worker, stays with the loop that took the call: only the call travels.
 //! A loop with workers of its own never forwards, so the hot path is the
 //! same as with one loop.

@@ -8,7 +8,7 @@
 //!      pidfd in the loop's epoll → readable = the worker died → try_reap()
 //! ```
 //!
-//! The worker contract (DESIGN §4): the engine starts `argv` (no shell) with
+//! The worker contract (docs/design.md §4): the engine starts `argv` (no shell) with
 //! one end of a `SOCK_SEQPACKET` socketpair in `NOCTURNE_CONTROL_FD` and the
 //! function name in `NOCTURNE_FUNCTION`; the handshake and the channel's memfd
 //! travel over it (protocol: `nocturne_functions::control`), and the worker

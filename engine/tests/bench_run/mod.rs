@@ -162,7 +162,7 @@ pub fn processes_mentioning(needle: &str) -> Vec<String> {
     found
 }
 
-/// A `--json` report (DESIGN §7) read back.
+/// A `--json` report (docs/design.md §7) read back.
 pub fn read_report(path: &std::path::Path) -> serde_json::Value {
     let text = std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("cannot read the report {}: {e}", path.display()));

@@ -61,6 +61,9 @@ pub(crate) fn reason(status: u16) -> &'static str {
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
         505 => "HTTP Version Not Supported",
+        // RFC 5842: the engine's answer to a call cycle or a chain past
+        // max_call_depth.
+        508 => "Loop Detected",
         _ => "",
     }
 }
@@ -170,6 +173,18 @@ mod tests {
         http10: false,
         head_only: false,
     };
+
+    #[test]
+    fn every_status_the_engine_answers_has_its_reason_phrase() {
+        let statuses = [
+            200, 400, 404, 405, 408, 413, 414, 431, 500, 502, 503, 504, 505, 508,
+        ];
+        for status in statuses {
+            assert_ne!(reason(status), "", "{status}");
+        }
+        let head = render(&Response::new(508, b""), KEEP);
+        assert!(head.starts_with("HTTP/1.1 508 Loop Detected\r\n"), "{head}");
+    }
 
     #[test]
     fn decimal_formatting_matches_std() {

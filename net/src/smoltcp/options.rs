@@ -31,6 +31,16 @@ impl DeviceSpec {
     }
 }
 
+/// As a log line names it: `TAP nct0`, `raw socket on veth0`.
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tap(name) => write!(f, "TAP {name}"),
+            Self::Raw(name) => write!(f, "raw socket on {name}"),
+        }
+    }
+}
+
 /// An IPv4 address with its prefix length, as in `192.0.2.2/24`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Ipv4Cidr {

@@ -706,7 +706,7 @@ fn summary_names_everything_that_matters() {
         "yield (yields 50us, then parks; workers are not pinned",
         "max_connections 10000, max_header_bytes 8KiB, drain_timeout 10s",
         "functions     5",
-        "foo    builtin foo; workers 1..4; timeout 10s; max_payload 1MiB; POST, GET",
+        "foo    builtin foo; workers 1..4; timeout 10s; max_payload 1MiB; POST, GET, HEAD",
     ] {
         assert!(summary.contains(needle), "{needle}\n---\n{summary}");
     }
