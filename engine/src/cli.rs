@@ -47,7 +47,7 @@ pub struct ServeArgs {
     /// Network stack [default: kernel]
     ///
     /// kernel: kernel TCP sockets, one SO_REUSEPORT listener per io core.
-    /// smoltcp: a userspace TCP stack, busy-polled by the io loops, over a
+    /// smoltcp: a userspace TCP stack, polled by the io loops, over a
     /// TAP device (--tap) or an AF_PACKET raw socket (--raw), at --ip; it
     /// listens on --listen's port (which must not be 0).
     #[arg(long, env = "NOCTURNE_NET", value_enum, value_name = "BACKEND")]
@@ -84,6 +84,7 @@ pub struct ServeArgs {
     /// Cores must be in this process's allowed set (sched_getaffinity, i.e.
     /// taskset/cgroup cpusets) and listed once. More io cores serve more
     /// connections in parallel; each takes a whole core under --poll spin.
+    /// At most 256.
     #[arg(long, env = "NOCTURNE_IO_CORES", value_name = "CORES")]
     pub io_cores: Option<CoreSet>,
 
@@ -105,7 +106,7 @@ pub struct ServeArgs {
     #[arg(long, env = "NOCTURNE_POLL", value_enum, value_name = "MODE")]
     pub poll: Option<PollMode>,
 
-    /// Microseconds an idle io loop polls before sleeping (--poll adaptive) [default: 50, or 500 when workers may run on the io cores]
+    /// Microseconds an idle io loop polls before sleeping (--poll adaptive), at most 1000000 [default: 50, or 500 when workers may run on the io cores]
     #[arg(long, env = "NOCTURNE_SPIN_US", value_name = "US")]
     pub spin_us: Option<u64>,
 
@@ -119,7 +120,7 @@ pub struct ServeArgs {
     #[arg(long, env = "NOCTURNE_WORKER_POLL", value_enum, value_name = "MODE")]
     pub worker_poll: Option<WorkerPoll>,
 
-    /// Microseconds an idle worker spins or yields before parking [default: 2000 for spin, 50 for yield]
+    /// Microseconds an idle worker spins or yields before parking, at most 1000000 [default: 2000 for spin, 50 for yield]
     #[arg(long, env = "NOCTURNE_WORKER_SPIN_US", value_name = "US")]
     pub worker_spin_us: Option<u64>,
 
@@ -131,15 +132,15 @@ pub struct ServeArgs {
     #[arg(long, env = "NOCTURNE_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
 
-    /// Largest request line plus headers, e.g. 8KiB; larger requests get 431 [default: 8KiB]
+    /// Largest request line plus headers, 1KiB to 1MiB, e.g. 8KiB; larger requests get 431 [default: 8KiB]
     #[arg(long, env = "NOCTURNE_MAX_HEADER_BYTES", value_name = "SIZE", value_parser = parse_size)]
     pub max_header_bytes: Option<u64>,
 
-    /// On shutdown, how long in-flight calls may take to finish, e.g. 10s [default: 10s]
+    /// On shutdown, how long in-flight calls may take to finish, e.g. 10s; at most 1h [default: 10s]
     #[arg(long, env = "NOCTURNE_DRAIN_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub drain_timeout: Option<Duration>,
 
-    /// A connection must send a whole request head within this, e.g. 10s; slower clients get 408 [default: 10s]
+    /// A connection must send a whole request head within this, e.g. 10s (more than 0, at most 1h); slower clients get 408 [default: 10s]
     ///
     /// The defence against slowloris clients: a connection that trickles its
     /// head is closed without holding up anyone else. It is also a body's
@@ -147,7 +148,7 @@ pub struct ServeArgs {
     #[arg(long, env = "NOCTURNE_HEADER_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub header_timeout: Option<Duration>,
 
-    /// Close keep-alive connections idle this long, e.g. 60s [default: 60s]
+    /// Close keep-alive connections idle this long, e.g. 60s (more than 0, at most 1h) [default: 60s]
     ///
     /// A request body of which nothing arrives for this long gets 408.
     #[arg(long, env = "NOCTURNE_KEEPALIVE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
