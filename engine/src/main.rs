@@ -36,7 +36,7 @@ enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(nocturne_engine::cli::ConfigCommand),
-    /// Benchmarks (IPC micro-benchmarks, engine, load generator).
+    /// Benchmarks (IPC micro-benchmarks, engine, load generator, comparison with RPC baselines).
     #[command(subcommand)]
     Bench(nocturne_bench::BenchCommand),
 }
