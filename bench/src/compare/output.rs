@@ -178,7 +178,7 @@ pub fn build_report(settings: &CompareSettings, outcome: &CompareOutcome) -> Rep
     for s in &outcome.systems {
         // Empty only when a signal came before its round trips finished.
         if !s.unloaded.is_empty() {
-            let mut unloaded = load_output::pingpong_case(&s.unloaded);
+            let mut unloaded = load_output::pingpong_case(&s.unloaded, 0);
             unloaded.name = unloaded_case_name(s.system);
             cases.push(with_extras(unloaded, &[("rss_mb", s.rss_mib)]));
         }

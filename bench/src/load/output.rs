@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::baseline::PingPong;
 use super::run::RateResult;
 use super::spec::{format_rate, rate_file_tag, Slo};
 use crate::hist::LatencyHistogram;
@@ -231,15 +232,41 @@ pub fn cases(r: &RateResult, slos: &[Slo]) -> Vec<CaseResult> {
     out
 }
 
-/// The ping-pong baseline as a report case.
-pub fn pingpong_case(h: &LatencyHistogram) -> CaseResult {
-    let s = h.summary();
+/// The ping-pong baseline as a report case: its round-trip times, and
+/// `errors` its non-2xx answers (counted, as a rate's are, when
+/// `--allow-errors` let them through).
+pub fn pingpong_case(round_trips: &LatencyHistogram, errors: u64) -> CaseResult {
+    let s = round_trips.summary();
     let rate = if s.mean_us > 0.0 {
         1e6 / s.mean_us
     } else {
         0.0
     };
-    CaseResult::from_summary("pingpong", &s, rate, 0).with_extra("p9999_us", s.p9999_us)
+    CaseResult::from_summary("pingpong", &s, rate, errors).with_extra("p9999_us", s.p9999_us)
+}
+
+/// The lines the command prints about the ping-pong baseline: its
+/// percentiles, and the status codes when any answer was not 2xx.
+pub fn pingpong_lines(pingpong: &PingPong) -> String {
+    let s = pingpong.round_trips.summary();
+    let mut out = format!(
+        "ping-pong baseline (blocking, 1 connection, {} round trips): p50 {:.2} p99 {:.2} p99.9 {:.2} µs\n",
+        s.samples, s.p50_us, s.p99_us, s.p999_us
+    );
+    if pingpong.non_2xx() > 0 {
+        let codes: Vec<String> = pingpong
+            .statuses
+            .iter()
+            .map(|(status, n)| format!("{status}: {n}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  non-2xx {} (allowed), status codes: {}",
+            pingpong.non_2xx(),
+            codes.join(", ")
+        );
+    }
+    out
 }
 
 /// The `.hgrm` file of each rate: `path` itself when one rate was asked
