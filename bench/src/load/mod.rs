@@ -27,7 +27,8 @@
 //! [`target`] (URLs, resolution, request bytes, `--mix` files), [`http`]
 //! (response framing), `client` (the per-thread loop), [`run`] (one rate),
 //! [`baseline`] (the probe and the ping-pong baseline), [`echo`] (a
-//! trivial echo server to calibrate against), [`output`], [`plot`].
+//! trivial echo server to calibrate against), [`progress`] (the live line
+//! on a terminal), [`output`], [`plot`].
 
 pub mod baseline;
 pub mod echo;
@@ -35,6 +36,7 @@ pub mod http;
 pub mod interrupt;
 pub mod output;
 pub mod plot;
+pub mod progress;
 pub mod run;
 pub mod schedule;
 pub mod spec;
