@@ -11,8 +11,10 @@
 //!             "errors": 0, "parks_per_msg": 1.0}]}
 //! ```
 //!
-//! A case may carry extra numeric fields (flattened into the case object);
-//! readers ignore the ones they don't know.
+//! A case may carry extra numeric fields (flattened into the case object):
+//! counts (`offered`, `reconnects`, …) as integers, as `samples` and
+//! `errors` are, and measurements (latencies, rates, ratios) as floats, even
+//! when one comes out whole. Readers ignore the fields they don't know.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -56,6 +58,7 @@ pub struct Machine {
 
 /// The measurements of one case.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(into = "CaseWire", try_from = "CaseWire")]
 pub struct CaseResult {
     /// Case name, `mechanism/payload` by convention (`ring-spin/64`).
     pub name: String,
@@ -77,9 +80,100 @@ pub struct CaseResult {
     pub ops_per_s: f64,
     /// Failed operations; a case with errors fails the run.
     pub errors: u64,
-    /// Case-specific numeric fields (`parks_per_msg`, `p9999_us`, …).
-    #[serde(flatten)]
+    /// Case-specific measurements (`parks_per_msg`, `p9999_us`, …),
+    /// written as JSON floats.
     pub extra: BTreeMap<String, f64>,
+    /// Case-specific counts (`offered`, `reconnects`, …), written as JSON
+    /// integers. A key is in `extra` or here, never both; a report read
+    /// back has its integer fields here.
+    pub counts: BTreeMap<String, u64>,
+}
+
+/// A case as it is written: the fixed fields, then the extra ones
+/// flattened beside them, counts as integers and measurements as floats.
+#[derive(Serialize, Deserialize)]
+struct CaseWire {
+    name: String,
+    samples: u64,
+    p50_us: f64,
+    p90_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+    max_us: f64,
+    ops_per_s: f64,
+    errors: u64,
+    #[serde(flatten)]
+    extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// An extra field of a case that is not a number.
+#[derive(Debug, thiserror::Error)]
+#[error("case {case:?}: field {field:?} is not a number")]
+pub struct NotANumber {
+    /// The case.
+    pub case: String,
+    /// The field.
+    pub field: String,
+}
+
+impl From<CaseResult> for CaseWire {
+    fn from(c: CaseResult) -> Self {
+        let measurements = c
+            .extra
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::from(v)));
+        let counts = c
+            .counts
+            .into_iter()
+            .map(|(k, n)| (k, serde_json::Value::from(n)));
+        Self {
+            name: c.name,
+            samples: c.samples,
+            p50_us: c.p50_us,
+            p90_us: c.p90_us,
+            p99_us: c.p99_us,
+            p999_us: c.p999_us,
+            max_us: c.max_us,
+            ops_per_s: c.ops_per_s,
+            errors: c.errors,
+            extra: measurements.chain(counts).collect(),
+        }
+    }
+}
+
+impl TryFrom<CaseWire> for CaseResult {
+    type Error = NotANumber;
+
+    fn try_from(w: CaseWire) -> Result<Self, NotANumber> {
+        let mut extra = BTreeMap::new();
+        let mut counts = BTreeMap::new();
+        for (field, value) in w.extra {
+            // serde_json keeps `7` and `7.0` apart: an integer is a count.
+            if let Some(n) = value.as_u64() {
+                counts.insert(field, n);
+            } else if let Some(v) = value.as_f64() {
+                extra.insert(field, v);
+            } else {
+                return Err(NotANumber {
+                    case: w.name,
+                    field,
+                });
+            }
+        }
+        Ok(Self {
+            name: w.name,
+            samples: w.samples,
+            p50_us: w.p50_us,
+            p90_us: w.p90_us,
+            p99_us: w.p99_us,
+            p999_us: w.p999_us,
+            max_us: w.max_us,
+            ops_per_s: w.ops_per_s,
+            errors: w.errors,
+            extra,
+            counts,
+        })
+    }
 }
 
 /// Why a report could not be written or read.
@@ -135,13 +229,32 @@ impl CaseResult {
             ops_per_s,
             errors,
             extra: BTreeMap::new(),
+            counts: BTreeMap::new(),
         }
     }
 
-    /// Adds (or replaces) an extra numeric field.
+    /// Adds (or replaces) an extra measurement, written as a float.
     pub fn with_extra(mut self, key: impl Into<String>, value: f64) -> Self {
-        self.extra.insert(key.into(), value);
+        let key = key.into();
+        self.counts.remove(&key);
+        self.extra.insert(key, value);
         self
+    }
+
+    /// Adds (or replaces) an extra count, written as an integer.
+    pub fn with_count(mut self, key: impl Into<String>, count: u64) -> Self {
+        let key = key.into();
+        self.extra.remove(&key);
+        self.counts.insert(key, count);
+        self
+    }
+
+    /// The extra field `key`, count or measurement, as a number.
+    pub fn number(&self, key: &str) -> Option<f64> {
+        self.counts
+            .get(key)
+            .map(|&n| n as f64)
+            .or_else(|| self.extra.get(key).copied())
     }
 }
 
@@ -280,10 +393,16 @@ pub fn render_table(cases: &[CaseResult]) -> String {
     let rows: Vec<[String; 10]> = cases
         .iter()
         .map(|c| {
-            let notes = c
+            let mut notes: Vec<(&String, String)> = c
                 .extra
                 .iter()
-                .map(|(k, v)| format!("{k}={}", format_number(*v)))
+                .map(|(k, v)| (k, format_number(*v)))
+                .chain(c.counts.iter().map(|(k, n)| (k, n.to_string())))
+                .collect();
+            notes.sort();
+            let notes = notes
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
                 .collect::<Vec<_>>()
                 .join(" ");
             [
@@ -445,7 +564,8 @@ mod tests {
         }
         let case = CaseResult::from_histogram("ring-park/64", &h, 12_345.5, 0)
             .with_extra("parks_per_msg", 1.0)
-            .with_extra("p9999_us", 99.99);
+            .with_extra("p9999_us", 99.99)
+            .with_count("messages", 100_000);
         let machine = Machine {
             commit: "abc".into(),
             cpu_model: "AMD EPYC".into(),
@@ -487,10 +607,14 @@ mod tests {
         ] {
             assert!(case[key].is_f64(), "{key} is not a float: {case}");
         }
-        // Extra fields are flattened into the case object.
+        // Extra fields are flattened into the case object: measurements
+        // as floats even when whole, counts as integers.
         assert_eq!(case["parks_per_msg"], 1.0);
+        assert!(case["parks_per_msg"].is_f64(), "{case}");
         assert_eq!(case["p9999_us"], 99.99);
-        assert!(case.get("extra").is_none());
+        assert!(case["messages"].is_u64(), "{case}");
+        assert_eq!(case["messages"], 100_000);
+        assert!(case.get("extra").is_none() && case.get("counts").is_none());
         assert!((case["p50_us"].as_f64().unwrap() - 50.0).abs() < 0.1);
     }
 
@@ -504,10 +628,11 @@ mod tests {
         let back = Report::read_json(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
         assert_eq!(back, report);
-        assert_eq!(
-            back.case("ring-park/64").unwrap().extra["parks_per_msg"],
-            1.0
-        );
+        let case = back.case("ring-park/64").unwrap();
+        assert_eq!(case.extra["parks_per_msg"], 1.0);
+        assert_eq!(case.counts["messages"], 100_000);
+        assert_eq!(case.number("messages"), Some(100_000.0));
+        assert_eq!(case.number("parks_per_msg"), Some(1.0));
         assert!(back.case("nope").is_none());
     }
 
@@ -516,9 +641,13 @@ mod tests {
         let text = r#"{"suite":"x","machine":{"commit":"c","cpu_model":"m","kernel":"k",
             "cpus":[0],"core_map":{},"modes":{},"command_line":""},
             "cases":[{"name":"a","samples":1,"p50_us":1.0,"p90_us":1.0,"p99_us":1.0,
-            "p999_us":1.0,"max_us":1.0,"ops_per_s":2.0,"errors":3,"rss_mb":7.5}]}"#;
+            "p999_us":1.0,"max_us":1.0,"ops_per_s":2.0,"errors":3,"rss_mb":7.5,"pids":2}]}"#;
         let report = Report::from_json(text).unwrap();
         assert_eq!(report.cases[0].extra["rss_mb"], 7.5);
+        assert_eq!(report.cases[0].counts["pids"], 2);
+        let not_a_number = text.replace("7.5", "\"lots\"");
+        let err = Report::from_json(&not_a_number).unwrap_err();
+        assert!(err.to_string().contains("not a benchmark report"), "{err}");
         assert_eq!(report.total_errors(), 3);
         assert!(matches!(
             Report::from_json("{\"suite\": 1}"),
@@ -606,6 +735,7 @@ mod tests {
             ops_per_s: 2.5e7,
             errors: 1,
             extra: BTreeMap::new(),
+            counts: BTreeMap::new(),
         });
         let table = report.table();
         let lines: Vec<&str> = table.lines().collect();
@@ -616,7 +746,7 @@ mod tests {
         );
         assert!(lines[1].starts_with("ring-park/64"), "{table}");
         assert!(
-            lines[1].contains("p9999_us=99.990 parks_per_msg=1"),
+            lines[1].contains("messages=100000 p9999_us=99.990 parks_per_msg=1"),
             "{table}"
         );
         assert!(

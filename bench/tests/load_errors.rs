@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{args, try_args, within};
 use nocturne_bench::load::{
-    run_command, run_rate, LoadError, LoadSettings, ProbeError, SettingsError,
+    run_command, run_rate, run_sweep, LoadError, LoadSettings, ProbeError, SettingsError,
 };
 
 /// Quick-failing, short-running options for a target.
@@ -291,6 +291,55 @@ fn a_wrong_path_and_allow_errors() {
     // Without it, the same non-2xx answers fail the command.
     let err = run_cli(quick(&server.url())).unwrap_err().to_string();
     assert!(err.contains("answered 404"), "{err}");
+}
+
+#[test]
+fn the_pingpong_baseline_honours_allow_errors_as_the_window_does() {
+    // With --allow-errors the probe and the window accept the 404s; the
+    // ping-pong baseline before them must too, timing every round trip
+    // and counting the non-2xx answers, not aborting the run.
+    let server = ScriptedServer::start(None, |_| Reply::Status(404));
+    let dir = std::env::temp_dir().join(format!("nocturne-pp404-{}", std::process::id()));
+    let json = dir.join("out.json");
+    let mut list = quick(&server.url());
+    list.extend(
+        ["--allow-errors", "--pingpong", "40", "--json"]
+            .map(String::from)
+            .into_iter()
+            .chain([json.display().to_string()]),
+    );
+    run_cli(list.clone()).unwrap();
+    let report = nocturne_bench::report::Report::read_json(&json).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let pingpong = report.case("pingpong").expect("a pingpong case");
+    assert_eq!(pingpong.samples, 40, "{pingpong:?}");
+    assert_eq!(pingpong.errors, 40, "every answer was a 404: {pingpong:?}");
+    let window = report.case("500/s").expect("the rate's case");
+    assert_eq!(window.errors, window.samples, "{window:?}");
+
+    // The baseline's own result says what came back.
+    let settings =
+        LoadSettings::from_args(&args(&list.iter().map(String::as_str).collect::<Vec<_>>()))
+            .unwrap();
+    let outcome = within("sweep", move || run_sweep(&settings, |_| {}).unwrap());
+    let pingpong = outcome.pingpong.expect("the baseline ran");
+    assert_eq!(pingpong.round_trips.len(), 40);
+    assert_eq!(pingpong.non_2xx(), 40);
+    assert_eq!(pingpong.statuses.get(&404), Some(&40));
+    let lines = nocturne_bench::load::output::pingpong_lines(&pingpong);
+    assert!(
+        lines.contains("non-2xx 40") && lines.contains("404: 40"),
+        "{lines}"
+    );
+
+    // Without --allow-errors the probe refuses the 404 before the baseline.
+    let mut list = quick(&server.url());
+    list.extend(["--pingpong", "40"].map(String::from));
+    let err = run_cli(list).unwrap_err().to_string();
+    assert!(
+        err.contains("answered 404") && err.contains("--allow-errors"),
+        "{err}"
+    );
 }
 
 #[test]

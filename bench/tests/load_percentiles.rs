@@ -201,7 +201,7 @@ fn outputs_carry_the_percentiles_and_counters() {
     assert_eq!(c.ops_per_s, 950.0);
     assert!((c.p99_us - latency.quantile_ns(0.99) as f64 / 1e3).abs() < 1e-9);
     assert_eq!(c.extra["offered_per_s"], 1_000.0);
-    assert_eq!(c.extra["unsent"], 10.0);
+    assert_eq!(c.counts["unsent"], 10);
     assert_eq!(c.extra["slo_met"], 0.0);
     assert!(rel_err(c.extra["service_p99_us"], 50.0) <= 0.001);
     assert!(c.extra["p9999_us"] >= c.p999_us);
@@ -248,4 +248,57 @@ fn outputs_carry_the_percentiles_and_counters() {
     );
     assert!(two.iter().all(|p| p.is_file()));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_json_writes_counts_as_integers_and_latencies_as_floats() {
+    let mut latency = LatencyHistogram::new();
+    latency.record_ns_n(40_000, 2_000);
+    let r = result_with(latency.clone(), latency);
+    let report = nocturne_bench::report::Report::new(
+        "load",
+        nocturne_bench::report::Machine::default(),
+        output::cases(&r, &[]),
+    );
+    let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    let case = &json["cases"][0];
+    // DESIGN §7: counts are ints, like `samples` and `errors`.
+    for (key, count) in [
+        ("samples", 2_000),
+        ("errors", 14),
+        ("offered", 2_000),
+        ("sent", 1_990),
+        ("completed", 1_980),
+        ("unsent", 10),
+        ("timeouts", 5),
+        ("non_2xx", 3),
+        ("socket_errors", 6),
+        ("connect_errors", 1),
+        ("unsolicited", 0),
+        ("reconnects", 2),
+        ("requests_total", 2_000),
+    ] {
+        assert!(case[key].is_u64(), "{key} is not an integer: {case}");
+        assert_eq!(case[key].as_u64(), Some(count), "{key}: {case}");
+    }
+    // Latencies and rates stay floats, even when they come out whole.
+    for key in [
+        "p50_us",
+        "p99_us",
+        "max_us",
+        "p9999_us",
+        "mean_us",
+        "service_p50_us",
+        "send_lag_p50_us",
+        "ops_per_s",
+        "rate",
+        "offered_per_s",
+        "window_s",
+        "client_cpu_us_per_req",
+    ] {
+        assert!(case[key].is_f64(), "{key} is not a float: {case}");
+    }
+    // And the report reads back as it was written.
+    let back = nocturne_bench::report::Report::from_json(&report.to_json()).unwrap();
+    assert_eq!(back, report);
 }

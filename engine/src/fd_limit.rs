@@ -16,7 +16,7 @@
 //! only the workers count.
 
 use crate::config::{Config, NetBackend};
-use crate::sys::OpenFiles;
+use crate::sys::OpenFilesLimit;
 
 /// Descriptors the engine holds per worker: its pidfd, control socket,
 /// region memfd, stdout and stderr pipes, and a doorbell eventfd.
@@ -31,7 +31,7 @@ pub(crate) struct FdPlan {
     /// Descriptors the configuration may use at worst.
     pub wanted: usize,
     /// The limits after raising.
-    pub limit: OpenFiles,
+    pub limit: OpenFilesLimit,
     /// The connections served at once: `max_connections`, or fewer where the
     /// limit cannot hold them.
     pub max_connections: usize,
@@ -87,7 +87,7 @@ pub(crate) fn fit(config: &Config) -> std::io::Result<FdPlan> {
         NetBackend::Smoltcp => 0,
     };
     let wanted = wanted(open_now, workers, connections, loops);
-    let limit = crate::sys::raise_open_files_limit(wanted as u64)?;
+    let limit = crate::sys::raise_own_open_files_limit(wanted as u64)?;
     let max_connections = match config.net {
         NetBackend::Kernel => config
             .max_connections
@@ -117,7 +117,7 @@ pub(crate) fn describe(plan: &FdPlan, config: &Config) -> Option<String> {
             if plan.max_connections == 1 { "" } else { "s" }
         ));
     }
-    (limit.soft > limit.before).then(|| {
+    limit.raised().then(|| {
         format!(
             "nocturne: open-files limit raised from {} to {} (max_connections {})",
             limit.before, limit.soft, plan.max_connections
@@ -164,7 +164,7 @@ mod tests {
         let config = Config::load(None, &overrides, &[0, 1]).unwrap();
         let plan = |before, soft, max_connections| FdPlan {
             wanted: 11_474,
-            limit: OpenFiles {
+            limit: OpenFilesLimit {
                 before,
                 soft,
                 hard: soft,

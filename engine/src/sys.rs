@@ -5,6 +5,8 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
+pub use nocturne_ipc::open_files::OpenFilesLimit;
+
 /// A non-blocking, close-on-exec eventfd (a core loop's doorbell).
 pub fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: plain syscall with constant flags; the result is checked below.
@@ -96,49 +98,24 @@ fn shutdown_set() -> libc::sigset_t {
 }
 
 /// The soft open-files limit the engine started with, when it raised its own
-/// (see [`raise_open_files_limit`]): workers get it back before exec.
+/// (see [`raise_own_open_files_limit`]): workers get it back before exec.
 static STARTING_OPEN_FILES: std::sync::OnceLock<libc::rlimit> = std::sync::OnceLock::new();
 
-/// The process's open-files limits after [`raise_open_files_limit`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OpenFiles {
-    /// The soft limit before.
-    pub before: u64,
-    /// The soft limit now.
-    pub soft: u64,
-    /// The hard limit (the most an unprivileged raise reaches).
-    pub hard: u64,
-}
-
-/// Raises the soft `RLIMIT_NOFILE` to `want`, or as near as the hard limit
-/// allows; never lowers it.
-pub fn raise_open_files_limit(want: u64) -> io::Result<OpenFiles> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(io::Error::last_os_error());
+/// Raises the engine's soft open-files limit to `want`, or as near as the
+/// hard limit allows, never lowering it
+/// ([`nocturne_ipc::open_files::raise_open_files_limit`]); when it raised
+/// it, remembers the limit it started with for
+/// [`starting_open_files_limit`] (the first raise's: a later one starts
+/// from a limit the engine set itself).
+pub fn raise_own_open_files_limit(want: u64) -> io::Result<OpenFilesLimit> {
+    let limit = nocturne_ipc::open_files::raise_open_files_limit(want)?;
+    if limit.raised() {
+        let _ = STARTING_OPEN_FILES.set(libc::rlimit {
+            rlim_cur: limit.before,
+            rlim_max: limit.hard,
+        });
     }
-    let before = limit.rlim_cur;
-    let target = want.min(limit.rlim_max);
-    if target > before {
-        let raised = libc::rlimit {
-            rlim_cur: target,
-            rlim_max: limit.rlim_max,
-        };
-        // SAFETY: setrlimit reads one rlimit struct we own.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let _ = STARTING_OPEN_FILES.set(limit);
-    }
-    Ok(OpenFiles {
-        before,
-        soft: target.max(before),
-        hard: limit.rlim_max,
-    })
+    Ok(limit)
 }
 
 /// The open-files limit the engine started with, if it has raised its own.
@@ -175,4 +152,47 @@ pub fn set_thread_affinity(cores: &[usize]) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lowers the soft open-files limit to `soft` (the hard one stays).
+    fn lower_soft_open_files_limit(soft: u64) {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one rlimit struct we own; setrlimit
+        // reads it back.
+        unsafe {
+            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+            limit.rlim_cur = soft.min(limit.rlim_cur);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        }
+    }
+
+    #[test]
+    fn raising_its_own_limit_remembers_the_one_the_engine_started_with() {
+        let now = raise_own_open_files_limit(0).unwrap();
+        assert!(!now.raised(), "never lowered, nothing raised");
+        if now.hard < 64 {
+            return; // no room to lower and raise again
+        }
+        // Room to raise even where the soft limit starts at the hard one.
+        lower_soft_open_files_limit(now.hard - 16);
+        let raised = raise_own_open_files_limit(now.hard - 8).unwrap();
+        assert!(raised.raised(), "{raised:?}");
+        assert_eq!(raised.soft, now.hard - 8);
+        // The first raise's starting point: this one's, or an earlier
+        // one's (another test may have raised it first), never higher.
+        let starting = starting_open_files_limit().expect("remembered");
+        assert!(
+            starting.rlim_cur <= raised.before,
+            "{starting:?} {raised:?}"
+        );
+        assert_eq!(starting.rlim_max, now.hard);
+        raise_own_open_files_limit(now.soft).unwrap();
+    }
 }

@@ -430,6 +430,12 @@ fn bad_compare_options_are_refused_before_anything_starts() {
         (vec!["--duration", "soon"], "--duration"),
         (vec!["--nocturne-poll", "sometimes"], "--nocturne-poll"),
         (vec!["--client-core", "4095"], "--client-core"),
+        // The client on a server's core would compete with what it
+        // measures.
+        (
+            vec!["--client-cores", "0", "--io-cores", "0"],
+            "--client-cores 0 share core 0 with nocturne's --io-cores",
+        ),
         (
             vec!["--sweep-start", "10k", "--sweep-max", "1k"],
             "saturation search",

@@ -24,7 +24,9 @@
 //!
 //! Beside the channels: [`wake_gate`] — whether a consumer that sleeps in `epoll` must be woken
 //! after a post into an in-process queue (the core loops' mailboxes), so
-//! that posting to a spinning consumer costs no system call.
+//! that posting to a spinning consumer costs no system call; and
+//! [`open_files`] — raising the open-files limit every region, doorbell and
+//! socket counts against (the engine's and the benchmarks' one way to).
 //!
 //! `copy` (private) copies short payloads into a slot without a `memcpy`
 //! call. `sync` (private) is the facade through which every atomic, fence,
@@ -43,6 +45,7 @@ mod copy;
 pub mod doorbell;
 pub mod fdpass;
 pub mod message;
+pub mod open_files;
 pub mod region;
 pub mod ring;
 mod sync;

@@ -24,7 +24,7 @@ use super::systems::{RunningSystem, System};
 use super::CompareSettings;
 use crate::engine::sys;
 use crate::hist::LatencyHistogram;
-use crate::load::baseline::pingpong_until;
+use crate::load::baseline::{pingpong_until, PingPongPlan};
 use crate::load::spec::{format_duration, format_rate, Percentile, Slo};
 use crate::load::{run_rate, LoadError, LoadPlan, RateResult, RequestSpec, Targets, Url};
 
@@ -336,16 +336,19 @@ fn run_phases(
         let plan = plan_for(settings, system, settings.duration)?;
         let kind = &plan.targets.kinds[0];
         system.resume()?;
-        let hist = pingpong_until(
-            system.addr(),
-            &kind.wire,
-            true,
-            settings.pingpong,
-            (settings.pingpong / 10).max(50),
-            Some(settings.client_cores[0]),
-            settings.timeout,
-            sys::interrupted,
-        );
+        let pingpong_plan = PingPongPlan {
+            addr: system.addr(),
+            request: kind.wire.clone(),
+            response_has_body: true,
+            count: settings.pingpong,
+            warmup: (settings.pingpong / 10).max(50),
+            core: Some(settings.client_cores[0]),
+            timeout: settings.timeout,
+            // Every system answered the chain's check: a non-2xx now is a
+            // broken system, not a number.
+            allow_non_2xx: false,
+        };
+        let hist = pingpong_until(&pingpong_plan, sys::interrupted).map(|pp| pp.round_trips);
         system.pause()?;
         let hist = match hist {
             Err(LoadError::Interrupted(_)) => return Err(Stop::Interrupted(progress.phase)),

@@ -15,17 +15,20 @@
 //! Placement on the 2-core VM (the defaults): the load generator on core
 //! 0; nocturne's io loop and its workers on core 1; each baseline process
 //! on core 1 too (one tokio worker thread). Every system's servers get
-//! exactly the cores the client does not use. Only the system being
-//! measured runs: the others are frozen.
+//! exactly the cores the client does not use ([`cores`]: a client core
+//! that a server also uses is refused unless `--allow-shared-cores`). Only
+//! the system being measured runs: the others are frozen.
 //!
 //! Ctrl-C stops the run at its next check (see `driver`): the cases that
 //! finished are printed and written to `--json`, marked as interrupted,
 //! and the command fails.
 //!
-//! Modules: [`sweep`] (saturation search and SLO ladder, pure), [`systems`]
+//! Modules: [`cores`] (the client apart from the servers), [`sweep`]
+//! (saturation search and SLO ladder, pure), [`systems`]
 //! (starting and freezing the systems), `driver` (the run), [`output`]
 //! (report, table, checks), [`plot`] (SVG).
 
+pub mod cores;
 pub mod output;
 pub mod plot;
 pub mod sweep;
@@ -77,6 +80,11 @@ pub struct CompareArgs {
     /// servers get exactly the cores the client does not use].
     #[arg(long)]
     pub worker_cores: Option<String>,
+    /// Let --client-cores share cores with --io-cores or --worker-cores
+    /// (where the baselines run too): refused otherwise, as the client
+    /// then competes with the servers it measures.
+    #[arg(long)]
+    pub allow_shared_cores: bool,
     /// tokio worker threads of each baseline process [default: one per server core].
     #[arg(long)]
     pub server_threads: Option<usize>,
@@ -161,6 +169,9 @@ pub struct CompareSettings {
     pub placement: Placement,
     /// The load generator's cores (its threads cycle over them).
     pub client_cores: Vec<usize>,
+    /// Whether the client may share cores with the servers
+    /// (`--allow-shared-cores`).
+    pub allow_shared_cores: bool,
     /// How the load generator waits.
     pub client_poll: PollMode,
     /// Load generator threads.
@@ -291,6 +302,9 @@ impl CompareSettings {
                  --worker-cores is the io cores)"
             );
         }
+        if !args.allow_shared_cores {
+            cores::check_client_apart(&client_cores, &io_cores, &worker_cores)?;
+        }
         let mut server_cores = worker_cores.clone();
         server_cores.extend(&io_cores);
         server_cores.sort_unstable();
@@ -314,6 +328,7 @@ impl CompareSettings {
                 timeout,
             },
             client_cores,
+            allow_shared_cores: args.allow_shared_cores,
             client_poll: args.client_poll,
             client_threads: args.client_threads,
             connections: args.connections,
@@ -356,6 +371,7 @@ impl CompareSettings {
             ("server_threads", p.server_threads.to_string()),
             ("client_poll", self.client_poll.name().into()),
             ("client_threads", self.client_threads.to_string()),
+            ("allow_shared_cores", self.allow_shared_cores.to_string()),
             ("connections", self.connections.to_string()),
             ("payload_bytes", self.payload.len().to_string()),
             ("arrival", "fixed".into()),

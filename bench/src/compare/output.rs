@@ -178,7 +178,7 @@ pub fn build_report(settings: &CompareSettings, outcome: &CompareOutcome) -> Rep
     for s in &outcome.systems {
         // Empty only when a signal came before its round trips finished.
         if !s.unloaded.is_empty() {
-            let mut unloaded = load_output::pingpong_case(&s.unloaded);
+            let mut unloaded = load_output::pingpong_case(&s.unloaded, 0);
             unloaded.name = unloaded_case_name(s.system);
             cases.push(with_extras(unloaded, &[("rss_mb", s.rss_mib)]));
         }
@@ -679,6 +679,39 @@ mod tests {
     }
 
     #[test]
+    fn a_client_on_a_server_core_is_refused_naming_the_cores() {
+        let refused = |argv: &[&str], needles: &[&str]| {
+            let mut all = vec!["--saturation=1000"];
+            all.extend_from_slice(argv);
+            let err = format!("{:#}", parse_args(&all).unwrap_err());
+            for needle in needles {
+                assert!(err.contains(needle), "{argv:?}: {needle:?} not in {err}");
+            }
+        };
+        // On nocturne's io core (and so on the baselines' cores).
+        refused(
+            &["--client-cores=1"],
+            &["--client-cores 1", "core 1", "--io-cores", "baselines"],
+        );
+        refused(
+            &["--client-cores=0-1", "--client-threads=2"],
+            &["core 1", "--io-cores"],
+        );
+        // On nocturne's workers' core (where the baselines run too).
+        refused(
+            &["--worker-cores=0"],
+            &[
+                "--client-cores 0",
+                "core 0",
+                "--worker-cores",
+                "--allow-shared-cores",
+            ],
+        );
+        // The default placement keeps them apart, on two cores.
+        assert!(parse_args(&["--saturation=1000"]).is_ok());
+    }
+
+    #[test]
     fn client_and_io_core_sets_reach_the_placement_and_the_report() {
         let parse = |argv: &[&str]| {
             let args = <super::super::CompareArgs as clap::FromArgMatches>::from_arg_matches(
@@ -688,14 +721,18 @@ mod tests {
             .unwrap();
             CompareSettings::from_args(&args)
         };
+        // Every core for the client and every core for the servers: shared
+        // on purpose, so asked for.
         let sets = parse(&[
             "--saturation=1000",
             "--client-cores=0-1",
             "--client-threads=2",
             "--io-cores=1",
             "--worker-cores=0",
+            "--allow-shared-cores",
         ])
         .unwrap();
+        assert!(sets.allow_shared_cores);
         assert_eq!(sets.client_cores, vec![0, 1]);
         assert_eq!(sets.placement.io_cores, vec![1]);
         assert_eq!(sets.placement.server_cores, vec![0, 1]);
@@ -706,6 +743,7 @@ mod tests {
         let report = build_report(&sets, &outcome());
         assert_eq!(report.machine.core_map["client"], vec![0, 1]);
         assert_eq!(report.machine.core_map["nocturne_io"], vec![1]);
+        assert_eq!(report.machine.modes["allow_shared_cores"], "true");
         // By default nocturne's workers share its io cores, and the
         // baselines get the same cores: the client has its own.
         let default = parse(&["--saturation=1000"]).unwrap();
@@ -718,10 +756,23 @@ mod tests {
             format!("{err:#}").contains("apart from --io-cores"),
             "{err:#}"
         );
+        // On two cores, spinning io apart from the workers puts the
+        // workers on the client's core: refused unless asked for.
+        let err = parse(&[
+            "--saturation=1000",
+            "--nocturne-poll=spin",
+            "--worker-cores=0",
+        ])
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("--allow-shared-cores"),
+            "{err:#}"
+        );
         assert!(parse(&[
             "--saturation=1000",
             "--nocturne-poll=spin",
-            "--worker-cores=0"
+            "--worker-cores=0",
+            "--allow-shared-cores",
         ])
         .is_ok());
         // The single-core spellings of earlier releases still work.

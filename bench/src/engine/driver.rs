@@ -175,8 +175,9 @@ fn prepare_net(settings: &EngineSettings) -> anyhow::Result<Option<(Netns, u64)>
         return Ok(None);
     }
     let need = net::open_files_needed();
-    let limit = sys::raise_open_files_limit(need).context("raising RLIMIT_NOFILE")?;
-    if limit.now < need {
+    let limit =
+        nocturne_ipc::open_files::raise_open_files_limit(need).context("raising RLIMIT_NOFILE")?;
+    if limit.soft < need {
         bail!(
             "--net: the conns/<net>/{} cases need {need} open files (the client's connections, \
              and as many in the kernel-TCP engine, which inherits the limit), but the hard \
@@ -185,10 +186,10 @@ fn prepare_net(settings: &EngineSettings) -> anyhow::Result<Option<(Netns, u64)>
             limit.hard
         );
     }
-    if limit.now > limit.before {
+    if limit.raised() {
         eprintln!(
             "nocturne bench engine: raised the open-files limit from {} to {} (hard {})",
-            limit.before, limit.now, limit.hard
+            limit.before, limit.soft, limit.hard
         );
     }
     for name in netns::stale() {
@@ -209,7 +210,7 @@ fn prepare_net(settings: &EngineSettings) -> anyhow::Result<Option<(Netns, u64)>
             String::new()
         }
     );
-    Ok(Some((ns, limit.now)))
+    Ok(Some((ns, limit.soft)))
 }
 
 /// Where a signal stopped `bench engine`.

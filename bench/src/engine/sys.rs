@@ -2,10 +2,11 @@
 //! `SIGSTOP`/`SIGCONT`/`SIGTERM` to a server process (so that servers
 //! sharing the io core take turns instead of stealing it from each other),
 //! `PR_SET_PDEATHSIG` in a child between fork and exec, so that no
-//! server outlives the benchmark even when it is SIGKILLed, raising the
-//! open-files limit for a thousand client connections, and turning
+//! server outlives the benchmark even when it is SIGKILLed, and turning
 //! Ctrl-C into a flag the rounds check, so that an interrupted run still
-//! unwinds and removes what it created (its network namespace).
+//! unwinds and removes what it created (its network namespace). The
+//! open-files limit, raised for a thousand client connections, is raised
+//! with `nocturne_ipc::open_files`, as the engine raises its own.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -100,45 +101,6 @@ pub fn set_linger_zero(socket: &impl AsRawFd) -> io::Result<()> {
     }
 }
 
-/// `RLIMIT_NOFILE` around [`raise_open_files_limit`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OpenFilesLimit {
-    /// The soft limit before.
-    pub before: u64,
-    /// The soft limit now.
-    pub now: u64,
-    /// The hard limit (the most an unprivileged raise can reach).
-    pub hard: u64,
-}
-
-/// Raises this process's soft open-files limit to `want`, or as close as
-/// the hard limit allows; never lowers it. Children spawned afterwards
-/// inherit the new limit.
-pub fn raise_open_files_limit(want: u64) -> io::Result<OpenFilesLimit> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let before = limit.rlim_cur;
-    let target = want.min(limit.rlim_max);
-    if target > before {
-        limit.rlim_cur = target;
-        // SAFETY: setrlimit reads one rlimit struct we own.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(OpenFilesLimit {
-        before,
-        now: target.max(before),
-        hard: limit.rlim_max,
-    })
-}
-
 /// Set by the SIGINT/SIGTERM/SIGHUP handler of [`catch_interrupts`].
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -218,17 +180,6 @@ mod tests {
     fn bad_pids_are_refused() {
         assert!(send_signal(0, Signal::Terminate).is_err());
         assert!(send_signal(u32::MAX, Signal::Terminate).is_err());
-    }
-
-    #[test]
-    fn the_open_files_limit_is_raised_at_most_to_the_hard_limit() {
-        let first = raise_open_files_limit(0).unwrap();
-        assert_eq!(first.now, first.before, "never lowered");
-        let want = first.before + 16;
-        let raised = raise_open_files_limit(want).unwrap();
-        assert_eq!(raised.now, want.min(raised.hard));
-        let capped = raise_open_files_limit(u64::MAX).unwrap();
-        assert_eq!(capped.now, capped.hard);
     }
 
     #[test]

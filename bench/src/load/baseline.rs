@@ -8,8 +8,11 @@
 //! * the **ping-pong baseline** (`--pingpong N`): N back-to-back round trips
 //!   timed around `write` + blocking `read`, the cheapest way a client can
 //!   measure a server; the generator's own overhead is its p50 minus this
-//!   one's, measured in the same run against the same server.
+//!   one's, measured in the same run against the same server. Non-2xx
+//!   answers are treated as the load window treats them: with
+//!   `--allow-errors` they are timed and counted, without it they fail.
 
+use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -198,64 +201,97 @@ impl BlockingClient {
     }
 }
 
-/// Runs `warmup` untimed and `count` timed back-to-back round trips of
-/// `request` on one connection, on a thread pinned to `core` if given.
-/// Returns the round-trip times; a non-2xx answer is an error.
-pub fn pingpong(
-    addr: SocketAddr,
-    request: &[u8],
-    has_body: bool,
-    count: u64,
-    warmup: u64,
-    core: Option<usize>,
-    timeout: Duration,
-) -> Result<LatencyHistogram, super::LoadError> {
-    pingpong_until(addr, request, has_body, count, warmup, core, timeout, never)
+/// How to run the ping-pong baseline.
+#[derive(Debug, Clone)]
+pub struct PingPongPlan {
+    /// The server.
+    pub addr: SocketAddr,
+    /// The request, as written on the wire.
+    pub request: Vec<u8>,
+    /// Whether the answer carries a body (not for `HEAD`).
+    pub response_has_body: bool,
+    /// Timed round trips.
+    pub count: u64,
+    /// Untimed round trips before them.
+    pub warmup: u64,
+    /// The core to pin the client thread to, if any.
+    pub core: Option<usize>,
+    /// Connect limit, and limit of each round trip.
+    pub timeout: Duration,
+    /// Whether non-2xx answers are expected (`--allow-errors`): then they
+    /// are timed and counted like any other answer, as the load window
+    /// counts them; otherwise the first one ends the baseline with
+    /// [`LoadError::BaselineStatus`](super::LoadError::BaselineStatus).
+    pub allow_non_2xx: bool,
+}
+
+/// What the ping-pong baseline measured.
+#[derive(Debug, Clone)]
+pub struct PingPong {
+    /// The time of each timed round trip, ns.
+    pub round_trips: LatencyHistogram,
+    /// The timed round trips' answers by status code.
+    pub statuses: BTreeMap<u16, u64>,
+}
+
+impl PingPong {
+    /// Timed round trips answered with a status outside 200..=299.
+    pub fn non_2xx(&self) -> u64 {
+        self.statuses
+            .iter()
+            .filter(|(status, _)| !(200..300).contains(*status))
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// Runs `plan.warmup` untimed and `plan.count` timed back-to-back round
+/// trips on one connection, on a thread pinned to `plan.core` if given.
+pub fn pingpong(plan: &PingPongPlan) -> Result<PingPong, super::LoadError> {
+    pingpong_until(plan, never)
 }
 
 /// [`pingpong`] that gives up with [`LoadError::Interrupted`](super::LoadError::Interrupted)
 /// soon after `stop` turns true (looked at before each round trip, and
 /// while one waits).
-#[allow(clippy::too_many_arguments)] // `pingpong`'s, plus the stop check
 pub fn pingpong_until(
-    addr: SocketAddr,
-    request: &[u8],
-    has_body: bool,
-    count: u64,
-    warmup: u64,
-    core: Option<usize>,
-    timeout: Duration,
+    plan: &PingPongPlan,
     stop: fn() -> bool,
-) -> Result<LatencyHistogram, super::LoadError> {
-    let request = request.to_vec();
+) -> Result<PingPong, super::LoadError> {
+    let plan = plan.clone();
     let failed = |source| match source {
         ProbeError::Interrupted { .. } => super::LoadError::Interrupted(super::Phase::Baseline),
         source => super::LoadError::Baseline { source },
     };
-    let worker = move || -> Result<LatencyHistogram, super::LoadError> {
-        if let Some(core) = core {
+    let worker = move || -> Result<PingPong, super::LoadError> {
+        if let Some(core) = plan.core {
             crate::pin::pin_current_thread(core)?;
         }
-        let mut client = BlockingClient::connect(addr, timeout, timeout).map_err(failed)?;
-        let mut hist = LatencyHistogram::new();
-        for i in 0..warmup + count {
+        let mut client =
+            BlockingClient::connect(plan.addr, plan.timeout, plan.timeout).map_err(failed)?;
+        let mut measured = PingPong {
+            round_trips: LatencyHistogram::new(),
+            statuses: BTreeMap::new(),
+        };
+        for i in 0..plan.warmup + plan.count {
             // Outside the timed round trip: one load of the signal flag.
             if stop() {
                 return Err(super::LoadError::Interrupted(super::Phase::Baseline));
             }
             let t0 = Instant::now();
             let response = client
-                .round_trip_until(&request, has_body, stop)
+                .round_trip_until(&plan.request, plan.response_has_body, stop)
                 .map_err(failed)?;
             let rtt = t0.elapsed();
-            if !(200..300).contains(&response.status) {
+            if !(200..300).contains(&response.status) && !plan.allow_non_2xx {
                 return Err(super::LoadError::BaselineStatus(response.status));
             }
-            if i >= warmup {
-                hist.record(rtt);
+            if i >= plan.warmup {
+                measured.round_trips.record(rtt);
+                *measured.statuses.entry(response.status).or_default() += 1;
             }
         }
-        Ok(hist)
+        Ok(measured)
     };
     std::thread::Builder::new()
         .name("load-pingpong".into())

@@ -137,6 +137,10 @@ impl SocketErrors {
 /// `Relaxed` loads and stores, no ordering with anything else).
 #[derive(Debug, Default)]
 pub struct LiveCounters {
+    /// Warm-up requests sent.
+    pub warmup_sent: AtomicU64,
+    /// Warm-up responses received.
+    pub warmup_completed: AtomicU64,
     /// Measured requests sent.
     pub sent: AtomicU64,
     /// Measured responses received.
@@ -408,6 +412,9 @@ struct Client {
     live: Arc<LiveCounters>,
     /// Writes made by `write_staged` (the first attempt of each).
     writes: u64,
+    /// Warm-up responses received (for the progress line only: the
+    /// result leaves the warm-up out).
+    warmup_completed: u64,
     out: ThreadResult,
 }
 
@@ -501,6 +508,7 @@ impl Client {
             next_housekeeping_ns: HOUSEKEEPING_NS,
             live: plan.live,
             writes: 0,
+            warmup_completed: 0,
             out: ThreadResult {
                 per_kind,
                 ..ThreadResult::default()
@@ -511,6 +519,12 @@ impl Client {
     fn publish(&self) {
         // Relaxed: statistics, read for display (and by tests after the
         // thread is joined).
+        self.live
+            .warmup_sent
+            .store(self.out.requests_total - self.out.sent, Ordering::Relaxed);
+        self.live
+            .warmup_completed
+            .store(self.warmup_completed, Ordering::Relaxed);
         self.live.sent.store(self.out.sent, Ordering::Relaxed);
         self.live
             .completed
@@ -969,6 +983,8 @@ impl Client {
                 self.out.non_2xx += 1;
                 self.live.errors.fetch_add(1, Ordering::Relaxed);
             }
+        } else {
+            self.warmup_completed += 1;
         }
         if response.close {
             if self.conns[c].inflight.is_empty() {
@@ -1307,13 +1323,15 @@ mod tests {
         assert!(q.any(), "endpoint 1 still has its connections");
     }
 
-    /// Runs one client thread against an in-process echo server.
+    /// Runs one client thread against an in-process echo server; returns
+    /// its result and its live counters as they were left.
     fn run_against_echo(
         rate: f64,
+        warmup: Duration,
         window: Duration,
         connections: usize,
         pipeline: usize,
-    ) -> (ThreadResult, u64) {
+    ) -> (ThreadResult, Arc<LiveCounters>) {
         let server =
             EchoServer::start("127.0.0.1:0".parse().unwrap(), EchoPoll::Block, None).unwrap();
         let live = Arc::new(LiveCounters::default());
@@ -1329,8 +1347,8 @@ mod tests {
             kind_histograms: false,
             endpoints: vec![server.addr()],
             connections: vec![0; connections],
-            warmup_ns: 0,
-            end_ns: nanos(window),
+            warmup_ns: nanos(warmup),
+            end_ns: nanos(warmup + window),
             pipeline,
             poll: PollMode::Block,
             spin_ns: 0,
@@ -1346,8 +1364,7 @@ mod tests {
         start_tx.send(Some(Instant::now())).unwrap();
         let out = run_thread(plan, 0, ready_tx, start_rx).unwrap();
         server.stop().unwrap();
-        // Relaxed: the thread that stored it has returned.
-        (out, live.writes.load(Ordering::Relaxed))
+        (out, live)
     }
 
     /// Every request the schedule offered is accounted for exactly once.
@@ -1366,7 +1383,10 @@ mod tests {
 
     #[test]
     fn without_pipelining_each_request_is_one_write() {
-        let (out, writes) = run_against_echo(5_000.0, Duration::from_millis(100), 4, 1);
+        let (out, live) =
+            run_against_echo(5_000.0, Duration::ZERO, Duration::from_millis(100), 4, 1);
+        // Relaxed: the thread that stored it has returned.
+        let writes = live.writes.load(Ordering::Relaxed);
         assert_accounted(&out);
         assert!(out.completed > 0);
         assert_eq!(
@@ -1380,7 +1400,7 @@ mod tests {
         // A billion a second for 20 ms: 20 million due, two connections.
         // The backlog stops at its cap, the schedule holds the rest, and
         // every request is still accounted for and in the histogram.
-        let (out, _) = run_against_echo(1e9, Duration::from_millis(20), 2, 1);
+        let (out, _) = run_against_echo(1e9, Duration::ZERO, Duration::from_millis(20), 2, 1);
         assert_accounted(&out);
         assert_eq!(out.offered, 20_000_000);
         assert!(out.unsent > out.offered - 100_000, "{}", out.unsent);
@@ -1396,7 +1416,10 @@ mod tests {
     fn with_pipelining_requests_due_together_share_a_write() {
         // Far more than one connection can answer one by one: requests are
         // always due several at a time, and up to 8 share a write.
-        let (out, writes) = run_against_echo(1_000_000.0, Duration::from_millis(30), 1, 8);
+        let (out, live) =
+            run_against_echo(1_000_000.0, Duration::ZERO, Duration::from_millis(30), 1, 8);
+        // Relaxed: the thread that stored it has returned.
+        let writes = live.writes.load(Ordering::Relaxed);
         assert_accounted(&out);
         assert!(out.completed > 100, "{}", out.completed);
         assert!(
@@ -1404,5 +1427,25 @@ mod tests {
             "{writes} writes for {} requests",
             out.requests_total
         );
+    }
+
+    #[test]
+    fn the_live_counters_keep_the_warm_up_apart_from_the_window() {
+        // 1000/s: 50 warm-up requests, then 100 measured ones.
+        let (out, live) = run_against_echo(
+            1_000.0,
+            Duration::from_millis(50),
+            Duration::from_millis(100),
+            2,
+            1,
+        );
+        // Relaxed: the thread that stored them has returned.
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        assert_eq!(load(&live.warmup_sent), 50);
+        assert_eq!(load(&live.warmup_completed), 50);
+        assert_eq!(load(&live.sent), out.sent);
+        assert_eq!(load(&live.completed), out.completed);
+        assert_eq!(out.sent + out.unsent, 100);
+        assert_eq!(out.requests_total, 50 + out.sent);
     }
 }

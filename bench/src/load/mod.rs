@@ -27,7 +27,8 @@
 //! [`target`] (URLs, resolution, request bytes, `--mix` files), [`http`]
 //! (response framing), `client` (the per-thread loop), [`run`] (one rate),
 //! [`baseline`] (the probe and the ping-pong baseline), [`echo`] (a
-//! trivial echo server to calibrate against), [`output`], [`plot`].
+//! trivial echo server to calibrate against), [`progress`] (the live line
+//! on a terminal), [`output`], [`plot`].
 
 pub mod baseline;
 pub mod echo;
@@ -35,6 +36,7 @@ pub mod http;
 pub mod interrupt;
 pub mod output;
 pub mod plot;
+pub mod progress;
 pub mod run;
 pub mod schedule;
 pub mod spec;
@@ -49,7 +51,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use baseline::{pingpong, pingpong_until, ProbeError};
+pub use baseline::{pingpong, pingpong_until, PingPong, PingPongPlan, ProbeError};
 pub use client::{LiveCounters, PollMode, SocketErrors};
 pub use echo::{run_echo_server, EchoPoll, EchoServer, EchoServerArgs};
 pub use interrupt::Phase;
@@ -58,7 +60,6 @@ pub use schedule::{Arrival, ArrivalSchedule, KindPicker};
 pub use spec::{Percentile, Slo, SpecError};
 pub use target::{MixError, RequestSpec, TargetError, Targets, Url, UrlError};
 
-use crate::hist::LatencyHistogram;
 use crate::pin::{CoreListError, PinError};
 use crate::report::{Machine, Report};
 
@@ -140,8 +141,8 @@ pub struct LoadArgs {
     /// Run every rate of a sweep, not stopping at the first that misses the SLO.
     #[arg(long)]
     pub keep_going: bool,
-    /// Count non-2xx answers (and a non-2xx probe) without failing the run
-    /// or missing the objectives.
+    /// Count non-2xx answers (of the window, the probe and the --pingpong
+    /// baseline) without failing the run or missing the objectives.
     #[arg(long)]
     pub allow_errors: bool,
     /// Before the run, time N blocking back-to-back round trips on one
@@ -521,7 +522,7 @@ pub struct SweepOutcome {
     /// The highest rate that met the objectives (only with objectives).
     pub best: Option<f64>,
     /// The ping-pong baseline, if asked for and finished.
-    pub pingpong: Option<LatencyHistogram>,
+    pub pingpong: Option<PingPong>,
     /// Where a signal (Ctrl-C) stopped the sweep. A rate whose window was
     /// cut short is left out of `results`; one that had finished its
     /// window ([`Phase::AfterWindow`]) is in them.
@@ -547,20 +548,21 @@ pub fn run_sweep(
     };
     if settings.pingpong > 0 {
         let kind = &plan.targets.kinds[0];
-        let baseline = probe(plan).and_then(|()| {
-            baseline::pingpong_until(
-                plan.targets.endpoints[kind.endpoint].addr,
-                &kind.wire,
-                kind.response_has_body,
-                settings.pingpong,
-                (settings.pingpong / 10).max(100),
-                plan.cores.first().copied(),
-                plan.timeout,
-                stop,
-            )
-        });
+        let pingpong_plan = PingPongPlan {
+            addr: plan.targets.endpoints[kind.endpoint].addr,
+            request: kind.wire.clone(),
+            response_has_body: kind.response_has_body,
+            count: settings.pingpong,
+            warmup: (settings.pingpong / 10).max(100),
+            core: plan.cores.first().copied(),
+            timeout: plan.timeout,
+            // The same rule as the window's: what the probe let through,
+            // the baseline counts.
+            allow_non_2xx: plan.allow_errors,
+        };
+        let baseline = probe(plan).and_then(|()| baseline::pingpong_until(&pingpong_plan, stop));
         match baseline {
-            Ok(h) => outcome.pingpong = Some(h),
+            Ok(measured) => outcome.pingpong = Some(measured),
             Err(LoadError::Interrupted(phase)) => {
                 outcome.interrupted = Some(phase);
                 return Ok(outcome);
@@ -603,8 +605,8 @@ pub fn build_report(settings: &LoadSettings, outcome: &SweepOutcome) -> Report {
     }
     let machine = Machine::probe(core_map, output::modes(settings, outcome));
     let mut cases = Vec::new();
-    if let Some(h) = &outcome.pingpong {
-        cases.push(output::pingpong_case(h));
+    if let Some(pp) = &outcome.pingpong {
+        cases.push(output::pingpong_case(&pp.round_trips, pp.non_2xx()));
     }
     for r in &outcome.results {
         cases.extend(output::cases(r, &settings.slo));
@@ -681,18 +683,14 @@ pub fn run_command(args: &LoadArgs) -> anyhow::Result<()> {
     for r in &outcome.results {
         print!("{}", output::details(r));
     }
-    if let Some(h) = &outcome.pingpong {
-        let pp = h.summary();
-        println!(
-            "ping-pong baseline (blocking, 1 connection, {} round trips): p50 {:.2} p99 {:.2} p99.9 {:.2} µs",
-            pp.samples, pp.p50_us, pp.p99_us, pp.p999_us
-        );
+    if let Some(pingpong) = &outcome.pingpong {
+        print!("{}", output::pingpong_lines(pingpong));
         if let Some(first) = outcome.results.first() {
             let p50 = first.latency.quantile_ns(0.5) as f64 / 1e3;
             println!(
                 "generator overhead at p50 ({}/s): {:+.2} µs over the ping-pong client",
                 spec::format_rate(first.rate),
-                p50 - pp.p50_us
+                p50 - pingpong.round_trips.summary().p50_us
             );
         }
     }

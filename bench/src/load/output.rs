@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::baseline::PingPong;
 use super::run::RateResult;
 use super::spec::{format_rate, rate_file_tag, Slo};
 use crate::hist::LatencyHistogram;
@@ -186,21 +187,11 @@ pub fn cases(r: &RateResult, slos: &[Slo]) -> Vec<CaseResult> {
     let svc = r.service.summary();
     let mut case = CaseResult::from_summary(case_name(r.rate), &s, r.achieved_per_s(), r.errors());
     let lag = r.send_lag.summary();
-    let extras: [(&str, f64); 26] = [
+    let measurements: [(&str, f64); 15] = [
         ("rate", r.rate),
         ("offered_per_s", r.offered_per_s()),
         ("p9999_us", s.p9999_us),
         ("mean_us", s.mean_us),
-        ("offered", r.offered as f64),
-        ("sent", r.sent as f64),
-        ("completed", r.completed as f64),
-        ("unsent", r.unsent as f64),
-        ("timeouts", r.timeouts as f64),
-        ("non_2xx", r.non_2xx as f64),
-        ("socket_errors", r.socket_errors.total() as f64),
-        ("connect_errors", r.socket_errors.connect as f64),
-        ("unsolicited", r.socket_errors.unsolicited as f64),
-        ("reconnects", r.reconnects as f64),
         ("service_p50_us", svc.p50_us),
         ("service_p90_us", svc.p90_us),
         ("service_p99_us", svc.p99_us),
@@ -212,10 +203,28 @@ pub fn cases(r: &RateResult, slos: &[Slo]) -> Vec<CaseResult> {
         ("send_lag_max_us", lag.max_us),
         ("window_s", r.window.as_secs_f64()),
         ("client_cpu_us_per_req", r.client_cpu_us_per_request()),
-        ("requests_total", r.requests_total as f64),
     ];
-    for (k, v) in extras {
+    for (k, v) in measurements {
         case = case.with_extra(k, v);
+    }
+    // Whole numbers, written as JSON integers (DESIGN §7's `samples` and
+    // `errors` are): a reader that checks a count for equality, or types
+    // it, must not find `1000.0`.
+    let counts: [(&str, u64); 11] = [
+        ("offered", r.offered),
+        ("sent", r.sent),
+        ("completed", r.completed),
+        ("unsent", r.unsent),
+        ("timeouts", r.timeouts),
+        ("non_2xx", r.non_2xx),
+        ("socket_errors", r.socket_errors.total()),
+        ("connect_errors", r.socket_errors.connect),
+        ("unsolicited", r.socket_errors.unsolicited),
+        ("reconnects", r.reconnects),
+        ("requests_total", r.requests_total),
+    ];
+    for (k, n) in counts {
+        case = case.with_count(k, n);
     }
     if !slos.is_empty() {
         case = case.with_extra("slo_met", if r.meets(slos) { 1.0 } else { 0.0 });
@@ -231,15 +240,41 @@ pub fn cases(r: &RateResult, slos: &[Slo]) -> Vec<CaseResult> {
     out
 }
 
-/// The ping-pong baseline as a report case.
-pub fn pingpong_case(h: &LatencyHistogram) -> CaseResult {
-    let s = h.summary();
+/// The ping-pong baseline as a report case: its round-trip times, and
+/// `errors` its non-2xx answers (counted, as a rate's are, when
+/// `--allow-errors` let them through).
+pub fn pingpong_case(round_trips: &LatencyHistogram, errors: u64) -> CaseResult {
+    let s = round_trips.summary();
     let rate = if s.mean_us > 0.0 {
         1e6 / s.mean_us
     } else {
         0.0
     };
-    CaseResult::from_summary("pingpong", &s, rate, 0).with_extra("p9999_us", s.p9999_us)
+    CaseResult::from_summary("pingpong", &s, rate, errors).with_extra("p9999_us", s.p9999_us)
+}
+
+/// The lines the command prints about the ping-pong baseline: its
+/// percentiles, and the status codes when any answer was not 2xx.
+pub fn pingpong_lines(pingpong: &PingPong) -> String {
+    let s = pingpong.round_trips.summary();
+    let mut out = format!(
+        "ping-pong baseline (blocking, 1 connection, {} round trips): p50 {:.2} p99 {:.2} p99.9 {:.2} µs\n",
+        s.samples, s.p50_us, s.p99_us, s.p999_us
+    );
+    if pingpong.non_2xx() > 0 {
+        let codes: Vec<String> = pingpong
+            .statuses
+            .iter()
+            .map(|(status, n)| format!("{status}: {n}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  non-2xx {} (allowed), status codes: {}",
+            pingpong.non_2xx(),
+            codes.join(", ")
+        );
+    }
+    out
 }
 
 /// The `.hgrm` file of each rate: `path` itself when one rate was asked

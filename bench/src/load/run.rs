@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use super::baseline::{BlockingClient, ProbeError};
 use super::client::{run_thread, LiveCounters, SocketErrors, ThreadPlan, ThreadResult, Wire};
 use super::interrupt::{stop_check, Phase};
+use super::progress::{progress_line, ProgressCounts};
 use super::schedule::{ArrivalSchedule, KindPicker};
-use super::spec::{format_rate, Slo};
+use super::spec::Slo;
 use super::{LoadError, LoadPlan};
 use crate::hist::LatencyHistogram;
 
@@ -309,33 +310,19 @@ pub fn run_rate(plan: &LoadPlan, rate: f64, progress: bool) -> Result<RateResult
     }
 
     let show = progress && std::io::stderr().is_terminal();
-    let total = plan.warmup + plan.duration;
     let mut last_print = Instant::now();
     while !handles.iter().all(|h| h.is_finished()) {
         std::thread::sleep(Duration::from_millis(50));
         if show && last_print.elapsed() >= Duration::from_millis(500) {
             last_print = Instant::now();
-            // Relaxed: statistics, read for display only.
-            let sum = |f: fn(&LiveCounters) -> &std::sync::atomic::AtomicU64| {
-                live.iter()
-                    .map(|c| f(c).load(std::sync::atomic::Ordering::Relaxed))
-                    .sum::<u64>()
-            };
-            let elapsed = start.elapsed().min(total);
-            let phase = if elapsed < plan.warmup {
-                "warm-up"
-            } else {
-                "measuring"
-            };
-            eprint!(
-                "\r\x1b[2K{}/s {phase} {:.1}/{:.1}s  sent {}  done {}  errors {}",
-                format_rate(rate),
-                elapsed.as_secs_f64(),
-                total.as_secs_f64(),
-                sum(|c| &c.sent),
-                sum(|c| &c.completed),
-                sum(|c| &c.errors),
+            let line = progress_line(
+                rate,
+                plan.warmup,
+                plan.duration,
+                start.elapsed(),
+                &ProgressCounts::sum(&live),
             );
+            eprint!("\r\x1b[2K{line}");
             let _ = std::io::stderr().flush();
         }
     }

@@ -171,15 +171,20 @@ impl Percentile {
         }
         let digits = t.strip_prefix('p').ok_or_else(bad)?;
         // `p999` and `p9999` are the report's field names for p99.9, p99.99.
-        let percent: f64 = match digits {
-            "999" => 99.9,
-            "9999" => 99.99,
-            "99999" => 99.999,
-            d => d.parse().map_err(|_| bad())?,
+        let percent = match digits {
+            "999" => "99.9",
+            "9999" => "99.99",
+            "99999" => "99.999",
+            d => d,
         };
-        if percent > 0.0 && percent < 100.0 {
-            // Rounded so that p99.9 is exactly the literal 0.999.
-            Ok(Self::Quantile((percent * 1e7).round() / 1e9))
+        let q: f64 = percent_to_quantile_text(percent)
+            .ok_or_else(bad)?
+            .parse()
+            .map_err(|_| bad())?;
+        // A q that rounds to 1 (more nines than an f64 holds) would be
+        // the max under another name: refused.
+        if q > 0.0 && q < 1.0 {
+            Ok(Self::Quantile(q))
         } else {
             Err(bad())
         }
@@ -198,12 +203,44 @@ impl fmt::Display for Percentile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Self::Max => f.write_str("max"),
-            Self::Quantile(q) => {
-                // Round away the binary noise of q * 100 (0.999 * 100).
-                let percent = (q * 100.0 * 1e6).round() / 1e6;
-                write!(f, "p{percent}")
-            }
+            Self::Quantile(q) => write!(f, "p{}", quantile_to_percent_text(q)),
         }
+    }
+}
+
+/// The decimal text of the quantile `percent`/100 (`99.9` → `0.999`,
+/// `5` → `0.05`): the decimal point moved in the text, so that parsing it
+/// gives the f64 nearest the exact quantile, with none of the rounding
+/// error of dividing by 100. `None` unless `percent` is digits with at
+/// most one decimal point.
+fn percent_to_quantile_text(percent: &str) -> Option<String> {
+    let (whole, fraction) = percent.split_once('.').unwrap_or((percent, ""));
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if (whole.is_empty() && fraction.is_empty()) || !all_digits(whole) || !all_digits(fraction) {
+        return None;
+    }
+    let whole = format!("{whole:0>2}");
+    let (hundreds, below_100) = whole.split_at(whole.len() - 2);
+    Some(format!("0{hundreds}.{below_100}{fraction}"))
+}
+
+/// The percent of quantile `q` as text (`0.999` → `99.9`): the shortest
+/// decimal that reads back as `q` (Rust's `{}` of an f64, never in
+/// exponent form), with the decimal point moved two places in the text.
+/// So every digit given is shown (`p99.99999999` is not rounded up to
+/// `p100`), and no binary noise of `q * 100` (`99.89999999999999`) is.
+fn quantile_to_percent_text(q: f64) -> String {
+    let text = q.to_string();
+    let (whole, fraction) = text.split_once('.').unwrap_or((&text, ""));
+    let fraction = format!("{fraction:0<2}");
+    let (to_whole, rest) = fraction.split_at(2);
+    let whole = format!("{whole}{to_whole}");
+    let whole = whole.trim_start_matches('0');
+    let whole = if whole.is_empty() { "0" } else { whole };
+    if rest.is_empty() {
+        whole.to_owned()
+    } else {
+        format!("{whole}.{rest}")
     }
 }
 
@@ -399,6 +436,46 @@ mod tests {
             Slo::parse_list("max=1ms,p100=2ms"),
             Err(SpecError::DuplicateObjective(..))
         ));
+    }
+
+    #[test]
+    fn percentiles_display_as_given() {
+        for text in [
+            "p50",
+            "p90",
+            "p99",
+            "p99.9",
+            "p99.99",
+            "p5",
+            "p0.1",
+            "p12.5",
+            "p99.9999999",
+            "p99.99999999",
+        ] {
+            let p = Percentile::parse(text).unwrap();
+            assert_eq!(p.to_string(), text, "{p:?}");
+            assert_eq!(Percentile::parse(&p.to_string()).unwrap(), p, "{text}");
+        }
+        // The report's field names read as the percentiles they name.
+        assert_eq!(Percentile::parse("p999").unwrap().to_string(), "p99.9");
+        assert_eq!(Percentile::parse("p9999").unwrap().to_string(), "p99.99");
+        assert_eq!(Percentile::Quantile(0.99).to_string(), "p99");
+        assert_eq!(Percentile::Quantile(0.999).to_string(), "p99.9");
+        // Close to 100 is not 100: not rounded up to the max in labels.
+        let near_max = Percentile::parse("p99.99999999").unwrap();
+        assert!(
+            matches!(near_max, Percentile::Quantile(q) if q < 1.0),
+            "{near_max:?}"
+        );
+        let slo = Slo::parse_list("p99.99999999=1ms").unwrap()[0];
+        assert_eq!(slo.to_string(), "p99.99999999<=1ms");
+        // More nines than a quantile can tell from 1 are refused, not
+        // taken for the max.
+        assert!(Percentile::parse("p99.99999999999999999").is_err());
+        assert_eq!(Percentile::parse("p.5").unwrap().to_string(), "p0.5");
+        for bad in ["p", "p.", "p9.9.9", "p1e1", "p-5", "p100.0", "p0"] {
+            assert!(Percentile::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
