@@ -390,3 +390,47 @@ fn a_worker_that_lies_about_its_request_ring_is_replaced() {
         assert_engine_serves(&engine, "bad-release");
     });
 }
+
+// Regression: an answer HTTP cannot carry (a 1xx status, CR/LF in the content
+// type) was refused by the HTTP layer and dropped, leaving its client and
+// everything pipelined behind it waiting forever.
+#[test]
+fn an_answer_http_cannot_carry_is_a_500_and_the_connection_goes_on() {
+    let exe = misbehave_exe();
+    let config = format!(
+        "[[functions]]\nname = \"odd\"\ncommand = [\"{}\"]\nmax_workers = 1\n",
+        exe.display()
+    );
+    let engine = Engine::builder().config(&config).start();
+    let mut c = engine.client();
+    for (mode, what) in [
+        ("status-101", "invalid response status 101"),
+        ("split-content-type", "invalid or reserved response header"),
+    ] {
+        // Pipelined: the odd answer, then a good one behind it.
+        c.send("POST", &format!("/function/odd?do={mode}"), &[], b"")
+            .unwrap();
+        c.send("POST", "/function/odd?do=none", &[], b"").unwrap();
+        let r = c.read_response();
+        assert_eq!(r.status, 500, "{mode}: {}", r.text());
+        assert!(
+            r.text()
+                .contains("function odd gave an answer HTTP cannot carry")
+                && r.text().contains(what),
+            "{mode}: {}",
+            r.text()
+        );
+        assert!(r.header("x-injected").is_none(), "{:?}", r.headers);
+        assert!(r.header("server-timing").is_some(), "{:?}", r.headers);
+        let r = c.read_response();
+        assert_eq!(r.status, 200, "{mode}, the call behind: {}", r.text());
+        assert!(r.text().starts_with("ok from pid"), "{}", r.text());
+    }
+    assert!(
+        engine
+            .log_text()
+            .contains("function odd gave an answer HTTP cannot carry"),
+        "{}",
+        engine.log_text()
+    );
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use nocturne_ipc::channel::SendError;
 use nocturne_ipc::message::{Header, Kind};
-use nocturne_net::http::{HttpServer, Response};
+use nocturne_net::http::{HttpServer, RespondError, Response};
 use nocturne_net::Transport;
 
 use nocturne_functions::protocol::{
@@ -534,8 +534,26 @@ impl LoopState {
                     headers,
                     body,
                 };
-                // The client may have gone; its answer then has nowhere to go.
-                let _ = server.respond(request, &response);
+                match server.respond(request, &response) {
+                    // The client may have gone; its answer then has nowhere to go.
+                    Ok(()) | Err(RespondError::ConnectionGone | RespondError::UnknownRequest) => {}
+                    // A worker that does not use the SDK, or an SDK bug, can
+                    // send what HTTP cannot carry (a 1xx status, a control
+                    // character in the content type). The client still gets
+                    // an answer: unanswered, its connection would wait forever.
+                    Err(e @ (RespondError::InvalidStatus(_) | RespondError::InvalidHeader)) => {
+                        let name = &self.functions[call.function as usize].name;
+                        let why = format!("function {name} gave an answer HTTP cannot carry: {e}");
+                        log::warn!("nocturne: {why} (status {})", outcome.status);
+                        let refused = Response {
+                            status: 500,
+                            content_type: Some("text/plain; charset=utf-8"),
+                            headers: &headers[..1],
+                            body: why.as_bytes(),
+                        };
+                        let _ = server.respond(request, &refused);
+                    }
+                }
             }
             Origin::Internal { worker, local_id } => {
                 let header = Header {

@@ -74,7 +74,10 @@ pub(crate) fn validate(resp: &Response<'_>) -> Result<(), RespondError> {
     if !(200..=599).contains(&resp.status) {
         return Err(RespondError::InvalidStatus(resp.status));
     }
-    let clean = |s: &str| !s.bytes().any(|b| b == b'\r' || b == b'\n');
+    // RFC 9110 §5.5: a field value is visible characters, spaces and tabs
+    // (and obs-text). CR/LF would split the response; NUL and the other
+    // controls make clients drop it (curl: "Nul byte in header").
+    let clean = |s: &str| !s.bytes().any(|b| (b < b' ' && b != b'\t') || b == 0x7f);
     if resp.content_type.is_some_and(|ct| !clean(ct)) {
         return Err(RespondError::InvalidHeader);
     }
@@ -271,8 +274,19 @@ Content-Length: 2\r\n\r\nhi"
                 "{headers:?}"
             );
         }
-        let resp = Response::new(200, b"").with_content_type("text/html\r\nX: y");
-        assert_eq!(validate(&resp), Err(RespondError::InvalidHeader));
+        for content_type in ["text/html\r\nX: y", "text/plain\0", "a\x1bb", "a\x7f"] {
+            let resp = Response::new(200, b"").with_content_type(content_type);
+            assert_eq!(
+                validate(&resp),
+                Err(RespondError::InvalidHeader),
+                "{content_type:?}"
+            );
+        }
+        let tabbed = [("X-A", "one\ttwo, ünïcode")];
+        assert_eq!(
+            validate(&Response::new(200, b"").with_headers(&tabbed)),
+            Ok(())
+        );
     }
 
     #[test]

@@ -69,6 +69,11 @@ pub enum Mode {
     GrowRegion,
     /// Add `F_SEAL_WRITE` to the region (must fail: `F_SEAL_SEAL`).
     SealWrite,
+    /// Answer with status 101, which HTTP cannot carry as a final answer
+    /// (the protocol allows it; the engine must still answer the client).
+    Status101,
+    /// Answer with a content type holding CR/LF (response splitting).
+    SplitContentType,
 }
 
 /// Every mode with its `?do=` name.
@@ -88,6 +93,8 @@ pub const MODES: &[(&str, Mode)] = &[
     ("truncate-region", Mode::TruncateRegion),
     ("grow-region", Mode::GrowRegion),
     ("seal-write", Mode::SealWrite),
+    ("status-101", Mode::Status101),
+    ("split-content-type", Mode::SplitContentType),
 ];
 
 impl Mode {
@@ -157,6 +164,20 @@ impl<R: Region> Responder<'_, R> {
             Mode::Normal => {
                 let body = format!("ok from pid {}", std::process::id());
                 self.complete(&answer, body.as_bytes())
+            }
+            Mode::Status101 => self.complete(
+                &Header {
+                    status: 101,
+                    ..answer
+                },
+                b"switching?",
+            ),
+            Mode::SplitContentType => {
+                let mut body = Vec::new();
+                protocol::encode_content_type_prefix(&mut body, "text/plain\r\nX-Injected: yes");
+                body.extend_from_slice(b"split");
+                let flags = answer.flags | protocol::FLAG_CONTENT_TYPE;
+                self.complete(&Header { flags, ..answer }, &body)
             }
             Mode::CorruptHeader => {
                 let mut words = answer.to_words(PayloadLocation::Inline { len: 0 });
