@@ -866,6 +866,46 @@ fn every_engine_thread_leaves_sigterm_and_sigint_to_the_drain() {
 }
 
 #[test]
+fn workers_start_with_no_signal_blocked_and_no_descriptor_of_the_engines_launcher() {
+    // The engine blocks SIGINT/SIGTERM in its threads (previous test); a
+    // mask survives fork and exec, so workers (and what they run) could not
+    // be stopped. A descriptor the engine inherited is not theirs either.
+    const STRAY: i32 = 77;
+    let engine = Engine::builder().stray_fd(STRAY).start();
+    let stray = std::fs::read_link(format!("/proc/{}/fd/{STRAY}", engine.pid()));
+    assert!(stray.is_ok(), "the engine did not inherit fd {STRAY}");
+    let workers = engine.all_workers();
+    assert!(workers.len() >= 5, "{workers:?}");
+    for (pid, name) in workers {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let blocked = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigBlk:"))
+            .map(|hex| u64::from_str_radix(hex.trim(), 16).unwrap());
+        assert_eq!(blocked, Some(0), "worker {name} ({pid}) blocks signals");
+        let fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        assert!(
+            !fds.contains(&STRAY),
+            "worker {name} ({pid}) holds fd {STRAY}: {fds:?}"
+        );
+    }
+    // And SIGTERM stops a worker (a replacement starts).
+    let (pid, name) = engine.all_workers()[0].clone();
+    common::signal(pid, libc::SIGTERM);
+    let deadline = std::time::Instant::now() + LONG;
+    while engine.workers(&name).contains(&pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGTERM did not stop worker {name} ({pid})"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
 fn drain_timeout_bounds_how_long_shutdown_waits() {
     // A call far longer than the drain timeout does not hold the engine up:
     // it exits (well before the call could finish), and the client gets an

@@ -44,7 +44,13 @@ impl CpuSet {
 /// * inherit `control_fd` across exec (it is close-on-exec in the parent, so a
 ///   worker spawned concurrently by another thread never inherits it);
 /// * get back the open-files limit the engine started with, if it raised its
-///   own (`crate::fd_limit`).
+///   own (`crate::fd_limit`);
+/// * start with no signal blocked: the engine blocks SIGINT and SIGTERM in
+///   every thread to take them in `sigtimedwait`, and a mask survives fork
+///   and exec, so a worker (and whatever it runs) could not be stopped;
+/// * hold no descriptor but its stdio and `control_fd`: whatever the engine
+///   inherited without close-on-exec from whoever started it is not the
+///   function's to hold.
 pub(crate) fn prepare_child(
     cmd: &mut Command,
     control_fd: RawFd,
@@ -56,9 +62,10 @@ pub(crate) fn prepare_child(
         // This runs in the freshly forked child, where only async-signal-safe
         // calls are allowed; nothing here allocates or locks (an io::Error
         // from a raw errno does not allocate).
-        // SAFETY: prctl, getppid, sched_setaffinity, fcntl and setrlimit are
-        // plain system calls on integers, on `set`, a live cpu_set_t of the
-        // size passed, and on `limit`, a live rlimit.
+        // SAFETY: prctl, getppid, sched_setaffinity, fcntl, setrlimit,
+        // sigprocmask and close_range are plain system calls on integers, on
+        // `set`, a live cpu_set_t of the size passed, on `limit`, a live
+        // rlimit, and on `unblocked`, a live sigset_t sigemptyset filled.
         unsafe {
             if libc::prctl(
                 libc::PR_SET_PDEATHSIG,
@@ -86,6 +93,28 @@ pub(crate) fn prepare_child(
                     return Err(io::Error::last_os_error());
                 }
             }
+            let mut unblocked = std::mem::zeroed::<libc::sigset_t>();
+            libc::sigemptyset(&mut unblocked);
+            if libc::sigprocmask(libc::SIG_SETMASK, &unblocked, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // Close-on-exec rather than closed: std reports a failed exec
+            // through a close-on-exec pipe of its own, which must stay open
+            // until the exec. Kernels before 5.11 lack the flag (EINVAL);
+            // the descriptors then stay, as they did before.
+            let cloexec_from = |first: u32, last: u32| {
+                libc::syscall(
+                    libc::SYS_close_range,
+                    first,
+                    last,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                )
+            };
+            let control = control_fd as u32;
+            if control > 3 {
+                cloexec_from(3, control - 1);
+            }
+            cloexec_from(control + 1, u32::MAX);
         }
         Ok(())
     };

@@ -240,6 +240,7 @@ pub struct EngineBuilder {
     exclusive: bool,
     /// `(soft, hard)` RLIMIT_NOFILE of the engine process.
     open_files: Option<(u64, u64)>,
+    stray_fd: Option<i32>,
 }
 
 impl Default for EngineBuilder {
@@ -258,7 +259,15 @@ impl EngineBuilder {
             config: None,
             exclusive: false,
             open_files: None,
+            stray_fd: None,
         }
+    }
+
+    /// Starts the engine holding descriptor `fd` (a copy of /dev/null)
+    /// without close-on-exec, as a launcher that leaks one would.
+    pub fn stray_fd(mut self, fd: i32) -> Self {
+        self.stray_fd = Some(fd);
+        self
     }
 
     /// Starts the engine with this open-files limit (`ulimit -Sn soft -Hn hard`).
@@ -378,6 +387,20 @@ impl EngineBuilder {
             };
             // SAFETY: the closure makes one async-signal-safe system call.
             unsafe { cmd.pre_exec(set_limit) };
+        }
+        if let Some(fd) = self.stray_fd {
+            use std::os::unix::process::CommandExt as _;
+            let leak = move || {
+                // SAFETY: dup2 is async-signal-safe; the copy it makes of
+                // stdin (/dev/null) has close-on-exec clear, as a careless
+                // launcher's descriptor would.
+                if unsafe { libc::dup2(0, fd) } != fd {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            };
+            // SAFETY: the closure makes one async-signal-safe system call.
+            unsafe { cmd.pre_exec(leak) };
         }
         (cmd, tag)
     }
