@@ -234,3 +234,80 @@ fn a_burst_after_a_quiet_spell_runs_on_every_worker_at_once() {
         "a burst of 8 ran at most {most_running} at once on up to 4 workers"
     );
 }
+
+/// `sleep` with 1..=`max` workers, `timeout`, and no retiring during a test.
+fn sleep_config(max: usize, timeout: &str) -> String {
+    format!(
+        "[[functions]]\nname = \"sleep\"\nbuiltin = \"sleep\"\nmin_workers = 1\n\
+         max_workers = {max}\ntimeout = \"{timeout}\"\nidle_timeout = \"5m\"\n"
+    )
+}
+
+/// `n` concurrent calls of `sleep?us=US`, from their own connections; the
+/// statuses and bodies in the order the calls were made.
+fn concurrent_sleeps(engine: &Engine, n: usize, us: u64) -> Vec<(u16, String)> {
+    std::thread::scope(|s| {
+        let calls: Vec<_> = (0..n)
+            .map(|_| {
+                let addr = engine.addr();
+                s.spawn(move || {
+                    let r = Client::connect(addr).post(&format!("/function/sleep?us={us}"), b"");
+                    (r.status, r.text())
+                })
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn long_calls_of_a_burst_do_not_wait_a_service_time_beside_idle_workers() {
+    // The limit's averages know the function takes 800 ms and that calls
+    // are rare. A burst of three: each must get a worker soon enough to end
+    // within its 1.5 s timeout (a call that waited one service time for a
+    // busy worker, as the overdue rule once said, ended after 1.6 s: 504).
+    let engine = Engine::builder().config(&sleep_config(4, "1500ms")).start();
+    assert_eq!(engine.post("/function/sleep?us=800000", b"").status, 200);
+    let answers = concurrent_sleeps(&engine, 3, 800_000);
+    for (status, text) in &answers {
+        assert_eq!(*status, 200, "{answers:?}");
+        assert_eq!(text, "slept 800000 us");
+    }
+}
+
+#[test]
+fn a_worker_killed_while_calls_wait_is_replaced_for_them() {
+    // Two workers (max_workers) run two 1 s calls; a third waits. One busy
+    // worker is killed: its call gets 502, and the waiting call must get a
+    // new worker at once (the pool, still at min_workers, used to grow only
+    // when another call arrived): on the surviving worker it would start
+    // after 1 s and miss its 1.6 s timeout.
+    let engine = Engine::builder().config(&sleep_config(2, "1600ms")).start();
+    let warm = concurrent_sleeps(&engine, 2, 100_000);
+    assert!(warm.iter().all(|(s, _)| *s == 200), "{warm:?}");
+    engine.wait_workers("sleep", 2, Duration::from_secs(10));
+    std::thread::scope(|s| {
+        let calls = s.spawn(|| concurrent_sleeps(&engine, 3, 1_000_000));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let status = engine.functions_status();
+            let sleep = status.iter().find(|f| f["name"] == "sleep").unwrap();
+            if sleep["in_flight"] == 2 && sleep["queued"] == 1 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never 2 running, 1 waiting: {sleep}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let victim = engine.workers("sleep")[0];
+        common::signal(victim, libc::SIGKILL);
+        let mut answers = calls.join().unwrap();
+        answers.sort();
+        assert_eq!(answers.len(), 3);
+        assert_eq!(answers[0].0, 200, "{answers:?}");
+        assert_eq!(answers[1].0, 200, "the waiting call: {answers:?}");
+        assert_eq!(answers[2].0, 502, "the killed worker's call: {answers:?}");
+    });
+}

@@ -374,8 +374,12 @@ impl LoopState {
             let fs = &mut self.functions[f as usize];
             let delay = fs.backoff.on_failure(self.now);
             if !delay.is_zero() {
+                // Not "next restart": below min_workers a replacement is
+                // due then, above it only demand starts one.
                 log::info!(
-                    "nocturne: {name} keeps crashing; next restart in {} ms",
+                    "nocturne: {name} keeps crashing ({} worker deaths in a row); \
+                     no worker of it starts for {} ms",
+                    fs.backoff.consecutive_failures(),
                     delay.as_millis()
                 );
                 self.ctx
@@ -485,10 +489,14 @@ impl LoopState {
         }
         fs.restart_at = None;
         self.ensure_min_workers(f);
-        // Calls may be waiting with no worker at all.
+        // Calls may be waiting with no worker at all, or for a pool that a
+        // death left smaller than their demand: the pool otherwise grows only
+        // when a call arrives, and none may come before their deadlines.
         let fs = &self.functions[f as usize];
         if !fs.pending.is_empty() && fs.workers + fs.starting == 0 {
             self.request_spawn(f);
+        } else if !fs.pending.is_empty() {
+            self.scale_up(f);
         }
     }
 
