@@ -68,6 +68,21 @@ fn child_entry() {
             sleep_forever()
         }
         "exit3" => std::process::exit(3),
+        "refuse-rudely" => {
+            // Refuses with a terminal escape in its reason, and takes a
+            // moment to exit (code 4), as a process with cleanup to do would.
+            let fd: i32 = std::env::var(control::CONTROL_FD_ENV)
+                .unwrap()
+                .parse()
+                .unwrap();
+            // SAFETY: the engine passed this fd for us alone and nothing else in
+            // this process has wrapped it.
+            let sock = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+            let reason = "no thanks \u{1b}[31mred".to_string();
+            control::send(&sock, &control::ControlMessage::Refused { reason }, &[]).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            std::process::exit(4)
+        }
         "middle" => middle(),
         other => panic!("unknown child mode {other}"),
     }
@@ -396,6 +411,27 @@ fn refusal_carries_the_workers_reason() {
         "{reason}"
     );
     assert!(not_our_process(*pid));
+}
+
+#[test]
+fn a_refusal_is_logged_escaped_with_the_workers_own_exit() {
+    // The worker's reason reaches the log and clients: its escape sequences
+    // must not. It exits by itself 50 ms after refusing: the engine waits
+    // for that rather than report its own SIGKILL ("it killed by signal 9").
+    let efd = eventfd().unwrap();
+    let err = spawn(&spec("refuse-rudely"), efd.as_fd())
+        .err()
+        .expect("it refuses");
+    let SpawnError::Handshake { status, .. } = &err else {
+        panic!("expected a refusal, got {err}")
+    };
+    assert_eq!(*status, ExitStatus::Exited(4), "{err}");
+    let text = err.to_string();
+    assert!(!text.contains('\u{1b}'), "{text:?}");
+    assert!(
+        text.ends_with("it refused: no thanks \\u{1b}[31mred; it exited with code 4"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -105,6 +105,28 @@ impl fmt::Display for ExitStatus {
     }
 }
 
+/// How a worker that failed its handshake ended, as the end of a sentence.
+fn ended(status: &ExitStatus) -> String {
+    match status {
+        ExitStatus::Signaled(_) => format!("it was {status}"),
+        _ => format!("it {status}"),
+    }
+}
+
+/// `text` with control characters but tab escaped (`\u{1b}`): what a worker
+/// says must not rewrite the operator's terminal.
+pub(crate) fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn signal_name(sig: i32) -> Option<&'static str> {
     Some(match sig {
         libc::SIGHUP => "SIGHUP",
@@ -131,8 +153,9 @@ pub enum HandshakeFailure {
     /// It closed the control socket (usually: it exited) before answering.
     #[error("it closed the control socket before answering")]
     Closed,
-    /// It answered `Refused`.
-    #[error("it refused: {0}")]
+    /// It answered `Refused` (the reason as it gave it, control characters
+    /// escaped: it goes to the log and to clients).
+    #[error("it refused: {}", escape_controls(.0))]
     Refused(String),
     /// The control socket failed.
     #[error("control socket: {0}")]
@@ -190,7 +213,10 @@ pub enum SpawnError {
         source: io::Error,
     },
     /// The worker started but the handshake failed.
-    #[error("worker {function:?} (pid {pid}) failed the handshake: {cause}; it {status}")]
+    #[error(
+        "worker {function:?} (pid {pid}) failed the handshake: {cause}; {}",
+        ended(status)
+    )]
     Handshake {
         /// The function.
         function: String,
@@ -368,6 +394,11 @@ impl WorkerProcess {
     /// Stops the worker: closes its control socket, waits up to `grace` for it
     /// to exit, kills it if it has not, and reaps it. Blocks.
     pub fn shutdown(mut self, grace: Duration) -> ExitStatus {
+        self.shutdown_ref(grace)
+    }
+
+    /// [`shutdown`](Self::shutdown) of a worker that is not given away.
+    fn shutdown_ref(&mut self, grace: Duration) -> ExitStatus {
         self.close_control();
         let deadline = Instant::now() + grace;
         loop {
@@ -582,7 +613,13 @@ pub fn spawn_cancellable(
         }
         Err(failure) => {
             drop(engine_sock);
-            let status = process.kill_and_reap();
+            // A worker that closed the socket or refused is on its way out:
+            // give it a moment, so that its own exit status is what the log
+            // shows, not the engine's SIGKILL.
+            let status = match failure {
+                Failed::Handshake(_) => process.shutdown_ref(HANDSHAKE_EXIT_GRACE),
+                _ => process.kill_and_reap(),
+            };
             let function = function.clone();
             Err(match failure {
                 Failed::Timeout => SpawnError::Timeout {
@@ -688,6 +725,10 @@ fn handshake(
         Err(RecvControlError::Io(e)) => Err(Failed::Handshake(HandshakeFailure::Io(e))),
     }
 }
+
+/// How long a worker whose handshake failed (it closed the socket, or
+/// refused) gets to exit on its own before it is killed.
+const HANDSHAKE_EXIT_GRACE: Duration = Duration::from_millis(200);
 
 /// How often a starting worker's handshake looks at its cancel flag.
 pub const CANCEL_CHECK: Duration = Duration::from_millis(50);
