@@ -57,13 +57,7 @@ fn child_entry() {
             std::process::exit(2)
         }
         "garbage" => {
-            let fd: i32 = std::env::var(control::CONTROL_FD_ENV)
-                .unwrap()
-                .parse()
-                .unwrap();
-            // SAFETY: the engine passed this fd for us alone and nothing else in
-            // this process has wrapped it.
-            let sock = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+            let sock = raw_control_socket();
             nocturne_ipc::fdpass::send_with_fds(&sock, b"HTTP/1.1 200 OK\r\n\r\n", &[]).unwrap();
             sleep_forever()
         }
@@ -71,13 +65,7 @@ fn child_entry() {
         "refuse-rudely" => {
             // Refuses with a terminal escape in its reason, and takes a
             // moment to exit (code 4), as a process with cleanup to do would.
-            let fd: i32 = std::env::var(control::CONTROL_FD_ENV)
-                .unwrap()
-                .parse()
-                .unwrap();
-            // SAFETY: the engine passed this fd for us alone and nothing else in
-            // this process has wrapped it.
-            let sock = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+            let sock = raw_control_socket();
             let reason = "no thanks \u{1b}[31mred".to_string();
             control::send(&sock, &control::ControlMessage::Refused { reason }, &[]).unwrap();
             std::thread::sleep(Duration::from_millis(50));
@@ -86,6 +74,18 @@ fn child_entry() {
         "middle" => middle(),
         other => panic!("unknown child mode {other}"),
     }
+}
+
+/// The control socket the engine passed, for a child that speaks the
+/// protocol by hand.
+fn raw_control_socket() -> UnixStream {
+    let fd: i32 = std::env::var(control::CONTROL_FD_ENV)
+        .unwrap()
+        .parse()
+        .unwrap();
+    // SAFETY: the engine passed this fd for us alone, and it is wrapped once:
+    // each child mode calls this at most once.
+    UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn say(line: &str) {
