@@ -6,7 +6,7 @@
 //!        ▼                       ▼
 //!   report::Report ◀── hist::LatencyHistogram per case ◀── timed round trips
 //!        │
-//!        └──▶ human table (stdout) + DESIGN §7 JSON (--json)
+//!        └──▶ human table (stdout) + docs/design.md §7 JSON (--json)
 //! ```
 //!
 //! Layers, reusable by the engine benchmark and the load generator:

@@ -1,4 +1,4 @@
-//! Benchmark reports: the JSON schema every bench writes (DESIGN §7) and the
+//! Benchmark reports: the JSON schema every bench writes (docs/design.md §7) and the
 //! human table printed beside it.
 //!
 //! ```json

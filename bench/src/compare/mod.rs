@@ -9,7 +9,7 @@
 //!  S: rpc-hyper's saturation rate (sweep::SaturationSearch: double, then bisect)
 //!  rounds: each system, in rotated order, runs the next rate of its sweep::SloLadder
 //!          (0.25 S, 0.5 S, 0.75 S always; higher while the SLO holds), the others frozen
-//!  ─▶ report (DESIGN §7 JSON), Markdown table, SVG plot, target checks
+//!  ─▶ report (docs/design.md §7 JSON), Markdown table, SVG plot, target checks
 //! ```
 //!
 //! Placement on the 2-core VM (the defaults): the load generator on core
@@ -61,7 +61,7 @@ pub struct CompareArgs {
     /// Directory for the Markdown table (compare.md) and the plot (compare.svg).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Write the report as JSON (DESIGN §7 schema).
+    /// Write the report as JSON (schema: docs/design.md §7).
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Systems to run, comma separated (rpc-hyper, rpc-grpc, nocturne);

@@ -136,7 +136,7 @@ pub struct EngineArgs {
     /// took).
     #[arg(long, alias = "timeout-s", default_value = "20s")]
     pub timeout: String,
-    /// Write the report as JSON (DESIGN §7 schema) to this file.
+    /// Write the report as JSON (schema: docs/design.md §7) to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
 }

@@ -101,7 +101,7 @@ pub struct IpcArgs {
     /// Give up (killing the peer) after this long without progress, seconds.
     #[arg(long, default_value_t = 20)]
     pub stall_timeout_s: u64,
-    /// Write the report as JSON (DESIGN §7 schema) to this file.
+    /// Write the report as JSON (schema: docs/design.md §7) to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
 }

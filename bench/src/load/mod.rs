@@ -9,7 +9,7 @@
 //!                   schedule ─▶ dispatch ─▶ keep-alive connections (mio + timerfd)
 //!                   ◀── ThreadResult (HdrHistograms, counters) ──┘
 //!                   ▼
-//!  RateResult ──▶ output (table, DESIGN §7 JSON, .hgrm) ──▶ plot (SVG)
+//!  RateResult ──▶ output (table, docs/design.md §7 JSON, .hgrm) ──▶ plot (SVG)
 //! ```
 //!
 //! Every request has an *intended* send time from a pure arrival schedule
@@ -153,7 +153,7 @@ pub struct LoadArgs {
     /// rates, one file per rate that ran (STEM.RATE.hgrm).
     #[arg(long)]
     pub hgrm: Option<PathBuf>,
-    /// Write the report as JSON (DESIGN §7 schema).
+    /// Write the report as JSON (schema: docs/design.md §7).
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Write an SVG latency-vs-throughput plot of the rates run.
@@ -597,7 +597,7 @@ pub fn run_sweep(
     Ok(outcome)
 }
 
-/// Builds the DESIGN §7 report of a sweep.
+/// Builds the docs/design.md §7 report of a sweep.
 pub fn build_report(settings: &LoadSettings, outcome: &SweepOutcome) -> Report {
     let mut core_map = BTreeMap::new();
     if !settings.plan.cores.is_empty() {

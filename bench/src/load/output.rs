@@ -1,6 +1,6 @@
 //! What a load run prints and writes: the human table (one row per rate),
 //! the detail lines under it (service time, errors by cause, status codes),
-//! the DESIGN §7 report, and `.hgrm` percentile spectra.
+//! the docs/design.md §7 report, and `.hgrm` percentile spectra.
 //!
 //! Report cases: `"<rate>/s"` per rate (the corrected latency, every
 //! counter as an extra field), `"<rate>/s <kind>"` per request kind of a
@@ -207,7 +207,7 @@ pub fn cases(r: &RateResult, slos: &[Slo]) -> Vec<CaseResult> {
     for (k, v) in measurements {
         case = case.with_extra(k, v);
     }
-    // Whole numbers, written as JSON integers (DESIGN §7's `samples` and
+    // Whole numbers, written as JSON integers (docs/design.md §7's `samples` and
     // `errors` are): a reader that checks a count for equality, or types
     // it, must not find `1000.0`.
     let counts: [(&str, u64); 11] = [
