@@ -63,6 +63,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::ipc::TargetCheck;
+use crate::load::spec::SpecError;
 use crate::pin::{parse_core_list, CoreListError};
 use crate::report::Report;
 
@@ -269,12 +270,12 @@ pub enum ArgsError {
     #[error("--net: name at least one network stack (kernel, smoltcp)")]
     NoNets,
     /// A duration flag does not parse.
-    #[error("--{flag}: {text:?} is not a duration like 3s, 500ms, 1m or 1.5 (seconds)")]
+    #[error("--{flag}: {reason}")]
     BadDuration {
         /// Which flag.
         flag: &'static str,
-        /// What it was given.
-        text: String,
+        /// Why (it quotes the text).
+        reason: SpecError,
     },
     /// A duration that must be positive is zero.
     #[error("--{0} must be longer than zero")]
@@ -547,13 +548,11 @@ pub fn parse_nets(text: &str) -> Result<Vec<NetStack>, ArgsError> {
 }
 
 /// Parses the duration given to `--flag`, in the forms every bench takes
-/// (`load::spec::parse_duration`: `500us`, `20ms`, `3s`, `1m`, `1h`, or a
-/// bare number of seconds).
+/// (`load::spec::parse_duration`: `500us`, `20ms`, `3s`, `1m30s`, `1h`, or
+/// a bare number of seconds).
 pub fn parse_duration(flag: &'static str, text: &str) -> Result<Duration, ArgsError> {
-    crate::load::spec::parse_duration(text).map_err(|_| ArgsError::BadDuration {
-        flag,
-        text: text.to_owned(),
-    })
+    crate::load::spec::parse_duration(text)
+        .map_err(|reason| ArgsError::BadDuration { flag, reason })
 }
 
 /// The targets that `report` has the cases for:
@@ -833,7 +832,7 @@ mod tests {
             settings(&["--duration=soon"]),
             Err(ArgsError::BadDuration {
                 flag: "duration",
-                text: "soon".into()
+                reason: crate::load::spec::parse_duration("soon").unwrap_err()
             })
         );
         assert_eq!(
@@ -903,7 +902,7 @@ mod tests {
             settings(&["--conns-duration=later"]),
             Err(ArgsError::BadDuration {
                 flag: "conns-duration",
-                text: "later".into()
+                reason: crate::load::spec::parse_duration("later").unwrap_err()
             })
         );
     }
@@ -917,11 +916,12 @@ mod tests {
         assert_eq!(parse("1m"), Ok(Duration::from_secs(60)));
         assert_eq!(parse("1.5"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse(" 2 s "), Ok(Duration::from_secs(2)));
+        assert_eq!(parse("1m30s"), Ok(Duration::from_secs(90)));
         for bad in ["", "s", "-1s", "1d", "nan", "inf", "1e400"] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
         // `bench compare` takes the same forms.
-        for text in ["3s", "500ms", "250us", "1m", "1.5"] {
+        for text in ["3s", "500ms", "250us", "1m", "1.5", "1m30s"] {
             assert_eq!(
                 parse(text).ok(),
                 crate::load::spec::parse_duration(text).ok(),
