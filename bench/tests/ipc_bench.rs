@@ -340,8 +340,8 @@ fn kill_peer_mid_run(cores: &str, filter: &str) {
         "4096000000",
         "--filter",
         filter,
-        "--stall-timeout-s",
-        "2",
+        "--stall-timeout",
+        "2s",
     ]))
     .unwrap();
     let run = std::thread::spawn(move || run_ipc(&settings));
