@@ -75,42 +75,42 @@ pub use floor::{run_floor_server, FloorServerArgs};
 pub struct EngineArgs {
     /// Core of the latency client (and of every client thread unless
     /// --client-cores says otherwise).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_name = "CORE")]
     pub client_core: usize,
     /// Cores of the throughput cases' client threads (thread i on the i-th,
     /// cycling), e.g. 0-3 [default: --client-core].
-    #[arg(long)]
+    #[arg(long, value_name = "CORES")]
     pub client_cores: Option<String>,
     /// The engine's io core (`serve --io-cores`); the floor server runs there too.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_name = "CORE")]
     pub io_core: usize,
     /// Cores of the engine's workers (`serve --worker-cores`), e.g. 0 or 2-5.
-    #[arg(long, default_value = "0")]
+    #[arg(long, default_value = "0", value_name = "CORES")]
     pub worker_cores: String,
     /// The engine's poll modes to measure, comma separated (spin, adaptive, block).
-    #[arg(long, default_value = "spin,adaptive")]
+    #[arg(long, default_value = "spin,adaptive", value_name = "MODES")]
     pub modes: String,
     /// Fewer samples and shorter throughput runs (every case still runs).
     #[arg(long)]
     pub quick: bool,
     /// Rounds (every latency case runs once per round) [default: 10, quick 5].
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub rounds: Option<u32>,
     /// Timed round trips per latency case per round [default: 10000, quick 2000].
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub samples: Option<u64>,
     /// Untimed warm-up round trips per latency case per round [default: 500, quick 200].
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub warmup: Option<u64>,
     /// Measuring time of each throughput case, e.g. 3s, 500ms, 1m or 2.5
     /// (seconds) [default: 3s, quick 1s].
-    #[arg(long)]
+    #[arg(long, value_name = "DURATION")]
     pub duration: Option<String>,
     /// Client connections of the throughput cases.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_name = "N")]
     pub connections: usize,
     /// Request body bytes of the external cases.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_name = "BYTES")]
     pub payload: usize,
     /// Also measure engines on these network stacks (kernel, smoltcp;
     /// comma separated), spinning, inside a network namespace the run
@@ -118,11 +118,11 @@ pub struct EngineArgs {
     #[arg(long, value_name = "NETS")]
     pub net: Option<String>,
     /// Requests per second, over all connections, of the `conns` cases.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_name = "N")]
     pub conns_rate: u64,
     /// Measuring time of each `conns` case, spread over the rounds, e.g.
     /// 10s [default: 10s, quick 1s].
-    #[arg(long)]
+    #[arg(long, value_name = "DURATION")]
     pub conns_duration: Option<String>,
     /// Requests of the soak case (at least 10); memory is compared after a
     /// tenth and after all of them [default: 1000000, quick 200000].
@@ -135,10 +135,15 @@ pub struct EngineArgs {
     /// Give up on a request (and on a server's start) after this long,
     /// e.g. 20s or 500ms (a bare number is seconds, as the old --timeout-s
     /// took).
-    #[arg(long, alias = "timeout-s", default_value = "20s")]
+    #[arg(
+        long,
+        alias = "timeout-s",
+        default_value = "20s",
+        value_name = "DURATION"
+    )]
     pub timeout: String,
     /// Write the report as JSON (schema: docs/design.md §7) to this file.
-    #[arg(long)]
+    #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
 }
 

@@ -72,32 +72,32 @@ use park::{ParkBoard, ParkCounter, SleepProbe};
 #[derive(clap::Args, Debug, Clone)]
 pub struct IpcArgs {
     /// Cores of the driver and the peer process: `A,B`.
-    #[arg(long, default_value = "0,1")]
+    #[arg(long, default_value = "0,1", value_name = "CORES")]
     pub cores: String,
     /// Payload sizes N (bytes after the 64-byte header), comma separated.
-    #[arg(long, default_value = "64,1024,16384")]
+    #[arg(long, default_value = "64,1024,16384", value_name = "SIZES")]
     pub payload: String,
     /// Fewer samples (every case still runs); finishes in well under a minute.
     #[arg(long)]
     pub quick: bool,
     /// Rounds (every case runs once per round) [default: 10, quick 5].
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub rounds: Option<u32>,
     /// Timed round trips per case per round [default: 10000, quick 2000].
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub samples: Option<u64>,
     /// Untimed warm-up round trips per case per round [default: 200, quick 100].
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub warmup: Option<u64>,
     /// Messages `ring-stream` moves in all, at least rounds × 10 windows of
     /// 4096 (its percentiles are per window) [default: 5000000, quick 1000000].
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub stream_messages: Option<u64>,
     /// Messages per batch in `ring-stream`.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_name = "N")]
     pub stream_batch: u32,
     /// Run only the cases whose name contains this text.
-    #[arg(long)]
+    #[arg(long, value_name = "TEXT")]
     pub filter: Option<String>,
     /// Give up (killing the peer) after this long without progress, e.g.
     /// 20s or 500ms (a bare number is seconds, as the old --stall-timeout-s
@@ -110,7 +110,7 @@ pub struct IpcArgs {
     )]
     pub stall_timeout: String,
     /// Write the report as JSON (schema: docs/design.md §7) to this file.
-    #[arg(long)]
+    #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
 }
 
@@ -118,10 +118,10 @@ pub struct IpcArgs {
 #[derive(clap::Args, Debug, Clone)]
 pub struct IpcPeerArgs {
     /// Core to pin to.
-    #[arg(long)]
+    #[arg(long, value_name = "CORE")]
     pub core: usize,
     /// Process id of the driver (the peer dies with it).
-    #[arg(long)]
+    #[arg(long, value_name = "PID")]
     pub driver_pid: u32,
 }
 

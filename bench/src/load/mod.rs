@@ -77,66 +77,66 @@ pub struct LoadArgs {
     pub urls: Vec<String>,
     /// Offered rate in requests/s: 20000, 20k, 1.5M, a list 1k,5k,20k or a
     /// sweep START..END/STEP (e.g. 10k..200k/10k).
-    #[arg(long)]
+    #[arg(long, value_name = "RATE")]
     pub rate: String,
     /// Measurement window per rate (e.g. 10s, 500ms).
-    #[arg(long, default_value = "10s")]
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
     pub duration: String,
     /// Warm-up before each window: sent on schedule, not recorded.
-    #[arg(long, default_value = "1s")]
+    #[arg(long, default_value = "1s", value_name = "DURATION")]
     pub warmup: String,
     /// Keep-alive connections in all, split over the client threads
     /// [default: 16, or threads × targets if more].
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub connections: Option<usize>,
     /// Client threads; each owns its connections and a share of the rate.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_name = "N")]
     pub threads: usize,
     /// Cores to pin the client threads to (thread i on the i-th, cycling), e.g. 0 or 2-3.
-    #[arg(long)]
+    #[arg(long, value_name = "CORES")]
     pub cores: Option<String>,
     /// Arrival process of the intended send times.
-    #[arg(long, value_enum, default_value_t = Arrival::Fixed)]
+    #[arg(long, value_enum, default_value_t = Arrival::Fixed, value_name = "KIND")]
     pub arrival: Arrival,
     /// HTTP method.
-    #[arg(long, default_value = "POST")]
+    #[arg(long, default_value = "POST", value_name = "METHOD")]
     pub method: String,
     /// Request body (inline).
-    #[arg(long, conflicts_with = "body_file")]
+    #[arg(long, conflicts_with = "body_file", value_name = "TEXT")]
     pub body: Option<String>,
     /// Request body read from a file.
-    #[arg(long)]
+    #[arg(long, value_name = "PATH")]
     pub body_file: Option<PathBuf>,
     /// Extra request header "Name: value" (repeatable).
-    #[arg(short = 'H', long = "header")]
+    #[arg(short = 'H', long = "header", value_name = "NAME:VALUE")]
     pub headers: Vec<String>,
     /// A TOML file of weighted request kinds (see docs/benchmarks.md).
-    #[arg(long)]
+    #[arg(long, value_name = "PATH")]
     pub mix: Option<PathBuf>,
     /// Requests in flight per connection (HTTP pipelining); 1 = none.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_name = "N")]
     pub pipeline: usize,
     /// How client threads wait: spin (dedicated cores), adaptive (spin
     /// --spin-us around activity, then sleep) or block.
-    #[arg(long, value_enum, default_value_t = PollMode::Adaptive)]
+    #[arg(long, value_enum, default_value_t = PollMode::Adaptive, value_name = "MODE")]
     pub poll: PollMode,
     /// Spin budget of --poll adaptive, µs.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_name = "US")]
     pub spin_us: u64,
     /// A request unanswered this long counts as a timeout (also the probe's
     /// limit and the drain after the window).
-    #[arg(long, default_value = "2s")]
+    #[arg(long, default_value = "2s", value_name = "DURATION")]
     pub timeout: String,
     /// Limit for each connection attempt and for name resolution.
-    #[arg(long, default_value = "2s")]
+    #[arg(long, default_value = "2s", value_name = "DURATION")]
     pub connect_timeout: String,
     /// Seed of the Poisson arrivals and the mix's choices.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_name = "N")]
     pub seed: u64,
     /// Latency objectives, e.g. p99=100us or p50=20us,p99.9=1ms; a sweep
     /// reports the highest rate that meets them (with no errors), and the
     /// exit status is non-zero when none does.
-    #[arg(long)]
+    #[arg(long, value_name = "OBJECTIVES")]
     pub slo: Option<String>,
     /// Run every rate of a sweep, not stopping at the first that misses the SLO.
     #[arg(long)]
@@ -147,17 +147,17 @@ pub struct LoadArgs {
     pub allow_errors: bool,
     /// Before the run, time N blocking back-to-back round trips on one
     /// connection (the baseline the generator's overhead is measured against).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_name = "N")]
     pub pingpong: u64,
     /// Write the HdrHistogram percentile spectrum (.hgrm); with several
     /// rates, one file per rate that ran (STEM.RATE.hgrm).
-    #[arg(long)]
+    #[arg(long, value_name = "PATH")]
     pub hgrm: Option<PathBuf>,
     /// Write the report as JSON (schema: docs/design.md §7).
-    #[arg(long)]
+    #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
     /// Write an SVG latency-vs-throughput plot of the rates run.
-    #[arg(long)]
+    #[arg(long, value_name = "PATH")]
     pub plot: Option<PathBuf>,
     /// No progress line.
     #[arg(long, short = 'q')]
