@@ -70,9 +70,11 @@ use crate::report::{Machine, Report};
     nocturne bench load http://127.0.0.1:8080/function/foo --rate 10k..100k/10k --slo p99=200us --plot sweep.svg\n  \
     nocturne bench load http://127.0.0.1:8080/ --mix mix.toml --rate 5k --arrival poisson --json out.json")]
 pub struct LoadArgs {
-    /// Target URLs (http://HOST:PORT/PATH); with several, each request goes
-    /// to one of them in turn at random (equal weights). With --mix, the
-    /// first gives host and port to the mix's `path` entries.
+    /// Target URLs, http://HOST[:PORT]/PATH: the port defaults to 80, and
+    /// HOST is an IP ([::1] for IPv6) or a name, resolved before the run
+    /// (within --connect-timeout). With several URLs,
+    /// each request goes to one of them at random (equal weights). With
+    /// --mix, the first gives host and port to the mix's `path` entries.
     #[arg(value_name = "URL")]
     pub urls: Vec<String>,
     /// Offered rate in requests/s: 20000, 20k, 1.5M, a list 1k,5k,20k or a
