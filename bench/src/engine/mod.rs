@@ -117,11 +117,12 @@ pub struct EngineArgs {
     /// creates and removes (needs root and iproute2).
     #[arg(long, value_name = "NETS")]
     pub net: Option<String>,
-    /// Requests per second, over all connections, of the `conns` cases.
+    /// Requests per second, over all connections, of the `conns` cases
+    /// (run only with --net).
     #[arg(long, default_value_t = 2000, value_name = "N")]
     pub conns_rate: u64,
-    /// Measuring time of each `conns` case, spread over the rounds, e.g.
-    /// 10s [default: 10s, quick 1s].
+    /// Measuring time of each `conns` case (run only with --net), spread
+    /// over the rounds, e.g. 10s [default: 10s, quick 1s].
     #[arg(long, value_name = "DURATION")]
     pub conns_duration: Option<String>,
     /// Requests of the soak case (at least 10); memory is compared after a
