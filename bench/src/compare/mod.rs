@@ -108,7 +108,7 @@ pub struct CompareArgs {
     /// Keep-alive connections of the load generator.
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub connections: usize,
-    /// Request body bytes (at most 524288, as `bench engine`).
+    /// Request body bytes, at most 524288 (512 KiB), as `bench engine`.
     #[arg(long, default_value_t = 64, value_name = "BYTES")]
     pub payload: usize,
     /// Measurement window per rate, e.g. 5s, 500ms, 1m or 2.5 (seconds)
@@ -498,4 +498,34 @@ fn finish_interrupted(
          the systems were stopped",
         report.cases.len()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: CompareArgs,
+    }
+
+    fn settings(argv: &[&str]) -> anyhow::Result<CompareSettings> {
+        let cli =
+            Cli::try_parse_from(std::iter::once("compare").chain(argv.iter().copied())).unwrap();
+        CompareSettings::from_args(&cli.args)
+    }
+
+    #[test]
+    fn help_states_bench_engines_payload_limit() {
+        let help = <Cli as clap::CommandFactory>::command()
+            .render_help()
+            .to_string();
+        let limit = crate::engine::MAX_PAYLOAD;
+        assert!(help.contains(&format!("at most {limit} ")), "{help}");
+        let over = (limit + 1).to_string();
+        let error = settings(&["--payload", &over]).unwrap_err().to_string();
+        assert!(error.contains(&format!("at most {limit}")), "{error}");
+    }
 }

@@ -109,7 +109,7 @@ pub struct EngineArgs {
     /// Client connections of the throughput cases.
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub connections: usize,
-    /// Request body bytes of the external cases.
+    /// Request body bytes of the external cases, at most 524288 (512 KiB).
     #[arg(long, default_value_t = 64, value_name = "BYTES")]
     pub payload: usize,
     /// Also measure engines on these network stacks (kernel, smoltcp;
@@ -698,6 +698,16 @@ mod tests {
         let cli =
             Cli::try_parse_from(std::iter::once("engine").chain(argv.iter().copied())).unwrap();
         EngineSettings::from_args(&cli.args)
+    }
+
+    #[test]
+    fn help_states_the_payload_limit_that_is_checked() {
+        let help = <Cli as clap::CommandFactory>::command()
+            .render_help()
+            .to_string();
+        assert!(help.contains(&format!("at most {MAX_PAYLOAD} ")), "{help}");
+        let most = MAX_PAYLOAD.to_string();
+        assert!(settings(&["--payload", &most]).is_ok());
     }
 
     #[test]
