@@ -241,8 +241,15 @@ impl CompareSettings {
         let sweep_duration = pick(&args.sweep_duration, "2s", "500ms", "sweep-duration")?;
         let timeout = parse_duration(&args.timeout).context("--timeout")?;
         let keep_up_p50 = parse_duration(&args.keep_up_p50).context("--keep-up-p50")?;
-        if duration.is_zero() || sweep_duration.is_zero() || timeout.is_zero() {
-            anyhow::bail!("--duration, --sweep-duration and --timeout must be positive");
+        // Name the one flag that is wrong, not every flag that could be.
+        for (flag, value) in [
+            ("duration", duration),
+            ("sweep-duration", sweep_duration),
+            ("timeout", timeout),
+        ] {
+            if value.is_zero() {
+                anyhow::bail!("--{flag} must be longer than zero");
+            }
         }
         let mut systems = Vec::new();
         for name in args.systems.split(',') {
@@ -527,5 +534,16 @@ mod tests {
         let over = (limit + 1).to_string();
         let error = settings(&["--payload", &over]).unwrap_err().to_string();
         assert!(error.contains(&format!("at most {limit}")), "{error}");
+    }
+
+    #[test]
+    fn a_zero_duration_is_refused_under_its_own_flag() {
+        for flag in ["--duration", "--sweep-duration", "--timeout"] {
+            let error = settings(&[flag, "0"]).unwrap_err().to_string();
+            assert_eq!(error, format!("{flag} must be longer than zero"));
+        }
+        // The old spelling of --timeout is still --timeout.
+        let error = settings(&["--timeout-s", "0"]).unwrap_err().to_string();
+        assert_eq!(error, "--timeout must be longer than zero");
     }
 }
