@@ -161,7 +161,9 @@ pub struct LoadArgs {
     /// Write an SVG latency-vs-throughput plot of the rates run.
     #[arg(long, value_name = "PATH")]
     pub plot: Option<PathBuf>,
-    /// No progress line.
+    /// No progress line (it goes to stderr, and only when that is a
+    /// terminal). The results table goes to stdout once either way: whole
+    /// at the end for one rate, a row as each rate finishes for several.
     #[arg(long, short = 'q')]
     pub quiet: bool,
 }
@@ -656,21 +658,17 @@ pub fn run_command(args: &LoadArgs) -> anyhow::Result<()> {
             k.name, plan.targets.endpoints[k.endpoint].addr, k.weight
         );
     }
-    // A sweep shows each rate's row as it finishes (header once).
+    // A sweep prints its table a row at a time, as each rate finishes;
+    // a single rate's table comes whole at the end. Either way stdout
+    // holds the table once, on a terminal, in a pipe or in a file.
     let sweep = settings.rates.len() > 1;
-    let mut rows_shown = 0;
+    let mut live = output::LiveTable::default();
     let outcome = run_sweep(&settings, |r| {
         if sweep {
-            let table = output::table(std::slice::from_ref(r), &settings.slo);
-            let mut lines = table.lines();
-            let header = lines.next().unwrap_or_default();
-            if rows_shown == 0 {
-                println!("{header}");
-            }
-            println!("{}", lines.next().unwrap_or_default());
-            rows_shown += 1;
+            print!("{}", live.row(r, &settings.slo));
         }
     })?;
+    print!("{}", live.end());
     if let (Some(phase), true, None) = (
         outcome.interrupted,
         outcome.results.is_empty(),
@@ -679,7 +677,7 @@ pub fn run_command(args: &LoadArgs) -> anyhow::Result<()> {
         anyhow::bail!("interrupted {phase}: no rate finished, nothing to report");
     }
     println!();
-    if !outcome.results.is_empty() {
+    if !sweep && !outcome.results.is_empty() {
         print!("{}", output::table(&outcome.results, &settings.slo));
     }
     for r in &outcome.results {
