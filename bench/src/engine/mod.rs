@@ -34,7 +34,8 @@
 //! cases' pools).
 //!
 //! Layers: [`http`] (the client), [`server`] (process guards, readiness,
-//! pause/resume), [`procfs`] (memory and worker pids), [`floor`] (the floor
+//! pause/resume), [`procfs`] (memory and worker pids), [`memory`] (a
+//! server's memory as a case's fields), [`floor`] (the floor
 //! server, `nocturne bench engine-floor-server`), [`netns`] (the namespace
 //! guard), [`net`] (the `--net` engines and the open-loop `conns` client),
 //! `driver` (the rounds).
@@ -50,6 +51,7 @@
 
 pub mod floor;
 pub mod http;
+pub mod memory;
 pub mod net;
 pub mod netns;
 pub mod procfs;
