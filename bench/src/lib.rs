@@ -6,7 +6,7 @@
 //!        ▼                       ▼
 //!   report::Report ◀── hist::LatencyHistogram per case ◀── timed round trips
 //!        │
-//!        └──▶ human table (stdout) + DESIGN §7 JSON (--json)
+//!        └──▶ human table (stdout) + docs/design.md §7 JSON (--json)
 //! ```
 //!
 //! Layers, reusable by the engine benchmark and the load generator:
@@ -120,4 +120,70 @@ fn run_ipc_command(args: &ipc::IpcArgs) -> anyhow::Result<()> {
         anyhow::bail!("{errors} errors (see the errors column)");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        bench: super::BenchCommand,
+    }
+
+    /// The placeholders of bench flags, the words `serve --help` uses where
+    /// it has them.
+    const PLACEHOLDERS: &[&str] = &[
+        "PATH",
+        "DIR",
+        "CORE",
+        "CORES",
+        "N",
+        "US",
+        "DURATION",
+        "BYTES",
+        "SIZES",
+        "RATE",
+        "MODE",
+        "MODES",
+        "NETS",
+        "SYSTEMS",
+        "ROLE",
+        "KIND",
+        "ARG",
+        "URL",
+        "TEXT",
+        "METHOD",
+        "NAME:VALUE",
+        "OBJECTIVES",
+        "FRACTION",
+        "FACTOR",
+        "ADDR:PORT",
+        "PID",
+    ];
+
+    /// Every flag's placeholder says what it takes (`<PATH>`, `<CORES>`,
+    /// `<DURATION>`, as `serve --help` does), in the same words across the
+    /// benches, never clap's upper-cased field name (`<CLIENT_CORE>`,
+    /// `<JSON>`).
+    #[test]
+    fn every_value_has_a_placeholder_of_the_common_words() {
+        let mut odd = Vec::new();
+        for bench in Cli::command().get_subcommands() {
+            for arg in bench.get_arguments() {
+                let names = arg.get_value_names().unwrap_or_default();
+                if arg.get_action().takes_values()
+                    && !names.iter().all(|n| PLACEHOLDERS.contains(&n.as_str()))
+                {
+                    odd.push(format!(
+                        "bench {} --{} {names:?}",
+                        bench.get_name(),
+                        arg.get_id()
+                    ));
+                }
+            }
+        }
+        assert!(odd.is_empty(), "placeholders not in PLACEHOLDERS: {odd:?}");
+    }
 }

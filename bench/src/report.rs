@@ -1,4 +1,4 @@
-//! Benchmark reports: the JSON schema every bench writes (DESIGN §7) and the
+//! Benchmark reports: the JSON schema every bench writes (docs/design.md §7) and the
 //! human table printed beside it.
 //!
 //! ```json
@@ -12,9 +12,10 @@
 //! ```
 //!
 //! A case may carry extra numeric fields (flattened into the case object):
-//! counts (`offered`, `reconnects`, …) as integers, as `samples` and
-//! `errors` are, and measurements (latencies, rates, ratios) as floats, even
-//! when one comes out whole. Readers ignore the fields they don't know.
+//! counts (`offered`, `reconnects`, `workers`, `messages`, …) and process
+//! ids as integers, as `samples` and `errors` are, and measurements
+//! (latencies, rates, ratios, memory) as floats, even when one comes out
+//! whole. Readers ignore the fields they don't know.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

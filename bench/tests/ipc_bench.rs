@@ -254,8 +254,10 @@ fn every_case_runs_and_reports_sane_numbers(cores: Option<&str>) {
             // 50000 messages a round: 12 whole windows of 4096 (batches of
             // 16 fill each exactly), the percentiles' samples.
             assert_eq!(case.samples, 24, "{name}: 2 rounds x 12 windows");
-            assert_eq!(case.extra["messages"], 100_000.0, "{name}");
-            assert_eq!(case.extra["batch"], 16.0);
+            // Counts, written as JSON integers.
+            assert_eq!(case.counts["messages"], 100_000, "{name}");
+            assert_eq!(case.counts["batch"], 16);
+            assert_eq!(case.counts["window_msgs"], 4096);
         } else {
             assert_eq!(case.samples, 50, "{name}: 2 rounds x 25 samples");
         }
@@ -340,8 +342,8 @@ fn kill_peer_mid_run(cores: &str, filter: &str) {
         "4096000000",
         "--filter",
         filter,
-        "--stall-timeout-s",
-        "2",
+        "--stall-timeout",
+        "2s",
     ]))
     .unwrap();
     let run = std::thread::spawn(move || run_ipc(&settings));

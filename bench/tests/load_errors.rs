@@ -427,7 +427,7 @@ fn malformed_options_are_named() {
         (&["http://h/", "--rate", "5k..1k/1k"], "bad rate sweep"),
         (
             &["http://h/", "--rate", "1k", "--duration", "forever"],
-            "bad duration \"forever\"",
+            "bad duration: `forever` is not a number",
         ),
         (
             &["http://h/", "--rate", "1k", "--slo", "p99"],

@@ -262,7 +262,7 @@ fn the_json_writes_counts_as_integers_and_latencies_as_floats() {
     );
     let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
     let case = &json["cases"][0];
-    // DESIGN §7: counts are ints, like `samples` and `errors`.
+    // docs/design.md §7: counts are ints, like `samples` and `errors`.
     for (key, count) in [
         ("samples", 2_000),
         ("errors", 14),

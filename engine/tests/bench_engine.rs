@@ -397,9 +397,11 @@ fn bad_flags_are_refused_before_anything_starts() {
             &["--client-cores=0-1"],
             "--client-cores and --io-core must differ",
         ),
+        (&["--duration=0"], "--duration must be longer than zero"),
+        // serve's grammar: exact, so no fraction of a nanosecond rounds to 0.
         (
             &["--duration=0.0000000001"],
-            "--duration must be longer than zero",
+            "--duration: bad duration: `0.0000000001` is finer than one nanosecond",
         ),
         (&["--modes=spin,turbo"], "unknown poll mode"),
         (&["--net=kernel,dpdk"], "unknown network stack"),

@@ -335,3 +335,74 @@ fn load_against_its_own_echo_server_with_the_baseline() {
     assert_eq!(report["cases"][1]["samples"], 300);
     assert_eq!(report["cases"][2]["samples"], 600);
 }
+
+/// Runs `nocturne bench load ARGS` with stdout and stderr piped (not a
+/// terminal), to completion.
+fn load_piped(args: &[&str]) -> (String, String) {
+    let out = bench_run::command()
+        .args(["bench", "load"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    (stdout, stderr)
+}
+
+/// The table's lines in `text`: its header, the rows of `rates` and the
+/// note under it.
+fn table_lines<'a>(text: &'a str, rates: &[&str]) -> Vec<&'a str> {
+    text.lines()
+        .filter(|l| {
+            l.starts_with("rate ")
+                || l.starts_with("(µs;")
+                || rates.iter().any(|r| l.starts_with(&format!("{r} ")))
+        })
+        .collect()
+}
+
+#[test]
+fn the_table_is_printed_once_into_a_pipe_with_or_without_q() {
+    let echo = EchoProcess::start();
+    let url = echo.url();
+    let window = [
+        "--duration",
+        "300ms",
+        "--warmup",
+        "100ms",
+        "--poll",
+        "block",
+    ];
+    for quiet in [false, true] {
+        let q: &[&str] = if quiet { &["-q"] } else { &[] };
+        // A sweep: a row as each rate finishes, the table once in all.
+        let sweep = [&[url.as_str(), "--rate", "1k,2k"][..], &window, q].concat();
+        let (stdout, stderr) = load_piped(&sweep);
+        let lines = table_lines(&stdout, &["1k/s", "2k/s"]);
+        assert_eq!(lines.len(), 4, "quiet {quiet}: {lines:?}\n{stdout}");
+        assert!(lines[0].starts_with("rate ") && lines[3].starts_with("(µs;"));
+        assert!(lines[1].starts_with("1k/s ") && lines[2].starts_with("2k/s "));
+        // Both rows line up under the header.
+        let header_len = lines[0].len();
+        assert!(
+            lines[1..3].iter().all(|l| l.len() == header_len),
+            "{lines:#?}"
+        );
+        assert!(
+            table_lines(&stderr, &["1k/s", "2k/s"]).is_empty(),
+            "{stderr}"
+        );
+        // One rate: the table whole, once.
+        let single = [&[url.as_str(), "--rate", "1k"][..], &window, q].concat();
+        let (stdout, stderr) = load_piped(&single);
+        let lines = table_lines(&stdout, &["1k/s"]);
+        assert_eq!(lines.len(), 3, "quiet {quiet}: {lines:?}\n{stdout}");
+        assert!(table_lines(&stderr, &["1k/s"]).is_empty(), "{stderr}");
+    }
+}

@@ -26,7 +26,9 @@
 //! after a post into an in-process queue (the core loops' mailboxes), so
 //! that posting to a spinning consumer costs no system call; and
 //! [`open_files`] — raising the open-files limit every region, doorbell and
-//! socket counts against (the engine's and the benchmarks' one way to).
+//! socket counts against (the engine's and the benchmarks' one way to); and
+//! [`duration`] — the duration literals (`250us`, `1m30s`) that `serve` and
+//! every bench read alike.
 //!
 //! `copy` (private) copies short payloads into a slot without a `memcpy`
 //! call. `sync` (private) is the facade through which every atomic, fence,
@@ -43,6 +45,7 @@ pub mod channel;
 pub mod contention;
 mod copy;
 pub mod doorbell;
+pub mod duration;
 pub mod fdpass;
 pub mod message;
 pub mod open_files;

@@ -103,22 +103,22 @@ impl Role {
 #[derive(clap::Args, Debug, Clone)]
 pub struct RpcServerArgs {
     /// Which function of the chain this process serves.
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, value_name = "ROLE")]
     pub role: Role,
     /// Address to listen on (port 0: any free port).
-    #[arg(long, default_value = "127.0.0.1:0")]
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR:PORT")]
     pub listen: SocketAddr,
     /// Where bar listens (required for --role foo).
-    #[arg(long, required_if_eq("role", "foo"))]
+    #[arg(long, required_if_eq("role", "foo"), value_name = "ADDR:PORT")]
     pub bar_addr: Option<SocketAddr>,
     /// tokio worker threads [default: one per --cores entry, or per allowed core].
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// Cores the runtime's threads are pinned to, round-robin, e.g. 0,1 [default: not pinned].
-    #[arg(long)]
+    #[arg(long, value_name = "CORES")]
     pub cores: Option<String>,
     /// How long foo waits at start-up for bar to answer, e.g. 10s or 500ms.
-    #[arg(long, default_value = "10s")]
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
     pub bar_wait: String,
 }
 

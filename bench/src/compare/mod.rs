@@ -9,7 +9,7 @@
 //!  S: rpc-hyper's saturation rate (sweep::SaturationSearch: double, then bisect)
 //!  rounds: each system, in rotated order, runs the next rate of its sweep::SloLadder
 //!          (0.25 S, 0.5 S, 0.75 S always; higher while the SLO holds), the others frozen
-//!  ─▶ report (DESIGN §7 JSON), Markdown table, SVG plot, target checks
+//!  ─▶ report (docs/design.md §7 JSON), Markdown table, SVG plot, target checks
 //! ```
 //!
 //! Placement on the 2-core VM (the defaults): the load generator on core
@@ -59,26 +59,30 @@ pub struct CompareArgs {
     #[arg(long)]
     pub quick: bool,
     /// Directory for the Markdown table (compare.md) and the plot (compare.svg).
-    #[arg(long)]
+    #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Write the report as JSON (DESIGN §7 schema).
-    #[arg(long)]
+    /// Write the report as JSON (schema: docs/design.md §7).
+    #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
     /// Systems to run, comma separated (rpc-hyper, rpc-grpc, nocturne);
     /// without rpc-hyper, give --saturation.
-    #[arg(long, default_value = "rpc-hyper,rpc-grpc,nocturne")]
+    #[arg(
+        long,
+        default_value = "rpc-hyper,rpc-grpc,nocturne",
+        value_name = "SYSTEMS"
+    )]
     pub systems: String,
     /// Cores of the load generator's threads (thread i on the i-th, cycling),
     /// e.g. 0 or 0-1; the unloaded round trips run on the first.
-    #[arg(long, alias = "client-core", default_value = "0")]
+    #[arg(long, alias = "client-core", default_value = "0", value_name = "CORES")]
     pub client_cores: String,
     /// nocturne's io cores (`serve --io-cores`), e.g. 1 or 12-15.
-    #[arg(long, alias = "io-core", default_value = "1")]
+    #[arg(long, alias = "io-core", default_value = "1", value_name = "CORES")]
     pub io_cores: String,
     /// nocturne's worker cores, e.g. 0 or 2-5; the baselines get these
     /// and the io cores [default: the io cores, so that every system's
     /// servers get exactly the cores the client does not use].
-    #[arg(long)]
+    #[arg(long, value_name = "CORES")]
     pub worker_cores: Option<String>,
     /// Let --client-cores share cores with --io-cores or --worker-cores
     /// (where the baselines run too): refused otherwise, as the client
@@ -86,73 +90,78 @@ pub struct CompareArgs {
     #[arg(long)]
     pub allow_shared_cores: bool,
     /// tokio worker threads of each baseline process [default: one per server core].
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub server_threads: Option<usize>,
     /// nocturne's `serve --poll` (spin, adaptive, block).
-    #[arg(long, default_value = "adaptive")]
+    #[arg(long, default_value = "adaptive", value_name = "MODE")]
     pub nocturne_poll: String,
     /// An extra argument for `nocturne serve` (repeatable), e.g.
     /// --engine-arg=--worker-poll=park.
     #[arg(long, allow_hyphen_values = true, value_name = "ARG")]
     pub engine_arg: Vec<String>,
     /// How the load generator waits (spin, adaptive, block).
-    #[arg(long, value_enum, default_value_t = PollMode::Adaptive)]
+    #[arg(long, value_enum, default_value_t = PollMode::Adaptive, value_name = "MODE")]
     pub client_poll: PollMode,
     /// Load generator threads (spread over --client-cores).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_name = "N")]
     pub client_threads: usize,
     /// Keep-alive connections of the load generator.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_name = "N")]
     pub connections: usize,
-    /// Request body bytes (at most 524288, as `bench engine`).
-    #[arg(long, default_value_t = 64)]
+    /// Request body bytes, at most 524288 (512 KiB), as `bench engine`.
+    #[arg(long, default_value_t = 64, value_name = "BYTES")]
     pub payload: usize,
     /// Measurement window per rate, e.g. 5s, 500ms, 1m or 2.5 (seconds)
     /// [default: 5s, quick 1s].
-    #[arg(long)]
+    #[arg(long, value_name = "DURATION")]
     pub duration: Option<String>,
     /// Warm-up before each window [default: 1s, quick 200ms].
-    #[arg(long)]
+    #[arg(long, value_name = "DURATION")]
     pub warmup: Option<String>,
     /// Window of each saturation-search rate [default: 2s, quick 500ms].
-    #[arg(long)]
+    #[arg(long, value_name = "DURATION")]
     pub sweep_duration: Option<String>,
     /// First rate of the saturation search.
-    #[arg(long, default_value = "2k")]
+    #[arg(long, default_value = "2k", value_name = "RATE")]
     pub sweep_start: String,
     /// Highest rate of the saturation search.
-    #[arg(long, default_value = "1M")]
+    #[arg(long, default_value = "1M", value_name = "RATE")]
     pub sweep_max: String,
     /// Bisection steps after the doubling [default: 3, quick 1].
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub refine: Option<u32>,
     /// Runs of a rate that must all miss before the search believes the
     /// miss (a shared host's stall can sink one window).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_name = "N")]
     pub miss_runs: u32,
     /// A run keeps up when it achieves this fraction of the offered rate…
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.95, value_name = "FRACTION")]
     pub keep_up_fraction: f64,
     /// …with no errors and a p50 under this (a median, so that the odd
     /// stall of a shared host does not count as saturation).
-    #[arg(long, default_value = "2ms")]
+    #[arg(long, default_value = "2ms", value_name = "DURATION")]
     pub keep_up_p50: String,
     /// Skip the search: use this saturation rate S.
-    #[arg(long)]
+    #[arg(long, value_name = "RATE")]
     pub saturation: Option<String>,
     /// Unloaded (ping-pong) round trips per system [default: 5000, quick 500].
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub pingpong: Option<u64>,
     /// The SLO is this many times nocturne's unloaded p50, at p99.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_name = "FACTOR")]
     pub slo_factor: f64,
     /// Highest multiple of S the SLO ladder climbs to: one of its rungs,
     /// 0.75, 1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 6 or 8.
-    #[arg(long, default_value_t = 8.0)]
+    #[arg(long, default_value_t = 8.0, value_name = "FACTOR")]
     pub ladder_max: f64,
     /// A request unanswered this long is an error; also each server's
     /// start-up limit (e.g. 10s; a bare number is seconds).
-    #[arg(long, alias = "timeout-s", default_value = "10s")]
+    #[arg(
+        long,
+        alias = "timeout-s",
+        default_value = "10s",
+        value_name = "DURATION"
+    )]
     pub timeout: String,
     /// No run log (it goes to stderr otherwise) and no progress line:
     /// stdout carries the table, the targets and the files written.
@@ -232,8 +241,15 @@ impl CompareSettings {
         let sweep_duration = pick(&args.sweep_duration, "2s", "500ms", "sweep-duration")?;
         let timeout = parse_duration(&args.timeout).context("--timeout")?;
         let keep_up_p50 = parse_duration(&args.keep_up_p50).context("--keep-up-p50")?;
-        if duration.is_zero() || sweep_duration.is_zero() || timeout.is_zero() {
-            anyhow::bail!("--duration, --sweep-duration and --timeout must be positive");
+        // Name the one flag that is wrong, not every flag that could be.
+        for (flag, value) in [
+            ("duration", duration),
+            ("sweep-duration", sweep_duration),
+            ("timeout", timeout),
+        ] {
+            if value.is_zero() {
+                anyhow::bail!("--{flag} must be longer than zero");
+            }
         }
         let mut systems = Vec::new();
         for name in args.systems.split(',') {
@@ -489,4 +505,45 @@ fn finish_interrupted(
          the systems were stopped",
         report.cases.len()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: CompareArgs,
+    }
+
+    fn settings(argv: &[&str]) -> anyhow::Result<CompareSettings> {
+        let cli =
+            Cli::try_parse_from(std::iter::once("compare").chain(argv.iter().copied())).unwrap();
+        CompareSettings::from_args(&cli.args)
+    }
+
+    #[test]
+    fn help_states_bench_engines_payload_limit() {
+        let help = <Cli as clap::CommandFactory>::command()
+            .render_help()
+            .to_string();
+        let limit = crate::engine::MAX_PAYLOAD;
+        assert!(help.contains(&format!("at most {limit} ")), "{help}");
+        let over = (limit + 1).to_string();
+        let error = settings(&["--payload", &over]).unwrap_err().to_string();
+        assert!(error.contains(&format!("at most {limit}")), "{error}");
+    }
+
+    #[test]
+    fn a_zero_duration_is_refused_under_its_own_flag() {
+        for flag in ["--duration", "--sweep-duration", "--timeout"] {
+            let error = settings(&[flag, "0"]).unwrap_err().to_string();
+            assert_eq!(error, format!("{flag} must be longer than zero"));
+        }
+        // The old spelling of --timeout is still --timeout.
+        let error = settings(&["--timeout-s", "0"]).unwrap_err().to_string();
+        assert_eq!(error, "--timeout must be longer than zero");
+    }
 }

@@ -1,4 +1,4 @@
-//! What `bench compare` writes: the DESIGN §7 report, the Markdown table
+//! What `bench compare` writes: the docs/design.md §7 report, the Markdown table
 //! pasted into `docs/benchmarks.md`, and the target checks.
 //!
 //! Report cases: `compare/<system>/<rate>` for every ladder rate a system
@@ -119,7 +119,7 @@ fn with_extras(mut case: CaseResult, extras: &[(&str, f64)]) -> CaseResult {
     case
 }
 
-/// The DESIGN §7 report.
+/// The docs/design.md §7 report.
 pub fn build_report(settings: &CompareSettings, outcome: &CompareOutcome) -> Report {
     let p = &settings.placement;
     let mut core_map = BTreeMap::new();

@@ -32,6 +32,7 @@ use crate::pin::{allowed_cores, check_cores_against, format_core_list, pin_curre
 use crate::report::{CaseResult, Machine, Report};
 
 use super::http::{build_request, server_timing_ns, ClientError, HttpClient};
+use super::memory::ServerMemory;
 use super::net::{self, ConnsCase, ConnsError, ConnsPlan};
 use super::netns::{self, Netns};
 use super::server::{write_temp_file, Launch, ServerProcess, StartError};
@@ -81,7 +82,11 @@ struct LatencyCase {
     outside: LatencyHistogram,
     timed_ns: u128,
     errors: u64,
-    extra: BTreeMap<String, f64>,
+    /// Whole numbers for the report: `status_NNN` (wrong answers by
+    /// status), `caller_pid`, `callee_pid` or `callee_workers`.
+    counts: BTreeMap<String, u64>,
+    /// The server's memory at its last turn.
+    memory: Option<ServerMemory>,
 }
 
 impl LatencyCase {
@@ -101,7 +106,8 @@ impl LatencyCase {
             outside: LatencyHistogram::new(),
             timed_ns: 0,
             errors: 0,
-            extra: BTreeMap::new(),
+            counts: BTreeMap::new(),
+            memory: None,
         }
     }
 
@@ -120,15 +126,19 @@ impl LatencyCase {
             self.latency.len() as f64 * 1e9 / self.timed_ns as f64
         };
         let mut case = CaseResult::from_histogram(&self.name, &self.latency, ops, self.errors);
-        case.extra = self.extra.clone();
+        for (key, &count) in &self.counts {
+            case = case.with_count(key.clone(), count);
+        }
         if !self.inside.is_empty() {
             let p50_us = |h: &LatencyHistogram| h.quantile_ns(0.5) as f64 / 1e3;
-            case.extra
-                .insert("server_timing_p50_us".into(), p50_us(&self.inside));
-            case.extra
-                .insert("outside_p50_us".into(), p50_us(&self.outside));
+            case = case
+                .with_extra("server_timing_p50_us", p50_us(&self.inside))
+                .with_extra("outside_p50_us", p50_us(&self.outside));
         }
-        case
+        match &self.memory {
+            Some(memory) => memory.note_on(case),
+            None => case,
+        }
     }
 }
 
@@ -146,18 +156,14 @@ struct Slot {
 impl Slot {
     /// Records the server's memory (and its workers') on every case.
     fn note_memory(&mut self) {
-        let mut memory = slot_memory(&self.process);
+        let mut memory = ServerMemory::of(&self.process);
         if self.mode.is_none() {
-            memory.retain(|k, _| k == "rss_mb");
+            memory = memory.server_only();
         }
         for case in &mut self.cases {
-            case.extra.extend(memory.clone());
+            case.memory = Some(memory);
         }
     }
-}
-
-fn round3(v: f64) -> f64 {
-    (v * 1000.0).round() / 1000.0
 }
 
 /// Stops the run if a signal asked it to (see [`sys::catch_interrupts`]).
@@ -266,7 +272,7 @@ struct Measured {
     slots: Vec<Slot>,
     reply_bytes: usize,
     machine: Option<Machine>,
-    throughput: Vec<(ThroughputKind, ThroughputTally, BTreeMap<String, f64>)>,
+    throughput: Vec<(ThroughputKind, ThroughputTally, ServerMemory)>,
     overload: Option<CaseResult>,
     soak: Option<CaseResult>,
     conns: Option<(Vec<ConnsCase>, ConnsPlan)>,
@@ -342,8 +348,7 @@ impl Measured {
             }
         }
         for (kind, tally, memory) in &self.throughput {
-            let mut case = tally.result(*kind, settings);
-            case.extra.extend(memory.clone());
+            let case = memory.note_on(tally.result(*kind, settings));
             by_name.insert(kind.name().to_owned(), case);
         }
         for case in [&self.overload, &self.soak].into_iter().flatten() {
@@ -534,22 +539,20 @@ fn measure(
             .map_err(|e| server_failure(&mut slot.process, kind.name(), e))?;
         // A window a signal cut short is no measurement of the rate.
         check_interrupted()?;
-        m.throughput.push((kind, tally, slot_memory(&slot.process)));
+        m.throughput
+            .push((kind, tally, ServerMemory::of(&slot.process)));
     }
     m.phase = EnginePhase::Case(super::soak::OVERLOAD);
     check_interrupted()?;
-    let mut overload = super::soak::run_overload(&slot.process, settings)
+    let overload = super::soak::run_overload(&slot.process, settings)
         .map_err(|e| server_failure(&mut slot.process, super::soak::OVERLOAD, e))?;
-    overload.extra.extend(slot_memory(&slot.process));
-    m.overload = Some(overload);
+    m.overload = Some(ServerMemory::of(&slot.process).note_on(overload));
     m.phase = EnginePhase::Case(super::soak::SOAK);
     check_interrupted()?;
-    let mut soak = super::soak::run_soak(&slot.process, payload, settings)
+    let soak = super::soak::run_soak(&slot.process, payload, settings)
         .map_err(|e| server_failure(&mut slot.process, super::soak::SOAK, e))?;
-    for (key, value) in slot_memory(&slot.process) {
-        soak.extra.entry(key).or_insert(value);
-    }
-    m.soak = Some(soak);
+    // The soak's own rss_mb (read when its requests ended) stays.
+    m.soak = Some(ServerMemory::of(&slot.process).note_on(soak));
     slot.process.pause(PAUSE_TIMEOUT)?;
     run_conns(m, payload, settings)
 }
@@ -624,7 +627,7 @@ fn run_conns(m: &mut Measured, payload: &[u8], settings: &EngineSettings) -> any
                     return Err(server_failure(&mut slot.process, &name, e));
                 }
             }
-            case.extra.extend(slot_memory(&slot.process));
+            case.memory = Some(ServerMemory::of(&slot.process));
             slot.process.pause(PAUSE_TIMEOUT)?;
         }
     }
@@ -932,7 +935,7 @@ fn run_http_chunk(
             case.errors += 1;
             if status != 200 {
                 // Which errors (503 overloaded, 504 deadline…) is the first clue.
-                *case.extra.entry(format!("status_{status}")).or_default() += 1.0;
+                *case.counts.entry(format!("status_{status}")).or_default() += 1;
             }
         } else if i >= settings.warmup {
             case.latency.record(elapsed);
@@ -1015,15 +1018,15 @@ fn check_call_pids(case: &mut LatencyCase, process: &ServerProcess, caller: u32)
     if !pings.contains(&caller) || nops.contains(&caller) {
         case.errors += 1;
     }
-    case.extra.insert("caller_pid".into(), f64::from(caller));
+    case.counts.insert("caller_pid".into(), u64::from(caller));
     match nops[..] {
         [callee] => {
-            case.extra.insert("callee_pid".into(), f64::from(callee));
+            case.counts.insert("callee_pid".into(), u64::from(callee));
         }
         _ => {
-            case.extra.remove("callee_pid");
-            case.extra
-                .insert("callee_workers".into(), nops.len() as f64);
+            case.counts.remove("callee_pid");
+            case.counts
+                .insert("callee_workers".into(), nops.len() as u64);
         }
     }
 }
@@ -1065,26 +1068,12 @@ impl ThroughputTally {
         let ops_per_s = self.ops as f64 / settings.duration.as_secs_f64();
         let mut case =
             CaseResult::from_histogram(kind.name(), &self.latency, ops_per_s, self.errors)
-                .with_extra("connections", settings.connections as f64);
+                .with_count("connections", settings.connections as u64);
         if kind == ThroughputKind::Internal {
-            case = case.with_extra("calls_per_request", THROUGHPUT_PING_CALLS as f64);
+            case = case.with_count("calls_per_request", THROUGHPUT_PING_CALLS);
         }
         case
     }
-}
-
-/// Memory of an engine and its workers, as extra fields.
-fn slot_memory(process: &ServerProcess) -> BTreeMap<String, f64> {
-    let workers = process.children();
-    let workers_rss: f64 = workers
-        .iter()
-        .filter_map(|w| super::procfs::rss_mib(w.pid))
-        .sum();
-    BTreeMap::from([
-        ("rss_mb".to_owned(), round3(process.rss_mib())),
-        ("workers".to_owned(), workers.len() as f64),
-        ("workers_rss_mb".to_owned(), round3(workers_rss)),
-    ])
 }
 
 /// Throughput client thread `i` is named this and `i` (15 bytes at most
@@ -1237,12 +1226,23 @@ mod tests {
             case.timed_ns += u128::from(us * 1000);
         }
         case.errors = 2;
-        case.extra.insert("rss_mb".into(), 3.5);
+        case.counts.insert("status_503".into(), 2);
+        case.memory = Some(ServerMemory {
+            rss_mb: 3.5,
+            workers: Some((4, 8.0)),
+        });
         let r = case.result();
         assert_eq!((r.name.as_str(), r.samples, r.errors), ("x", 100, 2));
         assert!((r.p50_us - 50.0).abs() < 0.1, "{r:?}");
         // 100 round trips in 5050 µs.
         assert!((r.ops_per_s - 100.0 / 5050e-6).abs() < 1.0, "{r:?}");
         assert_eq!(r.extra["rss_mb"], 3.5);
+        // Counts are JSON integers; measurements stay floats.
+        let json = serde_json::to_value(&r).unwrap();
+        for count in ["status_503", "workers"] {
+            assert!(json[count].is_u64(), "{count}: {json}");
+        }
+        assert_eq!(json["workers"], 4);
+        assert!(json["rss_mb"].is_f64(), "{json}");
     }
 }

@@ -24,16 +24,16 @@ use crate::pin::{check_cores, pin_current_thread};
 #[derive(clap::Args, Debug, Clone)]
 pub struct FloorServerArgs {
     /// Core to pin the serving thread to (the engine's io core).
-    #[arg(long)]
+    #[arg(long, value_name = "CORE")]
     pub core: usize,
     /// Bytes of the whole canned response (head and body).
-    #[arg(long)]
+    #[arg(long, value_name = "BYTES")]
     pub reply_bytes: usize,
     /// Bytes of the canned response's body.
-    #[arg(long)]
+    #[arg(long, value_name = "BYTES")]
     pub body_bytes: usize,
     /// Address to listen on (port 0: any free port).
-    #[arg(long, default_value = "127.0.0.1:0")]
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR:PORT")]
     pub listen: SocketAddr,
 }
 

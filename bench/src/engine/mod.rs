@@ -34,7 +34,8 @@
 //! cases' pools).
 //!
 //! Layers: [`http`] (the client), [`server`] (process guards, readiness,
-//! pause/resume), [`procfs`] (memory and worker pids), [`floor`] (the floor
+//! pause/resume), [`procfs`] (memory and worker pids), [`memory`] (a
+//! server's memory as a case's fields), [`floor`] (the floor
 //! server, `nocturne bench engine-floor-server`), [`netns`] (the namespace
 //! guard), [`net`] (the `--net` engines and the open-loop `conns` client),
 //! `driver` (the rounds).
@@ -50,6 +51,7 @@
 
 pub mod floor;
 pub mod http;
+pub mod memory;
 pub mod net;
 pub mod netns;
 pub mod procfs;
@@ -63,6 +65,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::ipc::TargetCheck;
+use crate::load::spec::SpecError;
 use crate::pin::{parse_core_list, CoreListError};
 use crate::report::Report;
 
@@ -74,54 +77,55 @@ pub use floor::{run_floor_server, FloorServerArgs};
 pub struct EngineArgs {
     /// Core of the latency client (and of every client thread unless
     /// --client-cores says otherwise).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_name = "CORE")]
     pub client_core: usize,
     /// Cores of the throughput cases' client threads (thread i on the i-th,
     /// cycling), e.g. 0-3 [default: --client-core].
-    #[arg(long)]
+    #[arg(long, value_name = "CORES")]
     pub client_cores: Option<String>,
     /// The engine's io core (`serve --io-cores`); the floor server runs there too.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_name = "CORE")]
     pub io_core: usize,
     /// Cores of the engine's workers (`serve --worker-cores`), e.g. 0 or 2-5.
-    #[arg(long, default_value = "0")]
+    #[arg(long, default_value = "0", value_name = "CORES")]
     pub worker_cores: String,
     /// The engine's poll modes to measure, comma separated (spin, adaptive, block).
-    #[arg(long, default_value = "spin,adaptive")]
+    #[arg(long, default_value = "spin,adaptive", value_name = "MODES")]
     pub modes: String,
     /// Fewer samples and shorter throughput runs (every case still runs).
     #[arg(long)]
     pub quick: bool,
     /// Rounds (every latency case runs once per round) [default: 10, quick 5].
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub rounds: Option<u32>,
     /// Timed round trips per latency case per round [default: 10000, quick 2000].
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub samples: Option<u64>,
     /// Untimed warm-up round trips per latency case per round [default: 500, quick 200].
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub warmup: Option<u64>,
     /// Measuring time of each throughput case, e.g. 3s, 500ms, 1m or 2.5
     /// (seconds) [default: 3s, quick 1s].
-    #[arg(long)]
+    #[arg(long, value_name = "DURATION")]
     pub duration: Option<String>,
     /// Client connections of the throughput cases.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_name = "N")]
     pub connections: usize,
-    /// Request body bytes of the external cases.
-    #[arg(long, default_value_t = 64)]
+    /// Request body bytes of the external cases, at most 524288 (512 KiB).
+    #[arg(long, default_value_t = 64, value_name = "BYTES")]
     pub payload: usize,
     /// Also measure engines on these network stacks (kernel, smoltcp;
     /// comma separated), spinning, inside a network namespace the run
     /// creates and removes (needs root and iproute2).
     #[arg(long, value_name = "NETS")]
     pub net: Option<String>,
-    /// Requests per second, over all connections, of the `conns` cases.
-    #[arg(long, default_value_t = 2000)]
+    /// Requests per second, over all connections, of the `conns` cases
+    /// (run only with --net).
+    #[arg(long, default_value_t = 2000, value_name = "N")]
     pub conns_rate: u64,
-    /// Measuring time of each `conns` case, spread over the rounds, e.g.
-    /// 10s [default: 10s, quick 1s].
-    #[arg(long)]
+    /// Measuring time of each `conns` case (run only with --net), spread
+    /// over the rounds, e.g. 10s [default: 10s, quick 1s].
+    #[arg(long, value_name = "DURATION")]
     pub conns_duration: Option<String>,
     /// Requests of the soak case (at least 10); memory is compared after a
     /// tenth and after all of them [default: 1000000, quick 200000].
@@ -134,10 +138,15 @@ pub struct EngineArgs {
     /// Give up on a request (and on a server's start) after this long,
     /// e.g. 20s or 500ms (a bare number is seconds, as the old --timeout-s
     /// took).
-    #[arg(long, alias = "timeout-s", default_value = "20s")]
+    #[arg(
+        long,
+        alias = "timeout-s",
+        default_value = "20s",
+        value_name = "DURATION"
+    )]
     pub timeout: String,
-    /// Write the report as JSON (DESIGN §7 schema) to this file.
-    #[arg(long)]
+    /// Write the report as JSON (schema: docs/design.md §7) to this file.
+    #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
 }
 
@@ -269,12 +278,12 @@ pub enum ArgsError {
     #[error("--net: name at least one network stack (kernel, smoltcp)")]
     NoNets,
     /// A duration flag does not parse.
-    #[error("--{flag}: {text:?} is not a duration like 3s, 500ms, 1m or 1.5 (seconds)")]
+    #[error("--{flag}: {reason}")]
     BadDuration {
         /// Which flag.
         flag: &'static str,
-        /// What it was given.
-        text: String,
+        /// Why (it quotes the text).
+        reason: SpecError,
     },
     /// A duration that must be positive is zero.
     #[error("--{0} must be longer than zero")]
@@ -547,13 +556,11 @@ pub fn parse_nets(text: &str) -> Result<Vec<NetStack>, ArgsError> {
 }
 
 /// Parses the duration given to `--flag`, in the forms every bench takes
-/// (`load::spec::parse_duration`: `500us`, `20ms`, `3s`, `1m`, `1h`, or a
-/// bare number of seconds).
+/// (`load::spec::parse_duration`: `500us`, `20ms`, `3s`, `1m30s`, `1h`, or
+/// a bare number of seconds).
 pub fn parse_duration(flag: &'static str, text: &str) -> Result<Duration, ArgsError> {
-    crate::load::spec::parse_duration(text).map_err(|_| ArgsError::BadDuration {
-        flag,
-        text: text.to_owned(),
-    })
+    crate::load::spec::parse_duration(text)
+        .map_err(|reason| ArgsError::BadDuration { flag, reason })
 }
 
 /// The targets that `report` has the cases for:
@@ -696,6 +703,16 @@ mod tests {
     }
 
     #[test]
+    fn help_states_the_payload_limit_that_is_checked() {
+        let help = <Cli as clap::CommandFactory>::command()
+            .render_help()
+            .to_string();
+        assert!(help.contains(&format!("at most {MAX_PAYLOAD} ")), "{help}");
+        let most = MAX_PAYLOAD.to_string();
+        assert!(settings(&["--payload", &most]).is_ok());
+    }
+
+    #[test]
     fn defaults_fit_two_cores_and_quick_shortens() {
         let full = settings(&[]).unwrap();
         assert_eq!((full.client_core, full.io_core), (0, 1));
@@ -833,7 +850,7 @@ mod tests {
             settings(&["--duration=soon"]),
             Err(ArgsError::BadDuration {
                 flag: "duration",
-                text: "soon".into()
+                reason: crate::load::spec::parse_duration("soon").unwrap_err()
             })
         );
         assert_eq!(
@@ -903,7 +920,7 @@ mod tests {
             settings(&["--conns-duration=later"]),
             Err(ArgsError::BadDuration {
                 flag: "conns-duration",
-                text: "later".into()
+                reason: crate::load::spec::parse_duration("later").unwrap_err()
             })
         );
     }
@@ -917,11 +934,12 @@ mod tests {
         assert_eq!(parse("1m"), Ok(Duration::from_secs(60)));
         assert_eq!(parse("1.5"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse(" 2 s "), Ok(Duration::from_secs(2)));
+        assert_eq!(parse("1m30s"), Ok(Duration::from_secs(90)));
         for bad in ["", "s", "-1s", "1d", "nan", "inf", "1e400"] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
         // `bench compare` takes the same forms.
-        for text in ["3s", "500ms", "250us", "1m", "1.5"] {
+        for text in ["3s", "500ms", "250us", "1m", "1.5", "1m30s"] {
             assert_eq!(
                 parse(text).ok(),
                 crate::load::spec::parse_duration(text).ok(),

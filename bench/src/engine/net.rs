@@ -36,6 +36,7 @@ use crate::hist::LatencyHistogram;
 use crate::report::CaseResult;
 
 use super::http::{ClientError, HttpClient};
+use super::memory::ServerMemory;
 use super::netns::{tcp_retransmits, Netns, NetnsError};
 use super::server::ServerProcess;
 use super::{conns_case_name, NetStack, CONNS_COUNTS};
@@ -183,8 +184,8 @@ pub struct ConnsCase {
     /// Statuses of the wrong answers that were not 200 (503, 504…), and
     /// how many of each.
     error_statuses: std::collections::BTreeMap<u16, u64>,
-    /// Memory and other notes of the engine, for the report.
-    pub extra: std::collections::BTreeMap<String, f64>,
+    /// The engine's memory at the last turn, for the report.
+    pub memory: Option<ServerMemory>,
 }
 
 impl ConnsCase {
@@ -200,7 +201,7 @@ impl ConnsCase {
             timed_ns: 0,
             errors: 0,
             error_statuses: Default::default(),
-            extra: Default::default(),
+            memory: None,
         }
     }
 
@@ -297,13 +298,13 @@ impl ConnsCase {
             self.latency.len() as f64 * 1e9 / self.timed_ns as f64
         };
         let mut case = CaseResult::from_histogram(&self.name, &self.latency, ops, self.errors)
-            .with_extra("connections", self.connections as f64)
+            .with_count("connections", self.connections as u64)
             .with_extra("offered_per_s", plan.rate as f64);
-        for (status, count) in &self.error_statuses {
-            case = case.with_extra(format!("status_{status}"), *count as f64);
+        for (status, &count) in &self.error_statuses {
+            case = case.with_count(format!("status_{status}"), count);
         }
         if let Some(retransmits) = self.retransmits {
-            case = case.with_extra("tcp_retransmits", retransmits as f64);
+            case = case.with_count("tcp_retransmits", retransmits);
         }
         if !self.send_lag.is_empty() {
             let lag = self.send_lag.summary();
@@ -311,8 +312,10 @@ impl ConnsCase {
                 .with_extra("send_lag_p50_us", lag.p50_us)
                 .with_extra("send_lag_p99_us", lag.p99_us);
         }
-        case.extra.extend(self.extra.clone());
-        case
+        match &self.memory {
+            Some(memory) => memory.note_on(case),
+            None => case,
+        }
     }
 }
 
@@ -456,7 +459,7 @@ mod tests {
         case.run_open(&mut clients, &plan, &|| false).unwrap();
         let r = case.result(&plan);
         assert_eq!((r.samples, r.errors), (7, 0));
-        assert_eq!(r.extra["connections"], 3.0);
+        assert_eq!(r.counts["connections"], 3);
         assert_eq!(r.extra["offered_per_s"], 10_000.0);
         assert!(r.ops_per_s > 0.0 && r.p50_us > 0.0, "{r:?}");
         assert!(r.extra["send_lag_p50_us"] <= r.extra["send_lag_p99_us"]);
@@ -470,7 +473,7 @@ mod tests {
         let r = wrong.result(&strict);
         assert_eq!((r.samples, r.errors), (0, 3 + 2 + 7));
         assert!(
-            !r.extra.keys().any(|k| k.starts_with("status_")),
+            !r.counts.keys().any(|k| k.starts_with("status_")),
             "a 200 with the wrong body counts, but has no status to name: {r:?}"
         );
         assert!(
@@ -508,7 +511,7 @@ mod tests {
         case.run_open(&mut clients, &plan, &|| false).unwrap();
         let r = case.result(&plan);
         assert_eq!((r.samples, r.errors), (0, 2 + 1 + 3));
-        assert_eq!(r.extra["status_503"], 6.0, "{r:?}");
+        assert_eq!(r.counts["status_503"], 6, "{r:?}");
         drop(clients);
         assert_eq!(server.join().unwrap(), 6);
     }

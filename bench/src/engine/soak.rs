@@ -83,7 +83,7 @@ pub fn run_soak(
             .with_extra("rss_anon_mb", (anon_late * 1000.0).round() / 1000.0)
             .with_extra("rss_mb_early", (rss_early * 1000.0).round() / 1000.0)
             .with_extra("rss_mb", (rss_late * 1000.0).round() / 1000.0)
-            .with_extra("requests_early", checkpoint as f64),
+            .with_count("requests_early", checkpoint),
     )
 }
 

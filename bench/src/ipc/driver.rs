@@ -265,9 +265,9 @@ fn case_result(case: &Running, settings: &IpcSettings) -> CaseResult {
         // `samples` stays the number of windows the percentiles rest on
         // (each a per-message cost); the messages moved are `messages`.
         result = result
-            .with_extra("messages", tally.ops as f64)
-            .with_extra("batch", f64::from(settings.stream_batch))
-            .with_extra("window_msgs", STREAM_WINDOW as f64);
+            .with_count("messages", tally.ops)
+            .with_count("batch", u64::from(settings.stream_batch))
+            .with_count("window_msgs", STREAM_WINDOW);
     }
     if spec.mechanism.blocking() && case.served > 0 {
         result = result.with_extra("parks_per_msg", case.parks as f64 / case.served as f64);

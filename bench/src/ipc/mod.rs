@@ -53,6 +53,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::hist::LatencyHistogram;
+use crate::load::spec::{parse_duration, SpecError};
 use crate::pin::{parse_core_list, CoreListError};
 
 pub use driver::{check_targets, run_ipc, TargetCheck};
@@ -71,38 +72,45 @@ use park::{ParkBoard, ParkCounter, SleepProbe};
 #[derive(clap::Args, Debug, Clone)]
 pub struct IpcArgs {
     /// Cores of the driver and the peer process: `A,B`.
-    #[arg(long, default_value = "0,1")]
+    #[arg(long, default_value = "0,1", value_name = "CORES")]
     pub cores: String,
     /// Payload sizes N (bytes after the 64-byte header), comma separated.
-    #[arg(long, default_value = "64,1024,16384")]
+    #[arg(long, default_value = "64,1024,16384", value_name = "SIZES")]
     pub payload: String,
     /// Fewer samples (every case still runs); finishes in well under a minute.
     #[arg(long)]
     pub quick: bool,
     /// Rounds (every case runs once per round) [default: 10, quick 5].
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub rounds: Option<u32>,
     /// Timed round trips per case per round [default: 10000, quick 2000].
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub samples: Option<u64>,
     /// Untimed warm-up round trips per case per round [default: 200, quick 100].
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub warmup: Option<u64>,
     /// Messages `ring-stream` moves in all, at least rounds × 10 windows of
     /// 4096 (its percentiles are per window) [default: 5000000, quick 1000000].
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub stream_messages: Option<u64>,
     /// Messages per batch in `ring-stream`.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_name = "N")]
     pub stream_batch: u32,
     /// Run only the cases whose name contains this text.
-    #[arg(long)]
+    #[arg(long, value_name = "TEXT")]
     pub filter: Option<String>,
-    /// Give up (killing the peer) after this long without progress, seconds.
-    #[arg(long, default_value_t = 20)]
-    pub stall_timeout_s: u64,
-    /// Write the report as JSON (DESIGN §7 schema) to this file.
-    #[arg(long)]
+    /// Give up (killing the peer) after this long without progress, e.g.
+    /// 20s or 500ms (a bare number is seconds, as the old --stall-timeout-s
+    /// took).
+    #[arg(
+        long,
+        alias = "stall-timeout-s",
+        value_name = "DURATION",
+        default_value = "20s"
+    )]
+    pub stall_timeout: String,
+    /// Write the report as JSON (schema: docs/design.md §7) to this file.
+    #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
 }
 
@@ -110,10 +118,10 @@ pub struct IpcArgs {
 #[derive(clap::Args, Debug, Clone)]
 pub struct IpcPeerArgs {
     /// Core to pin to.
-    #[arg(long)]
+    #[arg(long, value_name = "CORE")]
     pub core: usize,
     /// Process id of the driver (the peer dies with it).
-    #[arg(long)]
+    #[arg(long, value_name = "PID")]
     pub driver_pid: u32,
 }
 
@@ -170,6 +178,12 @@ pub enum ArgsError {
     /// A count that must be positive is zero.
     #[error("--{0} must be at least 1")]
     Zero(&'static str),
+    /// `--stall-timeout` is not a duration.
+    #[error("--stall-timeout: {0}")]
+    StallTimeout(SpecError),
+    /// A duration that must be positive is zero.
+    #[error("--{0} must be longer than zero")]
+    ZeroDuration(&'static str),
     /// Too few `ring-stream` messages for its windows to mean anything.
     #[error(
         "--stream-messages must be at least {min} ({rounds} rounds x {MIN_STREAM_WINDOWS_PER_ROUND} \
@@ -219,17 +233,19 @@ impl IpcSettings {
             stream_messages: args.stream_messages.unwrap_or(stream),
             stream_batch: args.stream_batch,
             filter: args.filter.clone(),
-            stall_timeout: Duration::from_secs(args.stall_timeout_s),
+            stall_timeout: parse_duration(&args.stall_timeout).map_err(ArgsError::StallTimeout)?,
         };
         for (name, value) in [
             ("rounds", u64::from(settings.rounds)),
             ("samples", settings.samples),
             ("stream-messages", settings.stream_messages),
-            ("stall-timeout-s", args.stall_timeout_s),
         ] {
             if value == 0 {
                 return Err(ArgsError::Zero(name));
             }
+        }
+        if settings.stall_timeout.is_zero() {
+            return Err(ArgsError::ZeroDuration("stall-timeout"));
         }
         let max = ring::STREAM_RING_SLOTS;
         if settings.stream_batch == 0 || settings.stream_batch > max {
@@ -624,6 +640,46 @@ mod tests {
         assert_eq!((quick.driver_core, quick.peer_core), (1, 0));
         assert_eq!((quick.rounds, quick.samples, quick.warmup), (5, 7, 100));
         assert!(quick.stream_messages < full.stream_messages);
+    }
+
+    #[test]
+    fn stall_timeout_takes_a_duration_and_the_old_seconds() {
+        let stall = |argv: &[&str]| settings(argv).map(|s| s.stall_timeout);
+        assert_eq!(stall(&[]), Ok(Duration::from_secs(20)));
+        assert_eq!(
+            stall(&["--stall-timeout", "5s"]),
+            Ok(Duration::from_secs(5))
+        );
+        assert_eq!(
+            stall(&["--stall-timeout", "500ms"]),
+            Ok(Duration::from_millis(500))
+        );
+        assert_eq!(
+            stall(&["--stall-timeout", "1m30s"]),
+            Ok(Duration::from_secs(90))
+        );
+        // The old spelling, whole seconds, still works (hidden from --help).
+        assert_eq!(
+            stall(&["--stall-timeout-s", "5"]),
+            Ok(Duration::from_secs(5))
+        );
+        assert_eq!(
+            stall(&["--stall-timeout", "0"]),
+            Err(ArgsError::ZeroDuration("stall-timeout"))
+        );
+        assert_eq!(
+            stall(&["--stall-timeout-s", "0"]),
+            Err(ArgsError::ZeroDuration("stall-timeout"))
+        );
+        assert!(matches!(
+            stall(&["--stall-timeout", "5x"]),
+            Err(ArgsError::StallTimeout(_))
+        ));
+        let help = <Cli as clap::CommandFactory>::command()
+            .render_help()
+            .to_string();
+        assert!(help.contains("--stall-timeout <DURATION>"), "{help}");
+        assert!(!help.contains("aliases"), "{help}");
     }
 
     #[test]

@@ -48,13 +48,13 @@ pub enum EchoPoll {
 #[derive(clap::Args, Debug, Clone)]
 pub struct EchoServerArgs {
     /// Address to listen on (port 0: any free port).
-    #[arg(long, default_value = "127.0.0.1:0")]
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR:PORT")]
     pub listen: SocketAddr,
     /// Core to pin the server thread to.
-    #[arg(long)]
+    #[arg(long, value_name = "CORE")]
     pub core: Option<usize>,
     /// How the server waits for requests.
-    #[arg(long, value_enum, default_value_t = EchoPoll::Block)]
+    #[arg(long, value_enum, default_value_t = EchoPoll::Block, value_name = "MODE")]
     pub poll: EchoPoll,
 }
 

@@ -9,7 +9,7 @@
 //!                   schedule ─▶ dispatch ─▶ keep-alive connections (mio + timerfd)
 //!                   ◀── ThreadResult (HdrHistograms, counters) ──┘
 //!                   ▼
-//!  RateResult ──▶ output (table, DESIGN §7 JSON, .hgrm) ──▶ plot (SVG)
+//!  RateResult ──▶ output (table, docs/design.md §7 JSON, .hgrm) ──▶ plot (SVG)
 //! ```
 //!
 //! Every request has an *intended* send time from a pure arrival schedule
@@ -70,73 +70,75 @@ use crate::report::{Machine, Report};
     nocturne bench load http://127.0.0.1:8080/function/foo --rate 10k..100k/10k --slo p99=200us --plot sweep.svg\n  \
     nocturne bench load http://127.0.0.1:8080/ --mix mix.toml --rate 5k --arrival poisson --json out.json")]
 pub struct LoadArgs {
-    /// Target URLs (http://HOST:PORT/PATH); with several, each request goes
-    /// to one of them in turn at random (equal weights). With --mix, the
-    /// first gives host and port to the mix's `path` entries.
+    /// Target URLs, http://HOST[:PORT]/PATH: the port defaults to 80, and
+    /// HOST is an IP ([::1] for IPv6) or a name, resolved before the run
+    /// (within --connect-timeout). With several URLs,
+    /// each request goes to one of them at random (equal weights). With
+    /// --mix, the first gives host and port to the mix's `path` entries.
     #[arg(value_name = "URL")]
     pub urls: Vec<String>,
     /// Offered rate in requests/s: 20000, 20k, 1.5M, a list 1k,5k,20k or a
     /// sweep START..END/STEP (e.g. 10k..200k/10k).
-    #[arg(long)]
+    #[arg(long, value_name = "RATE")]
     pub rate: String,
     /// Measurement window per rate (e.g. 10s, 500ms).
-    #[arg(long, default_value = "10s")]
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
     pub duration: String,
     /// Warm-up before each window: sent on schedule, not recorded.
-    #[arg(long, default_value = "1s")]
+    #[arg(long, default_value = "1s", value_name = "DURATION")]
     pub warmup: String,
     /// Keep-alive connections in all, split over the client threads
     /// [default: 16, or threads × targets if more].
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub connections: Option<usize>,
     /// Client threads; each owns its connections and a share of the rate.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_name = "N")]
     pub threads: usize,
     /// Cores to pin the client threads to (thread i on the i-th, cycling), e.g. 0 or 2-3.
-    #[arg(long)]
+    #[arg(long, value_name = "CORES")]
     pub cores: Option<String>,
     /// Arrival process of the intended send times.
-    #[arg(long, value_enum, default_value_t = Arrival::Fixed)]
+    #[arg(long, value_enum, default_value_t = Arrival::Fixed, value_name = "KIND")]
     pub arrival: Arrival,
     /// HTTP method.
-    #[arg(long, default_value = "POST")]
+    #[arg(long, default_value = "POST", value_name = "METHOD")]
     pub method: String,
     /// Request body (inline).
-    #[arg(long, conflicts_with = "body_file")]
+    #[arg(long, conflicts_with = "body_file", value_name = "TEXT")]
     pub body: Option<String>,
     /// Request body read from a file.
-    #[arg(long)]
+    #[arg(long, value_name = "PATH")]
     pub body_file: Option<PathBuf>,
     /// Extra request header "Name: value" (repeatable).
-    #[arg(short = 'H', long = "header")]
+    #[arg(short = 'H', long = "header", value_name = "NAME:VALUE")]
     pub headers: Vec<String>,
     /// A TOML file of weighted request kinds (see docs/benchmarks.md).
-    #[arg(long)]
+    #[arg(long, value_name = "PATH")]
     pub mix: Option<PathBuf>,
     /// Requests in flight per connection (HTTP pipelining); 1 = none.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_name = "N")]
     pub pipeline: usize,
     /// How client threads wait: spin (dedicated cores), adaptive (spin
     /// --spin-us around activity, then sleep) or block.
-    #[arg(long, value_enum, default_value_t = PollMode::Adaptive)]
+    #[arg(long, value_enum, default_value_t = PollMode::Adaptive, value_name = "MODE")]
     pub poll: PollMode,
     /// Spin budget of --poll adaptive, µs.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_name = "US")]
     pub spin_us: u64,
     /// A request unanswered this long counts as a timeout (also the probe's
     /// limit and the drain after the window).
-    #[arg(long, default_value = "2s")]
+    #[arg(long, default_value = "2s", value_name = "DURATION")]
     pub timeout: String,
     /// Limit for each connection attempt and for name resolution.
-    #[arg(long, default_value = "2s")]
+    #[arg(long, default_value = "2s", value_name = "DURATION")]
     pub connect_timeout: String,
     /// Seed of the Poisson arrivals and the mix's choices.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_name = "N")]
     pub seed: u64,
     /// Latency objectives, e.g. p99=100us or p50=20us,p99.9=1ms; a sweep
     /// reports the highest rate that meets them (with no errors), and the
     /// exit status is non-zero when none does.
-    #[arg(long)]
+    #[arg(long, value_name = "OBJECTIVES")]
     pub slo: Option<String>,
     /// Run every rate of a sweep, not stopping at the first that misses the SLO.
     #[arg(long)]
@@ -147,19 +149,21 @@ pub struct LoadArgs {
     pub allow_errors: bool,
     /// Before the run, time N blocking back-to-back round trips on one
     /// connection (the baseline the generator's overhead is measured against).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_name = "N")]
     pub pingpong: u64,
     /// Write the HdrHistogram percentile spectrum (.hgrm); with several
     /// rates, one file per rate that ran (STEM.RATE.hgrm).
-    #[arg(long)]
+    #[arg(long, value_name = "PATH")]
     pub hgrm: Option<PathBuf>,
-    /// Write the report as JSON (DESIGN §7 schema).
-    #[arg(long)]
+    /// Write the report as JSON (schema: docs/design.md §7).
+    #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
     /// Write an SVG latency-vs-throughput plot of the rates run.
-    #[arg(long)]
+    #[arg(long, value_name = "PATH")]
     pub plot: Option<PathBuf>,
-    /// No progress line.
+    /// No progress line (it goes to stderr, and only when that is a
+    /// terminal). The results table goes to stdout once either way: whole
+    /// at the end for one rate, a row as each rate finishes for several.
     #[arg(long, short = 'q')]
     pub quiet: bool,
 }
@@ -597,7 +601,7 @@ pub fn run_sweep(
     Ok(outcome)
 }
 
-/// Builds the DESIGN §7 report of a sweep.
+/// Builds the docs/design.md §7 report of a sweep.
 pub fn build_report(settings: &LoadSettings, outcome: &SweepOutcome) -> Report {
     let mut core_map = BTreeMap::new();
     if !settings.plan.cores.is_empty() {
@@ -654,21 +658,17 @@ pub fn run_command(args: &LoadArgs) -> anyhow::Result<()> {
             k.name, plan.targets.endpoints[k.endpoint].addr, k.weight
         );
     }
-    // A sweep shows each rate's row as it finishes (header once).
+    // A sweep prints its table a row at a time, as each rate finishes;
+    // a single rate's table comes whole at the end. Either way stdout
+    // holds the table once, on a terminal, in a pipe or in a file.
     let sweep = settings.rates.len() > 1;
-    let mut rows_shown = 0;
+    let mut live = output::LiveTable::default();
     let outcome = run_sweep(&settings, |r| {
         if sweep {
-            let table = output::table(std::slice::from_ref(r), &settings.slo);
-            let mut lines = table.lines();
-            let header = lines.next().unwrap_or_default();
-            if rows_shown == 0 {
-                println!("{header}");
-            }
-            println!("{}", lines.next().unwrap_or_default());
-            rows_shown += 1;
+            print!("{}", live.row(r, &settings.slo));
         }
     })?;
+    print!("{}", live.end());
     if let (Some(phase), true, None) = (
         outcome.interrupted,
         outcome.results.is_empty(),
@@ -677,7 +677,7 @@ pub fn run_command(args: &LoadArgs) -> anyhow::Result<()> {
         anyhow::bail!("interrupted {phase}: no rate finished, nothing to report");
     }
     println!();
-    if !outcome.results.is_empty() {
+    if !sweep && !outcome.results.is_empty() {
         print!("{}", output::table(&outcome.results, &settings.slo));
     }
     for r in &outcome.results {

@@ -1,6 +1,6 @@
 //! What a load run prints and writes: the human table (one row per rate),
 //! the detail lines under it (service time, errors by cause, status codes),
-//! the DESIGN §7 report, and `.hgrm` percentile spectra.
+//! the docs/design.md §7 report, and `.hgrm` percentile spectra.
 //!
 //! Report cases: `"<rate>/s"` per rate (the corrected latency, every
 //! counter as an extra field), `"<rate>/s <kind>"` per request kind of a
@@ -63,8 +63,13 @@ pub fn table(results: &[RateResult], slos: &[Slo]) -> String {
         })
         .collect();
     // Fixed minimum widths keep the rows of a sweep, printed one at a
-    // time, aligned in the usual cases.
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len().max(8)).collect();
+    // time ([`LiveTable`]), aligned in the usual cases: rates such as
+    // `19.998k/s` take 10, latencies up to 100 s and counts 8.
+    let mut widths: Vec<usize> = headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| h.len().max(if i < 2 { 10 } else { 8 }))
+        .collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -87,11 +92,47 @@ pub fn table(results: &[RateResult], slos: &[Slo]) -> String {
     for row in &rows {
         line(row);
     }
-    out.push_str(
-        "(µs; p50…max from each request's intended send time, coordinated omission corrected; \
-         svc = service time from the actual send)\n",
-    );
+    out.push_str(TABLE_NOTE);
     out
+}
+
+/// The line under the table: what its numbers are.
+const TABLE_NOTE: &str = "(µs; p50…max from each request's intended send time, coordinated \
+                          omission corrected; svc = service time from the actual send)\n";
+
+/// A sweep's table, printed a rate at a time as each finishes, so that a
+/// long sweep shows its progress (on a terminal or in a log) and stdout
+/// still holds the table once: the header comes before the first row and
+/// the note after the last.
+#[derive(Debug, Default)]
+pub struct LiveTable {
+    rows: usize,
+}
+
+impl LiveTable {
+    /// The lines to print for `r`, the next rate that finished: its row,
+    /// after the header if it is the first.
+    pub fn row(&mut self, r: &RateResult, slos: &[Slo]) -> String {
+        let table = table(std::slice::from_ref(r), slos);
+        let mut lines = table.lines();
+        let header = lines.next().unwrap_or_default();
+        let row = lines.next().unwrap_or_default();
+        self.rows += 1;
+        if self.rows == 1 {
+            format!("{header}\n{row}\n")
+        } else {
+            format!("{row}\n")
+        }
+    }
+
+    /// What ends the table: the note, once a row was printed.
+    pub fn end(&self) -> &'static str {
+        if self.rows > 0 {
+            TABLE_NOTE
+        } else {
+            ""
+        }
+    }
 }
 
 /// Lines under the table for one rate: counts, errors by cause, statuses,
@@ -207,7 +248,7 @@ pub fn cases(r: &RateResult, slos: &[Slo]) -> Vec<CaseResult> {
     for (k, v) in measurements {
         case = case.with_extra(k, v);
     }
-    // Whole numbers, written as JSON integers (DESIGN §7's `samples` and
+    // Whole numbers, written as JSON integers (docs/design.md §7's `samples` and
     // `errors` are): a reader that checks a count for equality, or types
     // it, must not find `1000.0`.
     let counts: [(&str, u64); 11] = [

@@ -9,6 +9,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use nocturne_ipc::duration::{self, DurationError};
+
 use crate::hist::LatencyHistogram;
 
 /// Why a rate, duration or objective could not be parsed.
@@ -23,11 +25,12 @@ pub enum SpecError {
     /// A sweep of more rates than anyone means to run.
     #[error("rate sweep {0:?} has more than {MAX_SWEEP_RATES} rates")]
     SweepTooLong(String),
-    /// Not a duration.
-    #[error(
-        "bad duration {0:?}: expected a number with a unit (ns, us, ms, s, m), e.g. 10s or 250ms"
-    )]
-    BadDuration(String),
+    /// Not a duration: the reason of serve's grammar, which quotes the text.
+    #[error("bad duration: {0}")]
+    BadDuration(#[from] DurationError),
+    /// A duration longer than any run, which the clocks could not add.
+    #[error("bad duration {0:?}: at most {MAX_DURATION_SECS}s (about 31 years)")]
+    DurationTooLong(String),
     /// Not a latency objective.
     #[error("bad objective {0:?}: expected pNN=DURATION or max=DURATION, e.g. p99=100us")]
     BadSlo(String),
@@ -126,30 +129,31 @@ pub fn rate_file_tag(rate: f64) -> String {
     text.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
-/// Parses a duration: a number with a unit `ns`, `us` (or `µs`), `ms`, `s`,
-/// `m` or `h`; a bare number means seconds.
+/// Longest duration any bench takes: `Instant + Duration` panics past what
+/// the clock holds, and no run is meant to last longer anyway.
+pub const MAX_DURATION_SECS: u64 = 1_000_000_000;
+
+/// Parses a duration the way `nocturne serve` does ([`nocturne_ipc::duration`]:
+/// a number and a unit `ns`, `us` (or `µs`), `ms`, `s`, `m` or `h`, or
+/// several from the largest unit down, e.g. `1m30s`), and also a bare
+/// number, which means seconds (`2.5`), as every bench has always taken.
 pub fn parse_duration(text: &str) -> Result<Duration, SpecError> {
-    let bad = || SpecError::BadDuration(text.to_owned());
     let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let value: f64 = number.parse().map_err(|_| bad())?;
-    let seconds_per_unit = match unit.trim() {
-        "ns" => 1e-9,
-        "us" | "µs" => 1e-6,
-        "ms" => 1e-3,
-        "" | "s" => 1.0,
-        "m" | "min" => 60.0,
-        "h" => 3_600.0,
-        _ => return Err(bad()),
-    };
-    let seconds = value * seconds_per_unit;
-    if !seconds.is_finite() || !(0.0..=1e9).contains(&seconds) {
-        return Err(bad());
+    let bare_seconds = !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    let duration = if bare_seconds {
+        // The error names what was typed, not the `s` added to it.
+        duration::parse_duration(&format!("{t}s")).map_err(|e| match e {
+            DurationError::TooPrecise(_) => DurationError::TooPrecise(t.to_owned()),
+            DurationError::Overflow(_) => DurationError::Overflow(t.to_owned()),
+            _ => DurationError::Malformed(t.to_owned()),
+        })
+    } else {
+        duration::parse_duration(t)
+    }?;
+    if duration > Duration::from_secs(MAX_DURATION_SECS) {
+        return Err(SpecError::DurationTooLong(t.to_owned()));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    Ok(duration)
 }
 
 /// Which point of a latency distribution an objective bounds.
@@ -400,9 +404,52 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
-        for bad in ["", "s", "10 parsecs", "-1s", "1e3s", "ms10", "1.2.3s"] {
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in [
+            "",
+            "s",
+            "10 parsecs",
+            "-1s",
+            "1e3s",
+            "ms10",
+            "1.2.3s",
+            "nan",
+            "inf",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn durations_take_what_serve_takes() {
+        // Compound values, from the largest unit down, as `serve` reads them.
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h 5m"), Ok(Duration::from_secs(3900)));
+        assert_eq!(parse_duration("1s500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        // Bare numbers are seconds, fractions included, exactly.
+        assert_eq!(parse_duration("2.5"), Ok(Duration::from_millis(2500)));
+        assert_eq!(parse_duration("0.000001"), Ok(Duration::from_micros(1)));
+        // serve's reasons, and the text as typed.
+        let message = |text| parse_duration(text).unwrap_err().to_string();
+        assert!(
+            message("1s1m").contains("the largest first"),
+            "{}",
+            message("1s1m")
+        );
+        assert!(message("1.5ns").contains("finer than one nanosecond"));
+        assert!(message("1.2.3").contains("`1.2.3`"), "{}", message("1.2.3"));
+        // The units the error lists are the units accepted, `h` included.
+        let unknown = message("5d");
+        assert!(unknown.contains("ns, us, µs, ms, s, m, h"), "{unknown}");
+        assert_eq!(
+            parse_duration("1000000001"),
+            Err(SpecError::DurationTooLong("1000000001".into()))
+        );
+        assert_eq!(
+            parse_duration("1000000000"),
+            Ok(Duration::from_secs(MAX_DURATION_SECS))
+        );
     }
 
     #[test]
