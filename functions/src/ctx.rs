@@ -141,6 +141,8 @@ impl Ctx<'_> {
     }
 
     /// The URL query string of the request (without `?`), if it had one.
+    /// Internal calls carry none: in a function called with
+    /// [`invoke`](Self::invoke) this is `None`, so pass parameters in the input.
     pub fn query(&self) -> Option<&str> {
         (!self.query.is_empty()).then_some(self.query)
     }
