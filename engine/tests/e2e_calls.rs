@@ -142,6 +142,40 @@ builtin = "bar"
     });
 }
 
+#[test]
+fn a_function_the_binary_has_no_handler_for_is_refused_at_start() {
+    // The handler is chosen by the configured name; `wordcount` has none
+    // called `notinbin`. Its workers refuse the handshake, saying so, rather
+    // than answering ready and exiting (which looked like a crash loop).
+    let exe = wordcount_exe();
+    let config = format!(
+        "[[functions]]\nname = \"notinbin\"\ncommand = [\"{}\"]\ntimeout = \"5s\"\n\
+         [[functions]]\nname = \"echo\"\nbuiltin = \"echo\"\n",
+        exe.display()
+    );
+    let engine = Engine::builder().config(&config).no_health_wait().start();
+    let reason = r#"this binary has no function named "notinbin"; it has: wordcount, shout"#;
+    let refused = engine
+        .log()
+        .wait_for(LONG, |l| l.contains("it refused: ") && l.contains(reason));
+    assert!(
+        refused.is_some_and(|l| l.contains("cannot start a worker of notinbin")),
+        "the start failure names the reason:\n{}",
+        engine.log_text()
+    );
+    let r = engine.post("/function/notinbin", b"x");
+    assert!([502, 503].contains(&r.status), "{} {}", r.status, r.text());
+    assert!(r.text().contains("notinbin"), "{}", r.text());
+    assert!(
+        !engine.log_text().contains("worker notinbin ready"),
+        "{}",
+        engine.log_text()
+    );
+    assert_eq!(engine.workers("notinbin"), [] as [i32; 0]);
+    assert_eq!(engine.get("/healthz").status, 503);
+    assert_eq!(engine.post("/function/echo", b"fine").text(), "fine");
+}
+
 /// Waits until `/system/functions` shows `function` with `n` calls in flight.
 fn wait_in_flight(engine: &Engine, function: &str, n: u64) {
     let deadline = Instant::now() + LONG;

@@ -29,10 +29,15 @@ pub const NAMES: &[&str] = &[
 /// Error of a worker process.
 pub use crate::serve::ServeError as WorkerError;
 
-/// Runs the built-in function `name` as a worker process.
+/// Runs the built-in function `name` as a worker process. Started by an
+/// engine, a name that is not a built-in refuses the handshake; started by
+/// hand, it is reported at once.
 pub fn worker_main(name: &str) -> Result<(), WorkerError> {
-    if !NAMES.contains(&name) {
-        return Err(WorkerError::UnknownFunction(name.to_string()));
+    if !NAMES.contains(&name) && std::env::var_os(crate::control::CONTROL_FD_ENV).is_none() {
+        return Err(WorkerError::UnknownFunction {
+            name: name.to_string(),
+            available: NAMES.iter().map(|n| n.to_string()).collect(),
+        });
     }
     crate::serve::serve_as(all(), Some(name))
 }

@@ -633,7 +633,7 @@ pub enum ControlError {
         why: &'static str,
     },
     /// The inherited control fd was already taken by an earlier call.
-    #[error("the control socket was already taken by an earlier connect_from_env")]
+    #[error("the control socket was already taken by an earlier connect_from_env or receive_hello_from_env")]
     AlreadyConnected,
     /// Sending or receiving failed.
     #[error("control socket I/O: {0}")]
@@ -714,6 +714,13 @@ static CONTROL_FD_TAKEN: AtomicBool = AtomicBool::new(false);
 /// the control socket from `NOCTURNE_CONTROL_FD`, receives the hello and the
 /// channel fds, attaches the channel and answers ready.
 pub fn connect_from_env() -> Result<Bootstrap, ControlError> {
+    receive_hello_from_env()?.ready()
+}
+
+/// The first half of [`connect_from_env`]: receives and checks the hello and
+/// attaches the channel, but does not answer yet, so the worker can still
+/// refuse (see [`PendingHandshake`]).
+pub fn receive_hello_from_env() -> Result<PendingHandshake, ControlError> {
     let raw = std::env::var(CONTROL_FD_ENV).map_err(|e| match e {
         std::env::VarError::NotPresent => ControlError::NotStarted,
         std::env::VarError::NotUnicode(v) => ControlError::BadEnv {
@@ -750,7 +757,7 @@ pub fn connect_from_env() -> Result<Bootstrap, ControlError> {
     // The socket was inherited without close-on-exec; a program this worker
     // execs must not hold it (it would keep the engine from seeing our EOF).
     set_cloexec(owned.as_raw_fd()).map_err(ControlError::Io)?;
-    connect(UnixStream::from(owned), &function)
+    receive_hello(UnixStream::from(owned), &function)
 }
 
 /// Checks that `fd` is open and is a `SOCK_SEQPACKET` socket.
@@ -793,10 +800,19 @@ fn set_cloexec(fd: RawFd) -> io::Result<()> {
 /// `Refused` with the reason (best effort) before returning the error, so the
 /// engine logs why instead of only seeing an exit.
 pub fn connect(control: UnixStream, function: &str) -> Result<Bootstrap, ControlError> {
+    receive_hello(control, function)?.ready()
+}
+
+/// The first half of [`connect`]: everything but the answer (see
+/// [`PendingHandshake`]). A bad hello is refused here already, as by `connect`.
+pub fn receive_hello(
+    control: UnixStream,
+    function: &str,
+) -> Result<PendingHandshake, ControlError> {
     control
         .set_read_timeout(Some(HELLO_TIMEOUT))
         .map_err(ControlError::Io)?;
-    let result = receive_hello(&control, function);
+    let result = read_hello(&control, function);
     let (hello, end) = match result {
         Ok(ok) => ok,
         Err(e) => {
@@ -816,24 +832,68 @@ pub fn connect(control: UnixStream, function: &str) -> Result<Bootstrap, Control
         }
     };
     control.set_read_timeout(None).map_err(ControlError::Io)?;
-    let ready = Ready {
-        pid: std::process::id(),
-        function_id: hello.function_id,
-        worker_index: hello.worker_index,
-    };
-    send(&control, &ControlMessage::Ready(ready), &[])?;
-    Ok(Bootstrap {
-        function: hello.function,
-        function_id: hello.function_id,
-        functions: hello.functions,
-        end,
-        wait: hello.wait,
+    Ok(PendingHandshake {
         control,
-        worker_index: hello.worker_index,
+        hello,
+        end,
     })
 }
 
-fn receive_hello(control: &UnixStream, function: &str) -> Result<(Hello, WorkerEnd), ControlError> {
+/// A handshake whose hello was received and checked, and whose channel is
+/// attached, but which the worker has not answered yet: it either
+/// [serves](Self::ready) or [refuses](Self::refuse). Refusing is for what only
+/// the worker knows, such as a binary that has no handler for the function the
+/// hello names: the engine then logs a start failure with the reason, where a
+/// worker that answered ready and exited would look like a crash loop.
+pub struct PendingHandshake {
+    control: UnixStream,
+    hello: Hello,
+    end: WorkerEnd,
+}
+
+impl PendingHandshake {
+    /// The engine's hello: the function to serve, the function table, the wait policy.
+    pub fn hello(&self) -> &Hello {
+        &self.hello
+    }
+
+    /// Answers `Ready`: from now on the engine sends calls on the channel.
+    pub fn ready(self) -> Result<Bootstrap, ControlError> {
+        let Self {
+            control,
+            hello,
+            end,
+        } = self;
+        let ready = Ready {
+            pid: std::process::id(),
+            function_id: hello.function_id,
+            worker_index: hello.worker_index,
+        };
+        send(&control, &ControlMessage::Ready(ready), &[])?;
+        Ok(Bootstrap {
+            function: hello.function,
+            function_id: hello.function_id,
+            functions: hello.functions,
+            end,
+            wait: hello.wait,
+            control,
+            worker_index: hello.worker_index,
+        })
+    }
+
+    /// Answers `Refused { reason }` (cut to [`MAX_REASON_LEN`]) and closes the
+    /// control socket; the engine logs the reason and the worker should exit.
+    /// An error means the engine could not be told (it is likely gone).
+    pub fn refuse(self, reason: &str) -> Result<(), ControlError> {
+        let refused = ControlMessage::Refused {
+            reason: reason.to_string(),
+        };
+        send(&self.control, &refused, &[])?;
+        Ok(())
+    }
+}
+
+fn read_hello(control: &UnixStream, function: &str) -> Result<(Hello, WorkerEnd), ControlError> {
     let (msg, fds) = match recv(control, HELLO_FDS) {
         Ok(Some(got)) => got,
         Ok(None) => return Err(ControlError::EngineGone),
@@ -1266,6 +1326,42 @@ mod tests {
         tx.try_send(&header, b"ping").unwrap();
         let view = wrx.try_recv().unwrap().expect("request arrived");
         assert_eq!(view.payload(), b"ping");
+    }
+
+    #[test]
+    fn a_pending_handshake_can_be_refused_after_a_valid_hello() {
+        let (engine_sock, worker_sock) = control_socketpair().unwrap();
+        let hello = engine_hello("foo");
+        let efd = eventfd();
+        let end =
+            EngineEnd::create_with_eventfd(&hello.channel, "control-test", efd.as_fd()).unwrap();
+        send(
+            &engine_sock,
+            &ControlMessage::Hello(hello.clone()),
+            &[end.region_fd(), efd.as_fd()],
+        )
+        .unwrap();
+
+        let pending = receive_hello(worker_sock, "foo").unwrap();
+        assert_eq!(pending.hello(), &hello);
+        // Nothing is answered until the worker decides.
+        engine_sock.set_nonblocking(true).unwrap();
+        let nothing = recv(&engine_sock, 0).expect_err("no answer yet");
+        assert!(
+            matches!(&nothing, RecvControlError::Io(e) if e.kind() == io::ErrorKind::WouldBlock)
+        );
+        engine_sock.set_nonblocking(false).unwrap();
+
+        pending.refuse("no handler for foo here").unwrap();
+        let (msg, _) = recv(&engine_sock, 0).unwrap().unwrap();
+        assert_eq!(
+            msg,
+            ControlMessage::Refused {
+                reason: "no handler for foo here".into()
+            }
+        );
+        // The refusing worker's end is closed: the engine reads EOF next.
+        assert!(recv(&engine_sock, 0).unwrap().is_none());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! worker-local call id, so they may finish in any order.
 
 use crate::protocol;
+use crate::response::{self, InvalidResponse};
 use crate::runtime::Runtime;
 
 /// Why an internal call failed. The variants mirror the statuses of
@@ -112,6 +113,9 @@ pub struct Ctx<'rt> {
     pub(crate) query: &'rt str,
     pub(crate) status: u16,
     pub(crate) content_type: Option<String>,
+    /// The first status or content type the handler set that cannot be sent:
+    /// it turns the call's answer into a 500 that names it.
+    pub(crate) invalid: Option<InvalidResponse>,
 }
 
 impl Ctx<'_> {
@@ -137,6 +141,8 @@ impl Ctx<'_> {
     }
 
     /// The URL query string of the request (without `?`), if it had one.
+    /// Internal calls carry none: in a function called with
+    /// [`invoke`](Self::invoke) this is `None`, so pass parameters in the input.
     pub fn query(&self) -> Option<&str> {
         (!self.query.is_empty()).then_some(self.query)
     }
@@ -151,16 +157,38 @@ impl Ctx<'_> {
     }
 
     /// Sets the HTTP status of a successful response (default 200).
-    /// Statuses outside 100..=599 are ignored.
+    ///
+    /// The status must be in 200..=599 (1xx are interim answers only the
+    /// server sends). Another value is not ignored: the call is answered 500
+    /// with a message naming it (`handler set an invalid status 101 (a
+    /// function's status must be 200..=599)`), whatever the handler sets
+    /// afterwards. It applies when the handler returns `Ok`; an `Err` is
+    /// answered with its own status ([`Error::with_status`](crate::Error::with_status)).
     pub fn set_status(&mut self, status: u16) {
-        if (100..=599).contains(&status) {
-            self.status = status;
+        match response::check_status(status) {
+            Ok(()) => self.status = status,
+            Err(invalid) => self.reject(invalid),
         }
     }
 
     /// Sets the response's content type (default `application/octet-stream`).
+    ///
+    /// It must be a valid header value: 1..=255 bytes of visible ASCII, with
+    /// spaces or tabs allowed only inside (`text/plain; charset=utf-8`); no
+    /// CR, LF, NUL or other control character. Another value is not sent or
+    /// cut: the call is answered 500 with a message naming it, whatever the
+    /// handler sets afterwards. Like the status, it applies when the handler
+    /// returns `Ok`.
     pub fn set_content_type(&mut self, content_type: &str) {
-        self.content_type = Some(content_type.to_string());
+        match response::check_content_type(content_type) {
+            Ok(()) => self.content_type = Some(content_type.to_string()),
+            Err(invalid) => self.reject(invalid),
+        }
+    }
+
+    /// Remembers the first invalid value: that is the bug to report.
+    fn reject(&mut self, invalid: InvalidResponse) {
+        self.invalid.get_or_insert(invalid);
     }
 
     /// The engine's id of this call (unique per engine; shows in its logs).

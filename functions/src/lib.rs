@@ -9,6 +9,8 @@
 //! * [`handler`] — the API a function author writes against: [`Functions`], [`Error`].
 //! * [`ctx`] — [`Ctx`]: internal calls ([`Ctx::invoke`], [`Ctx::invoke_async`] +
 //!   [`Ctx::wait`]), query string, status and content type.
+//! * [`response`] — what a handler may set as status and content type; a value
+//!   that cannot be sent answers the call 500 instead.
 //! * [`serve()`] — a function binary's `main`: handshake, then the worker loop.
 //! * [`control`] — the control-socket handshake with the engine (worker contract).
 //! * [`runtime`] — the worker loop over the shared-memory channel.
@@ -38,6 +40,7 @@ pub mod control;
 pub mod ctx;
 pub mod handler;
 pub mod protocol;
+pub mod response;
 pub mod runtime;
 mod serve;
 

@@ -129,10 +129,14 @@ pub fn encode_query_prefix(out: &mut Vec<u8>, query: &str) {
     out.extend_from_slice(q);
 }
 
+/// The longest content type a completion carries (its length travels as a
+/// `u8`); the SDK answers a handler that sets a longer one 500.
+pub const MAX_CONTENT_TYPE: usize = u8::MAX as usize;
+
 /// Writes `[u8 len][content type]` into `out` (cleared first); content types
-/// longer than 255 bytes are cut.
+/// longer than [`MAX_CONTENT_TYPE`] are cut (the SDK refuses them before).
 pub fn encode_content_type_prefix(out: &mut Vec<u8>, content_type: &str) {
-    let ct = &content_type.as_bytes()[..content_type.len().min(255)];
+    let ct = &content_type.as_bytes()[..content_type.len().min(MAX_CONTENT_TYPE)];
     out.clear();
     out.push(ct.len() as u8);
     out.extend_from_slice(ct);

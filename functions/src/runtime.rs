@@ -125,16 +125,17 @@ impl Runtime {
         let t0 = protocol::monotonic_ns();
         let input = std::mem::take(&mut self.input);
         let query = std::mem::take(&mut self.query);
-        let (result, status, content_type) = {
+        let (result, status, content_type, invalid) = {
             let mut ctx = Ctx {
                 rt: self,
                 call_id,
                 query: &query,
                 status: protocol::STATUS_OK,
                 content_type: None,
+                invalid: None,
             };
             let result = panic::catch_unwind(AssertUnwindSafe(|| handler(&mut ctx, &input)));
-            (result, ctx.status, ctx.content_type)
+            (result, ctx.status, ctx.content_type, ctx.invalid)
         };
         self.input = input;
         self.query = query;
@@ -150,8 +151,14 @@ impl Runtime {
             t1_ns: t1,
             ..Header::default()
         };
-        match result {
-            Ok(Ok(output)) => {
+        match (result, invalid) {
+            // A status or content type the engine could not send: the
+            // handler's bug, answered as one rather than sent half-broken.
+            (Ok(Ok(_)), Some(invalid)) => {
+                header.status = protocol::STATUS_HANDLER_ERROR;
+                self.send_completion(&mut header, invalid.to_string().as_bytes())
+            }
+            (Ok(Ok(output)), None) => {
                 header.status = status;
                 match content_type {
                     Some(ct) => {
@@ -166,11 +173,11 @@ impl Runtime {
                     None => self.send_completion(&mut header, &output),
                 }
             }
-            Ok(Err(e)) => {
+            (Ok(Err(e)), _) => {
                 header.status = e.status();
                 self.send_completion(&mut header, e.message().as_bytes())
             }
-            Err(panic) => {
+            (Err(panic), _) => {
                 let message = panic_message(&*panic);
                 header.status = protocol::STATUS_HANDLER_ERROR;
                 let text = format!("handler panicked: {message}");
@@ -302,5 +309,230 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "non-string panic payload".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handler::Error;
+    use nocturne_ipc::channel::{ChannelConfig, EngineEnd, WorkerEnd};
+
+    /// What the engine reads back for one call.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Completion {
+        status: u16,
+        content_type: Option<String>,
+        body: String,
+    }
+
+    /// Runs the worker loop over a real memfd channel: sends one `Invoke` per
+    /// query string, then a message of an unknown kind that stops the loop,
+    /// and returns the completions the engine side reads.
+    fn serve_calls(mut handler: BoxedHandler, queries: &[&str]) -> Vec<Completion> {
+        let engine = EngineEnd::create(&ChannelConfig::default(), "nocturne-runtime-test")
+            .expect("a memfd channel");
+        let worker =
+            WorkerEnd::attach(engine.region_fd().try_clone_to_owned().unwrap()).expect("attach");
+        let (mut to_worker, mut from_worker) = engine.split();
+        let (sender, receiver) = worker.split();
+        let mut runtime = Runtime::new("f".into(), sender, receiver, WaitPolicy::Spin, []);
+
+        let mut payload = Vec::new();
+        for (call_id, query) in (1..).zip(queries) {
+            protocol::encode_query_prefix(&mut payload, query);
+            let header = Header {
+                kind: Kind::Invoke,
+                flags: protocol::FLAG_QUERY,
+                call_id,
+                ..Header::default()
+            };
+            to_worker.try_send(&header, &payload).expect("room");
+        }
+        let stop = Header {
+            kind: Kind::Unknown(0x7777),
+            ..Header::default()
+        };
+        to_worker.try_send(&stop, &[]).expect("room");
+        let stopped = runtime.run(&mut handler);
+        assert!(
+            matches!(&stopped, RuntimeError::Protocol(m) if m.contains("unknown message kind")),
+            "{stopped}"
+        );
+
+        let mut completions = Vec::new();
+        while let Some(msg) = from_worker.try_recv().expect("valid completion") {
+            let header = *msg.header();
+            assert_eq!(header.kind, Kind::Complete);
+            assert_eq!(header.call_id, completions.len() as u64 + 1);
+            let (content_type, body) =
+                protocol::split_content_type(&header, msg.payload()).expect("valid prefix");
+            completions.push(Completion {
+                status: header.status,
+                content_type: content_type.map(str::to_string),
+                body: String::from_utf8_lossy(body).into_owned(),
+            });
+        }
+        assert_eq!(completions.len(), queries.len());
+        completions
+    }
+
+    /// `?s=N` sets status N, `?ct=X` sets content type X (with `%0D`, `%0A`
+    /// and `%00` decoded), in the order given; the output is `ok`.
+    fn setter() -> BoxedHandler {
+        Box::new(
+            |ctx: &mut Ctx<'_>, _input: &[u8]| -> Result<Vec<u8>, Error> {
+                let query = ctx.query().unwrap_or("").to_string();
+                for (key, value) in query.split('&').filter_map(|kv| kv.split_once('=')) {
+                    match key {
+                        "s" => ctx.set_status(value.parse().expect("a u16")),
+                        "ct" => ctx.set_content_type(
+                            &value
+                                .replace("%0D", "\r")
+                                .replace("%0A", "\n")
+                                .replace("%00", "\0"),
+                        ),
+                        "err" => return Err(Error::with_status(400, value)),
+                        _ => {}
+                    }
+                }
+                Ok(b"ok".to_vec())
+            },
+        )
+    }
+
+    fn ok(status: u16, content_type: Option<&str>) -> Completion {
+        Completion {
+            status,
+            content_type: content_type.map(str::to_string),
+            body: "ok".into(),
+        }
+    }
+
+    fn failed(body: &str) -> Completion {
+        Completion {
+            status: protocol::STATUS_HANDLER_ERROR,
+            content_type: None,
+            body: body.into(),
+        }
+    }
+
+    #[test]
+    fn a_status_outside_200_to_599_answers_500_naming_it() {
+        let got = serve_calls(
+            setter(),
+            &[
+                "s=201",
+                "s=204",
+                "s=404",
+                "s=599",
+                "s=0",
+                "s=99",
+                "s=100",
+                "s=101",
+                "s=199",
+                "s=600",
+                "s=65535",
+                // The first invalid value is the bug, whatever follows it.
+                "s=101&s=200",
+                // A valid one set before it does not hide it either.
+                "s=201&s=700",
+            ],
+        );
+        let invalid = |s: u16| {
+            failed(&format!(
+                "handler set an invalid status {s} (a function's status must be 200..=599)"
+            ))
+        };
+        assert_eq!(
+            got,
+            [
+                ok(201, None),
+                ok(204, None),
+                ok(404, None),
+                ok(599, None),
+                invalid(0),
+                invalid(99),
+                invalid(100),
+                invalid(101),
+                invalid(199),
+                invalid(600),
+                invalid(65535),
+                invalid(101),
+                invalid(700),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_content_type_that_is_not_a_header_value_answers_500_naming_it() {
+        let longest = "a".repeat(protocol::MAX_CONTENT_TYPE);
+        let too_long = format!("ct={longest}b");
+        let longest_query = format!("ct={longest}");
+        let got = serve_calls(
+            setter(),
+            &[
+                "ct=application/json; charset=utf-8",
+                &longest_query,
+                "ct=text/plain%0D%0AX-Evil: injected",
+                "ct=text/plain%0AX-Evil: injected",
+                "ct=text/%00plain",
+                "ct=",
+                " ct= text/plain",
+                "ct= text/plain",
+                &too_long,
+                "s=201&ct=text/html%0D%0A",
+            ],
+        );
+        let control = |quoted: &str, c: &str| {
+            failed(&format!(
+                "handler set an invalid content type {quoted}: it contains the control \
+                 character {c} (only visible ASCII, spaces and tabs are allowed)"
+            ))
+        };
+        assert_eq!(got[0], ok(200, Some("application/json; charset=utf-8")));
+        assert_eq!(got[1], ok(200, Some(longest.as_str())));
+        assert_eq!(
+            got[2],
+            control(r#""text/plain\r\nX-Evil: injected""#, r"'\r'")
+        );
+        assert_eq!(
+            got[3],
+            control(r#""text/plain\nX-Evil: injected""#, r"'\n'")
+        );
+        assert_eq!(got[4], control(r#""text/\0plain""#, r"'\0'"));
+        assert_eq!(
+            got[5],
+            failed("handler set an invalid content type \"\": it is empty")
+        );
+        // (" ct" is not the key "ct": nothing set, the default answer.)
+        assert_eq!(got[6], ok(200, None));
+        assert_eq!(
+            got[7],
+            failed(
+                "handler set an invalid content type \" text/plain\": it starts or ends with \
+                 a space or tab"
+            )
+        );
+        assert_eq!(got[8].status, 500, "{:?}", got[8]);
+        assert!(
+            got[8].body.ends_with("it is 256 bytes long (at most 255)"),
+            "{:?}",
+            got[8]
+        );
+        assert_eq!(got[9], control(r#""text/html\r\n""#, r"'\r'"));
+    }
+
+    #[test]
+    fn an_error_returned_after_an_invalid_value_is_answered_as_returned() {
+        let got = serve_calls(setter(), &["s=101&err=bad input"]);
+        assert_eq!(
+            got,
+            [Completion {
+                status: 400,
+                content_type: None,
+                body: "bad input".into(),
+            }]
+        );
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! * A program path containing `/` is resolved against a base directory
 //!   (the config file's, or the working directory for `--set`) and must
-//!   be an executable regular file.
+//!   be an executable regular file. Its `.` components are dropped
+//!   (`/dir/./bin/f` is shown and run as `/dir/bin/f`); `..` is kept,
+//!   since `a/link/..` need not be `a` when `link` is a symlink.
 //! * A bare name is looked up in `PATH` now, as the worker start will look
 //!   it up (in the function's own `env.PATH` when it sets one), so that a
 //!   typo fails `config check` instead of every worker start. The argv
@@ -43,8 +45,11 @@ pub(super) fn resolve(
     }
     if program.contains('/') {
         let path = base_dir.join(program);
-        check_executable(&path).map_err(|why| format!("{program} ({}): {why}", path.display()))?;
-        argv[0] = path.to_string_lossy().into_owned();
+        // Checked as written: `f/` names a directory, though `f` without
+        // the slash may be a program.
+        check_executable(&path)
+            .map_err(|why| format!("{program} ({}): {why}", without_cur_dirs(&path).display()))?;
+        argv[0] = without_cur_dirs(&path).to_string_lossy().into_owned();
         return Ok(Program {
             argv,
             shadows_local: None,
@@ -69,6 +74,19 @@ pub(super) fn resolve(
         argv,
         shadows_local,
     })
+}
+
+/// `path` without its `.` components, keeping a leading one (`./f` stays
+/// relative); `..` is left alone (see the module doc). Repeated slashes
+/// become one; a trailing slash, which says "a directory", is kept.
+fn without_cur_dirs(path: &Path) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    // `Path::components` skips every `.` but a leading one.
+    let mut out: PathBuf = path.components().collect();
+    if path.as_os_str().as_bytes().ends_with(b"/") && !out.as_os_str().as_bytes().ends_with(b"/") {
+        out.as_mut_os_string().push("/");
+    }
+    out
 }
 
 /// The first executable regular file called `name` in `path_var`'s
@@ -178,9 +196,34 @@ mod tests {
         let dir = scratch("slash");
         exe(&dir, "f");
         let program = resolve(vec!["./f".into()], &dir, None).unwrap();
-        assert_eq!(program.argv, [dir.join("./f").to_string_lossy()]);
+        // Compared as text: `Path` equality would ignore the `.`.
+        let f = format!("{}/f", dir.display());
+        assert_eq!(program.argv, [f.as_str()]);
+        let program = resolve(vec!["././/./f".into()], &dir, None).unwrap();
+        assert_eq!(program.argv, [f.as_str()]);
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let program = resolve(vec!["./sub/./../f".into()], &dir, None).unwrap();
+        assert_eq!(
+            program.argv,
+            [format!("{}/sub/../f", dir.display())],
+            "`..` is kept: it may cross a symlink"
+        );
+        let program = resolve(vec!["f".into(), "./x".into()], &dir, Some(dir.as_os_str()));
+        assert_eq!(
+            program.unwrap().argv,
+            ["f", "./x"],
+            "only a path is rewritten"
+        );
+        let err = resolve(vec!["./f/".into()], &dir, None).unwrap_err();
+        assert!(
+            err.starts_with(&format!("./f/ ({}/f/): ", dir.display())),
+            "a trailing slash still fails: {err}"
+        );
         let err = resolve(vec!["./g".into()], &dir, None).unwrap_err();
-        assert!(err.starts_with("./g ("), "{err}");
+        assert!(
+            err.starts_with(&format!("./g ({}/g): ", dir.display())),
+            "{err}"
+        );
         let err = resolve(vec![], &dir, None).unwrap_err();
         assert!(err.contains("empty argv"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
