@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nocturne_engine::worker::log::{format_line, LineOrigin};
+use nocturne_engine::worker::log::{format_output, LineOrigin, Output};
 use nocturne_engine::worker::{
     eventfd, spawn, spawn_with_log, ExitStatus, HandshakeFailure, LogForwarder, SpawnError,
     SpawnRequest, Spawner, Worker, WorkerSpec,
@@ -418,13 +418,9 @@ fn garbage_on_the_control_socket_is_a_protocol_error() {
 fn stdout_and_stderr_lines_are_forwarded_with_a_tag() {
     let lines = Arc::new(Mutex::new(Vec::<String>::new()));
     let sink = Arc::clone(&lines);
-    let forwarder = LogForwarder::new(
-        move |origin: &LineOrigin<'_>, line: &[u8], truncated: bool| {
-            sink.lock()
-                .unwrap()
-                .push(format_line(origin, line, truncated));
-        },
-    )
+    let forwarder = LogForwarder::new(move |origin: &LineOrigin<'_>, output: Output<'_>| {
+        sink.lock().unwrap().push(format_output(origin, output));
+    })
     .unwrap();
     let efd = eventfd().unwrap();
     let worker = spawn_with_log(&spec("echo"), efd.as_fd(), &forwarder).unwrap();
