@@ -557,8 +557,9 @@ fn spawner_replies_on_the_loops_queue_and_wakes_it() {
     assert!(matches!(second, Err(SpawnError::Exec { .. })));
     let mut worker = first.expect("echo starts");
     assert!(is_running(worker.pid));
-    // The spawner thread, not this one, is the parent thread: it keeps
-    // running. Close it cleanly before the spawner (and its PDEATHSIG) goes.
+    // The spawner's forker thread, not this one, is the parent thread: it
+    // keeps running. Close it cleanly before the spawner (and its
+    // PDEATHSIG) goes.
     worker.close_control();
     assert_eq!(wait_for_exit(&mut worker), ExitStatus::Exited(0));
     drop(spawner);
