@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nocturne_engine::worker::log::{format_line, LineOrigin};
+use nocturne_engine::worker::log::{format_output, LineOrigin, Output};
 use nocturne_engine::worker::{
     eventfd, spawn, spawn_with_log, ExitStatus, HandshakeFailure, LogForwarder, SpawnError,
     SpawnRequest, Spawner, Worker, WorkerSpec,
@@ -454,13 +454,9 @@ fn garbage_on_the_control_socket_is_a_protocol_error() {
 fn stdout_and_stderr_lines_are_forwarded_with_a_tag() {
     let lines = Arc::new(Mutex::new(Vec::<String>::new()));
     let sink = Arc::clone(&lines);
-    let forwarder = LogForwarder::new(
-        move |origin: &LineOrigin<'_>, line: &[u8], truncated: bool| {
-            sink.lock()
-                .unwrap()
-                .push(format_line(origin, line, truncated));
-        },
-    )
+    let forwarder = LogForwarder::new(move |origin: &LineOrigin<'_>, output: Output<'_>| {
+        sink.lock().unwrap().push(format_output(origin, output));
+    })
     .unwrap();
     let efd = eventfd().unwrap();
     let worker = spawn_with_log(&spec("echo"), efd.as_fd(), &forwarder).unwrap();
@@ -597,8 +593,9 @@ fn spawner_replies_on_the_loops_queue_and_wakes_it() {
     assert!(matches!(second, Err(SpawnError::Exec { .. })));
     let mut worker = first.expect("echo starts");
     assert!(is_running(worker.pid));
-    // The spawner thread, not this one, is the parent thread: it keeps
-    // running. Close it cleanly before the spawner (and its PDEATHSIG) goes.
+    // The spawner's forker thread, not this one, is the parent thread: it
+    // keeps running. Close it cleanly before the spawner (and its
+    // PDEATHSIG) goes.
     worker.close_control();
     assert_eq!(wait_for_exit(&mut worker), ExitStatus::Exited(0));
     drop(spawner);

@@ -23,12 +23,15 @@
 //! `PR_SET_PDEATHSIG(SIGKILL)`, so they die with the engine even if it is
 //! killed before it can close their sockets.
 //!
-//! * [`spawn`] — blocking start of one worker; [`Spawner`] runs it off the loops.
+//! * [`spawn`] — blocking start of one worker; [`Spawner`] runs it off the loops
+//!   (its threads come and go; one `forker` thread forks every worker, as
+//!   their parent thread must outlive them).
 //! * [`Worker`] / [`WorkerProcess`] — the channel end and the process handle.
 //! * [`Backoff`] — restart delays for a crashing function.
 //! * [`log`] — the stdout/stderr forwarder and its sink.
 
 mod backoff;
+mod forker;
 pub mod log;
 mod spawner;
 mod sys;
@@ -38,7 +41,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
@@ -51,7 +54,10 @@ use nocturne_ipc::channel::{ChannelConfig, ChannelError, EngineEnd, WaitPolicy};
 pub use crate::sys::eventfd;
 pub use backoff::Backoff;
 pub use log::{LogForwarder, LogSink};
-pub use spawner::{SpawnReply, SpawnRequest, Spawner};
+pub use spawner::{
+    SpawnReply, SpawnRequest, Spawner, MAX_SPAWNER_THREADS, SPAWNER_IDLE_RETIRE,
+    SPAWNER_IDLE_RETIRE_ENV, SPAWNER_THREADS,
+};
 
 /// Everything needed to start one worker.
 #[derive(Clone)]
@@ -512,6 +518,21 @@ pub fn spawn_cancellable(
     log: &LogForwarder,
     cancel: &AtomicBool,
 ) -> Result<Worker, SpawnError> {
+    spawn_forked_by(spec, notify_efd, log, cancel, &|mut command| {
+        command.spawn()
+    })
+}
+
+/// [`spawn_cancellable`], with the fork and exec of the worker's command done
+/// by `fork` (on another thread: the worker's parent thread, whose exit kills
+/// it, see `forker`).
+pub(crate) fn spawn_forked_by(
+    spec: &WorkerSpec,
+    notify_efd: BorrowedFd<'_>,
+    log: &LogForwarder,
+    cancel: &AtomicBool,
+    fork: &dyn Fn(Command) -> io::Result<Child>,
+) -> Result<Worker, SpawnError> {
     let function = &spec.function;
     let sys_err = |what| {
         move |source| SpawnError::Sys {
@@ -564,7 +585,7 @@ pub fn spawn_cancellable(
         std::process::id() as libc::pid_t,
         cpus,
     );
-    let mut child = cmd.spawn().map_err(|source| SpawnError::Exec {
+    let mut child = fork(cmd).map_err(|source| SpawnError::Exec {
         function: function.clone(),
         argv: spec.argv.clone(),
         source,
