@@ -191,8 +191,8 @@ pub struct Engine {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     draining: Arc<AtomicBool>,
-    // Workers are children of the spawner thread (PR_SET_PDEATHSIG follows the
-    // parent *thread*): it must outlive the loops.
+    // Workers are children of the spawner's forker thread (PR_SET_PDEATHSIG
+    // follows the parent *thread*): it must outlive the loops.
     _spawner: Arc<Spawner>,
     wake_fds: Vec<Arc<std::os::fd::OwnedFd>>,
     threads: Vec<std::thread::JoinHandle<()>>,

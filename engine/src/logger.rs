@@ -21,11 +21,20 @@ use std::time::{Duration, Instant};
 
 /// Lines waiting for the writer at most; past it, lines are dropped.
 const QUEUE_LINES: usize = 8192;
+/// Bytes waiting for the writer at most (a worker's line may be 4 KiB, and
+/// escaping its control bytes makes it up to four times longer: without
+/// this, a full queue of such lines would hold over 100 MiB).
+const QUEUE_BYTES: usize = 4 << 20;
 
 struct Logger {
     queue: SyncSender<String>,
     /// Lines queued and not yet written (or given up on).
     pending: AtomicUsize,
+    /// Bytes of the lines queued and not yet written.
+    pending_bytes: AtomicUsize,
+    /// The most `pending_bytes` may reach; a line that would pass it is
+    /// dropped (unless nothing is queued: one line always fits).
+    max_pending_bytes: usize,
     /// Lines dropped because the queue was full, not yet reported.
     dropped: AtomicU64,
 }
@@ -38,17 +47,13 @@ static LOGGER: OnceLock<Logger> = OnceLock::new();
 pub fn install() {
     let mut installed = false;
     let logger = LOGGER.get_or_init(|| {
-        let (queue, lines) = mpsc::sync_channel(QUEUE_LINES);
+        let (logger, lines) = Logger::new(QUEUE_LINES, QUEUE_BYTES);
         std::thread::Builder::new()
             .name("nocturne-log".into())
             .spawn(move || write_loop(lines))
             .expect("cannot start the log writer thread");
         installed = true;
-        Logger {
-            queue,
-            pending: AtomicUsize::new(0),
-            dropped: AtomicU64::new(0),
-        }
+        logger
     });
     if installed {
         // Only this crate installs a logger, once: this cannot fail.
@@ -81,18 +86,52 @@ pub fn flush(timeout: Duration) {
 }
 
 impl Logger {
+    fn new(max_lines: usize, max_bytes: usize) -> (Self, Receiver<String>) {
+        let (queue, lines) = mpsc::sync_channel(max_lines);
+        let logger = Logger {
+            queue,
+            pending: AtomicUsize::new(0),
+            pending_bytes: AtomicUsize::new(0),
+            max_pending_bytes: max_bytes,
+            dropped: AtomicU64::new(0),
+        };
+        (logger, lines)
+    }
+
     fn push(&self, text: String) {
+        let len = text.len();
+        // Relaxed: a budget, not a publication (the channel carries the
+        // line); two racing pushes may both see room, which overshoots the
+        // budget by at most a line each.
+        let queued_bytes = self.pending_bytes.fetch_add(len, Ordering::Relaxed);
+        if queued_bytes > 0 && queued_bytes + len > self.max_pending_bytes {
+            self.pending_bytes.fetch_sub(len, Ordering::Relaxed);
+            // Relaxed: a count the writer reports eventually.
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         // Relaxed: a count only; `flush` may see a line as pending a little
         // before it is queued, which only makes it wait for it.
         self.pending.fetch_add(1, Ordering::Relaxed);
         match self.queue.try_send(text) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.pending_bytes.fetch_sub(len, Ordering::Relaxed);
+                // Release: pairs with `flush`'s Acquire load, as the
+                // writer's decrement does.
                 self.pending.fetch_sub(1, Ordering::Release);
-                // Relaxed: a count the writer reports eventually.
+                // Relaxed: see above.
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Counts `text`, taken from the queue, as written.
+    fn written(&self, text: &str) -> usize {
+        // Relaxed: see `push`.
+        self.pending_bytes.fetch_sub(text.len(), Ordering::Relaxed);
+        // Release: pairs with `flush`'s Acquire load.
+        self.pending.fetch_sub(1, Ordering::Release) - 1
     }
 }
 
@@ -116,13 +155,13 @@ fn write_loop(lines: Receiver<String>) {
     let stderr = std::io::stderr();
     for mut text in lines {
         let logger = LOGGER.get().expect("the writer starts with the logger");
+        let queued_len = text.len();
         // One write per line, so that lines of other writers cannot land
         // inside it. Errors (EPIPE from a closed reader) are ignored: the
         // engine goes on serving without its log.
         text.push('\n');
         let _ = (&stderr).write_all(text.as_bytes());
-        // Release: pairs with `flush`'s Acquire load.
-        let left = logger.pending.fetch_sub(1, Ordering::Release) - 1;
+        let left = logger.written(&text[..queued_len]);
         // The lines dropped came after every line still queued when they
         // were: say so where the gap is, once the queue is empty.
         // Relaxed: see `push`.
@@ -135,5 +174,51 @@ fn write_loop(lines: Receiver<String>) {
                 let _ = (&stderr).write_all(note.as_bytes());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_past_the_byte_budget_are_dropped_and_counted_until_written() {
+        let (logger, lines) = Logger::new(100, 1000);
+        for _ in 0..3 {
+            logger.push("x".repeat(400));
+        }
+        // Two lines (800 bytes) fit, the third would pass 1000.
+        assert_eq!(logger.dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(logger.pending.load(Ordering::Relaxed), 2);
+        // A short one still fits beside them.
+        logger.push("y".repeat(200));
+        assert_eq!(logger.dropped.load(Ordering::Relaxed), 1);
+        // Once a line is written, its bytes are free again.
+        let first = lines.try_recv().unwrap();
+        assert_eq!(logger.written(&first), 2);
+        logger.push("z".repeat(400));
+        assert_eq!(logger.dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(logger.pending_bytes.load(Ordering::Relaxed), 1000);
+    }
+
+    #[test]
+    fn a_line_longer_than_the_budget_passes_when_nothing_is_queued() {
+        let (logger, lines) = Logger::new(100, 10);
+        logger.push("a line of more than ten bytes".into());
+        assert_eq!(logger.dropped.load(Ordering::Relaxed), 0);
+        logger.push("another".into());
+        assert_eq!(logger.dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(lines.try_recv().unwrap(), "a line of more than ten bytes");
+    }
+
+    #[test]
+    fn lines_past_the_line_budget_are_dropped_and_counted() {
+        let (logger, _lines) = Logger::new(2, 1 << 20);
+        for i in 0..5 {
+            logger.push(format!("line {i}"));
+        }
+        assert_eq!(logger.dropped.load(Ordering::Relaxed), 3);
+        assert_eq!(logger.pending.load(Ordering::Relaxed), 2);
+        assert_eq!(logger.pending_bytes.load(Ordering::Relaxed), 12);
     }
 }
