@@ -164,6 +164,9 @@ pub struct ServeArgs {
     ///
     /// NOCTURNE_SET holds more, separated by ';' (write '\;' for a ';' in a
     /// value); they apply before the flags, so a --set of the same setting wins.
+    // The help names TOML's `[[functions]]` table, which rustdoc would read
+    // as a link.
+    #[allow(rustdoc::broken_intra_doc_links)]
     #[arg(long = "set", value_name = "FUNCTION.KEY=VALUE")]
     pub set: Vec<FunctionOverride>,
 }

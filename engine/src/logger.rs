@@ -10,7 +10,7 @@
 //! and counted, and the count is logged once the writer catches up.
 //!
 //! Everything in the serving process logs through [`log`]'s macros (the
-//! network crate too), or [`line`] for lines forwarded from workers; the
+//! network crate too), or [`line()`] for lines forwarded from workers; the
 //! messages carry their own prefix (`nocturne: …`), the writer adds nothing.
 
 use std::io::Write;
@@ -43,7 +43,7 @@ static LOGGER: OnceLock<Logger> = OnceLock::new();
 
 /// Starts the writer thread and makes it [`log`]'s logger. Idempotent; a
 /// process that never calls it logs nothing through [`log`] and writes
-/// [`line`]s straight to stderr.
+/// [`line()`]s straight to stderr.
 pub fn install() {
     let mut installed = false;
     let logger = LOGGER.get_or_init(|| {

@@ -10,7 +10,7 @@ use crate::response::{self, InvalidResponse};
 use crate::runtime::Runtime;
 
 /// Why an internal call failed. The variants mirror the statuses of
-/// [`protocol`](crate::protocol).
+/// [`protocol`](mod@crate::protocol).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvokeError {
     /// No function has that name.

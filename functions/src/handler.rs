@@ -2,7 +2,7 @@
 //!
 //! A handler is a plain function or closure `fn(&mut Ctx, &[u8]) -> Result<Vec<u8>,
 //! Error>`: it receives the call's input bytes and returns its output. Through the
-//! [`Ctx`](crate::Ctx) it can call other functions, read the query string, and set
+//! [`Ctx`] it can call other functions, read the query string, and set
 //! the response's status and content type. A [`Functions`] table maps names to
 //! handlers; [`serve`](crate::serve) runs whichever one the engine asks for.
 

@@ -6,10 +6,10 @@
 //!
 //! | direction        | kind       | `call_id`                         | `parent_call_id`     | payload            |
 //! |------------------|------------|-----------------------------------|----------------------|--------------------|
-//! | engine → worker  | `Invoke`   | engine call id of the new call    | 0                    | [query] input      |
-//! | worker → engine  | `Complete` | engine call id it answers         | 0                    | [content-type] out |
+//! | engine → worker  | `Invoke`   | engine call id of the new call    | 0                    | \[query\] input    |
+//! | worker → engine  | `Complete` | engine call id it answers         | 0                    | \[content-type\] out |
 //! | worker → engine  | `Invoke`   | worker-local id of an internal call | engine id of the call being served | input |
-//! | engine → worker  | `Complete` | worker-local id it answers        | 0                    | [content-type] out |
+//! | engine → worker  | `Complete` | worker-local id it answers        | 0                    | \[content-type\] out |
 //!
 //! `status` of a `Complete` is an HTTP status code: 200 (or whatever the handler
 //! set) on success, 500 handler error, 404 unknown callee, 502 callee crashed,

@@ -15,7 +15,7 @@
 //! the data offset of position `p` is always `p mod size`. An allocation of
 //! `len` bytes takes `alen = round_up(len, 64)` bytes at the sender's current
 //! offset if they fit before the end of the data area, else the tail is
-//! skipped and it starts at offset 0 ([`place`], the one rule both sides
+//! skipped and it starts at offset 0 (`place`, the one rule both sides
 //! apply). Messages are consumed in ring order, so the receiver mirrors the
 //! sender's cursor exactly: it knows the offset the next arena payload *must*
 //! have, and anything else is a protocol error. After reading, the receiver

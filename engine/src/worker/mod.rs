@@ -348,7 +348,7 @@ impl WorkerProcess {
         self.pid
     }
 
-    /// When it was started (for [`Backoff::failed`]'s uptime).
+    /// When it was started (for [`Backoff::on_failure`]'s uptime).
     pub fn started_at(&self) -> Instant {
         self.started
     }
