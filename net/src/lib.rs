@@ -31,9 +31,12 @@
 //!   connection cap, backpressure on peers that don't read. No allocation per
 //!   request once a connection's buffers have grown to its traffic.
 //!
+//! * `id_hash` — the one-multiply hasher of the connection and flow tables.
+//!
 //! The crate depends on no other nocturne crate.
 
 pub mod http;
+mod id_hash;
 pub mod kernel;
 pub mod smoltcp;
 pub mod transport;

@@ -25,8 +25,7 @@
 //! `linger_timeout` passes, so that unread input does not turn the close
 //! into a reset that destroys the answer in flight.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,6 +37,7 @@ use super::{
     ConnectionLimit, Limits, Method, Request, RequestHandler, RequestHead, RequestId, RespondError,
     Response,
 };
+use crate::id_hash::IdMap;
 use crate::transport::{ConnId, Transport, TransportEvent};
 
 /// Input buffer size a connection starts with; it grows on demand up to what
@@ -55,29 +55,7 @@ const DRAIN_READS_PER_TURN: usize = 4;
 /// streaming in), before the others get their turn.
 const READS_PER_VISIT: usize = 32;
 
-/// A hasher for connection ids (unique integers): one multiply, no SipHash.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        // The table uses the top bits: fold the generation (high half) into
-        // the slot index (low half) and spread with a Fibonacci multiply.
-        self.0 = (n ^ (n >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-type ConnIndex = HashMap<ConnId, u32, BuildHasherDefault<IdHasher>>;
+type ConnIndex = IdMap<ConnId, u32>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {

@@ -12,8 +12,7 @@
 //! buffers): a retransmitted FIN is acknowledged, a new SYN for the tuple
 //! opens a new connection, anything else is dropped silently (never reset).
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 
 use smoltcp::phy::ChecksumCapabilities;
@@ -21,6 +20,8 @@ use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
     EthernetRepr, IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, TcpPacket, TcpSeqNumber,
 };
+
+use crate::id_hash::IdMap;
 
 /// A connection's 4-tuple as seen by this interface (our address is
 /// implied): peer address, peer port, our port.
@@ -30,32 +31,7 @@ pub(crate) fn flow_key(peer: Ipv4Addr, peer_port: u16, local_port: u16) -> FlowK
     (u64::from(u32::from(peer)) << 32) | (u64::from(peer_port) << 16) | u64::from(local_port)
 }
 
-/// A hasher for flow keys: one multiply, no SipHash. Peers choose their
-/// ports, so a bad key set costs at worst long probe chains in one core's
-/// table, never memory.
-#[derive(Default)]
-pub(crate) struct FlowHasher(u64);
-
-impl Hasher for FlowHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        // hashbrown takes the top bits for the control byte and the low bits
-        // for the bucket: fold and spread both.
-        self.0 = (n ^ (n >> 29) ^ (n >> 47)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        self.0 ^= self.0 >> 32;
-    }
-}
-
-pub(crate) type FlowMap<V> = HashMap<FlowKey, V, BuildHasherDefault<FlowHasher>>;
+pub(crate) type FlowMap<V> = IdMap<FlowKey, V>;
 
 /// The fields of an incoming TCP segment the transport acts on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
