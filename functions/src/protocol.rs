@@ -116,6 +116,93 @@ pub fn split_content_type<'p>(
     Ok((Some(ct), body))
 }
 
+/// A content type copied out of a payload into memory its holder owns (at
+/// most [`MAX_CONTENT_TYPE`] bytes, inline), see [`split_content_type_copied`].
+#[derive(Clone, Copy)]
+pub struct ContentType {
+    len: u8,
+    bytes: [u8; MAX_CONTENT_TYPE],
+}
+
+impl ContentType {
+    /// The content type; UTF-8, checked on this copy.
+    pub fn as_str(&self) -> &str {
+        // Checked in `split_content_type_copied` on these very bytes, which
+        // nobody can have changed since (they are ours); checking again costs
+        // a few ns and keeps this free of `unsafe`.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Debug for ContentType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl PartialEq for ContentType {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for ContentType {}
+
+/// [`split_content_type`] for a payload the peer can still write (a view
+/// into a ring slot or arena): the length byte is read once and the content
+/// type is copied into a [`ContentType`] before it is checked, so what is
+/// checked (here for UTF-8; by the HTTP layer for control characters) is
+/// what is later written into the response header. Checking the shared bytes
+/// and reading them again would let a worker swap in a CR/LF in between and
+/// inject headers (response splitting).
+///
+/// The body stays a view into `payload`: a worker that rewrites it only
+/// garbles its own answer.
+pub fn split_content_type_copied<'p>(
+    header: &Header,
+    payload: &'p [u8],
+) -> Result<(Option<ContentType>, &'p [u8]), PrefixError> {
+    if header.flags & FLAG_CONTENT_TYPE == 0 {
+        return Ok((None, payload));
+    }
+    let (len_byte, rest) = payload.split_first().ok_or(PrefixError::Truncated {
+        claimed: 1,
+        available: 0,
+    })?;
+    let len = read_once(len_byte);
+    let n = usize::from(len);
+    if n > rest.len() {
+        return Err(PrefixError::Truncated {
+            claimed: n,
+            available: rest.len(),
+        });
+    }
+    let (ct, body) = rest.split_at(n);
+    let mut copy = ContentType {
+        len,
+        bytes: [0; MAX_CONTENT_TYPE],
+    };
+    for (dst, src) in copy.bytes.iter_mut().zip(ct) {
+        *dst = read_once(src);
+    }
+    std::str::from_utf8(&copy.bytes[..n]).map_err(|_| PrefixError::NotUtf8)?;
+    Ok((Some(copy), body))
+}
+
+/// One byte of shared memory, read exactly once: a volatile load, so the
+/// compiler cannot replace later uses of the copy with fresh reads of the
+/// original (it may otherwise, since a `&u8` promises the byte does not
+/// change).
+#[inline(always)]
+fn read_once(b: &u8) -> u8 {
+    // SAFETY: `b` is a reference, so the pointer is valid and aligned for a
+    // one-byte read.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::ptr::read_volatile(b)
+    }
+}
+
 /// The longest query string a call carries (its length travels as a `u16`);
 /// the engine answers a longer one 414.
 pub const MAX_QUERY: usize = u16::MAX as usize;
@@ -210,6 +297,55 @@ mod tests {
             split_content_type(&h, &[1, 0xff]),
             Err(PrefixError::NotUtf8)
         );
+    }
+
+    #[test]
+    fn copied_content_type_matches_the_borrowing_split() {
+        let h = Header {
+            flags: FLAG_CONTENT_TYPE,
+            ..Header::default()
+        };
+        let mut buf = Vec::new();
+        encode_content_type_prefix(&mut buf, "application/json");
+        buf.extend_from_slice(b"{}");
+        let (ct, body) = split_content_type_copied(&h, &buf).unwrap();
+        assert_eq!(ct.unwrap().as_str(), "application/json");
+        assert_eq!(body, b"{}");
+        let max = "x".repeat(MAX_CONTENT_TYPE);
+        encode_content_type_prefix(&mut buf, &max);
+        let (ct, body) = split_content_type_copied(&h, &buf).unwrap();
+        assert_eq!(ct.unwrap().as_str(), max);
+        assert!(body.is_empty());
+        assert_eq!(
+            split_content_type_copied(&Header::default(), b"abc").unwrap(),
+            (None, &b"abc"[..])
+        );
+        for bad in [&[][..], &[3, b'a'], &[1, 0xff]] {
+            assert_eq!(
+                split_content_type_copied(&h, bad).unwrap_err(),
+                split_content_type(&h, bad).unwrap_err()
+            );
+        }
+    }
+
+    #[test]
+    fn copied_content_type_does_not_follow_later_writes() {
+        // The payload stands for a ring slot the worker still writes: after
+        // the split, a CR/LF written into the shared bytes must not reach
+        // the content type that was checked.
+        let h = Header {
+            flags: FLAG_CONTENT_TYPE,
+            ..Header::default()
+        };
+        let mut shared = Vec::new();
+        encode_content_type_prefix(&mut shared, "text/plainXX");
+        shared.extend_from_slice(b"body");
+        let (ct, _) = split_content_type_copied(&h, &shared).unwrap();
+        let ct = ct.unwrap();
+        let n = shared.len();
+        shared[n - 6..n - 4].copy_from_slice(b"\r\n");
+        assert_eq!(ct.as_str(), "text/plainXX");
+        assert!(!ct.as_str().contains(['\r', '\n']));
     }
 
     #[test]

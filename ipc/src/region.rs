@@ -27,9 +27,49 @@ pub const REGION_ALIGN: usize = 4096;
 /// A contiguous, writable byte range that stays mapped (at the same address)
 /// for the life of the value.
 ///
-/// Implementors guarantee: `base()` is [`REGION_ALIGN`]-aligned, valid for
-/// reads and writes of `len()` bytes until drop, and never moves.
-pub trait Region: Send + Sync {
+/// The rings, arenas and doorbells of a channel are built on raw pointers
+/// into a region and trust `base()` and `len()` without further checks, so a
+/// wrong implementation is undefined behaviour in safe code: hence an
+/// `unsafe trait`.
+///
+/// # Safety
+///
+/// An implementor guarantees, for as long as the value lives (until its
+/// `Drop` starts):
+///
+/// * `base()` is non-null, [`REGION_ALIGN`]-aligned and always returns the
+///   same address;
+/// * the `len()` bytes from `base()` are one allocation or mapping, valid for
+///   reads and writes, and `len()` always returns the same value;
+/// * nothing else treats those bytes as a Rust object (no `&`/`&mut`
+///   reference to them is held elsewhere): the channel reads and writes them
+///   only through raw pointers and atomics, and another process or thread may
+///   do so concurrently (for a region shared across processes the mapping
+///   must be `MAP_SHARED`, so that both sides see the same bytes);
+/// * the value may be sent to and shared between threads (hence the
+///   `Send + Sync` bound) without changing any of the above.
+///
+/// A region that merely forwards to another region (as a wrapper around an
+/// `Arc<HeapRegion>` does) upholds the contract by forwarding both methods
+/// unchanged and keeping the inner region alive.
+///
+/// A safe `impl` is refused:
+///
+/// ```compile_fail,E0200
+/// use nocturne_ipc::region::Region;
+///
+/// struct Fake;
+///
+/// impl Region for Fake {
+///     fn base(&self) -> *mut u8 {
+///         std::ptr::null_mut()
+///     }
+///     fn len(&self) -> usize {
+///         1 << 20
+///     }
+/// }
+/// ```
+pub unsafe trait Region: Send + Sync {
     /// First byte of the region.
     fn base(&self) -> *mut u8;
     /// Length in bytes.
@@ -203,7 +243,11 @@ impl Drop for MemfdRegion {
     }
 }
 
-impl Region for MemfdRegion {
+// SAFETY: `base`/`len` are the `MAP_SHARED` mapping made in `map` (mmap
+// returns a page-aligned, non-null address or fails, and `len` is the file size
+// sealed against shrinking and growing, so the whole range stays backed); both
+// fields are set once and the mapping is removed only in `Drop`.
+unsafe impl Region for MemfdRegion {
     #[inline]
     fn base(&self) -> *mut u8 {
         self.base
@@ -254,7 +298,10 @@ impl Drop for HeapRegion {
     }
 }
 
-impl Region for HeapRegion {
+// SAFETY: `base` is a non-null allocation of at least `len` bytes aligned to
+// `REGION_ALIGN` (see `layout`), made in `new`, never reallocated, and freed
+// only in `Drop`; no reference to its bytes is ever handed out.
+unsafe impl Region for HeapRegion {
     #[inline]
     fn base(&self) -> *mut u8 {
         self.base

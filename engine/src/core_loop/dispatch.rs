@@ -493,18 +493,18 @@ impl LoopState {
     ) {
         match call.origin {
             Origin::External(request) => {
-                let (content_type, body) = match protocol::split_content_type(
+                // The payload is a view into the worker's ring slot, which
+                // the worker can still write: the content type is copied out
+                // first, so the HTTP layer checks (for CR/LF and other
+                // controls) the very bytes it then writes into the header.
+                let (copied, body) = match protocol::split_content_type_copied(
                     &header_with(outcome.flags),
                     outcome.payload,
                 ) {
                     Ok(parts) => parts,
                     Err(_) => (None, outcome.payload),
                 };
-                let content_type = content_type.or(Some(if outcome.status >= 400 {
-                    "text/plain; charset=utf-8"
-                } else {
-                    "application/octet-stream"
-                }));
+                let content_type = Some(response_content_type(copied.as_ref(), outcome.status));
                 self.timing.clear();
                 server_timing(
                     &mut self.timing,
@@ -764,6 +764,17 @@ impl LoopState {
     }
 }
 
+/// The content type an answer with `status` goes out with: the one the
+/// worker set (copied out of shared memory, see
+/// [`protocol::split_content_type_copied`]) or the default for the status.
+fn response_content_type(copied: Option<&protocol::ContentType>, status: u16) -> &str {
+    match copied {
+        Some(ct) => ct.as_str(),
+        None if status >= 400 => "text/plain; charset=utf-8",
+        None => "application/octet-stream",
+    }
+}
+
 fn header_with(flags: u16) -> Header {
     Header {
         flags,
@@ -805,7 +816,66 @@ pub(crate) fn server_timing(out: &mut String, call_ns: (u64, u64), exec_ns: u64,
 
 #[cfg(test)]
 mod tests {
-    use super::server_timing;
+    use super::{header_with, protocol, response_content_type, server_timing};
+
+    /// `deliver`'s split of a completion: the content type to send and the body.
+    fn split(flags: u16, payload: &[u8]) -> (Option<protocol::ContentType>, &[u8]) {
+        protocol::split_content_type_copied(&header_with(flags), payload).unwrap_or((None, payload))
+    }
+
+    #[test]
+    fn content_type_is_checked_and_sent_from_an_engine_owned_copy() {
+        // `slot` stands for the worker's ring slot, which the worker can
+        // still write after the engine has split (and the HTTP layer
+        // checked) the content type.
+        let mut slot = Vec::new();
+        protocol::encode_content_type_prefix(&mut slot, "text/html; x=yy");
+        slot.extend_from_slice(b"<p>");
+        let (ct, body) = split(protocol::FLAG_CONTENT_TYPE, &slot);
+        assert_eq!(body, b"<p>");
+        // The worker rewrites "yy" into CR/LF plus a header: the copy, which
+        // is what gets checked and written, does not change.
+        let at = slot.len() - 5;
+        slot[at..at + 2].copy_from_slice(b"\r\n");
+        let sent = response_content_type(ct.as_ref(), 200);
+        assert_eq!(sent, "text/html; x=yy");
+        assert!(!sent.bytes().any(|b| b < b' '));
+    }
+
+    #[test]
+    fn content_type_falls_back_to_the_default() {
+        let flag = protocol::FLAG_CONTENT_TYPE;
+        // No prefix, a truncated one, a non-UTF-8 one: the default for the
+        // status, and the whole payload is the body.
+        for (flags, payload) in [
+            (0, &b"out"[..]),
+            (flag, &[9, b'a'][..]),
+            (flag, &[1, 0xff, b'x'][..]),
+            (flag, &[][..]),
+        ] {
+            let (ct, body) = split(flags, payload);
+            assert!(ct.is_none(), "{payload:?}");
+            assert_eq!(body, payload);
+            assert_eq!(
+                response_content_type(ct.as_ref(), 200),
+                "application/octet-stream"
+            );
+            assert_eq!(
+                response_content_type(ct.as_ref(), 500),
+                "text/plain; charset=utf-8"
+            );
+        }
+        // CR/LF set by the worker in the first place is copied as it is: the
+        // HTTP layer refuses it on the copy and the client gets a 500
+        // (engine/tests/fault_protocol.rs covers that end to end).
+        let mut slot = Vec::new();
+        protocol::encode_content_type_prefix(&mut slot, "a\r\nX-Injected: 1");
+        let (ct, _) = split(flag, &slot);
+        assert_eq!(
+            response_content_type(ct.as_ref(), 200),
+            "a\r\nX-Injected: 1"
+        );
+    }
 
     #[test]
     fn server_timing_is_in_milliseconds_rounded_to_the_microsecond() {

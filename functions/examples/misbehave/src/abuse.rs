@@ -444,7 +444,10 @@ mod tests {
     /// One heap region shared by the engine end, the worker end and the raw view.
     struct Shared(Arc<HeapRegion>);
 
-    impl Region for Shared {
+    // SAFETY: forwards both methods unchanged to the `HeapRegion`, which
+    // upholds the contract and is kept alive by the `Arc` this value holds.
+    #[allow(unsafe_code)]
+    unsafe impl Region for Shared {
         fn base(&self) -> *mut u8 {
             self.0.base()
         }
