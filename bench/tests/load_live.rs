@@ -273,7 +273,7 @@ fn command_line_sweep_writes_every_output() {
         assert_eq!(case.errors, 0, "{case:?}");
         assert_eq!(case.counts["offered"], offered, "{case:?}");
         assert_eq!(case.samples, offered, "{case:?}");
-        assert_eq!(case.extra["slo_met"], 1.0);
+        assert_eq!(case.flag("slo_met"), Some(true));
         assert!(case.p50_us > 0.0 && case.p50_us <= case.p99_us && case.p99_us <= case.max_us);
     }
     assert_eq!(report.cases[0].samples, 200);
@@ -320,7 +320,12 @@ fn a_sweep_stops_at_the_first_rate_that_misses_the_objective() {
     assert!(err.to_string().contains("no rate met"), "{err}");
     let report = Report::read_json(std::path::Path::new(&json)).unwrap();
     assert_eq!(report.cases.len(), 1, "only the first rate ran");
-    assert_eq!(report.cases[0].extra["slo_met"], 0.0);
+    assert_eq!(report.cases[0].flag("slo_met"), Some(false));
+    let raw = std::fs::read_to_string(&json).unwrap();
+    assert!(
+        raw.contains("\"slo_met\": false") || raw.contains("\"slo_met\":false"),
+        "{raw}"
+    );
     assert_eq!(report.machine.modes["best_rate"], "none");
 }
 

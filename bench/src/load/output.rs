@@ -268,7 +268,7 @@ pub fn cases(r: &RateResult, slos: &[Slo]) -> Vec<CaseResult> {
         case = case.with_count(k, n);
     }
     if !slos.is_empty() {
-        case = case.with_extra("slo_met", if r.meets(slos) { 1.0 } else { 0.0 });
+        case = case.with_flag("slo_met", r.meets(slos));
     }
     let mut out = vec![case];
     for (name, h) in &r.per_kind {
