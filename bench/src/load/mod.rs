@@ -75,6 +75,9 @@ pub struct LoadArgs {
     /// (within --connect-timeout). With several URLs,
     /// each request goes to one of them at random (equal weights). With
     /// --mix, the first gives host and port to the mix's `path` entries.
+    // This text is clap's help too, where `\[` would show its backslash:
+    // rustdoc may not read `[:PORT]` and `[::1]` as links, here only.
+    #[allow(rustdoc::broken_intra_doc_links)]
     #[arg(value_name = "URL")]
     pub urls: Vec<String>,
     /// Offered rate in requests/s: 20000, 20k, 1.5M, a list 1k,5k,20k or a
