@@ -128,8 +128,9 @@ pub struct LoadArgs {
     /// Spin budget of --poll adaptive, µs.
     #[arg(long, default_value_t = 50, value_name = "US")]
     pub spin_us: u64,
-    /// A request unanswered this long counts as a timeout (also the probe's
-    /// limit and the drain after the window).
+    /// A request unanswered this long counts as a timeout, and so does an
+    /// answer that comes later (also the probe's limit and the drain after
+    /// the window).
     #[arg(long, default_value = "2s", value_name = "DURATION")]
     pub timeout: String,
     /// Limit for each connection attempt and for name resolution.
