@@ -300,6 +300,43 @@ fn answers_after_the_timeout_are_timeouts_not_successes() {
 }
 
 #[test]
+fn a_mix_counts_errors_under_the_kind_that_met_them() {
+    use nocturne_bench::load::{RequestSpec, Url};
+    let good = ScriptedServer::start(None, |_| Reply::Ok);
+    let bad = ScriptedServer::start(None, |_| Reply::Status(404));
+    let spec = |name: &str, server: &ScriptedServer| RequestSpec {
+        name: Some(name.into()),
+        url: Url::parse(&server.url()).unwrap(),
+        method: "POST".into(),
+        headers: Vec::new(),
+        body: b"x".to_vec(),
+        weight: 1,
+    };
+    let mut plan = common::short_plan(
+        &[spec("good", &good), spec("bad", &bad)],
+        4,
+        Duration::from_millis(300),
+    );
+    plan.allow_errors = true;
+    let r = within("run", move || run_rate(&plan, 200.0, false).unwrap());
+    common::assert_balanced(&r);
+    let details = nocturne_bench::load::output::details(&r);
+    let (g, b) = (&r.per_kind[0], &r.per_kind[1]);
+    assert_eq!((g.name.as_str(), b.name.as_str()), ("good", "bad"));
+    assert!(g.completed > 0 && b.completed > 0, "{details}");
+    assert_eq!(g.errors(), 0, "{details}");
+    assert_eq!(b.non_2xx, b.completed, "{details}");
+    assert_eq!(b.errors(), b.non_2xx);
+    assert_eq!(g.non_2xx + b.non_2xx, r.non_2xx);
+    assert!(details.contains("  bad: offered"), "{details}");
+    let cases = nocturne_bench::load::output::cases(&r, &[]);
+    assert_eq!(cases[1].name, "200/s good");
+    assert_eq!(cases[1].errors, 0);
+    assert_eq!(cases[2].errors, b.non_2xx);
+    assert_eq!(cases[2].counts["non_2xx"], b.non_2xx);
+}
+
+#[test]
 fn a_server_that_hangs_up() {
     let rude = ScriptedServer::start(None, |_| Reply::Close);
     let err = run_cli(quick(&rude.url())).unwrap_err().to_string();

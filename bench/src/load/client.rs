@@ -65,6 +65,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use super::http::{Response, ResponseParser, MAX_HEAD_BYTES};
+use super::run::KindResult;
 use super::schedule::{ArrivalSchedule, KindPicker};
 use super::sys::{thread_cpu_time, TimerFd};
 use super::LoadError;
@@ -188,7 +189,8 @@ pub(crate) struct ThreadResult {
     pub latency: LatencyHistogram,
     pub service: LatencyHistogram,
     pub send_lag: LatencyHistogram,
-    pub per_kind: Vec<LatencyHistogram>,
+    /// Per request kind (empty for a single kind).
+    pub per_kind: Vec<KindResult>,
     pub offered: u64,
     pub sent: u64,
     pub completed: u64,
@@ -475,7 +477,7 @@ impl Client {
         let mut picker = plan.picker;
         let next_kind = picker.pick();
         let per_kind = if plan.kind_histograms {
-            vec![LatencyHistogram::new(); plan.kinds.len()]
+            vec![KindResult::default(); plan.kinds.len()]
         } else {
             Vec::new()
         };
@@ -697,6 +699,9 @@ impl Client {
             let measured = self.next_due_ns >= self.warmup_ns;
             if measured {
                 self.out.offered += 1;
+                if let Some(k) = self.out.per_kind.get_mut(self.next_kind) {
+                    k.offered += 1;
+                }
             }
             self.dispatch(Pending {
                 intended_ns: self.next_due_ns,
@@ -981,22 +986,28 @@ impl Client {
             }
         } else if (self.warmup_ns..self.end_ns).contains(&t) {
             self.out.responses_in_window += 1;
+            if let Some(k) = self.out.per_kind.get_mut(f.kind) {
+                k.responses_in_window += 1;
+            }
         }
         if f.measured && !late {
             let latency = t.saturating_sub(f.intended_ns);
             self.out.latency.record_ns(latency);
             self.out.service.record_ns(t.saturating_sub(f.sent_ns));
-            if let Some(h) = self.out.per_kind.get_mut(f.kind) {
-                h.record_ns(latency);
-            }
             self.out.completed += 1;
             match self.statuses.get_mut(usize::from(response.status)) {
                 Some(n) => *n += 1,
                 None => *self.out.statuses.entry(response.status).or_default() += 1,
             }
-            if !(200..300).contains(&response.status) {
+            let failed = !(200..300).contains(&response.status);
+            if failed {
                 self.out.non_2xx += 1;
                 self.live.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(k) = self.out.per_kind.get_mut(f.kind) {
+                k.latency.record_ns(latency);
+                k.completed += 1;
+                k.non_2xx += u64::from(failed);
             }
         } else if !f.measured {
             self.warmup_completed += 1;
@@ -1034,6 +1045,11 @@ impl Client {
     /// Closes `c` and counts what was in flight on it as lost to `why`.
     fn fail(&mut self, c: usize, why: Failure, detail: &str) {
         let lost = self.conns[c].inflight.iter().filter(|f| f.measured).count() as u64;
+        if !self.out.per_kind.is_empty() {
+            for f in self.conns[c].inflight.iter().filter(|f| f.measured) {
+                self.out.per_kind[f.kind].lost += 1;
+            }
+        }
         let counter = match why {
             Failure::Read => &mut self.out.socket.read,
             Failure::Write => &mut self.out.socket.write,
@@ -1193,8 +1209,9 @@ impl Client {
             .latency
             .record_ns(now.saturating_sub(f.intended_ns));
         self.out.service.record_ns(now.saturating_sub(f.sent_ns));
-        if let Some(h) = self.out.per_kind.get_mut(f.kind) {
-            h.record_ns(now.saturating_sub(f.intended_ns));
+        if let Some(k) = self.out.per_kind.get_mut(f.kind) {
+            k.latency.record_ns(now.saturating_sub(f.intended_ns));
+            k.timeouts += 1;
         }
         // Relaxed: a statistic for the progress line.
         self.live.errors.fetch_add(1, Ordering::Relaxed);
@@ -1218,8 +1235,9 @@ impl Client {
                     self.out
                         .latency
                         .record_ns(now.saturating_sub(p.intended_ns));
-                    if let Some(h) = self.out.per_kind.get_mut(p.kind) {
-                        h.record_ns(now.saturating_sub(p.intended_ns));
+                    if let Some(k) = self.out.per_kind.get_mut(p.kind) {
+                        k.latency.record_ns(now.saturating_sub(p.intended_ns));
+                        k.unsent += 1;
                     }
                 }
             }
@@ -1248,8 +1266,10 @@ impl Client {
                 self.out.unsent += 1;
                 let latency = now.saturating_sub(self.next_due_ns);
                 self.out.latency.record_ns(latency);
-                if let Some(h) = self.out.per_kind.get_mut(self.next_kind) {
-                    h.record_ns(latency);
+                if let Some(k) = self.out.per_kind.get_mut(self.next_kind) {
+                    k.latency.record_ns(latency);
+                    k.offered += 1;
+                    k.unsent += 1;
                 }
             }
             self.next_due_ns = self.schedule.next_ns();
@@ -1279,7 +1299,10 @@ impl Client {
                 if n > 0 {
                     // Each kind's share, spread over the same interval.
                     let step = gap * count as f64 / n as f64;
-                    self.out.per_kind[kind].record_progression(lowest, step, n);
+                    let k = &mut self.out.per_kind[kind];
+                    k.latency.record_progression(lowest, step, n);
+                    k.offered += n;
+                    k.unsent += n;
                 }
             }
         }
