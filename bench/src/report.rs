@@ -11,11 +11,12 @@
 //!             "errors": 0, "parks_per_msg": 1.0}]}
 //! ```
 //!
-//! A case may carry extra numeric fields (flattened into the case object):
+//! A case may carry extra fields (flattened into the case object):
 //! counts (`offered`, `reconnects`, `workers`, `messages`, …) and process
-//! ids as integers, as `samples` and `errors` are, and measurements
+//! ids as integers, as `samples` and `errors` are, measurements
 //! (latencies, rates, ratios, memory) as floats, even when one comes out
-//! whole. Readers ignore the fields they don't know.
+//! whole, and yes/no flags (`slo_met`, `kept_up`, `comparison_rate`) as
+//! JSON booleans. Readers ignore the fields they don't know.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -88,10 +89,16 @@ pub struct CaseResult {
     /// integers. A key is in `extra` or here, never both; a report read
     /// back has its integer fields here.
     pub counts: BTreeMap<String, u64>,
+    /// Case-specific yes/no fields (`slo_met`, `kept_up`, …), written as
+    /// JSON booleans, so that a reader never has to guess whether `1.0`
+    /// is a measurement or a truth value. A key is in one of `extra`,
+    /// `counts` and `flags` only.
+    pub flags: BTreeMap<String, bool>,
 }
 
 /// A case as it is written: the fixed fields, then the extra ones
-/// flattened beside them, counts as integers and measurements as floats.
+/// flattened beside them, counts as integers, measurements as floats and
+/// flags as booleans.
 #[derive(Serialize, Deserialize)]
 struct CaseWire {
     name: String,
@@ -107,9 +114,9 @@ struct CaseWire {
     extra: BTreeMap<String, serde_json::Value>,
 }
 
-/// An extra field of a case that is not a number.
+/// An extra field of a case that is neither a number nor a boolean.
 #[derive(Debug, thiserror::Error)]
-#[error("case {case:?}: field {field:?} is not a number")]
+#[error("case {case:?}: field {field:?} is neither a number nor a boolean")]
 pub struct NotANumber {
     /// The case.
     pub case: String,
@@ -127,6 +134,10 @@ impl From<CaseResult> for CaseWire {
             .counts
             .into_iter()
             .map(|(k, n)| (k, serde_json::Value::from(n)));
+        let flags = c
+            .flags
+            .into_iter()
+            .map(|(k, b)| (k, serde_json::Value::from(b)));
         Self {
             name: c.name,
             samples: c.samples,
@@ -137,7 +148,7 @@ impl From<CaseResult> for CaseWire {
             max_us: c.max_us,
             ops_per_s: c.ops_per_s,
             errors: c.errors,
-            extra: measurements.chain(counts).collect(),
+            extra: measurements.chain(counts).chain(flags).collect(),
         }
     }
 }
@@ -148,10 +159,13 @@ impl TryFrom<CaseWire> for CaseResult {
     fn try_from(w: CaseWire) -> Result<Self, NotANumber> {
         let mut extra = BTreeMap::new();
         let mut counts = BTreeMap::new();
+        let mut flags = BTreeMap::new();
         for (field, value) in w.extra {
             // serde_json keeps `7` and `7.0` apart: an integer is a count.
             if let Some(n) = value.as_u64() {
                 counts.insert(field, n);
+            } else if let Some(b) = value.as_bool() {
+                flags.insert(field, b);
             } else if let Some(v) = value.as_f64() {
                 extra.insert(field, v);
             } else {
@@ -173,6 +187,7 @@ impl TryFrom<CaseWire> for CaseResult {
             errors: w.errors,
             extra,
             counts,
+            flags,
         })
     }
 }
@@ -231,6 +246,7 @@ impl CaseResult {
             errors,
             extra: BTreeMap::new(),
             counts: BTreeMap::new(),
+            flags: BTreeMap::new(),
         }
     }
 
@@ -238,6 +254,7 @@ impl CaseResult {
     pub fn with_extra(mut self, key: impl Into<String>, value: f64) -> Self {
         let key = key.into();
         self.counts.remove(&key);
+        self.flags.remove(&key);
         self.extra.insert(key, value);
         self
     }
@@ -246,8 +263,23 @@ impl CaseResult {
     pub fn with_count(mut self, key: impl Into<String>, count: u64) -> Self {
         let key = key.into();
         self.extra.remove(&key);
+        self.flags.remove(&key);
         self.counts.insert(key, count);
         self
+    }
+
+    /// Adds (or replaces) an extra yes/no field, written as a boolean.
+    pub fn with_flag(mut self, key: impl Into<String>, value: bool) -> Self {
+        let key = key.into();
+        self.extra.remove(&key);
+        self.counts.remove(&key);
+        self.flags.insert(key, value);
+        self
+    }
+
+    /// The extra yes/no field `key`.
+    pub fn flag(&self, key: &str) -> Option<bool> {
+        self.flags.get(key).copied()
     }
 
     /// The extra field `key`, count or measurement, as a number.
@@ -399,6 +431,7 @@ pub fn render_table(cases: &[CaseResult]) -> String {
                 .iter()
                 .map(|(k, v)| (k, format_number(*v)))
                 .chain(c.counts.iter().map(|(k, n)| (k, n.to_string())))
+                .chain(c.flags.iter().map(|(k, b)| (k, b.to_string())))
                 .collect();
             notes.sort();
             let notes = notes
@@ -566,7 +599,8 @@ mod tests {
         let case = CaseResult::from_histogram("ring-park/64", &h, 12_345.5, 0)
             .with_extra("parks_per_msg", 1.0)
             .with_extra("p9999_us", 99.99)
-            .with_count("messages", 100_000);
+            .with_count("messages", 100_000)
+            .with_flag("slo_met", true);
         let machine = Machine {
             commit: "abc".into(),
             cpu_model: "AMD EPYC".into(),
@@ -615,6 +649,8 @@ mod tests {
         assert_eq!(case["p9999_us"], 99.99);
         assert!(case["messages"].is_u64(), "{case}");
         assert_eq!(case["messages"], 100_000);
+        // Flags are JSON booleans, not 1.0/0.0.
+        assert_eq!(case["slo_met"], serde_json::Value::Bool(true));
         assert!(case.get("extra").is_none() && case.get("counts").is_none());
         assert!((case["p50_us"].as_f64().unwrap() - 50.0).abs() < 0.1);
     }
@@ -634,6 +670,8 @@ mod tests {
         assert_eq!(case.counts["messages"], 100_000);
         assert_eq!(case.number("messages"), Some(100_000.0));
         assert_eq!(case.number("parks_per_msg"), Some(1.0));
+        assert_eq!(case.flag("slo_met"), Some(true));
+        assert_eq!(case.number("slo_met"), None);
         assert!(back.case("nope").is_none());
     }
 
@@ -646,6 +684,9 @@ mod tests {
         let report = Report::from_json(text).unwrap();
         assert_eq!(report.cases[0].extra["rss_mb"], 7.5);
         assert_eq!(report.cases[0].counts["pids"], 2);
+        let with_flag = text.replace("\"pids\":2", "\"pids\":2,\"kept_up\":false");
+        let flagged = Report::from_json(&with_flag).unwrap();
+        assert_eq!(flagged.cases[0].flag("kept_up"), Some(false));
         let not_a_number = text.replace("7.5", "\"lots\"");
         let err = Report::from_json(&not_a_number).unwrap_err();
         assert!(err.to_string().contains("not a benchmark report"), "{err}");
@@ -737,6 +778,7 @@ mod tests {
             errors: 1,
             extra: BTreeMap::new(),
             counts: BTreeMap::new(),
+            flags: BTreeMap::from([("kept_up".into(), false)]),
         });
         let table = report.table();
         let lines: Vec<&str> = table.lines().collect();
@@ -761,6 +803,7 @@ mod tests {
         // The samples column is right-aligned to the same end position.
         let end = |line: &str, cell: &str| line.find(cell).unwrap() + cell.len();
         assert_eq!(end(lines[0], "samples"), end(lines[2], "10"));
+        assert!(lines[2].ends_with("kept_up=false"), "{table}");
     }
 
     #[test]

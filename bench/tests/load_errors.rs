@@ -60,6 +60,9 @@ enum Reply {
     CloseDelimited,
     /// A framed answer with `Connection: close`, then the close.
     ConnectionClose,
+    /// A 200 answer after 1.5 s: three times `quick`'s 500 ms timeout, so
+    /// late whatever the load on the machine.
+    Late,
 }
 
 /// A std::net server, a thread per connection, answering by `script`;
@@ -156,6 +159,10 @@ fn serve(mut s: TcpStream, count: &AtomicU64, stop: &AtomicBool, script: fn(u64)
                     b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
                 );
                 return;
+            }
+            Reply::Late => {
+                std::thread::sleep(Duration::from_millis(1500));
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()
             }
             Reply::Silent => {
                 // Hold the connection open, answering nothing.
@@ -254,6 +261,79 @@ fn a_server_that_never_answers() {
         err.contains("sent no complete response within 500ms"),
         "{err}"
     );
+}
+
+#[test]
+fn answers_after_the_timeout_are_timeouts_not_successes() {
+    // The probe's answer comes late: the target check fails.
+    let late = ScriptedServer::start(None, |_| Reply::Late);
+    let plan = plan_for(&late.url());
+    let err = within("run", move || run_rate(&plan, 20.0, false).unwrap_err());
+    assert!(
+        matches!(
+            &err,
+            LoadError::Probe {
+                source: ProbeError::TimedOut { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // The probe is answered in time, every request of the window late:
+    // each is a timeout, none a success, and no answer is achieved.
+    let stalling = ScriptedServer::start(None, |n| if n == 1 { Reply::Ok } else { Reply::Late });
+    let plan = plan_for(&stalling.url());
+    let r = within("run", move || run_rate(&plan, 20.0, false).unwrap());
+    common::assert_balanced(&r);
+    assert!(r.sent > 0, "{}", nocturne_bench::load::output::details(&r));
+    assert_eq!(
+        r.completed,
+        0,
+        "{}",
+        nocturne_bench::load::output::details(&r)
+    );
+    assert_eq!(r.timeouts, r.sent);
+    assert!(r.statuses.is_empty(), "{:?}", r.statuses);
+    assert_eq!(r.responses_in_window, 0);
+    assert!(r.service.len() == r.timeouts && r.latency.len() == r.timeouts + r.unsent);
+    assert!(r.failures() > 0);
+}
+
+#[test]
+fn a_mix_counts_errors_under_the_kind_that_met_them() {
+    use nocturne_bench::load::{RequestSpec, Url};
+    let good = ScriptedServer::start(None, |_| Reply::Ok);
+    let bad = ScriptedServer::start(None, |_| Reply::Status(404));
+    let spec = |name: &str, server: &ScriptedServer| RequestSpec {
+        name: Some(name.into()),
+        url: Url::parse(&server.url()).unwrap(),
+        method: "POST".into(),
+        headers: Vec::new(),
+        body: b"x".to_vec(),
+        weight: 1,
+    };
+    let mut plan = common::short_plan(
+        &[spec("good", &good), spec("bad", &bad)],
+        4,
+        Duration::from_millis(300),
+    );
+    plan.allow_errors = true;
+    let r = within("run", move || run_rate(&plan, 200.0, false).unwrap());
+    common::assert_balanced(&r);
+    let details = nocturne_bench::load::output::details(&r);
+    let (g, b) = (&r.per_kind[0], &r.per_kind[1]);
+    assert_eq!((g.name.as_str(), b.name.as_str()), ("good", "bad"));
+    assert!(g.completed > 0 && b.completed > 0, "{details}");
+    assert_eq!(g.errors(), 0, "{details}");
+    assert_eq!(b.non_2xx, b.completed, "{details}");
+    assert_eq!(b.errors(), b.non_2xx);
+    assert_eq!(g.non_2xx + b.non_2xx, r.non_2xx);
+    assert!(details.contains("  bad: offered"), "{details}");
+    let cases = nocturne_bench::load::output::cases(&r, &[]);
+    assert_eq!(cases[1].name, "200/s good");
+    assert_eq!(cases[1].errors, 0);
+    assert_eq!(cases[2].errors, b.non_2xx);
+    assert_eq!(cases[2].counts["non_2xx"], b.non_2xx);
 }
 
 #[test]

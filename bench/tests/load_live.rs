@@ -188,8 +188,29 @@ fn a_mix_over_two_servers() {
         nocturne_bench::load::output::details(&r)
     );
     assert_eq!(r.per_kind.len(), 2);
-    assert_eq!(r.per_kind[0].0, "POST /a");
-    let (na, nb) = (r.per_kind[0].1.len(), r.per_kind[1].1.len());
+    assert_eq!(r.per_kind[0].name, "POST /a");
+    let (na, nb) = (r.per_kind[0].latency.len(), r.per_kind[1].latency.len());
+    // Each kind's counts are its own: every request of kind a went to
+    // server a, so a's completed answers are what a served (less the probe).
+    let (ka, kb) = (&r.per_kind[0], &r.per_kind[1]);
+    assert_eq!(ka.completed, a.served() - 1);
+    assert_eq!(kb.completed, b.served() - 1);
+    assert_eq!(ka.offered + kb.offered, r.offered);
+    assert_eq!(ka.completed + kb.completed, r.completed);
+    assert_eq!(ka.unsent + kb.unsent, r.unsent);
+    assert_eq!(
+        ka.responses_in_window + kb.responses_in_window,
+        r.responses_in_window
+    );
+    assert_eq!(ka.errors() + kb.errors(), 0);
+    for k in [ka, kb] {
+        assert_eq!(k.latency.len(), k.completed + k.unsent, "{k:?}");
+    }
+    let cases = nocturne_bench::load::output::cases(&r, &[]);
+    assert_eq!(cases[1].name, "4k/s POST /a");
+    assert_eq!(cases[1].counts["completed"], ka.completed);
+    assert_eq!(cases[1].samples, na);
+    assert!(cases[1].ops_per_s > cases[2].ops_per_s, "{cases:?}");
     assert_eq!(na + nb, r.latency.len());
     // The servers saw every request sent, plus one probe each; each saw at
     // most its kind's recorded requests (those include the unsent ones).
@@ -273,7 +294,7 @@ fn command_line_sweep_writes_every_output() {
         assert_eq!(case.errors, 0, "{case:?}");
         assert_eq!(case.counts["offered"], offered, "{case:?}");
         assert_eq!(case.samples, offered, "{case:?}");
-        assert_eq!(case.extra["slo_met"], 1.0);
+        assert_eq!(case.flag("slo_met"), Some(true));
         assert!(case.p50_us > 0.0 && case.p50_us <= case.p99_us && case.p99_us <= case.max_us);
     }
     assert_eq!(report.cases[0].samples, 200);
@@ -320,7 +341,12 @@ fn a_sweep_stops_at_the_first_rate_that_misses_the_objective() {
     assert!(err.to_string().contains("no rate met"), "{err}");
     let report = Report::read_json(std::path::Path::new(&json)).unwrap();
     assert_eq!(report.cases.len(), 1, "only the first rate ran");
-    assert_eq!(report.cases[0].extra["slo_met"], 0.0);
+    assert_eq!(report.cases[0].flag("slo_met"), Some(false));
+    let raw = std::fs::read_to_string(&json).unwrap();
+    assert!(
+        raw.contains("\"slo_met\": false") || raw.contains("\"slo_met\":false"),
+        "{raw}"
+    );
     assert_eq!(report.machine.modes["best_rate"], "none");
 }
 
@@ -368,4 +394,30 @@ fn a_mix_file_through_the_command_line() {
     assert_eq!(total, parts);
     assert!(report.cases[1].samples > report.cases[2].samples);
     assert_eq!(report.cases[0].errors, 0);
+}
+
+#[test]
+fn a_url_path_beside_a_mix_is_ignored_with_a_warning() {
+    let dir = Scratch::new("mixpath");
+    let mix = dir.path("mix.toml");
+    std::fs::write(
+        &mix,
+        "[[request]]\nname = \"a\"\npath = \"/a\"\n\n[[request]]\nname = \"b\"\npath = \"/b\"\n",
+    )
+    .unwrap();
+    let settings = |url: &str| {
+        let a = args(&[url, "--mix", &mix, "--rate", "1k"]);
+        nocturne_bench::load::LoadSettings::from_args(&a).unwrap()
+    };
+    // The mix's paths replace the URL's: requests go to /a and /b.
+    let with_path = settings("http://127.0.0.1:9/function/foo");
+    let kinds = &with_path.plan.targets.kinds;
+    assert!(kinds[0].wire.starts_with(b"POST /a HTTP/1.1\r\n"));
+    assert!(kinds[1].wire.starts_with(b"POST /b HTTP/1.1\r\n"));
+    assert_eq!(with_path.warnings.len(), 1, "{:?}", with_path.warnings);
+    let w = &with_path.warnings[0];
+    assert!(w.contains("(/function/foo) is ignored"), "{w}");
+    // A URL that only gives host and port is what the mix expects.
+    assert!(settings("http://127.0.0.1:9").warnings.is_empty());
+    assert!(settings("http://127.0.0.1:9/").warnings.is_empty());
 }

@@ -202,7 +202,7 @@ fn outputs_carry_the_percentiles_and_counters() {
     assert!((c.p99_us - latency.quantile_ns(0.99) as f64 / 1e3).abs() < 1e-9);
     assert_eq!(c.extra["offered_per_s"], 1_000.0);
     assert_eq!(c.counts["unsent"], 10);
-    assert_eq!(c.extra["slo_met"], 0.0);
+    assert_eq!(c.flag("slo_met"), Some(false));
     assert!(rel_err(c.extra["service_p99_us"], 50.0) <= 0.001);
     assert!(c.extra["p9999_us"] >= c.p999_us);
 

@@ -2,10 +2,11 @@
 //! pasted into `docs/benchmarks.md`, and the target checks.
 //!
 //! Report cases: `compare/<system>/<rate>` for every ladder rate a system
-//! ran (the load generator's fields, plus `fraction_of_s` and `slo_met`),
+//! ran (the load generator's fields, plus `fraction_of_s`, and the booleans `slo_met` and
+//! `comparison_rate`),
 //! `compare/<system>/unloaded` for its ping-pong round trips, and
 //! `saturation/rpc-hyper/<rate>` for the runs of the saturation search
-//! (with `kept_up`; a rate run again to confirm a miss adds `/run2`).
+//! (with the boolean `kept_up`; a rate run again to confirm a miss adds `/run2`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -189,14 +190,16 @@ pub fn build_report(settings: &CompareSettings, outcome: &CompareOutcome) -> Rep
                 .expect("a rate has its own case");
             case.name = case_name(s.system, r.rate);
             let comparison = outcome.comparison_rates.contains(&r.rate);
-            cases.push(with_extras(
-                case,
-                &[
-                    ("fraction_of_s", r.rate / outcome.saturation),
-                    ("comparison_rate", if comparison { 1.0 } else { 0.0 }),
-                    ("rss_mb", s.rss_mib),
-                ],
-            ));
+            cases.push(
+                with_extras(
+                    case,
+                    &[
+                        ("fraction_of_s", r.rate / outcome.saturation),
+                        ("rss_mb", s.rss_mib),
+                    ],
+                )
+                .with_flag("comparison_rate", comparison),
+            );
         }
     }
     for (i, run) in outcome.search_runs.iter().enumerate() {
@@ -213,10 +216,7 @@ pub fn build_report(settings: &CompareSettings, outcome: &CompareOutcome) -> Rep
         if earlier > 0 {
             case.name.push_str(&format!("/run{}", earlier + 1));
         }
-        cases.push(with_extras(
-            case,
-            &[("kept_up", if run.kept_up { 1.0 } else { 0.0 })],
-        ));
+        cases.push(case.with_flag("kept_up", run.kept_up));
     }
     Report::new("compare", machine, cases)
 }
@@ -550,9 +550,19 @@ mod tests {
             assert!(report.case(&unloaded_case_name(s)).is_some());
             for r in [250.0, 500.0, 750.0] {
                 let c = report.case(&case_name(s, r)).unwrap();
-                assert_eq!(c.extra["comparison_rate"], 1.0);
+                assert_eq!(c.flag("comparison_rate"), Some(true));
             }
         }
+        // In the JSON the flags are booleans, not 1.0/0.0.
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        let first = json["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == case_name(System::Nocturne, 250.0))
+            .unwrap();
+        assert_eq!(first["comparison_rate"], serde_json::Value::Bool(true));
+        assert!(first["slo_met"].is_boolean(), "{first}");
         assert_eq!(comparison_errors(&report), 0);
         let mut o2 = outcome();
         o2.search_runs = [(2000.0, false), (2000.0, true)]
@@ -562,17 +572,21 @@ mod tests {
                 kept_up,
             })
             .collect();
-        let report2 = build_report(&settings, &o2);
+        // Read back from the JSON, so the booleans survive the round trip.
+        let report2 = Report::from_json(&build_report(&settings, &o2).to_json()).unwrap();
         assert_eq!(
-            report2.case("saturation/rpc-hyper/2000").unwrap().extra["kept_up"],
-            0.0
+            report2
+                .case("saturation/rpc-hyper/2000")
+                .unwrap()
+                .flag("kept_up"),
+            Some(false)
         );
         assert_eq!(
             report2
                 .case("saturation/rpc-hyper/2000/run2")
                 .unwrap()
-                .extra["kept_up"],
-            1.0
+                .flag("kept_up"),
+            Some(true)
         );
         assert_eq!(report.machine.modes["best_rate_nocturne"], "4000");
         let svg = super::super::plot::render_svg(&o);

@@ -280,7 +280,7 @@ struct Measured {
 }
 
 /// Runs every case and returns the report; a signal caught by
-/// [`sys::catch_interrupts`] stops it early with what was measured (see
+/// `sys::catch_interrupts` (the command installs it) stops it early with what was measured (see
 /// [`EngineRun`]). Either way every server is stopped and the namespace
 /// removed before it returns.
 pub fn run_engine(settings: &EngineSettings) -> anyhow::Result<EngineRun> {

@@ -51,7 +51,7 @@ pub enum RequestFrameError {
     /// The head is not HTTP or its `Content-Length` is not a number.
     #[error("malformed request: {0}")]
     Malformed(&'static str),
-    /// More than [`MAX_REQUEST_BYTES`].
+    /// More than 1 MiB (`MAX_REQUEST_BYTES`).
     #[error("request larger than {MAX_REQUEST_BYTES} bytes")]
     TooLarge,
 }

@@ -147,6 +147,15 @@ impl BlockingClient {
                 .map_err(|source| ProbeError::NotHttp { addr, source })?;
             self.start += n;
             if let Some(response) = done {
+                // An answer after the deadline is a timeout, as the load
+                // client counts it: the read that brought it may have
+                // returned after the deadline passed.
+                if Instant::now() > deadline {
+                    return Err(ProbeError::TimedOut {
+                        addr,
+                        timeout: self.timeout,
+                    });
+                }
                 return Ok(response);
             }
             if self.start == self.end {

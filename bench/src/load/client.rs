@@ -65,6 +65,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use super::http::{Response, ResponseParser, MAX_HEAD_BYTES};
+use super::run::KindResult;
 use super::schedule::{ArrivalSchedule, KindPicker};
 use super::sys::{thread_cpu_time, TimerFd};
 use super::LoadError;
@@ -188,7 +189,8 @@ pub(crate) struct ThreadResult {
     pub latency: LatencyHistogram,
     pub service: LatencyHistogram,
     pub send_lag: LatencyHistogram,
-    pub per_kind: Vec<LatencyHistogram>,
+    /// Per request kind (empty for a single kind).
+    pub per_kind: Vec<KindResult>,
     pub offered: u64,
     pub sent: u64,
     pub completed: u64,
@@ -362,6 +364,9 @@ const FIRST_BACKOFF_NS: u64 = 1_000_000;
 const MAX_BACKOFF_NS: u64 = 200_000_000;
 /// The first error of a request that was not answered in time.
 const TIMED_OUT: &str = "no response within the timeout";
+/// The first error of a thread whose first failure was an answer after
+/// the timeout.
+const LATE: &str = "a response came after the timeout (counted as a timeout)";
 /// Most requests one thread holds waiting for a connection of one
 /// endpoint (24 bytes each). Far more than any sane run has waiting: at
 /// that depth its latencies are already dominated by the queue. Beyond it
@@ -472,7 +477,7 @@ impl Client {
         let mut picker = plan.picker;
         let next_kind = picker.pick();
         let per_kind = if plan.kind_histograms {
-            vec![LatencyHistogram::new(); plan.kinds.len()]
+            vec![KindResult::default(); plan.kinds.len()]
         } else {
             Vec::new()
         };
@@ -694,6 +699,9 @@ impl Client {
             let measured = self.next_due_ns >= self.warmup_ns;
             if measured {
                 self.out.offered += 1;
+                if let Some(k) = self.out.per_kind.get_mut(self.next_kind) {
+                    k.offered += 1;
+                }
             }
             self.dispatch(Pending {
                 intended_ns: self.next_due_ns,
@@ -964,26 +972,44 @@ impl Client {
             .inflight
             .pop_front()
             .expect("the parser only completes responses to requests in flight");
-        if (self.warmup_ns..self.end_ns).contains(&t) {
+        // An answer that comes after the timeout is a timeout, not a late
+        // success: housekeeping looks for stale requests only every
+        // HOUSEKEEPING_NS, so one can arrive between its passes. It is
+        // counted and recorded as `time_out` would have (latency reached,
+        // no status, not achieved); the connection stays up, since the
+        // answer came and framing is intact.
+        let late = t.saturating_sub(f.sent_ns) >= self.timeout_ns;
+        if late {
+            if f.measured {
+                self.count_timeout(&f, t);
+                self.note_error(c, LATE);
+            }
+        } else if (self.warmup_ns..self.end_ns).contains(&t) {
             self.out.responses_in_window += 1;
+            if let Some(k) = self.out.per_kind.get_mut(f.kind) {
+                k.responses_in_window += 1;
+            }
         }
-        if f.measured {
+        if f.measured && !late {
             let latency = t.saturating_sub(f.intended_ns);
             self.out.latency.record_ns(latency);
             self.out.service.record_ns(t.saturating_sub(f.sent_ns));
-            if let Some(h) = self.out.per_kind.get_mut(f.kind) {
-                h.record_ns(latency);
-            }
             self.out.completed += 1;
             match self.statuses.get_mut(usize::from(response.status)) {
                 Some(n) => *n += 1,
                 None => *self.out.statuses.entry(response.status).or_default() += 1,
             }
-            if !(200..300).contains(&response.status) {
+            let failed = !(200..300).contains(&response.status);
+            if failed {
                 self.out.non_2xx += 1;
                 self.live.errors.fetch_add(1, Ordering::Relaxed);
             }
-        } else {
+            if let Some(k) = self.out.per_kind.get_mut(f.kind) {
+                k.latency.record_ns(latency);
+                k.completed += 1;
+                k.non_2xx += u64::from(failed);
+            }
+        } else if !f.measured {
             self.warmup_completed += 1;
         }
         if response.close {
@@ -1019,6 +1045,11 @@ impl Client {
     /// Closes `c` and counts what was in flight on it as lost to `why`.
     fn fail(&mut self, c: usize, why: Failure, detail: &str) {
         let lost = self.conns[c].inflight.iter().filter(|f| f.measured).count() as u64;
+        if !self.out.per_kind.is_empty() {
+            for f in self.conns[c].inflight.iter().filter(|f| f.measured) {
+                self.out.per_kind[f.kind].lost += 1;
+            }
+        }
         let counter = match why {
             Failure::Read => &mut self.out.socket.read,
             Failure::Write => &mut self.out.socket.write,
@@ -1162,21 +1193,28 @@ impl Client {
     fn time_out(&mut self, c: usize, now: u64, detail: &str) {
         let inflight = std::mem::take(&mut self.conns[c].inflight);
         for f in inflight.iter().filter(|f| f.measured) {
-            self.out.timeouts += 1;
-            self.out
-                .latency
-                .record_ns(now.saturating_sub(f.intended_ns));
-            self.out.service.record_ns(now.saturating_sub(f.sent_ns));
-            if let Some(h) = self.out.per_kind.get_mut(f.kind) {
-                h.record_ns(now.saturating_sub(f.intended_ns));
-            }
-            // Relaxed: a statistic for the progress line.
-            self.live.errors.fetch_add(1, Ordering::Relaxed);
+            self.count_timeout(f, now);
         }
         if !inflight.is_empty() {
             self.note_error(c, detail);
         }
         self.close(c, 0);
+    }
+
+    /// Counts measured request `f` as timed out at `now`, recording the
+    /// latency it has reached (a lower bound).
+    fn count_timeout(&mut self, f: &InFlight, now: u64) {
+        self.out.timeouts += 1;
+        self.out
+            .latency
+            .record_ns(now.saturating_sub(f.intended_ns));
+        self.out.service.record_ns(now.saturating_sub(f.sent_ns));
+        if let Some(k) = self.out.per_kind.get_mut(f.kind) {
+            k.latency.record_ns(now.saturating_sub(f.intended_ns));
+            k.timeouts += 1;
+        }
+        // Relaxed: a statistic for the progress line.
+        self.live.errors.fetch_add(1, Ordering::Relaxed);
     }
 
     fn time_out_all(&mut self, now: u64, detail: &str) {
@@ -1197,8 +1235,9 @@ impl Client {
                     self.out
                         .latency
                         .record_ns(now.saturating_sub(p.intended_ns));
-                    if let Some(h) = self.out.per_kind.get_mut(p.kind) {
-                        h.record_ns(now.saturating_sub(p.intended_ns));
+                    if let Some(k) = self.out.per_kind.get_mut(p.kind) {
+                        k.latency.record_ns(now.saturating_sub(p.intended_ns));
+                        k.unsent += 1;
                     }
                 }
             }
@@ -1227,8 +1266,10 @@ impl Client {
                 self.out.unsent += 1;
                 let latency = now.saturating_sub(self.next_due_ns);
                 self.out.latency.record_ns(latency);
-                if let Some(h) = self.out.per_kind.get_mut(self.next_kind) {
-                    h.record_ns(latency);
+                if let Some(k) = self.out.per_kind.get_mut(self.next_kind) {
+                    k.latency.record_ns(latency);
+                    k.offered += 1;
+                    k.unsent += 1;
                 }
             }
             self.next_due_ns = self.schedule.next_ns();
@@ -1258,7 +1299,10 @@ impl Client {
                 if n > 0 {
                     // Each kind's share, spread over the same interval.
                     let step = gap * count as f64 / n as f64;
-                    self.out.per_kind[kind].record_progression(lowest, step, n);
+                    let k = &mut self.out.per_kind[kind];
+                    k.latency.record_progression(lowest, step, n);
+                    k.offered += n;
+                    k.unsent += n;
                 }
             }
         }
@@ -1334,8 +1378,26 @@ mod tests {
     ) -> (ThreadResult, Arc<LiveCounters>) {
         let server =
             EchoServer::start("127.0.0.1:0".parse().unwrap(), EchoPoll::Block, None).unwrap();
-        let live = Arc::new(LiveCounters::default());
-        let plan = ThreadPlan {
+        let plan = echo_plan(server.addr(), rate, warmup, window, connections, pipeline);
+        let live = Arc::clone(&plan.live);
+        let (ready_tx, _ready_rx) = std::sync::mpsc::channel();
+        let (start_tx, start_rx) = std::sync::mpsc::channel();
+        start_tx.send(Some(Instant::now())).unwrap();
+        let out = run_thread(plan, 0, ready_tx, start_rx).unwrap();
+        server.stop().unwrap();
+        (out, live)
+    }
+
+    /// One client thread's plan against the echo server at `addr`.
+    fn echo_plan(
+        addr: SocketAddr,
+        rate: f64,
+        warmup: Duration,
+        window: Duration,
+        connections: usize,
+        pipeline: usize,
+    ) -> ThreadPlan {
+        ThreadPlan {
             core: None,
             schedule: ArrivalSchedule::new(Arrival::Fixed, rate, 1),
             picker: KindPicker::new(&[1], 1),
@@ -1345,7 +1407,7 @@ mod tests {
                 has_body: true,
             }]),
             kind_histograms: false,
-            endpoints: vec![server.addr()],
+            endpoints: vec![addr],
             connections: vec![0; connections],
             warmup_ns: nanos(warmup),
             end_ns: nanos(warmup + window),
@@ -1357,14 +1419,59 @@ mod tests {
             // A test beside `a_caught_signal_only_raises_the_flag` would
             // see the flag it raises.
             stop_on_signal: false,
-            live: Arc::clone(&live),
+            live: Arc::new(LiveCounters::default()),
+        }
+    }
+
+    #[test]
+    fn an_answer_after_the_timeout_is_a_timeout_not_a_success() {
+        // Driven by hand, not by the clock: `complete` gets the arrival
+        // time, so the test does not depend on when housekeeping runs.
+        let server =
+            EchoServer::start("127.0.0.1:0".parse().unwrap(), EchoPoll::Block, None).unwrap();
+        let plan = echo_plan(
+            server.addr(),
+            1.0,
+            Duration::ZERO,
+            Duration::from_secs(60),
+            1,
+            2,
+        );
+        let mut client = Client::new(plan).unwrap();
+        let timeout = client.timeout_ns;
+        for _ in 0..2 {
+            client.conns[0].inflight.push_back(InFlight {
+                intended_ns: 0,
+                sent_ns: 10,
+                kind: 0,
+                measured: true,
+            });
+        }
+        let ok = Response {
+            status: 200,
+            close: false,
         };
-        let (ready_tx, _ready_rx) = std::sync::mpsc::channel();
-        let (start_tx, start_rx) = std::sync::mpsc::channel();
-        start_tx.send(Some(Instant::now())).unwrap();
-        let out = run_thread(plan, 0, ready_tx, start_rx).unwrap();
+        // Just in time, then exactly at the timeout.
+        client.complete(0, ok, 10 + timeout - 1, true);
+        client.complete(0, ok, 10 + timeout, true);
+        let out = &client.out;
+        assert_eq!(out.completed, 1, "only the first is an answer");
+        assert_eq!(out.timeouts, 1, "the late one is a timeout");
+        assert_eq!(out.responses_in_window, 1, "a late answer is not achieved");
+        assert_eq!(client.statuses[200], 1, "a late answer has no status");
+        assert_eq!(out.non_2xx, 0);
+        // Both in the corrected histogram: the timeout at the latency it
+        // reached, as `time_out` records one (3 significant figures).
+        assert_eq!(out.latency.len(), 2);
+        assert!(out.latency.max_ns() as f64 >= (10 + timeout) as f64 * 0.999);
+        assert!(out
+            .first_error
+            .as_deref()
+            .is_some_and(|e| e.contains("after the timeout")));
+        // The answer came: the connection is still up.
+        assert_eq!(client.conns[0].state, ConnState::Connected);
+        drop(client);
         server.stop().unwrap();
-        (out, live)
     }
 
     /// Every request the schedule offered is accounted for exactly once.

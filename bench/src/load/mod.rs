@@ -55,7 +55,7 @@ pub use baseline::{pingpong, pingpong_until, PingPong, PingPongPlan, ProbeError}
 pub use client::{LiveCounters, PollMode, SocketErrors};
 pub use echo::{run_echo_server, EchoPoll, EchoServer, EchoServerArgs};
 pub use interrupt::Phase;
-pub use run::{probe, run_rate, RateResult};
+pub use run::{probe, run_rate, KindResult, RateResult};
 pub use schedule::{Arrival, ArrivalSchedule, KindPicker};
 pub use spec::{Percentile, Slo, SpecError};
 pub use target::{MixError, RequestSpec, TargetError, Targets, Url, UrlError};
@@ -74,7 +74,12 @@ pub struct LoadArgs {
     /// HOST is an IP ([::1] for IPv6) or a name, resolved before the run
     /// (within --connect-timeout). With several URLs,
     /// each request goes to one of them at random (equal weights). With
-    /// --mix, the first gives host and port to the mix's `path` entries.
+    /// --mix, give at most one: its host and port serve the mix's `path`
+    /// entries, and its own path is ignored (a mix `path` is absolute;
+    /// `url` entries name their own server).
+    // This text is clap's help too, where `\[` would show its backslash:
+    // rustdoc may not read `[:PORT]` and `[::1]` as links, here only.
+    #[allow(rustdoc::broken_intra_doc_links)]
     #[arg(value_name = "URL")]
     pub urls: Vec<String>,
     /// Offered rate in requests/s: 20000, 20k, 1.5M, a list 1k,5k,20k or a
@@ -125,8 +130,9 @@ pub struct LoadArgs {
     /// Spin budget of --poll adaptive, µs.
     #[arg(long, default_value_t = 50, value_name = "US")]
     pub spin_us: u64,
-    /// A request unanswered this long counts as a timeout (also the probe's
-    /// limit and the drain after the window).
+    /// A request unanswered this long counts as a timeout, and so does an
+    /// answer that comes later (also the probe's limit and the drain after
+    /// the window).
     #[arg(long, default_value = "2s", value_name = "DURATION")]
     pub timeout: String,
     /// Limit for each connection attempt and for name resolution.
@@ -284,6 +290,9 @@ pub struct LoadSettings {
     pub plot: Option<PathBuf>,
     /// Show a progress line (on a terminal).
     pub progress: bool,
+    /// What the command should warn about before it runs (options that
+    /// are accepted but do less than they may seem to).
+    pub warnings: Vec<String>,
 }
 
 /// Why the command line does not describe a run.
@@ -423,6 +432,7 @@ impl LoadSettings {
             }
             (None, None) => Vec::new(),
         };
+        let mut warnings = Vec::new();
         let specs = match &args.mix {
             Some(mix) => {
                 if args.body.is_some() || args.body_file.is_some() {
@@ -435,6 +445,13 @@ impl LoadSettings {
                     return Err(SettingsError::Invalid(
                         "with --mix, give at most one URL (host and port for the mix's paths)"
                             .into(),
+                    ));
+                }
+                if let Some(url) = urls.first().filter(|u| u.path != "/") {
+                    warnings.push(format!(
+                        "with --mix, the path of {} ({}) is ignored: only its host and port \
+                         serve the mix's `path` entries, which are absolute",
+                        args.urls[0], url.path
                     ));
                 }
                 target::read_mix(mix, urls.first(), &args.method, &args.headers)?
@@ -503,6 +520,7 @@ impl LoadSettings {
             json: args.json.clone(),
             plot: args.plot.clone(),
             progress: !args.quiet,
+            warnings,
         })
     }
 }
@@ -632,6 +650,9 @@ pub fn run_command(args: &LoadArgs) -> anyhow::Result<()> {
     // (see `interrupt`), and what finished is still reported and written.
     crate::engine::sys::catch_interrupts()
         .map_err(|e| anyhow::anyhow!("cannot catch Ctrl-C: {e}"))?;
+    for warning in &settings.warnings {
+        eprintln!("nocturne: warning: {warning}");
+    }
     let plan = &settings.plan;
     if plan.poll == PollMode::Spin && !plan.cores.is_empty() && plan.threads > plan.cores.len() {
         eprintln!(

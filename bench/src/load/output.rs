@@ -182,11 +182,20 @@ pub fn details(r: &RateResult) -> String {
             .collect();
         let _ = writeln!(out, "  status codes: {}", codes.join(", "));
     }
-    for (name, h) in &r.per_kind {
+    for k in &r.per_kind {
+        let h = &k.latency;
         let _ = writeln!(
             out,
-            "  {name}: {} requests, p50 {} p99 {} p99.9 {} max {} µs",
-            h.len(),
+            "  {}: offered {}, completed {}, achieved {:.1}/s, errors {} (non-2xx {}, timeouts {}, lost {}), unsent {}, p50 {} p99 {} p99.9 {} max {} µs",
+            k.name,
+            k.offered,
+            k.completed,
+            k.achieved_per_s(r.window),
+            k.errors(),
+            k.non_2xx,
+            k.timeouts,
+            k.lost,
+            k.unsent,
             us(h.quantile_ns(0.5)),
             us(h.quantile_ns(0.99)),
             us(h.quantile_ns(0.999)),
@@ -268,14 +277,27 @@ pub fn cases(r: &RateResult, slos: &[Slo]) -> Vec<CaseResult> {
         case = case.with_count(k, n);
     }
     if !slos.is_empty() {
-        case = case.with_extra("slo_met", if r.meets(slos) { 1.0 } else { 0.0 });
+        case = case.with_flag("slo_met", r.meets(slos));
     }
     let mut out = vec![case];
-    for (name, h) in &r.per_kind {
-        let ks = h.summary();
+    for k in &r.per_kind {
+        // The kind's own numbers, as its rate's case has them: its
+        // achieved rate, its errors, its counts.
+        let ks = k.latency.summary();
         out.push(
-            CaseResult::from_summary(format!("{} {name}", case_name(r.rate)), &ks, 0.0, 0)
-                .with_extra("p9999_us", ks.p9999_us),
+            CaseResult::from_summary(
+                format!("{} {}", case_name(r.rate), k.name),
+                &ks,
+                k.achieved_per_s(r.window),
+                k.errors(),
+            )
+            .with_extra("p9999_us", ks.p9999_us)
+            .with_count("offered", k.offered)
+            .with_count("completed", k.completed)
+            .with_count("unsent", k.unsent)
+            .with_count("timeouts", k.timeouts)
+            .with_count("non_2xx", k.non_2xx)
+            .with_count("lost", k.lost),
         );
     }
     out

@@ -53,8 +53,8 @@ pub struct RateResult {
     /// zero while the generator keeps up; it grows when requests wait for a
     /// free connection or the client thread runs late.
     pub send_lag: LatencyHistogram,
-    /// Corrected latency per request kind (only for more than one kind).
-    pub per_kind: Vec<(String, LatencyHistogram)>,
+    /// What each request kind measured (only for more than one kind).
+    pub per_kind: Vec<KindResult>,
     /// Connections re-opened during the run.
     pub reconnects: u64,
     /// CPU time of all client threads (warm-up and drain included).
@@ -68,6 +68,56 @@ pub struct RateResult {
     /// [`failures`](Self::failures) and do not make a rate miss its
     /// objectives.
     pub allow_non_2xx: bool,
+}
+
+/// What one request kind of a mix measured: its share of the rate's
+/// counts, each request counted under the kind it was drawn as.
+#[derive(Debug, Clone, Default)]
+pub struct KindResult {
+    /// The kind's name (as in the mix, or `METHOD PATH`).
+    pub name: String,
+    /// Corrected latency of its requests: answered, timed out and unsent
+    /// (at the latency they reached), as the rate's own histogram.
+    pub latency: LatencyHistogram,
+    /// Requests of this kind the schedule called for within the window.
+    pub offered: u64,
+    /// Of those, requests answered in time (any status).
+    pub completed: u64,
+    /// Answers within the window (for its achieved rate).
+    pub responses_in_window: u64,
+    /// Requests never sent (still waiting when the window closed).
+    pub unsent: u64,
+    /// Requests not answered within the timeout.
+    pub timeouts: u64,
+    /// Answers with a status outside 200..=299.
+    pub non_2xx: u64,
+    /// Requests lost to failed connections (connection attempts, which
+    /// belong to no kind, are only in the rate's socket errors).
+    pub lost: u64,
+}
+
+impl KindResult {
+    /// Its failed requests: non-2xx answers, timeouts and requests lost
+    /// to failed connections.
+    pub fn errors(&self) -> u64 {
+        self.non_2xx + self.timeouts + self.lost
+    }
+
+    /// Answers of this kind within the window, per second.
+    pub fn achieved_per_s(&self, window: Duration) -> f64 {
+        self.responses_in_window as f64 / window.as_secs_f64().max(1e-9)
+    }
+
+    fn add(&mut self, other: &KindResult) {
+        self.latency.merge(&other.latency);
+        self.offered += other.offered;
+        self.completed += other.completed;
+        self.responses_in_window += other.responses_in_window;
+        self.unsent += other.unsent;
+        self.timeouts += other.timeouts;
+        self.non_2xx += other.non_2xx;
+        self.lost += other.lost;
+    }
 }
 
 impl RateResult {
@@ -359,7 +409,10 @@ fn merge(plan: &LoadPlan, rate: f64, results: Vec<ThreadResult>) -> RateResult {
             plan.targets
                 .kinds
                 .iter()
-                .map(|k| (k.name.clone(), LatencyHistogram::new()))
+                .map(|k| KindResult {
+                    name: k.name.clone(),
+                    ..KindResult::default()
+                })
                 .collect()
         } else {
             Vec::new()
@@ -385,8 +438,8 @@ fn merge(plan: &LoadPlan, rate: f64, results: Vec<ThreadResult>) -> RateResult {
         out.latency.merge(&r.latency);
         out.service.merge(&r.service);
         out.send_lag.merge(&r.send_lag);
-        for ((_, h), theirs) in out.per_kind.iter_mut().zip(&r.per_kind) {
-            h.merge(theirs);
+        for (k, theirs) in out.per_kind.iter_mut().zip(&r.per_kind) {
+            k.add(theirs);
         }
         out.reconnects += r.reconnects;
         out.client_cpu += r.cpu;
