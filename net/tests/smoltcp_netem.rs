@@ -350,3 +350,133 @@ fn delay_and_jitter() {
     assert!(up.forwarded > 0 && down.forwarded > 0);
     still_serves(&link);
 }
+
+/// The client's address in the client namespace.
+const CLIENT_IP: [u8; 4] = [192, 0, 2, 1];
+const SERVER_IP: [u8; 4] = [192, 0, 2, 2];
+/// A MAC no interface here has: answers sent to it are lost (the client's
+/// TAP drops frames addressed to another host).
+const FOREIGN_MAC: [u8; 6] = [0x02, 0xde, 0xad, 0xbe, 0xef, 0x01];
+
+/// What is wrong with a bogus frame.
+#[derive(Clone, Copy, Debug)]
+enum Bogus {
+    TcpChecksum,
+    IpChecksum,
+    /// Valid, but sent to another Ethernet address.
+    OtherDestinationMac,
+    /// Valid, but from a multicast Ethernet address.
+    MulticastSourceMac,
+}
+
+/// A SYN to the server's port "from" the client's IP, sent by
+/// `FOREIGN_MAC`, spoiled as `bogus` says.
+fn bogus_syn(bogus: Bogus) -> Vec<u8> {
+    use ::smoltcp::phy::ChecksumCapabilities;
+    use ::smoltcp::wire::{
+        EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol,
+        Ipv4Address, Ipv4Packet, Ipv4Repr, TcpPacket, TcpSeqNumber,
+    };
+    let (src, dst) = (Ipv4Address::from(CLIENT_IP), Ipv4Address::from(SERVER_IP));
+    let mut frame = vec![0u8; 14 + 20 + 20];
+    let mut src_mac = FOREIGN_MAC;
+    let mut dst_mac = SmoltcpOptions::default_tap_mac(dst);
+    match bogus {
+        Bogus::OtherDestinationMac => dst_mac = [0x02, 0, 0, 0, 0, 0x77],
+        Bogus::MulticastSourceMac => src_mac[0] |= 1,
+        _ => {}
+    }
+    let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
+    EthernetRepr {
+        src_addr: EthernetAddress(src_mac),
+        dst_addr: EthernetAddress(dst_mac),
+        ethertype: EthernetProtocol::Ipv4,
+    }
+    .emit(&mut eth);
+    let mut ip = Ipv4Packet::new_unchecked(eth.payload_mut());
+    Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: IpProtocol::Tcp,
+        payload_len: 20,
+        hop_limit: 64,
+    }
+    .emit(&mut ip, &ChecksumCapabilities::default());
+    let mut tcp = TcpPacket::new_unchecked(ip.payload_mut());
+    tcp.set_src_port(40_999);
+    tcp.set_dst_port(PORT);
+    tcp.set_seq_number(TcpSeqNumber(12_345));
+    tcp.set_ack_number(TcpSeqNumber(0));
+    tcp.set_header_len(20);
+    tcp.clear_flags();
+    tcp.set_syn(true);
+    tcp.set_window_len(65_535);
+    tcp.set_urgent_at(0);
+    tcp.fill_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst));
+    match bogus {
+        Bogus::TcpChecksum => {
+            let sum = tcp.checksum();
+            tcp.set_checksum(sum ^ 0x5a5a);
+        }
+        Bogus::IpChecksum => {
+            let sum = ip.checksum();
+            ip.set_checksum(sum ^ 0x5a5a);
+        }
+        _ => {}
+    }
+    frame
+}
+
+/// A frame that smoltcp rejects (bad checksum, not addressed to it, from a
+/// multicast MAC) must not teach its neighbour cache the sender's MAC for
+/// the client's IP: if it did, every answer on the client's open
+/// connection would go to that MAC and be lost until the entry is
+/// refreshed (20 s) or expires (60 s). The link is clean here; the relay
+/// only passes frames on.
+#[test]
+fn bogus_frames_do_not_poison_the_neighbor_cache() {
+    let link = BadLink::new(0x5eed_0005, Impairment::NONE, Impairment::NONE);
+    // A second packet socket on the server's TAP: what it sends, smoltcp
+    // receives.
+    let injector = link
+        ._server_ns
+        .run(|| Endpoint::packet("nct0"))
+        .expect("a packet socket on the server's TAP");
+    link.client(|| {
+        let mut client = connect();
+        // A shorter guard than PATIENCE: a poisoned cache loses every
+        // answer for at least 20 s, so 10 s tells the two apart on any
+        // machine.
+        client
+            .stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let resp = client.roundtrip(&post("/echo/before", b"x"));
+        assert_eq!(resp.body, b"POST /echo/before x");
+        for bogus in [
+            Bogus::TcpChecksum,
+            Bogus::IpChecksum,
+            Bogus::OtherDestinationMac,
+            Bogus::MulticastSourceMac,
+        ] {
+            assert!(injector.send(&bogus_syn(bogus)), "inject {bogus:?}");
+            // The injected frame reaches smoltcp before the request
+            // below: both go through the same TAP queue, the frame first.
+            thread::sleep(Duration::from_millis(20));
+            let path = format!("/echo/after-{bogus:?}");
+            client.send(&post(&path, b"y"));
+            let mut answer = [0u8; 256];
+            let n = match client.stream.read(&mut answer) {
+                Ok(n) => n,
+                Err(e) => panic!(
+                    "no answer after a SYN with {bogus:?} ({e}): the neighbour cache was poisoned"
+                ),
+            };
+            let text = String::from_utf8_lossy(&answer[..n]);
+            assert!(
+                text.starts_with("HTTP/1.1 200") && text.ends_with(&format!("POST {path} y")),
+                "after {bogus:?}: {text:?}"
+            );
+        }
+    });
+}

@@ -263,7 +263,8 @@ impl Endpoint {
         Ok(Some(n as usize).filter(|&n| n <= buf.len()))
     }
 
-    fn send(&self, frame: &[u8]) -> bool {
+    /// Sends one frame out of this endpoint; whether it was taken.
+    pub fn send(&self, frame: &[u8]) -> bool {
         let fd = self.fd().as_raw_fd();
         // SAFETY: frame is valid for reads of frame.len() bytes.
         let n = unsafe {
