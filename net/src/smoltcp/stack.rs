@@ -26,9 +26,13 @@ use std::os::fd::RawFd;
 use std::time::Duration;
 
 use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
+use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::socket::tcp::{self, RecvError, SendError, SocketBuffer, State};
 use smoltcp::time::{Duration as SmolDuration, Instant};
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, IpListenEndpoint};
+use smoltcp::wire::{
+    EthernetAddress, EthernetFrame, EthernetProtocol, HardwareAddress, IpAddress, IpCidr,
+    IpListenEndpoint, IpProtocol, Ipv4Packet, Ipv4Repr, TcpPacket, TcpRepr,
+};
 
 use super::device::{Backend, FrameDevice};
 use super::flow::{
@@ -739,7 +743,11 @@ impl SmoltcpTransport {
     fn ingress_segment(&mut self, seg: &Segment) {
         let now_us = self.now_us();
         if let Some(&slot) = self.flows.get(&seg.key) {
-            if now_us - self.conns[slot as usize].neighbor_at > NEIGHBOR_REFRESH_US {
+            // Only a frame smoltcp will accept may teach (see
+            // `fit_to_teach`); a bogus one leaves the refresh for the next.
+            if now_us - self.conns[slot as usize].neighbor_at > NEIGHBOR_REFRESH_US
+                && self.pending_fit_to_teach()
+            {
                 self.conns[slot as usize].neighbor_at = now_us;
                 self.teach_neighbor(seg);
             }
@@ -768,11 +776,19 @@ impl SmoltcpTransport {
             }
             if seg.syn && !seg.ack && !seg.rst {
                 if let Some(slot) = self.listener {
-                    self.teach_neighbor(seg);
+                    // Judged before smoltcp consumes the frame, acted on
+                    // after it took the SYN: a frame that is not a valid
+                    // segment for us never reaches the neighbour cache.
+                    let fit = self.pending_fit_to_teach();
                     let conn = &mut self.conns[slot as usize];
                     self.iface
                         .poll_ingress_single(self.now, &mut self.device, &mut conn.set);
                     if self.socket(slot).state() != State::Listen {
+                        // Still before any egress: the SYN-ACK finds the
+                        // peer's MAC without an ARP exchange.
+                        if fit {
+                            self.teach_neighbor(seg);
+                        }
                         let conn = &mut self.conns[slot as usize];
                         conn.phase = Phase::Embryo;
                         conn.key = seg.key;
@@ -793,9 +809,18 @@ impl SmoltcpTransport {
         self.ingress_unowned();
     }
 
+    /// Whether the fetched frame may teach the neighbour cache; see
+    /// [`fit_to_teach`].
+    fn pending_fit_to_teach(&self) -> bool {
+        fit_to_teach(self.device.pending(), self.our_mac, self.subnet)
+    }
+
     /// Teaches the neighbour cache the sender of `seg` (or the gateway it
     /// came through) with a synthetic ARP reply, so that answering never
-    /// waits on an ARP exchange whose reply went to another queue.
+    /// waits on an ARP exchange whose reply went to another queue. Callers
+    /// first make sure the frame is one smoltcp accepts
+    /// ([`fit_to_teach`]): the cache must not learn from a frame smoltcp
+    /// would drop.
     fn teach_neighbor(&mut self, seg: &Segment) {
         let hop = if self.subnet.contains(seg.peer) {
             seg.peer
@@ -1060,6 +1085,61 @@ fn wait_until_running(name: &str) {
     }
 }
 
+/// Whether `frame` may teach the neighbour cache its sender's MAC: an
+/// Ethernet frame addressed to `our_mac` from a unicast MAC, carrying a
+/// well-formed IPv4 packet (header checksum right) from a unicast address
+/// other than ours and the subnet's broadcast, to our address, with a TCP
+/// segment whose checksum is right.
+///
+/// `flow::classify` only looks far enough to route a frame; smoltcp makes
+/// these checks itself, but the synthetic ARP reply that teaches the cache
+/// is fed to it separately, so without them a frame smoltcp then drops (a
+/// corrupted one, one for another host on the segment, a forged one with a
+/// bad checksum) would still point the client's IP at the sender's MAC, and
+/// every answer on that client's connections would be lost until the next
+/// refresh. It costs one checksum pass over the frame, on SYNs and once per
+/// `NEIGHBOR_REFRESH_US` per connection.
+fn fit_to_teach(frame: &[u8], our_mac: EthernetAddress, subnet: Ipv4Cidr) -> bool {
+    // Verify every checksum, whatever the device's capabilities say: the
+    // device's own (all checked) are what smoltcp applies to this frame.
+    let caps = ChecksumCapabilities::default();
+    let Ok(eth) = EthernetFrame::new_checked(frame) else {
+        return false;
+    };
+    if eth.dst_addr() != our_mac
+        || !eth.src_addr().is_unicast()
+        || eth.ethertype() != EthernetProtocol::Ipv4
+    {
+        return false;
+    }
+    let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
+        return false;
+    };
+    let Ok(ip_repr) = Ipv4Repr::parse(&ip, &caps) else {
+        return false;
+    };
+    let (src, dst) = (ip_repr.src_addr, ip_repr.dst_addr);
+    let subnet_broadcast = (subnet.prefix_len < 31).then(|| {
+        let host_bits = u32::MAX >> subnet.prefix_len;
+        Ipv4Addr::from(u32::from(subnet.addr) | host_bits)
+    });
+    if dst != subnet.addr
+        || ip_repr.next_header != IpProtocol::Tcp
+        || src == subnet.addr
+        || src.is_unspecified()
+        || src.is_broadcast()
+        || src.is_multicast()
+        || src.is_loopback()
+        || Some(src) == subnet_broadcast
+    {
+        return false;
+    }
+    let Ok(tcp) = TcpPacket::new_checked(ip.payload()) else {
+        return false;
+    };
+    TcpRepr::parse(&tcp, &IpAddress::Ipv4(src), &IpAddress::Ipv4(dst), &caps).is_ok()
+}
+
 fn next_generation(generation: u32) -> u32 {
     generation.wrapping_add(1).max(1)
 }
@@ -1087,6 +1167,143 @@ fn random_seed() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const OUR_MAC: EthernetAddress = EthernetAddress([2, 0, 192, 0, 2, 2]);
+    const PEER_MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 1]);
+    const OUR_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+    const PEER_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+
+    fn subnet() -> Ipv4Cidr {
+        Ipv4Cidr::new(OUR_IP, 24).unwrap()
+    }
+
+    /// A SYN from `src` (at `src_mac`) to `dst` (at `dst_mac`), checksums
+    /// right.
+    fn syn(
+        src_mac: EthernetAddress,
+        dst_mac: EthernetAddress,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+    ) -> Vec<u8> {
+        use smoltcp::wire::{EthernetRepr, TcpSeqNumber};
+        let mut frame = vec![0u8; 14 + 20 + 20];
+        let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
+        EthernetRepr {
+            src_addr: src_mac,
+            dst_addr: dst_mac,
+            ethertype: EthernetProtocol::Ipv4,
+        }
+        .emit(&mut eth);
+        let mut ip = Ipv4Packet::new_unchecked(eth.payload_mut());
+        Ipv4Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: IpProtocol::Tcp,
+            payload_len: 20,
+            hop_limit: 64,
+        }
+        .emit(&mut ip, &ChecksumCapabilities::default());
+        let mut tcp = TcpPacket::new_unchecked(ip.payload_mut());
+        tcp.set_src_port(40_000);
+        tcp.set_dst_port(8080);
+        tcp.set_seq_number(TcpSeqNumber(1));
+        tcp.set_header_len(20);
+        tcp.clear_flags();
+        tcp.set_syn(true);
+        tcp.set_window_len(1000);
+        tcp.fill_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst));
+        frame
+    }
+
+    fn good() -> Vec<u8> {
+        syn(PEER_MAC, OUR_MAC, PEER_IP, OUR_IP)
+    }
+
+    fn fit(frame: &[u8]) -> bool {
+        fit_to_teach(frame, OUR_MAC, subnet())
+    }
+
+    #[test]
+    fn a_valid_segment_to_us_may_teach() {
+        assert!(fit(&good()));
+        // A peer outside the subnet (behind the gateway) too.
+        assert!(fit(&syn(
+            PEER_MAC,
+            OUR_MAC,
+            Ipv4Addr::new(198, 51, 100, 7),
+            OUR_IP
+        )));
+    }
+
+    #[test]
+    fn corrupted_frames_may_not_teach() {
+        // TCP checksum (last byte of the TCP header's checksum field).
+        let mut frame = good();
+        frame[14 + 20 + 17] ^= 0x40;
+        assert!(!fit(&frame));
+        // IPv4 header checksum.
+        let mut frame = good();
+        frame[14 + 11] ^= 0x40;
+        assert!(!fit(&frame));
+        // A payload bit the checksum covers.
+        let mut frame = good();
+        frame[14 + 20 + 4] ^= 1; // sequence number
+        assert!(!fit(&frame));
+        // Not IPv4 at all (version 6 in the header).
+        let mut frame = good();
+        frame[14] = 0x65;
+        assert!(!fit(&frame));
+        // Truncated.
+        assert!(!fit(&good()[..14 + 20 + 10]));
+        assert!(!fit(&good()[..10]));
+    }
+
+    #[test]
+    fn frames_for_others_or_from_odd_senders_may_not_teach() {
+        let other_mac = EthernetAddress([2, 0, 0, 0, 0, 0x77]);
+        let multicast_mac = EthernetAddress([3, 0, 0, 0, 0, 1]);
+        let cases = [
+            (
+                "another host's MAC",
+                syn(PEER_MAC, other_mac, PEER_IP, OUR_IP),
+            ),
+            (
+                "broadcast MAC",
+                syn(PEER_MAC, EthernetAddress::BROADCAST, PEER_IP, OUR_IP),
+            ),
+            (
+                "another IP",
+                syn(PEER_MAC, OUR_MAC, PEER_IP, Ipv4Addr::new(192, 0, 2, 9)),
+            ),
+            (
+                "multicast source MAC",
+                syn(multicast_mac, OUR_MAC, PEER_IP, OUR_IP),
+            ),
+            (
+                "our own IP as source",
+                syn(PEER_MAC, OUR_MAC, OUR_IP, OUR_IP),
+            ),
+            (
+                "subnet broadcast source",
+                syn(PEER_MAC, OUR_MAC, Ipv4Addr::new(192, 0, 2, 255), OUR_IP),
+            ),
+            (
+                "limited broadcast source",
+                syn(PEER_MAC, OUR_MAC, Ipv4Addr::BROADCAST, OUR_IP),
+            ),
+            (
+                "multicast source",
+                syn(PEER_MAC, OUR_MAC, Ipv4Addr::new(224, 0, 0, 1), OUR_IP),
+            ),
+            (
+                "unspecified source",
+                syn(PEER_MAC, OUR_MAC, Ipv4Addr::UNSPECIFIED, OUR_IP),
+            ),
+        ];
+        for (what, frame) in cases {
+            assert!(!fit(&frame), "{what} may not teach");
+        }
+    }
 
     #[test]
     fn generations_skip_zero() {

@@ -1,0 +1,482 @@
+//! The smoltcp HTTP server on a bad link: loss, reordering, duplication,
+//! delay with jitter. The kernel has no `sch_netem`, so a userspace relay
+//! (`netns/impair.rs`) sits between a kernel-TCP client and the smoltcp
+//! server:
+//!
+//! ```text
+//!  namespace C: client (kernel TCP) ─ TAP nck0 192.0.2.1/24 ═╗
+//!                                                         relay (seeded drops, delays, copies)
+//!  namespace S: HttpServer<SmoltcpTransport> 192.0.2.2 ─ TAP nct0 ═╝ (packet socket)
+//! ```
+//!
+//! Every test checks that each request gets exactly its own answer, that
+//! the whole exchange finishes within a generous bound (no hang), and that
+//! the server still serves new connections afterwards. Timing is bounded,
+//! never asserted tightly. `measure_bad_links` (ignored) prints the numbers
+//! in docs/userspace-networking.md, "On a bad link".
+
+mod common;
+#[path = "netns/impair.rs"]
+mod impair;
+mod netns;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{get, post, Client};
+use impair::{Counts, Endpoint, Impairment, Relay, RelayConfig};
+use netns::Netns;
+use nocturne_net::smoltcp::{DeviceSpec, SmoltcpOptions, SmoltcpTransport};
+use nocturne_net::{HttpServer, Limits, Request, RequestHandler, Responder, Response, Transport};
+
+const SERVER: &str = "192.0.2.2:8080";
+const PORT: u16 = 8080;
+/// Guard against hangs: a client read, and a whole exchange, give up after
+/// this. Far above what any test needs (a few seconds even with smoltcp's
+/// one-second minimum RTO), so a loaded machine does not fail them.
+const PATIENCE: Duration = Duration::from_secs(25);
+
+/// `/echo…` answers `METHOD PATH BODY`; `/big?n=N` answers N pattern bytes.
+struct Handler {
+    pattern: Vec<u8>,
+    scratch: Vec<u8>,
+    control: UnixStream,
+    stop: bool,
+}
+
+impl RequestHandler for Handler {
+    fn body_limit(&mut self, _head: &nocturne_net::RequestHead<'_>) -> usize {
+        1 << 20
+    }
+
+    fn on_request(&mut self, req: Request<'_>, responder: &mut Responder<'_>) {
+        let path = req.head.path;
+        self.scratch.clear();
+        let resp = if path.starts_with("/echo") {
+            self.scratch
+                .extend_from_slice(req.head.method_name().as_bytes());
+            self.scratch.push(b' ');
+            self.scratch.extend_from_slice(path.as_bytes());
+            self.scratch.push(b' ');
+            self.scratch.extend_from_slice(req.body);
+            Response::new(200, &self.scratch)
+        } else if path == "/big" {
+            let n: usize = req
+                .head
+                .query
+                .and_then(|q| q.strip_prefix("n="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+                .min(self.pattern.len());
+            Response::new(200, &self.pattern[..n])
+        } else {
+            Response::new(404, b"no such route")
+        };
+        responder.respond(req.id, &resp).unwrap();
+    }
+
+    fn on_wake(&mut self, _token: usize) {
+        let mut bytes = [0u8; 16];
+        // Any byte, or EOF, stops the server.
+        if let Ok(n) = self.control.read(&mut bytes) {
+            self.stop |= n == 0 || bytes[..n].contains(&b'!');
+        }
+    }
+
+    fn on_closed(&mut self, _conn: nocturne_net::ConnId) {}
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+/// A client namespace, a server namespace, the smoltcp server in the
+/// latter and the relay between them. Dropping it stops the server and the
+/// relay and deletes both namespaces (also when a test fails).
+struct BadLink {
+    relay: Relay,
+    control: UnixStream,
+    server: Option<thread::JoinHandle<()>>,
+    // Dropped last (field order): the threads above must be gone first.
+    client_ns: Netns,
+    _server_ns: Netns,
+}
+
+impl BadLink {
+    /// `to_server` impairs frames from the client to smoltcp, `to_client`
+    /// the other way.
+    fn new(seed: u64, to_server: Impairment, to_client: Impairment) -> Self {
+        let client_ns = Netns::for_test().expect("a namespace for the client");
+        let server_ns = Netns::for_test().expect("a namespace for the server");
+        // The server's TAP has no address on the kernel side: namespace S's
+        // own stack drops what smoltcp sends, only the relay passes it on.
+        server_ns.ip(&["tuntap", "add", "dev", "nct0", "mode", "tap"]);
+        server_ns.ip(&["link", "set", "dev", "nct0", "txqueuelen", "4096"]);
+        server_ns.ip(&["link", "set", "dev", "nct0", "up"]);
+        client_ns.add_tap("nck0", "192.0.2.1/24");
+
+        let (control, control_reader) = UnixStream::pair().unwrap();
+        control_reader.set_nonblocking(true).unwrap();
+        let (opened_tx, opened_rx) = mpsc::channel();
+        let server = server_ns.spawn("smoltcp-server", move || {
+            let opts = SmoltcpOptions::new(
+                DeviceSpec::Tap("nct0".into()),
+                "192.0.2.2/24".parse().unwrap(),
+                PORT,
+            );
+            let transport = match SmoltcpTransport::open(&opts) {
+                Ok(t) => t,
+                Err(e) => return opened_tx.send(Err(e.to_string())).unwrap(),
+            };
+            let mut server = HttpServer::new(transport, Limits::default());
+            server
+                .transport_mut()
+                .register_wake_fd(control_reader.as_raw_fd(), 7)
+                .unwrap();
+            opened_tx.send(Ok(())).unwrap();
+            let mut handler = Handler {
+                pattern: pattern(1 << 20),
+                scratch: Vec::new(),
+                control: control_reader,
+                stop: false,
+            };
+            while !handler.stop {
+                server.poll(None, 64, &mut handler).unwrap();
+            }
+        });
+        match opened_rx.recv_timeout(PATIENCE) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("opening the smoltcp transport failed: {e}"),
+            Err(_) => panic!("the server thread did not start"),
+        }
+
+        let a = client_ns
+            .run(|| Endpoint::tap("nck0"))
+            .expect("attach the relay to the client's TAP");
+        let b = server_ns
+            .run(|| Endpoint::packet("nct0"))
+            .expect("a packet socket on the server's TAP");
+        client_ns
+            .run(|| impair::wait_running("nck0", Duration::from_secs(5)))
+            .expect("the client's TAP starts carrying frames");
+        let relay = Relay::start(
+            a,
+            b,
+            RelayConfig {
+                seed,
+                a_to_b: to_server,
+                b_to_a: to_client,
+            },
+        );
+        Self {
+            relay,
+            control,
+            server: Some(server),
+            client_ns,
+            _server_ns: server_ns,
+        }
+    }
+
+    fn to_server(&self) -> Counts {
+        self.relay.stats().a_to_b.counts()
+    }
+
+    fn to_client(&self) -> Counts {
+        self.relay.stats().b_to_a.counts()
+    }
+
+    /// Runs `f` in the client's namespace.
+    fn client<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        self.client_ns.run(f)
+    }
+}
+
+impl Drop for BadLink {
+    fn drop(&mut self) {
+        let _ = (&self.control).write_all(b"!");
+        if let Some(server) = self.server.take() {
+            let result = server.join();
+            if !thread::panicking() {
+                result.expect("server thread panicked");
+            }
+        }
+    }
+}
+
+fn connect() -> Client {
+    let stream = TcpStream::connect_timeout(&SERVER.parse().unwrap(), PATIENCE)
+        .expect("connect to the smoltcp server");
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream.set_write_timeout(Some(PATIENCE)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    Client::from_stream(stream)
+}
+
+/// A request body unique to (connection, request), `len` bytes.
+fn body(conn: usize, i: usize, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|k| b'a' + ((conn * 7 + i * 13 + k) % 26) as u8)
+        .collect()
+}
+
+/// On `conns` connections at once, `per_conn` requests each: mostly small
+/// echoes, every fourth 6000 bytes (several segments each way), groups of
+/// three pipelined, and one 300 KB download per connection (a long run of
+/// smoltcp's segments). Checks every answer byte for byte; returns how long
+/// it took.
+fn exercise(link: &BadLink, conns: usize, per_conn: usize) -> Duration {
+    let started = Instant::now();
+    link.client(|| {
+        thread::scope(|scope| {
+            let workers: Vec<_> = (0..conns)
+                .map(|c| scope.spawn(move || one_connection(c, per_conn)))
+                .collect();
+            for w in workers {
+                w.join().expect("a client connection failed");
+            }
+        })
+    });
+    let took = started.elapsed();
+    assert!(took < PATIENCE, "the exchange took {took:?}");
+    took
+}
+
+fn one_connection(c: usize, per_conn: usize) {
+    let mut client = connect();
+    let mut i = 0;
+    while i < per_conn {
+        // Up to three requests in flight at once (pipelining).
+        let batch: Vec<usize> = (i..(i + 3).min(per_conn)).collect();
+        let mut wire = Vec::new();
+        for &k in &batch {
+            let len = if k % 4 == 3 { 6000 } else { 64 };
+            wire.extend_from_slice(&post(&format!("/echo/{c}/{k}"), &body(c, k, len)));
+        }
+        client.send(&wire);
+        for &k in &batch {
+            let len = if k % 4 == 3 { 6000 } else { 64 };
+            let resp = client.read_response();
+            assert_eq!(resp.status, 200, "connection {c} request {k}");
+            let mut want = format!("POST /echo/{c}/{k} ").into_bytes();
+            want.extend_from_slice(&body(c, k, len));
+            assert!(
+                resp.body == want,
+                "connection {c} request {k}: wrong answer ({} bytes, want {})",
+                resp.body.len(),
+                want.len()
+            );
+        }
+        i += batch.len();
+    }
+    let resp = client.roundtrip(&get("/big?n=300000"));
+    assert_eq!(resp.status, 200);
+    assert!(
+        resp.body == pattern(300_000),
+        "connection {c}: the 300 KB download differs"
+    );
+}
+
+/// After the impaired run: with the link healed, new connections are
+/// served and every answer is right.
+fn still_serves(link: &BadLink) {
+    link.relay.heal();
+    link.client(|| {
+        for c in 0..3 {
+            let mut client = connect();
+            for i in 0..10 {
+                let b = body(100 + c, i, 100);
+                let resp = client.roundtrip(&post("/echo/after", &b));
+                let mut want = b"POST /echo/after ".to_vec();
+                want.extend_from_slice(&b);
+                assert_eq!(resp.status, 200);
+                assert!(resp.body == want, "a wrong answer after the impaired run");
+            }
+        }
+    });
+}
+
+#[test]
+fn loss() {
+    // 2 % each way: enough that both stacks retransmit (smoltcp with its
+    // one-second minimum RTO), little enough to finish in a few seconds.
+    let imp = Impairment::loss(0.02);
+    let link = BadLink::new(0x5eed_0001, imp, imp);
+    let took = exercise(&link, 4, 24);
+    let (up, down) = (link.to_server(), link.to_client());
+    eprintln!("loss: {took:?}, to server {up:?}, to client {down:?}");
+    assert!(
+        up.dropped + down.dropped > 0,
+        "the relay dropped nothing: the test proved nothing"
+    );
+    still_serves(&link);
+}
+
+#[test]
+fn reordering() {
+    // One frame in ten held back 3 ms: the frames behind it overtake it.
+    let imp = Impairment::reorder(0.1, Duration::from_millis(3));
+    let link = BadLink::new(0x5eed_0002, imp, imp);
+    let took = exercise(&link, 4, 24);
+    let (up, down) = (link.to_server(), link.to_client());
+    eprintln!("reordering: {took:?}, to server {up:?}, to client {down:?}");
+    assert!(up.reordered > 0 && down.reordered > 0);
+    still_serves(&link);
+}
+
+#[test]
+fn duplication() {
+    let imp = Impairment::duplicate(0.1);
+    let link = BadLink::new(0x5eed_0003, imp, imp);
+    let took = exercise(&link, 4, 24);
+    let (up, down) = (link.to_server(), link.to_client());
+    eprintln!("duplication: {took:?}, to server {up:?}, to client {down:?}");
+    assert!(up.duplicated > 0 && down.duplicated > 0);
+    still_serves(&link);
+}
+
+#[test]
+fn delay_and_jitter() {
+    // 5 ms ± 0–4 ms each way (jitter reorders, as netem's does).
+    let imp = Impairment::delay(Duration::from_millis(5), Duration::from_millis(4));
+    let link = BadLink::new(0x5eed_0004, imp, imp);
+    let took = exercise(&link, 4, 12);
+    let (up, down) = (link.to_server(), link.to_client());
+    eprintln!("delay and jitter: {took:?}, to server {up:?}, to client {down:?}");
+    assert!(up.forwarded > 0 && down.forwarded > 0);
+    still_serves(&link);
+}
+
+/// The client's address in the client namespace.
+const CLIENT_IP: [u8; 4] = [192, 0, 2, 1];
+const SERVER_IP: [u8; 4] = [192, 0, 2, 2];
+/// A MAC no interface here has: answers sent to it are lost (the client's
+/// TAP drops frames addressed to another host).
+const FOREIGN_MAC: [u8; 6] = [0x02, 0xde, 0xad, 0xbe, 0xef, 0x01];
+
+/// What is wrong with a bogus frame.
+#[derive(Clone, Copy, Debug)]
+enum Bogus {
+    TcpChecksum,
+    IpChecksum,
+    /// Valid, but sent to another Ethernet address.
+    OtherDestinationMac,
+    /// Valid, but from a multicast Ethernet address.
+    MulticastSourceMac,
+}
+
+/// A SYN to the server's port "from" the client's IP, sent by
+/// `FOREIGN_MAC`, spoiled as `bogus` says.
+fn bogus_syn(bogus: Bogus) -> Vec<u8> {
+    use ::smoltcp::phy::ChecksumCapabilities;
+    use ::smoltcp::wire::{
+        EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol,
+        Ipv4Address, Ipv4Packet, Ipv4Repr, TcpPacket, TcpSeqNumber,
+    };
+    let (src, dst) = (Ipv4Address::from(CLIENT_IP), Ipv4Address::from(SERVER_IP));
+    let mut frame = vec![0u8; 14 + 20 + 20];
+    let mut src_mac = FOREIGN_MAC;
+    let mut dst_mac = SmoltcpOptions::default_tap_mac(dst);
+    match bogus {
+        Bogus::OtherDestinationMac => dst_mac = [0x02, 0, 0, 0, 0, 0x77],
+        Bogus::MulticastSourceMac => src_mac[0] |= 1,
+        _ => {}
+    }
+    let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
+    EthernetRepr {
+        src_addr: EthernetAddress(src_mac),
+        dst_addr: EthernetAddress(dst_mac),
+        ethertype: EthernetProtocol::Ipv4,
+    }
+    .emit(&mut eth);
+    let mut ip = Ipv4Packet::new_unchecked(eth.payload_mut());
+    Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: IpProtocol::Tcp,
+        payload_len: 20,
+        hop_limit: 64,
+    }
+    .emit(&mut ip, &ChecksumCapabilities::default());
+    let mut tcp = TcpPacket::new_unchecked(ip.payload_mut());
+    tcp.set_src_port(40_999);
+    tcp.set_dst_port(PORT);
+    tcp.set_seq_number(TcpSeqNumber(12_345));
+    tcp.set_ack_number(TcpSeqNumber(0));
+    tcp.set_header_len(20);
+    tcp.clear_flags();
+    tcp.set_syn(true);
+    tcp.set_window_len(65_535);
+    tcp.set_urgent_at(0);
+    tcp.fill_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst));
+    match bogus {
+        Bogus::TcpChecksum => {
+            let sum = tcp.checksum();
+            tcp.set_checksum(sum ^ 0x5a5a);
+        }
+        Bogus::IpChecksum => {
+            let sum = ip.checksum();
+            ip.set_checksum(sum ^ 0x5a5a);
+        }
+        _ => {}
+    }
+    frame
+}
+
+/// A frame that smoltcp rejects (bad checksum, not addressed to it, from a
+/// multicast MAC) must not teach its neighbour cache the sender's MAC for
+/// the client's IP: if it did, every answer on the client's open
+/// connection would go to that MAC and be lost until the entry is
+/// refreshed (20 s) or expires (60 s). The link is clean here; the relay
+/// only passes frames on.
+#[test]
+fn bogus_frames_do_not_poison_the_neighbor_cache() {
+    let link = BadLink::new(0x5eed_0005, Impairment::NONE, Impairment::NONE);
+    // A second packet socket on the server's TAP: what it sends, smoltcp
+    // receives.
+    let injector = link
+        ._server_ns
+        .run(|| Endpoint::packet("nct0"))
+        .expect("a packet socket on the server's TAP");
+    link.client(|| {
+        let mut client = connect();
+        // A shorter guard than PATIENCE: a poisoned cache loses every
+        // answer for at least 20 s, so 10 s tells the two apart on any
+        // machine.
+        client
+            .stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let resp = client.roundtrip(&post("/echo/before", b"x"));
+        assert_eq!(resp.body, b"POST /echo/before x");
+        for bogus in [
+            Bogus::TcpChecksum,
+            Bogus::IpChecksum,
+            Bogus::OtherDestinationMac,
+            Bogus::MulticastSourceMac,
+        ] {
+            assert!(injector.send(&bogus_syn(bogus)), "inject {bogus:?}");
+            // The injected frame reaches smoltcp before the request
+            // below: both go through the same TAP queue, the frame first.
+            thread::sleep(Duration::from_millis(20));
+            let path = format!("/echo/after-{bogus:?}");
+            client.send(&post(&path, b"y"));
+            let mut answer = [0u8; 256];
+            let n = match client.stream.read(&mut answer) {
+                Ok(n) => n,
+                Err(e) => panic!(
+                    "no answer after a SYN with {bogus:?} ({e}): the neighbour cache was poisoned"
+                ),
+            };
+            let text = String::from_utf8_lossy(&answer[..n]);
+            assert!(
+                text.starts_with("HTTP/1.1 200") && text.ends_with(&format!("POST {path} y")),
+                "after {bogus:?}: {text:?}"
+            );
+        }
+    });
+}
