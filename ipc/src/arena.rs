@@ -453,7 +453,10 @@ impl ArenaReader {
     #[inline]
     pub(crate) fn release(&mut self) {
         if self.released != self.pos {
-            // Release pairs with the writer's Acquire load in `try_alloc`.
+            // Release pairs with the writer's Acquire load in
+            // `ArenaWriter::read_release` (from `try_alloc` and the read-back
+            // of unreleased messages): our reads of the released bytes happen
+            // before the writer overwrites them.
             self.ptrs.release().store(self.pos, Ordering::Release);
             self.released = self.pos;
         }
