@@ -139,7 +139,9 @@ impl ArenaPtrs {
     /// # Safety
     /// `base` points at an initialized arena of `size` that outlives the value.
     unsafe fn new(base: *mut u8, size: u32) -> Self {
-        // SAFETY: offsets within the arena.
+        // SAFETY: RELEASE_OFFSET, ARENA_HEADER_LEN and `data_offset(size)`
+        // all lie within the `arena_bytes(size)` bytes of the arena at
+        // `base` (caller's contract).
         unsafe {
             Self {
                 data: base.add(data_offset(size)),
@@ -152,7 +154,9 @@ impl ArenaPtrs {
 
     #[inline(always)]
     fn release(&self) -> &AtomicU64 {
-        // SAFETY: initialized in place by init_raw; outlives self.
+        // SAFETY: an AtomicU64 initialized in place by `init_raw` at an
+        // 8-aligned offset of the 128-aligned arena, which outlives `self`
+        // (`new`'s contract).
         unsafe { &*self.release }
     }
 
@@ -224,8 +228,10 @@ pub(crate) struct ArenaWriter {
     cached_release: u64,
 }
 
-// SAFETY: pointers into shared memory kept alive by the owner; the writer is
-// the only writer of unreleased-free bytes, synchronised by the atomics.
+// SAFETY: the pointers are into shared memory that the owner (a `Sender`,
+// holding the region's Arc) keeps mapped wherever the writer moves; nothing
+// in the writer is tied to a thread. It is the only writer of the bytes the
+// receiver has released, synchronised with it by the release position.
 unsafe impl Send for ArenaWriter {}
 
 impl ArenaWriter {
@@ -480,7 +486,8 @@ mod tests {
     fn alloc_release_wrap_and_full() {
         let size = 1024u32;
         let region = HeapRegion::new(arena_bytes(size));
-        // SAFETY: fresh region big enough for the arena.
+        // SAFETY: a fresh, page-aligned region of `arena_bytes(size)` bytes
+        // that nothing else uses.
         unsafe { init_raw(region.base(), size) };
         // SAFETY: initialized above; region outlives both.
         let (mut w, mut r) = unsafe {
