@@ -388,7 +388,9 @@ pub(crate) struct ArenaReader {
     released: u64,
 }
 
-// SAFETY: as for ArenaWriter.
+// SAFETY: as for ArenaWriter, with a `Receiver` as the owner that keeps the
+// memory mapped; the reader only reads bytes the writer published and hands
+// them back through the release position.
 unsafe impl Send for ArenaReader {}
 
 impl ArenaReader {

@@ -278,9 +278,11 @@ pub struct HeapRegion {
     len: usize,
 }
 
-// SAFETY: as for MemfdRegion: plain memory valid until drop.
+// SAFETY: as for MemfdRegion: a heap allocation owned by the value, valid
+// until drop whichever thread drops it; its contents are only reached through
+// raw pointers whose users synchronise with atomics.
 unsafe impl Send for HeapRegion {}
-// SAFETY: as above.
+// SAFETY: `&HeapRegion` exposes only the base pointer and the length.
 unsafe impl Sync for HeapRegion {}
 
 impl HeapRegion {

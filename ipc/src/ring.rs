@@ -508,7 +508,9 @@ pub(crate) struct RawConsumer {
     released: u64,
 }
 
-// SAFETY: as for RawProducer.
+// SAFETY: as for RawProducer: the owner keeps the ring mapped wherever the
+// consumer moves; it is the only writer of the release index, and reads a
+// slot only after the Acquire load of its seq.
 unsafe impl Send for RawConsumer {}
 
 impl RawConsumer {
