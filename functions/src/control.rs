@@ -746,8 +746,10 @@ pub fn receive_hello_from_env() -> Result<PendingHandshake, ControlError> {
         return Err(bad("negative"));
     }
     check_control_fd(fd).map_err(bad)?;
-    // Acquire/Release are not needed: the flag only guards against a second
-    // owner and carries no data; SeqCst keeps the reasoning trivial.
+    // No ordering is needed (Relaxed would do): the swap is a read-modify-
+    // write, so exactly one caller ever sees `false` and becomes the fd's
+    // owner, and nothing is published through the flag. SeqCst only keeps a
+    // reader from having to check that; this runs once per process.
     if CONTROL_FD_TAKEN.swap(true, Ordering::SeqCst) {
         return Err(ControlError::AlreadyConnected);
     }

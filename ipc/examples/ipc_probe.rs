@@ -113,6 +113,8 @@ fn floor(n: usize, (a, b): (usize, usize)) -> f64 {
             while m.request.words[0].load(Ordering::Acquire) != i {
                 std::hint::spin_loop();
             }
+            // Relaxed (these words and the payload): the Acquire load of
+            // the flag above already ordered them after the driver's stores.
             let header: u64 = (1..8)
                 .map(|k| m.request.words[k].load(Ordering::Relaxed))
                 .sum();
@@ -121,6 +123,7 @@ fn floor(n: usize, (a, b): (usize, usize)) -> f64 {
                 .words
                 .iter()
                 .fold(header, |s, w| s.wrapping_add(w.load(Ordering::Relaxed)));
+            // Relaxed: published by the Release store of the reply flag next.
             m.reply.words[1].store(std::hint::black_box(sum), Ordering::Relaxed);
             // Release pairs with the driver's Acquire load of the reply flag.
             m.reply.words[0].store(i, Ordering::Release);
@@ -130,13 +133,18 @@ fn floor(n: usize, (a, b): (usize, usize)) -> f64 {
     let mut samples = Vec::with_capacity(n);
     for i in 1..=n as u64 {
         let t = Instant::now();
+        // Relaxed (payload and header words): published by the Release
+        // store of the request flag below, as a ring's seq publishes a slot.
         for w in &m.payload.words {
             w.store(i, Ordering::Relaxed);
         }
         for w in &m.request.words[1..] {
             w.store(i, Ordering::Relaxed);
         }
+        // Release: pairs with the peer's Acquire load of the request flag.
         m.request.words[0].store(i, Ordering::Release);
+        // Acquire: pairs with the peer's Release store of the reply flag,
+        // making its reply word visible.
         while m.reply.words[0].load(Ordering::Acquire) != i {
             std::hint::spin_loop();
         }

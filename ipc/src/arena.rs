@@ -139,7 +139,9 @@ impl ArenaPtrs {
     /// # Safety
     /// `base` points at an initialized arena of `size` that outlives the value.
     unsafe fn new(base: *mut u8, size: u32) -> Self {
-        // SAFETY: offsets within the arena.
+        // SAFETY: RELEASE_OFFSET, ARENA_HEADER_LEN and `data_offset(size)`
+        // all lie within the `arena_bytes(size)` bytes of the arena at
+        // `base` (caller's contract).
         unsafe {
             Self {
                 data: base.add(data_offset(size)),
@@ -152,7 +154,9 @@ impl ArenaPtrs {
 
     #[inline(always)]
     fn release(&self) -> &AtomicU64 {
-        // SAFETY: initialized in place by init_raw; outlives self.
+        // SAFETY: an AtomicU64 initialized in place by `init_raw` at an
+        // 8-aligned offset of the 128-aligned arena, which outlives `self`
+        // (`new`'s contract).
         unsafe { &*self.release }
     }
 
@@ -224,8 +228,10 @@ pub(crate) struct ArenaWriter {
     cached_release: u64,
 }
 
-// SAFETY: pointers into shared memory kept alive by the owner; the writer is
-// the only writer of unreleased-free bytes, synchronised by the atomics.
+// SAFETY: the pointers are into shared memory that the owner (a `Sender`,
+// holding the region's Arc) keeps mapped wherever the writer moves; nothing
+// in the writer is tied to a thread. It is the only writer of the bytes the
+// receiver has released, synchronised with it by the release position.
 unsafe impl Send for ArenaWriter {}
 
 impl ArenaWriter {
@@ -382,7 +388,9 @@ pub(crate) struct ArenaReader {
     released: u64,
 }
 
-// SAFETY: as for ArenaWriter.
+// SAFETY: as for ArenaWriter, with a `Receiver` as the owner that keeps the
+// memory mapped; the reader only reads bytes the writer published and hands
+// them back through the release position.
 unsafe impl Send for ArenaReader {}
 
 impl ArenaReader {
@@ -453,7 +461,10 @@ impl ArenaReader {
     #[inline]
     pub(crate) fn release(&mut self) {
         if self.released != self.pos {
-            // Release pairs with the writer's Acquire load in `try_alloc`.
+            // Release pairs with the writer's Acquire load in
+            // `ArenaWriter::read_release` (from `try_alloc` and the read-back
+            // of unreleased messages): our reads of the released bytes happen
+            // before the writer overwrites them.
             self.ptrs.release().store(self.pos, Ordering::Release);
             self.released = self.pos;
         }
@@ -477,7 +488,8 @@ mod tests {
     fn alloc_release_wrap_and_full() {
         let size = 1024u32;
         let region = HeapRegion::new(arena_bytes(size));
-        // SAFETY: fresh region big enough for the arena.
+        // SAFETY: a fresh, page-aligned region of `arena_bytes(size)` bytes
+        // that nothing else uses.
         unsafe { init_raw(region.base(), size) };
         // SAFETY: initialized above; region outlives both.
         let (mut w, mut r) = unsafe {

@@ -476,7 +476,10 @@ impl<R: Region> EngineEnd<R> {
         } else {
             0
         };
-        // SAFETY: the region is long enough and ours alone (caller's contract).
+        // SAFETY: the region is at least `layout.len` bytes (checked above),
+        // page-aligned, and we hold the only way to its bytes that this
+        // process uses: all part of the `Region` contract for a value given
+        // to `create_in`.
         unsafe { init_region(region.base(), &layout, flags) };
         Ok(Self {
             region: Arc::new(region),

@@ -79,7 +79,9 @@ impl Doorbell {
 
     #[inline(always)]
     fn word(&self) -> &AtomicU32 {
-        // SAFETY: guaranteed by `new`'s contract.
+        // SAFETY: `new`'s contract: an initialized, aligned AtomicU32 that
+        // outlives `self`; a shared reference to an atomic permits the
+        // peer's concurrent (atomic) accesses.
         unsafe { &*self.word }
     }
 

@@ -226,6 +226,8 @@ fn wake_gate_model(producers: usize) -> impl Fn() + Sync + Send + 'static {
                     // Release: the item's publication, as an mpsc send.
                     queue.fetch_add(1, Ordering::Release);
                     if gate.posted() {
+                        // Release: pairs with the Acquire load of `wakes`
+                        // below (the joins order the two anyway).
                         wakes.fetch_add(1, Ordering::Release);
                     }
                 })
@@ -242,6 +244,8 @@ fn wake_gate_model(producers: usize) -> impl Fn() + Sync + Send + 'static {
         for h in handles {
             h.join().unwrap();
         }
+        // Acquire (both loads): pair with the producers' Release RMWs; after
+        // the joins every one of them is visible.
         if sleeps && queue.load(Ordering::Acquire) > 0 {
             assert!(
                 wakes.load(Ordering::Acquire) > 0,

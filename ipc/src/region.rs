@@ -47,11 +47,24 @@ pub const REGION_ALIGN: usize = 4096;
 ///   do so concurrently (for a region shared across processes the mapping
 ///   must be `MAP_SHARED`, so that both sides see the same bytes);
 /// * the value may be sent to and shared between threads (hence the
-///   `Send + Sync` bound) without changing any of the above.
+///   `Send + Sync` bound) without changing any of the above;
+/// * within this process, the bytes are used by one channel's ends only as
+///   the channel API hands them out:
+///   [`EngineEnd::create_in`](crate::channel::EngineEnd::create_in), which
+///   initializes them with plain stores, runs while no other thread uses
+///   them, and at most one
+///   [`WorkerEnd::attach_region`](crate::channel::WorkerEnd::attach_region)
+///   end (one producer of the response ring) lives at a time. For
+///   [`HeapRegion`] and [`MemfdRegion`] owning the value is enough (a new
+///   value is a new allocation or mapping; a second mapping of one memfd is
+///   as good as a peer process, below); a wrapper that forwards to a shared
+///   allocation (say an `Arc<HeapRegion>`, to attach a worker end in the
+///   same process) vouches for this itself.
 ///
-/// A region that merely forwards to another region (as a wrapper around an
-/// `Arc<HeapRegion>` does) upholds the contract by forwarding both methods
-/// unchanged and keeping the inner region alive.
+/// A region that forwards to another region upholds the rest of the
+/// contract by forwarding both methods unchanged and keeping the inner
+/// region alive. (A *peer process* writing the same bytes at any time is
+/// allowed: the channel checks everything it reads back.)
 ///
 /// A safe `impl` is refused:
 ///
@@ -265,9 +278,11 @@ pub struct HeapRegion {
     len: usize,
 }
 
-// SAFETY: as for MemfdRegion: plain memory valid until drop.
+// SAFETY: as for MemfdRegion: a heap allocation owned by the value, valid
+// until drop whichever thread drops it; its contents are only reached through
+// raw pointers whose users synchronise with atomics.
 unsafe impl Send for HeapRegion {}
-// SAFETY: as above.
+// SAFETY: `&HeapRegion` exposes only the base pointer and the length.
 unsafe impl Sync for HeapRegion {}
 
 impl HeapRegion {

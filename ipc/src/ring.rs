@@ -508,7 +508,9 @@ pub(crate) struct RawConsumer {
     released: u64,
 }
 
-// SAFETY: as for RawProducer.
+// SAFETY: as for RawProducer: the owner keeps the ring mapped wherever the
+// consumer moves; it is the only writer of the release index, and reads a
+// slot only after the Acquire load of its seq.
 unsafe impl Send for RawConsumer {}
 
 impl RawConsumer {
@@ -534,7 +536,9 @@ impl RawConsumer {
     #[inline]
     pub(crate) fn peek(&self, k: u64) -> Result<Option<*const u8>, ProtocolError> {
         let pos = self.pos + k;
-        // Acquire pairs with the producer's Release store in `publish_next`.
+        // Acquire pairs with the producer's Release store of the seq in
+        // `publish_next` / `publish`: the body written before that store is
+        // visible to our reads after this load sees `ready`.
         let seq = self.ptrs.seq(pos).load(Ordering::Acquire);
         let ready = pos + 1;
         if seq == ready {
@@ -582,8 +586,10 @@ impl RawConsumer {
     #[inline]
     pub(crate) fn release(&mut self) {
         if self.released != self.pos {
-            // Release pairs with the producer's Acquire load in `free_slots`:
-            // our reads of the released slots happen before its next writes.
+            // Release pairs with the producer's Acquire load in
+            // `RawProducer::read_release` (reached from `free_slots`,
+            // `next_free` and `into_unreleased`): our reads of the released
+            // slots happen before its next writes to them.
             self.ptrs.release().store(self.pos, Ordering::Release);
             self.released = self.pos;
         }
@@ -646,25 +652,34 @@ fn check_bounds(
             region_len: region.len(),
         });
     }
-    // SAFETY: offset + len <= region length.
+    // SAFETY: offset + len <= region.len(), and the `Region` contract makes
+    // those bytes one valid allocation, so the result stays inside it.
     Ok(unsafe { region.base().add(offset) })
 }
 
 /// Initializes a ring at `offset` of `region` and returns both ends.
 ///
-/// The ring's memory must not be in use by any other ring or end (this
-/// overwrites it).
-pub fn create(
+/// # Safety
+///
+/// The `layout.bytes()` bytes at `offset` must not be in use by any other
+/// ring, end or object in this process, now or while the returned ends live
+/// (other than through ends attached later under the rules of
+/// [`attach_producer`] and [`attach_consumer`]): this overwrites them with
+/// plain stores, and a second producer or consumer of one ring writes or
+/// releases slots the first one is using. (A peer *process* that breaks the
+/// protocol is a different matter: everything read back is checked.)
+pub unsafe fn create(
     region: Arc<dyn Region>,
     offset: usize,
     layout: RingLayout,
 ) -> Result<(Producer, Consumer), AttachError> {
     let base = check_bounds(&*region, offset, layout)?;
-    // SAFETY: bounds checked; base is 128-aligned (region page-aligned,
-    // offset a multiple of 128); we are the only users of fresh memory.
+    // SAFETY: bounds checked; base is 128-aligned (the region is page-aligned
+    // by the `Region` contract, offset a multiple of 128); nobody else uses
+    // the bytes (caller's contract).
     unsafe { init_raw(base, layout) };
     // SAFETY: initialized just above; the Arcs keep the region alive; these
-    // are the ring's only producer and consumer.
+    // are the ring's only producer and consumer (caller's contract).
     let (raw_p, raw_c) = unsafe {
         (
             RawProducer::new(base, layout),
@@ -685,15 +700,23 @@ pub fn create(
 
 /// Attaches the producing end of a ring another party initialized. The peer
 /// must not have produced into it yet.
-pub fn attach_producer(
+///
+/// # Safety
+///
+/// No other producer of this ring exists in this process, nor will while
+/// the returned one lives: two producers write the same slots with plain
+/// stores.
+pub unsafe fn attach_producer(
     region: Arc<dyn Region>,
     offset: usize,
     layout: RingLayout,
 ) -> Result<Producer, AttachError> {
     let base = check_bounds(&*region, offset, layout)?;
-    // SAFETY: bounds checked; header is within the ring.
+    // SAFETY: bounds checked (the header is the ring's first bytes); base is
+    // 128-aligned, so 8-aligned.
     unsafe { check_raw(base, layout)? };
-    // SAFETY: header checked: the ring is initialized with this layout.
+    // SAFETY: header checked: the ring is initialized with this layout; the
+    // Arc keeps it alive; the only producer (caller's contract).
     let raw = unsafe { RawProducer::new(base, layout) };
     Ok(Producer {
         raw,
@@ -702,15 +725,23 @@ pub fn attach_producer(
 }
 
 /// Attaches the consuming end of a ring another party initialized.
-pub fn attach_consumer(
+///
+/// # Safety
+///
+/// No other consumer of this ring exists in this process, nor will while
+/// the returned one lives: a second consumer would release slots this one
+/// is still reading, and the producer would overwrite them.
+pub unsafe fn attach_consumer(
     region: Arc<dyn Region>,
     offset: usize,
     layout: RingLayout,
 ) -> Result<Consumer, AttachError> {
     let base = check_bounds(&*region, offset, layout)?;
-    // SAFETY: bounds checked.
+    // SAFETY: bounds checked (the header is the ring's first bytes); base is
+    // 128-aligned, so 8-aligned.
     unsafe { check_raw(base, layout)? };
-    // SAFETY: header checked: the ring is initialized with this layout.
+    // SAFETY: header checked: the ring is initialized with this layout; the
+    // Arc keeps it alive; the only consumer (caller's contract).
     let raw = unsafe { RawConsumer::new(base, layout) };
     Ok(Consumer {
         raw,
@@ -872,7 +903,8 @@ mod tests {
 
     /// The same behaviour, whatever memory backs the ring.
     fn ring_behaviour(region: Arc<dyn Region>) {
-        let (mut p, mut c) = create(region.clone(), 128, layout()).unwrap();
+        // SAFETY: a fresh region; these are the ring's only ends.
+        let (mut p, mut c) = unsafe { create(region.clone(), 128, layout()) }.unwrap();
         assert!(c.is_empty());
         assert!(c.try_pop().unwrap().is_none());
         // Fill it: the 9th push comes back.
@@ -913,21 +945,28 @@ mod tests {
         }
         assert_eq!(p.pushed(), 8 + next_in);
         assert_eq!(c.popped(), 8 + next_out);
-        // A second attach of the consumer end sees the same header.
-        assert!(attach_consumer(region.clone(), 128, layout()).is_ok());
+        // A second attach of the consumer end sees the same header. (The
+        // first one goes first: one consumer at a time.)
+        drop(c);
+        let attach = |offset, layout| {
+            // SAFETY: `c` is gone, and each consumer attached here is dropped
+            // at once, unused.
+            unsafe { attach_consumer(region.clone(), offset, layout) }.map(drop)
+        };
+        assert!(attach(128, layout()).is_ok());
         assert!(matches!(
-            attach_consumer(region.clone(), 128, RingLayout::new(16, 64).unwrap()),
+            attach(128, RingLayout::new(16, 64).unwrap()),
             Err(AttachError::Mismatch {
                 found_capacity: 8,
                 found_slot_size: 64
             })
         ));
         assert!(matches!(
-            attach_consumer(region.clone(), 64, layout()),
+            attach(64, layout()),
             Err(AttachError::OutOfBounds { .. })
         ));
         assert!(matches!(
-            attach_consumer(region.clone(), 1 << 20, layout()),
+            attach(1 << 20, layout()),
             Err(AttachError::OutOfBounds { .. })
         ));
     }
@@ -962,7 +1001,8 @@ mod tests {
     fn padded_slots_keep_to_their_bytes() {
         let l = RingLayout::new(4, 256).unwrap();
         let region: Arc<dyn Region> = Arc::new(HeapRegion::new(8192));
-        let (mut p, mut c) = create(region.clone(), 0, l).unwrap();
+        // SAFETY: a fresh region; these are the ring's only ends.
+        let (mut p, mut c) = unsafe { create(region.clone(), 0, l) }.unwrap();
         for lap in 0..5u8 {
             for i in 0..4u8 {
                 p.try_push(&[lap * 16 + i + 1; 248]).unwrap();
@@ -993,7 +1033,8 @@ mod tests {
     #[test]
     fn hostile_seq_and_release_are_protocol_errors() {
         let region: Arc<dyn Region> = Arc::new(HeapRegion::new(8192));
-        let (mut p, mut c) = create(region.clone(), 0, layout()).unwrap();
+        // SAFETY: a fresh region; these are the ring's only ends.
+        let (mut p, mut c) = unsafe { create(region.clone(), 0, layout()) }.unwrap();
         let slots = layout().slots_offset();
         // A seq that jumps ahead.
         // SAFETY: within the region; an 8-aligned u64 slot seq.
@@ -1029,9 +1070,9 @@ mod tests {
         ));
         // SAFETY: the magic word.
         unsafe { region.base().cast::<u32>().write_volatile(1) };
-        assert!(matches!(
-            attach_producer(region, 0, layout()),
-            Err(AttachError::BadMagic(1))
-        ));
+        drop(p);
+        // SAFETY: `p` is gone; the attach fails anyway.
+        let attached = unsafe { attach_producer(region, 0, layout()) };
+        assert!(matches!(attached, Err(AttachError::BadMagic(1))));
     }
 }

@@ -54,7 +54,9 @@ pub(crate) fn yield_now() {
 /// accessed. (Under loom an atomic is 8 bytes too: checked by a test.)
 #[inline]
 pub(crate) unsafe fn init_atomic_u64(ptr: *mut u8, value: u64) {
-    // SAFETY: guaranteed by the caller.
+    // SAFETY: the caller vouches that the 8 bytes at `ptr` are writable,
+    // 8-aligned (AtomicU64's alignment) and unshared, so this plain write
+    // races with nobody; an AtomicU64 is those 8 bytes.
     unsafe { ptr.cast::<AtomicU64>().write(AtomicU64::new(value)) }
 }
 
@@ -65,7 +67,8 @@ pub(crate) unsafe fn init_atomic_u64(ptr: *mut u8, value: u64) {
 /// As [`init_atomic_u64`].
 #[inline]
 pub(crate) unsafe fn init_atomic_u32(ptr: *mut u8, value: u32) {
-    // SAFETY: guaranteed by the caller.
+    // SAFETY: as in `init_atomic_u64`: 8 writable, 8-aligned, unshared bytes
+    // (caller's contract) hold the (at most 8-byte) AtomicU32.
     unsafe { ptr.cast::<AtomicU32>().write(AtomicU32::new(value)) }
 }
 
@@ -119,7 +122,9 @@ impl AccessTracker {
     #[inline(always)]
     pub(crate) unsafe fn at<'a>(base: *const u8, i: usize) -> &'a AccessTracker {
         #[cfg(loom)]
-        // SAFETY: guaranteed by the caller.
+        // SAFETY: entry `i` of an array `init_array` initialized with more
+        // than `i` entries, alive for `'a` (caller's contract); trackers are
+        // only ever used through shared references.
         return unsafe { &*base.cast::<AccessTracker>().add(i) };
         #[cfg(not(loom))]
         {

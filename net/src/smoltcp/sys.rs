@@ -289,20 +289,30 @@ pub(crate) fn recv_packet(fd: RawFd, buf: &mut [u8]) -> io::Result<PacketFrame> 
     let len =
         cvt_size(unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT | libc::MSG_TRUNC) })?;
     let mut status = 0u32;
-    // SAFETY: msg was filled by recvmsg; CMSG_FIRSTHDR/NXTHDR stay within
-    // msg_control/msg_controllen.
+    // The length a control message needs to carry a whole tpacket_auxdata.
+    // SAFETY: CMSG_LEN is a pure size computation.
+    let aux_cmsg_len = unsafe { libc::CMSG_LEN(mem::size_of::<TpacketAuxdata>() as u32) } as usize;
+    // SAFETY: msg was filled by recvmsg; CMSG_FIRSTHDR returns null or a
+    // header that lies within msg_control/msg_controllen.
     let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
     while !cmsg.is_null() {
-        // SAFETY: cmsg points at a complete header inside `control`.
+        // SAFETY: CMSG_FIRSTHDR/NXTHDR only return a header whose bytes lie
+        // inside `control` (8-aligned, as a cmsghdr needs).
         let header = unsafe { &*cmsg };
-        if header.cmsg_level == libc::SOL_PACKET && header.cmsg_type == PACKET_AUXDATA {
-            // SAFETY: the kernel puts a tpacket_auxdata after a PACKET_AUXDATA
-            // header; read_unaligned copes with the cmsg data alignment.
+        if header.cmsg_level == libc::SOL_PACKET
+            && header.cmsg_type == PACKET_AUXDATA
+            && header.cmsg_len as usize >= aux_cmsg_len
+        {
+            // SAFETY: the kernel never sets cmsg_len past msg_controllen (it
+            // truncates, with MSG_CTRUNC), and this one's covers a whole
+            // tpacket_auxdata after the header, so the read stays inside
+            // `control`; read_unaligned copes with the data's alignment.
             let aux: TpacketAuxdata =
                 unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast()) };
             status = aux.tp_status;
         }
-        // SAFETY: as above.
+        // SAFETY: `cmsg` is a header within msg's control buffer (above);
+        // CMSG_NXTHDR checks the next one against msg_controllen.
         cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
     }
     Ok(PacketFrame {

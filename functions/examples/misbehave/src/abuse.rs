@@ -445,7 +445,9 @@ mod tests {
     struct Shared(Arc<HeapRegion>);
 
     // SAFETY: forwards both methods unchanged to the `HeapRegion`, which
-    // upholds the contract and is kept alive by the `Arc` this value holds.
+    // upholds the contract and is kept alive by the `Arc` this value holds;
+    // each test creates its channel (`EngineEnd::create_in`) before it
+    // attaches its one worker end (and the raw view) to the same heap.
     #[allow(unsafe_code)]
     unsafe impl Region for Shared {
         fn base(&self) -> *mut u8 {
