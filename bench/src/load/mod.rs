@@ -566,6 +566,7 @@ impl LoadSettings {
         };
         let need = threads * targets.endpoints.len();
         let connections = args.connections.unwrap_or(16.max(need));
+        ensure_descriptors(connections, threads)?;
         let plan = LoadPlan {
             targets,
             duration,
@@ -598,6 +599,42 @@ impl LoadSettings {
             warnings,
         })
     }
+}
+
+/// Descriptors a run holds besides its connections: stdio, the probe's and
+/// the ping-pong baseline's connection, output files, and slack for what
+/// the process opened before (a generous round number: running out in the
+/// middle of a window would be far worse than asking a little too much).
+const SPARE_DESCRIPTORS: u64 = 64;
+
+/// Descriptors a run with `connections` over `threads` client threads
+/// needs: one per connection, an epoll and a timerfd per thread, and
+/// [`SPARE_DESCRIPTORS`].
+pub fn descriptors_needed(connections: usize, threads: usize) -> u64 {
+    connections as u64 + 2 * threads as u64 + SPARE_DESCRIPTORS
+}
+
+/// Raises the open-file limit for the run, or refuses the run when even
+/// the hard limit is too low: better now than `EMFILE` mid-window.
+fn ensure_descriptors(connections: usize, threads: usize) -> Result<(), SettingsError> {
+    let need = descriptors_needed(connections, threads);
+    let limit = sys::raise_open_file_limit(need).map_err(|e| {
+        SettingsError::Invalid(format!("cannot read or raise the open-file limit: {e}"))
+    })?;
+    check_descriptors(connections, need, limit)
+}
+
+/// The refusal of [`ensure_descriptors`], given the limit in force.
+fn check_descriptors(connections: usize, need: u64, limit: u64) -> Result<(), SettingsError> {
+    if limit >= need {
+        return Ok(());
+    }
+    Err(SettingsError::Invalid(format!(
+        "--connections {connections} needs {need} open files (one per connection, plus the \
+         client threads' and {SPARE_DESCRIPTORS} spare), but the open-file limit \
+         (RLIMIT_NOFILE) is {limit}, already raised to its hard limit: raise the hard limit \
+         (e.g. `ulimit -Hn`, or LimitNOFILE= for a service) or use fewer connections"
+    )))
 }
 
 /// With `--pingpong N` and no `--rate`, only the baseline runs: an option
@@ -1017,6 +1054,36 @@ mod tests {
             }
         }
         assert_eq!(ranges::THREADS.text(), "1..=1024");
+    }
+
+    #[test]
+    fn connections_raise_the_open_file_limit_or_are_refused_with_the_numbers() {
+        let (soft, hard) = sys::open_file_limits().unwrap();
+        // What the hard limit allows is accepted, raising the soft limit
+        // to it when needed.
+        let fits = usize::try_from(hard.min(100_000) - descriptors_needed(0, 1)).unwrap();
+        settings(&["--connections", &fits.to_string()]).unwrap();
+        let (raised, _) = sys::open_file_limits().unwrap();
+        assert!(raised >= soft.max(descriptors_needed(fits, 1)), "{raised}");
+        // Past the hard limit: refused, saying how many and the limit.
+        if hard < 1_000_000 {
+            let err = settings(&["--connections", "1000000"])
+                .unwrap_err()
+                .to_string();
+            let need = descriptors_needed(1_000_000, 1);
+            assert!(
+                err.contains(&format!("needs {need} open files"))
+                    && err.contains(&format!("(RLIMIT_NOFILE) is {hard}")),
+                "{err}"
+            );
+        }
+        // The message itself, whatever this machine's limits.
+        let err = check_descriptors(5000, 5066, 1024).unwrap_err().to_string();
+        assert!(
+            err.starts_with("--connections 5000 needs 5066 open files") && err.contains("is 1024"),
+            "{err}"
+        );
+        assert!(check_descriptors(10, 76, 76).is_ok());
     }
 
     #[test]
