@@ -105,7 +105,7 @@ impl DurationRange {
 
 /// The help paragraph of `--flag` in `command` (test support).
 #[cfg(test)]
-pub(crate) fn help_of(command: &clap::Command, flag: &str) -> String {
+fn help_of(command: &clap::Command, flag: &str) -> String {
     command
         .get_arguments()
         .find(|a| a.get_long() == Some(flag))
@@ -113,6 +113,60 @@ pub(crate) fn help_of(command: &clap::Command, flag: &str) -> String {
         .get_help()
         .map(|h| h.to_string())
         .unwrap_or_default()
+}
+
+/// The check of each command's `every_range_is_stated_in_help_and_is_the_one_checked`:
+/// for every range, `--help` of its flag states `[range: TEXT]`; `run(flag,
+/// value)` (the command's settings with `--flag=value`) accepts both ends
+/// (`Ok`; a refusal for another reason than the range is `Ok` too) and
+/// refuses the values just outside with the error
+/// `--flag VALUE is out of range: it takes TEXT`. Durations are given in
+/// nanoseconds, so that one nanosecond past an end is a value of its own.
+#[cfg(test)]
+pub(crate) fn check_ranges(
+    command: &clap::Command,
+    ints: &[IntRange],
+    durations: &[DurationRange],
+    run: impl Fn(&str, &str) -> Result<(), String>,
+) {
+    let ns = |d: Duration| format!("{}ns", d.as_nanos());
+    let mut cases: Vec<(&str, String, [String; 2], Vec<String>)> = Vec::new();
+    for r in ints {
+        let mut outside = vec![(r.max + 1).to_string()];
+        if r.min > 0 {
+            outside.push((r.min - 1).to_string());
+        }
+        cases.push((
+            r.flag,
+            r.text(),
+            [r.min, r.max].map(|v| v.to_string()),
+            outside,
+        ));
+    }
+    for r in durations {
+        let mut outside = vec![ns(r.max + Duration::from_nanos(1))];
+        if !r.min.is_zero() {
+            outside.push(ns(r.min - Duration::from_nanos(1)));
+        }
+        cases.push((r.flag, r.text(), [ns(r.min), ns(r.max)], outside));
+    }
+    for (flag, text, inside, outside) in cases {
+        let help = help_of(command, flag);
+        assert!(
+            help.contains(&format!("[range: {text}]")),
+            "--{flag}: {help}"
+        );
+        for v in inside {
+            assert_eq!(run(flag, &v), Ok(()), "--{flag}={v}");
+        }
+        for v in outside {
+            assert_eq!(
+                run(flag, &v),
+                Err(format!("--{flag} {v} is out of range: it takes {text}")),
+                "--{flag}={v}"
+            );
+        }
+    }
 }
 
 #[cfg(test)]

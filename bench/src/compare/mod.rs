@@ -243,8 +243,8 @@ pub mod ranges {
     pub const CLIENT_THREADS: IntRange = IntRange::new("client-threads", 1, 1024);
     /// `--connections`.
     pub const CONNECTIONS: IntRange = IntRange::new("connections", 1, 100_000);
-    /// `--payload`.
-    pub const PAYLOAD: IntRange = IntRange::new("payload", 0, crate::engine::MAX_PAYLOAD as u64);
+    /// `--payload`, `--duration` and `--timeout`: as `bench engine`'s.
+    pub use crate::engine::ranges::{DURATION, PAYLOAD, TIMEOUT};
     /// `--refine`.
     pub const REFINE: IntRange = IntRange::new("refine", 0, 30);
     /// `--miss-runs`.
@@ -253,8 +253,6 @@ pub mod ranges {
     pub const PINGPONG: IntRange = IntRange::new("pingpong", 1, 1_000_000_000);
     const HOUR: Duration = Duration::from_secs(3600);
     const MS: Duration = Duration::from_millis(1);
-    /// `--duration`.
-    pub const DURATION: DurationRange = DurationRange::new("duration", MS, HOUR);
     /// `--warmup`.
     pub const WARMUP: DurationRange = DurationRange::new("warmup", Duration::ZERO, HOUR);
     /// `--sweep-duration`.
@@ -262,8 +260,6 @@ pub mod ranges {
     /// `--keep-up-p50`.
     pub const KEEP_UP_P50: DurationRange =
         DurationRange::new("keep-up-p50", Duration::from_micros(1), HOUR);
-    /// `--timeout`.
-    pub const TIMEOUT: DurationRange = DurationRange::new("timeout", MS, HOUR);
     /// Every integer range, for the help test.
     pub const INTS: [IntRange; 7] = [
         SERVER_THREADS,
@@ -576,56 +572,26 @@ mod tests {
 
     #[test]
     fn every_range_is_stated_in_help_and_is_the_one_checked() {
-        let command = <Cli as clap::CommandFactory>::command();
-        // Core options a two-core machine can take, whatever the defaults.
-        let base = ["--allow-shared-cores", "--client-cores=0", "--io-cores=0"];
-        let check = |flag: &str, text: String, inside: [String; 2], outside: Vec<String>| {
-            let help = crate::range::help_of(&command, flag);
-            assert!(
-                help.contains(&format!("[range: {text}]")),
-                "--{flag}: {help}"
-            );
-            let run = |v: &str| {
+        crate::range::check_ranges(
+            &<Cli as clap::CommandFactory>::command(),
+            &ranges::INTS,
+            &ranges::DURATIONS,
+            |flag, v| {
                 let arg = format!("--{flag}={v}");
-                let mut argv = base.to_vec();
-                argv.push(&arg);
+                // Core options a two-core machine can take, whatever the defaults.
+                let mut argv = vec![
+                    "--allow-shared-cores",
+                    "--client-cores=0",
+                    "--io-cores=0",
+                    &arg,
+                ];
                 // More connections than threads, whatever the thread count.
                 if flag == "client-threads" {
                     argv.push("--connections=100000");
                 }
-                settings(&argv)
-            };
-            for v in inside {
-                assert!(run(&v).is_ok(), "--{flag}={v}: {:?}", run(&v).err());
-            }
-            for v in outside {
-                let message = format!("{:#}", run(&v).unwrap_err());
-                assert_eq!(
-                    message,
-                    format!("--{flag} {v} is out of range: it takes {text}")
-                );
-            }
-        };
-        for r in ranges::INTS {
-            let mut outside = vec![(r.max + 1).to_string()];
-            if r.min > 0 {
-                outside.push((r.min - 1).to_string());
-            }
-            check(
-                r.flag,
-                r.text(),
-                [r.min, r.max].map(|v| v.to_string()),
-                outside,
-            );
-        }
-        let ns = |d: Duration| format!("{}ns", d.as_nanos());
-        for r in ranges::DURATIONS {
-            let mut outside = vec![ns(r.max + Duration::from_nanos(1))];
-            if !r.min.is_zero() {
-                outside.push(ns(r.min - Duration::from_nanos(1)));
-            }
-            check(r.flag, r.text(), [ns(r.min), ns(r.max)], outside);
-        }
+                settings(&argv).map(|_| ()).map_err(|e| format!("{e:#}"))
+            },
+        );
         // The old spelling of --timeout is still --timeout.
         let error = settings(&["--timeout-s", "0"]).unwrap_err().to_string();
         assert_eq!(error, "--timeout 0 is out of range: it takes 1ms..=3600s");

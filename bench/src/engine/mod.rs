@@ -710,51 +710,16 @@ mod tests {
 
     #[test]
     fn every_range_is_stated_in_help_and_is_the_one_checked() {
-        let command = <Cli as clap::CommandFactory>::command();
-        let check = |flag: &str, text: String, inside: [String; 2], outside: Vec<String>| {
-            let help = crate::range::help_of(&command, flag);
-            assert!(
-                help.contains(&format!("[range: {text}]")),
-                "--{flag}: {help}"
-            );
-            for v in inside {
-                let arg = format!("--{flag}={v}");
-                assert!(settings(&[&arg]).is_ok(), "{arg}: {:?}", settings(&[&arg]));
-            }
-            for v in outside {
-                let arg = format!("--{flag}={v}");
-                let err = settings(&[&arg]).unwrap_err();
-                assert!(
-                    matches!(&err, ArgsError::Range(e) if e.flag == flag && e.range == text),
-                    "{arg}: {err:?}"
-                );
-                let message = err.to_string();
-                assert!(
-                    message.starts_with(&format!("--{flag} {v} is out of range: it takes {text}")),
-                    "{message}"
-                );
-            }
-        };
-        for r in ranges::INTS {
-            let mut outside = vec![(r.max + 1).to_string()];
-            if r.min > 0 {
-                outside.push((r.min - 1).to_string());
-            }
-            check(
-                r.flag,
-                r.text(),
-                [r.min, r.max].map(|v| v.to_string()),
-                outside,
-            );
-        }
-        let ns = |d: Duration| format!("{}ns", d.as_nanos());
-        for r in ranges::DURATIONS {
-            let mut outside = vec![ns(r.max + Duration::from_nanos(1))];
-            if !r.min.is_zero() {
-                outside.push(ns(r.min - Duration::from_nanos(1)));
-            }
-            check(r.flag, r.text(), [ns(r.min), ns(r.max)], outside);
-        }
+        crate::range::check_ranges(
+            &<Cli as clap::CommandFactory>::command(),
+            &ranges::INTS,
+            &ranges::DURATIONS,
+            |flag, v| {
+                settings(&[&format!("--{flag}={v}")])
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            },
+        );
         // The cap reads the same in the help and in the error: 3600s.
         let err = settings(&["--duration=2h"]).unwrap_err().to_string();
         assert_eq!(err, "--duration 2h is out of range: it takes 1ms..=3600s");

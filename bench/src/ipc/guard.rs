@@ -256,13 +256,18 @@ mod tests {
         assert!(!d.stalled(4, t0));
     }
 
-    #[test]
-    fn watchdog_kills_the_peer_and_wakes_the_driver_on_a_stall() {
+    /// A stand-in for the peer: a process that waits to be killed.
+    fn sleeping_child() -> Arc<Mutex<std::process::Child>> {
         let child = std::process::Command::new("sleep")
             .arg("300")
             .spawn()
             .unwrap();
-        let child = Arc::new(Mutex::new(child));
+        Arc::new(Mutex::new(child))
+    }
+
+    #[test]
+    fn watchdog_kills_the_peer_and_wakes_the_driver_on_a_stall() {
+        let child = sleeping_child();
         let stop = Arc::new(Stop::new());
         // No progress at all: it fires after the (short) timeout, however
         // late its thread runs. Only whether it fires is asserted, not when;
@@ -294,11 +299,7 @@ mod tests {
 
     #[test]
     fn watchdog_stays_quiet_while_the_run_progresses() {
-        let child = std::process::Command::new("sleep")
-            .arg("300")
-            .spawn()
-            .unwrap();
-        let child = Arc::new(Mutex::new(child));
+        let child = sleeping_child();
         let stop = Arc::new(Stop::new());
         // A timeout no scheduling delay reaches; the stall logic itself is
         // tested with made-up times above.

@@ -757,52 +757,17 @@ mod tests {
 
     #[test]
     fn every_range_is_stated_in_help_and_is_the_one_checked() {
-        let command = <Cli as clap::CommandFactory>::command();
-        // No ring-stream case: its own minimum of messages stays out of it.
-        let run = |flag: &str, v: &str| {
-            let arg = format!("--{flag}={v}");
-            settings(&["--filter", "atomic-floor", &arg])
-        };
-        let mut checks: Vec<(&str, String, [String; 2], Vec<String>)> = Vec::new();
-        for r in ranges::INTS {
-            let mut outside = vec![(r.max + 1).to_string()];
-            if r.min > 0 {
-                outside.push((r.min - 1).to_string());
-            }
-            checks.push((
-                r.flag,
-                r.text(),
-                [r.min, r.max].map(|v| v.to_string()),
-                outside,
-            ));
-        }
-        let r = ranges::STALL_TIMEOUT;
-        let ns = |d: Duration| format!("{}ns", d.as_nanos());
-        checks.push((
-            r.flag,
-            r.text(),
-            [ns(r.min), ns(r.max)],
-            vec![
-                ns(r.min - Duration::from_nanos(1)),
-                ns(r.max + Duration::from_nanos(1)),
-            ],
-        ));
-        for (flag, text, inside, outside) in checks {
-            let help = crate::range::help_of(&command, flag);
-            assert!(
-                help.contains(&format!("[range: {text}]")),
-                "--{flag}: {help}"
-            );
-            for v in inside {
-                assert!(run(flag, &v).is_ok(), "--{flag}={v}: {:?}", run(flag, &v));
-            }
-            for v in outside {
-                assert_eq!(
-                    run(flag, &v).unwrap_err().to_string(),
-                    format!("--{flag} {v} is out of range: it takes {text}")
-                );
-            }
-        }
+        crate::range::check_ranges(
+            &<Cli as clap::CommandFactory>::command(),
+            &ranges::INTS,
+            &[ranges::STALL_TIMEOUT],
+            |flag, v| {
+                // No ring-stream case: its own minimum of messages stays out of it.
+                settings(&["--filter", "atomic-floor", &format!("--{flag}={v}")])
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            },
+        );
     }
 
     #[test]

@@ -609,7 +609,7 @@ const SPARE_DESCRIPTORS: u64 = 64;
 
 /// Descriptors a run with `connections` over `threads` client threads
 /// needs: one per connection, an epoll and a timerfd per thread, and
-/// [`SPARE_DESCRIPTORS`].
+/// `SPARE_DESCRIPTORS` (64).
 pub fn descriptors_needed(connections: usize, threads: usize) -> u64 {
     connections as u64 + 2 * threads as u64 + SPARE_DESCRIPTORS
 }
@@ -987,72 +987,18 @@ mod tests {
         LoadSettings::from_args(&cli.load)
     }
 
-    /// Whether `result` is a range error of `--flag` that states `range`.
-    fn refused(result: Result<LoadSettings, SettingsError>, flag: &str, range: &str) -> bool {
-        match result {
-            Err(SettingsError::Range(e)) => {
-                let text = e.to_string();
-                e.flag == flag && text.contains(&format!("--{flag} ")) && text.contains(range)
-            }
-            _ => false,
-        }
-    }
-
     #[test]
     fn every_range_is_stated_in_help_and_is_the_one_checked() {
-        let command = Cli::command();
-        for r in ranges::INTS {
-            let help = crate::range::help_of(&command, r.flag);
-            assert!(
-                help.contains(&format!("[range: {}]", r.text())),
-                "--{}: {help}",
-                r.flag
-            );
-            for inside in [r.min, r.max] {
-                let result = settings(&[&format!("--{}", r.flag), &inside.to_string()]);
-                // Another check may refuse it (descriptors, say); the range does not.
-                assert!(
-                    !matches!(result, Err(SettingsError::Range(_))),
-                    "--{} {inside}: {:?}",
-                    r.flag,
-                    result.err()
-                );
-            }
-            let mut outside = vec![r.max + 1];
-            if r.min > 0 {
-                outside.push(r.min - 1);
-            }
-            for v in outside {
-                let result = settings(&[&format!("--{}", r.flag), &v.to_string()]);
-                assert!(refused(result, r.flag, &r.text()), "--{} {v}", r.flag);
-            }
-        }
-        for r in ranges::DURATIONS {
-            let help = crate::range::help_of(&command, r.flag);
-            assert!(
-                help.contains(&format!("[range: {}]", r.text())),
-                "--{}: {help}",
-                r.flag
-            );
-            let ns = |d: Duration| format!("{}ns", d.as_nanos());
-            for inside in [r.min, r.max] {
-                let result = settings(&[&format!("--{}", r.flag), &ns(inside)]);
-                assert!(
-                    !matches!(result, Err(SettingsError::Range(_))),
-                    "--{} {inside:?}: {:?}",
-                    r.flag,
-                    result.err()
-                );
-            }
-            let mut outside = vec![r.max + Duration::from_nanos(1)];
-            if !r.min.is_zero() {
-                outside.push(r.min - Duration::from_nanos(1));
-            }
-            for d in outside {
-                let result = settings(&[&format!("--{}", r.flag), &ns(d)]);
-                assert!(refused(result, r.flag, &r.text()), "--{} {d:?}", r.flag);
-            }
-        }
+        crate::range::check_ranges(
+            &Cli::command(),
+            &ranges::INTS,
+            &ranges::DURATIONS,
+            |flag, v| match settings(&[&format!("--{flag}={v}")]) {
+                Err(SettingsError::Range(e)) => Err(e.to_string()),
+                // Another check may refuse it (descriptors, say): not the range.
+                _ => Ok(()),
+            },
+        );
         assert_eq!(ranges::THREADS.text(), "1..=1024");
     }
 
