@@ -45,6 +45,7 @@ pub mod hist;
 pub mod ipc;
 pub mod load;
 pub mod pin;
+pub mod range;
 pub mod report;
 
 use clap::Subcommand;

@@ -358,14 +358,20 @@ fn kill_peer_mid_run(cores: &str, filter: &str) {
     std::thread::sleep(Duration::from_millis(300));
     kill(peer);
     let started = Instant::now();
-    let err = run.join().unwrap().unwrap_err();
-    // The case notices (EOF, a dead thread, or the 2 s watchdog) long
-    // before the rounds would have ended.
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "took {:?}",
-        started.elapsed()
-    );
+    // The case notices (EOF, a dead thread, or the 2 s watchdog): the run
+    // ends in an error, where finishing its 100000 rounds would be Ok (and
+    // take hours). No wall-clock bound on how soon it notices (a loaded
+    // machine may take its time, docs/design.md §7); the join is bounded
+    // only so that a run that never notices fails instead of hanging.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(run.join());
+    });
+    let err = rx
+        .recv_timeout(Duration::from_secs(600))
+        .expect("the run never noticed its peer died")
+        .unwrap()
+        .unwrap_err();
     eprintln!(
         "  {filter}: run ended after {:?} with: {err:#}",
         started.elapsed()

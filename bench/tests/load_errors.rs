@@ -336,6 +336,126 @@ fn a_mix_counts_errors_under_the_kind_that_met_them() {
     assert_eq!(cases[2].counts["non_2xx"], b.non_2xx);
 }
 
+/// A server that answers `Reply::Ok` on its first `connections`
+/// connections, then stops listening: a target that dies between rates.
+fn dying_server(connections: usize) -> (SocketAddr, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = Arc::clone(&stop);
+    std::thread::spawn(move || {
+        let count = Arc::new(AtomicU64::new(0));
+        for _ in 0..connections {
+            let Ok((s, _)) = listener.accept() else {
+                return;
+            };
+            let (count, stop) = (Arc::clone(&count), Arc::clone(&stop2));
+            std::thread::spawn(move || serve(s, &count, &stop, |_| Reply::Ok));
+        }
+        // Dropping the listener refuses every later connection.
+    });
+    (addr, stop)
+}
+
+#[test]
+fn a_sweep_whose_target_dies_reports_the_rates_that_finished() {
+    // One probe connection and two client connections per rate: the
+    // second rate's probe finds nobody listening.
+    let (addr, stop) = dying_server(3);
+    let dir = std::env::temp_dir().join(format!("nocturne-dies-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = |name: &str| dir.join(name).display().to_string();
+    let mut list = quick(&format!("http://{addr}/function/echo"));
+    let rate = list.iter().position(|a| a == "--rate").unwrap();
+    list[rate + 1] = "200,300,400".into();
+    list.extend(
+        [
+            "--json",
+            &path("out.json"),
+            "--hgrm",
+            &path("out.hgrm"),
+            "--plot",
+            &path("out.svg"),
+        ]
+        .map(String::from),
+    );
+    let err = run_cli(list).unwrap_err().to_string();
+    stop.store(true, Ordering::Relaxed);
+    assert!(
+        err.starts_with("stopped early: 300/s failed: ") && err.contains("cannot connect"),
+        "{err}"
+    );
+    assert!(
+        err.contains("the 1 rate(s) before it are reported above"),
+        "{err}"
+    );
+    let report = nocturne_bench::report::Report::read_json(&dir.join("out.json")).unwrap();
+    let names: Vec<&str> = report.cases.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["200/s"]);
+    assert!(report.machine.modes["stopped_early"].starts_with("300/s: "));
+    assert_eq!(report.machine.modes["rates"], "200");
+    assert!(
+        dir.join("out.200.hgrm").exists(),
+        "{:?}",
+        std::fs::read_dir(&dir).unwrap().collect::<Vec<_>>()
+    );
+    assert!(std::fs::read_to_string(dir.join("out.svg"))
+        .unwrap()
+        .starts_with("<svg"));
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // A target dead from the first rate is the error itself, as before
+    // (a port closed before the run: refused, never half-accepted).
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut list = quick(&format!("http://127.0.0.1:{port}/x"));
+    list[rate + 1] = "200,300".into();
+    let err = run_cli(list).unwrap_err().to_string();
+    assert!(
+        !err.contains("stopped early") && err.contains("cannot connect"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_pingpong_baseline_alone_runs_without_a_rate() {
+    let server = ScriptedServer::start(None, |_| Reply::Ok);
+    let dir = std::env::temp_dir().join(format!("nocturne-ppalone-{}", std::process::id()));
+    let json = dir.join("pp.json");
+    let list: Vec<String> = [
+        &server.url(),
+        "--pingpong",
+        "50",
+        "--timeout",
+        "5s",
+        "-q",
+        "--json",
+        &json.display().to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    run_cli(list).unwrap();
+    let report = nocturne_bench::report::Report::read_json(&json).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let names: Vec<&str> = report.cases.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["pingpong"]);
+    assert_eq!(report.cases[0].samples, 50);
+    // An open-loop option beside it is refused by name.
+    let err = run_cli(
+        [&server.url(), "--pingpong", "50", "--arrival", "poisson"]
+            .map(String::from)
+            .to_vec(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with("--arrival is an option of open-loop load"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_server_that_hangs_up() {
     let rude = ScriptedServer::start(None, |_| Reply::Close);
@@ -533,7 +653,7 @@ fn malformed_options_are_named() {
         ),
         (
             &["http://127.0.0.1:9/", "--rate", "1k", "--threads", "0"],
-            "at least 1",
+            "--threads 0 is out of range: it takes 1..=1024",
         ),
         (
             &["http://127.0.0.1:9/", "--rate", "1k", "--cores", "100000"],

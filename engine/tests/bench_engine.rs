@@ -397,7 +397,10 @@ fn bad_flags_are_refused_before_anything_starts() {
             &["--client-cores=0-1"],
             "--client-cores and --io-core must differ",
         ),
-        (&["--duration=0"], "--duration must be longer than zero"),
+        (
+            &["--duration=0"],
+            "--duration 0 is out of range: it takes 1ms..=3600s",
+        ),
         // serve's grammar: exact, so no fraction of a nanosecond rounds to 0.
         (
             &["--duration=0.0000000001"],
@@ -407,7 +410,7 @@ fn bad_flags_are_refused_before_anything_starts() {
         (&["--net=kernel,dpdk"], "unknown network stack"),
         (
             &["--net=smoltcp", "--conns-rate=0"],
-            "--conns-rate must be at least 1",
+            "--conns-rate 0 is out of range: it takes 1..=100000",
         ),
         (
             &["--io-core=4096", "--client-core=0"],

@@ -89,7 +89,8 @@ pub struct CompareArgs {
     /// then competes with the servers it measures.
     #[arg(long)]
     pub allow_shared_cores: bool,
-    /// tokio worker threads of each baseline process [default: one per server core].
+    /// tokio worker threads of each baseline process [default: one per server
+    /// core] [range: 1..=1024].
     #[arg(long, value_name = "N")]
     pub server_threads: Option<usize>,
     /// nocturne's `serve --poll` (spin, adaptive, block).
@@ -102,23 +103,24 @@ pub struct CompareArgs {
     /// How the load generator waits (spin, adaptive, block).
     #[arg(long, value_enum, default_value_t = PollMode::Adaptive, value_name = "MODE")]
     pub client_poll: PollMode,
-    /// Load generator threads (spread over --client-cores).
+    /// Load generator threads (spread over --client-cores) [range: 1..=1024].
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub client_threads: usize,
-    /// Keep-alive connections of the load generator.
+    /// Keep-alive connections of the load generator [range: 1..=100000].
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub connections: usize,
-    /// Request body bytes, at most 524288 (512 KiB), as `bench engine`.
+    /// Request body bytes, as `bench engine` [range: 0..=524288] (512 KiB).
     #[arg(long, default_value_t = 64, value_name = "BYTES")]
     pub payload: usize,
     /// Measurement window per rate, e.g. 5s, 500ms, 1m or 2.5 (seconds)
-    /// [default: 5s, quick 1s].
+    /// [default: 5s, quick 1s] [range: 1ms..=3600s].
     #[arg(long, value_name = "DURATION")]
     pub duration: Option<String>,
-    /// Warm-up before each window [default: 1s, quick 200ms].
+    /// Warm-up before each window [default: 1s, quick 200ms] [range: 0s..=3600s].
     #[arg(long, value_name = "DURATION")]
     pub warmup: Option<String>,
-    /// Window of each saturation-search rate [default: 2s, quick 500ms].
+    /// Window of each saturation-search rate [default: 2s, quick 500ms]
+    /// [range: 1ms..=3600s].
     #[arg(long, value_name = "DURATION")]
     pub sweep_duration: Option<String>,
     /// First rate of the saturation search.
@@ -127,24 +129,25 @@ pub struct CompareArgs {
     /// Highest rate of the saturation search.
     #[arg(long, default_value = "1M", value_name = "RATE")]
     pub sweep_max: String,
-    /// Bisection steps after the doubling [default: 3, quick 1].
+    /// Bisection steps after the doubling [default: 3, quick 1] [range: 0..=30].
     #[arg(long, value_name = "N")]
     pub refine: Option<u32>,
     /// Runs of a rate that must all miss before the search believes the
-    /// miss (a shared host's stall can sink one window).
+    /// miss (a shared host's stall can sink one window) [range: 1..=100].
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub miss_runs: u32,
     /// A run keeps up when it achieves this fraction of the offered rate…
     #[arg(long, default_value_t = 0.95, value_name = "FRACTION")]
     pub keep_up_fraction: f64,
     /// …with no errors and a p50 under this (a median, so that the odd
-    /// stall of a shared host does not count as saturation).
+    /// stall of a shared host does not count as saturation) [range: 1us..=3600s].
     #[arg(long, default_value = "2ms", value_name = "DURATION")]
     pub keep_up_p50: String,
     /// Skip the search: use this saturation rate S.
     #[arg(long, value_name = "RATE")]
     pub saturation: Option<String>,
-    /// Unloaded (ping-pong) round trips per system [default: 5000, quick 500].
+    /// Unloaded (ping-pong) round trips per system [default: 5000, quick 500]
+    /// [range: 1..=1000000000].
     #[arg(long, value_name = "N")]
     pub pingpong: Option<u64>,
     /// The SLO is this many times nocturne's unloaded p50, at p99.
@@ -155,7 +158,7 @@ pub struct CompareArgs {
     #[arg(long, default_value_t = 8.0, value_name = "FACTOR")]
     pub ladder_max: f64,
     /// A request unanswered this long is an error; also each server's
-    /// start-up limit (e.g. 10s; a bare number is seconds).
+    /// start-up limit (e.g. 10s; a bare number is seconds) [range: 1ms..=3600s].
     #[arg(
         long,
         alias = "timeout-s",
@@ -227,29 +230,83 @@ pub struct CompareSettings {
     pub json: Option<PathBuf>,
 }
 
+/// The accepted ranges of `bench compare`'s integer and duration options
+/// (the help states each in the same words).
+pub mod ranges {
+    use std::time::Duration;
+
+    use crate::range::{DurationRange, IntRange};
+
+    /// `--server-threads`.
+    pub const SERVER_THREADS: IntRange = IntRange::new("server-threads", 1, 1024);
+    /// `--client-threads`.
+    pub const CLIENT_THREADS: IntRange = IntRange::new("client-threads", 1, 1024);
+    /// `--connections`.
+    pub const CONNECTIONS: IntRange = IntRange::new("connections", 1, 100_000);
+    /// `--payload`, `--duration` and `--timeout`: as `bench engine`'s.
+    pub use crate::engine::ranges::{DURATION, PAYLOAD, TIMEOUT};
+    /// `--refine`.
+    pub const REFINE: IntRange = IntRange::new("refine", 0, 30);
+    /// `--miss-runs`.
+    pub const MISS_RUNS: IntRange = IntRange::new("miss-runs", 1, 100);
+    /// `--pingpong`.
+    pub const PINGPONG: IntRange = IntRange::new("pingpong", 1, 1_000_000_000);
+    const HOUR: Duration = Duration::from_secs(3600);
+    const MS: Duration = Duration::from_millis(1);
+    /// `--warmup`.
+    pub const WARMUP: DurationRange = DurationRange::new("warmup", Duration::ZERO, HOUR);
+    /// `--sweep-duration`.
+    pub const SWEEP_DURATION: DurationRange = DurationRange::new("sweep-duration", MS, HOUR);
+    /// `--keep-up-p50`.
+    pub const KEEP_UP_P50: DurationRange =
+        DurationRange::new("keep-up-p50", Duration::from_micros(1), HOUR);
+    /// Every integer range, for the help test.
+    pub const INTS: [IntRange; 7] = [
+        SERVER_THREADS,
+        CLIENT_THREADS,
+        CONNECTIONS,
+        PAYLOAD,
+        REFINE,
+        MISS_RUNS,
+        PINGPONG,
+    ];
+    /// Every duration range, for the help test.
+    pub const DURATIONS: [DurationRange; 5] =
+        [DURATION, WARMUP, SWEEP_DURATION, KEEP_UP_P50, TIMEOUT];
+}
+
 impl CompareSettings {
     /// Validates the command line (cores against this process's mask).
     pub fn from_args(args: &CompareArgs) -> anyhow::Result<Self> {
-        let pick = |given: &Option<String>, full: &str, quick: &str, what: &str| {
+        // Name the one flag that is wrong, not every flag that could be.
+        let in_range = |range: crate::range::DurationRange, text: &str| {
+            let d = parse_duration(text).with_context(|| format!("--{}", range.flag))?;
+            anyhow::Ok(range.check(d, text)?)
+        };
+        let pick = |given: &Option<String>, full: &str, quick: &str, range| {
             let text = given
                 .clone()
                 .unwrap_or_else(|| if args.quick { quick } else { full }.to_owned());
-            parse_duration(&text).with_context(|| format!("--{what}"))
+            in_range(range, &text)
         };
-        let duration = pick(&args.duration, "5s", "1s", "duration")?;
-        let warmup = pick(&args.warmup, "1s", "200ms", "warmup")?;
-        let sweep_duration = pick(&args.sweep_duration, "2s", "500ms", "sweep-duration")?;
-        let timeout = parse_duration(&args.timeout).context("--timeout")?;
-        let keep_up_p50 = parse_duration(&args.keep_up_p50).context("--keep-up-p50")?;
-        // Name the one flag that is wrong, not every flag that could be.
-        for (flag, value) in [
-            ("duration", duration),
-            ("sweep-duration", sweep_duration),
-            ("timeout", timeout),
-        ] {
-            if value.is_zero() {
-                anyhow::bail!("--{flag} must be longer than zero");
-            }
+        let duration = pick(&args.duration, "5s", "1s", ranges::DURATION)?;
+        let warmup = pick(&args.warmup, "1s", "200ms", ranges::WARMUP)?;
+        let sweep_duration = pick(&args.sweep_duration, "2s", "500ms", ranges::SWEEP_DURATION)?;
+        let timeout = in_range(ranges::TIMEOUT, &args.timeout)?;
+        let keep_up_p50 = in_range(ranges::KEEP_UP_P50, &args.keep_up_p50)?;
+        ranges::CLIENT_THREADS.check_usize(args.client_threads)?;
+        ranges::CONNECTIONS.check_usize(args.connections)?;
+        // Checked before the body is allocated and filled.
+        ranges::PAYLOAD.check_usize(args.payload)?;
+        ranges::MISS_RUNS.check(u64::from(args.miss_runs))?;
+        if let Some(n) = args.refine {
+            ranges::REFINE.check(u64::from(n))?;
+        }
+        if let Some(n) = args.pingpong {
+            ranges::PINGPONG.check(n)?;
+        }
+        if let Some(n) = args.server_threads {
+            ranges::SERVER_THREADS.check_usize(n)?;
         }
         let mut systems = Vec::new();
         for name in args.systems.split(',') {
@@ -281,22 +338,12 @@ impl CompareSettings {
             anyhow::bail!("--slo-factor must be positive");
         }
         let ladder_max = sweep::check_ladder_max(args.ladder_max)?;
-        // Checked before the body is allocated and filled.
-        if args.payload > crate::engine::MAX_PAYLOAD {
+        if args.connections < args.client_threads {
             anyhow::bail!(
-                "--payload must be at most {}, got {}",
-                crate::engine::MAX_PAYLOAD,
-                args.payload
+                "--connections {} is too few for --client-threads {}: each thread needs one",
+                args.connections,
+                args.client_threads
             );
-        }
-        if args.miss_runs == 0 {
-            anyhow::bail!("--miss-runs must be at least 1");
-        }
-        if args.pingpong == Some(0) {
-            anyhow::bail!("--pingpong must be at least 1");
-        }
-        if args.connections < args.client_threads.max(1) || args.client_threads == 0 {
-            anyhow::bail!("need at least one client thread and a connection per thread");
         }
         if !matches!(args.nocturne_poll.as_str(), "spin" | "adaptive" | "block") {
             anyhow::bail!("--nocturne-poll: expected spin, adaptive or block");
@@ -326,7 +373,6 @@ impl CompareSettings {
         server_cores.sort_unstable();
         server_cores.dedup();
         let server_threads = match args.server_threads {
-            Some(0) => anyhow::bail!("--server-threads must be at least 1"),
             Some(n) => n,
             None => server_cores.len(),
         };
@@ -525,25 +571,33 @@ mod tests {
     }
 
     #[test]
-    fn help_states_bench_engines_payload_limit() {
-        let help = <Cli as clap::CommandFactory>::command()
-            .render_help()
-            .to_string();
-        let limit = crate::engine::MAX_PAYLOAD;
-        assert!(help.contains(&format!("at most {limit} ")), "{help}");
-        let over = (limit + 1).to_string();
-        let error = settings(&["--payload", &over]).unwrap_err().to_string();
-        assert!(error.contains(&format!("at most {limit}")), "{error}");
-    }
-
-    #[test]
-    fn a_zero_duration_is_refused_under_its_own_flag() {
-        for flag in ["--duration", "--sweep-duration", "--timeout"] {
-            let error = settings(&[flag, "0"]).unwrap_err().to_string();
-            assert_eq!(error, format!("{flag} must be longer than zero"));
-        }
+    fn every_range_is_stated_in_help_and_is_the_one_checked() {
+        crate::range::check_ranges(
+            &<Cli as clap::CommandFactory>::command(),
+            &ranges::INTS,
+            &ranges::DURATIONS,
+            |flag, v| {
+                let arg = format!("--{flag}={v}");
+                // Core options a two-core machine can take, whatever the defaults.
+                let mut argv = vec![
+                    "--allow-shared-cores",
+                    "--client-cores=0",
+                    "--io-cores=0",
+                    &arg,
+                ];
+                // More connections than threads, whatever the thread count.
+                if flag == "client-threads" {
+                    argv.push("--connections=100000");
+                }
+                settings(&argv).map(|_| ()).map_err(|e| format!("{e:#}"))
+            },
+        );
         // The old spelling of --timeout is still --timeout.
         let error = settings(&["--timeout-s", "0"]).unwrap_err().to_string();
-        assert_eq!(error, "--timeout must be longer than zero");
+        assert_eq!(error, "--timeout 0 is out of range: it takes 1ms..=3600s");
+        let error = settings(&["--connections=2", "--client-threads=3"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("too few for --client-threads 3"), "{error}");
     }
 }

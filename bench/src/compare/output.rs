@@ -615,9 +615,9 @@ mod tests {
         // Checked before `vec![b'p'; payload]`: no capacity overflow.
         refused(
             &["--payload=18446744073709551615"],
-            "--payload must be at most 524288",
+            "--payload 18446744073709551615 is out of range: it takes 0..=524288",
         );
-        refused(&["--payload=524289"], "--payload must be at most");
+        refused(&["--payload=524289"], "--payload 524289 is out of range");
         assert_eq!(
             parse_args(&["--saturation=1000", "--payload=524288"])
                 .unwrap()
@@ -633,8 +633,14 @@ mod tests {
                 .ladder_max,
             3.0
         );
-        refused(&["--miss-runs=0"], "--miss-runs must be at least 1");
-        refused(&["--pingpong=0"], "--pingpong must be at least 1");
+        refused(
+            &["--miss-runs=0"],
+            "--miss-runs 0 is out of range: it takes 1..=100",
+        );
+        refused(
+            &["--pingpong=0"],
+            "--pingpong 0 is out of range: it takes 1..=1000000000",
+        );
         // Durations in the forms `bench engine` takes; the timeout under
         // either name.
         let sets = parse_args(&["--saturation=1000", "--duration=1m", "--timeout-s=7"]).unwrap();

@@ -95,23 +95,26 @@ pub struct EngineArgs {
     /// Fewer samples and shorter throughput runs (every case still runs).
     #[arg(long)]
     pub quick: bool,
-    /// Rounds (every latency case runs once per round) [default: 10, quick 5].
+    /// Rounds (every latency case runs once per round) [default: 10, quick 5]
+    /// [range: 1..=1000000].
     #[arg(long, value_name = "N")]
     pub rounds: Option<u32>,
-    /// Timed round trips per latency case per round [default: 10000, quick 2000].
+    /// Timed round trips per latency case per round [default: 10000, quick
+    /// 2000] [range: 1..=1000000000].
     #[arg(long, value_name = "N")]
     pub samples: Option<u64>,
-    /// Untimed warm-up round trips per latency case per round [default: 500, quick 200].
+    /// Untimed warm-up round trips per latency case per round [default: 500,
+    /// quick 200] [range: 0..=1000000000].
     #[arg(long, value_name = "N")]
     pub warmup: Option<u64>,
     /// Measuring time of each throughput case, e.g. 3s, 500ms, 1m or 2.5
-    /// (seconds) [default: 3s, quick 1s].
+    /// (seconds) [default: 3s, quick 1s] [range: 1ms..=3600s].
     #[arg(long, value_name = "DURATION")]
     pub duration: Option<String>,
-    /// Client connections of the throughput cases.
+    /// Client connections of the throughput cases [range: 1..=1024].
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub connections: usize,
-    /// Request body bytes of the external cases, at most 524288 (512 KiB).
+    /// Request body bytes of the external cases [range: 0..=524288] (512 KiB).
     #[arg(long, default_value_t = 64, value_name = "BYTES")]
     pub payload: usize,
     /// Also measure engines on these network stacks (kernel, smoltcp;
@@ -120,15 +123,15 @@ pub struct EngineArgs {
     #[arg(long, value_name = "NETS")]
     pub net: Option<String>,
     /// Requests per second, over all connections, of the `conns` cases
-    /// (run only with --net).
+    /// (run only with --net) [range: 1..=100000].
     #[arg(long, default_value_t = 2000, value_name = "N")]
     pub conns_rate: u64,
     /// Measuring time of each `conns` case (run only with --net), spread
-    /// over the rounds, e.g. 10s [default: 10s, quick 1s].
+    /// over the rounds, e.g. 10s [default: 10s, quick 1s] [range: 1ms..=3600s].
     #[arg(long, value_name = "DURATION")]
     pub conns_duration: Option<String>,
-    /// Requests of the soak case (at least 10); memory is compared after a
-    /// tenth and after all of them [default: 1000000, quick 200000].
+    /// Requests of the soak case; memory is compared after a tenth and after
+    /// all of them [default: 1000000, quick 200000] [range: 10..=1000000000].
     #[arg(long, value_name = "N")]
     pub soak_requests: Option<u64>,
     /// An extra argument for every `nocturne serve` (repeatable), e.g.
@@ -137,7 +140,7 @@ pub struct EngineArgs {
     pub engine_arg: Vec<String>,
     /// Give up on a request (and on a server's start) after this long,
     /// e.g. 20s or 500ms (a bare number is seconds, as the old --timeout-s
-    /// took).
+    /// took) [range: 1ms..=3600s].
     #[arg(
         long,
         alias = "timeout-s",
@@ -285,32 +288,9 @@ pub enum ArgsError {
         /// Why (it quotes the text).
         reason: SpecError,
     },
-    /// A duration that must be positive is zero.
-    #[error("--{0} must be longer than zero")]
-    ZeroDuration(&'static str),
-    /// A count that must be positive is zero.
-    #[error("--{0} must be at least 1")]
-    Zero(&'static str),
-    /// A count is below its least useful value.
-    #[error("--{flag} must be at least {min}, got {got}")]
-    TooSmall {
-        /// Which flag.
-        flag: &'static str,
-        /// The least value.
-        min: u64,
-        /// The value.
-        got: u64,
-    },
-    /// A value is above its limit.
-    #[error("--{flag} must be at most {max}, got {got}")]
-    TooLarge {
-        /// Which flag.
-        flag: &'static str,
-        /// The limit.
-        max: u64,
-        /// The value.
-        got: u64,
-    },
+    /// A number outside its option's range ([`ranges`]).
+    #[error(transparent)]
+    Range(#[from] crate::range::RangeError),
 }
 
 /// Most connections of a throughput case.
@@ -322,6 +302,51 @@ pub const MAX_PAYLOAD: usize = 512 * 1024;
 pub const MAX_CONNS_RATE: u64 = 100_000;
 /// Fewest `--soak-requests`: the memory is compared after a tenth.
 pub const MIN_SOAK_REQUESTS: u64 = 10;
+/// The accepted ranges of `bench engine`'s numeric options (the help
+/// states each in the same words).
+pub mod ranges {
+    use std::time::Duration;
+
+    use super::{MAX_CONNECTIONS, MAX_CONNS_RATE, MAX_PAYLOAD, MIN_SOAK_REQUESTS};
+    use crate::range::{DurationRange, IntRange};
+
+    /// `--rounds`.
+    pub const ROUNDS: IntRange = IntRange::new("rounds", 1, 1_000_000);
+    /// `--samples`.
+    pub const SAMPLES: IntRange = IntRange::new("samples", 1, 1_000_000_000);
+    /// `--warmup`.
+    pub const WARMUP: IntRange = IntRange::new("warmup", 0, 1_000_000_000);
+    /// `--connections`.
+    pub const CONNECTIONS: IntRange = IntRange::new("connections", 1, MAX_CONNECTIONS as u64);
+    /// `--payload`.
+    pub const PAYLOAD: IntRange = IntRange::new("payload", 0, MAX_PAYLOAD as u64);
+    /// `--conns-rate`.
+    pub const CONNS_RATE: IntRange = IntRange::new("conns-rate", 1, MAX_CONNS_RATE);
+    /// `--soak-requests`.
+    pub const SOAK_REQUESTS: IntRange =
+        IntRange::new("soak-requests", MIN_SOAK_REQUESTS, 1_000_000_000);
+    const MS: Duration = Duration::from_millis(1);
+    const HOUR: Duration = Duration::from_secs(3600);
+    /// `--duration`.
+    pub const DURATION: DurationRange = DurationRange::new("duration", MS, HOUR);
+    /// `--conns-duration`.
+    pub const CONNS_DURATION: DurationRange = DurationRange::new("conns-duration", MS, HOUR);
+    /// `--timeout`.
+    pub const TIMEOUT: DurationRange = DurationRange::new("timeout", MS, HOUR);
+    /// Every integer range, for the help test.
+    pub const INTS: [IntRange; 7] = [
+        ROUNDS,
+        SAMPLES,
+        WARMUP,
+        CONNECTIONS,
+        PAYLOAD,
+        CONNS_RATE,
+        SOAK_REQUESTS,
+    ];
+    /// Every duration range, for the help test.
+    pub const DURATIONS: [DurationRange; 3] = [DURATION, CONNS_DURATION, TIMEOUT];
+}
+
 /// Open connections of the `conns/<net>/<N>` cases.
 pub const CONNS_COUNTS: [usize; 2] = [64, 1024];
 
@@ -376,26 +401,26 @@ impl EngineSettings {
                 Duration::from_secs(10),
             )
         };
+        let in_range = |range: crate::range::DurationRange, text: &str| {
+            let d = parse_duration(range.flag, text)?;
+            Ok::<_, ArgsError>(range.check(d, text)?)
+        };
         let duration = match &args.duration {
-            Some(text) => parse_duration("duration", text)?,
+            Some(text) => in_range(ranges::DURATION, text)?,
             None => duration,
         };
         let conns_duration = match &args.conns_duration {
-            Some(text) => parse_duration("conns-duration", text)?,
+            Some(text) => in_range(ranges::CONNS_DURATION, text)?,
             None => conns_duration,
         };
-        let timeout = parse_duration("timeout", &args.timeout)?;
+        let timeout = in_range(ranges::TIMEOUT, &args.timeout)?;
+        // The memory checkpoint is a tenth of the requests: at least 10.
         let soak_requests =
-            args.soak_requests
-                .unwrap_or(if args.quick { 200_000 } else { 1_000_000 });
-        // The memory checkpoint is a tenth of the requests.
-        if soak_requests < MIN_SOAK_REQUESTS {
-            return Err(ArgsError::TooSmall {
-                flag: "soak-requests",
-                min: MIN_SOAK_REQUESTS,
-                got: soak_requests,
-            });
-        }
+            ranges::SOAK_REQUESTS.check(args.soak_requests.unwrap_or(if args.quick {
+                200_000
+            } else {
+                1_000_000
+            }))?;
         let nets = match &args.net {
             Some(text) => parse_nets(text)?,
             None => Vec::new(),
@@ -422,39 +447,15 @@ impl EngineSettings {
             engine_args: args.engine_arg.clone(),
             timeout,
         };
-        for (name, value) in [
-            ("rounds", u64::from(settings.rounds)),
-            ("samples", settings.samples),
-            ("connections", settings.connections as u64),
-            ("conns-rate", settings.conns_rate),
+        for (range, value) in [
+            (ranges::ROUNDS, u64::from(settings.rounds)),
+            (ranges::SAMPLES, settings.samples),
+            (ranges::WARMUP, settings.warmup),
+            (ranges::CONNECTIONS, settings.connections as u64),
+            (ranges::PAYLOAD, settings.payload as u64),
+            (ranges::CONNS_RATE, settings.conns_rate),
         ] {
-            if value == 0 {
-                return Err(ArgsError::Zero(name));
-            }
-        }
-        for (flag, max, got) in [
-            (
-                "connections",
-                MAX_CONNECTIONS as u64,
-                settings.connections as u64,
-            ),
-            ("payload", MAX_PAYLOAD as u64, settings.payload as u64),
-            ("duration", 3600, settings.duration.as_secs()),
-            ("conns-rate", MAX_CONNS_RATE, settings.conns_rate),
-            ("conns-duration", 3600, settings.conns_duration.as_secs()),
-        ] {
-            if got > max {
-                return Err(ArgsError::TooLarge { flag, max, got });
-            }
-        }
-        for (flag, value) in [
-            ("duration", settings.duration),
-            ("conns-duration", settings.conns_duration),
-            ("timeout", settings.timeout),
-        ] {
-            if value.is_zero() {
-                return Err(ArgsError::ZeroDuration(flag));
-            }
+            range.check(value)?;
         }
         Ok(settings)
     }
@@ -702,14 +703,27 @@ mod tests {
         EngineSettings::from_args(&cli.args)
     }
 
+    /// Whether `result` is a range error of `--flag`.
+    fn out_of_range(result: Result<EngineSettings, ArgsError>, flag: &str) -> bool {
+        matches!(result, Err(ArgsError::Range(e)) if e.flag == flag)
+    }
+
     #[test]
-    fn help_states_the_payload_limit_that_is_checked() {
-        let help = <Cli as clap::CommandFactory>::command()
-            .render_help()
-            .to_string();
-        assert!(help.contains(&format!("at most {MAX_PAYLOAD} ")), "{help}");
-        let most = MAX_PAYLOAD.to_string();
-        assert!(settings(&["--payload", &most]).is_ok());
+    fn every_range_is_stated_in_help_and_is_the_one_checked() {
+        crate::range::check_ranges(
+            &<Cli as clap::CommandFactory>::command(),
+            &ranges::INTS,
+            &ranges::DURATIONS,
+            |flag, v| {
+                settings(&[&format!("--{flag}={v}")])
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            },
+        );
+        // The cap reads the same in the help and in the error: 3600s.
+        let err = settings(&["--duration=2h"]).unwrap_err().to_string();
+        assert_eq!(err, "--duration 2h is out of range: it takes 1ms..=3600s");
+        assert_eq!(ranges::PAYLOAD.max, MAX_PAYLOAD as u64);
     }
 
     #[test]
@@ -793,12 +807,8 @@ mod tests {
             "{err}"
         );
         assert_eq!(
-            settings(&["--soak-requests=9"]),
-            Err(ArgsError::TooSmall {
-                flag: "soak-requests",
-                min: 10,
-                got: 9
-            })
+            settings(&["--soak-requests=9"]).unwrap_err().to_string(),
+            "--soak-requests 9 is out of range: it takes 10..=1000000000"
         );
         assert_eq!(
             settings(&["--worker-cores=0-1"]),
@@ -822,40 +832,23 @@ mod tests {
             Err(ArgsError::DuplicateMode("spin"))
         );
         assert_eq!(settings(&["--modes=,"]), Err(ArgsError::NoModes));
-        assert_eq!(settings(&["--samples=0"]), Err(ArgsError::Zero("samples")));
-        assert_eq!(settings(&["--rounds=0"]), Err(ArgsError::Zero("rounds")));
-        assert_eq!(
-            settings(&["--connections=0"]),
-            Err(ArgsError::Zero("connections"))
-        );
-        assert!(matches!(
-            settings(&["--connections=5000"]),
-            Err(ArgsError::TooLarge {
-                flag: "connections",
-                ..
-            })
-        ));
-        assert!(matches!(
-            settings(&["--payload=99999999"]),
-            Err(ArgsError::TooLarge {
-                flag: "payload",
-                ..
-            })
-        ));
-        assert_eq!(
-            settings(&["--duration=0s"]),
-            Err(ArgsError::ZeroDuration("duration"))
-        );
+        for (arg, flag) in [
+            ("--samples=0", "samples"),
+            ("--rounds=0", "rounds"),
+            ("--connections=0", "connections"),
+            ("--connections=5000", "connections"),
+            ("--payload=99999999", "payload"),
+            ("--duration=0s", "duration"),
+            ("--timeout=0", "timeout"),
+        ] {
+            assert!(out_of_range(settings(&[arg]), flag), "{arg}");
+        }
         assert_eq!(
             settings(&["--duration=soon"]),
             Err(ArgsError::BadDuration {
                 flag: "duration",
                 reason: crate::load::spec::parse_duration("soon").unwrap_err()
             })
-        );
-        assert_eq!(
-            settings(&["--timeout=0"]),
-            Err(ArgsError::ZeroDuration("timeout"))
         );
     }
 
@@ -901,21 +894,18 @@ mod tests {
             Err(ArgsError::DuplicateNet("smoltcp"))
         );
         assert_eq!(settings(&["--net= , "]), Err(ArgsError::NoNets));
-        assert_eq!(
+        assert!(out_of_range(
             settings(&["--net=kernel", "--conns-rate=0"]),
-            Err(ArgsError::Zero("conns-rate"))
-        );
-        assert!(matches!(
-            settings(&["--conns-rate=1000001"]),
-            Err(ArgsError::TooLarge {
-                flag: "conns-rate",
-                ..
-            })
+            "conns-rate"
         ));
-        assert_eq!(
+        assert!(out_of_range(
+            settings(&["--conns-rate=1000001"]),
+            "conns-rate"
+        ));
+        assert!(out_of_range(
             settings(&["--conns-duration=0"]),
-            Err(ArgsError::ZeroDuration("conns-duration"))
-        );
+            "conns-duration"
+        ));
         assert_eq!(
             settings(&["--conns-duration=later"]),
             Err(ArgsError::BadDuration {

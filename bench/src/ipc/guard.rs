@@ -146,19 +146,46 @@ impl Watchdog {
     }
 }
 
+/// The watchdog's decision, apart from its thread and clock, so that a
+/// test can drive it with made-up times: a stall is `stall_timeout` since
+/// the progress count last changed.
+#[derive(Debug)]
+struct StallDetector {
+    stall_timeout: Duration,
+    seen: u64,
+    since: Instant,
+}
+
+impl StallDetector {
+    fn new(stall_timeout: Duration, start: Instant) -> Self {
+        Self {
+            stall_timeout,
+            // No count equals it: the first look counts as progress.
+            seen: u64::MAX,
+            since: start,
+        }
+    }
+
+    /// Looks at the progress count at `now`; true when the run stalled.
+    fn stalled(&mut self, progress: u64, now: Instant) -> bool {
+        if progress != self.seen {
+            self.seen = progress;
+            self.since = now;
+            return false;
+        }
+        now.saturating_duration_since(self.since) >= self.stall_timeout
+    }
+}
+
 fn watch(shared: &WatchdogShared, peer: &PeerKiller, stall_timeout: Duration) {
     let tick = Duration::from_millis(20).min(stall_timeout);
-    let mut seen = u64::MAX;
-    let mut since = Instant::now();
+    let mut detector = StallDetector::new(stall_timeout, Instant::now());
     // Acquire: pairs with the Release store in `Drop`.
     while !shared.finished.load(Ordering::Acquire) {
         std::thread::park_timeout(tick);
         // Relaxed: see `progress`.
-        let now = shared.progress.load(Ordering::Relaxed);
-        if now != seen {
-            seen = now;
-            since = Instant::now();
-        } else if since.elapsed() >= stall_timeout {
+        let progress = shared.progress.load(Ordering::Relaxed);
+        if detector.stalled(progress, Instant::now()) {
             // Release: pairs with the Acquire load in `fired`.
             shared.fired.store(true, Ordering::Release);
             peer.kill();
@@ -208,33 +235,57 @@ mod tests {
     }
 
     #[test]
-    fn watchdog_fires_on_a_stall_and_not_while_progressing() {
+    fn a_stall_is_the_timeout_without_progress_and_progress_resets_it() {
+        // Made-up times: no sleeping, nothing for a loaded machine to delay.
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut d = StallDetector::new(Duration::from_millis(1000), t0);
+        // Progress at any pace, even with gaps just under the timeout.
+        for (i, ms) in [0, 999, 1998, 2997].into_iter().enumerate() {
+            assert!(!d.stalled(i as u64, at(ms)), "progress at {ms} ms");
+        }
+        // No progress since 2997 ms: not yet a stall a moment before the
+        // timeout, a stall at it and after it.
+        assert!(!d.stalled(3, at(3996)));
+        assert!(d.stalled(3, at(3997)));
+        assert!(d.stalled(3, at(60_000)));
+        // Progress after a stall starts the count again.
+        assert!(!d.stalled(4, at(60_001)));
+        assert!(!d.stalled(4, at(61_000)));
+        // A clock that reads earlier than the last progress is no stall.
+        assert!(!d.stalled(4, t0));
+    }
+
+    /// A stand-in for the peer: a process that waits to be killed.
+    fn sleeping_child() -> Arc<Mutex<std::process::Child>> {
         let child = std::process::Command::new("sleep")
-            .arg("30")
+            .arg("300")
             .spawn()
             .unwrap();
-        let child = Arc::new(Mutex::new(child));
+        Arc::new(Mutex::new(child))
+    }
+
+    #[test]
+    fn watchdog_kills_the_peer_and_wakes_the_driver_on_a_stall() {
+        let child = sleeping_child();
         let stop = Arc::new(Stop::new());
+        // No progress at all: it fires after the (short) timeout, however
+        // late its thread runs. Only whether it fires is asserted, not when;
+        // the deadline below only keeps a broken watchdog from hanging the
+        // test.
         let dog = Watchdog::start(
             Arc::clone(&stop),
             PeerKiller::new(Arc::clone(&child)),
-            // Generous: the progress below must never look like a stall,
-            // even on a loaded machine.
-            Duration::from_secs(1),
+            Duration::from_millis(50),
         )
         .unwrap();
         let woken = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&woken);
         dog.add_waker(Box::new(move || flag.store(true, Ordering::SeqCst)));
-        for _ in 0..5 {
-            std::thread::sleep(Duration::from_millis(50));
-            dog.progress();
-        }
-        assert!(!dog.fired() && !stop.is_set());
         let t = Instant::now();
         while !stop.is_set() {
             assert!(
-                t.elapsed() < Duration::from_secs(10),
+                t.elapsed() < Duration::from_secs(120),
                 "watchdog never fired"
             );
             std::thread::sleep(Duration::from_millis(10));
@@ -244,5 +295,33 @@ mod tests {
         // The child was killed.
         let status = child.lock().unwrap().wait().unwrap();
         assert!(!status.success());
+    }
+
+    #[test]
+    fn watchdog_stays_quiet_while_the_run_progresses() {
+        let child = sleeping_child();
+        let stop = Arc::new(Stop::new());
+        // A timeout no scheduling delay reaches; the stall logic itself is
+        // tested with made-up times above.
+        let dog = Watchdog::start(
+            Arc::clone(&stop),
+            PeerKiller::new(Arc::clone(&child)),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        for _ in 0..5 {
+            std::thread::sleep(Duration::from_millis(20));
+            dog.progress();
+        }
+        assert!(!dog.fired() && !stop.is_set());
+        drop(dog);
+        assert!(!stop.is_set(), "dropping a watchdog does not fire it");
+        let mut child = child.lock().unwrap();
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the peer was left alone"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 }

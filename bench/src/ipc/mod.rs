@@ -74,26 +74,31 @@ pub struct IpcArgs {
     /// Cores of the driver and the peer process: `A,B`.
     #[arg(long, default_value = "0,1", value_name = "CORES")]
     pub cores: String,
-    /// Payload sizes N (bytes after the 64-byte header), comma separated.
+    /// Payload sizes N (bytes after the 64-byte header), comma separated,
+    /// each [range: 0..=1048576].
     #[arg(long, default_value = "64,1024,16384", value_name = "SIZES")]
     pub payload: String,
     /// Fewer samples (every case still runs); finishes in well under a minute.
     #[arg(long)]
     pub quick: bool,
-    /// Rounds (every case runs once per round) [default: 10, quick 5].
+    /// Rounds (every case runs once per round) [default: 10, quick 5]
+    /// [range: 1..=1000000].
     #[arg(long, value_name = "N")]
     pub rounds: Option<u32>,
-    /// Timed round trips per case per round [default: 10000, quick 2000].
+    /// Timed round trips per case per round [default: 10000, quick 2000]
+    /// [range: 1..=1000000000].
     #[arg(long, value_name = "N")]
     pub samples: Option<u64>,
-    /// Untimed warm-up round trips per case per round [default: 200, quick 100].
+    /// Untimed warm-up round trips per case per round [default: 200, quick
+    /// 100] [range: 0..=1000000000].
     #[arg(long, value_name = "N")]
     pub warmup: Option<u64>,
     /// Messages `ring-stream` moves in all, at least rounds × 10 windows of
-    /// 4096 (its percentiles are per window) [default: 5000000, quick 1000000].
+    /// 4096 (its percentiles are per window) [default: 5000000, quick
+    /// 1000000] [range: 1..=1000000000000].
     #[arg(long, value_name = "N")]
     pub stream_messages: Option<u64>,
-    /// Messages per batch in `ring-stream`.
+    /// Messages per batch in `ring-stream` [range: 1..=1024].
     #[arg(long, default_value_t = 32, value_name = "N")]
     pub stream_batch: u32,
     /// Run only the cases whose name contains this text.
@@ -101,7 +106,7 @@ pub struct IpcArgs {
     pub filter: Option<String>,
     /// Give up (killing the peer) after this long without progress, e.g.
     /// 20s or 500ms (a bare number is seconds, as the old --stall-timeout-s
-    /// took).
+    /// took) [range: 1ms..=3600s].
     #[arg(
         long,
         alias = "stall-timeout-s",
@@ -164,26 +169,15 @@ pub enum ArgsError {
     /// A payload size is not a number.
     #[error("--payload: {0:?} is not a byte count")]
     PayloadNotANumber(String),
-    /// A payload size is too large.
-    #[error("--payload: {len} bytes is more than the {max} a case supports")]
-    PayloadTooLarge {
-        /// The size asked for.
-        len: usize,
-        /// [`MAX_PAYLOAD`].
-        max: usize,
-    },
     /// A payload size is listed twice.
     #[error("--payload: {0} is listed twice")]
     PayloadDuplicate(usize),
-    /// A count that must be positive is zero.
-    #[error("--{0} must be at least 1")]
-    Zero(&'static str),
+    /// A number outside its option's range ([`ranges`]).
+    #[error(transparent)]
+    Range(#[from] crate::range::RangeError),
     /// `--stall-timeout` is not a duration.
     #[error("--stall-timeout: {0}")]
     StallTimeout(SpecError),
-    /// A duration that must be positive is zero.
-    #[error("--{0} must be longer than zero")]
-    ZeroDuration(&'static str),
     /// Too few `ring-stream` messages for its windows to mean anything.
     #[error(
         "--stream-messages must be at least {min} ({rounds} rounds x {MIN_STREAM_WINDOWS_PER_ROUND} \
@@ -199,14 +193,43 @@ pub enum ArgsError {
         /// Messages per window.
         window: u64,
     },
-    /// The stream batch does not fit the stream ring.
-    #[error("--stream-batch must be 1..={max}, got {got}")]
-    StreamBatch {
-        /// The batch asked for.
-        got: u32,
-        /// The stream ring's capacity.
-        max: u32,
-    },
+}
+
+/// The accepted ranges of `bench ipc`'s numeric options (the help states
+/// each in the same words).
+pub mod ranges {
+    use std::time::Duration;
+
+    use crate::range::{DurationRange, IntRange};
+
+    /// `--rounds`.
+    pub const ROUNDS: IntRange = IntRange::new("rounds", 1, 1_000_000);
+    /// `--samples`.
+    pub const SAMPLES: IntRange = IntRange::new("samples", 1, 1_000_000_000);
+    /// `--warmup`.
+    pub const WARMUP: IntRange = IntRange::new("warmup", 0, 1_000_000_000);
+    /// `--stream-messages` (ring-stream also needs enough for its windows).
+    pub const STREAM_MESSAGES: IntRange = IntRange::new("stream-messages", 1, 1_000_000_000_000);
+    /// `--stream-batch`: at most the stream ring's slots.
+    pub const STREAM_BATCH: IntRange =
+        IntRange::new("stream-batch", 1, super::ring::STREAM_RING_SLOTS as u64);
+    /// Each `--payload` size.
+    pub const PAYLOAD: IntRange = IntRange::new("payload", 0, super::msg::MAX_PAYLOAD as u64);
+    /// `--stall-timeout`.
+    pub const STALL_TIMEOUT: DurationRange = DurationRange::new(
+        "stall-timeout",
+        Duration::from_millis(1),
+        Duration::from_secs(3600),
+    );
+    /// Every integer range, for the help test.
+    pub const INTS: [IntRange; 6] = [
+        ROUNDS,
+        SAMPLES,
+        WARMUP,
+        STREAM_MESSAGES,
+        STREAM_BATCH,
+        PAYLOAD,
+    ];
 }
 
 impl IpcSettings {
@@ -233,26 +256,19 @@ impl IpcSettings {
             stream_messages: args.stream_messages.unwrap_or(stream),
             stream_batch: args.stream_batch,
             filter: args.filter.clone(),
-            stall_timeout: parse_duration(&args.stall_timeout).map_err(ArgsError::StallTimeout)?,
+            stall_timeout: ranges::STALL_TIMEOUT.check(
+                parse_duration(&args.stall_timeout).map_err(ArgsError::StallTimeout)?,
+                &args.stall_timeout,
+            )?,
         };
-        for (name, value) in [
-            ("rounds", u64::from(settings.rounds)),
-            ("samples", settings.samples),
-            ("stream-messages", settings.stream_messages),
+        for (range, value) in [
+            (ranges::ROUNDS, u64::from(settings.rounds)),
+            (ranges::SAMPLES, settings.samples),
+            (ranges::WARMUP, settings.warmup),
+            (ranges::STREAM_MESSAGES, settings.stream_messages),
+            (ranges::STREAM_BATCH, u64::from(settings.stream_batch)),
         ] {
-            if value == 0 {
-                return Err(ArgsError::Zero(name));
-            }
-        }
-        if settings.stall_timeout.is_zero() {
-            return Err(ArgsError::ZeroDuration("stall-timeout"));
-        }
-        let max = ring::STREAM_RING_SLOTS;
-        if settings.stream_batch == 0 || settings.stream_batch > max {
-            return Err(ArgsError::StreamBatch {
-                got: settings.stream_batch,
-                max,
-            });
+            range.check(value)?;
         }
         // ring-stream times windows of STREAM_WINDOW messages, and a
         // round's remainder below a window is not timed: with too few
@@ -302,12 +318,7 @@ pub fn parse_payloads(text: &str) -> Result<Vec<usize>, ArgsError> {
         let len: usize = item
             .parse()
             .map_err(|_| ArgsError::PayloadNotANumber(item.to_owned()))?;
-        if len > msg::MAX_PAYLOAD {
-            return Err(ArgsError::PayloadTooLarge {
-                len,
-                max: msg::MAX_PAYLOAD,
-            });
-        }
+        ranges::PAYLOAD.check_usize(len)?;
         if sizes.contains(&len) {
             return Err(ArgsError::PayloadDuplicate(len));
         }
@@ -663,14 +674,12 @@ mod tests {
             stall(&["--stall-timeout-s", "5"]),
             Ok(Duration::from_secs(5))
         );
-        assert_eq!(
-            stall(&["--stall-timeout", "0"]),
-            Err(ArgsError::ZeroDuration("stall-timeout"))
-        );
-        assert_eq!(
-            stall(&["--stall-timeout-s", "0"]),
-            Err(ArgsError::ZeroDuration("stall-timeout"))
-        );
+        for argv in [["--stall-timeout", "0"], ["--stall-timeout-s", "0"]] {
+            assert_eq!(
+                stall(&argv).unwrap_err().to_string(),
+                "--stall-timeout 0 is out of range: it takes 1ms..=3600s"
+            );
+        }
         assert!(matches!(
             stall(&["--stall-timeout", "5x"]),
             Err(ArgsError::StallTimeout(_))
@@ -732,23 +741,33 @@ mod tests {
             settings(&["--payload", "64,64"]),
             Err(ArgsError::PayloadDuplicate(64))
         );
-        assert!(matches!(
-            settings(&["--payload", "99999999"]),
-            Err(ArgsError::PayloadTooLarge { .. })
-        ));
-        assert_eq!(settings(&["--rounds", "0"]), Err(ArgsError::Zero("rounds")));
-        assert_eq!(
-            settings(&["--samples", "0"]),
-            Err(ArgsError::Zero("samples"))
+        for (argv, flag) in [
+            (["--payload", "99999999"], "payload"),
+            (["--rounds", "0"], "rounds"),
+            (["--samples", "0"], "samples"),
+            (["--stream-batch", "0"], "stream-batch"),
+            (["--stream-batch", "100000"], "stream-batch"),
+        ] {
+            assert!(
+                matches!(settings(&argv), Err(ArgsError::Range(e)) if e.flag == flag),
+                "{argv:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_range_is_stated_in_help_and_is_the_one_checked() {
+        crate::range::check_ranges(
+            &<Cli as clap::CommandFactory>::command(),
+            &ranges::INTS,
+            &[ranges::STALL_TIMEOUT],
+            |flag, v| {
+                // No ring-stream case: its own minimum of messages stays out of it.
+                settings(&["--filter", "atomic-floor", &format!("--{flag}={v}")])
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            },
         );
-        assert!(matches!(
-            settings(&["--stream-batch", "0"]),
-            Err(ArgsError::StreamBatch { .. })
-        ));
-        assert!(matches!(
-            settings(&["--stream-batch", "100000"]),
-            Err(ArgsError::StreamBatch { .. })
-        ));
     }
 
     #[test]

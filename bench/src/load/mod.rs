@@ -61,6 +61,7 @@ pub use spec::{Percentile, Slo, SpecError};
 pub use target::{MixError, RequestSpec, TargetError, Targets, Url, UrlError};
 
 use crate::pin::{CoreListError, PinError};
+use crate::range::DurationRange;
 use crate::report::{Machine, Report};
 
 /// `nocturne bench load` options.
@@ -83,28 +84,34 @@ pub struct LoadArgs {
     #[arg(value_name = "URL")]
     pub urls: Vec<String>,
     /// Offered rate in requests/s: 20000, 20k, 1.5M, a list 1k,5k,20k or a
-    /// sweep START..END/STEP (e.g. 10k..200k/10k).
+    /// sweep START..END/STEP (e.g. 10k..200k/10k). Required, except with
+    /// --pingpong N alone (the baseline without load).
     #[arg(long, value_name = "RATE")]
-    pub rate: String,
-    /// Measurement window per rate (e.g. 10s, 500ms).
-    #[arg(long, default_value = "10s", value_name = "DURATION")]
-    pub duration: String,
-    /// Warm-up before each window: sent on schedule, not recorded.
-    #[arg(long, default_value = "1s", value_name = "DURATION")]
-    pub warmup: String,
+    pub rate: Option<String>,
+    /// Measurement window per rate (e.g. 10s, 500ms) [default: 10s]
+    /// [range: 1ms..=86400s].
+    #[arg(long, value_name = "DURATION")]
+    pub duration: Option<String>,
+    /// Warm-up before each window: sent on schedule, not recorded
+    /// [default: 1s] [range: 0s..=86400s].
+    #[arg(long, value_name = "DURATION")]
+    pub warmup: Option<String>,
     /// Keep-alive connections in all, split over the client threads
-    /// [default: 16, or threads × targets if more].
+    /// [default: 16, or threads × targets if more] [range: 1..=1000000].
+    /// Each is an open file: the soft RLIMIT_NOFILE is raised to the hard
+    /// limit if needed, and a run that would still not fit is refused.
     #[arg(long, value_name = "N")]
     pub connections: Option<usize>,
-    /// Client threads; each owns its connections and a share of the rate.
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub threads: usize,
+    /// Client threads; each owns its connections and a share of the rate
+    /// [default: 1] [range: 1..=1024].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
     /// Cores to pin the client threads to (thread i on the i-th, cycling), e.g. 0 or 2-3.
     #[arg(long, value_name = "CORES")]
     pub cores: Option<String>,
-    /// Arrival process of the intended send times.
-    #[arg(long, value_enum, default_value_t = Arrival::Fixed, value_name = "KIND")]
-    pub arrival: Arrival,
+    /// Arrival process of the intended send times [default: fixed].
+    #[arg(long, value_enum, value_name = "KIND")]
+    pub arrival: Option<Arrival>,
     /// HTTP method.
     #[arg(long, default_value = "POST", value_name = "METHOD")]
     pub method: String,
@@ -120,27 +127,30 @@ pub struct LoadArgs {
     /// A TOML file of weighted request kinds (see docs/benchmarks.md).
     #[arg(long, value_name = "PATH")]
     pub mix: Option<PathBuf>,
-    /// Requests in flight per connection (HTTP pipelining); 1 = none.
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub pipeline: usize,
+    /// Requests in flight per connection (HTTP pipelining); 1 = none
+    /// [default: 1] [range: 1..=1024].
+    #[arg(long, value_name = "N")]
+    pub pipeline: Option<usize>,
     /// How client threads wait: spin (dedicated cores), adaptive (spin
-    /// --spin-us around activity, then sleep) or block.
-    #[arg(long, value_enum, default_value_t = PollMode::Adaptive, value_name = "MODE")]
-    pub poll: PollMode,
-    /// Spin budget of --poll adaptive, µs.
-    #[arg(long, default_value_t = 50, value_name = "US")]
-    pub spin_us: u64,
+    /// --spin-us around activity, then sleep) or block [default: adaptive].
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub poll: Option<PollMode>,
+    /// Spin budget of --poll adaptive, µs [default: 50] [range: 0..=1000000].
+    #[arg(long, value_name = "US")]
+    pub spin_us: Option<u64>,
     /// A request unanswered this long counts as a timeout, and so does an
     /// answer that comes later (also the probe's limit and the drain after
-    /// the window).
+    /// the window) [range: 1ms..=3600s].
     #[arg(long, default_value = "2s", value_name = "DURATION")]
     pub timeout: String,
-    /// Limit for each connection attempt and for name resolution.
+    /// Limit for each connection attempt and for name resolution
+    /// [range: 1ms..=3600s].
     #[arg(long, default_value = "2s", value_name = "DURATION")]
     pub connect_timeout: String,
-    /// Seed of the Poisson arrivals and the mix's choices.
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub seed: u64,
+    /// Seed of the Poisson arrivals and the mix's choices (any 64-bit
+    /// number) [default: 1].
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
     /// Latency objectives, e.g. p99=100us or p50=20us,p99.9=1ms; a sweep
     /// reports the highest rate that meets them (with no errors), and the
     /// exit status is non-zero when none does.
@@ -154,7 +164,9 @@ pub struct LoadArgs {
     #[arg(long)]
     pub allow_errors: bool,
     /// Before the run, time N blocking back-to-back round trips on one
-    /// connection (the baseline the generator's overhead is measured against).
+    /// connection (the baseline the generator's overhead is measured
+    /// against); without --rate, only the baseline runs, and the options
+    /// of open-loop load are refused [range: 0..=1000000000].
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub pingpong: u64,
     /// Write the HdrHistogram percentile spectrum (.hgrm); with several
@@ -172,6 +184,50 @@ pub struct LoadArgs {
     /// at the end for one rate, a row as each rate finishes for several.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+}
+
+/// The accepted ranges of `bench load`'s numeric options (the help states
+/// each in the same words).
+pub mod ranges {
+    use std::time::Duration;
+
+    use crate::range::{DurationRange, IntRange};
+
+    /// `--threads`.
+    pub const THREADS: IntRange = IntRange::new("threads", 1, 1024);
+    /// `--connections`.
+    pub const CONNECTIONS: IntRange = IntRange::new("connections", 1, 1_000_000);
+    /// `--pipeline`.
+    pub const PIPELINE: IntRange = IntRange::new("pipeline", 1, 1024);
+    /// `--spin-us`.
+    pub const SPIN_US: IntRange = IntRange::new("spin-us", 0, 1_000_000);
+    /// `--pingpong`.
+    pub const PINGPONG: IntRange = IntRange::new("pingpong", 0, 1_000_000_000);
+    /// `--duration`.
+    pub const DURATION: DurationRange = DurationRange::new(
+        "duration",
+        Duration::from_millis(1),
+        Duration::from_secs(86_400),
+    );
+    /// `--warmup`.
+    pub const WARMUP: DurationRange =
+        DurationRange::new("warmup", Duration::ZERO, Duration::from_secs(86_400));
+    /// `--timeout`.
+    pub const TIMEOUT: DurationRange = DurationRange::new(
+        "timeout",
+        Duration::from_millis(1),
+        Duration::from_secs(3600),
+    );
+    /// `--connect-timeout`.
+    pub const CONNECT_TIMEOUT: DurationRange = DurationRange::new(
+        "connect-timeout",
+        Duration::from_millis(1),
+        Duration::from_secs(3600),
+    );
+    /// Every integer range, for the help test.
+    pub const INTS: [IntRange; 5] = [THREADS, CONNECTIONS, PIPELINE, SPIN_US, PINGPONG];
+    /// Every duration range, for the help test.
+    pub const DURATIONS: [DurationRange; 4] = [DURATION, WARMUP, TIMEOUT, CONNECT_TIMEOUT];
 }
 
 /// How to generate load, independent of the rate: everything a run at one
@@ -324,6 +380,9 @@ pub enum SettingsError {
         /// The cause.
         source: io::Error,
     },
+    /// A number outside its option's range.
+    #[error(transparent)]
+    Range(#[from] crate::range::RangeError),
     /// Options that contradict each other.
     #[error("{0}")]
     Invalid(String),
@@ -392,11 +451,32 @@ impl LoadSettings {
     /// Validates the command line: parses every value, reads the body and
     /// mix files, resolves the hosts, checks the cores.
     pub fn from_args(args: &LoadArgs) -> Result<Self, SettingsError> {
-        let rates = spec::parse_rates(&args.rate)?;
-        let duration = spec::parse_duration(&args.duration)?;
-        let warmup = spec::parse_duration(&args.warmup)?;
-        let timeout = spec::parse_duration(&args.timeout)?;
-        let connect_timeout = spec::parse_duration(&args.connect_timeout)?;
+        let pingpong = ranges::PINGPONG.check(args.pingpong)?;
+        let rates = match &args.rate {
+            Some(rate) => spec::parse_rates(rate)?,
+            None if pingpong > 0 => {
+                refuse_open_loop_options(args)?;
+                Vec::new()
+            }
+            None => return Err(SettingsError::Invalid(
+                "give --rate (e.g. --rate 20k), or --pingpong N for the ping-pong baseline alone"
+                    .into(),
+            )),
+        };
+        let duration_in = |range: DurationRange, text: &str| {
+            let d = spec::parse_duration(text)?;
+            Ok::<_, SettingsError>(range.check(d, text)?)
+        };
+        let duration = duration_in(ranges::DURATION, args.duration.as_deref().unwrap_or("10s"))?;
+        let warmup = duration_in(ranges::WARMUP, args.warmup.as_deref().unwrap_or("1s"))?;
+        let timeout = duration_in(ranges::TIMEOUT, &args.timeout)?;
+        let connect_timeout = duration_in(ranges::CONNECT_TIMEOUT, &args.connect_timeout)?;
+        let threads = ranges::THREADS.check_usize(args.threads.unwrap_or(1))?;
+        let pipeline = ranges::PIPELINE.check_usize(args.pipeline.unwrap_or(1))?;
+        let spin_us = ranges::SPIN_US.check(args.spin_us.unwrap_or(50))?;
+        if let Some(n) = args.connections {
+            ranges::CONNECTIONS.check_usize(n)?;
+        }
         // A window shorter than one gap measures nothing (or one request,
         // reported as a wild rate): refuse it rather than report it.
         if let Some(&rate) = rates.iter().find(|&&r| r * duration.as_secs_f64() < 1.0) {
@@ -484,27 +564,23 @@ impl LoadSettings {
             }
             None => Vec::new(),
         };
-        if args.threads == 0 {
-            return Err(SettingsError::Invalid(
-                "--threads must be at least 1".into(),
-            ));
-        }
-        let need = args.threads * targets.endpoints.len();
+        let need = threads * targets.endpoints.len();
         let connections = args.connections.unwrap_or(16.max(need));
+        ensure_descriptors(connections, threads)?;
         let plan = LoadPlan {
             targets,
             duration,
             warmup,
             connections,
-            threads: args.threads,
+            threads,
             cores,
-            arrival: args.arrival,
-            pipeline: args.pipeline,
-            poll: args.poll,
-            spin: Duration::from_micros(args.spin_us),
+            arrival: args.arrival.unwrap_or(Arrival::Fixed),
+            pipeline,
+            poll: args.poll.unwrap_or(PollMode::Adaptive),
+            spin: Duration::from_micros(spin_us),
             timeout,
             connect_timeout,
-            seed: args.seed,
+            seed: args.seed.unwrap_or(1),
             allow_errors: args.allow_errors,
             stop_on_signal: true,
         };
@@ -515,13 +591,77 @@ impl LoadSettings {
             rates,
             slo,
             keep_going: args.keep_going,
-            pingpong: args.pingpong,
+            pingpong,
             hgrm: args.hgrm.clone(),
             json: args.json.clone(),
             plot: args.plot.clone(),
             progress: !args.quiet,
             warnings,
         })
+    }
+}
+
+/// Descriptors a run holds besides its connections: stdio, the probe's and
+/// the ping-pong baseline's connection, output files, and slack for what
+/// the process opened before (a generous round number: running out in the
+/// middle of a window would be far worse than asking a little too much).
+const SPARE_DESCRIPTORS: u64 = 64;
+
+/// Descriptors a run with `connections` over `threads` client threads
+/// needs: one per connection, an epoll and a timerfd per thread, and
+/// `SPARE_DESCRIPTORS` (64).
+pub fn descriptors_needed(connections: usize, threads: usize) -> u64 {
+    connections as u64 + 2 * threads as u64 + SPARE_DESCRIPTORS
+}
+
+/// Raises the open-file limit for the run, or refuses the run when even
+/// the hard limit is too low: better now than `EMFILE` mid-window.
+fn ensure_descriptors(connections: usize, threads: usize) -> Result<(), SettingsError> {
+    let need = descriptors_needed(connections, threads);
+    let limit = sys::raise_open_file_limit(need).map_err(|e| {
+        SettingsError::Invalid(format!("cannot read or raise the open-file limit: {e}"))
+    })?;
+    check_descriptors(connections, need, limit)
+}
+
+/// The refusal of [`ensure_descriptors`], given the limit in force.
+fn check_descriptors(connections: usize, need: u64, limit: u64) -> Result<(), SettingsError> {
+    if limit >= need {
+        return Ok(());
+    }
+    Err(SettingsError::Invalid(format!(
+        "--connections {connections} needs {need} open files (one per connection, plus the \
+         client threads' and {SPARE_DESCRIPTORS} spare), but the open-file limit \
+         (RLIMIT_NOFILE) is {limit}, already raised to its hard limit: raise the hard limit \
+         (e.g. `ulimit -Hn`, or LimitNOFILE= for a service) or use fewer connections"
+    )))
+}
+
+/// With `--pingpong N` and no `--rate`, only the baseline runs: an option
+/// of open-loop load would be silently ignored, so it is refused by name.
+fn refuse_open_loop_options(args: &LoadArgs) -> Result<(), SettingsError> {
+    let given = [
+        ("--duration", args.duration.is_some()),
+        ("--warmup", args.warmup.is_some()),
+        ("--connections", args.connections.is_some()),
+        ("--threads", args.threads.is_some()),
+        ("--arrival", args.arrival.is_some()),
+        ("--mix", args.mix.is_some()),
+        ("--pipeline", args.pipeline.is_some()),
+        ("--poll", args.poll.is_some()),
+        ("--spin-us", args.spin_us.is_some()),
+        ("--seed", args.seed.is_some()),
+        ("--slo", args.slo.is_some()),
+        ("--keep-going", args.keep_going),
+        ("--hgrm", args.hgrm.is_some()),
+        ("--plot", args.plot.is_some()),
+    ];
+    match given.iter().find(|(_, given)| *given) {
+        Some((flag, _)) => Err(SettingsError::Invalid(format!(
+            "{flag} is an option of open-loop load, and --pingpong without --rate runs only \
+             the ping-pong baseline: drop {flag}, or give --rate to run load after the baseline"
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -549,10 +689,24 @@ pub struct SweepOutcome {
     /// cut short is left out of `results`; one that had finished its
     /// window ([`Phase::AfterWindow`]) is in them.
     pub interrupted: Option<Phase>,
+    /// A rate that failed after others had finished (or after the
+    /// baseline): the sweep stopped there, and what finished is reported.
+    pub stopped_early: Option<StoppedEarly>,
+}
+
+/// Where and why a sweep stopped before its last rate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoppedEarly {
+    /// The rate that failed.
+    pub rate: f64,
+    /// Why (the run's error).
+    pub why: String,
 }
 
 /// Runs the baseline (if asked) and every rate; with objectives, stops
-/// after the first rate that misses them unless `keep_going`. `on_rate`
+/// after the first rate that misses them unless `keep_going`. A rate that
+/// fails after something finished ends the sweep with `stopped_early`;
+/// one that fails first is the error. `on_rate`
 /// sees each result as it comes. A signal (with
 /// [`LoadPlan::stop_on_signal`]) ends the sweep where it comes, and what
 /// had finished is returned, with the phase in `interrupted`.
@@ -567,6 +721,7 @@ pub fn run_sweep(
         best: None,
         pingpong: None,
         interrupted: None,
+        stopped_early: None,
     };
     if settings.pingpong > 0 {
         let kind = &plan.targets.kinds[0];
@@ -599,7 +754,16 @@ pub fn run_sweep(
                 outcome.interrupted = Some(phase);
                 break;
             }
-            Err(e) => return Err(e),
+            // Nothing finished: the error is the whole answer.
+            Err(e) if outcome.results.is_empty() && outcome.pingpong.is_none() => return Err(e),
+            // Say what finished, then why the rest did not run.
+            Err(e) => {
+                outcome.stopped_early = Some(StoppedEarly {
+                    rate,
+                    why: e.to_string(),
+                });
+                break;
+            }
         };
         on_rate(&r);
         let met = r.meets(&settings.slo);
@@ -663,7 +827,13 @@ pub fn run_command(args: &LoadArgs) -> anyhow::Result<()> {
             plan.cores.len()
         );
     }
-    println!(
+    if settings.rates.is_empty() {
+        println!(
+            "ping-pong baseline only: {} blocking round trips on one connection",
+            settings.pingpong
+        );
+    } else {
+        println!(
         "open-loop load: {} arrivals, {} thread(s), {} connection(s), pipeline {}, poll {}, warm-up {}, window {} per rate",
         plan.arrival.name(),
         plan.threads,
@@ -673,6 +843,7 @@ pub fn run_command(args: &LoadArgs) -> anyhow::Result<()> {
         spec::format_duration(plan.warmup),
         spec::format_duration(plan.duration),
     );
+    }
     for k in &plan.targets.kinds {
         println!(
             "  {} -> {} (weight {})",
@@ -751,6 +922,14 @@ pub fn run_command(args: &LoadArgs) -> anyhow::Result<()> {
     if let Some(phase) = outcome.interrupted {
         anyhow::bail!("{}", interrupted_message(phase, outcome.results.len()));
     }
+    if let Some(stopped) = &outcome.stopped_early {
+        anyhow::bail!(
+            "stopped early: {}/s failed: {}; the {} rate(s) before it are reported above",
+            spec::format_rate(stopped.rate),
+            stopped.why,
+            outcome.results.len()
+        );
+    }
     // With objectives, they decide: met by some rate (a sweep goes on
     // until one misses, so its last rate may well have failed), or not.
     if !settings.slo.is_empty() {
@@ -789,4 +968,112 @@ fn interrupted_message(phase: Phase, finished: usize) -> String {
         );
     }
     format!("interrupted {phase}{left_out}; the {finished} rate(s) before it are reported above")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        load: LoadArgs,
+    }
+
+    fn settings(extra: &[&str]) -> Result<LoadSettings, SettingsError> {
+        let base = ["load", "http://127.0.0.1:9/", "--rate", "1k"];
+        let cli = Cli::try_parse_from(base.iter().chain(extra)).unwrap();
+        LoadSettings::from_args(&cli.load)
+    }
+
+    #[test]
+    fn every_range_is_stated_in_help_and_is_the_one_checked() {
+        crate::range::check_ranges(
+            &Cli::command(),
+            &ranges::INTS,
+            &ranges::DURATIONS,
+            |flag, v| match settings(&[&format!("--{flag}={v}")]) {
+                Err(SettingsError::Range(e)) => Err(e.to_string()),
+                // Another check may refuse it (descriptors, say): not the range.
+                _ => Ok(()),
+            },
+        );
+        assert_eq!(ranges::THREADS.text(), "1..=1024");
+    }
+
+    #[test]
+    fn connections_raise_the_open_file_limit_or_are_refused_with_the_numbers() {
+        let (soft, hard) = sys::open_file_limits().unwrap();
+        // What the hard limit allows is accepted, raising the soft limit
+        // to it when needed.
+        let fits = usize::try_from(hard.min(100_000) - descriptors_needed(0, 1)).unwrap();
+        settings(&["--connections", &fits.to_string()]).unwrap();
+        let (raised, _) = sys::open_file_limits().unwrap();
+        assert!(raised >= soft.max(descriptors_needed(fits, 1)), "{raised}");
+        // Past the hard limit: refused, saying how many and the limit.
+        if hard < 1_000_000 {
+            let err = settings(&["--connections", "1000000"])
+                .unwrap_err()
+                .to_string();
+            let need = descriptors_needed(1_000_000, 1);
+            assert!(
+                err.contains(&format!("needs {need} open files"))
+                    && err.contains(&format!("(RLIMIT_NOFILE) is {hard}")),
+                "{err}"
+            );
+        }
+        // The message itself, whatever this machine's limits.
+        let err = check_descriptors(5000, 5066, 1024).unwrap_err().to_string();
+        assert!(
+            err.starts_with("--connections 5000 needs 5066 open files") && err.contains("is 1024"),
+            "{err}"
+        );
+        assert!(check_descriptors(10, 76, 76).is_ok());
+    }
+
+    #[test]
+    fn pingpong_alone_needs_no_rate_and_refuses_open_loop_options() {
+        let parse = |list: &[&str]| {
+            let cli =
+                Cli::try_parse_from(["load", "http://127.0.0.1:9/"].iter().chain(list)).unwrap();
+            LoadSettings::from_args(&cli.load)
+        };
+        let alone = parse(&["--pingpong", "100", "--timeout", "1s", "--json", "x.json"]).unwrap();
+        assert!(alone.rates.is_empty());
+        assert_eq!(alone.pingpong, 100);
+        let err = parse(&[]).unwrap_err().to_string();
+        assert!(
+            err.contains("give --rate") && err.contains("--pingpong N"),
+            "{err}"
+        );
+        for (flag, value) in [
+            ("--duration", Some("1s")),
+            ("--warmup", Some("0s")),
+            ("--connections", Some("4")),
+            ("--threads", Some("2")),
+            ("--arrival", Some("poisson")),
+            ("--mix", Some("mix.toml")),
+            ("--pipeline", Some("2")),
+            ("--poll", Some("block")),
+            ("--spin-us", Some("10")),
+            ("--seed", Some("7")),
+            ("--slo", Some("p99=1ms")),
+            ("--keep-going", None),
+            ("--hgrm", Some("x.hgrm")),
+            ("--plot", Some("x.svg")),
+        ] {
+            let mut list = vec!["--pingpong", "10", flag];
+            list.extend(value);
+            let err = parse(&list).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("{flag} is an option of open-loop load"))
+                    && err.contains("--pingpong without --rate"),
+                "{flag}: {err}"
+            );
+        }
+        // With --rate, the baseline runs before the load, and they are fine.
+        let both = parse(&["--pingpong", "10", "--rate", "1k", "--threads", "2"]).unwrap();
+        assert_eq!((both.rates.len(), both.plan.threads), (1, 2));
+    }
 }

@@ -411,6 +411,12 @@ pub fn modes(
     if let Some(phase) = outcome.interrupted {
         put("interrupted", phase.to_string());
     }
+    if let Some(stopped) = &outcome.stopped_early {
+        put(
+            "stopped_early",
+            format!("{}/s: {}", format_rate(stopped.rate), stopped.why),
+        );
+    }
     put(
         "kinds",
         p.targets

@@ -1,0 +1,197 @@
+//! Accepted ranges of numeric options, each stated once: the settings
+//! check values against it, its `--help` states it in the same words
+//! ([`IntRange::text`], [`DurationRange::text`]), and each command's test
+//! `every_range_is_stated_in_help_and_is_the_one_checked` checks that the
+//! two agree at both ends.
+
+use std::time::Duration;
+
+use crate::load::spec::format_duration;
+
+/// A value outside its option's range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--{flag} {got} is out of range: it takes {range}")]
+pub struct RangeError {
+    /// The option, without its dashes.
+    pub flag: &'static str,
+    /// The value as given (a duration as it reads back).
+    pub got: String,
+    /// The range, as the help states it.
+    pub range: String,
+}
+
+/// The inclusive range of an integer option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntRange {
+    /// The option, without its dashes.
+    pub flag: &'static str,
+    /// Least accepted value.
+    pub min: u64,
+    /// Greatest accepted value.
+    pub max: u64,
+}
+
+impl IntRange {
+    /// The range of `--flag`.
+    pub const fn new(flag: &'static str, min: u64, max: u64) -> Self {
+        Self { flag, min, max }
+    }
+
+    /// How help and errors write it: `1..=1024`.
+    pub fn text(&self) -> String {
+        format!("{}..={}", self.min, self.max)
+    }
+
+    /// `got`, when it is in the range.
+    pub fn check(&self, got: u64) -> Result<u64, RangeError> {
+        if (self.min..=self.max).contains(&got) {
+            Ok(got)
+        } else {
+            Err(RangeError {
+                flag: self.flag,
+                got: got.to_string(),
+                range: self.text(),
+            })
+        }
+    }
+
+    /// [`check`](Self::check) for a `usize` option.
+    pub fn check_usize(&self, got: usize) -> Result<usize, RangeError> {
+        self.check(got as u64).map(|_| got)
+    }
+}
+
+/// The inclusive range of a duration option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationRange {
+    /// The option, without its dashes.
+    pub flag: &'static str,
+    /// Shortest accepted duration.
+    pub min: Duration,
+    /// Longest accepted duration.
+    pub max: Duration,
+}
+
+impl DurationRange {
+    /// The range of `--flag`.
+    pub const fn new(flag: &'static str, min: Duration, max: Duration) -> Self {
+        Self { flag, min, max }
+    }
+
+    /// How help and errors write it, in the units the parser reads back:
+    /// `1ms..=3600s`.
+    pub fn text(&self) -> String {
+        format!(
+            "{}..={}",
+            format_duration(self.min),
+            format_duration(self.max)
+        )
+    }
+
+    /// `got` (parsed from `typed`, which the error quotes), when it is in
+    /// the range.
+    pub fn check(&self, got: Duration, typed: &str) -> Result<Duration, RangeError> {
+        if (self.min..=self.max).contains(&got) {
+            Ok(got)
+        } else {
+            Err(RangeError {
+                flag: self.flag,
+                got: typed.trim().to_owned(),
+                range: self.text(),
+            })
+        }
+    }
+}
+
+/// The help paragraph of `--flag` in `command` (test support).
+#[cfg(test)]
+fn help_of(command: &clap::Command, flag: &str) -> String {
+    command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(flag))
+        .unwrap_or_else(|| panic!("no --{flag}"))
+        .get_help()
+        .map(|h| h.to_string())
+        .unwrap_or_default()
+}
+
+/// The check of each command's `every_range_is_stated_in_help_and_is_the_one_checked`:
+/// for every range, `--help` of its flag states `[range: TEXT]`; `run(flag,
+/// value)` (the command's settings with `--flag=value`) accepts both ends
+/// (`Ok`; a refusal for another reason than the range is `Ok` too) and
+/// refuses the values just outside with the error
+/// `--flag VALUE is out of range: it takes TEXT`. Durations are given in
+/// nanoseconds, so that one nanosecond past an end is a value of its own.
+#[cfg(test)]
+pub(crate) fn check_ranges(
+    command: &clap::Command,
+    ints: &[IntRange],
+    durations: &[DurationRange],
+    run: impl Fn(&str, &str) -> Result<(), String>,
+) {
+    let ns = |d: Duration| format!("{}ns", d.as_nanos());
+    let mut cases: Vec<(&str, String, [String; 2], Vec<String>)> = Vec::new();
+    for r in ints {
+        let mut outside = vec![(r.max + 1).to_string()];
+        if r.min > 0 {
+            outside.push((r.min - 1).to_string());
+        }
+        cases.push((
+            r.flag,
+            r.text(),
+            [r.min, r.max].map(|v| v.to_string()),
+            outside,
+        ));
+    }
+    for r in durations {
+        let mut outside = vec![ns(r.max + Duration::from_nanos(1))];
+        if !r.min.is_zero() {
+            outside.push(ns(r.min - Duration::from_nanos(1)));
+        }
+        cases.push((r.flag, r.text(), [ns(r.min), ns(r.max)], outside));
+    }
+    for (flag, text, inside, outside) in cases {
+        let help = help_of(command, flag);
+        assert!(
+            help.contains(&format!("[range: {text}]")),
+            "--{flag}: {help}"
+        );
+        for v in inside {
+            assert_eq!(run(flag, &v), Ok(()), "--{flag}={v}");
+        }
+        for v in outside {
+            assert_eq!(
+                run(flag, &v),
+                Err(format!("--{flag} {v} is out of range: it takes {text}")),
+                "--{flag}={v}"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ends_are_inclusive_and_errors_name_flag_value_and_range() {
+        let r = IntRange::new("threads", 1, 1024);
+        assert_eq!(r.check(1), Ok(1));
+        assert_eq!(r.check(1024), Ok(1024));
+        let err = r.check(1025).unwrap_err().to_string();
+        assert_eq!(err, "--threads 1025 is out of range: it takes 1..=1024");
+        assert!(r.check(0).is_err());
+        let d = DurationRange::new(
+            "timeout",
+            Duration::from_millis(1),
+            Duration::from_secs(3600),
+        );
+        assert_eq!(d.text(), "1ms..=3600s");
+        assert!(d.check(Duration::from_secs(3600), "1h").is_ok());
+        let err = d
+            .check(Duration::from_secs(3601), "1h1s")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "--timeout 1h1s is out of range: it takes 1ms..=3600s");
+    }
+}
