@@ -480,3 +480,144 @@ fn bogus_frames_do_not_poison_the_neighbor_cache() {
         }
     });
 }
+
+/// One measured link: latency of back-to-back requests and the time of
+/// 1 MiB downloads. Prints one table row.
+/// `rcvbuf`: the client sets `SO_RCVBUF` (which turns off the kernel's
+/// receive-buffer autotuning, so its advertised window stops growing).
+fn measure_one(
+    name: &str,
+    seed: u64,
+    to_server: Impairment,
+    to_client: Impairment,
+    rcvbuf: Option<usize>,
+) {
+    const REQUESTS: usize = 400;
+    const DOWNLOADS: usize = 3;
+    const MIB: usize = 1 << 20;
+    let link = BadLink::new(seed, to_server, to_client);
+    let started = Instant::now();
+    let (mut lat, downloads) = link.client(|| {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("a client socket");
+        if let Some(size) = rcvbuf {
+            socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
+        }
+        let server: std::net::SocketAddr = SERVER.parse().unwrap();
+        socket
+            .connect_timeout(&server.into(), PATIENCE)
+            .expect("connect to the smoltcp server");
+        let stream: TcpStream = socket.into();
+        stream.set_nodelay(true).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(120)))
+            .unwrap();
+        let mut client = Client::from_stream(stream);
+        let b = body(0, 0, 64);
+        let req = post("/echo/m", &b);
+        let mut want = b"POST /echo/m ".to_vec();
+        want.extend_from_slice(&b);
+        let mut lat = Vec::with_capacity(REQUESTS);
+        for _ in 0..REQUESTS {
+            let t = Instant::now();
+            let resp = client.roundtrip(&req);
+            lat.push(t.elapsed());
+            assert!(resp.body == want);
+        }
+        let full = pattern(MIB);
+        let mut downloads = Vec::new();
+        for _ in 0..DOWNLOADS {
+            let t = Instant::now();
+            let resp = client.roundtrip(&get(&format!("/big?n={MIB}")));
+            downloads.push(t.elapsed());
+            assert!(resp.body == full);
+        }
+        (lat, downloads)
+    });
+    let total = started.elapsed();
+    lat.sort();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let over = |limit_ms: f64| lat.iter().filter(|&&d| ms(d) >= limit_ms).count();
+    let mut dl: Vec<f64> = downloads.iter().map(|&d| ms(d)).collect();
+    dl.sort_by(f64::total_cmp);
+    let (up, down) = (link.to_server(), link.to_client());
+    println!(
+        "| {name} | {:.3} | {:.3} | {:.1} | {} / {} | {:.0} / {:.0} / {:.0} | {:.1} | {:.1} | {}/{} | {}/{} |",
+        ms(pct(0.5)),
+        ms(pct(0.99)),
+        ms(lat[lat.len() - 1]),
+        over(150.0),
+        over(900.0),
+        dl[0],
+        dl[dl.len() / 2],
+        dl[dl.len() - 1],
+        MIB as f64 / 1e6 / (dl[dl.len() / 2] / 1000.0),
+        total.as_secs_f64(),
+        up.dropped,
+        up.received,
+        down.dropped,
+        down.received,
+    );
+}
+
+/// The numbers of docs/userspace-networking.md, "On a bad link":
+/// `cargo test --release -p nocturne-net --test smoltcp_netem -- --ignored --nocapture --test-threads=1`
+#[test]
+#[ignore = "a measurement (about a minute), not a check"]
+fn measure_bad_links() {
+    let ms = Duration::from_millis;
+    let none = Impairment::NONE;
+    println!(
+        "| link | p50 ms | p99 ms | max ms | ≥150 ms / ≥900 ms | 1 MiB min / median / max ms | MB/s (median) | run s | dropped to server | dropped to client |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let loss = Impairment::loss;
+    let fixed = Some(256 << 10);
+    let rows = [
+        ("clean (through the relay)", none, none, None),
+        ("1 % loss both ways", loss(0.01), loss(0.01), None),
+        ("5 % loss both ways", loss(0.05), loss(0.05), None),
+        ("2 % loss to the server only", loss(0.02), none, None),
+        ("2 % loss to the client only", none, loss(0.02), None),
+        (
+            "2 % loss to the client only, client SO_RCVBUF 256 KiB",
+            none,
+            loss(0.02),
+            fixed,
+        ),
+        (
+            "5 % loss both ways, client SO_RCVBUF 256 KiB",
+            loss(0.05),
+            loss(0.05),
+            fixed,
+        ),
+        (
+            "10 % held back 3 ms (reordering)",
+            Impairment::reorder(0.1, ms(3)),
+            Impairment::reorder(0.1, ms(3)),
+            None,
+        ),
+        (
+            "10 % duplicated",
+            Impairment::duplicate(0.1),
+            Impairment::duplicate(0.1),
+            None,
+        ),
+        (
+            "5 ms delay each way",
+            Impairment::delay(ms(5), Duration::ZERO),
+            Impairment::delay(ms(5), Duration::ZERO),
+            None,
+        ),
+        (
+            "5 ms + 0–4 ms jitter each way",
+            Impairment::delay(ms(5), ms(4)),
+            Impairment::delay(ms(5), ms(4)),
+            None,
+        ),
+    ];
+    for (seed, (name, to_server, to_client, rcvbuf)) in rows.into_iter().enumerate() {
+        measure_one(name, seed as u64 + 1, to_server, to_client, rcvbuf);
+    }
+}
