@@ -564,7 +564,7 @@ fn measure_one(
 /// The numbers of docs/userspace-networking.md, "On a bad link":
 /// `cargo test --release -p nocturne-net --test smoltcp_netem -- --ignored --nocapture --test-threads=1`
 #[test]
-#[ignore = "a measurement (about a minute), not a check"]
+#[ignore = "a measurement (about four minutes), not a check"]
 fn measure_bad_links() {
     let ms = Duration::from_millis;
     let none = Impairment::NONE;
