@@ -643,3 +643,22 @@ fn measure_bad_links() {
         measure_one(name, seed as u64 + 1, to_server, to_client, rcvbuf);
     }
 }
+
+/// The relay's decisions depend on the seed alone, and its rates are what
+/// was asked for (no namespace needed).
+#[test]
+fn relay_decisions_follow_the_seed() {
+    let draws = |seed| {
+        let mut rng = impair::Rng::new(seed);
+        (0..1000).map(|_| rng.next_u64()).collect::<Vec<_>>()
+    };
+    assert_eq!(draws(7), draws(7));
+    assert_ne!(draws(7), draws(8));
+    let mut rng = impair::Rng::new(0x5eed);
+    let n = 200_000;
+    let hits = (0..n).filter(|_| rng.chance(0.02)).count();
+    let rate = hits as f64 / n as f64;
+    assert!((0.018..0.022).contains(&rate), "2 % asked, {rate} drawn");
+    assert!((0..1000).all(|_| !rng.chance(0.0)));
+    assert!((0..1000).all(|_| (0.0..1.0).contains(&rng.unit())));
+}
