@@ -259,8 +259,10 @@ impl Endpoint {
                 _ => Err(e),
             };
         }
-        // A truncated frame (over FRAME_MAX) is not forwarded.
-        Ok(Some(n as usize).filter(|&n| n <= buf.len()))
+        // A truncated frame (over FRAME_MAX) is not forwarded: reported
+        // as an empty one, which the caller counts as dropped.
+        let n = n as usize;
+        Ok(Some(if n > buf.len() { 0 } else { n }))
     }
 
     /// Sends one frame out of this endpoint; whether it was taken.
@@ -497,6 +499,10 @@ fn run(
                 };
                 // Counters only (Relaxed): read by others for reports.
                 st.received.fetch_add(1, Ordering::Relaxed);
+                if n == 0 {
+                    st.dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 let frame = &buf[..n];
                 if imp.is_clean() || clean.load(Ordering::Acquire) {
                     forward(to, frame, st);
