@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{get, post, Client};
+use common::{echo_or_big, get, pattern, post, Client};
 use netns::Netns;
 use nocturne_net::smoltcp::{DeviceSpec, SmoltcpOptions, SmoltcpStats, SmoltcpTransport};
 use nocturne_net::{
@@ -116,31 +116,14 @@ impl RequestHandler for Handler {
 
     fn on_request(&mut self, req: Request<'_>, responder: &mut Responder<'_>) {
         self.snapshot.lock().unwrap().requests += 1;
-        let path = req.head.path;
-        self.scratch.clear();
-        let resp = if path.starts_with("/echo") {
-            self.scratch
-                .extend_from_slice(req.head.method_name().as_bytes());
-            self.scratch.push(b' ');
-            self.scratch.extend_from_slice(path.as_bytes());
-            self.scratch.push(b' ');
-            self.scratch.extend_from_slice(req.body);
-            Response::new(200, &self.scratch)
-        } else if path == "/len" {
+        let resp = if req.head.path == "/len" {
+            self.scratch.clear();
             let line = format!("len={} sum={}", req.body.len(), checksum(req.body));
             self.scratch.extend_from_slice(line.as_bytes());
             Response::new(200, &self.scratch)
-        } else if path == "/big" {
-            let n: usize = req
-                .head
-                .query
-                .and_then(|q| q.strip_prefix("n="))
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0)
-                .min(self.pattern.len());
-            Response::new(200, &self.pattern[..n])
         } else {
-            Response::new(404, b"no such route")
+            echo_or_big(&req, &mut self.scratch, &self.pattern)
+                .unwrap_or(Response::new(404, b"no such route"))
         };
         responder.respond(req.id, &resp).unwrap();
     }
@@ -173,10 +156,6 @@ fn checksum(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     })
-}
-
-fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 31 % 251) as u8).collect()
 }
 
 /// How the server thread waits between turns.

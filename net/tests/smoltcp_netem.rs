@@ -33,7 +33,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{get, post, Client};
+use common::{echo_or_big, get, pattern, post, Client};
 use impair::{Counts, Endpoint, Impairment, Relay, RelayConfig};
 use netns::Netns;
 use nocturne_net::smoltcp::{DeviceSpec, SmoltcpOptions, SmoltcpTransport};
@@ -60,28 +60,8 @@ impl RequestHandler for Handler {
     }
 
     fn on_request(&mut self, req: Request<'_>, responder: &mut Responder<'_>) {
-        let path = req.head.path;
-        self.scratch.clear();
-        let resp = if path.starts_with("/echo") {
-            self.scratch
-                .extend_from_slice(req.head.method_name().as_bytes());
-            self.scratch.push(b' ');
-            self.scratch.extend_from_slice(path.as_bytes());
-            self.scratch.push(b' ');
-            self.scratch.extend_from_slice(req.body);
-            Response::new(200, &self.scratch)
-        } else if path == "/big" {
-            let n: usize = req
-                .head
-                .query
-                .and_then(|q| q.strip_prefix("n="))
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0)
-                .min(self.pattern.len());
-            Response::new(200, &self.pattern[..n])
-        } else {
-            Response::new(404, b"no such route")
-        };
+        let resp = echo_or_big(&req, &mut self.scratch, &self.pattern)
+            .unwrap_or(Response::new(404, b"no such route"));
         responder.respond(req.id, &resp).unwrap();
     }
 
@@ -94,10 +74,6 @@ impl RequestHandler for Handler {
     }
 
     fn on_closed(&mut self, _conn: nocturne_net::ConnId) {}
-}
-
-fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 31 % 251) as u8).collect()
 }
 
 /// A client namespace, a server namespace, the smoltcp server in the

@@ -476,3 +476,40 @@ pub fn post(path: &str, body: &[u8]) -> Vec<u8> {
     req.extend_from_slice(body);
     req
 }
+
+/// The byte pattern the smoltcp tests' `/big` route answers a prefix of
+/// (period 251, so a shifted or repeated segment shows).
+pub fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+/// The routes the smoltcp tests' servers share: `/echo…` answers `METHOD
+/// PATH BODY` (built in `scratch`), `/big?n=N` the first N bytes of
+/// `pattern`; `None` for any other path, which the caller routes.
+pub fn echo_or_big<'a>(
+    req: &Request<'_>,
+    scratch: &'a mut Vec<u8>,
+    pattern: &'a [u8],
+) -> Option<Response<'a>> {
+    let path = req.head.path;
+    if path.starts_with("/echo") {
+        scratch.clear();
+        scratch.extend_from_slice(req.head.method_name().as_bytes());
+        scratch.push(b' ');
+        scratch.extend_from_slice(path.as_bytes());
+        scratch.push(b' ');
+        scratch.extend_from_slice(req.body);
+        Some(Response::new(200, scratch))
+    } else if path == "/big" {
+        let n: usize = req
+            .head
+            .query
+            .and_then(|q| q.strip_prefix("n="))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+            .min(pattern.len());
+        Some(Response::new(200, &pattern[..n]))
+    } else {
+        None
+    }
+}
