@@ -97,14 +97,29 @@ pub fn split_content_type<'p>(
     header: &Header,
     payload: &'p [u8],
 ) -> Result<(Option<&'p str>, &'p [u8]), PrefixError> {
+    let (ct, body) = content_type_span(header, payload)?;
+    let ct = ct
+        .map(std::str::from_utf8)
+        .transpose()
+        .map_err(|_| PrefixError::NotUtf8)?;
+    Ok((ct, body))
+}
+
+/// The content-type prefix of a `Complete` payload, unchecked, and the
+/// body after it. The length byte is read once ([`read_once`]), so a peer
+/// rewriting it cannot make the two slices disagree with each other.
+fn content_type_span<'p>(
+    header: &Header,
+    payload: &'p [u8],
+) -> Result<(Option<&'p [u8]>, &'p [u8]), PrefixError> {
     if header.flags & FLAG_CONTENT_TYPE == 0 {
         return Ok((None, payload));
     }
-    let (&len, rest) = payload.split_first().ok_or(PrefixError::Truncated {
+    let (len, rest) = payload.split_first().ok_or(PrefixError::Truncated {
         claimed: 1,
         available: 0,
     })?;
-    let len = usize::from(len);
+    let len = usize::from(read_once(len));
     if len > rest.len() {
         return Err(PrefixError::Truncated {
             claimed: len,
@@ -112,7 +127,6 @@ pub fn split_content_type<'p>(
         });
     }
     let (ct, body) = rest.split_at(len);
-    let ct = std::str::from_utf8(ct).map_err(|_| PrefixError::NotUtf8)?;
     Ok((Some(ct), body))
 }
 
@@ -162,30 +176,18 @@ pub fn split_content_type_copied<'p>(
     header: &Header,
     payload: &'p [u8],
 ) -> Result<(Option<ContentType>, &'p [u8]), PrefixError> {
-    if header.flags & FLAG_CONTENT_TYPE == 0 {
+    let (Some(ct), body) = content_type_span(header, payload)? else {
         return Ok((None, payload));
-    }
-    let (len_byte, rest) = payload.split_first().ok_or(PrefixError::Truncated {
-        claimed: 1,
-        available: 0,
-    })?;
-    let len = read_once(len_byte);
-    let n = usize::from(len);
-    if n > rest.len() {
-        return Err(PrefixError::Truncated {
-            claimed: n,
-            available: rest.len(),
-        });
-    }
-    let (ct, body) = rest.split_at(n);
+    };
+    // At most 255 bytes: the length travels in one byte.
     let mut copy = ContentType {
-        len,
+        len: ct.len() as u8,
         bytes: [0; MAX_CONTENT_TYPE],
     };
     for (dst, src) in copy.bytes.iter_mut().zip(ct) {
         *dst = read_once(src);
     }
-    std::str::from_utf8(&copy.bytes[..n]).map_err(|_| PrefixError::NotUtf8)?;
+    std::str::from_utf8(&copy.bytes[..ct.len()]).map_err(|_| PrefixError::NotUtf8)?;
     Ok((Some(copy), body))
 }
 
