@@ -1044,10 +1044,11 @@ impl Client {
 
     /// Closes `c` and counts what was in flight on it as lost to `why`.
     fn fail(&mut self, c: usize, why: Failure, detail: &str) {
-        let lost = self.conns[c].inflight.iter().filter(|f| f.measured).count() as u64;
-        if !self.out.per_kind.is_empty() {
-            for f in self.conns[c].inflight.iter().filter(|f| f.measured) {
-                self.out.per_kind[f.kind].lost += 1;
+        let mut lost = 0;
+        for f in self.conns[c].inflight.iter().filter(|f| f.measured) {
+            lost += 1;
+            if let Some(k) = self.out.per_kind.get_mut(f.kind) {
+                k.lost += 1;
             }
         }
         let counter = match why {
