@@ -618,9 +618,12 @@ pub fn descriptors_needed(connections: usize, threads: usize) -> u64 {
 /// the hard limit is too low: better now than `EMFILE` mid-window.
 fn ensure_descriptors(connections: usize, threads: usize) -> Result<(), SettingsError> {
     let need = descriptors_needed(connections, threads);
-    let limit = sys::raise_open_file_limit(need).map_err(|e| {
-        SettingsError::Invalid(format!("cannot read or raise the open-file limit: {e}"))
-    })?;
+    // The soft limit in force once raised as far as the hard one allows.
+    let limit = nocturne_ipc::open_files::raise_open_files_limit(need)
+        .map(|l| l.soft)
+        .map_err(|e| {
+            SettingsError::Invalid(format!("cannot read or raise the open-file limit: {e}"))
+        })?;
     check_descriptors(connections, need, limit)
 }
 
@@ -1004,12 +1007,13 @@ mod tests {
 
     #[test]
     fn connections_raise_the_open_file_limit_or_are_refused_with_the_numbers() {
-        let (soft, hard) = sys::open_file_limits().unwrap();
+        let limits = || nocturne_ipc::open_files::raise_open_files_limit(0).unwrap();
+        let (soft, hard) = (limits().soft, limits().hard);
         // What the hard limit allows is accepted, raising the soft limit
         // to it when needed.
         let fits = usize::try_from(hard.min(100_000) - descriptors_needed(0, 1)).unwrap();
         settings(&["--connections", &fits.to_string()]).unwrap();
-        let (raised, _) = sys::open_file_limits().unwrap();
+        let raised = limits().soft;
         assert!(raised >= soft.max(descriptors_needed(fits, 1)), "{raised}");
         // Past the hard limit: refused, saying how many and the limit.
         if hard < 1_000_000 {

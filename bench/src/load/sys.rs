@@ -1,8 +1,8 @@
 //! The system calls the load generator needs beyond mio: a `timerfd` that
 //! wakes a sleeping client thread at a nanosecond-precise intended send time
 //! (epoll's own timeout has millisecond granularity, the very resolution
-//! problem of wrk2), the calling thread's CPU time, the echo server's
-//! listen backlog, and the open-file limit `--connections` needs.
+//! problem of wrk2), the calling thread's CPU time, and the echo server's
+//! listen backlog.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -19,40 +19,6 @@ pub fn set_listen_backlog(listener: &impl AsRawFd, backlog: libc::c_int) -> io::
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// The soft and hard `RLIMIT_NOFILE` of this process.
-pub fn open_file_limits() -> io::Result<(u64, u64)> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit(2) writes one `rlimit` into the value we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((limit.rlim_cur, limit.rlim_max))
-}
-
-/// Makes room for `need` open descriptors: raises the soft
-/// `RLIMIT_NOFILE` towards the hard limit when it is lower (an
-/// unprivileged process may). Returns the soft limit in force afterwards,
-/// which may still be below `need` when the hard limit is.
-pub fn raise_open_file_limit(need: u64) -> io::Result<u64> {
-    let (soft, hard) = open_file_limits()?;
-    if soft >= need {
-        return Ok(soft);
-    }
-    let limit = libc::rlimit {
-        rlim_cur: need.min(hard),
-        rlim_max: hard,
-    };
-    // SAFETY: setrlimit(2) reads one `rlimit` we own; raising the soft
-    // limit up to the hard one needs no privilege.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(limit.rlim_cur)
 }
 
 /// A non-blocking `CLOCK_MONOTONIC` one-shot timer, readable when it fires.
