@@ -22,7 +22,9 @@
 //!   creates it, [`channel::WorkerEnd`] attaches from the received fd, and each
 //!   splits into a [`channel::Sender`] and a [`channel::Receiver`].
 //!
-//! Beside the channels: [`wake_gate`] — whether a consumer that sleeps in `epoll` must be woken
+//! Beside the channels: [`wake_board`] — doorbell words of consumers that
+//! share a core, so that one awake there can do a producer's wake-up on the
+//! sleeper's own core (the protocol of a planned change, not used yet); [`wake_gate`] — whether a consumer that sleeps in `epoll` must be woken
 //! after a post into an in-process queue (the core loops' mailboxes), so
 //! that posting to a spinning consumer costs no system call; and
 //! [`open_files`] — raising the open-files limit every region, doorbell and
@@ -52,6 +54,7 @@ pub mod open_files;
 pub mod region;
 pub mod ring;
 mod sync;
+pub mod wake_board;
 pub mod wake_gate;
 
 #[cfg(all(test, loom))]

@@ -272,3 +272,67 @@ fn loom_wake_gate_two_producers_bounded() {
     builder.preemption_bound = Some(5);
     builder.check(wake_gate_model(2));
 }
+
+/// The wake board: a consumer parks on its board word while the producer
+/// publishes and delegates its wake-up, and a second consumer enters its
+/// wait loop, serves and leaves. The sleeper must see the message (a lost
+/// wake-up deadlocks), and the wake must be done once: by the poller or by
+/// the producer, never by neither.
+#[test]
+#[allow(unsafe_code)] // Doorbell::new over the board's word, as the shipped users will.
+fn loom_wake_board_delegated_wake_is_never_lost() {
+    use crate::doorbell::{Doorbell, SLEEPING};
+    use crate::sync::{futex_wait, AtomicU32, Ordering};
+    use crate::wake_board::{Delegation, Slot, WakeBoard};
+    use loom::sync::Arc;
+
+    model(|| {
+        let board = Arc::new(WakeBoard::new());
+        let (sleeper_slot, poller_slot) = (Slot::new(0).unwrap(), Slot::new(1).unwrap());
+        let message = Arc::new(AtomicU32::new(0));
+
+        let sleeper = {
+            let (board, message) = (board.clone(), message.clone());
+            thread::spawn(move || {
+                // SAFETY: the word lives in `board`, which this closure holds.
+                let db = unsafe { Doorbell::new(board.doorbell_word(sleeper_slot)) };
+                loop {
+                    db.arm();
+                    // Acquire: pairs with the producer's Release store.
+                    if message.load(Ordering::Acquire) == 1 {
+                        db.disarm();
+                        return;
+                    }
+                    futex_wait(board.doorbell_word(sleeper_slot), SLEEPING, None);
+                    db.disarm();
+                }
+            })
+        };
+        let poller = {
+            let board = board.clone();
+            thread::spawn(move || {
+                board.enter_poll(poller_slot);
+                let served = board.serve();
+                served + board.leave_poll(poller_slot)
+            })
+        };
+        // The producer.
+        // SAFETY: the word lives in `board`, held by this thread.
+        let db = unsafe { Doorbell::new(board.doorbell_word(sleeper_slot)) };
+        // Release: pairs with the sleeper's Acquire load.
+        message.store(1, Ordering::Release);
+        let asked = db.should_wake();
+        let mut producer_wakes = 0;
+        if asked && board.delegate(sleeper_slot) == Delegation::WakeYourself {
+            producer_wakes += 1;
+            board.wake(sleeper_slot);
+        }
+        sleeper.join().unwrap();
+        let poller_wakes = poller.join().unwrap();
+        assert_eq!(
+            producer_wakes + poller_wakes,
+            u32::from(asked),
+            "one wake per sleep announced: producer {producer_wakes}, poller {poller_wakes}"
+        );
+    });
+}

@@ -1,0 +1,406 @@
+//! The wake board: the doorbell words of consumers that share a core, kept
+//! where any of them can wake another, so that a wake-up the producer would
+//! send across cores is issued on the sleeper's own core by a consumer that
+//! is awake there.
+//!
+//! Why: on the 2-core VM a futex wake from the io core to a worker's core
+//! takes 16–28 µs to get the sleeper running, and 3 µs when a yield-polling
+//! process on the sleeper's core issues it and then yields
+//! (docs/benchmarks.md, "The chain on two cores, accounted"). This module is
+//! the protocol of docs/architecture.md, "Planned: delegated wakes on a
+//! shared core"; the engine and the workers do not use it yet.
+//!
+//! Each consumer has a slot (0..[`BOARD_SLOTS`]): its doorbell word, which
+//! its [`Doorbell`](crate::doorbell) protocol arms and parks on, and one bit
+//! in each of two masks: `polling` (the consumer is awake in a wait loop
+//! and serves wake requests) and `requests` (its wake was delegated and is
+//! not yet done).
+//!
+//! * producer, once `Doorbell::should_wake` said the consumer sleeps and
+//!   this producer won the right to wake it ([`WakeBoard::delegate`]): set
+//!   the request bit; `fence(SeqCst)`; load `polling`. If another slot
+//!   polls, it will do the wake ([`Delegation::Delegated`]); if none does,
+//!   take the bit back with `fetch_and` and, if it was still there, wake the
+//!   sleeper itself ([`Delegation::WakeYourself`]).
+//! * poller: set its `polling` bit on entering a wait loop
+//!   ([`WakeBoard::enter_poll`]); in the loop, [`WakeBoard::serve`] claims
+//!   every request bit with one `swap` and `FUTEX_WAKE`s those slots; on
+//!   leaving ([`WakeBoard::leave_poll`]) clear the bit, `fence(SeqCst)`, and
+//!   serve once more.
+//!
+//! The two fences are totally ordered, so either the producer's load sees
+//! the poller still polling (and the poller's last serve, after its fence,
+//! sees the request), or the poller's load missed the request and the
+//! producer's load sees it gone and takes the request back. Claiming and
+//! taking back are both read-modify-writes of `requests`, so exactly one
+//! side wakes. The wake itself is as safe as the producer's own: the
+//! producer swapped the doorbell word to `AWAKE` before it set the bit
+//! (Release), the claim reads the bit (Acquire), so a sleeper that reaches
+//! `FUTEX_WAIT` after the delegated `FUTEX_WAKE` finds `AWAKE` and does not
+//! sleep. The loom models (`loom_tests::loom_wake_board_*`) check this with
+//! the shipped code.
+//!
+//! A poller that dies or stops (SIGKILL, SIGSTOP) with its bit set, or a
+//! peer that clears request bits without waking, would leave a sleeper
+//! asleep: the producer must watch what it delegated and, when the consumer
+//! has not taken its message after a grace period, take the request back
+//! ([`WakeBoard::reclaim`]) and wake the consumer itself (a spare wake is
+//! harmless), and clear a dead consumer's bits ([`WakeBoard::forget`]).
+#![allow(unsafe_code)]
+
+use crate::doorbell::AWAKE;
+use crate::sync::{self, fence, AtomicU32, AtomicU64, Ordering};
+
+/// Consumers one board holds (the bits of one `u64` mask).
+pub const BOARD_SLOTS: usize = 64;
+
+/// What a producer must do after [`WakeBoard::delegate`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delegation {
+    /// A consumer awake on the board does the wake (or already did).
+    Delegated,
+    /// Nobody polls: the producer wakes the sleeper itself
+    /// ([`WakeBoard::wake`]).
+    WakeYourself,
+}
+
+/// Why a slot number was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("wake board slot {0} out of range (a board has {BOARD_SLOTS})")]
+pub struct BadSlot(pub usize);
+
+/// One consumer's place on a board.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot(u8);
+
+impl Slot {
+    /// Slot `index`, if the board has it.
+    pub fn new(index: usize) -> Result<Self, BadSlot> {
+        if index < BOARD_SLOTS {
+            Ok(Self(index as u8))
+        } else {
+            Err(BadSlot(index))
+        }
+    }
+
+    /// The slot's number.
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+
+    fn bit(self) -> u64 {
+        1 << self.0
+    }
+}
+
+/// The doorbell words and the two masks of consumers that share a core.
+pub struct WakeBoard {
+    /// Bit `i`: slot `i` is awake in a wait loop and serves requests.
+    polling: AtomicU64,
+    /// Bit `i`: slot `i`'s wake was delegated and is not yet done.
+    requests: AtomicU64,
+    /// Each slot's doorbell word ([`crate::doorbell::SLEEPING`] or `AWAKE`).
+    doorbells: [AtomicU32; BOARD_SLOTS],
+}
+
+impl Default for WakeBoard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for WakeBoard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Relaxed: a snapshot for humans.
+        f.debug_struct("WakeBoard")
+            .field(
+                "polling",
+                &format_args!("{:#x}", self.polling.load(Ordering::Relaxed)),
+            )
+            .field(
+                "requests",
+                &format_args!("{:#x}", self.requests.load(Ordering::Relaxed)),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl WakeBoard {
+    /// A board with every consumer awake, none polling, nothing requested.
+    pub fn new() -> Self {
+        Self {
+            polling: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            doorbells: std::array::from_fn(|_| AtomicU32::new(AWAKE)),
+        }
+    }
+
+    /// The doorbell word of `slot`: its consumer arms and parks on it, its
+    /// producer checks it (`Doorbell::new` over this word).
+    pub(crate) fn doorbell_word(&self, slot: Slot) -> &AtomicU32 {
+        &self.doorbells[slot.index()]
+    }
+
+    /// Producer: the consumer of `slot` sleeps and this producer won the
+    /// right to wake it (its doorbell's `should_wake` returned true). Hands
+    /// the wake to a consumer polling on the board if there is one.
+    #[must_use = "WakeYourself means the producer must wake the sleeper"]
+    pub fn delegate(&self, slot: Slot) -> Delegation {
+        // Release: a poller's Acquire claim of this bit then sees the
+        // doorbell word's swap to AWAKE that preceded it (`should_wake`),
+        // so a sleeper that parks after the delegated wake does not sleep.
+        self.requests.fetch_or(slot.bit(), Ordering::Release);
+        // Pairs with the fence in `leave_poll` (Dekker): either this load
+        // sees the poller's bit, or the poller's last serve sees ours.
+        fence(Ordering::SeqCst);
+        // Relaxed: ordered by the fence. The slot's own bit does not count
+        // (a stale one, say of a consumer that died polling).
+        if self.polling.load(Ordering::Relaxed) & !slot.bit() != 0 {
+            return Delegation::Delegated;
+        }
+        self.take_back(slot)
+    }
+
+    /// Producer: takes back a delegated wake that was not done in time (a
+    /// poller stopped, or a peer cleared the bit without waking: see the
+    /// module docs). `WakeYourself` if the request was still there; a wake
+    /// that is not needed any more is harmless, so the producer may also
+    /// wake on `Delegated` when the consumer still has not taken its
+    /// message.
+    #[must_use = "WakeYourself means the producer must wake the sleeper"]
+    pub fn reclaim(&self, slot: Slot) -> Delegation {
+        self.take_back(slot)
+    }
+
+    fn take_back(&self, slot: Slot) -> Delegation {
+        // Relaxed: the bit is ours again or a poller claimed it; either way
+        // the wake that follows is the producer's own, ordered after its
+        // swap of the doorbell word by program order.
+        if self.requests.fetch_and(!slot.bit(), Ordering::Relaxed) & slot.bit() != 0 {
+            Delegation::WakeYourself
+        } else {
+            Delegation::Delegated
+        }
+    }
+
+    /// Producer: wakes the consumer of `slot` (`FUTEX_WAKE` on its word).
+    pub fn wake(&self, slot: Slot) {
+        sync::futex_wake(self.doorbell_word(slot));
+    }
+
+    /// Consumer `slot`: it is awake in a wait loop and serves requests.
+    pub fn enter_poll(&self, slot: Slot) {
+        // Relaxed: a producer that misses this bit wakes the sleeper itself,
+        // which is correct, only slower.
+        self.polling.fetch_or(slot.bit(), Ordering::Relaxed);
+    }
+
+    /// Consumer `slot`: it leaves its wait loop (to run a call, or to park);
+    /// serves what was delegated until now. Returns the wakes it made.
+    pub fn leave_poll(&self, slot: Slot) -> u32 {
+        // Relaxed RMW, then the fence that pairs with the one in `delegate`.
+        self.polling.fetch_and(!slot.bit(), Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        self.serve()
+    }
+
+    /// A poller: claims every delegated wake and does it. Cheap when there
+    /// is none (one load). Returns the wakes it made.
+    pub fn serve(&self) -> u32 {
+        // Relaxed: a request seen late is seen at the next serve, and the
+        // last one (`leave_poll`) is ordered by its fence.
+        if self.requests.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        // Acquire: pairs with `delegate`'s Release fetch_or (the doorbell
+        // words were swapped to AWAKE before their bits were set).
+        let mut claimed = self.requests.swap(0, Ordering::Acquire);
+        let woken = claimed.count_ones();
+        while claimed != 0 {
+            let index = claimed.trailing_zeros() as usize;
+            claimed &= claimed - 1;
+            sync::futex_wake(&self.doorbells[index]);
+        }
+        woken
+    }
+
+    /// Producer, when the consumer of `slot` is gone: clears its bits (a
+    /// consumer that died polling would otherwise attract delegations) and
+    /// tells whether a wake delegated to the board for it was still
+    /// pending (nobody needs it now).
+    pub fn forget(&self, slot: Slot) -> bool {
+        // Relaxed: housekeeping of a slot nobody uses until it is given to a
+        // new consumer, which the producer does after this returns.
+        self.polling.fetch_and(!slot.bit(), Ordering::Relaxed);
+        self.requests.fetch_and(!slot.bit(), Ordering::Relaxed) & slot.bit() != 0
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::doorbell::{Doorbell, SLEEPING};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    fn slot(i: usize) -> Slot {
+        Slot::new(i).unwrap()
+    }
+
+    #[test]
+    fn slots_beyond_the_board_are_refused() {
+        assert_eq!(Slot::new(BOARD_SLOTS - 1).unwrap().index(), BOARD_SLOTS - 1);
+        assert_eq!(Slot::new(BOARD_SLOTS), Err(BadSlot(BOARD_SLOTS)));
+        assert!(BadSlot(64).to_string().contains("out of range"));
+    }
+
+    #[test]
+    fn without_a_poller_the_producer_wakes_itself() {
+        let board = WakeBoard::new();
+        assert_eq!(board.delegate(slot(3)), Delegation::WakeYourself);
+        // Taken back: no poller finds it later.
+        board.enter_poll(slot(1));
+        assert_eq!(board.serve(), 0);
+    }
+
+    #[test]
+    fn a_sleepers_own_stale_polling_bit_attracts_no_delegation() {
+        let board = WakeBoard::new();
+        board.enter_poll(slot(5));
+        assert_eq!(board.delegate(slot(5)), Delegation::WakeYourself);
+    }
+
+    #[test]
+    fn a_poller_does_the_wakes_delegated_to_it_once() {
+        let board = WakeBoard::new();
+        board.enter_poll(slot(0));
+        assert_eq!(board.delegate(slot(7)), Delegation::Delegated);
+        assert_eq!(board.delegate(slot(9)), Delegation::Delegated);
+        assert_eq!(board.serve(), 2);
+        assert_eq!(board.serve(), 0);
+        // Done: nothing left to take back.
+        assert_eq!(board.reclaim(slot(7)), Delegation::Delegated);
+    }
+
+    #[test]
+    fn a_leaving_poller_serves_what_came_before_it_left() {
+        let board = WakeBoard::new();
+        board.enter_poll(slot(2));
+        assert_eq!(board.delegate(slot(4)), Delegation::Delegated);
+        assert_eq!(board.leave_poll(slot(2)), 1);
+        assert_eq!(board.delegate(slot(4)), Delegation::WakeYourself);
+    }
+
+    #[test]
+    fn a_stalled_delegation_is_reclaimed_once() {
+        let board = WakeBoard::new();
+        board.enter_poll(slot(1));
+        assert_eq!(board.delegate(slot(6)), Delegation::Delegated);
+        // The poller never serves (stopped): the producer takes it back.
+        assert_eq!(board.reclaim(slot(6)), Delegation::WakeYourself);
+        assert_eq!(board.reclaim(slot(6)), Delegation::Delegated);
+        assert_eq!(board.serve(), 0);
+    }
+
+    #[test]
+    fn forgetting_a_dead_poller_stops_delegations_to_it() {
+        let board = WakeBoard::new();
+        board.enter_poll(slot(1));
+        assert_eq!(board.delegate(slot(2)), Delegation::Delegated);
+        assert!(board.forget(slot(2)), "slot 2's wake was pending");
+        assert!(!board.forget(slot(1)));
+        assert_eq!(board.delegate(slot(2)), Delegation::WakeYourself);
+    }
+
+    /// Real futexes, real threads: a sleeper parks on its board word over
+    /// and over, a producer publishes and delegates, and a poller enters,
+    /// serves and leaves at random points. Every message must be seen
+    /// (a lost wake hangs the sleeper, caught by the deadline).
+    #[test]
+    fn no_wake_is_lost_with_a_poller_that_comes_and_goes() {
+        const ROUNDS: u64 = 20_000;
+        let board = Arc::new(WakeBoard::new());
+        let (sleeper_slot, poller_slot) = (slot(0), slot(1));
+        let published = Arc::new(AtomicU64::new(0));
+        let seen = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+
+        let sleeper = {
+            let (board, published, seen) = (board.clone(), published.clone(), seen.clone());
+            std::thread::spawn(move || {
+                // SAFETY: the word lives in `board`, which this thread holds.
+                let db = unsafe { Doorbell::new(board.doorbell_word(sleeper_slot)) };
+                let mut last = 0;
+                while last < ROUNDS {
+                    db.arm();
+                    let now = published.load(Ordering::Acquire);
+                    if now != last {
+                        db.disarm();
+                        last = now;
+                        seen.store(last, Ordering::Release);
+                        continue;
+                    }
+                    sync::futex_wait(board.doorbell_word(sleeper_slot), SLEEPING, None);
+                    db.disarm();
+                }
+            })
+        };
+        let poller = {
+            let (board, stop) = (board.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut wakes = 0u64;
+                let mut x = 0x9e37_79b9_7f4a_7c15u64;
+                while !stop.load(Ordering::Relaxed) {
+                    board.enter_poll(poller_slot);
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    for _ in 0..(x % 64) {
+                        wakes += u64::from(board.serve());
+                        std::hint::spin_loop();
+                    }
+                    wakes += u64::from(board.leave_poll(poller_slot));
+                    for _ in 0..(x >> 58) {
+                        std::hint::spin_loop();
+                    }
+                }
+                wakes
+            })
+        };
+        // SAFETY: the word lives in `board`, held by this thread.
+        let db = unsafe { Doorbell::new(board.doorbell_word(sleeper_slot)) };
+        let (mut delegated, mut own) = (0u64, 0u64);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for round in 1..=ROUNDS {
+            published.store(round, Ordering::Release);
+            if db.should_wake() {
+                match board.delegate(sleeper_slot) {
+                    Delegation::Delegated => delegated += 1,
+                    Delegation::WakeYourself => {
+                        own += 1;
+                        board.wake(sleeper_slot);
+                    }
+                }
+            }
+            while seen.load(Ordering::Acquire) != round {
+                assert!(
+                    Instant::now() < deadline,
+                    "round {round}: the sleeper never saw the message (a lost wake); \
+                     {delegated} wakes delegated, {own} done by the producer"
+                );
+                std::thread::yield_now();
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        sleeper.join().unwrap();
+        let poller_wakes = poller.join().unwrap();
+        assert!(
+            poller_wakes <= delegated,
+            "{poller_wakes} wakes for {delegated} requests"
+        );
+        eprintln!(
+            "{delegated} delegated ({poller_wakes} done by the poller), {own} by the producer"
+        );
+    }
+}
