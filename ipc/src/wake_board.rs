@@ -49,7 +49,11 @@
 #![allow(unsafe_code)]
 
 use crate::doorbell::AWAKE;
+#[cfg(not(loom))]
+use crate::region::{MemfdRegion, Region, RegionError};
 use crate::sync::{self, fence, AtomicU32, AtomicU64, Ordering};
+#[cfg(not(loom))]
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 /// Consumers one board holds (the bits of one `u64` mask).
 pub const BOARD_SLOTS: usize = 64;
@@ -94,6 +98,13 @@ impl Slot {
 }
 
 /// The doorbell words and the two masks of consumers that share a core.
+///
+/// `repr(C)`: the engine and a worker built from another crate map the same
+/// bytes ([`SharedWakeBoard`]), so the layout must not depend on the build.
+/// All zeros is the initial board (every word `AWAKE`, masks empty), and any
+/// bit pattern is a valid value: a peer that writes garbage can cause spare
+/// wakes, or hold back the ones it should do, and nothing worse (module docs).
+#[repr(C)]
 pub struct WakeBoard {
     /// Bit `i`: slot `i` is awake in a wait loop and serves requests.
     polling: AtomicU64,
@@ -236,6 +247,58 @@ impl WakeBoard {
     }
 }
 
+/// A [`WakeBoard`] in a sealed memfd, shared by the producer and every
+/// consumer of the board's core: the creator sends [`fd`](Self::fd) with
+/// [`crate::fdpass`], each consumer [`attach`](Self::attach)es.
+#[cfg(not(loom))]
+#[derive(Debug)]
+pub struct SharedWakeBoard {
+    region: MemfdRegion,
+}
+
+#[cfg(not(loom))]
+impl SharedWakeBoard {
+    /// Creates and seals a fresh board (one page, zero-filled: the initial
+    /// board).
+    pub fn create(name: &str) -> Result<Self, RegionError> {
+        let region = MemfdRegion::create(name, board_region_len())?;
+        region.seal()?;
+        Ok(Self { region })
+    }
+
+    /// Maps a board received from the producer. Refuses a file that is not
+    /// sealed or is too small to hold a board.
+    pub fn attach(fd: OwnedFd) -> Result<Self, RegionError> {
+        let region = MemfdRegion::attach(fd)?;
+        if region.len() < std::mem::size_of::<WakeBoard>() {
+            return Err(RegionError::BadLength(region.len() as u64));
+        }
+        Ok(Self { region })
+    }
+
+    /// The memfd, to hand to a consumer.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.region.fd()
+    }
+
+    /// The board.
+    pub fn board(&self) -> &WakeBoard {
+        // SAFETY: the mapping is page-aligned (mmap), at least
+        // `size_of::<WakeBoard>()` long (checked in `attach`; `create` maps a
+        // page, more than a board), and lives as long as `self`. WakeBoard is
+        // repr(C) atomics only: every bit pattern is a valid value, and a
+        // peer's concurrent writes are atomic accesses to the same words.
+        unsafe { &*self.region.base().cast::<WakeBoard>() }
+    }
+}
+
+/// One page: the board is 272 bytes.
+#[cfg(not(loom))]
+fn board_region_len() -> usize {
+    const _: () = assert!(std::mem::size_of::<WakeBoard>() <= 4096);
+    4096
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
@@ -311,6 +374,143 @@ mod tests {
         assert!(board.forget(slot(2)), "slot 2's wake was pending");
         assert!(!board.forget(slot(1)));
         assert_eq!(board.delegate(slot(2)), Delegation::WakeYourself);
+    }
+
+    /// Three processes over one memfd board: a sleeper that parks on its
+    /// board word, a poller that enters, serves and leaves at random points,
+    /// and the producer (this process) that publishes and delegates. The
+    /// children are forked and touch only atomics and system calls (no
+    /// allocation, no locks: the test harness is multi-threaded), and end
+    /// with `_exit`.
+    #[test]
+    fn no_wake_is_lost_across_processes() {
+        const ROUNDS: u64 = 20_000;
+        let shared = SharedWakeBoard::create("wake-board-test").unwrap();
+        // A second board (attached from the fd, as a consumer would) must
+        // be the same memory.
+        let fd = shared.fd().try_clone_to_owned().unwrap();
+        let attached = SharedWakeBoard::attach(fd).unwrap();
+        let counters = MemfdRegion::create("wake-board-counters", 4096).unwrap();
+        // SAFETY: page-aligned, zero-filled shared memory holding four
+        // AtomicU64s (published, seen, stop, the poller's wakes), alive until
+        // the end of the test.
+        let [published, seen, stop, poller_wakes]: [&AtomicU64; 4] =
+            std::array::from_fn(|i| unsafe { &*counters.base().cast::<AtomicU64>().add(i) });
+        let board = shared.board();
+        let (sleeper_slot, poller_slot) = (slot(0), slot(1));
+
+        // SAFETY: fork; the child runs only the loop below (atomics, futex,
+        // spin hints) and `_exit`s.
+        let sleeper = unsafe { libc::fork() };
+        assert!(sleeper >= 0, "fork: {}", std::io::Error::last_os_error());
+        if sleeper == 0 {
+            let board = attached.board();
+            // SAFETY: the word lives in the mapping, which the child keeps.
+            let db = unsafe { Doorbell::new(board.doorbell_word(sleeper_slot)) };
+            let mut last = 0;
+            while last < ROUNDS {
+                db.arm();
+                let now = published.load(Ordering::Acquire);
+                if now != last {
+                    db.disarm();
+                    last = now;
+                    seen.store(last, Ordering::Release);
+                    continue;
+                }
+                sync::futex_wait(board.doorbell_word(sleeper_slot), SLEEPING, None);
+                db.disarm();
+            }
+            // SAFETY: ends the forked child without running the parent's
+            // atexit handlers or destructors.
+            unsafe { libc::_exit(0) };
+        }
+        // SAFETY: as for the sleeper.
+        let poller = unsafe { libc::fork() };
+        assert!(poller >= 0, "fork: {}", std::io::Error::last_os_error());
+        if poller == 0 {
+            let board = attached.board();
+            let mut x = 0x9e37_79b9_7f4a_7c15u64;
+            while stop.load(Ordering::Relaxed) == 0 {
+                board.enter_poll(poller_slot);
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let mut wakes = 0;
+                for _ in 0..(x % 64) {
+                    wakes += board.serve();
+                    std::hint::spin_loop();
+                }
+                wakes += board.leave_poll(poller_slot);
+                poller_wakes.fetch_add(u64::from(wakes), Ordering::Relaxed);
+                // Away now and then (as if running a call, or parked), so
+                // that the producer also finds nobody polling.
+                if x.is_multiple_of(256) {
+                    // SAFETY: a plain sleep; no memory is passed.
+                    unsafe { libc::usleep(100) };
+                }
+            }
+            // SAFETY: as for the sleeper.
+            unsafe { libc::_exit(0) };
+        }
+        let reap = |pid: libc::pid_t, kill: bool| {
+            if kill {
+                // SAFETY: signals our own child.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            let mut status = 0;
+            // SAFETY: waits for our own child; `status` outlives the call.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            status
+        };
+
+        // SAFETY: the word lives in `shared`, alive for the whole test.
+        let db = unsafe { Doorbell::new(board.doorbell_word(sleeper_slot)) };
+        let (mut delegated, mut own) = (0u64, 0u64);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut lost = None;
+        'rounds: for round in 1..=ROUNDS {
+            published.store(round, Ordering::Release);
+            if db.should_wake() {
+                match board.delegate(sleeper_slot) {
+                    Delegation::Delegated => delegated += 1,
+                    Delegation::WakeYourself => {
+                        own += 1;
+                        board.wake(sleeper_slot);
+                    }
+                }
+            }
+            while seen.load(Ordering::Acquire) != round {
+                if Instant::now() >= deadline {
+                    lost = Some(round);
+                    break 'rounds;
+                }
+                std::thread::yield_now();
+            }
+        }
+        stop.store(1, Ordering::Relaxed);
+        let sleeper_status = reap(sleeper, lost.is_some());
+        reap(poller, lost.is_some());
+        if let Some(round) = lost {
+            panic!(
+                "round {round}: the sleeper process never saw the message (a lost wake); \
+                 {delegated} wakes delegated, {own} done by the producer"
+            );
+        }
+        assert_eq!(sleeper_status, 0, "the sleeper process failed");
+        let poller_wakes = poller_wakes.load(Ordering::Relaxed);
+        eprintln!(
+            "{delegated} delegated ({poller_wakes} done by the poller), {own} by the producer"
+        );
+        // Both ways were taken (the sleeper parks in most rounds: the
+        // producer waits for each round's answer before the next).
+        assert!(
+            own > 0 && poller_wakes > 0,
+            "{delegated} delegated, {poller_wakes} done by the poller, {own} by the producer"
+        );
+        assert!(
+            poller_wakes <= delegated,
+            "{poller_wakes} wakes for {delegated} requests"
+        );
     }
 
     /// Real futexes, real threads: a sleeper parks on its board word over
