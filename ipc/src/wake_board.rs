@@ -376,18 +376,107 @@ mod tests {
         assert_eq!(board.delegate(slot(2)), Delegation::WakeYourself);
     }
 
+    /// Rounds of the stress tests below.
+    const ROUNDS: u64 = 20_000;
+
+    /// The sleeper: parks on `slot`'s word until it has seen `ROUNDS`
+    /// messages, reporting each in `seen`. No allocation (it also runs in a
+    /// forked child).
+    fn sleep_through_rounds(
+        board: &WakeBoard,
+        slot: Slot,
+        published: &AtomicU64,
+        seen: &AtomicU64,
+    ) {
+        // SAFETY: the word lives in `board`, which outlives this call.
+        let db = unsafe { Doorbell::new(board.doorbell_word(slot)) };
+        let mut last = 0;
+        while last < ROUNDS {
+            db.arm();
+            let now = published.load(Ordering::Acquire);
+            if now != last {
+                db.disarm();
+                last = now;
+                seen.store(last, Ordering::Release);
+                continue;
+            }
+            sync::futex_wait(board.doorbell_word(slot), SLEEPING, None);
+            db.disarm();
+        }
+    }
+
+    /// One visit of a poller: enters, serves a random while, leaves; the
+    /// wakes it made. `x` is its xorshift state. No allocation.
+    fn poll_once(board: &WakeBoard, slot: Slot, x: &mut u64) -> u64 {
+        board.enter_poll(slot);
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        let mut wakes = 0;
+        for _ in 0..(*x % 64) {
+            wakes += board.serve();
+            std::hint::spin_loop();
+        }
+        u64::from(wakes + board.leave_poll(slot))
+    }
+
+    /// What the producer did over the rounds.
+    struct Produced {
+        delegated: u64,
+        own: u64,
+        /// The first round whose message the sleeper never saw in time.
+        lost: Option<u64>,
+    }
+
+    /// The producer: publishes each round, wakes or delegates as the board
+    /// says, and waits (60 s at most) for the sleeper to see it.
+    fn produce_rounds(
+        board: &WakeBoard,
+        slot: Slot,
+        published: &AtomicU64,
+        seen: &AtomicU64,
+    ) -> Produced {
+        // SAFETY: the word lives in `board`, which outlives this call.
+        let db = unsafe { Doorbell::new(board.doorbell_word(slot)) };
+        let mut out = Produced {
+            delegated: 0,
+            own: 0,
+            lost: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for round in 1..=ROUNDS {
+            published.store(round, Ordering::Release);
+            if db.should_wake() {
+                match board.delegate(slot) {
+                    Delegation::Delegated => out.delegated += 1,
+                    Delegation::WakeYourself => {
+                        out.own += 1;
+                        board.wake(slot);
+                    }
+                }
+            }
+            while seen.load(Ordering::Acquire) != round {
+                if Instant::now() >= deadline {
+                    out.lost = Some(round);
+                    return out;
+                }
+                std::thread::yield_now();
+            }
+        }
+        out
+    }
+
     /// Three processes over one memfd board: a sleeper that parks on its
-    /// board word, a poller that enters, serves and leaves at random points,
-    /// and the producer (this process) that publishes and delegates. The
-    /// children are forked and touch only atomics and system calls (no
-    /// allocation, no locks: the test harness is multi-threaded), and end
-    /// with `_exit`.
+    /// board word, a poller that comes and goes (and now and then stays
+    /// away, so that the producer also finds nobody polling), and the
+    /// producer (this process). The children are forked and touch only
+    /// atomics and system calls (no allocation, no locks: the test harness
+    /// is multi-threaded), and end with `_exit`.
     #[test]
     fn no_wake_is_lost_across_processes() {
-        const ROUNDS: u64 = 20_000;
         let shared = SharedWakeBoard::create("wake-board-test").unwrap();
-        // A second board (attached from the fd, as a consumer would) must
-        // be the same memory.
+        // The children use a board attached from the fd, as a consumer
+        // would: it must be the same memory.
         let fd = shared.fd().try_clone_to_owned().unwrap();
         let attached = SharedWakeBoard::attach(fd).unwrap();
         let counters = MemfdRegion::create("wake-board-counters", 4096).unwrap();
@@ -396,30 +485,13 @@ mod tests {
         // the end of the test.
         let [published, seen, stop, poller_wakes]: [&AtomicU64; 4] =
             std::array::from_fn(|i| unsafe { &*counters.base().cast::<AtomicU64>().add(i) });
-        let board = shared.board();
         let (sleeper_slot, poller_slot) = (slot(0), slot(1));
 
-        // SAFETY: fork; the child runs only the loop below (atomics, futex,
-        // spin hints) and `_exit`s.
+        // SAFETY: fork; the child runs only allocation-free code and `_exit`s.
         let sleeper = unsafe { libc::fork() };
         assert!(sleeper >= 0, "fork: {}", std::io::Error::last_os_error());
         if sleeper == 0 {
-            let board = attached.board();
-            // SAFETY: the word lives in the mapping, which the child keeps.
-            let db = unsafe { Doorbell::new(board.doorbell_word(sleeper_slot)) };
-            let mut last = 0;
-            while last < ROUNDS {
-                db.arm();
-                let now = published.load(Ordering::Acquire);
-                if now != last {
-                    db.disarm();
-                    last = now;
-                    seen.store(last, Ordering::Release);
-                    continue;
-                }
-                sync::futex_wait(board.doorbell_word(sleeper_slot), SLEEPING, None);
-                db.disarm();
-            }
+            sleep_through_rounds(attached.board(), sleeper_slot, published, seen);
             // SAFETY: ends the forked child without running the parent's
             // atexit handlers or destructors.
             unsafe { libc::_exit(0) };
@@ -428,22 +500,10 @@ mod tests {
         let poller = unsafe { libc::fork() };
         assert!(poller >= 0, "fork: {}", std::io::Error::last_os_error());
         if poller == 0 {
-            let board = attached.board();
             let mut x = 0x9e37_79b9_7f4a_7c15u64;
             while stop.load(Ordering::Relaxed) == 0 {
-                board.enter_poll(poller_slot);
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let mut wakes = 0;
-                for _ in 0..(x % 64) {
-                    wakes += board.serve();
-                    std::hint::spin_loop();
-                }
-                wakes += board.leave_poll(poller_slot);
-                poller_wakes.fetch_add(u64::from(wakes), Ordering::Relaxed);
-                // Away now and then (as if running a call, or parked), so
-                // that the producer also finds nobody polling.
+                let wakes = poll_once(attached.board(), poller_slot, &mut x);
+                poller_wakes.fetch_add(wakes, Ordering::Relaxed);
                 if x.is_multiple_of(256) {
                     // SAFETY: a plain sleep; no memory is passed.
                     unsafe { libc::usleep(100) };
@@ -463,30 +523,11 @@ mod tests {
             status
         };
 
-        // SAFETY: the word lives in `shared`, alive for the whole test.
-        let db = unsafe { Doorbell::new(board.doorbell_word(sleeper_slot)) };
-        let (mut delegated, mut own) = (0u64, 0u64);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut lost = None;
-        'rounds: for round in 1..=ROUNDS {
-            published.store(round, Ordering::Release);
-            if db.should_wake() {
-                match board.delegate(sleeper_slot) {
-                    Delegation::Delegated => delegated += 1,
-                    Delegation::WakeYourself => {
-                        own += 1;
-                        board.wake(sleeper_slot);
-                    }
-                }
-            }
-            while seen.load(Ordering::Acquire) != round {
-                if Instant::now() >= deadline {
-                    lost = Some(round);
-                    break 'rounds;
-                }
-                std::thread::yield_now();
-            }
-        }
+        let Produced {
+            delegated,
+            own,
+            lost,
+        } = produce_rounds(shared.board(), sleeper_slot, published, seen);
         stop.store(1, Ordering::Relaxed);
         let sleeper_status = reap(sleeper, lost.is_some());
         reap(poller, lost.is_some());
@@ -501,8 +542,7 @@ mod tests {
         eprintln!(
             "{delegated} delegated ({poller_wakes} done by the poller), {own} by the producer"
         );
-        // Both ways were taken (the sleeper parks in most rounds: the
-        // producer waits for each round's answer before the next).
+        // Both ways were taken.
         assert!(
             own > 0 && poller_wakes > 0,
             "{delegated} delegated, {poller_wakes} done by the poller, {own} by the producer"
@@ -513,86 +553,42 @@ mod tests {
         );
     }
 
-    /// Real futexes, real threads: a sleeper parks on its board word over
-    /// and over, a producer publishes and delegates, and a poller enters,
-    /// serves and leaves at random points. Every message must be seen
-    /// (a lost wake hangs the sleeper, caught by the deadline).
+    /// The same with threads of one process and a poller that never stays
+    /// away: most wakes are delegated.
     #[test]
     fn no_wake_is_lost_with_a_poller_that_comes_and_goes() {
-        const ROUNDS: u64 = 20_000;
         let board = Arc::new(WakeBoard::new());
         let (sleeper_slot, poller_slot) = (slot(0), slot(1));
         let published = Arc::new(AtomicU64::new(0));
         let seen = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-
         let sleeper = {
             let (board, published, seen) = (board.clone(), published.clone(), seen.clone());
             std::thread::spawn(move || {
-                // SAFETY: the word lives in `board`, which this thread holds.
-                let db = unsafe { Doorbell::new(board.doorbell_word(sleeper_slot)) };
-                let mut last = 0;
-                while last < ROUNDS {
-                    db.arm();
-                    let now = published.load(Ordering::Acquire);
-                    if now != last {
-                        db.disarm();
-                        last = now;
-                        seen.store(last, Ordering::Release);
-                        continue;
-                    }
-                    sync::futex_wait(board.doorbell_word(sleeper_slot), SLEEPING, None);
-                    db.disarm();
-                }
+                sleep_through_rounds(&board, sleeper_slot, &published, &seen)
             })
         };
         let poller = {
             let (board, stop) = (board.clone(), stop.clone());
             std::thread::spawn(move || {
-                let mut wakes = 0u64;
-                let mut x = 0x9e37_79b9_7f4a_7c15u64;
+                let (mut wakes, mut x) = (0, 0x9e37_79b9_7f4a_7c15u64);
                 while !stop.load(Ordering::Relaxed) {
-                    board.enter_poll(poller_slot);
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    for _ in 0..(x % 64) {
-                        wakes += u64::from(board.serve());
-                        std::hint::spin_loop();
-                    }
-                    wakes += u64::from(board.leave_poll(poller_slot));
-                    for _ in 0..(x >> 58) {
-                        std::hint::spin_loop();
-                    }
+                    wakes += poll_once(&board, poller_slot, &mut x);
                 }
                 wakes
             })
         };
-        // SAFETY: the word lives in `board`, held by this thread.
-        let db = unsafe { Doorbell::new(board.doorbell_word(sleeper_slot)) };
-        let (mut delegated, mut own) = (0u64, 0u64);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        for round in 1..=ROUNDS {
-            published.store(round, Ordering::Release);
-            if db.should_wake() {
-                match board.delegate(sleeper_slot) {
-                    Delegation::Delegated => delegated += 1,
-                    Delegation::WakeYourself => {
-                        own += 1;
-                        board.wake(sleeper_slot);
-                    }
-                }
-            }
-            while seen.load(Ordering::Acquire) != round {
-                assert!(
-                    Instant::now() < deadline,
-                    "round {round}: the sleeper never saw the message (a lost wake); \
-                     {delegated} wakes delegated, {own} done by the producer"
-                );
-                std::thread::yield_now();
-            }
-        }
+        let Produced {
+            delegated,
+            own,
+            lost,
+        } = produce_rounds(&board, sleeper_slot, &published, &seen);
         stop.store(true, Ordering::Relaxed);
+        assert!(
+            lost.is_none(),
+            "round {lost:?}: the sleeper never saw the message (a lost wake); \
+             {delegated} wakes delegated, {own} done by the producer"
+        );
         sleeper.join().unwrap();
         let poller_wakes = poller.join().unwrap();
         assert!(

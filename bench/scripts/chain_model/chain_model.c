@@ -21,6 +21,7 @@
 // publishes, then swaps "sleeping" away; whoever wins the swap wakes. All
 // atomics are sequentially consistent: this is a model, not the product.
 #define _GNU_SOURCE
+#include "common.h"
 #include <arpa/inet.h>
 #include <linux/futex.h>
 #include <netinet/in.h>
@@ -53,21 +54,6 @@ struct shared {
 static struct shared *sh;
 static enum mode mode;
 
-static long now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1000000000L + t.tv_nsec;
-}
-static void pin(int core) {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(core, &set);
-    if (sched_setaffinity(0, sizeof set, &set)) { perror("sched_setaffinity"); _exit(1); }
-}
-static int by_value(const void *a, const void *b) {
-    long x = *(const long *)a, y = *(const long *)b;
-    return x < y ? -1 : x > y;
-}
 static void wake_bar(void) {
     atomic_store(&sh->bar_futex, 1);
     syscall(SYS_futex, &sh->bar_futex, FUTEX_WAKE, 1, NULL, NULL, 0);

@@ -8,6 +8,7 @@
 //   cross-2yield:  the waker on core 1; two sched_yield loops on core 0
 //   same:          the waker on core 0, yield-polling (it wakes, then yields)
 #define _GNU_SOURCE
+#include "common.h"
 #include <linux/futex.h>
 #include <sched.h>
 #include <signal.h>
@@ -23,21 +24,6 @@
 struct shared { _Atomic int word; _Atomic long woke_ns; _Atomic int stop; };
 static struct shared *sh;
 
-static long now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1000000000L + t.tv_nsec;
-}
-static void pin(int core) {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(core, &set);
-    if (sched_setaffinity(0, sizeof set, &set)) { perror("sched_setaffinity"); _exit(1); }
-}
-static int by_value(const void *a, const void *b) {
-    long x = *(const long *)a, y = *(const long *)b;
-    return x < y ? -1 : x > y;
-}
 static pid_t yield_loop(void) {
     pid_t pid = fork();
     if (!pid) {
