@@ -147,39 +147,49 @@ pub(crate) fn interface_index(name: &str) -> io::Result<u32> {
 /// kernel spreads flows over them); a persistent interface created the other
 /// way round is attached as it is.
 pub(crate) fn open_tap(name: &str, multi_queue: bool) -> io::Result<(OwnedFd, String)> {
-    let attach = |multi: bool| -> io::Result<(OwnedFd, String)> {
-        let mut req = ifreq_for(name)?;
-        let mut flags = libc::IFF_TAP | libc::IFF_NO_PI;
-        if multi {
-            flags |= libc::IFF_MULTI_QUEUE;
-        }
-        req.ifr_ifru.ifru_flags = flags as libc::c_short;
-        // SAFETY: the path is a valid NUL-terminated string.
-        let fd = cvt(unsafe {
-            libc::open(
-                c"/dev/net/tun".as_ptr(),
-                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
-            )
-        })?;
-        // SAFETY: fd is a fresh descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: TUNSETIFF reads and writes the ifreq, which outlives the
-        // call.
-        cvt(unsafe {
-            libc::ioctl(
-                fd.as_raw_fd(),
-                libc::TUNSETIFF,
-                &mut req as *mut libc::ifreq,
-            )
-        })?;
-        Ok((fd, ifreq_name(&req)))
-    };
-    match attach(multi_queue) {
+    match attach_tap_queue(name, multi_queue) {
         // An existing interface made with the other queue mode refuses the
         // request with EINVAL: attach it the way it was made.
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => attach(!multi_queue),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => attach_tap_queue(name, !multi_queue),
         other => other,
     }
+}
+
+/// One `TUNSETIFF` attempt behind [`open_tap`]: opens a non-blocking
+/// `/dev/net/tun` fd and attaches it to the TAP `name` (created if missing)
+/// without packet information headers, as one queue of a multi-queue TAP
+/// when `multi_queue`. Returns the fd and the interface's actual name.
+///
+/// Public (hidden) only for the link impairer of the tests and the
+/// `netem_relay` example (`net/tests/netns/impair.rs`), which opens its TAP
+/// the same way; not part of the crate's API.
+#[doc(hidden)]
+pub fn attach_tap_queue(name: &str, multi_queue: bool) -> io::Result<(OwnedFd, String)> {
+    let mut req = ifreq_for(name)?;
+    let mut flags = libc::IFF_TAP | libc::IFF_NO_PI;
+    if multi_queue {
+        flags |= libc::IFF_MULTI_QUEUE;
+    }
+    req.ifr_ifru.ifru_flags = flags as libc::c_short;
+    // SAFETY: the path is a valid NUL-terminated string.
+    let fd = cvt(unsafe {
+        libc::open(
+            c"/dev/net/tun".as_ptr(),
+            libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: TUNSETIFF reads and writes the ifreq, which outlives the
+    // call.
+    cvt(unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TUNSETIFF,
+            &mut req as *mut libc::ifreq,
+        )
+    })?;
+    Ok((fd, ifreq_name(&req)))
 }
 
 /// Opens an AF_PACKET raw socket bound to interface `ifindex`, receiving
@@ -208,6 +218,22 @@ pub(crate) fn open_packet_socket(ifindex: u32, fanout: Option<u16>) -> io::Resul
     if set_int_option(&fd, libc::SOL_SOCKET, SO_SNDBUFFORCE, 4 << 20).is_err() {
         let _ = set_int_option(&fd, libc::SOL_SOCKET, libc::SO_SNDBUF, 4 << 20);
     }
+    bind_packet_socket(&fd, ifindex)?;
+    if let Some(group) = fanout {
+        let value = u32::from(group) | (PACKET_FANOUT_HASH << 16);
+        set_int_option(&fd, libc::SOL_PACKET, PACKET_FANOUT, value as libc::c_int)?;
+    }
+    Ok(fd)
+}
+
+/// Binds the AF_PACKET socket `fd` to interface `ifindex`, receiving every
+/// protocol (`ETH_P_ALL`).
+///
+/// Public (hidden) only for the link impairer of the tests and the
+/// `netem_relay` example (`net/tests/netns/impair.rs`), whose packet socket
+/// is bound the same way; not part of the crate's API.
+#[doc(hidden)]
+pub fn bind_packet_socket(fd: &OwnedFd, ifindex: u32) -> io::Result<()> {
     // SAFETY: sockaddr_ll is plain old data; all zeroes is valid.
     let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
     addr.sll_family = libc::AF_PACKET as u16;
@@ -220,12 +246,8 @@ pub(crate) fn open_packet_socket(ifindex: u32, fanout: Option<u16>) -> io::Resul
             &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
             mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
         )
-    })?;
-    if let Some(group) = fanout {
-        let value = u32::from(group) | (PACKET_FANOUT_HASH << 16);
-        set_int_option(&fd, libc::SOL_PACKET, PACKET_FANOUT, value as libc::c_int)?;
-    }
-    Ok(fd)
+    })
+    .map(drop)
 }
 
 fn set_int_option(

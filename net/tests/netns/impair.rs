@@ -5,8 +5,10 @@
 //! It exists because the test kernel has no `sch_netem` (`tc qdisc add dev
 //! lo root netem delay 1ms` answers "Specified qdisc kind is unknown"), so
 //! the smoltcp transport's behaviour on a bad link cannot be tested with
-//! `tc`. Depends on `std` and `libc` only; `net/tests/smoltcp_netem.rs` and
-//! `net/examples/netem_relay.rs` include it with `#[path]`.
+//! `tc`. Depends on `std`, `libc` and the TAP attach and packet-socket
+//! bind of `nocturne_net::smoltcp` (hidden re-exports for this file);
+//! `net/tests/smoltcp_netem.rs` and `net/examples/netem_relay.rs` include
+//! it with `#[path]`.
 //!
 //! The usual wiring (two namespaces, so that no kernel stack short-cuts the
 //! relay):
@@ -168,26 +170,8 @@ impl Endpoint {
     /// Attaches to (or creates) the TAP `name` in the calling thread's
     /// network namespace. The TAP must not be attached elsewhere.
     pub fn tap(name: &str) -> io::Result<Self> {
-        let mut req = ifreq_for(name)?;
-        req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
-        // SAFETY: the path is a valid NUL-terminated string.
-        let fd = cvt(unsafe {
-            libc::open(
-                c"/dev/net/tun".as_ptr(),
-                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
-            )
-        })?;
-        // SAFETY: fd is a fresh descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: TUNSETIFF reads and writes the ifreq, which outlives the
-        // call.
-        cvt(unsafe {
-            libc::ioctl(
-                fd.as_raw_fd(),
-                libc::TUNSETIFF,
-                &mut req as *mut libc::ifreq,
-            )
-        })?;
+        // One attempt in single-queue mode, as the TAP must not be shared.
+        let (fd, _name) = nocturne_net::smoltcp::attach_tap_queue(name, false)?;
         Ok(Self::Tap(fd))
     }
 
@@ -217,19 +201,7 @@ impl Endpoint {
         // Room for bursts (the default ~200 KiB holds ~100 frames).
         let _ = set_int(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 8 << 20);
         let _ = set_int(&fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, 4 << 20);
-        // SAFETY: sockaddr_ll is plain old data; all zeroes is valid.
-        let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-        addr.sll_ifindex = index as libc::c_int;
-        // SAFETY: addr is a valid sockaddr_ll of the given length.
-        cvt(unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
-                mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        })?;
+        nocturne_net::smoltcp::bind_packet_socket(&fd, index)?;
         Ok(Self::Packet(fd))
     }
 
