@@ -15,14 +15,14 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tonic::codegen::{http, Body, BoxFuture, Context, Poll, Service, StdError};
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint};
 
-use super::{BarCallError, BAR_PREFIX, MAX_BODY};
+use super::{retry_until_ready, BarCallError, BAR_PREFIX, MAX_BODY};
 
 /// The gRPC service name.
 pub const SERVICE_NAME: &str = "nocturne.bench.Bar";
@@ -71,21 +71,11 @@ impl BarClient {
             .expect("a socket address makes a valid URI")
             .tcp_nodelay(true)
             .connect_timeout(wait);
-        let deadline = Instant::now() + wait;
-        loop {
-            let last = match endpoint.connect().await {
-                Ok(channel) => return Ok(Self::new(channel)),
-                Err(e) => e.to_string(),
-            };
-            if Instant::now() >= deadline {
-                return Err(BarCallError::NotReady {
-                    addr,
-                    waited: wait,
-                    last,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        retry_until_ready(addr, wait, || async {
+            let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+            Ok(Self::new(channel))
+        })
+        .await
     }
 
     /// A client over an existing channel.

@@ -4,7 +4,7 @@
 //! HTTP service from tokio.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -13,7 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::{BarCallError, MAX_BODY};
+use super::{retry_until_ready, BarCallError, MAX_BODY};
 
 /// A pooled HTTP/1.1 client for bar; clones share the pool.
 #[derive(Clone)]
@@ -49,29 +49,22 @@ impl HyperBar {
     /// also leaves a warm connection in the pool); gives up after `wait`.
     pub async fn connect(addr: SocketAddr, wait: Duration) -> Result<Self, BarCallError> {
         let bar = Self::new(addr);
-        let deadline = Instant::now() + wait;
-        loop {
+        retry_until_ready(addr, wait, || async {
             let request = Request::get(bar.health.clone())
                 .body(Full::new(Bytes::new()))
                 .expect("a GET with a valid URI builds");
-            let last = match bar.client.request(request).await {
+            match bar.client.request(request).await {
                 Ok(response) if response.status() == StatusCode::OK => {
                     // Drain it so the connection goes back to the pool.
                     let _ = response.into_body().collect().await;
-                    return Ok(bar);
+                    Ok(())
                 }
-                Ok(response) => format!("GET /healthz answered {}", response.status()),
-                Err(e) => e.to_string(),
-            };
-            if Instant::now() >= deadline {
-                return Err(BarCallError::NotReady {
-                    addr,
-                    waited: wait,
-                    last,
-                });
+                Ok(response) => Err(format!("GET /healthz answered {}", response.status())),
+                Err(e) => Err(e.to_string()),
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await?;
+        Ok(bar)
     }
 
     /// `POST /function/bar` with `input`; bar's answer body.

@@ -33,7 +33,7 @@ pub mod runtime;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
@@ -78,6 +78,36 @@ pub enum BarCallError {
         /// The last failure.
         last: String,
     },
+}
+
+/// Calls `attempt` every 20 ms until it succeeds or `wait` has passed since
+/// the first call; then the last failure (its text) as
+/// [`BarCallError::NotReady`]. How foo waits for bar to start, over either
+/// inner hop.
+async fn retry_until_ready<T, F, Fut>(
+    addr: SocketAddr,
+    wait: Duration,
+    mut attempt: F,
+) -> Result<T, BarCallError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + wait;
+    loop {
+        let last = match attempt().await {
+            Ok(ready) => return Ok(ready),
+            Err(last) => last,
+        };
+        if Instant::now() >= deadline {
+            return Err(BarCallError::NotReady {
+                addr,
+                waited: wait,
+                last,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Which function of the chain a server process plays.

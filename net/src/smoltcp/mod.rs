@@ -25,8 +25,8 @@
 //! * [`options`] — [`SmoltcpOptions`], [`DeviceSpec`], [`Ipv4Cidr`],
 //!   [`OpenError`].
 //! * `sys` — the system calls (TUNSETIFF, AF_PACKET, ioctls, epoll); its
-//!   TAP attach and packet-socket bind are re-exported, hidden, for the
-//!   link impairer of the tests.
+//!   TAP attach, interface index, socket option and packet-socket bind are
+//!   re-exported, hidden, for the link impairer of the tests.
 //!
 //! Several core loops: each opens its own transport with the same options
 //! and `queues` = the number of loops. A TAP is then opened as one queue of
@@ -46,4 +46,4 @@ pub use stack::{SmoltcpStats, SmoltcpTransport};
 // For the link impairer under net/tests/netns (a test and an example include
 // it), which opens its TAP and packet socket with the same calls.
 #[doc(hidden)]
-pub use sys::{attach_tap_queue, bind_packet_socket};
+pub use sys::{attach_tap_queue, bind_packet_socket, interface_index, set_int_option};

@@ -128,7 +128,11 @@ pub(crate) fn interface_mac(name: &str) -> io::Result<[u8; 6]> {
 }
 
 /// The interface's index; `NotFound` when there is no such interface.
-pub(crate) fn interface_index(name: &str) -> io::Result<u32> {
+///
+/// Public (hidden) also for the link impairer of the tests (see
+/// [`attach_tap_queue`]); not part of the crate's API.
+#[doc(hidden)]
+pub fn interface_index(name: &str) -> io::Result<u32> {
     let cname = CString::new(name)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name has a NUL"))?;
     // SAFETY: cname is a valid NUL-terminated string for the call's duration.
@@ -250,7 +254,12 @@ pub fn bind_packet_socket(fd: &OwnedFd, ifindex: u32) -> io::Result<()> {
     .map(drop)
 }
 
-fn set_int_option(
+/// Sets the `c_int` socket option `level`/`name` of `fd` to `value`.
+///
+/// Public (hidden) also for the link impairer of the tests (see
+/// [`attach_tap_queue`]); not part of the crate's API.
+#[doc(hidden)]
+pub fn set_int_option(
     fd: &OwnedFd,
     level: libc::c_int,
     name: libc::c_int,

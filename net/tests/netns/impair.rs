@@ -5,8 +5,9 @@
 //! It exists because the test kernel has no `sch_netem` (`tc qdisc add dev
 //! lo root netem delay 1ms` answers "Specified qdisc kind is unknown"), so
 //! the smoltcp transport's behaviour on a bad link cannot be tested with
-//! `tc`. Depends on `std`, `libc` and the TAP attach and packet-socket
-//! bind of `nocturne_net::smoltcp` (hidden re-exports for this file);
+//! `tc`. Depends on `std`, `libc` and the TAP attach, interface index,
+//! socket option and packet-socket bind of `nocturne_net::smoltcp` (hidden
+//! re-exports for this file);
 //! `net/tests/smoltcp_netem.rs` and `net/examples/netem_relay.rs` include
 //! it with `#[path]`.
 //!
@@ -36,6 +37,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
+
+use nocturne_net::smoltcp;
 
 /// Not in every `libc` release; stable kernel ABI (linux/if_packet.h).
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
@@ -171,19 +174,14 @@ impl Endpoint {
     /// network namespace. The TAP must not be attached elsewhere.
     pub fn tap(name: &str) -> io::Result<Self> {
         // One attempt in single-queue mode, as the TAP must not be shared.
-        let (fd, _name) = nocturne_net::smoltcp::attach_tap_queue(name, false)?;
+        let (fd, _name) = smoltcp::attach_tap_queue(name, false)?;
         Ok(Self::Tap(fd))
     }
 
     /// A packet socket on the interface `name` (in the calling thread's
     /// namespace) that ignores the frames sent on it, its own included.
     pub fn packet(name: &str) -> io::Result<Self> {
-        let req = ifreq_for(name)?;
-        // SAFETY: the name is NUL-terminated inside the ifreq.
-        let index = unsafe { libc::if_nametoindex(req.ifr_name.as_ptr()) };
-        if index == 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let index = smoltcp::interface_index(name)?;
         // Protocol 0 until bind(): nothing from other interfaces is queued.
         // SAFETY: plain socket(2); the result is checked and owned below.
         let fd = cvt(unsafe {
@@ -197,11 +195,11 @@ impl Endpoint {
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // Without it the socket would read back every frame it sends (and
         // forward it again).
-        set_int(&fd, libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)?;
+        smoltcp::set_int_option(&fd, libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)?;
         // Room for bursts (the default ~200 KiB holds ~100 frames).
-        let _ = set_int(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 8 << 20);
-        let _ = set_int(&fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, 4 << 20);
-        nocturne_net::smoltcp::bind_packet_socket(&fd, index)?;
+        let _ = smoltcp::set_int_option(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 8 << 20);
+        let _ = smoltcp::set_int_option(&fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, 4 << 20);
+        smoltcp::bind_packet_socket(&fd, index)?;
         Ok(Self::Packet(fd))
     }
 
@@ -555,23 +553,4 @@ fn ifreq_for(name: &str) -> io::Result<libc::ifreq> {
         *dst = src as libc::c_char;
     }
     Ok(req)
-}
-
-fn set_int(
-    fd: &OwnedFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: value is a valid c_int for the call's duration.
-    cvt(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            &value as *const libc::c_int as *const libc::c_void,
-            mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    })
-    .map(drop)
 }
