@@ -30,6 +30,15 @@ impl Key {
     pub fn index(self) -> usize {
         self.index as usize
     }
+
+    /// The key of the value in slot `index` at `generation`; `index` is a
+    /// position in the entries, which `insert` keeps below 2^32.
+    fn of_slot(index: usize, generation: u32) -> Self {
+        Self {
+            index: index as u32,
+            generation,
+        }
+    }
 }
 
 enum Entry<T> {
@@ -153,10 +162,7 @@ impl<T> Slab<T> {
     /// The current key of the value at slot `index`, if it is occupied.
     pub fn key_at(&self, index: usize) -> Option<Key> {
         match self.entries.get(index)? {
-            Entry::Occupied { generation, .. } => Some(Key {
-                index: index as u32,
-                generation: *generation,
-            }),
+            Entry::Occupied { generation, .. } => Some(Key::of_slot(index, *generation)),
             Entry::Vacant { .. } => None,
         }
     }
@@ -167,13 +173,9 @@ impl<T> Slab<T> {
             .iter()
             .enumerate()
             .filter_map(|(i, e)| match e {
-                Entry::Occupied { generation, value } => Some((
-                    Key {
-                        index: i as u32,
-                        generation: *generation,
-                    },
-                    value,
-                )),
+                Entry::Occupied { generation, value } => {
+                    Some((Key::of_slot(i, *generation), value))
+                }
                 Entry::Vacant { .. } => None,
             })
     }
@@ -184,13 +186,9 @@ impl<T> Slab<T> {
             .iter_mut()
             .enumerate()
             .filter_map(|(i, e)| match e {
-                Entry::Occupied { generation, value } => Some((
-                    Key {
-                        index: i as u32,
-                        generation: *generation,
-                    },
-                    value,
-                )),
+                Entry::Occupied { generation, value } => {
+                    Some((Key::of_slot(i, *generation), value))
+                }
                 Entry::Vacant { .. } => None,
             })
     }
