@@ -24,6 +24,8 @@ mod common;
 #[path = "netns/impair.rs"]
 mod impair;
 mod netns;
+#[path = "common/syn_frame.rs"]
+mod syn_frame;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -38,6 +40,7 @@ use impair::{Counts, Endpoint, Impairment, Relay, RelayConfig};
 use netns::Netns;
 use nocturne_net::smoltcp::{DeviceSpec, SmoltcpOptions, SmoltcpTransport};
 use nocturne_net::{HttpServer, Limits, Request, RequestHandler, Responder, Response, Transport};
+use syn_frame::Syn;
 
 const SERVER: &str = "192.0.2.2:8080";
 const PORT: u16 = 8080;
@@ -366,49 +369,30 @@ enum Bogus {
 /// A SYN to the server's port "from" the client's IP, sent by
 /// `FOREIGN_MAC`, spoiled as `bogus` says.
 fn bogus_syn(bogus: Bogus) -> Vec<u8> {
-    use ::smoltcp::phy::ChecksumCapabilities;
-    use ::smoltcp::wire::{
-        EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol,
-        Ipv4Address, Ipv4Packet, Ipv4Repr, TcpPacket, TcpSeqNumber,
-    };
-    let (src, dst) = (Ipv4Address::from(CLIENT_IP), Ipv4Address::from(SERVER_IP));
-    let mut frame = vec![0u8; 14 + 20 + 20];
+    use ::smoltcp::wire::{EthernetAddress, EthernetFrame, Ipv4Packet, TcpPacket};
     let mut src_mac = FOREIGN_MAC;
-    let mut dst_mac = SmoltcpOptions::default_tap_mac(dst);
+    let mut dst_mac = SmoltcpOptions::default_tap_mac(SERVER_IP.into());
     match bogus {
         Bogus::OtherDestinationMac => dst_mac = [0x02, 0, 0, 0, 0, 0x77],
         Bogus::MulticastSourceMac => src_mac[0] |= 1,
         _ => {}
     }
+    let mut frame = Syn {
+        src_mac: EthernetAddress(src_mac),
+        dst_mac: EthernetAddress(dst_mac),
+        src: CLIENT_IP.into(),
+        dst: SERVER_IP.into(),
+        src_port: 40_999,
+        dst_port: PORT,
+        seq: 12_345,
+        window: 65_535,
+    }
+    .frame();
     let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
-    EthernetRepr {
-        src_addr: EthernetAddress(src_mac),
-        dst_addr: EthernetAddress(dst_mac),
-        ethertype: EthernetProtocol::Ipv4,
-    }
-    .emit(&mut eth);
     let mut ip = Ipv4Packet::new_unchecked(eth.payload_mut());
-    Ipv4Repr {
-        src_addr: src,
-        dst_addr: dst,
-        next_header: IpProtocol::Tcp,
-        payload_len: 20,
-        hop_limit: 64,
-    }
-    .emit(&mut ip, &ChecksumCapabilities::default());
-    let mut tcp = TcpPacket::new_unchecked(ip.payload_mut());
-    tcp.set_src_port(40_999);
-    tcp.set_dst_port(PORT);
-    tcp.set_seq_number(TcpSeqNumber(12_345));
-    tcp.set_ack_number(TcpSeqNumber(0));
-    tcp.set_header_len(20);
-    tcp.clear_flags();
-    tcp.set_syn(true);
-    tcp.set_window_len(65_535);
-    tcp.set_urgent_at(0);
-    tcp.fill_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst));
     match bogus {
         Bogus::TcpChecksum => {
+            let mut tcp = TcpPacket::new_unchecked(ip.payload_mut());
             let sum = tcp.checksum();
             tcp.set_checksum(sum ^ 0x5a5a);
         }

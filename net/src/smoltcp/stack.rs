@@ -1164,8 +1164,15 @@ fn random_seed() -> u64 {
         .wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
+// The crafted SYN is shared with the bogus-frame test of
+// tests/smoltcp_netem.rs.
+#[cfg(test)]
+#[path = "../../tests/common/syn_frame.rs"]
+mod syn_frame;
+
 #[cfg(test)]
 mod tests {
+    use super::syn_frame::Syn;
     use super::*;
 
     const OUR_MAC: EthernetAddress = EthernetAddress([2, 0, 192, 0, 2, 2]);
@@ -1185,34 +1192,17 @@ mod tests {
         src: Ipv4Addr,
         dst: Ipv4Addr,
     ) -> Vec<u8> {
-        use smoltcp::wire::{EthernetRepr, TcpSeqNumber};
-        let mut frame = vec![0u8; 14 + 20 + 20];
-        let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
-        EthernetRepr {
-            src_addr: src_mac,
-            dst_addr: dst_mac,
-            ethertype: EthernetProtocol::Ipv4,
+        Syn {
+            src_mac,
+            dst_mac,
+            src,
+            dst,
+            src_port: 40_000,
+            dst_port: 8080,
+            seq: 1,
+            window: 1000,
         }
-        .emit(&mut eth);
-        let mut ip = Ipv4Packet::new_unchecked(eth.payload_mut());
-        Ipv4Repr {
-            src_addr: src,
-            dst_addr: dst,
-            next_header: IpProtocol::Tcp,
-            payload_len: 20,
-            hop_limit: 64,
-        }
-        .emit(&mut ip, &ChecksumCapabilities::default());
-        let mut tcp = TcpPacket::new_unchecked(ip.payload_mut());
-        tcp.set_src_port(40_000);
-        tcp.set_dst_port(8080);
-        tcp.set_seq_number(TcpSeqNumber(1));
-        tcp.set_header_len(20);
-        tcp.clear_flags();
-        tcp.set_syn(true);
-        tcp.set_window_len(1000);
-        tcp.fill_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst));
-        frame
+        .frame()
     }
 
     fn good() -> Vec<u8> {
