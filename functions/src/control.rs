@@ -1282,10 +1282,13 @@ mod tests {
         }
     }
 
-    #[test]
-    fn handshake_attaches_the_channel() {
+    /// The engine's half of a handshake up to the hello: a control socket
+    /// pair, the engine end of `hello`'s channel with its eventfd, and
+    /// `hello` sent with the region and the eventfd. Returns the engine's
+    /// socket, the worker's, the engine end and the eventfd (kept open for
+    /// the test's length: the end signals through it).
+    fn engine_sends_hello(hello: &Hello) -> (UnixStream, UnixStream, EngineEnd, OwnedFd) {
         let (engine_sock, worker_sock) = control_socketpair().unwrap();
-        let hello = engine_hello("foo");
         let efd = eventfd();
         let end =
             EngineEnd::create_with_eventfd(&hello.channel, "control-test", efd.as_fd()).unwrap();
@@ -1295,6 +1298,13 @@ mod tests {
             &[end.region_fd(), efd.as_fd()],
         )
         .unwrap();
+        (engine_sock, worker_sock, end, efd)
+    }
+
+    #[test]
+    fn handshake_attaches_the_channel() {
+        let hello = engine_hello("foo");
+        let (engine_sock, worker_sock, end, _efd) = engine_sends_hello(&hello);
 
         let boot = connect(worker_sock, "foo").unwrap();
         assert_eq!(boot.function, "foo");
@@ -1332,17 +1342,8 @@ mod tests {
 
     #[test]
     fn a_pending_handshake_can_be_refused_after_a_valid_hello() {
-        let (engine_sock, worker_sock) = control_socketpair().unwrap();
         let hello = engine_hello("foo");
-        let efd = eventfd();
-        let end =
-            EngineEnd::create_with_eventfd(&hello.channel, "control-test", efd.as_fd()).unwrap();
-        send(
-            &engine_sock,
-            &ControlMessage::Hello(hello.clone()),
-            &[end.region_fd(), efd.as_fd()],
-        )
-        .unwrap();
+        let (engine_sock, worker_sock, _end, _efd) = engine_sends_hello(&hello);
 
         let pending = receive_hello(worker_sock, "foo").unwrap();
         assert_eq!(pending.hello(), &hello);
@@ -1368,17 +1369,8 @@ mod tests {
 
     #[test]
     fn wrong_function_is_refused_with_a_reason() {
-        let (engine_sock, worker_sock) = control_socketpair().unwrap();
         let hello = engine_hello("foo");
-        let efd = eventfd();
-        let end =
-            EngineEnd::create_with_eventfd(&hello.channel, "control-test", efd.as_fd()).unwrap();
-        send(
-            &engine_sock,
-            &ControlMessage::Hello(hello),
-            &[end.region_fd(), efd.as_fd()],
-        )
-        .unwrap();
+        let (engine_sock, worker_sock, _end, _efd) = engine_sends_hello(&hello);
 
         let err = connect(worker_sock, "bar").err().expect("must refuse");
         assert!(
