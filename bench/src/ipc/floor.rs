@@ -86,18 +86,9 @@ impl PeerCase for FloorPeer {
             spin_until(stop, || {
                 self.mailbox.request_flag().load(Ordering::Acquire) == expected
             })?;
-            let sum = match self.mailbox.request() {
-                Ok((header, payload))
-                    if header.seq == u64::from(expected) && payload.len() == self.payload_len =>
-                {
-                    checksum(payload)
-                }
-                _ => {
-                    tally.errors += 1;
-                    0
-                }
-            };
-            self.mailbox.post_reply(expected, sum);
+            if !self.mailbox.answer_request(expected, self.payload_len) {
+                tally.errors += 1;
+            }
         }
         Ok(tally)
     }

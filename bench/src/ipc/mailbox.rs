@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use nocturne_ipc::region::{MemfdRegion, Region, RegionError};
 
-use super::msg::{RawHeader, HEADER_BYTES, REPLY_BYTES};
+use super::msg::{checksum, RawHeader, HEADER_BYTES, REPLY_BYTES};
 
 const REPLY_OFFSET: usize = 0;
 const REQUEST_OFFSET: usize = 256;
@@ -204,6 +204,25 @@ impl Mailbox {
         // Release: publishes the reply bytes; pairs with the driver's Acquire
         // load of `reply_flag`.
         self.reply_flag().store(seq, Ordering::Release);
+    }
+
+    /// The peer's answer to request `seq`, expected to carry `payload_len`
+    /// bytes: replies with the payload's checksum when the request is the
+    /// one expected, with 0 otherwise (the driver then sees a wrong
+    /// checksum). Returns whether it was the one expected. Call as
+    /// [`request`](Self::request).
+    #[inline]
+    pub fn answer_request(&self, seq: u32, payload_len: usize) -> bool {
+        let sum = match self.request() {
+            Ok((header, payload))
+                if header.seq == u64::from(seq) && payload.len() == payload_len =>
+            {
+                Some(checksum(payload))
+            }
+            _ => None,
+        };
+        self.post_reply(seq, sum.unwrap_or(0));
+        sum.is_some()
     }
 
     /// The current reply, copied out (all 64 bytes). Call only after an

@@ -219,18 +219,9 @@ impl PeerCase for WakePeer {
             self.expected = self.expected.wrapping_add(1);
             let expected = self.expected;
             self.wait_request(expected, stop)?;
-            let sum = match self.mailbox.request() {
-                Ok((header, payload))
-                    if header.seq == u64::from(expected) && payload.len() == self.payload_len =>
-                {
-                    checksum(payload)
-                }
-                _ => {
-                    tally.errors += 1;
-                    0
-                }
-            };
-            self.mailbox.post_reply(expected, sum);
+            if !self.mailbox.answer_request(expected, self.payload_len) {
+                tally.errors += 1;
+            }
             match &mut self.eventfds {
                 None => {
                     futex_wake(self.mailbox.reply_flag(), 1);
