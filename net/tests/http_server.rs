@@ -112,12 +112,9 @@ fn a_body_in_many_small_chunks_is_bounded_by_its_decoded_size() {
     // /echo's 1 KiB limit, while the input buffer may grow only to the
     // head + 1 KiB + one chunk line or trailer section (1 KiB here). The
     // framing already read is dropped as the body arrives.
-    let server = TestServer::start(Options {
-        limits: Limits {
-            max_header_bytes: 1024,
-            ..Limits::default()
-        },
-        ..Options::default()
+    let server = TestServer::with_limits(Limits {
+        max_header_bytes: 1024,
+        ..Limits::default()
     });
     let mut client = server.connect();
     let body: Vec<u8> = (0..1000).map(|i| b'a' + (i % 26) as u8).collect();
@@ -421,12 +418,9 @@ fn client_closing_mid_request_is_harmless() {
 
 #[test]
 fn slow_head_times_out_with_408_and_silent_connection_is_closed() {
-    let server = TestServer::start(Options {
-        limits: Limits {
-            header_timeout: Duration::from_millis(200),
-            ..Limits::default()
-        },
-        ..Options::default()
+    let server = TestServer::with_limits(Limits {
+        header_timeout: Duration::from_millis(200),
+        ..Limits::default()
     });
     let mut client = server.connect();
     client.send(b"GET /echo HTTP/1.1\r\nHost: sl");
@@ -446,13 +440,10 @@ fn slow_head_times_out_with_408_and_silent_connection_is_closed() {
 #[test]
 fn a_body_trickling_in_is_cut_off_with_408_and_one_arriving_steadily_is_not() {
     // A grace of 300 ms after the head, then at least 1000 bytes/s.
-    let server = TestServer::start(Options {
-        limits: Limits {
-            header_timeout: Duration::from_millis(300),
-            min_body_rate: 1000,
-            ..Limits::default()
-        },
-        ..Options::default()
+    let server = TestServer::with_limits(Limits {
+        header_timeout: Duration::from_millis(300),
+        min_body_rate: 1000,
+        ..Limits::default()
     });
     // 10 bytes every 100 ms (100 bytes/s) of a 1000-byte body: 408, long
     // before the body could be complete (10 s).
@@ -493,12 +484,9 @@ fn a_body_trickling_in_is_cut_off_with_408_and_one_arriving_steadily_is_not() {
 
 #[test]
 fn a_body_that_stops_arriving_gets_408_after_the_idle_timeout() {
-    let server = TestServer::start(Options {
-        limits: Limits {
-            idle_timeout: Duration::from_millis(300),
-            ..Limits::default()
-        },
-        ..Options::default()
+    let server = TestServer::with_limits(Limits {
+        idle_timeout: Duration::from_millis(300),
+        ..Limits::default()
     });
     let mut client = server.connect();
     client.send(b"POST /echo HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc");
@@ -515,12 +503,9 @@ fn a_body_that_stops_arriving_gets_408_after_the_idle_timeout() {
 
 #[test]
 fn idle_keep_alive_connection_is_closed() {
-    let server = TestServer::start(Options {
-        limits: Limits {
-            idle_timeout: Duration::from_millis(200),
-            ..Limits::default()
-        },
-        ..Options::default()
+    let server = TestServer::with_limits(Limits {
+        idle_timeout: Duration::from_millis(200),
+        ..Limits::default()
     });
     let mut client = server.connect();
     assert_eq!(client.roundtrip(&get("/echo")).status, 200);
@@ -530,12 +515,9 @@ fn idle_keep_alive_connection_is_closed() {
 
 #[test]
 fn connections_over_the_cap_get_503() {
-    let server = TestServer::start(Options {
-        limits: Limits {
-            max_connections: 2,
-            ..Limits::default()
-        },
-        ..Options::default()
+    let server = TestServer::with_limits(Limits {
+        max_connections: 2,
+        ..Limits::default()
     });
     let mut first = server.connect();
     let mut second = server.connect();
@@ -579,13 +561,10 @@ fn connections_over_the_cap_get_503() {
 fn lingering_closes_past_max_lingering_are_closed_at_once() {
     // Room for one lingering close. The linger outlasts the test, so the
     // first stays in it until its client leaves.
-    let server = TestServer::start(Options {
-        limits: Limits {
-            max_lingering: 1,
-            linger_timeout: Duration::from_secs(60),
-            ..Limits::default()
-        },
-        ..Options::default()
+    let server = TestServer::with_limits(Limits {
+        max_lingering: 1,
+        linger_timeout: Duration::from_secs(60),
+        ..Limits::default()
     });
     let bad_request = |client: &mut common::Client| {
         client.send(b"NOT HTTP\r\n\r\n");
@@ -786,12 +765,9 @@ fn arbitrary_bytes_on_the_wire_never_hurt_the_server() {
     use std::io::Read;
     use std::net::Shutdown;
 
-    let server = TestServer::start(Options {
-        limits: Limits {
-            max_header_bytes: 256,
-            ..Limits::default()
-        },
-        ..Options::default()
+    let server = TestServer::with_limits(Limits {
+        max_header_bytes: 256,
+        ..Limits::default()
     });
     let prefixes = prop::sample::select(vec![
         &b""[..],

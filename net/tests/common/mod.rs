@@ -171,6 +171,15 @@ pub struct TestServer {
 }
 
 impl TestServer {
+    /// [`start`](Self::start) with these limits and the other options left
+    /// at their defaults.
+    pub fn with_limits(limits: Limits) -> Self {
+        Self::start(Options {
+            limits,
+            ..Options::default()
+        })
+    }
+
     pub fn start(opts: Options) -> Self {
         let addr = opts.addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
         let transport = KernelTransport::bind(addr, &KernelOptions::default()).unwrap();
