@@ -273,13 +273,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = (&self.control).write_all(b"!");
-        if let Some(thread) = self.thread.take() {
-            let result = thread.join();
-            if !thread::panicking() {
-                result.expect("server thread panicked");
-            }
-        }
+        common::stop_server_thread(&self.control, self.thread.take());
     }
 }
 

@@ -27,7 +27,7 @@ mod netns;
 #[path = "common/syn_frame.rs"]
 mod syn_frame;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -184,13 +184,7 @@ impl BadLink {
 
 impl Drop for BadLink {
     fn drop(&mut self) {
-        let _ = (&self.control).write_all(b"!");
-        if let Some(server) = self.server.take() {
-            let result = server.join();
-            if !thread::panicking() {
-                result.expect("server thread panicked");
-            }
-        }
+        common::stop_server_thread(&self.control, self.server.take());
     }
 }
 

@@ -310,12 +310,20 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        let _ = self.wake.write_all(b"!");
-        if let Some(thread) = self.thread.take() {
-            let result = thread.join();
-            if !thread::panicking() {
-                result.expect("server thread panicked");
-            }
+        stop_server_thread(&self.wake, self.thread.take());
+    }
+}
+
+/// Stops a test's server thread: a byte on `wake` (its transport's wake
+/// socket) tells it to return, then it is joined. Its panic fails the test,
+/// unless the test is failing already (a second panic while unwinding would
+/// abort and hide the first).
+pub fn stop_server_thread(wake: &UnixStream, thread: Option<thread::JoinHandle<()>>) {
+    let _ = (&*wake).write_all(b"!");
+    if let Some(thread) = thread {
+        let result = thread.join();
+        if !thread::panicking() {
+            result.expect("server thread panicked");
         }
     }
 }
