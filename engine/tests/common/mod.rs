@@ -419,11 +419,28 @@ impl EngineBuilder {
     /// Starts the engine; waits until it listens and (unless told otherwise)
     /// until `/healthz` answers 200. Panics with the log on failure.
     pub fn start(self) -> Engine {
+        let description = self.describe();
+        self.launch(|cmd| cmd, "start the nocturne binary", description)
+    }
+
+    /// What [`start`](Self::start) and [`start_in_netns`](Self::start_in_netns)
+    /// share: runs the builder's command as `wrap` returns it (as it is, or
+    /// behind `ip netns exec`), follows its log, waits until it listens and
+    /// (unless told otherwise) until `/healthz` answers 200. `spawn_what`
+    /// completes the panic when it cannot be spawned; `description` is how
+    /// failures name the engine.
+    fn launch(
+        self,
+        wrap: impl FnOnce(Command) -> Command,
+        spawn_what: &str,
+        description: String,
+    ) -> Engine {
         let guard = (self.exclusive || self.spins())
             .then(|| EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner()));
         let scratch = Scratch::new("engine");
-        let (mut cmd, tag) = self.command(&scratch);
-        let mut child = cmd.spawn().expect("start the nocturne binary");
+        let (direct, tag) = self.command(&scratch);
+        let mut cmd = wrap(direct);
+        let mut child = cmd.spawn().expect(spawn_what);
         let log = Arc::new(Log::default());
         log.follow(child.stderr.take().expect("piped stderr"), "");
         log.follow(child.stdout.take().expect("piped stdout"), "[stdout] ");
@@ -434,7 +451,7 @@ impl EngineBuilder {
             addr: None,
             log,
             tag,
-            description: self.describe(),
+            description,
             exited: None,
             _scratch: scratch,
             _exclusive: guard,
@@ -1487,46 +1504,25 @@ impl EngineBuilder {
     /// `Netns::run`); so must every thread that uses the [`Engine`]'s
     /// connecting methods.
     pub fn start_in_netns(self, netns: &str) -> Engine {
-        let guard = (self.exclusive || self.spins())
-            .then(|| EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner()));
-        let scratch = Scratch::new("engine");
-        let (direct, tag) = self.command(&scratch);
-        // The same program, arguments and environment, behind `ip netns exec`.
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", netns])
-            .arg(direct.get_program())
-            .args(direct.get_args());
-        for (key, value) in direct.get_envs() {
-            match value {
-                Some(value) => cmd.env(key, value),
-                None => cmd.env_remove(key),
-            };
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("start ip netns exec nocturne");
-        let log = Arc::new(Log::default());
-        log.follow(child.stderr.take().expect("piped stderr"), "");
-        log.follow(child.stdout.take().expect("piped stdout"), "[stdout] ");
-        let pid = child.id() as i32;
-        let mut engine = Engine {
-            child,
-            pid,
-            addr: None,
-            log,
-            tag,
-            description: format!("ip netns exec {netns} {}", self.describe()),
-            exited: None,
-            _scratch: scratch,
-            _exclusive: guard,
+        let description = format!("ip netns exec {netns} {}", self.describe());
+        let wrap = |direct: Command| {
+            // The same program, arguments and environment, behind `ip netns exec`.
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", netns])
+                .arg(direct.get_program())
+                .args(direct.get_args());
+            for (key, value) in direct.get_envs() {
+                match value {
+                    Some(value) => cmd.env(key, value),
+                    None => cmd.env_remove(key),
+                };
+            }
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            cmd
         };
-        let addr = engine.wait_listening();
-        engine.addr = Some(addr);
-        if self.wait_healthy {
-            engine.wait_healthy();
-        }
-        engine
+        self.launch(wrap, "start ip netns exec nocturne", description)
     }
 }
 
