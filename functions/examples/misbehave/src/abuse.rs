@@ -467,18 +467,27 @@ mod tests {
     /// A message as the engine received it: kind, call id, status, payload.
     type Seen = Result<(Kind, u64, u16, Vec<u8>), RecvError>;
 
-    /// The engine's receiver of the response ring and a worker responder
-    /// over the same heap region; runs `mode` for call 0x77 and returns what
-    /// the engine receives, in order, until the ring is empty or broken.
-    fn engine_sees(mode: Mode) -> (After, Vec<Seen>) {
-        let heap = Arc::new(HeapRegion::new(CFG.region_len()));
+    /// A channel of `CFG` over `heap` with its worker end driven by a
+    /// [`Responder`] (honest so far), and the call both tests answer.
+    struct OverHeap<'r> {
+        /// The engine's halves: requests out, responses in.
+        requests: Sender<Shared>,
+        responses: Receiver<Shared>,
+        /// The worker's request receiver.
+        calls: Receiver<Shared>,
+        responder: Responder<'r, Shared>,
+        /// An `Invoke` for call 0x77.
+        call: Header,
+    }
+
+    fn over_heap(heap: &Arc<HeapRegion>) -> OverHeap<'_> {
         let engine = EngineEnd::create_in(Shared(heap.clone()), &CFG, None).unwrap();
         let worker = WorkerEnd::attach_region(Arc::new(Shared(heap.clone())), None).unwrap();
-        let (_requests, mut responses): (_, Receiver<Shared>) = engine.split();
-        let (sender, _calls) = worker.split();
-        let mut responder = Responder {
+        let (requests, responses) = engine.split();
+        let (sender, calls) = worker.split();
+        let responder = Responder {
             sender,
-            raw: RawChannel::new(&*heap).unwrap(),
+            raw: RawChannel::new(&**heap).unwrap(),
             memfd: None,
             region_len: heap.len(),
             lying_about_release: false,
@@ -488,6 +497,27 @@ mod tests {
             call_id: 0x77,
             ..Header::default()
         };
+        OverHeap {
+            requests,
+            responses,
+            calls,
+            responder,
+            call,
+        }
+    }
+
+    /// The engine's receiver of the response ring and a worker responder
+    /// over the same heap region; runs `mode` for call 0x77 and returns what
+    /// the engine receives, in order, until the ring is empty or broken.
+    fn engine_sees(mode: Mode) -> (After, Vec<Seen>) {
+        let heap = Arc::new(HeapRegion::new(CFG.region_len()));
+        let OverHeap {
+            requests: _requests,
+            mut responses,
+            calls: _calls,
+            mut responder,
+            call,
+        } = over_heap(&heap);
         let after = responder.act(mode, &call, 1);
         let mut seen = Vec::new();
         loop {
@@ -586,22 +616,13 @@ mod tests {
     #[test]
     fn bad_release_trips_the_engine_sender_once_its_cache_runs_out() {
         let heap = Arc::new(HeapRegion::new(CFG.region_len()));
-        let engine = EngineEnd::create_in(Shared(heap.clone()), &CFG, None).unwrap();
-        let worker = WorkerEnd::attach_region(Arc::new(Shared(heap.clone())), None).unwrap();
-        let (mut requests, _responses) = engine.split();
-        let (sender, mut calls) = worker.split();
-        let mut responder = Responder {
-            sender,
-            raw: RawChannel::new(&*heap).unwrap(),
-            memfd: None,
-            region_len: heap.len(),
-            lying_about_release: false,
-        };
-        let call = Header {
-            kind: Kind::Invoke,
-            call_id: 0x77,
-            ..Header::default()
-        };
+        let OverHeap {
+            mut requests,
+            responses: _responses,
+            mut calls,
+            mut responder,
+            call,
+        } = over_heap(&heap);
         requests.try_send(&call, b"").unwrap();
         drop(calls.try_recv().unwrap().expect("the call"));
         responder.after_receive();
