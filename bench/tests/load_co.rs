@@ -93,13 +93,8 @@ fn serve(
     loop {
         // One request: a head, and the body its Content-Length announces.
         let (head_end, body_len) = loop {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                let len = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .map_or(0, |v| v.trim().parse::<usize>().unwrap());
-                break (end + 4, len);
+            if let Some(head) = common::request_head(&buf) {
+                break head;
             }
             match s.read(&mut chunk) {
                 Ok(0) | Err(_) => return,

@@ -117,14 +117,9 @@ fn serve(mut s: TcpStream, count: &AtomicU64, stop: &AtomicBool, script: fn(u64)
     let mut chunk = [0u8; 4096];
     loop {
         let request_end = loop {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                let len = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .map_or(0, |v| v.trim().parse::<usize>().unwrap());
-                if buf.len() >= end + 4 + len {
-                    break end + 4 + len;
+            if let Some((head_len, body_len)) = common::request_head(&buf) {
+                if buf.len() >= head_len + body_len {
+                    break head_len + body_len;
                 }
             }
             // Relaxed: a plain flag.

@@ -1,8 +1,9 @@
 //! Shared by the live load-generator tests (`load_co` against a stalling
 //! server, `load_live` against the echo server, `load_errors` against bad
 //! targets): a watchdog that fails a run instead of hanging the test, the
-//! bookkeeping every run must balance, the short plan they start from, and
-//! `bench load`'s options parsed as the command line would.
+//! bookkeeping every run must balance, the short plan they start from,
+//! `bench load`'s options parsed as the command line would, and the request
+//! framing of the hand-written test servers.
 
 #![allow(dead_code)] // each test binary uses a different part
 
@@ -73,4 +74,17 @@ pub fn short_plan(specs: &[RequestSpec], connections: usize, duration: Duration)
     p.connections = connections;
     p.timeout = Duration::from_secs(20);
     p
+}
+
+/// Where the first request in `buf` ends its head and how long its body
+/// is: `(head bytes with the blank line, Content-Length or 0)`, once the
+/// head is complete. For the test servers, which read requests by hand.
+pub fn request_head(buf: &[u8]) -> Option<(usize, usize)> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let len = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+    Some((end + 4, len))
 }
