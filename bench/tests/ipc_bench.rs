@@ -100,6 +100,19 @@ fn two_cores() -> Option<String> {
     }
 }
 
+/// `cores` of a test that needs two; without them (None) the test passes
+/// only when skipping was asked for: nothing skips silently.
+fn cores_or_opt_out(cores: Option<&str>) -> Option<&str> {
+    if cores.is_none() {
+        assert!(
+            std::env::var_os("NOCTURNE_SKIP_MULTICORE").is_some(),
+            "fewer than two cores available (set NOCTURNE_SKIP_MULTICORE=1 to skip the tests that need two)"
+        );
+        eprintln!("  skipped (NOCTURNE_SKIP_MULTICORE): fewer than two cores available");
+    }
+    cores
+}
+
 fn bad_cores_fail_before_anything_starts(_: Option<&str>) {
     let cmd = BenchCommand::Ipc(args(&["--cores", "0,100000"]));
     let err = nocturne_bench::run(cmd).unwrap_err();
@@ -182,13 +195,7 @@ fn the_peer_rejects_bad_control_frames(_: Option<&str>) {
 }
 
 fn every_case_runs_and_reports_sane_numbers(cores: Option<&str>) {
-    let Some(cores) = cores else {
-        // Nothing skips silently: only an explicit opt-out lets it pass.
-        assert!(
-            std::env::var_os("NOCTURNE_SKIP_MULTICORE").is_some(),
-            "fewer than two cores available (set NOCTURNE_SKIP_MULTICORE=1 to skip the tests that need two)"
-        );
-        eprintln!("  skipped (NOCTURNE_SKIP_MULTICORE): fewer than two cores available");
+    let Some(cores) = cores_or_opt_out(cores) else {
         return;
     };
     let json = std::env::temp_dir().join(format!("nocturne-bench-ipc-{}.json", std::process::id()));
@@ -312,13 +319,7 @@ fn find_child() -> Option<u32> {
 }
 
 fn a_killed_peer_ends_the_run_with_an_error(cores: Option<&str>) {
-    let Some(cores) = cores else {
-        // Nothing skips silently: only an explicit opt-out lets it pass.
-        assert!(
-            std::env::var_os("NOCTURNE_SKIP_MULTICORE").is_some(),
-            "fewer than two cores available (set NOCTURNE_SKIP_MULTICORE=1 to skip the tests that need two)"
-        );
-        eprintln!("  skipped (NOCTURNE_SKIP_MULTICORE): fewer than two cores available");
+    let Some(cores) = cores_or_opt_out(cores) else {
         return;
     };
     // A mix (a byte stream sees EOF at once), a spinning case and a blocked
