@@ -178,21 +178,10 @@ fn a_function_the_binary_has_no_handler_for_is_refused_at_start() {
 
 /// Waits until `/system/functions` shows `function` with `n` calls in flight.
 fn wait_in_flight(engine: &Engine, function: &str, n: u64) {
-    let deadline = Instant::now() + LONG;
-    loop {
-        let status = engine.functions_status();
-        let f = status
-            .iter()
-            .find(|f| f["name"] == function)
-            .expect("function listed");
-        if f["in_flight"].as_u64() == Some(n) {
-            return;
-        }
-        if Instant::now() > deadline {
-            engine.fail(&format!("{function} never had {n} calls in flight: {f}"));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let what = format!("{n} calls in flight");
+    common::wait_function_status(engine, function, &what, |f| {
+        f["in_flight"].as_u64() == Some(n)
+    });
 }
 
 /// Waits until `function` has one worker and it is not `old`; returns it.

@@ -963,21 +963,9 @@ fn second_signal_stops_at_once() {
 
 /// Waits until `function` has a call in flight.
 fn wait_in_flight(engine: &Engine, function: &str) {
-    let deadline = Instant::now() + LONG;
-    loop {
-        let status = engine.functions_status();
-        let f = status
-            .iter()
-            .find(|f| f["name"] == function)
-            .expect("listed");
-        if f["in_flight"].as_u64() >= Some(1) {
-            return;
-        }
-        if Instant::now() > deadline {
-            engine.fail(&format!("{function} never had a call in flight: {f}"));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::wait_function_status(engine, function, "a call in flight", |f| {
+        f["in_flight"].as_u64() >= Some(1)
+    });
 }
 
 #[test]
