@@ -1,6 +1,7 @@
 //! Accepted ranges of numeric options, each stated once: the settings
 //! check values against it, its `--help` states it in the same words
-//! ([`IntRange::text`], [`DurationRange::text`]), and each command's test
+//! ([`IntRange::text`], [`DurationRange::text`], [`DecimalRange::text`]),
+//! and each command's test
 //! `every_range_is_stated_in_help_and_is_the_one_checked` checks that the
 //! two agree at both ends.
 
@@ -103,6 +104,44 @@ impl DurationRange {
     }
 }
 
+/// The inclusive range of a decimal option (a rate, a fraction, a factor).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DecimalRange {
+    /// The option, without its dashes.
+    pub flag: &'static str,
+    /// Least accepted value.
+    pub min: f64,
+    /// Greatest accepted value.
+    pub max: f64,
+}
+
+impl DecimalRange {
+    /// The range of `--flag`.
+    pub const fn new(flag: &'static str, min: f64, max: f64) -> Self {
+        Self { flag, min, max }
+    }
+
+    /// How help and errors write it, as plain decimals every parser reads
+    /// back: `0.01..=1`.
+    pub fn text(&self) -> String {
+        format!("{}..={}", self.min, self.max)
+    }
+
+    /// `got` (parsed from `typed`, which the error quotes), when it is in
+    /// the range (never NaN).
+    pub fn check(&self, got: f64, typed: &str) -> Result<f64, RangeError> {
+        if (self.min..=self.max).contains(&got) {
+            Ok(got)
+        } else {
+            Err(RangeError {
+                flag: self.flag,
+                got: typed.trim().to_owned(),
+                range: self.text(),
+            })
+        }
+    }
+}
+
 /// The help paragraph of `--flag` in `command` (test support).
 #[cfg(test)]
 fn help_of(command: &clap::Command, flag: &str) -> String {
@@ -122,6 +161,8 @@ fn help_of(command: &clap::Command, flag: &str) -> String {
 /// refuses the values just outside with the error
 /// `--flag VALUE is out of range: it takes TEXT`. Durations are given in
 /// nanoseconds, so that one nanosecond past an end is a value of its own.
+/// Commands with decimal options check those with
+/// [`check_decimal_ranges`] too.
 #[cfg(test)]
 pub(crate) fn check_ranges(
     command: &clap::Command,
@@ -150,6 +191,43 @@ pub(crate) fn check_ranges(
         }
         cases.push((r.flag, r.text(), [ns(r.min), ns(r.max)], outside));
     }
+    check_cases(command, cases, run);
+}
+
+/// [`check_ranges`] for decimal options: both ends are accepted, and the
+/// nearest decimals past them (the next `f64` up from the greatest, down
+/// from a positive least, written so that they parse back to themselves)
+/// are refused with the range's error.
+#[cfg(test)]
+pub(crate) fn check_decimal_ranges(
+    command: &clap::Command,
+    decimals: &[DecimalRange],
+    run: impl Fn(&str, &str) -> Result<(), String>,
+) {
+    let mut cases = Vec::new();
+    for r in decimals {
+        let mut outside = vec![r.max.next_up().to_string()];
+        if r.min > 0.0 {
+            outside.push(r.min.next_down().to_string());
+        }
+        cases.push((
+            r.flag,
+            r.text(),
+            [r.min, r.max].map(|v| v.to_string()),
+            outside,
+        ));
+    }
+    check_cases(command, cases, run);
+}
+
+/// The checks of [`check_ranges`] on `(flag, range text, the values at its
+/// ends, the values just outside)`.
+#[cfg(test)]
+fn check_cases(
+    command: &clap::Command,
+    cases: Vec<(&str, String, [String; 2], Vec<String>)>,
+    run: impl Fn(&str, &str) -> Result<(), String>,
+) {
     for (flag, text, inside, outside) in cases {
         let help = help_of(command, flag);
         assert!(
@@ -193,5 +271,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert_eq!(err, "--timeout 1h1s is out of range: it takes 1ms..=3600s");
+        let f = DecimalRange::new("keep-up-fraction", 0.01, 1.0);
+        assert_eq!(f.text(), "0.01..=1");
+        assert_eq!(f.check(1.0, "1"), Ok(1.0));
+        assert!(f.check(f64::NAN, "nan").is_err());
+        let err = f.check(1.5, " 1.5 ").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "--keep-up-fraction 1.5 is out of range: it takes 0.01..=1"
+        );
     }
 }

@@ -85,7 +85,8 @@ pub struct LoadArgs {
     pub urls: Vec<String>,
     /// Offered rate in requests/s: 20000, 20k, 1.5M, a list 1k,5k,20k or a
     /// sweep START..END/STEP (e.g. 10k..200k/10k). Required, except with
-    /// --pingpong N alone (the baseline without load).
+    /// --pingpong N alone (the baseline without load). Each rate [range:
+    /// 0.001..=1000000000].
     #[arg(long, value_name = "RATE")]
     pub rate: Option<String>,
     /// Measurement window per rate (e.g. 10s, 500ms) [default: 10s]
@@ -191,8 +192,12 @@ pub struct LoadArgs {
 pub mod ranges {
     use std::time::Duration;
 
-    use crate::range::{DurationRange, IntRange};
+    use crate::range::{DecimalRange, DurationRange, IntRange};
 
+    /// Each rate of `--rate`: the least one the reports tell apart from 0
+    /// (they print rates to three decimals), up to one request per
+    /// nanosecond (send times are whole nanoseconds).
+    pub const RATE: DecimalRange = DecimalRange::new("rate", 0.001, 1e9);
     /// `--threads`.
     pub const THREADS: IntRange = IntRange::new("threads", 1, 1024);
     /// `--connections`.
@@ -228,6 +233,8 @@ pub mod ranges {
     pub const INTS: [IntRange; 5] = [THREADS, CONNECTIONS, PIPELINE, SPIN_US, PINGPONG];
     /// Every duration range, for the help test.
     pub const DURATIONS: [DurationRange; 4] = [DURATION, WARMUP, TIMEOUT, CONNECT_TIMEOUT];
+    /// Every decimal range, for the help test.
+    pub const DECIMALS: [DecimalRange; 1] = [RATE];
 }
 
 /// How to generate load, independent of the rate: everything a run at one
@@ -453,7 +460,11 @@ impl LoadSettings {
     pub fn from_args(args: &LoadArgs) -> Result<Self, SettingsError> {
         let pingpong = ranges::PINGPONG.check(args.pingpong)?;
         let rates = match &args.rate {
-            Some(rate) => spec::parse_rates(rate)?,
+            Some(text) => {
+                let rates = spec::parse_rates(text)?;
+                check_rates(text, &rates)?;
+                rates
+            }
             None if pingpong > 0 => {
                 refuse_open_loop_options(args)?;
                 Vec::new()
@@ -638,6 +649,23 @@ fn check_descriptors(connections: usize, need: u64, limit: u64) -> Result<(), Se
          (RLIMIT_NOFILE) is {limit}, already raised to its hard limit: raise the hard limit \
          (e.g. `ulimit -Hn`, or LimitNOFILE= for a service) or use fewer connections"
     )))
+}
+
+/// Every rate of `--rate` (`text`, parsed into `rates`) in
+/// [`ranges::RATE`]. The error quotes a list's rate as it was typed, and a
+/// sweep whole (its rates were computed).
+fn check_rates(text: &str, rates: &[f64]) -> Result<(), crate::range::RangeError> {
+    if text.contains("..") {
+        for &rate in rates {
+            ranges::RATE.check(rate, text)?;
+        }
+    } else {
+        // `parse_rates` keeps a list's order.
+        for (&rate, item) in rates.iter().zip(text.split(',')) {
+            ranges::RATE.check(rate, item)?;
+        }
+    }
+    Ok(())
 }
 
 /// With `--pingpong N` and no `--rate`, only the baseline runs: an option
@@ -1002,6 +1030,17 @@ mod tests {
                 _ => Ok(()),
             },
         );
+        crate::range::check_decimal_ranges(&Cli::command(), &ranges::DECIMALS, |flag, v| {
+            // Not `settings`, whose --rate would be given twice.
+            let arg = format!("--{flag}={v}");
+            let cli = Cli::try_parse_from(["load", "http://127.0.0.1:9/", &arg]).unwrap();
+            match LoadSettings::from_args(&cli.load) {
+                Err(SettingsError::Range(e)) => Err(e.to_string()),
+                // Another check may refuse it (a rate too low for the
+                // window, say): not the range.
+                _ => Ok(()),
+            }
+        });
         assert_eq!(ranges::THREADS.text(), "1..=1024");
     }
 
