@@ -44,6 +44,7 @@ use anyhow::Context as _;
 use crate::load::spec::{format_duration, parse_duration, parse_rate};
 use crate::load::PollMode;
 use crate::pin::{allowed_cores, check_cores_against, parse_core_list};
+use crate::range::DecimalRange;
 
 pub use driver::{run_compare, CompareOutcome, ComparePhase, SearchRun, SystemResult};
 pub use sweep::{KeepUp, LadderMaxError, Saturation, SaturationSearch, SearchError, SloLadder};
@@ -123,10 +124,10 @@ pub struct CompareArgs {
     /// [range: 1ms..=3600s].
     #[arg(long, value_name = "DURATION")]
     pub sweep_duration: Option<String>,
-    /// First rate of the saturation search.
+    /// First rate of the saturation search [range: 1..=1000000000].
     #[arg(long, default_value = "2k", value_name = "RATE")]
     pub sweep_start: String,
-    /// Highest rate of the saturation search.
+    /// Highest rate of the saturation search [range: 1..=1000000000].
     #[arg(long, default_value = "1M", value_name = "RATE")]
     pub sweep_max: String,
     /// Bisection steps after the doubling [default: 3, quick 1] [range: 0..=30].
@@ -136,21 +137,23 @@ pub struct CompareArgs {
     /// miss (a shared host's stall can sink one window) [range: 1..=100].
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub miss_runs: u32,
-    /// A run keeps up when it achieves this fraction of the offered rate…
+    /// A run keeps up when it achieves this fraction of the offered rate
+    /// [range: 0.01..=1]…
     #[arg(long, default_value_t = 0.95, value_name = "FRACTION")]
     pub keep_up_fraction: f64,
     /// …with no errors and a p50 under this (a median, so that the odd
     /// stall of a shared host does not count as saturation) [range: 1us..=3600s].
     #[arg(long, default_value = "2ms", value_name = "DURATION")]
     pub keep_up_p50: String,
-    /// Skip the search: use this saturation rate S.
+    /// Skip the search: use this saturation rate S [range: 1..=1000000000].
     #[arg(long, value_name = "RATE")]
     pub saturation: Option<String>,
     /// Unloaded (ping-pong) round trips per system [default: 5000, quick 500]
     /// [range: 1..=1000000000].
     #[arg(long, value_name = "N")]
     pub pingpong: Option<u64>,
-    /// The SLO is this many times nocturne's unloaded p50, at p99.
+    /// The SLO is this many times nocturne's unloaded p50, at p99 [range:
+    /// 1..=1000].
     #[arg(long, default_value_t = 10.0, value_name = "FACTOR")]
     pub slo_factor: f64,
     /// Highest multiple of S the SLO ladder climbs to: one of its rungs,
@@ -230,12 +233,12 @@ pub struct CompareSettings {
     pub json: Option<PathBuf>,
 }
 
-/// The accepted ranges of `bench compare`'s integer and duration options
-/// (the help states each in the same words).
+/// The accepted ranges of `bench compare`'s numeric options (the help
+/// states each in the same words).
 pub mod ranges {
     use std::time::Duration;
 
-    use crate::range::{DurationRange, IntRange};
+    use crate::range::{DecimalRange, DurationRange, IntRange};
 
     /// `--server-threads`.
     pub const SERVER_THREADS: IntRange = IntRange::new("server-threads", 1, 1024);
@@ -273,6 +276,30 @@ pub mod ranges {
     /// Every duration range, for the help test.
     pub const DURATIONS: [DurationRange; 5] =
         [DURATION, WARMUP, SWEEP_DURATION, KEEP_UP_P50, TIMEOUT];
+    /// The greatest of the rate options: one request per nanosecond, as
+    /// `bench load`'s `--rate`. The least is 1: every system is offered a
+    /// whole number of requests/s, at least 1 (`sweep::integer_rate`).
+    const MAX_RATE: f64 = 1e9;
+    /// `--sweep-start`.
+    pub const SWEEP_START: DecimalRange = DecimalRange::new("sweep-start", 1.0, MAX_RATE);
+    /// `--sweep-max`.
+    pub const SWEEP_MAX: DecimalRange = DecimalRange::new("sweep-max", 1.0, MAX_RATE);
+    /// `--saturation`.
+    pub const SATURATION: DecimalRange = DecimalRange::new("saturation", 1.0, MAX_RATE);
+    /// `--keep-up-fraction`: keeping up with less than a hundredth of the
+    /// offered rate would say nothing.
+    pub const KEEP_UP_FRACTION: DecimalRange = DecimalRange::new("keep-up-fraction", 0.01, 1.0);
+    /// `--slo-factor`: below 1 the SLO (at p99) is under nocturne's own
+    /// unloaded p50, which no rate meets.
+    pub const SLO_FACTOR: DecimalRange = DecimalRange::new("slo-factor", 1.0, 1000.0);
+    /// Every decimal range, for the help test.
+    pub const DECIMALS: [DecimalRange; 5] = [
+        SWEEP_START,
+        SWEEP_MAX,
+        SATURATION,
+        KEEP_UP_FRACTION,
+        SLO_FACTOR,
+    ];
 }
 
 impl CompareSettings {
@@ -318,25 +345,25 @@ impl CompareSettings {
             }
         }
         systems.sort();
+        let rate_in = |range: DecimalRange, text: &str| -> anyhow::Result<f64> {
+            let rate = parse_rate(text).with_context(|| format!("--{}", range.flag))?;
+            Ok(range.check(rate, text)?)
+        };
         let saturation = args
             .saturation
             .as_deref()
-            .map(parse_rate)
-            .transpose()
-            .context("--saturation")?
+            .map(|text| rate_in(ranges::SATURATION, text))
+            .transpose()?
             .map(sweep::integer_rate);
         if saturation.is_none() && !systems.contains(&System::RpcHyper) {
             anyhow::bail!("without rpc-hyper in --systems, give --saturation RATE");
         }
-        let sweep_start = parse_rate(&args.sweep_start).context("--sweep-start")?;
-        let sweep_max = parse_rate(&args.sweep_max).context("--sweep-max")?;
+        let sweep_start = rate_in(ranges::SWEEP_START, &args.sweep_start)?;
+        let sweep_max = rate_in(ranges::SWEEP_MAX, &args.sweep_max)?;
         SaturationSearch::new(sweep_start, sweep_max, 0)?;
-        if !(args.keep_up_fraction > 0.0 && args.keep_up_fraction <= 1.0) {
-            anyhow::bail!("--keep-up-fraction must be in (0, 1]");
-        }
-        if !(args.slo_factor.is_finite() && args.slo_factor > 0.0) {
-            anyhow::bail!("--slo-factor must be positive");
-        }
+        let keep_up_fraction = ranges::KEEP_UP_FRACTION
+            .check(args.keep_up_fraction, &args.keep_up_fraction.to_string())?;
+        let slo_factor = ranges::SLO_FACTOR.check(args.slo_factor, &args.slo_factor.to_string())?;
         let ladder_max = sweep::check_ladder_max(args.ladder_max)?;
         if args.connections < args.client_threads {
             anyhow::bail!(
@@ -403,12 +430,12 @@ impl CompareSettings {
             refine: args.refine.unwrap_or(if args.quick { 1 } else { 3 }),
             miss_runs: args.miss_runs,
             keep_up: KeepUp {
-                min_achieved: args.keep_up_fraction,
+                min_achieved: keep_up_fraction,
                 max_p50: keep_up_p50,
             },
             saturation,
             pingpong: args.pingpong.unwrap_or(if args.quick { 500 } else { 5000 }),
-            slo_factor: args.slo_factor,
+            slo_factor,
             ladder_max,
             timeout,
             quick: args.quick,
@@ -588,6 +615,26 @@ mod tests {
                 // More connections than threads, whatever the thread count.
                 if flag == "client-threads" {
                     argv.push("--connections=100000");
+                }
+                settings(&argv).map(|_| ()).map_err(|e| format!("{e:#}"))
+            },
+        );
+        crate::range::check_decimal_ranges(
+            &<Cli as clap::CommandFactory>::command(),
+            &ranges::DECIMALS,
+            |flag, v| {
+                let arg = format!("--{flag}={v}");
+                let mut argv = vec![
+                    "--allow-shared-cores",
+                    "--client-cores=0",
+                    "--io-cores=0",
+                    &arg,
+                ];
+                // The search's first rate may not pass its cap.
+                match flag {
+                    "sweep-start" => argv.push("--sweep-max=1000000000"),
+                    "sweep-max" => argv.push("--sweep-start=1"),
+                    _ => {}
                 }
                 settings(&argv).map(|_| ()).map_err(|e| format!("{e:#}"))
             },
