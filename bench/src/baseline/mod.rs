@@ -141,7 +141,8 @@ pub struct RpcServerArgs {
     /// Where bar listens (required for --role foo).
     #[arg(long, required_if_eq("role", "foo"), value_name = "ADDR:PORT")]
     pub bar_addr: Option<SocketAddr>,
-    /// tokio worker threads [default: one per --cores entry, or per allowed core].
+    /// tokio worker threads [default: one per --cores entry, or per allowed core]
+    /// [range: 1..=1024].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// Cores the runtime's threads are pinned to, round-robin, e.g. 0,1 [default: not pinned].
@@ -150,6 +151,19 @@ pub struct RpcServerArgs {
     /// How long foo waits at start-up for bar to answer, e.g. 10s or 500ms.
     #[arg(long, default_value = "10s", value_name = "DURATION")]
     pub bar_wait: String,
+}
+
+/// The accepted range of the servers' numeric option (the help states it
+/// in the same words).
+pub mod ranges {
+    use crate::compare::ranges::SERVER_THREADS;
+    use crate::range::IntRange;
+
+    /// `--threads`: `bench compare`'s `--server-threads`, which it is
+    /// given.
+    pub const THREADS: IntRange = IntRange::new("threads", SERVER_THREADS.min, SERVER_THREADS.max);
+    /// Every integer range, for the help test.
+    pub const INTS: [IntRange; 1] = [THREADS];
 }
 
 /// The inner hop's protocol.
@@ -234,4 +248,35 @@ fn run_server(hop: Hop, args: &RpcServerArgs) -> anyhow::Result<()> {
 /// The line `ServerProcess` waits for.
 fn announce(addr: SocketAddr, describe: &str) {
     println!("nocturne: listening on http://{addr} {describe}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runtime::{CoresError, ServerCores};
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: RpcServerArgs,
+    }
+
+    #[test]
+    fn every_range_is_stated_in_help_and_is_the_one_checked() {
+        crate::range::check_ranges(
+            &<Cli as clap::CommandFactory>::command(),
+            &ranges::INTS,
+            &[],
+            |flag, v| {
+                let arg = format!("--{flag}={v}");
+                let cli = Cli::try_parse_from(["rpc-hyper", "--role=bar", &arg]).unwrap();
+                // What `run_server` checks first.
+                match ServerCores::from_args(cli.args.threads, cli.args.cores.as_deref()) {
+                    Err(CoresError::Threads(e)) => Err(e.to_string()),
+                    _ => Ok(()),
+                }
+            },
+        );
+    }
 }

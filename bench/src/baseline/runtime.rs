@@ -28,9 +28,9 @@ pub enum CoresError {
     /// `--cores` names a core this process may not use (or the mask is unreadable).
     #[error("--cores: {0}")]
     Pin(#[from] crate::pin::PinError),
-    /// `--threads 0`.
-    #[error("--threads must be at least 1")]
-    NoThreads,
+    /// `--threads` outside its range.
+    #[error(transparent)]
+    Threads(#[from] crate::range::RangeError),
 }
 
 impl ServerCores {
@@ -46,8 +46,7 @@ impl ServerCores {
             None => Vec::new(),
         };
         let threads = match threads {
-            Some(0) => return Err(CoresError::NoThreads),
-            Some(n) => n,
+            Some(n) => super::ranges::THREADS.check_usize(n)?,
             None if !cores.is_empty() => cores.len(),
             None => allowed_cores()?.len().max(1),
         };
@@ -113,7 +112,7 @@ mod tests {
         );
         assert!(matches!(
             ServerCores::from_args(Some(0), None),
-            Err(CoresError::NoThreads)
+            Err(CoresError::Threads(_))
         ));
         assert!(matches!(
             ServerCores::from_args(None, Some("0-")),
