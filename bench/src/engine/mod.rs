@@ -512,23 +512,17 @@ pub const THROUGHPUT_EXTERNAL: &str = "throughput/external";
 
 /// Parses `--modes`: comma-separated poll modes, each once.
 pub fn parse_modes(text: &str) -> Result<Vec<PollMode>, ArgsError> {
-    let mut modes = Vec::new();
-    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let mode = match item {
-            "spin" => PollMode::Spin,
-            "adaptive" => PollMode::Adaptive,
-            "block" => PollMode::Block,
-            other => return Err(ArgsError::UnknownMode(other.to_owned())),
-        };
-        if modes.contains(&mode) {
-            return Err(ArgsError::DuplicateMode(mode.as_str()));
-        }
-        modes.push(mode);
-    }
-    if modes.is_empty() {
-        return Err(ArgsError::NoModes);
-    }
-    Ok(modes)
+    parse_each_once(
+        text,
+        |item| match item {
+            "spin" => Ok(PollMode::Spin),
+            "adaptive" => Ok(PollMode::Adaptive),
+            "block" => Ok(PollMode::Block),
+            other => Err(ArgsError::UnknownMode(other.to_owned())),
+        },
+        |mode| ArgsError::DuplicateMode(mode.as_str()),
+        ArgsError::NoModes,
+    )
 }
 
 /// `conns/<net>/<count>`.
@@ -538,22 +532,40 @@ pub fn conns_case_name(net: NetStack, count: usize) -> String {
 
 /// Parses `--net`: comma-separated network stacks, each once.
 pub fn parse_nets(text: &str) -> Result<Vec<NetStack>, ArgsError> {
-    let mut nets = Vec::new();
+    parse_each_once(
+        text,
+        |item| match item {
+            "kernel" => Ok(NetStack::Kernel),
+            "smoltcp" => Ok(NetStack::Smoltcp),
+            other => Err(ArgsError::UnknownNet(other.to_owned())),
+        },
+        |net| ArgsError::DuplicateNet(net.as_str()),
+        ArgsError::NoNets,
+    )
+}
+
+/// What `--modes` and `--net` share: a comma-separated list (blanks around
+/// items and empty items ignored) of at least one item, each `parse`d and
+/// given once; `duplicate` is the error for an item given twice, `none` the
+/// one for an empty list.
+fn parse_each_once<T: PartialEq>(
+    text: &str,
+    parse: impl Fn(&str) -> Result<T, ArgsError>,
+    duplicate: impl Fn(&T) -> ArgsError,
+    none: ArgsError,
+) -> Result<Vec<T>, ArgsError> {
+    let mut items = Vec::new();
     for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let net = match item {
-            "kernel" => NetStack::Kernel,
-            "smoltcp" => NetStack::Smoltcp,
-            other => return Err(ArgsError::UnknownNet(other.to_owned())),
-        };
-        if nets.contains(&net) {
-            return Err(ArgsError::DuplicateNet(net.as_str()));
+        let item = parse(item)?;
+        if items.contains(&item) {
+            return Err(duplicate(&item));
         }
-        nets.push(net);
+        items.push(item);
     }
-    if nets.is_empty() {
-        return Err(ArgsError::NoNets);
+    if items.is_empty() {
+        return Err(none);
     }
-    Ok(nets)
+    Ok(items)
 }
 
 /// Parses the duration given to `--flag`, in the forms every bench takes
