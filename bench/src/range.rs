@@ -21,39 +21,83 @@ pub struct RangeError {
     pub range: String,
 }
 
-/// The inclusive range of an integer option.
+/// The inclusive range of a numeric option: an [`IntRange`], a
+/// [`DurationRange`] or a [`DecimalRange`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IntRange {
+pub struct OptionRange<T> {
     /// The option, without its dashes.
     pub flag: &'static str,
     /// Least accepted value.
-    pub min: u64,
+    pub min: T,
     /// Greatest accepted value.
-    pub max: u64,
+    pub max: T,
 }
 
-impl IntRange {
+/// The inclusive range of an integer option.
+pub type IntRange = OptionRange<u64>;
+/// The inclusive range of a duration option.
+pub type DurationRange = OptionRange<Duration>;
+/// The inclusive range of a decimal option (a rate, a fraction, a factor).
+pub type DecimalRange = OptionRange<f64>;
+
+/// A value a range ends at, written the way the option's parser reads it
+/// back: `1024`, `3600s`, `0.01`.
+pub trait RangeEnd: PartialOrd + Copy {
+    /// The value as help and errors write it.
+    fn write(self) -> String;
+}
+
+impl RangeEnd for u64 {
+    fn write(self) -> String {
+        self.to_string()
+    }
+}
+
+impl RangeEnd for Duration {
+    fn write(self) -> String {
+        format_duration(self)
+    }
+}
+
+/// Plain decimals (`1000000000`, never `1e9`), which every parser reads.
+impl RangeEnd for f64 {
+    fn write(self) -> String {
+        self.to_string()
+    }
+}
+
+impl<T> OptionRange<T> {
     /// The range of `--flag`.
-    pub const fn new(flag: &'static str, min: u64, max: u64) -> Self {
+    pub const fn new(flag: &'static str, min: T, max: T) -> Self {
         Self { flag, min, max }
     }
+}
 
-    /// How help and errors write it: `1..=1024`.
+impl<T: RangeEnd> OptionRange<T> {
+    /// How help and errors write it: `1..=1024`, `1ms..=3600s`, `0.01..=1`.
     pub fn text(&self) -> String {
-        format!("{}..={}", self.min, self.max)
+        format!("{}..={}", self.min.write(), self.max.write())
     }
 
-    /// `got`, when it is in the range.
-    pub fn check(&self, got: u64) -> Result<u64, RangeError> {
-        if (self.min..=self.max).contains(&got) {
+    /// `got`, when it is in the range (a NaN never is); otherwise the error
+    /// quoting `typed()`.
+    fn within(&self, got: T, typed: impl FnOnce() -> String) -> Result<T, RangeError> {
+        if self.min <= got && got <= self.max {
             Ok(got)
         } else {
             Err(RangeError {
                 flag: self.flag,
-                got: got.to_string(),
+                got: typed(),
                 range: self.text(),
             })
         }
+    }
+}
+
+impl IntRange {
+    /// `got`, when it is in the range.
+    pub fn check(&self, got: u64) -> Result<u64, RangeError> {
+        self.within(got, || got.to_string())
     }
 
     /// [`check`](Self::check) for a `usize` option.
@@ -62,83 +106,19 @@ impl IntRange {
     }
 }
 
-/// The inclusive range of a duration option.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DurationRange {
-    /// The option, without its dashes.
-    pub flag: &'static str,
-    /// Shortest accepted duration.
-    pub min: Duration,
-    /// Longest accepted duration.
-    pub max: Duration,
-}
-
 impl DurationRange {
-    /// The range of `--flag`.
-    pub const fn new(flag: &'static str, min: Duration, max: Duration) -> Self {
-        Self { flag, min, max }
-    }
-
-    /// How help and errors write it, in the units the parser reads back:
-    /// `1ms..=3600s`.
-    pub fn text(&self) -> String {
-        format!(
-            "{}..={}",
-            format_duration(self.min),
-            format_duration(self.max)
-        )
-    }
-
     /// `got` (parsed from `typed`, which the error quotes), when it is in
     /// the range.
     pub fn check(&self, got: Duration, typed: &str) -> Result<Duration, RangeError> {
-        if (self.min..=self.max).contains(&got) {
-            Ok(got)
-        } else {
-            Err(RangeError {
-                flag: self.flag,
-                got: typed.trim().to_owned(),
-                range: self.text(),
-            })
-        }
+        self.within(got, || typed.trim().to_owned())
     }
-}
-
-/// The inclusive range of a decimal option (a rate, a fraction, a factor).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct DecimalRange {
-    /// The option, without its dashes.
-    pub flag: &'static str,
-    /// Least accepted value.
-    pub min: f64,
-    /// Greatest accepted value.
-    pub max: f64,
 }
 
 impl DecimalRange {
-    /// The range of `--flag`.
-    pub const fn new(flag: &'static str, min: f64, max: f64) -> Self {
-        Self { flag, min, max }
-    }
-
-    /// How help and errors write it, as plain decimals every parser reads
-    /// back: `0.01..=1`.
-    pub fn text(&self) -> String {
-        format!("{}..={}", self.min, self.max)
-    }
-
     /// `got` (parsed from `typed`, which the error quotes), when it is in
     /// the range (never NaN).
     pub fn check(&self, got: f64, typed: &str) -> Result<f64, RangeError> {
-        if (self.min..=self.max).contains(&got) {
-            Ok(got)
-        } else {
-            Err(RangeError {
-                flag: self.flag,
-                got: typed.trim().to_owned(),
-                range: self.text(),
-            })
-        }
+        self.within(got, || typed.trim().to_owned())
     }
 }
 
