@@ -150,28 +150,8 @@ pub(crate) fn check_ranges(
     durations: &[DurationRange],
     run: impl Fn(&str, &str) -> Result<(), String>,
 ) {
-    let ns = |d: Duration| format!("{}ns", d.as_nanos());
-    let mut cases: Vec<(&str, String, [String; 2], Vec<String>)> = Vec::new();
-    for r in ints {
-        let mut outside = vec![(r.max + 1).to_string()];
-        if r.min > 0 {
-            outside.push((r.min - 1).to_string());
-        }
-        cases.push((
-            r.flag,
-            r.text(),
-            [r.min, r.max].map(|v| v.to_string()),
-            outside,
-        ));
-    }
-    for r in durations {
-        let mut outside = vec![ns(r.max + Duration::from_nanos(1))];
-        if !r.min.is_zero() {
-            outside.push(ns(r.min - Duration::from_nanos(1)));
-        }
-        cases.push((r.flag, r.text(), [ns(r.min), ns(r.max)], outside));
-    }
-    check_cases(command, cases, run);
+    check_each(command, ints, &run);
+    check_each(command, durations, &run);
 }
 
 /// [`check_ranges`] for decimal options: both ends are accepted, and the
@@ -184,40 +164,80 @@ pub(crate) fn check_decimal_ranges(
     decimals: &[DecimalRange],
     run: impl Fn(&str, &str) -> Result<(), String>,
 ) {
-    let mut cases = Vec::new();
-    for r in decimals {
-        let mut outside = vec![r.max.next_up().to_string()];
-        if r.min > 0.0 {
-            outside.push(r.min.next_down().to_string());
-        }
-        cases.push((
-            r.flag,
-            r.text(),
-            [r.min, r.max].map(|v| v.to_string()),
-            outside,
-        ));
-    }
-    check_cases(command, cases, run);
+    check_each(command, decimals, &run);
 }
 
-/// The checks of [`check_ranges`] on `(flag, range text, the values at its
-/// ends, the values just outside)`.
+/// The values the range test gives an option at and just past a range's
+/// ends (test support).
 #[cfg(test)]
-fn check_cases(
+trait TestEnd: RangeEnd {
+    /// The value as the test types it.
+    fn typed(self) -> String;
+    /// The nearest value above.
+    fn above(self) -> Self;
+    /// The nearest value below; none under zero, which the parsers refuse
+    /// on their own.
+    fn below(self) -> Option<Self>;
+}
+
+#[cfg(test)]
+impl TestEnd for u64 {
+    fn typed(self) -> String {
+        self.to_string()
+    }
+    fn above(self) -> Self {
+        self + 1
+    }
+    fn below(self) -> Option<Self> {
+        self.checked_sub(1)
+    }
+}
+
+#[cfg(test)]
+impl TestEnd for Duration {
+    fn typed(self) -> String {
+        format!("{}ns", self.as_nanos())
+    }
+    fn above(self) -> Self {
+        self + Duration::from_nanos(1)
+    }
+    fn below(self) -> Option<Self> {
+        self.checked_sub(Duration::from_nanos(1))
+    }
+}
+
+#[cfg(test)]
+impl TestEnd for f64 {
+    fn typed(self) -> String {
+        self.to_string()
+    }
+    fn above(self) -> Self {
+        self.next_up()
+    }
+    fn below(self) -> Option<Self> {
+        (self > 0.0).then(|| self.next_down())
+    }
+}
+
+/// The checks of [`check_ranges`] on ranges of one kind.
+#[cfg(test)]
+fn check_each<T: TestEnd>(
     command: &clap::Command,
-    cases: Vec<(&str, String, [String; 2], Vec<String>)>,
-    run: impl Fn(&str, &str) -> Result<(), String>,
+    ranges: &[OptionRange<T>],
+    run: &impl Fn(&str, &str) -> Result<(), String>,
 ) {
-    for (flag, text, inside, outside) in cases {
+    for r in ranges {
+        let (flag, text) = (r.flag, r.text());
         let help = help_of(command, flag);
         assert!(
             help.contains(&format!("[range: {text}]")),
             "--{flag}: {help}"
         );
-        for v in inside {
+        for v in [r.min, r.max].map(T::typed) {
             assert_eq!(run(flag, &v), Ok(()), "--{flag}={v}");
         }
-        for v in outside {
+        for v in std::iter::once(r.max.above()).chain(r.min.below()) {
+            let v = v.typed();
             assert_eq!(
                 run(flag, &v),
                 Err(format!("--{flag} {v} is out of range: it takes {text}")),
