@@ -202,12 +202,8 @@ pub mod ranges {
 
     use crate::range::{DurationRange, IntRange};
 
-    /// `--rounds`.
-    pub const ROUNDS: IntRange = IntRange::new("rounds", 1, 1_000_000);
-    /// `--samples`.
-    pub const SAMPLES: IntRange = IntRange::new("samples", 1, 1_000_000_000);
-    /// `--warmup`.
-    pub const WARMUP: IntRange = IntRange::new("warmup", 0, 1_000_000_000);
+    /// `--rounds`, `--samples` and `--warmup`: as `bench engine`'s.
+    pub use crate::engine::ranges::{ROUNDS, SAMPLES, WARMUP};
     /// `--stream-messages` (ring-stream also needs enough for its windows).
     pub const STREAM_MESSAGES: IntRange = IntRange::new("stream-messages", 1, 1_000_000_000_000);
     /// `--stream-batch`: at most the stream ring's slots.
