@@ -112,15 +112,8 @@ fn run_ipc_command(args: &ipc::IpcArgs) -> anyhow::Result<()> {
     for check in ipc::check_targets(&report) {
         println!("target: {check}");
     }
-    if let Some(path) = &args.json {
-        report.write_json(path)?;
-        println!("wrote {}", path.display());
-    }
-    let errors = report.total_errors();
-    if errors > 0 {
-        anyhow::bail!("{errors} errors (see the errors column)");
-    }
-    Ok(())
+    report.write_json_if_asked(args.json.as_deref())?;
+    report.fail_on_errors()
 }
 
 #[cfg(test)]

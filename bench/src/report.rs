@@ -331,6 +331,26 @@ impl Report {
         })
     }
 
+    /// Writes the JSON to `json`, when given, and says so on stdout
+    /// (`wrote PATH`): how each command ends a run with `--json`.
+    pub fn write_json_if_asked(&self, json: Option<&Path>) -> Result<(), ReportError> {
+        if let Some(path) = json {
+            self.write_json(path)?;
+            println!("wrote {}", path.display());
+        }
+        Ok(())
+    }
+
+    /// An error naming how many errors the cases counted, if any: `bench
+    /// engine` and `bench ipc` fail such a run once it is reported.
+    pub fn fail_on_errors(&self) -> anyhow::Result<()> {
+        let errors = self.total_errors();
+        if errors > 0 {
+            anyhow::bail!("{errors} errors (see the errors column)");
+        }
+        Ok(())
+    }
+
     /// Reads a report written by [`write_json`](Self::write_json).
     pub fn read_json(path: &Path) -> Result<Self, ReportError> {
         let text = std::fs::read_to_string(path).map_err(|source| ReportError::Read {

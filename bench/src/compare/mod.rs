@@ -542,10 +542,7 @@ pub fn run_command(args: &CompareArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write {}", svg.display()))?;
         println!("wrote {}", svg.display());
     }
-    if let Some(path) = &settings.json {
-        report.write_json(path)?;
-        println!("wrote {}", path.display());
-    }
+    report.write_json_if_asked(settings.json.as_deref())?;
     let errors = output::comparison_errors(&report);
     if errors > 0 {
         anyhow::bail!("{errors} errors in the comparison runs (see the errors column)");

@@ -674,10 +674,7 @@ pub fn run_command(args: &EngineArgs) -> anyhow::Result<()> {
             println!("target: {check}");
         }
     }
-    if let Some(path) = &args.json {
-        report.write_json(path)?;
-        println!("wrote {}", path.display());
-    }
+    report.write_json_if_asked(args.json.as_deref())?;
     if let Some(phase) = interrupted {
         anyhow::bail!(
             "interrupted {phase}: the {} case(s) measured so far are reported above; \
@@ -690,11 +687,7 @@ pub fn run_command(args: &EngineArgs) -> anyhow::Result<()> {
             }
         );
     }
-    let errors = report.total_errors();
-    if errors > 0 {
-        anyhow::bail!("{errors} errors (see the errors column)");
-    }
-    Ok(())
+    report.fail_on_errors()
 }
 
 #[cfg(test)]

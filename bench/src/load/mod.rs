@@ -934,10 +934,7 @@ pub fn run_command(args: &LoadArgs) -> anyhow::Result<()> {
         }
     }
     let report = build_report(&settings, &outcome);
-    if let Some(path) = &settings.json {
-        report.write_json(path)?;
-        println!("wrote {}", path.display());
-    }
+    report.write_json_if_asked(settings.json.as_deref())?;
     if let Some(path) = &settings.plot {
         let title = format!(
             "{} — {} arrivals, {} connection(s)",
