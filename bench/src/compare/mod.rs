@@ -596,46 +596,28 @@ mod tests {
 
     #[test]
     fn every_range_is_stated_in_help_and_is_the_one_checked() {
-        crate::range::check_ranges(
-            &<Cli as clap::CommandFactory>::command(),
-            &ranges::INTS,
-            &ranges::DURATIONS,
-            |flag, v| {
-                let arg = format!("--{flag}={v}");
-                // Core options a two-core machine can take, whatever the defaults.
-                let mut argv = vec![
-                    "--allow-shared-cores",
-                    "--client-cores=0",
-                    "--io-cores=0",
-                    &arg,
-                ];
+        let run = |flag: &str, v: &str| {
+            let arg = format!("--{flag}={v}");
+            // Core options a two-core machine can take, whatever the defaults.
+            let mut argv = vec![
+                "--allow-shared-cores",
+                "--client-cores=0",
+                "--io-cores=0",
+                &arg,
+            ];
+            match flag {
                 // More connections than threads, whatever the thread count.
-                if flag == "client-threads" {
-                    argv.push("--connections=100000");
-                }
-                settings(&argv).map(|_| ()).map_err(|e| format!("{e:#}"))
-            },
-        );
-        crate::range::check_decimal_ranges(
-            &<Cli as clap::CommandFactory>::command(),
-            &ranges::DECIMALS,
-            |flag, v| {
-                let arg = format!("--{flag}={v}");
-                let mut argv = vec![
-                    "--allow-shared-cores",
-                    "--client-cores=0",
-                    "--io-cores=0",
-                    &arg,
-                ];
+                "client-threads" => argv.push("--connections=100000"),
                 // The search's first rate may not pass its cap.
-                match flag {
-                    "sweep-start" => argv.push("--sweep-max=1000000000"),
-                    "sweep-max" => argv.push("--sweep-start=1"),
-                    _ => {}
-                }
-                settings(&argv).map(|_| ()).map_err(|e| format!("{e:#}"))
-            },
-        );
+                "sweep-start" => argv.push("--sweep-max=1000000000"),
+                "sweep-max" => argv.push("--sweep-start=1"),
+                _ => {}
+            }
+            settings(&argv).map(|_| ()).map_err(|e| format!("{e:#}"))
+        };
+        let command = <Cli as clap::CommandFactory>::command();
+        crate::range::check_ranges(&command, &ranges::INTS, &ranges::DURATIONS, run);
+        crate::range::check_decimal_ranges(&command, &ranges::DECIMALS, run);
         // The old spelling of --timeout is still --timeout.
         let error = settings(&["--timeout-s", "0"]).unwrap_err().to_string();
         assert_eq!(error, "--timeout 0 is out of range: it takes 1ms..=3600s");
