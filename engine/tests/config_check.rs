@@ -21,6 +21,12 @@ fn nocturne(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("run nocturne")
 }
 
+/// Fails the test, showing `text`, unless `text` contains `needle`.
+#[track_caller]
+fn assert_contains(text: &str, needle: &str) {
+    assert!(text.contains(needle), "{needle:?} not in:\n{text}");
+}
+
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -100,12 +106,12 @@ fn unknown_key_fails_naming_key_and_line() {
     let out = nocturne(&["config", "check", path_str(&file)], &[]);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(
-        err.contains(&format!(
+    assert_contains(
+        &err,
+        &format!(
             "{}:6:3: unknown key `max_worker`; did you mean `max_workers`?",
             file.display()
-        )),
-        "{err}"
+        ),
     );
     assert!(stdout(&out).is_empty(), "no summary for a bad file");
 }
@@ -148,10 +154,7 @@ fn missing_file_fails() {
     let out = nocturne(&["config", "check", "/nonexistent/nocturne.toml"], &[]);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(
-        err.contains("cannot read config file /nonexistent/nocturne.toml"),
-        "{err}"
-    );
+    assert_contains(&err, "cannot read config file /nonexistent/nocturne.toml");
 }
 
 #[test]
@@ -163,21 +166,16 @@ fn cores_are_checked_against_this_machine_or_the_given_set() {
     );
     let out = nocturne(&["config", "check", path_str(&file)], &[]);
     assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("io cores 1023 is not in this process's allowed cores"),
-        "{}",
-        stderr(&out)
+    assert_contains(
+        &stderr(&out),
+        "io cores 1023 is not in this process's allowed cores",
     );
     let out = nocturne(
         &["config", "check", "--cores", "0-1023", path_str(&file)],
         &[],
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("allowed 0-1023; io 1023"),
-        "{}",
-        stdout(&out)
-    );
+    assert_contains(&stdout(&out), "allowed 0-1023; io 1023");
 
     let file = dir.write(
         "spin.toml",
@@ -186,11 +184,9 @@ fn cores_are_checked_against_this_machine_or_the_given_set() {
     let out = nocturne(&["config", "check", "--cores", "0-1", path_str(&file)], &[]);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(
-        err.contains(
-            "poll = \"spin\" needs io cores of their own: io cores 1 overlap worker cores 0-1"
-        ),
-        "{err}"
+    assert_contains(
+        &err,
+        "poll = \"spin\" needs io cores of their own: io cores 1 overlap worker cores 0-1",
     );
 }
 
@@ -209,12 +205,12 @@ fn relative_commands_resolve_next_to_the_file() {
     let text = stdout(&out);
     // Shown without the `./` (QA s8 m9).
     let resolved = dir.0.join("bin/my-fn");
-    assert!(
-        text.contains(&format!(
+    assert_contains(
+        &text,
+        &format!(
             "my-fn  command [{:?}, \"--fast\"]; workers 1..2",
             resolved.display().to_string()
-        )),
-        "{text}"
+        ),
     );
     let file = dir.write(
         "missing.toml",
@@ -222,11 +218,7 @@ fn relative_commands_resolve_next_to_the_file() {
     );
     let out = nocturne(&["config", "check", path_str(&file)], &[]);
     assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("invalid functions[f].command: ./bin/nope"),
-        "{}",
-        stderr(&out)
-    );
+    assert_contains(&stderr(&out), "invalid functions[f].command: ./bin/nope");
 }
 
 #[test]
@@ -239,16 +231,8 @@ fn show_applies_env_and_flags_with_flags_winning() {
     // The file alone.
     let out = nocturne(&["config", "show", "--config", path_str(&file)], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("listen        127.0.0.1:7000"),
-        "{}",
-        stdout(&out)
-    );
-    assert!(
-        stdout(&out).contains("polls 11us yielding"),
-        "{}",
-        stdout(&out)
-    );
+    assert_contains(&stdout(&out), "listen        127.0.0.1:7000");
+    assert_contains(&stdout(&out), "polls 11us yielding");
 
     // The environment beats the file; NOCTURNE_CONFIG names the file.
     let env = [
@@ -260,13 +244,13 @@ fn show_applies_env_and_flags_with_flags_winning() {
     let out = nocturne(&["config", "show"], &env);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.contains("listen        127.0.0.1:7001"), "{text}");
+    assert_contains(&text, "listen        127.0.0.1:7001");
     assert!(
         text.contains("polls 11us yielding"),
         "the file still provides the rest\n{text}"
     );
-    assert!(text.contains("drain_timeout 250ms"), "{text}");
-    assert!(text.contains("workers 1..3; timeout 2s"), "{text}");
+    assert_contains(&text, "drain_timeout 250ms");
+    assert_contains(&text, "workers 1..3; timeout 2s");
 
     // A flag beats the environment.
     let out = nocturne(
@@ -282,25 +266,22 @@ fn show_applies_env_and_flags_with_flags_winning() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.contains("listen        127.0.0.1:7002"), "{text}");
-    assert!(text.contains("workers 1..5"), "{text}");
+    assert_contains(&text, "listen        127.0.0.1:7002");
+    assert_contains(&text, "workers 1..5");
 
     // A misspelt variable is named, with the one it probably meant.
     let out = nocturne(&["config", "show"], &[("NOCTURNE_DRAIN_TIMOUT", "1s")]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains(
-            "warning: NOCTURNE_DRAIN_TIMOUT is not a nocturne setting and is ignored \
-             (did you mean NOCTURNE_DRAIN_TIMEOUT?)"
-        ),
-        "{}",
-        stderr(&out)
+    assert_contains(
+        &stderr(&out),
+        "warning: NOCTURNE_DRAIN_TIMOUT is not a nocturne setting and is ignored \
+             (did you mean NOCTURNE_DRAIN_TIMEOUT?)",
     );
 
     // A bad environment value is refused like a bad flag.
     let out = nocturne(&["config", "show"], &[("NOCTURNE_POLL", "fast")]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("fast"), "{}", stderr(&out));
+    assert_contains(&stderr(&out), "fast");
 }
 
 #[test]
@@ -308,8 +289,8 @@ fn show_without_config_uses_the_embedded_default() {
     let out = nocturne(&["config", "show"], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.contains("config        <embedded default>"), "{text}");
-    assert!(text.contains("listen        127.0.0.1:8080"), "{text}");
+    assert_contains(&text, "config        <embedded default>");
+    assert_contains(&text, "listen        127.0.0.1:8080");
 }
 
 /// `nocturne ARGS` run in `dir`.
@@ -333,21 +314,13 @@ fn nocturne_set_merges_with_set_flags() {
         &[("NOCTURNE_SET", "echo.max_workers=8")],
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("builtin echo; workers 1..8; timeout 3s"),
-        "{}",
-        stdout(&out)
-    );
+    assert_contains(&stdout(&out), "builtin echo; workers 1..8; timeout 3s");
     // For the same setting the flag wins.
     let out = nocturne(
         &["config", "show", "--set", "echo.max_workers=2"],
         &[("NOCTURNE_SET", "echo.max_workers=8;echo.timeout=3s")],
     );
-    assert!(
-        stdout(&out).contains("workers 1..2; timeout 3s"),
-        "{}",
-        stdout(&out)
-    );
+    assert_contains(&stdout(&out), "workers 1..2; timeout 3s");
     // Exported but empty, blanks, a trailing `;`, and `\;` in a value.
     for (value, needle) in [
         ("", "workers 1..4; timeout 10s"),
@@ -366,17 +339,16 @@ fn nocturne_set_merges_with_set_flags() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.contains("A = \"a;b\"\nB = \"c\""), "{text}");
+    assert_contains(&text, "A = \"a;b\"\nB = \"c\"");
     // A bad entry is named as one of the variable's.
     let out = nocturne(
         &["config", "show"],
         &[("NOCTURNE_SET", "echo.max_workers=x y")],
     );
     assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("invalid NOCTURNE_SET entry `echo.max_workers=x y`"),
-        "{}",
-        stderr(&out)
+    assert_contains(
+        &stderr(&out),
+        "invalid NOCTURNE_SET entry `echo.max_workers=x y`",
     );
     // NOCTURNE_SET is a setting: no "not a nocturne setting" warning.
     assert!(!stderr(&out).contains("not a nocturne setting"));
@@ -397,19 +369,13 @@ fn errors_caused_by_set_name_the_set() {
     );
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(
-        err.contains(
-            "invalid --set `echo.min_workers=3`: min_workers 3 is more than max_workers 2"
-        ),
-        "{err}"
+    assert_contains(
+        &err,
+        "invalid --set `echo.min_workers=3`: min_workers 3 is more than max_workers 2",
     );
     assert!(!err.contains("<embedded default>"), "{err}");
     let out = nocturne(&["config", "show", "--set", "echo.env.NOCTURNE_X=1"], &[]);
-    assert!(
-        stderr(&out).contains("invalid --set `echo.env.NOCTURNE_X=1`: `NOCTURNE_X`: names starting with NOCTURNE_ are reserved"),
-        "{}",
-        stderr(&out)
-    );
+    assert_contains(&stderr(&out), "invalid --set `echo.env.NOCTURNE_X=1`: `NOCTURNE_X`: names starting with NOCTURNE_ are reserved");
 }
 
 #[test]
@@ -438,11 +404,7 @@ fn a_relative_command_in_set_is_relative_to_the_working_directory() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let resolved = dir.0.join("bin/f").display().to_string();
-    assert!(
-        stdout(&out).contains(&format!("f  command [{resolved:?}]")),
-        "{}",
-        stdout(&out)
-    );
+    assert_contains(&stdout(&out), &format!("f  command [{resolved:?}]"));
     let out = nocturne_in(
         &dir.0,
         &[
@@ -481,9 +443,9 @@ fn check_finds_bare_commands_in_path() {
         let out = nocturne(&["config", "check", path_str(&file)], &[]);
         assert!(!out.status.success(), "{command}");
         let err = stderr(&out);
-        assert!(
-            err.contains(&format!(":1:1: invalid functions[f].command: {needle}")),
-            "{err}"
+        assert_contains(
+            &err,
+            &format!(":1:1: invalid functions[f].command: {needle}"),
         );
     }
     // A bare name found in PATH passes; one that also sits beside the
@@ -504,7 +466,7 @@ fn check_finds_bare_commands_in_path() {
         err.contains("warning: ") && err.contains("functions[wc].command: `sh` runs /"),
         "{err}"
     );
-    assert!(err.contains("write \"./sh\" to run that one"), "{err}");
+    assert_contains(&err, "write \"./sh\" to run that one");
 }
 
 #[test]
@@ -568,19 +530,17 @@ fn settings_without_effect_are_warned_about() {
         &[],
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("nocturne: warning: --spin-us: has no effect with --poll block"),
-        "{}",
-        stderr(&out)
+    assert_contains(
+        &stderr(&out),
+        "nocturne: warning: --spin-us: has no effect with --poll block",
     );
     let out = nocturne(
         &["config", "show", "--worker-poll", "park"],
         &[("NOCTURNE_WORKER_SPIN_US", "10")],
     );
-    assert!(
-        stderr(&out).contains("warning: --worker-spin-us: has no effect with --worker-poll park"),
-        "{}",
-        stderr(&out)
+    assert_contains(
+        &stderr(&out),
+        "warning: --worker-spin-us: has no effect with --worker-poll park",
     );
 }
 
@@ -593,13 +553,12 @@ fn top_level_errors_and_durations() {
     );
     let out = nocturne(&["config", "check", path_str(&file)], &[]);
     assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains(&format!(
+    assert_contains(
+        &stderr(&out),
+        &format!(
             "{}:2:19: invalid max_connections: must be at least 1",
             file.display()
-        )),
-        "{}",
-        stderr(&out)
+        ),
     );
     let file = dir.write(
         "top.toml",
@@ -607,5 +566,5 @@ fn top_level_errors_and_durations() {
     );
     let out = nocturne(&["config", "check", path_str(&file)], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("timeout 4294s"), "{}", stdout(&out));
+    assert_contains(&stdout(&out), "timeout 4294s");
 }
