@@ -21,8 +21,7 @@ use common::{echo_or_big, get, pattern, post, Client};
 use netns::Netns;
 use nocturne_net::smoltcp::{DeviceSpec, SmoltcpOptions, SmoltcpStats, SmoltcpTransport};
 use nocturne_net::{
-    ConnId, HttpServer, Limits, Request, RequestHandler, RequestHead, Responder, Response,
-    Transport,
+    ConnId, Limits, Request, RequestHandler, RequestHead, Responder, Response, Transport,
 };
 
 const SERVER: &str = "192.0.2.2:8080";
@@ -182,19 +181,11 @@ impl Server {
         let (opened_tx, opened_rx) = mpsc::channel();
         let published = snapshot.clone();
         let thread = ns.spawn("smoltcp-server", move || {
-            let transport = match SmoltcpTransport::open(&opts) {
-                Ok(t) => t,
-                Err(e) => {
-                    opened_tx.send(Err(e.to_string())).unwrap();
-                    return;
-                }
+            let Some(mut server) =
+                common::open_smoltcp_server(&opts, limits, &control_reader, &opened_tx)
+            else {
+                return;
             };
-            let mut server = HttpServer::new(transport, limits);
-            server
-                .transport_mut()
-                .register_wake_fd(control_reader.as_raw_fd(), 7)
-                .unwrap();
-            opened_tx.send(Ok(())).unwrap();
             let mut handler = Handler {
                 pattern: Arc::new(pattern(2 << 20)),
                 scratch: Vec::new(),
@@ -223,11 +214,7 @@ impl Server {
                 }
             }
         });
-        match opened_rx.recv_timeout(PATIENCE) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => panic!("opening the smoltcp transport failed: {e}"),
-            Err(_) => panic!("the server thread did not start"),
-        }
+        common::wait_opened(&opened_rx, PATIENCE);
         Self {
             snapshot,
             control,

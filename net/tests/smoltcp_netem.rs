@@ -29,7 +29,6 @@ mod syn_frame;
 
 use std::io::Read;
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::thread;
@@ -38,8 +37,8 @@ use std::time::{Duration, Instant};
 use common::{echo_or_big, get, pattern, post, Client};
 use impair::{Counts, Endpoint, Impairment, Relay, RelayConfig};
 use netns::Netns;
-use nocturne_net::smoltcp::{DeviceSpec, SmoltcpOptions, SmoltcpTransport};
-use nocturne_net::{HttpServer, Limits, Request, RequestHandler, Responder, Response, Transport};
+use nocturne_net::smoltcp::{DeviceSpec, SmoltcpOptions};
+use nocturne_net::{Limits, Request, RequestHandler, Responder, Response};
 use syn_frame::Syn;
 
 const SERVER: &str = "192.0.2.2:8080";
@@ -115,16 +114,11 @@ impl BadLink {
                 "192.0.2.2/24".parse().unwrap(),
                 PORT,
             );
-            let transport = match SmoltcpTransport::open(&opts) {
-                Ok(t) => t,
-                Err(e) => return opened_tx.send(Err(e.to_string())).unwrap(),
+            let Some(mut server) =
+                common::open_smoltcp_server(&opts, Limits::default(), &control_reader, &opened_tx)
+            else {
+                return;
             };
-            let mut server = HttpServer::new(transport, Limits::default());
-            server
-                .transport_mut()
-                .register_wake_fd(control_reader.as_raw_fd(), 7)
-                .unwrap();
-            opened_tx.send(Ok(())).unwrap();
             let mut handler = Handler {
                 pattern: pattern(1 << 20),
                 scratch: Vec::new(),
@@ -135,11 +129,7 @@ impl BadLink {
                 server.poll(None, 64, &mut handler).unwrap();
             }
         });
-        match opened_rx.recv_timeout(PATIENCE) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => panic!("opening the smoltcp transport failed: {e}"),
-            Err(_) => panic!("the server thread did not start"),
-        }
+        common::wait_opened(&opened_rx, PATIENCE);
 
         let a = client_ns
             .run(|| Endpoint::tap("nck0"))

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use nocturne_net::{
     ConnId, EarlyAnswer, HttpServer, KernelOptions, KernelTransport, Limits, Request,
-    RequestHandler, RequestHead, RequestId, Responder, Response, Transport,
+    RequestHandler, RequestHead, RequestId, Responder, Response, SmoltcpOptions, SmoltcpTransport,
+    Transport,
 };
 
 /// What the handler saw, in order.
@@ -528,5 +529,41 @@ pub fn echo_or_big<'a>(
         Some(Response::new(200, &pattern[..n]))
     } else {
         None
+    }
+}
+
+/// In a smoltcp server thread: an `HttpServer` with `limits` on the
+/// transport `opts` opens, woken by a byte on `wake`. Tells the test
+/// through `opened` whether that worked (the error's text if not, and then
+/// `None`), which [`wait_opened`] reads.
+pub fn open_smoltcp_server(
+    opts: &SmoltcpOptions,
+    limits: Limits,
+    wake: &UnixStream,
+    opened: &mpsc::Sender<Result<(), String>>,
+) -> Option<HttpServer<SmoltcpTransport>> {
+    let transport = match SmoltcpTransport::open(opts) {
+        Ok(t) => t,
+        Err(e) => {
+            opened.send(Err(e.to_string())).unwrap();
+            return None;
+        }
+    };
+    let mut server = HttpServer::new(transport, limits);
+    server
+        .transport_mut()
+        .register_wake_fd(wake.as_raw_fd(), 7)
+        .unwrap();
+    opened.send(Ok(())).unwrap();
+    Some(server)
+}
+
+/// The test's side of [`open_smoltcp_server`]: fails unless the server
+/// thread opened its transport within `patience`.
+pub fn wait_opened(opened: &mpsc::Receiver<Result<(), String>>, patience: Duration) {
+    match opened.recv_timeout(patience) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("opening the smoltcp transport failed: {e}"),
+        Err(_) => panic!("the server thread did not start"),
     }
 }
