@@ -176,14 +176,6 @@ fn a_function_the_binary_has_no_handler_for_is_refused_at_start() {
     assert_eq!(engine.post("/function/echo", b"fine").text(), "fine");
 }
 
-/// Waits until `/system/functions` shows `function` with `n` calls in flight.
-fn wait_in_flight(engine: &Engine, function: &str, n: u64) {
-    let what = format!("{n} calls in flight");
-    common::wait_function_status(engine, function, &what, |f| {
-        f["in_flight"].as_u64() == Some(n)
-    });
-}
-
 /// Waits until `function` has one worker and it is not `old`; returns it.
 fn wait_replaced(engine: &Engine, function: &str, old: i32) -> i32 {
     let deadline = Instant::now() + LONG;
@@ -214,22 +206,7 @@ fn worker_killed_mid_call_gives_502_and_is_restarted() {
             ))
         };
         let mut c = engine.client();
-        c.send("POST", "/function/sleep?us=2000000", &[], b"")
-            .unwrap();
-        wait_in_flight(&engine, "sleep", 1);
-        common::wait_in_sleep_handler(&engine, victim);
-        signal(victim, libc::SIGKILL);
-
-        let r = c
-            .try_read_response()
-            .unwrap_or_else(|e| engine.fail(&format!("no answer after the crash: {e}")));
-        assert_eq!(r.status, 502, "{}", r.text());
-        let msg = r.text();
-        assert!(msg.contains("sleep"), "names the function: {msg}");
-        assert!(
-            msg.contains("SIGKILL") || msg.contains("signal 9"),
-            "names the signal: {msg}"
-        );
+        let msg = common::kill_sleep_worker_mid_call(&engine, &mut c, victim);
         assert!(msg.contains(&victim.to_string()), "names the pid: {msg}");
 
         // A new worker replaces it, and calls succeed again, on the same

@@ -32,7 +32,7 @@ use common::http_checks::{
     echo_returns_binary_empty_and_one_mib_bodies, fifty_pipelined_requests_are_answered_in_order,
     foo_calls_bar_and_answers_exact_bytes, keep_alive_load, FOO_BAR,
 };
-use common::{request_bytes, signal, Client, Engine, EngineBuilder, LONG};
+use common::{request_bytes, Client, Engine, EngineBuilder, LONG};
 use netns::Netns;
 
 /// The network stack an engine serves HTTP on.
@@ -247,24 +247,7 @@ fn error_statuses_and_the_connections_after_them(engine: &Engine) {
 fn worker_killed_mid_call_gives_502_then_calls_succeed(engine: &Engine) {
     let victim = common::only_worker(engine, "sleep");
     let mut c = engine.client();
-    c.send("POST", "/function/sleep?us=2000000", &[], b"")
-        .unwrap();
-    common::wait_function_status(engine, "sleep", "a call in flight", |f| {
-        f["in_flight"].as_u64() == Some(1)
-    });
-    common::wait_in_sleep_handler(engine, victim);
-    signal(victim, libc::SIGKILL);
-
-    let r = c
-        .try_read_response()
-        .unwrap_or_else(|e| engine.fail(&format!("no answer after the crash: {e}")));
-    assert_eq!(r.status, 502, "{}", r.text());
-    let msg = r.text();
-    assert!(msg.contains("sleep"), "names the function: {msg}");
-    assert!(
-        msg.contains("SIGKILL") || msg.contains("signal 9"),
-        "names the signal: {msg}"
-    );
+    common::kill_sleep_worker_mid_call(engine, &mut c, victim);
 
     // A replacement serves later calls, on this connection and on new ones.
     let fresh = common::wait_replaced_worker(engine, "sleep", victim);

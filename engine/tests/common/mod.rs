@@ -1455,7 +1455,6 @@ pub fn wait_replaced_worker(engine: &Engine, function: &str, old: i32) -> i32 {
     }
 }
 
-/// The one live worker of `function` (fails if there are none or several).
 /// Waits until worker `pid` is inside the `sleep` built-in's handler, i.e.
 /// blocked in `nanosleep`/`clock_nanosleep` (its `/proc/PID/syscall`).
 ///
@@ -1481,6 +1480,33 @@ pub fn wait_in_sleep_handler(engine: &Engine, pid: i32) {
     }
 }
 
+/// Kills the `sleep` worker `victim` in the middle of a 2 s call sent on
+/// `c` (once the call is in flight and the worker is inside its handler)
+/// and checks the answer to that call: a 502 naming the function and the
+/// signal. Returns the answer's text for further checks.
+pub fn kill_sleep_worker_mid_call(engine: &Engine, c: &mut Client, victim: i32) -> String {
+    c.send("POST", "/function/sleep?us=2000000", &[], b"")
+        .unwrap();
+    wait_function_status(engine, "sleep", "a call in flight", |f| {
+        f["in_flight"].as_u64() == Some(1)
+    });
+    wait_in_sleep_handler(engine, victim);
+    signal(victim, libc::SIGKILL);
+
+    let r = c
+        .try_read_response()
+        .unwrap_or_else(|e| engine.fail(&format!("no answer after the crash: {e}")));
+    assert_eq!(r.status, 502, "{}", r.text());
+    let msg = r.text();
+    assert!(msg.contains("sleep"), "names the function: {msg}");
+    assert!(
+        msg.contains("SIGKILL") || msg.contains("signal 9"),
+        "names the signal: {msg}"
+    );
+    msg
+}
+
+/// The one live worker of `function` (fails if there are none or several).
 pub fn only_worker(engine: &Engine, function: &str) -> i32 {
     match engine.workers(function)[..] {
         [pid] => pid,
