@@ -7,7 +7,7 @@
 //! a `Complete` on the calling worker's request ring — and the worker takes the
 //! next waiting call.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nocturne_ipc::channel::SendError;
 use nocturne_ipc::message::{Header, Kind};
@@ -58,6 +58,32 @@ pub(crate) struct NewCall {
     pub flags: u16,
 }
 
+impl NewCall {
+    /// The record of this call in the loop's call table, received at
+    /// `received_ns` and due at `deadline`, not yet dispatched nor queued;
+    /// `forwarded_to` is the loop it is handed to, if any.
+    pub(crate) fn to_call(
+        self,
+        received_ns: u64,
+        deadline: Instant,
+        forwarded_to: Option<u8>,
+    ) -> Call {
+        Call {
+            origin: self.origin,
+            function: self.function,
+            depth: self.depth,
+            parent: self.parent,
+            worker: None,
+            received_ns,
+            dispatched_ns: 0,
+            deadline,
+            queued_input: None,
+            forwarded_to,
+            handed_back: false,
+        }
+    }
+}
+
 /// A result to deliver to a call's origin.
 pub(crate) struct Outcome<'a> {
     pub status: u16,
@@ -79,9 +105,9 @@ impl LoopState {
             function: f,
             origin,
             parent,
-            depth,
             deadline,
             flags,
+            ..
         } = new;
         // Copied out rather than holding a clone of the context: its `Arc`
         // count is one cache line shared by every loop.
@@ -103,19 +129,7 @@ impl LoopState {
             ));
         }
         self.functions[f as usize].limiter.on_arrival(self.now_ns);
-        let call = Call {
-            origin,
-            function: f,
-            depth,
-            parent,
-            worker: None,
-            received_ns: self.now_ns,
-            dispatched_ns: 0,
-            deadline: self.now + timeout,
-            queued_input: None,
-            forwarded_to: None,
-            handed_back: false,
-        };
+        let call = new.to_call(self.now_ns, self.now + timeout, None);
         let admission = if let Some(w) = self.take_idle_worker(f) {
             let key = self.calls.insert(call);
             match self.send_invoke(w, key, flags, payload) {
@@ -177,7 +191,7 @@ impl LoopState {
 
     /// When `f`, which has no worker and none starting, starts its next one
     /// (after a crash back-off); `None` while it has or starts a worker.
-    fn next_start_without_workers(&self, f: u32) -> Option<std::time::Instant> {
+    fn next_start_without_workers(&self, f: u32) -> Option<Instant> {
         let fs = &self.functions[f as usize];
         if fs.workers + fs.starting > 0 {
             return None;
@@ -187,7 +201,7 @@ impl LoopState {
 
     /// [`next_start_without_workers`](Self::next_start_without_workers), if
     /// that is after `deadline`.
-    fn restart_after(&self, f: u32, deadline: std::time::Instant) -> Option<std::time::Instant> {
+    fn restart_after(&self, f: u32, deadline: Instant) -> Option<Instant> {
         self.next_start_without_workers(f).filter(|&t| t > deadline)
     }
 
@@ -430,7 +444,7 @@ impl LoopState {
     }
 
     /// Why a call of `f` cannot run before `restart_at`.
-    fn no_worker_before(&self, f: u32, restart_at: std::time::Instant) -> String {
+    fn no_worker_before(&self, f: u32, restart_at: Instant) -> String {
         format!(
             "function {} has no worker: its workers keep failing, and the next one \
              starts in {} ms, after this call's deadline",

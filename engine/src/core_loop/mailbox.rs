@@ -245,19 +245,9 @@ impl LoopState {
         }
         fs.next_owner = step(to);
         let timeout = self.ctx.config.functions[f].timeout.min(new.deadline);
-        let key = self.calls.insert(Call {
-            origin: new.origin,
-            function: new.function,
-            depth: new.depth,
-            parent: new.parent,
-            worker: None,
-            received_ns: self.now_ns,
-            dispatched_ns: 0,
-            deadline: self.now + timeout,
-            queued_input: None,
-            forwarded_to: Some(to),
-            handed_back: false,
-        });
+        let key = self
+            .calls
+            .insert(new.to_call(self.now_ns, self.now + timeout, Some(to)));
         let letter = Letter::Call(ForwardedCall {
             from: self.index,
             token: key,
