@@ -68,21 +68,29 @@ pub fn send_with_fds(sock: &UnixStream, data: &[u8], fds: &[BorrowedFd<'_>]) -> 
             );
         }
     }
-    let sent = loop {
+    let sent = retry_on_eintr(|| {
         // SAFETY: msg points at live iov/control buffers for the call.
-        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) }
+    })?;
+    if sent < data.len() {
+        io::Write::write_all(&mut &*sock, &data[sent..])?;
+    }
+    Ok(())
+}
+
+/// Makes the system call `call` (a `sendmsg` or `recvmsg`) again while it
+/// fails with `EINTR`; its byte count, or its error.
+fn retry_on_eintr(mut call: impl FnMut() -> libc::ssize_t) -> io::Result<usize> {
+    loop {
+        let n = call();
         if n >= 0 {
-            break n as usize;
+            return Ok(n as usize);
         }
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
         }
-    };
-    if sent < data.len() {
-        io::Write::write_all(&mut &*sock, &data[sent..])?;
     }
-    Ok(())
 }
 
 /// Receives up to `buf.len()` bytes and up to `max_fds` descriptors.
@@ -112,17 +120,10 @@ pub fn recv_with_fds(
         msg.msg_control = control.as_mut_ptr().cast();
         msg.msg_controllen = space as _;
     }
-    let n = loop {
+    let n = retry_on_eintr(|| {
         // SAFETY: msg points at live, writable iov/control buffers.
-        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if n >= 0 {
-            break n as usize;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    };
+        unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) }
+    })?;
     let mut fds = Vec::new();
     if space > 0 {
         // SAFETY: the kernel filled msg_control/msg_controllen; the CMSG_*
