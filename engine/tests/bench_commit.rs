@@ -54,11 +54,7 @@ fn reported_commit(value: Option<&str>, tag: &str) -> String {
         RUN_LIMIT,
         |_| {},
     );
-    assert!(
-        run.success,
-        "bench ipc failed:\n{}\n{}",
-        run.stdout, run.stderr
-    );
+    run.assert_success();
     let report = read_report(&json);
     let names = case_names(&report);
     assert_eq!(names, ["pipe/64"], "{report}");

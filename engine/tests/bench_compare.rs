@@ -63,11 +63,7 @@ fn a_shrunken_quick_comparison_reports_every_system() {
         ],
         &scratch,
     );
-    assert!(
-        run.success,
-        "stdout:\n{}\nstderr:\n{}",
-        run.stdout, run.stderr
-    );
+    run.assert_success();
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report["suite"], "compare");
     let modes = &report["machine"]["modes"];

@@ -125,11 +125,7 @@ fn a_quick_run_reports_every_case_and_cleans_up() {
         ],
         &scratch,
     );
-    assert!(
-        run.success,
-        "bench engine failed:\n{}\n{}",
-        run.stdout, run.stderr
-    );
+    run.assert_success();
     for name in CASES {
         assert!(
             run.stdout.contains(name),
@@ -325,11 +321,7 @@ fn client_cores_pin_the_throughput_client_threads() {
             }
         },
     );
-    assert!(
-        run.success,
-        "bench engine failed:\n{}\n{}",
-        run.stdout, run.stderr
-    );
+    run.assert_success();
     assert!(run.stdout.contains("throughput/external"), "{}", run.stdout);
     // Both throughput cases start three clients each; every one lives for
     // the 300 ms window and more, so every name was seen.
@@ -471,11 +463,7 @@ fn a_quick_net_run_measures_both_stacks_in_a_namespace_it_removes() {
     );
     // Root and iproute2 are required: a run that cannot make its
     // namespace fails, and so does this test.
-    assert!(
-        run.success,
-        "bench engine --net failed:\n{}\n{}",
-        run.stdout, run.stderr
-    );
+    run.assert_success();
     for line in [
         "target: external-call/smoltcp p50 / external-call/kernel p50",
         "target: conns/smoltcp/1024 p99.9 / conns/smoltcp/64 p99.9",

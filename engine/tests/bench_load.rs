@@ -72,11 +72,7 @@ fn load_against_a_real_engine_writes_the_report() {
         json.path(),
         "-q",
     ]);
-    assert!(
-        run.success,
-        "stdout:\n{}\nstderr:\n{}",
-        run.stdout, run.stderr
-    );
+    run.assert_success();
     assert!(
         run.stdout.contains("p99.9") && run.stdout.contains("2k/s"),
         "{}",
@@ -318,11 +314,7 @@ fn load_against_its_own_echo_server_with_the_baseline() {
         json.path(),
         "-q",
     ]);
-    assert!(
-        run.success,
-        "stdout:\n{}\nstderr:\n{}",
-        run.stdout, run.stderr
-    );
+    run.assert_success();
     assert!(
         run.stdout.contains("generator overhead at p50"),
         "{}",

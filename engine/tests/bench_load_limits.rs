@@ -331,7 +331,7 @@ fn a_rate_far_beyond_the_connections_runs_in_bounded_memory() {
         |pid| peak = peak.max(peak_rss_kib(pid).unwrap_or(0)),
     );
     let took = started.elapsed();
-    assert!(run.success, "{}\n{}", run.stdout, run.stderr);
+    run.assert_success();
     assert!(peak > 0, "never saw the process");
     assert!(peak < 150 * 1024, "peak RSS {peak} KiB");
     assert!(took < Duration::from_secs(60), "took {took:?}");
@@ -382,7 +382,7 @@ fn allow_errors_with_objectives_judges_the_latencies_not_the_status() {
     let mut args = quick(&url, "200,400");
     args.extend(["--allow-errors", "--slo", "p99=10s"]);
     let run = nocturne(&args);
-    assert!(run.success, "{}\n{}", run.stdout, run.stderr);
+    run.assert_success();
     assert!(!run.stdout.contains("MISSED"), "{}", run.stdout);
     assert!(
         run.stdout.contains("highest rate meeting p99<=10s: 400/s"),
@@ -413,7 +413,7 @@ fn objectives_decide_the_exit_status_for_a_single_rate_too() {
     let mut met = quick(&url, "1k");
     met.extend(["--slo", "p99=10s"]);
     let run = nocturne(&met);
-    assert!(run.success, "{}\n{}", run.stdout, run.stderr);
+    run.assert_success();
 }
 
 /// The rows of an `.hgrm` file: (value, percentile, total count).
@@ -558,7 +558,7 @@ fn request_kinds_have_distinct_names() {
     args.insert(3, &b);
     args.extend(["--json", json.to_str().unwrap()]);
     let run = nocturne(&args);
-    assert!(run.success, "{}\n{}", run.stdout, run.stderr);
+    run.assert_success();
     let report = read_report(&json);
     let names = case_names(&report);
     assert_eq!(

@@ -21,6 +21,18 @@ pub struct Run {
     pub pid: u32,
 }
 
+impl Run {
+    /// Fails the test, showing both outputs, unless the run succeeded.
+    #[track_caller]
+    pub fn assert_success(&self) {
+        assert!(
+            self.success,
+            "the run failed\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+    }
+}
+
 /// A scratch directory, removed on drop.
 pub struct Scratch(pub PathBuf);
 
