@@ -7,7 +7,7 @@
 //!
 //! ```text
 //!  engine                                         worker
-//!    │── Hello {function, ids, wait, channel, table}  ─▶│  + SCM_RIGHTS [memfd, eventfd]
+//!    │── Hello {function, ids, wait, channel, slot, table} ─▶│  + SCM_RIGHTS [memfd, eventfd(, board)]
 //!    │                                                │  attach the channel
 //!    │◀─ Ready {pid, function_id, worker_index} ──────│  (or Refused {reason})
 //!    │            … calls flow over the rings …        │
@@ -20,7 +20,7 @@
 //!
 //! ```text
 //!  0  [u8; 4] magic "NCTL"
-//!  4  u16     protocol version (1)
+//!  4  u16     protocol version (2)
 //!  6  u16     kind: 1 Hello, 2 Ready, 3 Refused
 //!  8  u32     body length = datagram length - 12
 //! 12  body
@@ -28,6 +28,7 @@
 //!  Hello   u32 function_id, u32 worker_index,
 //!          u8 wait tag (0 spin, 1 yield, 2 park), u64 wait spin budget in ns,
 //!          u32 ring_slots, u32 slot_size, u32 arena_bytes,
+//!          u8 wake-board slot (0..=63; 255: no board),
 //!          str function, u32 table length, then per entry: u32 id, str name
 //!  Ready   u32 pid, u32 function_id, u32 worker_index
 //!  Refused str reason
@@ -52,6 +53,9 @@ use std::time::Duration;
 
 use nocturne_ipc::channel::{ChannelConfig, ChannelError, WaitPolicy, WorkerEnd};
 use nocturne_ipc::fdpass;
+use nocturne_ipc::region::RegionError;
+use nocturne_ipc::wake_board::{SharedWakeBoard, Slot, WakeSeat};
+use std::sync::Arc;
 
 /// Environment variable holding the number of the worker's control socket fd.
 pub const CONTROL_FD_ENV: &str = "NOCTURNE_CONTROL_FD";
@@ -60,8 +64,8 @@ pub const FUNCTION_ENV: &str = "NOCTURNE_FUNCTION";
 
 /// First four bytes of every control message.
 pub const MAGIC: [u8; 4] = *b"NCTL";
-/// The protocol version this build speaks.
-pub const VERSION: u16 = 1;
+/// The protocol version this build speaks (2: the hello's wake-board slot).
+pub const VERSION: u16 = 2;
 /// Largest control message either side sends or accepts, header included.
 pub const MAX_MESSAGE_LEN: usize = 64 * 1024;
 /// Longest function name (bytes) the protocol carries.
@@ -69,8 +73,13 @@ pub const MAX_NAME_LEN: usize = 255;
 /// A refusal reason longer than this is cut (at a character boundary) on emit.
 pub const MAX_REASON_LEN: usize = 1024;
 /// File descriptors that ride with a [`Hello`]: the channel memfd, then the
-/// eventfd the worker's response-ring sender writes to wake the engine.
+/// eventfd the worker's response-ring sender writes to wake the engine, then
+/// (only with [`Hello::wake_slot`]) the wake board's memfd.
 pub const HELLO_FDS: usize = 2;
+/// The most file descriptors a [`Hello`] carries (with a wake board).
+pub const MAX_HELLO_FDS: usize = HELLO_FDS + 1;
+/// The hello's wake-slot byte when the worker has no seat on a board.
+const NO_WAKE_SLOT: u8 = u8::MAX;
 /// How long a worker waits for the engine's hello before giving up. The engine
 /// sends it right after the exec, so only a process started by hand waits long.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -126,6 +135,12 @@ pub struct Hello {
     pub wait: WaitPolicy,
     /// Layout of the channel region (the worker re-validates it on attach).
     pub channel: ChannelConfig,
+    /// The worker's seat on its core loop's wake board, whose memfd then
+    /// rides as the third fd: its request ring's doorbell word is that
+    /// slot's, and while it yields it serves the wakes the engine delegates
+    /// (`nocturne_ipc::wake_board`). `None` for a worker that does not
+    /// share a core (spinning, or delegation off).
+    pub wake_slot: Option<Slot>,
     /// Name → id of every function of the engine, so `ctx.invoke("bar")`
     /// resolves without asking the engine.
     pub functions: Vec<(String, u32)>,
@@ -201,6 +216,9 @@ pub enum ParseError {
         /// Which field.
         what: &'static str,
     },
+    /// The wake-board slot is neither a board slot nor "none".
+    #[error("wake board slot {0} is out of range (0..=63, or 255 for none)")]
+    BadWakeSlot(u8),
     /// The wait-policy tag is not 0, 1 or 2.
     #[error("unknown wait policy tag {0}")]
     BadWaitPolicy(u8),
@@ -364,6 +382,7 @@ impl ControlMessage {
                 w.u32(hello.channel.ring_slots);
                 w.u32(hello.channel.slot_size);
                 w.u32(hello.channel.arena_bytes);
+                w.u8(hello.wake_slot.map_or(NO_WAKE_SLOT, |s| s.index() as u8));
                 w.str(&hello.function);
                 let count = u32::try_from(hello.functions.len())
                     .map_err(|_| EmitError::TooLarge { len: usize::MAX })?;
@@ -429,6 +448,12 @@ impl ControlMessage {
                     slot_size: r.u32()?,
                     arena_bytes: r.u32()?,
                 };
+                let wake_slot = match r.u8()? {
+                    NO_WAKE_SLOT => None,
+                    raw => Some(
+                        Slot::new(usize::from(raw)).map_err(|_| ParseError::BadWakeSlot(raw))?,
+                    ),
+                };
                 let function = r.name("function")?;
                 let count = r.u32()? as usize;
                 // Each entry takes at least 4 + 2 + 1 bytes: bound the count by
@@ -457,6 +482,7 @@ impl ControlMessage {
                     worker_index,
                     wait,
                     channel,
+                    wake_slot,
                     functions,
                 })
             }
@@ -609,6 +635,10 @@ pub struct Bootstrap {
     pub end: WorkerEnd,
     /// How to wait on the request ring.
     pub wait: WaitPolicy,
+    /// The worker's seat on its core loop's wake board, if the engine gave
+    /// it one: the request ring's receiver must take it before it first
+    /// waits ([`serve`](crate::serve) does).
+    pub wake_seat: Option<WakeSeat>,
     /// The control socket. Keep it open: its EOF tells the worker the engine is
     /// gone (see [`spawn_eof_watchdog`]); closing it tells the engine the same.
     pub control: UnixStream,
@@ -651,11 +681,16 @@ pub enum ControlError {
     #[error("expected a hello from the engine, got {0:?}")]
     Unexpected(MessageKind),
     /// The hello came with the wrong number of fds.
-    #[error("the hello carried {got} file descriptors, expected {HELLO_FDS}")]
+    #[error("the hello carried {got} file descriptors, expected {expected}")]
     MissingFds {
         /// How many came.
         got: usize,
+        /// How many the hello announced.
+        expected: usize,
     },
+    /// The received wake board memfd is not a valid board.
+    #[error("cannot attach the wake board: {0}")]
+    WakeBoard(#[source] RegionError),
     /// The engine's hello is for another function than `NOCTURNE_FUNCTION`.
     #[error("started as {env:?} but the engine's hello is for {engine:?}")]
     FunctionMismatch {
@@ -815,7 +850,7 @@ pub fn receive_hello(
         .set_read_timeout(Some(HELLO_TIMEOUT))
         .map_err(ControlError::Io)?;
     let result = read_hello(&control, function);
-    let (hello, end) = match result {
+    let (hello, end, wake_seat) = match result {
         Ok(ok) => ok,
         Err(e) => {
             if !matches!(
@@ -838,6 +873,7 @@ pub fn receive_hello(
         control,
         hello,
         end,
+        wake_seat,
     })
 }
 
@@ -851,6 +887,7 @@ pub struct PendingHandshake {
     control: UnixStream,
     hello: Hello,
     end: WorkerEnd,
+    wake_seat: Option<WakeSeat>,
 }
 
 impl PendingHandshake {
@@ -865,6 +902,7 @@ impl PendingHandshake {
             control,
             hello,
             end,
+            wake_seat,
         } = self;
         let ready = Ready {
             pid: std::process::id(),
@@ -878,6 +916,7 @@ impl PendingHandshake {
             functions: hello.functions,
             end,
             wait: hello.wait,
+            wake_seat,
             control,
             worker_index: hello.worker_index,
         })
@@ -895,8 +934,11 @@ impl PendingHandshake {
     }
 }
 
-fn read_hello(control: &UnixStream, function: &str) -> Result<(Hello, WorkerEnd), ControlError> {
-    let (msg, fds) = match recv(control, HELLO_FDS) {
+/// A received hello, its attached channel, and the worker's wake seat.
+type Received = (Hello, WorkerEnd, Option<WakeSeat>);
+
+fn read_hello(control: &UnixStream, function: &str) -> Result<Received, ControlError> {
+    let (msg, fds) = match recv(control, MAX_HELLO_FDS) {
         Ok(Some(got)) => got,
         Ok(None) => return Err(ControlError::EngineGone),
         Err(e) if e.is_timeout() => return Err(ControlError::Timeout(HELLO_TIMEOUT)),
@@ -926,8 +968,20 @@ fn read_hello(control: &UnixStream, function: &str) -> Result<(Hello, WorkerEnd)
         }
     }
     let got = fds.len();
-    let Ok([memfd, efd]) = <[OwnedFd; HELLO_FDS]>::try_from(fds) else {
-        return Err(ControlError::MissingFds { got });
+    let expected = HELLO_FDS + usize::from(hello.wake_slot.is_some());
+    if got != expected {
+        return Err(ControlError::MissingFds { got, expected });
+    }
+    let mut fds = fds.into_iter();
+    let (Some(memfd), Some(efd)) = (fds.next(), fds.next()) else {
+        unreachable!("the count was checked");
+    };
+    let wake_seat = match (hello.wake_slot, fds.next()) {
+        (Some(slot), Some(board)) => {
+            let board = SharedWakeBoard::attach(board).map_err(ControlError::WakeBoard)?;
+            Some(WakeSeat::new(Arc::new(board), slot))
+        }
+        _ => None,
     };
     let end = WorkerEnd::attach_with_eventfd(memfd, efd).map_err(ControlError::Attach)?;
     if end.config() != hello.channel {
@@ -936,7 +990,7 @@ fn read_hello(control: &UnixStream, function: &str) -> Result<(Hello, WorkerEnd)
             region: end.config(),
         });
     }
-    Ok((hello, end))
+    Ok((hello, end, wake_seat))
 }
 
 /// Starts a thread that blocks on the control socket and exits the process
@@ -997,8 +1051,34 @@ mod tests {
                 slot_size: 256,
                 arena_bytes: 4096,
             },
+            wake_slot: Some(Slot::new(63).unwrap()),
             functions: vec![("foo".into(), 7), ("bar".into(), 8), ("écho".into(), 9)],
         }
+    }
+
+    #[test]
+    fn a_hello_without_a_wake_slot_round_trips_and_bad_slots_are_refused() {
+        let hello = Hello {
+            wake_slot: None,
+            ..sample_hello()
+        };
+        let buf = encode(&ControlMessage::Hello(hello.clone()));
+        assert_eq!(
+            ControlMessage::parse(&buf).unwrap(),
+            ControlMessage::Hello(hello)
+        );
+        // The slot byte follows the channel geometry: header, ids (8), wait
+        // (9), geometry (12).
+        let at = HEADER_LEN + 8 + 9 + 12;
+        assert_eq!(buf[at], NO_WAKE_SLOT);
+        for bad in [64u8, 200, 254] {
+            let mut b = buf.clone();
+            b[at] = bad;
+            assert_eq!(ControlMessage::parse(&b), Err(ParseError::BadWakeSlot(bad)));
+        }
+        assert!(ParseError::BadWakeSlot(64)
+            .to_string()
+            .contains("wake board slot 64 is out of range"));
     }
 
     fn encode(msg: &ControlMessage) -> Vec<u8> {
@@ -1278,6 +1358,7 @@ mod tests {
         Hello {
             function: function.into(),
             functions: vec![(function.into(), 7), ("bar".into(), 8)],
+            wake_slot: None,
             ..sample_hello()
         }
     }
@@ -1341,6 +1422,91 @@ mod tests {
     }
 
     #[test]
+    fn a_hello_with_a_wake_slot_seats_the_worker_on_the_engines_board() {
+        let hello = Hello {
+            wake_slot: Some(Slot::new(9).unwrap()),
+            ..engine_hello("foo")
+        };
+        let (engine_sock, worker_sock) = control_socketpair().unwrap();
+        let efd = eventfd();
+        let end =
+            EngineEnd::create_with_eventfd(&hello.channel, "control-test", efd.as_fd()).unwrap();
+        let board = SharedWakeBoard::create("control-test-board").unwrap();
+        send(
+            &engine_sock,
+            &ControlMessage::Hello(hello.clone()),
+            &[end.region_fd(), efd.as_fd(), board.fd()],
+        )
+        .unwrap();
+        let boot = connect(worker_sock, "foo").unwrap();
+        let seat = boot.wake_seat.expect("a seat");
+        assert_eq!(seat.slot().index(), 9);
+        // The same board: the worker's polling shows on the engine's side,
+        // and the engine's delegation to it is the worker's to serve.
+        let poller = Slot::new(9).unwrap();
+        let sleeper = Slot::new(2).unwrap();
+        seat.board().enter_poll(poller);
+        assert!(board.board().others_polling(sleeper));
+        assert_eq!(
+            board.board().delegate(sleeper),
+            nocturne_ipc::wake_board::Delegation::Delegated
+        );
+        assert_eq!(seat.board().leave_poll(poller), 1);
+        assert!(!board.board().others_polling(sleeper));
+    }
+
+    #[test]
+    fn a_hello_announcing_a_wake_slot_without_the_board_is_refused() {
+        let hello = Hello {
+            wake_slot: Some(Slot::new(1).unwrap()),
+            ..engine_hello("foo")
+        };
+        let (engine_sock, worker_sock, _end, _efd) = engine_sends_hello(&hello);
+        let err = connect(worker_sock, "foo").err().expect("must refuse");
+        assert!(
+            matches!(
+                err,
+                ControlError::MissingFds {
+                    got: 2,
+                    expected: 3
+                }
+            ),
+            "{err}"
+        );
+        let (msg, _) = recv(&engine_sock, 0).unwrap().unwrap();
+        let ControlMessage::Refused { reason } = msg else {
+            panic!("expected refused, got {msg:?}")
+        };
+        assert_eq!(reason, "the hello carried 2 file descriptors, expected 3");
+    }
+
+    #[test]
+    fn a_wake_board_that_is_not_one_is_refused() {
+        let hello = Hello {
+            wake_slot: Some(Slot::new(1).unwrap()),
+            ..engine_hello("foo")
+        };
+        let (engine_sock, worker_sock) = control_socketpair().unwrap();
+        let efd = eventfd();
+        let end =
+            EngineEnd::create_with_eventfd(&hello.channel, "control-test", efd.as_fd()).unwrap();
+        // An eventfd where the board's memfd belongs.
+        send(
+            &engine_sock,
+            &ControlMessage::Hello(hello),
+            &[end.region_fd(), efd.as_fd(), efd.as_fd()],
+        )
+        .unwrap();
+        let err = connect(worker_sock, "foo").err().expect("must refuse");
+        assert!(matches!(err, ControlError::WakeBoard(_)), "{err}");
+        let (msg, _) = recv(&engine_sock, 0).unwrap().unwrap();
+        assert!(
+            matches!(&msg, ControlMessage::Refused { reason } if reason.starts_with("cannot attach the wake board")),
+            "{msg:?}"
+        );
+    }
+
+    #[test]
     fn a_pending_handshake_can_be_refused_after_a_valid_hello() {
         let hello = engine_hello("foo");
         let (engine_sock, worker_sock, _end, _efd) = engine_sends_hello(&hello);
@@ -1393,7 +1559,16 @@ mod tests {
         )
         .unwrap();
         let err = connect(worker_sock, "foo").err().expect("must refuse");
-        assert!(matches!(err, ControlError::MissingFds { got: 0 }), "{err}");
+        assert!(
+            matches!(
+                err,
+                ControlError::MissingFds {
+                    got: 0,
+                    expected: 2
+                }
+            ),
+            "{err}"
+        );
         assert!(matches!(
             recv(&engine_sock, 0).unwrap(),
             Some((ControlMessage::Refused { .. }, _))

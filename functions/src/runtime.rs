@@ -139,6 +139,9 @@ impl Runtime {
         };
         self.input = input;
         self.query = query;
+        // A handler that started internal calls and returned without waiting
+        // still announces that it polls: not any more.
+        self.receiver.end_polling();
         // Internal calls the handler never waited for are abandoned; their late
         // completions are dropped by `run`.
         self.in_flight.clear();
@@ -244,6 +247,10 @@ impl Runtime {
             t0_ns: protocol::monotonic_ns(),
             ..Header::default()
         };
+        // On a shared core, the callee's wake-up is then ours to do, from
+        // this core (nocturne_ipc::wake_board): announced before the send,
+        // so the engine sees it when it hands the call over.
+        self.receiver.begin_polling();
         self.send_blocking(&header, input).map_err(|e| match e {
             SendError::TooLarge { len, max } => InvokeError::TooLarge { len, max },
             other => InvokeError::Channel(other.to_string()),

@@ -35,6 +35,8 @@ use crate::message::{Header, HeaderError, PayloadLocation, BODY_WORDS, HEADER_LE
 use crate::region::{HeapRegion, MemfdRegion, Region, RegionError};
 use crate::ring::{self, ProtocolError, RawConsumer, RawProducer, RingLayout};
 use crate::sync::Arc;
+use crate::wake_board::{Delegation, WakeSeat};
+use std::cell::Cell;
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::time::Duration;
@@ -682,6 +684,14 @@ pub struct Sender<R: Region = MemfdRegion> {
     arena: ArenaWriter,
     doorbell: Doorbell,
     bell: Bell,
+    /// The receiver's seat on a wake board, when it has one: its doorbell
+    /// word is there, and its wake-ups are delegated ([`Sender::take_seat`]).
+    seat: Option<WakeSeat>,
+    /// The ring's head when a wake was last delegated, until
+    /// [`Sender::settle_delegated_wake`] looks at it.
+    delegated_at_head: Cell<Option<u64>>,
+    /// A wake was delegated since [`Sender::take_new_delegation`] last said so.
+    new_delegation: Cell<bool>,
     max_inline: usize,
     max_payload: usize,
     _region: Arc<R>,
@@ -692,6 +702,8 @@ pub struct Receiver<R: Region = MemfdRegion> {
     core: RxCore,
     doorbell: Doorbell,
     bell: Bell,
+    /// Its seat on a wake board, when it has one ([`Receiver::take_seat`]).
+    seat: Option<WakeSeat>,
     /// Whether yielding pays on this consumer's core (see [`YieldContention`]).
     contention: YieldContention,
     _region: Arc<R>,
@@ -730,6 +742,9 @@ impl<R: Region> Sender<R> {
             arena,
             doorbell,
             bell,
+            seat: None,
+            delegated_at_head: Cell::new(None),
+            new_delegation: Cell::new(false),
             max_inline: cfg.max_inline(),
             max_payload: cfg.max_payload(),
             _region: region,
@@ -887,11 +902,81 @@ impl<R: Region> Sender<R> {
 
     /// Wakes the receiver if (and only if) it announced it is going to sleep.
     /// `try_send` already calls this; exposed for callers that batch.
+    ///
+    /// A seated receiver's wake is handed to a consumer polling on its
+    /// board if there is one ([`WakeBoard::delegate`](crate::wake_board::WakeBoard::delegate)):
+    /// the caller then checks on it later ([`take_new_delegation`](Self::take_new_delegation),
+    /// [`settle_delegated_wake`](Self::settle_delegated_wake)).
     #[inline]
     pub fn notify(&self) {
         if self.doorbell.should_wake() {
-            self.bell.ring(&self.doorbell);
+            self.wake_receiver();
         }
+    }
+
+    /// The receiver sleeps and this sender won the right to wake it.
+    #[cold]
+    #[inline(never)]
+    fn wake_receiver(&self) {
+        let Some(seat) = &self.seat else {
+            self.bell.ring(&self.doorbell);
+            return;
+        };
+        match seat.board().delegate(seat.slot()) {
+            Delegation::WakeYourself => seat.board().wake(seat.slot()),
+            Delegation::Delegated => {
+                self.delegated_at_head.set(Some(self.ring.head()));
+                self.new_delegation.set(true);
+            }
+        }
+    }
+
+    /// Moves the receiver's doorbell word to its seat on a wake board (the
+    /// receiver must take the same seat before it first waits, and before
+    /// anything is sent). From then on a wake-up this sender owes is
+    /// delegated to a consumer polling on the board when there is one.
+    pub fn take_seat(&mut self, seat: WakeSeat) {
+        // SAFETY: the word lives in the board's mapping, which `seat` keeps
+        // alive, and `seat` is stored in `self` beside the doorbell.
+        self.doorbell = unsafe { Doorbell::new(seat.doorbell_word()) };
+        self.seat = Some(seat);
+    }
+
+    /// The receiver's seat, if it has one.
+    pub fn seat(&self) -> Option<&WakeSeat> {
+        self.seat.as_ref()
+    }
+
+    /// True once for each run of delegated wakes: the caller then makes a
+    /// note to [`settle`](Self::settle_delegated_wake) them after a grace
+    /// period.
+    pub fn take_new_delegation(&self) -> bool {
+        self.new_delegation.replace(false)
+    }
+
+    /// After a grace period: if the receiver has not released everything
+    /// sent up to the last delegated wake, the wake was not done (a poller
+    /// stopped or died, or a peer took the request without waking), so this
+    /// sender takes the request back and wakes the receiver itself; a spare
+    /// wake is harmless. Returns whether it woke.
+    pub fn settle_delegated_wake(&mut self) -> bool {
+        self.new_delegation.set(false);
+        let Some(head) = self.delegated_at_head.take() else {
+            return false;
+        };
+        // A release index that does not read back cleanly is a broken peer;
+        // the wake is the safe answer, and the next send reports the error.
+        if self.ring.released().is_ok_and(|released| released >= head) {
+            return false;
+        }
+        let Some(seat) = &self.seat else {
+            return false;
+        };
+        // Whoever holds the request now (us, or a poller that claimed it
+        // and has not woken), the receiver gets a wake from here.
+        let _ = seat.board().reclaim(seat.slot());
+        seat.board().wake(seat.slot());
+        true
     }
 
     /// Messages sent so far.
@@ -996,6 +1081,7 @@ impl<R: Region> Receiver<R> {
             },
             doorbell,
             bell,
+            seat: None,
             contention: YieldContention::new(),
             _region: region,
         }
@@ -1081,6 +1167,9 @@ impl<R: Region> Receiver<R> {
     /// yielding and parking as `policy` says. A `Yield` waiter whose yields
     /// come back late (a CPU-bound thread shares its core) parks at once for
     /// a while instead ([`YieldContention`]).
+    ///
+    /// A seated receiver that yields polls its board meanwhile (see
+    /// [`take_seat`](Self::take_seat)).
     pub fn wait(&mut self, policy: &WaitPolicy, timeout: Option<Duration>) -> WaitOutcome {
         let ring = &self.core.ring;
         doorbell::wait(
@@ -1089,8 +1178,40 @@ impl<R: Region> Receiver<R> {
             policy,
             timeout,
             &mut self.contention,
+            self.seat.as_ref(),
             || ring.has_next(),
         )
+    }
+
+    /// Moves this receiver's doorbell word to its seat on a wake board (the
+    /// sender must take the same seat). Then, while it yields in
+    /// [`wait`](Self::wait), it serves the wakes producers delegate to the
+    /// board, and it parks at once when another consumer of the board
+    /// already polls.
+    pub fn take_seat(&mut self, seat: WakeSeat) {
+        // SAFETY: the word lives in the board's mapping, which `seat` keeps
+        // alive, and `seat` is stored in `self` beside the doorbell.
+        self.doorbell = unsafe { Doorbell::new(seat.doorbell_word()) };
+        self.seat = Some(seat);
+    }
+
+    /// A seated receiver about to send a request whose answer it will wait
+    /// for announces that it polls from now on, so that the wake its request
+    /// causes (the callee's) is delegated to it rather than done from
+    /// another core. The next [`wait`](Self::wait) withdraws it; so does
+    /// [`end_polling`](Self::end_polling). No-op without a seat.
+    pub fn begin_polling(&self) {
+        if let Some(seat) = &self.seat {
+            seat.board().enter_poll(seat.slot());
+        }
+    }
+
+    /// Withdraws an announcement of [`begin_polling`](Self::begin_polling)
+    /// (serving what was delegated until now). No-op without a seat.
+    pub fn end_polling(&self) {
+        if let Some(seat) = &self.seat {
+            seat.board().leave_poll(seat.slot());
+        }
     }
 
     /// For a consumer that sleeps elsewhere (epoll on the eventfd): announces

@@ -24,6 +24,7 @@
 
 use crate::contention::YieldContention;
 use crate::sync::{self, fence, AtomicU32, Ordering};
+use crate::wake_board::WakeSeat;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -224,17 +225,52 @@ fn poll_after_yield(ready: &mut impl FnMut() -> bool) -> bool {
     }
 }
 
+/// A seated consumer's polling announcement on its board, withdrawn (and
+/// the wakes delegated meanwhile served) when it goes out of scope.
+struct Polling<'a>(&'a WakeSeat);
+
+impl<'a> Polling<'a> {
+    fn enter(seat: &'a WakeSeat) -> Self {
+        seat.board().enter_poll(seat.slot());
+        Self(seat)
+    }
+
+    #[inline]
+    fn serve(&self) {
+        self.0.board().serve();
+    }
+}
+
+impl Drop for Polling<'_> {
+    fn drop(&mut self) {
+        self.0.board().leave_poll(self.0.slot());
+    }
+}
+
 /// Waits until `ready()` or the timeout, by `policy`. `ready` must be cheap
 /// and side-effect free (it is the ring's "next slot published?" check).
+///
+/// A consumer with a `seat` on a wake board that yields polls there: it
+/// announces itself, serves the wakes producers delegate to the board
+/// between its yields, and withdraws before it parks or returns. When
+/// another consumer of the board already polls, it does not yield at all
+/// but parks at once: that one serves its wake, and one yielder fewer on the
+/// core is what the board is for (docs/architecture.md, "Delegated wakes").
 pub(crate) fn wait(
     db: &Doorbell,
     bell: &Bell,
     policy: &WaitPolicy,
     timeout: Option<Duration>,
     contention: &mut YieldContention,
+    seat: Option<&WakeSeat>,
     mut ready: impl FnMut() -> bool,
 ) -> WaitOutcome {
     if ready() {
+        // An announcement made before the wait (`Receiver::begin_polling`)
+        // ends here too: the consumer goes off to work.
+        if let Some(seat) = seat {
+            seat.board().leave_poll(seat.slot());
+        }
         return WaitOutcome::Ready;
     }
     // The clock (~20 ns a read) is only read when a spin budget or a
@@ -270,14 +306,19 @@ pub(crate) fn wait(
             // Beside a CPU-bound thread a yield costs a scheduler tick:
             // park at once while that lasts (module `contention`).
             let skip = yielding && !cfg!(loom) && contention.contended(Instant::now());
-            if !cfg!(loom) && !spin.is_zero() && !skip {
+            let second_poller = seat.is_some_and(|s| s.board().others_polling(s.slot()));
+            if !cfg!(loom) && !spin.is_zero() && !skip && !(yielding && second_poller) {
                 let since_start = |now: Instant| {
                     start.map_or(Duration::ZERO, |s| now.saturating_duration_since(s))
                 };
                 if yielding {
+                    let polling = seat.map(Polling::enter);
                     loop {
                         if ready() {
                             return WaitOutcome::Ready;
+                        }
+                        if let Some(p) = &polling {
+                            p.serve();
                         }
                         // Counted before the ring is looked at again: a
                         // message that arrived during a slow yield must not
@@ -317,6 +358,12 @@ pub(crate) fn wait(
                         }
                     }
                 }
+            }
+            // Parking: withdraw any announcement first (one made before
+            // this wait, by `Receiver::begin_polling`, included), serving
+            // what was delegated until now.
+            if let Some(seat) = seat {
+                seat.board().leave_poll(seat.slot());
             }
             loop {
                 db.arm();

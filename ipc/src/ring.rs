@@ -497,6 +497,11 @@ impl RawProducer {
     pub(crate) fn head(&self) -> u64 {
         self.head
     }
+
+    /// Messages the consumer has released so far (re-read and checked).
+    pub(crate) fn released(&mut self) -> Result<u64, ProtocolError> {
+        self.read_release()
+    }
 }
 
 /// The consumer's private state over raw ring memory.

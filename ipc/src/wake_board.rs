@@ -7,8 +7,9 @@
 //! takes 16–28 µs to get the sleeper running, and 3 µs when a yield-polling
 //! process on the sleeper's core issues it and then yields
 //! (docs/benchmarks.md, "The chain on two cores, accounted"). This module is
-//! the protocol of docs/architecture.md, "Planned: delegated wakes on a
-//! shared core"; the engine and the workers do not use it yet.
+//! the protocol of docs/architecture.md, "Delegated wakes on a shared
+//! core": the engine seats each yielding worker of a core loop on that
+//! loop's board ([`WakeSeat`]).
 //!
 //! Each consumer has a slot (0..[`BOARD_SLOTS`]): its doorbell word, which
 //! its [`Doorbell`](crate::doorbell) protocol arms and parks on, and one bit
@@ -208,7 +209,15 @@ impl WakeBoard {
 
     /// Consumer `slot`: it leaves its wait loop (to run a call, or to park);
     /// serves what was delegated until now. Returns the wakes it made.
+    /// A consumer that was not polling has nothing to do (one load): only
+    /// a polling consumer promised producers to serve.
     pub fn leave_poll(&self, slot: Slot) -> u32 {
+        // Relaxed: only this consumer sets its bit, so it sees its own
+        // `enter_poll` (program order); a bit the producer cleared
+        // (`forget`) belongs to a consumer that is gone.
+        if self.polling.load(Ordering::Relaxed) & slot.bit() == 0 {
+            return 0;
+        }
         // Relaxed RMW, then the fence that pairs with the one in `delegate`.
         self.polling.fetch_and(!slot.bit(), Ordering::Relaxed);
         fence(Ordering::SeqCst);
@@ -235,6 +244,16 @@ impl WakeBoard {
         woken
     }
 
+    /// Whether a consumer other than `slot`'s is awake in a wait loop. A
+    /// consumer about to wait uses it to stay out of the way: one poller per
+    /// core serves everyone's wakes, and a second one only slows the core's
+    /// other tenants down (docs/architecture.md, "Delegated wakes").
+    pub fn others_polling(&self, slot: Slot) -> bool {
+        // Relaxed: advice; a stale answer costs a slower wait, never a lost
+        // wake (the doorbell protocol does not depend on it).
+        self.polling.load(Ordering::Relaxed) & !slot.bit() != 0
+    }
+
     /// Producer, when the consumer of `slot` is gone: clears its bits (a
     /// consumer that died polling would otherwise attract delegations) and
     /// tells whether a wake delegated to the board for it was still
@@ -244,6 +263,63 @@ impl WakeBoard {
         // new consumer, which the producer does after this returns.
         self.polling.fetch_and(!slot.bit(), Ordering::Relaxed);
         self.requests.fetch_and(!slot.bit(), Ordering::Relaxed) & slot.bit() != 0
+    }
+}
+
+/// What keeps a seat's board mapped: the shared region, or (under loom,
+/// which models no memfd) the board itself.
+#[cfg(not(loom))]
+type BoardOwner = std::sync::Arc<SharedWakeBoard>;
+#[cfg(loom)]
+type BoardOwner = crate::sync::Arc<WakeBoard>;
+
+/// One consumer's seat on a board: the board, kept mapped as long as the
+/// seat lives, and the consumer's slot. A channel's sender and receiver
+/// both take the seat of the receiver
+/// ([`Sender::take_seat`](crate::channel::Sender::take_seat),
+/// [`Receiver::take_seat`](crate::channel::Receiver::take_seat)), after
+/// which the ring's doorbell word is the slot's word on the board.
+#[derive(Clone)]
+pub struct WakeSeat {
+    owner: BoardOwner,
+    slot: Slot,
+}
+
+impl std::fmt::Debug for WakeSeat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WakeSeat")
+            .field("slot", &self.slot.index())
+            .field("board", self.board())
+            .finish()
+    }
+}
+
+impl WakeSeat {
+    /// Seat `slot` of `board`.
+    pub fn new(board: BoardOwner, slot: Slot) -> Self {
+        Self { owner: board, slot }
+    }
+
+    /// The board.
+    pub fn board(&self) -> &WakeBoard {
+        #[cfg(not(loom))]
+        {
+            self.owner.board()
+        }
+        #[cfg(loom)]
+        {
+            &self.owner
+        }
+    }
+
+    /// The seat's slot.
+    pub fn slot(&self) -> Slot {
+        self.slot
+    }
+
+    /// The seat's doorbell word, which the channel's doorbell then uses.
+    pub(crate) fn doorbell_word(&self) -> &AtomicU32 {
+        self.board().doorbell_word(self.slot)
     }
 }
 

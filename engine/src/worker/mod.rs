@@ -696,6 +696,7 @@ fn handshake(
         worker_index: spec.worker_index,
         wait: spec.wait,
         channel: spec.channel,
+        wake_slot: None,
         functions: spec.functions.clone(),
     };
     match control::send(
