@@ -87,6 +87,13 @@ pub(crate) fn channel_config(config: &Config, f: usize) -> ChannelConfig {
     }
 }
 
+/// Whether the core loops seat their workers on wake boards: only yielding
+/// workers share cores with each other (docs/architecture.md, "Delegated
+/// wakes on a shared core").
+pub(crate) fn delegates_wakes(config: &Config) -> bool {
+    matches!(worker_wait(config), WaitPolicy::Yield { .. })
+}
+
 /// How workers wait for work, from `--worker-poll` and `--worker-spin-us`.
 pub(crate) fn worker_wait(config: &Config) -> WaitPolicy {
     let spin = Duration::from_micros(config.worker_spin_us);
@@ -139,6 +146,8 @@ pub(crate) fn worker_spec(
             .map(|(i, f)| (f.name.clone(), i as u32))
             .collect(),
         wait: worker_wait(config),
+        // Given by the loop (`LoopState::request_spawn`), which owns the board.
+        wake_seat: None,
         handshake_timeout: Duration::from_secs(10),
         worker_index: loop_index as u32,
     }

@@ -177,6 +177,7 @@ fn spec(mode: &str) -> WorkerSpec {
         wait: WaitPolicy::Park {
             spin: Duration::ZERO,
         },
+        wake_seat: None,
         handshake_timeout: LONG,
         worker_index: 5,
     }

@@ -30,7 +30,7 @@
 use crate::arena::{self, ArenaAttachError, ArenaError, ArenaReadGuards, ArenaReader, ArenaWriter};
 use crate::contention::YieldContention;
 use crate::copy;
-use crate::doorbell::{self, Bell, Doorbell};
+use crate::doorbell::{self, Bell, Doorbell, Seated};
 use crate::message::{Header, HeaderError, PayloadLocation, BODY_WORDS, HEADER_LEN};
 use crate::region::{HeapRegion, MemfdRegion, Region, RegionError};
 use crate::ring::{self, ProtocolError, RawConsumer, RawProducer, RingLayout};
@@ -703,7 +703,7 @@ pub struct Receiver<R: Region = MemfdRegion> {
     doorbell: Doorbell,
     bell: Bell,
     /// Its seat on a wake board, when it has one ([`Receiver::take_seat`]).
-    seat: Option<WakeSeat>,
+    seated: Option<Seated>,
     /// Whether yielding pays on this consumer's core (see [`YieldContention`]).
     contention: YieldContention,
     _region: Arc<R>,
@@ -1081,7 +1081,7 @@ impl<R: Region> Receiver<R> {
             },
             doorbell,
             bell,
-            seat: None,
+            seated: None,
             contention: YieldContention::new(),
             _region: region,
         }
@@ -1178,7 +1178,7 @@ impl<R: Region> Receiver<R> {
             policy,
             timeout,
             &mut self.contention,
-            self.seat.as_ref(),
+            self.seated.as_ref(),
             || ring.has_next(),
         )
     }
@@ -1192,7 +1192,23 @@ impl<R: Region> Receiver<R> {
         // SAFETY: the word lives in the board's mapping, which `seat` keeps
         // alive, and `seat` is stored in `self` beside the doorbell.
         self.doorbell = unsafe { Doorbell::new(seat.doorbell_word()) };
-        self.seat = Some(seat);
+        self.seated = Some(Seated {
+            seat,
+            park_beside_a_poller: false,
+        });
+    }
+
+    /// Whether the next waits of a seated receiver that yields park at once
+    /// when another consumer of its board already polls (that one then
+    /// serves its wake), instead of polling too. Right when its messages
+    /// come far apart, so that the wake costs less than a second yielder
+    /// costs the core's other tenants; a receiver that a tight loop of
+    /// calls feeds should keep polling. Off when seated; no-op without a
+    /// seat.
+    pub fn park_beside_a_poller(&mut self, park: bool) {
+        if let Some(seated) = &mut self.seated {
+            seated.park_beside_a_poller = park;
+        }
     }
 
     /// A seated receiver about to send a request whose answer it will wait
@@ -1201,7 +1217,7 @@ impl<R: Region> Receiver<R> {
     /// another core. The next [`wait`](Self::wait) withdraws it; so does
     /// [`end_polling`](Self::end_polling). No-op without a seat.
     pub fn begin_polling(&self) {
-        if let Some(seat) = &self.seat {
+        if let Some(Seated { seat, .. }) = &self.seated {
             seat.board().enter_poll(seat.slot());
         }
     }
@@ -1209,7 +1225,7 @@ impl<R: Region> Receiver<R> {
     /// Withdraws an announcement of [`begin_polling`](Self::begin_polling)
     /// (serving what was delegated until now). No-op without a seat.
     pub fn end_polling(&self) {
-        if let Some(seat) = &self.seat {
+        if let Some(Seated { seat, .. }) = &self.seated {
             seat.board().leave_poll(seat.slot());
         }
     }

@@ -225,6 +225,13 @@ fn poll_after_yield(ready: &mut impl FnMut() -> bool) -> bool {
     }
 }
 
+/// A consumer's seat on a wake board, and whether it parks at once when
+/// another consumer of the board polls ([`Receiver::park_beside_a_poller`](crate::channel::Receiver::park_beside_a_poller)).
+pub(crate) struct Seated {
+    pub(crate) seat: WakeSeat,
+    pub(crate) park_beside_a_poller: bool,
+}
+
 /// A seated consumer's polling announcement on its board, withdrawn (and
 /// the wakes delegated meanwhile served) when it goes out of scope.
 struct Polling<'a>(&'a WakeSeat);
@@ -250,21 +257,24 @@ impl Drop for Polling<'_> {
 /// Waits until `ready()` or the timeout, by `policy`. `ready` must be cheap
 /// and side-effect free (it is the ring's "next slot published?" check).
 ///
-/// A consumer with a `seat` on a wake board that yields polls there: it
+/// A consumer with a seat on a wake board that yields polls there: it
 /// announces itself, serves the wakes producers delegate to the board
-/// between its yields, and withdraws before it parks or returns. When
-/// another consumer of the board already polls, it does not yield at all
-/// but parks at once: that one serves its wake, and one yielder fewer on the
-/// core is what the board is for (docs/architecture.md, "Delegated wakes").
+/// between its yields, and withdraws before it parks or returns. Told to
+/// park beside a poller (its messages come far apart), it does not yield at
+/// all when another consumer of the board already polls, but parks at once:
+/// the poller serves its wake, and one yielder fewer on the core is what the
+/// board is for (docs/architecture.md, "Delegated wakes").
 pub(crate) fn wait(
     db: &Doorbell,
     bell: &Bell,
     policy: &WaitPolicy,
     timeout: Option<Duration>,
     contention: &mut YieldContention,
-    seat: Option<&WakeSeat>,
+    seated: Option<&Seated>,
     mut ready: impl FnMut() -> bool,
 ) -> WaitOutcome {
+    let seat = seated.map(|s| &s.seat);
+    let park_beside_a_poller = seated.is_some_and(|s| s.park_beside_a_poller);
     if ready() {
         // An announcement made before the wait (`Receiver::begin_polling`)
         // ends here too: the consumer goes off to work.
@@ -305,9 +315,14 @@ pub(crate) fn wait(
             let yielding = matches!(policy, WaitPolicy::Yield { .. });
             // Beside a CPU-bound thread a yield costs a scheduler tick:
             // park at once while that lasts (module `contention`).
-            let skip = yielding && !cfg!(loom) && contention.contended(Instant::now());
-            let second_poller = seat.is_some_and(|s| s.board().others_polling(s.slot()));
-            if !cfg!(loom) && !spin.is_zero() && !skip && !(yielding && second_poller) {
+            // Beside another poller, a waiter told to park there does not
+            // yield either (`wait`'s docs).
+            let skip = yielding
+                && !cfg!(loom)
+                && (contention.contended(Instant::now())
+                    || park_beside_a_poller
+                        && seat.is_some_and(|s| s.board().others_polling(s.slot())));
+            if !cfg!(loom) && !spin.is_zero() && !skip {
                 let since_start = |now: Instant| {
                     start.map_or(Duration::ZERO, |s| now.saturating_duration_since(s))
                 };

@@ -317,6 +317,12 @@ impl WakeSeat {
         self.slot
     }
 
+    /// The shared board (its memfd goes to the seat's consumer).
+    #[cfg(not(loom))]
+    pub fn shared_board(&self) -> &SharedWakeBoard {
+        &self.owner
+    }
+
     /// The seat's doorbell word, which the channel's doorbell then uses.
     pub(crate) fn doorbell_word(&self) -> &AtomicU32 {
         self.board().doorbell_word(self.slot)

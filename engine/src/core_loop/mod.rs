@@ -21,6 +21,7 @@ mod calls;
 mod dispatch;
 mod mailbox;
 mod routes;
+mod wake_seats;
 mod workers;
 
 use std::collections::VecDeque;
@@ -42,6 +43,7 @@ use crate::worker::{Backoff, SpawnError, Spawner, Worker};
 
 pub(crate) use calls::{Call, Origin};
 pub(crate) use mailbox::{post_offices, PostOffice};
+use wake_seats::{WakeSeats, DELEGATION_GRACE};
 use workers::WorkerSlot;
 
 /// Epoll token of the loop's eventfd (ring doorbells, spawner, stop).
@@ -174,6 +176,12 @@ pub(crate) struct LoopState {
     pub drain_deadline: Option<Instant>,
     /// Letters to and from the other loops (`None` with a single loop).
     pub mail: Option<PostOffice>,
+    /// The wake board of this loop's yielding workers (`None`: workers
+    /// that do not yield, or delegation is off).
+    pub wake_seats: Option<WakeSeats>,
+    /// Workers with a delegated wake not yet settled (a hint: the loop
+    /// looks at their `delegated_at` only while this is non-zero).
+    pub delegations: usize,
 }
 
 impl<T: Transport> CoreLoop<T> {
@@ -215,6 +223,20 @@ impl<T: Transport> CoreLoop<T> {
                 }
             })
             .collect();
+        let wake_seats = if crate::engine::delegates_wakes(config) {
+            match WakeSeats::new(index as u8) {
+                Ok(seats) => Some(seats),
+                Err(e) => {
+                    log::info!(
+                        "nocturne: loop {index}: cannot create its wake board ({e}); \
+                         its workers are woken from the loop's core"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let (spawn_tx, spawn_rx) = mpsc::channel();
         let now = Instant::now();
         let now_ns = nocturne_functions::protocol::monotonic_ns();
@@ -240,6 +262,8 @@ impl<T: Transport> CoreLoop<T> {
                 clock_stale: false,
                 drain_deadline: None,
                 mail: None,
+                wake_seats,
+                delegations: 0,
             },
         })
     }
@@ -409,6 +433,10 @@ impl LoopState {
     }
 
     fn sleep_budget(&self) -> Duration {
+        // A delegated wake is settled after its grace period, asleep or not.
+        if self.delegations > 0 {
+            return DELEGATION_GRACE;
+        }
         // Timers need the loop back when calls are in flight or queued.
         if self.calls.is_empty() {
             MAX_SLEEP

@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nocturne_ipc::channel::{Receiver, RecvError, SendError, Sender};
 use nocturne_ipc::message::{Header, Kind};
@@ -19,9 +19,11 @@ use nocturne_net::Transport;
 use nocturne_functions::protocol::STATUS_WORKER_CRASHED;
 
 use super::calls::call_id;
+use super::wake_seats::WakeSeats;
 use super::{LoopState, RING_BUDGET, WORKER_TOKEN_BASE};
 use crate::slab::Key;
 use crate::worker::{ExitStatus, SpawnRequest, Worker};
+use nocturne_ipc::wake_board::{Slot, WakeSeat};
 
 /// A worker as its loop sees it.
 pub(crate) struct WorkerSlot {
@@ -51,6 +53,10 @@ pub(crate) struct WorkerSlot {
     pub killed_as_stuck: bool,
     /// The core it has to itself (spinning workers), returned when it goes.
     pub own_core: Option<usize>,
+    /// Its seat on the loop's wake board, given back when it goes.
+    pub seat: Option<Slot>,
+    /// When a wake of it was first delegated and not yet settled.
+    pub delegated_at: Option<Instant>,
 }
 
 /// Why a worker leaves its loop.
@@ -71,11 +77,50 @@ enum Departure {
 pub(crate) const STUCK_GRACE: Duration = Duration::from_secs(1);
 
 impl WorkerSlot {
+    /// Sends one message into its request ring, noting `now` when the wake
+    /// it needed was delegated to the wake board (the loop settles it after
+    /// [`DELEGATION_GRACE`](super::DELEGATION_GRACE)); `delegations` is
+    /// the loop's count of workers with such a wake pending.
+    pub fn try_send(
+        &mut self,
+        header: &Header,
+        payload: &[u8],
+        now: Instant,
+        delegations: &mut usize,
+    ) -> Result<(), SendError> {
+        self.sender.try_send(header, payload)?;
+        if self.sender.take_new_delegation() && self.delegated_at.is_none() {
+            self.delegated_at = Some(now);
+            *delegations += 1;
+        }
+        Ok(())
+    }
+
+    /// Settles a delegated wake once its grace period is over: the loop
+    /// wakes the worker itself if it has not taken its message by then.
+    /// Returns whether one was pending and is settled now.
+    fn settle_delegation(&mut self, now: Instant) -> bool {
+        match self.delegated_at {
+            Some(at) if now.saturating_duration_since(at) >= super::DELEGATION_GRACE => {
+                self.delegated_at = None;
+                self.sender.settle_delegated_wake();
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Sends now, or keeps the message in order for a later turn when the ring
     /// or arena is full; nothing is dropped.
-    pub fn send_or_queue(&mut self, header: &Header, payload: &[u8]) {
+    pub fn send_or_queue(
+        &mut self,
+        header: &Header,
+        payload: &[u8],
+        now: Instant,
+        delegations: &mut usize,
+    ) {
         if self.backlog.is_empty() {
-            match self.sender.try_send(header, payload) {
+            match self.try_send(header, payload, now, delegations) {
                 Ok(()) => return,
                 Err(SendError::RingFull) | Err(SendError::ArenaFull) => {}
                 Err(SendError::Protocol(e)) => {
@@ -100,20 +145,19 @@ impl WorkerSlot {
     }
 
     /// Sends what the backlog holds, in order, until the ring is full again.
-    fn flush_backlog(&mut self) {
-        while let Some((header, payload)) = self.backlog.front() {
-            match self.sender.try_send(header, payload) {
-                Ok(()) => {
-                    self.backlog.pop_front();
-                }
-                Err(SendError::TooLarge { .. }) => {
-                    self.backlog.pop_front();
-                }
+    fn flush_backlog(&mut self, now: Instant, delegations: &mut usize) {
+        while let Some((header, payload)) = self.backlog.pop_front() {
+            match self.try_send(&header, &payload, now, delegations) {
+                Ok(()) | Err(SendError::TooLarge { .. }) => {}
                 Err(SendError::Protocol(e)) => {
                     self.broken = Some(format!("corrupt release position: {e}"));
+                    self.backlog.push_front((header, payload));
                     break;
                 }
-                Err(SendError::RingFull) | Err(SendError::ArenaFull) => break,
+                Err(SendError::RingFull) | Err(SendError::ArenaFull) => {
+                    self.backlog.push_front((header, payload));
+                    break;
+                }
             }
         }
     }
@@ -140,9 +184,12 @@ impl LoopState {
             // to 2.17 M turns/s (676 → 460 ns a turn; 1 worker: 450 → 430).
             // A worker marked broken (by a send that found its ring
             // corrupt) still goes the whole way: it is disconnected below.
+            if self.delegations > 0 && slot.settle_delegation(self.now) {
+                self.delegations -= 1;
+            }
             if slot.receiver.as_ref().is_none_or(|r| r.is_empty()) {
                 if !slot.backlog.is_empty() {
-                    slot.flush_backlog();
+                    slot.flush_backlog(self.now, &mut self.delegations);
                 }
                 if slot.broken.is_none() {
                     continue;
@@ -157,7 +204,7 @@ impl LoopState {
                     break;
                 };
                 if !slot.backlog.is_empty() {
-                    slot.flush_backlog();
+                    slot.flush_backlog(self.now, &mut self.delegations);
                 }
                 let msg = match receiver.try_recv() {
                     Ok(None) => break,
@@ -201,13 +248,14 @@ impl LoopState {
         let mut work = 0;
         while let Ok((tag, result)) = self.spawn_rx.try_recv() {
             work += 1;
-            let (f, own_core) = unpack_spawn_tag(tag);
+            let (f, own_core, seat) = unpack_spawn_tag(tag);
             if result.is_err() {
                 self.give_back_core(own_core);
+                self.give_back_seat(seat);
             }
             self.functions[f as usize].starting -= 1;
             match result {
-                Ok(worker) => self.add_worker(f, worker, own_core, server),
+                Ok(worker) => self.add_worker(f, worker, own_core, seat, server),
                 Err(e) => {
                     let fs = &mut self.functions[f as usize];
                     let delay = fs.backoff.on_start_failure(self.now);
@@ -240,12 +288,18 @@ impl LoopState {
         f: u32,
         mut worker: Worker,
         own_core: Option<usize>,
+        seat: Option<Slot>,
         server: &mut HttpServer<T>,
     ) {
-        let (sender, receiver) = worker
+        let (mut sender, receiver) = worker
             .take_end()
             .expect("a new worker has its channel")
             .split();
+        // The worker took this seat before it answered ready: the doorbell
+        // it sleeps on is the board's word from its first wait on.
+        if let (Some(slot), Some(seats)) = (seat, &self.wake_seats) {
+            sender.take_seat(seats.seat(slot));
+        }
         let pid = worker.pid;
         let slot = WorkerSlot {
             worker,
@@ -260,6 +314,8 @@ impl LoopState {
             abandoned_at: None,
             killed_as_stuck: false,
             own_core,
+            seat,
+            delegated_at: None,
         };
         let key = self.workers.insert(slot);
         let pidfd = self
@@ -276,6 +332,7 @@ impl LoopState {
             log::info!("nocturne: cannot watch worker pid {pid}: {e}; dropping it");
             self.workers.remove(key);
             self.give_back_core(own_core);
+            self.give_back_seat(seat);
             return;
         }
         let fs = &mut self.functions[f as usize];
@@ -362,6 +419,10 @@ impl LoopState {
             fs.idle.retain(|k| *k != w);
         }
         self.give_back_core(slot.own_core);
+        self.give_back_seat(slot.seat);
+        if slot.delegated_at.is_some() {
+            self.delegations -= 1;
+        }
         let requeued = match slot.busy {
             Some(call) => self.hand_back_or_fail(call, slot, departure, why, server),
             None => false,
@@ -534,19 +595,27 @@ impl LoopState {
             },
             None => None,
         };
-        let spec = crate::engine::worker_spec(&self.ctx, f, usize::from(self.index), own_core);
+        let mut spec = crate::engine::worker_spec(&self.ctx, f, usize::from(self.index), own_core);
+        spec.wake_seat = self.wake_seats.as_mut().and_then(WakeSeats::take);
+        let seat = spec.wake_seat.as_ref().map(WakeSeat::slot);
         self.functions[f as usize].starting += 1;
         self.ctx.spawner.request(SpawnRequest {
             spec,
             reply: self.spawn_tx.clone(),
             wake_efd: self.wake_fd.clone(),
-            tag: pack_spawn_tag(f, own_core),
+            tag: pack_spawn_tag(f, own_core, seat),
         });
     }
 
     fn give_back_core(&self, core: Option<usize>) {
         if let (Some(core), Some(pool)) = (core, &self.ctx.spin_cores) {
             pool.give_back(core);
+        }
+    }
+
+    fn give_back_seat(&mut self, seat: Option<Slot>) {
+        if let (Some(slot), Some(seats)) = (seat, &mut self.wake_seats) {
+            seats.give_back(slot);
         }
     }
 
@@ -659,14 +728,24 @@ impl LoopState {
 }
 
 /// A spawn request's tag: the function in the low 32 bits, the worker's own
-/// core (plus one; 0 = none) above.
-fn pack_spawn_tag(f: u32, own_core: Option<usize>) -> u64 {
-    u64::from(f) | (own_core.map_or(0, |c| c as u64 + 1) << 32)
+/// core (plus one; 0 = none) in the next 24, its wake-board slot (plus one;
+/// 0 = none) in the top 8.
+fn pack_spawn_tag(f: u32, own_core: Option<usize>, seat: Option<Slot>) -> u64 {
+    let core = own_core.map_or(0, |c| c as u64 + 1);
+    assert!(
+        core < 1 << 24,
+        "core {own_core:?} beyond the spawn tag's range"
+    );
+    let seat = seat.map_or(0, |s| s.index() as u64 + 1);
+    u64::from(f) | (core << 32) | (seat << 56)
 }
 
-fn unpack_spawn_tag(tag: u64) -> (u32, Option<usize>) {
-    let core = (tag >> 32) as usize;
-    (tag as u32, core.checked_sub(1))
+fn unpack_spawn_tag(tag: u64) -> (u32, Option<usize>, Option<Slot>) {
+    let core = ((tag >> 32) & ((1 << 24) - 1)) as usize;
+    let seat = ((tag >> 56) as usize)
+        .checked_sub(1)
+        .map(|i| Slot::new(i).expect("packed from a slot"));
+    (tag as u32, core.checked_sub(1), seat)
 }
 
 fn describe_exit(status: &ExitStatus) -> String {

@@ -50,6 +50,7 @@ use nocturne_functions::control::{
     self, ControlMessage, Hello, Ready, RecvControlError, SendControlError,
 };
 use nocturne_ipc::channel::{ChannelConfig, ChannelError, EngineEnd, WaitPolicy};
+use nocturne_ipc::wake_board::WakeSeat;
 
 pub use crate::sys::eventfd;
 pub use backoff::Backoff;
@@ -80,6 +81,9 @@ pub struct WorkerSpec {
     pub functions: Vec<(String, u32)>,
     /// How it waits on its request ring.
     pub wait: WaitPolicy,
+    /// Its seat on its core loop's wake board (yielding workers): the slot
+    /// goes in the hello and the board's memfd with it.
+    pub wake_seat: Option<WakeSeat>,
     /// How long exec + handshake may take before the worker is killed.
     pub handshake_timeout: Duration,
     /// Which worker of the engine this is (sent in the hello, echoed back).
@@ -696,14 +700,19 @@ fn handshake(
         worker_index: spec.worker_index,
         wait: spec.wait,
         channel: spec.channel,
-        wake_slot: None,
+        wake_slot: spec.wake_seat.as_ref().map(WakeSeat::slot),
         functions: spec.functions.clone(),
     };
-    match control::send(
-        sock,
-        &ControlMessage::Hello(hello),
-        &[end.region_fd(), notify_efd],
-    ) {
+    let channel_fds = [end.region_fd(), notify_efd];
+    let with_board;
+    let fds: &[BorrowedFd<'_>] = match &spec.wake_seat {
+        None => &channel_fds,
+        Some(seat) => {
+            with_board = [end.region_fd(), notify_efd, seat.shared_board().fd()];
+            &with_board
+        }
+    };
+    match control::send(sock, &ControlMessage::Hello(hello), fds) {
         Ok(()) => {}
         // Bad names in the spec: the engine's fault, but the worker must go.
         Err(SendControlError::Emit(e)) => {
