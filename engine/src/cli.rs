@@ -124,6 +124,19 @@ pub struct ServeArgs {
     #[arg(long, env = "NOCTURNE_WORKER_SPIN_US", value_name = "US")]
     pub worker_spin_us: Option<u64>,
 
+    /// Whether yielding workers wake each other on their shared core (--worker-poll yield only) [default: true]
+    ///
+    /// On: a wake-up the engine owes a sleeping worker is done by a worker
+    /// awake on its core, instead of across cores by the engine. false makes
+    /// every wake the engine's own (for A/B benchmarks, or as a safety valve).
+    #[arg(
+        long,
+        env = "NOCTURNE_DELEGATE_WAKES",
+        value_name = "BOOL",
+        action = clap::ArgAction::Set
+    )]
+    pub delegate_wakes: Option<bool>,
+
     /// Most open connections across all io cores; more are answered 503 [default: 10000]
     ///
     /// Each kernel-TCP connection is a file descriptor: the engine raises its
@@ -212,6 +225,7 @@ impl ServeArgs {
             spin_us: self.spin_us,
             worker_poll: self.worker_poll,
             worker_spin_us: self.worker_spin_us,
+            delegate_wakes: self.delegate_wakes,
             max_connections: self.max_connections,
             max_header_bytes: self.max_header_bytes,
             drain_timeout: self.drain_timeout,
@@ -387,6 +401,7 @@ mod tests {
             "--spin-us=5",
             "--worker-poll=park",
             "--worker-spin-us=6",
+            "--delegate-wakes=false",
             "--max-connections=7",
             "--max-header-bytes=16KiB",
             "--drain-timeout=250ms",
@@ -404,6 +419,7 @@ mod tests {
         assert_eq!(ov.spin_us, Some(5));
         assert_eq!(ov.worker_poll, Some(WorkerPoll::Park));
         assert_eq!(ov.worker_spin_us, Some(6));
+        assert_eq!(ov.delegate_wakes, Some(false));
         assert_eq!(ov.max_connections, Some(7));
         assert_eq!(ov.max_header_bytes, Some(16384));
         assert_eq!(ov.drain_timeout, Some(Duration::from_millis(250)));
@@ -412,6 +428,7 @@ mod tests {
         let config = args.resolve_with(&[0, 1]).unwrap();
         assert_eq!(config.poll, PollMode::Spin);
         assert_eq!(config.worker_poll, WorkerPoll::Park);
+        assert!(!config.delegate_wakes);
         assert_eq!(config.function("echo").unwrap().max_workers, 1);
         assert_eq!(config.function("echo").unwrap().env["A"], "b");
     }
@@ -426,11 +443,37 @@ mod tests {
             (&["--drain-timeout=10"], "has no unit"),
             (&["--max-header-bytes=lots"], "lots"),
             (&["--spin-us=-1"], "-1"),
+            (
+                &["--delegate-wakes", "maybe"],
+                "invalid value 'maybe' for '--delegate-wakes <BOOL>'",
+            ),
+            (&["--delegate-wakes=1"], "[possible values: true, false]"),
+            (
+                &["--delegate-wakes"],
+                "a value is required for '--delegate-wakes <BOOL>'",
+            ),
             (&["--set=echo"], "FUNCTION.KEY=VALUE"),
             (&["--set=echo.colour=red"], "unknown function setting"),
         ] {
             let err = parse(args).unwrap_err().to_string();
             assert!(err.contains(needle), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn delegate_wakes_takes_a_value_not_a_bare_switch() {
+        let given = |args: &[&str]| parse(args).unwrap().delegate_wakes;
+        assert_eq!(given(&["--delegate-wakes", "false"]), Some(false));
+        assert_eq!(given(&["--delegate-wakes", "true"]), Some(true));
+        assert_eq!(given(&["--delegate-wakes=false"]), Some(false));
+        // Only meaningful when NOCTURNE_DELEGATE_WAKES is unset, as in CI
+        // (tests/config_env.rs sets it in its own process).
+        if std::env::var_os("NOCTURNE_DELEGATE_WAKES").is_none() {
+            assert_eq!(
+                given(&[]),
+                None,
+                "not given: the file or the default decides"
+            );
         }
     }
 

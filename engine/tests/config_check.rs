@@ -545,6 +545,79 @@ fn settings_without_effect_are_warned_about() {
 }
 
 #[test]
+fn delegate_wakes_is_shown_set_and_refused_when_not_a_boolean() {
+    let delegated = "yields 50us, then parks, wakes delegated on the shared core;";
+    let dir = Scratch::new();
+    let file = dir.write(
+        "nocturne.toml",
+        "[[functions]]\nname = \"f\"\nbuiltin = \"echo\"\n",
+    );
+    // On by default; `config check` says so.
+    let out = nocturne(&["config", "check", path_str(&file), "--cores", "0-1"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_contains(&stdout(&out), delegated);
+
+    // Off in the file; the variable turns it back on, the flag off again.
+    let off = dir.write(
+        "off.toml",
+        "delegate_wakes = false\n[[functions]]\nname = \"f\"\nbuiltin = \"echo\"\n",
+    );
+    let out = nocturne(&["config", "check", path_str(&off), "--cores", "0-1"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_contains(&stdout(&out), "yields 50us, then parks; ");
+    let on = [("NOCTURNE_DELEGATE_WAKES", "true")];
+    let out = nocturne(&["config", "show", "--toml", "-c", path_str(&off)], &on);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_contains(&stdout(&out), "\ndelegate_wakes = true\n");
+    let args = ["config", "show", "--toml", "-c", path_str(&off)];
+    let out = nocturne(&[&args[..], &["--delegate-wakes", "false"]].concat(), &on);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_contains(&stdout(&out), "\ndelegate_wakes = false\n");
+
+    // Not a boolean: the key and its line, or the flag.
+    let bad = dir.write(
+        "bad.toml",
+        "listen = \"127.0.0.1:8080\"\ndelegate_wakes = 3\n[[functions]]\nname = \"f\"\nbuiltin = \"echo\"\n",
+    );
+    let out = nocturne(&["config", "check", path_str(&bad)], &[]);
+    assert!(!out.status.success());
+    assert_contains(
+        &stderr(&out),
+        &format!(
+            "{}:2:18: delegate_wakes: invalid type: integer `3`, expected a boolean",
+            bad.display()
+        ),
+    );
+    let out = nocturne(&["config", "show", "--delegate-wakes", "maybe"], &[]);
+    assert!(!out.status.success());
+    assert_contains(
+        &stderr(&out),
+        "invalid value 'maybe' for '--delegate-wakes <BOOL>'",
+    );
+    let out = nocturne(&["config", "show"], &[("NOCTURNE_DELEGATE_WAKES", "maybe")]);
+    assert!(!out.status.success());
+    assert_contains(&stderr(&out), "--delegate-wakes");
+
+    // Without yielding workers it does nothing, and says so.
+    let out = nocturne(
+        &[
+            "config",
+            "show",
+            "--worker-poll",
+            "park",
+            "--delegate-wakes",
+            "false",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_contains(
+        &stderr(&out),
+        "warning: --delegate-wakes: has no effect with --worker-poll park",
+    );
+}
+
+#[test]
 fn top_level_errors_and_durations() {
     let dir = Scratch::new();
     let file = dir.write(

@@ -33,7 +33,7 @@ fn environment_overrides_the_file_and_flags_override_the_environment() {
     let file = dir.join("nocturne.toml");
     std::fs::write(
         &file,
-        "listen = \"127.0.0.1:7000\"\npoll = \"block\"\nspin_us = 11\n\
+        "listen = \"127.0.0.1:7000\"\npoll = \"block\"\nspin_us = 11\ndelegate_wakes = true\n\
          [[functions]]\nname = \"f\"\nbuiltin = \"echo\"\nmax_workers = 2\n",
     )
     .unwrap();
@@ -45,12 +45,14 @@ fn environment_overrides_the_file_and_flags_override_the_environment() {
     assert_eq!(config.listen.port(), 7000);
     assert_eq!(config.poll, PollMode::Block);
     assert_eq!(config.io_cores, [3]);
+    assert!(config.delegate_wakes);
 
     // Variables beat the file, and leave the rest of it alone.
     std::env::set_var("NOCTURNE_LISTEN", "127.0.0.1:7001");
     std::env::set_var("NOCTURNE_POLL", "spin");
     std::env::set_var("NOCTURNE_IO_CORES", "2-3");
     std::env::set_var("NOCTURNE_WORKER_POLL", "park");
+    std::env::set_var("NOCTURNE_DELEGATE_WAKES", "false");
     std::env::set_var("NOCTURNE_MAX_CONNECTIONS", "42");
     std::env::set_var("NOCTURNE_DRAIN_TIMEOUT", "1500ms");
     std::env::set_var("NOCTURNE_SET", "f.max_workers=3;f.env.MODE=fast");
@@ -60,6 +62,10 @@ fn environment_overrides_the_file_and_flags_override_the_environment() {
     assert_eq!(config.io_cores, [2, 3]);
     assert_eq!(config.worker_cores.as_deref(), Some(&[0, 1][..]));
     assert_eq!(config.worker_poll, WorkerPoll::Park);
+    assert!(
+        !config.delegate_wakes,
+        "resolved, though parking workers ignore it"
+    );
     assert_eq!(config.max_connections, 42);
     assert_eq!(config.drain_timeout, Duration::from_millis(1500));
     assert_eq!(config.spin_us, 11, "from the file");
@@ -73,6 +79,8 @@ fn environment_overrides_the_file_and_flags_override_the_environment() {
         "--poll=adaptive",
         "--io-cores=0",
         "--set=f.max_workers=4",
+        "--delegate-wakes",
+        "true",
     ])
     .resolve_with(&allowed)
     .unwrap();
@@ -86,12 +94,20 @@ fn environment_overrides_the_file_and_flags_override_the_environment() {
         "NOCTURNE_SET's other entries stay beside a --set"
     );
     assert_eq!(config.max_connections, 42, "still from the environment");
+    assert!(config.delegate_wakes);
 
     // A variable that fails validation is reported under its flag's name.
     std::env::set_var("NOCTURNE_SPIN_US", "5000000");
     let err = parse(&[]).resolve_with(&allowed).unwrap_err().to_string();
     assert!(err.contains("--spin-us"), "{err}");
     // A malformed variable is refused by the parser, naming the flag.
+    std::env::set_var("NOCTURNE_DELEGATE_WAKES", "maybe");
+    let err = Cli::try_parse_from(["nocturne"]).unwrap_err().to_string();
+    assert!(
+        err.contains("invalid value 'maybe' for '--delegate-wakes <BOOL>'"),
+        "{err}"
+    );
+    std::env::set_var("NOCTURNE_DELEGATE_WAKES", "false");
     std::env::set_var("NOCTURNE_WORKER_CORES", "1,1");
     let err = Cli::try_parse_from(["nocturne"]).unwrap_err().to_string();
     assert!(

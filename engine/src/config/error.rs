@@ -120,6 +120,16 @@ impl ConfigError {
             let key = key_at(text, &span).unwrap_or(key);
             return ConfigError::UnknownKey { key, at, expected };
         }
+        // serde's "invalid type: integer `3`, expected a boolean" names no
+        // key: name the one the value is assigned to.
+        if msg.starts_with("invalid type:") {
+            if let Some(key) = key_before(text, span.start) {
+                return ConfigError::Toml {
+                    at,
+                    msg: format!("{key}: {msg}"),
+                };
+            }
+        }
         ConfigError::Toml { at, msg }
     }
 
@@ -156,6 +166,15 @@ fn key_at(text: &str, span: &Range<usize>) -> Option<String> {
         .or_else(|| raw.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')))
         .unwrap_or(raw);
     (!unquoted.is_empty() && !unquoted.contains(['\n', '='])).then(|| unquoted.to_owned())
+}
+
+/// The key that the value at `offset` is assigned to, when the value
+/// follows `KEY =` on its own line (not inside an inline table or array).
+fn key_before(text: &str, offset: usize) -> Option<String> {
+    let before = text.get(..offset)?;
+    let line = &before[before.rfind('\n').map_or(0, |i| i + 1)..];
+    let key = line.trim_end().strip_suffix('=')?;
+    key_at(key, &(0..key.len()))
 }
 
 /// "; did you mean `x`?" for the closest expected key, or the list of
@@ -273,5 +292,33 @@ mod tests {
         assert_eq!(key_at(text, &(17..22)), Some("plain".into()));
         assert_eq!(key_at(text, &(0..30)), None);
         assert_eq!(key_at(text, &(0..999)), None);
+    }
+
+    #[test]
+    fn a_value_knows_its_key_only_when_it_follows_key_equals() {
+        let text = "a = 1\n  \"b c\" = true\nenv = { A = 1 }\nxs = [1]\n";
+        assert_eq!(key_before(text, 4), Some("a".into()));
+        assert_eq!(key_before(text, 16), Some("b c".into()));
+        let inline = text.find("1 }").unwrap();
+        assert_eq!(key_before(text, inline), None);
+        let array = text.find("1]").unwrap();
+        assert_eq!(key_before(text, array), None);
+        assert_eq!(key_before(text, 0), None);
+    }
+
+    #[test]
+    fn type_errors_name_their_key() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct T {
+            on: Option<bool>,
+        }
+        let text = "\non = 3\n";
+        let err = toml::from_str::<T>(text).unwrap_err();
+        let e = ConfigError::from_toml(&err, "t.toml", text);
+        assert_eq!(
+            e.to_string(),
+            "t.toml:2:6: on: invalid type: integer `3`, expected a boolean"
+        );
     }
 }

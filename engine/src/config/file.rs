@@ -34,6 +34,7 @@ pub(crate) struct FileConfig {
     pub spin_us: Option<Spanned<u64>>,
     pub worker_poll: Option<Spanned<WorkerPoll>>,
     pub worker_spin_us: Option<Spanned<u64>>,
+    pub delegate_wakes: Option<Spanned<bool>>,
     pub max_connections: Option<Spanned<usize>>,
     pub max_header_bytes: Option<Spanned<ByteSize>>,
     pub drain_timeout: Option<Spanned<HumanDuration>>,
@@ -198,6 +199,7 @@ poll = "spin"
 spin_us = 20
 worker_poll = "park"
 worker_spin_us = 5
+delegate_wakes = false
 max_connections = 10
 max_header_bytes = "16KiB"
 drain_timeout = "2s"
@@ -224,6 +226,7 @@ RUST_LOG = "debug"
             file.worker_poll.map(Spanned::into_inner),
             Some(WorkerPoll::Park)
         );
+        assert_eq!(file.delegate_wakes.map(Spanned::into_inner), Some(false));
         assert_eq!(file.max_header_bytes.unwrap().get_ref().0, 16384);
         let f = file.functions[0].get_ref();
         assert_eq!(f.command.as_ref().unwrap().0, ["./f", "--fast"]);
@@ -269,6 +272,12 @@ RUST_LOG = "debug"
             ("listen = \"localhost:80\"", 1, "not IP:PORT"),
             ("listen = 8080", 1, "address string"),
             ("max_connections = -1", 1, "-1"),
+            (
+                "\ndelegate_wakes = 3",
+                2,
+                "delegate_wakes: invalid type: integer `3`, expected a boolean",
+            ),
+            ("delegate_wakes = \"no\"", 1, "delegate_wakes: invalid type"),
             (
                 "[[functions]]\nname = \"a\"\nmax_payload = \"1TiB\"",
                 3,

@@ -82,6 +82,8 @@ pub mod defaults {
     /// asleep. With 8 workers sharing 80 k calls/s, each sees a call every
     /// ≈ 100 µs: a 50 µs budget parked them between nearly every call.
     pub const WORKER_SPIN_US_OWN_CORE: u64 = 2_000;
+    /// `delegate_wakes`: yielding workers share their core loop's wake board.
+    pub const DELEGATE_WAKES: bool = true;
     pub const MAX_CONNECTIONS: usize = 10_000;
     pub const MAX_HEADER_BYTES: usize = 8 << 10;
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -249,6 +251,12 @@ pub struct Config {
     pub worker_poll: WorkerPoll,
     /// `spin`/`yield`: how long an idle worker spins or yields before parking.
     pub worker_spin_us: u64,
+    /// Whether yielding workers of a core loop share a wake board, so that a
+    /// wake-up of a sleeping worker is done by a worker awake on its core
+    /// instead of across cores by the engine (docs/architecture.md,
+    /// "Delegated wakes on a shared core"). Only workers with
+    /// `worker_poll = "yield"` are seated; off, every wake is the engine's own.
+    pub delegate_wakes: bool,
     /// Open connections across all io cores; more are answered 503. The
     /// engine lowers it at start where the open-files limit cannot hold it
     /// (`fd_limit`).
@@ -444,7 +452,15 @@ impl Config {
         writeln!(out, "poll          {} ({io_wait})", self.poll.as_str())?;
         let worker_wait = match self.worker_poll {
             WorkerPoll::Spin => format!("spins {}us, then parks", self.worker_spin_us),
-            WorkerPoll::Yield => format!("yields {}us, then parks", self.worker_spin_us),
+            WorkerPoll::Yield => format!(
+                "yields {}us, then parks{}",
+                self.worker_spin_us,
+                if self.delegate_wakes {
+                    ", wakes delegated on the shared core"
+                } else {
+                    ""
+                }
+            ),
             WorkerPoll::Park => "parks at once".to_owned(),
         };
         let placement = match self.worker_cores_reserved() {

@@ -31,6 +31,7 @@ pub struct Overrides {
     pub spin_us: Option<u64>,
     pub worker_poll: Option<WorkerPoll>,
     pub worker_spin_us: Option<u64>,
+    pub delegate_wakes: Option<bool>,
     pub max_connections: Option<usize>,
     pub max_header_bytes: Option<u64>,
     pub drain_timeout: Option<Duration>,

@@ -427,6 +427,19 @@ pub(crate) fn resolve(
             setting(&worker_poll_source, worker_poll.as_str())
         )));
     }
+    let (delegate_wakes, delegate_source) = text.pick(
+        ov.delegate_wakes,
+        file.delegate_wakes.take(),
+        "delegate_wakes",
+        "--delegate-wakes",
+    );
+    if delegate_wakes.is_some() && worker_poll != WorkerPoll::Yield {
+        warnings.push(delegate_source.warning(format!(
+            "has no effect with {} (only yielding workers share a wake board)",
+            setting(&worker_poll_source, worker_poll.as_str())
+        )));
+    }
+    let delegate_wakes = delegate_wakes.unwrap_or(defaults::DELEGATE_WAKES);
 
     Ok(Config {
         origin,
@@ -440,6 +453,7 @@ pub(crate) fn resolve(
         spin_us,
         worker_poll,
         worker_spin_us,
+        delegate_wakes,
         max_connections,
         max_header_bytes,
         drain_timeout,

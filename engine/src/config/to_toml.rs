@@ -65,6 +65,15 @@ impl Config {
             }
             _ => writeln!(out, "worker_spin_us = {}", self.worker_spin_us)?,
         }
+        // Only yielding workers are seated on a wake board.
+        match self.worker_poll {
+            WorkerPoll::Yield => writeln!(out, "delegate_wakes = {}", self.delegate_wakes)?,
+            mode => writeln!(
+                out,
+                "# delegate_wakes: unused with worker_poll = \"{}\"",
+                mode.as_str()
+            )?,
+        }
         writeln!(out, "max_connections = {}", self.max_connections)?;
         writeln!(
             out,
@@ -162,6 +171,9 @@ mod tests {
         if expected.worker_poll == WorkerPoll::Park {
             expected.worker_spin_us = back.worker_spin_us;
         }
+        if expected.worker_poll != WorkerPoll::Yield {
+            expected.delegate_wakes = back.delegate_wakes;
+        }
         assert_eq!(back, expected, "\n{text}");
     }
 
@@ -216,6 +228,28 @@ concurrency_coef = 3
     }
 
     #[test]
+    fn delegate_wakes_round_trips_with_yielding_workers_only() {
+        let on = load("[[functions]]\nname = \"e\"\nbuiltin = \"echo\"\n");
+        assert_eq!(on.worker_poll, WorkerPoll::Yield);
+        assert!(on.to_toml().contains("\ndelegate_wakes = true\n"));
+        round_trips(&on);
+        let off = load("delegate_wakes = false\n[[functions]]\nname = \"e\"\nbuiltin = \"echo\"\n");
+        assert!(!off.delegate_wakes);
+        assert!(off.to_toml().contains("\ndelegate_wakes = false\n"));
+        round_trips(&off);
+        // Unused by parking (and spinning) workers: not written, so that
+        // loading the file draws no warning.
+        let park =
+            load("worker_poll = \"park\"\n[[functions]]\nname = \"e\"\nbuiltin = \"echo\"\n");
+        let text = park.to_toml();
+        assert!(
+            text.contains("\n# delegate_wakes: unused with worker_poll = \"park\"\n"),
+            "{text}"
+        );
+        round_trips(&park);
+    }
+
+    #[test]
     fn smoltcp_settings_round_trip() {
         round_trips(&load(
             "net = \"smoltcp\"\ntap = \"tap0\"\nip = \"192.0.2.2/24\"\ngateway = \"192.0.2.1\"\n\
@@ -240,6 +274,7 @@ concurrency_coef = 3
             "spin_us",
             "worker_poll",
             "worker_spin_us",
+            "delegate_wakes",
             "max_connections",
             "max_header_bytes",
             "drain_timeout",

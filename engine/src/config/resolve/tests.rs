@@ -704,7 +704,7 @@ fn summary_names_everything_that_matters() {
         "127.0.0.1:8080 (kernel sockets)",
         "allowed 0-1; io 1; workers not pinned (0-1)",
         "adaptive (polls 500us yielding to the workers on its cores, then epoll)",
-        "yield (yields 50us, then parks; workers are not pinned",
+        "yield (yields 50us, then parks, wakes delegated on the shared core; workers are not pinned",
         "max_connections 10000, max_header_bytes 8KiB, drain_timeout 10s",
         "functions     5",
         "foo    builtin foo; workers 1..4; timeout 10s; max_payload 1MiB; POST, GET, HEAD",
@@ -724,6 +724,96 @@ fn summary_names_everything_that_matters() {
     ] {
         assert!(summary.contains(needle), "{needle}\n---\n{summary}");
     }
+}
+
+#[test]
+fn delegate_wakes_is_on_by_default_and_the_flag_beats_the_file() {
+    let config = ok(ONE_ECHO);
+    assert!(config.delegate_wakes);
+    assert_eq!(config.delegate_wakes, defaults::DELEGATE_WAKES);
+    let config = ok(&format!("delegate_wakes = false\n{ONE_ECHO}"));
+    assert!(!config.delegate_wakes);
+    assert_eq!(config.warnings, []);
+    assert!(ok(&format!("delegate_wakes = true\n{ONE_ECHO}")).delegate_wakes);
+    let ov = Overrides {
+        delegate_wakes: Some(true),
+        ..Overrides::default()
+    };
+    let text = format!("delegate_wakes = false\n{ONE_ECHO}");
+    assert!(resolve_text(&text, &ov, TWO_CORES).unwrap().delegate_wakes);
+    let ov = Overrides {
+        delegate_wakes: Some(false),
+        ..Overrides::default()
+    };
+    let config = resolve_text(ONE_ECHO, &ov, TWO_CORES).unwrap();
+    assert!(!config.delegate_wakes);
+    assert_eq!(config.warnings, []);
+}
+
+#[test]
+fn the_summary_says_when_wakes_are_delegated() {
+    let delegated = "wakes delegated on the shared core";
+    let summary = ok(ONE_ECHO).summary();
+    assert!(
+        summary.contains("yield (yields 50us, then parks, wakes delegated on the shared core;"),
+        "{summary}"
+    );
+    let summary = ok(&format!("delegate_wakes = false\n{ONE_ECHO}")).summary();
+    assert!(
+        summary.contains("yield (yields 50us, then parks; workers are not pinned"),
+        "{summary}"
+    );
+    // Only yielding workers are seated on a wake board.
+    let summary = ok(&format!("worker_poll = \"park\"\n{ONE_ECHO}")).summary();
+    assert!(!summary.contains(delegated), "{summary}");
+    let summary = ok(&format!(
+        "worker_cores = \"0\"\n{ONE_ECHO}max_workers = 1\n"
+    ))
+    .summary();
+    assert!(!summary.contains(delegated), "{summary}");
+}
+
+#[test]
+fn delegate_wakes_without_yielding_workers_is_warned_about() {
+    let warnings = |text: &str, ov: &Overrides| -> Vec<String> {
+        resolve_text(text, ov, TWO_CORES)
+            .unwrap()
+            .warnings
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    assert_eq!(
+        warnings(
+            &format!("worker_poll = \"park\"\ndelegate_wakes = true\n{ONE_ECHO}"),
+            &Overrides::default()
+        ),
+        [
+            "/etc/nocturne/t.toml:2:18: delegate_wakes: has no effect with worker_poll = \"park\" \
+             (only yielding workers share a wake board)"
+        ]
+    );
+    let ov = Overrides {
+        io_cores: Some("1".parse().unwrap()),
+        worker_cores: Some("0".parse().unwrap()),
+        worker_poll: Some(WorkerPoll::Spin),
+        delegate_wakes: Some(false),
+        ..Overrides::default()
+    };
+    let w = warnings(&format!("{ONE_ECHO}max_workers = 1\n"), &ov);
+    assert_eq!(
+        w,
+        ["--delegate-wakes: has no effect with --worker-poll spin \
+          (only yielding workers share a wake board)"]
+    );
+    // Not given: nothing to say, whatever the mode.
+    assert_eq!(
+        warnings(
+            &format!("worker_poll = \"park\"\n{ONE_ECHO}"),
+            &Overrides::default()
+        ),
+        Vec::<String>::new()
+    );
 }
 
 #[test]
