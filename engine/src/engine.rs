@@ -91,7 +91,7 @@ pub(crate) fn channel_config(config: &Config, f: usize) -> ChannelConfig {
 /// workers share cores with each other (docs/architecture.md, "Delegated
 /// wakes on a shared core").
 pub(crate) fn delegates_wakes(config: &Config) -> bool {
-    matches!(worker_wait(config), WaitPolicy::Yield { .. })
+    config.delegate_wakes && matches!(worker_wait(config), WaitPolicy::Yield { .. })
 }
 
 /// How workers wait for work, from `--worker-poll` and `--worker-spin-us`.
@@ -371,7 +371,7 @@ fn log_startup(config: &Config, addr: SocketAddr) {
     // Modes as the flags spell them (`--poll adaptive`), so the line can be
     // checked against the command that started the engine.
     log::info!(
-        "nocturne: listening on http://{addr} ({stack}; {} core loop{} on cores {:?}, poll {}{}, workers wait {}{})",
+        "nocturne: listening on http://{addr} ({stack}; {} core loop{} on cores {:?}, poll {}{}, workers wait {}{}{})",
         config.io_cores.len(),
         if config.io_cores.len() == 1 { "" } else { "s" },
         config.io_cores,
@@ -385,6 +385,11 @@ fn log_startup(config: &Config, addr: SocketAddr) {
         match &config.worker_cores {
             Some(c) => format!(" on cores {c:?}"),
             None => String::new(),
+        },
+        if delegates_wakes(config) {
+            ", wakes delegated on the shared core"
+        } else {
+            ""
         }
     );
     for (i, f) in config.functions.iter().enumerate() {

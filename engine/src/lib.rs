@@ -15,8 +15,10 @@
 //! * `fd_limit` — the open-files limit raised for, or fitted to, `max_connections`.
 //! * [`error_report`] — the one line `nocturne` prints for a failed command.
 //! * `core_loop` — a core loop's turn: network, rings, workers, timers; routes,
-//!   dispatch, the call table and the mailbox between loops (calls of a
-//!   function a loop has no workers of) live under it.
+//!   dispatch, the call table, the mailbox between loops (calls of a
+//!   function a loop has no workers of) and the loop's wake board (seats for
+//!   its yielding workers, whose wake-ups a worker awake on their core does)
+//!   live under it.
 //! * [`limiter`] — the Little's-law concurrency limit per function.
 //! * [`logger`] — the engine's log: a queue to a writer thread, so that no
 //!   core loop ever waits for stderr.

@@ -35,6 +35,14 @@
 //!  str  =  u16 length + that many UTF-8 bytes
 //! ```
 //!
+//! A hello with a wake-board slot carries the board's memfd as a third fd:
+//! the worker's request ring then rings on that slot's doorbell word of the
+//! board (`nocturne_ipc::wake_board::WakeBoard`, `repr(C)`), not on the
+//! ring's own, and a worker that yields serves the board while it waits. The
+//! SDK does this for every worker built on it ([`WorkerEnd::take_seat`]
+//! before ready); a worker written against the wire protocol alone must do
+//! the same, or the engine's wake-ups never reach it.
+//!
 //! Everything read from the socket is untrusted: every length is checked against
 //! what is left of the datagram before anything is allocated, and a bad message
 //! is a [`ParseError`], never a panic. A peer speaking another version is refused
@@ -631,14 +639,12 @@ pub struct Bootstrap {
     pub function_id: u32,
     /// Name → id of every function, so `ctx.invoke("bar")` resolves locally.
     pub functions: Vec<(String, u32)>,
-    /// The attached channel: requests in, responses out.
+    /// The attached channel: requests in, responses out. Its request
+    /// receiver comes out of `split` seated on the engine's wake board when
+    /// the hello gave it a seat ([`Hello::wake_slot`]).
     pub end: WorkerEnd,
     /// How to wait on the request ring.
     pub wait: WaitPolicy,
-    /// The worker's seat on its core loop's wake board, if the engine gave
-    /// it one: the request ring's receiver must take it before it first
-    /// waits ([`serve`](crate::serve) does).
-    pub wake_seat: Option<WakeSeat>,
     /// The control socket. Keep it open: its EOF tells the worker the engine is
     /// gone (see [`spawn_eof_watchdog`]); closing it tells the engine the same.
     pub control: UnixStream,
@@ -850,7 +856,7 @@ pub fn receive_hello(
         .set_read_timeout(Some(HELLO_TIMEOUT))
         .map_err(ControlError::Io)?;
     let result = read_hello(&control, function);
-    let (hello, end, wake_seat) = match result {
+    let (hello, end) = match result {
         Ok(ok) => ok,
         Err(e) => {
             if !matches!(
@@ -873,7 +879,6 @@ pub fn receive_hello(
         control,
         hello,
         end,
-        wake_seat,
     })
 }
 
@@ -887,7 +892,6 @@ pub struct PendingHandshake {
     control: UnixStream,
     hello: Hello,
     end: WorkerEnd,
-    wake_seat: Option<WakeSeat>,
 }
 
 impl PendingHandshake {
@@ -902,7 +906,6 @@ impl PendingHandshake {
             control,
             hello,
             end,
-            wake_seat,
         } = self;
         let ready = Ready {
             pid: std::process::id(),
@@ -916,7 +919,6 @@ impl PendingHandshake {
             functions: hello.functions,
             end,
             wait: hello.wait,
-            wake_seat,
             control,
             worker_index: hello.worker_index,
         })
@@ -934,10 +936,7 @@ impl PendingHandshake {
     }
 }
 
-/// A received hello, its attached channel, and the worker's wake seat.
-type Received = (Hello, WorkerEnd, Option<WakeSeat>);
-
-fn read_hello(control: &UnixStream, function: &str) -> Result<Received, ControlError> {
+fn read_hello(control: &UnixStream, function: &str) -> Result<(Hello, WorkerEnd), ControlError> {
     let (msg, fds) = match recv(control, MAX_HELLO_FDS) {
         Ok(Some(got)) => got,
         Ok(None) => return Err(ControlError::EngineGone),
@@ -983,14 +982,19 @@ fn read_hello(control: &UnixStream, function: &str) -> Result<Received, ControlE
         }
         _ => None,
     };
-    let end = WorkerEnd::attach_with_eventfd(memfd, efd).map_err(ControlError::Attach)?;
+    let mut end = WorkerEnd::attach_with_eventfd(memfd, efd).map_err(ControlError::Attach)?;
+    // Seated before the worker answers ready, so it never sleeps on the
+    // ring's own word while the engine wakes the board's.
+    if let Some(seat) = wake_seat {
+        end.take_seat(seat);
+    }
     if end.config() != hello.channel {
         return Err(ControlError::ConfigMismatch {
             hello: hello.channel,
             region: end.config(),
         });
     }
-    Ok((hello, end, wake_seat))
+    Ok((hello, end))
 }
 
 /// Starts a thread that blocks on the control socket and exits the process
@@ -1200,10 +1204,10 @@ mod tests {
         ));
 
         let mut bad = good.clone();
-        bad[4..6].copy_from_slice(&2u16.to_le_bytes());
+        bad[4..6].copy_from_slice(&1u16.to_le_bytes());
         assert_eq!(
             ControlMessage::parse(&bad).unwrap_err(),
-            ParseError::Version { got: 2 }
+            ParseError::Version { got: 1 }
         );
 
         let mut bad = good.clone();
@@ -1247,6 +1251,7 @@ mod tests {
         w.u32(64);
         w.u32(256);
         w.u32(0);
+        w.u8(NO_WAKE_SLOT);
         w.str("foo");
         w.u32(count);
         for (id, name) in entries {
@@ -1439,7 +1444,8 @@ mod tests {
         )
         .unwrap();
         let boot = connect(worker_sock, "foo").unwrap();
-        let seat = boot.wake_seat.expect("a seat");
+        let (_tx, rx) = boot.end.split();
+        let seat = rx.seat().expect("the receiver is seated").clone();
         assert_eq!(seat.slot().index(), 9);
         // The same board: the worker's polling shows on the engine's side,
         // and the engine's delegation to it is the worker's to serve.

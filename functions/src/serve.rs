@@ -66,10 +66,7 @@ pub(crate) fn serve_as(mut functions: Functions, handler: Option<&str>) -> Resul
     };
     let boot = pending.ready()?;
     control::spawn_eof_watchdog(&boot.control);
-    let (sender, mut receiver) = boot.end.split();
-    if let Some(seat) = boot.wake_seat {
-        receiver.take_seat(seat);
-    }
+    let (sender, receiver) = boot.end.split();
     let mut runtime = Runtime::new(boot.function, sender, receiver, boot.wait, boot.functions);
     Err(runtime.run(&mut handler).into())
 }

@@ -319,6 +319,8 @@ pub struct WorkerEnd<R: Region = MemfdRegion> {
     layout: Layout,
     /// The eventfd the worker writes to wake the engine.
     response_efd: Option<OwnedFd>,
+    /// The request receiver's seat on a wake board, given to it on `split`.
+    seat: Option<WakeSeat>,
 }
 
 /// Writes the region header and initializes both rings and arenas.
@@ -627,6 +629,7 @@ impl<R: Region> WorkerEnd<R> {
             region,
             layout,
             response_efd,
+            seat: None,
         })
     }
 
@@ -635,15 +638,27 @@ impl<R: Region> WorkerEnd<R> {
         layout_config(&self.layout)
     }
 
-    /// Splits into the response [`Sender`] and the request [`Receiver`].
+    /// Seats the request receiver on a wake board: [`split`](Self::split)
+    /// hands it out seated ([`Receiver::take_seat`]), so whoever splits the
+    /// end cannot forget to. The engine's sender must take the same seat.
+    pub fn take_seat(&mut self, seat: WakeSeat) {
+        self.seat = Some(seat);
+    }
+
+    /// Splits into the response [`Sender`] and the request [`Receiver`]
+    /// (seated, if the end was).
     pub fn split(self) -> (Sender<R>, Receiver<R>) {
         // SAFETY: validate_region checked these sections against the region;
         // this end is the only producer of the response ring / consumer of the
         // request ring.
-        unsafe {
+        let (sender, mut receiver) = unsafe {
             self.layout
                 .halves(self.region, self.response_efd, Direction::Response)
+        };
+        if let Some(seat) = self.seat {
+            receiver.take_seat(seat);
         }
+        (sender, receiver)
     }
 }
 
@@ -1222,6 +1237,11 @@ impl<R: Region> Receiver<R> {
         }
     }
 
+    /// Its seat on a wake board, if it has one.
+    pub fn seat(&self) -> Option<&WakeSeat> {
+        self.seated.as_ref().map(|s| &s.seat)
+    }
+
     /// Withdraws an announcement of [`begin_polling`](Self::begin_polling)
     /// (serving what was delegated until now). No-op without a seat.
     pub fn end_polling(&self) {
@@ -1651,6 +1671,133 @@ mod tests {
             assert_eq!((m.header().call_id, m.payload()), (i, &payload(i, 100)[..]));
         }
         sender.join().unwrap();
+    }
+
+    /// A sender and a receiver seated on slot 0 of a fresh board; slot 1
+    /// is another consumer of the board (a poller, or a stopped one).
+    fn seated_pair() -> (
+        Sender<HeapRegion>,
+        Receiver<HeapRegion>,
+        crate::wake_board::WakeSeat,
+    ) {
+        use crate::wake_board::{SharedWakeBoard, Slot, WakeSeat};
+        let board = std::sync::Arc::new(SharedWakeBoard::create("channel-seat-test").unwrap());
+        let (engine, worker) = heap_pair(&small());
+        let (mut tx, _r) = engine.split();
+        let (_t, mut rx) = worker.split();
+        tx.take_seat(WakeSeat::new(board.clone(), Slot::new(0).unwrap()));
+        rx.take_seat(WakeSeat::new(board.clone(), Slot::new(0).unwrap()));
+        (tx, rx, WakeSeat::new(board, Slot::new(1).unwrap()))
+    }
+
+    /// Waits (parked, 10 s at most) for message `i` on `rx` in another
+    /// thread; returns the receiver when it came.
+    fn receive_parked(
+        mut rx: Receiver<HeapRegion>,
+        i: u64,
+    ) -> std::thread::JoinHandle<(Receiver<HeapRegion>, WaitOutcome)> {
+        std::thread::spawn(move || {
+            let parked = WaitPolicy::Park {
+                spin: Duration::ZERO,
+            };
+            let outcome = rx.wait(&parked, Some(Duration::from_secs(10)));
+            if outcome == WaitOutcome::Ready {
+                let m = rx.try_recv().unwrap().unwrap();
+                assert_eq!(m.header().call_id, i);
+            }
+            (rx, outcome)
+        })
+    }
+
+    /// Until `rx`'s doorbell (its seat's word) says it sleeps.
+    fn until_asleep(seat: &crate::wake_board::WakeSeat) {
+        let word = seat
+            .board()
+            .doorbell_word(crate::wake_board::Slot::new(0).unwrap());
+        while word.load(std::sync::atomic::Ordering::Acquire) != doorbell::SLEEPING {
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn a_seated_receivers_wake_is_done_by_the_poller_it_was_delegated_to() {
+        let (mut tx, mut rx, poller) = seated_pair();
+        poller.board().enter_poll(poller.slot());
+        for i in 0..50u64 {
+            let waiting = receive_parked(rx, i);
+            until_asleep(&poller);
+            tx.try_send(&header(i), b"x").unwrap();
+            assert!(tx.take_new_delegation(), "round {i}: delegated");
+            assert!(!tx.take_new_delegation(), "said once");
+            // The poller does the wake from its seat.
+            while !waiting.is_finished() {
+                poller.board().serve();
+                std::thread::yield_now();
+            }
+            let (back, outcome) = waiting.join().unwrap();
+            assert_eq!(outcome, WaitOutcome::Ready, "round {i}");
+            rx = back;
+            // Taken in time: nothing for the sender to settle.
+            assert!(!tx.settle_delegated_wake(), "round {i}");
+        }
+        // No poller: the sender wakes the receiver itself.
+        assert_eq!(poller.board().leave_poll(poller.slot()), 0);
+        let waiting = receive_parked(rx, 99);
+        until_asleep(&poller);
+        tx.try_send(&header(99), b"x").unwrap();
+        assert!(!tx.take_new_delegation());
+        assert_eq!(waiting.join().unwrap().1, WaitOutcome::Ready);
+    }
+
+    #[test]
+    fn a_wake_delegated_to_a_stopped_poller_is_settled_by_the_sender() {
+        let (mut tx, rx, stopped) = seated_pair();
+        // A poller that announced itself and then stopped (SIGSTOP): it
+        // never serves.
+        stopped.board().enter_poll(stopped.slot());
+        let waiting = receive_parked(rx, 7);
+        until_asleep(&stopped);
+        tx.try_send(&header(7), b"x").unwrap();
+        assert!(tx.take_new_delegation());
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!waiting.is_finished(), "nobody woke the receiver yet");
+        // The grace period is over: the sender takes the wake back.
+        assert!(tx.settle_delegated_wake());
+        let (_rx, outcome) = waiting.join().unwrap();
+        assert_eq!(outcome, WaitOutcome::Ready);
+        assert!(!tx.settle_delegated_wake(), "settled once");
+    }
+
+    #[test]
+    fn a_seated_receiver_parks_at_once_beside_a_poller_only_when_told() {
+        let (_tx, mut rx, poller) = seated_pair();
+        poller.board().enter_poll(poller.slot());
+        let yielding = WaitPolicy::Yield {
+            spin: Duration::from_secs(5),
+        };
+        // Told to: parks at once (no yielding for 5 s), so the timeout
+        // ends the wait, and it never announced itself.
+        rx.park_beside_a_poller(true);
+        let started = std::time::Instant::now();
+        assert_eq!(
+            rx.wait(&yielding, Some(Duration::from_millis(30))),
+            WaitOutcome::TimedOut
+        );
+        assert!(started.elapsed() < Duration::from_secs(4));
+        assert!(!poller.board().others_polling(poller.slot()));
+        // Not told to: yields (and polls) until the timeout, beside the
+        // other poller; its own bit is withdrawn when the wait ends.
+        rx.park_beside_a_poller(false);
+        assert_eq!(
+            rx.wait(&yielding, Some(Duration::from_millis(30))),
+            WaitOutcome::TimedOut
+        );
+        assert!(!poller.board().others_polling(poller.slot()));
+        // begin_polling announces it, end_polling withdraws it.
+        rx.begin_polling();
+        assert!(poller.board().others_polling(poller.slot()));
+        rx.end_polling();
+        assert!(!poller.board().others_polling(poller.slot()));
     }
 
     #[test]

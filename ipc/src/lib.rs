@@ -24,7 +24,8 @@
 //!
 //! Beside the channels: [`wake_board`] — doorbell words of consumers that
 //! share a core, so that one awake there can do a producer's wake-up on the
-//! sleeper's own core (the protocol of a planned change, not used yet); [`wake_gate`] — whether a consumer that sleeps in `epoll` must be woken
+//! sleeper's own core (a channel's ends take a [`wake_board::WakeSeat`]);
+//! [`wake_gate`] — whether a consumer that sleeps in `epoll` must be woken
 //! after a post into an in-process queue (the core loops' mailboxes), so
 //! that posting to a spinning consumer costs no system call; and
 //! [`open_files`] — raising the open-files limit every region, doorbell and

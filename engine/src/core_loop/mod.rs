@@ -9,6 +9,8 @@
 //!    (dispatch to an idle worker at once, or queue);
 //! 2. poll every worker's response ring with a budget: completions are answered
 //!    (HTTP reply, or forwarded to the calling worker), internal calls admitted;
+//!    a wake-up delegated to the loop's wake board and not done within its
+//!    grace is done by the loop ([`wake_seats`]);
 //! 3. take letters from other loops (calls of functions this loop has no
 //!    workers of travel to a loop that has, see [`mailbox`]);
 //! 4. take in workers the spawner has started, and reap dead ones;

@@ -1,0 +1,191 @@
+//! Delegated wakes on a shared core, end to end (docs/architecture.md,
+//! "Delegated wakes on a shared core"): which workers the engine seats on
+//! its loop's wake board, and that a worker stopped while it holds its
+//! polling seat does not hold back the wake-ups delegated to it.
+//!
+//! The board is a memfd the engine and its seated workers map; the tests
+//! find it in a worker's `/proc/PID/fd` (its name is
+//! `nocturne-wake-board-LOOP`) and read its `polling` mask (the first 8
+//! bytes, `nocturne_ipc::wake_board::WakeBoard` is `repr(C)`) to see what the
+//! engine sees when it decides whether to delegate.
+
+mod common;
+
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{only_worker, process_state, signal, Engine};
+
+/// Echo and bar, one worker each.
+const ECHO_AND_BAR: &str = "\
+[[functions]]
+name = \"echo\"
+builtin = \"echo\"
+min_workers = 1
+max_workers = 1
+
+[[functions]]
+name = \"bar\"
+builtin = \"bar\"
+min_workers = 1
+max_workers = 1
+";
+
+/// The wake board `pid` has open, if any: `/proc/PID/fd/N`.
+fn board_of(pid: i32) -> Option<PathBuf> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    dir.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
+        std::fs::read_link(p).is_ok_and(|target| {
+            target
+                .to_string_lossy()
+                .starts_with("/memfd:nocturne-wake-board-")
+        })
+    })
+}
+
+/// The board's `polling` mask: bit `i`, slot `i` announced that it polls.
+fn polling_mask(board: &PathBuf) -> u64 {
+    let file = std::fs::File::open(board).unwrap_or_else(|e| panic!("{board:?}: {e}"));
+    let mut word = [0u8; 8];
+    file.read_exact_at(&mut word, 0)
+        .unwrap_or_else(|e| panic!("{board:?}: {e}"));
+    u64::from_le_bytes(word)
+}
+
+/// Foo→bar answers exactly.
+fn chain_works(engine: &Engine) {
+    let r = engine.post("/function/foo", b"seat");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "From function Foo: From function Bar: seat");
+}
+
+#[test]
+fn yielding_workers_share_their_loops_board_and_no_other_worker_has_one() {
+    let engine = Engine::start(&["--worker-poll", "yield"]);
+    chain_works(&engine);
+    let workers = engine.all_workers();
+    assert!(workers.len() >= 3, "{workers:?}");
+    let mut boards = Vec::new();
+    for (pid, function) in &workers {
+        let board = board_of(*pid)
+            .unwrap_or_else(|| engine.fail(&format!("worker {function} pid {pid} has no board")));
+        boards.push(std::fs::metadata(&board).unwrap().ino());
+    }
+    boards.dedup();
+    assert_eq!(boards.len(), 1, "one loop, one board: {boards:?}");
+    assert!(
+        engine
+            .log_text()
+            .contains("workers wait yield, wakes delegated on the shared core"),
+        "{}",
+        engine.log_text()
+    );
+    drop(engine);
+
+    for args in [
+        &["--worker-poll", "yield", "--delegate-wakes", "false"][..],
+        &["--worker-poll", "park"][..],
+    ] {
+        let engine = Engine::start(args);
+        chain_works(&engine);
+        for (pid, function) in engine.all_workers() {
+            assert_eq!(
+                board_of(pid),
+                None,
+                "{args:?}: worker {function} pid {pid} has a board"
+            );
+        }
+        assert!(
+            !engine.log_text().contains("wakes delegated"),
+            "{args:?}: {}",
+            engine.log_text()
+        );
+    }
+}
+
+/// Resumes a stopped process when the test ends, passed or not.
+struct Resume(i32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        signal(self.0, libc::SIGCONT);
+    }
+}
+
+/// Waits until `pid` is in state `want` (`T`: stopped).
+fn wait_state(pid: i32, want: char) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while process_state(pid) != Some(want) {
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} is {:?}, not {want}",
+            process_state(pid)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_worker_stopped_while_it_polls_does_not_hold_back_the_wakes_delegated_to_it() {
+    // Idle workers yield for a whole second before they park: the echo
+    // worker, called once, still polls when it is stopped.
+    let engine = Engine::builder()
+        .config(ECHO_AND_BAR)
+        .args(["--worker-poll", "yield", "--worker-spin-us", "1000000"])
+        .start();
+    let echo = only_worker(&engine, "echo");
+    let bar = only_worker(&engine, "bar");
+    let board = board_of(bar).expect("bar is seated");
+    // Both idle past their yield budget: parked, nobody polls.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // Echo answers, goes back to polling (nobody else polls), and is
+    // stopped there, its polling bit set. A worker that found its core
+    // contended parks at once instead; then try again.
+    let mut stopped = None;
+    for _ in 0..5 {
+        let r = engine.post("/function/echo", b"poll");
+        assert_eq!(r.status, 200, "{}", r.text());
+        signal(echo, libc::SIGSTOP);
+        let resume = Resume(echo);
+        wait_state(echo, 'T');
+        if polling_mask(&board) != 0 {
+            stopped = Some(resume);
+            break;
+        }
+        drop(resume);
+        std::thread::sleep(Duration::from_millis(1200));
+    }
+    let _resume =
+        stopped.unwrap_or_else(|| engine.fail("the echo worker was never stopped while it polled"));
+
+    // Each call to bar: bar sleeps, and the board says a worker polls, so
+    // the engine delegates its wake to the stopped one. The engine's grace
+    // period must wake bar itself; without it every call would wait out
+    // its deadline.
+    for i in 0..20 {
+        let body = format!("call {i}");
+        let started = Instant::now();
+        let r = engine.post("/function/bar", body.as_bytes());
+        assert_eq!(r.status, 200, "call {i}: {}", r.text());
+        assert_eq!(r.text(), format!("From function Bar: {body}"));
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "call {i} took {:?}",
+            started.elapsed()
+        );
+    }
+    assert_ne!(
+        polling_mask(&board),
+        0,
+        "the stopped worker still holds its polling seat: the wakes were delegated to it"
+    );
+    assert_eq!(process_state(echo), Some('T'));
+
+    // Resumed, it serves again.
+    drop(_resume);
+    let r = engine.post("/function/echo", b"again");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "again");
+}
