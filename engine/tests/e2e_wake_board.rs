@@ -17,20 +17,19 @@ use std::time::{Duration, Instant};
 
 use common::{only_worker, process_state, signal, Engine};
 
-/// Echo and bar, one worker each.
-const ECHO_AND_BAR: &str = "\
-[[functions]]
-name = \"echo\"
-builtin = \"echo\"
-min_workers = 1
-max_workers = 1
-
-[[functions]]
-name = \"bar\"
-builtin = \"bar\"
-min_workers = 1
-max_workers = 1
-";
+/// A configuration of these functions (built-ins of the same names), each
+/// with exactly `workers` workers.
+fn pools(functions: &[(&str, usize)]) -> String {
+    functions
+        .iter()
+        .map(|(name, workers)| {
+            format!(
+                "[[functions]]\nname = \"{name}\"\nbuiltin = \"{name}\"\n\
+                 min_workers = {workers}\nmax_workers = {workers}\n\n"
+            )
+        })
+        .collect()
+}
 
 /// The wake board `pid` has open, if any: `/proc/PID/fd/N`.
 fn board_of(pid: i32) -> Option<PathBuf> {
@@ -131,7 +130,7 @@ fn a_worker_stopped_while_it_polls_does_not_hold_back_the_wakes_delegated_to_it(
     // Idle workers yield for a whole second before they park: the echo
     // worker, called once, still polls when it is stopped.
     let engine = Engine::builder()
-        .config(ECHO_AND_BAR)
+        .config(&pools(&[("echo", 1), ("bar", 1)]))
         .args(["--worker-poll", "yield", "--worker-spin-us", "1000000"])
         .start();
     let echo = only_worker(&engine, "echo");
@@ -188,4 +187,81 @@ fn a_worker_stopped_while_it_polls_does_not_hold_back_the_wakes_delegated_to_it(
     let r = engine.post("/function/echo", b"again");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.text(), "again");
+}
+
+#[test]
+fn chains_answer_while_seated_workers_are_stopped_and_resumed_at_random() {
+    // Foo and bar with two workers each: four seats, two chains at a time.
+    let engine = Engine::builder()
+        .config(&pools(&[("foo", 2), ("bar", 2)]))
+        .args(["--worker-poll", "yield"])
+        .start();
+    let workers: Vec<i32> = engine.all_workers().into_iter().map(|(p, _)| p).collect();
+    assert_eq!(workers.len(), 4, "{workers:?}");
+    let addr = engine.addr();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+    // Stops a worker (busy, polling or parked: whatever it is doing) for
+    // 1–20 ms, resumes it, and again, until told to stop.
+    let chaos = {
+        let stop = stop.clone();
+        let workers = workers.clone();
+        std::thread::spawn(move || {
+            let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+            let mut stops = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let pid = workers[(x % workers.len() as u64) as usize];
+                signal(pid, libc::SIGSTOP);
+                let _resume = Resume(pid);
+                std::thread::sleep(Duration::from_millis(1 + (x >> 8) % 20));
+                stops += 1;
+            }
+            stops
+        })
+    };
+
+    let clients: Vec<_> = (0..2)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut client = common::Client::connect(addr);
+                let until = Instant::now() + Duration::from_secs(3);
+                let mut calls = 0;
+                while Instant::now() < until {
+                    let body = format!("client {c} call {calls}");
+                    let started = Instant::now();
+                    let r = client.post("/function/foo", body.as_bytes());
+                    assert_eq!(r.status, 200, "{body}: {}", r.text());
+                    assert_eq!(
+                        r.text(),
+                        format!("From function Foo: From function Bar: {body}")
+                    );
+                    // Stops last 20 ms at most; a lost wake would wait out
+                    // the 10 s deadline.
+                    assert!(
+                        started.elapsed() < Duration::from_secs(2),
+                        "{body} took {:?}",
+                        started.elapsed()
+                    );
+                    calls += 1;
+                }
+                calls
+            })
+        })
+        .collect();
+    let calls: Vec<usize> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let stops = chaos.join().unwrap();
+    assert!(stops >= 20, "only {stops} stops");
+    assert!(
+        calls.iter().all(|&n| n >= 10),
+        "calls per client: {calls:?}"
+    );
+    // All four still serve.
+    for pid in &workers {
+        assert_ne!(process_state(*pid), Some('T'), "pid {pid} left stopped");
+    }
+    chain_works(&engine);
 }

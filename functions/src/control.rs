@@ -1374,16 +1374,21 @@ mod tests {
     /// socket, the worker's, the engine end and the eventfd (kept open for
     /// the test's length: the end signals through it).
     fn engine_sends_hello(hello: &Hello) -> (UnixStream, UnixStream, EngineEnd, OwnedFd) {
+        engine_sends_hello_with(hello, None)
+    }
+
+    /// [`engine_sends_hello`], with `board` as the hello's third fd.
+    fn engine_sends_hello_with(
+        hello: &Hello,
+        board: Option<BorrowedFd<'_>>,
+    ) -> (UnixStream, UnixStream, EngineEnd, OwnedFd) {
         let (engine_sock, worker_sock) = control_socketpair().unwrap();
         let efd = eventfd();
         let end =
             EngineEnd::create_with_eventfd(&hello.channel, "control-test", efd.as_fd()).unwrap();
-        send(
-            &engine_sock,
-            &ControlMessage::Hello(hello.clone()),
-            &[end.region_fd(), efd.as_fd()],
-        )
-        .unwrap();
+        let mut fds = vec![end.region_fd(), efd.as_fd()];
+        fds.extend(board);
+        send(&engine_sock, &ControlMessage::Hello(hello.clone()), &fds).unwrap();
         (engine_sock, worker_sock, end, efd)
     }
 
@@ -1432,17 +1437,9 @@ mod tests {
             wake_slot: Some(Slot::new(9).unwrap()),
             ..engine_hello("foo")
         };
-        let (engine_sock, worker_sock) = control_socketpair().unwrap();
-        let efd = eventfd();
-        let end =
-            EngineEnd::create_with_eventfd(&hello.channel, "control-test", efd.as_fd()).unwrap();
         let board = SharedWakeBoard::create("control-test-board").unwrap();
-        send(
-            &engine_sock,
-            &ControlMessage::Hello(hello.clone()),
-            &[end.region_fd(), efd.as_fd(), board.fd()],
-        )
-        .unwrap();
+        let (_engine_sock, worker_sock, _end, _efd) =
+            engine_sends_hello_with(&hello, Some(board.fd()));
         let boot = connect(worker_sock, "foo").unwrap();
         let (_tx, rx) = boot.end.split();
         let seat = rx.seat().expect("the receiver is seated").clone();
@@ -1492,17 +1489,10 @@ mod tests {
             wake_slot: Some(Slot::new(1).unwrap()),
             ..engine_hello("foo")
         };
-        let (engine_sock, worker_sock) = control_socketpair().unwrap();
-        let efd = eventfd();
-        let end =
-            EngineEnd::create_with_eventfd(&hello.channel, "control-test", efd.as_fd()).unwrap();
         // An eventfd where the board's memfd belongs.
-        send(
-            &engine_sock,
-            &ControlMessage::Hello(hello),
-            &[end.region_fd(), efd.as_fd(), efd.as_fd()],
-        )
-        .unwrap();
+        let not_a_board = eventfd();
+        let (engine_sock, worker_sock, _end, _efd) =
+            engine_sends_hello_with(&hello, Some(not_a_board.as_fd()));
         let err = connect(worker_sock, "foo").err().expect("must refuse");
         assert!(matches!(err, ControlError::WakeBoard(_)), "{err}");
         let (msg, _) = recv(&engine_sock, 0).unwrap().unwrap();

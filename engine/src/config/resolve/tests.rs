@@ -775,14 +775,6 @@ fn the_summary_says_when_wakes_are_delegated() {
 
 #[test]
 fn delegate_wakes_without_yielding_workers_is_warned_about() {
-    let warnings = |text: &str, ov: &Overrides| -> Vec<String> {
-        resolve_text(text, ov, TWO_CORES)
-            .unwrap()
-            .warnings
-            .iter()
-            .map(ToString::to_string)
-            .collect()
-    };
     assert_eq!(
         warnings(
             &format!("worker_poll = \"park\"\ndelegate_wakes = true\n{ONE_ECHO}"),
@@ -1006,16 +998,18 @@ fn validation_messages_name_what_was_set() {
     );
 }
 
+/// The warnings `text` (with `ov`) resolves with, on two cores.
+fn warnings(text: &str, ov: &Overrides) -> Vec<String> {
+    resolve_text(text, ov, TWO_CORES)
+        .unwrap()
+        .warnings
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
 #[test]
 fn settings_without_effect_are_accepted_with_a_warning() {
-    let warnings = |text: &str, ov: &Overrides| -> Vec<String> {
-        resolve_text(text, ov, TWO_CORES)
-            .unwrap()
-            .warnings
-            .iter()
-            .map(ToString::to_string)
-            .collect()
-    };
     let none = Overrides::default();
     assert_eq!(
         warnings(
