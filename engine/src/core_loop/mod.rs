@@ -45,7 +45,7 @@ use crate::worker::{Backoff, SpawnError, Spawner, Worker};
 
 pub(crate) use calls::{Call, Origin};
 pub(crate) use mailbox::{post_offices, PostOffice};
-use wake_seats::{WakeSeats, DELEGATION_GRACE};
+use wake_seats::WakeSeats;
 use workers::WorkerSlot;
 
 /// Epoll token of the loop's eventfd (ring doorbells, spawner, stop).
@@ -317,7 +317,9 @@ impl<T: Transport> CoreLoop<T> {
                 continue;
             }
             let Some(spin) = spin_budget else { continue };
-            let polling = self.st.now.duration_since(last_work) < spin;
+            // A delegated wake not yet settled keeps the loop awake: its
+            // grace is µs, an epoll sleep lasts a millisecond at least.
+            let polling = self.st.delegations > 0 || self.st.now.duration_since(last_work) < spin;
             if polling && !yield_when_idle {
                 std::hint::spin_loop();
                 continue;
@@ -435,10 +437,6 @@ impl LoopState {
     }
 
     fn sleep_budget(&self) -> Duration {
-        // A delegated wake is settled after its grace period, asleep or not.
-        if self.delegations > 0 {
-            return DELEGATION_GRACE;
-        }
         // Timers need the loop back when calls are in flight or queued.
         if self.calls.is_empty() {
             MAX_SLEEP

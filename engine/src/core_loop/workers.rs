@@ -79,7 +79,7 @@ pub(crate) const STUCK_GRACE: Duration = Duration::from_secs(1);
 impl WorkerSlot {
     /// Sends one message into its request ring, noting `now` when the wake
     /// it needed was delegated to the wake board (the loop settles it after
-    /// [`DELEGATION_GRACE`](super::DELEGATION_GRACE)); `delegations` is
+    /// [`DELEGATION_GRACE`](super::wake_seats::DELEGATION_GRACE)); `delegations` is
     /// the loop's count of workers with such a wake pending.
     pub fn try_send(
         &mut self,
@@ -101,7 +101,9 @@ impl WorkerSlot {
     /// Returns whether one was pending and is settled now.
     fn settle_delegation(&mut self, now: Instant) -> bool {
         match self.delegated_at {
-            Some(at) if now.saturating_duration_since(at) >= super::DELEGATION_GRACE => {
+            Some(at)
+                if now.saturating_duration_since(at) >= super::wake_seats::DELEGATION_GRACE =>
+            {
                 self.delegated_at = None;
                 self.sender.settle_delegated_wake();
                 true
