@@ -265,3 +265,58 @@ fn chains_answer_while_seated_workers_are_stopped_and_resumed_at_random() {
     }
     chain_works(&engine);
 }
+
+/// The doorbell words of a board (after its two 8-byte masks), all 64.
+const DOORBELLS: std::ops::Range<u64> = 16..16 + 64 * 4;
+
+#[test]
+fn a_worker_that_marks_everyone_awake_on_the_board_does_not_stall_them() {
+    // Idle workers park after 50 µs; the board is then full of sleepers.
+    let engine = Engine::builder()
+        .config(&pools(&[("echo", 1), ("bar", 1)]))
+        .args(["--worker-poll", "yield"])
+        .start();
+    let bar = only_worker(&engine, "bar");
+    let board = board_of(bar).expect("bar is seated");
+    // The test plays a worker gone bad: it writes AWAKE (0) over every
+    // doorbell word of the board, again and again, so the engine sees no
+    // sleeper to wake when it hands bar a call.
+    let liar = {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&board)
+            .unwrap_or_else(|e| panic!("{board:?}: {e}"));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let awake = [0u8; (DOORBELLS.end - DOORBELLS.start) as usize];
+            let mut writes = 0u64;
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                file.write_all_at(&awake, DOORBELLS.start).unwrap();
+                writes += 1;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            writes
+        });
+        (stop, thread)
+    };
+    for i in 0..20 {
+        // Let bar go back to sleep (its yield budget is 50 µs).
+        std::thread::sleep(Duration::from_millis(5));
+        let body = format!("call {i}");
+        let started = Instant::now();
+        let r = engine.post("/function/bar", body.as_bytes());
+        assert_eq!(r.status, 200, "call {i}: {}", r.text());
+        assert_eq!(r.text(), format!("From function Bar: {body}"));
+        // Without the loop's watch, a call whose wake was suppressed
+        // would wait out its 10 s deadline.
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "call {i} took {:?}",
+            started.elapsed()
+        );
+    }
+    liar.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = liar.1.join().unwrap();
+    assert!(writes >= 20, "the liar wrote only {writes} times");
+}

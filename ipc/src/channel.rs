@@ -702,9 +702,6 @@ pub struct Sender<R: Region = MemfdRegion> {
     /// The receiver's seat on a wake board, when it has one: its doorbell
     /// word is there, and its wake-ups are delegated ([`Sender::take_seat`]).
     seat: Option<WakeSeat>,
-    /// The ring's head when a wake was last delegated, until
-    /// [`Sender::settle_delegated_wake`] looks at it.
-    delegated_at_head: Cell<Option<u64>>,
     /// A wake was delegated since [`Sender::take_new_delegation`] last said so.
     new_delegation: Cell<bool>,
     max_inline: usize,
@@ -758,7 +755,6 @@ impl<R: Region> Sender<R> {
             doorbell,
             bell,
             seat: None,
-            delegated_at_head: Cell::new(None),
             new_delegation: Cell::new(false),
             max_inline: cfg.max_inline(),
             max_payload: cfg.max_payload(),
@@ -921,7 +917,7 @@ impl<R: Region> Sender<R> {
     /// A seated receiver's wake is handed to a consumer polling on its
     /// board if there is one ([`WakeBoard::delegate`](crate::wake_board::WakeBoard::delegate)):
     /// the caller then checks on it later ([`take_new_delegation`](Self::take_new_delegation),
-    /// [`settle_delegated_wake`](Self::settle_delegated_wake)).
+    /// [`wake_if_unreleased`](Self::wake_if_unreleased)).
     #[inline]
     pub fn notify(&self) {
         if self.doorbell.should_wake() {
@@ -939,10 +935,7 @@ impl<R: Region> Sender<R> {
         };
         match seat.board().delegate(seat.slot()) {
             Delegation::WakeYourself => seat.board().wake(seat.slot()),
-            Delegation::Delegated => {
-                self.delegated_at_head.set(Some(self.ring.head()));
-                self.new_delegation.set(true);
-            }
+            Delegation::Delegated => self.new_delegation.set(true),
         }
     }
 
@@ -962,31 +955,31 @@ impl<R: Region> Sender<R> {
         self.seat.as_ref()
     }
 
-    /// True once for each run of delegated wakes: the caller then makes a
-    /// note to [`settle`](Self::settle_delegated_wake) them after a grace
-    /// period.
+    /// Whether a wake was delegated since the last call (the caller then
+    /// checks, after a grace period, that it was done:
+    /// [`wake_if_unreleased`](Self::wake_if_unreleased)).
     pub fn take_new_delegation(&self) -> bool {
         self.new_delegation.replace(false)
     }
 
-    /// After a grace period: if the receiver has not released everything
-    /// sent up to the last delegated wake, the wake was not done (a poller
-    /// stopped or died, or a peer took the request without waking), so this
-    /// sender takes the request back and wakes the receiver itself; a spare
-    /// wake is harmless. Returns whether it woke.
-    pub fn settle_delegated_wake(&mut self) -> bool {
-        self.new_delegation.set(false);
-        let Some(head) = self.delegated_at_head.take() else {
+    /// For a seated receiver, after a grace period: if it has not released
+    /// everything sent, its wake may not have happened — a poller stopped
+    /// or died, a peer took the request without waking, or a peer wrote
+    /// `AWAKE` over the receiver's word on the board so that `notify` saw
+    /// no sleeper — so this sender takes back any delegated request and
+    /// wakes the receiver itself; a spare wake is harmless. Returns whether
+    /// it woke. No-op without a seat (the ring's word is shared with the
+    /// receiver alone).
+    pub fn wake_if_unreleased(&mut self) -> bool {
+        let Some(seat) = &self.seat else {
             return false;
         };
         // A release index that does not read back cleanly is a broken peer;
         // the wake is the safe answer, and the next send reports the error.
+        let head = self.ring.head();
         if self.ring.released().is_ok_and(|released| released >= head) {
             return false;
         }
-        let Some(seat) = &self.seat else {
-            return false;
-        };
         // Whoever holds the request now (us, or a poller that claimed it
         // and has not woken), the receiver gets a wake from here.
         let _ = seat.board().reclaim(seat.slot());
@@ -1738,7 +1731,7 @@ mod tests {
             assert_eq!(outcome, WaitOutcome::Ready, "round {i}");
             rx = back;
             // Taken in time: nothing for the sender to settle.
-            assert!(!tx.settle_delegated_wake(), "round {i}");
+            assert!(!tx.wake_if_unreleased(), "round {i}");
         }
         // No poller: the sender wakes the receiver itself.
         assert_eq!(poller.board().leave_poll(poller.slot()), 0);
@@ -1762,10 +1755,34 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         assert!(!waiting.is_finished(), "nobody woke the receiver yet");
         // The grace period is over: the sender takes the wake back.
-        assert!(tx.settle_delegated_wake());
+        assert!(tx.wake_if_unreleased());
         let (_rx, outcome) = waiting.join().unwrap();
         assert_eq!(outcome, WaitOutcome::Ready);
-        assert!(!tx.settle_delegated_wake(), "settled once");
+        assert!(!tx.wake_if_unreleased(), "settled once");
+    }
+
+    #[test]
+    fn a_sleeper_whose_word_a_peer_overwrote_is_woken_by_the_sender_after_all() {
+        let (mut tx, rx, peer) = seated_pair();
+        let waiting = receive_parked(rx, 5);
+        until_asleep(&peer);
+        // Well into its FUTEX_WAIT (a word changed before it would only
+        // make it re-arm).
+        std::thread::sleep(Duration::from_millis(20));
+        // Another consumer of the board writes AWAKE over the sleeper's
+        // word: `notify` then sees nobody to wake.
+        let word = peer
+            .board()
+            .doorbell_word(crate::wake_board::Slot::new(0).unwrap());
+        word.store(doorbell::AWAKE, std::sync::atomic::Ordering::Release);
+        tx.try_send(&header(5), b"x").unwrap();
+        assert!(!tx.take_new_delegation());
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!waiting.is_finished(), "the sleeper missed its wake");
+        // The message was not taken in time: the sender wakes.
+        assert!(tx.wake_if_unreleased());
+        assert_eq!(waiting.join().unwrap().1, WaitOutcome::Ready);
+        assert!(!tx.wake_if_unreleased(), "taken now");
     }
 
     #[test]

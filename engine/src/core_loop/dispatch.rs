@@ -328,7 +328,7 @@ impl LoopState {
             ..Header::default()
         };
         let slot = self.workers.get_mut(w).expect("idle worker exists");
-        slot.try_send(&header, payload, self.now, &mut self.delegations)?;
+        slot.try_send(&header, payload, self.now, &mut self.wake_watch)?;
         slot.busy = Some(key);
         call.worker = Some(w);
         call.dispatched_ns = self.now_ns;
@@ -582,7 +582,7 @@ impl LoopState {
                 if self.workers.get(worker).is_some() {
                     self.adjust_outstanding(worker, -1);
                     let slot = self.workers.get_mut(worker).expect("checked");
-                    slot.send_or_queue(&header, outcome.payload, self.now, &mut self.delegations);
+                    slot.send_or_queue(&header, outcome.payload, self.now, &mut self.wake_watch);
                 }
             }
             Origin::Remote { from, token } => self.answer_forwarded(from, token, call, outcome),
@@ -621,7 +621,7 @@ impl LoopState {
                 ..Header::default()
             };
             if let Some(slot) = st.workers.get_mut(w) {
-                slot.send_or_queue(&header, msg.as_bytes(), st.now, &mut st.delegations);
+                slot.send_or_queue(&header, msg.as_bytes(), st.now, &mut st.wake_watch);
             }
         };
         let callee = header.function_id;

@@ -9,8 +9,8 @@
 //!    (dispatch to an idle worker at once, or queue);
 //! 2. poll every worker's response ring with a budget: completions are answered
 //!    (HTTP reply, or forwarded to the calling worker), internal calls admitted;
-//!    a wake-up delegated to the loop's wake board and not done within its
-//!    grace is done by the loop ([`wake_seats`]);
+//!    a seated worker that has not taken what was sent to it within a grace
+//!    period is woken by the loop ([`wake_seats`]);
 //! 3. take letters from other loops (calls of functions this loop has no
 //!    workers of travel to a loop that has, see [`mailbox`]);
 //! 4. take in workers the spawner has started, and reap dead ones;
@@ -45,7 +45,7 @@ use crate::worker::{Backoff, SpawnError, Spawner, Worker};
 
 pub(crate) use calls::{Call, Origin};
 pub(crate) use mailbox::{post_offices, PostOffice};
-use wake_seats::WakeSeats;
+use wake_seats::{WakeSeats, WakeWatch};
 use workers::WorkerSlot;
 
 /// Epoll token of the loop's eventfd (ring doorbells, spawner, stop).
@@ -181,9 +181,8 @@ pub(crate) struct LoopState {
     /// The wake board of this loop's yielding workers (`None`: workers
     /// that do not yield, or delegation is off).
     pub wake_seats: Option<WakeSeats>,
-    /// Workers with a delegated wake not yet settled (a hint: the loop
-    /// looks at their `delegated_at` only while this is non-zero).
-    pub delegations: usize,
+    /// Seated workers' messages not yet seen taken (module `wake_seats`).
+    pub wake_watch: WakeWatch,
 }
 
 impl<T: Transport> CoreLoop<T> {
@@ -265,7 +264,7 @@ impl<T: Transport> CoreLoop<T> {
                 drain_deadline: None,
                 mail: None,
                 wake_seats,
-                delegations: 0,
+                wake_watch: WakeWatch::default(),
             },
         })
     }
@@ -319,7 +318,8 @@ impl<T: Transport> CoreLoop<T> {
             let Some(spin) = spin_budget else { continue };
             // A delegated wake not yet settled keeps the loop awake: its
             // grace is µs, an epoll sleep lasts a millisecond at least.
-            let polling = self.st.delegations > 0 || self.st.now.duration_since(last_work) < spin;
+            let polling =
+                self.st.wake_watch.keeps_awake() || self.st.now.duration_since(last_work) < spin;
             if polling && !yield_when_idle {
                 std::hint::spin_loop();
                 continue;

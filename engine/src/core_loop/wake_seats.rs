@@ -6,14 +6,21 @@
 //! (its slot travels in the hello, the board's memfd beside the channel's),
 //! and the loop's sender to it takes the same seat: from then on, a wake-up
 //! the loop owes that worker is handed to a worker polling on the board, on
-//! the sleeper's own core, when one is. What the loop must still do is
-//! settle each delegated wake after [`DELEGATION_GRACE`]: a poller that
-//! stopped or died, or that took the request without waking (workers are
-//! not trusted), must not leave a worker asleep with its message.
+//! the sleeper's own core, when one is.
+//!
+//! Workers are not trusted, and a board is shared by all of a loop's seated
+//! workers: one of them may stop or die while it polls, take a request
+//! without waking anyone, or write `AWAKE` over another's doorbell word so
+//! that the loop thinks a sleeper is up. None of that may leave a worker
+//! asleep with its message. So the loop watches every message it sends to
+//! a seated worker ([`WakeWatch`]) until the worker has released it, and
+//! wakes the worker itself when it has not within a grace period:
+//! [`DELEGATION_GRACE`] when the wake was delegated, during which the loop
+//! stays awake, and [`UNCONFIRMED_GRACE`] otherwise.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nocturne_ipc::region::RegionError;
 use nocturne_ipc::wake_board::{SharedWakeBoard, Slot, WakeSeat, BOARD_SLOTS};
@@ -26,6 +33,95 @@ use nocturne_ipc::wake_board::{SharedWakeBoard, Slot, WakeSeat, BOARD_SLOTS};
 /// this bounds. A wake done twice is harmless, so erring short costs one
 /// system call of the loop's.
 pub(crate) const DELEGATION_GRACE: Duration = Duration::from_micros(50);
+
+/// How long a message sent to a seated worker whose wake was not delegated
+/// may stay unreleased before the loop wakes the worker anyway (the loop
+/// woke it, or it was awake, unless another worker lied on the board).
+/// Long, so that a worker that is merely slow to get its core (a busy
+/// shared core queues it for a while) does not cost the loop a system call
+/// per message; the loop looks at it when it looks at its timers.
+pub(crate) const UNCONFIRMED_GRACE: Duration = Duration::from_millis(1);
+
+/// A message sent to a seated worker that the worker has not been seen to
+/// take yet.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Unconfirmed {
+    /// When the first such message was sent.
+    since: Instant,
+    /// Whether a wake it needed was delegated to the board.
+    delegated: bool,
+}
+
+/// The loop's count of its seated workers with unconfirmed messages.
+#[derive(Debug, Default)]
+pub(crate) struct WakeWatch {
+    /// Workers with an [`Unconfirmed`] message.
+    watched: usize,
+    /// Of those, the ones whose wake was delegated: while there are any,
+    /// the loop does not sleep (an epoll sleep lasts a millisecond at
+    /// least, the grace is µs).
+    delegated: usize,
+}
+
+impl WakeWatch {
+    /// Whether any message is watched (the loop then checks its workers).
+    pub(crate) fn any(&self) -> bool {
+        self.watched > 0
+    }
+
+    /// Whether a delegated wake is watched (the loop then stays awake).
+    pub(crate) fn keeps_awake(&self) -> bool {
+        self.delegated > 0
+    }
+
+    /// Notes a message just sent to a seated worker whose watch is `entry`;
+    /// `delegated`: its wake was delegated.
+    pub(crate) fn sent(&mut self, entry: &mut Option<Unconfirmed>, now: Instant, delegated: bool) {
+        match entry {
+            None => {
+                *entry = Some(Unconfirmed {
+                    since: now,
+                    delegated,
+                });
+                self.watched += 1;
+                self.delegated += usize::from(delegated);
+            }
+            Some(u) if delegated && !u.delegated => {
+                // The grace of a delegated wake runs from now.
+                *u = Unconfirmed {
+                    since: now,
+                    delegated,
+                };
+                self.delegated += 1;
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Takes `entry` out of the watch if its grace is over at `now` (the
+    /// caller then makes sure the worker is awake); whether it did.
+    pub(crate) fn due(&mut self, entry: &mut Option<Unconfirmed>, now: Instant) -> bool {
+        let Some(u) = *entry else { return false };
+        let grace = if u.delegated {
+            DELEGATION_GRACE
+        } else {
+            UNCONFIRMED_GRACE
+        };
+        if now.saturating_duration_since(u.since) < grace {
+            return false;
+        }
+        self.forget(entry);
+        true
+    }
+
+    /// Takes `entry` out of the watch (its worker is gone).
+    pub(crate) fn forget(&mut self, entry: &mut Option<Unconfirmed>) {
+        if let Some(u) = entry.take() {
+            self.watched -= 1;
+            self.delegated -= usize::from(u.delegated);
+        }
+    }
+}
 
 /// A loop's board and which of its slots are free.
 pub(crate) struct WakeSeats {

@@ -19,7 +19,7 @@ use nocturne_net::Transport;
 use nocturne_functions::protocol::STATUS_WORKER_CRASHED;
 
 use super::calls::call_id;
-use super::wake_seats::WakeSeats;
+use super::wake_seats::{Unconfirmed, WakeSeats, WakeWatch};
 use super::{LoopState, RING_BUDGET, WORKER_TOKEN_BASE};
 use crate::slab::Key;
 use crate::worker::{ExitStatus, SpawnRequest, Worker};
@@ -55,8 +55,8 @@ pub(crate) struct WorkerSlot {
     pub own_core: Option<usize>,
     /// Its seat on the loop's wake board, given back when it goes.
     pub seat: Option<Slot>,
-    /// When a wake of it was first delegated and not yet settled.
-    pub delegated_at: Option<Instant>,
+    /// A message sent to it (seated) that it has not been seen to take.
+    pub unconfirmed: Option<Unconfirmed>,
 }
 
 /// Why a worker leaves its loop.
@@ -77,38 +77,28 @@ enum Departure {
 pub(crate) const STUCK_GRACE: Duration = Duration::from_secs(1);
 
 impl WorkerSlot {
-    /// Sends one message into its request ring, noting `now` when the wake
-    /// it needed was delegated to the wake board (the loop settles it after
-    /// [`DELEGATION_GRACE`](super::wake_seats::DELEGATION_GRACE)); `delegations` is
-    /// the loop's count of workers with such a wake pending.
+    /// Sends one message into its request ring; a seated worker's message
+    /// is watched until it is taken (module `wake_seats`).
     pub fn try_send(
         &mut self,
         header: &Header,
         payload: &[u8],
         now: Instant,
-        delegations: &mut usize,
+        watch: &mut WakeWatch,
     ) -> Result<(), SendError> {
         self.sender.try_send(header, payload)?;
-        if self.sender.take_new_delegation() && self.delegated_at.is_none() {
-            self.delegated_at = Some(now);
-            *delegations += 1;
+        if self.seat.is_some() {
+            let delegated = self.sender.take_new_delegation();
+            watch.sent(&mut self.unconfirmed, now, delegated);
         }
         Ok(())
     }
 
-    /// Settles a delegated wake once its grace period is over: the loop
-    /// wakes the worker itself if it has not taken its message by then.
-    /// Returns whether one was pending and is settled now.
-    fn settle_delegation(&mut self, now: Instant) -> bool {
-        match self.delegated_at {
-            Some(at)
-                if now.saturating_duration_since(at) >= super::wake_seats::DELEGATION_GRACE =>
-            {
-                self.delegated_at = None;
-                self.sender.settle_delegated_wake();
-                true
-            }
-            _ => false,
+    /// Once the grace of its unconfirmed message is over, makes sure the
+    /// worker is awake if it has not taken everything sent.
+    fn check_unconfirmed(&mut self, now: Instant, watch: &mut WakeWatch) {
+        if watch.due(&mut self.unconfirmed, now) {
+            self.sender.wake_if_unreleased();
         }
     }
 
@@ -119,10 +109,10 @@ impl WorkerSlot {
         header: &Header,
         payload: &[u8],
         now: Instant,
-        delegations: &mut usize,
+        watch: &mut WakeWatch,
     ) {
         if self.backlog.is_empty() {
-            match self.try_send(header, payload, now, delegations) {
+            match self.try_send(header, payload, now, watch) {
                 Ok(()) => return,
                 Err(SendError::RingFull) | Err(SendError::ArenaFull) => {}
                 Err(SendError::Protocol(e)) => {
@@ -147,9 +137,9 @@ impl WorkerSlot {
     }
 
     /// Sends what the backlog holds, in order, until the ring is full again.
-    fn flush_backlog(&mut self, now: Instant, delegations: &mut usize) {
+    fn flush_backlog(&mut self, now: Instant, watch: &mut WakeWatch) {
         while let Some((header, payload)) = self.backlog.pop_front() {
-            match self.try_send(&header, &payload, now, delegations) {
+            match self.try_send(&header, &payload, now, watch) {
                 Ok(()) | Err(SendError::TooLarge { .. }) => {}
                 Err(SendError::Protocol(e)) => {
                     self.broken = Some(format!("corrupt release position: {e}"));
@@ -186,12 +176,12 @@ impl LoopState {
             // to 2.17 M turns/s (676 → 460 ns a turn; 1 worker: 450 → 430).
             // A worker marked broken (by a send that found its ring
             // corrupt) still goes the whole way: it is disconnected below.
-            if self.delegations > 0 && slot.settle_delegation(self.now) {
-                self.delegations -= 1;
+            if self.wake_watch.any() {
+                slot.check_unconfirmed(self.now, &mut self.wake_watch);
             }
             if slot.receiver.as_ref().is_none_or(|r| r.is_empty()) {
                 if !slot.backlog.is_empty() {
-                    slot.flush_backlog(self.now, &mut self.delegations);
+                    slot.flush_backlog(self.now, &mut self.wake_watch);
                 }
                 if slot.broken.is_none() {
                     continue;
@@ -206,7 +196,7 @@ impl LoopState {
                     break;
                 };
                 if !slot.backlog.is_empty() {
-                    slot.flush_backlog(self.now, &mut self.delegations);
+                    slot.flush_backlog(self.now, &mut self.wake_watch);
                 }
                 let msg = match receiver.try_recv() {
                     Ok(None) => break,
@@ -317,7 +307,7 @@ impl LoopState {
             killed_as_stuck: false,
             own_core,
             seat,
-            delegated_at: None,
+            unconfirmed: None,
         };
         let key = self.workers.insert(slot);
         let pidfd = self
@@ -422,9 +412,8 @@ impl LoopState {
         }
         self.give_back_core(slot.own_core);
         self.give_back_seat(slot.seat);
-        if slot.delegated_at.is_some() {
-            self.delegations -= 1;
-        }
+        let mut slot = slot;
+        self.wake_watch.forget(&mut slot.unconfirmed);
         let requeued = match slot.busy {
             Some(call) => self.hand_back_or_fail(call, slot, departure, why, server),
             None => false,
