@@ -39,7 +39,9 @@ pub(crate) const DELEGATION_GRACE: Duration = Duration::from_micros(50);
 /// woke it, or it was awake, unless another worker lied on the board).
 /// Long, so that a worker that is merely slow to get its core (a busy
 /// shared core queues it for a while) does not cost the loop a system call
-/// per message; the loop looks at it when it looks at its timers.
+/// per message. A loop asleep in epoll is back within its timer period
+/// (1 ms) while calls are in flight, and a watched message always belongs
+/// to one.
 pub(crate) const UNCONFIRMED_GRACE: Duration = Duration::from_millis(1);
 
 /// A message sent to a seated worker that the worker has not been seen to
