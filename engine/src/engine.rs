@@ -91,7 +91,7 @@ pub(crate) fn channel_config(config: &Config, f: usize) -> ChannelConfig {
 /// workers share cores with each other (docs/architecture.md, "Delegated
 /// wakes on a shared core").
 pub(crate) fn delegates_wakes(config: &Config) -> bool {
-    config.delegate_wakes && matches!(worker_wait(config), WaitPolicy::Yield { .. })
+    config.delegates_wakes()
 }
 
 /// How workers wait for work, from `--worker-poll` and `--worker-spin-us`.

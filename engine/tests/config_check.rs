@@ -548,9 +548,10 @@ fn settings_without_effect_are_warned_about() {
 fn delegate_wakes_is_shown_set_and_refused_when_not_a_boolean() {
     let delegated = "yields 50us, then parks, wakes delegated on the shared core;";
     let dir = Scratch::new();
+    // Workers sharing core 0: seated on a board unless told otherwise.
     let file = dir.write(
         "nocturne.toml",
-        "[[functions]]\nname = \"f\"\nbuiltin = \"echo\"\n",
+        "worker_cores = \"0\"\nworker_poll = \"yield\"\n[[functions]]\nname = \"f\"\nbuiltin = \"echo\"\n",
     );
     // On by default; `config check` says so.
     let out = nocturne(&["config", "check", path_str(&file), "--cores", "0-1"], &[]);
@@ -560,7 +561,8 @@ fn delegate_wakes_is_shown_set_and_refused_when_not_a_boolean() {
     // Off in the file; the variable turns it back on, the flag off again.
     let off = dir.write(
         "off.toml",
-        "delegate_wakes = false\n[[functions]]\nname = \"f\"\nbuiltin = \"echo\"\n",
+        "delegate_wakes = false\nworker_cores = \"0\"\nworker_poll = \"yield\"\n\
+         [[functions]]\nname = \"f\"\nbuiltin = \"echo\"\n",
     );
     let out = nocturne(&["config", "check", path_str(&off), "--cores", "0-1"], &[]);
     assert!(out.status.success(), "{}", stderr(&out));

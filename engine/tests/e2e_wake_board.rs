@@ -1,6 +1,6 @@
 //! Delegated wakes on a shared core, end to end (docs/architecture.md,
 //! "Delegated wakes on a shared core"): which workers the engine seats on
-//! its loop's wake board, and that a worker stopped while it holds its
+//! its loop's wake board (yielding workers that share one core), and that a worker stopped while it holds its
 //! polling seat does not hold back the wake-ups delegated to it.
 //!
 //! The board is a memfd the engine and its seated workers map; the tests
@@ -61,7 +61,7 @@ fn chain_works(engine: &Engine) {
 
 #[test]
 fn yielding_workers_share_their_loops_board_and_no_other_worker_has_one() {
-    let engine = Engine::start(&["--worker-poll", "yield"]);
+    let engine = Engine::start(&["--worker-poll", "yield", "--worker-cores", "0"]);
     chain_works(&engine);
     let workers = engine.all_workers();
     assert!(workers.len() >= 3, "{workers:?}");
@@ -76,14 +76,23 @@ fn yielding_workers_share_their_loops_board_and_no_other_worker_has_one() {
     assert!(
         engine
             .log_text()
-            .contains("workers wait yield, wakes delegated on the shared core"),
+            .contains("workers wait yield on cores [0], wakes delegated on the shared core"),
         "{}",
         engine.log_text()
     );
     drop(engine);
 
     for args in [
-        &["--worker-poll", "yield", "--delegate-wakes", "false"][..],
+        &[
+            "--worker-poll",
+            "yield",
+            "--worker-cores",
+            "0",
+            "--delegate-wakes",
+            "false",
+        ][..],
+        // Yielding workers on any core: a board is for one core's workers.
+        &["--worker-poll", "yield"][..],
         &["--worker-poll", "park"][..],
     ] {
         let engine = Engine::start(args);
@@ -131,7 +140,14 @@ fn a_worker_stopped_while_it_polls_does_not_hold_back_the_wakes_delegated_to_it(
     // worker, called once, still polls when it is stopped.
     let engine = Engine::builder()
         .config(&pools(&[("echo", 1), ("bar", 1)]))
-        .args(["--worker-poll", "yield", "--worker-spin-us", "1000000"])
+        .args([
+            "--worker-poll",
+            "yield",
+            "--worker-cores",
+            "0",
+            "--worker-spin-us",
+            "1000000",
+        ])
         .start();
     let echo = only_worker(&engine, "echo");
     let bar = only_worker(&engine, "bar");
@@ -194,7 +210,7 @@ fn chains_answer_while_seated_workers_are_stopped_and_resumed_at_random() {
     // Foo and bar with two workers each: four seats, two chains at a time.
     let engine = Engine::builder()
         .config(&pools(&[("foo", 2), ("bar", 2)]))
-        .args(["--worker-poll", "yield"])
+        .args(["--worker-poll", "yield", "--worker-cores", "0"])
         .start();
     let workers: Vec<i32> = engine.all_workers().into_iter().map(|(p, _)| p).collect();
     assert_eq!(workers.len(), 4, "{workers:?}");
@@ -274,7 +290,7 @@ fn a_worker_that_marks_everyone_awake_on_the_board_does_not_stall_them() {
     // Idle workers park after 50 µs; the board is then full of sleepers.
     let engine = Engine::builder()
         .config(&pools(&[("echo", 1), ("bar", 1)]))
-        .args(["--worker-poll", "yield"])
+        .args(["--worker-poll", "yield", "--worker-cores", "0"])
         .start();
     let bar = only_worker(&engine, "bar");
     let board = board_of(bar).expect("bar is seated");

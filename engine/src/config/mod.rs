@@ -404,6 +404,17 @@ impl Config {
         resolve::io_shares_workers(&self.io_cores, self.worker_cores.as_deref())
     }
 
+    /// Whether the core loops seat their workers on wake boards: with
+    /// `delegate_wakes`, for yielding workers that share one core
+    /// (`worker_cores` of one core). A board is for consumers of one core:
+    /// a poller on another core would wake across cores, as the engine
+    /// does, and a worker parked beside it would have polled its call up
+    /// itself (measured only with one core: docs/benchmarks.md).
+    pub fn delegates_wakes(&self) -> bool {
+        self.delegate_wakes
+            && resolve::wake_board_applies(self.worker_poll, self.worker_cores.as_deref())
+    }
+
     /// The io cores whose loops run function `f`'s workers, when that is
     /// not every loop: `max_workers` is split over the loops, the first
     /// taking the remainder, so with fewer workers than loops only the
@@ -455,7 +466,7 @@ impl Config {
             WorkerPoll::Yield => format!(
                 "yields {}us, then parks{}",
                 self.worker_spin_us,
-                if self.delegate_wakes {
+                if self.delegates_wakes() {
                     ", wakes delegated on the shared core"
                 } else {
                     ""

@@ -438,6 +438,14 @@ pub(crate) fn resolve(
             "has no effect with {} (only yielding workers share a wake board)",
             setting(&worker_poll_source, worker_poll.as_str())
         )));
+    } else if delegate_wakes.is_some() && !wake_board_applies(worker_poll, worker_cores.as_deref())
+    {
+        warnings.push(
+            delegate_source.warning(
+                "has no effect unless the workers share one core (worker_cores of one core)"
+                    .to_string(),
+            ),
+        );
     }
     let delegate_wakes = delegate_wakes.unwrap_or(defaults::DELEGATE_WAKES);
 
@@ -482,6 +490,12 @@ fn setting(source: &Source, value: &str) -> String {
 
 /// Whether worker processes may run on an io core: their cores overlap the
 /// io cores, or they are not pinned at all.
+/// Whether `delegate_wakes` applies: to yielding workers that share one
+/// core (see [`Config::delegates_wakes`]).
+pub(crate) fn wake_board_applies(worker_poll: WorkerPoll, worker_cores: Option<&[usize]>) -> bool {
+    worker_poll == WorkerPoll::Yield && worker_cores.is_some_and(|c| c.len() == 1)
+}
+
 pub(crate) fn io_shares_workers(io_cores: &[usize], worker_cores: Option<&[usize]>) -> bool {
     worker_cores.is_none_or(|cores| cores.iter().any(|c| io_cores.contains(c)))
 }

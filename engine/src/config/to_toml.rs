@@ -9,7 +9,9 @@
 
 use std::fmt::Write as _;
 
-use super::{format_duration, format_size, Config, CoreSet, FunctionSource, PollMode, WorkerPoll};
+use super::{
+    format_duration, format_size, resolve, Config, CoreSet, FunctionSource, PollMode, WorkerPoll,
+};
 
 impl Config {
     /// A complete configuration file that resolves to this configuration.
@@ -65,9 +67,16 @@ impl Config {
             }
             _ => writeln!(out, "worker_spin_us = {}", self.worker_spin_us)?,
         }
-        // Only yielding workers are seated on a wake board.
+        // Only yielding workers that share one core are seated on a wake
+        // board.
         match self.worker_poll {
-            WorkerPoll::Yield => writeln!(out, "delegate_wakes = {}", self.delegate_wakes)?,
+            _ if resolve::wake_board_applies(self.worker_poll, self.worker_cores.as_deref()) => {
+                writeln!(out, "delegate_wakes = {}", self.delegate_wakes)?
+            }
+            WorkerPoll::Yield => writeln!(
+                out,
+                "# delegate_wakes: unused unless the workers share one core (worker_cores)"
+            )?,
             mode => writeln!(
                 out,
                 "# delegate_wakes: unused with worker_poll = \"{}\"",
@@ -171,7 +180,7 @@ mod tests {
         if expected.worker_poll == WorkerPoll::Park {
             expected.worker_spin_us = back.worker_spin_us;
         }
-        if expected.worker_poll != WorkerPoll::Yield {
+        if !resolve::wake_board_applies(expected.worker_poll, expected.worker_cores.as_deref()) {
             expected.delegate_wakes = back.delegate_wakes;
         }
         assert_eq!(back, expected, "\n{text}");
@@ -229,11 +238,12 @@ concurrency_coef = 3
 
     #[test]
     fn delegate_wakes_round_trips_with_yielding_workers_only() {
-        let on = load("[[functions]]\nname = \"e\"\nbuiltin = \"echo\"\n");
+        let one_core = "worker_cores = \"0\"\n[[functions]]\nname = \"e\"\nbuiltin = \"echo\"\n";
+        let on = load(one_core);
         assert_eq!(on.worker_poll, WorkerPoll::Yield);
         assert!(on.to_toml().contains("\ndelegate_wakes = true\n"));
         round_trips(&on);
-        let off = load("delegate_wakes = false\n[[functions]]\nname = \"e\"\nbuiltin = \"echo\"\n");
+        let off = load(&format!("delegate_wakes = false\n{one_core}"));
         assert!(!off.delegate_wakes);
         assert!(off.to_toml().contains("\ndelegate_wakes = false\n"));
         round_trips(&off);
@@ -247,6 +257,15 @@ concurrency_coef = 3
             "{text}"
         );
         round_trips(&park);
+        // Yielding workers on several cores: not seated, not written.
+        let floating = load("[[functions]]\nname = \"e\"\nbuiltin = \"echo\"\n");
+        assert_eq!(floating.worker_poll, WorkerPoll::Yield);
+        let text = floating.to_toml();
+        assert!(
+            text.contains("\n# delegate_wakes: unused unless the workers share one core"),
+            "{text}"
+        );
+        round_trips(&floating);
     }
 
     #[test]
@@ -274,7 +293,6 @@ concurrency_coef = 3
             "spin_us",
             "worker_poll",
             "worker_spin_us",
-            "delegate_wakes",
             "max_connections",
             "max_header_bytes",
             "drain_timeout",
@@ -292,5 +310,8 @@ concurrency_coef = 3
         ] {
             assert!(text.contains(&format!("\n{key} = ")), "{key}\n{text}");
         }
+        // The default's workers go on any core: no wake board, so the
+        // key is a comment there (delegate_wakes_round_trips… writes it).
+        assert!(text.contains("\n# delegate_wakes: "), "{text}");
     }
 }

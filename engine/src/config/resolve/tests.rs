@@ -704,7 +704,7 @@ fn summary_names_everything_that_matters() {
         "127.0.0.1:8080 (kernel sockets)",
         "allowed 0-1; io 1; workers not pinned (0-1)",
         "adaptive (polls 500us yielding to the workers on its cores, then epoll)",
-        "yield (yields 50us, then parks, wakes delegated on the shared core; workers are not pinned",
+        "yield (yields 50us, then parks; workers are not pinned",
         "max_connections 10000, max_header_bytes 8KiB, drain_timeout 10s",
         "functions     5",
         "foo    builtin foo; workers 1..4; timeout 10s; max_payload 1MiB; POST, GET, HEAD",
@@ -726,39 +726,53 @@ fn summary_names_everything_that_matters() {
     }
 }
 
+/// Yielding workers that share core 0 (the io loop on core 1).
+const ONE_CORE: &str = "worker_cores = \"0\"\nworker_poll = \"yield\"\n";
+
 #[test]
 fn delegate_wakes_is_on_by_default_and_the_flag_beats_the_file() {
-    let config = ok(ONE_ECHO);
-    assert!(config.delegate_wakes);
+    let config = ok(&format!("{ONE_CORE}{ONE_ECHO}"));
+    assert!(config.delegate_wakes && config.delegates_wakes());
     assert_eq!(config.delegate_wakes, defaults::DELEGATE_WAKES);
-    let config = ok(&format!("delegate_wakes = false\n{ONE_ECHO}"));
-    assert!(!config.delegate_wakes);
+    let config = ok(&format!("delegate_wakes = false\n{ONE_CORE}{ONE_ECHO}"));
+    assert!(!config.delegate_wakes && !config.delegates_wakes());
     assert_eq!(config.warnings, []);
-    assert!(ok(&format!("delegate_wakes = true\n{ONE_ECHO}")).delegate_wakes);
+    assert!(ok(&format!("delegate_wakes = true\n{ONE_CORE}{ONE_ECHO}")).delegates_wakes());
     let ov = Overrides {
         delegate_wakes: Some(true),
         ..Overrides::default()
     };
-    let text = format!("delegate_wakes = false\n{ONE_ECHO}");
-    assert!(resolve_text(&text, &ov, TWO_CORES).unwrap().delegate_wakes);
+    let text = format!("delegate_wakes = false\n{ONE_CORE}{ONE_ECHO}");
+    assert!(resolve_text(&text, &ov, TWO_CORES)
+        .unwrap()
+        .delegates_wakes());
     let ov = Overrides {
         delegate_wakes: Some(false),
         ..Overrides::default()
     };
-    let config = resolve_text(ONE_ECHO, &ov, TWO_CORES).unwrap();
-    assert!(!config.delegate_wakes);
+    let config = resolve_text(&format!("{ONE_CORE}{ONE_ECHO}"), &ov, TWO_CORES).unwrap();
+    assert!(!config.delegates_wakes());
     assert_eq!(config.warnings, []);
+    // Yielding workers on any core (the 2-core default): on, but no board.
+    let config = ok(ONE_ECHO);
+    assert!(config.delegate_wakes && !config.delegates_wakes());
 }
 
 #[test]
 fn the_summary_says_when_wakes_are_delegated() {
     let delegated = "wakes delegated on the shared core";
-    let summary = ok(ONE_ECHO).summary();
+    let summary = ok(&format!("{ONE_CORE}{ONE_ECHO}")).summary();
     assert!(
         summary.contains("yield (yields 50us, then parks, wakes delegated on the shared core;"),
         "{summary}"
     );
-    let summary = ok(&format!("delegate_wakes = false\n{ONE_ECHO}")).summary();
+    let summary = ok(&format!("delegate_wakes = false\n{ONE_CORE}{ONE_ECHO}")).summary();
+    assert!(
+        summary.contains("yield (yields 50us, then parks; "),
+        "{summary}"
+    );
+    // Workers on any core: no board.
+    let summary = ok(ONE_ECHO).summary();
     assert!(
         summary.contains("yield (yields 50us, then parks; workers are not pinned"),
         "{summary}"
@@ -797,6 +811,17 @@ fn delegate_wakes_without_yielding_workers_is_warned_about() {
         w,
         ["--delegate-wakes: has no effect with --worker-poll spin \
           (only yielding workers share a wake board)"]
+    );
+    // Yielding workers not confined to one core.
+    assert_eq!(
+        warnings(
+            &format!("delegate_wakes = true\n{ONE_ECHO}"),
+            &Overrides::default()
+        ),
+        [
+            "/etc/nocturne/t.toml:1:18: delegate_wakes: has no effect unless the workers share \
+             one core (worker_cores of one core)"
+        ]
     );
     // Not given: nothing to say, whatever the mode.
     assert_eq!(
