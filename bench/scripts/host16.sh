@@ -2,13 +2,14 @@
 # The 16-core-host benchmarks, in one bounded run: the default steps' time
 # limits add up to 620 s (about 10 minutes, plus up to 10 s of clean-up
 # each); the optional ones add up to 60 s (echo-ceiling), about 10 s
-# (profile) and up to 16 × 20 s (loops).
+# (profile), up to 16 × 20 s (loops) and 240 s (delegation).
 #
 # Usage: bench/scripts/host16.sh BINARY OUTDIR [STEP…]
 #   STEP: latency throughput serve-throughput generator compare (default: all),
 #         echo-ceiling, profile (perf record of the io core at saturation;
 #         $PERF names the perf binary, default `perf`), loops (calls
-#         forwarded between two io loops)
+#         forwarded between two io loops), delegation (delegated wakes off
+#         and on, the client and the workers sharing one core)
 #
 # Runs on a machine with at least 16 cores, nothing else busy, as root or
 # not. It needs only the release `nocturne` binary (no cargo, no iproute2:
@@ -30,6 +31,8 @@
 #   loops             client 0, io 14-15, workers 1-13
 #   compare           client threads on 0-1, nocturne io 14-15, workers 2-13;
 #                     the baselines get 2-15
+#   delegation        client and (yielding) workers on 1, io 15: the 2-core
+#                     VM's placement, `--delegate-wakes false` then `true`
 #
 # $LOAD_BIN, when set, runs the load generator (`bench load`) instead of
 # BINARY, so that servers of several builds meet the same client.
@@ -43,7 +46,7 @@ BIN=$1
 OUT=$2
 shift 2
 STEPS=${*:-latency throughput serve-throughput generator compare}
-KNOWN="latency throughput serve-throughput generator compare echo-ceiling profile loops"
+KNOWN="latency throughput serve-throughput generator compare echo-ceiling profile loops delegation"
 # Everything is checked before anything runs or is created: a bad step name
 # found after minutes of the steps before it, or an empty OUTDIR left by a
 # run that could not start, helps nobody.
@@ -241,6 +244,20 @@ step_loops() {
   wait "$pid" 2>/dev/null
 }
 
+# Delegated wakes (docs/architecture.md, "Delegated wakes on a shared
+# core") where they apply: yielding workers on one core, here shared with
+# the client as on the 2-core VM; both settings, each chain − floor printed
+# by the tool. Workers on cores of their own (every other step) spin and
+# have no board, so no other step depends on the setting.
+step_delegation() {
+  for d in false true; do
+    run_step "delegation-$d" 120 "$BIN" bench engine --client-core 1 --io-core 15 \
+      --worker-cores 1 --modes spin,adaptive --quick \
+      --engine-arg=--worker-poll=yield --engine-arg=--delegate-wakes=$d \
+      --json "$OUT/delegation-$d.json"
+  done
+}
+
 for step in $STEPS; do
   case $step in
     latency) step_latency ;;
@@ -251,6 +268,7 @@ for step in $STEPS; do
     echo-ceiling) step_echo_ceiling ;;
     profile) step_profile ;;
     loops) step_loops ;;
+    delegation) step_delegation ;;
     *) echo "host16: unknown step $step" >&2; exit 2 ;;
   esac
 done
