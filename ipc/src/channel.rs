@@ -1815,6 +1815,22 @@ mod tests {
         assert!(poller.board().others_polling(poller.slot()));
         rx.end_polling();
         assert!(!poller.board().others_polling(poller.slot()));
+        // So does any wait, spinning included, however it ends.
+        for policy in [
+            WaitPolicy::Spin,
+            yielding,
+            WaitPolicy::Park {
+                spin: Duration::ZERO,
+            },
+        ] {
+            rx.begin_polling();
+            assert_eq!(
+                rx.wait(&policy, Some(Duration::from_millis(5))),
+                WaitOutcome::TimedOut,
+                "{policy:?}"
+            );
+            assert!(!poller.board().others_polling(poller.slot()), "{policy:?}");
+        }
     }
 
     #[test]

@@ -299,6 +299,11 @@ pub(crate) fn wait(
     let timed_out = || timeout.is_some_and(|t| !cfg!(loom) && elapsed() >= t);
     match *policy {
         WaitPolicy::Spin => {
+            // A spinning consumer has a core of its own and serves nobody:
+            // an announcement made before the wait ends here.
+            if let Some(seat) = seat {
+                seat.board().leave_poll(seat.slot());
+            }
             let mut spins = 0u32;
             loop {
                 if ready() {
