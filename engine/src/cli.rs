@@ -124,11 +124,13 @@ pub struct ServeArgs {
     #[arg(long, env = "NOCTURNE_WORKER_SPIN_US", value_name = "US")]
     pub worker_spin_us: Option<u64>,
 
-    /// Whether yielding workers wake each other on their shared core (--worker-poll yield only) [default: true]
+    /// Whether yielding workers wake each other on their shared core (--worker-poll yield with --worker-cores of one core only) [default: true]
     ///
     /// On: a wake-up the engine owes a sleeping worker is done by a worker
-    /// awake on its core, instead of across cores by the engine. false makes
-    /// every wake the engine's own (for A/B benchmarks, or as a safety valve).
+    /// awake on its core, instead of across cores by the engine. Workers
+    /// allowed on several cores are never seated: a worker on another core
+    /// would wake across cores too. false makes every wake the engine's own
+    /// (for A/B benchmarks, or as a safety valve).
     #[arg(
         long,
         env = "NOCTURNE_DELEGATE_WAKES",

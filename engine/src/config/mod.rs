@@ -254,8 +254,9 @@ pub struct Config {
     /// Whether yielding workers of a core loop share a wake board, so that a
     /// wake-up of a sleeping worker is done by a worker awake on its core
     /// instead of across cores by the engine (docs/architecture.md,
-    /// "Delegated wakes on a shared core"). Only workers with
-    /// `worker_poll = "yield"` are seated; off, every wake is the engine's own.
+    /// "Delegated wakes on a shared core"). Only yielding workers that
+    /// share one core are seated ([`Config::delegates_wakes`]); off, every
+    /// wake is the engine's own.
     pub delegate_wakes: bool,
     /// Open connections across all io cores; more are answered 503. The
     /// engine lowers it at start where the open-files limit cannot hold it
