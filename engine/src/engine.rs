@@ -87,13 +87,6 @@ pub(crate) fn channel_config(config: &Config, f: usize) -> ChannelConfig {
     }
 }
 
-/// Whether the core loops seat their workers on wake boards: only yielding
-/// workers share cores with each other (docs/architecture.md, "Delegated
-/// wakes on a shared core").
-pub(crate) fn delegates_wakes(config: &Config) -> bool {
-    config.delegates_wakes()
-}
-
 /// How workers wait for work, from `--worker-poll` and `--worker-spin-us`.
 pub(crate) fn worker_wait(config: &Config) -> WaitPolicy {
     let spin = Duration::from_micros(config.worker_spin_us);
@@ -386,7 +379,7 @@ fn log_startup(config: &Config, addr: SocketAddr) {
             Some(c) => format!(" on cores {c:?}"),
             None => String::new(),
         },
-        if delegates_wakes(config) {
+        if config.delegates_wakes() {
             ", wakes delegated on the shared core"
         } else {
             ""

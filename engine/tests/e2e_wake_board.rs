@@ -31,6 +31,19 @@ fn pools(functions: &[(&str, usize)]) -> String {
         .collect()
 }
 
+/// Yielding workers that share core 0: the placement that seats them.
+const SEATED: [&str; 4] = ["--worker-poll", "yield", "--worker-cores", "0"];
+
+/// An engine serving `functions` (see [`pools`]) with seated workers, and
+/// `extra` flags.
+fn seated_engine(functions: &[(&str, usize)], extra: &[&str]) -> Engine {
+    Engine::builder()
+        .config(&pools(functions))
+        .args(SEATED)
+        .args(extra)
+        .start()
+}
+
 /// The wake board `pid` has open, if any: `/proc/PID/fd/N`.
 fn board_of(pid: i32) -> Option<PathBuf> {
     let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
@@ -61,7 +74,7 @@ fn chain_works(engine: &Engine) {
 
 #[test]
 fn yielding_workers_share_their_loops_board_and_no_other_worker_has_one() {
-    let engine = Engine::start(&["--worker-poll", "yield", "--worker-cores", "0"]);
+    let engine = Engine::start(&SEATED);
     chain_works(&engine);
     let workers = engine.all_workers();
     assert!(workers.len() >= 3, "{workers:?}");
@@ -153,17 +166,7 @@ fn wait_state(pid: i32, want: char) {
 fn a_worker_stopped_while_it_polls_does_not_hold_back_the_wakes_delegated_to_it() {
     // Idle workers yield for a whole second before they park: the echo
     // worker, called once, still polls when it is stopped.
-    let engine = Engine::builder()
-        .config(&pools(&[("echo", 1), ("bar", 1)]))
-        .args([
-            "--worker-poll",
-            "yield",
-            "--worker-cores",
-            "0",
-            "--worker-spin-us",
-            "1000000",
-        ])
-        .start();
+    let engine = seated_engine(&[("echo", 1), ("bar", 1)], &["--worker-spin-us", "1000000"]);
     let echo = only_worker(&engine, "echo");
     let bar = only_worker(&engine, "bar");
     let board = board_of(bar).expect("bar is seated");
@@ -214,10 +217,7 @@ fn a_worker_stopped_while_it_polls_does_not_hold_back_the_wakes_delegated_to_it(
 #[test]
 fn chains_answer_while_seated_workers_are_stopped_and_resumed_at_random() {
     // Foo and bar with two workers each: four seats, two chains at a time.
-    let engine = Engine::builder()
-        .config(&pools(&[("foo", 2), ("bar", 2)]))
-        .args(["--worker-poll", "yield", "--worker-cores", "0"])
-        .start();
+    let engine = seated_engine(&[("foo", 2), ("bar", 2)], &[]);
     let workers: Vec<i32> = engine.all_workers().into_iter().map(|(p, _)| p).collect();
     assert_eq!(workers.len(), 4, "{workers:?}");
     let addr = engine.addr();
@@ -294,10 +294,7 @@ const DOORBELLS: std::ops::Range<u64> = 16..16 + 64 * 4;
 #[test]
 fn a_worker_that_marks_everyone_awake_on_the_board_does_not_stall_them() {
     // Idle workers park after 50 µs; the board is then full of sleepers.
-    let engine = Engine::builder()
-        .config(&pools(&[("echo", 1), ("bar", 1)]))
-        .args(["--worker-poll", "yield", "--worker-cores", "0"])
-        .start();
+    let engine = seated_engine(&[("echo", 1), ("bar", 1)], &[]);
     let bar = only_worker(&engine, "bar");
     let board = board_of(bar).expect("bar is seated");
     // The test plays a worker gone bad: it writes AWAKE (0) over every

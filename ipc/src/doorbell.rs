@@ -275,12 +275,17 @@ pub(crate) fn wait(
 ) -> WaitOutcome {
     let seat = seated.map(|s| &s.seat);
     let park_beside_a_poller = seated.is_some_and(|s| s.park_beside_a_poller);
-    if ready() {
-        // An announcement made before the wait (`Receiver::begin_polling`)
-        // ends here too: the consumer goes off to work.
+    // Withdraws a polling announcement, one made before the wait
+    // (`Receiver::begin_polling`) included, serving what was delegated
+    // until now; one load when there is none.
+    let withdraw = || {
         if let Some(seat) = seat {
             seat.board().leave_poll(seat.slot());
         }
+    };
+    if ready() {
+        // The consumer goes off to work.
+        withdraw();
         return WaitOutcome::Ready;
     }
     // The clock (~20 ns a read) is only read when a spin budget or a
@@ -299,11 +304,8 @@ pub(crate) fn wait(
     let timed_out = || timeout.is_some_and(|t| !cfg!(loom) && elapsed() >= t);
     match *policy {
         WaitPolicy::Spin => {
-            // A spinning consumer has a core of its own and serves nobody:
-            // an announcement made before the wait ends here.
-            if let Some(seat) = seat {
-                seat.board().leave_poll(seat.slot());
-            }
+            // A spinning consumer has a core of its own and serves nobody.
+            withdraw();
             let mut spins = 0u32;
             loop {
                 if ready() {
@@ -379,12 +381,8 @@ pub(crate) fn wait(
                     }
                 }
             }
-            // Parking: withdraw any announcement first (one made before
-            // this wait, by `Receiver::begin_polling`, included), serving
-            // what was delegated until now.
-            if let Some(seat) = seat {
-                seat.board().leave_poll(seat.slot());
-            }
+            // Parking: nobody polls for the board from here.
+            withdraw();
             loop {
                 db.arm();
                 if ready() {

@@ -224,7 +224,7 @@ impl<T: Transport> CoreLoop<T> {
                 }
             })
             .collect();
-        let wake_seats = if crate::engine::delegates_wakes(config) {
+        let wake_seats = if config.delegates_wakes() {
             match WakeSeats::new(index as u8) {
                 Ok(seats) => Some(seats),
                 Err(e) => {

@@ -53,8 +53,6 @@ pub(crate) struct WorkerSlot {
     pub killed_as_stuck: bool,
     /// The core it has to itself (spinning workers), returned when it goes.
     pub own_core: Option<usize>,
-    /// Its seat on the loop's wake board, given back when it goes.
-    pub seat: Option<Slot>,
     /// A message sent to it (seated) that it has not been seen to take.
     pub unconfirmed: Option<Unconfirmed>,
 }
@@ -87,7 +85,7 @@ impl WorkerSlot {
         watch: &mut WakeWatch,
     ) -> Result<(), SendError> {
         self.sender.try_send(header, payload)?;
-        if self.seat.is_some() {
+        if self.sender.seat().is_some() {
             let delegated = self.sender.take_new_delegation();
             watch.sent(&mut self.unconfirmed, now, delegated);
         }
@@ -306,7 +304,6 @@ impl LoopState {
             abandoned_at: None,
             killed_as_stuck: false,
             own_core,
-            seat,
             unconfirmed: None,
         };
         let key = self.workers.insert(slot);
@@ -411,7 +408,8 @@ impl LoopState {
             fs.idle.retain(|k| *k != w);
         }
         self.give_back_core(slot.own_core);
-        self.give_back_seat(slot.seat);
+        // Its seat is its sender's (taken in `add_worker`).
+        self.give_back_seat(slot.sender.seat().map(WakeSeat::slot));
         let mut slot = slot;
         self.wake_watch.forget(&mut slot.unconfirmed);
         let requeued = match slot.busy {

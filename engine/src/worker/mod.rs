@@ -703,16 +703,10 @@ fn handshake(
         wake_slot: spec.wake_seat.as_ref().map(WakeSeat::slot),
         functions: spec.functions.clone(),
     };
-    let channel_fds = [end.region_fd(), notify_efd];
-    let with_board;
-    let fds: &[BorrowedFd<'_>] = match &spec.wake_seat {
-        None => &channel_fds,
-        Some(seat) => {
-            with_board = [end.region_fd(), notify_efd, seat.shared_board().fd()];
-            &with_board
-        }
-    };
-    match control::send(sock, &ControlMessage::Hello(hello), fds) {
+    // The board's memfd rides third, when the worker has a seat.
+    let mut fds = vec![end.region_fd(), notify_efd];
+    fds.extend(spec.wake_seat.as_ref().map(|s| s.shared_board().fd()));
+    match control::send(sock, &ControlMessage::Hello(hello), &fds) {
         Ok(()) => {}
         // Bad names in the spec: the engine's fault, but the worker must go.
         Err(SendControlError::Emit(e)) => {
