@@ -572,4 +572,107 @@ mod tests {
             }]
         );
     }
+
+    /// The worker's side of the gap rule (`PARK_BESIDE_A_POLLER_AFTER`),
+    /// over a real memfd channel and board: with another consumer polling
+    /// on the board, a worker whose call came far after its last
+    /// completion parks at once; one whose call came right after it polls.
+    #[test]
+    fn a_worker_parks_beside_a_poller_only_when_its_calls_come_far_apart() {
+        use nocturne_ipc::wake_board::{SharedWakeBoard, Slot, WakeSeat};
+        use std::sync::Arc;
+        use std::time::Instant;
+
+        let board = Arc::new(SharedWakeBoard::create("runtime-gap-test").unwrap());
+        let worker_slot = Slot::new(0).unwrap();
+        let poller = Slot::new(1).unwrap();
+        let engine = EngineEnd::create(&ChannelConfig::default(), "runtime-gap-test").unwrap();
+        let mut worker =
+            WorkerEnd::attach(engine.region_fd().try_clone_to_owned().unwrap()).unwrap();
+        worker.take_seat(WakeSeat::new(board.clone(), worker_slot));
+        let (mut to_worker, mut from_worker) = engine.split();
+        to_worker.take_seat(WakeSeat::new(board.clone(), worker_slot));
+        let running = std::thread::spawn(move || {
+            let (sender, receiver) = worker.split();
+            let wait = WaitPolicy::Yield {
+                spin: Duration::from_secs(5),
+            };
+            let mut runtime = Runtime::new("f".into(), sender, receiver, wait, []);
+            let mut handler: BoxedHandler =
+                Box::new(|_: &mut Ctx<'_>, input: &[u8]| Ok(input.to_vec()));
+            runtime.run(&mut handler)
+        });
+        // Another worker of the core polls (and, stopped, never serves).
+        board.board().enter_poll(poller);
+        let call = |to: &mut Sender, id: u64, t0_ns: u64| {
+            let header = Header {
+                kind: Kind::Invoke,
+                call_id: id,
+                t0_ns,
+                ..Header::default()
+            };
+            to.try_send(&header, b"x").unwrap();
+            // A wake delegated to the stopped poller: the engine's watch
+            // would do it after its grace; here, at once.
+            if to.take_new_delegation() {
+                to.wake_if_unreleased();
+            }
+        };
+        let completion = |from: &mut Receiver| -> u64 {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Some(m) = from.try_recv().unwrap() {
+                    assert_eq!(m.header().kind, Kind::Complete);
+                    return m.header().t1_ns;
+                }
+                assert!(Instant::now() < deadline, "no completion");
+                std::thread::yield_now();
+            }
+        };
+        // Polls: the worker's bit on the board, seen from the poller.
+        let worker_polls = || board.board().others_polling(poller);
+        // Stays off polling for a while (it parked at once)?
+        let never_polls_for = |d: Duration| {
+            let until = Instant::now() + d;
+            while Instant::now() < until {
+                if worker_polls() {
+                    return false;
+                }
+                std::thread::yield_now();
+            }
+            true
+        };
+
+        // Call 1: its first, far after any completion: it parks at once.
+        call(&mut to_worker, 1, protocol::monotonic_ns());
+        let t1 = completion(&mut from_worker);
+        assert!(
+            never_polls_for(Duration::from_millis(200)),
+            "a worker whose calls come far apart polled beside the poller"
+        );
+        // Call 2, dispatched 1 µs after its completion: afterwards it polls
+        // (for its 5 s budget) beside the poller.
+        call(&mut to_worker, 2, t1 + 1_000);
+        completion(&mut from_worker);
+        let until = Instant::now() + Duration::from_secs(5);
+        while !worker_polls() {
+            assert!(
+                Instant::now() < until,
+                "a worker whose calls come close together never polled"
+            );
+            std::thread::yield_now();
+        }
+
+        // Stop it: a message of an unknown kind ends the loop.
+        let stop = Header {
+            kind: Kind::Unknown(0x7777),
+            ..Header::default()
+        };
+        to_worker.try_send(&stop, &[]).unwrap();
+        if to_worker.take_new_delegation() {
+            to_worker.wake_if_unreleased();
+        }
+        let stopped = running.join().unwrap();
+        assert!(matches!(stopped, RuntimeError::Protocol(_)), "{stopped}");
+    }
 }
