@@ -110,6 +110,10 @@ pub struct ServeArgs {
     #[arg(long, env = "NOCTURNE_SPIN_US", value_name = "US")]
     pub spin_us: Option<u64>,
 
+    /// Microseconds an idle io loop keeps polling, above --spin-us, while requests arrive closer together than that (--poll adaptive): it saves each request the wake-up of a sleeping core, for a core kept busy between them; at or below --spin-us: never, at most 1000000 [default: 2000]
+    #[arg(long, env = "NOCTURNE_SPIN_MAX_US", value_name = "US")]
+    pub spin_max_us: Option<u64>,
+
     /// How an idle worker waits for work [default: spin if every worker has a core of its own, else yield]
     ///
     /// spin spins for --worker-spin-us, then parks: only with a dedicated core
@@ -225,6 +229,7 @@ impl ServeArgs {
             worker_cores: self.worker_cores.clone(),
             poll: self.poll,
             spin_us: self.spin_us,
+            spin_max_us: self.spin_max_us,
             worker_poll: self.worker_poll,
             worker_spin_us: self.worker_spin_us,
             delegate_wakes: self.delegate_wakes,
@@ -403,6 +408,7 @@ mod tests {
             "--spin-us=5",
             "--worker-poll=park",
             "--worker-spin-us=6",
+            "--spin-max-us=3000",
             "--delegate-wakes=false",
             "--max-connections=7",
             "--max-header-bytes=16KiB",
@@ -419,6 +425,7 @@ mod tests {
         assert_eq!(ov.worker_cores.unwrap().cores(), [0]);
         assert_eq!(ov.poll, Some(PollMode::Spin));
         assert_eq!(ov.spin_us, Some(5));
+        assert_eq!(ov.spin_max_us, Some(3000));
         assert_eq!(ov.worker_poll, Some(WorkerPoll::Park));
         assert_eq!(ov.worker_spin_us, Some(6));
         assert_eq!(ov.delegate_wakes, Some(false));

@@ -526,13 +526,26 @@ fn show_toml_is_a_config_file_that_gives_the_same_configuration() {
 #[test]
 fn settings_without_effect_are_warned_about() {
     let out = nocturne(
-        &["config", "show", "--poll", "block", "--spin-us", "20"],
+        &[
+            "config",
+            "show",
+            "--poll",
+            "block",
+            "--spin-us",
+            "20",
+            "--spin-max-us",
+            "900",
+        ],
         &[],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_contains(
         &stderr(&out),
         "nocturne: warning: --spin-us: has no effect with --poll block",
+    );
+    assert_contains(
+        &stderr(&out),
+        "nocturne: warning: --spin-max-us: has no effect with --poll block",
     );
     let out = nocturne(
         &["config", "show", "--worker-poll", "park"],

@@ -33,7 +33,7 @@ fn environment_overrides_the_file_and_flags_override_the_environment() {
     let file = dir.join("nocturne.toml");
     std::fs::write(
         &file,
-        "listen = \"127.0.0.1:7000\"\npoll = \"block\"\nspin_us = 11\ndelegate_wakes = true\n\
+        "listen = \"127.0.0.1:7000\"\npoll = \"block\"\nspin_us = 11\nspin_max_us = 900\ndelegate_wakes = true\n\
          [[functions]]\nname = \"f\"\nbuiltin = \"echo\"\nmax_workers = 2\n",
     )
     .unwrap();
@@ -46,6 +46,7 @@ fn environment_overrides_the_file_and_flags_override_the_environment() {
     assert_eq!(config.poll, PollMode::Block);
     assert_eq!(config.io_cores, [3]);
     assert!(config.delegate_wakes);
+    assert_eq!(config.spin_max_us, 900);
 
     // Variables beat the file, and leave the rest of it alone.
     std::env::set_var("NOCTURNE_LISTEN", "127.0.0.1:7001");
@@ -53,6 +54,7 @@ fn environment_overrides_the_file_and_flags_override_the_environment() {
     std::env::set_var("NOCTURNE_IO_CORES", "2-3");
     std::env::set_var("NOCTURNE_WORKER_POLL", "park");
     std::env::set_var("NOCTURNE_DELEGATE_WAKES", "false");
+    std::env::set_var("NOCTURNE_SPIN_MAX_US", "1200");
     std::env::set_var("NOCTURNE_MAX_CONNECTIONS", "42");
     std::env::set_var("NOCTURNE_DRAIN_TIMEOUT", "1500ms");
     std::env::set_var("NOCTURNE_SET", "f.max_workers=3;f.env.MODE=fast");
@@ -69,6 +71,7 @@ fn environment_overrides_the_file_and_flags_override_the_environment() {
     assert_eq!(config.max_connections, 42);
     assert_eq!(config.drain_timeout, Duration::from_millis(1500));
     assert_eq!(config.spin_us, 11, "from the file");
+    assert_eq!(config.spin_max_us, 1200);
     let f = config.function("f").unwrap();
     assert_eq!(f.max_workers, 3);
     assert_eq!(f.env["MODE"], "fast");
@@ -81,6 +84,7 @@ fn environment_overrides_the_file_and_flags_override_the_environment() {
         "--set=f.max_workers=4",
         "--delegate-wakes",
         "true",
+        "--spin-max-us=0",
     ])
     .resolve_with(&allowed)
     .unwrap();
@@ -95,11 +99,20 @@ fn environment_overrides_the_file_and_flags_override_the_environment() {
     );
     assert_eq!(config.max_connections, 42, "still from the environment");
     assert!(config.delegate_wakes);
+    assert_eq!(config.spin_max_us, 0);
 
     // A variable that fails validation is reported under its flag's name.
     std::env::set_var("NOCTURNE_SPIN_US", "5000000");
     let err = parse(&[]).resolve_with(&allowed).unwrap_err().to_string();
     assert!(err.contains("--spin-us"), "{err}");
+    std::env::set_var("NOCTURNE_SPIN_US", "20");
+    std::env::set_var("NOCTURNE_SPIN_MAX_US", "2000000");
+    let err = parse(&[]).resolve_with(&allowed).unwrap_err().to_string();
+    assert!(
+        err.contains("--spin-max-us") && err.contains("2000000"),
+        "{err}"
+    );
+    std::env::set_var("NOCTURNE_SPIN_MAX_US", "2000");
     // A malformed variable is refused by the parser, naming the flag.
     std::env::set_var("NOCTURNE_DELEGATE_WAKES", "maybe");
     let err = Cli::try_parse_from(["nocturne"]).unwrap_err().to_string();

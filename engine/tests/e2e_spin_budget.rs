@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::{expect_state, mostly_running, mostly_sleeping, Client, Engine};
+use std::time::Duration;
+
+use common::{expect_state, mostly_running, mostly_sleeping, Client, Engine, SAMPLE};
 
 #[test]
 fn spin_us_is_how_long_an_adaptive_io_loop_keeps_running() {
@@ -47,4 +49,66 @@ fn spin_us_is_how_long_an_adaptive_io_loop_keeps_running() {
         .run_to_exit();
     assert!(!status.success());
     assert!(log.contains("5000000"), "{log}");
+}
+
+/// `--spin-max-us`: while requests keep arriving closer together than it,
+/// an adaptive loop polls through the gaps between them instead of sleeping
+/// after `--spin-us`. A request every 3 ms on one keep-alive connection:
+/// with `--spin-us 0` the loop sleeps in each gap unless the stretch lets
+/// it poll through them.
+#[test]
+fn spin_max_us_keeps_an_adaptive_io_loop_polling_between_close_arrivals() {
+    // Requests every 3 ms for a little longer than one sample window (the
+    // loop learns the gaps from the first few dozen).
+    let ticker = |engine: &Engine| {
+        let addr = engine.addr();
+        move || {
+            std::thread::spawn(move || {
+                let mut client = Client::connect(addr);
+                let end = std::time::Instant::now() + SAMPLE + Duration::from_millis(200);
+                while std::time::Instant::now() < end {
+                    assert_eq!(client.post("/function/echo", b"t").text(), "t");
+                    std::thread::sleep(Duration::from_millis(3));
+                }
+            });
+            // Let the loop learn the gaps before the sampling starts.
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    };
+    let engine = Engine::start(&[
+        "--poll",
+        "adaptive",
+        "--spin-us",
+        "0",
+        "--spin-max-us",
+        "1000000",
+    ]);
+    expect_state(
+        &engine,
+        "--spin-us 0 --spin-max-us 1000000, a request every 3 ms",
+        engine.pid(),
+        engine.io_thread(),
+        ticker(&engine),
+        mostly_running,
+    );
+    drop(engine);
+    let engine = Engine::start(&["--poll", "adaptive", "--spin-us", "0", "--spin-max-us", "0"]);
+    expect_state(
+        &engine,
+        "--spin-us 0 --spin-max-us 0, a request every 3 ms",
+        engine.pid(),
+        engine.io_thread(),
+        ticker(&engine),
+        mostly_sleeping,
+    );
+    drop(engine);
+
+    let (status, log) = Engine::builder()
+        .args(["--spin-max-us", "5000000"])
+        .run_to_exit();
+    assert!(!status.success());
+    assert!(
+        log.contains("--spin-max-us") && log.contains("5000000"),
+        "{log}"
+    );
 }

@@ -32,6 +32,7 @@ pub(crate) struct FileConfig {
     pub worker_cores: Option<Spanned<CoreSet>>,
     pub poll: Option<Spanned<PollMode>>,
     pub spin_us: Option<Spanned<u64>>,
+    pub spin_max_us: Option<Spanned<u64>>,
     pub worker_poll: Option<Spanned<WorkerPoll>>,
     pub worker_spin_us: Option<Spanned<u64>>,
     pub delegate_wakes: Option<Spanned<bool>>,
@@ -197,6 +198,7 @@ io_cores = "1"
 worker_cores = [0]
 poll = "spin"
 spin_us = 20
+spin_max_us = 3000
 worker_poll = "park"
 worker_spin_us = 5
 delegate_wakes = false
@@ -227,6 +229,7 @@ RUST_LOG = "debug"
             Some(WorkerPoll::Park)
         );
         assert_eq!(file.delegate_wakes.map(Spanned::into_inner), Some(false));
+        assert_eq!(file.spin_max_us.map(Spanned::into_inner), Some(3000));
         assert_eq!(file.max_header_bytes.unwrap().get_ref().0, 16384);
         let f = file.functions[0].get_ref();
         assert_eq!(f.command.as_ref().unwrap().0, ["./f", "--fast"]);

@@ -73,6 +73,12 @@ pub mod defaults {
     /// went from 59.6 µs (p90 112) with 50 µs to 32–37 µs (p90 34–59) in
     /// three runs with 500 µs.
     pub const SPIN_US_YIELDING: u64 = 500;
+    /// `spin_max_us`: an adaptive loop polls through gaps between arrivals
+    /// up to this long instead of sleeping in epoll after `spin_us`. On the
+    /// 2-core VM (`bench compare`'s placement, 1375 requests/s, gaps of
+    /// 727 µs) the chain's p50 went from 116–131 µs with a 500 µs budget
+    /// to 45 µs with 2000 (docs/operations.md, "Low rates").
+    pub const SPIN_MAX_US: u64 = 2_000;
     /// `worker_spin_us` of yielding workers (shared cores: yield briefly).
     pub const WORKER_SPIN_US: u64 = 50;
     /// `worker_spin_us` of spinning workers: each has a core of its own, so
@@ -246,6 +252,9 @@ pub struct Config {
     pub poll: PollMode,
     /// `adaptive`: how long an idle io loop spins before it sleeps in epoll.
     pub spin_us: u64,
+    /// `adaptive`: the longest the loop stretches `spin_us` to while
+    /// requests arrive closer than that (at or below `spin_us`: never).
+    pub spin_max_us: u64,
     /// Resolved: `spin` only when every worker has a core of its own (see
     /// [`Config::worker_cores_reserved`]), else `yield`, unless given.
     pub worker_poll: WorkerPoll,
@@ -406,6 +415,16 @@ impl Config {
     }
 
     /// Whether the core loops seat their workers on wake boards: with
+    /// How the summary says `spin_max_us`: empty when it never stretches
+    /// the budget.
+    fn spin_stretch(&self) -> String {
+        if self.spin_max_us > self.spin_us {
+            format!(", up to {}us while requests come closer", self.spin_max_us)
+        } else {
+            String::new()
+        }
+    }
+
     /// `delegate_wakes`, for yielding workers that share one core
     /// (`worker_cores` of one core). A board is for consumers of one core:
     /// a poller on another core would wake across cores, as the engine
@@ -455,10 +474,15 @@ impl Config {
         let io_wait = match self.poll {
             PollMode::Spin => "never sleeps".to_owned(),
             PollMode::Adaptive if self.io_shares_workers() => format!(
-                "polls {}us yielding to the workers on its cores, then epoll",
-                self.spin_us
+                "polls {}us yielding to the workers on its cores{}, then epoll",
+                self.spin_us,
+                self.spin_stretch()
             ),
-            PollMode::Adaptive => format!("spins {}us, then epoll", self.spin_us),
+            PollMode::Adaptive => format!(
+                "spins {}us{}, then epoll",
+                self.spin_us,
+                self.spin_stretch()
+            ),
             PollMode::Block => "sleeps in epoll".to_owned(),
         };
         writeln!(out, "poll          {} ({io_wait})", self.poll.as_str())?;

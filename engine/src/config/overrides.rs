@@ -29,6 +29,7 @@ pub struct Overrides {
     pub worker_cores: Option<CoreSet>,
     pub poll: Option<PollMode>,
     pub spin_us: Option<u64>,
+    pub spin_max_us: Option<u64>,
     pub worker_poll: Option<WorkerPoll>,
     pub worker_spin_us: Option<u64>,
     pub delegate_wakes: Option<bool>,

@@ -278,6 +278,12 @@ pub(crate) fn resolve(
 
     let (spin_us_given, spin_source) =
         text.pick(ov.spin_us, file.spin_us.take(), "spin_us", "--spin-us");
+    let (spin_max_us_given, spin_max_source) = text.pick(
+        ov.spin_max_us,
+        file.spin_max_us.take(),
+        "spin_max_us",
+        "--spin-max-us",
+    );
     let (worker_spin_us_given, worker_spin_source) = text.pick(
         ov.worker_spin_us,
         file.worker_spin_us.take(),
@@ -406,6 +412,10 @@ pub(crate) fn resolve(
         }),
         &spin_source,
     )?;
+    let spin_max_us = check_spin(
+        spin_max_us_given.unwrap_or(defaults::SPIN_MAX_US),
+        &spin_max_source,
+    )?;
     let worker_spin_us = check_spin(
         worker_spin_us_given.unwrap_or(match worker_poll {
             WorkerPoll::Spin => defaults::WORKER_SPIN_US_OWN_CORE,
@@ -417,6 +427,12 @@ pub(crate) fn resolve(
     // may set it for another mode) but said, since it looks like it works.
     if spin_us_given.is_some() && poll != PollMode::Adaptive {
         warnings.push(spin_source.warning(format!(
+            "has no effect with {} (only an adaptive loop polls before it sleeps)",
+            setting(&poll_source, poll.as_str())
+        )));
+    }
+    if spin_max_us_given.is_some() && poll != PollMode::Adaptive {
+        warnings.push(spin_max_source.warning(format!(
             "has no effect with {} (only an adaptive loop polls before it sleeps)",
             setting(&poll_source, poll.as_str())
         )));
@@ -459,6 +475,7 @@ pub(crate) fn resolve(
         worker_cores,
         poll,
         spin_us,
+        spin_max_us,
         worker_poll,
         worker_spin_us,
         delegate_wakes,

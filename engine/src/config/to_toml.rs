@@ -57,8 +57,15 @@ impl Config {
         // A budget the mode never reads is left out (setting it would only
         // draw a warning).
         match self.poll {
-            PollMode::Adaptive => writeln!(out, "spin_us = {}", self.spin_us)?,
-            mode => writeln!(out, "# spin_us: unused with poll = \"{}\"", mode.as_str())?,
+            PollMode::Adaptive => {
+                writeln!(out, "spin_us = {}", self.spin_us)?;
+                writeln!(out, "spin_max_us = {}", self.spin_max_us)?
+            }
+            mode => writeln!(
+                out,
+                "# spin_us, spin_max_us: unused with poll = \"{}\"",
+                mode.as_str()
+            )?,
         }
         writeln!(out, "worker_poll = {}", string(self.worker_poll.as_str()))?;
         match self.worker_poll {

@@ -21,6 +21,7 @@
 
 mod calls;
 mod dispatch;
+mod idle_budget;
 mod mailbox;
 mod routes;
 mod wake_seats;
@@ -42,6 +43,8 @@ use crate::limiter::ConcurrencyLimiter;
 use crate::slab::{Key, Slab};
 use crate::status::EngineStatus;
 use crate::worker::{Backoff, SpawnError, Spawner, Worker};
+
+use idle_budget::IdleBudget;
 
 pub(crate) use calls::{Call, Origin};
 pub(crate) use mailbox::{post_offices, PostOffice};
@@ -284,10 +287,13 @@ impl<T: Transport> CoreLoop<T> {
     /// Runs until the context's `stop` flag is set.
     pub fn run(mut self) {
         let config = self.st.ctx.config.clone();
-        let spin_budget = match config.poll {
+        let mut idle_budget = match config.poll {
             PollMode::Spin => None,
-            PollMode::Adaptive => Some(Duration::from_micros(config.spin_us)),
-            PollMode::Block => Some(Duration::ZERO),
+            PollMode::Adaptive => Some(IdleBudget::new(
+                Duration::from_micros(config.spin_us),
+                Duration::from_micros(config.spin_max_us),
+            )),
+            PollMode::Block => Some(IdleBudget::new(Duration::ZERO, Duration::ZERO)),
         };
         // A spinning loop on a core that workers share would hold it for a
         // whole time slice while the worker it just handed a call to waits:
@@ -302,6 +308,10 @@ impl<T: Transport> CoreLoop<T> {
             self.st.ensure_min_workers(f as u32);
         }
         let mut last_work = Instant::now();
+        // Whether no call was in flight after the last work: the idle
+        // period that follows is then a gap between arrivals, not a wait
+        // for a worker (which is the worker's speed, not the clients').
+        let mut quiet_since_last_work = true;
         // Relaxed: the flags carry no data; a loop only needs to notice them
         // within a turn or two (the eventfd write that follows wakes sleepers).
         while !self.st.ctx.stop.load(Ordering::Relaxed) {
@@ -312,10 +322,16 @@ impl<T: Transport> CoreLoop<T> {
             let mut work = self.poll_net(Some(Duration::ZERO));
             work += self.turn_rest();
             if work > 0 {
+                if let (Some(budget), true) = (&mut idle_budget, quiet_since_last_work) {
+                    budget.record_gap(self.st.now.duration_since(last_work));
+                }
                 last_work = self.st.now;
+                quiet_since_last_work = self.st.calls.is_empty();
                 continue;
             }
-            let Some(spin) = spin_budget else { continue };
+            let Some(spin) = idle_budget.as_ref().map(IdleBudget::budget) else {
+                continue;
+            };
             // A delegated wake not yet settled keeps the loop awake: its
             // grace is µs, an epoll sleep lasts a millisecond at least.
             let polling =
@@ -332,10 +348,11 @@ impl<T: Transport> CoreLoop<T> {
             // meanwhile (arming re-checks each ring).
             // Arming the mailbox after the doorbells: a letter posted from
             // here on writes the eventfd, so the sleep below cannot miss it.
+            let mut work = 0;
             if self.st.arm_all() && self.st.mail.as_ref().is_none_or(PostOffice::may_sleep) {
                 let sleep = self.st.sleep_budget();
                 self.st.clock_stale = true;
-                self.poll_net(Some(sleep));
+                work += self.poll_net(Some(sleep));
                 self.st.clock_stale = false;
             }
             self.st.disarm_all();
@@ -343,8 +360,16 @@ impl<T: Transport> CoreLoop<T> {
                 mail.awake();
             }
             self.st.tick();
-            self.turn_rest();
-            last_work = self.st.now;
+            work += self.turn_rest();
+            // A wake-up with nothing to do (a timeout, for the timers) is
+            // no arrival: the loop goes back to sleep at once.
+            if work > 0 {
+                if let (Some(budget), true) = (&mut idle_budget, quiet_since_last_work) {
+                    budget.record_gap(self.st.now.duration_since(last_work));
+                }
+                last_work = self.st.now;
+                quiet_since_last_work = self.st.calls.is_empty();
+            }
         }
         // Finish every connection (a userspace stack's would otherwise hang
         // their clients), then end the workers.

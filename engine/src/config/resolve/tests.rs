@@ -703,7 +703,7 @@ fn summary_names_everything_that_matters() {
         "<embedded default>",
         "127.0.0.1:8080 (kernel sockets)",
         "allowed 0-1; io 1; workers not pinned (0-1)",
-        "adaptive (polls 500us yielding to the workers on its cores, then epoll)",
+        "adaptive (polls 500us yielding to the workers on its cores, up to 2000us while requests come closer, then epoll)",
         "yield (yields 50us, then parks; workers are not pinned",
         "max_connections 10000, max_header_bytes 8KiB, drain_timeout 10s",
         "functions     5",
