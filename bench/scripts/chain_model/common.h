@@ -1,4 +1,4 @@
-// What chain_model.c and wake_latency.c share: the clock, pinning, sorting.
+// What chain_model.c, wake_latency.c and vm_jitter.c share: the clock, pinning, sorting.
 #pragma once
 #define _GNU_SOURCE
 #include <sched.h>
@@ -6,13 +6,13 @@
 #include <time.h>
 #include <unistd.h>
 
-static long now_ns(void) {
+static inline long now_ns(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return t.tv_sec * 1000000000L + t.tv_nsec;
 }
 
-static void pin(int core) {
+static inline void pin(int core) {
     cpu_set_t set;
     CPU_ZERO(&set);
     CPU_SET(core, &set);
@@ -20,7 +20,7 @@ static void pin(int core) {
 }
 
 // qsort order of longs.
-static int by_value(const void *a, const void *b) {
+static inline int by_value(const void *a, const void *b) {
     long x = *(const long *)a, y = *(const long *)b;
     return x < y ? -1 : x > y;
 }
