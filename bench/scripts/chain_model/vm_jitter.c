@@ -7,7 +7,9 @@
 //
 // Usage: vm_jitter SECONDS CORE [CORE...]
 //   prints, per core: gaps of 10-100 µs, 0.1-1 ms, 1-10 ms and over 10 ms
-//   (count, and per second), the longest gap, and the share of the time lost
+//   (count, and per second), the longest gap, the share of the time lost in
+//   all gaps, and in gaps of 1 ms and more (a request that arrives in one of
+//   those waits a millisecond or more, whatever serves it)
 #define _GNU_SOURCE
 #include "common.h"
 #include <pthread.h>
@@ -25,6 +27,7 @@ struct probe {
     double seconds;
     long count[BUCKETS];
     long lost_ns;
+    long lost_ms_gaps_ns;
     long longest_ns;
     long reads;
 };
@@ -45,6 +48,7 @@ static void *spin(void *arg) {
             while (gap < bucket_floor_ns[b]) b--;
             p->count[b]++;
             p->lost_ns += gap;
+            if (gap >= 1000000) p->lost_ms_gaps_ns += gap;
             if (gap > p->longest_ns) p->longest_ns = gap;
         }
         if (t >= end) break;
@@ -72,8 +76,9 @@ int main(int argc, char **argv) {
         printf("core %d: %.0f s, %ld reads;", p->core, seconds, p->reads);
         for (int b = 0; b < BUCKETS; b++)
             printf(" %s %ld (%.1f/s);", bucket_name[b], p->count[b], p->count[b] / seconds);
-        printf(" longest %.2f ms; lost %.3f%%\n", p->longest_ns / 1e6,
-               100.0 * (double)p->lost_ns / (seconds * 1e9));
+        printf(" longest %.2f ms; lost %.3f%%, in gaps >= 1 ms %.3f%%\n", p->longest_ns / 1e6,
+               100.0 * (double)p->lost_ns / (seconds * 1e9),
+               100.0 * (double)p->lost_ms_gaps_ns / (seconds * 1e9));
     }
     return 0;
 }
