@@ -183,6 +183,7 @@ mod tests {
         };
         if expected.poll != PollMode::Adaptive {
             expected.spin_us = back.spin_us;
+            expected.spin_max_us = back.spin_max_us;
         }
         if expected.worker_poll == WorkerPoll::Park {
             expected.worker_spin_us = back.worker_spin_us;
@@ -288,6 +289,20 @@ concurrency_coef = 3
     }
 
     #[test]
+    fn the_stretch_of_an_adaptive_loop_round_trips() {
+        let config = load("spin_max_us = 900\n[[functions]]\nname = \"e\"\nbuiltin = \"echo\"\n");
+        assert_eq!(config.spin_max_us, 900);
+        assert!(config.to_toml().contains("\nspin_max_us = 900\n"));
+        round_trips(&config);
+        let text =
+            load("poll = \"block\"\n[[functions]]\nname = \"e\"\nbuiltin = \"echo\"\n").to_toml();
+        assert!(
+            text.contains("\n# spin_us, spin_max_us: unused with poll = \"block\"\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn it_says_every_setting() {
         let text = Config::load(None, &Overrides::default(), CORES)
             .unwrap()
@@ -298,6 +313,7 @@ concurrency_coef = 3
             "io_cores",
             "poll",
             "spin_us",
+            "spin_max_us",
             "worker_poll",
             "worker_spin_us",
             "max_connections",
