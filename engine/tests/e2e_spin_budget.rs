@@ -3,6 +3,9 @@
 //! budget) only holds when no other test's engine competes for the cores,
 //! because an adaptive loop beside CPU-bound threads sleeps on purpose
 //! (`nocturne_ipc::contention`); `e2e_flags` runs its tests in parallel.
+//! Its tests take the harness's exclusive lock, one engine at a time: two
+//! io loops on one core, each polling for long, would be each other's
+//! competitor.
 
 mod common;
 
@@ -22,7 +25,10 @@ fn spin_us_is_how_long_an_adaptive_io_loop_keeps_running() {
         }
     };
     // The longest budget (1 s): the loop still runs for a while after a call.
-    let engine = Engine::start(&["--poll", "adaptive", "--spin-us", "1000000"]);
+    let engine = Engine::builder()
+        .args(["--poll", "adaptive", "--spin-us", "1000000"])
+        .exclusive()
+        .start();
     expect_state(
         &engine,
         "--spin-us 1000000",
@@ -33,7 +39,10 @@ fn spin_us_is_how_long_an_adaptive_io_loop_keeps_running() {
     );
     drop(engine);
     // No budget: it sleeps at once.
-    let engine = Engine::start(&["--poll", "adaptive", "--spin-us", "0"]);
+    let engine = Engine::builder()
+        .args(["--poll", "adaptive", "--spin-us", "0"])
+        .exclusive()
+        .start();
     expect_state(
         &engine,
         "--spin-us 0",
@@ -58,31 +67,35 @@ fn spin_us_is_how_long_an_adaptive_io_loop_keeps_running() {
 /// it poll through them.
 #[test]
 fn spin_max_us_keeps_an_adaptive_io_loop_polling_between_close_arrivals() {
-    // Requests every 3 ms for a little longer than one sample window (the
-    // loop learns the gaps from the first few dozen).
+    // Requests every 3 ms from 150 ms before the sampling (the loop learns
+    // the gaps from the first few dozen) until just before it ends, so
+    // that no request outlives the engine.
+    const LEARN: Duration = Duration::from_millis(150);
     let ticker = |engine: &Engine| {
         let addr = engine.addr();
         move || {
+            let end = std::time::Instant::now() + LEARN + SAMPLE - Duration::from_millis(20);
             std::thread::spawn(move || {
                 let mut client = Client::connect(addr);
-                let end = std::time::Instant::now() + SAMPLE + Duration::from_millis(200);
                 while std::time::Instant::now() < end {
                     assert_eq!(client.post("/function/echo", b"t").text(), "t");
                     std::thread::sleep(Duration::from_millis(3));
                 }
             });
-            // Let the loop learn the gaps before the sampling starts.
-            std::thread::sleep(Duration::from_millis(150));
+            std::thread::sleep(LEARN);
         }
     };
-    let engine = Engine::start(&[
-        "--poll",
-        "adaptive",
-        "--spin-us",
-        "0",
-        "--spin-max-us",
-        "1000000",
-    ]);
+    let engine = Engine::builder()
+        .args([
+            "--poll",
+            "adaptive",
+            "--spin-us",
+            "0",
+            "--spin-max-us",
+            "1000000",
+        ])
+        .exclusive()
+        .start();
     expect_state(
         &engine,
         "--spin-us 0 --spin-max-us 1000000, a request every 3 ms",
@@ -92,7 +105,10 @@ fn spin_max_us_keeps_an_adaptive_io_loop_polling_between_close_arrivals() {
         mostly_running,
     );
     drop(engine);
-    let engine = Engine::start(&["--poll", "adaptive", "--spin-us", "0", "--spin-max-us", "0"]);
+    let engine = Engine::builder()
+        .args(["--poll", "adaptive", "--spin-us", "0", "--spin-max-us", "0"])
+        .exclusive()
+        .start();
     expect_state(
         &engine,
         "--spin-us 0 --spin-max-us 0, a request every 3 ms",
