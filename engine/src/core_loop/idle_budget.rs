@@ -14,7 +14,7 @@
 //! Turns with nothing to do (an epoll timeout, a timer) are not arrivals and
 //! teach it nothing.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Weight of a new gap in the running mean: 1/8, so a change of rate shows
 /// within a few dozen arrivals and one odd gap moves the budget little.
@@ -27,26 +27,54 @@ const GAP_CAP_IN_CEILINGS: u32 = 4;
 const MEAN_GAPS_COVERED: u32 = 2;
 
 /// The budget of one loop: `spin_us`, stretched while arrivals come closer
-/// than `spin_max_us`.
+/// than `spin_max_us`; and when the loop last had work.
 #[derive(Debug, Clone)]
 pub(crate) struct IdleBudget {
     floor: Duration,
     ceiling: Duration,
     /// Running mean of the idle gaps (each capped), in ns.
     mean_gap_ns: u64,
+    last_work: Instant,
+    /// Whether no call was in flight after the last work: the idle period
+    /// that follows is then a gap between arrivals, not a wait for a worker
+    /// (which is the worker's speed, not the clients').
+    quiet: bool,
 }
 
 impl IdleBudget {
-    /// A loop that has seen no arrivals yet: it assumes they are sparse,
-    /// and polls for the floor until they show otherwise.
-    pub(crate) fn new(floor: Duration, ceiling: Duration) -> Self {
+    /// A loop that has seen no arrivals yet (`now`): it assumes they are
+    /// sparse, and polls for the floor until they show otherwise.
+    pub(crate) fn new(floor: Duration, ceiling: Duration, now: Instant) -> Self {
         let mut budget = Self {
             floor,
             ceiling,
             mean_gap_ns: 0,
+            last_work: now,
+            quiet: true,
         };
         budget.mean_gap_ns = budget.gap_cap_ns();
         budget
+    }
+
+    /// A loop that never sleeps (`poll = "spin"`): it is always within
+    /// its budget.
+    pub(crate) fn endless(now: Instant) -> Self {
+        Self::new(Duration::MAX, Duration::ZERO, now)
+    }
+
+    /// The loop did work at `now`, after which `quiet` says whether no call
+    /// is in flight.
+    pub(crate) fn worked(&mut self, now: Instant, quiet: bool) {
+        if self.quiet {
+            self.record_gap(now.saturating_duration_since(self.last_work));
+        }
+        self.last_work = now;
+        self.quiet = quiet;
+    }
+
+    /// Whether the loop, idle at `now`, should still poll.
+    pub(crate) fn polls_at(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last_work) < self.budget()
     }
 
     fn gap_cap_ns(&self) -> u64 {
@@ -54,7 +82,7 @@ impl IdleBudget {
     }
 
     /// Work arrived after `gap` with nothing to do.
-    pub(crate) fn record_gap(&mut self, gap: Duration) {
+    fn record_gap(&mut self, gap: Duration) {
         let gap = nanos(gap).min(self.gap_cap_ns());
         // mean += (gap - mean) / 8, in integers that cannot overflow: both
         // terms are at most the cap.
@@ -63,7 +91,7 @@ impl IdleBudget {
     }
 
     /// How long to keep polling after the last work.
-    pub(crate) fn budget(&self) -> Duration {
+    fn budget(&self) -> Duration {
         if self.ceiling <= self.floor || self.mean_gap_ns > nanos(self.ceiling) {
             return self.floor;
         }
@@ -86,7 +114,7 @@ mod tests {
     const US: Duration = Duration::from_micros(1);
 
     fn learned(floor_us: u32, ceiling_us: u32, gap_us: u32, arrivals: usize) -> IdleBudget {
-        let mut b = IdleBudget::new(floor_us * US, ceiling_us * US);
+        let mut b = IdleBudget::new(floor_us * US, ceiling_us * US, Instant::now());
         for _ in 0..arrivals {
             b.record_gap(gap_us * US);
         }
@@ -95,7 +123,10 @@ mod tests {
 
     #[test]
     fn starts_at_the_floor() {
-        assert_eq!(IdleBudget::new(500 * US, 2000 * US).budget(), 500 * US);
+        assert_eq!(
+            IdleBudget::new(500 * US, 2000 * US, Instant::now()).budget(),
+            500 * US
+        );
     }
 
     #[test]
@@ -137,6 +168,36 @@ mod tests {
             arrivals += 1;
             assert!(arrivals < 40, "still {:?}", b.budget());
         }
+    }
+
+    #[test]
+    fn only_idle_periods_without_calls_in_flight_are_gaps() {
+        let t0 = Instant::now();
+        let mut b = IdleBudget::new(500 * US, 2000 * US, t0);
+        let mut t = t0;
+        for _ in 0..100 {
+            // An arrival 700 us after the last answer, then three short
+            // waits for workers (calls in flight), then the answer.
+            t += 700 * US;
+            b.worked(t, false);
+            for _ in 0..3 {
+                t += 5 * US;
+                b.worked(t, false);
+            }
+            t += 5 * US;
+            b.worked(t, true);
+        }
+        assert!(b.budget() >= 1390 * US, "{:?}", b.budget());
+        assert!(b.polls_at(t + 1300 * US));
+        assert!(!b.polls_at(t + 1500 * US));
+    }
+
+    #[test]
+    fn an_endless_budget_always_polls() {
+        let t0 = Instant::now();
+        let mut b = IdleBudget::endless(t0);
+        b.worked(t0 + 700 * US, true);
+        assert!(b.polls_at(t0 + Duration::from_secs(3600)));
     }
 
     #[test]

@@ -287,13 +287,15 @@ impl<T: Transport> CoreLoop<T> {
     /// Runs until the context's `stop` flag is set.
     pub fn run(mut self) {
         let config = self.st.ctx.config.clone();
-        let mut idle_budget = match config.poll {
-            PollMode::Spin => None,
-            PollMode::Adaptive => Some(IdleBudget::new(
+        let now = Instant::now();
+        let mut idle = match config.poll {
+            PollMode::Spin => IdleBudget::endless(now),
+            PollMode::Adaptive => IdleBudget::new(
                 Duration::from_micros(config.spin_us),
                 Duration::from_micros(config.spin_max_us),
-            )),
-            PollMode::Block => Some(IdleBudget::new(Duration::ZERO, Duration::ZERO)),
+                now,
+            ),
+            PollMode::Block => IdleBudget::new(Duration::ZERO, Duration::ZERO, now),
         };
         // A spinning loop on a core that workers share would hold it for a
         // whole time slice while the worker it just handed a call to waits:
@@ -307,11 +309,6 @@ impl<T: Transport> CoreLoop<T> {
         for f in 0..self.st.functions.len() {
             self.st.ensure_min_workers(f as u32);
         }
-        let mut last_work = Instant::now();
-        // Whether no call was in flight after the last work: the idle
-        // period that follows is then a gap between arrivals, not a wait
-        // for a worker (which is the worker's speed, not the clients').
-        let mut quiet_since_last_work = true;
         // Relaxed: the flags carry no data; a loop only needs to notice them
         // within a turn or two (the eventfd write that follows wakes sleepers).
         while !self.st.ctx.stop.load(Ordering::Relaxed) {
@@ -322,20 +319,12 @@ impl<T: Transport> CoreLoop<T> {
             let mut work = self.poll_net(Some(Duration::ZERO));
             work += self.turn_rest();
             if work > 0 {
-                if let (Some(budget), true) = (&mut idle_budget, quiet_since_last_work) {
-                    budget.record_gap(self.st.now.duration_since(last_work));
-                }
-                last_work = self.st.now;
-                quiet_since_last_work = self.st.calls.is_empty();
+                idle.worked(self.st.now, self.st.calls.is_empty());
                 continue;
             }
-            let Some(spin) = idle_budget.as_ref().map(IdleBudget::budget) else {
-                continue;
-            };
             // A delegated wake not yet settled keeps the loop awake: its
             // grace is µs, an epoll sleep lasts a millisecond at least.
-            let polling =
-                self.st.wake_watch.keeps_awake() || self.st.now.duration_since(last_work) < spin;
+            let polling = self.st.wake_watch.keeps_awake() || idle.polls_at(self.st.now);
             if polling && !yield_when_idle {
                 std::hint::spin_loop();
                 continue;
@@ -364,11 +353,7 @@ impl<T: Transport> CoreLoop<T> {
             // A wake-up with nothing to do (a timeout, for the timers) is
             // no arrival: the loop goes back to sleep at once.
             if work > 0 {
-                if let (Some(budget), true) = (&mut idle_budget, quiet_since_last_work) {
-                    budget.record_gap(self.st.now.duration_since(last_work));
-                }
-                last_work = self.st.now;
-                quiet_since_last_work = self.st.calls.is_empty();
+                idle.worked(self.st.now, self.st.calls.is_empty());
             }
         }
         // Finish every connection (a userspace stack's would otherwise hang
