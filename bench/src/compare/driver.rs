@@ -603,16 +603,16 @@ fn settle(
     if p99_us.len() > 1 {
         log!(
             settings,
-            "  {:<9} {:>8}/s: window {} of {} has the median p99 ({} µs), {}",
+            "  {:<9} {:>8}/s: p99 of windows {} µs; window {}/{}, the median, stands for the rate: {}",
             system.name(),
             format_rate(rate),
-            chosen + 1,
-            p99_us.len(),
             p99_us
                 .iter()
                 .map(|p| format!("{p:.1}"))
                 .collect::<Vec<_>>()
                 .join(", "),
+            chosen + 1,
+            p99_us.len(),
             if met { "SLO met" } else { "SLO MISSED" }
         );
     }
