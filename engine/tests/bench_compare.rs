@@ -182,6 +182,127 @@ fn a_shrunken_quick_comparison_reports_every_system() {
     assert!(configs.is_empty(), "config files left behind: {configs:?}");
 }
 
+/// A short nocturne-only comparison (S given, so no search) with
+/// `--repeat` as given (`None`: the default): its report and compare.md.
+fn nocturne_ladder(repeat: Option<&str>, scratch: &Scratch) -> (Run, Value, String) {
+    let json = scratch.0.join("compare.json");
+    let out = scratch.0.join("out");
+    let mut args = vec![
+        "bench",
+        "compare",
+        "--systems",
+        "nocturne",
+        "--saturation",
+        "400",
+        "--quick",
+        "--duration",
+        "200ms",
+        "--warmup",
+        "100ms",
+        "--pingpong",
+        "100",
+        "--ladder-max",
+        "0.75",
+        "--json",
+        json.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    if let Some(n) = repeat {
+        args.extend(["--repeat", n]);
+    }
+    let run = nocturne(&args, scratch);
+    run.assert_success();
+    let report = bench_run::read_report(&json);
+    let md = std::fs::read_to_string(out.join("compare.md")).unwrap();
+    (run, report, md)
+}
+
+/// The ladder cases of a report (every rate a system ran, not its
+/// unloaded round trips).
+fn ladder_cases(report: &Value) -> Vec<&Value> {
+    let cases: Vec<&Value> = report["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| {
+            let name = c["name"].as_str().unwrap();
+            name.starts_with("compare/nocturne/") && !name.ends_with("/unloaded")
+        })
+        .collect();
+    // 0.25, 0.5 and 0.75 × S at least.
+    assert!(cases.len() >= 3, "{report}");
+    cases
+}
+
+#[test]
+fn repeat_reports_the_median_window_of_each_rate_and_every_windows_p99() {
+    if !have_two_cores() {
+        return;
+    }
+    let scratch = Scratch::new("repeat3");
+    let (run, report, md) = nocturne_ladder(Some("3"), &scratch);
+    assert_eq!(report["machine"]["modes"]["repeat"], "3", "{report}");
+    for case in ladder_cases(&report) {
+        assert_eq!(case["windows"], 3, "a JSON integer: {case}");
+        let p99s: Vec<f64> = (1..=3)
+            .map(|n| {
+                case[format!("p99_window_{n}_us")]
+                    .as_f64()
+                    .unwrap_or_else(|| panic!("no p99 of window {n}: {case}"))
+            })
+            .collect();
+        assert!(case.get("p99_window_4_us").is_none(), "{case}");
+        // The case's own p99 is one window's (never a blend), and that
+        // window is the median.
+        let own = case["p99_us"].as_f64().unwrap();
+        assert!(p99s.contains(&own), "{own} not among {p99s:?}: {case}");
+        let mut sorted = p99s.clone();
+        sorted.sort_by(f64::total_cmp);
+        assert_eq!(sorted[1], own, "not the median of {p99s:?}: {case}");
+    }
+    assert!(
+        md.contains("| errors | SLO | p99 of windows |"),
+        "no windows column:\n{md}"
+    );
+    assert!(md.contains("3 windows per rate"), "{md}");
+    // The run log names each window, and the median that settled the rate.
+    for window in [
+        "window 1/3",
+        "window 2/3",
+        "window 3/3",
+        "the median, stands for the rate",
+    ] {
+        assert!(
+            run.stderr.contains(window),
+            "{window:?} not in:\n{}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
+fn without_repeat_a_rate_is_one_window_and_nothing_lists_windows() {
+    if !have_two_cores() {
+        return;
+    }
+    let scratch = Scratch::new("repeat1");
+    let (run, report, md) = nocturne_ladder(None, &scratch);
+    assert_eq!(report["machine"]["modes"]["repeat"], "1", "{report}");
+    for case in ladder_cases(&report) {
+        let fields = case.as_object().unwrap();
+        assert!(
+            !fields
+                .keys()
+                .any(|k| k == "windows" || k.starts_with("p99_window_")),
+            "{case}"
+        );
+    }
+    assert!(!md.contains("p99 of windows"), "{md}");
+    assert!(!md.contains("windows per rate"), "{md}");
+    assert!(!run.stderr.contains("window 1/"), "{}", run.stderr);
+}
+
 /// A baseline server process, killed on drop.
 struct Server {
     child: Child,
@@ -420,6 +541,15 @@ fn bad_compare_options_are_refused_before_anything_starts() {
         // A top the ladder would not honour.
         (vec!["--ladder-max", "0.5"], "--ladder-max 0.5"),
         (vec!["--ladder-max", "3.3"], "one of 0.75, 1, 1.25"),
+        // Windows per ladder rate: at least one, at most nine.
+        (
+            vec!["--repeat", "0"],
+            "--repeat 0 is out of range: it takes 1..=9",
+        ),
+        (
+            vec!["--repeat", "10"],
+            "--repeat 10 is out of range: it takes 1..=9",
+        ),
         (vec!["--systems", "rpc-hyper,grpc"], "unknown system"),
         (vec!["--systems", "nocturne"], "--saturation"),
         (vec!["--saturation", "fast"], "--saturation"),
@@ -530,4 +660,71 @@ fn an_interrupted_comparison_reports_what_finished_and_cleans_up() {
     }
     let left = bench_run::temp_files_starting(&prefix);
     assert!(left.is_empty(), "config files left behind: {left:?}");
+}
+
+/// Ctrl-C during one of a rate's `--repeat` windows: the phase names the
+/// window, and the rate is left out (it is reported by the median of all
+/// its windows or not at all); the rest is as without `--repeat`.
+#[test]
+fn an_interrupted_repeated_rate_is_left_out() {
+    if !have_two_cores() {
+        return;
+    }
+    let scratch = Scratch::new("sigint-repeat");
+    let json = scratch.0.join("partial.json");
+    let stopped = bench_run::interrupt_when(
+        &[
+            "bench",
+            "compare",
+            "--systems",
+            "nocturne",
+            "--saturation",
+            "400",
+            "--pingpong",
+            "100",
+            "--warmup",
+            "100ms",
+            "--repeat",
+            "3",
+            // A window far longer than the test: the signal lands in the
+            // first.
+            "--duration",
+            "10m",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        &scratch,
+        "loading every system at",
+        Duration::from_millis(500),
+        RUN_LIMIT,
+        Duration::from_secs(30),
+    );
+    let run = &stopped.run;
+    assert!(!run.success, "an interrupted run must fail");
+    assert!(
+        run.stderr
+            .contains("interrupted during nocturne's 100/s window 1/3"),
+        "{}",
+        run.stderr
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(
+        report["machine"]["modes"]["interrupted"], "during nocturne's 100/s window 1/3",
+        "{report}"
+    );
+    assert_eq!(
+        bench_run::case_names(&report),
+        ["compare/nocturne/unloaded"],
+        "{report}"
+    );
+    let prefix = format!("nocturne-bench-compare-{}-", run.pid);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_mentioning(&prefix).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "servers outlived the benchmark: {:?}",
+            processes_mentioning(&prefix)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

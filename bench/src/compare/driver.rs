@@ -10,7 +10,10 @@
 //! `engine::sys::catch_interrupts`) ends the run at the next check: what
 //! finished is returned with the [`ComparePhase`] it stopped in, and the
 //! systems are stopped as the run unwinds (their guards remove their
-//! processes and config files). A window cut short is left out.
+//! processes and config files). A window cut short is left out; so is,
+//! with `--repeat`, every window of a ladder rate whose last window had
+//! not ended (a rate is reported by the median of all its windows, or not
+//! at all).
 //!
 //! The run log (every system started, every rate run) goes to stderr, so
 //! that stdout carries the table alone; `--quiet` drops it.
@@ -19,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use super::sweep::{KeepUp, Saturation, SaturationSearch, SloLadder};
+use super::sweep::{median_window, KeepUp, Saturation, SaturationSearch, SloLadder};
 use super::systems::{RunningSystem, System};
 use super::CompareSettings;
 use crate::engine::sys;
@@ -44,8 +47,12 @@ pub struct SystemResult {
     pub system: System,
     /// Back-to-back round trips on one connection (no load).
     pub unloaded: LatencyHistogram,
-    /// One result per ladder rate run, ascending by rate.
+    /// One result per ladder rate run, ascending by rate: with
+    /// `--repeat`, the window with the median p99 of the rate's.
     pub runs: Vec<RateResult>,
+    /// Per ladder rate run, ascending by rate, the p99 of each of its
+    /// windows (one without `--repeat`).
+    pub windows: Vec<RateWindows>,
     /// The highest rate meeting the SLO (p99, no errors).
     pub best: Option<f64>,
     /// Every ladder rate met the SLO: `best` is a lower bound.
@@ -60,6 +67,60 @@ impl SystemResult {
     /// The run at `rate`, if one ran.
     pub fn at(&self, rate: f64) -> Option<&RateResult> {
         self.runs.iter().find(|r| r.rate == rate)
+    }
+
+    /// The windows of the run at `rate`, if one ran.
+    pub fn windows_at(&self, rate: f64) -> Option<&RateWindows> {
+        self.windows.iter().find(|w| w.rate == rate)
+    }
+}
+
+/// The windows one ladder rate of one system ran (`--repeat`), of which
+/// one, the median by p99, stands for the rate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateWindows {
+    /// The rate.
+    pub rate: f64,
+    /// Each window's p99 in run order, µs (as the report's `p99_us`).
+    pub p99_us: Vec<f64>,
+    /// The index in `p99_us` of the window that stands for the rate.
+    pub chosen: usize,
+}
+
+/// Which of a rate's `--repeat` windows, e.g. 2 of 3.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Window {
+    /// From 1.
+    pub number: u32,
+    /// The rate's windows (`--repeat`).
+    pub of: u32,
+}
+
+impl std::fmt::Display for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.number, self.of)
+    }
+}
+
+impl Window {
+    /// The phase while this window of `system`'s `rate` runs: as without
+    /// `--repeat` when it is the only one.
+    fn during(self, system: System, rate: f64) -> ComparePhase {
+        if self.of == 1 {
+            ComparePhase::Ladder(system, rate)
+        } else {
+            ComparePhase::LadderWindow(system, rate, self)
+        }
+    }
+
+    /// The phase once this window has ended: the rate is reported after
+    /// its last.
+    fn after(self, system: System, rate: f64) -> ComparePhase {
+        if self.number == self.of {
+            ComparePhase::After(Some(system), rate)
+        } else {
+            ComparePhase::AfterWindow(system, rate, self)
+        }
     }
 }
 
@@ -101,6 +162,12 @@ pub enum ComparePhase {
     Search(f64),
     /// A system's ladder window at this rate, which is left out.
     Ladder(System, f64),
+    /// One of a system's `--repeat` windows (N > 1) at this rate: the
+    /// rate is left out with every window of it that had ended.
+    LadderWindow(System, f64, Window),
+    /// After one of a system's `--repeat` windows at this rate had ended,
+    /// not its last: the rate's windows so far are left out.
+    AfterWindow(System, f64, Window),
     /// After a window had finished (it is reported): the saturation
     /// search's at this rate, or a system's ladder rate.
     After(Option<System>, f64),
@@ -119,6 +186,18 @@ impl std::fmt::Display for ComparePhase {
             Self::Ladder(s, rate) => {
                 write!(f, "during {}'s {}/s window", s.name(), format_rate(rate))
             }
+            Self::LadderWindow(s, rate, window) => write!(
+                f,
+                "during {}'s {}/s window {window}",
+                s.name(),
+                format_rate(rate)
+            ),
+            Self::AfterWindow(s, rate, window) => write!(
+                f,
+                "after {}'s {}/s window {window} had ended, before the rate's last",
+                s.name(),
+                format_rate(rate)
+            ),
             Self::After(system, rate) => write!(
                 f,
                 "after {}'s {}/s window had ended",
@@ -261,8 +340,11 @@ struct Progress {
     search_runs: Vec<SearchRun>,
     saturation: Option<(f64, Option<Saturation>)>,
     ladders: Vec<SloLadder>,
-    /// Per running system, its ladder runs.
+    /// Per running system, its ladder runs (the window standing for each
+    /// rate).
     runs: Vec<Vec<RateResult>>,
+    /// Per running system, the windows of each ladder run.
+    windows: Vec<Vec<RateWindows>>,
     /// Where the run is (what an error there interrupted).
     phase: ComparePhase,
 }
@@ -279,6 +361,7 @@ pub fn run_compare(settings: &CompareSettings) -> anyhow::Result<CompareOutcome>
         saturation: None,
         ladders: Vec::new(),
         runs: Vec::new(),
+        windows: Vec::new(),
         phase: ComparePhase::Starting(settings.systems[0]),
     };
     let interrupted = match run_phases(settings, &mut progress, &loadavg_start) {
@@ -326,6 +409,7 @@ fn run_phases(
         progress.running.push(started);
         progress.unloaded.push(None);
         progress.runs.push(Vec::new());
+        progress.windows.push(Vec::new());
     }
 
     // Unloaded round trips.
@@ -422,17 +506,38 @@ fn run_phases(
         .iter()
         .map(|s| plan_for(settings, s, settings.duration))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    run_ladders(settings, progress, &slo, &plans)
+}
+
+/// The ladders, one rate per system per round, the systems in rotated
+/// order from round to round, so that drift on the machine hits all
+/// alike. Each rate runs `--repeat` windows, interleaved: window 1 of
+/// every system's rate, then window 2 of every system's, …, so that a
+/// phase of host stalls lands on every system alike rather than on the
+/// one whose windows it caught back to back.
+fn run_ladders(
+    settings: &CompareSettings,
+    progress: &mut Progress,
+    slo: &Slo,
+    plans: &[LoadPlan],
+) -> Result<(), Stop> {
     let n = progress.running.len();
     for round in 0.. {
-        let mut any = false;
-        for k in 0..n {
-            let i = (k + round) % n;
-            let Some(rate) = progress.ladders[i].next_rate() else {
-                continue;
-            };
-            any = true;
+        // (system index, rate) in this round's order; a ladder moves only
+        // once its rate has settled, after the round's last window.
+        let turns: Vec<(usize, f64)> = (0..n)
+            .map(|k| (k + round) % n)
+            .filter_map(|i| progress.ladders[i].next_rate().map(|rate| (i, rate)))
+            .collect();
+        if turns.is_empty() {
+            return Ok(());
+        }
+        // Per turn, its windows that have ended, in run order.
+        let mut ended: Vec<Vec<RateResult>> = turns.iter().map(|_| Vec::new()).collect();
+        for (window, turn) in interleaved(turns.len(), settings.repeat) {
+            let (i, rate) = turns[turn];
             let system = progress.running[i].system();
-            progress.phase = ComparePhase::Ladder(system, rate);
+            progress.phase = window.during(system, rate);
             let result = measure(
                 &mut progress.running[i],
                 &plans[i],
@@ -440,21 +545,84 @@ fn run_phases(
                 settings.progress,
                 progress.phase,
             )?;
-            let met = result.meets(std::slice::from_ref(&slo));
-            log!(
-                settings,
-                "{}",
-                line(system, &result, if met { "SLO met" } else { "SLO MISSED" })
-            );
-            progress.ladders[i].record(rate, met);
-            progress.runs[i].push(result);
-            stop_if_interrupted(ComparePhase::After(Some(system), rate))?;
-        }
-        if !any {
-            break;
+            log!(settings, "{}", window_line(system, &result, slo, window));
+            ended[turn].push(result);
+            if window.number == window.of {
+                settle(settings, progress, i, std::mem::take(&mut ended[turn]), slo);
+            }
+            stop_if_interrupted(window.after(system, rate))?;
         }
     }
     Ok(())
+}
+
+/// The order of a round's windows: window 1 of each of its `turns` (in
+/// the round's order), then window 2 of each, … up to `repeat`.
+fn interleaved(turns: usize, repeat: u32) -> impl Iterator<Item = (Window, usize)> {
+    (1..=repeat)
+        .flat_map(move |number| (0..turns).map(move |turn| (Window { number, of: repeat }, turn)))
+}
+
+/// The run log's line for one ladder window: its numbers and whether it
+/// met the SLO, and which window it is when a rate runs several.
+fn window_line(system: System, result: &RateResult, slo: &Slo, window: Window) -> String {
+    let met = result.meets(std::slice::from_ref(slo));
+    let verdict = if met { "SLO met" } else { "SLO MISSED" };
+    if window.of == 1 {
+        line(system, result, verdict)
+    } else {
+        line(system, result, &format!("window {window}, {verdict}"))
+    }
+}
+
+/// Settles system `i`'s rate once all its `windows` (in run order) have
+/// ended: the window with the median p99 stands for the rate — its
+/// verdict moves the ladder, and it is the rate's run in every table,
+/// plot and ratio — and every window's p99 is kept for the report.
+fn settle(
+    settings: &CompareSettings,
+    progress: &mut Progress,
+    i: usize,
+    windows: Vec<RateResult>,
+    slo: &Slo,
+) {
+    let p99_ns: Vec<u64> = windows
+        .iter()
+        .map(|r| r.latency.quantile_ns(0.99))
+        .collect();
+    let chosen = median_window(&p99_ns).expect("every rate runs at least one window");
+    // As the report's `p99_us` is written, so that the chosen window's
+    // entry is that number exactly.
+    let p99_us: Vec<f64> = windows.iter().map(|r| r.latency.summary().p99_us).collect();
+    let result = windows
+        .into_iter()
+        .nth(chosen)
+        .expect("the median is one of the windows");
+    let met = result.meets(std::slice::from_ref(slo));
+    let (system, rate) = (progress.running[i].system(), result.rate);
+    if p99_us.len() > 1 {
+        log!(
+            settings,
+            "  {:<9} {:>8}/s: p99 of windows {} µs; window {}/{}, the median, stands for the rate: {}",
+            system.name(),
+            format_rate(rate),
+            p99_us
+                .iter()
+                .map(|p| format!("{p:.1}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            chosen + 1,
+            p99_us.len(),
+            if met { "SLO met" } else { "SLO MISSED" }
+        );
+    }
+    progress.ladders[i].record(rate, met);
+    progress.runs[i].push(result);
+    progress.windows[i].push(RateWindows {
+        rate,
+        p99_us,
+        chosen,
+    });
 }
 
 /// rpc-hyper's saturation rate S (see [`SaturationSearch`]).
@@ -532,6 +700,7 @@ fn outcome(
         saturation,
         ladders,
         runs,
+        windows,
         ..
     } = progress;
     let (saturation, search) = saturation.unwrap_or((0.0, None));
@@ -550,14 +719,17 @@ fn outcome(
         .iter()
         .zip(unloaded)
         .zip(runs)
+        .zip(windows)
         .enumerate()
-        .map(|(i, ((system, unloaded), mut runs))| {
+        .map(|(i, (((system, unloaded), mut runs), mut windows))| {
             runs.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+            windows.sort_by(|a, b| a.rate.total_cmp(&b.rate));
             let ladder = ladders.get(i);
             SystemResult {
                 system: system.system(),
                 unloaded: unloaded.unwrap_or_default(),
                 runs,
+                windows,
                 best: ladder.and_then(SloLadder::best),
                 reached_top: ladder.is_some_and(SloLadder::reached_top),
                 rss_mib: system.rss_mib(),
@@ -577,5 +749,48 @@ fn outcome(
         systems,
         loadavg: (loadavg_start, loadavg()),
         interrupted,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rounds_windows_are_interleaved_across_its_systems() {
+        let order: Vec<(u32, usize)> = interleaved(3, 2).map(|(w, t)| (w.number, t)).collect();
+        assert_eq!(order, [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]);
+        assert!(interleaved(3, 2).all(|(w, _)| w.of == 2));
+        // One window each: the round as before --repeat.
+        let order: Vec<(u32, usize)> = interleaved(2, 1).map(|(w, t)| (w.number, t)).collect();
+        assert_eq!(order, [(1, 0), (1, 1)]);
+        assert_eq!(interleaved(0, 3).count(), 0);
+    }
+
+    #[test]
+    fn a_window_names_its_phase_as_before_when_it_is_the_only_one() {
+        let only = Window { number: 1, of: 1 };
+        assert_eq!(
+            only.during(System::Nocturne, 100.0).to_string(),
+            "during nocturne's 100/s window"
+        );
+        assert_eq!(
+            only.after(System::Nocturne, 100.0),
+            ComparePhase::After(Some(System::Nocturne), 100.0)
+        );
+        let second = Window { number: 2, of: 3 };
+        assert_eq!(
+            second.during(System::RpcHyper, 2000.0).to_string(),
+            "during rpc-hyper's 2k/s window 2/3"
+        );
+        assert_eq!(
+            second.after(System::RpcHyper, 2000.0).to_string(),
+            "after rpc-hyper's 2k/s window 2/3 had ended, before the rate's last"
+        );
+        // After a rate's last window, the rate is reported.
+        assert_eq!(
+            Window { number: 3, of: 3 }.after(System::RpcGrpc, 2000.0),
+            ComparePhase::After(Some(System::RpcGrpc), 2000.0)
+        );
     }
 }

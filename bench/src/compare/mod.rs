@@ -8,7 +8,9 @@
 //!  unloaded: ping-pong round trips on each ─▶ SLO = 10 × nocturne's unloaded p50
 //!  S: rpc-hyper's saturation rate (sweep::SaturationSearch: double, then bisect)
 //!  rounds: each system, in rotated order, runs the next rate of its sweep::SloLadder
-//!          (0.25 S, 0.5 S, 0.75 S always; higher while the SLO holds), the others frozen
+//!          (0.25 S, 0.5 S, 0.75 S always; higher while the SLO holds), the others frozen;
+//!          with --repeat N, N windows per rate, interleaved (window 1 of every
+//!          system, then window 2, …), the median-p99 window standing for the rate
 //!  ─▶ report (docs/design.md §7 JSON), Markdown table, SVG plot, target checks
 //! ```
 //!
@@ -46,7 +48,9 @@ use crate::load::PollMode;
 use crate::pin::{allowed_cores, check_cores_against, parse_core_list};
 use crate::range::DecimalRange;
 
-pub use driver::{run_compare, CompareOutcome, ComparePhase, SearchRun, SystemResult};
+pub use driver::{
+    run_compare, CompareOutcome, ComparePhase, RateWindows, SearchRun, SystemResult, Window,
+};
 pub use sweep::{KeepUp, LadderMaxError, Saturation, SaturationSearch, SearchError, SloLadder};
 pub use systems::{Placement, RunningSystem, System};
 
@@ -120,6 +124,11 @@ pub struct CompareArgs {
     /// Warm-up before each window [default: 1s, quick 200ms] [range: 0s..=3600s].
     #[arg(long, value_name = "DURATION")]
     pub warmup: Option<String>,
+    /// Windows per ladder rate, interleaved across the systems; the one with
+    /// the median p99 stands for the rate, so one stall of a noisy host does
+    /// not decide the SLO [range: 1..=9].
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub repeat: u32,
     /// Window of each saturation-search rate [default: 2s, quick 500ms]
     /// [range: 1ms..=3600s].
     #[arg(long, value_name = "DURATION")]
@@ -199,6 +208,9 @@ pub struct CompareSettings {
     pub duration: Duration,
     /// Warm-up before every window.
     pub warmup: Duration,
+    /// Measurement windows per ladder rate (`--repeat`); the one with the
+    /// median p99 stands for the rate.
+    pub repeat: u32,
     /// Window per saturation-search rate.
     pub sweep_duration: Duration,
     /// First search rate.
@@ -254,6 +266,10 @@ pub mod ranges {
     pub const MISS_RUNS: IntRange = IntRange::new("miss-runs", 1, 100);
     /// `--pingpong`.
     pub const PINGPONG: IntRange = IntRange::new("pingpong", 1, 1_000_000_000);
+    /// `--repeat`: each window adds a warm-up and a window per system and
+    /// rate to the run; past 9 the run grows long for a median that more
+    /// windows barely steady.
+    pub const REPEAT: IntRange = IntRange::new("repeat", 1, 9);
     const HOUR: Duration = Duration::from_secs(3600);
     const MS: Duration = Duration::from_millis(1);
     /// `--warmup`.
@@ -264,7 +280,7 @@ pub mod ranges {
     pub const KEEP_UP_P50: DurationRange =
         DurationRange::new("keep-up-p50", Duration::from_micros(1), HOUR);
     /// Every integer range, for the help test.
-    pub const INTS: [IntRange; 7] = [
+    pub const INTS: [IntRange; 8] = [
         SERVER_THREADS,
         CLIENT_THREADS,
         CONNECTIONS,
@@ -272,6 +288,7 @@ pub mod ranges {
         REFINE,
         MISS_RUNS,
         PINGPONG,
+        REPEAT,
     ];
     /// Every duration range, for the help test.
     pub const DURATIONS: [DurationRange; 5] =
@@ -326,6 +343,7 @@ impl CompareSettings {
         // Checked before the body is allocated and filled.
         ranges::PAYLOAD.check_usize(args.payload)?;
         ranges::MISS_RUNS.check(u64::from(args.miss_runs))?;
+        ranges::REPEAT.check(u64::from(args.repeat))?;
         if let Some(n) = args.refine {
             ranges::REFINE.check(u64::from(n))?;
         }
@@ -424,6 +442,7 @@ impl CompareSettings {
             payload: vec![b'p'; args.payload],
             duration,
             warmup,
+            repeat: args.repeat,
             sweep_duration,
             sweep_start,
             sweep_max,
@@ -466,6 +485,7 @@ impl CompareSettings {
             ("arrival", "fixed".into()),
             ("duration", format_duration(self.duration)),
             ("warmup", format_duration(self.warmup)),
+            ("repeat", self.repeat.to_string()),
             ("sweep_duration", format_duration(self.sweep_duration)),
             ("refine", self.refine.to_string()),
             ("miss_runs", self.miss_runs.to_string()),

@@ -3,7 +3,9 @@
 //!
 //! Report cases: `compare/<system>/<rate>` for every ladder rate a system
 //! ran (the load generator's fields, plus `fraction_of_s`, and the booleans `slo_met` and
-//! `comparison_rate`),
+//! `comparison_rate`; with `--repeat` N > 1, the numbers of the window with
+//! the median p99, the count `windows` = N and every window's p99 in run
+//! order as `p99_window_1_us` … `p99_window_N_us`),
 //! `compare/<system>/unloaded` for its ping-pong round trips, and
 //! `saturation/rpc-hyper/<rate>` for the runs of the saturation search
 //! (with the boolean `kept_up`; a rate run again to confirm a miss adds `/run2`).
@@ -11,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::driver::{CompareOutcome, SystemResult};
+use super::driver::{CompareOutcome, RateWindows, SystemResult};
 use super::systems::System;
 use super::CompareSettings;
 use crate::ipc::TargetCheck;
@@ -120,6 +122,28 @@ fn with_extras(mut case: CaseResult, extras: &[(&str, f64)]) -> CaseResult {
     case
 }
 
+/// The report field of window `number` (from 1)'s p99.
+pub fn p99_window_field(number: usize) -> String {
+    format!("p99_window_{number}_us")
+}
+
+/// A rate's case with its `--repeat` windows beside its own numbers (the
+/// median window's): the count `windows` and each window's p99 as a float
+/// field of its own, in run order. Fields, not one string: a report's
+/// extra fields are numbers or booleans (`crate::report`), and a reader
+/// compares a window's p99 with `p99_us` as the number it is. Nothing is
+/// added for a rate that ran one window.
+fn with_windows(mut case: CaseResult, windows: Option<&RateWindows>) -> CaseResult {
+    let Some(w) = windows.filter(|w| w.p99_us.len() > 1) else {
+        return case;
+    };
+    case = case.with_count("windows", w.p99_us.len() as u64);
+    for (i, &p99) in w.p99_us.iter().enumerate() {
+        case = case.with_extra(p99_window_field(i + 1), p99);
+    }
+    case
+}
+
 /// The docs/design.md §7 report.
 pub fn build_report(settings: &CompareSettings, outcome: &CompareOutcome) -> Report {
     let p = &settings.placement;
@@ -190,15 +214,15 @@ pub fn build_report(settings: &CompareSettings, outcome: &CompareOutcome) -> Rep
                 .expect("a rate has its own case");
             case.name = case_name(s.system, r.rate);
             let comparison = outcome.comparison_rates.contains(&r.rate);
+            let case = with_extras(
+                case,
+                &[
+                    ("fraction_of_s", r.rate / outcome.saturation),
+                    ("rss_mb", s.rss_mib),
+                ],
+            );
             cases.push(
-                with_extras(
-                    case,
-                    &[
-                        ("fraction_of_s", r.rate / outcome.saturation),
-                        ("rss_mb", s.rss_mib),
-                    ],
-                )
-                .with_flag("comparison_rate", comparison),
+                with_windows(case, s.windows_at(r.rate)).with_flag("comparison_rate", comparison),
             );
         }
     }
@@ -271,7 +295,7 @@ pub fn markdown_table(settings: &CompareSettings, outcome: &CompareOutcome) -> S
     let _ = writeln!(
         md,
         "Client: `bench load` engine, {} × fixed-rate open loop, {} keep-alive connection(s), \
-         {}-byte bodies, cores {}; {} warm-up + {} window per rate. nocturne: io cores {}, \
+         {}-byte bodies, cores {}; {} warm-up + {} window per rate{}. nocturne: io cores {}, \
          workers on {:?}, `--poll {}`{}. Baselines: {} tokio worker thread(s) per process on \
          cores {:?}. Latency from each request's intended send time, µs.\n",
         settings.client_threads,
@@ -280,6 +304,7 @@ pub fn markdown_table(settings: &CompareSettings, outcome: &CompareOutcome) -> S
         format_core_list(&settings.client_cores),
         format_duration(settings.warmup),
         format_duration(settings.duration),
+        repeat_method(settings.repeat),
         format_core_list(&p.io_cores),
         p.worker_cores,
         p.nocturne_poll,
@@ -332,16 +357,27 @@ pub fn markdown_table(settings: &CompareSettings, outcome: &CompareOutcome) -> S
         base.map(|b| us(b.unloaded.quantile_ns(0.5)))
             .unwrap_or_else(|| "?".into())
     );
+    // The windows' column only where a rate ran several: the table of a
+    // run without --repeat reads as it always has.
+    let repeated = settings.repeat > 1;
+    let (windows_head, windows_rule, no_windows) = if repeated {
+        (format!(" {WINDOWS_COLUMN} |"), "---|", " |")
+    } else {
+        (String::new(), "", "")
+    };
     let _ = writeln!(
         md,
-        "| rate | system | achieved/s | p50 | p90 | p99 | p99.9 | max | errors | SLO |"
+        "| rate | system | achieved/s | p50 | p90 | p99 | p99.9 | max | errors | SLO |{windows_head}"
     );
-    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(
+        md,
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|{windows_rule}"
+    );
     for s in &outcome.systems {
         let h = &s.unloaded;
         let _ = writeln!(
             md,
-            "| unloaded (ping-pong) | {} | – | {} | {} | {} | {} | {} | 0 | |",
+            "| unloaded (ping-pong) | {} | – | {} | {} | {} | {} | {} | 0 | |{no_windows}",
             s.system.name(),
             us(h.quantile_ns(0.5)),
             us(h.quantile_ns(0.9)),
@@ -371,9 +407,14 @@ pub fn markdown_table(settings: &CompareSettings, outcome: &CompareOutcome) -> S
                     " ‡"
                 }
             );
+            let windows = if repeated {
+                format!(" {} |", windows_cell(s.windows_at(rate)))
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 md,
-                "| {label} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {label} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |{windows}",
                 s.system.name(),
                 r.achieved_per_s(),
                 us(h.quantile_ns(0.5)),
@@ -406,6 +447,43 @@ pub fn markdown_table(settings: &CompareSettings, outcome: &CompareOutcome) -> S
         let _ = writeln!(md, "| {} | {best} |", s.system.name());
     }
     md
+}
+
+/// The Markdown column of every window's p99 (`--repeat` above 1).
+pub const WINDOWS_COLUMN: &str = "p99 of windows";
+
+/// What the table's setup line adds about `--repeat`: nothing for one
+/// window per rate.
+fn repeat_method(repeat: u32) -> String {
+    if repeat <= 1 {
+        return String::new();
+    }
+    format!(
+        ", {repeat} windows per rate interleaved across the systems; each row is the window \
+         with the median p99 (its own numbers, which decide the SLO), `{WINDOWS_COLUMN}` \
+         lists every window's p99 in run order, the median's in bold"
+    )
+}
+
+/// Every window's p99 in run order, µs, the one standing for the rate in
+/// bold.
+fn windows_cell(windows: Option<&RateWindows>) -> String {
+    let Some(w) = windows else {
+        return String::new();
+    };
+    w.p99_us
+        .iter()
+        .enumerate()
+        .map(|(i, &p99)| {
+            let text = us((p99 * 1e3).round() as u64);
+            if i == w.chosen {
+                format!("**{text}**")
+            } else {
+                text
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn trim_fraction(f: f64) -> String {
@@ -459,6 +537,14 @@ mod tests {
             runs: [250.0, 500.0, 750.0]
                 .iter()
                 .map(|&r| rate_result(r, p_us))
+                .collect(),
+            windows: [250.0, 500.0, 750.0]
+                .iter()
+                .map(|&rate| RateWindows {
+                    rate,
+                    p99_us: vec![p_us as f64],
+                    chosen: 0,
+                })
                 .collect(),
             best,
             reached_top: false,
@@ -696,6 +782,121 @@ mod tests {
         let whole = outcome();
         assert!(!markdown_table(&settings, &whole).contains("Targets:"));
         assert!(markdown(&settings, &whole).contains("Targets:"));
+    }
+
+    /// Every rate of `o` as if it ran three windows whose p99s were 3, 1
+    /// and ½ × its run's: the middle one (the run itself) has the median.
+    fn with_three_windows(mut o: CompareOutcome) -> CompareOutcome {
+        for s in &mut o.systems {
+            s.windows = s
+                .runs
+                .iter()
+                .map(|r| {
+                    let p99 = r.latency.summary().p99_us;
+                    RateWindows {
+                        rate: r.rate,
+                        p99_us: vec![3.0 * p99, p99, 0.5 * p99],
+                        chosen: 1,
+                    }
+                })
+                .collect();
+        }
+        o
+    }
+
+    #[test]
+    fn a_repeated_rate_reports_its_median_window_and_lists_every_window() {
+        let settings = parse_args(&["--saturation=1000", "--repeat=3"]).unwrap();
+        assert_eq!(settings.repeat, 3);
+        let o = with_three_windows(outcome());
+        // Read back from the JSON: the fields survive as numbers, the
+        // count as an integer.
+        let report = Report::from_json(&build_report(&settings, &o).to_json()).unwrap();
+        assert_eq!(report.machine.modes["repeat"], "3");
+        for s in System::ALL {
+            for rate in [250.0, 500.0, 750.0] {
+                let c = report.case(&case_name(s, rate)).unwrap();
+                assert_eq!(c.counts.get("windows"), Some(&3), "{c:?}");
+                let p99s: Vec<f64> = (1..=3).map(|n| c.extra[&p99_window_field(n)]).collect();
+                // The case's own numbers are the median window's.
+                assert_eq!(p99s[1], c.p99_us, "{c:?}");
+                assert_eq!(p99s, [3.0 * c.p99_us, c.p99_us, 0.5 * c.p99_us]);
+            }
+            assert!(!report
+                .case(&unloaded_case_name(s))
+                .unwrap()
+                .counts
+                .contains_key("windows"));
+        }
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        let case = json["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == case_name(System::Nocturne, 500.0))
+            .unwrap();
+        assert!(case["windows"].is_u64(), "a JSON integer: {case}");
+        let md = markdown(&settings, &o);
+        assert!(
+            md.contains("| errors | SLO | p99 of windows |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"),
+            "{md}"
+        );
+        assert!(md.contains("3 windows per rate interleaved"), "{md}");
+        // nocturne's p99 is 10 µs: windows 30, 10 (the median, bold), 5.
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| 500/s (0.5 S) | nocturne |"))
+            .unwrap();
+        assert!(row.ends_with("| met | 30.0, **10.0**, 5.0 |"), "{row}");
+        let unloaded = md
+            .lines()
+            .find(|l| l.starts_with("| unloaded (ping-pong) | nocturne |"))
+            .unwrap();
+        assert_eq!(unloaded.matches('|').count(), 12, "{unloaded}");
+    }
+
+    #[test]
+    fn one_window_per_rate_keeps_the_report_and_the_table_as_they_were() {
+        let settings = parse_args(&["--saturation=1000"]).unwrap();
+        assert_eq!(settings.repeat, 1);
+        let o = outcome();
+        let report = build_report(&settings, &o);
+        assert_eq!(report.machine.modes["repeat"], "1");
+        for c in &report.cases {
+            assert!(!c.counts.contains_key("windows"), "{c:?}");
+            assert!(
+                !c.extra.keys().any(|k| k.starts_with("p99_window_")),
+                "{c:?}"
+            );
+        }
+        let md = markdown(&settings, &o);
+        assert!(
+            !md.contains(WINDOWS_COLUMN) && !md.contains("windows per rate"),
+            "{md}"
+        );
+        assert!(md.contains(
+            "| rate | system | achieved/s | p50 | p90 | p99 | p99.9 | max | errors | SLO |\n"
+        ));
+    }
+
+    #[test]
+    fn repeat_out_of_range_is_refused_naming_it() {
+        for bad in ["0", "10"] {
+            let err = format!(
+                "{:#}",
+                parse_args(&["--saturation=1000", "--repeat", bad]).unwrap_err()
+            );
+            assert_eq!(
+                err,
+                format!("--repeat {bad} is out of range: it takes 1..=9")
+            );
+        }
+        assert_eq!(
+            parse_args(&["--saturation=1000", "--repeat=9"])
+                .unwrap()
+                .repeat,
+            9
+        );
     }
 
     #[test]

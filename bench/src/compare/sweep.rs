@@ -393,6 +393,22 @@ impl SloLadder {
     }
 }
 
+/// Which of a rate's `--repeat` windows stands for the rate: the one with
+/// the median p99 (for an even count the lower middle, the
+/// `(N - 1) / 2`-th by p99), as an index into `p99s`, which are in run
+/// order. Equal p99s keep their run order (a stable sort), so a tie is
+/// settled the same way every time. `None` for no windows.
+///
+/// One measured window stands for the rate, never numbers merged from
+/// several: a merged histogram would let one window's stall set the tail
+/// again, and an average of percentiles is a number no window measured.
+pub fn median_window<T: Ord>(p99s: &[T]) -> Option<usize> {
+    let mut by_p99: Vec<usize> = (0..p99s.len()).collect();
+    by_p99.sort_by_key(|&i| &p99s[i]);
+    let middle = p99s.len().checked_sub(1)? / 2;
+    Some(by_p99[middle])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -646,5 +662,27 @@ mod tests {
         let mut l = SloLadder::new(1000.0, 8.0);
         l.record(333.0, true);
         assert_eq!(l.next_rate(), Some(250.0));
+    }
+
+    #[test]
+    fn the_window_with_the_median_p99_stands_for_the_rate() {
+        // Odd: the middle p99, wherever it ran.
+        assert_eq!(median_window(&[1495, 285, 363]), Some(2));
+        assert_eq!(median_window(&[363, 1495, 285]), Some(0));
+        // Even: the lower middle, never a blend of the two.
+        assert_eq!(median_window(&[400, 100, 300, 200]), Some(3));
+        assert_eq!(median_window(&[900, 100]), Some(1));
+        // One window is its own median.
+        assert_eq!(median_window(&[7]), Some(0));
+        // Ties keep their run order: the earlier of equal p99s.
+        assert_eq!(median_window(&[5, 5, 5]), Some(1));
+        assert_eq!(median_window(&[7, 3, 7]), Some(0));
+        assert_eq!(median_window(&[3, 7, 7, 3]), Some(3));
+        // No windows, nothing to choose.
+        assert_eq!(median_window::<u64>(&[]), None);
+        // Whatever the order, the chosen p99 is the sorted middle.
+        for p99s in [[1u64, 2, 3, 4, 5], [5, 4, 3, 2, 1], [2, 5, 1, 4, 3]] {
+            assert_eq!(p99s[median_window(&p99s).unwrap()], 3, "{p99s:?}");
+        }
     }
 }
