@@ -2,14 +2,17 @@
 # The 16-core-host benchmarks, in one bounded run: the default steps' time
 # limits add up to 620 s (about 10 minutes, plus up to 10 s of clean-up
 # each); the optional ones add up to 60 s (echo-ceiling), about 10 s
-# (profile), up to 16 × 20 s (loops) and 240 s (delegation).
+# (profile), up to 16 × 20 s (loops), 240 s (delegation) and 4 × 40 s
+# (low-rate).
 #
 # Usage: bench/scripts/host16.sh BINARY OUTDIR [STEP…]
 #   STEP: latency throughput serve-throughput generator compare (default: all),
 #         echo-ceiling, profile (perf record of the io core at saturation;
 #         $PERF names the perf binary, default `perf`), loops (calls
 #         forwarded between two io loops), delegation (delegated wakes off
-#         and on, the client and the workers sharing one core)
+#         and on, the client and the workers sharing one core), low-rate
+#         (the io loop's budget stretched over the gaps between requests,
+#         off and on, at 500-4000 requests/s)
 #
 # Runs on a machine with at least 16 cores, nothing else busy, as root or
 # not. It needs only the release `nocturne` binary (no cargo, no iproute2:
@@ -33,6 +36,7 @@
 #                     the baselines get 2-15
 #   delegation        client and (yielding) workers on 1, io 15: the 2-core
 #                     VM's placement, `--delegate-wakes false` then `true`
+#   low-rate          client 0, io 15 (adaptive), workers 1-13
 #
 # $LOAD_BIN, when set, runs the load generator (`bench load`) instead of
 # BINARY, so that servers of several builds meet the same client.
@@ -46,7 +50,7 @@ BIN=$1
 OUT=$2
 shift 2
 STEPS=${*:-latency throughput serve-throughput generator compare}
-KNOWN="latency throughput serve-throughput generator compare echo-ceiling profile loops delegation"
+KNOWN="latency throughput serve-throughput generator compare echo-ceiling profile loops delegation low-rate"
 # Everything is checked before anything runs or is created: a bad step name
 # found after minutes of the steps before it, or an empty OUTDIR left by a
 # run that could not start, helps nobody.
@@ -258,6 +262,34 @@ step_delegation() {
   done
 }
 
+# The adaptive io loop's budget stretched over the gaps between requests
+# (`spin_max_us`, docs/configuration.md) on a core of its own, at rates
+# whose gaps (250 µs-2 ms) are longer than its 50 µs `spin_us`: off
+# (`--spin-max-us 0`) and on (the default), two rounds, a fresh engine
+# each. On the 2-core VM it took the chain's p50 at 1375/s from 97-134 µs
+# to 43-50 (docs/operations.md, "Low rates").
+step_low_rate() {
+  local config="$OUT/low-rate.toml" body
+  printf '[[functions]]\nname = "foo"\nbuiltin = "foo"\n[[functions]]\nname = "bar"\nbuiltin = "bar"\n' >"$config"
+  body=$(printf 'x%.0s' $(seq 64))
+  for round in 1 2; do
+    for max in 0 2000; do
+      local name="low-rate-$max-$round" log="$OUT/low-rate-$max-$round-serve.log"
+      "$BIN" serve --config "$config" --listen 127.0.0.1:0 --io-cores 15 --worker-cores 1-13 \
+        --spin-max-us "$max" >"$log" 2>&1 &
+      local pid=$!
+      local url
+      url=$(server_url "$log")
+      sleep 1 # the workers' handshakes
+      TAIL_LINES=16 run_step "$name" 40 "${LOAD_BIN:-$BIN}" bench load "$url/function/foo" \
+        --method POST --body "$body" --rate 500,1000,2000,4000 --duration 3s --warmup 500ms \
+        --connections 16 --cores 0 --poll spin --json "$OUT/$name.json"
+      kill -INT "$pid" 2>/dev/null
+      wait "$pid" 2>/dev/null
+    done
+  done
+}
+
 for step in $STEPS; do
   case $step in
     latency) step_latency ;;
@@ -269,6 +301,7 @@ for step in $STEPS; do
     profile) step_profile ;;
     loops) step_loops ;;
     delegation) step_delegation ;;
+    low-rate) step_low_rate ;;
     *) echo "host16: unknown step $step" >&2; exit 2 ;;
   esac
 done
