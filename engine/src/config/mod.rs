@@ -164,7 +164,7 @@ pub struct SmoltcpConfig {
 pub enum PollMode {
     /// Never sleep; needs io cores of their own.
     Spin,
-    /// Spin for --spin-us, then sleep in epoll on sockets and ring doorbells.
+    /// Spin for --spin-us (up to --spin-max-us while requests come closer), then sleep in epoll on sockets and ring doorbells.
     Adaptive,
     /// Sleep in epoll at once (Nightcore-like; lowest CPU, highest latency).
     Block,
