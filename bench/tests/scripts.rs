@@ -208,6 +208,42 @@ fn host16_checks_its_arguments_before_running_or_creating_anything() {
 }
 
 #[test]
+fn count_wakes_refuses_bad_arguments_before_starting_anything() {
+    let scratch = Scratch::new("count-wakes-usage");
+    let ran = scratch.0.join("ran");
+    let fake = scratch.executable(
+        "nocturne",
+        &format!("#!/bin/sh\ntouch '{}'\n", ran.display()),
+    );
+    let fake = fake.to_str().unwrap();
+    let plain = scratch.0.join("plain");
+    std::fs::write(&plain, "").unwrap();
+    for (args, needle) in [
+        (vec![], "usage: bench/scripts/count_wakes.sh BINARY RATE"),
+        (
+            vec![fake],
+            "usage: bench/scripts/count_wakes.sh BINARY RATE",
+        ),
+        (
+            vec![plain.to_str().unwrap(), "1000"],
+            "is not an executable file",
+        ),
+        (
+            vec![scratch.0.to_str().unwrap(), "1000"],
+            "is not an executable file",
+        ),
+        (vec![fake, "0"], "RATE must be a whole number"),
+        (vec![fake, "1.5k"], "RATE must be a whole number"),
+        (vec![fake, "fast"], "RATE must be a whole number"),
+    ] {
+        let r = run(bash("count_wakes.sh", &args), &scratch);
+        assert_eq!(r.code, Some(2), "{args:?}: {}{}", r.stdout, r.stderr);
+        assert!(r.stderr.contains(needle), "{args:?}: {}", r.stderr);
+        assert!(!ran.exists(), "{args:?} ran the binary");
+    }
+}
+
+#[test]
 fn corunners_prints_its_usage_on_bad_arguments() {
     let scratch = Scratch::new("corunners-usage");
     let plain = scratch.0.join("plain");
