@@ -76,8 +76,8 @@ pub mod defaults {
     /// `spin_max_us`: an adaptive loop polls through gaps between arrivals
     /// up to this long instead of sleeping in epoll after `spin_us`. On the
     /// 2-core VM (`bench compare`'s placement, 1375 requests/s, gaps of
-    /// 727 µs) the chain's p50 went from 116–131 µs with a 500 µs budget
-    /// to 45 µs with 2000 (docs/operations.md, "Low rates").
+    /// 727 µs) the chain's p50 went from 97–134 µs without the stretch to
+    /// 43–50 µs with it (docs/operations.md, "Low rates").
     pub const SPIN_MAX_US: u64 = 2_000;
     /// `worker_spin_us` of yielding workers (shared cores: yield briefly).
     pub const WORKER_SPIN_US: u64 = 50;
@@ -414,7 +414,6 @@ impl Config {
         resolve::io_shares_workers(&self.io_cores, self.worker_cores.as_deref())
     }
 
-    /// Whether the core loops seat their workers on wake boards: with
     /// How the summary says `spin_max_us`: empty when it never stretches
     /// the budget.
     fn spin_stretch(&self) -> String {
@@ -425,6 +424,7 @@ impl Config {
         }
     }
 
+    /// Whether the core loops seat their workers on wake boards: with
     /// `delegate_wakes`, for yielding workers that share one core
     /// (`worker_cores` of one core). A board is for consumers of one core:
     /// a poller on another core would wake across cores, as the engine

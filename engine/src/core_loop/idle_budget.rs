@@ -4,10 +4,10 @@
 //! the gaps between arrivals while they stay under `spin_max_us`: a request
 //! that finds the loop asleep in epoll pays the wake-up of an idle core, and
 //! on a VM that is the host's too (the chain's p50 at 1375 requests/s on the
-//! 2-core VM: 116–131 µs with a 500 µs budget, 45 µs with the loop polling
-//! through the 727 µs gaps; docs/operations.md, "Low rates"). Once the gaps
-//! grow past the ceiling, polling through them would keep a core busy for
-//! little, and the loop sleeps after `spin_us` again.
+//! 2-core VM: 97–134 µs with a 500 µs budget, 43–50 µs with the loop
+//! polling through the 727 µs gaps; docs/operations.md, "Low rates").
+//! Once the gaps grow past the ceiling, polling through them would keep a
+//! core busy for little, and the loop sleeps after `spin_us` again.
 //!
 //! The gaps are learned from the loop's own idle periods: from its last
 //! turn with work to the next one, whether it polled or slept meanwhile.
