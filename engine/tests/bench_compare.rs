@@ -595,31 +595,14 @@ fn an_interrupted_comparison_reports_what_finished_and_cleans_up() {
     let scratch = Scratch::new("sigint");
     let json = scratch.0.join("partial.json");
     let out = scratch.0.join("out");
-    let stopped = bench_run::interrupt_when(
+    let stopped = interrupt_in_the_first_window(
+        &scratch,
         &[
-            "bench",
-            "compare",
-            "--systems",
-            "nocturne",
-            "--saturation",
-            "400",
-            "--pingpong",
-            "100",
-            "--warmup",
-            "100ms",
-            // A window far longer than the test: the signal lands in it.
-            "--duration",
-            "10m",
             "--out",
             out.to_str().unwrap(),
             "--json",
             json.to_str().unwrap(),
         ],
-        &scratch,
-        "loading every system at",
-        Duration::from_millis(500),
-        RUN_LIMIT,
-        Duration::from_secs(30),
     );
     let run = &stopped.run;
     assert!(!run.success, "an interrupted run must fail");
@@ -648,7 +631,44 @@ fn an_interrupted_comparison_reports_what_finished_and_cleans_up() {
     assert_eq!(names, ["compare/nocturne/unloaded"], "{report}");
     assert_eq!(report["cases"][0]["samples"], 100);
     assert!(!out.join("compare.md").exists() && !out.join("compare.svg").exists());
-    let prefix = format!("nocturne-bench-compare-{}-", run.pid);
+    let prefix = servers_gone(run.pid);
+    let left = bench_run::temp_files_starting(&prefix);
+    assert!(left.is_empty(), "config files left behind: {left:?}");
+}
+
+/// `bench compare` of nocturne alone at 100/s with `extra` arguments, its
+/// first ladder window far longer than the test, so that the Ctrl-C sent
+/// once the ladder begins lands in it.
+fn interrupt_in_the_first_window(scratch: &Scratch, extra: &[&str]) -> bench_run::Interrupted {
+    let mut args = vec![
+        "bench",
+        "compare",
+        "--systems",
+        "nocturne",
+        "--saturation",
+        "400",
+        "--pingpong",
+        "100",
+        "--warmup",
+        "100ms",
+        "--duration",
+        "10m",
+    ];
+    args.extend_from_slice(extra);
+    bench_run::interrupt_when(
+        &args,
+        scratch,
+        "loading every system at",
+        Duration::from_millis(500),
+        RUN_LIMIT,
+        Duration::from_secs(30),
+    )
+}
+
+/// Waits (up to 10 s) until no process mentions the servers' prefix of
+/// the benchmark `pid`; returns that prefix.
+fn servers_gone(pid: u32) -> String {
+    let prefix = format!("nocturne-bench-compare-{pid}-");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !processes_mentioning(&prefix).is_empty() {
         assert!(
@@ -658,8 +678,7 @@ fn an_interrupted_comparison_reports_what_finished_and_cleans_up() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let left = bench_run::temp_files_starting(&prefix);
-    assert!(left.is_empty(), "config files left behind: {left:?}");
+    prefix
 }
 
 /// Ctrl-C during one of a rate's `--repeat` windows: the phase names the
@@ -672,32 +691,9 @@ fn an_interrupted_repeated_rate_is_left_out() {
     }
     let scratch = Scratch::new("sigint-repeat");
     let json = scratch.0.join("partial.json");
-    let stopped = bench_run::interrupt_when(
-        &[
-            "bench",
-            "compare",
-            "--systems",
-            "nocturne",
-            "--saturation",
-            "400",
-            "--pingpong",
-            "100",
-            "--warmup",
-            "100ms",
-            "--repeat",
-            "3",
-            // A window far longer than the test: the signal lands in the
-            // first.
-            "--duration",
-            "10m",
-            "--json",
-            json.to_str().unwrap(),
-        ],
+    let stopped = interrupt_in_the_first_window(
         &scratch,
-        "loading every system at",
-        Duration::from_millis(500),
-        RUN_LIMIT,
-        Duration::from_secs(30),
+        &["--repeat", "3", "--json", json.to_str().unwrap()],
     );
     let run = &stopped.run;
     assert!(!run.success, "an interrupted run must fail");
@@ -717,14 +713,5 @@ fn an_interrupted_repeated_rate_is_left_out() {
         ["compare/nocturne/unloaded"],
         "{report}"
     );
-    let prefix = format!("nocturne-bench-compare-{}-", run.pid);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !processes_mentioning(&prefix).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "servers outlived the benchmark: {:?}",
-            processes_mentioning(&prefix)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    servers_gone(run.pid);
 }
