@@ -425,17 +425,17 @@ pub(crate) fn resolve(
     )?;
     // A budget the chosen mode never reads is accepted (a shared config
     // may set it for another mode) but said, since it looks like it works.
-    if spin_us_given.is_some() && poll != PollMode::Adaptive {
-        warnings.push(spin_source.warning(format!(
-            "has no effect with {} (only an adaptive loop polls before it sleeps)",
-            setting(&poll_source, poll.as_str())
-        )));
-    }
-    if spin_max_us_given.is_some() && poll != PollMode::Adaptive {
-        warnings.push(spin_max_source.warning(format!(
-            "has no effect with {} (only an adaptive loop polls before it sleeps)",
-            setting(&poll_source, poll.as_str())
-        )));
+    if poll != PollMode::Adaptive {
+        let io_budgets = [
+            (spin_us_given, &spin_source),
+            (spin_max_us_given, &spin_max_source),
+        ];
+        for (_, source) in io_budgets.iter().filter(|(given, _)| given.is_some()) {
+            warnings.push(source.warning(format!(
+                "has no effect with {} (only an adaptive loop polls before it sleeps)",
+                setting(&poll_source, poll.as_str())
+            )));
+        }
     }
     if worker_spin_us_given.is_some() && worker_poll == WorkerPoll::Park {
         warnings.push(worker_spin_source.warning(format!(

@@ -393,7 +393,7 @@ impl LoopState {
         let crashed = matches!(departure, Departure::Died | Departure::Disconnected);
         let outstanding = self.workers.get(w).map_or(0, |s| s.outstanding);
         self.adjust_outstanding(w, -(outstanding as i32));
-        let Some(slot) = self.workers.remove(w) else {
+        let Some(mut slot) = self.workers.remove(w) else {
             return;
         };
         let _ = server
@@ -410,7 +410,6 @@ impl LoopState {
         self.give_back_core(slot.own_core);
         // Its seat is its sender's (taken in `add_worker`).
         self.give_back_seat(slot.sender.seat().map(WakeSeat::slot));
-        let mut slot = slot;
         self.wake_watch.forget(&mut slot.unconfirmed);
         let requeued = match slot.busy {
             Some(call) => self.hand_back_or_fail(call, slot, departure, why, server),
