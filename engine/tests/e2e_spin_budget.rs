@@ -128,3 +128,32 @@ fn spin_max_us_keeps_an_adaptive_io_loop_polling_between_close_arrivals() {
         "{log}"
     );
 }
+
+/// A wake from epoll with nothing to do (the loop's 50 ms timer timeout
+/// while idle) is no arrival: it does not start another `--spin-us` of
+/// polling. With a 200 ms budget and no requests, a loop that restarted
+/// its budget on every such wake would never stop polling.
+#[test]
+fn an_empty_wake_does_not_restart_the_polling_budget() {
+    let engine = Engine::builder()
+        .args([
+            "--poll",
+            "adaptive",
+            "--spin-us",
+            "200000",
+            "--spin-max-us",
+            "0",
+        ])
+        .exclusive()
+        .start();
+    // Past the budget that the start-up and the health checks began.
+    let settle = || std::thread::sleep(Duration::from_millis(400));
+    expect_state(
+        &engine,
+        "--spin-us 200000, idle",
+        engine.pid(),
+        engine.io_thread(),
+        settle,
+        mostly_sleeping,
+    );
+}
