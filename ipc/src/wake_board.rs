@@ -562,10 +562,10 @@ mod tests {
         let fd = shared.fd().try_clone_to_owned().unwrap();
         let attached = SharedWakeBoard::attach(fd).unwrap();
         let counters = MemfdRegion::create("wake-board-counters", 4096).unwrap();
-        // SAFETY: page-aligned, zero-filled shared memory holding four
-        // AtomicU64s (published, seen, stop, the poller's wakes), alive until
-        // the end of the test.
-        let [published, seen, stop, poller_wakes]: [&AtomicU64; 4] =
+        // SAFETY: page-aligned, zero-filled shared memory holding five
+        // AtomicU64s (published, seen, stop, the poller's wakes, the
+        // poller's first turn done), alive until the end of the test.
+        let [published, seen, stop, poller_wakes, poller_started]: [&AtomicU64; 5] =
             std::array::from_fn(|i| unsafe { &*counters.base().cast::<AtomicU64>().add(i) });
         let (sleeper_slot, poller_slot) = (slot(0), slot(1));
 
@@ -586,6 +586,7 @@ mod tests {
             while stop.load(Ordering::Relaxed) == 0 {
                 let wakes = poll_once(attached.board(), poller_slot, &mut x);
                 poller_wakes.fetch_add(wakes, Ordering::Relaxed);
+                poller_started.store(1, Ordering::Relaxed);
                 if x.is_multiple_of(256) {
                     // SAFETY: a plain sleep; no memory is passed.
                     unsafe { libc::usleep(100) };
@@ -605,6 +606,19 @@ mod tests {
             status
         };
 
+        // The rounds begin once the poller runs: a child the scheduler
+        // had not started yet (two cores, the other tests busy) let every
+        // round go by without a poller, and the test exercised one way.
+        let started_by = Instant::now() + Duration::from_secs(10);
+        while poller_started.load(Ordering::Relaxed) == 0 {
+            if Instant::now() > started_by {
+                stop.store(1, Ordering::Relaxed);
+                reap(poller, true);
+                reap(sleeper, true);
+                panic!("the poller process did not start polling within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let Produced {
             delegated,
             own,
