@@ -1683,13 +1683,18 @@ mod tests {
         (tx, rx, WakeSeat::new(board, Slot::new(1).unwrap()))
     }
 
-    /// Waits (parked, 10 s at most) for message `i` on `rx` in another
-    /// thread; returns the receiver when it came.
-    fn receive_parked(
-        mut rx: Receiver<HeapRegion>,
-        i: u64,
-    ) -> std::thread::JoinHandle<(Receiver<HeapRegion>, WaitOutcome)> {
-        std::thread::spawn(move || {
+    /// `rx` waiting (parked, 10 s at most) on a thread of its own for
+    /// message `i`.
+    fn receive_parked(rx: Receiver<HeapRegion>, i: u64) -> Parked {
+        let tid = Arc::new(std::sync::atomic::AtomicI32::new(0));
+        let its_tid = tid.clone();
+        let handle = std::thread::spawn(move || {
+            let mut rx = rx;
+            // SAFETY: gettid has no arguments and cannot fail.
+            its_tid.store(
+                unsafe { libc::gettid() },
+                std::sync::atomic::Ordering::Release,
+            );
             let parked = WaitPolicy::Park {
                 spin: Duration::ZERO,
             };
@@ -1699,7 +1704,59 @@ mod tests {
                 assert_eq!(m.header().call_id, i);
             }
             (rx, outcome)
-        })
+        });
+        Parked { handle, tid }
+    }
+
+    /// A receiver waiting on its own thread ([`receive_parked`]).
+    struct Parked {
+        handle: std::thread::JoinHandle<(Receiver<HeapRegion>, WaitOutcome)>,
+        /// Its thread's id, once it runs.
+        tid: Arc<std::sync::atomic::AtomicI32>,
+    }
+
+    impl Parked {
+        fn is_finished(&self) -> bool {
+            self.handle.is_finished()
+        }
+
+        fn join(self) -> std::thread::Result<(Receiver<HeapRegion>, WaitOutcome)> {
+            self.handle.join()
+        }
+
+        /// Until the receiver is inside its `FUTEX_WAIT`: its word on the
+        /// board (`seat`'s board, slot 0) says it sleeps and its thread
+        /// sleeps, the futex being the only blocking call on its way. A
+        /// word that changes before the call only makes the receiver
+        /// re-check (and, with a message there, return without a wake),
+        /// so tests about who wakes it must start from here.
+        fn until_in_futex_wait(&self, seat: &crate::wake_board::WakeSeat) {
+            until_asleep(seat);
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            let tid = loop {
+                let tid = self.tid.load(std::sync::atomic::Ordering::Acquire);
+                if tid != 0 {
+                    break tid;
+                }
+                std::thread::yield_now();
+            };
+            let stat = format!("/proc/self/task/{tid}/stat");
+            loop {
+                let text = std::fs::read_to_string(&stat).unwrap_or_default();
+                // The state follows the command name's closing parenthesis.
+                let state = text
+                    .rsplit_once(") ")
+                    .and_then(|(_, rest)| rest.chars().next());
+                if state == Some('S') {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the receiver never slept in its futex (state {state:?})"
+                );
+                std::thread::yield_now();
+            }
+        }
     }
 
     /// Until `rx`'s doorbell (its seat's word) says it sleeps.
@@ -1749,7 +1806,7 @@ mod tests {
         // never serves.
         stopped.board().enter_poll(stopped.slot());
         let waiting = receive_parked(rx, 7);
-        until_asleep(&stopped);
+        waiting.until_in_futex_wait(&stopped);
         tx.try_send(&header(7), b"x").unwrap();
         assert!(tx.take_new_delegation());
         std::thread::sleep(Duration::from_millis(50));
@@ -1765,10 +1822,7 @@ mod tests {
     fn a_sleeper_whose_word_a_peer_overwrote_is_woken_by_the_sender_after_all() {
         let (mut tx, rx, peer) = seated_pair();
         let waiting = receive_parked(rx, 5);
-        until_asleep(&peer);
-        // Well into its FUTEX_WAIT (a word changed before it would only
-        // make it re-arm).
-        std::thread::sleep(Duration::from_millis(20));
+        waiting.until_in_futex_wait(&peer);
         // Another consumer of the board writes AWAKE over the sleeper's
         // word: `notify` then sees nobody to wake.
         let word = peer
